@@ -1,0 +1,414 @@
+//! The catalog of user relations, behind the [`Catalog`] trait.
+//!
+//! ```text
+//!   Session (DDL: CREATE/DROP TABLE|VIEW|SCHEMA) ──► Catalog (trait) ◄── MemoryCatalog (today)
+//!                                                        ▲              ◄── Dynamic Tables (later)
+//!   DataFusion planner ──► DataFusionCatalog (CatalogProvider adapter) ─┘
+//!                          + system schemas (pg_catalog, information_schema)
+//! ```
+//!
+//! The session routes every DDL statement to the [`Catalog`]; DataFusion sees
+//! the same relations through [`DataFusionCatalog`], which adapts the trait to
+//! DataFusion's `CatalogProvider` and adds the system schemas. A new storage
+//! backend implements [`Catalog`] and nothing in the front ends changes.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
+use datafusion::common::{Constraints, DataFusionError};
+use datafusion::datasource::TableType;
+use datafusion::logical_expr::Expr;
+
+use crate::error::{Error, Result, StatusCode};
+
+/// Shared handle to a catalog.
+pub type CatalogRef = Arc<dyn Catalog>;
+
+/// The schema that unqualified names resolve to.
+pub const DEFAULT_SCHEMA: &str = "public";
+
+/// A schema-qualified relation name, already normalised (unquoted identifiers
+/// are lower-cased by the SQL planner before they get here).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RelationName {
+    /// The schema, e.g. `public`.
+    pub schema: String,
+    /// The relation within the schema.
+    pub name: String,
+}
+
+impl std::fmt::Display for RelationName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// Whether a relation is a table or a view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelationKind {
+    /// A base table.
+    Table,
+    /// A (non-materialised) view.
+    View,
+}
+
+impl RelationKind {
+    fn noun(self) -> &'static str {
+        match self {
+            RelationKind::Table => "table",
+            RelationKind::View => "view",
+        }
+    }
+}
+
+/// What `CREATE TABLE` asks the catalog for.
+#[derive(Debug, Clone)]
+pub struct CreateTable {
+    /// The new table.
+    pub name: RelationName,
+    /// Its columns.
+    pub schema: SchemaRef,
+    /// Primary key and unique constraints as declared.
+    pub constraints: Constraints,
+    /// `DEFAULT` expressions per column.
+    pub column_defaults: Vec<(String, Expr)>,
+    /// `IF NOT EXISTS`: an existing table is not an error.
+    pub if_not_exists: bool,
+    /// `OR REPLACE`: an existing table is replaced.
+    pub or_replace: bool,
+}
+
+/// What happened on a create with `IF NOT EXISTS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The relation was created (or replaced).
+    Created,
+    /// It existed already and `IF NOT EXISTS` was given.
+    AlreadyExisted,
+}
+
+/// The catalog of user relations: schemas, tables and views of the one
+/// database a server serves.
+///
+/// Implementations must be safe to call concurrently from many sessions.
+#[async_trait]
+pub trait Catalog: Debug + Send + Sync + 'static {
+    /// Names of all user schemas.
+    fn schema_names(&self) -> Vec<String>;
+
+    /// Creates a schema.
+    ///
+    /// # Errors
+    /// [`StatusCode::AlreadyExists`] when it exists and `if_not_exists` is false.
+    fn create_schema(&self, name: &str, if_not_exists: bool) -> Result<Created>;
+
+    /// Drops a schema; with `cascade`, its relations too.
+    ///
+    /// # Errors
+    /// [`StatusCode::SchemaNotFound`] unless `if_exists`; [`StatusCode::InvalidArgument`]
+    /// when it is not empty and `cascade` is false.
+    fn drop_schema(&self, name: &str, if_exists: bool, cascade: bool) -> Result<()>;
+
+    /// Names of the relations in `schema` (empty when it does not exist).
+    fn relation_names(&self, schema: &str) -> Vec<String>;
+
+    /// The kind of a relation, if it exists.
+    fn relation_kind(&self, name: &RelationName) -> Option<RelationKind>;
+
+    /// The provider that reads (and, for tables, writes) a relation.
+    ///
+    /// # Errors
+    /// Backend failures; a missing relation is `Ok(None)`.
+    async fn relation(&self, name: &RelationName) -> Result<Option<Arc<dyn TableProvider>>>;
+
+    /// Creates a table.
+    ///
+    /// # Errors
+    /// [`StatusCode::AlreadyExists`], [`StatusCode::SchemaNotFound`], backend failures.
+    async fn create_table(&self, request: CreateTable) -> Result<Created>;
+
+    /// Creates a view from the provider DataFusion planned for it.
+    ///
+    /// # Errors
+    /// [`StatusCode::AlreadyExists`] unless `or_replace`; [`StatusCode::SchemaNotFound`].
+    async fn create_view(
+        &self,
+        name: RelationName,
+        view: Arc<dyn TableProvider>,
+        or_replace: bool,
+    ) -> Result<Created>;
+
+    /// Drops a table or a view. Returns whether something was dropped.
+    ///
+    /// # Errors
+    /// [`StatusCode::TableNotFound`] unless `if_exists`;
+    /// [`StatusCode::InvalidArgument`] when the relation is of another kind.
+    async fn drop_relation(&self, name: &RelationName, kind: RelationKind, if_exists: bool) -> Result<bool>;
+}
+
+/// Errors shared by catalog implementations, so every backend words them alike.
+pub mod errors {
+    use super::*;
+
+    /// `relation "x" does not exist` (42P01).
+    pub fn relation_not_found(name: &RelationName, kind: RelationKind) -> Error {
+        Error::new(StatusCode::TableNotFound, format!("{} \"{}\" does not exist", kind.noun(), name))
+    }
+
+    /// `schema "x" does not exist` (3F000).
+    pub fn schema_not_found(name: &str) -> Error {
+        Error::new(StatusCode::SchemaNotFound, format!("schema \"{name}\" does not exist"))
+    }
+
+    /// `relation "x" already exists` (42P07).
+    pub fn relation_exists(name: &RelationName) -> Error {
+        Error::new(StatusCode::AlreadyExists, format!("relation \"{name}\" already exists"))
+    }
+
+    /// `"x" is not a table` when DROP TABLE names a view and the other way round.
+    pub fn wrong_kind(name: &RelationName, expected: RelationKind) -> Error {
+        let hint = match expected {
+            RelationKind::Table => "use DROP VIEW to drop a view",
+            RelationKind::View => "use DROP TABLE to drop a table",
+        };
+        Error::new(
+            StatusCode::WrongObjectType,
+            format!("\"{name}\" is not a {} ({hint})", expected.noun()),
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Relation {
+    kind: RelationKind,
+    provider: Arc<dyn TableProvider>,
+}
+
+/// A catalog holding DataFusion in-memory tables: nothing survives a restart.
+/// Stands in until Dynamic Tables implement [`Catalog`] over object storage.
+#[derive(Debug)]
+pub struct MemoryCatalog {
+    schemas: RwLock<BTreeMap<String, BTreeMap<String, Relation>>>,
+}
+
+impl Default for MemoryCatalog {
+    fn default() -> Self {
+        let mut schemas = BTreeMap::new();
+        schemas.insert(DEFAULT_SCHEMA.to_string(), BTreeMap::new());
+        Self { schemas: RwLock::new(schemas) }
+    }
+}
+
+impl MemoryCatalog {
+    fn insert(&self, name: &RelationName, relation: Relation, if_not_exists: bool, or_replace: bool) -> Result<Created> {
+        let mut schemas = self.schemas.write().map_err(poisoned)?;
+        let schema = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
+        if let Some(existing) = schema.get(&name.name) {
+            if if_not_exists {
+                return Ok(Created::AlreadyExisted);
+            }
+            if !or_replace {
+                return Err(errors::relation_exists(name));
+            }
+            if existing.kind != relation.kind {
+                return Err(errors::wrong_kind(name, relation.kind));
+            }
+        }
+        schema.insert(name.name.clone(), relation);
+        Ok(Created::Created)
+    }
+}
+
+fn poisoned<T>(_: T) -> Error {
+    Error::internal("catalog lock poisoned by an earlier panic")
+}
+
+#[async_trait]
+impl Catalog for MemoryCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        self.schemas.read().map(|s| s.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    fn create_schema(&self, name: &str, if_not_exists: bool) -> Result<Created> {
+        let mut schemas = self.schemas.write().map_err(poisoned)?;
+        if schemas.contains_key(name) || SYSTEM_SCHEMAS.contains(&name) {
+            if if_not_exists {
+                return Ok(Created::AlreadyExisted);
+            }
+            return Err(Error::new(StatusCode::AlreadyExists, format!("schema \"{name}\" already exists")));
+        }
+        schemas.insert(name.to_string(), BTreeMap::new());
+        Ok(Created::Created)
+    }
+
+    fn drop_schema(&self, name: &str, if_exists: bool, cascade: bool) -> Result<()> {
+        if SYSTEM_SCHEMAS.contains(&name) {
+            return Err(Error::new(
+                StatusCode::InsufficientPrivilege,
+                format!("cannot drop schema \"{name}\" because it is required by the database system"),
+            ));
+        }
+        let mut schemas = self.schemas.write().map_err(poisoned)?;
+        match schemas.get(name) {
+            None if if_exists => Ok(()),
+            None => Err(errors::schema_not_found(name)),
+            Some(relations) if !relations.is_empty() && !cascade => Err(Error::new(
+                StatusCode::DependentObjectsStillExist,
+                format!(
+                    "cannot drop schema \"{name}\" because it contains {} relation(s): {} (use DROP SCHEMA … CASCADE)",
+                    relations.len(),
+                    relations.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )),
+            Some(_) => {
+                schemas.remove(name);
+                Ok(())
+            }
+        }
+    }
+
+    fn relation_names(&self, schema: &str) -> Vec<String> {
+        self.schemas
+            .read()
+            .ok()
+            .and_then(|s| s.get(schema).map(|r| r.keys().cloned().collect()))
+            .unwrap_or_default()
+    }
+
+    fn relation_kind(&self, name: &RelationName) -> Option<RelationKind> {
+        let schemas = self.schemas.read().ok()?;
+        schemas.get(&name.schema)?.get(&name.name).map(|r| r.kind)
+    }
+
+    async fn relation(&self, name: &RelationName) -> Result<Option<Arc<dyn TableProvider>>> {
+        let schemas = self.schemas.read().map_err(poisoned)?;
+        Ok(schemas.get(&name.schema).and_then(|s| s.get(&name.name)).map(|r| Arc::clone(&r.provider)))
+    }
+
+    async fn create_table(&self, request: CreateTable) -> Result<Created> {
+        let table = MemTable::try_new(Arc::clone(&request.schema), vec![vec![]])?
+            .with_constraints(request.constraints)
+            .with_column_defaults(request.column_defaults.into_iter().collect());
+        let relation = Relation { kind: RelationKind::Table, provider: Arc::new(table) };
+        self.insert(&request.name, relation, request.if_not_exists, request.or_replace)
+    }
+
+    async fn create_view(&self, name: RelationName, view: Arc<dyn TableProvider>, or_replace: bool) -> Result<Created> {
+        self.insert(&name, Relation { kind: RelationKind::View, provider: view }, false, or_replace)
+    }
+
+    async fn drop_relation(&self, name: &RelationName, kind: RelationKind, if_exists: bool) -> Result<bool> {
+        let mut schemas = self.schemas.write().map_err(poisoned)?;
+        let Some(schema) = schemas.get_mut(&name.schema) else {
+            return if if_exists { Ok(false) } else { Err(errors::relation_not_found(name, kind)) };
+        };
+        match schema.get(&name.name) {
+            None if if_exists => Ok(false),
+            None => Err(errors::relation_not_found(name, kind)),
+            Some(r) if r.kind != kind => Err(errors::wrong_kind(name, kind)),
+            Some(_) => {
+                schema.remove(&name.name);
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// Schemas that belong to the system and are served by DataFusion providers.
+pub const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema"];
+
+/// Adapts a [`Catalog`] to DataFusion's `CatalogProvider`, adding the system
+/// schemas (`pg_catalog`, and `information_schema`, which DataFusion itself
+/// layers on top).
+#[derive(Debug)]
+pub struct DataFusionCatalog {
+    catalog: CatalogRef,
+    system: RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>,
+}
+
+impl DataFusionCatalog {
+    /// Wraps `catalog`.
+    pub fn new(catalog: CatalogRef) -> Self {
+        Self { catalog, system: RwLock::new(BTreeMap::new()) }
+    }
+}
+
+impl CatalogProvider for DataFusionCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        let mut names = self.catalog.schema_names();
+        if let Ok(system) = self.system.read() {
+            names.extend(system.keys().cloned());
+        }
+        names
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if let Some(system) = self.system.read().ok().and_then(|s| s.get(name).cloned()) {
+            return Some(system);
+        }
+        self.catalog.schema_names().iter().any(|s| s == name).then(|| {
+            Arc::new(UserSchema { catalog: Arc::clone(&self.catalog), schema: name.to_string() })
+                as Arc<dyn SchemaProvider>
+        })
+    }
+
+    /// Only system schemas are registered this way (by pg_catalog set-up);
+    /// user schemas are created through [`Catalog::create_schema`].
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> datafusion::error::Result<Option<Arc<dyn SchemaProvider>>> {
+        let mut system = self.system.write().map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+        Ok(system.insert(name.to_string(), schema))
+    }
+}
+
+/// One user schema, as DataFusion sees it.
+#[derive(Debug)]
+struct UserSchema {
+    catalog: CatalogRef,
+    schema: String,
+}
+
+impl UserSchema {
+    fn name(&self, table: &str) -> RelationName {
+        RelationName { schema: self.schema.clone(), name: table.to_string() }
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for UserSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.catalog.relation_names(&self.schema)
+    }
+
+    async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        self.catalog.relation(&self.name(name)).await.map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+
+    async fn table_type(&self, name: &str) -> datafusion::error::Result<Option<TableType>> {
+        Ok(self.catalog.relation_kind(&self.name(name)).map(|k| match k {
+            RelationKind::Table => TableType::Base,
+            RelationKind::View => TableType::View,
+        }))
+    }
+
+    fn register_table(
+        &self,
+        name: String,
+        _table: Arc<dyn TableProvider>,
+    ) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        Err(DataFusionError::External(Box::new(Error::unsupported(format!(
+            "cannot register \"{name}\" directly: use CREATE TABLE or CREATE VIEW"
+        )))))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.catalog.relation_kind(&self.name(name)).is_some()
+    }
+}

@@ -1,0 +1,118 @@
+//! Engine settings (`[execution]` in the configuration file).
+
+use serde::Deserialize;
+
+/// Query execution settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Memory available to query execution across all running queries, as a
+    /// size (`"4GiB"`, `"512MiB"`, a number of bytes) or `"unlimited"`.
+    /// Operators that can spill (sorts, aggregations) spill when it is reached;
+    /// others fail the query with SQLSTATE 53200.
+    pub memory_limit: ByteSize,
+    /// Partitions each query runs with; 0 means the number of CPU cores.
+    pub target_partitions: usize,
+    /// Rows per Arrow record batch inside execution.
+    pub batch_size: usize,
+    /// Default statement timeout in milliseconds; 0 disables it. Sessions may
+    /// change it with `SET statement_timeout`.
+    pub statement_timeout_ms: u64,
+    /// Name of the one database (DataFusion catalog) clients connect to.
+    pub database: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            memory_limit: ByteSize::Unlimited,
+            target_partitions: 0,
+            batch_size: 8192,
+            statement_timeout_ms: 0,
+            database: "streamhouse".to_string(),
+        }
+    }
+}
+
+/// A size in bytes, written as a number of bytes or with a unit
+/// (`KiB`, `MiB`, `GiB`, `TiB`, or `KB`/`MB`/`GB` as powers of 1000), or
+/// `"unlimited"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteSize {
+    /// No limit.
+    Unlimited,
+    /// A limit in bytes.
+    Bytes(u64),
+}
+
+impl ByteSize {
+    /// The limit in bytes, if any.
+    pub fn bytes(self) -> Option<u64> {
+        match self {
+            ByteSize::Unlimited => None,
+            ByteSize::Bytes(n) => Some(n),
+        }
+    }
+
+    /// Parses `"4GiB"`, `"512 MB"`, `"1048576"` or `"unlimited"`.
+    ///
+    /// # Errors
+    /// A message naming the accepted forms.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        if t.eq_ignore_ascii_case("unlimited") {
+            return Ok(ByteSize::Unlimited);
+        }
+        let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let number: f64 = number.parse().map_err(|_| bad_size(text))?;
+        let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1000,
+            "mb" => 1000u64.pow(2),
+            "gb" => 1000u64.pow(3),
+            "tb" => 1000u64.pow(4),
+            "k" | "kib" => 1 << 10,
+            "m" | "mib" => 1 << 20,
+            "g" | "gib" => 1 << 30,
+            "t" | "tib" => 1 << 40,
+            _ => return Err(bad_size(text)),
+        };
+        Ok(ByteSize::Bytes((number * factor as f64) as u64))
+    }
+}
+
+fn bad_size(text: &str) -> String {
+    format!("invalid size {text:?}: expected bytes, a size like \"512MiB\" or \"4GiB\", or \"unlimited\"")
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(ByteSize::Bytes(n)),
+            Raw::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(ByteSize::parse("unlimited"), Ok(ByteSize::Unlimited));
+        assert_eq!(ByteSize::parse("1024"), Ok(ByteSize::Bytes(1024)));
+        assert_eq!(ByteSize::parse("4GiB"), Ok(ByteSize::Bytes(4 << 30)));
+        assert_eq!(ByteSize::parse("512 MB"), Ok(ByteSize::Bytes(512_000_000)));
+        assert_eq!(ByteSize::parse("1.5k"), Ok(ByteSize::Bytes(1536)));
+        assert!(ByteSize::parse("lots").is_err());
+        assert!(ByteSize::parse("5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,192 @@
+//! The [`Engine`]: one per server, shared by every session of both protocols.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use datafusion::arrow::array::StringArray;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{CatalogRef, DEFAULT_SCHEMA, DataFusionCatalog, MemoryCatalog};
+use crate::config::EngineConfig;
+use crate::error::{Error, Result};
+use crate::session::{Session, SessionInfo};
+use crate::session::variables::SERVER_VERSION;
+
+/// The query engine: the catalog, DataFusion's shared state (functions,
+/// memory pool, `pg_catalog`) and the shutdown signal. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+pub(crate) struct EngineInner {
+    pub(crate) config: EngineConfig,
+    pub(crate) catalog: CatalogRef,
+    /// Template for every session's DataFusion context.
+    pub(crate) base: SessionContext,
+    pub(crate) parser: PostgresCompatibilityParser,
+    pub(crate) shutdown: CancellationToken,
+    next_session_id: AtomicU64,
+    /// Bumped by every DDL statement, so prepared plans notice they are stale.
+    pub(crate) catalog_version: AtomicU64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("database", &self.inner.config.database).finish_non_exhaustive()
+    }
+}
+
+/// The string `version()` returns: Postgres-shaped, since drivers and ORMs
+/// parse it (SQLAlchemy matches `PostgreSQL X.Y`).
+pub fn version_string() -> String {
+    format!(
+        "PostgreSQL {SERVER_VERSION} (streamhouse {}, Apache DataFusion {}) on {}-{}, 64-bit",
+        env!("CARGO_PKG_VERSION"),
+        datafusion::DATAFUSION_VERSION,
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+    )
+}
+
+impl Engine {
+    /// An engine over in-memory tables.
+    ///
+    /// # Errors
+    /// An invalid configuration (e.g. a memory limit DataFusion rejects).
+    pub fn new(config: EngineConfig) -> Result<Self> {
+        Self::with_catalog(config, Arc::new(MemoryCatalog::default()))
+    }
+
+    /// An engine over the given catalog.
+    ///
+    /// # Errors
+    /// An invalid configuration.
+    pub fn with_catalog(config: EngineConfig, catalog: CatalogRef) -> Result<Self> {
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(limit) = config.memory_limit.bytes() {
+            let limit = usize::try_from(limit).map_err(|_| Error::invalid("execution.memory_limit is too large"))?;
+            runtime = runtime.with_memory_limit(limit, 1.0);
+        }
+        let runtime = runtime.build_arc()?;
+
+        let mut session_config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(&config.database, DEFAULT_SCHEMA)
+            .with_batch_size(config.batch_size.max(1));
+        if config.target_partitions > 0 {
+            session_config = session_config.with_target_partitions(config.target_partitions);
+        }
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        catalogs.register_catalog(config.database.clone(), Arc::new(DataFusionCatalog::new(Arc::clone(&catalog))));
+        let state = SessionStateBuilder::new()
+            .with_config(session_config)
+            .with_runtime_env(runtime)
+            .with_catalog_list(catalogs)
+            .with_default_features()
+            .build();
+        let base = SessionContext::new_with_state(state);
+        datafusion_pg_catalog::setup_pg_catalog(&base, &config.database, EmptyContextProvider)
+            .map_err(|e| Error::from(*e))?;
+        base.register_udf(constant_text_udf("version", version_string()));
+
+        Ok(Self {
+            inner: Arc::new(EngineInner {
+                config,
+                catalog,
+                base,
+                parser: PostgresCompatibilityParser::new(),
+                shutdown: CancellationToken::new(),
+                next_session_id: AtomicU64::new(1),
+                catalog_version: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Opens a session (one per Postgres connection or Flight request).
+    pub fn new_session(&self, info: SessionInfo) -> Session {
+        let id = self.inner.next_session_id.fetch_add(1, Ordering::Relaxed);
+        Session::new(self.clone(), id, info)
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The catalog of user relations.
+    pub fn catalog(&self) -> &CatalogRef {
+        &self.inner.catalog
+    }
+
+    /// The name of the one database.
+    pub fn database(&self) -> &str {
+        &self.inner.config.database
+    }
+
+    /// Cancels every running statement (they fail with SQLSTATE 57P01) and
+    /// makes new statements fail the same way. Used at server shutdown.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Whether [`Engine::shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    pub(crate) fn inner(&self) -> &EngineInner {
+        &self.inner
+    }
+
+    pub(crate) fn bump_catalog_version(&self) {
+        self.inner.catalog_version.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn catalog_version(&self) -> u64 {
+        self.inner.catalog_version.load(Ordering::SeqCst)
+    }
+}
+
+/// A zero-argument function returning a fixed text.
+pub(crate) fn constant_text_udf(name: &str, value: String) -> ScalarUDF {
+    create_udf(
+        name,
+        vec![],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |_args: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(value.clone()))))),
+    )
+}
+
+/// A one-argument text function computed by `f`, row by row.
+pub(crate) fn text_udf(
+    name: &str,
+    f: impl Fn(&str) -> datafusion::error::Result<Option<String>> + Send + Sync + 'static,
+) -> ScalarUDF {
+    create_udf(
+        name,
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let input = datafusion::common::cast::as_string_array(&arrays[0])?;
+            let out: StringArray = input
+                .iter()
+                .map(|v| v.map(&f).transpose().map(Option::flatten))
+                .collect::<datafusion::error::Result<_>>()?;
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    )
+}

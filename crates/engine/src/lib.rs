@@ -1,0 +1,35 @@
+//! The streamhouse query engine: Apache DataFusion plus the catalog,
+//! sessions, and the error classification every front end relies on.
+//!
+//! ```text
+//!          pgwire / Flight SQL front ends (streamhouse-server)
+//!                         │  Session::{parse, prepare, execute}
+//!                         ▼
+//!   Engine ── Session ── DataFusion SessionContext (per session: settings)
+//!     │          │             │ shared: functions, memory pool, pg_catalog
+//!     │          └─ DDL ──►  Catalog (trait) ── MemoryCatalog (today)
+//!     └── shutdown token, catalog version
+//! ```
+//!
+//! - [`engine`]: the [`Engine`], shared by all sessions.
+//! - [`session`]: a [`Session`], its variables (`SET`/`SHOW`) and transaction status.
+//! - [`catalog`]: the [`Catalog`] trait and its in-memory implementation.
+//! - [`cancel`]: cancellation and statement timeouts.
+//! - [`error`]: [`Error`] and its [`StatusCode`] classification.
+
+pub mod cancel;
+pub mod catalog;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod session;
+
+pub use cancel::CancelHandle;
+pub use catalog::{Catalog, CatalogRef};
+pub use config::{ByteSize, EngineConfig};
+pub use engine::Engine;
+pub use error::{Error, Result, StatusCode};
+pub use session::{CommandComplete, Notice, NoticeSeverity, Output, Prepared, Session, SessionInfo, TransactionChange, TransactionStatus};
+
+/// Re-exported so front ends use the exact DataFusion version of the engine.
+pub use datafusion;

@@ -1,0 +1,986 @@
+//! Sessions: one per Postgres connection or Flight SQL request.
+//!
+//! A [`Session`] owns a DataFusion context (its own settings, shared tables
+//! and functions), its [`variables`], its transaction status and a
+//! [`CancelHandle`]. Statements go through two steps, the shape of the
+//! Postgres extended protocol:
+//!
+//! 1. [`Session::prepare`] parses nothing (the caller hands over one parsed
+//!    statement) and plans it: a DataFusion `LogicalPlan`, or a session
+//!    statement (SET, SHOW, BEGIN …) that never reaches DataFusion. The
+//!    [`Prepared`] statement knows its parameter types and result schema.
+//! 2. [`Session::execute`] binds parameter values and runs it, returning
+//!    [`Output::Rows`] (a stream) or [`Output::Command`] (a completion tag).
+//!
+//! DDL goes to the [`Catalog`](crate::catalog::Catalog); queries and DML to
+//! DataFusion. Plans prepared before a DDL statement are re-planned on
+//! execution, so a prepared statement never writes into a dropped table.
+//!
+//! **Transactions.** Every statement commits on its own (autocommit).
+//! `BEGIN`/`COMMIT`/`ROLLBACK` are accepted and tracked so that drivers which
+//! wrap work in transactions behave, and a failed statement inside a block
+//! puts the session in the failed state (25P02) until the block ends, as in
+//! Postgres. `ROLLBACK` cannot undo statements that already succeeded; the
+//! session warns when a block that wrote something is rolled back.
+
+pub mod variables;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::array::{RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::catalog::view::ViewTable;
+use datafusion::common::{ParamValues, TableReference};
+use datafusion::datasource::provider_as_source;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{DdlStatement, Expr, LogicalPlan, LogicalPlanBuilder, WriteOp};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{self, Statement};
+use futures::StreamExt;
+
+use crate::cancel::{CancelHandle, QueryControl};
+use crate::catalog::{CreateTable, Created, DEFAULT_SCHEMA, RelationKind, RelationName};
+use crate::engine::{Engine, text_udf};
+use crate::error::{Error, Result, StatusCode};
+use variables::Variables;
+
+/// Who opened a session.
+#[derive(Debug, Clone, Default)]
+pub struct SessionInfo {
+    /// The user name the client sent (not authenticated yet).
+    pub user: String,
+    /// The database the client asked for; streamhouse serves one database
+    /// and accepts any name for it.
+    pub database: Option<String>,
+    /// `application_name` from the client, if sent.
+    pub application_name: Option<String>,
+}
+
+/// Postgres-style transaction status, as reported in `ReadyForQuery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TransactionStatus {
+    /// Not in a transaction block.
+    Idle = 0,
+    /// Inside `BEGIN` … `COMMIT`.
+    InBlock = 1,
+    /// Inside a block in which a statement failed: only COMMIT/ROLLBACK run.
+    Failed = 2,
+}
+
+impl TransactionStatus {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => TransactionStatus::InBlock,
+            2 => TransactionStatus::Failed,
+            _ => TransactionStatus::Idle,
+        }
+    }
+}
+
+/// How a command changed the transaction status, for protocols that report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionChange {
+    /// A block started.
+    Begin,
+    /// A block ended (commit or rollback).
+    End,
+}
+
+/// Completion of a statement that returns no rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandComplete {
+    /// The command word(s): `INSERT`, `CREATE TABLE`, `SET` …
+    pub command: String,
+    /// Rows affected, for DML and `CREATE TABLE AS`.
+    pub rows: Option<u64>,
+    /// Set by BEGIN / COMMIT / ROLLBACK.
+    pub transaction: Option<TransactionChange>,
+}
+
+impl CommandComplete {
+    fn new(command: impl Into<String>) -> Self {
+        Self { command: command.into(), rows: None, transaction: None }
+    }
+
+    fn with_rows(mut self, rows: u64) -> Self {
+        self.rows = Some(rows);
+        self
+    }
+
+    /// The Postgres command tag: `INSERT 0 3`, `UPDATE 2`, `CREATE TABLE`.
+    pub fn tag(&self) -> String {
+        match (self.command.as_str(), self.rows) {
+            ("INSERT", Some(n)) => format!("INSERT 0 {n}"),
+            (command, Some(n)) => format!("{command} {n}"),
+            (command, None) => command.to_string(),
+        }
+    }
+}
+
+/// What a statement produced.
+pub enum Output {
+    /// Rows, streamed: SELECT, SHOW, EXPLAIN, VALUES.
+    Rows(SendableRecordBatchStream),
+    /// A command's completion.
+    Command(CommandComplete),
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Rows(s) => write!(f, "Rows({:?})", s.schema()),
+            Output::Command(c) => write!(f, "Command({c:?})"),
+        }
+    }
+}
+
+/// Severity of a [`Notice`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeSeverity {
+    /// Informational (`relation … already exists, skipping`).
+    Notice,
+    /// Something the user probably did not intend.
+    Warning,
+}
+
+/// A message for the client that is not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// How serious.
+    pub severity: NoticeSeverity,
+    /// The text.
+    pub message: String,
+}
+
+/// A statement planned by [`Session::prepare`], ready to execute any number of times.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    statement: Statement,
+    kind: Kind,
+    catalog_version: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    /// Planned by DataFusion.
+    Plan(LogicalPlan),
+    /// Handled by the session itself.
+    Session(SessionStatement),
+}
+
+#[derive(Debug, Clone)]
+enum SessionStatement {
+    Set { name: String, value: String, local: bool },
+    Reset(Option<String>),
+    Show(String),
+    ShowAll,
+    Begin,
+    Commit,
+    Rollback,
+    Discard,
+    /// Accepted for compatibility, no effect; carries its command tag.
+    NoOp(&'static str),
+}
+
+impl Prepared {
+    /// The statement as parsed (after Postgres-compatibility rewrites).
+    pub fn statement(&self) -> &Statement {
+        &self.statement
+    }
+
+    /// Types of the parameters `$1`, `$2` …, in order; `None` where the type
+    /// cannot be inferred from the statement.
+    ///
+    /// # Errors
+    /// Conflicting types for one parameter.
+    pub fn parameter_types(&self) -> Result<Vec<Option<DataType>>> {
+        match &self.kind {
+            Kind::Plan(plan) => parameter_types(plan),
+            Kind::Session(_) => Ok(vec![]),
+        }
+    }
+
+    /// The schema of the rows the statement returns, or `None` for commands.
+    pub fn result_schema(&self) -> Option<SchemaRef> {
+        match &self.kind {
+            Kind::Plan(plan) => match plan {
+                LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Copy(_) => None,
+                LogicalPlan::Statement(datafusion::logical_expr::Statement::Execute(_)) => None,
+                LogicalPlan::Statement(_) => None,
+                _ => Some(Arc::clone(plan.schema().inner())),
+            },
+            Kind::Session(SessionStatement::Show(name)) => Some(text_schema(&[name.as_str()])),
+            Kind::Session(SessionStatement::ShowAll) => Some(text_schema(&["name", "setting", "description"])),
+            Kind::Session(_) => None,
+        }
+    }
+
+    /// The result schema once `params` are bound (types of `SELECT $1` depend on them).
+    ///
+    /// # Errors
+    /// Parameters that do not fit the statement.
+    pub fn result_schema_with(&self, params: &ParamValues) -> Result<Option<SchemaRef>> {
+        match &self.kind {
+            Kind::Plan(plan) if !matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Statement(_)) => {
+                let bound = plan.clone().with_param_values(params.clone())?;
+                Ok(Some(Arc::clone(bound.schema().inner())))
+            }
+            _ => Ok(self.result_schema()),
+        }
+    }
+}
+
+fn text_schema(names: &[&str]) -> SchemaRef {
+    Arc::new(Schema::new(names.iter().map(|n| Field::new(*n, DataType::Utf8, true)).collect::<Vec<_>>()))
+}
+
+/// Parameter types of a plan in `$n` order, with types of untyped
+/// placeholders taken from casts around them (`$1::int`).
+fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut types: Vec<Option<DataType>> = Vec::new();
+    let mut put = |id: &str, ty: Option<DataType>| {
+        if let Some(n) = id.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()).filter(|n| *n >= 1) {
+            if types.len() < n {
+                types.resize(n, None);
+            }
+            if types[n - 1].is_none() {
+                types[n - 1] = ty;
+            }
+        }
+    };
+    for (id, field) in plan.get_parameter_fields()? {
+        put(&id, field.map(|f| f.data_type().clone()));
+    }
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                if let Expr::Cast(cast) = e
+                    && let Expr::Placeholder(p) = cast.expr.as_ref()
+                {
+                    put(&p.id, Some(cast.field.data_type().clone()));
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    Ok(types)
+}
+
+/// A session: settings, transaction status and the statement running now.
+pub struct Session {
+    engine: Engine,
+    id: u64,
+    info: SessionInfo,
+    ctx: SessionContext,
+    vars: Arc<RwLock<Variables>>,
+    txn: Arc<AtomicU8>,
+    /// Statements that changed something since BEGIN (for the ROLLBACK warning).
+    writes_in_block: u64,
+    /// `SET LOCAL` values to restore when the block ends.
+    local_restore: Vec<(String, Option<String>)>,
+    notices: Vec<Notice>,
+    cancel: CancelHandle,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("id", &self.id).field("user", &self.info.user).finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(engine: Engine, id: u64, info: SessionInfo) -> Self {
+        let ctx = SessionContext::new_with_state(engine.inner().base.state());
+        let mut vars = Variables::new(&info.user, engine.config().statement_timeout_ms);
+        if let Some(app) = &info.application_name {
+            let _ = vars.set("application_name", app);
+        }
+        let vars = Arc::new(RwLock::new(vars));
+        let lookup = Arc::clone(&vars);
+        ctx.register_udf(text_udf("current_setting", move |name| {
+            let vars = lookup.read().map_err(|_| datafusion::error::DataFusionError::Internal("poisoned".into()))?;
+            vars.get(name).map(Some).ok_or_else(|| {
+                datafusion::error::DataFusionError::External(Box::new(Error::new(
+                    StatusCode::ObjectNotFound,
+                    format!("unrecognized configuration parameter \"{name}\""),
+                )))
+            })
+        }));
+        let user = info.user.clone();
+        ctx.register_udf(crate::engine::constant_text_udf("session_user", user.clone()));
+        ctx.register_udf(crate::engine::constant_text_udf("current_user", user));
+        Self {
+            engine,
+            id,
+            info,
+            ctx,
+            vars,
+            txn: Arc::new(AtomicU8::new(TransactionStatus::Idle as u8)),
+            writes_in_block: 0,
+            local_restore: Vec::new(),
+            notices: Vec::new(),
+            cancel: CancelHandle::default(),
+        }
+    }
+
+    /// This session's id, unique within the server's lifetime.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Who opened the session.
+    pub fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    /// A handle that cancels the statement this session is running.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
+    }
+
+    /// The transaction status.
+    pub fn transaction_status(&self) -> TransactionStatus {
+        TransactionStatus::from_u8(self.txn.load(Ordering::SeqCst))
+    }
+
+    /// Notices produced since the last call.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// The current value of a run-time parameter.
+    pub fn variable(&self, name: &str) -> Option<String> {
+        self.vars.read().ok()?.get(name)
+    }
+
+    fn notice(&mut self, severity: NoticeSeverity, message: impl Into<String>) {
+        self.notices.push(Notice { severity, message: message.into() });
+    }
+
+    /// Splits SQL text into statements (Postgres dialect, with the rewrites
+    /// that let psql's and BI tools' catalog queries run).
+    ///
+    /// # Errors
+    /// [`StatusCode::InvalidSyntax`].
+    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
+        Ok(self.engine.inner().parser.parse(sql)?)
+    }
+
+    /// Plans one statement.
+    ///
+    /// # Errors
+    /// Planning errors: unknown tables or columns, type errors, unsupported statements.
+    pub async fn prepare(&mut self, statement: Statement) -> Result<Prepared> {
+        let catalog_version = self.engine.catalog_version();
+        let kind = match session_statement(&statement)? {
+            Some(s) => Kind::Session(s),
+            None => {
+                let control = self.begin_statement();
+                Kind::Plan(control.run(self.plan(statement.clone())).await?)
+            }
+        };
+        Ok(Prepared { statement, kind, catalog_version })
+    }
+
+    async fn plan(&self, statement: Statement) -> Result<LogicalPlan> {
+        refuse_unsupported(&statement)?;
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(DFStatement::Statement(Box::new(statement))).await?;
+        Ok(plan)
+    }
+
+    /// Executes a prepared statement with parameter values bound to `$1`, `$2` ….
+    ///
+    /// # Errors
+    /// Anything the statement can fail with; 57014 when cancelled.
+    pub async fn execute(&mut self, prepared: &Prepared, params: Option<ParamValues>) -> Result<Output> {
+        let result = self.execute_inner(prepared, params).await;
+        if result.is_err() {
+            self.mark_failed();
+        }
+        result
+    }
+
+    /// Parses, plans and executes SQL text that may hold several statements;
+    /// stops at the first error. Rows of all but the last statement are
+    /// collected before the next statement runs, so each statement sees the
+    /// effects of the ones before it and none after it.
+    ///
+    /// # Errors
+    /// The first statement's error.
+    pub async fn run(&mut self, sql: &str) -> Result<Vec<Output>> {
+        let statements = self.parse(sql)?;
+        let count = statements.len();
+        let mut outputs = Vec::with_capacity(count);
+        for (i, statement) in statements.into_iter().enumerate() {
+            let prepared = match self.prepare(statement).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.mark_failed();
+                    return Err(e);
+                }
+            };
+            let output = self.execute(&prepared, None).await?;
+            outputs.push(if i + 1 < count { buffer(output).await? } else { output });
+        }
+        Ok(outputs)
+    }
+
+    fn begin_statement(&self) -> QueryControl {
+        let token = self.cancel.begin(&self.engine.inner().shutdown);
+        let timeout = self.vars.read().ok().and_then(|v| v.statement_timeout());
+        QueryControl::new(token, self.engine.inner().shutdown.clone(), timeout)
+    }
+
+    fn mark_failed(&self) {
+        let _ = self.txn.compare_exchange(
+            TransactionStatus::InBlock as u8,
+            TransactionStatus::Failed as u8,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    async fn execute_inner(&mut self, prepared: &Prepared, params: Option<ParamValues>) -> Result<Output> {
+        if self.engine.is_shut_down() {
+            return Err(Error::new(StatusCode::ShuttingDown, "the server is shutting down"));
+        }
+        if let Kind::Session(s) = &prepared.kind {
+            return self.run_session_statement(s.clone());
+        }
+        if self.transaction_status() == TransactionStatus::Failed {
+            return Err(Error::new(
+                StatusCode::InFailedTransaction,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        let control = self.begin_statement();
+        let Kind::Plan(plan) = &prepared.kind else { unreachable!("session statements returned above") };
+        let plan = if prepared.catalog_version == self.engine.catalog_version() {
+            plan.clone()
+        } else {
+            // A DDL statement ran since this was planned: plan again against the current catalog.
+            control.run(self.plan(prepared.statement.clone())).await?
+        };
+        let expected = parameter_types(&plan)?.len();
+        let plan = match params {
+            Some(params) => {
+                let given = match &params {
+                    ParamValues::List(list) => list.len(),
+                    ParamValues::Map(map) => map.len(),
+                };
+                if given != expected {
+                    return Err(Error::new(
+                        StatusCode::InvalidParameter,
+                        format!("bind message supplies {given} parameters, but prepared statement requires {expected}"),
+                    ));
+                }
+                plan.with_param_values(params)?
+            }
+            None if expected > 0 => {
+                return Err(Error::new(
+                    StatusCode::InvalidParameter,
+                    format!("there is no parameter ${expected}: the statement needs {expected} bound value(s)"),
+                ));
+            }
+            None => plan,
+        };
+        let output = self.run_plan(plan, &control).await?;
+        if self.transaction_status() == TransactionStatus::InBlock && matches!(output, Output::Command(_)) {
+            self.writes_in_block += 1;
+        }
+        Ok(match output {
+            Output::Rows(stream) => Output::Rows(self.watch_failures(control.wrap_stream(stream))),
+            command => command,
+        })
+    }
+
+    /// Marks the transaction failed when a row stream ends in an error.
+    fn watch_failures(&self, stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+        let txn = Arc::clone(&self.txn);
+        let schema = stream.schema();
+        Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            stream.inspect(move |item| {
+                if item.is_err() {
+                    let _ = txn.compare_exchange(
+                        TransactionStatus::InBlock as u8,
+                        TransactionStatus::Failed as u8,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    );
+                }
+            }),
+        ))
+    }
+
+    async fn run_plan(&mut self, plan: LogicalPlan, control: &QueryControl) -> Result<Output> {
+        match plan {
+            LogicalPlan::Ddl(ddl) => {
+                let out = self.run_ddl(ddl, control).await;
+                self.engine.bump_catalog_version();
+                out
+            }
+            LogicalPlan::Dml(dml) => {
+                let command = match &dml.op {
+                    WriteOp::Insert(_) => "INSERT",
+                    WriteOp::Update => "UPDATE",
+                    WriteOp::Delete => "DELETE",
+                    WriteOp::Ctas => "SELECT",
+                    WriteOp::Truncate => "TRUNCATE TABLE",
+                    WriteOp::MergeInto(_) => "MERGE",
+                    _ => "UPDATE",
+                };
+                let rows = control.run(self.execute_count(LogicalPlan::Dml(dml))).await?;
+                Ok(Output::Command(
+                    if command == "TRUNCATE TABLE" { CommandComplete::new(command) } else { CommandComplete::new(command).with_rows(rows) },
+                ))
+            }
+            LogicalPlan::Statement(statement) => {
+                use datafusion::logical_expr::Statement as S;
+                let command = match &statement {
+                    S::Prepare(_) => "PREPARE",
+                    S::Deallocate(_) => "DEALLOCATE",
+                    S::Execute(_) => "EXECUTE",
+                    other => return Err(Error::unsupported(format!("statement {} is not supported", other.name()))),
+                };
+                let df = control.run(async { Ok(self.ctx.execute_logical_plan(LogicalPlan::Statement(statement)).await?) }).await?;
+                if command == "EXECUTE" {
+                    let stream = control.run(async { Ok(df.execute_stream().await?) }).await?;
+                    Ok(Output::Rows(stream))
+                } else {
+                    Ok(Output::Command(CommandComplete::new(command)))
+                }
+            }
+            LogicalPlan::Copy(_) => Err(Error::unsupported("COPY … TO a file is not supported")),
+            query => {
+                let stream = control
+                    .run(async {
+                        let df = self.ctx.execute_logical_plan(query).await?;
+                        Ok(df.execute_stream().await?)
+                    })
+                    .await?;
+                Ok(Output::Rows(stream))
+            }
+        }
+    }
+
+    /// Runs a DML plan and returns its row count.
+    async fn execute_count(&self, plan: LogicalPlan) -> Result<u64> {
+        let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+        let mut rows = 0;
+        for batch in &batches {
+            if batch.num_columns() == 0 {
+                continue;
+            }
+            let counts = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<UInt64Array>()
+                .ok_or_else(|| Error::internal("DML did not return a row count"))?;
+            rows += counts.iter().flatten().sum::<u64>();
+        }
+        Ok(rows)
+    }
+
+    fn relation_name(&self, reference: &TableReference) -> Result<RelationName> {
+        if let Some(catalog) = reference.catalog()
+            && catalog != self.engine.database()
+        {
+            return Err(Error::unsupported(format!(
+                "cross-database references are not implemented: {reference} (this server's database is \"{}\")",
+                self.engine.database()
+            )));
+        }
+        Ok(RelationName {
+            schema: reference.schema().unwrap_or(DEFAULT_SCHEMA).to_string(),
+            name: reference.table().to_string(),
+        })
+    }
+
+    async fn run_ddl(&mut self, ddl: DdlStatement, control: &QueryControl) -> Result<Output> {
+        let catalog = Arc::clone(self.engine.catalog());
+        match ddl {
+            DdlStatement::CreateMemoryTable(cmd) => {
+                let name = self.relation_name(&cmd.name)?;
+                let is_ctas = !matches!(cmd.input.as_ref(), LogicalPlan::EmptyRelation(e) if !e.produce_one_row);
+                let input_schema = cmd.input.schema().as_arrow();
+                // Like Postgres, columns of CREATE TABLE AS accept NULLs whatever the query produced.
+                let schema: SchemaRef = if is_ctas {
+                    Arc::new(Schema::new(
+                        input_schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+                    ))
+                } else {
+                    Arc::new(input_schema.clone())
+                };
+                let created = catalog
+                    .create_table(CreateTable {
+                        name: name.clone(),
+                        schema,
+                        constraints: cmd.constraints.clone(),
+                        column_defaults: cmd.column_defaults.clone(),
+                        if_not_exists: cmd.if_not_exists,
+                        or_replace: cmd.or_replace,
+                    })
+                    .await?;
+                if created == Created::AlreadyExisted {
+                    self.notice(NoticeSeverity::Notice, format!("relation \"{}\" already exists, skipping", name.name));
+                    return Ok(Output::Command(CommandComplete::new("CREATE TABLE")));
+                }
+                if !is_ctas {
+                    return Ok(Output::Command(CommandComplete::new("CREATE TABLE")));
+                }
+                let inserted = self.insert_into(&name, cmd.input.as_ref().clone(), control).await;
+                match inserted {
+                    Ok(rows) => Ok(Output::Command(CommandComplete::new("SELECT").with_rows(rows))),
+                    Err(e) => {
+                        // The statement failed as a whole: do not leave a half-filled table behind.
+                        let _ = catalog.drop_relation(&name, RelationKind::Table, true).await;
+                        Err(e)
+                    }
+                }
+            }
+            DdlStatement::CreateView(cv) => {
+                let name = self.relation_name(&cv.name)?;
+                let view: Arc<dyn TableProvider> =
+                    Arc::new(ViewTable::new(cv.input.as_ref().clone(), cv.definition.clone()));
+                catalog.create_view(name, view, cv.or_replace).await?;
+                Ok(Output::Command(CommandComplete::new("CREATE VIEW")))
+            }
+            DdlStatement::DropTable(drop) => self.drop_relation(&drop.name, RelationKind::Table, drop.if_exists).await,
+            DdlStatement::DropView(drop) => self.drop_relation(&drop.name, RelationKind::View, drop.if_exists).await,
+            DdlStatement::CreateCatalogSchema(cmd) => {
+                let schema = cmd.schema_name.rsplit('.').next().unwrap_or(&cmd.schema_name).to_string();
+                if catalog.create_schema(&schema, cmd.if_not_exists)? == Created::AlreadyExisted {
+                    self.notice(NoticeSeverity::Notice, format!("schema \"{schema}\" already exists, skipping"));
+                }
+                Ok(Output::Command(CommandComplete::new("CREATE SCHEMA")))
+            }
+            DdlStatement::DropCatalogSchema(cmd) => {
+                let schema = cmd.name.schema_name().to_string();
+                catalog.drop_schema(&schema, cmd.if_exists, cmd.cascade)?;
+                Ok(Output::Command(CommandComplete::new("DROP SCHEMA")))
+            }
+            other => Err(Error::unsupported(format!("{} is not supported", ddl_display_name(&other)))),
+        }
+    }
+
+    async fn drop_relation(&mut self, reference: &TableReference, kind: RelationKind, if_exists: bool) -> Result<Output> {
+        let name = self.relation_name(reference)?;
+        let dropped = self.engine.catalog().drop_relation(&name, kind, if_exists).await?;
+        let noun = match kind {
+            RelationKind::Table => "table",
+            RelationKind::View => "view",
+        };
+        if !dropped {
+            self.notice(NoticeSeverity::Notice, format!("{noun} \"{}\" does not exist, skipping", name.name));
+        }
+        Ok(Output::Command(CommandComplete::new(match kind {
+            RelationKind::Table => "DROP TABLE",
+            RelationKind::View => "DROP VIEW",
+        })))
+    }
+
+    async fn insert_into(&self, name: &RelationName, input: LogicalPlan, control: &QueryControl) -> Result<u64> {
+        let provider = self
+            .engine
+            .catalog()
+            .relation(name)
+            .await?
+            .ok_or_else(|| Error::internal(format!("table {name} vanished while being created")))?;
+        let reference = TableReference::full(self.engine.database().to_string(), name.schema.clone(), name.name.clone());
+        let plan = LogicalPlanBuilder::insert_into(input, reference, provider_as_source(provider), InsertOp::Append)?
+            .build()?;
+        control.run(self.execute_count(plan)).await
+    }
+
+    fn run_session_statement(&mut self, statement: SessionStatement) -> Result<Output> {
+        let status = self.transaction_status();
+        let allowed_when_failed = matches!(statement, SessionStatement::Commit | SessionStatement::Rollback);
+        if status == TransactionStatus::Failed && !allowed_when_failed {
+            return Err(Error::new(
+                StatusCode::InFailedTransaction,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        match statement {
+            SessionStatement::Set { name, value, local } => {
+                self.set_variable(&name, &value, local)?;
+                Ok(Output::Command(CommandComplete::new("SET")))
+            }
+            SessionStatement::Reset(name) => {
+                match name {
+                    Some(name) => {
+                        let canonical = self.vars.write().map_err(lock_err)?.reset(&name)?;
+                        self.apply_to_datafusion(&canonical, None)?;
+                    }
+                    None => {
+                        self.vars.write().map_err(lock_err)?.reset_all();
+                        self.apply_to_datafusion("TimeZone", None)?;
+                    }
+                }
+                Ok(Output::Command(CommandComplete::new("RESET")))
+            }
+            SessionStatement::Show(name) => {
+                let value = self.show_variable(&name)?;
+                let schema = text_schema(&[name.as_str()]);
+                let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(StringArray::from(vec![value]))])?;
+                Ok(Output::Rows(batch_stream(schema, vec![batch])))
+            }
+            SessionStatement::ShowAll => {
+                let rows = self.vars.read().map_err(lock_err)?.all();
+                let schema = text_schema(&["name", "setting", "description"]);
+                let column = |i: usize| {
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| match i {
+                        0 => r.0.as_str(),
+                        1 => r.1.as_str(),
+                        _ => r.2.as_str(),
+                    }))) as _
+                };
+                let batch = RecordBatch::try_new(Arc::clone(&schema), vec![column(0), column(1), column(2)])?;
+                Ok(Output::Rows(batch_stream(schema, vec![batch])))
+            }
+            SessionStatement::Begin => {
+                if status == TransactionStatus::InBlock {
+                    self.notice(NoticeSeverity::Warning, "there is already a transaction in progress");
+                    return Ok(Output::Command(CommandComplete::new("BEGIN")));
+                }
+                self.txn.store(TransactionStatus::InBlock as u8, Ordering::SeqCst);
+                self.writes_in_block = 0;
+                Ok(Output::Command(CommandComplete {
+                    transaction: Some(TransactionChange::Begin),
+                    ..CommandComplete::new("BEGIN")
+                }))
+            }
+            SessionStatement::Commit | SessionStatement::Rollback => {
+                let rollback = matches!(statement, SessionStatement::Rollback) || status == TransactionStatus::Failed;
+                if status == TransactionStatus::Idle {
+                    self.notice(NoticeSeverity::Warning, "there is no transaction in progress");
+                } else if rollback && self.writes_in_block > 0 {
+                    self.notice(
+                        NoticeSeverity::Warning,
+                        format!(
+                            "ROLLBACK cannot undo the {} statement(s) of this block that already succeeded: \
+                             streamhouse commits every statement on its own",
+                            self.writes_in_block
+                        ),
+                    );
+                }
+                self.end_block()?;
+                Ok(Output::Command(CommandComplete {
+                    transaction: Some(TransactionChange::End),
+                    ..CommandComplete::new(if rollback { "ROLLBACK" } else { "COMMIT" })
+                }))
+            }
+            SessionStatement::Discard => {
+                self.vars.write().map_err(lock_err)?.reset_all();
+                self.apply_to_datafusion("TimeZone", None)?;
+                Ok(Output::Command(CommandComplete::new("DISCARD ALL")))
+            }
+            SessionStatement::NoOp(tag) => Ok(Output::Command(CommandComplete::new(tag))),
+        }
+    }
+
+    fn end_block(&mut self) -> Result<()> {
+        self.txn.store(TransactionStatus::Idle as u8, Ordering::SeqCst);
+        self.writes_in_block = 0;
+        for (name, previous) in std::mem::take(&mut self.local_restore).into_iter().rev() {
+            match previous {
+                Some(value) => {
+                    self.vars.write().map_err(lock_err)?.set(&name, &value)?;
+                    self.apply_to_datafusion(&name, Some(&value))?;
+                }
+                None => {
+                    self.vars.write().map_err(lock_err)?.reset(&name)?;
+                    self.apply_to_datafusion(&name, None)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_variable(&mut self, name: &str, value: &str, local: bool) -> Result<()> {
+        if let Some(option) = datafusion_option(name) {
+            let state_ref = self.ctx.state_ref();
+            let mut state = state_ref.write();
+            return state.config_mut().options_mut().set(option, value).map_err(|e| {
+                let err = Error::from(e);
+                Error::new(StatusCode::InvalidParameterValue, err.message().to_string())
+            });
+        }
+        if local && self.transaction_status() == TransactionStatus::Idle {
+            self.notice(NoticeSeverity::Warning, "SET LOCAL can only be used in transaction blocks");
+            return Ok(());
+        }
+        let previous = self.variable(name);
+        let (canonical, value) = self.vars.write().map_err(lock_err)?.set(name, value)?;
+        if local {
+            self.local_restore.push((canonical.clone(), previous));
+        }
+        self.apply_to_datafusion(&canonical, Some(&value))
+    }
+
+    /// Mirrors parameters that change query results into DataFusion's settings.
+    fn apply_to_datafusion(&self, canonical: &str, value: Option<&str>) -> Result<()> {
+        if canonical.eq_ignore_ascii_case("TimeZone") {
+            let tz = match value {
+                None => None,
+                Some(v) if v.eq_ignore_ascii_case("utc") || v.eq_ignore_ascii_case("default") => None,
+                Some(v) => {
+                    let tz = if v.eq_ignore_ascii_case("local") { "UTC" } else { v };
+                    tz.parse::<datafusion::arrow::array::timezone::Tz>().map_err(|_| {
+                        Error::new(StatusCode::InvalidParameterValue, format!("invalid value for parameter \"TimeZone\": \"{v}\""))
+                    })?;
+                    Some(tz.to_string())
+                }
+            };
+            self.ctx.state_ref().write().config_mut().options_mut().execution.time_zone = tz;
+        }
+        Ok(())
+    }
+
+    fn show_variable(&self, name: &str) -> Result<String> {
+        if let Some(option) = datafusion_option(name) {
+            let state = self.ctx.state();
+            return state
+                .config()
+                .options()
+                .entries()
+                .into_iter()
+                .find(|e| e.key.eq_ignore_ascii_case(option))
+                .map(|e| e.value.unwrap_or_default())
+                .ok_or_else(|| {
+                    Error::new(StatusCode::ObjectNotFound, format!("unrecognized configuration parameter \"{name}\""))
+                });
+        }
+        self.variable(name)
+            .ok_or_else(|| Error::new(StatusCode::ObjectNotFound, format!("unrecognized configuration parameter \"{name}\"")))
+    }
+}
+
+fn lock_err<T>(_: T) -> Error {
+    Error::internal("session variables lock poisoned")
+}
+
+fn datafusion_option(name: &str) -> Option<&str> {
+    name.len().gt(&"datafusion.".len()).then_some(name).filter(|n| n[.."datafusion.".len()].eq_ignore_ascii_case("datafusion."))
+}
+
+fn batch_stream(schema: SchemaRef, batches: Vec<RecordBatch>) -> SendableRecordBatchStream {
+    Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches.into_iter().map(Ok))))
+}
+
+/// Collects a row output into memory (for all but the last statement of a batch).
+async fn buffer(output: Output) -> Result<Output> {
+    match output {
+        Output::Rows(stream) => {
+            let schema = stream.schema();
+            let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream).await?;
+            Ok(Output::Rows(batch_stream(schema, batches)))
+        }
+        command => Ok(command),
+    }
+}
+
+fn ddl_display_name(ddl: &DdlStatement) -> String {
+    match ddl {
+        DdlStatement::CreateExternalTable(_) => "CREATE EXTERNAL TABLE".to_string(),
+        DdlStatement::CreateCatalog(_) => "CREATE DATABASE".to_string(),
+        DdlStatement::CreateIndex(_) => "CREATE INDEX".to_string(),
+        DdlStatement::CreateFunction(_) => "CREATE FUNCTION".to_string(),
+        DdlStatement::DropFunction(_) => "DROP FUNCTION".to_string(),
+        other => other.name().to_string(),
+    }
+}
+
+/// Statements refused before planning, with a message that says what to do.
+fn refuse_unsupported(statement: &Statement) -> Result<()> {
+    let what = match statement {
+        Statement::Copy { .. } => "COPY",
+        Statement::Declare { .. } | Statement::Fetch { .. } | Statement::Close { .. } => "cursors (DECLARE/FETCH/CLOSE)",
+        Statement::CreateDatabase { .. } => "CREATE DATABASE",
+        Statement::Grant { .. } | Statement::Revoke { .. } => "GRANT/REVOKE",
+        Statement::CreateRole { .. } | Statement::CreateUser { .. } => "CREATE ROLE/USER",
+        _ => return Ok(()),
+    };
+    Err(Error::unsupported(format!("{what} is not supported yet")))
+}
+
+/// Recognises statements the session handles itself.
+fn session_statement(statement: &Statement) -> Result<Option<SessionStatement>> {
+    use ast::Set;
+    let s = match statement {
+        Statement::Set(set) => match set {
+            Set::SingleAssignment { scope, variable, values, .. } => {
+                let local = matches!(scope, Some(ast::ContextModifier::Local));
+                let name = variable.to_string();
+                let value = values.iter().map(expr_text).collect::<Vec<_>>().join(", ");
+                if value.eq_ignore_ascii_case("default") {
+                    SessionStatement::Reset(Some(name))
+                } else {
+                    SessionStatement::Set { name, value, local }
+                }
+            }
+            Set::SetTimeZone { local, value } => {
+                let value = expr_text(value);
+                if value.eq_ignore_ascii_case("default") || value.eq_ignore_ascii_case("local") {
+                    SessionStatement::Reset(Some("TimeZone".into()))
+                } else {
+                    SessionStatement::Set { name: "TimeZone".into(), value, local: *local }
+                }
+            }
+            Set::SetNames { charset_name, .. } => {
+                SessionStatement::Set { name: "client_encoding".into(), value: charset_name.value.clone(), local: false }
+            }
+            Set::SetNamesDefault {} => SessionStatement::Reset(Some("client_encoding".into())),
+            // Every statement is its own transaction, so transaction characteristics have nothing to change.
+            Set::SetTransaction { .. } => SessionStatement::NoOp("SET"),
+            Set::MultipleAssignments { .. } | Set::ParenthesizedAssignments { .. } => {
+                return Err(Error::new(StatusCode::InvalidSyntax, "SET takes one parameter at a time"));
+            }
+            other => return Err(Error::unsupported(format!("{other} is not supported"))),
+        },
+        Statement::Reset(reset) => match &reset.reset {
+            ast::Reset::ALL => SessionStatement::Reset(None),
+            ast::Reset::ConfigurationParameter(name) => SessionStatement::Reset(Some(name.to_string())),
+        },
+        Statement::ShowVariable { variable } => {
+            let name = variable.iter().map(|i| i.value.as_str()).collect::<Vec<_>>().join(" ");
+            if name.eq_ignore_ascii_case("all") {
+                SessionStatement::ShowAll
+            } else {
+                SessionStatement::Show(variables::canonical_name(&name).to_ascii_lowercase())
+            }
+        }
+        Statement::StartTransaction { .. } => SessionStatement::Begin,
+        Statement::Commit { .. } => SessionStatement::Commit,
+        Statement::Rollback { savepoint: None, .. } => SessionStatement::Rollback,
+        Statement::Rollback { savepoint: Some(_), .. } | Statement::Savepoint { .. } | Statement::ReleaseSavepoint { .. } => {
+            return Err(Error::unsupported("savepoints are not supported: every statement commits on its own"));
+        }
+        Statement::Discard { .. } => SessionStatement::Discard,
+        _ => return Ok(None),
+    };
+    Ok(Some(s))
+}
+
+/// The text of a SET value: string literals unquoted, identifiers as written.
+fn expr_text(expr: &ast::Expr) -> String {
+    match expr {
+        ast::Expr::Value(v) => match &v.value {
+            ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) | ast::Value::EscapedStringLiteral(s) => {
+                s.clone()
+            }
+            other => other.to_string(),
+        },
+        ast::Expr::Identifier(ident) => ident.value.clone(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,296 @@
+//! Session variables: what `SET`, `SHOW` and `RESET` read and write.
+//!
+//! streamhouse keeps the run-time parameters Postgres clients set or ask for
+//! on connect (`client_encoding`, `DateStyle`, `TimeZone`, `extra_float_digits`,
+//! `application_name`, `search_path`, …) with Postgres' defaults, so drivers
+//! work unchanged. A few have an effect: `TimeZone` (timestamp arithmetic and
+//! `now()`), `statement_timeout`, and every `datafusion.*` option, which is
+//! passed to DataFusion's session configuration. Names are case-insensitive.
+//! Unknown names are an error (42704), except custom names containing a dot
+//! (`myapp.setting`), which Postgres accepts too.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::error::{Error, Result, StatusCode};
+
+/// The `server_version` streamhouse reports. Drivers parse it; catalog
+/// queries from psql and others adapt to it.
+pub const SERVER_VERSION: &str = "16.6";
+/// `server_version_num` to match [`SERVER_VERSION`].
+pub const SERVER_VERSION_NUM: &str = "160006";
+
+/// A known run-time parameter.
+struct Known {
+    name: &'static str,
+    default: &'static str,
+    description: &'static str,
+    /// Whether clients may change it.
+    settable: bool,
+}
+
+const fn var(name: &'static str, default: &'static str, description: &'static str) -> Known {
+    Known { name, default, description, settable: true }
+}
+
+const fn fixed(name: &'static str, default: &'static str, description: &'static str) -> Known {
+    Known { name, default, description, settable: false }
+}
+
+/// Parameters known to streamhouse, with Postgres' names and defaults.
+const KNOWN: &[Known] = &[
+    var("application_name", "", "Sets the application name reported in statistics and logs."),
+    var("bytea_output", "hex", "Sets the output format for bytea."),
+    var("client_encoding", "UTF8", "Sets the client's character set encoding (only UTF8 is supported)."),
+    var("client_min_messages", "notice", "Sets the message levels sent to the client."),
+    var("DateStyle", "ISO, MDY", "Sets the display format for date and time values."),
+    var("default_transaction_isolation", "read committed", "Sets the isolation level of new transactions."),
+    var("default_transaction_read_only", "off", "Sets the default read-only status of new transactions."),
+    var("extra_float_digits", "1", "Sets the number of digits displayed for floating-point values."),
+    var("idle_in_transaction_session_timeout", "0", "Accepted for compatibility; has no effect."),
+    var("IntervalStyle", "postgres", "Sets the display format for interval values."),
+    var("lc_messages", "C", "Sets the language in which messages are displayed."),
+    var("lc_monetary", "C", "Sets the locale for formatting monetary amounts."),
+    var("lc_numeric", "C", "Sets the locale for formatting numbers."),
+    var("lc_time", "C", "Sets the locale for formatting date and time values."),
+    var("lock_timeout", "0", "Accepted for compatibility; streamhouse statements take no user-visible locks."),
+    var("search_path", "\"$user\", public", "Sets the schema search order for names that are not schema-qualified."),
+    var("statement_timeout", "0", "Sets the maximum allowed duration of any statement (0 disables)."),
+    var("synchronous_commit", "on", "Accepted for compatibility."),
+    var("TimeZone", "UTC", "Sets the time zone for displaying and interpreting time stamps."),
+    var("transaction_isolation", "read committed", "Shows the current transaction's isolation level."),
+    var("transaction_read_only", "off", "Shows whether the current transaction is read-only."),
+    var("row_security", "on", "Accepted for compatibility."),
+    var("jit", "off", "Accepted for compatibility."),
+    var("max_parallel_workers_per_gather", "2", "Accepted for compatibility."),
+    var("work_mem", "4MB", "Accepted for compatibility; see execution.memory_limit."),
+    var("geqo", "on", "Accepted for compatibility."),
+    fixed("block_size", "8192", "Shows the size of a disk block."),
+    fixed("integer_datetimes", "on", "Shows whether datetimes are integer based."),
+    fixed("is_superuser", "on", "Shows whether the current user is a superuser."),
+    fixed("max_identifier_length", "63", "Shows the maximum identifier length."),
+    fixed("max_index_keys", "32", "Shows the maximum number of index keys."),
+    fixed("server_encoding", "UTF8", "Shows the server (database) character set encoding."),
+    fixed("server_version", SERVER_VERSION, "Shows the server version."),
+    fixed("server_version_num", SERVER_VERSION_NUM, "Shows the server version as an integer."),
+    fixed("standard_conforming_strings", "on", "Causes '...' strings to treat backslashes literally."),
+    fixed("in_hot_standby", "off", "Shows whether hot standby is currently active."),
+];
+
+fn known(name: &str) -> Option<&'static Known> {
+    KNOWN.iter().find(|k| k.name.eq_ignore_ascii_case(name))
+}
+
+/// The canonical spelling of a parameter name (`datestyle` → `DateStyle`).
+pub fn canonical_name(name: &str) -> String {
+    match name.to_ascii_lowercase().as_str() {
+        "time zone" | "timezone" => "TimeZone".to_string(),
+        "transaction isolation level" => "transaction_isolation".to_string(),
+        "names" => "client_encoding".to_string(),
+        "session authorization" => "session_authorization".to_string(),
+        lower => known(lower).map(|k| k.name.to_string()).unwrap_or_else(|| lower.to_string()),
+    }
+}
+
+/// The current values of a session's parameters.
+#[derive(Debug, Clone)]
+pub struct Variables {
+    /// Values that differ from the defaults, by lower-cased name.
+    values: BTreeMap<String, String>,
+    user: String,
+}
+
+impl Variables {
+    /// Defaults, plus the statement timeout from the engine configuration.
+    pub fn new(user: &str, statement_timeout_ms: u64) -> Self {
+        let mut values = BTreeMap::new();
+        if statement_timeout_ms > 0 {
+            values.insert("statement_timeout".to_string(), statement_timeout_ms.to_string());
+        }
+        Self { values, user: user.to_string() }
+    }
+
+    /// The value of a parameter, if it is known or was set.
+    pub fn get(&self, name: &str) -> Option<String> {
+        let lower = canonical_name(name).to_ascii_lowercase();
+        if lower == "session_authorization" {
+            return Some(self.user.clone());
+        }
+        if let Some(v) = self.values.get(&lower) {
+            return Some(v.clone());
+        }
+        known(&lower).map(|k| k.default.to_string())
+    }
+
+    /// Validates and stores a value; returns the canonical name and stored value.
+    ///
+    /// # Errors
+    /// 42704 for an unknown parameter, 55P02 for a read-only one, 22023 for a bad value.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(String, String)> {
+        let canonical = canonical_name(name);
+        let lower = canonical.to_ascii_lowercase();
+        match known(&lower) {
+            Some(k) if !k.settable => {
+                // Setting a fixed parameter to its current value is harmless (some drivers do).
+                if value.eq_ignore_ascii_case(k.default) {
+                    return Ok((canonical, value.to_string()));
+                }
+                return Err(Error::new(
+                    StatusCode::CantChangeRuntimeParam,
+                    format!("parameter \"{}\" cannot be changed", k.name),
+                ));
+            }
+            Some(_) => {}
+            None if lower.contains('.') => {}
+            None => return Err(unknown(name)),
+        }
+        let value = normalize(&lower, value)?;
+        self.values.insert(lower, value.clone());
+        Ok((canonical, value))
+    }
+
+    /// Restores a parameter to its default.
+    ///
+    /// # Errors
+    /// 42704 for an unknown parameter.
+    pub fn reset(&mut self, name: &str) -> Result<String> {
+        let canonical = canonical_name(name);
+        let lower = canonical.to_ascii_lowercase();
+        if known(&lower).is_none() && !lower.contains('.') {
+            return Err(unknown(name));
+        }
+        self.values.remove(&lower);
+        Ok(canonical)
+    }
+
+    /// Restores every parameter to its default.
+    pub fn reset_all(&mut self) {
+        self.values.clear();
+    }
+
+    /// `(name, setting, description)` of every known parameter, for `SHOW ALL`.
+    pub fn all(&self) -> Vec<(String, String, String)> {
+        let mut rows: Vec<_> = KNOWN
+            .iter()
+            .map(|k| (k.name.to_string(), self.get(k.name).unwrap_or_default(), k.description.to_string()))
+            .collect();
+        rows.extend(
+            self.values
+                .iter()
+                .filter(|(name, _)| known(name).is_none())
+                .map(|(name, value)| (name.clone(), value.clone(), String::new())),
+        );
+        rows.sort_by(|a, b| a.0.to_ascii_lowercase().cmp(&b.0.to_ascii_lowercase()));
+        rows
+    }
+
+    /// The statement timeout, if one is set.
+    pub fn statement_timeout(&self) -> Option<Duration> {
+        let ms: u64 = self.get("statement_timeout")?.parse().ok()?;
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+}
+
+fn unknown(name: &str) -> Error {
+    Error::new(StatusCode::ObjectNotFound, format!("unrecognized configuration parameter \"{name}\""))
+}
+
+fn invalid_value(name: &str, value: &str, expected: &str) -> Error {
+    Error::new(
+        StatusCode::InvalidParameterValue,
+        format!("invalid value for parameter \"{name}\": \"{value}\" ({expected})"),
+    )
+}
+
+/// Checks and normalises values whose meaning streamhouse depends on.
+fn normalize(lower: &str, value: &str) -> Result<String> {
+    match lower {
+        "client_encoding" => {
+            let v = value.trim().to_ascii_uppercase().replace('-', "");
+            if v == "UTF8" || v == "UNICODE" {
+                Ok("UTF8".to_string())
+            } else {
+                Err(Error::new(
+                    StatusCode::Unsupported,
+                    format!("client encoding \"{value}\" is not supported: streamhouse speaks only UTF8"),
+                ))
+            }
+        }
+        "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout" => {
+            parse_duration_ms(value).map(|ms| ms.to_string()).ok_or_else(|| {
+                invalid_value(lower, value, "expected milliseconds or a duration like '5s', '2min'")
+            })
+        }
+        "extra_float_digits" => match value.trim().parse::<i32>() {
+            Ok(n) if (-15..=3).contains(&n) => Ok(n.to_string()),
+            _ => Err(invalid_value(lower, value, "expected an integer from -15 to 3")),
+        },
+        "datestyle" => {
+            if value.to_ascii_uppercase().contains("ISO") {
+                Ok("ISO, MDY".to_string())
+            } else {
+                Err(Error::unsupported(format!("DateStyle \"{value}\" is not supported: only ISO output is")))
+            }
+        }
+        "intervalstyle" => {
+            if value.eq_ignore_ascii_case("postgres") {
+                Ok("postgres".to_string())
+            } else {
+                Err(Error::unsupported(format!(
+                    "IntervalStyle \"{value}\" is not supported: only postgres output is"
+                )))
+            }
+        }
+        _ => Ok(value.to_string()),
+    }
+}
+
+/// Parses Postgres-style durations: `5000`, `'5s'`, `'250ms'`, `'2min'`, `'1h'`.
+pub fn parse_duration_ms(value: &str) -> Option<u64> {
+    let v = value.trim().to_ascii_lowercase();
+    let split = v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor = match unit.trim() {
+        "" | "ms" => 1.0,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1000.0,
+        "min" | "mins" | "minute" | "minutes" => 60_000.0,
+        "h" | "hour" | "hours" => 3_600_000.0,
+        "d" | "day" | "days" => 86_400_000.0,
+        "us" => 0.001,
+        _ => return None,
+    };
+    Some((number * factor) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_show_reset() {
+        let mut vars = Variables::new("alice", 0);
+        assert_eq!(vars.get("datestyle").as_deref(), Some("ISO, MDY"));
+        assert_eq!(vars.get("session authorization").as_deref(), Some("alice"));
+        vars.set("application_name", "psql").unwrap();
+        assert_eq!(vars.get("APPLICATION_NAME").as_deref(), Some("psql"));
+        vars.set("statement_timeout", "2s").unwrap();
+        assert_eq!(vars.statement_timeout(), Some(Duration::from_secs(2)));
+        vars.reset("statement_timeout").unwrap();
+        assert_eq!(vars.statement_timeout(), None);
+        assert_eq!(vars.set("nonsense", "1").unwrap_err().code(), StatusCode::ObjectNotFound);
+        assert!(vars.set("myapp.tenant", "42").is_ok());
+        assert_eq!(vars.get("myapp.tenant").as_deref(), Some("42"));
+        assert_eq!(vars.set("server_version", "9.0").unwrap_err().code(), StatusCode::CantChangeRuntimeParam);
+        assert_eq!(vars.set("client_encoding", "latin1").unwrap_err().code(), StatusCode::Unsupported);
+        assert_eq!(vars.set("client_encoding", "utf-8").unwrap().1, "UTF8");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("5000"), Some(5000));
+        assert_eq!(parse_duration_ms("5s"), Some(5000));
+        assert_eq!(parse_duration_ms("2min"), Some(120_000));
+        assert_eq!(parse_duration_ms("soon"), None);
+    }
+}
