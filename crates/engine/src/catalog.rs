@@ -147,7 +147,12 @@ pub trait Catalog: Debug + Send + Sync + 'static {
     /// # Errors
     /// [`StatusCode::TableNotFound`] unless `if_exists`;
     /// [`StatusCode::InvalidArgument`] when the relation is of another kind.
-    async fn drop_relation(&self, name: &RelationName, kind: RelationKind, if_exists: bool) -> Result<bool>;
+    async fn drop_relation(
+        &self,
+        name: &RelationName,
+        kind: RelationKind,
+        if_exists: bool,
+    ) -> Result<bool>;
 }
 
 /// Errors shared by catalog implementations, so every backend words them alike.
@@ -156,17 +161,26 @@ pub mod errors {
 
     /// `relation "x" does not exist` (42P01).
     pub fn relation_not_found(name: &RelationName, kind: RelationKind) -> Error {
-        Error::new(StatusCode::TableNotFound, format!("{} \"{}\" does not exist", kind.noun(), name))
+        Error::new(
+            StatusCode::TableNotFound,
+            format!("{} \"{}\" does not exist", kind.noun(), name),
+        )
     }
 
     /// `schema "x" does not exist` (3F000).
     pub fn schema_not_found(name: &str) -> Error {
-        Error::new(StatusCode::SchemaNotFound, format!("schema \"{name}\" does not exist"))
+        Error::new(
+            StatusCode::SchemaNotFound,
+            format!("schema \"{name}\" does not exist"),
+        )
     }
 
     /// `relation "x" already exists` (42P07).
     pub fn relation_exists(name: &RelationName) -> Error {
-        Error::new(StatusCode::AlreadyExists, format!("relation \"{name}\" already exists"))
+        Error::new(
+            StatusCode::AlreadyExists,
+            format!("relation \"{name}\" already exists"),
+        )
     }
 
     /// `"x" is not a table` when DROP TABLE names a view and the other way round.
@@ -199,14 +213,24 @@ impl Default for MemoryCatalog {
     fn default() -> Self {
         let mut schemas = BTreeMap::new();
         schemas.insert(DEFAULT_SCHEMA.to_string(), BTreeMap::new());
-        Self { schemas: RwLock::new(schemas) }
+        Self {
+            schemas: RwLock::new(schemas),
+        }
     }
 }
 
 impl MemoryCatalog {
-    fn insert(&self, name: &RelationName, relation: Relation, if_not_exists: bool, or_replace: bool) -> Result<Created> {
+    fn insert(
+        &self,
+        name: &RelationName,
+        relation: Relation,
+        if_not_exists: bool,
+        or_replace: bool,
+    ) -> Result<Created> {
         let mut schemas = self.schemas.write().map_err(poisoned)?;
-        let schema = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
+        let schema = schemas
+            .get_mut(&name.schema)
+            .ok_or_else(|| errors::schema_not_found(&name.schema))?;
         if let Some(existing) = schema.get(&name.name) {
             if if_not_exists {
                 return Ok(Created::AlreadyExisted);
@@ -230,7 +254,10 @@ fn poisoned<T>(_: T) -> Error {
 #[async_trait]
 impl Catalog for MemoryCatalog {
     fn schema_names(&self) -> Vec<String> {
-        self.schemas.read().map(|s| s.keys().cloned().collect()).unwrap_or_default()
+        self.schemas
+            .read()
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn create_schema(&self, name: &str, if_not_exists: bool) -> Result<Created> {
@@ -239,7 +266,10 @@ impl Catalog for MemoryCatalog {
             if if_not_exists {
                 return Ok(Created::AlreadyExisted);
             }
-            return Err(Error::new(StatusCode::AlreadyExists, format!("schema \"{name}\" already exists")));
+            return Err(Error::new(
+                StatusCode::AlreadyExists,
+                format!("schema \"{name}\" already exists"),
+            ));
         }
         schemas.insert(name.to_string(), BTreeMap::new());
         Ok(Created::Created)
@@ -249,7 +279,9 @@ impl Catalog for MemoryCatalog {
         if SYSTEM_SCHEMAS.contains(&name) {
             return Err(Error::new(
                 StatusCode::InsufficientPrivilege,
-                format!("cannot drop schema \"{name}\" because it is required by the database system"),
+                format!(
+                    "cannot drop schema \"{name}\" because it is required by the database system"
+                ),
             ));
         }
         let mut schemas = self.schemas.write().map_err(poisoned)?;
@@ -286,25 +318,58 @@ impl Catalog for MemoryCatalog {
 
     async fn relation(&self, name: &RelationName) -> Result<Option<Arc<dyn TableProvider>>> {
         let schemas = self.schemas.read().map_err(poisoned)?;
-        Ok(schemas.get(&name.schema).and_then(|s| s.get(&name.name)).map(|r| Arc::clone(&r.provider)))
+        Ok(schemas
+            .get(&name.schema)
+            .and_then(|s| s.get(&name.name))
+            .map(|r| Arc::clone(&r.provider)))
     }
 
     async fn create_table(&self, request: CreateTable) -> Result<Created> {
         let table = MemTable::try_new(Arc::clone(&request.schema), vec![vec![]])?
             .with_constraints(request.constraints)
             .with_column_defaults(request.column_defaults.into_iter().collect());
-        let relation = Relation { kind: RelationKind::Table, provider: Arc::new(table) };
-        self.insert(&request.name, relation, request.if_not_exists, request.or_replace)
+        let relation = Relation {
+            kind: RelationKind::Table,
+            provider: Arc::new(table),
+        };
+        self.insert(
+            &request.name,
+            relation,
+            request.if_not_exists,
+            request.or_replace,
+        )
     }
 
-    async fn create_view(&self, name: RelationName, view: Arc<dyn TableProvider>, or_replace: bool) -> Result<Created> {
-        self.insert(&name, Relation { kind: RelationKind::View, provider: view }, false, or_replace)
+    async fn create_view(
+        &self,
+        name: RelationName,
+        view: Arc<dyn TableProvider>,
+        or_replace: bool,
+    ) -> Result<Created> {
+        self.insert(
+            &name,
+            Relation {
+                kind: RelationKind::View,
+                provider: view,
+            },
+            false,
+            or_replace,
+        )
     }
 
-    async fn drop_relation(&self, name: &RelationName, kind: RelationKind, if_exists: bool) -> Result<bool> {
+    async fn drop_relation(
+        &self,
+        name: &RelationName,
+        kind: RelationKind,
+        if_exists: bool,
+    ) -> Result<bool> {
         let mut schemas = self.schemas.write().map_err(poisoned)?;
         let Some(schema) = schemas.get_mut(&name.schema) else {
-            return if if_exists { Ok(false) } else { Err(errors::relation_not_found(name, kind)) };
+            return if if_exists {
+                Ok(false)
+            } else {
+                Err(errors::relation_not_found(name, kind))
+            };
         };
         match schema.get(&name.name) {
             None if if_exists => Ok(false),
@@ -333,7 +398,10 @@ pub struct DataFusionCatalog {
 impl DataFusionCatalog {
     /// Wraps `catalog`.
     pub fn new(catalog: CatalogRef) -> Self {
-        Self { catalog, system: RwLock::new(BTreeMap::new()) }
+        Self {
+            catalog,
+            system: RwLock::new(BTreeMap::new()),
+        }
     }
 }
 
@@ -350,10 +418,16 @@ impl CatalogProvider for DataFusionCatalog {
         if let Some(system) = self.system.read().ok().and_then(|s| s.get(name).cloned()) {
             return Some(system);
         }
-        self.catalog.schema_names().iter().any(|s| s == name).then(|| {
-            Arc::new(UserSchema { catalog: Arc::clone(&self.catalog), schema: name.to_string() })
-                as Arc<dyn SchemaProvider>
-        })
+        self.catalog
+            .schema_names()
+            .iter()
+            .any(|s| s == name)
+            .then(|| {
+                Arc::new(UserSchema {
+                    catalog: Arc::clone(&self.catalog),
+                    schema: name.to_string(),
+                }) as Arc<dyn SchemaProvider>
+            })
     }
 
     /// Only system schemas are registered this way (by pg_catalog set-up);
@@ -363,7 +437,10 @@ impl CatalogProvider for DataFusionCatalog {
         name: &str,
         schema: Arc<dyn SchemaProvider>,
     ) -> datafusion::error::Result<Option<Arc<dyn SchemaProvider>>> {
-        let mut system = self.system.write().map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+        let mut system = self
+            .system
+            .write()
+            .map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
         Ok(system.insert(name.to_string(), schema))
     }
 }
@@ -377,7 +454,10 @@ struct UserSchema {
 
 impl UserSchema {
     fn name(&self, table: &str) -> RelationName {
-        RelationName { schema: self.schema.clone(), name: table.to_string() }
+        RelationName {
+            schema: self.schema.clone(),
+            name: table.to_string(),
+        }
     }
 }
 
@@ -388,14 +468,20 @@ impl SchemaProvider for UserSchema {
     }
 
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        self.catalog.relation(&self.name(name)).await.map_err(|e| DataFusionError::External(Box::new(e)))
+        self.catalog
+            .relation(&self.name(name))
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))
     }
 
     async fn table_type(&self, name: &str) -> datafusion::error::Result<Option<TableType>> {
-        Ok(self.catalog.relation_kind(&self.name(name)).map(|k| match k {
-            RelationKind::Table => TableType::Base,
-            RelationKind::View => TableType::View,
-        }))
+        Ok(self
+            .catalog
+            .relation_kind(&self.name(name))
+            .map(|k| match k {
+                RelationKind::Table => TableType::Base,
+                RelationKind::View => TableType::View,
+            }))
     }
 
     fn register_table(
@@ -403,9 +489,9 @@ impl SchemaProvider for UserSchema {
         name: String,
         _table: Arc<dyn TableProvider>,
     ) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        Err(DataFusionError::External(Box::new(Error::unsupported(format!(
-            "cannot register \"{name}\" directly: use CREATE TABLE or CREATE VIEW"
-        )))))
+        Err(DataFusionError::External(Box::new(Error::unsupported(
+            format!("cannot register \"{name}\" directly: use CREATE TABLE or CREATE VIEW"),
+        ))))
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -95,7 +95,10 @@ pub struct Error {
 impl Error {
     /// An error of the given class.
     pub fn new(code: StatusCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     /// A feature streamhouse does not support.
@@ -127,7 +130,10 @@ impl Error {
 impl From<DataFusionError> for Error {
     fn from(err: DataFusionError) -> Self {
         let code = classify_datafusion(&err);
-        Self { code, message: user_message(err) }
+        Self {
+            code,
+            message: user_message(err),
+        }
     }
 }
 
@@ -209,7 +215,9 @@ fn strip_prefixes(text: &str) -> String {
 /// layers to the error that says what went wrong.
 fn root_cause(err: &DataFusionError) -> &DataFusionError {
     match err {
-        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => root_cause(inner),
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            root_cause(inner)
+        }
         DataFusionError::Shared(inner) => root_cause(inner),
         DataFusionError::Collection(errs) if !errs.is_empty() => root_cause(&errs[0]),
         DataFusionError::External(e) => match e.downcast_ref::<DataFusionError>() {
@@ -251,7 +259,9 @@ fn classify_datafusion(err: &DataFusionError) -> StatusCode {
         DataFusionError::Configuration(_) => StatusCode::InvalidArgument,
         DataFusionError::SchemaError(e, _) => match e.as_ref() {
             datafusion::common::SchemaError::FieldNotFound { .. } => StatusCode::ColumnNotFound,
-            datafusion::common::SchemaError::AmbiguousReference { .. } => StatusCode::AmbiguousColumn,
+            datafusion::common::SchemaError::AmbiguousReference { .. } => {
+                StatusCode::AmbiguousColumn
+            }
             _ => StatusCode::DuplicateColumn,
         },
         DataFusionError::ArrowError(e, _) => classify_arrow(e),
@@ -349,7 +359,8 @@ mod tests {
         let err: Error = DataFusionError::Plan("table 'x' not found".into()).into();
         assert_eq!(err.message(), "table 'x' not found");
         assert_eq!(err.code(), StatusCode::TableNotFound);
-        let err: Error = DataFusionError::ArrowError(Box::new(ArrowError::DivideByZero), None).into();
+        let err: Error =
+            DataFusionError::ArrowError(Box::new(ArrowError::DivideByZero), None).into();
         assert_eq!(err.code(), StatusCode::DivisionByZero);
         assert_eq!(err.message(), "division by zero");
         let wrapped = DataFusionError::Context(
@@ -361,7 +372,10 @@ mod tests {
 
     #[test]
     fn our_errors_keep_their_class_through_datafusion() {
-        let ours = Error::new(StatusCode::Cancelled, "canceling statement due to user request");
+        let ours = Error::new(
+            StatusCode::Cancelled,
+            "canceling statement due to user request",
+        );
         let err: Error = DataFusionError::External(Box::new(ours)).into();
         assert_eq!(err.code(), StatusCode::Cancelled);
         assert_eq!(err.message(), "canceling statement due to user request");

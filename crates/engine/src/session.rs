@@ -105,7 +105,11 @@ pub struct CommandComplete {
 
 impl CommandComplete {
     fn new(command: impl Into<String>) -> Self {
-        Self { command: command.into(), rows: None, transaction: None }
+        Self {
+            command: command.into(),
+            rows: None,
+            transaction: None,
+        }
     }
 
     fn with_rows(mut self, rows: u64) -> Self {
@@ -176,7 +180,11 @@ enum Kind {
 
 #[derive(Debug, Clone)]
 enum SessionStatement {
-    Set { name: String, value: String, local: bool },
+    Set {
+        name: String,
+        value: String,
+        local: bool,
+    },
     Reset(Option<String>),
     Show(String),
     ShowAll,
@@ -216,7 +224,9 @@ impl Prepared {
                 _ => Some(Arc::clone(plan.schema().inner())),
             },
             Kind::Session(SessionStatement::Show(name)) => Some(text_schema(&[name.as_str()])),
-            Kind::Session(SessionStatement::ShowAll) => Some(text_schema(&["name", "setting", "description"])),
+            Kind::Session(SessionStatement::ShowAll) => {
+                Some(text_schema(&["name", "setting", "description"]))
+            }
             Kind::Session(_) => None,
         }
     }
@@ -227,7 +237,12 @@ impl Prepared {
     /// Parameters that do not fit the statement.
     pub fn result_schema_with(&self, params: &ParamValues) -> Result<Option<SchemaRef>> {
         match &self.kind {
-            Kind::Plan(plan) if !matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Statement(_)) => {
+            Kind::Plan(plan)
+                if !matches!(
+                    plan,
+                    LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Statement(_)
+                ) =>
+            {
                 let bound = plan.clone().with_param_values(params.clone())?;
                 Ok(Some(Arc::clone(bound.schema().inner())))
             }
@@ -237,7 +252,12 @@ impl Prepared {
 }
 
 fn text_schema(names: &[&str]) -> SchemaRef {
-    Arc::new(Schema::new(names.iter().map(|n| Field::new(*n, DataType::Utf8, true)).collect::<Vec<_>>()))
+    Arc::new(Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 /// Parameter types of a plan in `$n` order, with types of untyped
@@ -246,7 +266,11 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     let mut types: Vec<Option<DataType>> = Vec::new();
     let mut put = |id: &str, ty: Option<DataType>| {
-        if let Some(n) = id.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()).filter(|n| *n >= 1) {
+        if let Some(n) = id
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n >= 1)
+        {
             if types.len() < n {
                 types.resize(n, None);
             }
@@ -291,7 +315,10 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("id", &self.id).field("user", &self.info.user).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("user", &self.info.user)
+            .finish_non_exhaustive()
     }
 }
 
@@ -305,7 +332,9 @@ impl Session {
         let vars = Arc::new(RwLock::new(vars));
         let lookup = Arc::clone(&vars);
         ctx.register_udf(text_udf("current_setting", move |name| {
-            let vars = lookup.read().map_err(|_| datafusion::error::DataFusionError::Internal("poisoned".into()))?;
+            let vars = lookup
+                .read()
+                .map_err(|_| datafusion::error::DataFusionError::Internal("poisoned".into()))?;
             vars.get(name).map(Some).ok_or_else(|| {
                 datafusion::error::DataFusionError::External(Box::new(Error::new(
                     StatusCode::ObjectNotFound,
@@ -314,7 +343,10 @@ impl Session {
             })
         }));
         let user = info.user.clone();
-        ctx.register_udf(crate::engine::constant_text_udf("session_user", user.clone()));
+        ctx.register_udf(crate::engine::constant_text_udf(
+            "session_user",
+            user.clone(),
+        ));
         ctx.register_udf(crate::engine::constant_text_udf("current_user", user));
         Self {
             engine,
@@ -361,7 +393,10 @@ impl Session {
     }
 
     fn notice(&mut self, severity: NoticeSeverity, message: impl Into<String>) {
-        self.notices.push(Notice { severity, message: message.into() });
+        self.notices.push(Notice {
+            severity,
+            message: message.into(),
+        });
     }
 
     /// Splits SQL text into statements (Postgres dialect, with the rewrites
@@ -386,13 +421,19 @@ impl Session {
                 Kind::Plan(control.run(self.plan(statement.clone())).await?)
             }
         };
-        Ok(Prepared { statement, kind, catalog_version })
+        Ok(Prepared {
+            statement,
+            kind,
+            catalog_version,
+        })
     }
 
     async fn plan(&self, statement: Statement) -> Result<LogicalPlan> {
         refuse_unsupported(&statement)?;
         let state = self.ctx.state();
-        let plan = state.statement_to_plan(DFStatement::Statement(Box::new(statement))).await?;
+        let plan = state
+            .statement_to_plan(DFStatement::Statement(Box::new(statement)))
+            .await?;
         Ok(plan)
     }
 
@@ -400,7 +441,11 @@ impl Session {
     ///
     /// # Errors
     /// Anything the statement can fail with; 57014 when cancelled.
-    pub async fn execute(&mut self, prepared: &Prepared, params: Option<ParamValues>) -> Result<Output> {
+    pub async fn execute(
+        &mut self,
+        prepared: &Prepared,
+        params: Option<ParamValues>,
+    ) -> Result<Output> {
         let result = self.execute_inner(prepared, params).await;
         if result.is_err() {
             self.mark_failed();
@@ -408,29 +453,39 @@ impl Session {
         result
     }
 
-    /// Parses, plans and executes SQL text that may hold several statements;
-    /// stops at the first error. Rows of all but the last statement are
+    /// Parses, plans and executes SQL text that may hold several statements,
+    /// stopping at the first error. Rows of all but the last statement are
     /// collected before the next statement runs, so each statement sees the
-    /// effects of the ones before it and none after it.
-    ///
-    /// # Errors
-    /// The first statement's error.
-    pub async fn run(&mut self, sql: &str) -> Result<Vec<Output>> {
-        let statements = self.parse(sql)?;
+    /// effects of the ones before it and none after it. Returns the outputs of
+    /// the statements that succeeded and the error that stopped the batch.
+    pub async fn run(&mut self, sql: &str) -> (Vec<Output>, Option<Error>) {
+        let statements = match self.parse(sql) {
+            Ok(s) => s,
+            Err(e) => {
+                self.mark_failed();
+                return (vec![], Some(e));
+            }
+        };
         let count = statements.len();
         let mut outputs = Vec::with_capacity(count);
         for (i, statement) in statements.into_iter().enumerate() {
-            let prepared = match self.prepare(statement).await {
-                Ok(p) => p,
+            let result = match self.prepare(statement).await {
+                Ok(prepared) => self.execute(&prepared, None).await,
                 Err(e) => {
                     self.mark_failed();
-                    return Err(e);
+                    Err(e)
                 }
             };
-            let output = self.execute(&prepared, None).await?;
-            outputs.push(if i + 1 < count { buffer(output).await? } else { output });
+            let result = match result {
+                Ok(output) if i + 1 < count => buffer(output).await,
+                other => other,
+            };
+            match result {
+                Ok(output) => outputs.push(output),
+                Err(e) => return (outputs, Some(e)),
+            }
         }
-        Ok(outputs)
+        (outputs, None)
     }
 
     fn begin_statement(&self) -> QueryControl {
@@ -448,9 +503,16 @@ impl Session {
         );
     }
 
-    async fn execute_inner(&mut self, prepared: &Prepared, params: Option<ParamValues>) -> Result<Output> {
+    async fn execute_inner(
+        &mut self,
+        prepared: &Prepared,
+        params: Option<ParamValues>,
+    ) -> Result<Output> {
         if self.engine.is_shut_down() {
-            return Err(Error::new(StatusCode::ShuttingDown, "the server is shutting down"));
+            return Err(Error::new(
+                StatusCode::ShuttingDown,
+                "the server is shutting down",
+            ));
         }
         if let Kind::Session(s) = &prepared.kind {
             return self.run_session_statement(s.clone());
@@ -462,7 +524,9 @@ impl Session {
             ));
         }
         let control = self.begin_statement();
-        let Kind::Plan(plan) = &prepared.kind else { unreachable!("session statements returned above") };
+        let Kind::Plan(plan) = &prepared.kind else {
+            unreachable!("session statements returned above")
+        };
         let plan = if prepared.catalog_version == self.engine.catalog_version() {
             plan.clone()
         } else {
@@ -479,7 +543,9 @@ impl Session {
                 if given != expected {
                     return Err(Error::new(
                         StatusCode::InvalidParameter,
-                        format!("bind message supplies {given} parameters, but prepared statement requires {expected}"),
+                        format!(
+                            "bind message supplies {given} parameters, but prepared statement requires {expected}"
+                        ),
                     ));
                 }
                 plan.with_param_values(params)?
@@ -487,13 +553,17 @@ impl Session {
             None if expected > 0 => {
                 return Err(Error::new(
                     StatusCode::InvalidParameter,
-                    format!("there is no parameter ${expected}: the statement needs {expected} bound value(s)"),
+                    format!(
+                        "there is no parameter ${expected}: the statement needs {expected} bound value(s)"
+                    ),
                 ));
             }
             None => plan,
         };
         let output = self.run_plan(plan, &control).await?;
-        if self.transaction_status() == TransactionStatus::InBlock && matches!(output, Output::Command(_)) {
+        if self.transaction_status() == TransactionStatus::InBlock
+            && matches!(output, Output::Command(_))
+        {
             self.writes_in_block += 1;
         }
         Ok(match output {
@@ -538,10 +608,14 @@ impl Session {
                     WriteOp::MergeInto(_) => "MERGE",
                     _ => "UPDATE",
                 };
-                let rows = control.run(self.execute_count(LogicalPlan::Dml(dml))).await?;
-                Ok(Output::Command(
-                    if command == "TRUNCATE TABLE" { CommandComplete::new(command) } else { CommandComplete::new(command).with_rows(rows) },
-                ))
+                let rows = control
+                    .run(self.execute_count(LogicalPlan::Dml(dml)))
+                    .await?;
+                Ok(Output::Command(if command == "TRUNCATE TABLE" {
+                    CommandComplete::new(command)
+                } else {
+                    CommandComplete::new(command).with_rows(rows)
+                }))
             }
             LogicalPlan::Statement(statement) => {
                 use datafusion::logical_expr::Statement as S;
@@ -549,11 +623,25 @@ impl Session {
                     S::Prepare(_) => "PREPARE",
                     S::Deallocate(_) => "DEALLOCATE",
                     S::Execute(_) => "EXECUTE",
-                    other => return Err(Error::unsupported(format!("statement {} is not supported", other.name()))),
+                    other => {
+                        return Err(Error::unsupported(format!(
+                            "statement {} is not supported",
+                            other.name()
+                        )));
+                    }
                 };
-                let df = control.run(async { Ok(self.ctx.execute_logical_plan(LogicalPlan::Statement(statement)).await?) }).await?;
+                let df = control
+                    .run(async {
+                        Ok(self
+                            .ctx
+                            .execute_logical_plan(LogicalPlan::Statement(statement))
+                            .await?)
+                    })
+                    .await?;
                 if command == "EXECUTE" {
-                    let stream = control.run(async { Ok(df.execute_stream().await?) }).await?;
+                    let stream = control
+                        .run(async { Ok(df.execute_stream().await?) })
+                        .await?;
                     Ok(Output::Rows(stream))
                 } else {
                     Ok(Output::Command(CommandComplete::new(command)))
@@ -615,7 +703,11 @@ impl Session {
                 // Like Postgres, columns of CREATE TABLE AS accept NULLs whatever the query produced.
                 let schema: SchemaRef = if is_ctas {
                     Arc::new(Schema::new(
-                        input_schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+                        input_schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.as_ref().clone().with_nullable(true))
+                            .collect::<Vec<_>>(),
                     ))
                 } else {
                     Arc::new(input_schema.clone())
@@ -631,35 +723,60 @@ impl Session {
                     })
                     .await?;
                 if created == Created::AlreadyExisted {
-                    self.notice(NoticeSeverity::Notice, format!("relation \"{}\" already exists, skipping", name.name));
+                    self.notice(
+                        NoticeSeverity::Notice,
+                        format!("relation \"{}\" already exists, skipping", name.name),
+                    );
                     return Ok(Output::Command(CommandComplete::new("CREATE TABLE")));
                 }
                 if !is_ctas {
                     return Ok(Output::Command(CommandComplete::new("CREATE TABLE")));
                 }
-                let inserted = self.insert_into(&name, cmd.input.as_ref().clone(), control).await;
+                let inserted = self
+                    .insert_into(&name, cmd.input.as_ref().clone(), control)
+                    .await;
                 match inserted {
-                    Ok(rows) => Ok(Output::Command(CommandComplete::new("SELECT").with_rows(rows))),
+                    Ok(rows) => Ok(Output::Command(
+                        CommandComplete::new("SELECT").with_rows(rows),
+                    )),
                     Err(e) => {
                         // The statement failed as a whole: do not leave a half-filled table behind.
-                        let _ = catalog.drop_relation(&name, RelationKind::Table, true).await;
+                        let _ = catalog
+                            .drop_relation(&name, RelationKind::Table, true)
+                            .await;
                         Err(e)
                     }
                 }
             }
             DdlStatement::CreateView(cv) => {
                 let name = self.relation_name(&cv.name)?;
-                let view: Arc<dyn TableProvider> =
-                    Arc::new(ViewTable::new(cv.input.as_ref().clone(), cv.definition.clone()));
+                let view: Arc<dyn TableProvider> = Arc::new(ViewTable::new(
+                    cv.input.as_ref().clone(),
+                    cv.definition.clone(),
+                ));
                 catalog.create_view(name, view, cv.or_replace).await?;
                 Ok(Output::Command(CommandComplete::new("CREATE VIEW")))
             }
-            DdlStatement::DropTable(drop) => self.drop_relation(&drop.name, RelationKind::Table, drop.if_exists).await,
-            DdlStatement::DropView(drop) => self.drop_relation(&drop.name, RelationKind::View, drop.if_exists).await,
+            DdlStatement::DropTable(drop) => {
+                self.drop_relation(&drop.name, RelationKind::Table, drop.if_exists)
+                    .await
+            }
+            DdlStatement::DropView(drop) => {
+                self.drop_relation(&drop.name, RelationKind::View, drop.if_exists)
+                    .await
+            }
             DdlStatement::CreateCatalogSchema(cmd) => {
-                let schema = cmd.schema_name.rsplit('.').next().unwrap_or(&cmd.schema_name).to_string();
+                let schema = cmd
+                    .schema_name
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or(&cmd.schema_name)
+                    .to_string();
                 if catalog.create_schema(&schema, cmd.if_not_exists)? == Created::AlreadyExisted {
-                    self.notice(NoticeSeverity::Notice, format!("schema \"{schema}\" already exists, skipping"));
+                    self.notice(
+                        NoticeSeverity::Notice,
+                        format!("schema \"{schema}\" already exists, skipping"),
+                    );
                 }
                 Ok(Output::Command(CommandComplete::new("CREATE SCHEMA")))
             }
@@ -668,19 +785,34 @@ impl Session {
                 catalog.drop_schema(&schema, cmd.if_exists, cmd.cascade)?;
                 Ok(Output::Command(CommandComplete::new("DROP SCHEMA")))
             }
-            other => Err(Error::unsupported(format!("{} is not supported", ddl_display_name(&other)))),
+            other => Err(Error::unsupported(format!(
+                "{} is not supported",
+                ddl_display_name(&other)
+            ))),
         }
     }
 
-    async fn drop_relation(&mut self, reference: &TableReference, kind: RelationKind, if_exists: bool) -> Result<Output> {
+    async fn drop_relation(
+        &mut self,
+        reference: &TableReference,
+        kind: RelationKind,
+        if_exists: bool,
+    ) -> Result<Output> {
         let name = self.relation_name(reference)?;
-        let dropped = self.engine.catalog().drop_relation(&name, kind, if_exists).await?;
+        let dropped = self
+            .engine
+            .catalog()
+            .drop_relation(&name, kind, if_exists)
+            .await?;
         let noun = match kind {
             RelationKind::Table => "table",
             RelationKind::View => "view",
         };
         if !dropped {
-            self.notice(NoticeSeverity::Notice, format!("{noun} \"{}\" does not exist, skipping", name.name));
+            self.notice(
+                NoticeSeverity::Notice,
+                format!("{noun} \"{}\" does not exist, skipping", name.name),
+            );
         }
         Ok(Output::Command(CommandComplete::new(match kind {
             RelationKind::Table => "DROP TABLE",
@@ -688,22 +820,37 @@ impl Session {
         })))
     }
 
-    async fn insert_into(&self, name: &RelationName, input: LogicalPlan, control: &QueryControl) -> Result<u64> {
-        let provider = self
-            .engine
-            .catalog()
-            .relation(name)
-            .await?
-            .ok_or_else(|| Error::internal(format!("table {name} vanished while being created")))?;
-        let reference = TableReference::full(self.engine.database().to_string(), name.schema.clone(), name.name.clone());
-        let plan = LogicalPlanBuilder::insert_into(input, reference, provider_as_source(provider), InsertOp::Append)?
-            .build()?;
+    async fn insert_into(
+        &self,
+        name: &RelationName,
+        input: LogicalPlan,
+        control: &QueryControl,
+    ) -> Result<u64> {
+        let provider =
+            self.engine.catalog().relation(name).await?.ok_or_else(|| {
+                Error::internal(format!("table {name} vanished while being created"))
+            })?;
+        let reference = TableReference::full(
+            self.engine.database().to_string(),
+            name.schema.clone(),
+            name.name.clone(),
+        );
+        let plan = LogicalPlanBuilder::insert_into(
+            input,
+            reference,
+            provider_as_source(provider),
+            InsertOp::Append,
+        )?
+        .build()?;
         control.run(self.execute_count(plan)).await
     }
 
     fn run_session_statement(&mut self, statement: SessionStatement) -> Result<Output> {
         let status = self.transaction_status();
-        let allowed_when_failed = matches!(statement, SessionStatement::Commit | SessionStatement::Rollback);
+        let allowed_when_failed = matches!(
+            statement,
+            SessionStatement::Commit | SessionStatement::Rollback
+        );
         if status == TransactionStatus::Failed && !allowed_when_failed {
             return Err(Error::new(
                 StatusCode::InFailedTransaction,
@@ -731,28 +878,40 @@ impl Session {
             SessionStatement::Show(name) => {
                 let value = self.show_variable(&name)?;
                 let schema = text_schema(&[name.as_str()]);
-                let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(StringArray::from(vec![value]))])?;
+                let batch = RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![Arc::new(StringArray::from(vec![value]))],
+                )?;
                 Ok(Output::Rows(batch_stream(schema, vec![batch])))
             }
             SessionStatement::ShowAll => {
                 let rows = self.vars.read().map_err(lock_err)?.all();
                 let schema = text_schema(&["name", "setting", "description"]);
                 let column = |i: usize| {
-                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| match i {
-                        0 => r.0.as_str(),
-                        1 => r.1.as_str(),
-                        _ => r.2.as_str(),
-                    }))) as _
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(
+                        |r| match i {
+                            0 => r.0.as_str(),
+                            1 => r.1.as_str(),
+                            _ => r.2.as_str(),
+                        },
+                    ))) as _
                 };
-                let batch = RecordBatch::try_new(Arc::clone(&schema), vec![column(0), column(1), column(2)])?;
+                let batch = RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![column(0), column(1), column(2)],
+                )?;
                 Ok(Output::Rows(batch_stream(schema, vec![batch])))
             }
             SessionStatement::Begin => {
                 if status == TransactionStatus::InBlock {
-                    self.notice(NoticeSeverity::Warning, "there is already a transaction in progress");
+                    self.notice(
+                        NoticeSeverity::Warning,
+                        "there is already a transaction in progress",
+                    );
                     return Ok(Output::Command(CommandComplete::new("BEGIN")));
                 }
-                self.txn.store(TransactionStatus::InBlock as u8, Ordering::SeqCst);
+                self.txn
+                    .store(TransactionStatus::InBlock as u8, Ordering::SeqCst);
                 self.writes_in_block = 0;
                 Ok(Output::Command(CommandComplete {
                     transaction: Some(TransactionChange::Begin),
@@ -760,9 +919,13 @@ impl Session {
                 }))
             }
             SessionStatement::Commit | SessionStatement::Rollback => {
-                let rollback = matches!(statement, SessionStatement::Rollback) || status == TransactionStatus::Failed;
+                let rollback = matches!(statement, SessionStatement::Rollback)
+                    || status == TransactionStatus::Failed;
                 if status == TransactionStatus::Idle {
-                    self.notice(NoticeSeverity::Warning, "there is no transaction in progress");
+                    self.notice(
+                        NoticeSeverity::Warning,
+                        "there is no transaction in progress",
+                    );
                 } else if rollback && self.writes_in_block > 0 {
                     self.notice(
                         NoticeSeverity::Warning,
@@ -789,7 +952,8 @@ impl Session {
     }
 
     fn end_block(&mut self) -> Result<()> {
-        self.txn.store(TransactionStatus::Idle as u8, Ordering::SeqCst);
+        self.txn
+            .store(TransactionStatus::Idle as u8, Ordering::SeqCst);
         self.writes_in_block = 0;
         for (name, previous) in std::mem::take(&mut self.local_restore).into_iter().rev() {
             match previous {
@@ -810,13 +974,20 @@ impl Session {
         if let Some(option) = datafusion_option(name) {
             let state_ref = self.ctx.state_ref();
             let mut state = state_ref.write();
-            return state.config_mut().options_mut().set(option, value).map_err(|e| {
-                let err = Error::from(e);
-                Error::new(StatusCode::InvalidParameterValue, err.message().to_string())
-            });
+            return state
+                .config_mut()
+                .options_mut()
+                .set(option, value)
+                .map_err(|e| {
+                    let err = Error::from(e);
+                    Error::new(StatusCode::InvalidParameterValue, err.message().to_string())
+                });
         }
         if local && self.transaction_status() == TransactionStatus::Idle {
-            self.notice(NoticeSeverity::Warning, "SET LOCAL can only be used in transaction blocks");
+            self.notice(
+                NoticeSeverity::Warning,
+                "SET LOCAL can only be used in transaction blocks",
+            );
             return Ok(());
         }
         let previous = self.variable(name);
@@ -832,16 +1003,32 @@ impl Session {
         if canonical.eq_ignore_ascii_case("TimeZone") {
             let tz = match value {
                 None => None,
-                Some(v) if v.eq_ignore_ascii_case("utc") || v.eq_ignore_ascii_case("default") => None,
+                Some(v) if v.eq_ignore_ascii_case("utc") || v.eq_ignore_ascii_case("default") => {
+                    None
+                }
                 Some(v) => {
-                    let tz = if v.eq_ignore_ascii_case("local") { "UTC" } else { v };
-                    tz.parse::<datafusion::arrow::array::timezone::Tz>().map_err(|_| {
-                        Error::new(StatusCode::InvalidParameterValue, format!("invalid value for parameter \"TimeZone\": \"{v}\""))
-                    })?;
+                    let tz = if v.eq_ignore_ascii_case("local") {
+                        "UTC"
+                    } else {
+                        v
+                    };
+                    tz.parse::<datafusion::arrow::array::timezone::Tz>()
+                        .map_err(|_| {
+                            Error::new(
+                                StatusCode::InvalidParameterValue,
+                                format!("invalid value for parameter \"TimeZone\": \"{v}\""),
+                            )
+                        })?;
                     Some(tz.to_string())
                 }
             };
-            self.ctx.state_ref().write().config_mut().options_mut().execution.time_zone = tz;
+            self.ctx
+                .state_ref()
+                .write()
+                .config_mut()
+                .options_mut()
+                .execution
+                .time_zone = tz;
         }
         Ok(())
     }
@@ -857,11 +1044,18 @@ impl Session {
                 .find(|e| e.key.eq_ignore_ascii_case(option))
                 .map(|e| e.value.unwrap_or_default())
                 .ok_or_else(|| {
-                    Error::new(StatusCode::ObjectNotFound, format!("unrecognized configuration parameter \"{name}\""))
+                    Error::new(
+                        StatusCode::ObjectNotFound,
+                        format!("unrecognized configuration parameter \"{name}\""),
+                    )
                 });
         }
-        self.variable(name)
-            .ok_or_else(|| Error::new(StatusCode::ObjectNotFound, format!("unrecognized configuration parameter \"{name}\"")))
+        self.variable(name).ok_or_else(|| {
+            Error::new(
+                StatusCode::ObjectNotFound,
+                format!("unrecognized configuration parameter \"{name}\""),
+            )
+        })
     }
 }
 
@@ -870,11 +1064,17 @@ fn lock_err<T>(_: T) -> Error {
 }
 
 fn datafusion_option(name: &str) -> Option<&str> {
-    name.len().gt(&"datafusion.".len()).then_some(name).filter(|n| n[.."datafusion.".len()].eq_ignore_ascii_case("datafusion."))
+    name.len()
+        .gt(&"datafusion.".len())
+        .then_some(name)
+        .filter(|n| n[.."datafusion.".len()].eq_ignore_ascii_case("datafusion."))
 }
 
 fn batch_stream(schema: SchemaRef, batches: Vec<RecordBatch>) -> SendableRecordBatchStream {
-    Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches.into_iter().map(Ok))))
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        futures::stream::iter(batches.into_iter().map(Ok)),
+    ))
 }
 
 /// Collects a row output into memory (for all but the last statement of a batch).
@@ -904,7 +1104,9 @@ fn ddl_display_name(ddl: &DdlStatement) -> String {
 fn refuse_unsupported(statement: &Statement) -> Result<()> {
     let what = match statement {
         Statement::Copy { .. } => "COPY",
-        Statement::Declare { .. } | Statement::Fetch { .. } | Statement::Close { .. } => "cursors (DECLARE/FETCH/CLOSE)",
+        Statement::Declare { .. } | Statement::Fetch { .. } | Statement::Close { .. } => {
+            "cursors (DECLARE/FETCH/CLOSE)"
+        }
         Statement::CreateDatabase { .. } => "CREATE DATABASE",
         Statement::Grant { .. } | Statement::Revoke { .. } => "GRANT/REVOKE",
         Statement::CreateRole { .. } | Statement::CreateUser { .. } => "CREATE ROLE/USER",
@@ -918,7 +1120,12 @@ fn session_statement(statement: &Statement) -> Result<Option<SessionStatement>> 
     use ast::Set;
     let s = match statement {
         Statement::Set(set) => match set {
-            Set::SingleAssignment { scope, variable, values, .. } => {
+            Set::SingleAssignment {
+                scope,
+                variable,
+                values,
+                ..
+            } => {
                 let local = matches!(scope, Some(ast::ContextModifier::Local));
                 let name = variable.to_string();
                 let value = values.iter().map(expr_text).collect::<Vec<_>>().join(", ");
@@ -933,26 +1140,41 @@ fn session_statement(statement: &Statement) -> Result<Option<SessionStatement>> 
                 if value.eq_ignore_ascii_case("default") || value.eq_ignore_ascii_case("local") {
                     SessionStatement::Reset(Some("TimeZone".into()))
                 } else {
-                    SessionStatement::Set { name: "TimeZone".into(), value, local: *local }
+                    SessionStatement::Set {
+                        name: "TimeZone".into(),
+                        value,
+                        local: *local,
+                    }
                 }
             }
-            Set::SetNames { charset_name, .. } => {
-                SessionStatement::Set { name: "client_encoding".into(), value: charset_name.value.clone(), local: false }
-            }
+            Set::SetNames { charset_name, .. } => SessionStatement::Set {
+                name: "client_encoding".into(),
+                value: charset_name.value.clone(),
+                local: false,
+            },
             Set::SetNamesDefault {} => SessionStatement::Reset(Some("client_encoding".into())),
             // Every statement is its own transaction, so transaction characteristics have nothing to change.
             Set::SetTransaction { .. } => SessionStatement::NoOp("SET"),
             Set::MultipleAssignments { .. } | Set::ParenthesizedAssignments { .. } => {
-                return Err(Error::new(StatusCode::InvalidSyntax, "SET takes one parameter at a time"));
+                return Err(Error::new(
+                    StatusCode::InvalidSyntax,
+                    "SET takes one parameter at a time",
+                ));
             }
             other => return Err(Error::unsupported(format!("{other} is not supported"))),
         },
         Statement::Reset(reset) => match &reset.reset {
             ast::Reset::ALL => SessionStatement::Reset(None),
-            ast::Reset::ConfigurationParameter(name) => SessionStatement::Reset(Some(name.to_string())),
+            ast::Reset::ConfigurationParameter(name) => {
+                SessionStatement::Reset(Some(name.to_string()))
+            }
         },
         Statement::ShowVariable { variable } => {
-            let name = variable.iter().map(|i| i.value.as_str()).collect::<Vec<_>>().join(" ");
+            let name = variable
+                .iter()
+                .map(|i| i.value.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
             if name.eq_ignore_ascii_case("all") {
                 SessionStatement::ShowAll
             } else {
@@ -961,9 +1183,17 @@ fn session_statement(statement: &Statement) -> Result<Option<SessionStatement>> 
         }
         Statement::StartTransaction { .. } => SessionStatement::Begin,
         Statement::Commit { .. } => SessionStatement::Commit,
-        Statement::Rollback { savepoint: None, .. } => SessionStatement::Rollback,
-        Statement::Rollback { savepoint: Some(_), .. } | Statement::Savepoint { .. } | Statement::ReleaseSavepoint { .. } => {
-            return Err(Error::unsupported("savepoints are not supported: every statement commits on its own"));
+        Statement::Rollback {
+            savepoint: None, ..
+        } => SessionStatement::Rollback,
+        Statement::Rollback {
+            savepoint: Some(_), ..
+        }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. } => {
+            return Err(Error::unsupported(
+                "savepoints are not supported: every statement commits on its own",
+            ));
         }
         Statement::Discard { .. } => SessionStatement::Discard,
         _ => return Ok(None),
@@ -975,9 +1205,9 @@ fn session_statement(statement: &Statement) -> Result<Option<SessionStatement>> 
 fn expr_text(expr: &ast::Expr) -> String {
     match expr {
         ast::Expr::Value(v) => match &v.value {
-            ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) | ast::Value::EscapedStringLiteral(s) => {
-                s.clone()
-            }
+            ast::Value::SingleQuotedString(s)
+            | ast::Value::DoubleQuotedString(s)
+            | ast::Value::EscapedStringLiteral(s) => s.clone(),
             other => other.to_string(),
         },
         ast::Expr::Identifier(ident) => ident.value.clone(),

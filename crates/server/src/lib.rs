@@ -1,1 +1,178 @@
-//! placeholder
+//! Protocol front ends of streamhouse: the Postgres wire protocol ([`pg`])
+//! and Arrow Flight SQL ([`flight`]), both over one [`Engine`], so a table
+//! created through one is visible through the other.
+//!
+//! ```text
+//!   psql / JDBC / psycopg ──► pg (pgwire) ──┐
+//!                                           ├──► Engine ──► Session per connection / request
+//!   ADBC / pyarrow ──► flight (Flight SQL) ─┘
+//! ```
+//!
+//! [`status`] is the one place where engine status codes become SQLSTATEs
+//! and gRPC codes. [`start`] binds both listeners and returns a
+//! [`RunningServer`] that shuts down gracefully.
+
+pub mod flight;
+pub mod pg;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use serde::Deserialize;
+use streamhouse_engine::Engine;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Listening addresses and connection limits (`[server]` in the configuration).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address both protocols listen on.
+    pub host: String,
+    /// Postgres protocol port (0 picks a free port).
+    pub pg_port: u16,
+    /// Arrow Flight SQL port (0 picks a free port).
+    pub flight_port: u16,
+    /// Most Postgres connections served at once; more are refused with 53300.
+    pub max_connections: usize,
+    /// Largest gRPC message accepted from Flight clients, in bytes.
+    pub flight_max_message_bytes: usize,
+    /// How long shutdown waits for connections to close after cancelling
+    /// their statements, in milliseconds.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_string(),
+            pg_port: 5433,
+            flight_port: 50051,
+            max_connections: 256,
+            flight_max_message_bytes: 64 << 20,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// A listening address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for {protocol} on {address}: {source}")]
+pub struct BindError {
+    protocol: &'static str,
+    address: String,
+    source: std::io::Error,
+}
+
+/// Both front ends, running.
+#[derive(Debug)]
+pub struct RunningServer {
+    pg_addr: SocketAddr,
+    flight_addr: SocketAddr,
+    engine: Engine,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    timeout: Duration,
+}
+
+impl RunningServer {
+    /// Where the Postgres protocol listens.
+    pub fn pg_addr(&self) -> SocketAddr {
+        self.pg_addr
+    }
+
+    /// Where Flight SQL listens.
+    pub fn flight_addr(&self) -> SocketAddr {
+        self.flight_addr
+    }
+
+    /// The engine behind both front ends.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Stops accepting connections, cancels running statements (clients see
+    /// SQLSTATE 57P01 or gRPC UNAVAILABLE), closes connections, and waits up
+    /// to `shutdown_timeout_ms` for them to finish.
+    pub async fn shutdown(self) {
+        self.engine.shutdown();
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                timeout_ms = self.timeout.as_millis() as u64,
+                "connections still open at shutdown timeout"
+            );
+        }
+    }
+}
+
+async fn bind(protocol: &'static str, host: &str, port: u16) -> Result<TcpListener, BindError> {
+    let address = format!("{host}:{port}");
+    TcpListener::bind(&address)
+        .await
+        .map_err(|source| BindError {
+            protocol,
+            address,
+            source,
+        })
+}
+
+/// Binds both listeners and starts serving.
+///
+/// # Errors
+/// A port is taken or the host is not a local address.
+pub async fn start(engine: Engine, config: &ServerConfig) -> Result<RunningServer, BindError> {
+    let pg_listener = bind("the Postgres protocol", &config.host, config.pg_port).await?;
+    let flight_listener = bind("Flight SQL", &config.host, config.flight_port).await?;
+    let local = |l: &TcpListener, protocol| {
+        l.local_addr().map_err(|source| BindError {
+            protocol,
+            address: config.host.clone(),
+            source,
+        })
+    };
+    let pg_addr = local(&pg_listener, "the Postgres protocol")?;
+    let flight_addr = local(&flight_listener, "Flight SQL")?;
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    tracker.spawn(pg::serve(
+        pg_listener,
+        engine.clone(),
+        config.max_connections,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+
+    let service = FlightServiceServer::new(flight::FlightSqlServer::new(engine.clone()))
+        .max_decoding_message_size(config.flight_max_message_bytes)
+        .max_encoding_message_size(config.flight_max_message_bytes);
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(flight_listener).with_nodelay(Some(true));
+    let flight_shutdown = shutdown.clone();
+    tracker.spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, flight_shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "Flight SQL server failed");
+        }
+    });
+
+    Ok(RunningServer {
+        pg_addr,
+        flight_addr,
+        engine,
+        shutdown,
+        tracker,
+        timeout: Duration::from_millis(config.shutdown_timeout_ms),
+    })
+}

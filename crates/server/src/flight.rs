@@ -1,0 +1,615 @@
+//! The Arrow Flight SQL front end.
+//!
+//! Queries are stateless between GetFlightInfo and DoGet: the ticket carries
+//! the SQL text, so DoGet plans and runs it in a fresh session (any server
+//! could redeem it, and nothing leaks when a client never fetches). Prepared
+//! statements live in a map keyed by an opaque handle until the client closes
+//! them; parameters bound by DoPut are kept with the handle. Results stream as
+//! they are produced; a client that goes away drops the stream, which stops
+//! the query. Errors become gRPC statuses through [`crate::status`].
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate,
+    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, SqlSupportedTransaction,
+    TicketStatementQuery,
+};
+use arrow_flight::{
+    Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc,
+    Ticket,
+};
+use bytes::Bytes;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::ipc::writer::IpcWriteOptions;
+use datafusion::common::ParamValues;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::scalar::ScalarValue;
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use streamhouse_engine::catalog::{RelationKind, RelationName, SYSTEM_SCHEMAS};
+use streamhouse_engine::{Engine, Error, Output, Prepared, Session, SessionInfo};
+use tonic::{Request, Response, Status};
+
+use crate::status::grpc_status;
+
+type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
+
+/// A prepared statement of a Flight SQL client.
+struct PreparedEntry {
+    prepared: Arc<Prepared>,
+    /// Rows of parameter values bound by the last DoPut (one row per execution).
+    params: Vec<Vec<ScalarValue>>,
+}
+
+/// The Flight SQL service.
+pub struct FlightSqlServer {
+    engine: Engine,
+    prepared: Mutex<HashMap<Bytes, PreparedEntry>>,
+}
+
+impl FlightSqlServer {
+    /// A service over `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            prepared: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn session<T>(&self, request: &Request<T>) -> Session {
+        let user = request
+            .metadata()
+            .get("x-streamhouse-user")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("flight")
+            .to_string();
+        self.engine.new_session(SessionInfo {
+            user,
+            database: None,
+            application_name: Some("flight-sql".into()),
+        })
+    }
+
+    /// Parses exactly one statement and plans it.
+    async fn prepare(session: &mut Session, sql: &str) -> Result<Prepared, Status> {
+        let mut statements = session.parse(sql).map_err(|e| grpc_status(&e))?;
+        if statements.len() != 1 {
+            return Err(Status::invalid_argument(format!(
+                "expected exactly one SQL statement, got {}",
+                statements.len()
+            )));
+        }
+        let statement = statements.pop().expect("one statement");
+        session
+            .prepare(statement)
+            .await
+            .map_err(|e| grpc_status(&e))
+    }
+
+    fn entry(&self, handle: &Bytes) -> Result<(Arc<Prepared>, Vec<Vec<ScalarValue>>), Status> {
+        let map = self
+            .prepared
+            .lock()
+            .map_err(|_| Status::internal("prepared statement map poisoned"))?;
+        let entry = map.get(handle).ok_or_else(|| {
+            Status::not_found(
+                "unknown prepared statement handle (closed, or created on another server)",
+            )
+        })?;
+        Ok((Arc::clone(&entry.prepared), entry.params.clone()))
+    }
+}
+
+/// The schema a statement's FlightInfo announces: its rows, or none for commands.
+fn announced_schema(prepared: &Prepared) -> SchemaRef {
+    prepared
+        .result_schema()
+        .unwrap_or_else(|| Arc::new(Schema::empty()))
+}
+
+fn flight_info(
+    schema: &Schema,
+    ticket: Ticket,
+    descriptor: FlightDescriptor,
+) -> Result<FlightInfo, Status> {
+    Ok(FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(format!("cannot encode schema: {e}")))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(ticket))
+        .with_descriptor(descriptor))
+}
+
+fn schema_bytes(schema: &Schema) -> Result<Bytes, Status> {
+    let IpcMessage(bytes) =
+        IpcMessage::try_from(SchemaAsIpc::new(schema, &IpcWriteOptions::default()))
+            .map_err(|e| Status::internal(format!("cannot encode schema: {e}")))?;
+    Ok(bytes)
+}
+
+fn flight_stream(stream: SendableRecordBatchStream) -> DoGetStream {
+    let schema = stream.schema();
+    let batches = stream.map_err(|e| FlightError::Tonic(Box::new(grpc_status(&Error::from(e)))));
+    Box::pin(
+        FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches)
+            .map_err(Status::from),
+    )
+}
+
+fn one_batch_stream(
+    schema: SchemaRef,
+    batch: arrow_flight::error::Result<RecordBatch>,
+) -> DoGetStream {
+    Box::pin(
+        FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(futures::stream::once(async { batch }))
+            .map_err(Status::from),
+    )
+}
+
+/// Runs a statement; commands yield an empty stream with an empty schema.
+async fn run_to_stream(
+    session: &mut Session,
+    prepared: &Prepared,
+    params: Option<ParamValues>,
+) -> Result<DoGetStream, Status> {
+    match session
+        .execute(prepared, params)
+        .await
+        .map_err(|e| grpc_status(&e))?
+    {
+        Output::Rows(stream) => Ok(flight_stream(stream)),
+        Output::Command(_) => {
+            let schema = Arc::new(Schema::empty());
+            Ok(one_batch_stream(
+                Arc::clone(&schema),
+                Ok(RecordBatch::new_empty(schema)),
+            ))
+        }
+    }
+}
+
+/// Runs a command and returns the rows it affected (0 for DDL).
+async fn run_update(
+    session: &mut Session,
+    prepared: &Prepared,
+    params: Option<ParamValues>,
+) -> Result<i64, Status> {
+    match session
+        .execute(prepared, params)
+        .await
+        .map_err(|e| grpc_status(&e))?
+    {
+        Output::Command(done) => Ok(done.rows.unwrap_or(0) as i64),
+        Output::Rows(mut stream) => {
+            // A query sent as an update: run it to completion, report no affected rows.
+            while let Some(batch) = stream.next().await {
+                batch.map_err(|e| grpc_status(&Error::from(e)))?;
+            }
+            Ok(0)
+        }
+    }
+}
+
+static SQL_INFO: std::sync::LazyLock<SqlInfoData> = std::sync::LazyLock::new(|| {
+    let mut b = SqlInfoDataBuilder::new();
+    b.append(SqlInfo::FlightSqlServerName, "streamhouse");
+    b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+    b.append(SqlInfo::FlightSqlServerArrowVersion, "59.3.2");
+    b.append(SqlInfo::FlightSqlServerReadOnly, false);
+    b.append(SqlInfo::FlightSqlServerSql, true);
+    b.append(SqlInfo::FlightSqlServerSubstrait, false);
+    b.append(
+        SqlInfo::FlightSqlServerTransaction,
+        SqlSupportedTransaction::None as i32,
+    );
+    b.append(SqlInfo::FlightSqlServerCancel, false);
+    b.append(SqlInfo::SqlDdlCatalog, false);
+    b.append(SqlInfo::SqlDdlSchema, true);
+    b.append(SqlInfo::SqlDdlTable, true);
+    b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+    b.append(SqlInfo::SqlSchemaTerm, "schema");
+    b.append(SqlInfo::SqlCatalogTerm, "database");
+    b.build().expect("static SqlInfo values are valid")
+});
+
+/// Decodes the parameter rows a client bound with DoPut.
+async fn decode_parameters(
+    request: Request<PeekableFlightDataStream>,
+) -> Result<Vec<Vec<ScalarValue>>, Status> {
+    let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(
+        request.into_inner().map_err(FlightError::from),
+    )
+    .try_collect()
+    .await?;
+    let mut rows = Vec::new();
+    for batch in &batches {
+        for row in 0..batch.num_rows() {
+            let values = batch
+                .columns()
+                .iter()
+                .map(|c| ScalarValue::try_from_array(c.as_ref(), row))
+                .collect::<datafusion::error::Result<Vec<_>>>()
+                .map_err(|e| Status::invalid_argument(format!("invalid parameter value: {e}")))?;
+            rows.push(values);
+        }
+    }
+    Ok(rows)
+}
+
+fn relation_table_type(kind: RelationKind) -> &'static str {
+    match kind {
+        RelationKind::Table => "TABLE",
+        RelationKind::View => "VIEW",
+    }
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for FlightSqlServer {
+    type FlightService = FlightSqlServer;
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let mut session = self.session(&request);
+        let prepared = Self::prepare(&mut session, &query.query).await?;
+        let ticket = Ticket::new(
+            TicketStatementQuery {
+                statement_handle: query.query.into_bytes().into(),
+            }
+            .as_any()
+            .encode_to_vec(),
+        );
+        Ok(Response::new(flight_info(
+            &announced_schema(&prepared),
+            ticket,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<arrow_flight::Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let sql = std::str::from_utf8(&ticket.statement_handle)
+            .map_err(|_| Status::invalid_argument("statement ticket is not UTF-8 SQL"))?;
+        let mut session = self.session(&request);
+        let prepared = Self::prepare(&mut session, sql).await?;
+        Ok(Response::new(
+            run_to_stream(&mut session, &prepared, None).await?,
+        ))
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        command: CommandStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let mut session = self.session(&request);
+        let prepared = Self::prepare(&mut session, &command.query).await?;
+        run_update(&mut session, &prepared, None).await
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let mut session = self.session(&request);
+        let prepared = Self::prepare(&mut session, &query.query).await?;
+        let parameter_types = prepared.parameter_types().map_err(|e| grpc_status(&e))?;
+        let parameter_schema = Schema::new(
+            parameter_types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    Field::new(
+                        format!("${}", i + 1),
+                        t.clone()
+                            .unwrap_or(datafusion::arrow::datatypes::DataType::Null),
+                        true,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        );
+        let dataset_schema = announced_schema(&prepared);
+        let handle = Bytes::from(uuid::Uuid::new_v4().to_string());
+        self.prepared
+            .lock()
+            .map_err(|_| Status::internal("prepared statement map poisoned"))?
+            .insert(
+                handle.clone(),
+                PreparedEntry {
+                    prepared: Arc::new(prepared),
+                    params: vec![],
+                },
+            );
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle,
+            dataset_schema: schema_bytes(&dataset_schema)?,
+            parameter_schema: schema_bytes(&parameter_schema)?,
+        })
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let handle = query.prepared_statement_handle;
+        self.entry(&handle)?;
+        let rows = decode_parameters(request).await?;
+        let mut map = self
+            .prepared
+            .lock()
+            .map_err(|_| Status::internal("prepared statement map poisoned"))?;
+        if let Some(entry) = map.get_mut(&handle) {
+            entry.params = rows;
+        }
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(handle),
+        })
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        command: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (prepared, params) = self.entry(&command.prepared_statement_handle)?;
+        let schema = match params.first() {
+            Some(row) => prepared
+                .result_schema_with(&ParamValues::from(row.clone()))
+                .map_err(|e| grpc_status(&e))?
+                .unwrap_or_else(|| Arc::new(Schema::empty())),
+            None => announced_schema(&prepared),
+        };
+        let ticket = Ticket::new(command.as_any().encode_to_vec());
+        Ok(Response::new(flight_info(
+            &schema,
+            ticket,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        command: CommandPreparedStatementQuery,
+        request: Request<arrow_flight::Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let (prepared, params) = self.entry(&command.prepared_statement_handle)?;
+        if params.len() > 1 {
+            return Err(Status::invalid_argument(
+                "a prepared query takes one row of parameters, got several",
+            ));
+        }
+        let mut session = self.session(&request);
+        let params = params.into_iter().next().map(ParamValues::from);
+        Ok(Response::new(
+            run_to_stream(&mut session, &prepared, params).await?,
+        ))
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        command: CommandPreparedStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let (prepared, params) = self.entry(&command.prepared_statement_handle)?;
+        let mut session = self.session(&request);
+        if params.is_empty() {
+            return run_update(&mut session, &prepared, None).await;
+        }
+        // Each bound row is one execution, as the Flight SQL spec describes.
+        let mut total = 0;
+        for row in params {
+            total += run_update(&mut session, &prepared, Some(ParamValues::from(row))).await?;
+        }
+        Ok(total)
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        self.prepared
+            .lock()
+            .map_err(|_| Status::internal("prepared statement map poisoned"))?
+            .remove(&query.prepared_statement_handle);
+        Ok(())
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let ticket = Ticket::new(query.as_any().encode_to_vec());
+        let schema = query.into_builder(&SQL_INFO).schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            ticket,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<arrow_flight::Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let builder = query.into_builder(&SQL_INFO);
+        Ok(Response::new(one_batch_stream(
+            builder.schema(),
+            builder.build(),
+        )))
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let ticket = Ticket::new(query.as_any().encode_to_vec());
+        let schema = query.into_builder().schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            ticket,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<arrow_flight::Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        builder.append(self.engine.database());
+        Ok(Response::new(one_batch_stream(
+            builder.schema(),
+            builder.build(),
+        )))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let ticket = Ticket::new(query.as_any().encode_to_vec());
+        let schema = query.into_builder().schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            ticket,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<arrow_flight::Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        let database = self.engine.database();
+        for schema in self
+            .engine
+            .catalog()
+            .schema_names()
+            .iter()
+            .map(String::as_str)
+            .chain(SYSTEM_SCHEMAS.iter().copied())
+        {
+            builder.append(database, schema);
+        }
+        Ok(Response::new(one_batch_stream(
+            builder.schema(),
+            builder.build(),
+        )))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let ticket = Ticket::new(query.as_any().encode_to_vec());
+        let schema = query.into_builder().schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            ticket,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        _request: Request<arrow_flight::Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        let catalog = self.engine.catalog();
+        let database = self.engine.database();
+        for schema in catalog.schema_names() {
+            for name in catalog.relation_names(&schema) {
+                let relation = RelationName {
+                    schema: schema.clone(),
+                    name,
+                };
+                let Some(kind) = catalog.relation_kind(&relation) else {
+                    continue;
+                };
+                let table_schema = match catalog
+                    .relation(&relation)
+                    .await
+                    .map_err(|e| grpc_status(&e))?
+                {
+                    Some(provider) => provider.schema(),
+                    None => continue, // dropped meanwhile
+                };
+                builder.append(
+                    database,
+                    &relation.schema,
+                    &relation.name,
+                    relation_table_type(kind),
+                    &table_schema,
+                )?;
+            }
+        }
+        Ok(Response::new(one_batch_stream(
+            builder.schema(),
+            builder.build(),
+        )))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let ticket = Ticket::new(query.as_any().encode_to_vec());
+        let schema = query.into_builder().schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            ticket,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<arrow_flight::Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        for kind in [RelationKind::Table, RelationKind::View] {
+            builder.append(relation_table_type(kind));
+        }
+        Ok(Response::new(one_batch_stream(
+            builder.schema(),
+            builder.build(),
+        )))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}

@@ -1,0 +1,166 @@
+//! The Postgres wire protocol front end (pgwire).
+//!
+//! One [`connection::PgConnection`] per socket holds the engine [`Session`]
+//! and implements pgwire's startup, simple-query and extended-query handlers;
+//! [`encode`] turns Arrow results into Postgres rows (text or binary, via
+//! arrow-pg) and engine errors into `ErrorResponse`s with SQLSTATEs from
+//! [`crate::status`]. Cancel requests find the session through the
+//! [`CancelRegistry`], keyed by the backend pid and secret key sent at startup.
+//!
+//! [`Session`]: streamhouse_engine::Session
+
+pub mod connection;
+pub mod encode;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use pgwire::api::PgWireServerHandlers;
+use pgwire::api::cancel::CancelHandler;
+use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::startup::SecretKey;
+use streamhouse_engine::{CancelHandle, Engine};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use connection::PgConnection;
+
+/// Running sessions by backend pid, for cancel requests.
+#[derive(Debug, Default)]
+pub struct CancelRegistry {
+    sessions: Mutex<HashMap<i32, (SecretKey, CancelHandle)>>,
+}
+
+impl CancelRegistry {
+    fn register(&self, pid: i32, key: SecretKey, handle: CancelHandle) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.insert(pid, (key, handle));
+        }
+    }
+
+    fn unregister(&self, pid: i32) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.remove(&pid);
+        }
+    }
+
+    /// Cancels the statement of session `pid` if `key` matches.
+    fn cancel(&self, pid: i32, key: &SecretKey) -> bool {
+        let handle = self.sessions.lock().ok().and_then(|s| {
+            s.get(&pid)
+                .filter(|(k, _)| k.eq_value(key))
+                .map(|(_, h)| h.clone())
+        });
+        match handle {
+            Some(handle) => {
+                handle.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// State shared by all Postgres connections.
+#[derive(Debug)]
+pub(crate) struct PgShared {
+    pub(crate) engine: Engine,
+    pub(crate) cancels: CancelRegistry,
+    pub(crate) connections: AtomicUsize,
+    pub(crate) max_connections: usize,
+}
+
+/// The handler set pgwire asks for once per connection.
+struct PgHandlers {
+    connection: Arc<PgConnection>,
+    shared: Arc<PgShared>,
+}
+
+impl PgWireServerHandlers for PgHandlers {
+    fn simple_query_handler(&self) -> Arc<impl pgwire::api::query::SimpleQueryHandler> {
+        Arc::clone(&self.connection)
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl pgwire::api::query::ExtendedQueryHandler> {
+        Arc::clone(&self.connection)
+    }
+
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        Arc::clone(&self.connection)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::new(Canceller {
+            shared: Arc::clone(&self.shared),
+        })
+    }
+}
+
+struct Canceller {
+    shared: Arc<PgShared>,
+}
+
+#[async_trait::async_trait]
+impl CancelHandler for Canceller {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        let found = self.shared.cancels.cancel(request.pid, &request.secret_key);
+        tracing::debug!(pid = request.pid, found, "cancel request");
+    }
+}
+
+/// Accepts Postgres connections until `shutdown` fires; each connection runs
+/// on `tracker` and is dropped (its statement cancelled) at shutdown.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    engine: Engine,
+    max_connections: usize,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let shared = Arc::new(PgShared {
+        engine,
+        cancels: CancelRegistry::default(),
+        connections: AtomicUsize::new(0),
+        max_connections,
+    });
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, peer): (_, SocketAddr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "postgres accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let connection = Arc::new(PgConnection::new(Arc::clone(&shared), peer));
+        let handlers = PgHandlers {
+            connection,
+            shared: Arc::clone(&shared),
+        };
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                result = pgwire::tokio::process_socket(socket, None, handlers) => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "postgres connection ended with an error");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    tracing::debug!(%peer, "closing postgres connection for shutdown");
+                }
+            }
+        });
+    }
+    tracing::debug!(
+        open = shared.connections.load(Ordering::Relaxed),
+        "postgres listener stopped"
+    );
+}

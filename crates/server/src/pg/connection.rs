@@ -1,0 +1,384 @@
+//! One Postgres connection: startup, simple and extended query protocol.
+
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ParamValues;
+use futures::{Sink, SinkExt};
+use pgwire::api::auth::{
+    DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    DescribePortalResponse, DescribeStatementResponse, FieldInfo, Response,
+};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, METADATA_DATABASE, METADATA_USER, PidSecretKeyGenerator,
+    RandomPidSecretKeyGenerator, Type,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use streamhouse_engine::session::variables::SERVER_VERSION;
+use streamhouse_engine::{Error, Output, Prepared, Session, SessionInfo, StatusCode};
+use tokio::sync::Mutex;
+
+use super::PgShared;
+use super::encode::{
+    command_response, error_info, fields, notice_response, parameter_type, pg_error, query_response,
+};
+
+static PIDS: std::sync::LazyLock<RandomPidSecretKeyGenerator> =
+    std::sync::LazyLock::new(Default::default);
+
+/// A prepared statement as pgwire stores it.
+pub type PgStatement = Arc<Prepared>;
+
+/// One client connection and its session.
+pub struct PgConnection {
+    shared: Arc<PgShared>,
+    peer: SocketAddr,
+    session: Arc<Mutex<Option<Session>>>,
+    /// Set once startup registered the connection (pid for cancel requests).
+    registered: std::sync::Mutex<Option<i32>>,
+    parser: Arc<PgParser>,
+}
+
+impl Debug for PgConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConnection")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgConnection {
+    pub(crate) fn new(shared: Arc<PgShared>, peer: SocketAddr) -> Self {
+        let session = Arc::new(Mutex::new(None));
+        let parser = Arc::new(PgParser {
+            session: Arc::clone(&session),
+        });
+        Self {
+            shared,
+            peer,
+            session,
+            registered: std::sync::Mutex::new(None),
+            parser,
+        }
+    }
+}
+
+impl Drop for PgConnection {
+    fn drop(&mut self) {
+        if let Some(pid) = self.registered.get_mut().ok().and_then(|p| p.take()) {
+            self.shared.cancels.unregister(pid);
+            self.shared.connections.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn no_session() -> PgWireError {
+    pg_error(&Error::internal("statement before startup completed"))
+}
+
+/// Sends the session's pending notices.
+async fn send_notices<C>(client: &mut C, session: &mut Session) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    for notice in session.take_notices() {
+        client
+            .send(PgWireBackendMessage::NoticeResponse(notice_response(
+                &notice,
+            )))
+            .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl StartupHandler for PgConnection {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let PgWireFrontendMessage::Startup(ref startup) = message else {
+            return Ok(());
+        };
+        protocol_negotiation(client, startup).await?;
+        save_startup_parameters_to_metadata(client, startup);
+        let open = self.shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
+        let (pid, key) = PIDS.generate(client);
+        if let Ok(mut registered) = self.registered.lock() {
+            *registered = Some(pid);
+        }
+        if open > self.shared.max_connections {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "53300".into(),
+                format!(
+                    "sorry, too many clients already (server.max_connections = {})",
+                    self.shared.max_connections
+                ),
+            ))));
+        }
+        if self.shared.engine.is_shut_down() {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "57P03".into(),
+                "the database system is shutting down".into(),
+            ))));
+        }
+        client.set_pid_and_secret_key(pid, key.clone());
+        let metadata = client.metadata();
+        let user = metadata
+            .get(METADATA_USER)
+            .cloned()
+            .unwrap_or_else(|| "streamhouse".to_string());
+        let info = SessionInfo {
+            database: metadata.get(METADATA_DATABASE).cloned(),
+            application_name: metadata.get("application_name").cloned(),
+            user: user.clone(),
+        };
+        let session = self.shared.engine.new_session(info);
+        self.shared
+            .cancels
+            .register(pid, key, session.cancel_handle());
+        tracing::debug!(peer = %self.peer, %user, session_id = session.id(), pid, "postgres session started");
+        *self.session.lock().await = Some(session);
+
+        let mut params = DefaultServerParameterProvider::default();
+        params.server_version = SERVER_VERSION.to_string();
+        params.date_style = "ISO, MDY".to_string();
+        params.time_zone = "UTC".to_string();
+        params.search_path = "\"$user\", public".to_string();
+        params.session_authorization = Some(user);
+        finish_authentication(client, &params).await
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for PgConnection {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut guard = self.session.lock().await;
+        let session = guard.as_mut().ok_or_else(no_session)?;
+        let (outputs, error) = session.run(query).await;
+        send_notices(client, session).await?;
+        let mut responses = Vec::with_capacity(outputs.len() + 1);
+        for output in outputs {
+            responses.push(match output {
+                Output::Rows(stream) => {
+                    Response::Query(query_response(stream, &Format::UnifiedText)?)
+                }
+                Output::Command(command) => command_response(&command),
+            });
+        }
+        if let Some(err) = error {
+            if err.code() == StatusCode::ShuttingDown {
+                return Err(pg_error(&err));
+            }
+            // Earlier statements' results are sent, then the error; the rest of the batch is skipped.
+            responses.push(Response::Error(Box::new(error_info(&err))));
+        }
+        Ok(responses)
+    }
+}
+
+/// Parses and plans statements for the extended protocol.
+pub struct PgParser {
+    session: Arc<Mutex<Option<Session>>>,
+}
+
+#[async_trait]
+impl QueryParser for PgParser {
+    type Statement = PgStatement;
+
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<PgStatement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let mut guard = self.session.lock().await;
+        let session = guard.as_mut().ok_or_else(no_session)?;
+        let mut statements = session.parse(sql).map_err(|e| pg_error(&e))?;
+        if statements.len() > 1 {
+            return Err(pg_error(&Error::new(
+                StatusCode::InvalidSyntax,
+                "cannot insert multiple commands into a prepared statement",
+            )));
+        }
+        let Some(statement) = statements.pop() else {
+            return Ok(None);
+        };
+        let prepared = session.prepare(statement).await.map_err(|e| pg_error(&e))?;
+        Ok(Some(Arc::new(prepared)))
+    }
+
+    fn get_parameter_types(&self, statement: &PgStatement) -> PgWireResult<Vec<Type>> {
+        let types = statement.parameter_types().map_err(|e| pg_error(&e))?;
+        Ok(types.iter().map(|t| parameter_type(t.as_ref())).collect())
+    }
+
+    fn get_result_schema(
+        &self,
+        statement: &PgStatement,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        match statement.result_schema() {
+            Some(schema) => fields(&schema, format.unwrap_or(&Format::UnifiedText)),
+            None => Ok(vec![]),
+        }
+    }
+}
+
+/// Decodes a portal's parameter values: by the type the client declared,
+/// else the type inferred for the statement, then cast to the inferred type.
+fn bind_parameters(portal: &Portal<PgStatement>) -> PgWireResult<Option<ParamValues>> {
+    let statement = &portal.statement.statement;
+    let inferred = statement.parameter_types().map_err(|e| pg_error(&e))?;
+    if inferred.is_empty() && portal.parameter_len() == 0 {
+        return Ok(None);
+    }
+    if portal.parameter_len() != inferred.len() {
+        return Err(pg_error(&Error::new(
+            StatusCode::InvalidParameter,
+            format!(
+                "bind message supplies {} parameters, but prepared statement requires {}",
+                portal.parameter_len(),
+                inferred.len()
+            ),
+        )));
+    }
+    let server_types: Vec<Type> = inferred
+        .iter()
+        .map(|t| parameter_type(t.as_ref()))
+        .collect();
+    let inferred_refs: Vec<Option<&DataType>> = inferred.iter().map(Option::as_ref).collect();
+    let server_refs: Vec<Option<&Type>> = server_types.iter().map(Some).collect();
+    let values = arrow_pg::datatypes::df::deserialize_parameters_with_server_types(
+        portal,
+        &inferred_refs,
+        &server_refs,
+    )
+    .map_err(|e| match e {
+        PgWireError::UserError(_) => e,
+        other => pg_error(&Error::new(
+            StatusCode::InvalidTextRepresentation,
+            format!("invalid parameter value: {other}"),
+        )),
+    })?;
+    Ok(Some(values))
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for PgConnection {
+    type Statement = PgStatement;
+    type QueryParser = PgParser;
+
+    fn query_parser(&self) -> Arc<PgParser> {
+        Arc::clone(&self.parser)
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        target: &StoredStatement<PgStatement>,
+    ) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let inferred = self.parser.get_parameter_types(&target.statement)?;
+        let parameters = inferred
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                target
+                    .parameter_types
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or(t)
+            })
+            .collect();
+        let fields = self.parser.get_result_schema(&target.statement, None)?;
+        Ok(DescribeStatementResponse::new(parameters, fields))
+    }
+
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<PgStatement>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statement = &portal.statement.statement;
+        let schema = match bind_parameters(portal)? {
+            Some(params) => statement
+                .result_schema_with(&params)
+                .map_err(|e| pg_error(&e))?,
+            None => statement.result_schema(),
+        };
+        Ok(DescribePortalResponse::new(match schema {
+            Some(schema) => fields(&schema, &portal.result_column_format)?,
+            None => vec![],
+        }))
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<PgStatement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let params = bind_parameters(portal)?;
+        let mut guard = self.session.lock().await;
+        let session = guard.as_mut().ok_or_else(no_session)?;
+        let result = session.execute(&portal.statement.statement, params).await;
+        send_notices(client, session).await?;
+        match result {
+            Ok(Output::Rows(stream)) => Ok(Response::Query(query_response(
+                stream,
+                &portal.result_column_format,
+            )?)),
+            Ok(Output::Command(command)) => Ok(command_response(&command)),
+            Err(e) => Err(pg_error(&e)),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The one table that turns engine status codes into Postgres SQLSTATEs and
+//! gRPC codes. Nothing else in streamhouse chooses either.
+
+use streamhouse_engine::StatusCode;
+
+/// SQLSTATE and gRPC code for each status code.
+///
+/// | status | SQLSTATE | gRPC |
+/// |---|---|---|
+/// | see the `match` below; it is the table |
+pub fn codes(status: StatusCode) -> (&'static str, tonic::Code) {
+    use StatusCode as S;
+    use tonic::Code as G;
+    match status {
+        S::InvalidSyntax => ("42601", G::InvalidArgument),
+        S::TableNotFound => ("42P01", G::NotFound),
+        S::ColumnNotFound => ("42703", G::InvalidArgument),
+        S::AmbiguousColumn => ("42702", G::InvalidArgument),
+        S::FunctionNotFound => ("42883", G::InvalidArgument),
+        S::SchemaNotFound => ("3F000", G::NotFound),
+        S::ObjectNotFound => ("42704", G::NotFound),
+        S::AlreadyExists => ("42P07", G::AlreadyExists),
+        S::WrongObjectType => ("42809", G::InvalidArgument),
+        S::DependentObjectsStillExist => ("2BP01", G::FailedPrecondition),
+        S::InsufficientPrivilege => ("42501", G::PermissionDenied),
+        S::DuplicateColumn => ("42701", G::InvalidArgument),
+        S::TypeMismatch => ("42804", G::InvalidArgument),
+        S::InvalidTextRepresentation => ("22P02", G::InvalidArgument),
+        S::DivisionByZero => ("22012", G::InvalidArgument),
+        S::NumericOverflow => ("22003", G::InvalidArgument),
+        S::InvalidArgument => ("22023", G::InvalidArgument),
+        S::InvalidParameterValue => ("22023", G::InvalidArgument),
+        S::CantChangeRuntimeParam => ("55P02", G::FailedPrecondition),
+        S::InFailedTransaction => ("25P02", G::FailedPrecondition),
+        S::InvalidParameter => ("08P01", G::InvalidArgument),
+        S::Unsupported => ("0A000", G::Unimplemented),
+        S::ConstraintViolation => ("23502", G::InvalidArgument),
+        S::ResourcesExhausted => ("53200", G::ResourceExhausted),
+        S::Cancelled => ("57014", G::Cancelled),
+        S::Timeout => ("57014", G::DeadlineExceeded),
+        S::ShuttingDown => ("57P01", G::Unavailable),
+        S::Io => ("58030", G::Unavailable),
+        S::Internal => ("XX000", G::Internal),
+    }
+}
+
+/// The SQLSTATE of an engine error.
+pub fn sqlstate(err: &streamhouse_engine::Error) -> &'static str {
+    codes(err.code()).0
+}
+
+/// The gRPC status of an engine error, message intact.
+pub fn grpc_status(err: &streamhouse_engine::Error) -> tonic::Status {
+    tonic::Status::new(codes(err.code()).1, err.message().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_mistakes_are_never_internal() {
+        use StatusCode as S;
+        let all = [
+            S::InvalidSyntax,
+            S::TableNotFound,
+            S::ColumnNotFound,
+            S::AmbiguousColumn,
+            S::FunctionNotFound,
+            S::SchemaNotFound,
+            S::ObjectNotFound,
+            S::AlreadyExists,
+            S::WrongObjectType,
+            S::DependentObjectsStillExist,
+            S::InsufficientPrivilege,
+            S::DuplicateColumn,
+            S::TypeMismatch,
+            S::InvalidTextRepresentation,
+            S::DivisionByZero,
+            S::NumericOverflow,
+            S::InvalidArgument,
+            S::InvalidParameterValue,
+            S::CantChangeRuntimeParam,
+            S::InFailedTransaction,
+            S::InvalidParameter,
+            S::Unsupported,
+            S::ConstraintViolation,
+            S::ResourcesExhausted,
+            S::Cancelled,
+            S::Timeout,
+            S::ShuttingDown,
+        ];
+        for status in all {
+            assert!(status.is_user_error());
+            let (sqlstate, grpc) = codes(status);
+            assert_ne!(sqlstate, "XX000", "{status:?}");
+            assert_ne!(grpc, tonic::Code::Internal, "{status:?}");
+            assert_eq!(sqlstate.len(), 5);
+        }
+        assert_eq!(codes(S::Internal).0, "XX000");
+    }
+}
