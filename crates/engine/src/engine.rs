@@ -87,6 +87,8 @@ impl Engine {
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(&config.database, DEFAULT_SCHEMA)
             .with_batch_size(config.batch_size.max(1));
+        // TIMESTAMPTZ values carry a zone; UTC until a session sets TimeZone.
+        session_config.options_mut().execution.time_zone = Some("UTC".to_string());
         if config.target_partitions > 0 {
             session_config = session_config.with_target_partitions(config.target_partitions);
         }
@@ -105,6 +107,14 @@ impl Engine {
         datafusion_pg_catalog::setup_pg_catalog(&base, &config.database, EmptyContextProvider)
             .map_err(|e| Error::from(*e))?;
         base.register_udf(constant_text_udf("version", version_string()));
+        {
+            // Postgres types DataFusion has no name for, on top of pg_catalog's oid aliases.
+            let state = base.state_ref();
+            let current = state.read().clone();
+            *state.write() = SessionStateBuilder::new_from_existing(current)
+                .with_type_planner(Arc::new(crate::types::PostgresTypePlanner::default()))
+                .build();
+        }
 
         Ok(Self {
             inner: Arc::new(EngineInner {

@@ -299,6 +299,9 @@ fn classify_arrow(err: &ArrowError) -> StatusCode {
                 StatusCode::InvalidArgument
             }
         }
+        ArrowError::InvalidArgumentError(m) if m.contains("non-nullable") => {
+            StatusCode::ConstraintViolation
+        }
         ArrowError::InvalidArgumentError(_) => StatusCode::InvalidArgument,
         ArrowError::MemoryError(_) => StatusCode::ResourcesExhausted,
         ArrowError::IoError(..) => StatusCode::Io,

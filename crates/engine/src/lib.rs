@@ -23,6 +23,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod session;
+pub mod types;
 
 pub use cancel::CancelHandle;
 pub use catalog::{Catalog, CatalogRef};

@@ -23,6 +23,7 @@
 //! Postgres. `ROLLBACK` cannot undo statements that already succeeded; the
 //! session warns when a block that wrote something is rolled back.
 
+mod naming;
 pub mod variables;
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -168,6 +169,8 @@ pub struct Prepared {
     statement: Statement,
     kind: Kind,
     catalog_version: u64,
+    /// Postgres' names for result columns DataFusion names differently.
+    column_names: Option<Vec<Option<String>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -221,7 +224,7 @@ impl Prepared {
                 LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Copy(_) => None,
                 LogicalPlan::Statement(datafusion::logical_expr::Statement::Execute(_)) => None,
                 LogicalPlan::Statement(_) => None,
-                _ => Some(Arc::clone(plan.schema().inner())),
+                _ => Some(self.rename(Arc::clone(plan.schema().inner()))),
             },
             Kind::Session(SessionStatement::Show(name)) => Some(text_schema(&[name.as_str()])),
             Kind::Session(SessionStatement::ShowAll) => {
@@ -244,9 +247,18 @@ impl Prepared {
                 ) =>
             {
                 let bound = plan.clone().with_param_values(params.clone())?;
-                Ok(Some(Arc::clone(bound.schema().inner())))
+                Ok(Some(self.rename(Arc::clone(bound.schema().inner()))))
             }
             _ => Ok(self.result_schema()),
+        }
+    }
+}
+
+impl Prepared {
+    fn rename(&self, schema: SchemaRef) -> SchemaRef {
+        match &self.column_names {
+            Some(names) => naming::rename_schema(&schema, names),
+            None => schema,
         }
     }
 }
@@ -421,10 +433,15 @@ impl Session {
                 Kind::Plan(control.run(self.plan(statement.clone())).await?)
             }
         };
+        let column_names = match kind {
+            Kind::Plan(_) => naming::postgres_column_names(&statement),
+            Kind::Session(_) => None,
+        };
         Ok(Prepared {
             statement,
             kind,
             catalog_version,
+            column_names,
         })
     }
 
@@ -567,7 +584,13 @@ impl Session {
             self.writes_in_block += 1;
         }
         Ok(match output {
-            Output::Rows(stream) => Output::Rows(self.watch_failures(control.wrap_stream(stream))),
+            Output::Rows(stream) => {
+                let stream = match &prepared.column_names {
+                    Some(names) => naming::rename_stream(stream, names),
+                    None => stream,
+                };
+                Output::Rows(self.watch_failures(control.wrap_stream(stream)))
+            }
             command => command,
         })
     }
@@ -712,6 +735,8 @@ impl Session {
                 } else {
                     Arc::new(input_schema.clone())
                 };
+                // As in Postgres, primary key columns are NOT NULL.
+                let schema = not_null_primary_key(schema, &cmd.constraints);
                 let created = catalog
                     .create_table(CreateTable {
                         name: name.clone(),
@@ -1057,6 +1082,33 @@ impl Session {
             )
         })
     }
+}
+
+fn not_null_primary_key(
+    schema: SchemaRef,
+    constraints: &datafusion::common::Constraints,
+) -> SchemaRef {
+    let key: Vec<usize> = constraints
+        .iter()
+        .flat_map(|c| match c {
+            datafusion::common::Constraint::PrimaryKey(columns) => columns.clone(),
+            datafusion::common::Constraint::Unique(_) => vec![],
+        })
+        .collect();
+    if key.is_empty() {
+        return schema;
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            f.as_ref()
+                .clone()
+                .with_nullable(f.is_nullable() && !key.contains(&i))
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 fn lock_err<T>(_: T) -> Error {

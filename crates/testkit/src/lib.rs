@@ -1,1 +1,105 @@
-//! placeholder
+//! Test support for streamhouse (dev-only).
+//!
+//! - [`TestServer`]: the real server (both protocols) on free ports with a
+//!   temporary data directory, plus clients connected to it.
+//! - [`slt`]: sqllogictest databases that run `sql-tests/*.slt` in-process
+//!   (through an engine session) and over the Postgres protocol.
+
+pub mod slt;
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use streamhouse::RunningServer;
+use streamhouse::config::Config;
+use tonic::transport::Channel;
+
+/// A running server on free ports, removed (data directory included) on drop
+/// or [`TestServer::stop`].
+pub struct TestServer {
+    server: Option<RunningServer>,
+    _data: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server with the default configuration on free ports.
+    ///
+    /// # Errors
+    /// The server could not start.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(Config::default()).await
+    }
+
+    /// Starts a server with `config`, but on free ports and a fresh data directory.
+    ///
+    /// # Errors
+    /// The server could not start.
+    pub async fn start_with(mut config: Config) -> anyhow::Result<Self> {
+        let data = tempfile::tempdir().context("temporary data directory")?;
+        config.server.pg_port = 0;
+        config.server.flight_port = 0;
+        config.storage.data_dir = data.path().join("data");
+        let server = streamhouse::start(&config).await?;
+        Ok(Self {
+            server: Some(server),
+            _data: data,
+        })
+    }
+
+    fn running(&self) -> &RunningServer {
+        self.server
+            .as_ref()
+            .expect("server is running until stop()")
+    }
+
+    /// The Postgres protocol address.
+    pub fn pg_addr(&self) -> SocketAddr {
+        self.running().pg_addr()
+    }
+
+    /// The Flight SQL address.
+    pub fn flight_addr(&self) -> SocketAddr {
+        self.running().flight_addr()
+    }
+
+    /// A libpq connection string for this server.
+    pub fn pg_url(&self) -> String {
+        format!(
+            "host={} port={} user=tester dbname=streamhouse",
+            self.pg_addr().ip(),
+            self.pg_addr().port()
+        )
+    }
+
+    /// A tokio-postgres client (its connection task runs in the background).
+    ///
+    /// # Errors
+    /// The connection failed.
+    pub async fn pg(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.pg_url(), tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// A Flight SQL client.
+    ///
+    /// # Errors
+    /// The connection failed.
+    pub async fn flight(&self) -> anyhow::Result<FlightSqlServiceClient<Channel>> {
+        let channel = Channel::from_shared(format!("http://{}", self.flight_addr()))?
+            .connect()
+            .await?;
+        Ok(FlightSqlServiceClient::new(channel))
+    }
+
+    /// Shuts the server down gracefully.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+}

@@ -2,14 +2,18 @@
 
 use std::sync::Arc;
 
-use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
+use arrow_pg::datatypes::{arrow_schema_to_pg_fields, into_pg_type};
+use arrow_pg::encoder::encode_value;
+use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
+use pgwire::api::results::DataRowEncoder;
 use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::data::DataRow;
 use pgwire::messages::response::NoticeResponse;
 use streamhouse_engine::{
     CommandComplete, Error, Notice, NoticeSeverity, StatusCode, TransactionChange,
@@ -86,6 +90,41 @@ pub fn parameter_type(data_type: Option<&DataType>) -> Type {
         .unwrap_or(Type::TEXT)
 }
 
+/// Encodes a batch as Postgres data rows. Rows are encoded by arrow-pg,
+/// except NULL intervals, which arrow-pg 0.16 writes as a zero interval.
+pub fn encode_batch(
+    fields: Arc<Vec<FieldInfo>>,
+    batch: RecordBatch,
+) -> impl Iterator<Item = PgWireResult<DataRow>> + Send {
+    let mut encoder = DataRowEncoder::new(Arc::clone(&fields));
+    let mut row = 0;
+    std::iter::from_fn(move || {
+        if row >= batch.num_rows() {
+            return None;
+        }
+        let schema = batch.schema();
+        for (col, array) in batch.columns().iter().enumerate() {
+            let field = &fields[col];
+            let result = if array.is_null(row) && matches!(array.data_type(), DataType::Interval(_))
+            {
+                arrow_pg::encoder::Encoder::encode_field(
+                    &mut encoder,
+                    &None::<pg_interval::Interval>,
+                    field,
+                )
+            } else {
+                encode_value(&mut encoder, array, row, schema.field(col), field)
+            };
+            if let Err(e) = result {
+                row = batch.num_rows();
+                return Some(Err(e));
+            }
+        }
+        row += 1;
+        Some(Ok(encoder.take_row()))
+    })
+}
+
 /// Streams Arrow batches as Postgres data rows.
 ///
 /// # Errors
@@ -101,11 +140,41 @@ pub fn query_response(
             let rows: Box<
                 dyn Iterator<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send,
             > = match batch {
-                Ok(batch) => encode_recordbatch(Arc::clone(&row_fields), batch),
+                Ok(batch) => Box::new(encode_batch(Arc::clone(&row_fields), batch)),
                 Err(e) => Box::new(std::iter::once(Err(pg_error(&Error::from(e))))),
             };
             futures::stream::iter(rows)
         })
         .flatten();
     Ok(QueryResponse::new(fields, rows))
+}
+
+/// A batch in Postgres text format, cell by cell (`None` for NULL): exactly
+/// what a client reading text results over the wire gets. The in-process SQL
+/// test runner renders results with it, so both runners agree byte for byte.
+///
+/// # Errors
+/// A column type with no Postgres equivalent.
+pub fn text_cells(batch: RecordBatch) -> PgWireResult<Vec<Vec<Option<String>>>> {
+    let fields = Arc::new(fields(batch.schema().as_ref(), &Format::UnifiedText)?);
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    for row in encode_batch(fields, batch) {
+        let row = row?;
+        let mut data: &[u8] = &row.data;
+        let mut cells = Vec::with_capacity(row.field_count.max(0) as usize);
+        for _ in 0..row.field_count {
+            let (len, rest) = data.split_at(4);
+            let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+            if len < 0 {
+                cells.push(None);
+                data = rest;
+            } else {
+                let (value, rest) = rest.split_at(len as usize);
+                cells.push(Some(String::from_utf8_lossy(value).into_owned()));
+                data = rest;
+            }
+        }
+        rows.push(cells);
+    }
+    Ok(rows)
 }
