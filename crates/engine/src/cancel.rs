@@ -165,13 +165,27 @@ impl Stream for ControlledStream {
         {
             return this.stop(QueryControl::timeout_error());
         }
-        match this.inner.as_mut().map(|s| s.poll_next_unpin(cx)) {
-            Some(Poll::Ready(None)) => {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // A panic below is a bug, but it must cost one statement, not the connection.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll_next_unpin(cx))) {
+            Ok(Poll::Ready(None)) => {
                 this.inner = None;
                 Poll::Ready(None)
             }
-            Some(poll) => poll,
-            None => Poll::Ready(None),
+            Ok(poll) => poll,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_string());
+                tracing::error!(panic = %what, "query execution panicked");
+                this.stop(Error::internal(format!(
+                    "internal error: query execution panicked: {what}"
+                )))
+            }
         }
     }
 }

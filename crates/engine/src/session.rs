@@ -425,6 +425,15 @@ impl Session {
     /// # Errors
     /// Planning errors: unknown tables or columns, type errors, unsupported statements.
     pub async fn prepare(&mut self, statement: Statement) -> Result<Prepared> {
+        let result = self.prepare_inner(statement).await;
+        if result.is_err() {
+            // As in Postgres, any error inside a transaction block aborts it.
+            self.mark_failed();
+        }
+        result
+    }
+
+    async fn prepare_inner(&mut self, statement: Statement) -> Result<Prepared> {
         let catalog_version = self.engine.catalog_version();
         let kind = match session_statement(&statement)? {
             Some(s) => Kind::Session(s),
@@ -488,10 +497,7 @@ impl Session {
         for (i, statement) in statements.into_iter().enumerate() {
             let result = match self.prepare(statement).await {
                 Ok(prepared) => self.execute(&prepared, None).await,
-                Err(e) => {
-                    self.mark_failed();
-                    Err(e)
-                }
+                Err(e) => Err(e),
             };
             let result = match result {
                 Ok(output) if i + 1 < count => buffer(output).await,
@@ -550,9 +556,11 @@ impl Session {
             // A DDL statement ran since this was planned: plan again against the current catalog.
             control.run(self.plan(prepared.statement.clone())).await?
         };
-        let expected = parameter_types(&plan)?.len();
+        let types = parameter_types(&plan)?;
+        let expected = types.len();
         let plan = match params {
             Some(params) => {
+                let params = coerce_parameters(params, &types)?;
                 let given = match &params {
                     ParamValues::List(list) => list.len(),
                     ParamValues::Map(map) => map.len(),
@@ -1082,6 +1090,42 @@ impl Session {
             )
         })
     }
+}
+
+/// Casts bound values to the types the plan inferred for their placeholders,
+/// so a text value bound to a `$1` compared with a `varchar` column, or an
+/// `int2` bound where an `int8` is expected, runs as the plan assumes.
+fn coerce_parameters(params: ParamValues, types: &[Option<DataType>]) -> Result<ParamValues> {
+    let ParamValues::List(values) = params else {
+        return Ok(params);
+    };
+    let values = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut v)| {
+            if let Some(Some(target)) = types.get(i)
+                && v.value.data_type() != *target
+                && !v.value.is_null()
+            {
+                v.value = v.value.cast_to(target).map_err(|e| {
+                    Error::new(
+                        StatusCode::InvalidTextRepresentation,
+                        format!(
+                            "parameter ${} cannot be converted to {target}: {}",
+                            i + 1,
+                            Error::from(e).message()
+                        ),
+                    )
+                })?;
+            } else if let Some(Some(target)) = types.get(i)
+                && v.value.is_null()
+            {
+                v.value = datafusion::scalar::ScalarValue::try_from(target)?;
+            }
+            Ok(v)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ParamValues::List(values))
 }
 
 fn not_null_primary_key(
