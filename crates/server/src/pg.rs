@@ -28,6 +28,10 @@ use tokio_util::task::TaskTracker;
 
 use connection::PgConnection;
 
+/// How long a connection may take, at shutdown, to send its cancelled
+/// statement's error before it is closed.
+const SHUTDOWN_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Running sessions by backend pid, for cancel requests.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
@@ -147,15 +151,18 @@ pub(crate) async fn serve(
         };
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            tokio::select! {
-                result = pgwire::tokio::process_socket(socket, None, handlers) => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "postgres connection ended with an error");
-                    }
-                }
+            let mut connection =
+                std::pin::pin!(pgwire::tokio::process_socket(socket, None, handlers));
+            let result = tokio::select! {
+                result = &mut connection => Some(result),
                 _ = shutdown.cancelled() => {
-                    tracing::debug!(%peer, "closing postgres connection for shutdown");
+                    // The engine has cancelled this connection's statement; let the
+                    // connection deliver that error (57P01) before it is closed.
+                    tokio::time::timeout(SHUTDOWN_FLUSH, &mut connection).await.ok()
                 }
+            };
+            if let Some(Err(e)) = result {
+                tracing::debug!(%peer, error = %e, "postgres connection ended with an error");
             }
         });
     }

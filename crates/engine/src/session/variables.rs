@@ -320,7 +320,7 @@ impl Variables {
                 .filter(|(name, _)| known(name).is_none())
                 .map(|(name, value)| (name.clone(), value.clone(), String::new())),
         );
-        rows.sort_by(|a, b| a.0.to_ascii_lowercase().cmp(&b.0.to_ascii_lowercase()));
+        rows.sort_by_key(|r| r.0.to_ascii_lowercase());
         rows
     }
 

@@ -1,0 +1,150 @@
+//! The `streamhouse` binary as a user runs it: configuration from file and
+//! environment, readiness, and graceful shutdown on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    pg_port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the binary and waits for its "ready" log line.
+fn start(dir: &std::path::Path) -> Server {
+    let pg_port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_streamhouse"))
+        .args(["serve"])
+        .current_dir(dir)
+        .env("STREAMHOUSE__SERVER__PG_PORT", pg_port.to_string())
+        .env("STREAMHOUSE__SERVER__FLIGHT_PORT", free_port().to_string())
+        .env("STREAMHOUSE__LOG__FORMAT", "json")
+        .env("STREAMHOUSE__SERVER__SHUTDOWN_TIMEOUT_MS", "5000")
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "server did not become ready");
+        let line = lines
+            .next()
+            .expect("server exited before ready")
+            .expect("readable log");
+        if line.contains("streamhouse is ready") {
+            assert!(line.contains(&format!("127.0.0.1:{pg_port}")), "{line}");
+            break;
+        }
+    }
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, pg_port }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cancels_running_queries_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    assert!(
+        dir.path().join("data").is_dir(),
+        "the default data directory is created"
+    );
+    let url = format!(
+        "host=127.0.0.1 port={} user=u dbname=streamhouse",
+        server.pg_port
+    );
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("CREATE TABLE t (id BIGINT); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let running = tokio::spawn(async move {
+        client
+            .simple_query("SELECT count(*) FROM generate_series(1, 100000000000)")
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let result = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .unwrap()
+        .unwrap();
+    let err = result.expect_err("the running query ends with an error");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected an error from the server, got {err:?}"));
+    assert_eq!(db.code().code(), "57P01", "{db:?}");
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn unknown_configuration_keys_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_streamhouse"))
+        .args(["serve"])
+        .current_dir(dir.path())
+        .env("STREAMHOUSE__SERVER__PG_PROT", "1")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("server.pg_prot"), "{stderr}");
+
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[execution]\nmemory_limt = \"1GiB\"\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_streamhouse"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("execution.memory_limt") && stderr.contains("bad.toml"),
+        "{stderr}"
+    );
+}
