@@ -1292,6 +1292,10 @@ fn session_statement(statement: &Statement) -> Result<Option<SessionStatement>> 
             ));
         }
         Statement::Discard { .. } => SessionStatement::Discard,
+        // Protocol-level statements are freed by the front end; ALL has nothing more to free here.
+        Statement::Deallocate { name, .. } if name.value.eq_ignore_ascii_case("all") => {
+            SessionStatement::NoOp("DEALLOCATE ALL")
+        }
         _ => return Ok(None),
     };
     Ok(Some(s))

@@ -573,3 +573,47 @@ async fn psql_client() -> anyhow::Result<()> {
     server.stop().await;
     Ok(())
 }
+
+/// Whether an optional client must be present (CI sets these, so the tests
+/// below cannot pass by skipping there).
+fn required(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+/// psycopg 3 and ADBC's Flight SQL driver, when installed (`.ci/run` installs them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_clients() -> anyhow::Result<()> {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import psycopg, adbc_driver_flightsql.dbapi, pyarrow"])
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        assert!(
+            !required("STREAMHOUSE_REQUIRE_PYTHON_CLIENTS"),
+            "python clients are required but not installed: {probe:?}"
+        );
+        eprintln!("psycopg / adbc_driver_flightsql not installed: skipping");
+        return Ok(());
+    }
+    let server = TestServer::start().await?;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_clients.py");
+    let (pg, flight) = (
+        server.pg_addr().port().to_string(),
+        server.flight_addr().port().to_string(),
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(script)
+            .args([pg, flight])
+            .output()
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("python clients ok"),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    server.stop().await;
+    Ok(())
+}

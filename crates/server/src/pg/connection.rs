@@ -182,6 +182,13 @@ impl SimpleQueryHandler for PgConnection {
     {
         let mut guard = self.session.lock().await;
         let session = guard.as_mut().ok_or_else(no_session)?;
+        if let Some(name) = deallocated_protocol_statement(session, client, query) {
+            // `DEALLOCATE name` also frees statements prepared with the protocol's Parse message.
+            client.portal_store().rm_statement(&name);
+            return Ok(vec![Response::Execution(pgwire::api::results::Tag::new(
+                "DEALLOCATE",
+            ))]);
+        }
         let (outputs, error) = session.run(query).await;
         send_notices(client, session).await?;
         let mut responses = Vec::with_capacity(outputs.len() + 1);
@@ -202,6 +209,32 @@ impl SimpleQueryHandler for PgConnection {
         }
         Ok(responses)
     }
+}
+
+/// The name in `DEALLOCATE name` when it names a statement prepared with the
+/// extended protocol on this connection.
+fn deallocated_protocol_statement<C>(session: &Session, client: &C, query: &str) -> Option<String>
+where
+    C: ClientPortalStore,
+    C::PortalStore: PortalStore,
+{
+    if !query
+        .trim_start()
+        .get(..10)?
+        .eq_ignore_ascii_case("deallocate")
+    {
+        return None;
+    }
+    let statements = session.parse(query).ok()?;
+    let [datafusion::sql::sqlparser::ast::Statement::Deallocate { name, .. }] =
+        statements.as_slice()
+    else {
+        return None;
+    };
+    client
+        .portal_store()
+        .get_statement(&name.value)
+        .map(|_| name.value.clone())
 }
 
 /// Parses and plans statements for the extended protocol.

@@ -1,0 +1,80 @@
+"""Real Python clients against a running streamhouse: psycopg 3 (server-side
+parameters, text and binary results, transactions) and ADBC's Flight SQL
+driver (metadata, Arrow results, parameters). Usage:
+    python3 python_clients.py PG_PORT FLIGHT_PORT
+Exits non-zero with a message on the first mismatch."""
+
+import sys
+from datetime import date
+
+import adbc_driver_flightsql.dbapi as flight_sql
+import psycopg
+
+pg_port, flight_port = sys.argv[1], sys.argv[2]
+
+# --- psycopg 3: extended protocol with server-side parameter binding -------
+with psycopg.connect(f"host=127.0.0.1 port={pg_port} dbname=streamhouse user=py") as conn:
+    with conn.cursor() as cur:
+        cur.execute(
+            "CREATE TABLE py_items (id BIGINT PRIMARY KEY, name TEXT, price DOUBLE PRECISION, day DATE, ok BOOLEAN)"
+        )
+        cur.executemany(
+            "INSERT INTO py_items VALUES (%s, %s, %s, %s, %s)",
+            [(1, "a", 1.5, date(2024, 1, 2), True), (2, None, None, None, None), (3, "c", 3.0, date(2024, 3, 4), False)],
+        )
+    conn.commit()
+
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, name, price, day, ok FROM py_items WHERE id = %s", (1,))
+        row = cur.fetchone()
+        assert row == (1, "a", 1.5, date(2024, 1, 2), True), row
+        cur.execute("SELECT id, name FROM py_items WHERE name = %s", ("c",))
+        assert cur.fetchall() == [(3, "c")]
+        cur.execute("SELECT count(*) FROM py_items WHERE price > %s", (1.0,), prepare=True)
+        assert cur.fetchone() == (2,)
+        cur.execute("SELECT count(*) FROM py_items WHERE price > %s", (2.0,), prepare=True)
+        assert cur.fetchone() == (1,)
+    with conn.cursor(binary=True) as cur:
+        cur.execute("SELECT id, name, price, day FROM py_items ORDER BY id")
+        rows = cur.fetchall()
+        assert rows == [(1, "a", 1.5, date(2024, 1, 2)), (2, None, None, None), (3, "c", 3.0, date(2024, 3, 4))], rows
+    with conn.cursor() as cur:
+        try:
+            cur.execute("SELECT * FROM py_missing")
+            raise AssertionError("expected an error")
+        except psycopg.errors.UndefinedTable as e:
+            assert e.sqlstate == "42P01", e.sqlstate
+    conn.rollback()
+    with conn.cursor() as cur:
+        cur.execute("SELECT version()")
+        assert cur.fetchone()[0].startswith("PostgreSQL 16.6"), "version"
+    conn.commit()
+
+# --- ADBC Flight SQL: metadata and Arrow results ------------------------------
+with flight_sql.connect(f"grpc://127.0.0.1:{flight_port}") as conn:
+    objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
+    tables = [
+        table["table_name"]
+        for catalog in objects
+        for schema in catalog["catalog_db_schemas"] or []
+        for table in schema["db_schema_tables"] or []
+    ]
+    assert "py_items" in tables, tables
+    schema = conn.adbc_get_table_schema("py_items")
+    assert schema.names == ["id", "name", "price", "day", "ok"], schema.names
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, name, price FROM py_items ORDER BY id")
+        table = cur.fetch_arrow_table()
+        assert table.num_rows == 3, table
+        assert table.column("id").to_pylist() == [1, 2, 3]
+        assert table.column("name").to_pylist() == ["a", None, "c"]
+        cur.execute("SELECT name FROM py_items WHERE id = $1", parameters=(3,))
+        assert cur.fetch_arrow_table().column(0).to_pylist() == ["c"]
+        cur.execute("CREATE TABLE py_from_flight AS SELECT id FROM py_items")
+        cur.fetchall()
+
+with psycopg.connect(f"host=127.0.0.1 port={pg_port} dbname=streamhouse user=py", autocommit=True) as conn:
+    count = conn.execute("SELECT count(*) FROM py_from_flight").fetchone()[0]
+    assert count == 3, count
+
+print("python clients ok")
