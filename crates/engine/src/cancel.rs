@@ -56,38 +56,21 @@ pub struct QueryControl {
 }
 
 impl QueryControl {
-    pub(crate) fn new(
-        token: CancellationToken,
-        shutdown: CancellationToken,
-        timeout: Option<Duration>,
-    ) -> Self {
-        Self {
-            token,
-            shutdown,
-            deadline: timeout.map(|t| tokio::time::Instant::now() + t),
-        }
+    pub(crate) fn new(token: CancellationToken, shutdown: CancellationToken, timeout: Option<Duration>) -> Self {
+        Self { token, shutdown, deadline: timeout.map(|t| tokio::time::Instant::now() + t) }
     }
 
     /// The error a cancelled statement reports: shutdown, timeout or client cancel.
     fn cancelled_error(&self) -> Error {
         if self.shutdown.is_cancelled() {
-            Error::new(
-                StatusCode::ShuttingDown,
-                "terminating statement because the server is shutting down",
-            )
+            Error::new(StatusCode::ShuttingDown, "terminating statement because the server is shutting down")
         } else {
-            Error::new(
-                StatusCode::Cancelled,
-                "canceling statement due to user request",
-            )
+            Error::new(StatusCode::Cancelled, "canceling statement due to user request")
         }
     }
 
     fn timeout_error() -> Error {
-        Error::new(
-            StatusCode::Timeout,
-            "canceling statement due to statement timeout",
-        )
+        Error::new(StatusCode::Timeout, "canceling statement due to statement timeout")
     }
 
     async fn interrupted(token: CancellationToken, deadline: Option<tokio::time::Instant>) -> bool {
@@ -182,9 +165,7 @@ impl Stream for ControlledStream {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".to_string());
                 tracing::error!(panic = %what, "query execution panicked");
-                this.stop(Error::internal(format!(
-                    "internal error: query execution panicked: {what}"
-                )))
+                this.stop(Error::internal(format!("internal error: query execution panicked: {what}")))
             }
         }
     }

@@ -135,24 +135,14 @@ pub trait Catalog: Debug + Send + Sync + 'static {
     ///
     /// # Errors
     /// [`StatusCode::AlreadyExists`] unless `or_replace`; [`StatusCode::SchemaNotFound`].
-    async fn create_view(
-        &self,
-        name: RelationName,
-        view: Arc<dyn TableProvider>,
-        or_replace: bool,
-    ) -> Result<Created>;
+    async fn create_view(&self, name: RelationName, view: Arc<dyn TableProvider>, or_replace: bool) -> Result<Created>;
 
     /// Drops a table or a view. Returns whether something was dropped.
     ///
     /// # Errors
     /// [`StatusCode::TableNotFound`] unless `if_exists`;
     /// [`StatusCode::InvalidArgument`] when the relation is of another kind.
-    async fn drop_relation(
-        &self,
-        name: &RelationName,
-        kind: RelationKind,
-        if_exists: bool,
-    ) -> Result<bool>;
+    async fn drop_relation(&self, name: &RelationName, kind: RelationKind, if_exists: bool) -> Result<bool>;
 }
 
 /// Errors shared by catalog implementations, so every backend words them alike.
@@ -161,26 +151,17 @@ pub mod errors {
 
     /// `relation "x" does not exist` (42P01).
     pub fn relation_not_found(name: &RelationName, kind: RelationKind) -> Error {
-        Error::new(
-            StatusCode::TableNotFound,
-            format!("{} \"{}\" does not exist", kind.noun(), name),
-        )
+        Error::new(StatusCode::TableNotFound, format!("{} \"{}\" does not exist", kind.noun(), name))
     }
 
     /// `schema "x" does not exist` (3F000).
     pub fn schema_not_found(name: &str) -> Error {
-        Error::new(
-            StatusCode::SchemaNotFound,
-            format!("schema \"{name}\" does not exist"),
-        )
+        Error::new(StatusCode::SchemaNotFound, format!("schema \"{name}\" does not exist"))
     }
 
     /// `relation "x" already exists` (42P07).
     pub fn relation_exists(name: &RelationName) -> Error {
-        Error::new(
-            StatusCode::AlreadyExists,
-            format!("relation \"{name}\" already exists"),
-        )
+        Error::new(StatusCode::AlreadyExists, format!("relation \"{name}\" already exists"))
     }
 
     /// `"x" is not a table` when DROP TABLE names a view and the other way round.
@@ -189,10 +170,7 @@ pub mod errors {
             RelationKind::Table => "use DROP VIEW to drop a view",
             RelationKind::View => "use DROP TABLE to drop a table",
         };
-        Error::new(
-            StatusCode::WrongObjectType,
-            format!("\"{name}\" is not a {} ({hint})", expected.noun()),
-        )
+        Error::new(StatusCode::WrongObjectType, format!("\"{name}\" is not a {} ({hint})", expected.noun()))
     }
 }
 
@@ -213,9 +191,7 @@ impl Default for MemoryCatalog {
     fn default() -> Self {
         let mut schemas = BTreeMap::new();
         schemas.insert(DEFAULT_SCHEMA.to_string(), BTreeMap::new());
-        Self {
-            schemas: RwLock::new(schemas),
-        }
+        Self { schemas: RwLock::new(schemas) }
     }
 }
 
@@ -228,9 +204,7 @@ impl MemoryCatalog {
         or_replace: bool,
     ) -> Result<Created> {
         let mut schemas = self.schemas.write().map_err(poisoned)?;
-        let schema = schemas
-            .get_mut(&name.schema)
-            .ok_or_else(|| errors::schema_not_found(&name.schema))?;
+        let schema = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
         if let Some(existing) = schema.get(&name.name) {
             if if_not_exists {
                 return Ok(Created::AlreadyExisted);
@@ -254,10 +228,7 @@ fn poisoned<T>(_: T) -> Error {
 #[async_trait]
 impl Catalog for MemoryCatalog {
     fn schema_names(&self) -> Vec<String> {
-        self.schemas
-            .read()
-            .map(|s| s.keys().cloned().collect())
-            .unwrap_or_default()
+        self.schemas.read().map(|s| s.keys().cloned().collect()).unwrap_or_default()
     }
 
     fn create_schema(&self, name: &str, if_not_exists: bool) -> Result<Created> {
@@ -266,10 +237,7 @@ impl Catalog for MemoryCatalog {
             if if_not_exists {
                 return Ok(Created::AlreadyExisted);
             }
-            return Err(Error::new(
-                StatusCode::AlreadyExists,
-                format!("schema \"{name}\" already exists"),
-            ));
+            return Err(Error::new(StatusCode::AlreadyExists, format!("schema \"{name}\" already exists")));
         }
         schemas.insert(name.to_string(), BTreeMap::new());
         Ok(Created::Created)
@@ -279,9 +247,7 @@ impl Catalog for MemoryCatalog {
         if SYSTEM_SCHEMAS.contains(&name) {
             return Err(Error::new(
                 StatusCode::InsufficientPrivilege,
-                format!(
-                    "cannot drop schema \"{name}\" because it is required by the database system"
-                ),
+                format!("cannot drop schema \"{name}\" because it is required by the database system"),
             ));
         }
         let mut schemas = self.schemas.write().map_err(poisoned)?;
@@ -304,11 +270,7 @@ impl Catalog for MemoryCatalog {
     }
 
     fn relation_names(&self, schema: &str) -> Vec<String> {
-        self.schemas
-            .read()
-            .ok()
-            .and_then(|s| s.get(schema).map(|r| r.keys().cloned().collect()))
-            .unwrap_or_default()
+        self.schemas.read().ok().and_then(|s| s.get(schema).map(|r| r.keys().cloned().collect())).unwrap_or_default()
     }
 
     fn relation_kind(&self, name: &RelationName) -> Option<RelationKind> {
@@ -318,58 +280,25 @@ impl Catalog for MemoryCatalog {
 
     async fn relation(&self, name: &RelationName) -> Result<Option<Arc<dyn TableProvider>>> {
         let schemas = self.schemas.read().map_err(poisoned)?;
-        Ok(schemas
-            .get(&name.schema)
-            .and_then(|s| s.get(&name.name))
-            .map(|r| Arc::clone(&r.provider)))
+        Ok(schemas.get(&name.schema).and_then(|s| s.get(&name.name)).map(|r| Arc::clone(&r.provider)))
     }
 
     async fn create_table(&self, request: CreateTable) -> Result<Created> {
         let table = MemTable::try_new(Arc::clone(&request.schema), vec![vec![]])?
             .with_constraints(request.constraints)
             .with_column_defaults(request.column_defaults.into_iter().collect());
-        let relation = Relation {
-            kind: RelationKind::Table,
-            provider: Arc::new(table),
-        };
-        self.insert(
-            &request.name,
-            relation,
-            request.if_not_exists,
-            request.or_replace,
-        )
+        let relation = Relation { kind: RelationKind::Table, provider: Arc::new(table) };
+        self.insert(&request.name, relation, request.if_not_exists, request.or_replace)
     }
 
-    async fn create_view(
-        &self,
-        name: RelationName,
-        view: Arc<dyn TableProvider>,
-        or_replace: bool,
-    ) -> Result<Created> {
-        self.insert(
-            &name,
-            Relation {
-                kind: RelationKind::View,
-                provider: view,
-            },
-            false,
-            or_replace,
-        )
+    async fn create_view(&self, name: RelationName, view: Arc<dyn TableProvider>, or_replace: bool) -> Result<Created> {
+        self.insert(&name, Relation { kind: RelationKind::View, provider: view }, false, or_replace)
     }
 
-    async fn drop_relation(
-        &self,
-        name: &RelationName,
-        kind: RelationKind,
-        if_exists: bool,
-    ) -> Result<bool> {
+    async fn drop_relation(&self, name: &RelationName, kind: RelationKind, if_exists: bool) -> Result<bool> {
         let mut schemas = self.schemas.write().map_err(poisoned)?;
         let Some(schema) = schemas.get_mut(&name.schema) else {
-            return if if_exists {
-                Ok(false)
-            } else {
-                Err(errors::relation_not_found(name, kind))
-            };
+            return if if_exists { Ok(false) } else { Err(errors::relation_not_found(name, kind)) };
         };
         match schema.get(&name.name) {
             None if if_exists => Ok(false),
@@ -398,10 +327,7 @@ pub struct DataFusionCatalog {
 impl DataFusionCatalog {
     /// Wraps `catalog`.
     pub fn new(catalog: CatalogRef) -> Self {
-        Self {
-            catalog,
-            system: RwLock::new(BTreeMap::new()),
-        }
+        Self { catalog, system: RwLock::new(BTreeMap::new()) }
     }
 }
 
@@ -418,16 +344,10 @@ impl CatalogProvider for DataFusionCatalog {
         if let Some(system) = self.system.read().ok().and_then(|s| s.get(name).cloned()) {
             return Some(system);
         }
-        self.catalog
-            .schema_names()
-            .iter()
-            .any(|s| s == name)
-            .then(|| {
-                Arc::new(UserSchema {
-                    catalog: Arc::clone(&self.catalog),
-                    schema: name.to_string(),
-                }) as Arc<dyn SchemaProvider>
-            })
+        self.catalog.schema_names().iter().any(|s| s == name).then(|| {
+            Arc::new(UserSchema { catalog: Arc::clone(&self.catalog), schema: name.to_string() })
+                as Arc<dyn SchemaProvider>
+        })
     }
 
     /// Only system schemas are registered this way (by pg_catalog set-up);
@@ -437,10 +357,7 @@ impl CatalogProvider for DataFusionCatalog {
         name: &str,
         schema: Arc<dyn SchemaProvider>,
     ) -> datafusion::error::Result<Option<Arc<dyn SchemaProvider>>> {
-        let mut system = self
-            .system
-            .write()
-            .map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+        let mut system = self.system.write().map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
         Ok(system.insert(name.to_string(), schema))
     }
 }
@@ -454,10 +371,7 @@ struct UserSchema {
 
 impl UserSchema {
     fn name(&self, table: &str) -> RelationName {
-        RelationName {
-            schema: self.schema.clone(),
-            name: table.to_string(),
-        }
+        RelationName { schema: self.schema.clone(), name: table.to_string() }
     }
 }
 
@@ -468,20 +382,14 @@ impl SchemaProvider for UserSchema {
     }
 
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        self.catalog
-            .relation(&self.name(name))
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))
+        self.catalog.relation(&self.name(name)).await.map_err(|e| DataFusionError::External(Box::new(e)))
     }
 
     async fn table_type(&self, name: &str) -> datafusion::error::Result<Option<TableType>> {
-        Ok(self
-            .catalog
-            .relation_kind(&self.name(name))
-            .map(|k| match k {
-                RelationKind::Table => TableType::Base,
-                RelationKind::View => TableType::View,
-            }))
+        Ok(self.catalog.relation_kind(&self.name(name)).map(|k| match k {
+            RelationKind::Table => TableType::Base,
+            RelationKind::View => TableType::View,
+        }))
     }
 
     fn register_table(
@@ -489,9 +397,9 @@ impl SchemaProvider for UserSchema {
         name: String,
         _table: Arc<dyn TableProvider>,
     ) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        Err(DataFusionError::External(Box::new(Error::unsupported(
-            format!("cannot register \"{name}\" directly: use CREATE TABLE or CREATE VIEW"),
-        ))))
+        Err(DataFusionError::External(Box::new(Error::unsupported(format!(
+            "cannot register \"{name}\" directly: use CREATE TABLE or CREATE VIEW"
+        )))))
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -63,9 +63,7 @@ impl ByteSize {
         if t.eq_ignore_ascii_case("unlimited") {
             return Ok(ByteSize::Unlimited);
         }
-        let split = t
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
         let (number, unit) = t.split_at(split);
         let number: f64 = number.parse().map_err(|_| bad_size(text))?;
         let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -85,9 +83,7 @@ impl ByteSize {
 }
 
 fn bad_size(text: &str) -> String {
-    format!(
-        "invalid size {text:?}: expected bytes, a size like \"512MiB\" or \"4GiB\", or \"unlimited\""
-    )
+    format!("invalid size {text:?}: expected bytes, a size like \"512MiB\" or \"4GiB\", or \"unlimited\"")
 }
 
 impl<'de> Deserialize<'de> for ByteSize {

@@ -42,9 +42,7 @@ pub(crate) struct EngineInner {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
-            .field("database", &self.inner.config.database)
-            .finish_non_exhaustive()
+        f.debug_struct("Engine").field("database", &self.inner.config.database).finish_non_exhaustive()
     }
 }
 
@@ -76,8 +74,7 @@ impl Engine {
     pub fn with_catalog(config: EngineConfig, catalog: CatalogRef) -> Result<Self> {
         let mut runtime = RuntimeEnvBuilder::new();
         if let Some(limit) = config.memory_limit.bytes() {
-            let limit = usize::try_from(limit)
-                .map_err(|_| Error::invalid("execution.memory_limit is too large"))?;
+            let limit = usize::try_from(limit).map_err(|_| Error::invalid("execution.memory_limit is too large"))?;
             runtime = runtime.with_memory_limit(limit, 1.0);
         }
         let runtime = runtime.build_arc()?;
@@ -93,10 +90,7 @@ impl Engine {
             session_config = session_config.with_target_partitions(config.target_partitions);
         }
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
-        catalogs.register_catalog(
-            config.database.clone(),
-            Arc::new(DataFusionCatalog::new(Arc::clone(&catalog))),
-        );
+        catalogs.register_catalog(config.database.clone(), Arc::new(DataFusionCatalog::new(Arc::clone(&catalog))));
         let state = SessionStateBuilder::new()
             .with_config(session_config)
             .with_runtime_env(runtime)
@@ -181,11 +175,7 @@ pub(crate) fn constant_text_udf(name: &str, value: String) -> ScalarUDF {
         vec![],
         DataType::Utf8,
         Volatility::Stable,
-        Arc::new(move |_args: &[ColumnarValue]| {
-            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
-                value.clone(),
-            ))))
-        }),
+        Arc::new(move |_args: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(value.clone()))))),
     )
 }
 

@@ -95,10 +95,7 @@ pub struct Error {
 impl Error {
     /// An error of the given class.
     pub fn new(code: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 
     /// A feature streamhouse does not support.
@@ -130,10 +127,7 @@ impl Error {
 impl From<DataFusionError> for Error {
     fn from(err: DataFusionError) -> Self {
         let code = classify_datafusion(&err);
-        Self {
-            code,
-            message: user_message(err),
-        }
+        Self { code, message: user_message(err) }
     }
 }
 
@@ -195,11 +189,7 @@ fn strip_prefixes(text: &str) -> String {
         let before = text;
         for prefix in PREFIXES {
             if let Some(rest) = text.strip_prefix(prefix) {
-                text = if rest.is_empty() && *prefix == "Divide by zero error" {
-                    "division by zero"
-                } else {
-                    rest
-                };
+                text = if rest.is_empty() && *prefix == "Divide by zero error" { "division by zero" } else { rest };
             }
         }
         if before == text {
@@ -215,9 +205,7 @@ fn strip_prefixes(text: &str) -> String {
 /// layers to the error that says what went wrong.
 fn root_cause(err: &DataFusionError) -> &DataFusionError {
     match err {
-        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
-            root_cause(inner)
-        }
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => root_cause(inner),
         DataFusionError::Shared(inner) => root_cause(inner),
         DataFusionError::Collection(errs) if !errs.is_empty() => root_cause(&errs[0]),
         DataFusionError::External(e) => match e.downcast_ref::<DataFusionError>() {
@@ -259,9 +247,7 @@ fn classify_datafusion(err: &DataFusionError) -> StatusCode {
         DataFusionError::Configuration(_) => StatusCode::InvalidArgument,
         DataFusionError::SchemaError(e, _) => match e.as_ref() {
             datafusion::common::SchemaError::FieldNotFound { .. } => StatusCode::ColumnNotFound,
-            datafusion::common::SchemaError::AmbiguousReference { .. } => {
-                StatusCode::AmbiguousColumn
-            }
+            datafusion::common::SchemaError::AmbiguousReference { .. } => StatusCode::AmbiguousColumn,
             _ => StatusCode::DuplicateColumn,
         },
         DataFusionError::ArrowError(e, _) => classify_arrow(e),
@@ -299,9 +285,7 @@ fn classify_arrow(err: &ArrowError) -> StatusCode {
                 StatusCode::InvalidArgument
             }
         }
-        ArrowError::InvalidArgumentError(m) if m.contains("non-nullable") => {
-            StatusCode::ConstraintViolation
-        }
+        ArrowError::InvalidArgumentError(m) if m.contains("non-nullable") => StatusCode::ConstraintViolation,
         ArrowError::InvalidArgumentError(_) => StatusCode::InvalidArgument,
         ArrowError::MemoryError(_) => StatusCode::ResourcesExhausted,
         ArrowError::IoError(..) => StatusCode::Io,
@@ -362,23 +346,17 @@ mod tests {
         let err: Error = DataFusionError::Plan("table 'x' not found".into()).into();
         assert_eq!(err.message(), "table 'x' not found");
         assert_eq!(err.code(), StatusCode::TableNotFound);
-        let err: Error =
-            DataFusionError::ArrowError(Box::new(ArrowError::DivideByZero), None).into();
+        let err: Error = DataFusionError::ArrowError(Box::new(ArrowError::DivideByZero), None).into();
         assert_eq!(err.code(), StatusCode::DivisionByZero);
         assert_eq!(err.message(), "division by zero");
-        let wrapped = DataFusionError::Context(
-            "ctx".into(),
-            Box::new(DataFusionError::ResourcesExhausted("pool full".into())),
-        );
+        let wrapped =
+            DataFusionError::Context("ctx".into(), Box::new(DataFusionError::ResourcesExhausted("pool full".into())));
         assert_eq!(Error::from(wrapped).code(), StatusCode::ResourcesExhausted);
     }
 
     #[test]
     fn our_errors_keep_their_class_through_datafusion() {
-        let ours = Error::new(
-            StatusCode::Cancelled,
-            "canceling statement due to user request",
-        );
+        let ours = Error::new(StatusCode::Cancelled, "canceling statement due to user request");
         let err: Error = DataFusionError::External(Box::new(ours)).into();
         assert_eq!(err.code(), StatusCode::Cancelled);
         assert_eq!(err.message(), "canceling statement due to user request");

@@ -31,8 +31,8 @@ pub use config::{ByteSize, EngineConfig};
 pub use engine::Engine;
 pub use error::{Error, Result, StatusCode};
 pub use session::{
-    CommandComplete, Notice, NoticeSeverity, Output, Prepared, Session, SessionInfo,
-    TransactionChange, TransactionStatus,
+    CommandComplete, Notice, NoticeSeverity, Output, Prepared, Session, SessionInfo, TransactionChange,
+    TransactionStatus,
 };
 
 /// Re-exported so front ends use the exact DataFusion version of the engine.

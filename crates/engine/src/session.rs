@@ -106,11 +106,7 @@ pub struct CommandComplete {
 
 impl CommandComplete {
     fn new(command: impl Into<String>) -> Self {
-        Self {
-            command: command.into(),
-            rows: None,
-            transaction: None,
-        }
+        Self { command: command.into(), rows: None, transaction: None }
     }
 
     fn with_rows(mut self, rows: u64) -> Self {
@@ -227,9 +223,7 @@ impl Prepared {
                 _ => Some(self.rename(Arc::clone(plan.schema().inner()))),
             },
             Kind::Session(SessionStatement::Show(name)) => Some(text_schema(&[name.as_str()])),
-            Kind::Session(SessionStatement::ShowAll) => {
-                Some(text_schema(&["name", "setting", "description"]))
-            }
+            Kind::Session(SessionStatement::ShowAll) => Some(text_schema(&["name", "setting", "description"])),
             Kind::Session(_) => None,
         }
     }
@@ -241,10 +235,7 @@ impl Prepared {
     pub fn result_schema_with(&self, params: &ParamValues) -> Result<Option<SchemaRef>> {
         match &self.kind {
             Kind::Plan(plan)
-                if !matches!(
-                    plan,
-                    LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Statement(_)
-                ) =>
+                if !matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Statement(_)) =>
             {
                 let bound = plan.clone().with_param_values(params.clone())?;
                 Ok(Some(self.rename(Arc::clone(bound.schema().inner()))))
@@ -264,12 +255,7 @@ impl Prepared {
 }
 
 fn text_schema(names: &[&str]) -> SchemaRef {
-    Arc::new(Schema::new(
-        names
-            .iter()
-            .map(|n| Field::new(*n, DataType::Utf8, true))
-            .collect::<Vec<_>>(),
-    ))
+    Arc::new(Schema::new(names.iter().map(|n| Field::new(*n, DataType::Utf8, true)).collect::<Vec<_>>()))
 }
 
 /// Parameter types of a plan in `$n` order, with types of untyped
@@ -278,11 +264,7 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     let mut types: Vec<Option<DataType>> = Vec::new();
     let mut put = |id: &str, ty: Option<DataType>| {
-        if let Some(n) = id
-            .strip_prefix('$')
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|n| *n >= 1)
-        {
+        if let Some(n) = id.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()).filter(|n| *n >= 1) {
             if types.len() < n {
                 types.resize(n, None);
             }
@@ -327,10 +309,7 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("id", &self.id)
-            .field("user", &self.info.user)
-            .finish_non_exhaustive()
+        f.debug_struct("Session").field("id", &self.id).field("user", &self.info.user).finish_non_exhaustive()
     }
 }
 
@@ -344,9 +323,7 @@ impl Session {
         let vars = Arc::new(RwLock::new(vars));
         let lookup = Arc::clone(&vars);
         ctx.register_udf(text_udf("current_setting", move |name| {
-            let vars = lookup
-                .read()
-                .map_err(|_| datafusion::error::DataFusionError::Internal("poisoned".into()))?;
+            let vars = lookup.read().map_err(|_| datafusion::error::DataFusionError::Internal("poisoned".into()))?;
             vars.get(name).map(Some).ok_or_else(|| {
                 datafusion::error::DataFusionError::External(Box::new(Error::new(
                     StatusCode::ObjectNotFound,
@@ -355,10 +332,7 @@ impl Session {
             })
         }));
         let user = info.user.clone();
-        ctx.register_udf(crate::engine::constant_text_udf(
-            "session_user",
-            user.clone(),
-        ));
+        ctx.register_udf(crate::engine::constant_text_udf("session_user", user.clone()));
         ctx.register_udf(crate::engine::constant_text_udf("current_user", user));
         Self {
             engine,
@@ -405,10 +379,7 @@ impl Session {
     }
 
     fn notice(&mut self, severity: NoticeSeverity, message: impl Into<String>) {
-        self.notices.push(Notice {
-            severity,
-            message: message.into(),
-        });
+        self.notices.push(Notice { severity, message: message.into() });
     }
 
     /// Splits SQL text into statements (Postgres dialect, with the rewrites
@@ -435,31 +406,29 @@ impl Session {
 
     async fn prepare_inner(&mut self, statement: Statement) -> Result<Prepared> {
         let catalog_version = self.engine.catalog_version();
-        let kind = match session_statement(&statement)? {
-            Some(s) => Kind::Session(s),
-            None => {
-                let control = self.begin_statement();
-                Kind::Plan(control.run(self.plan(statement.clone())).await?)
+        if let Some(s) = session_statement(&statement)? {
+            return Ok(Prepared { statement, kind: Kind::Session(s), catalog_version, column_names: None });
+        }
+        let control = self.begin_statement();
+        match control.run(self.plan(statement.clone())).await {
+            Ok(plan) => {
+                let column_names = naming::postgres_column_names(&statement);
+                Ok(Prepared { statement, kind: Kind::Plan(plan), catalog_version, column_names })
             }
-        };
-        let column_names = match kind {
-            Kind::Plan(_) => naming::postgres_column_names(&statement),
-            Kind::Session(_) => None,
-        };
-        Ok(Prepared {
-            statement,
-            kind,
-            catalog_version,
-            column_names,
-        })
+            Err(e) if e.message().contains("require unique expression names") => {
+                // Postgres allows duplicate output names; DataFusion does not.
+                let Some((aliased, names)) = naming::with_unique_aliases(&statement) else { return Err(e) };
+                let plan = control.run(self.plan(aliased.clone())).await?;
+                Ok(Prepared { statement: aliased, kind: Kind::Plan(plan), catalog_version, column_names: Some(names) })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn plan(&self, statement: Statement) -> Result<LogicalPlan> {
         refuse_unsupported(&statement)?;
         let state = self.ctx.state();
-        let plan = state
-            .statement_to_plan(DFStatement::Statement(Box::new(statement)))
-            .await?;
+        let plan = state.statement_to_plan(DFStatement::Statement(Box::new(statement))).await?;
         Ok(plan)
     }
 
@@ -467,11 +436,7 @@ impl Session {
     ///
     /// # Errors
     /// Anything the statement can fail with; 57014 when cancelled.
-    pub async fn execute(
-        &mut self,
-        prepared: &Prepared,
-        params: Option<ParamValues>,
-    ) -> Result<Output> {
+    pub async fn execute(&mut self, prepared: &Prepared, params: Option<ParamValues>) -> Result<Output> {
         let result = self.execute_inner(prepared, params).await;
         if result.is_err() {
             self.mark_failed();
@@ -526,16 +491,9 @@ impl Session {
         );
     }
 
-    async fn execute_inner(
-        &mut self,
-        prepared: &Prepared,
-        params: Option<ParamValues>,
-    ) -> Result<Output> {
+    async fn execute_inner(&mut self, prepared: &Prepared, params: Option<ParamValues>) -> Result<Output> {
         if self.engine.is_shut_down() {
-            return Err(Error::new(
-                StatusCode::ShuttingDown,
-                "the server is shutting down",
-            ));
+            return Err(Error::new(StatusCode::ShuttingDown, "the server is shutting down"));
         }
         if let Kind::Session(s) = &prepared.kind {
             return self.run_session_statement(s.clone());
@@ -547,9 +505,7 @@ impl Session {
             ));
         }
         let control = self.begin_statement();
-        let Kind::Plan(plan) = &prepared.kind else {
-            unreachable!("session statements returned above")
-        };
+        let Kind::Plan(plan) = &prepared.kind else { unreachable!("session statements returned above") };
         let plan = if prepared.catalog_version == self.engine.catalog_version() {
             plan.clone()
         } else {
@@ -568,9 +524,7 @@ impl Session {
                 if given != expected {
                     return Err(Error::new(
                         StatusCode::InvalidParameter,
-                        format!(
-                            "bind message supplies {given} parameters, but prepared statement requires {expected}"
-                        ),
+                        format!("bind message supplies {given} parameters, but prepared statement requires {expected}"),
                     ));
                 }
                 plan.with_param_values(params)?
@@ -578,17 +532,13 @@ impl Session {
             None if expected > 0 => {
                 return Err(Error::new(
                     StatusCode::InvalidParameter,
-                    format!(
-                        "there is no parameter ${expected}: the statement needs {expected} bound value(s)"
-                    ),
+                    format!("there is no parameter ${expected}: the statement needs {expected} bound value(s)"),
                 ));
             }
             None => plan,
         };
         let output = self.run_plan(plan, &control).await?;
-        if self.transaction_status() == TransactionStatus::InBlock
-            && matches!(output, Output::Command(_))
-        {
+        if self.transaction_status() == TransactionStatus::InBlock && matches!(output, Output::Command(_)) {
             self.writes_in_block += 1;
         }
         Ok(match output {
@@ -639,9 +589,7 @@ impl Session {
                     WriteOp::MergeInto(_) => "MERGE",
                     _ => "UPDATE",
                 };
-                let rows = control
-                    .run(self.execute_count(LogicalPlan::Dml(dml)))
-                    .await?;
+                let rows = control.run(self.execute_count(LogicalPlan::Dml(dml))).await?;
                 Ok(Output::Command(if command == "TRUNCATE TABLE" {
                     CommandComplete::new(command)
                 } else {
@@ -655,24 +603,14 @@ impl Session {
                     S::Deallocate(_) => "DEALLOCATE",
                     S::Execute(_) => "EXECUTE",
                     other => {
-                        return Err(Error::unsupported(format!(
-                            "statement {} is not supported",
-                            other.name()
-                        )));
+                        return Err(Error::unsupported(format!("statement {} is not supported", other.name())));
                     }
                 };
                 let df = control
-                    .run(async {
-                        Ok(self
-                            .ctx
-                            .execute_logical_plan(LogicalPlan::Statement(statement))
-                            .await?)
-                    })
+                    .run(async { Ok(self.ctx.execute_logical_plan(LogicalPlan::Statement(statement)).await?) })
                     .await?;
                 if command == "EXECUTE" {
-                    let stream = control
-                        .run(async { Ok(df.execute_stream().await?) })
-                        .await?;
+                    let stream = control.run(async { Ok(df.execute_stream().await?) }).await?;
                     Ok(Output::Rows(stream))
                 } else {
                     Ok(Output::Command(CommandComplete::new(command)))
@@ -756,60 +694,35 @@ impl Session {
                     })
                     .await?;
                 if created == Created::AlreadyExisted {
-                    self.notice(
-                        NoticeSeverity::Notice,
-                        format!("relation \"{}\" already exists, skipping", name.name),
-                    );
+                    self.notice(NoticeSeverity::Notice, format!("relation \"{}\" already exists, skipping", name.name));
                     return Ok(Output::Command(CommandComplete::new("CREATE TABLE")));
                 }
                 if !is_ctas {
                     return Ok(Output::Command(CommandComplete::new("CREATE TABLE")));
                 }
-                let inserted = self
-                    .insert_into(&name, cmd.input.as_ref().clone(), control)
-                    .await;
+                let inserted = self.insert_into(&name, cmd.input.as_ref().clone(), control).await;
                 match inserted {
-                    Ok(rows) => Ok(Output::Command(
-                        CommandComplete::new("SELECT").with_rows(rows),
-                    )),
+                    Ok(rows) => Ok(Output::Command(CommandComplete::new("SELECT").with_rows(rows))),
                     Err(e) => {
                         // The statement failed as a whole: do not leave a half-filled table behind.
-                        let _ = catalog
-                            .drop_relation(&name, RelationKind::Table, true)
-                            .await;
+                        let _ = catalog.drop_relation(&name, RelationKind::Table, true).await;
                         Err(e)
                     }
                 }
             }
             DdlStatement::CreateView(cv) => {
                 let name = self.relation_name(&cv.name)?;
-                let view: Arc<dyn TableProvider> = Arc::new(ViewTable::new(
-                    cv.input.as_ref().clone(),
-                    cv.definition.clone(),
-                ));
+                let view: Arc<dyn TableProvider> =
+                    Arc::new(ViewTable::new(cv.input.as_ref().clone(), cv.definition.clone()));
                 catalog.create_view(name, view, cv.or_replace).await?;
                 Ok(Output::Command(CommandComplete::new("CREATE VIEW")))
             }
-            DdlStatement::DropTable(drop) => {
-                self.drop_relation(&drop.name, RelationKind::Table, drop.if_exists)
-                    .await
-            }
-            DdlStatement::DropView(drop) => {
-                self.drop_relation(&drop.name, RelationKind::View, drop.if_exists)
-                    .await
-            }
+            DdlStatement::DropTable(drop) => self.drop_relation(&drop.name, RelationKind::Table, drop.if_exists).await,
+            DdlStatement::DropView(drop) => self.drop_relation(&drop.name, RelationKind::View, drop.if_exists).await,
             DdlStatement::CreateCatalogSchema(cmd) => {
-                let schema = cmd
-                    .schema_name
-                    .rsplit('.')
-                    .next()
-                    .unwrap_or(&cmd.schema_name)
-                    .to_string();
+                let schema = cmd.schema_name.rsplit('.').next().unwrap_or(&cmd.schema_name).to_string();
                 if catalog.create_schema(&schema, cmd.if_not_exists)? == Created::AlreadyExisted {
-                    self.notice(
-                        NoticeSeverity::Notice,
-                        format!("schema \"{schema}\" already exists, skipping"),
-                    );
+                    self.notice(NoticeSeverity::Notice, format!("schema \"{schema}\" already exists, skipping"));
                 }
                 Ok(Output::Command(CommandComplete::new("CREATE SCHEMA")))
             }
@@ -818,10 +731,7 @@ impl Session {
                 catalog.drop_schema(&schema, cmd.if_exists, cmd.cascade)?;
                 Ok(Output::Command(CommandComplete::new("DROP SCHEMA")))
             }
-            other => Err(Error::unsupported(format!(
-                "{} is not supported",
-                ddl_display_name(&other)
-            ))),
+            other => Err(Error::unsupported(format!("{} is not supported", ddl_display_name(&other)))),
         }
     }
 
@@ -832,20 +742,13 @@ impl Session {
         if_exists: bool,
     ) -> Result<Output> {
         let name = self.relation_name(reference)?;
-        let dropped = self
-            .engine
-            .catalog()
-            .drop_relation(&name, kind, if_exists)
-            .await?;
+        let dropped = self.engine.catalog().drop_relation(&name, kind, if_exists).await?;
         let noun = match kind {
             RelationKind::Table => "table",
             RelationKind::View => "view",
         };
         if !dropped {
-            self.notice(
-                NoticeSeverity::Notice,
-                format!("{noun} \"{}\" does not exist, skipping", name.name),
-            );
+            self.notice(NoticeSeverity::Notice, format!("{noun} \"{}\" does not exist, skipping", name.name));
         }
         Ok(Output::Command(CommandComplete::new(match kind {
             RelationKind::Table => "DROP TABLE",
@@ -853,37 +756,23 @@ impl Session {
         })))
     }
 
-    async fn insert_into(
-        &self,
-        name: &RelationName,
-        input: LogicalPlan,
-        control: &QueryControl,
-    ) -> Result<u64> {
-        let provider =
-            self.engine.catalog().relation(name).await?.ok_or_else(|| {
-                Error::internal(format!("table {name} vanished while being created"))
-            })?;
-        let reference = TableReference::full(
-            self.engine.database().to_string(),
-            name.schema.clone(),
-            name.name.clone(),
-        );
-        let plan = LogicalPlanBuilder::insert_into(
-            input,
-            reference,
-            provider_as_source(provider),
-            InsertOp::Append,
-        )?
-        .build()?;
+    async fn insert_into(&self, name: &RelationName, input: LogicalPlan, control: &QueryControl) -> Result<u64> {
+        let provider = self
+            .engine
+            .catalog()
+            .relation(name)
+            .await?
+            .ok_or_else(|| Error::internal(format!("table {name} vanished while being created")))?;
+        let reference =
+            TableReference::full(self.engine.database().to_string(), name.schema.clone(), name.name.clone());
+        let plan = LogicalPlanBuilder::insert_into(input, reference, provider_as_source(provider), InsertOp::Append)?
+            .build()?;
         control.run(self.execute_count(plan)).await
     }
 
     fn run_session_statement(&mut self, statement: SessionStatement) -> Result<Output> {
         let status = self.transaction_status();
-        let allowed_when_failed = matches!(
-            statement,
-            SessionStatement::Commit | SessionStatement::Rollback
-        );
+        let allowed_when_failed = matches!(statement, SessionStatement::Commit | SessionStatement::Rollback);
         if status == TransactionStatus::Failed && !allowed_when_failed {
             return Err(Error::new(
                 StatusCode::InFailedTransaction,
@@ -911,40 +800,28 @@ impl Session {
             SessionStatement::Show(name) => {
                 let value = self.show_variable(&name)?;
                 let schema = text_schema(&[name.as_str()]);
-                let batch = RecordBatch::try_new(
-                    Arc::clone(&schema),
-                    vec![Arc::new(StringArray::from(vec![value]))],
-                )?;
+                let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(StringArray::from(vec![value]))])?;
                 Ok(Output::Rows(batch_stream(schema, vec![batch])))
             }
             SessionStatement::ShowAll => {
                 let rows = self.vars.read().map_err(lock_err)?.all();
                 let schema = text_schema(&["name", "setting", "description"]);
                 let column = |i: usize| {
-                    Arc::new(StringArray::from_iter_values(rows.iter().map(
-                        |r| match i {
-                            0 => r.0.as_str(),
-                            1 => r.1.as_str(),
-                            _ => r.2.as_str(),
-                        },
-                    ))) as _
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| match i {
+                        0 => r.0.as_str(),
+                        1 => r.1.as_str(),
+                        _ => r.2.as_str(),
+                    }))) as _
                 };
-                let batch = RecordBatch::try_new(
-                    Arc::clone(&schema),
-                    vec![column(0), column(1), column(2)],
-                )?;
+                let batch = RecordBatch::try_new(Arc::clone(&schema), vec![column(0), column(1), column(2)])?;
                 Ok(Output::Rows(batch_stream(schema, vec![batch])))
             }
             SessionStatement::Begin => {
                 if status == TransactionStatus::InBlock {
-                    self.notice(
-                        NoticeSeverity::Warning,
-                        "there is already a transaction in progress",
-                    );
+                    self.notice(NoticeSeverity::Warning, "there is already a transaction in progress");
                     return Ok(Output::Command(CommandComplete::new("BEGIN")));
                 }
-                self.txn
-                    .store(TransactionStatus::InBlock as u8, Ordering::SeqCst);
+                self.txn.store(TransactionStatus::InBlock as u8, Ordering::SeqCst);
                 self.writes_in_block = 0;
                 Ok(Output::Command(CommandComplete {
                     transaction: Some(TransactionChange::Begin),
@@ -952,13 +829,9 @@ impl Session {
                 }))
             }
             SessionStatement::Commit | SessionStatement::Rollback => {
-                let rollback = matches!(statement, SessionStatement::Rollback)
-                    || status == TransactionStatus::Failed;
+                let rollback = matches!(statement, SessionStatement::Rollback) || status == TransactionStatus::Failed;
                 if status == TransactionStatus::Idle {
-                    self.notice(
-                        NoticeSeverity::Warning,
-                        "there is no transaction in progress",
-                    );
+                    self.notice(NoticeSeverity::Warning, "there is no transaction in progress");
                 } else if rollback && self.writes_in_block > 0 {
                     self.notice(
                         NoticeSeverity::Warning,
@@ -985,8 +858,7 @@ impl Session {
     }
 
     fn end_block(&mut self) -> Result<()> {
-        self.txn
-            .store(TransactionStatus::Idle as u8, Ordering::SeqCst);
+        self.txn.store(TransactionStatus::Idle as u8, Ordering::SeqCst);
         self.writes_in_block = 0;
         for (name, previous) in std::mem::take(&mut self.local_restore).into_iter().rev() {
             match previous {
@@ -1007,20 +879,13 @@ impl Session {
         if let Some(option) = datafusion_option(name) {
             let state_ref = self.ctx.state_ref();
             let mut state = state_ref.write();
-            return state
-                .config_mut()
-                .options_mut()
-                .set(option, value)
-                .map_err(|e| {
-                    let err = Error::from(e);
-                    Error::new(StatusCode::InvalidParameterValue, err.message().to_string())
-                });
+            return state.config_mut().options_mut().set(option, value).map_err(|e| {
+                let err = Error::from(e);
+                Error::new(StatusCode::InvalidParameterValue, err.message().to_string())
+            });
         }
         if local && self.transaction_status() == TransactionStatus::Idle {
-            self.notice(
-                NoticeSeverity::Warning,
-                "SET LOCAL can only be used in transaction blocks",
-            );
+            self.notice(NoticeSeverity::Warning, "SET LOCAL can only be used in transaction blocks");
             return Ok(());
         }
         let previous = self.variable(name);
@@ -1036,32 +901,19 @@ impl Session {
         if canonical.eq_ignore_ascii_case("TimeZone") {
             let tz = match value {
                 None => None,
-                Some(v) if v.eq_ignore_ascii_case("utc") || v.eq_ignore_ascii_case("default") => {
-                    None
-                }
+                Some(v) if v.eq_ignore_ascii_case("utc") || v.eq_ignore_ascii_case("default") => None,
                 Some(v) => {
-                    let tz = if v.eq_ignore_ascii_case("local") {
-                        "UTC"
-                    } else {
-                        v
-                    };
-                    tz.parse::<datafusion::arrow::array::timezone::Tz>()
-                        .map_err(|_| {
-                            Error::new(
-                                StatusCode::InvalidParameterValue,
-                                format!("invalid value for parameter \"TimeZone\": \"{v}\""),
-                            )
-                        })?;
+                    let tz = if v.eq_ignore_ascii_case("local") { "UTC" } else { v };
+                    tz.parse::<datafusion::arrow::array::timezone::Tz>().map_err(|_| {
+                        Error::new(
+                            StatusCode::InvalidParameterValue,
+                            format!("invalid value for parameter \"TimeZone\": \"{v}\""),
+                        )
+                    })?;
                     Some(tz.to_string())
                 }
             };
-            self.ctx
-                .state_ref()
-                .write()
-                .config_mut()
-                .options_mut()
-                .execution
-                .time_zone = tz;
+            self.ctx.state_ref().write().config_mut().options_mut().execution.time_zone = tz;
         }
         Ok(())
     }
@@ -1077,17 +929,11 @@ impl Session {
                 .find(|e| e.key.eq_ignore_ascii_case(option))
                 .map(|e| e.value.unwrap_or_default())
                 .ok_or_else(|| {
-                    Error::new(
-                        StatusCode::ObjectNotFound,
-                        format!("unrecognized configuration parameter \"{name}\""),
-                    )
+                    Error::new(StatusCode::ObjectNotFound, format!("unrecognized configuration parameter \"{name}\""))
                 });
         }
         self.variable(name).ok_or_else(|| {
-            Error::new(
-                StatusCode::ObjectNotFound,
-                format!("unrecognized configuration parameter \"{name}\""),
-            )
+            Error::new(StatusCode::ObjectNotFound, format!("unrecognized configuration parameter \"{name}\""))
         })
     }
 }
@@ -1110,11 +956,7 @@ fn coerce_parameters(params: ParamValues, types: &[Option<DataType>]) -> Result<
                 v.value = v.value.cast_to(target).map_err(|e| {
                     Error::new(
                         StatusCode::InvalidTextRepresentation,
-                        format!(
-                            "parameter ${} cannot be converted to {target}: {}",
-                            i + 1,
-                            Error::from(e).message()
-                        ),
+                        format!("parameter ${} cannot be converted to {target}: {}", i + 1, Error::from(e).message()),
                     )
                 })?;
             } else if let Some(Some(target)) = types.get(i)
@@ -1128,10 +970,7 @@ fn coerce_parameters(params: ParamValues, types: &[Option<DataType>]) -> Result<
     Ok(ParamValues::List(values))
 }
 
-fn not_null_primary_key(
-    schema: SchemaRef,
-    constraints: &datafusion::common::Constraints,
-) -> SchemaRef {
+fn not_null_primary_key(schema: SchemaRef, constraints: &datafusion::common::Constraints) -> SchemaRef {
     let key: Vec<usize> = constraints
         .iter()
         .flat_map(|c| match c {
@@ -1146,11 +985,7 @@ fn not_null_primary_key(
         .fields()
         .iter()
         .enumerate()
-        .map(|(i, f)| {
-            f.as_ref()
-                .clone()
-                .with_nullable(f.is_nullable() && !key.contains(&i))
-        })
+        .map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() && !key.contains(&i)))
         .collect();
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
@@ -1167,10 +1002,7 @@ fn datafusion_option(name: &str) -> Option<&str> {
 }
 
 fn batch_stream(schema: SchemaRef, batches: Vec<RecordBatch>) -> SendableRecordBatchStream {
-    Box::pin(RecordBatchStreamAdapter::new(
-        schema,
-        futures::stream::iter(batches.into_iter().map(Ok)),
-    ))
+    Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches.into_iter().map(Ok))))
 }
 
 /// Collects a row output into memory (for all but the last statement of a batch).
@@ -1216,12 +1048,7 @@ fn session_statement(statement: &Statement) -> Result<Option<SessionStatement>> 
     use ast::Set;
     let s = match statement {
         Statement::Set(set) => match set {
-            Set::SingleAssignment {
-                scope,
-                variable,
-                values,
-                ..
-            } => {
+            Set::SingleAssignment { scope, variable, values, .. } => {
                 let local = matches!(scope, Some(ast::ContextModifier::Local));
                 let name = variable.to_string();
                 let value = values.iter().map(expr_text).collect::<Vec<_>>().join(", ");
@@ -1236,11 +1063,7 @@ fn session_statement(statement: &Statement) -> Result<Option<SessionStatement>> 
                 if value.eq_ignore_ascii_case("default") || value.eq_ignore_ascii_case("local") {
                     SessionStatement::Reset(Some("TimeZone".into()))
                 } else {
-                    SessionStatement::Set {
-                        name: "TimeZone".into(),
-                        value,
-                        local: *local,
-                    }
+                    SessionStatement::Set { name: "TimeZone".into(), value, local: *local }
                 }
             }
             Set::SetNames { charset_name, .. } => SessionStatement::Set {
@@ -1252,25 +1075,16 @@ fn session_statement(statement: &Statement) -> Result<Option<SessionStatement>> 
             // Every statement is its own transaction, so transaction characteristics have nothing to change.
             Set::SetTransaction { .. } => SessionStatement::NoOp("SET"),
             Set::MultipleAssignments { .. } | Set::ParenthesizedAssignments { .. } => {
-                return Err(Error::new(
-                    StatusCode::InvalidSyntax,
-                    "SET takes one parameter at a time",
-                ));
+                return Err(Error::new(StatusCode::InvalidSyntax, "SET takes one parameter at a time"));
             }
             other => return Err(Error::unsupported(format!("{other} is not supported"))),
         },
         Statement::Reset(reset) => match &reset.reset {
             ast::Reset::ALL => SessionStatement::Reset(None),
-            ast::Reset::ConfigurationParameter(name) => {
-                SessionStatement::Reset(Some(name.to_string()))
-            }
+            ast::Reset::ConfigurationParameter(name) => SessionStatement::Reset(Some(name.to_string())),
         },
         Statement::ShowVariable { variable } => {
-            let name = variable
-                .iter()
-                .map(|i| i.value.as_str())
-                .collect::<Vec<_>>()
-                .join(" ");
+            let name = variable.iter().map(|i| i.value.as_str()).collect::<Vec<_>>().join(" ");
             if name.eq_ignore_ascii_case("all") {
                 SessionStatement::ShowAll
             } else {
@@ -1279,17 +1093,11 @@ fn session_statement(statement: &Statement) -> Result<Option<SessionStatement>> 
         }
         Statement::StartTransaction { .. } => SessionStatement::Begin,
         Statement::Commit { .. } => SessionStatement::Commit,
-        Statement::Rollback {
-            savepoint: None, ..
-        } => SessionStatement::Rollback,
-        Statement::Rollback {
-            savepoint: Some(_), ..
-        }
+        Statement::Rollback { savepoint: None, .. } => SessionStatement::Rollback,
+        Statement::Rollback { savepoint: Some(_), .. }
         | Statement::Savepoint { .. }
         | Statement::ReleaseSavepoint { .. } => {
-            return Err(Error::unsupported(
-                "savepoints are not supported: every statement commits on its own",
-            ));
+            return Err(Error::unsupported("savepoints are not supported: every statement commits on its own"));
         }
         Statement::Discard { .. } => SessionStatement::Discard,
         // Protocol-level statements are freed by the front end; ALL has nothing more to free here.

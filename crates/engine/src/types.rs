@@ -23,11 +23,7 @@ impl TypePlanner for PostgresTypePlanner {
         let text = match sql_type {
             SqlType::JSON | SqlType::JSONB | SqlType::Uuid => true,
             SqlType::Custom(name, _) => {
-                let last = name
-                    .0
-                    .last()
-                    .and_then(|p| p.as_ident())
-                    .map(|i| i.value.to_ascii_lowercase());
+                let last = name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_ascii_lowercase());
                 matches!(last.as_deref(), Some("json" | "jsonb" | "uuid" | "citext"))
             }
             _ => false,

@@ -19,17 +19,12 @@ use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
-    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
-    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
-    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
-    CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate,
-    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, SqlSupportedTransaction,
-    TicketStatementQuery,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+    CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate,
+    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, SqlSupportedTransaction, TicketStatementQuery,
 };
-use arrow_flight::{
-    Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc,
-    Ticket,
-};
+use arrow_flight::{Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
 use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
@@ -47,11 +42,17 @@ use crate::status::grpc_status;
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 
+/// Most prepared statements kept at once; creating one more evicts the one
+/// used least recently, so clients that never close handles cannot make the
+/// server's memory grow without bound.
+const MAX_PREPARED: usize = 4096;
+
 /// A prepared statement of a Flight SQL client.
 struct PreparedEntry {
     prepared: Arc<Prepared>,
     /// Rows of parameter values bound by the last DoPut (one row per execution).
     params: Vec<Vec<ScalarValue>>,
+    last_used: std::time::Instant,
 }
 
 /// The Flight SQL service.
@@ -63,24 +64,13 @@ pub struct FlightSqlServer {
 impl FlightSqlServer {
     /// A service over `engine`.
     pub fn new(engine: Engine) -> Self {
-        Self {
-            engine,
-            prepared: Mutex::new(HashMap::new()),
-        }
+        Self { engine, prepared: Mutex::new(HashMap::new()) }
     }
 
     fn session<T>(&self, request: &Request<T>) -> Session {
-        let user = request
-            .metadata()
-            .get("x-streamhouse-user")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("flight")
-            .to_string();
-        self.engine.new_session(SessionInfo {
-            user,
-            database: None,
-            application_name: Some("flight-sql".into()),
-        })
+        let user =
+            request.metadata().get("x-streamhouse-user").and_then(|v| v.to_str().ok()).unwrap_or("flight").to_string();
+        self.engine.new_session(SessionInfo { user, database: None, application_name: Some("flight-sql".into()) })
     }
 
     /// Parses exactly one statement and plans it.
@@ -93,38 +83,39 @@ impl FlightSqlServer {
             )));
         }
         let statement = statements.pop().expect("one statement");
-        session
-            .prepare(statement)
-            .await
-            .map_err(|e| grpc_status(&e))
+        session.prepare(statement).await.map_err(|e| grpc_status(&e))
     }
 
     fn entry(&self, handle: &Bytes) -> Result<(Arc<Prepared>, Vec<Vec<ScalarValue>>), Status> {
-        let map = self
-            .prepared
-            .lock()
-            .map_err(|_| Status::internal("prepared statement map poisoned"))?;
-        let entry = map.get(handle).ok_or_else(|| {
-            Status::not_found(
-                "unknown prepared statement handle (closed, or created on another server)",
-            )
+        let mut map = self.prepared.lock().map_err(|_| Status::internal("prepared statement map poisoned"))?;
+        let entry = map.get_mut(handle).ok_or_else(|| {
+            Status::not_found("unknown prepared statement handle (closed, evicted, or created on another server)")
         })?;
+        entry.last_used = std::time::Instant::now();
         Ok((Arc::clone(&entry.prepared), entry.params.clone()))
+    }
+
+    fn insert(&self, handle: Bytes, prepared: Prepared) -> Result<(), Status> {
+        let mut map = self.prepared.lock().map_err(|_| Status::internal("prepared statement map poisoned"))?;
+        if map.len() >= MAX_PREPARED
+            && let Some(oldest) = map.iter().min_by_key(|(_, e)| e.last_used).map(|(h, _)| h.clone())
+        {
+            tracing::warn!(limit = MAX_PREPARED, "evicting the least recently used Flight SQL prepared statement");
+            map.remove(&oldest);
+        }
+        let entry =
+            PreparedEntry { prepared: Arc::new(prepared), params: vec![], last_used: std::time::Instant::now() };
+        map.insert(handle, entry);
+        Ok(())
     }
 }
 
 /// The schema a statement's FlightInfo announces: its rows, or none for commands.
 fn announced_schema(prepared: &Prepared) -> SchemaRef {
-    prepared
-        .result_schema()
-        .unwrap_or_else(|| Arc::new(Schema::empty()))
+    prepared.result_schema().unwrap_or_else(|| Arc::new(Schema::empty()))
 }
 
-fn flight_info(
-    schema: &Schema,
-    ticket: Ticket,
-    descriptor: FlightDescriptor,
-) -> Result<FlightInfo, Status> {
+fn flight_info(schema: &Schema, ticket: Ticket, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
     Ok(FlightInfo::new()
         .try_with_schema(schema)
         .map_err(|e| Status::internal(format!("cannot encode schema: {e}")))?
@@ -133,27 +124,18 @@ fn flight_info(
 }
 
 fn schema_bytes(schema: &Schema) -> Result<Bytes, Status> {
-    let IpcMessage(bytes) =
-        IpcMessage::try_from(SchemaAsIpc::new(schema, &IpcWriteOptions::default()))
-            .map_err(|e| Status::internal(format!("cannot encode schema: {e}")))?;
+    let IpcMessage(bytes) = IpcMessage::try_from(SchemaAsIpc::new(schema, &IpcWriteOptions::default()))
+        .map_err(|e| Status::internal(format!("cannot encode schema: {e}")))?;
     Ok(bytes)
 }
 
 fn flight_stream(stream: SendableRecordBatchStream) -> DoGetStream {
     let schema = stream.schema();
     let batches = stream.map_err(|e| FlightError::Tonic(Box::new(grpc_status(&Error::from(e)))));
-    Box::pin(
-        FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(batches)
-            .map_err(Status::from),
-    )
+    Box::pin(FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from))
 }
 
-fn one_batch_stream(
-    schema: SchemaRef,
-    batch: arrow_flight::error::Result<RecordBatch>,
-) -> DoGetStream {
+fn one_batch_stream(schema: SchemaRef, batch: arrow_flight::error::Result<RecordBatch>) -> DoGetStream {
     Box::pin(
         FlightDataEncoderBuilder::new()
             .with_schema(schema)
@@ -168,33 +150,18 @@ async fn run_to_stream(
     prepared: &Prepared,
     params: Option<ParamValues>,
 ) -> Result<DoGetStream, Status> {
-    match session
-        .execute(prepared, params)
-        .await
-        .map_err(|e| grpc_status(&e))?
-    {
+    match session.execute(prepared, params).await.map_err(|e| grpc_status(&e))? {
         Output::Rows(stream) => Ok(flight_stream(stream)),
         Output::Command(_) => {
             let schema = Arc::new(Schema::empty());
-            Ok(one_batch_stream(
-                Arc::clone(&schema),
-                Ok(RecordBatch::new_empty(schema)),
-            ))
+            Ok(one_batch_stream(Arc::clone(&schema), Ok(RecordBatch::new_empty(schema))))
         }
     }
 }
 
 /// Runs a command and returns the rows it affected (0 for DDL).
-async fn run_update(
-    session: &mut Session,
-    prepared: &Prepared,
-    params: Option<ParamValues>,
-) -> Result<i64, Status> {
-    match session
-        .execute(prepared, params)
-        .await
-        .map_err(|e| grpc_status(&e))?
-    {
+async fn run_update(session: &mut Session, prepared: &Prepared, params: Option<ParamValues>) -> Result<i64, Status> {
+    match session.execute(prepared, params).await.map_err(|e| grpc_status(&e))? {
         Output::Command(done) => Ok(done.rows.unwrap_or(0) as i64),
         Output::Rows(mut stream) => {
             // A query sent as an update: run it to completion, report no affected rows.
@@ -214,10 +181,7 @@ static SQL_INFO: std::sync::LazyLock<SqlInfoData> = std::sync::LazyLock::new(|| 
     b.append(SqlInfo::FlightSqlServerReadOnly, false);
     b.append(SqlInfo::FlightSqlServerSql, true);
     b.append(SqlInfo::FlightSqlServerSubstrait, false);
-    b.append(
-        SqlInfo::FlightSqlServerTransaction,
-        SqlSupportedTransaction::None as i32,
-    );
+    b.append(SqlInfo::FlightSqlServerTransaction, SqlSupportedTransaction::None as i32);
     b.append(SqlInfo::FlightSqlServerCancel, false);
     b.append(SqlInfo::SqlDdlCatalog, false);
     b.append(SqlInfo::SqlDdlSchema, true);
@@ -229,14 +193,11 @@ static SQL_INFO: std::sync::LazyLock<SqlInfoData> = std::sync::LazyLock::new(|| 
 });
 
 /// Decodes the parameter rows a client bound with DoPut.
-async fn decode_parameters(
-    request: Request<PeekableFlightDataStream>,
-) -> Result<Vec<Vec<ScalarValue>>, Status> {
-    let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(
-        request.into_inner().map_err(FlightError::from),
-    )
-    .try_collect()
-    .await?;
+async fn decode_parameters(request: Request<PeekableFlightDataStream>) -> Result<Vec<Vec<ScalarValue>>, Status> {
+    let batches: Vec<RecordBatch> =
+        FlightRecordBatchStream::new_from_flight_data(request.into_inner().map_err(FlightError::from))
+            .try_collect()
+            .await?;
     let mut rows = Vec::new();
     for batch in &batches {
         for row in 0..batch.num_rows() {
@@ -271,17 +232,9 @@ impl FlightSqlService for FlightSqlServer {
         let mut session = self.session(&request);
         let prepared = Self::prepare(&mut session, &query.query).await?;
         let ticket = Ticket::new(
-            TicketStatementQuery {
-                statement_handle: query.query.into_bytes().into(),
-            }
-            .as_any()
-            .encode_to_vec(),
+            TicketStatementQuery { statement_handle: query.query.into_bytes().into() }.as_any().encode_to_vec(),
         );
-        Ok(Response::new(flight_info(
-            &announced_schema(&prepared),
-            ticket,
-            request.into_inner(),
-        )?))
+        Ok(Response::new(flight_info(&announced_schema(&prepared), ticket, request.into_inner())?))
     }
 
     async fn do_get_statement(
@@ -293,9 +246,7 @@ impl FlightSqlService for FlightSqlServer {
             .map_err(|_| Status::invalid_argument("statement ticket is not UTF-8 SQL"))?;
         let mut session = self.session(&request);
         let prepared = Self::prepare(&mut session, sql).await?;
-        Ok(Response::new(
-            run_to_stream(&mut session, &prepared, None).await?,
-        ))
+        Ok(Response::new(run_to_stream(&mut session, &prepared, None).await?))
     }
 
     async fn do_put_statement_update(
@@ -323,8 +274,7 @@ impl FlightSqlService for FlightSqlServer {
                 .map(|(i, t)| {
                     Field::new(
                         format!("${}", i + 1),
-                        t.clone()
-                            .unwrap_or(datafusion::arrow::datatypes::DataType::Null),
+                        t.clone().unwrap_or(datafusion::arrow::datatypes::DataType::Null),
                         true,
                     )
                 })
@@ -332,16 +282,7 @@ impl FlightSqlService for FlightSqlServer {
         );
         let dataset_schema = announced_schema(&prepared);
         let handle = Bytes::from(uuid::Uuid::new_v4().to_string());
-        self.prepared
-            .lock()
-            .map_err(|_| Status::internal("prepared statement map poisoned"))?
-            .insert(
-                handle.clone(),
-                PreparedEntry {
-                    prepared: Arc::new(prepared),
-                    params: vec![],
-                },
-            );
+        self.insert(handle.clone(), prepared)?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle,
             dataset_schema: schema_bytes(&dataset_schema)?,
@@ -357,16 +298,11 @@ impl FlightSqlService for FlightSqlServer {
         let handle = query.prepared_statement_handle;
         self.entry(&handle)?;
         let rows = decode_parameters(request).await?;
-        let mut map = self
-            .prepared
-            .lock()
-            .map_err(|_| Status::internal("prepared statement map poisoned"))?;
+        let mut map = self.prepared.lock().map_err(|_| Status::internal("prepared statement map poisoned"))?;
         if let Some(entry) = map.get_mut(&handle) {
             entry.params = rows;
         }
-        Ok(DoPutPreparedStatementResult {
-            prepared_statement_handle: Some(handle),
-        })
+        Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(handle) })
     }
 
     async fn get_flight_info_prepared_statement(
@@ -383,11 +319,7 @@ impl FlightSqlService for FlightSqlServer {
             None => announced_schema(&prepared),
         };
         let ticket = Ticket::new(command.as_any().encode_to_vec());
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        Ok(Response::new(flight_info(&schema, ticket, request.into_inner())?))
     }
 
     async fn do_get_prepared_statement(
@@ -397,15 +329,11 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let (prepared, params) = self.entry(&command.prepared_statement_handle)?;
         if params.len() > 1 {
-            return Err(Status::invalid_argument(
-                "a prepared query takes one row of parameters, got several",
-            ));
+            return Err(Status::invalid_argument("a prepared query takes one row of parameters, got several"));
         }
         let mut session = self.session(&request);
         let params = params.into_iter().next().map(ParamValues::from);
-        Ok(Response::new(
-            run_to_stream(&mut session, &prepared, params).await?,
-        ))
+        Ok(Response::new(run_to_stream(&mut session, &prepared, params).await?))
     }
 
     async fn do_put_prepared_statement_update(
@@ -445,11 +373,7 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<FlightInfo>, Status> {
         let ticket = Ticket::new(query.as_any().encode_to_vec());
         let schema = query.into_builder(&SQL_INFO).schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        Ok(Response::new(flight_info(&schema, ticket, request.into_inner())?))
     }
 
     async fn do_get_sql_info(
@@ -458,10 +382,7 @@ impl FlightSqlService for FlightSqlServer {
         _request: Request<arrow_flight::Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let builder = query.into_builder(&SQL_INFO);
-        Ok(Response::new(one_batch_stream(
-            builder.schema(),
-            builder.build(),
-        )))
+        Ok(Response::new(one_batch_stream(builder.schema(), builder.build())))
     }
 
     async fn get_flight_info_catalogs(
@@ -471,11 +392,7 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<FlightInfo>, Status> {
         let ticket = Ticket::new(query.as_any().encode_to_vec());
         let schema = query.into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        Ok(Response::new(flight_info(&schema, ticket, request.into_inner())?))
     }
 
     async fn do_get_catalogs(
@@ -485,10 +402,7 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut builder = query.into_builder();
         builder.append(self.engine.database());
-        Ok(Response::new(one_batch_stream(
-            builder.schema(),
-            builder.build(),
-        )))
+        Ok(Response::new(one_batch_stream(builder.schema(), builder.build())))
     }
 
     async fn get_flight_info_schemas(
@@ -498,11 +412,7 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<FlightInfo>, Status> {
         let ticket = Ticket::new(query.as_any().encode_to_vec());
         let schema = query.into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        Ok(Response::new(flight_info(&schema, ticket, request.into_inner())?))
     }
 
     async fn do_get_schemas(
@@ -512,20 +422,12 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut builder = query.into_builder();
         let database = self.engine.database();
-        for schema in self
-            .engine
-            .catalog()
-            .schema_names()
-            .iter()
-            .map(String::as_str)
-            .chain(SYSTEM_SCHEMAS.iter().copied())
+        for schema in
+            self.engine.catalog().schema_names().iter().map(String::as_str).chain(SYSTEM_SCHEMAS.iter().copied())
         {
             builder.append(database, schema);
         }
-        Ok(Response::new(one_batch_stream(
-            builder.schema(),
-            builder.build(),
-        )))
+        Ok(Response::new(one_batch_stream(builder.schema(), builder.build())))
     }
 
     async fn get_flight_info_tables(
@@ -535,11 +437,7 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<FlightInfo>, Status> {
         let ticket = Ticket::new(query.as_any().encode_to_vec());
         let schema = query.into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        Ok(Response::new(flight_info(&schema, ticket, request.into_inner())?))
     }
 
     async fn do_get_tables(
@@ -552,34 +450,18 @@ impl FlightSqlService for FlightSqlServer {
         let database = self.engine.database();
         for schema in catalog.schema_names() {
             for name in catalog.relation_names(&schema) {
-                let relation = RelationName {
-                    schema: schema.clone(),
-                    name,
-                };
+                let relation = RelationName { schema: schema.clone(), name };
                 let Some(kind) = catalog.relation_kind(&relation) else {
                     continue;
                 };
-                let table_schema = match catalog
-                    .relation(&relation)
-                    .await
-                    .map_err(|e| grpc_status(&e))?
-                {
+                let table_schema = match catalog.relation(&relation).await.map_err(|e| grpc_status(&e))? {
                     Some(provider) => provider.schema(),
                     None => continue, // dropped meanwhile
                 };
-                builder.append(
-                    database,
-                    &relation.schema,
-                    &relation.name,
-                    relation_table_type(kind),
-                    &table_schema,
-                )?;
+                builder.append(database, &relation.schema, &relation.name, relation_table_type(kind), &table_schema)?;
             }
         }
-        Ok(Response::new(one_batch_stream(
-            builder.schema(),
-            builder.build(),
-        )))
+        Ok(Response::new(one_batch_stream(builder.schema(), builder.build())))
     }
 
     async fn get_flight_info_table_types(
@@ -589,11 +471,7 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<FlightInfo>, Status> {
         let ticket = Ticket::new(query.as_any().encode_to_vec());
         let schema = query.into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        Ok(Response::new(flight_info(&schema, ticket, request.into_inner())?))
     }
 
     async fn do_get_table_types(
@@ -605,10 +483,7 @@ impl FlightSqlService for FlightSqlServer {
         for kind in [RelationKind::Table, RelationKind::View] {
             builder.append(relation_table_type(kind));
         }
-        Ok(Response::new(one_batch_stream(
-            builder.schema(),
-            builder.build(),
-        )))
+        Ok(Response::new(one_batch_stream(builder.schema(), builder.build())))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

@@ -101,27 +101,15 @@ impl RunningServer {
         self.engine.shutdown();
         self.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(self.timeout, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                timeout_ms = self.timeout.as_millis() as u64,
-                "connections still open at shutdown timeout"
-            );
+        if tokio::time::timeout(self.timeout, self.tracker.wait()).await.is_err() {
+            tracing::warn!(timeout_ms = self.timeout.as_millis() as u64, "connections still open at shutdown timeout");
         }
     }
 }
 
 async fn bind(protocol: &'static str, host: &str, port: u16) -> Result<TcpListener, BindError> {
     let address = format!("{host}:{port}");
-    TcpListener::bind(&address)
-        .await
-        .map_err(|source| BindError {
-            protocol,
-            address,
-            source,
-        })
+    TcpListener::bind(&address).await.map_err(|source| BindError { protocol, address, source })
 }
 
 /// Binds both listeners and starts serving.
@@ -132,30 +120,19 @@ pub async fn start(engine: Engine, config: &ServerConfig) -> Result<RunningServe
     let pg_listener = bind("the Postgres protocol", &config.host, config.pg_port).await?;
     let flight_listener = bind("Flight SQL", &config.host, config.flight_port).await?;
     let local = |l: &TcpListener, protocol| {
-        l.local_addr().map_err(|source| BindError {
-            protocol,
-            address: config.host.clone(),
-            source,
-        })
+        l.local_addr().map_err(|source| BindError { protocol, address: config.host.clone(), source })
     };
     let pg_addr = local(&pg_listener, "the Postgres protocol")?;
     let flight_addr = local(&flight_listener, "Flight SQL")?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    tracker.spawn(pg::serve(
-        pg_listener,
-        engine.clone(),
-        config.max_connections,
-        shutdown.clone(),
-        tracker.clone(),
-    ));
+    tracker.spawn(pg::serve(pg_listener, engine.clone(), config.max_connections, shutdown.clone(), tracker.clone()));
 
     let service = FlightServiceServer::new(flight::FlightSqlServer::new(engine.clone()))
         .max_decoding_message_size(config.flight_max_message_bytes)
         .max_encoding_message_size(config.flight_max_message_bytes);
-    let incoming =
-        tonic::transport::server::TcpIncoming::from(flight_listener).with_nodelay(Some(true));
+    let incoming = tonic::transport::server::TcpIncoming::from(flight_listener).with_nodelay(Some(true));
     let flight_shutdown = shutdown.clone();
     tracker.spawn(async move {
         let served = tonic::transport::Server::builder()

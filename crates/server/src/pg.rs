@@ -53,11 +53,11 @@ impl CancelRegistry {
 
     /// Cancels the statement of session `pid` if `key` matches.
     fn cancel(&self, pid: i32, key: &SecretKey) -> bool {
-        let handle = self.sessions.lock().ok().and_then(|s| {
-            s.get(&pid)
-                .filter(|(k, _)| k.eq_value(key))
-                .map(|(_, h)| h.clone())
-        });
+        let handle = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&pid).filter(|(k, _)| k.eq_value(key)).map(|(_, h)| h.clone()));
         match handle {
             Some(handle) => {
                 handle.cancel();
@@ -97,9 +97,7 @@ impl PgWireServerHandlers for PgHandlers {
     }
 
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
-        Arc::new(Canceller {
-            shared: Arc::clone(&self.shared),
-        })
+        Arc::new(Canceller { shared: Arc::clone(&self.shared) })
     }
 }
 
@@ -145,14 +143,10 @@ pub(crate) async fn serve(
         };
         let _ = socket.set_nodelay(true);
         let connection = Arc::new(PgConnection::new(Arc::clone(&shared), peer));
-        let handlers = PgHandlers {
-            connection,
-            shared: Arc::clone(&shared),
-        };
+        let handlers = PgHandlers { connection, shared: Arc::clone(&shared) };
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let mut connection =
-                std::pin::pin!(pgwire::tokio::process_socket(socket, None, handlers));
+            let mut connection = std::pin::pin!(pgwire::tokio::process_socket(socket, None, handlers));
             let result = tokio::select! {
                 result = &mut connection => Some(result),
                 _ = shutdown.cancelled() => {
@@ -166,8 +160,5 @@ pub(crate) async fn serve(
             }
         });
     }
-    tracing::debug!(
-        open = shared.connections.load(Ordering::Relaxed),
-        "postgres listener stopped"
-    );
+    tracing::debug!(open = shared.connections.load(Ordering::Relaxed), "postgres listener stopped");
 }

@@ -46,9 +46,7 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self {
-            data_dir: PathBuf::from("data"),
-        }
+        Self { data_dir: PathBuf::from("data") }
     }
 }
 
@@ -76,10 +74,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            format: LogFormat::Text,
-            filter: "info".to_string(),
-        }
+        Self { format: LogFormat::Text, filter: "info".to_string() }
     }
 }
 
@@ -149,49 +144,32 @@ impl Config {
         let mut table = match file {
             Some(path) => {
                 sources.push(path.display().to_string());
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
                 text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Syntax {
-                        path: path.to_path_buf(),
-                        message: e.to_string(),
-                    })?
+                    .map_err(|e| ConfigError::Syntax { path: path.to_path_buf(), message: e.to_string() })?
             }
             None => toml::Table::new(),
         };
-        let overrides: BTreeMap<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-            .collect();
+        let overrides: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
         if !overrides.is_empty() {
             sources.push("environment".to_string());
         }
         for (var, raw) in overrides {
             apply_env_override(&mut table, &var, &raw)?;
         }
-        let sources = if sources.is_empty() {
-            "defaults".to_string()
-        } else {
-            sources.join(" + ")
-        };
-        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            ConfigError::Invalid {
-                key: e.path().to_string(),
-                sources,
-                message: e.inner().to_string(),
-            }
+        let sources = if sources.is_empty() { "defaults".to_string() } else { sources.join(" + ") };
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Invalid {
+            key: e.path().to_string(),
+            sources,
+            message: e.inner().to_string(),
         })
     }
 }
 
 /// Sets `section.key` in `table` from `STREAMHOUSE__SECTION__KEY=raw`.
 fn apply_env_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
-    let path: Vec<String> = var[ENV_PREFIX.len()..]
-        .split("__")
-        .map(|part| part.to_ascii_lowercase())
-        .collect();
+    let path: Vec<String> = var[ENV_PREFIX.len()..].split("__").map(|part| part.to_ascii_lowercase()).collect();
     if path.len() < 2 || path.iter().any(String::is_empty) {
         return Err(ConfigError::Env {
             var: var.to_string(),
@@ -201,9 +179,7 @@ fn apply_env_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(
     let (key, sections) = path.split_last().expect("path has at least two parts");
     let mut current = table;
     for section in sections {
-        let entry = current
-            .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = current.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         current = match entry {
             toml::Value::Table(t) => t,
             _ => {
@@ -233,10 +209,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     /// Every file in `config/` loads, and `default.toml` states exactly the built-in defaults.
@@ -247,22 +220,15 @@ mod tests {
         for entry in std::fs::read_dir(&dir).expect("config/ exists") {
             let path = entry.expect("readable dir entry").path();
             if path.extension().is_some_and(|e| e == "toml") {
-                let config = Config::load_from(Some(&path), env(&[]))
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let config =
+                    Config::load_from(Some(&path), env(&[])).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 if path.file_name().is_some_and(|n| n == "default.toml") {
-                    assert_eq!(
-                        config,
-                        Config::default(),
-                        "default.toml must match the code defaults"
-                    );
+                    assert_eq!(config, Config::default(), "default.toml must match the code defaults");
                 }
                 seen += 1;
             }
         }
-        assert!(
-            seen >= 2,
-            "expected default.toml and at least one example in config/"
-        );
+        assert!(seen >= 2, "expected default.toml and at least one example in config/");
     }
 
     #[test]
@@ -288,48 +254,31 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let err =
-            Config::load_from(None, env(&[("STREAMHOUSE__SERVER__PG_PROT", "1")])).unwrap_err();
+        let err = Config::load_from(None, env(&[("STREAMHOUSE__SERVER__PG_PROT", "1")])).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("server.pg_prot") && msg.contains("environment"),
-            "{msg}"
-        );
+        assert!(msg.contains("server.pg_prot") && msg.contains("environment"), "{msg}");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[storage]\ndata_dri = \"x\"\n").unwrap();
-        let msg = Config::load_from(Some(&path), env(&[]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("storage.data_dri") && msg.contains("c.toml"),
-            "{msg}"
-        );
+        let msg = Config::load_from(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(msg.contains("storage.data_dri") && msg.contains("c.toml"), "{msg}");
 
         std::fs::write(&path, "[nope]\nx = 1\n").unwrap();
-        let msg = Config::load_from(Some(&path), env(&[]))
-            .unwrap_err()
-            .to_string();
+        let msg = Config::load_from(Some(&path), env(&[])).unwrap_err().to_string();
         assert!(msg.contains("nope"), "{msg}");
     }
 
     #[test]
     fn bad_values_and_syntax_are_errors() {
-        let msg = Config::load_from(None, env(&[("STREAMHOUSE__SERVER__PG_PORT", "many")]))
-            .unwrap_err()
-            .to_string();
+        let msg = Config::load_from(None, env(&[("STREAMHOUSE__SERVER__PG_PORT", "many")])).unwrap_err().to_string();
         assert!(msg.contains("server.pg_port"), "{msg}");
-        let msg = Config::load_from(None, env(&[("STREAMHOUSE__PORT", "1")]))
-            .unwrap_err()
-            .to_string();
+        let msg = Config::load_from(None, env(&[("STREAMHOUSE__PORT", "1")])).unwrap_err().to_string();
         assert!(msg.contains("STREAMHOUSE__SECTION__KEY"), "{msg}");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[server\n").unwrap();
-        let msg = Config::load_from(Some(&path), env(&[]))
-            .unwrap_err()
-            .to_string();
+        let msg = Config::load_from(Some(&path), env(&[])).unwrap_err().to_string();
         assert!(msg.contains("not valid TOML"), "{msg}");
     }
 }

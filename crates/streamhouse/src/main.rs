@@ -9,11 +9,7 @@ use streamhouse::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(
-    name = "streamhouse",
-    version,
-    about = "SQL query server over streaming tables"
-)]
+#[command(name = "streamhouse", version, about = "SQL query server over streaming tables")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -90,9 +86,7 @@ fn init_tracing(config: &Config) -> anyhow::Result<()> {
         _ => EnvFilter::try_new(&config.log.filter),
     }
     .context("invalid log filter (log.filter or RUST_LOG)")?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -18,11 +18,7 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Starts the binary and waits for its "ready" log line.
@@ -44,10 +40,7 @@ fn start(dir: &std::path::Path) -> Server {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         assert!(Instant::now() < deadline, "server did not become ready");
-        let line = lines
-            .next()
-            .expect("server exited before ready")
-            .expect("readable log");
+        let line = lines.next().expect("server exited before ready").expect("readable log");
         if line.contains("streamhouse is ready") {
             assert!(line.contains(&format!("127.0.0.1:{pg_port}")), "{line}");
             break;
@@ -62,45 +55,20 @@ fn start(dir: &std::path::Path) -> Server {
 async fn sigterm_cancels_running_queries_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = start(dir.path());
-    assert!(
-        dir.path().join("data").is_dir(),
-        "the default data directory is created"
-    );
-    let url = format!(
-        "host=127.0.0.1 port={} user=u dbname=streamhouse",
-        server.pg_port
-    );
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    assert!(dir.path().join("data").is_dir(), "the default data directory is created");
+    let url = format!("host=127.0.0.1 port={} user=u dbname=streamhouse", server.pg_port);
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
-    client
-        .batch_execute("CREATE TABLE t (id BIGINT); INSERT INTO t VALUES (1)")
-        .await
-        .unwrap();
-    let running = tokio::spawn(async move {
-        client
-            .simple_query("SELECT count(*) FROM generate_series(1, 100000000000)")
-            .await
-    });
+    client.batch_execute("CREATE TABLE t (id BIGINT); INSERT INTO t VALUES (1)").await.unwrap();
+    let running =
+        tokio::spawn(async move { client.simple_query("SELECT count(*) FROM generate_series(1, 100000000000)").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
 
-    let result = tokio::time::timeout(Duration::from_secs(20), running)
-        .await
-        .unwrap()
-        .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(20), running).await.unwrap().unwrap();
     let err = result.expect_err("the running query ends with an error");
-    let db = err
-        .as_db_error()
-        .unwrap_or_else(|| panic!("expected an error from the server, got {err:?}"));
+    let db = err.as_db_error().unwrap_or_else(|| panic!("expected an error from the server, got {err:?}"));
     assert_eq!(db.code().code(), "57P01", "{db:?}");
     let status = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -108,10 +76,7 @@ async fn sigterm_cancels_running_queries_and_exits_cleanly() {
             if let Some(status) = server.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit after SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
         }
     })
@@ -143,8 +108,5 @@ fn unknown_configuration_keys_are_named() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("execution.memory_limt") && stderr.contains("bad.toml"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("execution.memory_limt") && stderr.contains("bad.toml"), "{stderr}");
 }

@@ -41,16 +41,11 @@ impl TestServer {
         config.server.flight_port = 0;
         config.storage.data_dir = data.path().join("data");
         let server = streamhouse::start(&config).await?;
-        Ok(Self {
-            server: Some(server),
-            _data: data,
-        })
+        Ok(Self { server: Some(server), _data: data })
     }
 
     fn running(&self) -> &RunningServer {
-        self.server
-            .as_ref()
-            .expect("server is running until stop()")
+        self.server.as_ref().expect("server is running until stop()")
     }
 
     /// The Postgres protocol address.
@@ -65,11 +60,7 @@ impl TestServer {
 
     /// A libpq connection string for this server.
     pub fn pg_url(&self) -> String {
-        format!(
-            "host={} port={} user=tester dbname=streamhouse",
-            self.pg_addr().ip(),
-            self.pg_addr().port()
-        )
+        format!("host={} port={} user=tester dbname=streamhouse", self.pg_addr().ip(), self.pg_addr().port())
     }
 
     /// A tokio-postgres client (its connection task runs in the background).
@@ -77,8 +68,7 @@ impl TestServer {
     /// # Errors
     /// The connection failed.
     pub async fn pg(&self) -> anyhow::Result<tokio_postgres::Client> {
-        let (client, connection) =
-            tokio_postgres::connect(&self.pg_url(), tokio_postgres::NoTls).await?;
+        let (client, connection) = tokio_postgres::connect(&self.pg_url(), tokio_postgres::NoTls).await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -90,9 +80,7 @@ impl TestServer {
     /// # Errors
     /// The connection failed.
     pub async fn flight(&self) -> anyhow::Result<FlightSqlServiceClient<Channel>> {
-        let channel = Channel::from_shared(format!("http://{}", self.flight_addr()))?
-            .connect()
-            .await?;
+        let channel = Channel::from_shared(format!("http://{}", self.flight_addr()))?.connect().await?;
         Ok(FlightSqlServiceClient::new(channel))
     }
 

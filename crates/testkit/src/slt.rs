@@ -33,9 +33,7 @@ fn cell(value: Option<&str>) -> String {
 fn column_type(data_type: &DataType) -> DefaultColumnType {
     match data_type {
         t if t.is_integer() => DefaultColumnType::Integer,
-        t if t.is_floating()
-            || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) =>
-        {
+        t if t.is_floating() || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) => {
             DefaultColumnType::FloatingPoint
         }
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DefaultColumnType::Text,
@@ -51,21 +49,12 @@ pub struct InProcess {
 impl InProcess {
     /// A session on `engine`.
     pub fn new(engine: &Engine) -> Self {
-        Self {
-            session: engine.new_session(SessionInfo {
-                user: "tester".into(),
-                ..Default::default()
-            }),
-        }
+        Self { session: engine.new_session(SessionInfo { user: "tester".into(), ..Default::default() }) }
     }
 }
 
 fn engine_error(err: &streamhouse_engine::Error) -> SltError {
-    SltError(format!(
-        "{}: {}",
-        streamhouse_server::status::sqlstate(err),
-        err.message()
-    ))
+    SltError(format!("{}: {}", streamhouse_server::status::sqlstate(err), err.message()))
 }
 
 #[async_trait]
@@ -80,22 +69,13 @@ impl AsyncDB for InProcess {
         }
         match outputs.into_iter().last() {
             Some(Output::Rows(mut stream)) => {
-                let types = stream
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| column_type(f.data_type()))
-                    .collect();
+                let types = stream.schema().fields().iter().map(|f| column_type(f.data_type())).collect();
                 let mut rows = Vec::new();
                 while let Some(batch) = futures::StreamExt::next(&mut stream).await {
                     let batch = batch.map_err(|e| engine_error(&e.into()))?;
                     let cells = streamhouse_server::pg::encode::text_cells(batch)
                         .map_err(|e| SltError(format!("encoding: {e}")))?;
-                    rows.extend(
-                        cells
-                            .into_iter()
-                            .map(|r| r.iter().map(|c| cell(c.as_deref())).collect()),
-                    );
+                    rows.extend(cells.into_iter().map(|r| r.iter().map(|c| cell(c.as_deref())).collect()));
                 }
                 Ok(DBOutput::Rows { types, rows })
             }
@@ -130,14 +110,10 @@ impl AsyncDB for Pg {
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SltError> {
         use tokio_postgres::SimpleQueryMessage as M;
-        let messages = self
-            .client
-            .simple_query(sql)
-            .await
-            .map_err(|e| match e.as_db_error() {
-                Some(db) => SltError(format!("{}: {}", db.code().code(), db.message())),
-                None => SltError(format!("connection: {e}")),
-            })?;
+        let messages = self.client.simple_query(sql).await.map_err(|e| match e.as_db_error() {
+            Some(db) => SltError(format!("{}: {}", db.code().code(), db.message())),
+            None => SltError(format!("connection: {e}")),
+        })?;
         // The result of the last statement decides, as in-process.
         let mut last = DBOutput::StatementComplete(0);
         let mut pending: Option<(usize, Vec<Vec<String>>)> = None;
@@ -151,10 +127,7 @@ impl AsyncDB for Pg {
                 }
                 M::CommandComplete(n) => {
                     last = match pending.take() {
-                        Some((columns, rows)) => DBOutput::Rows {
-                            types: vec![DefaultColumnType::Any; columns],
-                            rows,
-                        },
+                        Some((columns, rows)) => DBOutput::Rows { types: vec![DefaultColumnType::Any; columns], rows },
                         None => DBOutput::StatementComplete(n),
                     };
                 }

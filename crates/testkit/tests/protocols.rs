@@ -17,15 +17,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tonic::transport::Channel;
 
-async fn fetch(
-    client: &mut FlightSqlServiceClient<Channel>,
-    info: FlightInfo,
-) -> anyhow::Result<Vec<RecordBatch>> {
+async fn fetch(client: &mut FlightSqlServiceClient<Channel>, info: FlightInfo) -> anyhow::Result<Vec<RecordBatch>> {
     let mut batches = Vec::new();
     for endpoint in info.endpoint {
-        let ticket = endpoint
-            .ticket
-            .ok_or_else(|| anyhow::anyhow!("endpoint without ticket"))?;
+        let ticket = endpoint.ticket.ok_or_else(|| anyhow::anyhow!("endpoint without ticket"))?;
         let mut stream = client.do_get(ticket).await?;
         while let Some(batch) = stream.try_next().await? {
             batches.push(batch);
@@ -49,43 +44,22 @@ async fn pg_simple_and_extended_protocol() -> anyhow::Result<()> {
     .await?;
 
     // Extended protocol: parameter and result types from Describe, binary results.
-    let statement = pg
-        .prepare("SELECT id, name, price, ok, day, at, small, n FROM items WHERE id = $1")
-        .await?;
+    let statement = pg.prepare("SELECT id, name, price, ok, day, at, small, n FROM items WHERE id = $1").await?;
     assert_eq!(statement.params(), &[Type::INT8]);
-    let types: Vec<Type> = statement
-        .columns()
-        .iter()
-        .map(|c| c.type_().clone())
-        .collect();
+    let types: Vec<Type> = statement.columns().iter().map(|c| c.type_().clone()).collect();
     assert_eq!(
         types,
-        [
-            Type::INT8,
-            Type::TEXT,
-            Type::FLOAT8,
-            Type::BOOL,
-            Type::DATE,
-            Type::TIMESTAMP,
-            Type::INT2,
-            Type::INT4
-        ]
+        [Type::INT8, Type::TEXT, Type::FLOAT8, Type::BOOL, Type::DATE, Type::TIMESTAMP, Type::INT2, Type::INT4]
     );
     let row = pg.query_one(&statement, &[&1i64]).await?;
     assert_eq!(row.get::<_, i64>(0), 1);
     assert_eq!(row.get::<_, &str>(1), "one");
     assert_eq!(row.get::<_, f64>(2), 1.5);
     assert!(row.get::<_, bool>(3));
-    assert_eq!(
-        row.get::<_, chrono::NaiveDate>(4),
-        chrono::NaiveDate::from_ymd_opt(2024, 1, 2).unwrap()
-    );
+    assert_eq!(row.get::<_, chrono::NaiveDate>(4), chrono::NaiveDate::from_ymd_opt(2024, 1, 2).unwrap());
     assert_eq!(
         row.get::<_, chrono::NaiveDateTime>(5),
-        chrono::NaiveDate::from_ymd_opt(2024, 1, 2)
-            .unwrap()
-            .and_hms_opt(3, 4, 5)
-            .unwrap()
+        chrono::NaiveDate::from_ymd_opt(2024, 1, 2).unwrap().and_hms_opt(3, 4, 5).unwrap()
     );
     assert_eq!(row.get::<_, i16>(6), 7);
     assert_eq!(row.get::<_, i32>(7), 70);
@@ -97,18 +71,10 @@ async fn pg_simple_and_extended_protocol() -> anyhow::Result<()> {
     assert_eq!(row.get::<_, Option<chrono::NaiveDate>>(4), None);
 
     // A statement prepared once runs many times with different parameters.
-    let by_price = pg
-        .prepare("SELECT count(*) FROM items WHERE price > $1")
-        .await?;
+    let by_price = pg.prepare("SELECT count(*) FROM items WHERE price > $1").await?;
     assert_eq!(by_price.params(), &[Type::FLOAT8]);
-    assert_eq!(
-        pg.query_one(&by_price, &[&1.0f64]).await?.get::<_, i64>(0),
-        1
-    );
-    assert_eq!(
-        pg.query_one(&by_price, &[&2.0f64]).await?.get::<_, i64>(0),
-        0
-    );
+    assert_eq!(pg.query_one(&by_price, &[&1.0f64]).await?.get::<_, i64>(0), 1);
+    assert_eq!(pg.query_one(&by_price, &[&2.0f64]).await?.get::<_, i64>(0), 0);
 
     // Parameters whose type only a cast tells, and a type the client chose.
     let cast = pg.prepare("SELECT $1::int").await?;
@@ -116,79 +82,41 @@ async fn pg_simple_and_extended_protocol() -> anyhow::Result<()> {
     assert_eq!(pg.query_one(&cast, &[&41i32]).await?.get::<_, i32>(0), 41);
     let sum = pg.prepare("SELECT $1::bigint + 1").await?;
     assert_eq!(pg.query_one(&sum, &[&41i64]).await?.get::<_, i64>(0), 42);
-    let typed = pg
-        .prepare_typed("SELECT name FROM items WHERE id = $1", &[Type::INT8])
-        .await?;
-    assert_eq!(
-        pg.query_one(&typed, &[&1i64]).await?.get::<_, &str>(0),
-        "one"
-    );
+    let typed = pg.prepare_typed("SELECT name FROM items WHERE id = $1", &[Type::INT8]).await?;
+    assert_eq!(pg.query_one(&typed, &[&1i64]).await?.get::<_, &str>(0), "one");
 
     // INSERT with parameters, row count from the command tag.
-    let inserted = pg
-        .execute(
-            "INSERT INTO items (id, name, price) VALUES ($1, $2, $3)",
-            &[&3i64, &"three", &3.5f64],
-        )
-        .await?;
+    let inserted =
+        pg.execute("INSERT INTO items (id, name, price) VALUES ($1, $2, $3)", &[&3i64, &"three", &3.5f64]).await?;
     assert_eq!(inserted, 1);
-    let text: String = pg
-        .query_one("SELECT name FROM items WHERE id = 3", &[])
-        .await?
-        .get(0);
+    let text: String = pg.query_one("SELECT name FROM items WHERE id = 3", &[]).await?.get(0);
     assert_eq!(text, "three");
 
     // Numeric and arrays in binary.
-    let amount: String = pg
-        .query_one("SELECT amount::text FROM items WHERE id = 1", &[])
-        .await?
-        .get(0);
+    let amount: String = pg.query_one("SELECT amount::text FROM items WHERE id = 1", &[]).await?.get(0);
     assert_eq!(amount, "12.34");
-    let array: Vec<i64> = pg
-        .query_one("SELECT make_array(1, 2, 3)", &[])
-        .await?
-        .get(0);
+    let array: Vec<i64> = pg.query_one("SELECT make_array(1, 2, 3)", &[]).await?.get(0);
     assert_eq!(array, vec![1, 2, 3]);
 
     // Simple protocol: several statements, text results, command tags, empty query.
     let messages = pg
-        .simple_query(
-            "SELECT 1 AS a; INSERT INTO items (id) VALUES (4); SELECT name FROM items WHERE id = 1",
-        )
+        .simple_query("SELECT 1 AS a; INSERT INTO items (id) VALUES (4); SELECT name FROM items WHERE id = 1")
         .await?;
     let complete: Vec<u64> = messages
         .iter()
-        .filter_map(|m| {
-            if let SimpleQueryMessage::CommandComplete(n) = m {
-                Some(*n)
-            } else {
-                None
-            }
-        })
+        .filter_map(|m| if let SimpleQueryMessage::CommandComplete(n) = m { Some(*n) } else { None })
         .collect();
     assert_eq!(complete, vec![1, 1, 1]);
     let texts: Vec<Option<String>> = messages
         .iter()
-        .filter_map(|m| {
-            if let SimpleQueryMessage::Row(r) = m {
-                Some(r.get(0).map(str::to_string))
-            } else {
-                None
-            }
-        })
+        .filter_map(|m| if let SimpleQueryMessage::Row(r) = m { Some(r.get(0).map(str::to_string)) } else { None })
         .collect();
     assert_eq!(texts, vec![Some("1".to_string()), Some("one".to_string())]);
-    assert!(
-        pg.simple_query("")
-            .await?
-            .iter()
-            .all(|m| !matches!(m, SimpleQueryMessage::Row(_)))
-    );
+    assert!(pg.simple_query("").await?.iter().all(|m| !matches!(m, SimpleQueryMessage::Row(_))));
     pg.batch_execute(";").await?;
 
     // Session commands drivers send.
-    pg.batch_execute("SET extra_float_digits = 3; SET application_name = 'protocol-test'")
-        .await?;
+    pg.batch_execute("SET extra_float_digits = 3; SET application_name = 'protocol-test'").await?;
     let app: String = pg.query_one("SHOW application_name", &[]).await?.get(0);
     assert_eq!(app, "protocol-test");
     let version: String = pg.query_one("SELECT version()", &[]).await?.get(0);
@@ -217,27 +145,12 @@ async fn pg_errors_keep_the_connection_alive() -> anyhow::Result<()> {
         assert_eq!(err.code(), Some(expected), "{sql}: {err:?}");
         let err = pg.query(*sql, &[]).await.expect_err(sql);
         assert_eq!(err.code(), Some(expected), "{sql}: {err:?}");
-        assert_eq!(
-            pg.query_one("SELECT count(*) FROM t", &[])
-                .await?
-                .get::<_, i64>(0),
-            0
-        );
+        assert_eq!(pg.query_one("SELECT count(*) FROM t", &[]).await?.get::<_, i64>(0), 0);
     }
     // A failing statement in the middle of a batch: earlier ones ran, later ones did not.
-    let err = pg
-        .batch_execute("INSERT INTO t VALUES (1); SELECT * FROM nope; INSERT INTO t VALUES (2)")
-        .await;
-    assert_eq!(
-        err.expect_err("batch").code(),
-        Some(&SqlState::UNDEFINED_TABLE)
-    );
-    assert_eq!(
-        pg.query_one("SELECT count(*) FROM t", &[])
-            .await?
-            .get::<_, i64>(0),
-        1
-    );
+    let err = pg.batch_execute("INSERT INTO t VALUES (1); SELECT * FROM nope; INSERT INTO t VALUES (2)").await;
+    assert_eq!(err.expect_err("batch").code(), Some(&SqlState::UNDEFINED_TABLE));
+    assert_eq!(pg.query_one("SELECT count(*) FROM t", &[]).await?.get::<_, i64>(0), 1);
 
     // Transactions through the driver's API: BEGIN/COMMIT, and the failed state until ROLLBACK.
     let tx = pg.transaction().await?;
@@ -245,18 +158,10 @@ async fn pg_errors_keep_the_connection_alive() -> anyhow::Result<()> {
     tx.commit().await?;
     let tx = pg.transaction().await?;
     assert!(tx.query("SELECT * FROM nope", &[]).await.is_err());
-    let err = tx
-        .query("SELECT 1", &[])
-        .await
-        .expect_err("aborted transaction");
+    let err = tx.query("SELECT 1", &[]).await.expect_err("aborted transaction");
     assert_eq!(err.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
     tx.rollback().await?;
-    assert_eq!(
-        pg.query_one("SELECT count(*) FROM t", &[])
-            .await?
-            .get::<_, i64>(0),
-        2
-    );
+    assert_eq!(pg.query_one("SELECT count(*) FROM t", &[]).await?.get::<_, i64>(0), 2);
     server.stop().await;
     Ok(())
 }
@@ -267,9 +172,7 @@ async fn pg_cancel_stops_a_running_query() -> anyhow::Result<()> {
     let pg = server.pg().await?;
     let cancel = pg.cancel_token();
     let running = tokio::spawn(async move {
-        let result = pg
-            .simple_query("SELECT count(*) FROM generate_series(1, 100000000000)")
-            .await;
+        let result = pg.simple_query("SELECT count(*) FROM generate_series(1, 100000000000)").await;
         (result, pg)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -278,19 +181,11 @@ async fn pg_cancel_stops_a_running_query() -> anyhow::Result<()> {
     let err = result.expect_err("the query was cancelled");
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
     // The connection is still usable afterwards.
-    assert_eq!(
-        pg.query_one("SELECT 1::bigint", &[])
-            .await?
-            .get::<_, i64>(0),
-        1
-    );
+    assert_eq!(pg.query_one("SELECT 1::bigint", &[]).await?.get::<_, i64>(0), 1);
 
     // statement_timeout cancels too.
     pg.batch_execute("SET statement_timeout = '200ms'").await?;
-    let err = pg
-        .simple_query("SELECT count(*) FROM generate_series(1, 100000000000)")
-        .await
-        .expect_err("timeout");
+    let err = pg.simple_query("SELECT count(*) FROM generate_series(1, 100000000000)").await.expect_err("timeout");
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
     server.stop().await;
     Ok(())
@@ -301,44 +196,22 @@ async fn flight_sql_queries_updates_and_prepared_statements() -> anyhow::Result<
     let server = TestServer::start().await?;
     let mut flight = server.flight().await?;
 
-    assert_eq!(
-        flight
-            .execute_update("CREATE TABLE f (id BIGINT, name TEXT)".into(), None)
-            .await?,
-        0
-    );
-    assert_eq!(
-        flight
-            .execute_update(
-                "INSERT INTO f VALUES (1, 'a'), (2, 'b'), (3, NULL)".into(),
-                None
-            )
-            .await?,
-        3
-    );
+    assert_eq!(flight.execute_update("CREATE TABLE f (id BIGINT, name TEXT)".into(), None).await?, 0);
+    assert_eq!(flight.execute_update("INSERT INTO f VALUES (1, 'a'), (2, 'b'), (3, NULL)".into(), None).await?, 3);
 
-    let info = flight
-        .execute("SELECT id, name FROM f ORDER BY id".into(), None)
-        .await?;
+    let info = flight.execute("SELECT id, name FROM f ORDER BY id".into(), None).await?;
     let schema = info.clone().try_decode_schema()?;
     assert_eq!(schema.field(0).data_type(), &DataType::Int64);
     let batches = fetch(&mut flight, info).await?;
     assert_eq!(rows(&batches), 3);
-    let ids: Vec<i64> = batches
-        .iter()
-        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
-        .collect();
+    let ids: Vec<i64> =
+        batches.iter().flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()).collect();
     assert_eq!(ids, vec![1, 2, 3]);
     assert!(batches.iter().any(|b| b.column(1).null_count() == 1));
 
     // Prepared query with a parameter.
-    let mut prepared = flight
-        .prepare("SELECT name FROM f WHERE id = $1".into(), None)
-        .await?;
-    assert_eq!(
-        prepared.parameter_schema()?.field(0).data_type(),
-        &DataType::Int64
-    );
+    let mut prepared = flight.prepare("SELECT name FROM f WHERE id = $1".into(), None).await?;
+    assert_eq!(prepared.parameter_schema()?.field(0).data_type(), &DataType::Int64);
     let params = RecordBatch::try_new(
         Arc::new(Schema::new(vec![Field::new("$1", DataType::Int64, true)])),
         vec![Arc::new(Int64Array::from(vec![2]))],
@@ -351,66 +224,42 @@ async fn flight_sql_queries_updates_and_prepared_statements() -> anyhow::Result<
         .column(0)
         .as_string_view_opt()
         .map(|a| a.value(0).to_string())
-        .or_else(|| {
-            batches[0]
-                .column(0)
-                .as_string_opt::<i32>()
-                .map(|a| a.value(0).to_string())
-        });
+        .or_else(|| batches[0].column(0).as_string_opt::<i32>().map(|a| a.value(0).to_string()));
     assert_eq!(name.as_deref(), Some("b"));
     prepared.close().await?;
 
     // Prepared update with parameters: one execution per parameter row.
-    let mut insert = flight
-        .prepare("INSERT INTO f VALUES ($1, $2)".into(), None)
-        .await?;
+    let mut insert = flight.prepare("INSERT INTO f VALUES ($1, $2)".into(), None).await?;
     let params = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("$1", DataType::Int64, true),
-            Field::new("$2", DataType::Utf8, true),
-        ])),
+        Arc::new(Schema::new(vec![Field::new("$1", DataType::Int64, true), Field::new("$2", DataType::Utf8, true)])),
         vec![
             Arc::new(Int64Array::from(vec![10, 11])),
-            Arc::new(
-                streamhouse_engine::datafusion::arrow::array::StringArray::from(vec!["x", "y"]),
-            ),
+            Arc::new(streamhouse_engine::datafusion::arrow::array::StringArray::from(vec!["x", "y"])),
         ],
     )?;
     insert.set_parameters(params)?;
     assert_eq!(insert.execute_update().await?, 2);
     insert.close().await?;
-    let info = flight
-        .execute("SELECT count(*) FROM f".into(), None)
-        .await?;
+    let info = flight.execute("SELECT count(*) FROM f".into(), None).await?;
     let batches = fetch(&mut flight, info).await?;
     assert_eq!(batches[0].column(0).as_primitive::<Int64Type>().value(0), 5);
 
     // A large result arrives as a stream of batches.
-    let info = flight
-        .execute("SELECT * FROM generate_series(1, 300000)".into(), None)
-        .await?;
+    let info = flight.execute("SELECT * FROM generate_series(1, 300000)".into(), None).await?;
     let batches = fetch(&mut flight, info).await?;
     assert_eq!(rows(&batches), 300_000);
     assert!(batches.len() > 1);
 
     // Errors keep their class and message.
-    let err = flight
-        .execute("SELECT * FROM nope".into(), None)
-        .await
-        .expect_err("unknown table");
+    let err = flight.execute("SELECT * FROM nope".into(), None).await.expect_err("unknown table");
     let status = match err {
         arrow_flight::error::FlightError::Tonic(status) => *status,
         other => panic!("expected a gRPC status, got {other:?}"),
     };
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert!(status.message().contains("nope"), "{}", status.message());
-    let err = flight
-        .execute("SELEC 1".into(), None)
-        .await
-        .expect_err("syntax");
-    assert!(
-        matches!(err, arrow_flight::error::FlightError::Tonic(s) if s.code() == tonic::Code::InvalidArgument)
-    );
+    let err = flight.execute("SELEC 1".into(), None).await.expect_err("syntax");
+    assert!(matches!(err, arrow_flight::error::FlightError::Tonic(s) if s.code() == tonic::Code::InvalidArgument));
     server.stop().await;
     Ok(())
 }
@@ -434,59 +283,30 @@ async fn one_engine_behind_both_protocols_and_metadata() -> anyhow::Result<()> {
         .await?;
     let batches = fetch(&mut flight, info).await?;
     let batch = &batches[0];
-    let names: Vec<String> = (0..batch.num_rows())
-        .map(|i| batch.column(2).as_string::<i32>().value(i).to_string())
-        .collect();
-    assert!(
-        names.contains(&"from_pg".to_string()) && names.contains(&"v".to_string()),
-        "{names:?}"
-    );
-    let types: Vec<String> = (0..batch.num_rows())
-        .map(|i| batch.column(3).as_string::<i32>().value(i).to_string())
-        .collect();
+    let names: Vec<String> =
+        (0..batch.num_rows()).map(|i| batch.column(2).as_string::<i32>().value(i).to_string()).collect();
+    assert!(names.contains(&"from_pg".to_string()) && names.contains(&"v".to_string()), "{names:?}");
+    let types: Vec<String> =
+        (0..batch.num_rows()).map(|i| batch.column(3).as_string::<i32>().value(i).to_string()).collect();
     assert!(types.contains(&"TABLE".to_string()) && types.contains(&"VIEW".to_string()));
     assert_eq!(batch.num_columns(), 5, "include_schema adds table_schema");
 
     // … and created over Flight, seen over Postgres.
-    flight
-        .execute_update(
-            "CREATE TABLE from_flight AS SELECT id * 10 AS id FROM from_pg".into(),
-            None,
-        )
-        .await?;
-    assert_eq!(
-        pg.query_one("SELECT id FROM from_flight", &[])
-            .await?
-            .get::<_, i64>(0),
-        10
-    );
+    flight.execute_update("CREATE TABLE from_flight AS SELECT id * 10 AS id FROM from_pg".into(), None).await?;
+    assert_eq!(pg.query_one("SELECT id FROM from_flight", &[]).await?.get::<_, i64>(0), 10);
 
     let info = flight.get_catalogs().await?;
     let batches = fetch(&mut flight, info).await?;
-    assert_eq!(
-        batches[0].column(0).as_string::<i32>().value(0),
-        "streamhouse"
-    );
-    let info = flight
-        .get_db_schemas(CommandGetDbSchemas {
-            catalog: None,
-            db_schema_filter_pattern: None,
-        })
-        .await?;
+    assert_eq!(batches[0].column(0).as_string::<i32>().value(0), "streamhouse");
+    let info = flight.get_db_schemas(CommandGetDbSchemas { catalog: None, db_schema_filter_pattern: None }).await?;
     let batches = fetch(&mut flight, info).await?;
-    let schemas: Vec<String> = (0..batches[0].num_rows())
-        .map(|i| batches[0].column(1).as_string::<i32>().value(i).to_string())
-        .collect();
-    assert!(
-        schemas.contains(&"public".to_string()) && schemas.contains(&"s2".to_string()),
-        "{schemas:?}"
-    );
+    let schemas: Vec<String> =
+        (0..batches[0].num_rows()).map(|i| batches[0].column(1).as_string::<i32>().value(i).to_string()).collect();
+    assert!(schemas.contains(&"public".to_string()) && schemas.contains(&"s2".to_string()), "{schemas:?}");
     let info = flight.get_table_types().await?;
     let batches = fetch(&mut flight, info).await?;
     assert_eq!(rows(&batches), 2);
-    let info = flight
-        .get_sql_info(vec![SqlInfo::FlightSqlServerName])
-        .await?;
+    let info = flight.get_sql_info(vec![SqlInfo::FlightSqlServerName]).await?;
     let batches = fetch(&mut flight, info).await?;
     assert_eq!(rows(&batches), 1);
     server.stop().await;
@@ -496,11 +316,7 @@ async fn one_engine_behind_both_protocols_and_metadata() -> anyhow::Result<()> {
 /// psql, when installed: `-c`, `\dt`, `\d t`, and an error with its SQLSTATE.
 #[tokio::test]
 async fn psql_client() -> anyhow::Result<()> {
-    if std::process::Command::new("psql")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if std::process::Command::new("psql").arg("--version").output().is_err() {
         eprintln!("psql not installed: skipping");
         return Ok(());
     }
@@ -547,11 +363,7 @@ async fn psql_client() -> anyhow::Result<()> {
     .await?;
     let (create, dt, d, dn, l, typo) = out;
     assert!(create.0, "{create:?}");
-    assert!(
-        create.1.contains("INSERT 0 2") && create.1.contains(" s1     |   0.5"),
-        "{}",
-        create.1
-    );
+    assert!(create.1.contains("INSERT 0 2") && create.1.contains(" s1     |   0.5"), "{}", create.1);
     assert!(dt.0 && dt.1.contains("public | readings | table"), "{dt:?}");
     assert!(d.0, "{d:?}");
     for line in [
@@ -565,11 +377,7 @@ async fn psql_client() -> anyhow::Result<()> {
     assert!(dn.0 && dn.1.contains("public"), "{dn:?}");
     assert!(l.0 && l.1.contains("streamhouse"), "{l:?}");
     assert!(!typo.0, "{typo:?}");
-    assert!(
-        typo.2.contains("ERROR:  42P01") && typo.2.contains("readngs"),
-        "{}",
-        typo.2
-    );
+    assert!(typo.2.contains("ERROR:  42P01") && typo.2.contains("readngs"), "{}", typo.2);
     server.stop().await;
     Ok(())
 }
@@ -595,25 +403,15 @@ async fn python_clients() -> anyhow::Result<()> {
         return Ok(());
     }
     let server = TestServer::start().await?;
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_clients.py");
-    let (pg, flight) = (
-        server.pg_addr().port().to_string(),
-        server.flight_addr().port().to_string(),
-    );
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_clients.py");
+    let (pg, flight) = (server.pg_addr().port().to_string(), server.flight_addr().port().to_string());
     let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(script)
-            .args([pg, flight])
-            .output()
+        std::process::Command::new("python3").arg(script).args([pg, flight]).output()
     })
     .await??;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("python clients ok"),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    assert!(output.status.success() && stdout.contains("python clients ok"), "stdout:\n{stdout}\nstderr:\n{stderr}");
     server.stop().await;
     Ok(())
 }

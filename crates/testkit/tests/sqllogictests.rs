@@ -8,10 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use sqllogictest::{
-    Runner, default_column_validator, default_normalizer, default_validator,
-    strict_column_validator,
-};
+use sqllogictest::{Runner, default_column_validator, default_normalizer, default_validator, strict_column_validator};
 use streamhouse_engine::{Engine, EngineConfig};
 use streamhouse_testkit::TestServer;
 use streamhouse_testkit::slt::{InProcess, Pg, SltError};
@@ -32,19 +29,11 @@ fn slt_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
 }
 
 fn engine() -> Engine {
-    Engine::new(EngineConfig {
-        target_partitions: 2,
-        ..EngineConfig::default()
-    })
-    .expect("engine")
+    Engine::new(EngineConfig { target_partitions: 2, ..EngineConfig::default() }).expect("engine")
 }
 
 fn run_in_process(path: &Path, complete: bool) -> Result<(), Failed> {
@@ -56,30 +45,19 @@ fn run_in_process(path: &Path, complete: bool) -> Result<(), Failed> {
         });
         if complete {
             runner
-                .update_test_file(
-                    path,
-                    " ",
-                    default_validator,
-                    default_normalizer,
-                    strict_column_validator,
-                )
+                .update_test_file(path, " ", default_validator, default_normalizer, strict_column_validator)
                 .await
                 .map_err(|e| Failed::from(e.to_string()))
         } else {
             runner.with_column_validator(strict_column_validator);
-            runner
-                .run_file_async(path)
-                .await
-                .map_err(|e| Failed::from(e.display(true).to_string()))
+            runner.run_file_async(path).await.map_err(|e| Failed::from(e.display(true).to_string()))
         }
     })
 }
 
 fn run_over_pgwire(path: &Path) -> Result<(), Failed> {
     runtime().block_on(async {
-        let server = TestServer::start()
-            .await
-            .map_err(|e| Failed::from(format!("server: {e:#}")))?;
+        let server = TestServer::start().await.map_err(|e| Failed::from(format!("server: {e:#}")))?;
         let url = server.pg_url();
         let mut runner = Runner::new(move || {
             let url = url.clone();
@@ -95,10 +73,7 @@ fn run_over_pgwire(path: &Path) -> Result<(), Failed> {
         });
         // Column types come from the simple query protocol as text; the in-process run checks them.
         runner.with_column_validator(default_column_validator);
-        let result = runner
-            .run_file_async(path)
-            .await
-            .map_err(|e| Failed::from(e.display(true).to_string()));
+        let result = runner.run_file_async(path).await.map_err(|e| Failed::from(e.display(true).to_string()));
         server.stop().await;
         result
     })
@@ -117,19 +92,11 @@ fn main() {
 
     let mut trials = Vec::new();
     for path in files {
-        let name = path
-            .strip_prefix(&root)
-            .unwrap_or(&path)
-            .display()
-            .to_string();
+        let name = path.strip_prefix(&root).unwrap_or(&path).display().to_string();
         let p = path.clone();
-        trials.push(Trial::test(format!("inprocess::{name}"), move || {
-            run_in_process(&p, complete)
-        }));
+        trials.push(Trial::test(format!("inprocess::{name}"), move || run_in_process(&p, complete)));
         if !complete {
-            trials.push(Trial::test(format!("pgwire::{name}"), move || {
-                run_over_pgwire(&path)
-            }));
+            trials.push(Trial::test(format!("pgwire::{name}"), move || run_over_pgwire(&path)));
         }
     }
     libtest_mimic::run(&arguments, trials).exit();

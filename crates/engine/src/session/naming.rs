@@ -28,9 +28,7 @@ pub fn postgres_column_names(statement: &Statement) -> Option<Vec<Option<String>
     let mut names = Vec::with_capacity(select.projection.len());
     for item in &select.projection {
         match item {
-            SelectItem::UnnamedExpr(expr) => {
-                names.push(figure_name(expr).or_else(|| Some("?column?".to_string())))
-            }
+            SelectItem::UnnamedExpr(expr) => names.push(figure_name(expr).or_else(|| Some("?column?".to_string()))),
             SelectItem::ExprWithAlias { .. } => names.push(None),
             _ => return None,
         }
@@ -42,20 +40,38 @@ pub fn postgres_column_names(statement: &Statement) -> Option<Vec<Option<String>
     renames.then_some(names)
 }
 
+/// For a top-level SELECT whose output names DataFusion rejects as duplicates
+/// (`SELECT 1, 1`, `SELECT a, a FROM t` — both fine in Postgres): the
+/// statement with a unique internal alias on every unaliased item, and the
+/// names Postgres gives all columns, to put back on the output.
+pub fn with_unique_aliases(statement: &Statement) -> Option<(Statement, Vec<Option<String>>)> {
+    let mut statement = statement.clone();
+    let Statement::Query(query) = &mut statement else { return None };
+    let SetExpr::Select(select) = query.body.as_mut() else { return None };
+    let mut names = Vec::with_capacity(select.projection.len());
+    for (i, item) in select.projection.iter_mut().enumerate() {
+        match item {
+            SelectItem::UnnamedExpr(expr) => {
+                names.push(Some(figure_name(expr).unwrap_or_else(|| "?column?".to_string())));
+                *item = SelectItem::ExprWithAlias {
+                    expr: expr.clone(),
+                    alias: ast::Ident::new(format!("__streamhouse_column_{}", i + 1)),
+                };
+            }
+            SelectItem::ExprWithAlias { alias, .. } => names.push(Some(alias.value.clone())),
+            _ => return None,
+        }
+    }
+    Some((statement, names))
+}
+
 /// Postgres' name for an expression, or `None` for `?column?`.
 fn figure_name(expr: &Expr) -> Option<String> {
     match expr {
         Expr::Identifier(ident) => Some(ident.value.clone()),
         Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.clone()),
-        Expr::Function(f) => f
-            .name
-            .0
-            .last()
-            .and_then(|p| p.as_ident())
-            .map(|i| i.value.to_ascii_lowercase()),
-        Expr::Cast {
-            expr, data_type, ..
-        } => figure_name(expr).or_else(|| Some(type_name(data_type))),
+        Expr::Function(f) => f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_ascii_lowercase()),
+        Expr::Cast { expr, data_type, .. } => figure_name(expr).or_else(|| Some(type_name(data_type))),
         Expr::Nested(inner) => figure_name(inner),
         Expr::Case { .. } => Some("case".to_string()),
         Expr::Exists { .. } => Some("exists".to_string()),
@@ -110,10 +126,7 @@ pub fn rename_schema(schema: &SchemaRef, names: &[Option<String>]) -> SchemaRef 
 }
 
 /// A stream whose batches carry the renamed schema.
-pub fn rename_stream(
-    stream: SendableRecordBatchStream,
-    names: &[Option<String>],
-) -> SendableRecordBatchStream {
+pub fn rename_stream(stream: SendableRecordBatchStream, names: &[Option<String>]) -> SendableRecordBatchStream {
     let schema = rename_schema(&stream.schema(), names);
     if Arc::ptr_eq(&schema, &stream.schema()) {
         return stream;
@@ -123,10 +136,7 @@ pub fn rename_stream(
         schema,
         stream.map(move |batch| {
             let batch = batch?;
-            Ok(datafusion::arrow::array::RecordBatch::try_new(
-                Arc::clone(&target),
-                batch.columns().to_vec(),
-            )?)
+            Ok(datafusion::arrow::array::RecordBatch::try_new(Arc::clone(&target), batch.columns().to_vec())?)
         }),
     ))
 }
@@ -138,9 +148,7 @@ mod tests {
     use datafusion::sql::sqlparser::parser::Parser;
 
     fn names(sql: &str) -> Option<Vec<Option<String>>> {
-        let statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)
-            .unwrap()
-            .remove(0);
+        let statement = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap().remove(0);
         postgres_column_names(&statement)
     }
 
@@ -153,9 +161,18 @@ mod tests {
         );
         assert_eq!(names("SELECT id, name FROM t"), None);
         assert_eq!(names("SELECT *, 1 FROM t"), None);
+        assert_eq!(names("SELECT pg_catalog.version()"), Some(vec![s("version")]));
+    }
+
+    #[test]
+    fn duplicate_names_get_unique_aliases() {
+        let s = |v: &str| Some(v.to_string());
+        let statement = Parser::parse_sql(&PostgreSqlDialect {}, "SELECT a, a, 1 AS x, 2 FROM t").unwrap().remove(0);
+        let (aliased, names) = with_unique_aliases(&statement).unwrap();
         assert_eq!(
-            names("SELECT pg_catalog.version()"),
-            Some(vec![s("version")])
+            aliased.to_string(),
+            "SELECT a AS __streamhouse_column_1, a AS __streamhouse_column_2, 1 AS x, 2 AS __streamhouse_column_4 FROM t"
         );
+        assert_eq!(names, vec![s("a"), s("a"), s("x"), s("?column?")]);
     }
 }

@@ -30,177 +30,51 @@ struct Known {
 }
 
 const fn var(name: &'static str, default: &'static str, description: &'static str) -> Known {
-    Known {
-        name,
-        default,
-        description,
-        settable: true,
-    }
+    Known { name, default, description, settable: true }
 }
 
 const fn fixed(name: &'static str, default: &'static str, description: &'static str) -> Known {
-    Known {
-        name,
-        default,
-        description,
-        settable: false,
-    }
+    Known { name, default, description, settable: false }
 }
 
 /// Parameters known to streamhouse, with Postgres' names and defaults.
 const KNOWN: &[Known] = &[
-    var(
-        "application_name",
-        "",
-        "Sets the application name reported in statistics and logs.",
-    ),
+    var("application_name", "", "Sets the application name reported in statistics and logs."),
     var("bytea_output", "hex", "Sets the output format for bytea."),
-    var(
-        "client_encoding",
-        "UTF8",
-        "Sets the client's character set encoding (only UTF8 is supported).",
-    ),
-    var(
-        "client_min_messages",
-        "notice",
-        "Sets the message levels sent to the client.",
-    ),
-    var(
-        "DateStyle",
-        "ISO, MDY",
-        "Sets the display format for date and time values.",
-    ),
-    var(
-        "default_transaction_isolation",
-        "read committed",
-        "Sets the isolation level of new transactions.",
-    ),
-    var(
-        "default_transaction_read_only",
-        "off",
-        "Sets the default read-only status of new transactions.",
-    ),
-    var(
-        "extra_float_digits",
-        "1",
-        "Sets the number of digits displayed for floating-point values.",
-    ),
-    var(
-        "idle_in_transaction_session_timeout",
-        "0",
-        "Accepted for compatibility; has no effect.",
-    ),
-    var(
-        "IntervalStyle",
-        "postgres",
-        "Sets the display format for interval values.",
-    ),
-    var(
-        "lc_messages",
-        "C",
-        "Sets the language in which messages are displayed.",
-    ),
-    var(
-        "lc_monetary",
-        "C",
-        "Sets the locale for formatting monetary amounts.",
-    ),
+    var("client_encoding", "UTF8", "Sets the client's character set encoding (only UTF8 is supported)."),
+    var("client_min_messages", "notice", "Sets the message levels sent to the client."),
+    var("DateStyle", "ISO, MDY", "Sets the display format for date and time values."),
+    var("default_transaction_isolation", "read committed", "Sets the isolation level of new transactions."),
+    var("default_transaction_read_only", "off", "Sets the default read-only status of new transactions."),
+    var("extra_float_digits", "1", "Sets the number of digits displayed for floating-point values."),
+    var("idle_in_transaction_session_timeout", "0", "Accepted for compatibility; has no effect."),
+    var("IntervalStyle", "postgres", "Sets the display format for interval values."),
+    var("lc_messages", "C", "Sets the language in which messages are displayed."),
+    var("lc_monetary", "C", "Sets the locale for formatting monetary amounts."),
     var("lc_numeric", "C", "Sets the locale for formatting numbers."),
-    var(
-        "lc_time",
-        "C",
-        "Sets the locale for formatting date and time values.",
-    ),
-    var(
-        "lock_timeout",
-        "0",
-        "Accepted for compatibility; streamhouse statements take no user-visible locks.",
-    ),
-    var(
-        "search_path",
-        "\"$user\", public",
-        "Sets the schema search order for names that are not schema-qualified.",
-    ),
-    var(
-        "statement_timeout",
-        "0",
-        "Sets the maximum allowed duration of any statement (0 disables).",
-    ),
+    var("lc_time", "C", "Sets the locale for formatting date and time values."),
+    var("lock_timeout", "0", "Accepted for compatibility; streamhouse statements take no user-visible locks."),
+    var("search_path", "\"$user\", public", "Sets the schema search order for names that are not schema-qualified."),
+    var("statement_timeout", "0", "Sets the maximum allowed duration of any statement (0 disables)."),
     var("synchronous_commit", "on", "Accepted for compatibility."),
-    var(
-        "TimeZone",
-        "UTC",
-        "Sets the time zone for displaying and interpreting time stamps.",
-    ),
-    var(
-        "transaction_isolation",
-        "read committed",
-        "Shows the current transaction's isolation level.",
-    ),
-    var(
-        "transaction_read_only",
-        "off",
-        "Shows whether the current transaction is read-only.",
-    ),
+    var("TimeZone", "UTC", "Sets the time zone for displaying and interpreting time stamps."),
+    var("transaction_isolation", "read committed", "Shows the current transaction's isolation level."),
+    var("transaction_read_only", "off", "Shows whether the current transaction is read-only."),
     var("row_security", "on", "Accepted for compatibility."),
     var("jit", "off", "Accepted for compatibility."),
-    var(
-        "max_parallel_workers_per_gather",
-        "2",
-        "Accepted for compatibility.",
-    ),
-    var(
-        "work_mem",
-        "4MB",
-        "Accepted for compatibility; see execution.memory_limit.",
-    ),
+    var("max_parallel_workers_per_gather", "2", "Accepted for compatibility."),
+    var("work_mem", "4MB", "Accepted for compatibility; see execution.memory_limit."),
     var("geqo", "on", "Accepted for compatibility."),
     fixed("block_size", "8192", "Shows the size of a disk block."),
-    fixed(
-        "integer_datetimes",
-        "on",
-        "Shows whether datetimes are integer based.",
-    ),
-    fixed(
-        "is_superuser",
-        "on",
-        "Shows whether the current user is a superuser.",
-    ),
-    fixed(
-        "max_identifier_length",
-        "63",
-        "Shows the maximum identifier length.",
-    ),
-    fixed(
-        "max_index_keys",
-        "32",
-        "Shows the maximum number of index keys.",
-    ),
-    fixed(
-        "server_encoding",
-        "UTF8",
-        "Shows the server (database) character set encoding.",
-    ),
-    fixed(
-        "server_version",
-        SERVER_VERSION,
-        "Shows the server version.",
-    ),
-    fixed(
-        "server_version_num",
-        SERVER_VERSION_NUM,
-        "Shows the server version as an integer.",
-    ),
-    fixed(
-        "standard_conforming_strings",
-        "on",
-        "Causes '...' strings to treat backslashes literally.",
-    ),
-    fixed(
-        "in_hot_standby",
-        "off",
-        "Shows whether hot standby is currently active.",
-    ),
+    fixed("integer_datetimes", "on", "Shows whether datetimes are integer based."),
+    fixed("is_superuser", "on", "Shows whether the current user is a superuser."),
+    fixed("max_identifier_length", "63", "Shows the maximum identifier length."),
+    fixed("max_index_keys", "32", "Shows the maximum number of index keys."),
+    fixed("server_encoding", "UTF8", "Shows the server (database) character set encoding."),
+    fixed("server_version", SERVER_VERSION, "Shows the server version."),
+    fixed("server_version_num", SERVER_VERSION_NUM, "Shows the server version as an integer."),
+    fixed("standard_conforming_strings", "on", "Causes '...' strings to treat backslashes literally."),
+    fixed("in_hot_standby", "off", "Shows whether hot standby is currently active."),
 ];
 
 fn known(name: &str) -> Option<&'static Known> {
@@ -214,9 +88,7 @@ pub fn canonical_name(name: &str) -> String {
         "transaction isolation level" => "transaction_isolation".to_string(),
         "names" => "client_encoding".to_string(),
         "session authorization" => "session_authorization".to_string(),
-        lower => known(lower)
-            .map(|k| k.name.to_string())
-            .unwrap_or_else(|| lower.to_string()),
+        lower => known(lower).map(|k| k.name.to_string()).unwrap_or_else(|| lower.to_string()),
     }
 }
 
@@ -233,15 +105,9 @@ impl Variables {
     pub fn new(user: &str, statement_timeout_ms: u64) -> Self {
         let mut values = BTreeMap::new();
         if statement_timeout_ms > 0 {
-            values.insert(
-                "statement_timeout".to_string(),
-                statement_timeout_ms.to_string(),
-            );
+            values.insert("statement_timeout".to_string(), statement_timeout_ms.to_string());
         }
-        Self {
-            values,
-            user: user.to_string(),
-        }
+        Self { values, user: user.to_string() }
     }
 
     /// The value of a parameter, if it is known or was set.
@@ -306,13 +172,7 @@ impl Variables {
     pub fn all(&self) -> Vec<(String, String, String)> {
         let mut rows: Vec<_> = KNOWN
             .iter()
-            .map(|k| {
-                (
-                    k.name.to_string(),
-                    self.get(k.name).unwrap_or_default(),
-                    k.description.to_string(),
-                )
-            })
+            .map(|k| (k.name.to_string(), self.get(k.name).unwrap_or_default(), k.description.to_string()))
             .collect();
         rows.extend(
             self.values
@@ -332,10 +192,7 @@ impl Variables {
 }
 
 fn unknown(name: &str) -> Error {
-    Error::new(
-        StatusCode::ObjectNotFound,
-        format!("unrecognized configuration parameter \"{name}\""),
-    )
+    Error::new(StatusCode::ObjectNotFound, format!("unrecognized configuration parameter \"{name}\""))
 }
 
 fn invalid_value(name: &str, value: &str, expected: &str) -> Error {
@@ -355,47 +212,29 @@ fn normalize(lower: &str, value: &str) -> Result<String> {
             } else {
                 Err(Error::new(
                     StatusCode::Unsupported,
-                    format!(
-                        "client encoding \"{value}\" is not supported: streamhouse speaks only UTF8"
-                    ),
+                    format!("client encoding \"{value}\" is not supported: streamhouse speaks only UTF8"),
                 ))
             }
         }
-        "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout" => {
-            parse_duration_ms(value)
-                .map(|ms| ms.to_string())
-                .ok_or_else(|| {
-                    invalid_value(
-                        lower,
-                        value,
-                        "expected milliseconds or a duration like '5s', '2min'",
-                    )
-                })
-        }
+        "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout" => parse_duration_ms(value)
+            .map(|ms| ms.to_string())
+            .ok_or_else(|| invalid_value(lower, value, "expected milliseconds or a duration like '5s', '2min'")),
         "extra_float_digits" => match value.trim().parse::<i32>() {
             Ok(n) if (-15..=3).contains(&n) => Ok(n.to_string()),
-            _ => Err(invalid_value(
-                lower,
-                value,
-                "expected an integer from -15 to 3",
-            )),
+            _ => Err(invalid_value(lower, value, "expected an integer from -15 to 3")),
         },
         "datestyle" => {
             if value.to_ascii_uppercase().contains("ISO") {
                 Ok("ISO, MDY".to_string())
             } else {
-                Err(Error::unsupported(format!(
-                    "DateStyle \"{value}\" is not supported: only ISO output is"
-                )))
+                Err(Error::unsupported(format!("DateStyle \"{value}\" is not supported: only ISO output is")))
             }
         }
         "intervalstyle" => {
             if value.eq_ignore_ascii_case("postgres") {
                 Ok("postgres".to_string())
             } else {
-                Err(Error::unsupported(format!(
-                    "IntervalStyle \"{value}\" is not supported: only postgres output is"
-                )))
+                Err(Error::unsupported(format!("IntervalStyle \"{value}\" is not supported: only postgres output is")))
             }
         }
         _ => Ok(value.to_string()),
@@ -405,9 +244,7 @@ fn normalize(lower: &str, value: &str) -> Result<String> {
 /// Parses Postgres-style durations: `5000`, `'5s'`, `'250ms'`, `'2min'`, `'1h'`.
 pub fn parse_duration_ms(value: &str) -> Option<u64> {
     let v = value.trim().to_ascii_lowercase();
-    let split = v
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(v.len());
+    let split = v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len());
     let (number, unit) = v.split_at(split);
     let number: f64 = number.parse().ok()?;
     let factor = match unit.trim() {
@@ -437,20 +274,11 @@ mod tests {
         assert_eq!(vars.statement_timeout(), Some(Duration::from_secs(2)));
         vars.reset("statement_timeout").unwrap();
         assert_eq!(vars.statement_timeout(), None);
-        assert_eq!(
-            vars.set("nonsense", "1").unwrap_err().code(),
-            StatusCode::ObjectNotFound
-        );
+        assert_eq!(vars.set("nonsense", "1").unwrap_err().code(), StatusCode::ObjectNotFound);
         assert!(vars.set("myapp.tenant", "42").is_ok());
         assert_eq!(vars.get("myapp.tenant").as_deref(), Some("42"));
-        assert_eq!(
-            vars.set("server_version", "9.0").unwrap_err().code(),
-            StatusCode::CantChangeRuntimeParam
-        );
-        assert_eq!(
-            vars.set("client_encoding", "latin1").unwrap_err().code(),
-            StatusCode::Unsupported
-        );
+        assert_eq!(vars.set("server_version", "9.0").unwrap_err().code(), StatusCode::CantChangeRuntimeParam);
+        assert_eq!(vars.set("client_encoding", "latin1").unwrap_err().code(), StatusCode::Unsupported);
         assert_eq!(vars.set("client_encoding", "utf-8").unwrap().1, "UTF8");
     }
 

@@ -15,9 +15,7 @@ use pgwire::api::auth::{
 };
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{
-    DescribePortalResponse, DescribeStatementResponse, FieldInfo, Response,
-};
+use pgwire::api::results::{DescribePortalResponse, DescribeStatementResponse, FieldInfo, Response};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
@@ -31,12 +29,9 @@ use streamhouse_engine::{Error, Output, Prepared, Session, SessionInfo, StatusCo
 use tokio::sync::Mutex;
 
 use super::PgShared;
-use super::encode::{
-    command_response, error_info, fields, notice_response, parameter_type, pg_error, query_response,
-};
+use super::encode::{command_response, error_info, fields, notice_response, parameter_type, pg_error, query_response};
 
-static PIDS: std::sync::LazyLock<RandomPidSecretKeyGenerator> =
-    std::sync::LazyLock::new(Default::default);
+static PIDS: std::sync::LazyLock<RandomPidSecretKeyGenerator> = std::sync::LazyLock::new(Default::default);
 
 /// A prepared statement as pgwire stores it.
 pub type PgStatement = Arc<Prepared>;
@@ -53,25 +48,15 @@ pub struct PgConnection {
 
 impl Debug for PgConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgConnection")
-            .field("peer", &self.peer)
-            .finish_non_exhaustive()
+        f.debug_struct("PgConnection").field("peer", &self.peer).finish_non_exhaustive()
     }
 }
 
 impl PgConnection {
     pub(crate) fn new(shared: Arc<PgShared>, peer: SocketAddr) -> Self {
         let session = Arc::new(Mutex::new(None));
-        let parser = Arc::new(PgParser {
-            session: Arc::clone(&session),
-        });
-        Self {
-            shared,
-            peer,
-            session,
-            registered: std::sync::Mutex::new(None),
-            parser,
-        }
+        let parser = Arc::new(PgParser { session: Arc::clone(&session) });
+        Self { shared, peer, session, registered: std::sync::Mutex::new(None), parser }
     }
 }
 
@@ -95,22 +80,14 @@ where
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     for notice in session.take_notices() {
-        client
-            .send(PgWireBackendMessage::NoticeResponse(notice_response(
-                &notice,
-            )))
-            .await?;
+        client.send(PgWireBackendMessage::NoticeResponse(notice_response(&notice))).await?;
     }
     Ok(())
 }
 
 #[async_trait]
 impl StartupHandler for PgConnection {
-    async fn on_startup<C>(
-        &self,
-        client: &mut C,
-        message: PgWireFrontendMessage,
-    ) -> PgWireResult<()>
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -130,10 +107,7 @@ impl StartupHandler for PgConnection {
             return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
                 "FATAL".into(),
                 "53300".into(),
-                format!(
-                    "sorry, too many clients already (server.max_connections = {})",
-                    self.shared.max_connections
-                ),
+                format!("sorry, too many clients already (server.max_connections = {})", self.shared.max_connections),
             ))));
         }
         if self.shared.engine.is_shut_down() {
@@ -145,19 +119,14 @@ impl StartupHandler for PgConnection {
         }
         client.set_pid_and_secret_key(pid, key.clone());
         let metadata = client.metadata();
-        let user = metadata
-            .get(METADATA_USER)
-            .cloned()
-            .unwrap_or_else(|| "streamhouse".to_string());
+        let user = metadata.get(METADATA_USER).cloned().unwrap_or_else(|| "streamhouse".to_string());
         let info = SessionInfo {
             database: metadata.get(METADATA_DATABASE).cloned(),
             application_name: metadata.get("application_name").cloned(),
             user: user.clone(),
         };
         let session = self.shared.engine.new_session(info);
-        self.shared
-            .cancels
-            .register(pid, key, session.cancel_handle());
+        self.shared.cancels.register(pid, key, session.cancel_handle());
         tracing::debug!(peer = %self.peer, %user, session_id = session.id(), pid, "postgres session started");
         *self.session.lock().await = Some(session);
 
@@ -185,18 +154,14 @@ impl SimpleQueryHandler for PgConnection {
         if let Some(name) = deallocated_protocol_statement(session, client, query) {
             // `DEALLOCATE name` also frees statements prepared with the protocol's Parse message.
             client.portal_store().rm_statement(&name);
-            return Ok(vec![Response::Execution(pgwire::api::results::Tag::new(
-                "DEALLOCATE",
-            ))]);
+            return Ok(vec![Response::Execution(pgwire::api::results::Tag::new("DEALLOCATE"))]);
         }
         let (outputs, error) = session.run(query).await;
         send_notices(client, session).await?;
         let mut responses = Vec::with_capacity(outputs.len() + 1);
         for output in outputs {
             responses.push(match output {
-                Output::Rows(stream) => {
-                    Response::Query(query_response(stream, &Format::UnifiedText)?)
-                }
+                Output::Rows(stream) => Response::Query(query_response(stream, &Format::UnifiedText)?),
                 Output::Command(command) => command_response(&command),
             });
         }
@@ -218,23 +183,14 @@ where
     C: ClientPortalStore,
     C::PortalStore: PortalStore,
 {
-    if !query
-        .trim_start()
-        .get(..10)?
-        .eq_ignore_ascii_case("deallocate")
-    {
+    if !query.trim_start().get(..10)?.eq_ignore_ascii_case("deallocate") {
         return None;
     }
     let statements = session.parse(query).ok()?;
-    let [datafusion::sql::sqlparser::ast::Statement::Deallocate { name, .. }] =
-        statements.as_slice()
-    else {
+    let [datafusion::sql::sqlparser::ast::Statement::Deallocate { name, .. }] = statements.as_slice() else {
         return None;
     };
-    client
-        .portal_store()
-        .get_statement(&name.value)
-        .map(|_| name.value.clone())
+    client.portal_store().get_statement(&name.value).map(|_| name.value.clone())
 }
 
 /// Parses and plans statements for the extended protocol.
@@ -246,12 +202,7 @@ pub struct PgParser {
 impl QueryParser for PgParser {
     type Statement = PgStatement;
 
-    async fn parse_sql<C>(
-        &self,
-        _client: &C,
-        sql: &str,
-        _types: &[Option<Type>],
-    ) -> PgWireResult<Option<PgStatement>>
+    async fn parse_sql<C>(&self, _client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<PgStatement>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -276,11 +227,7 @@ impl QueryParser for PgParser {
         Ok(types.iter().map(|t| parameter_type(t.as_ref())).collect())
     }
 
-    fn get_result_schema(
-        &self,
-        statement: &PgStatement,
-        format: Option<&Format>,
-    ) -> PgWireResult<Vec<FieldInfo>> {
+    fn get_result_schema(&self, statement: &PgStatement, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
         match statement.result_schema() {
             Some(schema) => fields(&schema, format.unwrap_or(&Format::UnifiedText)),
             None => Ok(vec![]),
@@ -306,24 +253,18 @@ fn bind_parameters(portal: &Portal<PgStatement>) -> PgWireResult<Option<ParamVal
             ),
         )));
     }
-    let server_types: Vec<Type> = inferred
-        .iter()
-        .map(|t| parameter_type(t.as_ref()))
-        .collect();
+    let server_types: Vec<Type> = inferred.iter().map(|t| parameter_type(t.as_ref())).collect();
     let inferred_refs: Vec<Option<&DataType>> = inferred.iter().map(Option::as_ref).collect();
     let server_refs: Vec<Option<&Type>> = server_types.iter().map(Some).collect();
-    let values = arrow_pg::datatypes::df::deserialize_parameters_with_server_types(
-        portal,
-        &inferred_refs,
-        &server_refs,
-    )
-    .map_err(|e| match e {
-        PgWireError::UserError(_) => e,
-        other => pg_error(&Error::new(
-            StatusCode::InvalidTextRepresentation,
-            format!("invalid parameter value: {other}"),
-        )),
-    })?;
+    let values =
+        arrow_pg::datatypes::df::deserialize_parameters_with_server_types(portal, &inferred_refs, &server_refs)
+            .map_err(|e| match e {
+                PgWireError::UserError(_) => e,
+                other => pg_error(&Error::new(
+                    StatusCode::InvalidTextRepresentation,
+                    format!("invalid parameter value: {other}"),
+                )),
+            })?;
     Ok(Some(values))
 }
 
@@ -351,14 +292,7 @@ impl ExtendedQueryHandler for PgConnection {
         let parameters = inferred
             .into_iter()
             .enumerate()
-            .map(|(i, t)| {
-                target
-                    .parameter_types
-                    .get(i)
-                    .cloned()
-                    .flatten()
-                    .unwrap_or(t)
-            })
+            .map(|(i, t)| target.parameter_types.get(i).cloned().flatten().unwrap_or(t))
             .collect();
         let fields = self.parser.get_result_schema(&target.statement, None)?;
         Ok(DescribeStatementResponse::new(parameters, fields))
@@ -377,9 +311,7 @@ impl ExtendedQueryHandler for PgConnection {
     {
         let statement = &portal.statement.statement;
         let schema = match bind_parameters(portal)? {
-            Some(params) => statement
-                .result_schema_with(&params)
-                .map_err(|e| pg_error(&e))?,
+            Some(params) => statement.result_schema_with(&params).map_err(|e| pg_error(&e))?,
             None => statement.result_schema(),
         };
         Ok(DescribePortalResponse::new(match schema {
@@ -406,10 +338,7 @@ impl ExtendedQueryHandler for PgConnection {
         let result = session.execute(&portal.statement.statement, params).await;
         send_notices(client, session).await?;
         match result {
-            Ok(Output::Rows(stream)) => Ok(Response::Query(query_response(
-                stream,
-                &portal.result_column_format,
-            )?)),
+            Ok(Output::Rows(stream)) => Ok(Response::Query(query_response(stream, &portal.result_column_format)?)),
             Ok(Output::Command(command)) => Ok(command_response(&command)),
             Err(e) => Err(pg_error(&e)),
         }

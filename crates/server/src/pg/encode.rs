@@ -15,9 +15,7 @@ use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::response::NoticeResponse;
-use streamhouse_engine::{
-    CommandComplete, Error, Notice, NoticeSeverity, StatusCode, TransactionChange,
-};
+use streamhouse_engine::{CommandComplete, Error, Notice, NoticeSeverity, StatusCode, TransactionChange};
 
 use crate::status::sqlstate;
 
@@ -25,19 +23,11 @@ use crate::status::sqlstate;
 /// connection closes, as in Postgres); everything else is ERROR and the
 /// connection stays usable.
 pub fn error_info(err: &Error) -> ErrorInfo {
-    let severity = if err.code() == StatusCode::ShuttingDown {
-        "FATAL"
-    } else {
-        "ERROR"
-    };
+    let severity = if err.code() == StatusCode::ShuttingDown { "FATAL" } else { "ERROR" };
     if !err.code().is_user_error() {
         tracing::error!(error = %err.message(), "internal error");
     }
-    ErrorInfo::new(
-        severity.to_string(),
-        sqlstate(err).to_string(),
-        err.message().to_string(),
-    )
+    ErrorInfo::new(severity.to_string(), sqlstate(err).to_string(), err.message().to_string())
 }
 
 /// An engine error as a pgwire error.
@@ -51,12 +41,7 @@ pub fn notice_response(notice: &Notice) -> NoticeResponse {
         NoticeSeverity::Notice => ("NOTICE", "00000"),
         NoticeSeverity::Warning => ("WARNING", "01000"),
     };
-    ErrorInfo::new(
-        severity.to_string(),
-        code.to_string(),
-        notice.message.clone(),
-    )
-    .into()
+    ErrorInfo::new(severity.to_string(), code.to_string(), notice.message.clone()).into()
 }
 
 /// A command completion as a pgwire response.
@@ -75,19 +60,14 @@ pub fn command_response(command: &CommandComplete) -> Response {
 /// A column type with no Postgres equivalent (0A000).
 pub fn fields(schema: &Schema, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
     arrow_schema_to_pg_fields(schema, format, None).map_err(|e| {
-        pg_error(&Error::unsupported(format!(
-            "result column type cannot be sent over the Postgres protocol: {e}"
-        )))
+        pg_error(&Error::unsupported(format!("result column type cannot be sent over the Postgres protocol: {e}")))
     })
 }
 
 /// The Postgres type of a parameter; unknown types are sent as `text`, the
 /// type Postgres itself resolves them to.
 pub fn parameter_type(data_type: Option<&DataType>) -> Type {
-    data_type
-        .filter(|t| !matches!(t, DataType::Null))
-        .and_then(|t| into_pg_type(t).ok())
-        .unwrap_or(Type::TEXT)
+    data_type.filter(|t| !matches!(t, DataType::Null)).and_then(|t| into_pg_type(t).ok()).unwrap_or(Type::TEXT)
 }
 
 /// Encodes a batch as Postgres data rows. Rows are encoded by arrow-pg,
@@ -105,13 +85,8 @@ pub fn encode_batch(
         let schema = batch.schema();
         for (col, array) in batch.columns().iter().enumerate() {
             let field = &fields[col];
-            let result = if array.is_null(row) && matches!(array.data_type(), DataType::Interval(_))
-            {
-                arrow_pg::encoder::Encoder::encode_field(
-                    &mut encoder,
-                    &None::<pg_interval::Interval>,
-                    field,
-                )
+            let result = if array.is_null(row) && matches!(array.data_type(), DataType::Interval(_)) {
+                arrow_pg::encoder::Encoder::encode_field(&mut encoder, &None::<pg_interval::Interval>, field)
             } else {
                 encode_value(&mut encoder, array, row, schema.field(col), field)
             };
@@ -129,17 +104,12 @@ pub fn encode_batch(
 ///
 /// # Errors
 /// A column type with no Postgres equivalent.
-pub fn query_response(
-    stream: SendableRecordBatchStream,
-    format: &Format,
-) -> PgWireResult<QueryResponse> {
+pub fn query_response(stream: SendableRecordBatchStream, format: &Format) -> PgWireResult<QueryResponse> {
     let fields = Arc::new(fields(stream.schema().as_ref(), format)?);
     let row_fields = Arc::clone(&fields);
     let rows = stream
         .map(move |batch| {
-            let rows: Box<
-                dyn Iterator<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send,
-            > = match batch {
+            let rows: Box<dyn Iterator<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send> = match batch {
                 Ok(batch) => Box::new(encode_batch(Arc::clone(&row_fields), batch)),
                 Err(e) => Box::new(std::iter::once(Err(pg_error(&Error::from(e))))),
             };

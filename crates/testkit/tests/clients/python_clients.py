@@ -5,7 +5,8 @@ driver (metadata, Arrow results, parameters). Usage:
 Exits non-zero with a message on the first mismatch."""
 
 import sys
-from datetime import date
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
 
 import adbc_driver_flightsql.dbapi as flight_sql
 import psycopg
@@ -38,6 +39,35 @@ with psycopg.connect(f"host=127.0.0.1 port={pg_port} dbname=streamhouse user=py"
         cur.execute("SELECT id, name, price, day FROM py_items ORDER BY id")
         rows = cur.fetchall()
         assert rows == [(1, "a", 1.5, date(2024, 1, 2)), (2, None, None, None), (3, "c", 3.0, date(2024, 3, 4))], rows
+    # Every type psycopg decodes, in both result formats.
+    typed = (
+        "SELECT 12.34::numeric(10,2), '13:14:15'::time, INTERVAL '1 day 2 hours', "
+        "'2024-02-29 13:14:15+02'::timestamptz, '2024-02-29 13:14:15'::timestamp, decode('0102ff', 'hex'), "
+        "make_array(1, 2, 3), make_array('a', NULL), 1.5::real, 7::smallint, '{\"k\": 1}'::jsonb, "
+        "CAST(NULL AS INTERVAL), CAST(NULL AS NUMERIC)"
+    )
+    expected = (
+        Decimal("12.34"),
+        time(13, 14, 15),
+        timedelta(days=1, hours=2),
+        datetime(2024, 2, 29, 11, 14, 15, tzinfo=timezone.utc),
+        datetime(2024, 2, 29, 13, 14, 15),
+        b"\x01\x02\xff",
+        [1, 2, 3],
+        ["a", None],
+        1.5,
+        7,
+        '{"k": 1}',
+        None,
+        None,
+    )
+    for binary in (False, True):
+        with conn.cursor(binary=binary) as cur:
+            cur.execute(typed)
+            row = cur.fetchone()
+            assert row == expected, (binary, row)
+    conn.commit()
+
     with conn.cursor() as cur:
         try:
             cur.execute("SELECT * FROM py_missing")
