@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -47,17 +48,58 @@ impl CancelHandle {
     }
 }
 
+/// Counts statements that are running: planning, executing, or with a result
+/// stream still open. A statement stops counting when its last
+/// [`QueryControl`] clone is dropped (for streamed results, when the client
+/// has read them all or gone away).
+#[derive(Debug, Default)]
+pub struct ActiveStatements(AtomicUsize);
+
+impl ActiveStatements {
+    /// How many statements are running now.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug)]
+struct ActiveGuard(Arc<ActiveStatements>);
+
+impl ActiveGuard {
+    fn new(active: Arc<ActiveStatements>) -> Self {
+        active.0.fetch_add(1, Ordering::SeqCst);
+        Self(active)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Cancellation and timeout of one statement.
 #[derive(Debug, Clone)]
 pub struct QueryControl {
     token: CancellationToken,
     shutdown: CancellationToken,
     deadline: Option<tokio::time::Instant>,
+    _active: Arc<ActiveGuard>,
 }
 
 impl QueryControl {
-    pub(crate) fn new(token: CancellationToken, shutdown: CancellationToken, timeout: Option<Duration>) -> Self {
-        Self { token, shutdown, deadline: timeout.map(|t| tokio::time::Instant::now() + t) }
+    pub(crate) fn new(
+        token: CancellationToken,
+        shutdown: CancellationToken,
+        timeout: Option<Duration>,
+        active: Arc<ActiveStatements>,
+    ) -> Self {
+        Self {
+            token,
+            shutdown,
+            deadline: timeout.map(|t| tokio::time::Instant::now() + t),
+            _active: Arc::new(ActiveGuard::new(active)),
+        }
     }
 
     /// The error a cancelled statement reports: shutdown, timeout or client cancel.

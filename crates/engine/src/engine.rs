@@ -35,6 +35,7 @@ pub(crate) struct EngineInner {
     pub(crate) base: SessionContext,
     pub(crate) parser: PostgresCompatibilityParser,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) active: Arc<crate::cancel::ActiveStatements>,
     next_session_id: AtomicU64,
     /// Bumped by every DDL statement, so prepared plans notice they are stale.
     pub(crate) catalog_version: AtomicU64,
@@ -117,6 +118,7 @@ impl Engine {
                 base,
                 parser: PostgresCompatibilityParser::new(),
                 shutdown: CancellationToken::new(),
+                active: Arc::default(),
                 next_session_id: AtomicU64::new(1),
                 catalog_version: AtomicU64::new(0),
             }),
@@ -148,6 +150,11 @@ impl Engine {
     /// makes new statements fail the same way. Used at server shutdown.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
+    }
+
+    /// How many statements are running now (planning, executing, or streaming results).
+    pub fn active_statements(&self) -> usize {
+        self.inner.active.count()
     }
 
     /// Whether [`Engine::shutdown`] was called.

@@ -479,7 +479,7 @@ impl Session {
     fn begin_statement(&self) -> QueryControl {
         let token = self.cancel.begin(&self.engine.inner().shutdown);
         let timeout = self.vars.read().ok().and_then(|v| v.statement_timeout());
-        QueryControl::new(token, self.engine.inner().shutdown.clone(), timeout)
+        QueryControl::new(token, self.engine.inner().shutdown.clone(), timeout, Arc::clone(&self.engine.inner().active))
     }
 
     fn mark_failed(&self) {

@@ -58,6 +58,24 @@ impl TestServer {
         self.running().flight_addr()
     }
 
+    /// The engine behind both protocols.
+    pub fn engine(&self) -> &streamhouse_engine::Engine {
+        self.running().engine()
+    }
+
+    /// Waits until no statement is running, for up to `timeout`; returns
+    /// whether that happened.
+    pub async fn wait_until_idle(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.engine().active_statements() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// A libpq connection string for this server.
     pub fn pg_url(&self) -> String {
         format!("host={} port={} user=tester dbname=streamhouse", self.pg_addr().ip(), self.pg_addr().port())

@@ -264,6 +264,34 @@ async fn flight_sql_queries_updates_and_prepared_statements() -> anyhow::Result<
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_client_that_goes_away_stops_its_query() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut flight = server.flight().await?;
+    let info = flight.execute("SELECT value * 2 FROM generate_series(1, 100000000000)".into(), None).await?;
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let mut stream = flight.do_get(ticket).await?;
+    let first = stream.try_next().await?.expect("a first batch");
+    assert!(first.num_rows() > 0);
+    assert_eq!(server.engine().active_statements(), 1, "the query runs while the client reads");
+    drop(stream);
+    drop(flight);
+    assert!(server.wait_until_idle(Duration::from_secs(20)).await, "the query kept running after the client left");
+
+    // The same over Postgres: a cancelled statement is no longer running.
+    let pg = server.pg().await?;
+    let cancel = pg.cancel_token();
+    let running =
+        tokio::spawn(async move { pg.simple_query("SELECT count(*) FROM generate_series(1, 100000000000)").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.engine().active_statements(), 1);
+    cancel.cancel_query(tokio_postgres::NoTls).await?;
+    assert!(running.await?.is_err());
+    assert!(server.wait_until_idle(Duration::from_secs(20)).await);
+    server.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn one_engine_behind_both_protocols_and_metadata() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
