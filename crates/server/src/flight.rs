@@ -123,6 +123,17 @@ fn flight_info(schema: &Schema, ticket: Ticket, descriptor: FlightDescriptor) ->
         .with_descriptor(descriptor))
 }
 
+/// FlightInfo for a metadata command: the command itself is the ticket, so
+/// DoGet receives it back and builds the listing then.
+fn metadata_info(
+    command: &impl ProstMessageExt,
+    schema: &Schema,
+    request: Request<FlightDescriptor>,
+) -> Result<Response<FlightInfo>, Status> {
+    let ticket = Ticket::new(command.as_any().encode_to_vec());
+    Ok(Response::new(flight_info(schema, ticket, request.into_inner())?))
+}
+
 fn schema_bytes(schema: &Schema) -> Result<Bytes, Status> {
     let IpcMessage(bytes) = IpcMessage::try_from(SchemaAsIpc::new(schema, &IpcWriteOptions::default()))
         .map_err(|e| Status::internal(format!("cannot encode schema: {e}")))?;
@@ -371,9 +382,8 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let ticket = Ticket::new(query.as_any().encode_to_vec());
-        let schema = query.into_builder(&SQL_INFO).schema();
-        Ok(Response::new(flight_info(&schema, ticket, request.into_inner())?))
+        let schema = query.clone().into_builder(&SQL_INFO).schema();
+        metadata_info(&query, &schema, request)
     }
 
     async fn do_get_sql_info(
@@ -390,9 +400,8 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let ticket = Ticket::new(query.as_any().encode_to_vec());
         let schema = query.into_builder().schema();
-        Ok(Response::new(flight_info(&schema, ticket, request.into_inner())?))
+        metadata_info(&query, &schema, request)
     }
 
     async fn do_get_catalogs(
@@ -410,9 +419,8 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let ticket = Ticket::new(query.as_any().encode_to_vec());
-        let schema = query.into_builder().schema();
-        Ok(Response::new(flight_info(&schema, ticket, request.into_inner())?))
+        let schema = query.clone().into_builder().schema();
+        metadata_info(&query, &schema, request)
     }
 
     async fn do_get_schemas(
@@ -435,9 +443,8 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let ticket = Ticket::new(query.as_any().encode_to_vec());
-        let schema = query.into_builder().schema();
-        Ok(Response::new(flight_info(&schema, ticket, request.into_inner())?))
+        let schema = query.clone().into_builder().schema();
+        metadata_info(&query, &schema, request)
     }
 
     async fn do_get_tables(
@@ -469,9 +476,8 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let ticket = Ticket::new(query.as_any().encode_to_vec());
         let schema = query.into_builder().schema();
-        Ok(Response::new(flight_info(&schema, ticket, request.into_inner())?))
+        metadata_info(&query, &schema, request)
     }
 
     async fn do_get_table_types(
