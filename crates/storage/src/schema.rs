@@ -1,0 +1,191 @@
+//! Table definitions: columns, primary key, merge engine, and the system
+//! columns every data file carries.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Sequence number column of data files: higher wins for the same key.
+pub const SEQ_COLUMN: &str = "_seq";
+/// Row kind column of data files (see [`ValueKind`]) and changelog files (see [`RowKind`]).
+pub const KIND_COLUMN: &str = "_kind";
+
+/// What a row in a data file says about its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i8)]
+pub enum ValueKind {
+    /// The key has this value.
+    Upsert = 0,
+    /// The key was deleted.
+    Delete = 1,
+}
+
+/// Kinds of changelog rows, in Flink/Paimon vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(i8)]
+pub enum RowKind {
+    /// `+I`: a new key.
+    Insert = 0,
+    /// `-U`: the old value of an updated key.
+    UpdateBefore = 1,
+    /// `+U`: the new value of an updated key.
+    UpdateAfter = 2,
+    /// `-D`: the last value of a deleted key.
+    Delete = 3,
+}
+
+impl RowKind {
+    /// `+I`, `-U`, `+U` or `-D`.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            RowKind::Insert => "+I",
+            RowKind::UpdateBefore => "-U",
+            RowKind::UpdateAfter => "+U",
+            RowKind::Delete => "-D",
+        }
+    }
+
+    /// The kind stored as `code`.
+    pub fn from_code(code: i8) -> Option<Self> {
+        Some(match code {
+            0 => RowKind::Insert,
+            1 => RowKind::UpdateBefore,
+            2 => RowKind::UpdateAfter,
+            3 => RowKind::Delete,
+            _ => return None,
+        })
+    }
+}
+
+/// How rows with the same primary key combine (Paimon's `merge-engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MergeEngine {
+    /// The last write per key wins (default).
+    #[default]
+    Deduplicate,
+    /// The first write per key wins; later writes are ignored.
+    FirstRow,
+}
+
+impl MergeEngine {
+    /// Parses Paimon's option value.
+    ///
+    /// # Errors
+    /// An unknown value, naming the accepted ones.
+    pub fn parse(value: &str) -> Result<Self> {
+        match value {
+            "deduplicate" => Ok(MergeEngine::Deduplicate),
+            "first-row" => Ok(MergeEngine::FirstRow),
+            other => {
+                Err(Error::Invalid(format!("unknown merge-engine '{other}': expected 'deduplicate' or 'first-row'")))
+            }
+        }
+    }
+}
+
+/// A table's definition, one version of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSchema {
+    /// Version number; data files record the version they were written with.
+    pub id: u64,
+    /// User columns.
+    pub schema: SchemaRef,
+    /// Primary key column indexes into `schema`; empty for append-only tables.
+    pub primary_key: Vec<usize>,
+    /// How rows with the same key combine.
+    pub merge_engine: MergeEngine,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSchema {
+    id: u64,
+    /// Column summary for humans; `arrow_schema` is authoritative.
+    columns: Vec<String>,
+    primary_key: Vec<String>,
+    merge_engine: MergeEngine,
+    /// The Arrow schema as an IPC stream, base64.
+    arrow_schema: String,
+}
+
+impl TableSchema {
+    /// A new definition.
+    ///
+    /// # Errors
+    /// Unknown or nullable key columns, or names reserved for system columns.
+    pub fn new(id: u64, schema: SchemaRef, primary_key: &[&str], merge_engine: MergeEngine) -> Result<Self> {
+        for field in schema.fields() {
+            if field.name() == SEQ_COLUMN || field.name() == KIND_COLUMN {
+                return Err(Error::Invalid(format!("column name \"{}\" is reserved", field.name())));
+            }
+        }
+        let mut key = Vec::with_capacity(primary_key.len());
+        for name in primary_key {
+            let index = schema
+                .index_of(name)
+                .map_err(|_| Error::Invalid(format!("primary key column \"{name}\" is not a column of the table")))?;
+            key.push(index);
+        }
+        // Key columns are NOT NULL, as in Postgres.
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() && !key.contains(&i)))
+            .collect();
+        Ok(Self { id, schema: Arc::new(Schema::new(fields)), primary_key: key, merge_engine })
+    }
+
+    /// Whether the table has a primary key (otherwise it is append-only).
+    pub fn has_primary_key(&self) -> bool {
+        !self.primary_key.is_empty()
+    }
+
+    /// The schema of data files: user columns, then `_seq` (UInt64) and `_kind` (Int8).
+    pub fn data_file_schema(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new(SEQ_COLUMN, DataType::UInt64, false));
+        fields.push(Field::new(KIND_COLUMN, DataType::Int8, false));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// The schema of changelog files: user columns, then `_seq` and `_kind` ([`RowKind`] codes).
+    pub fn changelog_file_schema(&self) -> SchemaRef {
+        self.data_file_schema()
+    }
+
+    pub(crate) fn encode(&self) -> Result<bytes::Bytes> {
+        let mut ipc = Vec::new();
+        {
+            let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &self.schema)?;
+            writer.finish()?;
+        }
+        let stored = StoredSchema {
+            id: self.id,
+            columns: self.schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect(),
+            primary_key: self.primary_key.iter().map(|&i| self.schema.field(i).name().clone()).collect(),
+            merge_engine: self.merge_engine,
+            arrow_schema: base64::engine::general_purpose::STANDARD.encode(ipc),
+        };
+        crate::frame::encode(&stored)
+    }
+
+    pub(crate) fn decode(path: &str, bytes: &[u8]) -> Result<Self> {
+        let stored: StoredSchema = crate::frame::decode(path, bytes)?;
+        let ipc = base64::engine::general_purpose::STANDARD
+            .decode(&stored.arrow_schema)
+            .map_err(|e| Error::corrupt(path, format!("bad schema encoding: {e}")))?;
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)
+            .map_err(|e| Error::corrupt(path, format!("bad Arrow schema: {e}")))?;
+        let schema = reader.schema();
+        let names: Vec<&str> = stored.primary_key.iter().map(String::as_str).collect();
+        let mut table =
+            TableSchema::new(stored.id, schema, &names, stored.merge_engine).map_err(|e| Error::corrupt(path, e))?;
+        table.id = stored.id;
+        Ok(table)
+    }
+}
