@@ -80,6 +80,8 @@ pub struct CreateTable {
     pub if_not_exists: bool,
     /// `OR REPLACE`: an existing table is replaced.
     pub or_replace: bool,
+    /// `WITH (...)` table options, by lower-cased name.
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 /// What happened on a create with `IF NOT EXISTS`.
@@ -104,14 +106,14 @@ pub trait Catalog: Debug + Send + Sync + 'static {
     ///
     /// # Errors
     /// [`StatusCode::AlreadyExists`] when it exists and `if_not_exists` is false.
-    fn create_schema(&self, name: &str, if_not_exists: bool) -> Result<Created>;
+    async fn create_schema(&self, name: &str, if_not_exists: bool) -> Result<Created>;
 
     /// Drops a schema; with `cascade`, its relations too.
     ///
     /// # Errors
     /// [`StatusCode::SchemaNotFound`] unless `if_exists`; [`StatusCode::InvalidArgument`]
     /// when it is not empty and `cascade` is false.
-    fn drop_schema(&self, name: &str, if_exists: bool, cascade: bool) -> Result<()>;
+    async fn drop_schema(&self, name: &str, if_exists: bool, cascade: bool) -> Result<()>;
 
     /// Names of the relations in `schema` (empty when it does not exist).
     fn relation_names(&self, schema: &str) -> Vec<String>;
@@ -231,7 +233,7 @@ impl Catalog for MemoryCatalog {
         self.schemas.read().map(|s| s.keys().cloned().collect()).unwrap_or_default()
     }
 
-    fn create_schema(&self, name: &str, if_not_exists: bool) -> Result<Created> {
+    async fn create_schema(&self, name: &str, if_not_exists: bool) -> Result<Created> {
         let mut schemas = self.schemas.write().map_err(poisoned)?;
         if schemas.contains_key(name) || SYSTEM_SCHEMAS.contains(&name) {
             if if_not_exists {
@@ -243,7 +245,7 @@ impl Catalog for MemoryCatalog {
         Ok(Created::Created)
     }
 
-    fn drop_schema(&self, name: &str, if_exists: bool, cascade: bool) -> Result<()> {
+    async fn drop_schema(&self, name: &str, if_exists: bool, cascade: bool) -> Result<()> {
         if SYSTEM_SCHEMAS.contains(&name) {
             return Err(Error::new(
                 StatusCode::InsufficientPrivilege,
@@ -284,6 +286,9 @@ impl Catalog for MemoryCatalog {
     }
 
     async fn create_table(&self, request: CreateTable) -> Result<Created> {
+        if let Some(option) = request.options.keys().next() {
+            return Err(Error::invalid(format!("unknown table option '{option}': in-memory tables take no options")));
+        }
         let table = MemTable::try_new(Arc::clone(&request.schema), vec![vec![]])?
             .with_constraints(request.constraints)
             .with_column_defaults(request.column_defaults.into_iter().collect());

@@ -71,6 +71,10 @@ pub enum StatusCode {
     Timeout,
     /// The server is shutting down.
     ShuttingDown,
+    /// Two writers raced for one commit and this one lost (retry the statement).
+    SerializationFailure,
+    /// A stored file is truncated or corrupt.
+    DataCorrupted,
     /// An I/O failure below the engine.
     Io,
     /// A bug or an unexpected state inside streamhouse.
@@ -80,7 +84,7 @@ pub enum StatusCode {
 impl StatusCode {
     /// Whether the error is the user's to fix (as opposed to the server's).
     pub fn is_user_error(self) -> bool {
-        !matches!(self, StatusCode::Internal | StatusCode::Io)
+        !matches!(self, StatusCode::Internal | StatusCode::Io | StatusCode::DataCorrupted)
     }
 }
 

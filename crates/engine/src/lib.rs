@@ -20,6 +20,7 @@
 pub mod cancel;
 pub mod catalog;
 pub mod config;
+pub mod dynamic;
 pub mod engine;
 pub mod error;
 pub mod session;

@@ -427,6 +427,8 @@ impl Session {
 
     async fn plan(&self, statement: Statement) -> Result<LogicalPlan> {
         refuse_unsupported(&statement)?;
+        // DataFusion plans CREATE TABLE without options; the catalog gets them (see `table_options`).
+        let (statement, _) = split_table_options(statement)?;
         let state = self.ctx.state();
         let plan = state.statement_to_plan(DFStatement::Statement(Box::new(statement))).await?;
         Ok(plan)
@@ -537,7 +539,8 @@ impl Session {
             }
             None => plan,
         };
-        let output = self.run_plan(plan, &control).await?;
+        let (_, options) = split_table_options(prepared.statement.clone())?;
+        let output = self.run_plan(plan, &control, options).await?;
         if self.transaction_status() == TransactionStatus::InBlock && matches!(output, Output::Command(_)) {
             self.writes_in_block += 1;
         }
@@ -572,10 +575,15 @@ impl Session {
         ))
     }
 
-    async fn run_plan(&mut self, plan: LogicalPlan, control: &QueryControl) -> Result<Output> {
+    async fn run_plan(
+        &mut self,
+        plan: LogicalPlan,
+        control: &QueryControl,
+        options: std::collections::BTreeMap<String, String>,
+    ) -> Result<Output> {
         match plan {
             LogicalPlan::Ddl(ddl) => {
-                let out = self.run_ddl(ddl, control).await;
+                let out = self.run_ddl(ddl, control, options).await;
                 self.engine.bump_catalog_version();
                 out
             }
@@ -662,7 +670,12 @@ impl Session {
         })
     }
 
-    async fn run_ddl(&mut self, ddl: DdlStatement, control: &QueryControl) -> Result<Output> {
+    async fn run_ddl(
+        &mut self,
+        ddl: DdlStatement,
+        control: &QueryControl,
+        options: std::collections::BTreeMap<String, String>,
+    ) -> Result<Output> {
         let catalog = Arc::clone(self.engine.catalog());
         match ddl {
             DdlStatement::CreateMemoryTable(cmd) => {
@@ -691,6 +704,7 @@ impl Session {
                         column_defaults: cmd.column_defaults.clone(),
                         if_not_exists: cmd.if_not_exists,
                         or_replace: cmd.or_replace,
+                        options,
                     })
                     .await?;
                 if created == Created::AlreadyExisted {
@@ -721,14 +735,14 @@ impl Session {
             DdlStatement::DropView(drop) => self.drop_relation(&drop.name, RelationKind::View, drop.if_exists).await,
             DdlStatement::CreateCatalogSchema(cmd) => {
                 let schema = cmd.schema_name.rsplit('.').next().unwrap_or(&cmd.schema_name).to_string();
-                if catalog.create_schema(&schema, cmd.if_not_exists)? == Created::AlreadyExisted {
+                if catalog.create_schema(&schema, cmd.if_not_exists).await? == Created::AlreadyExisted {
                     self.notice(NoticeSeverity::Notice, format!("schema \"{schema}\" already exists, skipping"));
                 }
                 Ok(Output::Command(CommandComplete::new("CREATE SCHEMA")))
             }
             DdlStatement::DropCatalogSchema(cmd) => {
                 let schema = cmd.name.schema_name().to_string();
-                catalog.drop_schema(&schema, cmd.if_exists, cmd.cascade)?;
+                catalog.drop_schema(&schema, cmd.if_exists, cmd.cascade).await?;
                 Ok(Output::Command(CommandComplete::new("DROP SCHEMA")))
             }
             other => Err(Error::unsupported(format!("{} is not supported", ddl_display_name(&other)))),
@@ -1026,6 +1040,39 @@ fn ddl_display_name(ddl: &DdlStatement) -> String {
         DdlStatement::DropFunction(_) => "DROP FUNCTION".to_string(),
         other => other.name().to_string(),
     }
+}
+
+/// Takes the `WITH (...)` options off a CREATE TABLE: keys lower-cased,
+/// string values unquoted.
+///
+/// # Errors
+/// Option forms other than `WITH (key = value, …)`.
+fn split_table_options(statement: Statement) -> Result<(Statement, std::collections::BTreeMap<String, String>)> {
+    let mut options = std::collections::BTreeMap::new();
+    let Statement::CreateTable(mut create) = statement else { return Ok((statement, options)) };
+    match std::mem::take(&mut create.table_options) {
+        ast::CreateTableOptions::None => {}
+        ast::CreateTableOptions::With(list) => {
+            for option in list {
+                match option {
+                    ast::SqlOption::KeyValue { key, value } => {
+                        options.insert(key.value.to_ascii_lowercase(), expr_text(&value));
+                    }
+                    other => {
+                        return Err(Error::invalid(format!(
+                            "unsupported table option {other}: use WITH ('key' = 'value')"
+                        )));
+                    }
+                }
+            }
+        }
+        other => {
+            return Err(Error::unsupported(format!(
+                "table options {other} are not supported: use WITH ('key' = 'value')"
+            )));
+        }
+    }
+    Ok((Statement::CreateTable(create), options))
 }
 
 /// Statements refused before planning, with a message that says what to do.

@@ -40,6 +40,8 @@ pub fn codes(status: StatusCode) -> (&'static str, tonic::Code) {
         S::Timeout => ("57014", G::DeadlineExceeded),
         S::ShuttingDown => ("57P01", G::Unavailable),
         S::Io => ("58030", G::Unavailable),
+        S::SerializationFailure => ("40001", G::Aborted),
+        S::DataCorrupted => ("XX001", G::DataLoss),
         S::Internal => ("XX000", G::Internal),
     }
 }
@@ -89,6 +91,7 @@ mod tests {
             S::Cancelled,
             S::Timeout,
             S::ShuttingDown,
+            S::SerializationFailure,
         ];
         for status in all {
             assert!(status.is_user_error());

@@ -1,0 +1,459 @@
+//! Dynamic Tables in the engine: a [`Catalog`] over `streamhouse-storage`
+//! and the DataFusion `TableProvider` of one table.
+//!
+//! Tables live under a warehouse root on object storage, one directory per
+//! table (`<schema>/<table>/`), and are found again by listing it when the
+//! server starts. Reads are snapshot scans (merge-on-read); `INSERT` upserts
+//! (Paimon and RisingWave semantics: a row whose key exists replaces it, or is
+//! ignored under `'merge-engine' = 'first-row'`); `DELETE` and `UPDATE`
+//! evaluate their filter on the current snapshot and commit deletes and
+//! upserts as one snapshot.
+//!
+//! Table options use Paimon's names: `'merge-engine' = 'deduplicate' |
+//! 'first-row'`. An unknown option or value is an error naming it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt64Array};
+use datafusion::arrow::compute::{and, concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session as DfSession, TableProvider};
+use datafusion::common::{Constraint, DFSchema, DataFusionError};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStore;
+use object_store::path::Path;
+use streamhouse_storage as storage;
+
+use crate::catalog::{
+    Catalog, CreateTable, Created, DEFAULT_SCHEMA, RelationKind, RelationName, SYSTEM_SCHEMAS, errors,
+};
+use crate::error::{Error, Result, StatusCode};
+
+impl From<storage::Error> for Error {
+    fn from(err: storage::Error) -> Self {
+        let code = match &err {
+            storage::Error::Corrupt { .. } => StatusCode::DataCorrupted,
+            storage::Error::Conflict { .. } => StatusCode::SerializationFailure,
+            storage::Error::NotFound { .. } => StatusCode::TableNotFound,
+            storage::Error::AlreadyExists { .. } => StatusCode::AlreadyExists,
+            storage::Error::Invalid(m) if m.contains("not-null") => StatusCode::ConstraintViolation,
+            storage::Error::Invalid(_) => StatusCode::InvalidArgument,
+            storage::Error::ObjectStore { .. } => StatusCode::Io,
+            storage::Error::Arrow(_) => StatusCode::Internal,
+        };
+        Error::new(code, err.to_string())
+    }
+}
+
+fn df_error(err: impl Into<Error>) -> DataFusionError {
+    DataFusionError::External(Box::new(err.into()))
+}
+
+/// Parses Paimon-named table options.
+fn merge_engine(options: &BTreeMap<String, String>) -> Result<storage::MergeEngine> {
+    let mut engine = storage::MergeEngine::default();
+    for (key, value) in options {
+        match key.as_str() {
+            "merge-engine" => engine = storage::MergeEngine::parse(value)?,
+            other => {
+                return Err(Error::invalid(format!(
+                    "unknown table option '{other}': supported options are 'merge-engine'"
+                )));
+            }
+        }
+    }
+    Ok(engine)
+}
+
+#[derive(Debug)]
+enum Relation {
+    Table(Arc<DynamicTable>),
+    /// Views are kept in memory for now; they do not survive a restart.
+    View(Arc<dyn TableProvider>),
+}
+
+/// The catalog of Dynamic Tables under one warehouse root.
+#[derive(Debug)]
+pub struct DynamicCatalog {
+    store: Arc<dyn ObjectStore>,
+    schemas: RwLock<BTreeMap<String, BTreeMap<String, Relation>>>,
+}
+
+impl DynamicCatalog {
+    /// Opens the warehouse in `store`, finding every table in it.
+    ///
+    /// # Errors
+    /// Storage failures and damaged table metadata.
+    pub async fn open(store: Arc<dyn ObjectStore>) -> Result<Self> {
+        let metas: Vec<_> = store
+            .list(None)
+            .try_collect()
+            .await
+            .map_err(|e| Error::new(StatusCode::Io, format!("cannot list the warehouse: {e}")))?;
+        // <schema>/<table>/schema/schema-<id> marks a table; <schema>/.schema marks a schema.
+        let mut tables = BTreeSet::new();
+        let mut schema_names: BTreeSet<String> = [DEFAULT_SCHEMA.to_string()].into();
+        for meta in &metas {
+            let owned: Vec<String> = meta.location.parts().map(|p| p.as_ref().to_string()).collect();
+            let parts: Vec<&str> = owned.iter().map(String::as_str).collect();
+            match parts.as_slice() {
+                [schema, ".schema"] => {
+                    schema_names.insert(schema.to_string());
+                }
+                [schema, table, "schema", file] if file.starts_with("schema-") => {
+                    tables.insert((schema.to_string(), table.to_string()));
+                }
+                _ => {}
+            }
+        }
+        let mut schemas: BTreeMap<String, BTreeMap<String, Relation>> =
+            schema_names.into_iter().map(|s| (s, BTreeMap::new())).collect();
+        for (schema, name) in tables {
+            let table = storage::Table::open(Arc::clone(&store), table_dir(&schema, &name), &name).await?;
+            let table = Arc::new(DynamicTable::new(table).await);
+            schemas.entry(schema).or_default().insert(name, Relation::Table(table));
+        }
+        Ok(Self { store, schemas: RwLock::new(schemas) })
+    }
+}
+
+fn table_dir(schema: &str, table: &str) -> Path {
+    Path::from(schema).join(table)
+}
+
+fn poisoned<T>(_: T) -> Error {
+    Error::internal("catalog lock poisoned by an earlier panic")
+}
+
+#[async_trait]
+impl Catalog for DynamicCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        self.schemas.read().map(|s| s.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    async fn create_schema(&self, name: &str, if_not_exists: bool) -> Result<Created> {
+        let exists = self.schemas.read().map_err(poisoned)?.contains_key(name) || SYSTEM_SCHEMAS.contains(&name);
+        if exists {
+            if if_not_exists {
+                return Ok(Created::AlreadyExisted);
+            }
+            return Err(Error::new(StatusCode::AlreadyExists, format!("schema \"{name}\" already exists")));
+        }
+        let marker = Path::from(name).join(".schema");
+        object_store::ObjectStoreExt::put(&self.store, &marker, bytes::Bytes::new().into())
+            .await
+            .map_err(|e| Error::new(StatusCode::Io, format!("cannot create schema {name}: {e}")))?;
+        self.schemas.write().map_err(poisoned)?.entry(name.to_string()).or_default();
+        Ok(Created::Created)
+    }
+
+    async fn drop_schema(&self, name: &str, if_exists: bool, cascade: bool) -> Result<()> {
+        let _ = (name, if_exists, cascade);
+        Err(Error::unsupported("DROP SCHEMA is not supported for Dynamic Tables yet"))
+    }
+
+    fn relation_names(&self, schema: &str) -> Vec<String> {
+        self.schemas.read().ok().and_then(|s| s.get(schema).map(|r| r.keys().cloned().collect())).unwrap_or_default()
+    }
+
+    fn relation_kind(&self, name: &RelationName) -> Option<RelationKind> {
+        let schemas = self.schemas.read().ok()?;
+        schemas.get(&name.schema)?.get(&name.name).map(|r| match r {
+            Relation::Table(_) => RelationKind::Table,
+            Relation::View(_) => RelationKind::View,
+        })
+    }
+
+    async fn relation(&self, name: &RelationName) -> Result<Option<Arc<dyn TableProvider>>> {
+        let schemas = self.schemas.read().map_err(poisoned)?;
+        Ok(schemas.get(&name.schema).and_then(|s| s.get(&name.name)).map(|r| match r {
+            Relation::Table(t) => Arc::clone(t) as Arc<dyn TableProvider>,
+            Relation::View(v) => Arc::clone(v),
+        }))
+    }
+
+    async fn create_table(&self, request: CreateTable) -> Result<Created> {
+        let name = &request.name;
+        {
+            let schemas = self.schemas.read().map_err(poisoned)?;
+            let schema = schemas.get(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
+            if schema.contains_key(&name.name) {
+                if request.if_not_exists {
+                    return Ok(Created::AlreadyExisted);
+                }
+                return Err(errors::relation_exists(name));
+            }
+        }
+        if request.or_replace {
+            return Err(Error::unsupported("CREATE OR REPLACE TABLE is not supported for Dynamic Tables"));
+        }
+        if !request.column_defaults.is_empty() {
+            return Err(Error::unsupported("DEFAULT values are not supported for Dynamic Tables yet"));
+        }
+        let key: Vec<String> = request
+            .constraints
+            .iter()
+            .flat_map(|c| match c {
+                Constraint::PrimaryKey(columns) => {
+                    columns.iter().map(|&i| request.schema.field(i).name().clone()).collect()
+                }
+                Constraint::Unique(_) => vec![],
+            })
+            .collect();
+        let key_refs: Vec<&str> = key.iter().map(String::as_str).collect();
+        let engine = merge_engine(&request.options)?;
+        let schema = storage::TableSchema::new(0, Arc::clone(&request.schema), &key_refs, engine)?;
+        let table =
+            storage::Table::create(Arc::clone(&self.store), table_dir(&name.schema, &name.name), &name.name, schema)
+                .await?;
+        let table = Arc::new(DynamicTable::new(table).await);
+        let mut schemas = self.schemas.write().map_err(poisoned)?;
+        let schema = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
+        schema.insert(name.name.clone(), Relation::Table(table));
+        Ok(Created::Created)
+    }
+
+    async fn create_view(&self, name: RelationName, view: Arc<dyn TableProvider>, or_replace: bool) -> Result<Created> {
+        let mut schemas = self.schemas.write().map_err(poisoned)?;
+        let schema = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
+        match schema.get(&name.name) {
+            Some(Relation::Table(_)) => return Err(errors::relation_exists(&name)),
+            Some(Relation::View(_)) if !or_replace => return Err(errors::relation_exists(&name)),
+            _ => {}
+        }
+        schema.insert(name.name.clone(), Relation::View(view));
+        Ok(Created::Created)
+    }
+
+    async fn drop_relation(&self, name: &RelationName, kind: RelationKind, if_exists: bool) -> Result<bool> {
+        let removed = {
+            let mut schemas = self.schemas.write().map_err(poisoned)?;
+            let Some(schema) = schemas.get_mut(&name.schema) else {
+                return if if_exists { Ok(false) } else { Err(errors::relation_not_found(name, kind)) };
+            };
+            match (schema.get(&name.name), kind) {
+                (None, _) if if_exists => return Ok(false),
+                (None, _) => return Err(errors::relation_not_found(name, kind)),
+                (Some(Relation::Table(_)), RelationKind::View) | (Some(Relation::View(_)), RelationKind::Table) => {
+                    return Err(errors::wrong_kind(name, kind));
+                }
+                _ => schema.remove(&name.name),
+            }
+        };
+        if let Some(Relation::Table(_)) = removed {
+            let dir = table_dir(&name.schema, &name.name);
+            let paths = self.store.list(Some(&dir)).map_ok(|m| m.location).boxed();
+            self.store
+                .delete_stream(paths)
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(|e| Error::new(StatusCode::Io, format!("table {name} dropped, but its files remain: {e}")))?;
+        }
+        Ok(true)
+    }
+}
+
+/// One Dynamic Table as DataFusion sees it.
+#[derive(Debug)]
+pub struct DynamicTable {
+    table: Arc<storage::Table>,
+    schema: SchemaRef,
+}
+
+impl DynamicTable {
+    async fn new(table: storage::Table) -> Self {
+        let schema = Arc::clone(&table.schema().await.schema);
+        Self { table: Arc::new(table), schema }
+    }
+
+    /// The current rows (one batch), for DML that reads before it writes.
+    async fn current(&self) -> datafusion::error::Result<RecordBatch> {
+        let batches = self.table.scan(None).await.map_err(df_error)?;
+        Ok(concat_batches(&self.schema, &batches)?)
+    }
+
+    fn count_plan(count: u64) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(UInt64Array::from(vec![count]))])?;
+        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?)
+    }
+
+    fn matching(
+        state: &dyn DfSession,
+        rows: &RecordBatch,
+        filters: &[Expr],
+    ) -> datafusion::error::Result<BooleanArray> {
+        let df_schema = DFSchema::try_from(rows.schema())?;
+        let mut mask = BooleanArray::from(vec![true; rows.num_rows()]);
+        for filter in filters {
+            let predicate = state.create_physical_expr(filter.clone(), &df_schema)?;
+            let result = predicate.evaluate(rows)?.into_array(rows.num_rows())?;
+            let result = result
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .ok_or_else(|| DataFusionError::Plan("WHERE clause must be boolean".into()))?;
+            // NULL counts as false, as in SQL.
+            let result: BooleanArray = result.iter().map(|v| Some(v == Some(true))).collect();
+            mask = and(&mask, &result)?;
+        }
+        Ok(mask)
+    }
+}
+
+#[async_trait]
+impl TableProvider for DynamicTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let batches = self.table.scan(None).await.map_err(df_error)?;
+        // Spread rows over the session's partitions so both cores work.
+        let partitions = state.config().target_partitions().max(1);
+        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
+        let mut i = 0;
+        for batch in batches {
+            let chunk = batch.num_rows().div_ceil(partitions).max(1);
+            let mut offset = 0;
+            while offset < batch.num_rows() {
+                let len = chunk.min(batch.num_rows() - offset);
+                parts[i % partitions].push(batch.slice(offset, len));
+                offset += len;
+                i += 1;
+            }
+        }
+        Ok(MemorySourceConfig::try_new_exec(&parts, Arc::clone(&self.schema), projection.cloned())?)
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn DfSession,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(df_error(Error::unsupported(format!(
+                "INSERT {insert_op} is not supported for Dynamic Tables"
+            ))));
+        }
+        let sink = UpsertSink { table: Arc::clone(&self.table), schema: Arc::clone(&self.schema) };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+
+    async fn delete_from(
+        &self,
+        state: &dyn DfSession,
+        filters: Vec<Expr>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let rows = self.current().await?;
+        let mask = Self::matching(state, &rows, &filters)?;
+        let doomed = filter_record_batch(&rows, &mask)?;
+        let count = doomed.num_rows() as u64;
+        if count > 0 {
+            let kinds = vec![storage::ValueKind::Delete; doomed.num_rows()];
+            self.table.write(&doomed, &kinds).await.map_err(df_error)?;
+        }
+        Self::count_plan(count)
+    }
+
+    async fn update(
+        &self,
+        state: &dyn DfSession,
+        assignments: Vec<(String, Expr)>,
+        filters: Vec<Expr>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let rows = self.current().await?;
+        let mask = Self::matching(state, &rows, &filters)?;
+        let old = filter_record_batch(&rows, &mask)?;
+        if old.num_rows() == 0 {
+            return Self::count_plan(0);
+        }
+        let df_schema = DFSchema::try_from(old.schema())?;
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+        for (i, field) in self.schema.fields().iter().enumerate() {
+            let column = match assignments.iter().find(|(name, _)| name == field.name()) {
+                Some((_, expr)) => {
+                    let value = state
+                        .create_physical_expr(expr.clone(), &df_schema)?
+                        .evaluate(&old)?
+                        .into_array(old.num_rows())?;
+                    datafusion::arrow::compute::cast(&value, field.data_type())?
+                }
+                None => Arc::clone(old.column(i)),
+            };
+            columns.push(column);
+        }
+        let new = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        // Old keys are deleted first, so an update that changes a key moves the row.
+        let both = concat_batches(&self.schema, &[old.clone(), new.clone()])?;
+        let mut kinds = vec![storage::ValueKind::Delete; old.num_rows()];
+        kinds.extend(std::iter::repeat_n(storage::ValueKind::Upsert, new.num_rows()));
+        self.table.write(&both, &kinds).await.map_err(df_error)?;
+        Self::count_plan(new.num_rows() as u64)
+    }
+}
+
+/// Writes an INSERT's rows as upserts in one commit.
+#[derive(Debug)]
+struct UpsertSink {
+    table: Arc<storage::Table>,
+    schema: SchemaRef,
+}
+
+impl DisplayAs for UpsertSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UpsertSink: table={}", self.table.name())
+    }
+}
+
+#[async_trait]
+impl DataSink for UpsertSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> datafusion::error::Result<u64> {
+        let mut batches = Vec::new();
+        while let Some(batch) = data.next().await {
+            batches.push(batch?);
+        }
+        let rows = concat_batches(&self.schema, &batches)?;
+        if rows.num_rows() == 0 {
+            return Ok(0);
+        }
+        let kinds = vec![storage::ValueKind::Upsert; rows.num_rows()];
+        self.table.write(&rows, &kinds).await.map_err(df_error)?;
+        Ok(rows.num_rows() as u64)
+    }
+}

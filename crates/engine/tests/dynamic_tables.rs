@@ -1,0 +1,106 @@
+//! Dynamic Tables through SQL: keyed upserts, merge engines, UPDATE/DELETE,
+//! CREATE TABLE AS, options, and a restart on the same warehouse.
+
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use streamhouse_engine::datafusion::arrow::util::pretty::pretty_format_batches;
+use streamhouse_engine::dynamic::DynamicCatalog;
+use streamhouse_engine::{Engine, EngineConfig, Output, SessionInfo, StatusCode};
+
+async fn engine(dir: &std::path::Path) -> Engine {
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(dir).unwrap().with_automatic_cleanup(true));
+    let catalog = DynamicCatalog::open(store).await.unwrap();
+    Engine::with_catalog(EngineConfig { target_partitions: 2, ..EngineConfig::default() }, Arc::new(catalog)).unwrap()
+}
+
+/// Runs SQL; returns the last statement's rows as a pretty table, or its command tag.
+async fn sql(engine: &Engine, text: &str) -> Result<String, (StatusCode, String)> {
+    let mut session = engine.new_session(SessionInfo { user: "t".into(), ..Default::default() });
+    let (outputs, error) = Box::pin(session.run(text)).await;
+    if let Some(e) = error {
+        return Err((e.code(), e.message().to_string()));
+    }
+    match outputs.into_iter().last() {
+        Some(Output::Rows(stream)) => {
+            let batches: Vec<_> =
+                futures::TryStreamExt::try_collect(stream).await.map_err(|e| (StatusCode::Internal, e.to_string()))?;
+            Ok(pretty_format_batches(&batches).unwrap().to_string())
+        }
+        Some(Output::Command(c)) => Ok(c.tag()),
+        None => Ok(String::new()),
+    }
+}
+
+fn lines(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_tables_upsert_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path()).await;
+    sql(&e, "CREATE TABLE users (id BIGINT PRIMARY KEY, name TEXT, score INT)").await.unwrap();
+    assert_eq!(sql(&e, "INSERT INTO users VALUES (1, 'ada', 10), (2, 'bob', 20)").await.unwrap(), "INSERT 0 2");
+    // INSERT on a keyed table upserts.
+    sql(&e, "INSERT INTO users VALUES (2, 'bobby', 21), (3, 'cy', 30)").await.unwrap();
+    assert_eq!(
+        lines(&sql(&e, "SELECT * FROM users ORDER BY id").await.unwrap()),
+        ["| 1 | ada | 10 |", "| 2 | bobby | 21 |", "| 3 | cy | 30 |"]
+    );
+    assert_eq!(sql(&e, "UPDATE users SET score = score + 1 WHERE id >= 2").await.unwrap(), "UPDATE 2");
+    assert_eq!(sql(&e, "DELETE FROM users WHERE name = 'ada'").await.unwrap(), "DELETE 1");
+    assert_eq!(sql(&e, "DELETE FROM users WHERE id = 99").await.unwrap(), "DELETE 0");
+    // An update that changes the key moves the row.
+    sql(&e, "UPDATE users SET id = 30 WHERE id = 3").await.unwrap();
+    let expected = ["| 2 | bobby | 22 |", "| 30 | cy | 31 |"];
+    assert_eq!(lines(&sql(&e, "SELECT * FROM users ORDER BY id").await.unwrap()), expected);
+
+    sql(&e, "CREATE TABLE events (at BIGINT, what TEXT)").await.unwrap();
+    sql(&e, "INSERT INTO events VALUES (1, 'a'), (1, 'a')").await.unwrap();
+    let err = sql(&e, "DELETE FROM events").await.unwrap_err();
+    assert!(err.1.contains("append-only"), "{err:?}");
+    sql(&e, "CREATE SCHEMA staging").await.unwrap();
+    assert_eq!(sql(&e, "CREATE TABLE staging.top AS SELECT * FROM users WHERE score > 25").await.unwrap(), "SELECT 1");
+    drop(e);
+
+    // A new engine on the same warehouse: everything is still there.
+    let e = engine(dir.path()).await;
+    assert_eq!(lines(&sql(&e, "SELECT * FROM users ORDER BY id").await.unwrap()), expected);
+    assert_eq!(lines(&sql(&e, "SELECT count(*) FROM events").await.unwrap()), ["| 2 |"]);
+    assert_eq!(lines(&sql(&e, "SELECT id FROM staging.top").await.unwrap()), ["| 30 |"]);
+    sql(&e, "DROP TABLE users").await.unwrap();
+    assert_eq!(sql(&e, "SELECT * FROM users").await.unwrap_err().0, StatusCode::TableNotFound);
+    drop(e);
+    let e = engine(dir.path()).await;
+    assert_eq!(sql(&e, "SELECT * FROM users").await.unwrap_err().0, StatusCode::TableNotFound);
+    assert!(!dir.path().join("public/users").exists(), "DROP TABLE removes the table's files");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_engines_and_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path()).await;
+    sql(&e, "CREATE TABLE firsts (k INT PRIMARY KEY, v TEXT) WITH ('merge-engine' = 'first-row')").await.unwrap();
+    sql(&e, "INSERT INTO firsts VALUES (1, 'first'), (1, 'second')").await.unwrap();
+    sql(&e, "INSERT INTO firsts VALUES (1, 'third'), (2, 'x')").await.unwrap();
+    assert_eq!(lines(&sql(&e, "SELECT * FROM firsts ORDER BY k").await.unwrap()), ["| 1 | first |", "| 2 | x |"]);
+
+    let err = sql(&e, "CREATE TABLE bad (k INT PRIMARY KEY) WITH ('merge-engine' = 'newest')").await.unwrap_err();
+    assert_eq!(err.0, StatusCode::InvalidArgument);
+    assert!(err.1.contains("'newest'") && err.1.contains("deduplicate"), "{err:?}");
+    let err = sql(&e, "CREATE TABLE bad (k INT PRIMARY KEY) WITH ('bucket' = '4')").await.unwrap_err();
+    assert!(err.1.contains("unknown table option 'bucket'"), "{err:?}");
+    assert_eq!(sql(&e, "SELECT * FROM bad").await.unwrap_err().0, StatusCode::TableNotFound);
+
+    let err = sql(&e, "INSERT INTO firsts VALUES (NULL, 'no key')").await.unwrap_err();
+    assert_eq!(err.0, StatusCode::ConstraintViolation, "{err:?}");
+    assert_eq!(sql(&e, "CREATE TABLE firsts (k INT)").await.unwrap_err().0, StatusCode::AlreadyExists);
+}
