@@ -139,6 +139,15 @@ pub trait Catalog: Debug + Send + Sync + 'static {
     /// [`StatusCode::AlreadyExists`] unless `or_replace`; [`StatusCode::SchemaNotFound`].
     async fn create_view(&self, name: RelationName, view: Arc<dyn TableProvider>, or_replace: bool) -> Result<Created>;
 
+    /// Gives the catalog the engine's SQL context once it exists, for
+    /// interpreting stored SQL (column defaults). The default does nothing.
+    ///
+    /// # Errors
+    /// Stored SQL that no longer plans.
+    fn bind(&self, _ctx: &datafusion::prelude::SessionContext) -> Result<()> {
+        Ok(())
+    }
+
     /// Drops a table or a view. Returns whether something was dropped.
     ///
     /// # Errors

@@ -158,8 +158,48 @@ impl Catalog for DynamicCatalog {
     }
 
     async fn drop_schema(&self, name: &str, if_exists: bool, cascade: bool) -> Result<()> {
-        let _ = (name, if_exists, cascade);
-        Err(Error::unsupported("DROP SCHEMA is not supported for Dynamic Tables yet"))
+        if SYSTEM_SCHEMAS.contains(&name) {
+            return Err(Error::new(
+                StatusCode::InsufficientPrivilege,
+                format!("cannot drop schema \"{name}\" because it is required by the database system"),
+            ));
+        }
+        let relations: Vec<(String, RelationKind)> = {
+            let schemas = self.schemas.read().map_err(poisoned)?;
+            match schemas.get(name) {
+                None if if_exists => return Ok(()),
+                None => return Err(errors::schema_not_found(name)),
+                Some(relations) => relations
+                    .iter()
+                    .map(|(n, r)| {
+                        (
+                            n.clone(),
+                            if matches!(r, Relation::Table(_)) { RelationKind::Table } else { RelationKind::View },
+                        )
+                    })
+                    .collect(),
+            }
+        };
+        if !relations.is_empty() && !cascade {
+            return Err(Error::new(
+                StatusCode::DependentObjectsStillExist,
+                format!(
+                    "cannot drop schema \"{name}\" because it contains {} relation(s): {} (use DROP SCHEMA … CASCADE)",
+                    relations.len(),
+                    relations.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        for (relation, kind) in relations {
+            self.drop_relation(&RelationName { schema: name.to_string(), name: relation }, kind, true).await?;
+        }
+        let marker = Path::from(name).join(".schema");
+        match object_store::ObjectStoreExt::delete(&self.store, &marker).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::new(StatusCode::Io, format!("cannot drop schema {name}: {e}"))),
+        }
+        self.schemas.write().map_err(poisoned)?.remove(name);
+        Ok(())
     }
 
     fn relation_names(&self, schema: &str) -> Vec<String> {
@@ -197,8 +237,11 @@ impl Catalog for DynamicCatalog {
         if request.or_replace {
             return Err(Error::unsupported("CREATE OR REPLACE TABLE is not supported for Dynamic Tables"));
         }
-        if !request.column_defaults.is_empty() {
-            return Err(Error::unsupported("DEFAULT values are not supported for Dynamic Tables yet"));
+        let mut defaults_sql = Vec::with_capacity(request.column_defaults.len());
+        for (column, expr) in &request.column_defaults {
+            let sql = datafusion::sql::unparser::expr_to_sql(expr)
+                .map_err(|e| Error::unsupported(format!("DEFAULT for column \"{column}\" cannot be stored: {e}")))?;
+            defaults_sql.push((column.clone(), sql.to_string()));
         }
         let key: Vec<String> = request
             .constraints
@@ -212,15 +255,35 @@ impl Catalog for DynamicCatalog {
             .collect();
         let key_refs: Vec<&str> = key.iter().map(String::as_str).collect();
         let engine = merge_engine(&request.options)?;
-        let schema = storage::TableSchema::new(0, Arc::clone(&request.schema), &key_refs, engine)?;
+        let mut schema = storage::TableSchema::new(0, Arc::clone(&request.schema), &key_refs, engine)?;
+        schema.column_defaults = defaults_sql;
         let table =
             storage::Table::create(Arc::clone(&self.store), table_dir(&name.schema, &name.name), &name.name, schema)
                 .await?;
         let table = Arc::new(DynamicTable::new(table).await);
+        table.set_defaults(request.column_defaults.into_iter().collect());
         let mut schemas = self.schemas.write().map_err(poisoned)?;
         let schema = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
         schema.insert(name.name.clone(), Relation::Table(table));
         Ok(Created::Created)
+    }
+
+    fn bind(&self, ctx: &datafusion::prelude::SessionContext) -> Result<()> {
+        let schemas = self.schemas.read().map_err(poisoned)?;
+        for relation in schemas.values().flat_map(|s| s.values()) {
+            if let Relation::Table(table) = relation {
+                let df_schema = DFSchema::try_from(Arc::clone(&table.schema))?;
+                let mut defaults = std::collections::HashMap::new();
+                for (column, sql) in &table.stored_defaults {
+                    let expr = ctx.parse_sql_expr(sql, &df_schema).map_err(|e| {
+                        Error::internal(format!("stored DEFAULT of {}.{column} does not plan: {e}", table.table.name()))
+                    })?;
+                    defaults.insert(column.clone(), expr);
+                }
+                table.set_defaults(defaults);
+            }
+        }
+        Ok(())
     }
 
     async fn create_view(&self, name: RelationName, view: Arc<dyn TableProvider>, or_replace: bool) -> Result<Created> {
@@ -268,12 +331,24 @@ impl Catalog for DynamicCatalog {
 pub struct DynamicTable {
     table: Arc<storage::Table>,
     schema: SchemaRef,
+    /// `DEFAULT`s as stored (SQL text), planned into `defaults` by [`Catalog::bind`].
+    stored_defaults: Vec<(String, String)>,
+    defaults: std::sync::OnceLock<std::collections::HashMap<String, Expr>>,
 }
 
 impl DynamicTable {
     async fn new(table: storage::Table) -> Self {
-        let schema = Arc::clone(&table.schema().await.schema);
-        Self { table: Arc::new(table), schema }
+        let definition = table.schema().await;
+        Self {
+            table: Arc::new(table),
+            schema: Arc::clone(&definition.schema),
+            stored_defaults: definition.column_defaults,
+            defaults: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn set_defaults(&self, defaults: std::collections::HashMap<String, Expr>) {
+        let _ = self.defaults.set(defaults);
     }
 
     /// The current rows (one batch), for DML that reads before it writes.
@@ -343,6 +418,10 @@ impl TableProvider for DynamicTable {
             }
         }
         Ok(MemorySourceConfig::try_new_exec(&parts, Arc::clone(&self.schema), projection.cloned())?)
+    }
+
+    fn get_column_default(&self, column: &str) -> Option<&Expr> {
+        self.defaults.get().and_then(|d| d.get(column))
     }
 
     fn supports_filters_pushdown(

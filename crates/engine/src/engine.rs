@@ -111,6 +111,7 @@ impl Engine {
                 .build();
         }
 
+        catalog.bind(&base)?;
         Ok(Self {
             inner: Arc::new(EngineInner {
                 config,

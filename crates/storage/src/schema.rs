@@ -99,6 +99,8 @@ pub struct TableSchema {
     pub primary_key: Vec<usize>,
     /// How rows with the same key combine.
     pub merge_engine: MergeEngine,
+    /// `DEFAULT` expressions by column, as SQL text (the engine interprets them).
+    pub column_defaults: Vec<(String, String)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -108,6 +110,8 @@ struct StoredSchema {
     columns: Vec<String>,
     primary_key: Vec<String>,
     merge_engine: MergeEngine,
+    #[serde(default)]
+    column_defaults: Vec<(String, String)>,
     /// The Arrow schema as an IPC stream, base64.
     arrow_schema: String,
 }
@@ -137,7 +141,7 @@ impl TableSchema {
             .enumerate()
             .map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() && !key.contains(&i)))
             .collect();
-        Ok(Self { id, schema: Arc::new(Schema::new(fields)), primary_key: key, merge_engine })
+        Ok(Self { id, schema: Arc::new(Schema::new(fields)), primary_key: key, merge_engine, column_defaults: vec![] })
     }
 
     /// Whether the table has a primary key (otherwise it is append-only).
@@ -169,6 +173,7 @@ impl TableSchema {
             columns: self.schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect(),
             primary_key: self.primary_key.iter().map(|&i| self.schema.field(i).name().clone()).collect(),
             merge_engine: self.merge_engine,
+            column_defaults: self.column_defaults.clone(),
             arrow_schema: base64::engine::general_purpose::STANDARD.encode(ipc),
         };
         crate::frame::encode(&stored)
@@ -186,6 +191,7 @@ impl TableSchema {
         let mut table =
             TableSchema::new(stored.id, schema, &names, stored.merge_engine).map_err(|e| Error::corrupt(path, e))?;
         table.id = stored.id;
+        table.column_defaults = stored.column_defaults;
         Ok(table)
     }
 }

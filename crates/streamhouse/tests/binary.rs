@@ -110,3 +110,53 @@ fn unknown_configuration_keys_are_named() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("execution.memory_limt") && stderr.contains("bad.toml"), "{stderr}");
 }
+
+fn stop(mut server: Server) {
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn connect(server: &Server) -> tokio_postgres::Client {
+    let url = format!("host=127.0.0.1 port={} user=u dbname=streamhouse", server.pg_port);
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let client = connect(&server).await;
+    client
+        .batch_execute(
+            "CREATE TABLE kept (id BIGINT PRIMARY KEY, name TEXT, n INT DEFAULT 5);
+             INSERT INTO kept (id, name) VALUES (1, 'one'), (2, 'two');
+             INSERT INTO kept VALUES (2, 'TWO', 20);
+             DELETE FROM kept WHERE id = 1;
+             CREATE SCHEMA other; CREATE TABLE other.log (msg TEXT); INSERT INTO other.log VALUES ('hello')",
+        )
+        .await
+        .unwrap();
+    drop(client);
+    stop(server);
+
+    let server = start(dir.path());
+    let client = connect(&server).await;
+    let rows = client.query("SELECT id, name, n FROM kept ORDER BY id", &[]).await.unwrap();
+    let rows: Vec<(i64, String, i32)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(rows, vec![(2, "TWO".to_string(), 20)]);
+    let msg: String = client.query_one("SELECT msg FROM other.log", &[]).await.unwrap().get(0);
+    assert_eq!(msg, "hello");
+    // The stored DEFAULT still applies after the restart.
+    client.batch_execute("INSERT INTO kept (id, name) VALUES (3, 'three')").await.unwrap();
+    let n: i32 = client.query_one("SELECT n FROM kept WHERE id = 3", &[]).await.unwrap().get(0);
+    assert_eq!(n, 5);
+    drop(client);
+    stop(server);
+}

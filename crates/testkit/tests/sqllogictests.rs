@@ -6,6 +6,11 @@
 //! committing it. Other arguments filter tests as usual (`-- ddl`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
+use streamhouse_engine::dynamic::DynamicCatalog;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use sqllogictest::{Runner, default_column_validator, default_normalizer, default_validator, strict_column_validator};
@@ -32,13 +37,18 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
 }
 
-fn engine() -> Engine {
-    Engine::new(EngineConfig { target_partitions: 2, ..EngineConfig::default() }).expect("engine")
+/// An engine over Dynamic Tables in an in-memory object store, like the
+/// server's but without a data directory.
+async fn engine() -> Engine {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let catalog = DynamicCatalog::open(store).await.expect("catalog");
+    Engine::with_catalog(EngineConfig { target_partitions: 2, ..EngineConfig::default() }, Arc::new(catalog))
+        .expect("engine")
 }
 
 fn run_in_process(path: &Path, complete: bool) -> Result<(), Failed> {
     runtime().block_on(async {
-        let engine = engine();
+        let engine = engine().await;
         let mut runner = Runner::new(move || {
             let engine = engine.clone();
             async move { Ok::<_, SltError>(InProcess::new(&engine)) }
