@@ -33,6 +33,9 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use streamhouse_storage as storage;
+use system::{SystemKind, SystemTable};
+
+pub mod system;
 
 use crate::catalog::{
     Catalog, CreateTable, Created, DEFAULT_SCHEMA, RelationKind, RelationName, SYSTEM_SCHEMAS, errors,
@@ -127,6 +130,12 @@ impl DynamicCatalog {
     }
 }
 
+/// `("t", Changelog)` for `"t$changelog"`.
+fn system_table_name(name: &str) -> Option<(&str, SystemKind)> {
+    let (base, suffix) = name.rsplit_once('$')?;
+    SystemKind::parse(suffix).map(|kind| (base, kind))
+}
+
 fn table_dir(schema: &str, table: &str) -> Path {
     Path::from(schema).join(table)
 }
@@ -208,6 +217,9 @@ impl Catalog for DynamicCatalog {
 
     fn relation_kind(&self, name: &RelationName) -> Option<RelationKind> {
         let schemas = self.schemas.read().ok()?;
+        if let Some((base, _)) = system_table_name(&name.name) {
+            return matches!(schemas.get(&name.schema)?.get(base)?, Relation::Table(_)).then_some(RelationKind::View);
+        }
         schemas.get(&name.schema)?.get(&name.name).map(|r| match r {
             Relation::Table(_) => RelationKind::Table,
             Relation::View(_) => RelationKind::View,
@@ -215,6 +227,15 @@ impl Catalog for DynamicCatalog {
     }
 
     async fn relation(&self, name: &RelationName) -> Result<Option<Arc<dyn TableProvider>>> {
+        if let Some((base, kind)) = system_table_name(&name.name) {
+            let schemas = self.schemas.read().map_err(poisoned)?;
+            return Ok(match schemas.get(&name.schema).and_then(|s| s.get(base)) {
+                Some(Relation::Table(t)) => {
+                    Some(Arc::new(SystemTable::new(Arc::clone(&t.table), &t.schema, kind)) as Arc<dyn TableProvider>)
+                }
+                _ => None,
+            });
+        }
         let schemas = self.schemas.read().map_err(poisoned)?;
         Ok(schemas.get(&name.schema).and_then(|s| s.get(&name.name)).map(|r| match r {
             Relation::Table(t) => Arc::clone(t) as Arc<dyn TableProvider>,

@@ -458,6 +458,38 @@ impl Table {
         Ok(vec![RecordBatch::try_new(Arc::clone(&state.schema.schema), columns)?])
     }
 
+    /// Every snapshot still stored, oldest first.
+    ///
+    /// # Errors
+    /// Storage failures; damaged snapshot files.
+    pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let dir = self.dir.clone().join("snapshot");
+        let metas: Vec<_> = self.store.list(Some(&dir)).try_collect().await.map_err(|e| Error::store(&dir, e))?;
+        let mut ids: Vec<u64> = metas
+            .iter()
+            .filter_map(|m| {
+                m.location.filename().and_then(|f| f.strip_prefix("snapshot-")).and_then(|i| i.parse().ok())
+            })
+            .collect();
+        ids.sort_unstable();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.read_snapshot(id).await?);
+        }
+        Ok(out)
+    }
+
+    /// The live data files at `snapshot` (the latest when `None`).
+    ///
+    /// # Errors
+    /// An unknown snapshot; damaged metadata.
+    pub async fn files(&self, snapshot: Option<u64>) -> Result<Vec<FileMeta>> {
+        match snapshot {
+            None => Ok(self.state.lock().await.manifest.files.clone()),
+            Some(id) => Ok(self.read_manifest(&self.read_snapshot(id).await?).await?.files),
+        }
+    }
+
     /// Changelog rows of the snapshots after `after` up to `upto` (inclusive;
     /// the latest when `None`), in commit order.
     ///

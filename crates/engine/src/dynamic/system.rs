@@ -1,0 +1,181 @@
+//! System tables of a Dynamic Table, named `"<table>$<kind>"`:
+//!
+//! - `t$changelog`: every committed change, the table's columns plus
+//!   `_kind` (`+I`, `-U`, `+U`, `-D`) and `_snapshot`; filter on `_snapshot`
+//!   for a range (Paimon's `audit_log`).
+//! - `t$snapshots`: one row per stored snapshot.
+//! - `t$files`: the live data files (sorted runs) of the latest snapshot.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::{Session as DfSession, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use streamhouse_storage as storage;
+
+use super::df_error;
+
+/// Which system table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemKind {
+    /// `$changelog`
+    Changelog,
+    /// `$snapshots`
+    Snapshots,
+    /// `$files`
+    Files,
+}
+
+impl SystemKind {
+    /// The kind a `$suffix` names.
+    pub fn parse(suffix: &str) -> Option<Self> {
+        match suffix {
+            "changelog" => Some(SystemKind::Changelog),
+            "snapshots" => Some(SystemKind::Snapshots),
+            "files" => Some(SystemKind::Files),
+            _ => None,
+        }
+    }
+}
+
+/// A system table over one Dynamic Table, computed when scanned.
+#[derive(Debug)]
+pub struct SystemTable {
+    table: Arc<storage::Table>,
+    kind: SystemKind,
+    schema: SchemaRef,
+}
+
+impl SystemTable {
+    /// The `kind` system table of `table` whose user columns are `columns`.
+    pub fn new(table: Arc<storage::Table>, columns: &SchemaRef, kind: SystemKind) -> Self {
+        let schema = match kind {
+            SystemKind::Changelog => {
+                let mut fields: Vec<Field> = columns.fields().iter().map(|f| f.as_ref().clone()).collect();
+                fields.push(Field::new("_kind", DataType::Utf8, false));
+                fields.push(Field::new("_snapshot", DataType::Int64, false));
+                Arc::new(Schema::new(fields))
+            }
+            SystemKind::Snapshots => Arc::new(Schema::new(vec![
+                Field::new("snapshot_id", DataType::Int64, false),
+                Field::new("parent_id", DataType::Int64, true),
+                Field::new("commit_time", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+                Field::new("commit_kind", DataType::Utf8, false),
+                Field::new("schema_id", DataType::Int64, false),
+                Field::new("total_rows", DataType::Int64, false),
+                Field::new("delta_rows", DataType::Int64, false),
+                Field::new("changelog_rows", DataType::Int64, false),
+                Field::new("delta_files", DataType::Int64, false),
+                Field::new("watermark", DataType::Int64, true),
+            ])),
+            SystemKind::Files => Arc::new(Schema::new(vec![
+                Field::new("path", DataType::Utf8, false),
+                Field::new("level", DataType::UInt32, false),
+                Field::new("rows", DataType::Int64, false),
+                Field::new("bytes", DataType::Int64, false),
+                Field::new("min_sequence", DataType::Int64, false),
+                Field::new("max_sequence", DataType::Int64, false),
+                Field::new("schema_id", DataType::Int64, false),
+            ])),
+        };
+        Self { table, kind, schema }
+    }
+
+    async fn batches(&self) -> datafusion::error::Result<Vec<RecordBatch>> {
+        match self.kind {
+            SystemKind::Changelog => {
+                let user = self.schema.fields().len() - 2;
+                let mut out = Vec::new();
+                for change in self.table.changelog(0, None).await.map_err(df_error)? {
+                    let batch = change.batch;
+                    let codes = batch
+                        .column(user + 1)
+                        .as_any()
+                        .downcast_ref::<datafusion::arrow::array::Int8Array>()
+                        .ok_or_else(|| {
+                        datafusion::error::DataFusionError::Internal("changelog _kind is not Int8".into())
+                    })?;
+                    let kinds: StringArray = codes
+                        .iter()
+                        .map(|c| c.and_then(storage::RowKind::from_code).map(storage::RowKind::symbol))
+                        .collect();
+                    let mut columns: Vec<ArrayRef> = batch.columns()[..user].to_vec();
+                    columns.push(Arc::new(kinds));
+                    columns.push(Arc::new(Int64Array::from(vec![change.snapshot as i64; batch.num_rows()])));
+                    out.push(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+                }
+                Ok(out)
+            }
+            SystemKind::Snapshots => {
+                let snapshots = self.table.snapshots().await.map_err(df_error)?;
+                let int = |f: &dyn Fn(&storage::Snapshot) -> i64| -> ArrayRef {
+                    Arc::new(Int64Array::from_iter_values(snapshots.iter().map(f)))
+                };
+                let columns: Vec<ArrayRef> = vec![
+                    int(&|s| s.id as i64),
+                    Arc::new(Int64Array::from_iter(snapshots.iter().map(|s| s.parent.map(|p| p as i64)))),
+                    Arc::new(
+                        TimestampMillisecondArray::from_iter_values(snapshots.iter().map(|s| s.commit_time_ms))
+                            .with_timezone("UTC"),
+                    ),
+                    Arc::new(StringArray::from_iter_values(snapshots.iter().map(|s| match s.kind {
+                        storage::CommitKind::Append => "append",
+                        storage::CommitKind::Compact => "compact",
+                    }))),
+                    int(&|s| s.schema_id as i64),
+                    int(&|s| s.total_rows as i64),
+                    int(&|s| s.delta_rows as i64),
+                    int(&|s| s.changelog_rows as i64),
+                    int(&|s| s.delta_files.len() as i64),
+                    Arc::new(Int64Array::from_iter(snapshots.iter().map(|s| s.watermark))),
+                ];
+                Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
+            }
+            SystemKind::Files => {
+                let files = self.table.files(None).await.map_err(df_error)?;
+                let int = |f: &dyn Fn(&storage::FileMeta) -> i64| -> ArrayRef {
+                    Arc::new(Int64Array::from_iter_values(files.iter().map(f)))
+                };
+                let columns: Vec<ArrayRef> = vec![
+                    Arc::new(StringArray::from_iter_values(files.iter().map(|f| f.path.as_str()))),
+                    Arc::new(UInt32Array::from_iter_values(files.iter().map(|f| f.level))),
+                    int(&|f| f.rows as i64),
+                    int(&|f| f.bytes as i64),
+                    int(&|f| f.min_seq as i64),
+                    int(&|f| f.max_seq as i64),
+                    int(&|f| f.schema_id as i64),
+                ];
+                Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for SystemTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let batches = self.batches().await?;
+        Ok(MemorySourceConfig::try_new_exec(&[batches], Arc::clone(&self.schema), projection.cloned())?)
+    }
+}
