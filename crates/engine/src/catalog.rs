@@ -84,6 +84,15 @@ pub struct CreateTable {
     pub options: std::collections::BTreeMap<String, String>,
 }
 
+/// A point in a table's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// A snapshot id.
+    Snapshot(u64),
+    /// The latest snapshot committed at or before this time (ms since the epoch).
+    TimestampMillis(i64),
+}
+
 /// What happened on a create with `IF NOT EXISTS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
@@ -138,6 +147,16 @@ pub trait Catalog: Debug + Send + Sync + 'static {
     /// # Errors
     /// [`StatusCode::AlreadyExists`] unless `or_replace`; [`StatusCode::SchemaNotFound`].
     async fn create_view(&self, name: RelationName, view: Arc<dyn TableProvider>, or_replace: bool) -> Result<Created>;
+
+    /// A read-only view of table `name` as of an earlier snapshot (time
+    /// travel). The default refuses: only versioned tables can do it.
+    ///
+    /// # Errors
+    /// [`StatusCode::TableNotFound`], [`StatusCode::Unsupported`].
+    fn relation_as_of(&self, name: &RelationName, as_of: AsOf) -> Result<Arc<dyn TableProvider>> {
+        let _ = as_of;
+        Err(Error::unsupported(format!("table {name} has no snapshots to travel to")))
+    }
 
     /// Gives the catalog the engine's SQL context once it exists, for
     /// interpreting stored SQL (column defaults). The default does nothing.

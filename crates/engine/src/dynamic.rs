@@ -38,7 +38,7 @@ use system::{SystemKind, SystemTable};
 pub mod system;
 
 use crate::catalog::{
-    Catalog, CreateTable, Created, DEFAULT_SCHEMA, RelationKind, RelationName, SYSTEM_SCHEMAS, errors,
+    AsOf, Catalog, CreateTable, Created, DEFAULT_SCHEMA, RelationKind, RelationName, SYSTEM_SCHEMAS, errors,
 };
 use crate::error::{Error, Result, StatusCode};
 
@@ -305,6 +305,19 @@ impl Catalog for DynamicCatalog {
             }
         }
         Ok(())
+    }
+
+    fn relation_as_of(&self, name: &RelationName, as_of: AsOf) -> Result<Arc<dyn TableProvider>> {
+        let schemas = self.schemas.read().map_err(poisoned)?;
+        match schemas.get(&name.schema).and_then(|s| s.get(&name.name)) {
+            Some(Relation::Table(t)) => {
+                Ok(Arc::new(system::SnapshotTable::new(Arc::clone(&t.table), &t.schema, as_of)))
+            }
+            Some(Relation::View(_)) => {
+                Err(Error::unsupported(format!("{name} is a view: only tables can be read as of a snapshot")))
+            }
+            None => Err(errors::relation_not_found(name, RelationKind::Table)),
+        }
     }
 
     async fn create_view(&self, name: RelationName, view: Arc<dyn TableProvider>, or_replace: bool) -> Result<Created> {

@@ -112,6 +112,7 @@ impl Engine {
         }
 
         catalog.bind(&base)?;
+        base.register_udtf("table_as_of", Arc::new(crate::time_travel::TableAsOf::new(Arc::clone(&catalog))));
         Ok(Self {
             inner: Arc::new(EngineInner {
                 config,

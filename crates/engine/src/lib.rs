@@ -24,6 +24,7 @@ pub mod dynamic;
 pub mod engine;
 pub mod error;
 pub mod session;
+pub mod time_travel;
 pub mod types;
 
 pub use cancel::CancelHandle;

@@ -5,6 +5,8 @@
 //!   for a range (Paimon's `audit_log`).
 //! - `t$snapshots`: one row per stored snapshot.
 //! - `t$files`: the live data files (sorted runs) of the latest snapshot.
+//!
+//! [`SnapshotTable`] is a table as of an earlier snapshot (time travel).
 
 use std::sync::Arc;
 
@@ -176,6 +178,66 @@ impl TableProvider for SystemTable {
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let batches = self.batches().await?;
+        Ok(MemorySourceConfig::try_new_exec(&[batches], Arc::clone(&self.schema), projection.cloned())?)
+    }
+}
+
+/// A Dynamic Table as of a snapshot id or a point in time, read-only.
+#[derive(Debug)]
+pub struct SnapshotTable {
+    table: Arc<storage::Table>,
+    schema: SchemaRef,
+    as_of: crate::catalog::AsOf,
+}
+
+impl SnapshotTable {
+    /// `table` (with user columns `schema`) as of `as_of`.
+    pub fn new(table: Arc<storage::Table>, schema: &SchemaRef, as_of: crate::catalog::AsOf) -> Self {
+        Self { table, schema: Arc::clone(schema), as_of }
+    }
+
+    async fn snapshot_id(&self) -> datafusion::error::Result<u64> {
+        use crate::catalog::AsOf;
+        match self.as_of {
+            AsOf::Snapshot(id) => Ok(id),
+            AsOf::TimestampMillis(ms) => {
+                let snapshots = self.table.snapshots().await.map_err(df_error)?;
+                snapshots.iter().rev().find(|s| s.commit_time_ms <= ms).map(|s| s.id).ok_or_else(|| {
+                    df_error(crate::error::Error::new(
+                        crate::error::StatusCode::InvalidArgument,
+                        format!("table {} has no snapshot committed at or before that time", self.table.name()),
+                    ))
+                })
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for SnapshotTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let id = self.snapshot_id().await?;
+        let batches = self.table.scan(Some(id)).await.map_err(|e| match e {
+            storage::Error::NotFound { .. } => df_error(crate::error::Error::new(
+                crate::error::StatusCode::InvalidArgument,
+                format!("table {} has no snapshot {id}", self.table.name()),
+            )),
+            other => df_error(other),
+        })?;
         Ok(MemorySourceConfig::try_new_exec(&[batches], Arc::clone(&self.schema), projection.cloned())?)
     }
 }
