@@ -194,6 +194,24 @@ pub mod errors {
         Error::new(StatusCode::AlreadyExists, format!("relation \"{name}\" already exists"))
     }
 
+    /// `schema "x" already exists` (42P07).
+    pub fn schema_exists(name: &str) -> Error {
+        Error::new(StatusCode::AlreadyExists, format!("schema \"{name}\" already exists"))
+    }
+
+    /// Refusal to drop `pg_catalog` or `information_schema` (42501).
+    pub fn system_schema(name: &str) -> Error {
+        Error::new(
+            StatusCode::InsufficientPrivilege,
+            format!("cannot drop schema \"{name}\" because it is required by the database system"),
+        )
+    }
+
+    /// A lock poisoned by a panic elsewhere (a bug).
+    pub fn poisoned<T>(_: T) -> Error {
+        Error::internal("catalog lock poisoned by an earlier panic")
+    }
+
     /// `"x" is not a table` when DROP TABLE names a view and the other way round.
     pub fn wrong_kind(name: &RelationName, expected: RelationKind) -> Error {
         let hint = match expected {
@@ -233,7 +251,7 @@ impl MemoryCatalog {
         if_not_exists: bool,
         or_replace: bool,
     ) -> Result<Created> {
-        let mut schemas = self.schemas.write().map_err(poisoned)?;
+        let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
         let schema = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
         if let Some(existing) = schema.get(&name.name) {
             if if_not_exists {
@@ -251,10 +269,6 @@ impl MemoryCatalog {
     }
 }
 
-fn poisoned<T>(_: T) -> Error {
-    Error::internal("catalog lock poisoned by an earlier panic")
-}
-
 #[async_trait]
 impl Catalog for MemoryCatalog {
     fn schema_names(&self) -> Vec<String> {
@@ -262,12 +276,12 @@ impl Catalog for MemoryCatalog {
     }
 
     async fn create_schema(&self, name: &str, if_not_exists: bool) -> Result<Created> {
-        let mut schemas = self.schemas.write().map_err(poisoned)?;
+        let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
         if schemas.contains_key(name) || SYSTEM_SCHEMAS.contains(&name) {
             if if_not_exists {
                 return Ok(Created::AlreadyExisted);
             }
-            return Err(Error::new(StatusCode::AlreadyExists, format!("schema \"{name}\" already exists")));
+            return Err(errors::schema_exists(name));
         }
         schemas.insert(name.to_string(), BTreeMap::new());
         Ok(Created::Created)
@@ -275,12 +289,9 @@ impl Catalog for MemoryCatalog {
 
     async fn drop_schema(&self, name: &str, if_exists: bool, cascade: bool) -> Result<()> {
         if SYSTEM_SCHEMAS.contains(&name) {
-            return Err(Error::new(
-                StatusCode::InsufficientPrivilege,
-                format!("cannot drop schema \"{name}\" because it is required by the database system"),
-            ));
+            return Err(errors::system_schema(name));
         }
-        let mut schemas = self.schemas.write().map_err(poisoned)?;
+        let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
         match schemas.get(name) {
             None if if_exists => Ok(()),
             None => Err(errors::schema_not_found(name)),
@@ -309,7 +320,7 @@ impl Catalog for MemoryCatalog {
     }
 
     async fn relation(&self, name: &RelationName) -> Result<Option<Arc<dyn TableProvider>>> {
-        let schemas = self.schemas.read().map_err(poisoned)?;
+        let schemas = self.schemas.read().map_err(errors::poisoned)?;
         Ok(schemas.get(&name.schema).and_then(|s| s.get(&name.name)).map(|r| Arc::clone(&r.provider)))
     }
 
@@ -329,7 +340,7 @@ impl Catalog for MemoryCatalog {
     }
 
     async fn drop_relation(&self, name: &RelationName, kind: RelationKind, if_exists: bool) -> Result<bool> {
-        let mut schemas = self.schemas.write().map_err(poisoned)?;
+        let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
         let Some(schema) = schemas.get_mut(&name.schema) else {
             return if if_exists { Ok(false) } else { Err(errors::relation_not_found(name, kind)) };
         };

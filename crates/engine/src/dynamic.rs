@@ -140,10 +140,6 @@ fn table_dir(schema: &str, table: &str) -> Path {
     Path::from(schema).join(table)
 }
 
-fn poisoned<T>(_: T) -> Error {
-    Error::internal("catalog lock poisoned by an earlier panic")
-}
-
 #[async_trait]
 impl Catalog for DynamicCatalog {
     fn schema_names(&self) -> Vec<String> {
@@ -151,30 +147,28 @@ impl Catalog for DynamicCatalog {
     }
 
     async fn create_schema(&self, name: &str, if_not_exists: bool) -> Result<Created> {
-        let exists = self.schemas.read().map_err(poisoned)?.contains_key(name) || SYSTEM_SCHEMAS.contains(&name);
+        let exists =
+            self.schemas.read().map_err(errors::poisoned)?.contains_key(name) || SYSTEM_SCHEMAS.contains(&name);
         if exists {
             if if_not_exists {
                 return Ok(Created::AlreadyExisted);
             }
-            return Err(Error::new(StatusCode::AlreadyExists, format!("schema \"{name}\" already exists")));
+            return Err(errors::schema_exists(name));
         }
         let marker = Path::from(name).join(".schema");
         object_store::ObjectStoreExt::put(&self.store, &marker, bytes::Bytes::new().into())
             .await
             .map_err(|e| Error::new(StatusCode::Io, format!("cannot create schema {name}: {e}")))?;
-        self.schemas.write().map_err(poisoned)?.entry(name.to_string()).or_default();
+        self.schemas.write().map_err(errors::poisoned)?.entry(name.to_string()).or_default();
         Ok(Created::Created)
     }
 
     async fn drop_schema(&self, name: &str, if_exists: bool, cascade: bool) -> Result<()> {
         if SYSTEM_SCHEMAS.contains(&name) {
-            return Err(Error::new(
-                StatusCode::InsufficientPrivilege,
-                format!("cannot drop schema \"{name}\" because it is required by the database system"),
-            ));
+            return Err(errors::system_schema(name));
         }
         let relations: Vec<(String, RelationKind)> = {
-            let schemas = self.schemas.read().map_err(poisoned)?;
+            let schemas = self.schemas.read().map_err(errors::poisoned)?;
             match schemas.get(name) {
                 None if if_exists => return Ok(()),
                 None => return Err(errors::schema_not_found(name)),
@@ -207,7 +201,7 @@ impl Catalog for DynamicCatalog {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(Error::new(StatusCode::Io, format!("cannot drop schema {name}: {e}"))),
         }
-        self.schemas.write().map_err(poisoned)?.remove(name);
+        self.schemas.write().map_err(errors::poisoned)?.remove(name);
         Ok(())
     }
 
@@ -228,7 +222,7 @@ impl Catalog for DynamicCatalog {
 
     async fn relation(&self, name: &RelationName) -> Result<Option<Arc<dyn TableProvider>>> {
         if let Some((base, kind)) = system_table_name(&name.name) {
-            let schemas = self.schemas.read().map_err(poisoned)?;
+            let schemas = self.schemas.read().map_err(errors::poisoned)?;
             return Ok(match schemas.get(&name.schema).and_then(|s| s.get(base)) {
                 Some(Relation::Table(t)) => {
                     Some(Arc::new(SystemTable::new(Arc::clone(&t.table), &t.schema, kind)) as Arc<dyn TableProvider>)
@@ -236,7 +230,7 @@ impl Catalog for DynamicCatalog {
                 _ => None,
             });
         }
-        let schemas = self.schemas.read().map_err(poisoned)?;
+        let schemas = self.schemas.read().map_err(errors::poisoned)?;
         Ok(schemas.get(&name.schema).and_then(|s| s.get(&name.name)).map(|r| match r {
             Relation::Table(t) => Arc::clone(t) as Arc<dyn TableProvider>,
             Relation::View(v) => Arc::clone(v),
@@ -246,7 +240,7 @@ impl Catalog for DynamicCatalog {
     async fn create_table(&self, request: CreateTable) -> Result<Created> {
         let name = &request.name;
         {
-            let schemas = self.schemas.read().map_err(poisoned)?;
+            let schemas = self.schemas.read().map_err(errors::poisoned)?;
             let schema = schemas.get(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
             if schema.contains_key(&name.name) {
                 if request.if_not_exists {
@@ -283,14 +277,14 @@ impl Catalog for DynamicCatalog {
                 .await?;
         let table = Arc::new(DynamicTable::new(table).await);
         table.set_defaults(request.column_defaults.into_iter().collect());
-        let mut schemas = self.schemas.write().map_err(poisoned)?;
+        let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
         let schema = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
         schema.insert(name.name.clone(), Relation::Table(table));
         Ok(Created::Created)
     }
 
     fn bind(&self, ctx: &datafusion::prelude::SessionContext) -> Result<()> {
-        let schemas = self.schemas.read().map_err(poisoned)?;
+        let schemas = self.schemas.read().map_err(errors::poisoned)?;
         for relation in schemas.values().flat_map(|s| s.values()) {
             if let Relation::Table(table) = relation {
                 let df_schema = DFSchema::try_from(Arc::clone(&table.schema))?;
@@ -308,7 +302,7 @@ impl Catalog for DynamicCatalog {
     }
 
     fn relation_as_of(&self, name: &RelationName, as_of: AsOf) -> Result<Arc<dyn TableProvider>> {
-        let schemas = self.schemas.read().map_err(poisoned)?;
+        let schemas = self.schemas.read().map_err(errors::poisoned)?;
         match schemas.get(&name.schema).and_then(|s| s.get(&name.name)) {
             Some(Relation::Table(t)) => {
                 Ok(Arc::new(system::SnapshotTable::new(Arc::clone(&t.table), &t.schema, as_of)))
@@ -321,7 +315,7 @@ impl Catalog for DynamicCatalog {
     }
 
     async fn create_view(&self, name: RelationName, view: Arc<dyn TableProvider>, or_replace: bool) -> Result<Created> {
-        let mut schemas = self.schemas.write().map_err(poisoned)?;
+        let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
         let schema = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
         match schema.get(&name.name) {
             Some(Relation::Table(_)) => return Err(errors::relation_exists(&name)),
@@ -334,7 +328,7 @@ impl Catalog for DynamicCatalog {
 
     async fn drop_relation(&self, name: &RelationName, kind: RelationKind, if_exists: bool) -> Result<bool> {
         let removed = {
-            let mut schemas = self.schemas.write().map_err(poisoned)?;
+            let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
             let Some(schema) = schemas.get_mut(&name.schema) else {
                 return if if_exists { Ok(false) } else { Err(errors::relation_not_found(name, kind)) };
             };

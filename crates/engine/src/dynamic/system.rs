@@ -177,8 +177,7 @@ impl TableProvider for SystemTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let batches = self.batches().await?;
-        Ok(MemorySourceConfig::try_new_exec(&[batches], Arc::clone(&self.schema), projection.cloned())?)
+        batches_exec(self.batches().await?, &self.schema, projection)
     }
 }
 
@@ -238,6 +237,15 @@ impl TableProvider for SnapshotTable {
             )),
             other => df_error(other),
         })?;
-        Ok(MemorySourceConfig::try_new_exec(&[batches], Arc::clone(&self.schema), projection.cloned())?)
+        batches_exec(batches, &self.schema, projection)
     }
+}
+
+/// A plan that returns computed batches.
+fn batches_exec(
+    batches: Vec<RecordBatch>,
+    schema: &SchemaRef,
+    projection: Option<&Vec<usize>>,
+) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    Ok(MemorySourceConfig::try_new_exec(&[batches], Arc::clone(schema), projection.cloned())?)
 }
