@@ -428,7 +428,8 @@ impl Session {
     async fn plan(&self, statement: Statement) -> Result<LogicalPlan> {
         refuse_unsupported(&statement)?;
         // DataFusion plans CREATE TABLE without options; the catalog gets them (see `table_options`).
-        let (statement, _) = split_table_options(statement)?;
+        table_options(&statement)?;
+        let statement = without_table_options(statement);
         let state = self.ctx.state();
         let plan = state.statement_to_plan(DFStatement::Statement(Box::new(statement))).await?;
         Ok(plan)
@@ -539,7 +540,10 @@ impl Session {
             }
             None => plan,
         };
-        let (_, options) = split_table_options(prepared.statement.clone())?;
+        let options = match &plan {
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(_)) => table_options(&prepared.statement)?,
+            _ => std::collections::BTreeMap::new(),
+        };
         let output = self.run_plan(plan, &control, options).await?;
         if self.transaction_status() == TransactionStatus::InBlock && matches!(output, Output::Command(_)) {
             self.writes_in_block += 1;
@@ -1042,21 +1046,21 @@ fn ddl_display_name(ddl: &DdlStatement) -> String {
     }
 }
 
-/// Takes the `WITH (...)` options off a CREATE TABLE: keys lower-cased,
-/// string values unquoted.
+/// The `WITH (...)` options of a CREATE TABLE: keys lower-cased, string
+/// values unquoted.
 ///
 /// # Errors
 /// Option forms other than `WITH (key = value, …)`.
-fn split_table_options(statement: Statement) -> Result<(Statement, std::collections::BTreeMap<String, String>)> {
+fn table_options(statement: &Statement) -> Result<std::collections::BTreeMap<String, String>> {
     let mut options = std::collections::BTreeMap::new();
-    let Statement::CreateTable(mut create) = statement else { return Ok((statement, options)) };
-    match std::mem::take(&mut create.table_options) {
+    let Statement::CreateTable(create) = statement else { return Ok(options) };
+    match &create.table_options {
         ast::CreateTableOptions::None => {}
         ast::CreateTableOptions::With(list) => {
             for option in list {
                 match option {
                     ast::SqlOption::KeyValue { key, value } => {
-                        options.insert(key.value.to_ascii_lowercase(), expr_text(&value));
+                        options.insert(key.value.to_ascii_lowercase(), expr_text(value));
                     }
                     other => {
                         return Err(Error::invalid(format!(
@@ -1072,7 +1076,19 @@ fn split_table_options(statement: Statement) -> Result<(Statement, std::collecti
             )));
         }
     }
-    Ok((Statement::CreateTable(create), options))
+    Ok(options)
+}
+
+/// The statement DataFusion plans: a CREATE TABLE without its options (the
+/// catalog gets them, see [`table_options`]).
+fn without_table_options(statement: Statement) -> Statement {
+    match statement {
+        Statement::CreateTable(mut create) => {
+            create.table_options = ast::CreateTableOptions::None;
+            Statement::CreateTable(create)
+        }
+        other => other,
+    }
 }
 
 /// Statements refused before planning, with a message that says what to do.
