@@ -35,6 +35,7 @@ use object_store::path::Path;
 use streamhouse_storage as storage;
 use system::{SystemKind, SystemTable};
 
+pub mod scan;
 pub mod system;
 
 use crate::catalog::{
@@ -60,22 +61,6 @@ impl From<storage::Error> for Error {
 
 fn df_error(err: impl Into<Error>) -> DataFusionError {
     DataFusionError::External(Box::new(err.into()))
-}
-
-/// Parses Paimon-named table options.
-fn merge_engine(options: &BTreeMap<String, String>) -> Result<storage::MergeEngine> {
-    let mut engine = storage::MergeEngine::default();
-    for (key, value) in options {
-        match key.as_str() {
-            "merge-engine" => engine = storage::MergeEngine::parse(value)?,
-            other => {
-                return Err(Error::invalid(format!(
-                    "unknown table option '{other}': supported options are 'merge-engine'"
-                )));
-            }
-        }
-    }
-    Ok(engine)
 }
 
 #[derive(Debug)]
@@ -123,7 +108,7 @@ impl DynamicCatalog {
             schema_names.into_iter().map(|s| (s, BTreeMap::new())).collect();
         for (schema, name) in tables {
             let table = storage::Table::open(Arc::clone(&store), table_dir(&schema, &name), &name).await?;
-            let table = Arc::new(DynamicTable::new(table).await);
+            let table = Arc::new(DynamicTable::new(table));
             schemas.entry(schema).or_default().insert(name, Relation::Table(table));
         }
         Ok(Self { store, schemas: RwLock::new(schemas) })
@@ -269,13 +254,13 @@ impl Catalog for DynamicCatalog {
             })
             .collect();
         let key_refs: Vec<&str> = key.iter().map(String::as_str).collect();
-        let engine = merge_engine(&request.options)?;
-        let mut schema = storage::TableSchema::new(0, Arc::clone(&request.schema), &key_refs, engine)?;
+        let options = storage::TableOptions::parse(&request.options)?;
+        let mut schema = storage::TableSchema::new(0, Arc::clone(&request.schema), &key_refs, options)?;
         schema.column_defaults = defaults_sql;
         let table =
             storage::Table::create(Arc::clone(&self.store), table_dir(&name.schema, &name.name), &name.name, schema)
                 .await?;
-        let table = Arc::new(DynamicTable::new(table).await);
+        let table = Arc::new(DynamicTable::new(table));
         table.set_defaults(request.column_defaults.into_iter().collect());
         let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
         let schema = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
@@ -304,9 +289,7 @@ impl Catalog for DynamicCatalog {
     fn relation_as_of(&self, name: &RelationName, as_of: AsOf) -> Result<Arc<dyn TableProvider>> {
         let schemas = self.schemas.read().map_err(errors::poisoned)?;
         match schemas.get(&name.schema).and_then(|s| s.get(&name.name)) {
-            Some(Relation::Table(t)) => {
-                Ok(Arc::new(system::SnapshotTable::new(Arc::clone(&t.table), &t.schema, as_of)))
-            }
+            Some(Relation::Table(t)) => Ok(Arc::new(system::SnapshotTable::new(Arc::clone(t), as_of))),
             Some(Relation::View(_)) => {
                 Err(Error::unsupported(format!("{name} is a view: only tables can be read as of a snapshot")))
             }
@@ -359,17 +342,19 @@ impl Catalog for DynamicCatalog {
 pub struct DynamicTable {
     table: Arc<storage::Table>,
     schema: SchemaRef,
+    primary_key: Vec<usize>,
     /// `DEFAULT`s as stored (SQL text), planned into `defaults` by [`Catalog::bind`].
     stored_defaults: Vec<(String, String)>,
     defaults: std::sync::OnceLock<std::collections::HashMap<String, Expr>>,
 }
 
 impl DynamicTable {
-    async fn new(table: storage::Table) -> Self {
-        let definition = table.schema().await;
+    fn new(table: storage::Table) -> Self {
+        let definition = table.schema();
         Self {
             table: Arc::new(table),
             schema: Arc::clone(&definition.schema),
+            primary_key: definition.primary_key.clone(),
             stored_defaults: definition.column_defaults,
             defaults: std::sync::OnceLock::new(),
         }
@@ -379,37 +364,43 @@ impl DynamicTable {
         let _ = self.defaults.set(defaults);
     }
 
-    /// The current rows (one batch), for DML that reads before it writes.
-    async fn current(&self) -> datafusion::error::Result<RecordBatch> {
-        let batches = self.table.scan(None).await.map_err(df_error)?;
-        Ok(concat_batches(&self.schema, &batches)?)
+    fn first_key_column(&self) -> Option<&str> {
+        self.primary_key.first().map(|&i| self.schema.field(i).name().as_str())
+    }
+
+    /// A streaming scan of `snapshot` (the latest when `None`).
+    pub(crate) async fn scan_snapshot(
+        &self,
+        state: &dyn DfSession,
+        snapshot: Option<u64>,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let (lower, upper) = match self.first_key_column() {
+            Some(column) => scan::key_bounds(column, filters),
+            None => (None, None),
+        };
+        let request = storage::ScanRequest {
+            projection: projection.cloned(),
+            lower,
+            upper,
+            partitions: state.config().target_partitions().max(1),
+            batch_size: state.config().batch_size(),
+        };
+        let plan = self.table.plan_scan(snapshot, &request).await.map_err(|e| match (e, snapshot) {
+            (storage::Error::NotFound { .. }, Some(id)) => df_error(Error::invalid(format!(
+                "table {} has no snapshot {id} (it may have expired)",
+                self.table.name()
+            ))),
+            (other, _) => df_error(other),
+        })?;
+        Ok(Arc::new(scan::DynamicScanExec::new(Arc::clone(&self.table), plan)))
     }
 
     fn count_plan(count: u64) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]));
         let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(UInt64Array::from(vec![count]))])?;
         Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?)
-    }
-
-    fn matching(
-        state: &dyn DfSession,
-        rows: &RecordBatch,
-        filters: &[Expr],
-    ) -> datafusion::error::Result<BooleanArray> {
-        let df_schema = DFSchema::try_from(rows.schema())?;
-        let mut mask = BooleanArray::from(vec![true; rows.num_rows()]);
-        for filter in filters {
-            let predicate = state.create_physical_expr(filter.clone(), &df_schema)?;
-            let result = predicate.evaluate(rows)?.into_array(rows.num_rows())?;
-            let result = result
-                .as_any()
-                .downcast_ref::<BooleanArray>()
-                .ok_or_else(|| DataFusionError::Plan("WHERE clause must be boolean".into()))?;
-            // NULL counts as false, as in SQL.
-            let result: BooleanArray = result.iter().map(|v| Some(v == Some(true))).collect();
-            mask = and(&mask, &result)?;
-        }
-        Ok(mask)
     }
 }
 
@@ -427,25 +418,10 @@ impl TableProvider for DynamicTable {
         &self,
         state: &dyn DfSession,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let batches = self.table.scan(None).await.map_err(df_error)?;
-        // Spread rows over the session's partitions so both cores work.
-        let partitions = state.config().target_partitions().max(1);
-        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
-        let mut i = 0;
-        for batch in batches {
-            let chunk = batch.num_rows().div_ceil(partitions).max(1);
-            let mut offset = 0;
-            while offset < batch.num_rows() {
-                let len = chunk.min(batch.num_rows() - offset);
-                parts[i % partitions].push(batch.slice(offset, len));
-                offset += len;
-                i += 1;
-            }
-        }
-        Ok(MemorySourceConfig::try_new_exec(&parts, Arc::clone(&self.schema), projection.cloned())?)
+        self.scan_snapshot(state, None, projection, filters).await
     }
 
     fn get_column_default(&self, column: &str) -> Option<&Expr> {
@@ -456,7 +432,18 @@ impl TableProvider for DynamicTable {
         &self,
         filters: &[&Expr],
     ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
+        // Filters on the first key column prune row groups; DataFusion still applies them.
+        let first_key = self.first_key_column();
+        Ok(filters
+            .iter()
+            .map(|f| {
+                let bounds = first_key.map(|c| scan::key_bounds(c, &[(*f).clone()]));
+                match bounds {
+                    Some((Some(_), _) | (_, Some(_))) => TableProviderFilterPushDown::Inexact,
+                    _ => TableProviderFilterPushDown::Unsupported,
+                }
+            })
+            .collect())
     }
 
     async fn insert_into(
@@ -479,14 +466,19 @@ impl TableProvider for DynamicTable {
         state: &dyn DfSession,
         filters: Vec<Expr>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let rows = self.current().await?;
-        let mask = Self::matching(state, &rows, &filters)?;
-        let doomed = filter_record_batch(&rows, &mask)?;
-        let count = doomed.num_rows() as u64;
-        if count > 0 {
-            let kinds = vec![storage::ValueKind::Delete; doomed.num_rows()];
-            self.table.write(&doomed, &kinds).await.map_err(df_error)?;
+        self.refuse_first_row("DELETE")?;
+        let mut txn = self.table.begin().await;
+        let mut rows = self.read_matching(state, txn.base_snapshot(), &filters).await?;
+        let mut count = 0;
+        while let Some(doomed) = rows.try_next().await? {
+            if doomed.num_rows() > 0 {
+                count += doomed.num_rows() as u64;
+                let kinds = vec![storage::ValueKind::Delete; doomed.num_rows()];
+                txn.write(&doomed, &kinds).await.map_err(df_error)?;
+            }
         }
+        txn.commit().await.map_err(df_error)?;
+        storage::Table::schedule_maintenance(&self.table);
         Self::count_plan(count)
     }
 
@@ -496,12 +488,93 @@ impl TableProvider for DynamicTable {
         assignments: Vec<(String, Expr)>,
         filters: Vec<Expr>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let rows = self.current().await?;
-        let mask = Self::matching(state, &rows, &filters)?;
-        let old = filter_record_batch(&rows, &mask)?;
-        if old.num_rows() == 0 {
-            return Self::count_plan(0);
+        self.refuse_first_row("UPDATE")?;
+        let moves_keys =
+            assignments.iter().any(|(name, _)| self.primary_key.iter().any(|&k| self.schema.field(k).name() == name));
+        let mut txn = self.table.begin().await;
+        let mut rows = self.read_matching(state, txn.base_snapshot(), &filters).await?;
+        let mut count = 0;
+        // When keys change, every old key is deleted before any new row is
+        // written, so a row moved onto a key that is itself being updated is not lost.
+        let mut moved = Vec::new();
+        while let Some(old) = rows.try_next().await? {
+            if old.num_rows() == 0 {
+                continue;
+            }
+            count += old.num_rows() as u64;
+            let new = self.assign(state, &assignments, &old)?;
+            if moves_keys {
+                let kinds = vec![storage::ValueKind::Delete; old.num_rows()];
+                txn.write(&old, &kinds).await.map_err(df_error)?;
+                moved.push(new);
+            } else {
+                let kinds = vec![storage::ValueKind::Upsert; new.num_rows()];
+                txn.write(&new, &kinds).await.map_err(df_error)?;
+            }
         }
+        for new in moved {
+            let kinds = vec![storage::ValueKind::Upsert; new.num_rows()];
+            txn.write(&new, &kinds).await.map_err(df_error)?;
+        }
+        txn.commit().await.map_err(df_error)?;
+        storage::Table::schedule_maintenance(&self.table);
+        Self::count_plan(count)
+    }
+}
+
+impl DynamicTable {
+    fn refuse_first_row(&self, statement: &str) -> datafusion::error::Result<()> {
+        if self.table.schema().options.merge_engine == storage::MergeEngine::FirstRow {
+            return Err(df_error(Error::unsupported(format!(
+                "{statement} is not supported on table \"{}\": it uses merge-engine 'first-row', which keeps the first row of every key",
+                self.table.name()
+            ))));
+        }
+        Ok(())
+    }
+
+    /// The rows of `snapshot` that satisfy every filter, streamed.
+    async fn read_matching(
+        &self,
+        state: &dyn DfSession,
+        snapshot: Option<u64>,
+        filters: &[Expr],
+    ) -> datafusion::error::Result<futures::stream::BoxStream<'static, datafusion::error::Result<RecordBatch>>> {
+        let plan = self.scan_snapshot(state, snapshot, None, filters).await?;
+        let stream = datafusion::physical_plan::execute_stream(plan, state.task_ctx())?;
+        let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
+        let predicates = filters
+            .iter()
+            .map(|f| state.create_physical_expr(f.clone(), &df_schema))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        Ok(stream
+            .and_then(move |rows| {
+                let predicates = predicates.clone();
+                async move {
+                    let mut mask = BooleanArray::from(vec![true; rows.num_rows()]);
+                    for predicate in &predicates {
+                        let result = predicate.evaluate(&rows)?.into_array(rows.num_rows())?;
+                        let result = result
+                            .as_any()
+                            .downcast_ref::<BooleanArray>()
+                            .ok_or_else(|| DataFusionError::Plan("WHERE clause must be boolean".into()))?;
+                        // NULL counts as false, as in SQL.
+                        let result: BooleanArray = result.iter().map(|v| Some(v == Some(true))).collect();
+                        mask = and(&mask, &result)?;
+                    }
+                    Ok(filter_record_batch(&rows, &mask)?)
+                }
+            })
+            .boxed())
+    }
+
+    /// The rows `old` becomes under `assignments`.
+    fn assign(
+        &self,
+        state: &dyn DfSession,
+        assignments: &[(String, Expr)],
+        old: &RecordBatch,
+    ) -> datafusion::error::Result<RecordBatch> {
         let df_schema = DFSchema::try_from(old.schema())?;
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         for (i, field) in self.schema.fields().iter().enumerate() {
@@ -509,7 +582,7 @@ impl TableProvider for DynamicTable {
                 Some((_, expr)) => {
                     let value = state
                         .create_physical_expr(expr.clone(), &df_schema)?
-                        .evaluate(&old)?
+                        .evaluate(old)?
                         .into_array(old.num_rows())?;
                     datafusion::arrow::compute::cast(&value, field.data_type())?
                 }
@@ -517,13 +590,7 @@ impl TableProvider for DynamicTable {
             };
             columns.push(column);
         }
-        let new = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
-        // Old keys are deleted first, so an update that changes a key moves the row.
-        let both = concat_batches(&self.schema, &[old.clone(), new.clone()])?;
-        let mut kinds = vec![storage::ValueKind::Delete; old.num_rows()];
-        kinds.extend(std::iter::repeat_n(storage::ValueKind::Upsert, new.num_rows()));
-        self.table.write(&both, &kinds).await.map_err(df_error)?;
-        Self::count_plan(new.num_rows() as u64)
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
 }
 
@@ -551,16 +618,30 @@ impl DataSink for UpsertSink {
         mut data: SendableRecordBatchStream,
         _context: &Arc<TaskContext>,
     ) -> datafusion::error::Result<u64> {
-        let mut batches = Vec::new();
-        while let Some(batch) = data.next().await {
-            batches.push(batch?);
+        // Rows are staged as sorted runs every STAGE_ROWS rows and committed
+        // once at the end: the statement is atomic and memory stays bounded.
+        const STAGE_ROWS: usize = 256 * 1024;
+        let mut txn = self.table.begin().await;
+        let mut pending: Vec<RecordBatch> = Vec::new();
+        let mut pending_rows = 0;
+        let mut count = 0;
+        loop {
+            let next = data.next().await.transpose()?;
+            let flush = next.is_none() || pending_rows >= STAGE_ROWS;
+            if flush && pending_rows > 0 {
+                let rows = concat_batches(&self.schema, &pending)?;
+                pending.clear();
+                pending_rows = 0;
+                let kinds = vec![storage::ValueKind::Upsert; rows.num_rows()];
+                txn.write(&rows, &kinds).await.map_err(df_error)?;
+            }
+            let Some(batch) = next else { break };
+            count += batch.num_rows() as u64;
+            pending_rows += batch.num_rows();
+            pending.push(batch);
         }
-        let rows = concat_batches(&self.schema, &batches)?;
-        if rows.num_rows() == 0 {
-            return Ok(0);
-        }
-        let kinds = vec![storage::ValueKind::Upsert; rows.num_rows()];
-        self.table.write(&rows, &kinds).await.map_err(df_error)?;
-        Ok(rows.num_rows() as u64)
+        txn.commit().await.map_err(df_error)?;
+        storage::Table::schedule_maintenance(&self.table);
+        Ok(count)
     }
 }

@@ -56,6 +56,22 @@ impl Error {
         Error::Corrupt { path: path.to_string(), reason: reason.to_string() }
     }
 
+    /// A copy of this error for the other writers of a group commit.
+    pub(crate) fn replicate(&self) -> Self {
+        match self {
+            Error::Corrupt { path, reason } => Error::Corrupt { path: path.clone(), reason: reason.clone() },
+            Error::Conflict { table, reason } => Error::Conflict { table: table.clone(), reason: reason.clone() },
+            Error::NotFound { what } => Error::NotFound { what: what.clone() },
+            Error::AlreadyExists { table } => Error::AlreadyExists { table: table.clone() },
+            Error::Invalid(message) => Error::Invalid(message.clone()),
+            Error::ObjectStore { path, source } => Error::ObjectStore {
+                path: path.clone(),
+                source: object_store::Error::Generic { store: "group commit", source: source.to_string().into() },
+            },
+            Error::Arrow(e) => Error::Arrow(arrow::error::ArrowError::ExternalError(e.to_string().into())),
+        }
+    }
+
     pub(crate) fn store(path: impl std::fmt::Display, source: object_store::Error) -> Self {
         Error::ObjectStore { path: path.to_string(), source }
     }

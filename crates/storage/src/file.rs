@@ -1,104 +1,456 @@
-//! Reading and writing Parquet files on object storage, checked on read.
+//! Parquet files on object storage, written whole and read by ranges, every
+//! range checked.
+//!
+//! A file is written in one `put`. Its [`FileMeta`] records, besides counts,
+//! the byte range and CRC-32 of every column chunk of every row group and of
+//! the footer (everything after the last column chunk: page indexes and the
+//! Parquet metadata). A reader fetches only the footer and the column chunks
+//! it decodes — one row group at a time, only the projected columns — and
+//! checks each range's length and checksum before Parquet sees a byte, so a
+//! truncated, altered or missing file is an [`Error::Corrupt`] naming it,
+//! never a panic or a wrong answer. Parquet itself has no page checksums in
+//! parquet-rs, which is why the ranges are checksummed here.
+//!
+//! Each file also carries a key index (the first primary key of every row
+//! group and the last key of the file), so scans and lookups skip row groups
+//! by key without reading them.
 
+use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow::compute::{concat, take};
+use arrow::datatypes::{Schema, SchemaRef};
+use base64::Engine as _;
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
+use parquet::file::reader::{ChunkReader, Length};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::snapshot::FileMeta;
 
-/// Rows per Parquet row group.
-const ROW_GROUP_ROWS: usize = 128 * 1024;
+/// Default rows per Parquet row group: the unit of reading, pruning and splitting.
+pub const ROW_GROUP_ROWS: usize = 64 * 1024;
 
-/// Encodes batches as one Parquet file and stores it at `dir/relative`.
-///
-/// # Errors
-/// Encoding or storage failures.
+/// A checked byte range of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Offset in the file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// CRC-32 of the bytes.
+    pub crc32: u32,
+}
+
+impl Chunk {
+    fn range(&self) -> Range<u64> {
+        self.offset..self.offset + self.len
+    }
+}
+
+/// One row group: its row count and a checked range per leaf column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowGroup {
+    /// Rows in the row group.
+    pub rows: u64,
+    /// Column chunks, one per Parquet leaf column.
+    pub columns: Vec<Chunk>,
+}
+
+/// One Parquet file of a table: a sorted run (data) or a commit's changes (changelog).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// Path relative to the table directory, e.g. `data/<uuid>.parquet`.
+    pub path: String,
+    /// LSM level: 0 for new runs, 1..=max for compacted runs (changelog files use 0).
+    pub level: u32,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Rows that are deletes (tombstones).
+    #[serde(default)]
+    pub deletes: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Smallest and largest sequence number in the file.
+    pub min_seq: u64,
+    /// See `min_seq`.
+    pub max_seq: u64,
+    /// Schema version the file was written with.
+    pub schema_id: u64,
+    /// Everything after the last column chunk (page indexes, Parquet footer).
+    pub footer: Chunk,
+    /// The row groups.
+    pub row_groups: Vec<RowGroup>,
+    /// Key index: the key columns of the first row of every row group and
+    /// of the last row of the file, as a base64 Arrow IPC stream. `None`
+    /// for files without a primary key order (append-only tables, changelogs).
+    #[serde(default)]
+    pub key_index: Option<String>,
+}
+
 /// Where and what a new file is.
 pub(crate) struct NewFile {
     /// Path relative to the table directory.
     pub relative: String,
     /// LSM level.
     pub level: u32,
-    /// Smallest and largest sequence number in it.
-    pub seq_range: (u64, u64),
+    /// Key columns (indexes into the batch schema) when rows are sorted by key.
+    pub key_columns: Vec<usize>,
     /// Schema version of its rows.
     pub schema_id: u64,
+    /// Rows per row group.
+    pub row_group_rows: usize,
+    /// Index of the `_seq` column and of the `_kind` column, and the `_kind` code of deletes.
+    pub seq_kind: (usize, usize, Option<i8>),
 }
 
-pub(crate) async fn write(
-    store: &Arc<dyn ObjectStore>,
-    dir: &Path,
+/// Builds a Parquet file in memory, batch by batch, then stores it.
+pub(crate) struct FileWriter {
     file: NewFile,
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-) -> Result<FileMeta> {
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(|e| Error::Invalid(e.to_string()))?))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .build();
-    let relative = &file.relative;
-    let mut buffer = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buffer, Arc::clone(schema), Some(props))
-        .map_err(|e| Error::Invalid(format!("cannot write {relative}: {e}")))?;
-    let mut rows = 0;
-    for batch in batches {
-        rows += batch.num_rows() as u64;
-        writer.write(batch).map_err(|e| Error::Invalid(format!("cannot write {relative}: {e}")))?;
-    }
-    writer.close().map_err(|e| Error::Invalid(format!("cannot write {relative}: {e}")))?;
-    let NewFile { relative, level, seq_range, schema_id } = file;
-    let meta = FileMeta {
-        path: relative.clone(),
-        level,
-        rows,
-        bytes: buffer.len() as u64,
-        crc32: crc32fast::hash(&buffer),
-        min_seq: seq_range.0,
-        max_seq: seq_range.1,
-        schema_id,
-    };
-    let location = dir.child_path(&relative);
-    store.put(&location, PutPayload::from(buffer)).await.map_err(|e| Error::store(&location, e))?;
-    Ok(meta)
+    schema: SchemaRef,
+    writer: ArrowWriter<SharedBuffer>,
+    buffer: SharedBuffer,
+    rows: u64,
+    deletes: u64,
+    seq_range: Option<(u64, u64)>,
+    /// Key columns of every row group's first row, then of the last row written.
+    firsts: Vec<Vec<ArrayRef>>,
+    last: Option<Vec<ArrayRef>>,
 }
 
-/// Reads a whole file, checking its size and checksum against `meta`.
-///
-/// # Errors
-/// [`Error::Corrupt`] naming the file when it is truncated, altered or undecodable.
-pub(crate) async fn read(store: &Arc<dyn ObjectStore>, dir: &Path, meta: &FileMeta) -> Result<Vec<RecordBatch>> {
-    let location = dir.child_path(&meta.path);
-    let bytes: Bytes = match store.get(&location).await {
-        Ok(got) => got.bytes().await.map_err(|e| Error::store(&location, e))?,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(Error::corrupt(&location, "file listed in the manifest is missing"));
+impl FileWriter {
+    pub(crate) fn new(file: NewFile, schema: &SchemaRef) -> Result<Self> {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(|e| Error::Invalid(e.to_string()))?))
+            .set_max_row_group_row_count(Some(file.row_group_rows.max(1)))
+            .build();
+        let buffer = SharedBuffer::default();
+        let writer = ArrowWriter::try_new(buffer.clone(), Arc::clone(schema), Some(props))
+            .map_err(|e| Error::Invalid(format!("cannot write {}: {e}", file.relative)))?;
+        Ok(Self {
+            file,
+            schema: Arc::clone(schema),
+            writer,
+            buffer,
+            rows: 0,
+            deletes: 0,
+            seq_range: None,
+            firsts: vec![],
+            last: None,
+        })
+    }
+
+    /// Rows written so far.
+    pub(crate) fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
         }
-        Err(e) => return Err(Error::store(&location, e)),
+        let (seq_column, kind_column, delete_code) = self.file.seq_kind;
+        let seqs = batch.column(seq_column).as_any().downcast_ref::<arrow::array::UInt64Array>();
+        if let Some(seqs) = seqs {
+            let (lo, hi) = seqs.values().iter().fold((u64::MAX, 0), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+            self.seq_range = Some(self.seq_range.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
+        }
+        if let Some(code) = delete_code
+            && let Some(kinds) = batch.column(kind_column).as_any().downcast_ref::<arrow::array::Int8Array>()
+        {
+            self.deletes += kinds.values().iter().filter(|&&k| k == code).count() as u64;
+        }
+        if !self.file.key_columns.is_empty() {
+            // Row groups start every ROW_GROUP_ROWS rows of the file.
+            let start = self.rows as usize;
+            let end = start + batch.num_rows();
+            let group = self.file.row_group_rows.max(1);
+            let first_in = start.div_ceil(group) * group;
+            for row in (first_in..end).step_by(group) {
+                let first = self.key_arrays(batch, &UInt32Array::from(vec![(row - start) as u32]))?;
+                self.firsts.push(first);
+            }
+            let last = UInt32Array::from(vec![(batch.num_rows() - 1) as u32]);
+            self.last = Some(self.key_arrays(batch, &last)?);
+        }
+        self.rows += batch.num_rows() as u64;
+        self.writer.write(batch).map_err(|e| Error::Invalid(format!("cannot write {}: {e}", self.file.relative)))
+    }
+
+    fn key_arrays(&self, batch: &RecordBatch, rows: &UInt32Array) -> Result<Vec<ArrayRef>> {
+        Ok(self.file.key_columns.iter().map(|&c| take(batch.column(c), rows, None)).collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Finishes the file and stores it at `dir/relative`.
+    pub(crate) async fn finish(self, store: &Arc<dyn ObjectStore>, dir: &Path) -> Result<FileMeta> {
+        let Self { file, schema: batch_schema, writer, buffer, rows, deletes, seq_range, mut firsts, last } = self;
+        let relative = file.relative.clone();
+        let metadata = writer.close().map_err(|e| Error::Invalid(format!("cannot write {relative}: {e}")))?;
+        let buffer = std::mem::take(&mut *buffer.0.lock().map_err(|_| Error::Invalid("buffer poisoned".into()))?);
+        let mut row_groups = Vec::with_capacity(metadata.num_row_groups());
+        let mut data_end = 4;
+        for group in metadata.row_groups() {
+            let mut columns = Vec::with_capacity(group.num_columns());
+            for column in group.columns() {
+                let (offset, len) = column.byte_range();
+                let end = offset + len;
+                let bytes = buffer
+                    .get(offset as usize..end as usize)
+                    .ok_or_else(|| Error::Invalid(format!("cannot write {relative}: column chunk outside the file")))?;
+                columns.push(Chunk { offset, len, crc32: crc32fast::hash(bytes) });
+                data_end = data_end.max(end);
+            }
+            row_groups.push(RowGroup { rows: group.num_rows() as u64, columns });
+        }
+        let footer_bytes = &buffer[data_end as usize..];
+        let footer = Chunk { offset: data_end, len: footer_bytes.len() as u64, crc32: crc32fast::hash(footer_bytes) };
+        let key_index = match last {
+            Some(last) if !file.key_columns.is_empty() => {
+                firsts.push(last);
+                Some(encode_key_index(&batch_schema, &file.key_columns, &firsts)?)
+            }
+            _ => None,
+        };
+        let (min_seq, max_seq) = seq_range.unwrap_or((0, 0));
+        let meta = FileMeta {
+            path: relative.clone(),
+            level: file.level,
+            rows,
+            deletes,
+            bytes: buffer.len() as u64,
+            min_seq,
+            max_seq,
+            schema_id: file.schema_id,
+            footer,
+            row_groups,
+            key_index,
+        };
+        let location = dir.child_path(&relative);
+        store.put(&location, PutPayload::from(buffer)).await.map_err(|e| Error::store(&location, e))?;
+        Ok(meta)
+    }
+}
+
+/// The in-memory file a [`FileWriter`] encodes into; shared so the bytes
+/// can be taken back after `ArrowWriter::close` consumed the writer.
+#[derive(Clone, Default)]
+struct SharedBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().map_err(|_| std::io::Error::other("buffer poisoned"))?.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn encode_key_index(schema: &SchemaRef, key_columns: &[usize], rows: &[Vec<ArrayRef>]) -> Result<String> {
+    let fields: Vec<_> = key_columns.iter().map(|&c| schema.field(c).clone()).collect();
+    let key_schema = Arc::new(Schema::new(fields));
+    let mut columns = Vec::with_capacity(key_columns.len());
+    for c in 0..key_columns.len() {
+        let parts: Vec<&dyn arrow::array::Array> = rows.iter().map(|r| r[c].as_ref()).collect();
+        columns.push(concat(&parts)?);
+    }
+    let batch = RecordBatch::try_new(key_schema, columns)?;
+    let mut ipc = Vec::new();
+    {
+        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &batch.schema())?;
+        writer.write(&batch)?;
+        writer.finish()?;
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(ipc))
+}
+
+/// The key index of a file: key columns, one row per row group start plus the last key.
+pub(crate) fn decode_key_index(dir: &Path, meta: &FileMeta) -> Result<Option<RecordBatch>> {
+    let Some(encoded) = &meta.key_index else { return Ok(None) };
+    let location = dir.child_path(&meta.path);
+    let ipc = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| Error::corrupt(&location, format!("bad key index: {e}")))?;
+    let mut reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)
+        .map_err(|e| Error::corrupt(&location, format!("bad key index: {e}")))?;
+    let batch = reader
+        .next()
+        .transpose()
+        .map_err(|e| Error::corrupt(&location, format!("bad key index: {e}")))?
+        .ok_or_else(|| Error::corrupt(&location, "empty key index"))?;
+    if batch.num_rows() != meta.row_groups.len() + 1 {
+        return Err(Error::corrupt(&location, "key index does not match the row groups"));
+    }
+    Ok(Some(batch))
+}
+
+/// An open file: its checked footer, ready to read row groups.
+#[derive(Clone)]
+pub(crate) struct FileReader {
+    store: Arc<dyn ObjectStore>,
+    location: Path,
+    meta: Arc<FileMeta>,
+    parquet: ArrowReaderMetadata,
+}
+
+impl std::fmt::Debug for FileReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileReader").field("location", &self.location).finish()
+    }
+}
+
+impl FileReader {
+    /// Fetches and checks the footer of the file `meta` describes.
+    pub(crate) async fn open(store: &Arc<dyn ObjectStore>, dir: &Path, meta: Arc<FileMeta>) -> Result<Self> {
+        let location = dir.child_path(&meta.path);
+        let footer = fetch(store, &location, &meta, &[meta.footer]).await?;
+        let sparse = Sparse {
+            len: meta.bytes,
+            ranges: vec![(meta.footer.offset, footer.into_iter().next().unwrap_or_default())],
+        };
+        let parquet =
+            ArrowReaderMetadata::load(&sparse, ArrowReaderOptions::new()).map_err(|e| Error::corrupt(&location, e))?;
+        let groups = parquet.metadata().row_groups();
+        if groups.len() != meta.row_groups.len()
+            || groups
+                .iter()
+                .zip(&meta.row_groups)
+                .any(|(g, m)| g.num_rows() as u64 != m.rows || g.num_columns() != m.columns.len())
+        {
+            return Err(Error::corrupt(&location, "Parquet footer does not match the manifest"));
+        }
+        Ok(Self { store: Arc::clone(store), location, meta, parquet })
+    }
+
+    /// Decodes row group `group`, only the top-level columns `columns`
+    /// (all when `None`), in batches of at most `batch_size` rows.
+    pub(crate) async fn read_row_group(
+        &self,
+        group: usize,
+        columns: Option<&[usize]>,
+        batch_size: usize,
+    ) -> Result<Vec<RecordBatch>> {
+        let descr = self.parquet.metadata().file_metadata().schema_descr_ptr();
+        let leaves: Vec<usize> = (0..descr.num_columns())
+            .filter(|&leaf| columns.is_none_or(|c| c.contains(&descr.get_column_root_idx(leaf))))
+            .collect();
+        let chunks: Vec<Chunk> = leaves.iter().map(|&l| self.meta.row_groups[group].columns[l]).collect();
+        let fetched = fetch(&self.store, &self.location, &self.meta, &chunks).await?;
+        let sparse = Sparse { len: self.meta.bytes, ranges: chunks.iter().map(|c| c.offset).zip(fetched).collect() };
+        let mask = match columns {
+            Some(columns) => ProjectionMask::roots(&descr, columns.iter().copied()),
+            None => ProjectionMask::all(),
+        };
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, self.parquet.clone())
+            .with_row_groups(vec![group])
+            .with_projection(mask)
+            .with_batch_size(batch_size)
+            .build()
+            .map_err(|e| Error::corrupt(&self.location, e))?;
+        let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| Error::corrupt(&self.location, e))?;
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        if rows != self.meta.row_groups[group].rows {
+            return Err(Error::corrupt(&self.location, format!("row group {group} decoded to {rows} rows")));
+        }
+        Ok(batches)
+    }
+
+    /// Reads the whole file.
+    pub(crate) async fn read_all(&self, batch_size: usize) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for group in 0..self.meta.row_groups.len() {
+            out.extend(self.read_row_group(group, None, batch_size).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// Fetches `chunks` of a file and checks their lengths and checksums.
+async fn fetch(store: &Arc<dyn ObjectStore>, location: &Path, meta: &FileMeta, chunks: &[Chunk]) -> Result<Vec<Bytes>> {
+    let ranges: Vec<Range<u64>> = chunks.iter().map(Chunk::range).collect();
+    let fetched = match store.get_ranges(location, &ranges).await {
+        Ok(fetched) => fetched,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(Error::corrupt(location, "file listed in the manifest is missing"));
+        }
+        Err(e) => {
+            // A range past the end: report the size mismatch rather than the range.
+            return match store.head(location).await {
+                Ok(head) if head.size != meta.bytes => {
+                    Err(Error::corrupt(location, format!("{} bytes, manifest says {}", head.size, meta.bytes)))
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    Err(Error::corrupt(location, "file listed in the manifest is missing"))
+                }
+                _ => Err(Error::store(location, e)),
+            };
+        }
     };
-    if bytes.len() as u64 != meta.bytes {
-        return Err(Error::corrupt(&location, format!("{} bytes, manifest says {}", bytes.len(), meta.bytes)));
+    for (chunk, bytes) in chunks.iter().zip(&fetched) {
+        if bytes.len() as u64 != chunk.len {
+            return Err(Error::corrupt(
+                location,
+                format!("truncated: {} bytes, manifest says {}", meta.bytes, chunk.len),
+            ));
+        }
+        if crc32fast::hash(bytes) != chunk.crc32 {
+            return Err(Error::corrupt(
+                location,
+                format!("checksum mismatch in bytes {}..{}", chunk.offset, chunk.offset + chunk.len),
+            ));
+        }
     }
-    if crc32fast::hash(&bytes) != meta.crc32 {
-        return Err(Error::corrupt(&location, "checksum mismatch"));
+    Ok(fetched)
+}
+
+/// The fetched, checked ranges of a file, as Parquet's reader sees it.
+struct Sparse {
+    len: u64,
+    ranges: Vec<(u64, Bytes)>,
+}
+
+impl Sparse {
+    fn slice(&self, start: u64, length: Option<usize>) -> parquet::errors::Result<Bytes> {
+        for (offset, bytes) in &self.ranges {
+            let end = offset + bytes.len() as u64;
+            let inside = start >= *offset && (start < end || (start == end && length == Some(0)));
+            if inside {
+                let from = (start - offset) as usize;
+                let to = length.map_or(bytes.len(), |l| from + l);
+                if to <= bytes.len() {
+                    return Ok(bytes.slice(from..to));
+                }
+            }
+        }
+        Err(ParquetError::General(format!("read of bytes at {start} outside the checked ranges of the file")))
     }
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.build())
-        .map_err(|e| Error::corrupt(&location, e))?;
-    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| Error::corrupt(&location, e))?;
-    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-    if rows != meta.rows {
-        return Err(Error::corrupt(&location, format!("{rows} rows, manifest says {}", meta.rows)));
+}
+
+impl Length for Sparse {
+    fn len(&self) -> u64 {
+        self.len
     }
-    Ok(batches)
+}
+
+impl ChunkReader for Sparse {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        use bytes::Buf as _;
+        Ok(self.slice(start, None)?.reader())
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.slice(start, Some(length))
+    }
 }
 
 /// Extension: a path below a directory from a relative `a/b` string.

@@ -40,15 +40,21 @@
 //! is done (commit protocol, sorted runs, lookup changelog, merge-on-read) and
 //! what comes next (streaming k-way merge, compaction, expiry, group commit).
 
+pub mod compact;
 pub mod error;
+pub mod file;
 pub mod frame;
+pub mod options;
+pub mod scan;
 pub mod schema;
 pub mod snapshot;
 pub mod table;
 
-mod file;
+mod merge;
 
 pub use error::{Error, Result};
+pub use options::TableOptions;
+pub use scan::{ScanPlan, ScanRequest};
 pub use schema::{MergeEngine, RowKind, TableSchema, ValueKind};
 pub use snapshot::{CommitKind, FileMeta, Manifest, Snapshot};
-pub use table::{ChangelogBatch, Table};
+pub use table::{ChangelogBatch, Table, Transaction};

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::options::TableOptions;
 
 /// Sequence number column of data files: higher wins for the same key.
 pub const SEQ_COLUMN: &str = "_seq";
@@ -97,8 +98,8 @@ pub struct TableSchema {
     pub schema: SchemaRef,
     /// Primary key column indexes into `schema`; empty for append-only tables.
     pub primary_key: Vec<usize>,
-    /// How rows with the same key combine.
-    pub merge_engine: MergeEngine,
+    /// Table options (merge engine, compaction, retention).
+    pub options: TableOptions,
     /// `DEFAULT` expressions by column, as SQL text (the engine interprets them).
     pub column_defaults: Vec<(String, String)>,
 }
@@ -109,7 +110,8 @@ struct StoredSchema {
     /// Column summary for humans; `arrow_schema` is authoritative.
     columns: Vec<String>,
     primary_key: Vec<String>,
-    merge_engine: MergeEngine,
+    #[serde(default)]
+    options: TableOptions,
     #[serde(default)]
     column_defaults: Vec<(String, String)>,
     /// The Arrow schema as an IPC stream, base64.
@@ -121,7 +123,7 @@ impl TableSchema {
     ///
     /// # Errors
     /// Unknown or nullable key columns, or names reserved for system columns.
-    pub fn new(id: u64, schema: SchemaRef, primary_key: &[&str], merge_engine: MergeEngine) -> Result<Self> {
+    pub fn new(id: u64, schema: SchemaRef, primary_key: &[&str], options: TableOptions) -> Result<Self> {
         for field in schema.fields() {
             if field.name() == SEQ_COLUMN || field.name() == KIND_COLUMN {
                 return Err(Error::Invalid(format!("column name \"{}\" is reserved", field.name())));
@@ -141,7 +143,7 @@ impl TableSchema {
             .enumerate()
             .map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() && !key.contains(&i)))
             .collect();
-        Ok(Self { id, schema: Arc::new(Schema::new(fields)), primary_key: key, merge_engine, column_defaults: vec![] })
+        Ok(Self { id, schema: Arc::new(Schema::new(fields)), primary_key: key, options, column_defaults: vec![] })
     }
 
     /// Whether the table has a primary key (otherwise it is append-only).
@@ -172,7 +174,7 @@ impl TableSchema {
             id: self.id,
             columns: self.schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect(),
             primary_key: self.primary_key.iter().map(|&i| self.schema.field(i).name().clone()).collect(),
-            merge_engine: self.merge_engine,
+            options: self.options.clone(),
             column_defaults: self.column_defaults.clone(),
             arrow_schema: base64::engine::general_purpose::STANDARD.encode(ipc),
         };
@@ -189,7 +191,7 @@ impl TableSchema {
         let schema = reader.schema();
         let names: Vec<&str> = stored.primary_key.iter().map(String::as_str).collect();
         let mut table =
-            TableSchema::new(stored.id, schema, &names, stored.merge_engine).map_err(|e| Error::corrupt(path, e))?;
+            TableSchema::new(stored.id, schema, &names, stored.options).map_err(|e| Error::corrupt(path, e))?;
         table.id = stored.id;
         table.column_defaults = stored.column_defaults;
         Ok(table)

@@ -2,26 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One Parquet file of a table: a sorted run (data) or a commit's changes (changelog).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileMeta {
-    /// Path relative to the table directory, e.g. `data/<uuid>.parquet`.
-    pub path: String,
-    /// LSM level (0 for new runs; changelog files use 0).
-    pub level: u32,
-    /// Rows in the file.
-    pub rows: u64,
-    /// Size in bytes.
-    pub bytes: u64,
-    /// CRC-32 of the whole file, checked on every read.
-    pub crc32: u32,
-    /// Smallest and largest sequence number in the file.
-    pub min_seq: u64,
-    /// See `min_seq`.
-    pub max_seq: u64,
-    /// Schema version the file was written with.
-    pub schema_id: u64,
-}
+pub use crate::file::FileMeta;
 
 /// Why a snapshot was committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +38,10 @@ pub struct Snapshot {
     pub manifest: String,
     /// Data files this commit added (the delta), relative paths.
     pub delta_files: Vec<String>,
+    /// Data files this commit removed from the manifest (compaction),
+    /// relative paths: deleted once no retained snapshot references them.
+    #[serde(default)]
+    pub removed_files: Vec<String>,
     /// Changelog files of this commit.
     pub changelog_files: Vec<FileMeta>,
     /// Rows in all live data files (including rows later versions shadow).

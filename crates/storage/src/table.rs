@@ -1,40 +1,62 @@
-//! A Dynamic Table: writes (with lookup changelog), commits, snapshot scans
-//! and changelog reads.
+//! A Dynamic Table: writes (with lookup changelog and group commit),
+//! commits, snapshot scans and changelog reads. Compaction and expiry live in
+//! [`crate::compact`].
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray, Int8Array, RecordBatch, UInt64Array};
-use arrow::compute::{interleave, take};
+use arrow::compute::{concat_batches, interleave, take};
 use arrow::datatypes::{Int8Type, UInt64Type};
-use arrow::row::{OwnedRow, RowConverter, SortField};
+use arrow::row::{OwnedRow, Rows};
 use futures::TryStreamExt;
+use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::file::{self, ChildPath};
+use crate::file::{self, ChildPath, FileMeta, FileReader, FileWriter, NewFile};
+use crate::scan::{self, ScanPlan, ScanRequest, key_converter};
 use crate::schema::{MergeEngine, RowKind, TableSchema, ValueKind};
-use crate::snapshot::{CommitKind, FileMeta, Manifest, Snapshot};
+use crate::snapshot::{CommitKind, Manifest, Snapshot};
 
-/// The latest committed state, cached; guarded by the table's writer lock.
+/// The latest committed state, cached.
 #[derive(Debug, Clone)]
-struct State {
-    schema: TableSchema,
-    latest: Option<Snapshot>,
-    manifest: Manifest,
+pub(crate) struct State {
+    pub schema: TableSchema,
+    pub latest: Option<Snapshot>,
+    pub manifest: Arc<Manifest>,
+}
+
+/// A write waiting for the group commit that includes it.
+struct Request {
+    rows: RecordBatch,
+    kinds: Vec<ValueKind>,
+    done: oneshot::Sender<Result<Option<Snapshot>>>,
 }
 
 /// One Dynamic Table on object storage.
 ///
-/// Writers in this process are serialized by an async lock; writers in other
-/// processes are caught by the conditional create of the snapshot file.
-#[derive(Debug)]
+/// Writers in this process are serialized by an async lock (the commit
+/// lock); small concurrent writes are grouped into one commit ([`Table::write`]).
+/// Writers in other processes are caught by the conditional create of the
+/// snapshot file.
 pub struct Table {
-    store: Arc<dyn ObjectStore>,
-    dir: Path,
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) dir: Path,
     name: String,
-    state: tokio::sync::Mutex<State>,
+    state: Mutex<State>,
+    commit_lock: tokio::sync::Mutex<()>,
+    queue: Mutex<Vec<Request>>,
+    pub(crate) maintaining: AtomicBool,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table").field("name", &self.name).field("dir", &self.dir).finish()
+    }
 }
 
 /// Changelog rows of one snapshot: user columns, `_seq`, `_kind` ([`RowKind`] codes).
@@ -50,15 +72,30 @@ fn schema_path(id: u64) -> String {
     format!("schema/schema-{id}")
 }
 
-fn snapshot_path(id: u64) -> String {
+pub(crate) fn snapshot_path(id: u64) -> String {
     format!("snapshot/snapshot-{id}")
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// Rows per batch when reading for lookups and compaction.
+pub(crate) const READ_BATCH_ROWS: usize = 8192;
+
 impl Table {
+    fn with_state(store: Arc<dyn ObjectStore>, dir: Path, name: &str, state: State) -> Self {
+        Self {
+            store,
+            dir,
+            name: name.to_string(),
+            state: Mutex::new(state),
+            commit_lock: tokio::sync::Mutex::new(()),
+            queue: Mutex::new(Vec::new()),
+            maintaining: AtomicBool::new(false),
+        }
+    }
+
     /// Creates a table in `dir` (e.g. `public/orders` under the warehouse root).
     ///
     /// # Errors
@@ -74,8 +111,8 @@ impl Table {
             }
             Err(e) => return Err(Error::store(&location, e)),
         }
-        let state = State { schema, latest: None, manifest: Manifest::default() };
-        Ok(Self { store, dir, name: name.to_string(), state: tokio::sync::Mutex::new(state) })
+        let state = State { schema, latest: None, manifest: Arc::default() };
+        Ok(Self::with_state(store, dir, name, state))
     }
 
     /// Opens the table in `dir` at its latest snapshot.
@@ -89,20 +126,29 @@ impl Table {
         let schema_location = dir.child_path(&schema_path(schema_id));
         let bytes = get(&store, &schema_location).await?;
         let schema = TableSchema::decode(schema_location.as_ref(), &bytes)?;
-        let table = Self {
-            store,
-            dir,
-            name: name.to_string(),
-            state: tokio::sync::Mutex::new(State { schema, latest: None, manifest: Manifest::default() }),
-        };
+        let table = Self::with_state(store, dir, name, State { schema, latest: None, manifest: Arc::default() });
         if let Some(id) = max_id(&table.store, &table.dir.clone().join("snapshot"), "snapshot-").await? {
             let snapshot = table.read_snapshot(id).await?;
             let manifest = table.read_manifest(&snapshot).await?;
-            let mut state = table.state.lock().await;
+            let mut state = table.lock_state();
             state.latest = Some(snapshot);
-            state.manifest = manifest;
+            state.manifest = Arc::new(manifest);
         }
         Ok(table)
+    }
+
+    pub(crate) async fn commit_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.commit_lock.lock().await
+    }
+
+    pub(crate) fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this short lock cannot leave State half-updated
+        // (it is replaced field by field from finished values), so poisoning is ignored.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn current(&self) -> State {
+        self.lock_state().clone()
     }
 
     /// The table's name.
@@ -111,13 +157,13 @@ impl Table {
     }
 
     /// The current definition.
-    pub async fn schema(&self) -> TableSchema {
-        self.state.lock().await.schema.clone()
+    pub fn schema(&self) -> TableSchema {
+        self.lock_state().schema.clone()
     }
 
     /// The latest snapshot, if anything was committed.
-    pub async fn latest_snapshot(&self) -> Option<Snapshot> {
-        self.state.lock().await.latest.clone()
+    pub fn latest_snapshot(&self) -> Option<Snapshot> {
+        self.lock_state().latest.clone()
     }
 
     /// Reads snapshot `id`.
@@ -140,15 +186,20 @@ impl Table {
         Ok(snapshot)
     }
 
-    async fn read_manifest(&self, snapshot: &Snapshot) -> Result<Manifest> {
+    pub(crate) async fn read_manifest(&self, snapshot: &Snapshot) -> Result<Manifest> {
         let location = self.dir.child_path(&snapshot.manifest);
         let bytes = get(&self.store, &location).await?;
         crate::frame::decode(location.as_ref(), &bytes)
     }
 
     /// Applies upserts and deletes (one [`ValueKind`] per row of `rows`) and
-    /// commits them as one snapshot, with its changelog. Returns the new
-    /// snapshot, or `None` when nothing changed (e.g. deleting absent keys).
+    /// commits them as one snapshot, with its changelog. Returns the snapshot
+    /// that includes the write, or `None` when nothing changed.
+    ///
+    /// Concurrent calls are grouped: while one commit is in flight, later
+    /// writes queue up, and the next writer to get the commit lock commits
+    /// all of them as one snapshot (applied in arrival order). Every caller
+    /// returns only after the snapshot holding its rows is committed.
     ///
     /// Within `rows`, the last row for a key wins (the first, for
     /// `first-row` tables).
@@ -157,85 +208,85 @@ impl Table {
     /// Rows that do not fit the table ([`Error::Invalid`]), a concurrent
     /// writer in another process ([`Error::Conflict`]), storage failures.
     pub async fn write(&self, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<Option<Snapshot>> {
-        let mut state = self.state.lock().await;
-        let schema = state.schema.clone();
-        check_rows(&schema, rows, kinds)?;
-        let next_seq = state.latest.as_ref().map_or(1, |s| s.next_sequence);
-        let (data, changelog) = if schema.has_primary_key() {
-            self.keyed_changes(&state, rows, kinds, next_seq).await?
-        } else {
-            if kinds.contains(&ValueKind::Delete) {
-                return Err(Error::Invalid(format!(
-                    "table {} has no primary key: it is append-only and rows cannot be deleted",
-                    self.name
-                )));
-            }
-            let seqs: ArrayRef = Arc::new(UInt64Array::from_iter_values(next_seq..next_seq + rows.num_rows() as u64));
-            let data = with_system_columns(&schema, rows, Arc::clone(&seqs), ValueKind::Upsert as i8)?;
-            let changelog = with_system_columns(&schema, rows, seqs, RowKind::Insert as i8)?;
-            (data, changelog)
-        };
-        if changelog.num_rows() == 0 && data.num_rows() == 0 {
-            return Ok(None);
+        self.check_write(rows, kinds)?;
+        let (done, mut outcome) = oneshot::channel();
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Request {
+            rows: rows.clone(),
+            kinds: kinds.to_vec(),
+            done,
+        });
+        let guard = self.commit_lock.lock().await;
+        if let Ok(result) = outcome.try_recv() {
+            // An earlier leader committed this write with its group.
+            return result;
         }
-        let last_seq = next_seq + data.num_rows().max(1) as u64 - 1;
-        let data_file = if data.num_rows() > 0 {
-            let path = format!("data/{}.parquet", uuid::Uuid::new_v4());
-            Some(
-                file::write(
-                    &self.store,
-                    &self.dir,
-                    new_file(path, (next_seq, last_seq), schema.id),
-                    &data.schema(),
-                    &[data],
-                )
-                .await?,
-            )
-        } else {
-            None
-        };
-        let changelog_file = if changelog.num_rows() > 0 {
-            let path = format!("changelog/{}.parquet", uuid::Uuid::new_v4());
-            Some(
-                file::write(
-                    &self.store,
-                    &self.dir,
-                    new_file(path, (next_seq, last_seq), schema.id),
-                    &changelog.schema(),
-                    &[changelog],
-                )
-                .await?,
-            )
-        } else {
-            None
-        };
-        let mut manifest = state.manifest.clone();
-        manifest.files.extend(data_file.iter().cloned());
-        let snapshot = self
-            .commit(
-                &state,
-                manifest.clone(),
-                CommitKind::Append,
-                data_file.into_iter().collect(),
-                changelog_file,
-                last_seq + 1,
-            )
-            .await?;
-        state.latest = Some(snapshot.clone());
-        state.manifest = manifest;
-        Ok(Some(snapshot))
+        let group = std::mem::take(&mut *self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let result = self.write_group(&guard, &group).await;
+        for request in group {
+            let _ = request.done.send(result.as_ref().map(Clone::clone).map_err(Error::replicate));
+        }
+        drop(guard);
+        match outcome.try_recv() {
+            Ok(_) => result,
+            // Not in the group (cannot happen: it was queued before the lock was taken).
+            Err(_) => Err(Error::Invalid("write was not committed".into())),
+        }
     }
 
-    /// Writes the manifest and claims the next snapshot id.
-    async fn commit(
+    async fn write_group(
         &self,
-        state: &State,
-        manifest: Manifest,
-        kind: CommitKind,
-        delta: Vec<FileMeta>,
-        changelog: Option<FileMeta>,
-        next_sequence: u64,
+        guard: &tokio::sync::MutexGuard<'_, ()>,
+        group: &[Request],
+    ) -> Result<Option<Snapshot>> {
+        let Some(first) = group.first() else { return Ok(None) };
+        let rows = if group.len() == 1 {
+            first.rows.clone()
+        } else {
+            concat_batches(&first.rows.schema(), group.iter().map(|r| &r.rows))?
+        };
+        let kinds: Vec<ValueKind> = group.iter().flat_map(|r| r.kinds.iter().copied()).collect();
+        let mut staged = Staged::default();
+        staged.stage(self, &rows, &kinds).await?;
+        staged.commit(self, guard).await
+    }
+
+    /// Starts a write transaction: stage any number of writes, then commit
+    /// them as one snapshot. Holds the table's commit lock until committed
+    /// or dropped.
+    pub async fn begin(&self) -> Transaction<'_> {
+        let guard = self.commit_lock.lock().await;
+        Transaction { guard, staged: Staged::default(), table: self }
+    }
+
+    fn check_write(&self, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<()> {
+        let schema = self.schema();
+        check_rows(&schema, rows, kinds)?;
+        if !schema.has_primary_key() && kinds.contains(&ValueKind::Delete) {
+            return Err(Error::Invalid(format!(
+                "table {} has no primary key: it is append-only and rows cannot be deleted",
+                self.name
+            )));
+        }
+        if schema.options.merge_engine == MergeEngine::FirstRow && kinds.contains(&ValueKind::Delete) {
+            return Err(Error::Invalid(format!(
+                "table {} uses merge-engine 'first-row', which does not accept deletes",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes the manifest and claims the next snapshot id; updates the cached state.
+    pub(crate) async fn commit_locked(
+        &self,
+        _guard: &tokio::sync::MutexGuard<'_, ()>,
+        commit: Commit,
     ) -> Result<Snapshot> {
+        let state = self.current();
+        let mut files: Vec<FileMeta> =
+            state.manifest.files.iter().filter(|f| !commit.removed.iter().any(|r| r.path == f.path)).cloned().collect();
+        files.extend(commit.added.iter().cloned());
+        let manifest = Manifest { files };
         let manifest_path = format!("manifest/manifest-{}", uuid::Uuid::new_v4());
         let location = self.dir.child_path(&manifest_path);
         self.store
@@ -248,14 +299,15 @@ impl Table {
             parent: state.latest.as_ref().map(|s| s.id),
             commit_time_ms: now_ms(),
             schema_id: state.schema.id,
-            kind,
+            kind: commit.kind.unwrap_or(CommitKind::Append),
             manifest: manifest_path,
-            delta_rows: delta.iter().map(|f| f.rows).sum(),
-            delta_files: delta.iter().map(|f| f.path.clone()).collect(),
-            changelog_rows: changelog.as_ref().map_or(0, |f| f.rows),
-            changelog_files: changelog.into_iter().collect(),
+            delta_rows: commit.added.iter().map(|f| f.rows).sum(),
+            delta_files: commit.added.iter().map(|f| f.path.clone()).collect(),
+            removed_files: commit.removed.iter().map(|f| f.path.clone()).collect(),
+            changelog_rows: commit.changelog.iter().map(|f| f.rows).sum(),
+            changelog_files: commit.changelog,
             total_rows: manifest.files.iter().map(|f| f.rows).sum(),
-            next_sequence,
+            next_sequence: commit.next_sequence.unwrap_or_else(|| state.latest.as_ref().map_or(1, |s| s.next_sequence)),
             watermark: state.latest.as_ref().and_then(|s| s.watermark),
         };
         let location = self.dir.child_path(&snapshot_path(id));
@@ -264,19 +316,26 @@ impl Table {
             .put_opts(&location, PutPayload::from(crate::frame::encode(&snapshot)?), PutOptions::from(PutMode::Create))
             .await;
         match claimed {
-            Ok(_) => Ok(snapshot),
-            Err(object_store::Error::AlreadyExists { .. }) => Err(Error::Conflict {
-                table: self.name.clone(),
-                reason: format!("snapshot {id} was committed by another writer"),
-            }),
-            Err(e) => Err(Error::store(&location, e)),
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                return Err(Error::Conflict {
+                    table: self.name.clone(),
+                    reason: format!("snapshot {id} was committed by another writer"),
+                });
+            }
+            Err(e) => return Err(Error::store(&location, e)),
         }
+        let mut current = self.lock_state();
+        current.latest = Some(snapshot.clone());
+        current.manifest = Arc::new(manifest);
+        Ok(snapshot)
     }
 
     /// New data rows and changelog rows for a keyed table, looked up against the current state.
     async fn keyed_changes(
         &self,
         state: &State,
+        files: &[FileMeta],
         rows: &RecordBatch,
         kinds: &[ValueKind],
         next_seq: u64,
@@ -288,7 +347,7 @@ impl Table {
         let mut decisive: HashMap<OwnedRow, usize> = HashMap::with_capacity(rows.num_rows());
         for (i, kind) in kinds.iter().enumerate() {
             let key = keys.row(i).owned();
-            match schema.merge_engine {
+            match schema.options.merge_engine {
                 MergeEngine::Deduplicate => {
                     decisive.insert(key, i);
                 }
@@ -306,9 +365,8 @@ impl Table {
         let mut ordered: Vec<(OwnedRow, usize)> = decisive.into_iter().collect();
         ordered.sort_unstable_by(|a, b| a.0.cmp(&b.0));
 
-        let (old_batches, old) = self.merged(state, Some(&ordered)).await?;
-        let old_by_key: HashMap<OwnedRow, (usize, usize)> =
-            old.into_iter().map(|e| (e.key, (e.batch, e.row))).collect();
+        let wanted: Vec<OwnedRow> = ordered.iter().map(|(k, _)| k.clone()).collect();
+        let (old_batches, old_by_key) = self.lookup(schema, files, &wanted).await?;
 
         // Sources for interleave: old data batches (user columns), then the incoming rows.
         let incoming = old_batches.len();
@@ -320,7 +378,7 @@ impl Table {
         for (key, i) in &ordered {
             let seq = next_seq + data_rows.len() as u64;
             let old = old_by_key.get(key);
-            match (schema.merge_engine, old, kinds[*i]) {
+            match (schema.options.merge_engine, old, kinds[*i]) {
                 (_, None, ValueKind::Upsert) => {
                     data_rows.push(*i);
                     data_kinds.push(ValueKind::Upsert as i8);
@@ -368,94 +426,100 @@ impl Table {
         Ok((data, changelog))
     }
 
-    /// The current value of every key (or of the keys in `only`), newest
-    /// sequence winning and deletes dropped: the data batches read (user
-    /// columns) and, per live key in key order, where its value is.
-    async fn merged(
+    /// The current value of each of `wanted` (sorted) in `files`: the user
+    /// columns of the row groups read, and where each live key's newest
+    /// version is. Only row groups whose key range holds a wanted key are read.
+    async fn lookup(
         &self,
-        state: &State,
-        only: Option<&[(OwnedRow, usize)]>,
-    ) -> Result<(Vec<RecordBatch>, Vec<Entry>)> {
-        let schema = &state.schema;
+        schema: &TableSchema,
+        files: &[FileMeta],
+        wanted: &[OwnedRow],
+    ) -> Result<(Vec<RecordBatch>, HashMap<OwnedRow, (usize, usize)>)> {
         let converter = key_converter(schema)?;
-        let wanted: Option<std::collections::HashSet<&OwnedRow>> = only.map(|o| o.iter().map(|(k, _)| k).collect());
+        let wanted_set: HashSet<&[u8]> = wanted.iter().map(AsRef::as_ref).collect();
         let user_columns = schema.schema.fields().len();
         let mut batches = Vec::new();
-        let mut entries: Vec<(Entry, u64, i8)> = Vec::new();
-        for meta in &state.manifest.files {
-            for batch in file::read(&self.store, &self.dir, meta).await? {
-                let b = batches.len();
-                let keys = converter.convert_columns(&key_columns(schema, &batch))?;
-                let seqs = batch
-                    .column(user_columns)
-                    .as_primitive_opt::<UInt64Type>()
-                    .ok_or_else(|| Error::corrupt(self.dir.child_path(&meta.path), "_seq column is not UInt64"))?;
-                let kinds = batch
-                    .column(user_columns + 1)
-                    .as_primitive_opt::<Int8Type>()
-                    .ok_or_else(|| Error::corrupt(self.dir.child_path(&meta.path), "_kind column is not Int8"))?;
-                for row in 0..batch.num_rows() {
-                    let key = keys.row(row);
-                    if let Some(wanted) = &wanted
-                        && !wanted.contains(&key.owned())
-                    {
-                        continue;
-                    }
-                    entries.push((Entry { key: key.owned(), batch: b, row }, seqs.value(row), kinds.value(row)));
+        // key -> (seq, kind, batch, row) of the newest version seen.
+        let mut newest: HashMap<OwnedRow, (u64, i8, usize, usize)> = HashMap::new();
+        for meta in files {
+            let groups = match file::decode_key_index(&self.dir, meta)? {
+                Some(index) => {
+                    let keys = converter.convert_columns(index.columns())?;
+                    groups_with_keys(&keys, wanted)
                 }
-                batches.push(batch.project(&(0..user_columns).collect::<Vec<_>>())?);
-            }
-        }
-        entries.sort_unstable_by(|a, b| a.0.key.cmp(&b.0.key).then(b.1.cmp(&a.1)));
-        let mut live = Vec::with_capacity(entries.len());
-        let mut last: Option<OwnedRow> = None;
-        for (entry, _, kind) in entries {
-            if last.as_ref() == Some(&entry.key) {
+                None => (0..meta.row_groups.len()).collect(),
+            };
+            if groups.is_empty() {
                 continue;
             }
-            last = Some(entry.key.clone());
-            if kind == ValueKind::Upsert as i8 {
-                live.push(entry);
+            let reader = FileReader::open(&self.store, &self.dir, Arc::new(meta.clone())).await?;
+            for group in groups {
+                for batch in reader.read_row_group(group, None, READ_BATCH_ROWS).await? {
+                    let b = batches.len();
+                    let keys = converter.convert_columns(&key_columns(schema, &batch))?;
+                    let location = || self.dir.child_path(&meta.path);
+                    let seqs = batch
+                        .column(user_columns)
+                        .as_primitive_opt::<UInt64Type>()
+                        .ok_or_else(|| Error::corrupt(location(), "_seq column is not UInt64"))?;
+                    let kinds = batch
+                        .column(user_columns + 1)
+                        .as_primitive_opt::<Int8Type>()
+                        .ok_or_else(|| Error::corrupt(location(), "_kind column is not Int8"))?;
+                    for row in 0..batch.num_rows() {
+                        let key = keys.row(row);
+                        if !wanted_set.contains(key.data()) {
+                            continue;
+                        }
+                        let seq = seqs.value(row);
+                        match newest.get_mut(&key.owned()) {
+                            Some(entry) if entry.0 >= seq => {}
+                            Some(entry) => *entry = (seq, kinds.value(row), b, row),
+                            None => {
+                                newest.insert(key.owned(), (seq, kinds.value(row), b, row));
+                            }
+                        }
+                    }
+                    batches.push(batch.project(&(0..user_columns).collect::<Vec<_>>())?);
+                }
             }
         }
+        let live = newest
+            .into_iter()
+            .filter(|(_, (_, kind, _, _))| *kind == ValueKind::Upsert as i8)
+            .map(|(key, (_, _, b, row))| (key, (b, row)))
+            .collect();
         Ok((batches, live))
     }
 
-    /// The table's rows as of `snapshot` (the latest when `None`).
+    /// Plans a scan of `snapshot` (the latest when `None`).
+    ///
+    /// # Errors
+    /// An unknown or expired snapshot; damaged metadata.
+    pub async fn plan_scan(&self, snapshot: Option<u64>, request: &ScanRequest) -> Result<ScanPlan> {
+        let state = self.current();
+        let (id, manifest) = match snapshot {
+            None => (state.latest.as_ref().map(|s| s.id), state.manifest),
+            Some(id) => {
+                let snapshot = self.read_snapshot(id).await?;
+                (Some(id), Arc::new(self.read_manifest(&snapshot).await?))
+            }
+        };
+        scan::plan(&self.dir, &state.schema, id, &manifest.files, request)
+    }
+
+    /// Reads partition `partition` of `plan`: a stream of batches in bounded memory.
+    pub fn read_partition(&self, plan: &ScanPlan, partition: usize) -> BoxStream<'static, Result<RecordBatch>> {
+        scan::read(Arc::clone(&self.store), self.dir.clone(), plan, partition)
+    }
+
+    /// The table's rows as of `snapshot` (the latest when `None`), all in memory.
     ///
     /// # Errors
     /// An unknown or expired snapshot; corrupt files.
     pub async fn scan(&self, snapshot: Option<u64>) -> Result<Vec<RecordBatch>> {
-        let state = match snapshot {
-            None => self.state.lock().await.clone(),
-            Some(id) => {
-                let snapshot = self.read_snapshot(id).await?;
-                let manifest = self.read_manifest(&snapshot).await?;
-                let schema = self.state.lock().await.schema.clone();
-                State { schema, latest: Some(snapshot), manifest }
-            }
-        };
-        if !state.schema.has_primary_key() {
-            let user = (0..state.schema.schema.fields().len()).collect::<Vec<_>>();
-            let mut out = Vec::new();
-            for meta in &state.manifest.files {
-                for batch in file::read(&self.store, &self.dir, meta).await? {
-                    out.push(batch.project(&user)?);
-                }
-            }
-            return Ok(out);
-        }
-        let (batches, live) = self.merged(&state, None).await?;
-        if live.is_empty() {
-            return Ok(vec![]);
-        }
-        let indices: Vec<(usize, usize)> = live.iter().map(|e| (e.batch, e.row)).collect();
-        let mut columns = Vec::with_capacity(state.schema.schema.fields().len());
-        for column in 0..state.schema.schema.fields().len() {
-            let sources: Vec<&dyn Array> = batches.iter().map(|b| b.column(column).as_ref()).collect();
-            columns.push(interleave(&sources, &indices)?);
-        }
-        Ok(vec![RecordBatch::try_new(Arc::clone(&state.schema.schema), columns)?])
+        let plan = self.plan_scan(snapshot, &ScanRequest::default()).await?;
+        self.read_partition(&plan, 0).try_collect().await
     }
 
     /// Every snapshot still stored, oldest first.
@@ -463,6 +527,20 @@ impl Table {
     /// # Errors
     /// Storage failures; damaged snapshot files.
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let mut out = Vec::new();
+        for id in self.snapshot_ids().await? {
+            match self.read_snapshot(id).await {
+                Ok(snapshot) => out.push(snapshot),
+                // Expired while listing.
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ids of the stored snapshots, ascending.
+    pub(crate) async fn snapshot_ids(&self) -> Result<Vec<u64>> {
         let dir = self.dir.clone().join("snapshot");
         let metas: Vec<_> = self.store.list(Some(&dir)).try_collect().await.map_err(|e| Error::store(&dir, e))?;
         let mut ids: Vec<u64> = metas
@@ -472,11 +550,7 @@ impl Table {
             })
             .collect();
         ids.sort_unstable();
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            out.push(self.read_snapshot(id).await?);
-        }
-        Ok(out)
+        Ok(ids)
     }
 
     /// The live data files at `snapshot` (the latest when `None`).
@@ -485,7 +559,7 @@ impl Table {
     /// An unknown snapshot; damaged metadata.
     pub async fn files(&self, snapshot: Option<u64>) -> Result<Vec<FileMeta>> {
         match snapshot {
-            None => Ok(self.state.lock().await.manifest.files.clone()),
+            None => Ok(self.lock_state().manifest.files.clone()),
             Some(id) => Ok(self.read_manifest(&self.read_snapshot(id).await?).await?.files),
         }
     }
@@ -496,13 +570,14 @@ impl Table {
     /// # Errors
     /// An expired snapshot in the range; corrupt files.
     pub async fn changelog(&self, after: u64, upto: Option<u64>) -> Result<Vec<ChangelogBatch>> {
-        let latest = self.state.lock().await.latest.as_ref().map_or(0, |s| s.id);
+        let latest = self.lock_state().latest.as_ref().map_or(0, |s| s.id);
         let upto = upto.unwrap_or(latest).min(latest);
         let mut out = Vec::new();
         for id in after + 1..=upto {
             let snapshot = self.read_snapshot(id).await?;
-            for meta in &snapshot.changelog_files {
-                for batch in file::read(&self.store, &self.dir, meta).await? {
+            for meta in snapshot.changelog_files {
+                let reader = FileReader::open(&self.store, &self.dir, Arc::new(meta)).await?;
+                for batch in reader.read_all(READ_BATCH_ROWS).await? {
                     out.push(ChangelogBatch { snapshot: id, batch });
                 }
             }
@@ -511,22 +586,165 @@ impl Table {
     }
 }
 
-/// Where the current value of a key lives.
-#[derive(Debug)]
-struct Entry {
-    key: OwnedRow,
-    batch: usize,
-    row: usize,
+/// Row groups (by their key ranges in `index`: first key of each group,
+/// then the file's last key) that may hold one of `wanted` (sorted).
+fn groups_with_keys(index: &Rows, wanted: &[OwnedRow]) -> Vec<usize> {
+    let groups = index.num_rows().saturating_sub(1);
+    (0..groups)
+        .filter(|&g| {
+            let first = index.row(g);
+            let next = index.row(g + 1);
+            let at = wanted.partition_point(|k| k.row() < first);
+            wanted.get(at).is_some_and(|k| k.row() <= next)
+        })
+        .collect()
 }
 
-fn new_file(relative: String, seq_range: (u64, u64), schema_id: u64) -> file::NewFile {
-    file::NewFile { relative, level: 0, seq_range, schema_id }
+/// What a commit changes.
+#[derive(Debug, Default)]
+pub(crate) struct Commit {
+    pub kind: Option<CommitKind>,
+    pub added: Vec<FileMeta>,
+    pub removed: Vec<FileMeta>,
+    pub changelog: Vec<FileMeta>,
+    pub next_sequence: Option<u64>,
 }
 
-fn key_converter(schema: &TableSchema) -> Result<RowConverter> {
-    let fields =
-        schema.primary_key.iter().map(|&i| SortField::new(schema.schema.field(i).data_type().clone())).collect();
-    Ok(RowConverter::new(fields)?)
+/// Files written by a write that is not committed yet.
+#[derive(Debug, Default)]
+struct Staged {
+    data: Vec<FileMeta>,
+    changelog: Vec<FileMeta>,
+    next_seq: Option<u64>,
+}
+
+impl Staged {
+    /// Computes the data and changelog rows of a write against the
+    /// committed state plus what is staged, and writes them as new files.
+    async fn stage(&mut self, table: &Table, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<()> {
+        let state = table.current();
+        let schema = &state.schema;
+        let next_seq = self.next_seq.unwrap_or_else(|| state.latest.as_ref().map_or(1, |s| s.next_sequence));
+        let (data, changelog) = if schema.has_primary_key() {
+            let mut files = state.manifest.files.clone();
+            files.extend(self.data.iter().cloned());
+            table.keyed_changes(&state, &files, rows, kinds, next_seq).await?
+        } else {
+            let seqs: ArrayRef = Arc::new(UInt64Array::from_iter_values(next_seq..next_seq + rows.num_rows() as u64));
+            let data = with_system_columns(schema, rows, Arc::clone(&seqs), ValueKind::Upsert as i8)?;
+            let changelog = with_system_columns(schema, rows, seqs, RowKind::Insert as i8)?;
+            (data, changelog)
+        };
+        if data.num_rows() > 0 {
+            let keys = schema.primary_key.clone();
+            self.data.push(table.write_file("data", 0, keys, Some(ValueKind::Delete as i8), schema, &data).await?);
+        }
+        if changelog.num_rows() > 0 {
+            self.changelog.push(table.write_file("changelog", 0, vec![], None, schema, &changelog).await?);
+        }
+        self.next_seq = Some(next_seq + data.num_rows() as u64);
+        Ok(())
+    }
+
+    async fn commit(self, table: &Table, guard: &tokio::sync::MutexGuard<'_, ()>) -> Result<Option<Snapshot>> {
+        if self.data.is_empty() && self.changelog.is_empty() {
+            return Ok(None);
+        }
+        let commit = Commit {
+            kind: Some(CommitKind::Append),
+            added: self.data,
+            removed: vec![],
+            changelog: self.changelog,
+            next_sequence: self.next_seq,
+        };
+        table.commit_locked(guard, commit).await.map(Some)
+    }
+
+    /// Removes the staged files (best effort: what is left is unreferenced garbage).
+    async fn abort(self, table: &Table) {
+        for meta in self.data.iter().chain(&self.changelog) {
+            let _ = table.store.delete(&table.dir.child_path(&meta.path)).await;
+        }
+    }
+}
+
+/// A write transaction: staged writes, committed as one snapshot.
+/// Holds the table's commit lock; dropping it without [`Transaction::commit`]
+/// commits nothing.
+pub struct Transaction<'a> {
+    table: &'a Table,
+    guard: tokio::sync::MutexGuard<'a, ()>,
+    staged: Staged,
+}
+
+impl Transaction<'_> {
+    /// The snapshot this transaction writes on top of.
+    pub fn base_snapshot(&self) -> Option<u64> {
+        self.table.lock_state().latest.as_ref().map(|s| s.id)
+    }
+
+    /// Stages upserts and deletes (see [`Table::write`]); later writes of the
+    /// transaction see earlier ones.
+    ///
+    /// # Errors
+    /// As [`Table::write`].
+    pub async fn write(&mut self, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<()> {
+        self.table.check_write(rows, kinds)?;
+        self.staged.stage(self.table, rows, kinds).await
+    }
+
+    /// Commits everything staged as one snapshot (`None` if nothing changed).
+    ///
+    /// # Errors
+    /// A concurrent writer in another process; storage failures.
+    pub async fn commit(self) -> Result<Option<Snapshot>> {
+        let Self { table, guard, staged } = self;
+        staged.commit(table, &guard).await
+    }
+
+    /// Drops everything staged and removes its files.
+    pub async fn abort(self) {
+        let Self { table, guard, staged } = self;
+        staged.abort(table).await;
+        drop(guard);
+    }
+}
+
+impl Table {
+    /// Writes `batch` as a new file under `folder`.
+    pub(crate) async fn write_file(
+        &self,
+        folder: &str,
+        level: u32,
+        key_columns: Vec<usize>,
+        delete_code: Option<i8>,
+        schema: &TableSchema,
+        batch: &RecordBatch,
+    ) -> Result<FileMeta> {
+        let mut writer = self.file_writer(folder, level, key_columns, delete_code, schema)?;
+        writer.write(batch)?;
+        writer.finish(&self.store, &self.dir).await
+    }
+
+    pub(crate) fn file_writer(
+        &self,
+        folder: &str,
+        level: u32,
+        key_columns: Vec<usize>,
+        delete_code: Option<i8>,
+        schema: &TableSchema,
+    ) -> Result<FileWriter> {
+        let user = schema.schema.fields().len();
+        let file = NewFile {
+            relative: format!("{folder}/{}.parquet", uuid::Uuid::new_v4()),
+            level,
+            key_columns,
+            schema_id: schema.id,
+            row_group_rows: schema.options.row_group_rows,
+            seq_kind: (user, user + 1, delete_code),
+        };
+        FileWriter::new(file, &schema.data_file_schema())
+    }
 }
 
 fn key_columns(schema: &TableSchema, batch: &RecordBatch) -> Vec<ArrayRef> {

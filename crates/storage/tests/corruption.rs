@@ -8,12 +8,12 @@ use arrow::datatypes::{DataType, Field, Schema};
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use streamhouse_storage::{Error, MergeEngine, Table, TableSchema, ValueKind};
+use streamhouse_storage::{Error, Table, TableOptions, TableSchema, ValueKind};
 
 fn table_schema() -> TableSchema {
     let arrow =
         Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false), Field::new("v", DataType::Utf8, true)]));
-    TableSchema::new(0, arrow, &["k"], MergeEngine::Deduplicate).unwrap()
+    TableSchema::new(0, arrow, &["k"], TableOptions::default()).unwrap()
 }
 
 fn rows(schema: &TableSchema, keys: &[i64]) -> RecordBatch {
@@ -90,13 +90,13 @@ async fn two_writers_cannot_both_commit_the_same_snapshot() {
     let (_dir, store, table) = setup().await;
     // A second process's view of the same table, opened at the same snapshot.
     let other = Table::open(Arc::clone(&store), Path::from("public/t"), "t").await.unwrap();
-    let schema = table.schema().await;
+    let schema = table.schema();
     let first = table.write(&rows(&schema, &[10]), &[ValueKind::Upsert]).await.unwrap().unwrap();
     let err = other.write(&rows(&schema, &[11]), &[ValueKind::Upsert]).await.unwrap_err();
     assert!(matches!(err, Error::Conflict { .. }), "{err}");
     // The winner's commit is intact; the loser's rows are nowhere.
     let reopened = Table::open(store, Path::from("public/t"), "t").await.unwrap();
-    assert_eq!(reopened.latest_snapshot().await.unwrap().id, first.id);
+    assert_eq!(reopened.latest_snapshot().unwrap().id, first.id);
     let total: usize = reopened.scan(None).await.unwrap().iter().map(RecordBatch::num_rows).sum();
     assert_eq!(total, 5);
 }

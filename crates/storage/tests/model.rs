@@ -1,22 +1,29 @@
-//! Model test: random sequences of upserts, deletes, no-op writes and
-//! reopenings of a Dynamic Table, checked after every step against a
-//! `BTreeMap` model. After each commit:
-//! - the latest snapshot scans to exactly the model;
-//! - every earlier snapshot still scans to the model as it was then;
-//! - replaying the changelog of any range of snapshots onto the model state
-//!   at its start gives the model state at its end, and every `-U`/`-D`
-//!   carries the exact old row.
+//! Model test: random sequences of upserts, deletes, no-op writes,
+//! multi-write transactions, concurrent (group-committed) writes,
+//! compactions (automatic and full), snapshot expiry and reopenings of a
+//! Dynamic Table, checked against a `BTreeMap` model. Tiny row groups and
+//! target file sizes make every file hold several row groups and compaction
+//! write several files, so key-index pruning and split planning are
+//! exercised. After each step:
+//! - the latest snapshot scans to exactly the model, also when planned as
+//!   several partitions and when pruned to a key range;
+//! - at the end, every retained snapshot still scans to the model as it was
+//!   then, expired ones are gone, and replaying the changelog of any range of
+//!   retained snapshots onto the model state at its start gives the model
+//!   state at its end, every `-U`/`-D` carrying the exact old row;
+//! - no data file is left that no retained snapshot references.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int8Type, Int64Type, Schema};
+use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use proptest::prelude::*;
-use streamhouse_storage::{MergeEngine, RowKind, Table, TableSchema, ValueKind};
+use streamhouse_storage::{MergeEngine, RowKind, ScanRequest, Table, TableOptions, TableSchema, ValueKind};
 
 type Model = BTreeMap<i64, Option<String>>;
 
@@ -24,6 +31,22 @@ type Model = BTreeMap<i64, Option<String>>;
 enum Op {
     /// One write: (key, Some(value) upsert | None value upsert-null | delete).
     Write(Vec<(i64, Change)>),
+    /// Several writes staged in one transaction, committed as one snapshot.
+    Transaction(Vec<Vec<(i64, Change)>>),
+    /// Several writes issued concurrently (group commit).
+    Concurrent(Vec<Vec<(i64, Change)>>),
+    /// Compaction: full (all runs, tombstones dropped) or as the options pick.
+    Compact {
+        full: bool,
+    },
+    /// Expire snapshots as if an hour had passed.
+    Expire,
+    /// A scan pruned to keys in `lo..=hi`, planned as `partitions` partitions.
+    Scan {
+        lo: i64,
+        hi: i64,
+        partitions: usize,
+    },
     Reopen,
 }
 
@@ -40,17 +63,40 @@ fn change() -> impl Strategy<Value = Change> {
     ]
 }
 
+fn rows() -> impl Strategy<Value = Vec<(i64, Change)>> {
+    proptest::collection::vec((0i64..20, change()), 1..12)
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => proptest::collection::vec((0i64..20, change()), 1..12).prop_map(Op::Write),
+        8 => rows().prop_map(Op::Write),
+        // A big write, so runs differ in size and compactions are partial too.
+        1 => (0i64..20, 20i64..120).prop_map(|(from, count)| {
+            Op::Write((from..from + count).map(|k| (k, Change::Upsert(Some("b".to_string())))).collect())
+        }),
+        1 => proptest::collection::vec(rows(), 1..4).prop_map(Op::Transaction),
+        1 => proptest::collection::vec(rows(), 2..5).prop_map(Op::Concurrent),
+        2 => any::<bool>().prop_map(|full| Op::Compact { full }),
+        1 => Just(Op::Expire),
+        1 => (0i64..20, 0i64..20, 1usize..4).prop_map(|(lo, hi, partitions)| Op::Scan { lo, hi, partitions }),
         1 => Just(Op::Reopen),
     ]
 }
 
-fn schema(engine: MergeEngine) -> TableSchema {
+fn schema(engine: MergeEngine, size_amplification: u64) -> TableSchema {
     let arrow =
         Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false), Field::new("v", DataType::Utf8, true)]));
-    TableSchema::new(0, arrow, &["k"], engine).unwrap()
+    let options = TableOptions {
+        merge_engine: engine,
+        compaction_trigger: 3,
+        max_size_amplification_percent: size_amplification,
+        target_file_size: 1,
+        snapshot_num_retained_min: 3,
+        snapshot_num_retained_max: 6,
+        row_group_rows: 3,
+        ..TableOptions::default()
+    };
+    TableSchema::new(0, arrow, &["k"], options).unwrap()
 }
 
 fn batch(table: &TableSchema, rows: &[(i64, Change)]) -> (RecordBatch, Vec<ValueKind>) {
@@ -119,33 +165,113 @@ fn replay(state: &mut Model, batches: &[streamhouse_storage::ChangelogBatch]) {
     }
 }
 
-async fn run(engine: MergeEngine, ops: Vec<Op>) {
+fn without_deletes(engine: MergeEngine, mut rows: Vec<(i64, Change)>) -> Vec<(i64, Change)> {
+    if engine == MergeEngine::FirstRow {
+        rows.retain(|(_, c)| !matches!(c, Change::Delete));
+    }
+    rows
+}
+
+/// Records that snapshot `id` holds `model` (ids are dense).
+fn record(history: &mut Vec<Model>, id: u64, model: &Model) {
+    assert_eq!(id as usize, history.len(), "snapshot ids are dense");
+    history.push(model.clone());
+}
+
+async fn run(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>) {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let dir = Path::from("public/t");
-    let mut table = Table::create(Arc::clone(&store), dir.clone(), "t", schema(engine)).await.unwrap();
+    let mut table =
+        Table::create(Arc::clone(&store), dir.clone(), "t", schema(engine, size_amplification)).await.unwrap();
     let mut model = Model::new();
     // Model state after each snapshot id (index 0 = empty table).
     let mut history: Vec<Model> = vec![Model::new()];
+    // Time moves an hour per expiry, so expiry is decided by count.
+    let mut clock = 0i64;
     for op in ops {
         match op {
-            Op::Write(mut rows) => {
-                if engine == MergeEngine::FirstRow {
-                    rows.retain(|(_, c)| !matches!(c, Change::Delete));
+            Op::Write(rows) => {
+                let rows = without_deletes(engine, rows);
+                if rows.is_empty() {
+                    continue;
+                }
+                let (b, kinds) = batch(&table.schema(), &rows);
+                let before = model.clone();
+                apply(&mut model, engine, &rows);
+                match table.write(&b, &kinds).await.unwrap() {
+                    Some(snapshot) => record(&mut history, snapshot.id, &model),
+                    None => assert_eq!(before, model, "no commit, but the model changed"),
+                }
+            }
+            Op::Transaction(writes) => {
+                let before = model.clone();
+                let mut txn = table.begin().await;
+                for rows in writes {
+                    let rows = without_deletes(engine, rows);
                     if rows.is_empty() {
                         continue;
                     }
+                    let (b, kinds) = batch(&table.schema(), &rows);
+                    apply(&mut model, engine, &rows);
+                    txn.write(&b, &kinds).await.unwrap();
                 }
-                let (b, kinds) = batch(&table.schema().await, &rows);
-                let before = model.clone();
-                apply(&mut model, engine, &rows);
-                let committed = table.write(&b, &kinds).await.unwrap();
-                match committed {
-                    Some(snapshot) => {
-                        assert_eq!(snapshot.id as usize, history.len());
-                        history.push(model.clone());
-                    }
+                match txn.commit().await.unwrap() {
+                    Some(snapshot) => record(&mut history, snapshot.id, &model),
                     None => assert_eq!(before, model, "no commit, but the model changed"),
                 }
+            }
+            Op::Concurrent(writes) => {
+                let writes: Vec<_> =
+                    writes.into_iter().map(|w| without_deletes(engine, w)).filter(|w| !w.is_empty()).collect();
+                let batches: Vec<_> = writes.iter().map(|w| batch(&table.schema(), w)).collect();
+                let results = futures::future::join_all(batches.iter().map(|(b, k)| table.write(b, k))).await;
+                // Writes are applied in issue order; each reports the snapshot holding it.
+                for (i, (rows, result)) in writes.iter().zip(&results).enumerate() {
+                    apply(&mut model, engine, rows);
+                    let id = result.as_ref().unwrap().as_ref().map(|s| s.id);
+                    let next = results.get(i + 1).map(|r| r.as_ref().unwrap().as_ref().map(|s| s.id));
+                    if let Some(id) = id
+                        && next != Some(Some(id))
+                    {
+                        record(&mut history, id, &model);
+                    }
+                }
+            }
+            Op::Compact { full } => {
+                if let Some(snapshot) = table.compact(full).await.unwrap() {
+                    record(&mut history, snapshot.id, &model);
+                }
+                if full {
+                    let runs = table.sorted_runs();
+                    assert!(runs.len() <= 1, "a full compaction leaves one run, not {}", runs.len());
+                    assert!(runs.iter().flat_map(|r| &r.files).all(|f| f.deletes == 0), "and no tombstones");
+                }
+            }
+            Op::Expire => {
+                clock += 3_600_001;
+                table.expire(clock, None).await.unwrap();
+                let ids: Vec<u64> = table.snapshots().await.unwrap().iter().map(|s| s.id).collect();
+                assert!(ids.len() <= 6 && ids.len() >= 3.min(history.len() - 1), "retained {ids:?}");
+                assert_eq!(ids.last().copied(), Some(history.len() as u64 - 1).filter(|&l| l > 0));
+            }
+            Op::Scan { lo, hi, partitions } => {
+                let (lo, hi) = (lo.min(hi), lo.max(hi));
+                let request = ScanRequest {
+                    lower: Some(Arc::new(Int64Array::from(vec![lo]))),
+                    upper: Some(Arc::new(Int64Array::from(vec![hi]))),
+                    partitions,
+                    batch_size: 2,
+                    ..ScanRequest::default()
+                };
+                let plan = table.plan_scan(None, &request).await.unwrap();
+                let mut got = Vec::new();
+                for p in 0..plan.partitions.len() {
+                    got.extend(table.read_partition(&plan, p).try_collect::<Vec<_>>().await.unwrap());
+                }
+                let mut got = rows_of(&got);
+                got.retain(|k, _| (lo..=hi).contains(k));
+                let want: Model = model.range(lo..=hi).map(|(k, v)| (*k, v.clone())).collect();
+                assert_eq!(got, want, "scan of keys {lo}..={hi} in {partitions} partitions");
             }
             Op::Reopen => {
                 drop(table);
@@ -154,16 +280,37 @@ async fn run(engine: MergeEngine, ops: Vec<Op>) {
         }
         assert_eq!(rows_of(&table.scan(None).await.unwrap()), model, "latest snapshot");
     }
+    let retained: Vec<u64> = table.snapshots().await.unwrap().iter().map(|s| s.id).collect();
     let latest = history.len() as u64 - 1;
     for id in 1..=latest {
-        assert_eq!(rows_of(&table.scan(Some(id)).await.unwrap()), history[id as usize], "snapshot {id}");
+        match table.scan(Some(id)).await {
+            Ok(batches) => {
+                assert!(retained.contains(&id), "snapshot {id} scans but was expired");
+                assert_eq!(rows_of(&batches), history[id as usize], "snapshot {id}");
+            }
+            Err(e) => assert!(!retained.contains(&id), "retained snapshot {id}: {e}"),
+        }
     }
-    for from in 0..=latest {
+    let earliest = retained.first().copied().unwrap_or(1);
+    for from in earliest.saturating_sub(1)..=latest {
         for to in from..=latest {
             let mut state = history[from as usize].clone();
             replay(&mut state, &table.changelog(from, Some(to)).await.unwrap());
             assert_eq!(state, history[to as usize], "changelog ({from}, {to}]");
         }
+    }
+    // Every stored data file is referenced by a retained snapshot.
+    let mut referenced = std::collections::HashSet::new();
+    for id in &retained {
+        for file in table.files(Some(*id)).await.unwrap() {
+            referenced.insert(file.path);
+        }
+    }
+    let data_dir = dir.clone().join("data");
+    let stored: Vec<_> = store.list(Some(&data_dir)).try_collect().await.unwrap();
+    for meta in stored {
+        let name = format!("data/{}", meta.location.filename().unwrap());
+        assert!(referenced.contains(&name), "{name} is stored but no retained snapshot references it");
     }
 }
 
@@ -171,12 +318,38 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn deduplicate_matches_the_model(ops in proptest::collection::vec(op(), 1..25)) {
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(run(MergeEngine::Deduplicate, ops));
+    // A high size-amplification threshold makes compactions partial (by size
+    // ratio and run count) instead of mostly full.
+    fn deduplicate_matches_the_model(
+        amplification in prop_oneof![Just(200u64), Just(1_000_000)],
+        ops in proptest::collection::vec(op(), 1..25),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(run(MergeEngine::Deduplicate, amplification, ops));
     }
 
     #[test]
-    fn first_row_matches_the_model(ops in proptest::collection::vec(op(), 1..25)) {
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(run(MergeEngine::FirstRow, ops));
+    fn first_row_matches_the_model(
+        amplification in prop_oneof![Just(200u64), Just(1_000_000)],
+        ops in proptest::collection::vec(op(), 1..25),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(run(MergeEngine::FirstRow, amplification, ops));
     }
+}
+
+/// A partial compaction (newer runs only) must keep tombstones: the key
+/// they delete still lives in the older run.
+#[tokio::test]
+async fn partial_compaction_keeps_tombstones() {
+    let up = |k: i64| (k, Change::Upsert(Some(format!("v{k}"))));
+    let ops = vec![
+        Op::Write((0..200).map(up).collect()),
+        Op::Compact { full: true },
+        Op::Write(vec![(3, Change::Delete)]),
+        Op::Write(vec![up(11)]),
+        Op::Write(vec![up(12)]),
+        Op::Compact { full: false },
+    ];
+    run(MergeEngine::Deduplicate, 1_000_000, ops).await;
 }

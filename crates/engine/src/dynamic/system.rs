@@ -184,6 +184,7 @@ impl TableProvider for SystemTable {
 /// A Dynamic Table as of a snapshot id or a point in time, read-only.
 #[derive(Debug)]
 pub struct SnapshotTable {
+    dynamic: Arc<super::DynamicTable>,
     table: Arc<storage::Table>,
     schema: SchemaRef,
     as_of: crate::catalog::AsOf,
@@ -191,8 +192,8 @@ pub struct SnapshotTable {
 
 impl SnapshotTable {
     /// `table` (with user columns `schema`) as of `as_of`.
-    pub fn new(table: Arc<storage::Table>, schema: &SchemaRef, as_of: crate::catalog::AsOf) -> Self {
-        Self { table, schema: Arc::clone(schema), as_of }
+    pub fn new(dynamic: Arc<super::DynamicTable>, as_of: crate::catalog::AsOf) -> Self {
+        Self { table: Arc::clone(&dynamic.table), schema: Arc::clone(&dynamic.schema), dynamic, as_of }
     }
 
     async fn snapshot_id(&self) -> datafusion::error::Result<u64> {
@@ -224,20 +225,13 @@ impl TableProvider for SnapshotTable {
 
     async fn scan(
         &self,
-        _state: &dyn DfSession,
+        state: &dyn DfSession,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let id = self.snapshot_id().await?;
-        let batches = self.table.scan(Some(id)).await.map_err(|e| match e {
-            storage::Error::NotFound { .. } => df_error(crate::error::Error::new(
-                crate::error::StatusCode::InvalidArgument,
-                format!("table {} has no snapshot {id}", self.table.name()),
-            )),
-            other => df_error(other),
-        })?;
-        batches_exec(batches, &self.schema, projection)
+        self.dynamic.scan_snapshot(state, Some(id), projection, filters).await
     }
 }
 

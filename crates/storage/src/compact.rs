@@ -1,0 +1,322 @@
+//! Universal compaction and snapshot expiry.
+//!
+//! # Sorted runs and levels
+//!
+//! Every file a write adds is a level-0 sorted run of its own. Compaction
+//! merges runs into one run at a level 1..=[`MAX_LEVEL`]; all files of a
+//! level form one run (their key ranges do not overlap). Runs are ordered
+//! newest first: level-0 files by sequence number, then levels 1, 2, ….
+//!
+//! # Picking (Paimon's universal compaction)
+//!
+//! Nothing happens below `num-sorted-run.compaction-trigger` runs. Then:
+//! 1. *Size amplification*: if the runs above the oldest are together more
+//!    than `compaction.max-size-amplification-percent` of the oldest, all
+//!    runs are merged (a full compaction).
+//! 2. *Size ratio*: starting from the newest run, runs are added while the
+//!    next run is no bigger than the picked ones (plus `compaction.size-ratio`
+//!    percent); two or more picked runs are merged.
+//! 3. *Run count*: otherwise the newest `runs - trigger + 1` runs are merged.
+//!
+//! A partial compaction writes to the level just above the next older run
+//! (merging into it when no level is free). Tombstones are dropped only when
+//! every run is merged, since an older run could otherwise resurrect a key.
+//!
+//! Compaction reads and writes without the commit lock, one row group per
+//! run in memory, and takes the lock only to commit a [`CommitKind::Compact`]
+//! snapshot (same content, no changelog). Readers never wait for it.
+//!
+//! # Expiry
+//!
+//! Snapshots beyond `snapshot.num-retained.max`, or older than
+//! `snapshot.time-retained` beyond `snapshot.num-retained.min`, are expired
+//! oldest first: the snapshot file goes first (so a crash can leave garbage
+//! but never a snapshot that points at deleted files), then its manifest and
+//! changelog files, then the data files that the next snapshot's compaction
+//! removed (no retained snapshot references them any more).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+
+use crate::error::{Error, Result};
+use crate::file::{ChildPath, FileMeta};
+use crate::merge::{MergeSpec, RunStream, merge};
+use crate::options::TableOptions;
+use crate::scan::{FileSlice, key_converter, read_run};
+use crate::schema::ValueKind;
+use crate::snapshot::{CommitKind, Manifest, Snapshot};
+use crate::table::{Commit, READ_BATCH_ROWS, Table, now_ms, snapshot_path};
+
+/// The highest LSM level (Paimon's default `num-levels` minus one).
+pub const MAX_LEVEL: u32 = 5;
+
+/// One sorted run of the current manifest.
+#[derive(Debug, Clone)]
+pub struct SortedRun {
+    /// Its level.
+    pub level: u32,
+    /// Its files, in key order.
+    pub files: Vec<FileMeta>,
+}
+
+impl SortedRun {
+    fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+}
+
+/// The sorted runs of `manifest`, newest first.
+pub fn sorted_runs(manifest: &Manifest) -> Vec<SortedRun> {
+    let mut level0: Vec<&FileMeta> = manifest.files.iter().filter(|f| f.level == 0).collect();
+    level0.sort_by_key(|f| std::cmp::Reverse(f.max_seq));
+    let mut runs: Vec<SortedRun> = level0.into_iter().map(|f| SortedRun { level: 0, files: vec![f.clone()] }).collect();
+    for level in 1..=MAX_LEVEL {
+        let files: Vec<FileMeta> = manifest.files.iter().filter(|f| f.level == level).cloned().collect();
+        if !files.is_empty() {
+            runs.push(SortedRun { level, files });
+        }
+    }
+    runs
+}
+
+/// How many of the newest `runs` to merge, and into which level.
+pub fn pick(runs: &[SortedRun], options: &TableOptions) -> Option<(usize, u32)> {
+    if runs.len() < options.compaction_trigger.max(2) {
+        return None;
+    }
+    let sizes: Vec<u64> = runs.iter().map(SortedRun::bytes).collect();
+    // 1. Size amplification.
+    let (newer, oldest) = (sizes[..sizes.len() - 1].iter().sum::<u64>(), sizes[sizes.len() - 1]);
+    if newer.saturating_mul(100) > options.max_size_amplification_percent.saturating_mul(oldest) {
+        return Some((runs.len(), MAX_LEVEL));
+    }
+    // 2. Size ratio.
+    if let Some(unit) = pick_by_ratio(runs, &sizes, options, 1, false) {
+        return Some(unit);
+    }
+    // 3. Run count.
+    let count = runs.len() - options.compaction_trigger + 1;
+    pick_by_ratio(runs, &sizes, options, count.max(2), true)
+}
+
+fn pick_by_ratio(
+    runs: &[SortedRun],
+    sizes: &[u64],
+    options: &TableOptions,
+    mut count: usize,
+    force: bool,
+) -> Option<(usize, u32)> {
+    let mut candidate: u64 = sizes[..count.min(sizes.len())].iter().sum();
+    while count < runs.len() {
+        if candidate.saturating_mul(100 + options.size_ratio) / 100 < sizes[count] {
+            break;
+        }
+        candidate += sizes[count];
+        count += 1;
+    }
+    (force || count > 1).then(|| unit(runs, count))
+}
+
+/// The output level for merging the newest `count` runs (extending the pick
+/// into the next run when no level between is free).
+fn unit(runs: &[SortedRun], mut count: usize) -> (usize, u32) {
+    if count >= runs.len() {
+        return (runs.len(), MAX_LEVEL);
+    }
+    let mut level = runs[count].level.saturating_sub(1);
+    if level == 0 {
+        // Merge into the next non-level-0 run.
+        while count < runs.len() {
+            let next = runs[count].level;
+            count += 1;
+            if next != 0 {
+                level = next;
+                break;
+            }
+        }
+        if count >= runs.len() {
+            return (runs.len(), MAX_LEVEL);
+        }
+    }
+    (count, level)
+}
+
+impl Table {
+    /// The sorted runs of the latest snapshot, newest first.
+    pub fn sorted_runs(&self) -> Vec<SortedRun> {
+        sorted_runs(&self.current().manifest)
+    }
+
+    /// Runs one compaction if the table's options call for one (or, when
+    /// `full`, merges every run into one without tombstones). Returns the
+    /// compaction's snapshot, or `None` if there was nothing to do.
+    ///
+    /// # Errors
+    /// Corrupt files; storage failures; a conflicting commit in another process.
+    pub async fn compact(&self, full: bool) -> Result<Option<Snapshot>> {
+        let state = self.current();
+        let schema = state.schema.clone();
+        let runs = sorted_runs(&state.manifest);
+        let (count, level) = if full {
+            let done = runs.len() == 1 && runs[0].level == MAX_LEVEL && runs[0].files.iter().all(|f| f.deletes == 0);
+            if runs.is_empty() || done {
+                return Ok(None);
+            }
+            (runs.len(), MAX_LEVEL)
+        } else {
+            match pick(&runs, &schema.options) {
+                Some(unit) => unit,
+                None => return Ok(None),
+            }
+        };
+        let picked = &runs[..count];
+        let inputs_rows: u64 = picked.iter().flat_map(|r| &r.files).map(|f| f.rows).sum();
+        let inputs_bytes: u64 = picked.iter().flat_map(|r| &r.files).map(|f| f.bytes).sum();
+        let target_rows = (schema.options.target_file_size as u128 * inputs_rows.max(1) as u128
+            / inputs_bytes.max(1) as u128)
+            .clamp(schema.options.row_group_rows.max(1) as u128, u64::MAX as u128) as u64;
+        let user = schema.schema.fields().len();
+        let all_columns: Vec<usize> = (0..user + 2).collect();
+        let inputs: Vec<RunStream> = picked
+            .iter()
+            .map(|run| {
+                let slices = run
+                    .files
+                    .iter()
+                    .map(|f| FileSlice { meta: Arc::new(f.clone()), row_groups: (0..f.row_groups.len()).collect() })
+                    .collect();
+                read_run(Arc::clone(&self.store), self.dir.clone(), slices, all_columns.clone(), READ_BATCH_ROWS)
+            })
+            .collect();
+        let drop_deletes = count == runs.len();
+        let mut merged = if schema.has_primary_key() {
+            let spec = MergeSpec {
+                key_columns: schema.primary_key.clone(),
+                seq_column: user,
+                kind_column: user + 1,
+                output_columns: all_columns.clone(),
+                output_schema: schema.data_file_schema(),
+                drop_deletes,
+                lower: None,
+                upper: None,
+                batch_size: READ_BATCH_ROWS,
+            };
+            merge(inputs, Arc::new(key_converter(&schema)?), spec)
+        } else {
+            // Append-only: concatenate, oldest run first.
+            futures::stream::iter(inputs.into_iter().rev()).flatten().boxed()
+        };
+        let delete_code = Some(ValueKind::Delete as i8);
+        let mut outputs: Vec<FileMeta> = Vec::new();
+        let mut writer = None;
+        while let Some(batch) = merged.next().await.transpose()? {
+            let current = match &mut writer {
+                Some(w) => w,
+                None => {
+                    writer.insert(self.file_writer("data", level, schema.primary_key.clone(), delete_code, &schema)?)
+                }
+            };
+            current.write(&batch)?;
+            if current.rows() >= target_rows
+                && let Some(full) = writer.take()
+            {
+                outputs.push(full.finish(&self.store, &self.dir).await?);
+            }
+        }
+        if let Some(last) = writer.take()
+            && last.rows() > 0
+        {
+            outputs.push(last.finish(&self.store, &self.dir).await?);
+        }
+        let removed: Vec<FileMeta> = picked.iter().flat_map(|r| r.files.iter().cloned()).collect();
+        let guard = self.commit_lock().await;
+        let current = self.current();
+        let still_live = removed.iter().all(|r| current.manifest.files.iter().any(|f| f.path == r.path));
+        if !still_live {
+            for meta in &outputs {
+                let _ = self.store.delete(&self.dir.child_path(&meta.path)).await;
+            }
+            return Ok(None);
+        }
+        let commit =
+            Commit { kind: Some(CommitKind::Compact), added: outputs, removed, changelog: vec![], next_sequence: None };
+        self.commit_locked(&guard, commit).await.map(Some)
+    }
+
+    /// Expires snapshots by the table's retention options, never one at or
+    /// after `protect` (a snapshot a reader still needs). Returns how many
+    /// were expired.
+    ///
+    /// # Errors
+    /// Storage failures; damaged snapshot files.
+    pub async fn expire(&self, now_ms: i64, protect: Option<u64>) -> Result<usize> {
+        let options = self.schema().options;
+        let ids = self.snapshot_ids().await?;
+        let mut remaining = ids.len() as u64;
+        let mut expired = 0;
+        for (i, &id) in ids.iter().enumerate() {
+            if remaining <= options.snapshot_num_retained_min || protect.is_some_and(|p| id >= p) {
+                break;
+            }
+            let snapshot = match self.read_snapshot(id).await {
+                Ok(s) => s,
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let old = now_ms.saturating_sub(snapshot.commit_time_ms) > options.snapshot_time_retained_ms as i64;
+            if !(remaining > options.snapshot_num_retained_max || old) {
+                break;
+            }
+            let next = match ids.get(i + 1) {
+                Some(&next) => Some(self.read_snapshot(next).await?),
+                None => None,
+            };
+            self.expire_one(&snapshot, next.as_ref()).await?;
+            remaining -= 1;
+            expired += 1;
+        }
+        Ok(expired)
+    }
+
+    async fn expire_one(&self, snapshot: &Snapshot, next: Option<&Snapshot>) -> Result<()> {
+        let mut doomed =
+            vec![self.dir.child_path(&snapshot_path(snapshot.id)), self.dir.child_path(&snapshot.manifest)];
+        doomed.extend(snapshot.changelog_files.iter().map(|f| self.dir.child_path(&f.path)));
+        doomed.extend(next.iter().flat_map(|n| &n.removed_files).map(|p| self.dir.child_path(p)));
+        for location in doomed {
+            match self.store.delete(&location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::store(&location, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts background compaction and expiry unless they are running.
+    /// Call after commits; needs a Tokio runtime.
+    pub fn schedule_maintenance(self: &Arc<Self>) {
+        if self.maintaining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let table = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                match table.compact(false).await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(table = table.name(), error = %e, "compaction failed");
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = table.expire(now_ms(), None).await {
+                tracing::warn!(table = table.name(), error = %e, "snapshot expiry failed");
+            }
+            table.maintaining.store(false, Ordering::SeqCst);
+        });
+    }
+}

@@ -1,0 +1,224 @@
+//! K-way merge of sorted runs: newest sequence number wins per key.
+//!
+//! Every input yields batches sorted by primary key with each key at most
+//! once (a sorted run). The merge keeps one batch per input in memory, picks
+//! the smallest key among the inputs' current rows, emits the version with
+//! the highest `_seq` (dropping it if it is a delete and deletes are to be
+//! dropped) and skips the other inputs' versions of that key. Output rows are
+//! gathered with `interleave` into batches of `batch_size` rows, so memory is
+//! one batch per input plus one output batch, whatever the size of the runs.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::compute::interleave;
+use arrow::datatypes::{Int8Type, SchemaRef, UInt64Type};
+use arrow::row::{OwnedRow, RowConverter, Rows};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use crate::error::{Error, Result};
+use crate::schema::ValueKind;
+
+/// A stream of batches from one sorted run.
+pub(crate) type RunStream = BoxStream<'static, Result<RecordBatch>>;
+
+/// Where the merge finds keys, sequence numbers and kinds in input batches,
+/// and what it outputs.
+#[derive(Clone)]
+pub(crate) struct MergeSpec {
+    /// Key columns of the input batches.
+    pub key_columns: Vec<usize>,
+    /// The `_seq` column of the input batches.
+    pub seq_column: usize,
+    /// The `_kind` column of the input batches ([`ValueKind`] codes).
+    pub kind_column: usize,
+    /// Input columns of the output, in order.
+    pub output_columns: Vec<usize>,
+    /// Schema of the output batches.
+    pub output_schema: SchemaRef,
+    /// Drop keys whose newest version is a delete (false when compacting
+    /// into a run that has older runs below it).
+    pub drop_deletes: bool,
+    /// Only keys `>= lower` and `< upper`.
+    pub lower: Option<OwnedRow>,
+    /// See `lower`.
+    pub upper: Option<OwnedRow>,
+    /// Rows per output batch.
+    pub batch_size: usize,
+}
+
+struct Cursor {
+    input: RunStream,
+    batch: RecordBatch,
+    keys: Rows,
+    slot: usize,
+    row: usize,
+}
+
+struct Merge {
+    spec: MergeSpec,
+    converter: Arc<RowConverter>,
+    cursors: Vec<Cursor>,
+    pending: Vec<RunStream>,
+    held: Vec<RecordBatch>,
+    picked: Vec<(usize, usize)>,
+    /// Cursors positioned at the key being emitted (reused buffer).
+    equal: Vec<usize>,
+    done: bool,
+}
+
+/// Merges `inputs` per `spec`.
+pub(crate) fn merge(inputs: Vec<RunStream>, converter: Arc<RowConverter>, spec: MergeSpec) -> RunStream {
+    let merge = Merge {
+        spec,
+        converter,
+        cursors: Vec::new(),
+        pending: inputs,
+        held: vec![],
+        picked: vec![],
+        equal: vec![],
+        done: false,
+    };
+    futures::stream::try_unfold(merge, |mut merge| async move {
+        let batch = merge.next_batch().await?;
+        Ok(batch.map(|b| (b, merge)))
+    })
+    .boxed()
+}
+
+fn kinds(batch: &RecordBatch, column: usize) -> Result<&arrow::array::PrimitiveArray<Int8Type>> {
+    batch.column(column).as_primitive_opt::<Int8Type>().ok_or_else(|| Error::Invalid("_kind column is not Int8".into()))
+}
+
+fn seqs(batch: &RecordBatch, column: usize) -> Result<&arrow::array::PrimitiveArray<UInt64Type>> {
+    batch
+        .column(column)
+        .as_primitive_opt::<UInt64Type>()
+        .ok_or_else(|| Error::Invalid("_seq column is not UInt64".into()))
+}
+
+impl Merge {
+    /// The next non-empty batch of `input`, with its keys converted.
+    async fn load(&mut self, mut input: RunStream) -> Result<Option<Cursor>> {
+        while let Some(batch) = input.next().await.transpose()? {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let columns: Vec<ArrayRef> = self.spec.key_columns.iter().map(|&c| Arc::clone(batch.column(c))).collect();
+            let keys = self.converter.convert_columns(&columns)?;
+            let slot = self.held.len();
+            self.held.push(batch.clone());
+            return Ok(Some(Cursor { input, batch, keys, slot, row: 0 }));
+        }
+        Ok(None)
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        for input in std::mem::take(&mut self.pending) {
+            if let Some(cursor) = self.load(input).await? {
+                self.cursors.push(cursor);
+            }
+        }
+        while !self.done {
+            // Refill cursors whose batch is used up; drop finished inputs.
+            let mut i = 0;
+            while i < self.cursors.len() {
+                if self.cursors[i].row < self.cursors[i].batch.num_rows() {
+                    i += 1;
+                    continue;
+                }
+                let cursor = self.cursors.swap_remove(i);
+                if let Some(next) = self.load(cursor.input).await? {
+                    self.cursors.push(next);
+                }
+            }
+            if self.cursors.is_empty() {
+                self.done = true;
+                break;
+            }
+            if self.cursors.len() == 1 && self.spec.upper.is_none() && self.spec.lower.is_none() {
+                // One run left: its keys are unique, take the rest of its batch.
+                let cursor = &mut self.cursors[0];
+                let kinds = kinds(&cursor.batch, self.spec.kind_column)?;
+                let take = (self.spec.batch_size - self.picked.len().min(self.spec.batch_size)).max(1);
+                let end = (cursor.row + take).min(cursor.batch.num_rows());
+                for row in cursor.row..end {
+                    if !(self.spec.drop_deletes && kinds.value(row) == ValueKind::Delete as i8) {
+                        self.picked.push((cursor.slot, row));
+                    }
+                }
+                cursor.row = end;
+                if self.picked.len() >= self.spec.batch_size {
+                    return self.flush().map(Some);
+                }
+                continue;
+            }
+            // The smallest key; among equal keys, the highest sequence number.
+            let mut best = 0;
+            for c in 1..self.cursors.len() {
+                let ordering = self.cursors[c].key().cmp(&self.cursors[best].key());
+                let newer = ordering == Ordering::Equal
+                    && self.cursors[c].seq(&self.spec)? > self.cursors[best].seq(&self.spec)?;
+                if ordering == Ordering::Less || newer {
+                    best = c;
+                }
+            }
+            let key = self.cursors[best].key();
+            if let Some(upper) = &self.spec.upper
+                && key >= upper.row()
+            {
+                self.done = true;
+                break;
+            }
+            let in_range = self.spec.lower.as_ref().is_none_or(|lower| key >= lower.row());
+            let winner = &self.cursors[best];
+            let deleted = kinds(&winner.batch, self.spec.kind_column)?.value(winner.row) == ValueKind::Delete as i8;
+            if in_range && !(deleted && self.spec.drop_deletes) {
+                self.picked.push((winner.slot, winner.row));
+            }
+            self.equal.clear();
+            for (c, cursor) in self.cursors.iter().enumerate() {
+                if c == best || cursor.key() == key {
+                    self.equal.push(c);
+                }
+            }
+            for &c in &self.equal {
+                self.cursors[c].row += 1;
+            }
+            if self.picked.len() >= self.spec.batch_size {
+                return self.flush().map(Some);
+            }
+        }
+        if self.picked.is_empty() { Ok(None) } else { self.flush().map(Some) }
+    }
+
+    /// Gathers the picked rows into an output batch; keeps only the batches cursors still point into.
+    fn flush(&mut self) -> Result<RecordBatch> {
+        let rows = self.picked.len();
+        let mut columns = Vec::with_capacity(self.spec.output_columns.len());
+        for &column in &self.spec.output_columns {
+            let sources: Vec<&dyn Array> = self.held.iter().map(|b| b.column(column).as_ref()).collect();
+            columns.push(interleave(&sources, &self.picked)?);
+        }
+        self.picked.clear();
+        self.held.clear();
+        for cursor in &mut self.cursors {
+            cursor.slot = self.held.len();
+            self.held.push(cursor.batch.clone());
+        }
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
+        Ok(RecordBatch::try_new_with_options(Arc::clone(&self.spec.output_schema), columns, &options)?)
+    }
+}
+
+impl Cursor {
+    fn key(&self) -> arrow::row::Row<'_> {
+        self.keys.row(self.row)
+    }
+
+    fn seq(&self, spec: &MergeSpec) -> Result<u64> {
+        Ok(seqs(&self.batch, spec.seq_column)?.value(self.row))
+    }
+}
