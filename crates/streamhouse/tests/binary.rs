@@ -196,7 +196,8 @@ async fn acknowledged_writes_survive_sigkill_during_inserts_and_compaction() {
                 .await
                 .unwrap();
         }
-        check_batches(&client, &acknowledged.lock().unwrap(), iteration).await;
+        let so_far = acknowledged.lock().unwrap().clone();
+        check_batches(&client, &so_far, iteration).await;
         let mut writers = Vec::new();
         for writer in 0..4i64 {
             let client = connect(&server).await;
