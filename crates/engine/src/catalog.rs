@@ -173,6 +173,25 @@ pub trait Catalog: Debug + Send + Sync + 'static {
     /// [`StatusCode::TableNotFound`] unless `if_exists`;
     /// [`StatusCode::InvalidArgument`] when the relation is of another kind.
     async fn drop_relation(&self, name: &RelationName, kind: RelationKind, if_exists: bool) -> Result<bool>;
+
+    /// Runs a maintenance procedure on a table; returns what it did, for the user.
+    ///
+    /// # Errors
+    /// [`StatusCode::TableNotFound`]; [`StatusCode::Unsupported`] for
+    /// catalogs without stored tables (the default).
+    async fn maintain(&self, name: &RelationName, procedure: Procedure) -> Result<String> {
+        let _ = procedure;
+        Err(Error::unsupported(format!("table {name} is not stored: it has nothing to compact or expire")))
+    }
+}
+
+/// Table maintenance procedures (`CALL sys.<name>('table')`, Paimon's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Procedure {
+    /// Merge all sorted runs into one, dropping tombstones.
+    Compact,
+    /// Expire snapshots by the table's retention options.
+    ExpireSnapshots,
 }
 
 /// Errors shared by catalog implementations, so every backend words them alike.

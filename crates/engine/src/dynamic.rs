@@ -39,7 +39,7 @@ pub mod scan;
 pub mod system;
 
 use crate::catalog::{
-    AsOf, Catalog, CreateTable, Created, DEFAULT_SCHEMA, RelationKind, RelationName, SYSTEM_SCHEMAS, errors,
+    AsOf, Catalog, CreateTable, Created, DEFAULT_SCHEMA, Procedure, RelationKind, RelationName, SYSTEM_SCHEMAS, errors,
 };
 use crate::error::{Error, Result, StatusCode};
 
@@ -309,6 +309,39 @@ impl Catalog for DynamicCatalog {
         Ok(Created::Created)
     }
 
+    async fn maintain(&self, name: &RelationName, procedure: Procedure) -> Result<String> {
+        let table = {
+            let schemas = self.schemas.read().map_err(errors::poisoned)?;
+            match schemas.get(&name.schema).and_then(|s| s.get(&name.name)) {
+                Some(Relation::Table(t)) => Arc::clone(&t.table),
+                Some(Relation::View(_)) => {
+                    return Err(Error::new(
+                        StatusCode::WrongObjectType,
+                        format!("{name} is a view: only tables are compacted and expired"),
+                    ));
+                }
+                None => return Err(errors::relation_not_found(name, RelationKind::Table)),
+            }
+        };
+        match procedure {
+            Procedure::Compact => {
+                let before = table.sorted_runs().len();
+                let snapshot = table.compact(true).await?;
+                Ok(match snapshot {
+                    Some(s) => format!("compacted {before} sorted runs of {name} into 1 (snapshot {})", s.id),
+                    None => format!("{name} is already compacted"),
+                })
+            }
+            Procedure::ExpireSnapshots => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                let expired = table.expire(now, None).await?;
+                Ok(format!("expired {expired} snapshots of {name}"))
+            }
+        }
+    }
+
     async fn drop_relation(&self, name: &RelationName, kind: RelationKind, if_exists: bool) -> Result<bool> {
         let removed = {
             let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
@@ -324,7 +357,9 @@ impl Catalog for DynamicCatalog {
                 _ => schema.remove(&name.name),
             }
         };
-        if let Some(Relation::Table(_)) = removed {
+        if let Some(Relation::Table(table)) = removed {
+            // No commit (a background compaction, a write in flight) may land after this.
+            table.table.close().await;
             let dir = table_dir(&name.schema, &name.name);
             let paths = self.store.list(Some(&dir)).map_ok(|m| m.location).boxed();
             self.store
@@ -334,6 +369,93 @@ impl Catalog for DynamicCatalog {
                 .map_err(|e| Error::new(StatusCode::Io, format!("table {name} dropped, but its files remain: {e}")))?;
         }
         Ok(true)
+    }
+}
+
+/// Turns the plan of a plain INSERT into one that skips rows whose key
+/// exists (`ON CONFLICT DO NOTHING`), checking the conflict target is the
+/// table's primary key.
+///
+/// # Errors
+/// 42P10 when the target is not the primary key or the table has none.
+pub fn ignore_conflicts(
+    plan: datafusion::logical_expr::LogicalPlan,
+    target: Option<&[String]>,
+) -> Result<datafusion::logical_expr::LogicalPlan> {
+    use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
+    let LogicalPlan::Dml(dml) = plan else {
+        return Err(Error::unsupported("ON CONFLICT is only supported on INSERT"));
+    };
+    if !matches!(dml.op, WriteOp::Insert(InsertOp::Append)) {
+        return Err(Error::unsupported("ON CONFLICT is only supported on INSERT"));
+    }
+    let provider = datafusion::datasource::source_as_provider(&dml.target)?;
+    let no_match = |detail: &str| {
+        Error::new(
+            StatusCode::InvalidColumnReference,
+            format!("there is no unique or exclusion constraint matching the ON CONFLICT specification: {detail}"),
+        )
+    };
+    let Some(table) = provider.downcast_ref::<DynamicTable>() else {
+        return Err(no_match(&format!("{} is not a Dynamic Table", dml.table_name)));
+    };
+    if table.primary_key.is_empty() {
+        return Err(no_match(&format!("table {} has no primary key", dml.table_name)));
+    }
+    if let Some(columns) = target {
+        let mut given: Vec<&str> = columns.iter().map(String::as_str).collect();
+        let mut key: Vec<&str> = table.primary_key.iter().map(|&i| table.schema.field(i).name().as_str()).collect();
+        given.sort_unstable();
+        key.sort_unstable();
+        if given != key {
+            return Err(no_match(&format!("the primary key of {} is ({})", dml.table_name, key.join(", "))));
+        }
+    }
+    let wrapped = Arc::new(IgnoreConflicts { inner: provider });
+    Ok(LogicalPlan::Dml(DmlStatement { target: datafusion::datasource::provider_as_source(wrapped), ..dml }))
+}
+
+/// A Dynamic Table whose INSERT keeps existing keys (`ON CONFLICT DO NOTHING`).
+#[derive(Debug)]
+struct IgnoreConflicts {
+    inner: Arc<dyn TableProvider>,
+}
+
+#[async_trait]
+impl TableProvider for IgnoreConflicts {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        self.inner.scan(state, projection, filters, limit).await
+    }
+
+    fn get_column_default(&self, column: &str) -> Option<&Expr> {
+        self.inner.get_column_default(column)
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn DfSession,
+        input: Arc<dyn ExecutionPlan>,
+        _insert_op: InsertOp,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let table = self
+            .inner
+            .downcast_ref::<DynamicTable>()
+            .ok_or_else(|| DataFusionError::Internal("ON CONFLICT target is not a Dynamic Table".into()))?;
+        Ok(table.sink(input, storage::ValueKind::Insert))
     }
 }
 
@@ -349,7 +471,8 @@ pub struct DynamicTable {
 }
 
 impl DynamicTable {
-    fn new(table: storage::Table) -> Self {
+    /// The provider of `table`.
+    pub fn new(table: storage::Table) -> Self {
         let definition = table.schema();
         Self {
             table: Arc::new(table),
@@ -362,6 +485,12 @@ impl DynamicTable {
 
     fn set_defaults(&self, defaults: std::collections::HashMap<String, Expr>) {
         let _ = self.defaults.set(defaults);
+    }
+
+    /// The plan that writes `input` with `kind` (upsert, or insert-if-absent).
+    fn sink(&self, input: Arc<dyn ExecutionPlan>, kind: storage::ValueKind) -> Arc<dyn ExecutionPlan> {
+        let sink = UpsertSink { table: Arc::clone(&self.table), schema: Arc::clone(&self.schema), kind };
+        Arc::new(DataSinkExec::new(input, Arc::new(sink), None))
     }
 
     fn first_key_column(&self) -> Option<&str> {
@@ -457,8 +586,7 @@ impl TableProvider for DynamicTable {
                 "INSERT {insert_op} is not supported for Dynamic Tables"
             ))));
         }
-        let sink = UpsertSink { table: Arc::clone(&self.table), schema: Arc::clone(&self.schema) };
-        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+        Ok(self.sink(input, storage::ValueKind::Upsert))
     }
 
     async fn delete_from(
@@ -599,6 +727,7 @@ impl DynamicTable {
 struct UpsertSink {
     table: Arc<storage::Table>,
     schema: SchemaRef,
+    kind: storage::ValueKind,
 }
 
 impl DisplayAs for UpsertSink {
@@ -632,7 +761,7 @@ impl DataSink for UpsertSink {
                 let rows = concat_batches(&self.schema, &pending)?;
                 pending.clear();
                 pending_rows = 0;
-                let kinds = vec![storage::ValueKind::Upsert; rows.num_rows()];
+                let kinds = vec![self.kind; rows.num_rows()];
                 txn.write(&rows, &kinds).await.map_err(df_error)?;
             }
             let Some(batch) = next else { break };

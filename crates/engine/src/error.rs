@@ -25,6 +25,8 @@ pub enum StatusCode {
     ColumnNotFound,
     /// A column reference matches more than one column.
     AmbiguousColumn,
+    /// A column list that matches no constraint (`ON CONFLICT (x)` on a non-key column).
+    InvalidColumnReference,
     /// A function does not exist or no overload matches.
     FunctionNotFound,
     /// A schema does not exist.

@@ -45,7 +45,7 @@ use datafusion::sql::sqlparser::ast::{self, Statement};
 use futures::StreamExt;
 
 use crate::cancel::{CancelHandle, QueryControl};
-use crate::catalog::{CreateTable, Created, DEFAULT_SCHEMA, RelationKind, RelationName};
+use crate::catalog::{CreateTable, Created, DEFAULT_SCHEMA, Procedure, RelationKind, RelationName};
 use crate::engine::{Engine, text_udf};
 use crate::error::{Error, Result, StatusCode};
 use variables::Variables;
@@ -193,6 +193,11 @@ enum SessionStatement {
     Discard,
     /// Accepted for compatibility, no effect; carries its command tag.
     NoOp(&'static str),
+    /// `CALL sys.<procedure>('<table>')`: table maintenance, as Paimon names it.
+    Call {
+        procedure: Procedure,
+        table: String,
+    },
 }
 
 impl Prepared {
@@ -430,9 +435,13 @@ impl Session {
         // DataFusion plans CREATE TABLE without options; the catalog gets them (see `table_options`).
         table_options(&statement)?;
         let statement = without_table_options(statement);
+        let (statement, on_conflict) = without_on_conflict(statement)?;
         let state = self.ctx.state();
         let plan = state.statement_to_plan(DFStatement::Statement(Box::new(statement))).await?;
-        Ok(plan)
+        match on_conflict {
+            Some(target) => crate::dynamic::ignore_conflicts(plan, target.as_deref()),
+            None => Ok(plan),
+        }
     }
 
     /// Executes a prepared statement with parameter values bound to `$1`, `$2` ….
@@ -497,6 +506,16 @@ impl Session {
     async fn execute_inner(&mut self, prepared: &Prepared, params: Option<ParamValues>) -> Result<Output> {
         if self.engine.is_shut_down() {
             return Err(Error::new(StatusCode::ShuttingDown, "the server is shutting down"));
+        }
+        if let Kind::Session(SessionStatement::Call { procedure, table }) = &prepared.kind {
+            let reference = TableReference::from(table.as_str());
+            let name = self.relation_name(&reference)?;
+            let control = self.begin_statement();
+            let catalog = Arc::clone(self.engine.catalog());
+            let procedure = *procedure;
+            let message = control.run(async move { catalog.maintain(&name, procedure).await }).await?;
+            self.notice(NoticeSeverity::Notice, message);
+            return Ok(Output::Command(CommandComplete::new("CALL")));
         }
         if let Kind::Session(s) = &prepared.kind {
             return self.run_session_statement(s.clone());
@@ -872,6 +891,7 @@ impl Session {
                 Ok(Output::Command(CommandComplete::new("DISCARD ALL")))
             }
             SessionStatement::NoOp(tag) => Ok(Output::Command(CommandComplete::new(tag))),
+            SessionStatement::Call { .. } => Err(Error::internal("CALL is executed before session statements")),
         }
     }
 
@@ -1091,6 +1111,54 @@ fn without_table_options(statement: Statement) -> Statement {
     }
 }
 
+/// Splits `INSERT … ON CONFLICT [(columns)] DO NOTHING` into the plain
+/// INSERT and its conflict target (`Some(None)`: no target given).
+#[allow(clippy::type_complexity)]
+fn without_on_conflict(statement: Statement) -> Result<(Statement, Option<Option<Vec<String>>>)> {
+    let Statement::Insert(mut insert) = statement else { return Ok((statement, None)) };
+    let Some(on) = insert.on.take() else { return Ok((Statement::Insert(insert), None)) };
+    let ast::OnInsert::OnConflict(conflict) = on else {
+        return Err(Error::unsupported("ON DUPLICATE KEY UPDATE is not supported: INSERT on a keyed table upserts"));
+    };
+    if let ast::OnConflictAction::DoUpdate(_) = conflict.action {
+        return Err(Error::unsupported(
+            "ON CONFLICT DO UPDATE is not supported: a plain INSERT on a table with a primary key upserts",
+        ));
+    }
+    let target = match conflict.conflict_target {
+        None => None,
+        Some(ast::ConflictTarget::Columns(columns)) => Some(columns.iter().map(|c| c.value.clone()).collect()),
+        Some(ast::ConflictTarget::OnConstraint(name)) => {
+            return Err(Error::unsupported(format!(
+                "ON CONFLICT ON CONSTRAINT {name} is not supported: name the primary key columns instead"
+            )));
+        }
+    };
+    Ok((Statement::Insert(insert), Some(target)))
+}
+
+/// `CALL sys.compact('t')` and `CALL sys.expire_snapshots('t')`.
+fn call(function: &ast::Function) -> Result<SessionStatement> {
+    let name = function.name.to_string().to_ascii_lowercase();
+    let procedure = match name.as_str() {
+        "sys.compact" => Procedure::Compact,
+        "sys.expire_snapshots" => Procedure::ExpireSnapshots,
+        _ => {
+            return Err(Error::new(
+                StatusCode::FunctionNotFound,
+                format!("procedure {name} does not exist: available are sys.compact and sys.expire_snapshots"),
+            ));
+        }
+    };
+    let usage = || Error::invalid(format!("usage: CALL {name}('table name')"));
+    let ast::FunctionArguments::List(list) = &function.args else { return Err(usage()) };
+    let [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Value(value)))] = list.args.as_slice() else {
+        return Err(usage());
+    };
+    let ast::Value::SingleQuotedString(table) = &value.value else { return Err(usage()) };
+    Ok(SessionStatement::Call { procedure, table: table.clone() })
+}
+
 /// Statements refused before planning, with a message that says what to do.
 fn refuse_unsupported(statement: &Statement) -> Result<()> {
     let what = match statement {
@@ -1110,6 +1178,7 @@ fn refuse_unsupported(statement: &Statement) -> Result<()> {
 fn session_statement(statement: &Statement) -> Result<Option<SessionStatement>> {
     use ast::Set;
     let s = match statement {
+        Statement::Call(function) => call(function)?,
         Statement::Set(set) => match set {
             Set::SingleAssignment { scope, variable, values, .. } => {
                 let local = matches!(scope, Some(ast::ContextModifier::Local));

@@ -157,6 +157,9 @@ impl Table {
     /// # Errors
     /// Corrupt files; storage failures; a conflicting commit in another process.
     pub async fn compact(&self, full: bool) -> Result<Option<Snapshot>> {
+        if self.is_closed() {
+            return Ok(None);
+        }
         let state = self.current();
         let schema = state.schema.clone();
         let runs = sorted_runs(&state.manifest);
@@ -284,7 +287,14 @@ impl Table {
     async fn expire_one(&self, snapshot: &Snapshot, next: Option<&Snapshot>) -> Result<()> {
         let mut doomed =
             vec![self.dir.child_path(&snapshot_path(snapshot.id)), self.dir.child_path(&snapshot.manifest)];
-        doomed.extend(snapshot.changelog_files.iter().map(|f| self.dir.child_path(&f.path)));
+        // A changelog that is a data file (inserts only) lives as long as the data file.
+        doomed.extend(
+            snapshot
+                .changelog_files
+                .iter()
+                .filter(|f| f.path.starts_with("changelog/"))
+                .map(|f| self.dir.child_path(&f.path)),
+        );
         doomed.extend(next.iter().flat_map(|n| &n.removed_files).map(|p| self.dir.child_path(p)));
         for location in doomed {
             match self.store.delete(&location).await {

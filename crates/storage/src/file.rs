@@ -95,6 +95,23 @@ pub struct FileMeta {
     pub key_index: Option<String>,
 }
 
+impl FileMeta {
+    /// The smallest and the largest key in the file, as text (`(a, b)` for
+    /// composite keys); `None` for files without a key index.
+    pub fn key_range(&self) -> Option<(String, String)> {
+        let index = decode_key_index(&Path::from(""), self).ok().flatten()?;
+        let render = |row: usize| {
+            let parts: Vec<String> = index
+                .columns()
+                .iter()
+                .map(|c| arrow::util::display::array_value_to_string(c, row).unwrap_or_default())
+                .collect();
+            if parts.len() == 1 { parts.concat() } else { format!("({})", parts.join(", ")) }
+        };
+        Some((render(0), render(index.num_rows().checked_sub(1)?)))
+    }
+}
+
 /// Where and what a new file is.
 pub(crate) struct NewFile {
     /// Path relative to the table directory.

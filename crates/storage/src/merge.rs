@@ -53,6 +53,9 @@ struct Cursor {
     input: RunStream,
     batch: RecordBatch,
     keys: Rows,
+    seqs: arrow::array::UInt64Array,
+    /// `_kind` codes, when the batch holds any tombstone.
+    deletes: Option<arrow::array::Int8Array>,
     slot: usize,
     row: usize,
 }
@@ -108,9 +111,12 @@ impl Merge {
             }
             let columns: Vec<ArrayRef> = self.spec.key_columns.iter().map(|&c| Arc::clone(batch.column(c))).collect();
             let keys = self.converter.convert_columns(&columns)?;
+            let seqs = seqs(&batch, self.spec.seq_column)?.clone();
+            let kinds = kinds(&batch, self.spec.kind_column)?;
+            let deletes = kinds.values().iter().any(|&k| k == ValueKind::Delete as i8).then(|| kinds.clone());
             let slot = self.held.len();
             self.held.push(batch.clone());
-            return Ok(Some(Cursor { input, batch, keys, slot, row: 0 }));
+            return Ok(Some(Cursor { input, batch, keys, seqs, deletes, slot, row: 0 }));
         }
         Ok(None)
     }
@@ -141,11 +147,10 @@ impl Merge {
             if self.cursors.len() == 1 && self.spec.upper.is_none() && self.spec.lower.is_none() {
                 // One run left: its keys are unique, take the rest of its batch.
                 let cursor = &mut self.cursors[0];
-                let kinds = kinds(&cursor.batch, self.spec.kind_column)?;
                 let take = (self.spec.batch_size - self.picked.len().min(self.spec.batch_size)).max(1);
                 let end = (cursor.row + take).min(cursor.batch.num_rows());
                 for row in cursor.row..end {
-                    if !(self.spec.drop_deletes && kinds.value(row) == ValueKind::Delete as i8) {
+                    if !(self.spec.drop_deletes && cursor.is_delete(row)) {
                         self.picked.push((cursor.slot, row));
                     }
                 }
@@ -156,11 +161,11 @@ impl Merge {
                 continue;
             }
             // The smallest key; among equal keys, the highest sequence number.
+            // `second` is the smallest key of the other cursors.
             let mut best = 0;
             for c in 1..self.cursors.len() {
                 let ordering = self.cursors[c].key().cmp(&self.cursors[best].key());
-                let newer = ordering == Ordering::Equal
-                    && self.cursors[c].seq(&self.spec)? > self.cursors[best].seq(&self.spec)?;
+                let newer = ordering == Ordering::Equal && self.cursors[c].seq() > self.cursors[best].seq();
                 if ordering == Ordering::Less || newer {
                     best = c;
                 }
@@ -172,18 +177,43 @@ impl Merge {
                 self.done = true;
                 break;
             }
-            let in_range = self.spec.lower.as_ref().is_none_or(|lower| key >= lower.row());
-            let winner = &self.cursors[best];
-            let deleted = kinds(&winner.batch, self.spec.kind_column)?.value(winner.row) == ValueKind::Delete as i8;
-            if in_range && !(deleted && self.spec.drop_deletes) {
-                self.picked.push((winner.slot, winner.row));
-            }
             self.equal.clear();
+            let mut second: Option<usize> = None;
             for (c, cursor) in self.cursors.iter().enumerate() {
-                if c == best || cursor.key() == key {
+                if c == best {
+                    continue;
+                }
+                if cursor.key() == key {
                     self.equal.push(c);
+                } else if second.is_none_or(|s| cursor.key() < self.cursors[s].key()) {
+                    second = Some(c);
                 }
             }
+            // Emit the winner, then keep taking rows from its run while they
+            // stay below every other run's key (no comparison with the rest).
+            let winner = &self.cursors[best];
+            let limit = if self.equal.is_empty() {
+                let bound = second.map(|s| self.cursors[s].key());
+                let mut end = winner.row + 1;
+                let room = self.spec.batch_size.saturating_sub(self.picked.len()).max(1);
+                while end < winner.batch.num_rows()
+                    && end - winner.row < room
+                    && bound.is_none_or(|b| winner.keys.row(end) < b)
+                    && self.spec.upper.as_ref().is_none_or(|u| winner.keys.row(end) < u.row())
+                {
+                    end += 1;
+                }
+                end
+            } else {
+                winner.row + 1
+            };
+            for row in winner.row..limit {
+                let in_range = self.spec.lower.as_ref().is_none_or(|lower| winner.keys.row(row) >= lower.row());
+                if in_range && !(self.spec.drop_deletes && winner.is_delete(row)) {
+                    self.picked.push((winner.slot, row));
+                }
+            }
+            self.cursors[best].row = limit;
             for &c in &self.equal {
                 self.cursors[c].row += 1;
             }
@@ -218,7 +248,11 @@ impl Cursor {
         self.keys.row(self.row)
     }
 
-    fn seq(&self, spec: &MergeSpec) -> Result<u64> {
-        Ok(seqs(&self.batch, spec.seq_column)?.value(self.row))
+    fn seq(&self) -> u64 {
+        self.seqs.value(self.row)
+    }
+
+    fn is_delete(&self, row: usize) -> bool {
+        self.deletes.as_ref().is_some_and(|k| k.value(row) == ValueKind::Delete as i8)
     }
 }

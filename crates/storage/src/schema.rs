@@ -23,6 +23,9 @@ pub enum ValueKind {
     Upsert = 0,
     /// The key was deleted.
     Delete = 1,
+    /// Write only: insert the row if its key has no value (`INSERT … ON
+    /// CONFLICT DO NOTHING`). Stored as [`ValueKind::Upsert`].
+    Insert = 2,
 }
 
 /// Kinds of changelog rows, in Flink/Paimon vocabulary.
@@ -71,6 +74,8 @@ pub enum MergeEngine {
     Deduplicate,
     /// The first write per key wins; later writes are ignored.
     FirstRow,
+    /// Non-null columns of later writes replace those of the stored row.
+    PartialUpdate,
 }
 
 impl MergeEngine {
@@ -82,9 +87,10 @@ impl MergeEngine {
         match value {
             "deduplicate" => Ok(MergeEngine::Deduplicate),
             "first-row" => Ok(MergeEngine::FirstRow),
-            other => {
-                Err(Error::Invalid(format!("unknown merge-engine '{other}': expected 'deduplicate' or 'first-row'")))
-            }
+            "partial-update" => Ok(MergeEngine::PartialUpdate),
+            other => Err(Error::Invalid(format!(
+                "unknown merge-engine '{other}': expected 'deduplicate', 'partial-update' or 'first-row'"
+            ))),
         }
     }
 }

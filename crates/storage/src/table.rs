@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray, Int8Array, RecordBatch, UInt64Array};
-use arrow::compute::{concat_batches, interleave, take};
+use arrow::compute::{concat_batches, interleave};
 use arrow::datatypes::{Int8Type, UInt64Type};
 use arrow::row::{OwnedRow, Rows};
 use futures::TryStreamExt;
@@ -51,6 +51,10 @@ pub struct Table {
     commit_lock: tokio::sync::Mutex<()>,
     queue: Mutex<Vec<Request>>,
     pub(crate) maintaining: AtomicBool,
+    /// Set by [`Table::close`]: no commit may follow.
+    closed: AtomicBool,
+    /// Key indexes of live files, decoded and converted to rows, by path.
+    key_indexes: Mutex<HashMap<String, Arc<Rows>>>,
 }
 
 impl std::fmt::Debug for Table {
@@ -93,6 +97,8 @@ impl Table {
             commit_lock: tokio::sync::Mutex::new(()),
             queue: Mutex::new(Vec::new()),
             maintaining: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            key_indexes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -135,6 +141,17 @@ impl Table {
             state.manifest = Arc::new(manifest);
         }
         Ok(table)
+    }
+
+    /// Waits for the commit in flight, if any, and refuses every later
+    /// commit (the table is being dropped).
+    pub async fn close(&self) {
+        let _guard = self.commit_lock.lock().await;
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub(crate) async fn commit_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
@@ -282,6 +299,9 @@ impl Table {
         _guard: &tokio::sync::MutexGuard<'_, ()>,
         commit: Commit,
     ) -> Result<Snapshot> {
+        if self.is_closed() {
+            return Err(Error::NotFound { what: format!("table {}", self.name) });
+        }
         let state = self.current();
         let mut files: Vec<FileMeta> =
             state.manifest.files.iter().filter(|f| !commit.removed.iter().any(|r| r.path == f.path)).cloned().collect();
@@ -325,13 +345,24 @@ impl Table {
             }
             Err(e) => return Err(Error::store(&location, e)),
         }
+        self.key_indexes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|path, _| manifest.files.iter().any(|f| &f.path == path));
         let mut current = self.lock_state();
         current.latest = Some(snapshot.clone());
         current.manifest = Arc::new(manifest);
         Ok(snapshot)
     }
 
-    /// New data rows and changelog rows for a keyed table, looked up against the current state.
+    /// New data rows and changelog rows for a keyed table, looked up against
+    /// `files` (the committed runs plus what a transaction staged).
+    ///
+    /// The rows of each key are folded in write order onto its current value
+    /// by the merge engine; a value is a source row per column (the old row
+    /// or one of the incoming rows), so partial updates combine columns of
+    /// several rows. The net change per key becomes one data row and its
+    /// changelog rows.
     async fn keyed_changes(
         &self,
         state: &State,
@@ -341,85 +372,100 @@ impl Table {
         next_seq: u64,
     ) -> Result<(RecordBatch, RecordBatch)> {
         let schema = &state.schema;
+        let engine = schema.options.merge_engine;
         let converter = key_converter(schema)?;
         let keys = converter.convert_columns(&key_columns(schema, rows))?;
-        // The row that decides each key within this write.
-        let mut decisive: HashMap<OwnedRow, usize> = HashMap::with_capacity(rows.num_rows());
-        for (i, kind) in kinds.iter().enumerate() {
-            let key = keys.row(i).owned();
-            match schema.options.merge_engine {
-                MergeEngine::Deduplicate => {
-                    decisive.insert(key, i);
-                }
-                MergeEngine::FirstRow => {
-                    if *kind == ValueKind::Delete {
-                        return Err(Error::Invalid(format!(
-                            "table {} uses merge-engine 'first-row', which does not accept deletes",
-                            self.name
-                        )));
-                    }
-                    decisive.entry(key).or_insert(i);
-                }
-            }
+        let mut by_key: HashMap<OwnedRow, Vec<usize>> = HashMap::with_capacity(rows.num_rows());
+        for i in 0..rows.num_rows() {
+            by_key.entry(keys.row(i).owned()).or_default().push(i);
         }
-        let mut ordered: Vec<(OwnedRow, usize)> = decisive.into_iter().collect();
+        let mut ordered: Vec<(OwnedRow, Vec<usize>)> = by_key.into_iter().collect();
         ordered.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-
         let wanted: Vec<OwnedRow> = ordered.iter().map(|(k, _)| k.clone()).collect();
         let (old_batches, old_by_key) = self.lookup(schema, files, &wanted).await?;
 
         // Sources for interleave: old data batches (user columns), then the incoming rows.
         let incoming = old_batches.len();
-        let mut data_rows: Vec<usize> = Vec::new();
+        let columns = schema.schema.fields().len();
+        let mut data: Vec<Vec<(usize, usize)>> = vec![Vec::new(); columns];
         let mut data_kinds: Vec<i8> = Vec::new();
-        let mut log_rows: Vec<(usize, usize)> = Vec::new();
+        let mut log: Vec<Vec<(usize, usize)>> = vec![Vec::new(); columns];
         let mut log_kinds: Vec<i8> = Vec::new();
         let mut log_seqs: Vec<u64> = Vec::new();
-        for (key, i) in &ordered {
-            let seq = next_seq + data_rows.len() as u64;
-            let old = old_by_key.get(key);
-            match (schema.options.merge_engine, old, kinds[*i]) {
-                (_, None, ValueKind::Upsert) => {
-                    data_rows.push(*i);
+        let push = |target: &mut Vec<Vec<(usize, usize)>>, value: &[(usize, usize)]| {
+            for (column, source) in target.iter_mut().zip(value) {
+                column.push(*source);
+            }
+        };
+        for (key, positions) in &ordered {
+            let old: Option<Vec<(usize, usize)>> = old_by_key.get(key).map(|&source| vec![source; columns]);
+            let mut value = old.clone();
+            for &i in positions {
+                let whole = vec![(incoming, i); columns];
+                match (kinds[i], engine) {
+                    (ValueKind::Delete, _) => value = None,
+                    (ValueKind::Insert, _) | (ValueKind::Upsert, MergeEngine::FirstRow) => {
+                        if value.is_none() {
+                            value = Some(whole);
+                        }
+                    }
+                    (ValueKind::Upsert, MergeEngine::Deduplicate) => value = Some(whole),
+                    (ValueKind::Upsert, MergeEngine::PartialUpdate) => match &mut value {
+                        None => value = Some(whole),
+                        Some(current) => {
+                            for (c, source) in current.iter_mut().enumerate() {
+                                if rows.column(c).is_valid(i) {
+                                    *source = (incoming, i);
+                                }
+                            }
+                        }
+                    },
+                }
+            }
+            let seq = next_seq + data_kinds.len() as u64;
+            match (&old, &value) {
+                (None, None) => {}
+                (Some(old), Some(new)) if old == new => {}
+                (None, Some(new)) => {
+                    push(&mut data, new);
                     data_kinds.push(ValueKind::Upsert as i8);
-                    log_rows.push((incoming, *i));
+                    push(&mut log, new);
                     log_kinds.push(RowKind::Insert as i8);
                     log_seqs.push(seq);
                 }
-                (MergeEngine::Deduplicate, Some(&(b, r)), ValueKind::Upsert) => {
-                    data_rows.push(*i);
-                    data_kinds.push(ValueKind::Upsert as i8);
-                    log_rows.extend([(b, r), (incoming, *i)]);
-                    log_kinds.extend([RowKind::UpdateBefore as i8, RowKind::UpdateAfter as i8]);
-                    log_seqs.extend([seq, seq]);
-                }
-                (MergeEngine::Deduplicate, Some(&(b, r)), ValueKind::Delete) => {
-                    data_rows.push(*i);
+                (Some(old), None) => {
+                    push(&mut data, old);
                     data_kinds.push(ValueKind::Delete as i8);
-                    log_rows.push((b, r));
+                    push(&mut log, old);
                     log_kinds.push(RowKind::Delete as i8);
                     log_seqs.push(seq);
                 }
-                // Deleting an absent key, or a later row for a first-row key: no change.
-                (_, None, ValueKind::Delete) | (MergeEngine::FirstRow, Some(_), _) => {}
+                (Some(old), Some(new)) => {
+                    push(&mut data, new);
+                    data_kinds.push(ValueKind::Upsert as i8);
+                    push(&mut log, old);
+                    push(&mut log, new);
+                    log_kinds.extend([RowKind::UpdateBefore as i8, RowKind::UpdateAfter as i8]);
+                    log_seqs.extend([seq, seq]);
+                }
             }
         }
-        let indices = arrow::array::UInt32Array::from_iter_values(data_rows.iter().map(|&i| i as u32));
-        let data_columns = rows.columns().iter().map(|c| take(c, &indices, None)).collect::<Result<Vec<_>, _>>()?;
-        let data_user = RecordBatch::try_new(Arc::clone(&schema.schema), data_columns)?;
-        let seqs = UInt64Array::from_iter_values(next_seq..next_seq + data_rows.len() as u64);
-        let data = append_system(schema, &data_user, Arc::new(seqs), Arc::new(Int8Array::from(data_kinds)))?;
-
-        let mut log_columns = Vec::with_capacity(schema.schema.fields().len());
-        for column in 0..schema.schema.fields().len() {
-            let mut sources: Vec<&dyn Array> = old_batches.iter().map(|b| b.column(column).as_ref()).collect();
-            sources.push(rows.column(column).as_ref());
-            log_columns.push(interleave(&sources, &log_rows)?);
-        }
-        let log_user = RecordBatch::try_new(Arc::clone(&schema.schema), log_columns)?;
+        let gather = |indices: &[Vec<(usize, usize)>]| -> Result<RecordBatch> {
+            let mut out = Vec::with_capacity(columns);
+            for (column, indices) in indices.iter().enumerate() {
+                let mut sources: Vec<&dyn Array> = old_batches.iter().map(|b| b.column(column).as_ref()).collect();
+                sources.push(rows.column(column).as_ref());
+                out.push(interleave(&sources, indices)?);
+            }
+            let options =
+                arrow::array::RecordBatchOptions::new().with_row_count(Some(indices.first().map_or(0, Vec::len)));
+            Ok(RecordBatch::try_new_with_options(Arc::clone(&schema.schema), out, &options)?)
+        };
+        let seqs = UInt64Array::from_iter_values(next_seq..next_seq + data_kinds.len() as u64);
+        let data = append_system(schema, &gather(&data)?, Arc::new(seqs), Arc::new(Int8Array::from(data_kinds)))?;
         let changelog = append_system(
             schema,
-            &log_user,
+            &gather(&log)?,
             Arc::new(UInt64Array::from(log_seqs)),
             Arc::new(Int8Array::from(log_kinds)),
         )?;
@@ -442,11 +488,8 @@ impl Table {
         // key -> (seq, kind, batch, row) of the newest version seen.
         let mut newest: HashMap<OwnedRow, (u64, i8, usize, usize)> = HashMap::new();
         for meta in files {
-            let groups = match file::decode_key_index(&self.dir, meta)? {
-                Some(index) => {
-                    let keys = converter.convert_columns(index.columns())?;
-                    groups_with_keys(&keys, wanted)
-                }
+            let groups = match self.key_index(&converter, meta)? {
+                Some(keys) => groups_with_keys(&keys, wanted),
                 None => (0..meta.row_groups.len()).collect(),
             };
             if groups.is_empty() {
@@ -490,6 +533,22 @@ impl Table {
             .map(|(key, (_, _, b, row))| (key, (b, row)))
             .collect();
         Ok((batches, live))
+    }
+
+    /// The key index of `meta` as rows, cached (files never change).
+    fn key_index(&self, converter: &arrow::row::RowConverter, meta: &FileMeta) -> Result<Option<Arc<Rows>>> {
+        let cached =
+            self.key_indexes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&meta.path).cloned();
+        if let Some(rows) = cached {
+            return Ok(Some(rows));
+        }
+        let Some(index) = file::decode_key_index(&self.dir, meta)? else { return Ok(None) };
+        let rows = Arc::new(converter.convert_columns(index.columns())?);
+        self.key_indexes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(meta.path.clone(), Arc::clone(&rows));
+        Ok(Some(rows))
     }
 
     /// Plans a scan of `snapshot` (the latest when `None`).
@@ -635,11 +694,25 @@ impl Staged {
             let changelog = with_system_columns(schema, rows, seqs, RowKind::Insert as i8)?;
             (data, changelog)
         };
+        // When every change is a new row (+I), the changelog holds exactly the
+        // data rows, with equal `_kind` codes (`Upsert` = `+I` = 0): the data
+        // file serves as the changelog file too, and is written once.
+        let inserts_only = changelog.num_rows() == data.num_rows()
+            && changelog
+                .column(changelog.num_columns() - 1)
+                .as_primitive::<Int8Type>()
+                .values()
+                .iter()
+                .all(|&k| k == RowKind::Insert as i8);
         if data.num_rows() > 0 {
             let keys = schema.primary_key.clone();
-            self.data.push(table.write_file("data", 0, keys, Some(ValueKind::Delete as i8), schema, &data).await?);
+            let meta = table.write_file("data", 0, keys, Some(ValueKind::Delete as i8), schema, &data).await?;
+            if inserts_only {
+                self.changelog.push(meta.clone());
+            }
+            self.data.push(meta);
         }
-        if changelog.num_rows() > 0 {
+        if changelog.num_rows() > 0 && !inserts_only {
             self.changelog.push(table.write_file("changelog", 0, vec![], None, schema, &changelog).await?);
         }
         self.next_seq = Some(next_seq + data.num_rows() as u64);

@@ -53,12 +53,15 @@ enum Op {
 #[derive(Debug, Clone)]
 enum Change {
     Upsert(Option<String>),
+    /// Insert only if the key has no value (`ON CONFLICT DO NOTHING`).
+    Insert(Option<String>),
     Delete,
 }
 
 fn change() -> impl Strategy<Value = Change> {
     prop_oneof![
         4 => proptest::option::weighted(0.8, "[a-z]{1,3}").prop_map(Change::Upsert),
+        1 => proptest::option::weighted(0.8, "[a-z]{1,3}").prop_map(Change::Insert),
         1 => Just(Change::Delete),
     ]
 }
@@ -104,13 +107,17 @@ fn batch(table: &TableSchema, rows: &[(i64, Change)]) -> (RecordBatch, Vec<Value
     let values: StringArray = rows
         .iter()
         .map(|(_, c)| match c {
-            Change::Upsert(v) => v.clone(),
+            Change::Upsert(v) | Change::Insert(v) => v.clone(),
             Change::Delete => None,
         })
         .collect();
     let kinds = rows
         .iter()
-        .map(|(_, c)| if matches!(c, Change::Delete) { ValueKind::Delete } else { ValueKind::Upsert })
+        .map(|(_, c)| match c {
+            Change::Upsert(_) => ValueKind::Upsert,
+            Change::Insert(_) => ValueKind::Insert,
+            Change::Delete => ValueKind::Delete,
+        })
         .collect();
     (RecordBatch::try_new(Arc::clone(&table.schema), vec![Arc::new(keys), Arc::new(values)]).unwrap(), kinds)
 }
@@ -131,16 +138,27 @@ fn rows_of(batches: &[RecordBatch]) -> Model {
 fn apply(model: &mut Model, engine: MergeEngine, rows: &[(i64, Change)]) {
     for (k, c) in rows {
         match (engine, c) {
+            (_, Change::Delete) => {
+                assert_ne!(engine, MergeEngine::FirstRow, "first-row models get no deletes");
+                model.remove(k);
+            }
+            (_, Change::Insert(v)) | (MergeEngine::FirstRow, Change::Upsert(v)) => {
+                model.entry(*k).or_insert_with(|| v.clone());
+            }
             (MergeEngine::Deduplicate, Change::Upsert(v)) => {
                 model.insert(*k, v.clone());
             }
-            (MergeEngine::Deduplicate, Change::Delete) => {
-                model.remove(k);
-            }
-            (MergeEngine::FirstRow, Change::Upsert(v)) => {
-                model.entry(*k).or_insert_with(|| v.clone());
-            }
-            (MergeEngine::FirstRow, Change::Delete) => unreachable!("first-row models get no deletes"),
+            // Non-null columns replace; a NULL keeps the stored value.
+            (MergeEngine::PartialUpdate, Change::Upsert(v)) => match model.get_mut(k) {
+                Some(current) => {
+                    if v.is_some() {
+                        *current = v.clone();
+                    }
+                }
+                None => {
+                    model.insert(*k, v.clone());
+                }
+            },
         }
     }
 }
@@ -326,6 +344,15 @@ proptest! {
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         runtime.block_on(run(MergeEngine::Deduplicate, amplification, ops));
+    }
+
+    #[test]
+    fn partial_update_matches_the_model(
+        amplification in prop_oneof![Just(200u64), Just(1_000_000)],
+        ops in proptest::collection::vec(op(), 1..25),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(run(MergeEngine::PartialUpdate, amplification, ops));
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //!   `_kind` (`+I`, `-U`, `+U`, `-D`) and `_snapshot`; filter on `_snapshot`
 //!   for a range (Paimon's `audit_log`).
 //! - `t$snapshots`: one row per stored snapshot.
-//! - `t$files`: the live data files (sorted runs) of the latest snapshot.
+//! - `t$files`: the live data files of the latest snapshot: LSM level (0 for
+//!   new runs, 1–5 compacted; all files of a level above 0 form one sorted
+//!   run), rows, bytes, sequence and key range, tombstones, row groups. A
+//!   growing count of level-0 files means compaction is not keeping up.
 //!
 //! [`SnapshotTable`] is a table as of an earlier snapshot (time travel).
 
@@ -85,6 +88,10 @@ impl SystemTable {
                 Field::new("min_sequence", DataType::Int64, false),
                 Field::new("max_sequence", DataType::Int64, false),
                 Field::new("schema_id", DataType::Int64, false),
+                Field::new("min_key", DataType::Utf8, true),
+                Field::new("max_key", DataType::Utf8, true),
+                Field::new("deletes", DataType::Int64, false),
+                Field::new("row_groups", DataType::Int64, false),
             ])),
         };
         Self { table, kind, schema }
@@ -142,6 +149,7 @@ impl SystemTable {
             }
             SystemKind::Files => {
                 let files = self.table.files(None).await.map_err(df_error)?;
+                let ranges: Vec<Option<(String, String)>> = files.iter().map(storage::FileMeta::key_range).collect();
                 let int = |f: &dyn Fn(&storage::FileMeta) -> i64| -> ArrayRef {
                     Arc::new(Int64Array::from_iter_values(files.iter().map(f)))
                 };
@@ -153,6 +161,10 @@ impl SystemTable {
                     int(&|f| f.min_seq as i64),
                     int(&|f| f.max_seq as i64),
                     int(&|f| f.schema_id as i64),
+                    Arc::new(StringArray::from_iter(ranges.iter().map(|r| r.as_ref().map(|(lo, _)| lo.as_str())))),
+                    Arc::new(StringArray::from_iter(ranges.iter().map(|r| r.as_ref().map(|(_, hi)| hi.as_str())))),
+                    int(&|f| f.deletes as i64),
+                    int(&|f| f.row_groups.len() as i64),
                 ];
                 Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
             }

@@ -1,0 +1,260 @@
+//! Scan benchmark: TPC-H `lineitem` and `orders` as Dynamic Tables, queried
+//! by DataFusion, against the same rows as plain Parquet files read by
+//! DataFusion's own Parquet reader, in the same process and session config.
+//!
+//! Dynamic Tables are measured three ways: with five sorted runs outstanding
+//! as an append-mostly stream leaves them (five consecutive key ranges: no
+//! merge needed), with five fully overlapping runs (every fifth row in each
+//! run, so every key needs a five-way merge: the worst case), and after a
+//! full compaction.
+//!
+//! ```text
+//! cargo run --release -p streamhouse-benches --bin scan -- [scale factor, default 1]
+//! ```
+//!
+//! Prints per query the median of three runs and the ratios to plain Parquet;
+//! goals (issue 3): ≤ 1.10× compacted, ≤ 1.5× with five runs.
+
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::datatypes::SchemaRef;
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use streamhouse_engine::datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use streamhouse_engine::dynamic::DynamicTable;
+use streamhouse_storage::{Table, TableOptions, TableSchema, ValueKind};
+
+const QUERIES: &[(&str, &str)] = &[
+    (
+        "Q1 (lineitem aggregate)",
+        "SELECT l_returnflag, l_linestatus, sum(l_quantity), sum(l_extendedprice),
+                sum(l_extendedprice * (1 - l_discount)), avg(l_discount), count(*)
+         FROM lineitem WHERE l_shipdate <= date '1998-09-02'
+         GROUP BY l_returnflag, l_linestatus ORDER BY l_returnflag, l_linestatus",
+    ),
+    (
+        "Q6 (lineitem filter)",
+        "SELECT sum(l_extendedprice * l_discount) FROM lineitem
+         WHERE l_shipdate >= date '1994-01-01' AND l_shipdate < date '1995-01-01'
+           AND l_discount BETWEEN 0.05 AND 0.07 AND l_quantity < 24",
+    ),
+    (
+        "Q12 (orders join lineitem)",
+        "SELECT l_shipmode, count(*) FROM orders JOIN lineitem ON o_orderkey = l_orderkey
+         WHERE l_shipmode IN ('MAIL', 'SHIP') AND l_commitdate < l_receiptdate AND l_shipdate < l_commitdate
+           AND l_receiptdate >= date '1994-01-01' AND l_receiptdate < date '1995-01-01'
+         GROUP BY l_shipmode ORDER BY l_shipmode",
+    ),
+    ("orders full scan", "SELECT count(*), sum(o_totalprice), max(o_comment) FROM orders"),
+    ("orders key range", "SELECT count(*), sum(o_totalprice) FROM orders WHERE o_orderkey BETWEEN 1000000 AND 1010000"),
+];
+
+fn lineitem(scale: f64) -> Vec<RecordBatch> {
+    let generator = tpchgen::generators::LineItemGenerator::new(scale, 1, 1);
+    tpchgen_arrow::LineItemArrow::new(generator).with_batch_size(65536).collect::<Result<_, _>>().expect("lineitem")
+}
+
+fn orders(scale: f64) -> Vec<RecordBatch> {
+    let generator = tpchgen::generators::OrderGenerator::new(scale, 1, 1);
+    tpchgen_arrow::OrderArrow::new(generator).with_batch_size(65536).collect::<Result<_, _>>().expect("orders")
+}
+
+fn write_parquet(path: &std::path::Path, schema: &SchemaRef, batches: &[RecordBatch]) {
+    let props =
+        WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level"))).build();
+    let file = std::fs::File::create(path).expect("create parquet file");
+    let mut writer = ArrowWriter::try_new(file, Arc::clone(schema), Some(props)).expect("writer");
+    for batch in batches {
+        writer.write(batch).expect("write");
+    }
+    writer.close().expect("close");
+}
+
+/// Loads `batches` into a new Dynamic Table as `runs` sorted runs: fully
+/// overlapping (every `runs`-th row) or consecutive key ranges.
+async fn load(
+    store: &Arc<dyn ObjectStore>,
+    name: &str,
+    key: &[&str],
+    batches: &[RecordBatch],
+    runs: usize,
+    overlapping: bool,
+) -> Table {
+    let schema = batches[0].schema();
+    let options = TableOptions { compaction_trigger: 1000, ..TableOptions::default() };
+    let definition = TableSchema::new(0, Arc::clone(&schema), key, options).expect("schema");
+    let schema = Arc::clone(&definition.schema);
+    let table = Table::create(Arc::clone(store), Path::from(format!("public/{name}")), name, definition)
+        .await
+        .expect("create table");
+    let per_run = batches.len().div_ceil(runs);
+    for run in 0..runs {
+        let mut txn = table.begin().await;
+        let chunk: &[RecordBatch] = if overlapping {
+            batches
+        } else {
+            &batches[(run * per_run).min(batches.len())..((run + 1) * per_run).min(batches.len())]
+        };
+        for batch in chunk {
+            // Key columns are NOT NULL in the table schema; the data has no nulls.
+            let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec()).expect("batch");
+            let part = if overlapping {
+                let rows: UInt32Array = (0..batch.num_rows() as u32).filter(|r| *r as usize % runs == run).collect();
+                take_record_batch(&batch, &rows).expect("take")
+            } else {
+                batch
+            };
+            txn.write(&part, &vec![ValueKind::Upsert; part.num_rows()]).await.expect("write");
+        }
+        txn.commit().await.expect("commit");
+    }
+    table
+}
+
+async fn time_queries(ctx: &SessionContext) -> Vec<f64> {
+    let mut out = Vec::new();
+    for (_, sql) in QUERIES {
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let start = Instant::now();
+            let batches = ctx.sql(sql).await.expect("plan").collect().await.expect("run");
+            std::hint::black_box(batches);
+            runs.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        runs.sort_by(f64::total_cmp);
+        out.push(runs[1]);
+    }
+    out
+}
+
+async fn answers(ctx: &SessionContext) -> Vec<String> {
+    let mut out = Vec::new();
+    for (_, sql) in QUERIES {
+        let batches = ctx.sql(sql).await.expect("plan").collect().await.expect("run");
+        out.push(arrow::util::pretty::pretty_format_batches(&batches).expect("format").to_string());
+    }
+    out
+}
+
+/// Registers the stored tables, freshly opened at their latest snapshots.
+async fn register(ctx: &SessionContext, store: &Arc<dyn ObjectStore>) {
+    for name in ["lineitem", "orders"] {
+        let table = Table::open(Arc::clone(store), Path::from(format!("public/{name}")), name).await.expect("open");
+        ctx.register_table(name, Arc::new(DynamicTable::new(table))).expect("register");
+    }
+}
+
+fn warehouse(dir: &std::path::Path, name: &str) -> Arc<dyn ObjectStore> {
+    std::fs::create_dir_all(dir.join(name)).expect("warehouse dir");
+    Arc::new(LocalFileSystem::new_with_prefix(dir.join(name)).expect("store"))
+}
+
+fn context() -> SessionContext {
+    SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2))
+}
+
+fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let scale: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let started = Instant::now();
+    let (lineitem, orders) = (lineitem(scale), orders(scale));
+    let rows = |b: &[RecordBatch]| b.iter().map(RecordBatch::num_rows).sum::<usize>();
+    println!(
+        "generated SF{scale}: lineitem {} rows, orders {} rows in {:.1}s",
+        rows(&lineitem),
+        rows(&orders),
+        started.elapsed().as_secs_f64()
+    );
+
+    // Baseline: plain Parquet files.
+    let plain = context();
+    for (name, batches) in [("lineitem", &lineitem), ("orders", &orders)] {
+        let path = dir.path().join(format!("{name}.parquet"));
+        write_parquet(&path, &batches[0].schema(), batches);
+        plain
+            .register_parquet(name, path.to_str().expect("utf-8 path"), ParquetReadOptions::default())
+            .await
+            .expect("register");
+    }
+    let baseline = time_queries(&plain).await;
+
+    let expected = answers(&plain).await;
+
+    // Dynamic Tables with five sorted runs of consecutive key ranges.
+    let ordered_store = warehouse(dir.path(), "ordered");
+    let started = Instant::now();
+    load(&ordered_store, "lineitem", &["l_orderkey", "l_linenumber"], &lineitem, 5, false).await;
+    load(&ordered_store, "orders", &["o_orderkey"], &orders, 5, false).await;
+    println!("loaded Dynamic Tables as 5 consecutive sorted runs in {:.1}s", started.elapsed().as_secs_f64());
+    let ordered_ctx = context();
+    register(&ordered_ctx, &ordered_store).await;
+    assert_eq!(answers(&ordered_ctx).await, expected, "Dynamic Tables (5 consecutive runs) answer differently");
+    let five_ordered = time_queries(&ordered_ctx).await;
+    drop(ordered_ctx);
+
+    // Dynamic Tables with five overlapping sorted runs.
+    let store = warehouse(dir.path(), "overlapping");
+    let started = Instant::now();
+    let line_table = Arc::new(load(&store, "lineitem", &["l_orderkey", "l_linenumber"], &lineitem, 5, true).await);
+    let order_table = Arc::new(load(&store, "orders", &["o_orderkey"], &orders, 5, true).await);
+    println!("loaded Dynamic Tables as 5 overlapping sorted runs in {:.1}s", started.elapsed().as_secs_f64());
+    drop((lineitem, orders));
+    let dynamic = context();
+    register(&dynamic, &store).await;
+    assert_eq!(answers(&dynamic).await, expected, "Dynamic Tables (5 runs) answer differently from plain Parquet");
+    let five_runs = time_queries(&dynamic).await;
+
+    let started = Instant::now();
+    line_table.compact(true).await.expect("compact lineitem");
+    order_table.compact(true).await.expect("compact orders");
+    println!("full compaction in {:.1}s", started.elapsed().as_secs_f64());
+    let compacted_ctx = context();
+    register(&compacted_ctx, &store).await;
+    assert_eq!(answers(&compacted_ctx).await, expected, "compacted Dynamic Tables answer differently");
+    let compacted = time_queries(&compacted_ctx).await;
+
+    println!();
+    println!(
+        "{:<28} {:>10} {:>16} {:>18} {:>16}",
+        "query", "parquet ms", "5 consecutive", "5 overlapping", "compacted"
+    );
+    let (mut log_ordered, mut log5, mut logc) = (0.0, 0.0, 0.0);
+    for (i, (name, _)) in QUERIES.iter().enumerate() {
+        let (ro, r5, rc) = (five_ordered[i] / baseline[i], five_runs[i] / baseline[i], compacted[i] / baseline[i]);
+        log_ordered += ro.ln();
+        log5 += r5.ln();
+        logc += rc.ln();
+        println!(
+            "{name:<28} {:>10.1} {:>8.1} ({ro:>4.2}x) {:>10.1} ({r5:>4.2}x) {:>8.1} ({rc:>4.2}x)",
+            baseline[i], five_ordered[i], five_runs[i], compacted[i]
+        );
+    }
+    let n = QUERIES.len() as f64;
+    println!();
+    println!(
+        "geometric mean ratio vs plain Parquet: 5 consecutive runs {:.2}x, 5 overlapping runs {:.2}x (goal <= 1.5x), compacted {:.2}x (goal <= 1.10x)",
+        (log_ordered / n).exp(),
+        (log5 / n).exp(),
+        (logc / n).exp()
+    );
+    println!("peak RSS {} MiB (includes the generated data held for the baseline)", peak_rss_mib());
+}
