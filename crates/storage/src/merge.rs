@@ -113,7 +113,7 @@ impl Merge {
             let keys = self.converter.convert_columns(&columns)?;
             let seqs = seqs(&batch, self.spec.seq_column)?.clone();
             let kinds = kinds(&batch, self.spec.kind_column)?;
-            let deletes = kinds.values().iter().any(|&k| k == ValueKind::Delete as i8).then(|| kinds.clone());
+            let deletes = kinds.values().contains(&(ValueKind::Delete as i8)).then(|| kinds.clone());
             let slot = self.held.len();
             self.held.push(batch.clone());
             return Ok(Some(Cursor { input, batch, keys, seqs, deletes, slot, row: 0 }));
