@@ -98,7 +98,7 @@ async fn load(
         .expect("create table");
     let per_run = batches.len().div_ceil(runs);
     for run in 0..runs {
-        let mut txn = table.begin().await;
+        let mut txn = table.begin().await.expect("begin");
         let chunk: &[RecordBatch] = if overlapping {
             batches
         } else {

@@ -595,7 +595,7 @@ impl TableProvider for DynamicTable {
         filters: Vec<Expr>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         self.refuse_first_row("DELETE")?;
-        let mut txn = self.table.begin().await;
+        let mut txn = self.table.begin().await.map_err(df_error)?;
         let mut rows = self.read_matching(state, txn.base_snapshot(), &filters).await?;
         let mut count = 0;
         while let Some(doomed) = rows.try_next().await? {
@@ -619,7 +619,7 @@ impl TableProvider for DynamicTable {
         self.refuse_first_row("UPDATE")?;
         let moves_keys =
             assignments.iter().any(|(name, _)| self.primary_key.iter().any(|&k| self.schema.field(k).name() == name));
-        let mut txn = self.table.begin().await;
+        let mut txn = self.table.begin().await.map_err(df_error)?;
         let mut rows = self.read_matching(state, txn.base_snapshot(), &filters).await?;
         let mut count = 0;
         // When keys change, every old key is deleted before any new row is
@@ -750,7 +750,7 @@ impl DataSink for UpsertSink {
         // Rows are staged as sorted runs every STAGE_ROWS rows and committed
         // once at the end: the statement is atomic and memory stays bounded.
         const STAGE_ROWS: usize = 256 * 1024;
-        let mut txn = self.table.begin().await;
+        let mut txn = self.table.begin().await.map_err(df_error)?;
         let mut pending: Vec<RecordBatch> = Vec::new();
         let mut pending_rows = 0;
         let mut count = 0;

@@ -160,6 +160,7 @@ impl Table {
         if self.is_closed() {
             return Ok(None);
         }
+        let _one_at_a_time = self.compaction_lock.lock().await;
         let state = self.current();
         let schema = state.schema.clone();
         let runs = sorted_runs(&state.manifest);

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `merge-engine` | `deduplicate` | `deduplicate` or `first-row` |
 //! | `num-sorted-run.compaction-trigger` | 5 | sorted runs that start a compaction |
+//! | `num-sorted-run.stop-trigger` | trigger + 3 | sorted runs at which writers wait for compaction |
 //! | `compaction.max-size-amplification-percent` | 200 | newer runs vs the oldest run, in % |
 //! | `compaction.size-ratio` | 1 | % size slack when picking runs of similar size |
 //! | `target-file-size` | `128 mb` | size at which compaction starts a new file |
@@ -26,6 +27,8 @@ pub struct TableOptions {
     pub merge_engine: MergeEngine,
     /// Sorted runs that trigger a compaction.
     pub compaction_trigger: usize,
+    /// Sorted runs at which writers stop and compact first (default: trigger + 3).
+    pub stop_trigger: Option<usize>,
     /// Size amplification (newer runs / oldest run, %) that triggers a full compaction.
     pub max_size_amplification_percent: u64,
     /// Size ratio slack (%) for picking runs of similar size.
@@ -48,6 +51,7 @@ impl Default for TableOptions {
         Self {
             merge_engine: MergeEngine::Deduplicate,
             compaction_trigger: 5,
+            stop_trigger: None,
             max_size_amplification_percent: 200,
             size_ratio: 1,
             target_file_size: 128 << 20,
@@ -63,6 +67,7 @@ impl Default for TableOptions {
 const NAMES: &[&str] = &[
     "merge-engine",
     "num-sorted-run.compaction-trigger",
+    "num-sorted-run.stop-trigger",
     "compaction.max-size-amplification-percent",
     "compaction.size-ratio",
     "target-file-size",
@@ -72,6 +77,11 @@ const NAMES: &[&str] = &[
 ];
 
 impl TableOptions {
+    /// Sorted runs at which a write compacts before it commits.
+    pub fn stop_trigger(&self) -> usize {
+        self.stop_trigger.unwrap_or(self.compaction_trigger + 3).max(self.compaction_trigger)
+    }
+
     /// Parses `WITH ('key' = 'value', …)` options.
     ///
     /// # Errors
@@ -84,6 +94,7 @@ impl TableOptions {
                 "num-sorted-run.compaction-trigger" => {
                     out.compaction_trigger = number(key, value)?.max(2) as usize;
                 }
+                "num-sorted-run.stop-trigger" => out.stop_trigger = Some(number(key, value)?.max(2) as usize),
                 "compaction.max-size-amplification-percent" => out.max_size_amplification_percent = number(key, value)?,
                 "compaction.size-ratio" => out.size_ratio = number(key, value)?,
                 "target-file-size" => out.target_file_size = bytes(key, value)?.max(1),

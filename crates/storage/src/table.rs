@@ -53,6 +53,8 @@ pub struct Table {
     pub(crate) maintaining: AtomicBool,
     /// Set by [`Table::close`]: no commit may follow.
     closed: AtomicBool,
+    /// Held by a compaction from picking to committing: one at a time.
+    pub(crate) compaction_lock: tokio::sync::Mutex<()>,
     /// Key indexes of live files, decoded and converted to rows, by path.
     key_indexes: Mutex<HashMap<String, Arc<Rows>>>,
 }
@@ -98,6 +100,7 @@ impl Table {
             queue: Mutex::new(Vec::new()),
             maintaining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            compaction_lock: tokio::sync::Mutex::new(()),
             key_indexes: Mutex::new(HashMap::new()),
         }
     }
@@ -213,6 +216,9 @@ impl Table {
     /// commits them as one snapshot, with its changelog. Returns the snapshot
     /// that includes the write, or `None` when nothing changed.
     ///
+    /// When the table has `num-sorted-run.stop-trigger` sorted runs or more,
+    /// the write first runs a compaction (waiting for one in progress).
+    ///
     /// Concurrent calls are grouped: while one commit is in flight, later
     /// writes queue up, and the next writer to get the commit lock commits
     /// all of them as one snapshot (applied in arrival order). Every caller
@@ -226,6 +232,7 @@ impl Table {
     /// writer in another process ([`Error::Conflict`]), storage failures.
     pub async fn write(&self, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<Option<Snapshot>> {
         self.check_write(rows, kinds)?;
+        self.stall().await?;
         let (done, mut outcome) = oneshot::channel();
         self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Request {
             rows: rows.clone(),
@@ -270,9 +277,27 @@ impl Table {
     /// Starts a write transaction: stage any number of writes, then commit
     /// them as one snapshot. Holds the table's commit lock until committed
     /// or dropped.
-    pub async fn begin(&self) -> Transaction<'_> {
+    ///
+    /// # Errors
+    /// A failed compaction when the write stall ran one.
+    pub async fn begin(&self) -> Result<Transaction<'_>> {
+        self.stall().await?;
         let guard = self.commit_lock.lock().await;
-        Transaction { guard, staged: Staged::default(), table: self }
+        Ok(Transaction { guard, staged: Staged::default(), table: self })
+    }
+
+    /// Write stall: with `num-sorted-run.stop-trigger` sorted runs or more
+    /// outstanding, compact before writing (waiting for a compaction in
+    /// progress), so reads stay fast and the run count stays bounded
+    /// whatever the ingest rate.
+    async fn stall(&self) -> Result<()> {
+        let stop = self.schema().options.stop_trigger();
+        while crate::compact::sorted_runs(&self.current().manifest).len() >= stop {
+            if self.compact(false).await?.is_none() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn check_write(&self, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<()> {

@@ -23,7 +23,7 @@ use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use proptest::prelude::*;
-use streamhouse_storage::{MergeEngine, RowKind, ScanRequest, Table, TableOptions, TableSchema, ValueKind};
+use streamhouse_storage::{CommitKind, MergeEngine, RowKind, ScanRequest, Table, TableOptions, TableSchema, ValueKind};
 
 type Model = BTreeMap<i64, Option<String>>;
 
@@ -190,9 +190,16 @@ fn without_deletes(engine: MergeEngine, mut rows: Vec<(i64, Change)>) -> Vec<(i6
     rows
 }
 
-/// Records that snapshot `id` holds `model` (ids are dense).
-fn record(history: &mut Vec<Model>, id: u64, model: &Model) {
-    assert_eq!(id as usize, history.len(), "snapshot ids are dense");
+/// Records that snapshot `id` holds `model`. Ids skipped since the last
+/// record are compactions a write ran first (write stall): same content.
+async fn record(table: &Table, history: &mut Vec<Model>, id: u64, model: &Model) {
+    assert!(id as usize >= history.len(), "snapshot ids only grow");
+    while history.len() < id as usize {
+        let skipped = table.read_snapshot(history.len() as u64).await.unwrap();
+        assert_eq!(skipped.kind, CommitKind::Compact, "snapshot {} was skipped but is not a compaction", skipped.id);
+        let previous = history.last().cloned().unwrap_or_default();
+        history.push(previous);
+    }
     history.push(model.clone());
 }
 
@@ -217,13 +224,13 @@ async fn run(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>) {
                 let before = model.clone();
                 apply(&mut model, engine, &rows);
                 match table.write(&b, &kinds).await.unwrap() {
-                    Some(snapshot) => record(&mut history, snapshot.id, &model),
+                    Some(snapshot) => record(&table, &mut history, snapshot.id, &model).await,
                     None => assert_eq!(before, model, "no commit, but the model changed"),
                 }
             }
             Op::Transaction(writes) => {
                 let before = model.clone();
-                let mut txn = table.begin().await;
+                let mut txn = table.begin().await.unwrap();
                 for rows in writes {
                     let rows = without_deletes(engine, rows);
                     if rows.is_empty() {
@@ -234,7 +241,7 @@ async fn run(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>) {
                     txn.write(&b, &kinds).await.unwrap();
                 }
                 match txn.commit().await.unwrap() {
-                    Some(snapshot) => record(&mut history, snapshot.id, &model),
+                    Some(snapshot) => record(&table, &mut history, snapshot.id, &model).await,
                     None => assert_eq!(before, model, "no commit, but the model changed"),
                 }
             }
@@ -251,13 +258,13 @@ async fn run(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>) {
                     if let Some(id) = id
                         && next != Some(Some(id))
                     {
-                        record(&mut history, id, &model);
+                        record(&table, &mut history, id, &model).await;
                     }
                 }
             }
             Op::Compact { full } => {
                 if let Some(snapshot) = table.compact(full).await.unwrap() {
-                    record(&mut history, snapshot.id, &model);
+                    record(&table, &mut history, snapshot.id, &model).await;
                 }
                 if full {
                     let runs = table.sorted_runs();
