@@ -177,6 +177,15 @@ impl Table {
             }
         };
         let picked = &runs[..count];
+        let drop_deletes = count == runs.len();
+        let picked_files: Vec<FileMeta> = picked.iter().flat_map(|r| r.files.iter().cloned()).collect();
+        if schema.has_primary_key()
+            && let Some(ordered) = self.without_overlaps(&schema, &picked_files)?
+            && (!drop_deletes || ordered.iter().all(|f| f.deletes == 0))
+        {
+            let outputs = self.move_or_concatenate(&schema, ordered, level).await?;
+            return self.commit_compaction(picked_files, outputs).await;
+        }
         let inputs_rows: u64 = picked.iter().flat_map(|r| &r.files).map(|f| f.rows).sum();
         let inputs_bytes: u64 = picked.iter().flat_map(|r| &r.files).map(|f| f.bytes).sum();
         let target_rows = (schema.options.target_file_size as u128 * inputs_rows.max(1) as u128
@@ -195,7 +204,6 @@ impl Table {
                 read_run(Arc::clone(&self.store), self.dir.clone(), slices, all_columns.clone(), READ_BATCH_ROWS)
             })
             .collect();
-        let drop_deletes = count == runs.len();
         let mut merged = if schema.has_primary_key() {
             let spec = MergeSpec {
                 key_columns: schema.primary_key.clone(),
@@ -235,12 +243,18 @@ impl Table {
         {
             outputs.push(last.finish(&self.store, &self.dir).await?);
         }
-        let removed: Vec<FileMeta> = picked.iter().flat_map(|r| r.files.iter().cloned()).collect();
+        self.commit_compaction(picked_files, outputs).await
+    }
+
+    /// Commits a compaction that replaced `removed` by `outputs` (which may
+    /// include some of the same files at a new level), unless a concurrent
+    /// commit already removed any of them.
+    async fn commit_compaction(&self, removed: Vec<FileMeta>, outputs: Vec<FileMeta>) -> Result<Option<Snapshot>> {
         let guard = self.commit_lock().await;
         let current = self.current();
         let still_live = removed.iter().all(|r| current.manifest.files.iter().any(|f| f.path == r.path));
         if !still_live {
-            for meta in &outputs {
+            for meta in outputs.iter().filter(|o| !removed.iter().any(|r| r.path == o.path)) {
                 let _ = self.store.delete(&self.dir.child_path(&meta.path)).await;
             }
             return Ok(None);
@@ -248,6 +262,81 @@ impl Table {
         let commit =
             Commit { kind: Some(CommitKind::Compact), added: outputs, removed, changelog: vec![], next_sequence: None };
         self.commit_locked(&guard, commit).await.map(Some)
+    }
+
+    /// `files` in key order if no two of them overlap (and all have a key index).
+    fn without_overlaps(
+        &self,
+        schema: &crate::schema::TableSchema,
+        files: &[FileMeta],
+    ) -> Result<Option<Vec<FileMeta>>> {
+        let converter = key_converter(schema)?;
+        let mut ranged = Vec::with_capacity(files.len());
+        for meta in files {
+            let Some(keys) = self.key_index(&converter, meta)? else { return Ok(None) };
+            ranged.push((keys.row(0).owned(), keys.row(keys.num_rows() - 1).owned(), meta.clone()));
+        }
+        ranged.sort_by(|a, b| a.0.cmp(&b.0));
+        if ranged.windows(2).any(|w| w[1].0 <= w[0].1) {
+            return Ok(None);
+        }
+        Ok(Some(ranged.into_iter().map(|(_, _, meta)| meta).collect()))
+    }
+
+    /// Compaction of runs whose files do not overlap: nothing to merge. Files
+    /// of at least half the target size move to `level` as they are (only the
+    /// manifest changes); runs of consecutive smaller files are concatenated
+    /// into files of about the target size, so small files do not pile up.
+    async fn move_or_concatenate(
+        &self,
+        schema: &crate::schema::TableSchema,
+        ordered: Vec<FileMeta>,
+        level: u32,
+    ) -> Result<Vec<FileMeta>> {
+        let target = schema.options.target_file_size;
+        let mut outputs = Vec::new();
+        let mut group: Vec<FileMeta> = Vec::new();
+        for meta in ordered {
+            if meta.bytes >= target / 2 {
+                outputs.extend(self.concatenate(schema, std::mem::take(&mut group), level).await?);
+                outputs.push(FileMeta { level, ..meta });
+                continue;
+            }
+            group.push(meta);
+            if group.iter().map(|f| f.bytes).sum::<u64>() >= target {
+                outputs.extend(self.concatenate(schema, std::mem::take(&mut group), level).await?);
+            }
+        }
+        outputs.extend(self.concatenate(schema, group, level).await?);
+        Ok(outputs)
+    }
+
+    /// One file at `level` with the rows of `group` (non-overlapping, in key
+    /// order); a single file just moves.
+    async fn concatenate(
+        &self,
+        schema: &crate::schema::TableSchema,
+        mut group: Vec<FileMeta>,
+        level: u32,
+    ) -> Result<Option<FileMeta>> {
+        if group.len() <= 1 {
+            return Ok(group.pop().map(|meta| FileMeta { level, ..meta }));
+        }
+        let all_columns: Vec<usize> = (0..schema.schema.fields().len() + 2).collect();
+        let slices = group
+            .into_iter()
+            .map(|f| {
+                let row_groups = (0..f.row_groups.len()).collect();
+                FileSlice { meta: Arc::new(f), row_groups }
+            })
+            .collect();
+        let mut rows = read_run(Arc::clone(&self.store), self.dir.clone(), slices, all_columns, READ_BATCH_ROWS);
+        let delete_code = Some(ValueKind::Delete as i8);
+        let mut writer = self.file_writer("data", level, schema.primary_key.clone(), delete_code, schema)?;
+        while let Some(batch) = rows.next().await.transpose()? {
+            writer.write(&batch)?;
+        }
+        Ok(Some(writer.finish(&self.store, &self.dir).await?))
     }
 
     /// Expires snapshots by the table's retention options, never one at or

@@ -348,7 +348,13 @@ impl Table {
             manifest: manifest_path,
             delta_rows: commit.added.iter().map(|f| f.rows).sum(),
             delta_files: commit.added.iter().map(|f| f.path.clone()).collect(),
-            removed_files: commit.removed.iter().map(|f| f.path.clone()).collect(),
+            // A file that moved to another level stays.
+            removed_files: commit
+                .removed
+                .iter()
+                .filter(|r| !commit.added.iter().any(|a| a.path == r.path))
+                .map(|f| f.path.clone())
+                .collect(),
             changelog_rows: commit.changelog.iter().map(|f| f.rows).sum(),
             changelog_files: commit.changelog,
             total_rows: manifest.files.iter().map(|f| f.rows).sum(),
@@ -561,7 +567,7 @@ impl Table {
     }
 
     /// The key index of `meta` as rows, cached (files never change).
-    fn key_index(&self, converter: &arrow::row::RowConverter, meta: &FileMeta) -> Result<Option<Arc<Rows>>> {
+    pub(crate) fn key_index(&self, converter: &arrow::row::RowConverter, meta: &FileMeta) -> Result<Option<Arc<Rows>>> {
         let cached =
             self.key_indexes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&meta.path).cloned();
         if let Some(rows) = cached {
