@@ -109,6 +109,22 @@ async fn main() {
         table.schedule_maintenance();
     }
     let runs_settled = (table.sorted_runs().len(), waited.elapsed().as_secs_f64());
+    let compactions: Vec<_> = table
+        .snapshots()
+        .await
+        .expect("snapshots")
+        .into_iter()
+        .filter(|s| s.kind == streamhouse_storage::CommitKind::Compact)
+        .collect();
+    // Rows in files a compaction wrote (moved files are not rewritten, so they do not count).
+    let mut rewritten = 0;
+    for compaction in &compactions {
+        for file in table.files(Some(compaction.id)).await.expect("files") {
+            if compaction.delta_files.contains(&file.path) && compaction.removed_files.iter().all(|r| r != &file.path) {
+                rewritten += file.rows;
+            }
+        }
+    }
 
     // Storage API, four concurrent writers (group commit).
     let table = new_table(&store, "four").await;
@@ -162,5 +178,6 @@ async fn main() {
         "sorted runs right after the 1-writer load: {runs_after}, {} after {:.1}s more of background compaction; snapshots for the 4-writer load: {commits}",
         runs_settled.0, runs_settled.1
     );
+    println!("1-writer load: {} compactions (of the retained snapshots) rewrote {rewritten} rows", compactions.len());
     println!("peak RSS {} MiB", peak_rss_mib());
 }
