@@ -12,6 +12,9 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "common.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -52,15 +55,6 @@ fn batch(schema: &SchemaRef, start: i64) -> RecordBatch {
         ],
     )
     .expect("batch")
-}
-
-fn peak_rss_mib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
 }
 
 async fn new_table(store: &Arc<dyn ObjectStore>, name: &str) -> Arc<Table> {
@@ -179,5 +173,5 @@ async fn main() {
         runs_settled.0, runs_settled.1
     );
     println!("1-writer load: {} compactions (of the retained snapshots) rewrote {rewritten} rows", compactions.len());
-    println!("peak RSS {} MiB", peak_rss_mib());
+    println!("peak RSS {} MiB", common::peak_rss_mib());
 }

@@ -17,6 +17,9 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "common.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -162,15 +165,6 @@ fn context() -> SessionContext {
     SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2))
 }
 
-fn peak_rss_mib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let scale: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
@@ -256,5 +250,5 @@ async fn main() {
         (log5 / n).exp(),
         (logc / n).exp()
     );
-    println!("peak RSS {} MiB (includes the generated data held for the baseline)", peak_rss_mib());
+    println!("peak RSS {} MiB (includes the generated data held for the baseline)", common::peak_rss_mib());
 }
