@@ -82,6 +82,13 @@ pub fn sorted_runs(manifest: &Manifest) -> Vec<SortedRun> {
     runs
 }
 
+/// How many sorted runs `manifest` has (without building them).
+pub fn run_count(manifest: &Manifest) -> usize {
+    let level0 = manifest.files.iter().filter(|f| f.level == 0).count();
+    let levels = (1..=MAX_LEVEL).filter(|&l| manifest.files.iter().any(|f| f.level == l)).count();
+    level0 + levels
+}
+
 /// How many of the newest `runs` to merge, and into which level.
 pub fn pick(runs: &[SortedRun], options: &TableOptions) -> Option<(usize, u32)> {
     if runs.len() < options.compaction_trigger.max(2) {

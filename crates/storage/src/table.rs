@@ -292,7 +292,7 @@ impl Table {
     /// whatever the ingest rate.
     async fn stall(&self) -> Result<()> {
         let stop = self.schema().options.stop_trigger();
-        while crate::compact::sorted_runs(&self.current().manifest).len() >= stop {
+        while crate::compact::run_count(&self.lock_state().manifest) >= stop {
             if self.compact(false).await?.is_none() {
                 break;
             }
