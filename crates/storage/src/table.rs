@@ -231,8 +231,8 @@ impl Table {
     /// Rows that do not fit the table ([`Error::Invalid`]), a concurrent
     /// writer in another process ([`Error::Conflict`]), storage failures.
     pub async fn write(&self, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<Option<Snapshot>> {
-        self.check_write(rows, kinds)?;
-        self.stall().await?;
+        let stop = self.check_write(rows, kinds)?.options.stop_trigger();
+        self.stall(stop).await?;
         let (done, mut outcome) = oneshot::channel();
         self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Request {
             rows: rows.clone(),
@@ -281,7 +281,7 @@ impl Table {
     /// # Errors
     /// A failed compaction when the write stall ran one.
     pub async fn begin(&self) -> Result<Transaction<'_>> {
-        self.stall().await?;
+        self.stall(self.schema().options.stop_trigger()).await?;
         let guard = self.commit_lock.lock().await;
         Ok(Transaction { guard, staged: Staged::default(), table: self })
     }
@@ -290,8 +290,7 @@ impl Table {
     /// outstanding, compact before writing (waiting for a compaction in
     /// progress), so reads stay fast and the run count stays bounded
     /// whatever the ingest rate.
-    async fn stall(&self) -> Result<()> {
-        let stop = self.schema().options.stop_trigger();
+    async fn stall(&self, stop: usize) -> Result<()> {
         while crate::compact::run_count(&self.lock_state().manifest) >= stop {
             if self.compact(false).await?.is_none() {
                 break;
@@ -300,7 +299,8 @@ impl Table {
         Ok(())
     }
 
-    fn check_write(&self, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<()> {
+    /// Checks `rows` fit the table; returns the definition they were checked against.
+    fn check_write(&self, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<TableSchema> {
         let schema = self.schema();
         check_rows(&schema, rows, kinds)?;
         if !schema.has_primary_key() && kinds.contains(&ValueKind::Delete) {
@@ -315,7 +315,7 @@ impl Table {
                 self.name
             )));
         }
-        Ok(())
+        Ok(schema)
     }
 
     /// Writes the manifest and claims the next snapshot id; updates the cached state.
@@ -397,7 +397,7 @@ impl Table {
     async fn keyed_changes(
         &self,
         state: &State,
-        files: &[FileMeta],
+        files: &[&FileMeta],
         rows: &RecordBatch,
         kinds: &[ValueKind],
         next_seq: u64,
@@ -509,7 +509,7 @@ impl Table {
     async fn lookup(
         &self,
         schema: &TableSchema,
-        files: &[FileMeta],
+        files: &[&FileMeta],
         wanted: &[OwnedRow],
     ) -> Result<(Vec<RecordBatch>, HashMap<OwnedRow, (usize, usize)>)> {
         let converter = key_converter(schema)?;
@@ -526,7 +526,7 @@ impl Table {
             if groups.is_empty() {
                 continue;
             }
-            let reader = FileReader::open(&self.store, &self.dir, Arc::new(meta.clone())).await?;
+            let reader = FileReader::open(&self.store, &self.dir, Arc::new((*meta).clone())).await?;
             for group in groups {
                 for batch in reader.read_row_group(group, None, READ_BATCH_ROWS).await? {
                     let b = batches.len();
@@ -716,8 +716,8 @@ impl Staged {
         let schema = &state.schema;
         let next_seq = self.next_seq.unwrap_or_else(|| state.latest.as_ref().map_or(1, |s| s.next_sequence));
         let (data, changelog) = if schema.has_primary_key() {
-            let mut files = state.manifest.files.clone();
-            files.extend(self.data.iter().cloned());
+            // Lookups see the committed runs and what this transaction staged.
+            let files: Vec<&FileMeta> = state.manifest.files.iter().chain(&self.data).collect();
             table.keyed_changes(&state, &files, rows, kinds, next_seq).await?
         } else {
             let seqs: ArrayRef = Arc::new(UInt64Array::from_iter_values(next_seq..next_seq + rows.num_rows() as u64));
