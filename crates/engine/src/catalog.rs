@@ -174,6 +174,17 @@ pub trait Catalog: Debug + Send + Sync + 'static {
     /// [`StatusCode::InvalidArgument`] when the relation is of another kind.
     async fn drop_relation(&self, name: &RelationName, kind: RelationKind, if_exists: bool) -> Result<bool>;
 
+    /// Adds nullable columns to a table (`ALTER TABLE … ADD COLUMN`); rows
+    /// already stored read them as NULL.
+    ///
+    /// # Errors
+    /// [`StatusCode::TableNotFound`], [`StatusCode::DuplicateColumn`];
+    /// [`StatusCode::Unsupported`] for catalogs without stored tables (the default).
+    async fn add_columns(&self, name: &RelationName, columns: Vec<datafusion::arrow::datatypes::Field>) -> Result<()> {
+        let _ = columns;
+        Err(Error::unsupported(format!("ALTER TABLE is not supported for {name}: it is not a stored table")))
+    }
+
     /// Runs a maintenance procedure on a table; returns what it did, for the user.
     ///
     /// # Errors

@@ -50,8 +50,10 @@ impl From<storage::Error> for Error {
             storage::Error::Conflict { .. } => StatusCode::SerializationFailure,
             storage::Error::NotFound { .. } => StatusCode::TableNotFound,
             storage::Error::AlreadyExists { .. } => StatusCode::AlreadyExists,
-            storage::Error::Invalid(m) if m.contains("not-null") => StatusCode::ConstraintViolation,
             storage::Error::Invalid(_) => StatusCode::InvalidArgument,
+            storage::Error::NotNull(_) => StatusCode::ConstraintViolation,
+            storage::Error::OutOfRange(_) => StatusCode::NumericOverflow,
+            storage::Error::Unsupported(_) => StatusCode::Unsupported,
             storage::Error::ObjectStore { .. } => StatusCode::Io,
             storage::Error::Arrow(_) => StatusCode::Internal,
         };
@@ -78,6 +80,19 @@ pub struct DynamicCatalog {
 }
 
 impl DynamicCatalog {
+    /// The table `name`; an error naming what only tables can be when it is a view.
+    fn stored_table(&self, name: &RelationName, only_tables_are: &str) -> Result<Arc<DynamicTable>> {
+        let schemas = self.schemas.read().map_err(errors::poisoned)?;
+        match schemas.get(&name.schema).and_then(|s| s.get(&name.name)) {
+            Some(Relation::Table(t)) => Ok(Arc::clone(t)),
+            Some(Relation::View(_)) => Err(Error::new(
+                StatusCode::WrongObjectType,
+                format!("{name} is a view: only tables are {only_tables_are}"),
+            )),
+            None => Err(errors::relation_not_found(name, RelationKind::Table)),
+        }
+    }
+
     /// Opens the warehouse in `store`, finding every table in it.
     ///
     /// # Errors
@@ -309,20 +324,28 @@ impl Catalog for DynamicCatalog {
         Ok(Created::Created)
     }
 
-    async fn maintain(&self, name: &RelationName, procedure: Procedure) -> Result<String> {
-        let table = {
-            let schemas = self.schemas.read().map_err(errors::poisoned)?;
-            match schemas.get(&name.schema).and_then(|s| s.get(&name.name)) {
-                Some(Relation::Table(t)) => Arc::clone(&t.table),
-                Some(Relation::View(_)) => {
-                    return Err(Error::new(
-                        StatusCode::WrongObjectType,
-                        format!("{name} is a view: only tables are compacted and expired"),
-                    ));
-                }
-                None => return Err(errors::relation_not_found(name, RelationKind::Table)),
+    async fn add_columns(&self, name: &RelationName, columns: Vec<datafusion::arrow::datatypes::Field>) -> Result<()> {
+        let old = self.stored_table(name, "altered")?;
+        for column in &columns {
+            if old.schema.field_with_name(column.name()).is_ok() {
+                return Err(Error::new(
+                    StatusCode::DuplicateColumn,
+                    format!("column \"{}\" of relation \"{}\" already exists", column.name(), name.name),
+                ));
             }
-        };
+        }
+        old.table.add_columns(columns).await?;
+        let new = Arc::new(DynamicTable::shared(Arc::clone(&old.table)));
+        new.set_defaults(old.defaults.get().cloned().unwrap_or_default());
+        let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
+        if let Some(relation @ Relation::Table(_)) = schemas.get_mut(&name.schema).and_then(|s| s.get_mut(&name.name)) {
+            *relation = Relation::Table(new);
+        }
+        Ok(())
+    }
+
+    async fn maintain(&self, name: &RelationName, procedure: Procedure) -> Result<String> {
+        let table = Arc::clone(&self.stored_table(name, "compacted and expired")?.table);
         match procedure {
             Procedure::Compact => {
                 let before = table.sorted_runs().len();
@@ -473,9 +496,14 @@ pub struct DynamicTable {
 impl DynamicTable {
     /// The provider of `table`.
     pub fn new(table: storage::Table) -> Self {
+        Self::shared(Arc::new(table))
+    }
+
+    /// A provider over a table other providers share (after ALTER TABLE).
+    pub fn shared(table: Arc<storage::Table>) -> Self {
         let definition = table.schema();
         Self {
-            table: Arc::new(table),
+            table,
             schema: Arc::clone(&definition.schema),
             primary_key: definition.primary_key.clone(),
             stored_defaults: definition.column_defaults,
@@ -510,7 +538,8 @@ impl DynamicTable {
             None => (None, None),
         };
         let request = storage::ScanRequest {
-            projection: projection.cloned(),
+            // Explicit, so a provider planned before ALTER TABLE ADD COLUMN reads its own columns.
+            projection: Some(projection.cloned().unwrap_or_else(|| (0..self.schema.fields().len()).collect())),
             lower,
             upper,
             partitions: state.config().target_partitions().max(1),
@@ -636,13 +665,11 @@ impl TableProvider for DynamicTable {
                 txn.write(&old, &kinds).await.map_err(df_error)?;
                 moved.push(new);
             } else {
-                let kinds = vec![storage::ValueKind::Upsert; new.num_rows()];
-                txn.write(&new, &kinds).await.map_err(df_error)?;
+                self.replace(&mut txn, &new).await?;
             }
         }
         for new in moved {
-            let kinds = vec![storage::ValueKind::Upsert; new.num_rows()];
-            txn.write(&new, &kinds).await.map_err(df_error)?;
+            self.replace(&mut txn, &new).await?;
         }
         txn.commit().await.map_err(df_error)?;
         storage::Table::schedule_maintenance(&self.table);
@@ -651,6 +678,24 @@ impl TableProvider for DynamicTable {
 }
 
 impl DynamicTable {
+    /// Writes `rows` as the new values of their keys, as UPDATE means it:
+    /// a plain upsert where that is what the merge engine does, otherwise a
+    /// delete then an upsert of each key in one write, so partial-update does
+    /// not keep old values where the new row has NULLs, aggregation does not
+    /// add the new value to the old one, and `sequence.field` does not
+    /// ignore the update.
+    async fn replace(&self, txn: &mut storage::Transaction<'_>, rows: &RecordBatch) -> datafusion::error::Result<()> {
+        let options = self.table.schema().options;
+        if options.merge_engine == storage::MergeEngine::Deduplicate && options.sequence_field.is_none() {
+            let kinds = vec![storage::ValueKind::Upsert; rows.num_rows()];
+            return txn.write(rows, &kinds).await.map_err(df_error);
+        }
+        let both = arrow::compute::concat_batches(&rows.schema(), [rows, rows])?;
+        let mut kinds = vec![storage::ValueKind::Delete; rows.num_rows()];
+        kinds.resize(both.num_rows(), storage::ValueKind::Upsert);
+        txn.write(&both, &kinds).await.map_err(df_error)
+    }
+
     fn refuse_first_row(&self, statement: &str) -> datafusion::error::Result<()> {
         if self.table.schema().options.merge_engine == storage::MergeEngine::FirstRow {
             return Err(df_error(Error::unsupported(format!(

@@ -198,6 +198,13 @@ enum SessionStatement {
         procedure: Procedure,
         table: String,
     },
+    /// `ALTER TABLE [IF EXISTS] t ADD [COLUMN] [IF NOT EXISTS] c type, …`.
+    AddColumns {
+        table: TableReference,
+        if_exists: bool,
+        /// Column name, SQL type, and whether `IF NOT EXISTS` was given.
+        columns: Vec<(String, String, bool)>,
+    },
 }
 
 impl Prepared {
@@ -517,6 +524,9 @@ impl Session {
             self.notice(NoticeSeverity::Notice, message);
             return Ok(Output::Command(CommandComplete::new("CALL")));
         }
+        if let Kind::Session(SessionStatement::AddColumns { table, if_exists, columns }) = &prepared.kind {
+            return self.add_columns(table, *if_exists, columns).await;
+        }
         if let Kind::Session(s) = &prepared.kind {
             return self.run_session_statement(s.clone());
         }
@@ -577,6 +587,46 @@ impl Session {
             }
             command => command,
         })
+    }
+
+    /// `ALTER TABLE … ADD COLUMN`: column types are resolved as CREATE TABLE resolves them.
+    async fn add_columns(
+        &mut self,
+        table: &TableReference,
+        if_exists: bool,
+        columns: &[(String, String, bool)],
+    ) -> Result<Output> {
+        let done = Output::Command(CommandComplete::new("ALTER TABLE"));
+        let name = self.relation_name(table)?;
+        let Some(existing) = self.engine.catalog().relation(&name).await? else {
+            if if_exists {
+                self.notice(NoticeSeverity::Notice, format!("relation \"{}\" does not exist, skipping", name.name));
+                return Ok(done);
+            }
+            return Err(crate::catalog::errors::relation_not_found(&name, RelationKind::Table));
+        };
+        let schema = existing.schema();
+        let mut fields = Vec::with_capacity(columns.len());
+        for (column, sql_type, if_not_exists) in columns {
+            if schema.field_with_name(column).is_ok() && *if_not_exists {
+                self.notice(
+                    NoticeSeverity::Notice,
+                    format!("column \"{column}\" of relation \"{}\" already exists, skipping", name.name),
+                );
+                continue;
+            }
+            let probe = self.ctx.state().create_logical_plan(&format!("SELECT CAST(NULL AS {sql_type})")).await?;
+            let data_type = probe.schema().field(0).data_type().clone();
+            fields.push(datafusion::arrow::datatypes::Field::new(column, data_type, true));
+        }
+        if fields.is_empty() {
+            return Ok(done);
+        }
+        let control = self.begin_statement();
+        let catalog = Arc::clone(self.engine.catalog());
+        let result = control.run(async move { catalog.add_columns(&name, fields).await }).await;
+        self.engine.bump_catalog_version();
+        result.map(|()| done)
     }
 
     /// Marks the transaction failed when a row stream ends in an error.
@@ -891,7 +941,9 @@ impl Session {
                 Ok(Output::Command(CommandComplete::new("DISCARD ALL")))
             }
             SessionStatement::NoOp(tag) => Ok(Output::Command(CommandComplete::new(tag))),
-            SessionStatement::Call { .. } => Err(Error::internal("CALL is executed before session statements")),
+            SessionStatement::Call { .. } | SessionStatement::AddColumns { .. } => {
+                Err(Error::internal("CALL and ALTER TABLE are executed before session statements"))
+            }
         }
     }
 
@@ -1159,6 +1211,59 @@ fn call(function: &ast::Function) -> Result<SessionStatement> {
     Ok(SessionStatement::Call { procedure, table: table.clone() })
 }
 
+/// `ALTER TABLE … ADD COLUMN …`; any other alteration is refused.
+fn alter_table(alter: &ast::AlterTable) -> Result<SessionStatement> {
+    let mut columns = Vec::with_capacity(alter.operations.len());
+    for operation in &alter.operations {
+        let ast::AlterTableOperation::AddColumn { if_not_exists, column_def, column_position: None, .. } = operation
+        else {
+            return Err(Error::unsupported(format!(
+                "ALTER TABLE … {operation} is not supported: ADD COLUMN is the only supported alteration"
+            )));
+        };
+        for option in &column_def.options {
+            match &option.option {
+                ast::ColumnOption::Null => {}
+                ast::ColumnOption::NotNull => {
+                    return Err(Error::unsupported(format!(
+                        "cannot add NOT NULL column \"{}\": rows already in the table would have no value",
+                        column_def.name.value
+                    )));
+                }
+                ast::ColumnOption::Default(_) => {
+                    return Err(Error::unsupported(format!(
+                        "ADD COLUMN with DEFAULT is not supported yet: rows already stored would read NULL; add \"{}\" without DEFAULT, then UPDATE the existing rows",
+                        column_def.name.value
+                    )));
+                }
+                other => {
+                    return Err(Error::unsupported(format!(
+                        "ADD COLUMN … {other} is not supported: an added column is nullable and has no constraints"
+                    )));
+                }
+            }
+        }
+        columns.push((ident_value(&column_def.name), column_def.data_type.to_string(), *if_not_exists));
+    }
+    let parts: Vec<String> =
+        alter.name.0.iter().map(|p| p.as_ident().map_or_else(|| p.to_string(), ident_value)).collect();
+    let table = match parts.as_slice() {
+        [table] => TableReference::bare(table.as_str()),
+        [schema, table] => TableReference::partial(schema.as_str(), table.as_str()),
+        [catalog, schema, table] => TableReference::full(catalog.as_str(), schema.as_str(), table.as_str()),
+        _ => return Err(Error::invalid(format!("improper relation name: {}", alter.name))),
+    };
+    Ok(SessionStatement::AddColumns { table, if_exists: alter.if_exists, columns })
+}
+
+/// An identifier as Postgres resolves it: unquoted ones fold to lower case.
+fn ident_value(ident: &ast::Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
+}
+
 /// Statements refused before planning, with a message that says what to do.
 fn refuse_unsupported(statement: &Statement) -> Result<()> {
     let what = match statement {
@@ -1179,6 +1284,7 @@ fn session_statement(statement: &Statement) -> Result<Option<SessionStatement>> 
     use ast::Set;
     let s = match statement {
         Statement::Call(function) => call(function)?,
+        Statement::AlterTable(alter) => alter_table(alter)?,
         Statement::Set(set) => match set {
             Set::SingleAssignment { scope, variable, values, .. } => {
                 let local = matches!(scope, Some(ast::ContextModifier::Local));

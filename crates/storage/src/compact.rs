@@ -208,7 +208,15 @@ impl Table {
                     .iter()
                     .map(|f| FileSlice { meta: Arc::new(f.clone()), row_groups: (0..f.row_groups.len()).collect() })
                     .collect();
-                read_run(Arc::clone(&self.store), self.dir.clone(), slices, all_columns.clone(), READ_BATCH_ROWS)
+                let target = schema.data_file_schema();
+                read_run(
+                    Arc::clone(&self.store),
+                    self.dir.clone(),
+                    slices,
+                    target,
+                    all_columns.clone(),
+                    READ_BATCH_ROWS,
+                )
             })
             .collect();
         let mut merged = if schema.has_primary_key() {
@@ -337,7 +345,9 @@ impl Table {
                 FileSlice { meta: Arc::new(f), row_groups }
             })
             .collect();
-        let mut rows = read_run(Arc::clone(&self.store), self.dir.clone(), slices, all_columns, READ_BATCH_ROWS);
+        let target = schema.data_file_schema();
+        let mut rows =
+            read_run(Arc::clone(&self.store), self.dir.clone(), slices, target, all_columns, READ_BATCH_ROWS);
         let delete_code = Some(ValueKind::Delete as i8);
         let mut writer = self.file_writer("data", level, schema.primary_key.clone(), delete_code, schema)?;
         while let Some(batch) = rows.next().await.transpose()? {

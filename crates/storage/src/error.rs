@@ -35,9 +35,18 @@ pub enum Error {
         /// The table.
         table: String,
     },
-    /// Data that does not fit the table (wrong columns, NULL key, bad option).
+    /// Data that does not fit the table (wrong columns, bad option).
     #[error("{0}")]
     Invalid(String),
+    /// A NULL in a NOT NULL column (SQLSTATE 23502).
+    #[error("{0}")]
+    NotNull(String),
+    /// A computed value does not fit its column (SQLSTATE 22003).
+    #[error("{0}")]
+    OutOfRange(String),
+    /// Something the table's definition does not support (SQLSTATE 0A000).
+    #[error("{0}")]
+    Unsupported(String),
     /// Object storage failed.
     #[error("object storage error on {path}: {source}")]
     ObjectStore {
@@ -64,6 +73,9 @@ impl Error {
             Error::NotFound { what } => Error::NotFound { what: what.clone() },
             Error::AlreadyExists { table } => Error::AlreadyExists { table: table.clone() },
             Error::Invalid(message) => Error::Invalid(message.clone()),
+            Error::NotNull(message) => Error::NotNull(message.clone()),
+            Error::OutOfRange(message) => Error::OutOfRange(message.clone()),
+            Error::Unsupported(message) => Error::Unsupported(message.clone()),
             Error::ObjectStore { path, source } => Error::ObjectStore {
                 path: path.clone(),
                 source: object_store::Error::Generic { store: "group commit", source: source.to_string().into() },

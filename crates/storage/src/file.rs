@@ -316,6 +316,12 @@ pub(crate) struct FileReader {
     location: Path,
     meta: Arc<FileMeta>,
     parquet: ArrowReaderMetadata,
+    /// The schema batches are read as (the table's current file schema).
+    target: SchemaRef,
+    /// Where each column of `target` is in the file (`None`: a column added
+    /// after the file was written, read as NULLs); `None` when the file has
+    /// exactly the target's columns.
+    mapping: Option<Arc<Vec<Option<usize>>>>,
 }
 
 impl std::fmt::Debug for FileReader {
@@ -325,8 +331,15 @@ impl std::fmt::Debug for FileReader {
 }
 
 impl FileReader {
-    /// Fetches and checks the footer of the file `meta` describes.
-    pub(crate) async fn open(store: &Arc<dyn ObjectStore>, dir: &Path, meta: Arc<FileMeta>) -> Result<Self> {
+    /// Fetches and checks the footer of the file `meta` describes, to read
+    /// it as `target` (the table's current file schema): columns are matched
+    /// by name, and columns the file does not have read as NULLs.
+    pub(crate) async fn open(
+        store: &Arc<dyn ObjectStore>,
+        dir: &Path,
+        meta: Arc<FileMeta>,
+        target: &SchemaRef,
+    ) -> Result<Self> {
         let location = dir.child_path(&meta.path);
         let footer = fetch(store, &location, &meta, &[meta.footer]).await?;
         let sparse = Sparse {
@@ -344,12 +357,48 @@ impl FileReader {
         {
             return Err(Error::corrupt(&location, "Parquet footer does not match the manifest"));
         }
-        Ok(Self { store: Arc::clone(store), location, meta, parquet })
+        let mapping = column_mapping(&location, parquet.schema(), target)?;
+        Ok(Self { store: Arc::clone(store), location, meta, parquet, target: Arc::clone(target), mapping })
     }
 
-    /// Decodes row group `group`, only the top-level columns `columns`
-    /// (all when `None`), in batches of at most `batch_size` rows.
+    /// Decodes row group `group`, only the columns `columns` of the target
+    /// schema (ascending; all when `None`), in batches of at most
+    /// `batch_size` rows.
     pub(crate) async fn read_row_group(
+        &self,
+        group: usize,
+        columns: Option<&[usize]>,
+        batch_size: usize,
+    ) -> Result<Vec<RecordBatch>> {
+        let Some(mapping) = &self.mapping else { return self.read_file_columns(group, columns, batch_size).await };
+        let wanted: Vec<usize> = columns.map_or_else(|| (0..self.target.fields().len()).collect(), <[usize]>::to_vec);
+        let mut roots: Vec<usize> = wanted.iter().filter_map(|&c| mapping[c]).collect();
+        roots.sort_unstable();
+        roots.dedup();
+        if roots.is_empty() {
+            // Only added columns: read the smallest column for the row counts.
+            roots.push(self.parquet.schema().fields().len() - 1);
+        }
+        let schema = Arc::new(self.target.project(&wanted)?);
+        let batches = self.read_file_columns(group, Some(&roots), batch_size).await?;
+        batches
+            .into_iter()
+            .map(|batch| {
+                let columns = wanted
+                    .iter()
+                    .map(|&c| match mapping[c].and_then(|root| roots.binary_search(&root).ok()) {
+                        Some(position) => Arc::clone(batch.column(position)),
+                        None => arrow::array::new_null_array(self.target.field(c).data_type(), batch.num_rows()),
+                    })
+                    .collect();
+                let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+                Ok(RecordBatch::try_new_with_options(Arc::clone(&schema), columns, &options)?)
+            })
+            .collect()
+    }
+
+    /// Decodes the top-level columns `columns` of the file itself.
+    async fn read_file_columns(
         &self,
         group: usize,
         columns: Option<&[usize]>,
@@ -388,6 +437,33 @@ impl FileReader {
         }
         Ok(out)
     }
+}
+
+/// Where each column of `target` is in a file of schema `file` (by name),
+/// or `None` when they are the same columns.
+fn column_mapping(location: &Path, file: &SchemaRef, target: &SchemaRef) -> Result<Option<Arc<Vec<Option<usize>>>>> {
+    let same = file.fields().len() == target.fields().len()
+        && file.fields().iter().zip(target.fields()).all(|(f, t)| f.name() == t.name());
+    let mapping: Vec<Option<usize>> = target
+        .fields()
+        .iter()
+        .map(|t| {
+            let Ok(index) = file.index_of(t.name()) else { return Ok(None) };
+            if file.field(index).data_type() != t.data_type() {
+                return Err(Error::corrupt(
+                    location,
+                    format!(
+                        "column \"{}\" is {} in the file but {} in the table",
+                        t.name(),
+                        file.field(index).data_type(),
+                        t.data_type()
+                    ),
+                ));
+            }
+            Ok(Some(index))
+        })
+        .collect::<Result<_>>()?;
+    Ok((!same).then(|| Arc::new(mapping)))
 }
 
 /// Fetches `chunks` of a file and checks their lengths and checksums.

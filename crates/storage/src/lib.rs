@@ -69,10 +69,11 @@ pub mod schema;
 pub mod snapshot;
 pub mod table;
 
+mod fold;
 mod merge;
 
 pub use error::{Error, Result};
-pub use options::TableOptions;
+pub use options::{AggregateFunction, TableOptions};
 pub use scan::{ScanPlan, ScanRequest};
 pub use schema::{MergeEngine, RowKind, TableSchema, ValueKind};
 pub use snapshot::{CommitKind, FileMeta, Manifest, Snapshot};

@@ -2,7 +2,11 @@
 //!
 //! | option | default | meaning |
 //! |---|---|---|
-//! | `merge-engine` | `deduplicate` | `deduplicate` or `first-row` |
+//! | `merge-engine` | `deduplicate` | `deduplicate`, `partial-update`, `aggregation` or `first-row` |
+//! | `sequence.field` | none | a column ordering the writes of a key (`deduplicate`, `partial-update`) |
+//! | `fields.<column>.aggregate-function` | `last_non_null_value` | how `aggregation` combines a column |
+//! | `fields.default-aggregate-function` | `last_non_null_value` | the function of columns not named |
+//! | `fields.<column>.list-agg-delimiter` | `,` | separator of `listagg` |
 //! | `num-sorted-run.compaction-trigger` | 5 | sorted runs that start a compaction |
 //! | `num-sorted-run.stop-trigger` | trigger + 3 | sorted runs at which writers wait for compaction |
 //! | `compaction.max-size-amplification-percent` | 200 | newer runs vs the oldest run, in % |
@@ -19,12 +23,83 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::schema::MergeEngine;
 
+/// How the `aggregation` merge engine combines a column (Paimon's
+/// `fields.<column>.aggregate-function`). NULL inputs are ignored by all
+/// but `last_value` and `first_value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggregateFunction {
+    /// Sum of the values (numeric columns).
+    Sum,
+    /// Product of the values (integer and floating-point columns).
+    Product,
+    /// Smallest value.
+    Min,
+    /// Largest value.
+    Max,
+    /// The latest value, NULL included.
+    LastValue,
+    /// The latest non-NULL value (the default).
+    LastNonNullValue,
+    /// The value of the first write.
+    FirstValue,
+    /// The first non-NULL value.
+    FirstNonNullValue,
+    /// Logical AND (boolean columns).
+    BoolAnd,
+    /// Logical OR (boolean columns).
+    BoolOr,
+    /// The values joined by `fields.<column>.list-agg-delimiter` (text columns).
+    Listagg,
+}
+
+/// Every aggregate function name, for error messages.
+const FUNCTIONS: &[(&str, AggregateFunction)] = &[
+    ("sum", AggregateFunction::Sum),
+    ("product", AggregateFunction::Product),
+    ("min", AggregateFunction::Min),
+    ("max", AggregateFunction::Max),
+    ("last_value", AggregateFunction::LastValue),
+    ("last_non_null_value", AggregateFunction::LastNonNullValue),
+    ("first_value", AggregateFunction::FirstValue),
+    ("first_non_null_value", AggregateFunction::FirstNonNullValue),
+    ("bool_and", AggregateFunction::BoolAnd),
+    ("bool_or", AggregateFunction::BoolOr),
+    ("listagg", AggregateFunction::Listagg),
+];
+
+impl AggregateFunction {
+    /// Paimon's name of the function.
+    pub fn name(self) -> &'static str {
+        FUNCTIONS.iter().find(|(_, f)| *f == self).map_or("?", |(n, _)| n)
+    }
+
+    fn parse(key: &str, value: &str) -> Result<Self> {
+        let wanted = value.trim().to_ascii_lowercase();
+        FUNCTIONS.iter().find(|(n, _)| *n == wanted).map(|(_, f)| *f).ok_or_else(|| {
+            Error::Invalid(format!(
+                "unknown aggregate function '{value}' for table option '{key}': expected one of {}",
+                FUNCTIONS.iter().map(|(n, _)| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+}
+
 /// Parsed table options.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TableOptions {
     /// How rows with the same key combine.
     pub merge_engine: MergeEngine,
+    /// A column whose value orders the writes of a key (`sequence.field`):
+    /// a write with a smaller value than the stored row's loses.
+    pub sequence_field: Option<String>,
+    /// `fields.<column>.aggregate-function`, by column name.
+    pub aggregate_functions: BTreeMap<String, AggregateFunction>,
+    /// `fields.default-aggregate-function`.
+    pub default_aggregate_function: Option<AggregateFunction>,
+    /// `fields.<column>.list-agg-delimiter`, by column name.
+    pub list_agg_delimiters: BTreeMap<String, String>,
     /// Sorted runs that trigger a compaction.
     pub compaction_trigger: usize,
     /// Sorted runs at which writers stop and compact first (default: trigger + 3).
@@ -50,6 +125,10 @@ impl Default for TableOptions {
     fn default() -> Self {
         Self {
             merge_engine: MergeEngine::Deduplicate,
+            sequence_field: None,
+            aggregate_functions: BTreeMap::new(),
+            default_aggregate_function: None,
+            list_agg_delimiters: BTreeMap::new(),
             compaction_trigger: 5,
             stop_trigger: None,
             max_size_amplification_percent: 200,
@@ -66,6 +145,10 @@ impl Default for TableOptions {
 /// Every option name, for error messages.
 const NAMES: &[&str] = &[
     "merge-engine",
+    "sequence.field",
+    "fields.<column>.aggregate-function",
+    "fields.default-aggregate-function",
+    "fields.<column>.list-agg-delimiter",
     "num-sorted-run.compaction-trigger",
     "num-sorted-run.stop-trigger",
     "compaction.max-size-amplification-percent",
@@ -89,8 +172,20 @@ impl TableOptions {
     pub fn parse(options: &BTreeMap<String, String>) -> Result<Self> {
         let mut out = Self::default();
         for (key, value) in options {
+            if let Some(column) = field_option(key, "aggregate-function") {
+                out.aggregate_functions.insert(column.to_owned(), AggregateFunction::parse(key, value)?);
+                continue;
+            }
+            if let Some(column) = field_option(key, "list-agg-delimiter") {
+                out.list_agg_delimiters.insert(column.to_owned(), value.clone());
+                continue;
+            }
             match key.as_str() {
                 "merge-engine" => out.merge_engine = MergeEngine::parse(value)?,
+                "sequence.field" => out.sequence_field = Some(value.trim().to_owned()),
+                "fields.default-aggregate-function" => {
+                    out.default_aggregate_function = Some(AggregateFunction::parse(key, value)?);
+                }
                 "num-sorted-run.compaction-trigger" => {
                     out.compaction_trigger = number(key, value)?.max(2) as usize;
                 }
@@ -117,6 +212,11 @@ impl TableOptions {
         }
         Ok(out)
     }
+}
+
+/// The column of `fields.<column>.<suffix>`.
+fn field_option<'a>(key: &'a str, suffix: &str) -> Option<&'a str> {
+    key.strip_prefix("fields.")?.strip_suffix(suffix)?.strip_suffix('.').filter(|c| !c.is_empty())
 }
 
 fn number(key: &str, value: &str) -> Result<u64> {

@@ -368,7 +368,7 @@ fn read_split(store: Arc<dyn ObjectStore>, dir: Path, plan: Arc<ScanPlan>, split
         let kind_position = has_deletes.then(|| positions[plan.projection.len()]);
         let schema = Arc::clone(&plan.schema);
         let run = split.runs.into_iter().next().unwrap_or_default();
-        return read_run(store, dir, run, read_columns, plan.batch_size)
+        return read_run(store, dir, run, table.data_file_schema(), read_columns, plan.batch_size)
             .and_then(move |batch| {
                 let schema = Arc::clone(&schema);
                 let output = output.clone();
@@ -413,7 +413,10 @@ fn read_split(store: Arc<dyn ObjectStore>, dir: Path, plan: Arc<ScanPlan>, split
     let inputs = split
         .runs
         .into_iter()
-        .map(|run| read_run(Arc::clone(&store), dir.clone(), run, read_columns.clone(), plan.batch_size))
+        .map(|run| {
+            let target = table.data_file_schema();
+            read_run(Arc::clone(&store), dir.clone(), run, target, read_columns.clone(), plan.batch_size)
+        })
         .collect();
     merge(inputs, converter, spec)
 }
@@ -429,10 +432,13 @@ fn sorted_columns(columns: &[usize]) -> (Vec<usize>, Vec<usize>) {
 }
 
 /// Streams the row groups of a run's file slices, one row group at a time.
+///
+/// `target` is the table's current file schema, and `columns` index it.
 pub(crate) fn read_run(
     store: Arc<dyn ObjectStore>,
     dir: Path,
     run: Vec<FileSlice>,
+    target: SchemaRef,
     columns: Vec<usize>,
     batch_size: usize,
 ) -> RunStream {
@@ -442,7 +448,8 @@ pub(crate) fn read_run(
             let store = Arc::clone(&store);
             let dir = dir.clone();
             let columns = Arc::clone(&columns);
-            futures::stream::once(async move { FileReader::open(&store, &dir, slice.meta).await })
+            let target = Arc::clone(&target);
+            futures::stream::once(async move { FileReader::open(&store, &dir, slice.meta, &target).await })
                 .map_ok(move |reader| {
                     let columns = Arc::clone(&columns);
                     futures::stream::iter(slice.row_groups.clone()).then(move |group| {

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::options::TableOptions;
+use crate::options::{AggregateFunction, TableOptions};
 
 /// Sequence number column of data files: higher wins for the same key.
 pub const SEQ_COLUMN: &str = "_seq";
@@ -76,6 +76,9 @@ pub enum MergeEngine {
     FirstRow,
     /// Non-null columns of later writes replace those of the stored row.
     PartialUpdate,
+    /// Each column combines with the stored one by its aggregate function
+    /// (`fields.<column>.aggregate-function`).
+    Aggregation,
 }
 
 impl MergeEngine {
@@ -88,9 +91,20 @@ impl MergeEngine {
             "deduplicate" => Ok(MergeEngine::Deduplicate),
             "first-row" => Ok(MergeEngine::FirstRow),
             "partial-update" => Ok(MergeEngine::PartialUpdate),
+            "aggregation" => Ok(MergeEngine::Aggregation),
             other => Err(Error::Invalid(format!(
-                "unknown merge-engine '{other}': expected 'deduplicate', 'partial-update' or 'first-row'"
+                "unknown merge-engine '{other}': expected 'deduplicate', 'partial-update', 'aggregation' or 'first-row'"
             ))),
+        }
+    }
+
+    /// Paimon's name of the engine.
+    pub fn name(self) -> &'static str {
+        match self {
+            MergeEngine::Deduplicate => "deduplicate",
+            MergeEngine::FirstRow => "first-row",
+            MergeEngine::PartialUpdate => "partial-update",
+            MergeEngine::Aggregation => "aggregation",
         }
     }
 }
@@ -128,7 +142,8 @@ impl TableSchema {
     /// A new definition.
     ///
     /// # Errors
-    /// Unknown or nullable key columns, or names reserved for system columns.
+    /// Unknown key columns, names reserved for system columns, or options
+    /// that do not fit the columns.
     pub fn new(id: u64, schema: SchemaRef, primary_key: &[&str], options: TableOptions) -> Result<Self> {
         for field in schema.fields() {
             if field.name() == SEQ_COLUMN || field.name() == KIND_COLUMN {
@@ -149,7 +164,83 @@ impl TableSchema {
             .enumerate()
             .map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() && !key.contains(&i)))
             .collect();
-        Ok(Self { id, schema: Arc::new(Schema::new(fields)), primary_key: key, options, column_defaults: vec![] })
+        let table =
+            Self { id, schema: Arc::new(Schema::new(fields)), primary_key: key, options, column_defaults: vec![] };
+        table.check_options()?;
+        Ok(table)
+    }
+
+    /// Checks the options that name columns against the columns.
+    fn check_options(&self) -> Result<()> {
+        let options = &self.options;
+        let engine = options.merge_engine;
+        if engine != MergeEngine::Deduplicate && !self.has_primary_key() {
+            return Err(Error::Invalid(format!(
+                "merge-engine '{}' needs a primary key: a table without one is append-only",
+                engine.name()
+            )));
+        }
+        let column = |option: &str, name: &str| {
+            self.schema.index_of(name).map_err(|_| {
+                Error::Invalid(format!(
+                    "table option '{option}' names column \"{name}\", which the table does not have"
+                ))
+            })
+        };
+        if let Some(name) = &options.sequence_field {
+            let index = column("sequence.field", name)?;
+            if !matches!(engine, MergeEngine::Deduplicate | MergeEngine::PartialUpdate) {
+                return Err(Error::Unsupported(format!(
+                    "table option 'sequence.field' works with merge-engine 'deduplicate' or 'partial-update', not '{}'",
+                    engine.name()
+                )));
+            }
+            if !self.has_primary_key() {
+                return Err(Error::Invalid("table option 'sequence.field' needs a primary key".into()));
+            }
+            crate::fold::check_orderable("sequence.field", self.schema.field(index))?;
+        }
+        let named = options.aggregate_functions.keys().chain(options.list_agg_delimiters.keys());
+        let any_named = named.clone().next().is_some() || options.default_aggregate_function.is_some();
+        if any_named && engine != MergeEngine::Aggregation {
+            return Err(Error::Invalid(format!(
+                "aggregate functions need merge-engine 'aggregation', but the table's is '{}'",
+                engine.name()
+            )));
+        }
+        for name in named {
+            let index = column(&format!("fields.{name}.aggregate-function"), name)?;
+            if self.primary_key.contains(&index) {
+                return Err(Error::Invalid(format!(
+                    "column \"{name}\" is part of the primary key and takes no aggregate function"
+                )));
+            }
+        }
+        if engine == MergeEngine::Aggregation {
+            for (index, field) in self.schema.fields().iter().enumerate() {
+                if let Some(function) = self.aggregate_function(index) {
+                    crate::fold::check_aggregate(function, field)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The aggregate function of column `index` under the `aggregation`
+    /// merge engine; `None` for key columns.
+    pub fn aggregate_function(&self, index: usize) -> Option<AggregateFunction> {
+        if self.primary_key.contains(&index) {
+            return None;
+        }
+        let name = self.schema.field(index).name();
+        Some(
+            self.options
+                .aggregate_functions
+                .get(name)
+                .or(self.options.default_aggregate_function.as_ref())
+                .copied()
+                .unwrap_or(AggregateFunction::LastNonNullValue),
+        )
     }
 
     /// Whether the table has a primary key (otherwise it is append-only).

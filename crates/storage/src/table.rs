@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray, Int8Array, RecordBatch, UInt64Array};
-use arrow::compute::{concat_batches, interleave};
-use arrow::datatypes::{Int8Type, UInt64Type};
+use arrow::compute::concat_batches;
+use arrow::datatypes::{Field, Int8Type, Schema, UInt64Type};
 use arrow::row::{OwnedRow, Rows};
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::file::{self, ChildPath, FileMeta, FileReader, FileWriter, NewFile};
+use crate::fold::{Fold, Value};
 use crate::scan::{self, ScanPlan, ScanRequest, key_converter};
 use crate::schema::{MergeEngine, RowKind, TableSchema, ValueKind};
 use crate::snapshot::{CommitKind, Manifest, Snapshot};
@@ -32,6 +33,8 @@ pub(crate) struct State {
 
 /// A write waiting for the group commit that includes it.
 struct Request {
+    /// The definition the rows were checked against.
+    schema_id: u64,
     rows: RecordBatch,
     kinds: Vec<ValueKind>,
     done: oneshot::Sender<Result<Option<Snapshot>>>,
@@ -231,10 +234,11 @@ impl Table {
     /// Rows that do not fit the table ([`Error::Invalid`]), a concurrent
     /// writer in another process ([`Error::Conflict`]), storage failures.
     pub async fn write(&self, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<Option<Snapshot>> {
-        let stop = self.check_write(rows, kinds)?.options.stop_trigger();
-        self.stall(stop).await?;
+        let schema = self.check_write(rows, kinds)?;
+        self.stall(schema.options.stop_trigger()).await?;
         let (done, mut outcome) = oneshot::channel();
         self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Request {
+            schema_id: schema.id,
             rows: rows.clone(),
             kinds: kinds.to_vec(),
             done,
@@ -244,7 +248,12 @@ impl Table {
             // An earlier leader committed this write with its group.
             return result;
         }
-        let group = std::mem::take(&mut *self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let mut group = std::mem::take(&mut *self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        // Writes checked against a definition that ALTER TABLE has since replaced.
+        let current = self.lock_state().schema.id;
+        for stale in group.extract_if(.., |r| r.schema_id != current) {
+            let _ = stale.done.send(Err(self.altered()));
+        }
         let result = self.write_group(&guard, &group).await;
         for request in group {
             let _ = request.done.send(result.as_ref().map(Clone::clone).map_err(Error::replicate));
@@ -274,6 +283,56 @@ impl Table {
         staged.commit(self, guard).await
     }
 
+    /// Adds nullable columns at the end (`ALTER TABLE … ADD COLUMN`): a new
+    /// definition version, claimed with a conditional create like a commit.
+    /// Files written before read the new columns as NULL.
+    ///
+    /// # Errors
+    /// A column of that name exists, or a column is NOT NULL; a concurrent
+    /// change of the definition in another process.
+    pub async fn add_columns(&self, added: Vec<Field>) -> Result<TableSchema> {
+        let _guard = self.commit_lock.lock().await;
+        if self.is_closed() {
+            return Err(Error::NotFound { what: format!("table {}", self.name) });
+        }
+        let current = self.schema();
+        let mut fields: Vec<Field> = current.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        for field in added {
+            if fields.iter().any(|f| f.name() == field.name()) {
+                return Err(Error::Invalid(format!(
+                    "column \"{}\" of table {} already exists",
+                    field.name(),
+                    self.name
+                )));
+            }
+            if !field.is_nullable() {
+                return Err(Error::Unsupported(format!(
+                    "cannot add NOT NULL column \"{}\": rows already in the table would have no value",
+                    field.name()
+                )));
+            }
+            fields.push(field);
+        }
+        let keys: Vec<&str> = current.primary_key.iter().map(|&k| current.schema.field(k).name().as_str()).collect();
+        let mut next = TableSchema::new(current.id + 1, Arc::new(Schema::new(fields)), &keys, current.options.clone())?;
+        next.column_defaults = current.column_defaults.clone();
+        let location = self.dir.child_path(&schema_path(next.id));
+        let put =
+            self.store.put_opts(&location, PutPayload::from(next.encode()?), PutOptions::from(PutMode::Create)).await;
+        match put {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                return Err(Error::Conflict {
+                    table: self.name.clone(),
+                    reason: format!("definition version {} was written by another process", next.id),
+                });
+            }
+            Err(e) => return Err(Error::store(&location, e)),
+        }
+        self.lock_state().schema = next.clone();
+        Ok(next)
+    }
+
     /// Starts a write transaction: stage any number of writes, then commit
     /// them as one snapshot. Holds the table's commit lock until committed
     /// or dropped.
@@ -299,10 +358,24 @@ impl Table {
         Ok(())
     }
 
+    /// The error of a write planned before the table's definition changed.
+    fn altered(&self) -> Error {
+        Error::Conflict {
+            table: self.name.clone(),
+            reason: "the table was altered while the statement ran; run it again".into(),
+        }
+    }
+
     /// Checks `rows` fit the table; returns the definition they were checked against.
     fn check_write(&self, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<TableSchema> {
         let schema = self.schema();
-        check_rows(&schema, rows, kinds)?;
+        if let Err(e) = check_rows(&schema, rows, kinds) {
+            // Rows of an earlier definition (a column was added since).
+            let fields = schema.schema.fields();
+            let earlier = rows.num_columns() < fields.len()
+                && rows.schema().fields().iter().zip(fields).all(|(a, b)| a.name() == b.name());
+            return Err(if schema.id > 0 && earlier { self.altered() } else { e });
+        }
         if !schema.has_primary_key() && kinds.contains(&ValueKind::Delete) {
             return Err(Error::Invalid(format!(
                 "table {} has no primary key: it is append-only and rows cannot be deleted",
@@ -310,7 +383,7 @@ impl Table {
             )));
         }
         if schema.options.merge_engine == MergeEngine::FirstRow && kinds.contains(&ValueKind::Delete) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Unsupported(format!(
                 "table {} uses merge-engine 'first-row', which does not accept deletes",
                 self.name
             )));
@@ -390,10 +463,8 @@ impl Table {
     /// `files` (the committed runs plus what a transaction staged).
     ///
     /// The rows of each key are folded in write order onto its current value
-    /// by the merge engine; a value is a source row per column (the old row
-    /// or one of the incoming rows), so partial updates combine columns of
-    /// several rows. The net change per key becomes one data row and its
-    /// changelog rows.
+    /// by the merge engine ([`crate::fold`]). The net change per key becomes
+    /// one data row and its changelog rows.
     async fn keyed_changes(
         &self,
         state: &State,
@@ -403,7 +474,6 @@ impl Table {
         next_seq: u64,
     ) -> Result<(RecordBatch, RecordBatch)> {
         let schema = &state.schema;
-        let engine = schema.options.merge_engine;
         let converter = key_converter(schema)?;
         let keys = converter.convert_columns(&key_columns(schema, rows))?;
         let mut by_key: HashMap<OwnedRow, Vec<usize>> = HashMap::with_capacity(rows.num_rows());
@@ -415,88 +485,55 @@ impl Table {
         let wanted: Vec<OwnedRow> = ordered.iter().map(|(k, _)| k.clone()).collect();
         let (old_batches, old_by_key) = self.lookup(schema, files, &wanted).await?;
 
-        // Sources for interleave: old data batches (user columns), then the incoming rows.
-        let incoming = old_batches.len();
-        let columns = schema.schema.fields().len();
-        let mut data: Vec<Vec<(usize, usize)>> = vec![Vec::new(); columns];
+        let fold = Fold::new(schema, &old_batches, rows, kinds)?;
+        let mut data = fold.output();
         let mut data_kinds: Vec<i8> = Vec::new();
-        let mut log: Vec<Vec<(usize, usize)>> = vec![Vec::new(); columns];
+        let mut log = fold.output();
         let mut log_kinds: Vec<i8> = Vec::new();
         let mut log_seqs: Vec<u64> = Vec::new();
-        let push = |target: &mut Vec<Vec<(usize, usize)>>, value: &[(usize, usize)]| {
-            for (column, source) in target.iter_mut().zip(value) {
-                column.push(*source);
-            }
-        };
         for (key, positions) in &ordered {
-            let old: Option<Vec<(usize, usize)>> = old_by_key.get(key).map(|&source| vec![source; columns]);
-            let mut value = old.clone();
-            for &i in positions {
-                let whole = vec![(incoming, i); columns];
-                match (kinds[i], engine) {
-                    (ValueKind::Delete, _) => value = None,
-                    (ValueKind::Insert, _) | (ValueKind::Upsert, MergeEngine::FirstRow) => {
-                        if value.is_none() {
-                            value = Some(whole);
-                        }
-                    }
-                    (ValueKind::Upsert, MergeEngine::Deduplicate) => value = Some(whole),
-                    (ValueKind::Upsert, MergeEngine::PartialUpdate) => match &mut value {
-                        None => value = Some(whole),
-                        Some(current) => {
-                            for (c, source) in current.iter_mut().enumerate() {
-                                if rows.column(c).is_valid(i) {
-                                    *source = (incoming, i);
-                                }
-                            }
-                        }
-                    },
-                }
+            let old = old_by_key.get(key).copied();
+            let new = fold.fold(old, positions)?;
+            let seq = next_seq + data.len() as u64;
+            let unchanged = match (old, &new) {
+                (None, None) => true,
+                (Some(old), Some(new)) => fold.is_unchanged(old, new),
+                _ => false,
+            };
+            if unchanged {
+                continue;
             }
-            let seq = next_seq + data_kinds.len() as u64;
-            match (&old, &value) {
-                (None, None) => {}
-                (Some(old), Some(new)) if old == new => {}
+            match (old, new) {
                 (None, Some(new)) => {
-                    push(&mut data, new);
+                    data.push(&fold, &new);
                     data_kinds.push(ValueKind::Upsert as i8);
-                    push(&mut log, new);
+                    log.push(&fold, &new);
                     log_kinds.push(RowKind::Insert as i8);
                     log_seqs.push(seq);
                 }
                 (Some(old), None) => {
-                    push(&mut data, old);
+                    data.push(&fold, &Value::Row(old));
                     data_kinds.push(ValueKind::Delete as i8);
-                    push(&mut log, old);
+                    log.push(&fold, &Value::Row(old));
                     log_kinds.push(RowKind::Delete as i8);
                     log_seqs.push(seq);
                 }
                 (Some(old), Some(new)) => {
-                    push(&mut data, new);
+                    data.push(&fold, &new);
                     data_kinds.push(ValueKind::Upsert as i8);
-                    push(&mut log, old);
-                    push(&mut log, new);
+                    log.push(&fold, &Value::Row(old));
+                    log.push(&fold, &new);
                     log_kinds.extend([RowKind::UpdateBefore as i8, RowKind::UpdateAfter as i8]);
                     log_seqs.extend([seq, seq]);
                 }
+                (None, None) => {}
             }
         }
-        let gather = |indices: &[Vec<(usize, usize)>]| -> Result<RecordBatch> {
-            let mut out = Vec::with_capacity(columns);
-            for (column, indices) in indices.iter().enumerate() {
-                let mut sources: Vec<&dyn Array> = old_batches.iter().map(|b| b.column(column).as_ref()).collect();
-                sources.push(rows.column(column).as_ref());
-                out.push(interleave(&sources, indices)?);
-            }
-            let options =
-                arrow::array::RecordBatchOptions::new().with_row_count(Some(indices.first().map_or(0, Vec::len)));
-            Ok(RecordBatch::try_new_with_options(Arc::clone(&schema.schema), out, &options)?)
-        };
         let seqs = UInt64Array::from_iter_values(next_seq..next_seq + data_kinds.len() as u64);
-        let data = append_system(schema, &gather(&data)?, Arc::new(seqs), Arc::new(Int8Array::from(data_kinds)))?;
+        let data = append_system(schema, &fold.gather(&data)?, Arc::new(seqs), Arc::new(Int8Array::from(data_kinds)))?;
         let changelog = append_system(
             schema,
-            &gather(&log)?,
+            &fold.gather(&log)?,
             Arc::new(UInt64Array::from(log_seqs)),
             Arc::new(Int8Array::from(log_kinds)),
         )?;
@@ -515,6 +552,7 @@ impl Table {
         let converter = key_converter(schema)?;
         let wanted_set: HashSet<&[u8]> = wanted.iter().map(AsRef::as_ref).collect();
         let user_columns = schema.schema.fields().len();
+        let target = schema.data_file_schema();
         let mut batches = Vec::new();
         // key -> (seq, kind, batch, row) of the newest version seen.
         let mut newest: HashMap<OwnedRow, (u64, i8, usize, usize)> = HashMap::new();
@@ -526,7 +564,7 @@ impl Table {
             if groups.is_empty() {
                 continue;
             }
-            let reader = FileReader::open(&self.store, &self.dir, Arc::new((*meta).clone())).await?;
+            let reader = FileReader::open(&self.store, &self.dir, Arc::new((*meta).clone()), &target).await?;
             for group in groups {
                 for batch in reader.read_row_group(group, None, READ_BATCH_ROWS).await? {
                     let b = batches.len();
@@ -662,11 +700,12 @@ impl Table {
     pub async fn changelog(&self, after: u64, upto: Option<u64>) -> Result<Vec<ChangelogBatch>> {
         let latest = self.lock_state().latest.as_ref().map_or(0, |s| s.id);
         let upto = upto.unwrap_or(latest).min(latest);
+        let target = self.schema().changelog_file_schema();
         let mut out = Vec::new();
         for id in after + 1..=upto {
             let snapshot = self.read_snapshot(id).await?;
             for meta in snapshot.changelog_files {
-                let reader = FileReader::open(&self.store, &self.dir, Arc::new(meta)).await?;
+                let reader = FileReader::open(&self.store, &self.dir, Arc::new(meta), &target).await?;
                 for batch in reader.read_all(READ_BATCH_ROWS).await? {
                     out.push(ChangelogBatch { snapshot: id, batch });
                 }
@@ -891,7 +930,7 @@ fn check_rows(schema: &TableSchema, rows: &RecordBatch, kinds: &[ValueKind]) -> 
             )));
         }
         if !field.is_nullable() && column.null_count() > 0 {
-            return Err(Error::Invalid(format!(
+            return Err(Error::NotNull(format!(
                 "null value in column \"{}\" violates not-null constraint",
                 field.name()
             )));

@@ -23,7 +23,9 @@ use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use proptest::prelude::*;
-use streamhouse_storage::{CommitKind, MergeEngine, RowKind, ScanRequest, Table, TableOptions, TableSchema, ValueKind};
+use streamhouse_storage::{
+    AggregateFunction, CommitKind, MergeEngine, RowKind, ScanRequest, Table, TableOptions, TableSchema, ValueKind,
+};
 
 type Model = BTreeMap<i64, Option<String>>;
 
@@ -97,6 +99,10 @@ fn schema(engine: MergeEngine, size_amplification: u64) -> TableSchema {
         snapshot_num_retained_min: 3,
         snapshot_num_retained_max: 6,
         row_group_rows: 3,
+        aggregate_functions: match engine {
+            MergeEngine::Aggregation => [("v".to_owned(), AggregateFunction::Listagg)].into(),
+            _ => Default::default(),
+        },
         ..TableOptions::default()
     };
     TableSchema::new(0, arrow, &["k"], options).unwrap()
@@ -156,6 +162,15 @@ fn apply(model: &mut Model, engine: MergeEngine, rows: &[(i64, Change)]) {
                     }
                 }
                 None => {
+                    model.insert(*k, v.clone());
+                }
+            },
+            // `listagg`: values joined by ',', NULLs skipped.
+            (MergeEngine::Aggregation, Change::Upsert(v)) => match (model.get_mut(k), v) {
+                (Some(Some(current)), Some(v)) => *current = format!("{current},{v}"),
+                (Some(current @ None), Some(v)) => *current = Some(v.clone()),
+                (Some(_), None) => {}
+                (None, v) => {
                     model.insert(*k, v.clone());
                 }
             },
@@ -369,6 +384,15 @@ proptest! {
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         runtime.block_on(run(MergeEngine::PartialUpdate, amplification, ops));
+    }
+
+    #[test]
+    fn aggregation_matches_the_model(
+        amplification in prop_oneof![Just(200u64), Just(1_000_000)],
+        ops in proptest::collection::vec(op(), 1..25),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(run(MergeEngine::Aggregation, amplification, ops));
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub fn encode_batch(
             let field = &fields[col];
             let result = if array.is_null(row) && matches!(array.data_type(), DataType::Interval(_)) {
                 arrow_pg::encoder::Encoder::encode_field(&mut encoder, &None::<pg_interval::Interval>, field)
+            } else if let Some(text) = float_text(array.as_ref(), row, field) {
+                arrow_pg::encoder::Encoder::encode_field(&mut encoder, &Some(text), field)
             } else {
                 encode_value(&mut encoder, array, row, schema.field(col), field)
             };
@@ -98,6 +100,65 @@ pub fn encode_batch(
         row += 1;
         Some(Ok(encoder.take_row()))
     })
+}
+
+/// A float in Postgres' text form, where pgwire's differs: shortest exact
+/// digits without a trailing `.0`, an exponent (`1e+20`, `1.5e-05`) past
+/// 15 digits for float8 or 6 for float4, `Infinity`, and `-0`. `None` for
+/// other types, NULLs, binary format and `extra_float_digits` below 1
+/// (which rounds, and pgwire does that as Postgres does).
+fn float_text(array: &dyn Array, row: usize, field: &FieldInfo) -> Option<String> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{Float32Type, Float64Type};
+    if array.is_null(row) || field.format() != pgwire::api::results::FieldFormat::Text {
+        return None;
+    }
+    if field.format_options().extra_float_digits < 1 {
+        return None;
+    }
+    let (scientific, limit, value) = match array.data_type() {
+        DataType::Float64 => {
+            let v = array.as_primitive::<Float64Type>().value(row);
+            (format!("{v:e}"), 15, v)
+        }
+        DataType::Float32 => {
+            let v = array.as_primitive::<Float32Type>().value(row);
+            (format!("{v:e}"), 6, f64::from(v))
+        }
+        _ => return None,
+    };
+    Some(postgres_float(&scientific, limit, value))
+}
+
+/// Formats the shortest exact `scientific` form (Rust's `{:e}`) of `value` as Postgres does.
+fn postgres_float(scientific: &str, limit: i32, value: f64) -> String {
+    if value.is_nan() {
+        return "NaN".into();
+    }
+    if value.is_infinite() {
+        return if value > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+    }
+    if value == 0.0 {
+        return if value.is_sign_negative() { "-0".into() } else { "0".into() };
+    }
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((scientific, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    let (sign, mantissa) = mantissa.strip_prefix('-').map_or(("", mantissa), |m| ("-", m));
+    if exponent < -4 || exponent >= limit {
+        let sign_e = if exponent < 0 { '-' } else { '+' };
+        return format!("{sign}{mantissa}e{sign_e}{:02}", exponent.abs());
+    }
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    if exponent < 0 {
+        let zeros = "0".repeat((-exponent - 1) as usize);
+        return format!("{sign}0.{zeros}{digits}");
+    }
+    let point = exponent as usize + 1;
+    if digits.len() <= point {
+        format!("{sign}{digits}{}", "0".repeat(point - digits.len()))
+    } else {
+        format!("{sign}{}.{}", &digits[..point], &digits[point..])
+    }
 }
 
 /// Streams Arrow batches as Postgres data rows.
@@ -147,4 +208,36 @@ pub fn text_cells(batch: RecordBatch) -> PgWireResult<Vec<Vec<Option<String>>>> 
         rows.push(cells);
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::postgres_float;
+
+    fn f8(v: f64) -> String {
+        postgres_float(&format!("{v:e}"), 15, v)
+    }
+
+    fn f4(v: f32) -> String {
+        postgres_float(&format!("{v:e}"), 6, f64::from(v))
+    }
+
+    #[test]
+    fn floats_render_as_postgres_does() {
+        assert_eq!(f8(3.0), "3");
+        assert_eq!(f8(-2.5), "-2.5");
+        assert_eq!(f8(1.0 / 3.0), "0.3333333333333333");
+        assert_eq!(f8(1e20), "1e+20");
+        assert_eq!(f8(1.5e-5), "1.5e-05");
+        assert_eq!(f8(0.0001), "0.0001");
+        assert_eq!(f8(123_456_789_012_345.0), "123456789012345");
+        assert_eq!(f8(1e15), "1e+15");
+        assert_eq!(f8(f64::INFINITY), "Infinity");
+        assert_eq!(f8(f64::NEG_INFINITY), "-Infinity");
+        assert_eq!(f8(f64::NAN), "NaN");
+        assert_eq!(f8(-0.0), "-0");
+        assert_eq!(f4(1e6), "1e+06");
+        assert_eq!(f4(123_456.0), "123456");
+        assert_eq!(f4(1.1), "1.1");
+    }
 }
