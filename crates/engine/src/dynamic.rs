@@ -17,13 +17,12 @@ use std::fmt::Debug;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt64Array};
-use datafusion::arrow::compute::{and, concat_batches, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session as DfSession, TableProvider};
 use datafusion::common::{Constraint, DFSchema, DataFusionError};
 use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
@@ -37,6 +36,7 @@ use system::{SystemKind, SystemTable};
 
 pub mod scan;
 pub mod system;
+pub mod write;
 
 use crate::catalog::{
     AsOf, Catalog, CreateTable, Created, DEFAULT_SCHEMA, Procedure, RelationKind, RelationName, SYSTEM_SCHEMAS, errors,
@@ -554,12 +554,6 @@ impl DynamicTable {
         })?;
         Ok(Arc::new(scan::DynamicScanExec::new(Arc::clone(&self.table), plan)))
     }
-
-    fn count_plan(count: u64) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]));
-        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(UInt64Array::from(vec![count]))])?;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?)
-    }
 }
 
 #[async_trait]
@@ -624,19 +618,7 @@ impl TableProvider for DynamicTable {
         filters: Vec<Expr>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         self.refuse_first_row("DELETE")?;
-        let mut txn = self.table.begin().await.map_err(df_error)?;
-        let mut rows = self.read_matching(state, txn.base_snapshot(), &filters).await?;
-        let mut count = 0;
-        while let Some(doomed) = rows.try_next().await? {
-            if doomed.num_rows() > 0 {
-                count += doomed.num_rows() as u64;
-                let kinds = vec![storage::ValueKind::Delete; doomed.num_rows()];
-                txn.write(&doomed, &kinds).await.map_err(df_error)?;
-            }
-        }
-        txn.commit().await.map_err(df_error)?;
-        storage::Table::schedule_maintenance(&self.table);
-        Self::count_plan(count)
+        self.matching_write(state, &filters, write::Change::Delete)
     }
 
     async fn update(
@@ -648,52 +630,43 @@ impl TableProvider for DynamicTable {
         self.refuse_first_row("UPDATE")?;
         let moves_keys =
             assignments.iter().any(|(name, _)| self.primary_key.iter().any(|&k| self.schema.field(k).name() == name));
-        let mut txn = self.table.begin().await.map_err(df_error)?;
-        let mut rows = self.read_matching(state, txn.base_snapshot(), &filters).await?;
-        let mut count = 0;
-        // When keys change, every old key is deleted before any new row is
-        // written, so a row moved onto a key that is itself being updated is not lost.
-        let mut moved = Vec::new();
-        while let Some(old) = rows.try_next().await? {
-            if old.num_rows() == 0 {
-                continue;
-            }
-            count += old.num_rows() as u64;
-            let new = self.assign(state, &assignments, &old)?;
-            if moves_keys {
-                let kinds = vec![storage::ValueKind::Delete; old.num_rows()];
-                txn.write(&old, &kinds).await.map_err(df_error)?;
-                moved.push(new);
-            } else {
-                self.replace(&mut txn, &new).await?;
-            }
-        }
-        for new in moved {
-            self.replace(&mut txn, &new).await?;
-        }
-        txn.commit().await.map_err(df_error)?;
-        storage::Table::schedule_maintenance(&self.table);
-        Self::count_plan(count)
+        let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
+        let columns = self
+            .schema
+            .fields()
+            .iter()
+            .map(|field| {
+                assignments
+                    .iter()
+                    .find(|(name, _)| name == field.name())
+                    .map(|(_, expr)| state.create_physical_expr(expr.clone(), &df_schema))
+                    .transpose()
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        self.matching_write(state, &filters, write::Change::Update { columns, moves_keys })
     }
 }
 
 impl DynamicTable {
-    /// Writes `rows` as the new values of their keys, as UPDATE means it:
-    /// a plain upsert where that is what the merge engine does, otherwise a
-    /// delete then an upsert of each key in one write, so partial-update does
-    /// not keep old values where the new row has NULLs, aggregation does not
-    /// add the new value to the old one, and `sequence.field` does not
-    /// ignore the update.
-    async fn replace(&self, txn: &mut storage::Transaction<'_>, rows: &RecordBatch) -> datafusion::error::Result<()> {
-        let options = self.table.schema().options;
-        if options.merge_engine == storage::MergeEngine::Deduplicate && options.sequence_field.is_none() {
-            let kinds = vec![storage::ValueKind::Upsert; rows.num_rows()];
-            return txn.write(rows, &kinds).await.map_err(df_error);
-        }
-        let both = arrow::compute::concat_batches(&rows.schema(), [rows, rows])?;
-        let mut kinds = vec![storage::ValueKind::Delete; rows.num_rows()];
-        kinds.resize(both.num_rows(), storage::ValueKind::Upsert);
-        txn.write(&both, &kinds).await.map_err(df_error)
+    /// The plan of a DELETE or UPDATE of the rows matching `filters`; it
+    /// writes when executed.
+    fn matching_write(
+        &self,
+        state: &dyn DfSession,
+        filters: &[Expr],
+        change: write::Change,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let bounds = match self.first_key_column() {
+            Some(column) => scan::key_bounds(column, filters),
+            None => (None, None),
+        };
+        let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
+        let predicates = filters
+            .iter()
+            .map(|f| state.create_physical_expr(f.clone(), &df_schema))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let table = Arc::clone(&self.table);
+        Ok(Arc::new(write::MatchingWriteExec::new(table, Arc::clone(&self.schema), bounds, predicates, change)))
     }
 
     fn refuse_first_row(&self, statement: &str) -> datafusion::error::Result<()> {
@@ -704,66 +677,6 @@ impl DynamicTable {
             ))));
         }
         Ok(())
-    }
-
-    /// The rows of `snapshot` that satisfy every filter, streamed.
-    async fn read_matching(
-        &self,
-        state: &dyn DfSession,
-        snapshot: Option<u64>,
-        filters: &[Expr],
-    ) -> datafusion::error::Result<futures::stream::BoxStream<'static, datafusion::error::Result<RecordBatch>>> {
-        let plan = self.scan_snapshot(state, snapshot, None, filters).await?;
-        let stream = datafusion::physical_plan::execute_stream(plan, state.task_ctx())?;
-        let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
-        let predicates = filters
-            .iter()
-            .map(|f| state.create_physical_expr(f.clone(), &df_schema))
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
-        Ok(stream
-            .and_then(move |rows| {
-                let predicates = predicates.clone();
-                async move {
-                    let mut mask = BooleanArray::from(vec![true; rows.num_rows()]);
-                    for predicate in &predicates {
-                        let result = predicate.evaluate(&rows)?.into_array(rows.num_rows())?;
-                        let result = result
-                            .as_any()
-                            .downcast_ref::<BooleanArray>()
-                            .ok_or_else(|| DataFusionError::Plan("WHERE clause must be boolean".into()))?;
-                        // NULL counts as false, as in SQL.
-                        let result: BooleanArray = result.iter().map(|v| Some(v == Some(true))).collect();
-                        mask = and(&mask, &result)?;
-                    }
-                    Ok(filter_record_batch(&rows, &mask)?)
-                }
-            })
-            .boxed())
-    }
-
-    /// The rows `old` becomes under `assignments`.
-    fn assign(
-        &self,
-        state: &dyn DfSession,
-        assignments: &[(String, Expr)],
-        old: &RecordBatch,
-    ) -> datafusion::error::Result<RecordBatch> {
-        let df_schema = DFSchema::try_from(old.schema())?;
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
-        for (i, field) in self.schema.fields().iter().enumerate() {
-            let column = match assignments.iter().find(|(name, _)| name == field.name()) {
-                Some((_, expr)) => {
-                    let value = state
-                        .create_physical_expr(expr.clone(), &df_schema)?
-                        .evaluate(old)?
-                        .into_array(old.num_rows())?;
-                    datafusion::arrow::compute::cast(&value, field.data_type())?
-                }
-                None => Arc::clone(old.column(i)),
-            };
-            columns.push(column);
-        }
-        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
 }
 

@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Decimal128Array, Float64Array, RecordBatch, StringArray};
-use arrow::compute::{CastOptions, cast, cast_with_options, interleave};
+use arrow::array::{Array, ArrayRef, AsArray, Decimal128Array, Float64Array, RecordBatch, StringArray, UInt32Array};
+use arrow::compute::{CastOptions, cast, cast_with_options, interleave, take};
 use arrow::datatypes::{DataType, Decimal128Type, Field, Float64Type};
 use arrow::row::{RowConverter, Rows, SortField};
 
@@ -378,9 +378,18 @@ impl<'a> Fold<'a> {
                 }
                 _ => arrow::array::new_empty_array(field.data_type()),
             };
+            let indices = &output.indices[column];
             let mut sources: Vec<&dyn Array> = self.sources.iter().map(|b| b.column(column).as_ref()).collect();
             sources.push(computed.as_ref());
-            columns.push(interleave(&sources, &output.indices[column])?);
+            // Rows from one source (new keys only, say) are a take, cheaper than an interleave.
+            let single = indices.first().map(|&(s, _)| s).filter(|&s| indices.iter().all(|&(t, _)| t == s));
+            columns.push(match single {
+                Some(s) => {
+                    let rows = UInt32Array::from_iter_values(indices.iter().map(|&(_, r)| r as u32));
+                    take(sources[s], &rows, None)?
+                }
+                None => interleave(&sources, indices)?,
+            });
         }
         let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(output.rows));
         Ok(RecordBatch::try_new_with_options(Arc::clone(&self.schema.schema), columns, &options)?)

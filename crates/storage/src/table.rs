@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{Array, ArrayRef, AsArray, Int8Array, RecordBatch, UInt64Array};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{Field, Int8Type, Schema, UInt64Type};
-use arrow::row::{OwnedRow, Rows};
+use arrow::row::{Row, Rows};
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
@@ -476,13 +476,18 @@ impl Table {
         let schema = &state.schema;
         let converter = key_converter(schema)?;
         let keys = converter.convert_columns(&key_columns(schema, rows))?;
-        let mut by_key: HashMap<OwnedRow, Vec<usize>> = HashMap::with_capacity(rows.num_rows());
-        for i in 0..rows.num_rows() {
-            by_key.entry(keys.row(i).owned()).or_default().push(i);
+        // Row positions by key; a stable sort keeps each key's rows in write order.
+        let mut order: Vec<usize> = (0..rows.num_rows()).collect();
+        order.sort_by(|&a, &b| keys.row(a).cmp(&keys.row(b)));
+        // The rows of each key: ranges of `order`.
+        let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+        for (i, &row) in order.iter().enumerate() {
+            match groups.last_mut() {
+                Some(last) if keys.row(order[last.start]) == keys.row(row) => last.end = i + 1,
+                _ => groups.push(i..i + 1),
+            }
         }
-        let mut ordered: Vec<(OwnedRow, Vec<usize>)> = by_key.into_iter().collect();
-        ordered.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let wanted: Vec<OwnedRow> = ordered.iter().map(|(k, _)| k.clone()).collect();
+        let wanted: Vec<Row<'_>> = groups.iter().map(|g| keys.row(order[g.start])).collect();
         let (old_batches, old_by_key) = self.lookup(schema, files, &wanted).await?;
 
         let fold = Fold::new(schema, &old_batches, rows, kinds)?;
@@ -491,9 +496,9 @@ impl Table {
         let mut log = fold.output();
         let mut log_kinds: Vec<i8> = Vec::new();
         let mut log_seqs: Vec<u64> = Vec::new();
-        for (key, positions) in &ordered {
-            let old = old_by_key.get(key).copied();
-            let new = fold.fold(old, positions)?;
+        for (key, group) in wanted.iter().zip(groups) {
+            let old = if old_by_key.is_empty() { None } else { old_by_key.get(key.data()).copied() };
+            let new = fold.fold(old, &order[group])?;
             let seq = next_seq + data.len() as u64;
             let unchanged = match (old, &new) {
                 (None, None) => true,
@@ -547,15 +552,15 @@ impl Table {
         &self,
         schema: &TableSchema,
         files: &[&FileMeta],
-        wanted: &[OwnedRow],
-    ) -> Result<(Vec<RecordBatch>, HashMap<OwnedRow, (usize, usize)>)> {
+        wanted: &[Row<'_>],
+    ) -> Result<(Vec<RecordBatch>, HashMap<Vec<u8>, (usize, usize)>)> {
         let converter = key_converter(schema)?;
-        let wanted_set: HashSet<&[u8]> = wanted.iter().map(AsRef::as_ref).collect();
+        let mut wanted_set: Option<HashSet<&[u8]>> = None;
         let user_columns = schema.schema.fields().len();
         let target = schema.data_file_schema();
         let mut batches = Vec::new();
         // key -> (seq, kind, batch, row) of the newest version seen.
-        let mut newest: HashMap<OwnedRow, (u64, i8, usize, usize)> = HashMap::new();
+        let mut newest: HashMap<Vec<u8>, (u64, i8, usize, usize)> = HashMap::new();
         for meta in files {
             let groups = match self.key_index(&converter, meta)? {
                 Some(keys) => groups_with_keys(&keys, wanted),
@@ -564,6 +569,7 @@ impl Table {
             if groups.is_empty() {
                 continue;
             }
+            let wanted_set = wanted_set.get_or_insert_with(|| wanted.iter().map(Row::data).collect());
             let reader = FileReader::open(&self.store, &self.dir, Arc::new((*meta).clone()), &target).await?;
             for group in groups {
                 for batch in reader.read_row_group(group, None, READ_BATCH_ROWS).await? {
@@ -584,11 +590,11 @@ impl Table {
                             continue;
                         }
                         let seq = seqs.value(row);
-                        match newest.get_mut(&key.owned()) {
+                        match newest.get_mut(key.data()) {
                             Some(entry) if entry.0 >= seq => {}
                             Some(entry) => *entry = (seq, kinds.value(row), b, row),
                             None => {
-                                newest.insert(key.owned(), (seq, kinds.value(row), b, row));
+                                newest.insert(key.data().to_vec(), (seq, kinds.value(row), b, row));
                             }
                         }
                     }
@@ -717,14 +723,14 @@ impl Table {
 
 /// Row groups (by their key ranges in `index`: first key of each group,
 /// then the file's last key) that may hold one of `wanted` (sorted).
-fn groups_with_keys(index: &Rows, wanted: &[OwnedRow]) -> Vec<usize> {
+fn groups_with_keys(index: &Rows, wanted: &[Row<'_>]) -> Vec<usize> {
     let groups = index.num_rows().saturating_sub(1);
     (0..groups)
         .filter(|&g| {
             let first = index.row(g);
             let next = index.row(g + 1);
-            let at = wanted.partition_point(|k| k.row() < first);
-            wanted.get(at).is_some_and(|k| k.row() <= next)
+            let at = wanted.partition_point(|k| *k < first);
+            wanted.get(at).is_some_and(|k| *k <= next)
         })
         .collect()
 }
@@ -821,6 +827,11 @@ pub struct Transaction<'a> {
 }
 
 impl Transaction<'_> {
+    /// The table's current definition.
+    pub fn table_schema(&self) -> TableSchema {
+        self.table.schema()
+    }
+
     /// The snapshot this transaction writes on top of.
     pub fn base_snapshot(&self) -> Option<u64> {
         self.table.lock_state().latest.as_ref().map(|s| s.id)
