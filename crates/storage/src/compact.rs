@@ -2,14 +2,20 @@
 //!
 //! # Sorted runs and levels
 //!
-//! Every file a write adds is a level-0 sorted run of its own. Compaction
-//! merges runs into one run at a level 1..=[`MAX_LEVEL`]; all files of a
-//! level form one run (their key ranges do not overlap). Runs are ordered
-//! newest first: level-0 files by sequence number, then levels 1, 2, ….
+//! Every write adds a level-0 file. Compaction merges runs into one run at a
+//! level 1..=[`MAX_LEVEL`]; all files of a level form one run (their key
+//! ranges do not overlap). Runs are ordered newest first: level-0 files by
+//! sequence number, then levels 1, 2, …. Consecutive level-0 files whose
+//! key ranges do not overlap form one run too (unlike Paimon, where each
+//! is a run): writes of new keys in key order (time-ordered ids) then add no
+//! runs, and reads have nothing to merge.
 //!
 //! # Picking (Paimon's universal compaction)
 //!
-//! Nothing happens below `num-sorted-run.compaction-trigger` runs. Then:
+//! Below `num-sorted-run.compaction-trigger` runs, a compaction is due only
+//! when level-0 files reach [`LEVEL0_FILES_PER_TRIGGER`] times the trigger;
+//! it gathers the level-0 runs into a level (files that do not overlap are
+//! concatenated, not merged). From the trigger on:
 //! 1. *Size amplification*: if the runs above the oldest are together more
 //!    than `compaction.max-size-amplification-percent` of the oldest, all
 //!    runs are merged (a full compaction).
@@ -36,6 +42,8 @@
 //! removed (no retained snapshot references them any more).
 
 use std::sync::Arc;
+
+use arrow::row::OwnedRow;
 use std::sync::atomic::Ordering;
 
 use futures::StreamExt;
@@ -68,31 +76,28 @@ impl SortedRun {
     }
 }
 
-/// The sorted runs of `manifest`, newest first.
-pub fn sorted_runs(manifest: &Manifest) -> Vec<SortedRun> {
-    let mut level0: Vec<&FileMeta> = manifest.files.iter().filter(|f| f.level == 0).collect();
-    level0.sort_by_key(|f| std::cmp::Reverse(f.max_seq));
-    let mut runs: Vec<SortedRun> = level0.into_iter().map(|f| SortedRun { level: 0, files: vec![f.clone()] }).collect();
-    for level in 1..=MAX_LEVEL {
-        let files: Vec<FileMeta> = manifest.files.iter().filter(|f| f.level == level).cloned().collect();
-        if !files.is_empty() {
-            runs.push(SortedRun { level, files });
-        }
-    }
-    runs
-}
+/// Level-0 files that make a compaction due even when their sorted runs
+/// are fewer than the trigger (files of new keys in key order, such as
+/// time-ordered ids, form one run however many there are), per
+/// `num-sorted-run.compaction-trigger`.
+pub const LEVEL0_FILES_PER_TRIGGER: usize = 4;
 
-/// How many sorted runs `manifest` has (without building them).
-pub fn run_count(manifest: &Manifest) -> usize {
-    let level0 = manifest.files.iter().filter(|f| f.level == 0).count();
-    let levels = (1..=MAX_LEVEL).filter(|&l| manifest.files.iter().any(|f| f.level == l)).count();
-    level0 + levels
+/// Whether `runs` call for a compaction (or, at `stop`, a write stall).
+pub(crate) fn due(runs: &[SortedRun], options: &TableOptions, stop: bool) -> bool {
+    let limit = if stop { options.stop_trigger() } else { options.compaction_trigger };
+    let level0_files: usize = runs.iter().filter(|r| r.level == 0).map(|r| r.files.len()).sum();
+    runs.len() >= limit || level0_files >= limit * LEVEL0_FILES_PER_TRIGGER
 }
 
 /// How many of the newest `runs` to merge, and into which level.
 pub fn pick(runs: &[SortedRun], options: &TableOptions) -> Option<(usize, u32)> {
-    if runs.len() < options.compaction_trigger.max(2) {
+    if !due(runs, options, false) || runs.is_empty() {
         return None;
+    }
+    if runs.len() < options.compaction_trigger.max(2) {
+        // Many level-0 files in few runs: gather the level-0 runs into a level.
+        let level0 = runs.iter().take_while(|r| r.level == 0).count();
+        return Some(unit(runs, level0.max(1)));
     }
     let sizes: Vec<u64> = runs.iter().map(SortedRun::bytes).collect();
     // 1. Size amplification.
@@ -127,6 +132,13 @@ fn pick_by_ratio(
     (force || count > 1).then(|| unit(runs, count))
 }
 
+/// Ends the level-0 run being gathered from `current` (in key order).
+fn flush(runs: &mut Vec<SortedRun>, current: &mut Vec<(OwnedRow, OwnedRow, FileMeta)>) {
+    if !current.is_empty() {
+        runs.push(SortedRun { level: 0, files: current.drain(..).map(|(_, _, meta)| meta).collect() });
+    }
+}
+
 /// The output level for merging the newest `count` runs (extending the pick
 /// into the next run when no level between is free).
 fn unit(runs: &[SortedRun], mut count: usize) -> (usize, u32) {
@@ -154,7 +166,46 @@ fn unit(runs: &[SortedRun], mut count: usize) -> (usize, u32) {
 impl Table {
     /// The sorted runs of the latest snapshot, newest first.
     pub fn sorted_runs(&self) -> Vec<SortedRun> {
-        sorted_runs(&self.current().manifest)
+        self.runs_of(&self.current().manifest)
+    }
+
+    /// The sorted runs of `manifest`, newest first: each level's files form
+    /// one run, and so do consecutive level-0 files (by sequence number)
+    /// whose key ranges do not overlap; level-0 files without a key index
+    /// (append-only tables) are runs of their own. Files of a run are in key order.
+    pub(crate) fn runs_of(&self, manifest: &Manifest) -> Vec<SortedRun> {
+        let converter = key_converter(&self.lock_state().schema).ok();
+        let range = |meta: &FileMeta| {
+            let keys = self.key_index(converter.as_ref()?, meta).ok()??;
+            Some((keys.row(0).owned(), keys.row(keys.num_rows().checked_sub(1)?).owned()))
+        };
+        let mut level0: Vec<&FileMeta> = manifest.files.iter().filter(|f| f.level == 0).collect();
+        level0.sort_by_key(|f| std::cmp::Reverse(f.max_seq));
+        let mut runs: Vec<SortedRun> = Vec::new();
+        // Key ranges of the newest run's files, by first key, when they are known.
+        let mut current: Vec<(OwnedRow, OwnedRow, FileMeta)> = Vec::new();
+        for meta in level0 {
+            let Some((first, last)) = range(meta) else {
+                flush(&mut runs, &mut current);
+                runs.push(SortedRun { level: 0, files: vec![meta.clone()] });
+                continue;
+            };
+            let at = current.partition_point(|(a, _, _)| *a < first);
+            let disjoint = current.get(at).is_none_or(|(a, _, _)| *a > last) && (at == 0 || current[at - 1].1 < first);
+            if !disjoint {
+                flush(&mut runs, &mut current);
+            }
+            let at = current.partition_point(|(a, _, _)| *a < first);
+            current.insert(at, (first, last, meta.clone()));
+        }
+        flush(&mut runs, &mut current);
+        for level in 1..=MAX_LEVEL {
+            let files: Vec<FileMeta> = manifest.files.iter().filter(|f| f.level == level).cloned().collect();
+            if !files.is_empty() {
+                runs.push(SortedRun { level, files });
+            }
+        }
+        runs
     }
 
     /// Runs one compaction if the table's options call for one (or, when
@@ -170,7 +221,7 @@ impl Table {
         let _one_at_a_time = self.compaction_lock.lock().await;
         let state = self.current();
         let schema = state.schema.clone();
-        let runs = sorted_runs(&state.manifest);
+        let runs = self.runs_of(&state.manifest);
         let (count, level) = if full {
             let done = runs.len() == 1 && runs[0].level == MAX_LEVEL && runs[0].files.iter().all(|f| f.deletes == 0);
             if runs.is_empty() || done {
@@ -337,6 +388,12 @@ impl Table {
         if group.len() <= 1 {
             return Ok(group.pop().map(|meta| FileMeta { level, ..meta }));
         }
+        let new = self.new_file("data", level, schema.primary_key.clone(), Some(ValueKind::Delete as i8), schema);
+        let target = schema.data_file_schema();
+        if let Some(copied) = crate::file::concatenate(&self.store, &self.dir, &group, new, &target).await? {
+            return Ok(Some(copied));
+        }
+        // Files of an earlier definition: read them as the current one.
         let all_columns: Vec<usize> = (0..schema.schema.fields().len() + 2).collect();
         let slices = group
             .into_iter()

@@ -28,9 +28,12 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::column::writer::ColumnCloseResult;
 use parquet::errors::ParquetError;
+use parquet::file::metadata::ParquetMetaData;
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{ChunkReader, Length};
+use parquet::file::writer::SerializedFileWriter;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -144,10 +147,7 @@ pub(crate) struct FileWriter {
 
 impl FileWriter {
     pub(crate) fn new(file: NewFile, schema: &SchemaRef) -> Result<Self> {
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(|e| Error::Invalid(e.to_string()))?))
-            .set_max_row_group_row_count(Some(file.row_group_rows.max(1)))
-            .build();
+        let props = writer_properties(file.row_group_rows)?;
         let buffer = SharedBuffer::default();
         let writer = ArrowWriter::try_new(buffer.clone(), Arc::clone(schema), Some(props))
             .map_err(|e| Error::Invalid(format!("cannot write {}: {e}", file.relative)))?;
@@ -210,24 +210,8 @@ impl FileWriter {
         let Self { file, schema: batch_schema, writer, buffer, rows, deletes, seq_range, mut firsts, last } = self;
         let relative = file.relative.clone();
         let metadata = writer.close().map_err(|e| Error::Invalid(format!("cannot write {relative}: {e}")))?;
-        let buffer = std::mem::take(&mut *buffer.0.lock().map_err(|_| Error::Invalid("buffer poisoned".into()))?);
-        let mut row_groups = Vec::with_capacity(metadata.num_row_groups());
-        let mut data_end = 4;
-        for group in metadata.row_groups() {
-            let mut columns = Vec::with_capacity(group.num_columns());
-            for column in group.columns() {
-                let (offset, len) = column.byte_range();
-                let end = offset + len;
-                let bytes = buffer
-                    .get(offset as usize..end as usize)
-                    .ok_or_else(|| Error::Invalid(format!("cannot write {relative}: column chunk outside the file")))?;
-                columns.push(Chunk { offset, len, crc32: crc32fast::hash(bytes) });
-                data_end = data_end.max(end);
-            }
-            row_groups.push(RowGroup { rows: group.num_rows() as u64, columns });
-        }
-        let footer_bytes = &buffer[data_end as usize..];
-        let footer = Chunk { offset: data_end, len: footer_bytes.len() as u64, crc32: crc32fast::hash(footer_bytes) };
+        let buffer = buffer.take()?;
+        let (row_groups, footer) = layout(&relative, &buffer, &metadata)?;
         let key_index = match last {
             Some(last) if !file.key_columns.is_empty() => {
                 firsts.push(last);
@@ -255,10 +239,134 @@ impl FileWriter {
     }
 }
 
+/// Where the row groups' column chunks and the footer of a file are, with
+/// their checksums.
+fn layout(relative: &str, buffer: &[u8], metadata: &ParquetMetaData) -> Result<(Vec<RowGroup>, Chunk)> {
+    let mut row_groups = Vec::with_capacity(metadata.num_row_groups());
+    let mut data_end = 4;
+    for group in metadata.row_groups() {
+        let mut columns = Vec::with_capacity(group.num_columns());
+        for column in group.columns() {
+            let (offset, len) = column.byte_range();
+            let end = offset + len;
+            let bytes = buffer
+                .get(offset as usize..end as usize)
+                .ok_or_else(|| Error::Invalid(format!("cannot write {relative}: column chunk outside the file")))?;
+            columns.push(Chunk { offset, len, crc32: crc32fast::hash(bytes) });
+            data_end = data_end.max(end);
+        }
+        row_groups.push(RowGroup { rows: group.num_rows() as u64, columns });
+    }
+    let footer_bytes = &buffer[data_end as usize..];
+    let footer = Chunk { offset: data_end, len: footer_bytes.len() as u64, crc32: crc32fast::hash(footer_bytes) };
+    Ok((row_groups, footer))
+}
+
+/// Concatenates `sources` (data files of one definition, with no keys in
+/// common, in key order) into the file `file`, by copying their column
+/// chunks: nothing is decoded or encoded. Returns `None` when a source was
+/// written with another definition than `target` (concatenate by reading
+/// and writing instead).
+pub(crate) async fn concatenate(
+    store: &Arc<dyn ObjectStore>,
+    dir: &Path,
+    sources: &[FileMeta],
+    file: NewFile,
+    target: &SchemaRef,
+) -> Result<Option<FileMeta>> {
+    let relative = file.relative.clone();
+    let failed = |e: ParquetError| Error::Invalid(format!("cannot write {relative}: {e}"));
+    let buffer = SharedBuffer::default();
+    let mut writer: Option<SerializedFileWriter<SharedBuffer>> = None;
+    let mut key_parts: Vec<RecordBatch> = Vec::with_capacity(sources.len() + 1);
+    for (i, meta) in sources.iter().enumerate() {
+        let reader = FileReader::open(store, dir, Arc::new(meta.clone()), target).await?;
+        if reader.mapping.is_some() {
+            return Ok(None);
+        }
+        let parquet = reader.parquet.metadata();
+        let writer = match &mut writer {
+            Some(w) => w,
+            None => {
+                let props = writer_properties(file.row_group_rows)?
+                    .into_builder()
+                    .set_key_value_metadata(parquet.file_metadata().key_value_metadata().cloned())
+                    .build();
+                let root = parquet.file_metadata().schema_descr().root_schema_ptr();
+                writer.insert(SerializedFileWriter::new(buffer.clone(), root, Arc::new(props)).map_err(failed)?)
+            }
+        };
+        let chunks: Vec<Chunk> = meta.row_groups.iter().flat_map(|g| g.columns.iter().copied()).collect();
+        let fetched = fetch(store, &reader.location, meta, &chunks).await?;
+        let sparse = Sparse { len: meta.bytes, ranges: chunks.iter().map(|c| c.offset).zip(fetched).collect() };
+        for group in parquet.row_groups() {
+            let mut out = writer.next_row_group().map_err(failed)?;
+            for column in group.columns() {
+                let close = ColumnCloseResult {
+                    bytes_written: column.compressed_size() as u64,
+                    rows_written: group.num_rows() as u64,
+                    metadata: column.clone(),
+                    bloom_filter: None,
+                    column_index: None,
+                    offset_index: None,
+                };
+                out.append_column(&sparse, close).map_err(|e| Error::corrupt(&reader.location, e))?;
+            }
+            out.close().map_err(failed)?;
+        }
+        if let Some(index) = decode_key_index(dir, meta)? {
+            // First keys of the row groups; the last key only of the last file.
+            let keep = if i + 1 == sources.len() { index.num_rows() } else { index.num_rows() - 1 };
+            key_parts.push(index.slice(0, keep));
+        }
+    }
+    let Some(writer) = writer else { return Ok(None) };
+    let metadata = writer.close().map_err(failed)?;
+    let buffer = buffer.take()?;
+    let (row_groups, footer) = layout(&relative, &buffer, &metadata)?;
+    let key_index = match key_parts.first() {
+        Some(first) if key_parts.len() == sources.len() && !file.key_columns.is_empty() => {
+            let batch = arrow::compute::concat_batches(&first.schema(), &key_parts)?;
+            Some(encode_batch(&batch)?)
+        }
+        _ => None,
+    };
+    let meta = FileMeta {
+        path: relative.clone(),
+        level: file.level,
+        rows: sources.iter().map(|f| f.rows).sum(),
+        deletes: sources.iter().map(|f| f.deletes).sum(),
+        bytes: buffer.len() as u64,
+        min_seq: sources.iter().map(|f| f.min_seq).min().unwrap_or(0),
+        max_seq: sources.iter().map(|f| f.max_seq).max().unwrap_or(0),
+        schema_id: file.schema_id,
+        footer,
+        row_groups,
+        key_index,
+    };
+    let location = dir.child_path(&relative);
+    store.put(&location, PutPayload::from(buffer)).await.map_err(|e| Error::store(&location, e))?;
+    Ok(Some(meta))
+}
+
+/// The Parquet settings of every data and changelog file.
+fn writer_properties(row_group_rows: usize) -> Result<WriterProperties> {
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(|e| Error::Invalid(e.to_string()))?))
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        .build())
+}
+
 /// The in-memory file a [`FileWriter`] encodes into; shared so the bytes
 /// can be taken back after `ArrowWriter::close` consumed the writer.
 #[derive(Clone, Default)]
 struct SharedBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    fn take(&self) -> Result<Vec<u8>> {
+        Ok(std::mem::take(&mut *self.0.lock().map_err(|_| Error::Invalid("buffer poisoned".into()))?))
+    }
+}
 
 impl std::io::Write for SharedBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -279,11 +387,15 @@ fn encode_key_index(schema: &SchemaRef, key_columns: &[usize], rows: &[Vec<Array
         let parts: Vec<&dyn arrow::array::Array> = rows.iter().map(|r| r[c].as_ref()).collect();
         columns.push(concat(&parts)?);
     }
-    let batch = RecordBatch::try_new(key_schema, columns)?;
+    encode_batch(&RecordBatch::try_new(key_schema, columns)?)
+}
+
+/// A batch as base64 Arrow IPC.
+fn encode_batch(batch: &RecordBatch) -> Result<String> {
     let mut ipc = Vec::new();
     {
         let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &batch.schema())?;
-        writer.write(&batch)?;
+        writer.write(batch)?;
         writer.finish()?;
     }
     Ok(base64::engine::general_purpose::STANDARD.encode(ipc))

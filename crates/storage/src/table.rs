@@ -235,7 +235,7 @@ impl Table {
     /// writer in another process ([`Error::Conflict`]), storage failures.
     pub async fn write(&self, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<Option<Snapshot>> {
         let schema = self.check_write(rows, kinds)?;
-        self.stall(schema.options.stop_trigger()).await?;
+        self.stall().await?;
         let (done, mut outcome) = oneshot::channel();
         self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Request {
             schema_id: schema.id,
@@ -340,17 +340,22 @@ impl Table {
     /// # Errors
     /// A failed compaction when the write stall ran one.
     pub async fn begin(&self) -> Result<Transaction<'_>> {
-        self.stall(self.schema().options.stop_trigger()).await?;
+        self.stall().await?;
         let guard = self.commit_lock.lock().await;
         Ok(Transaction { guard, staged: Staged::default(), table: self })
     }
 
     /// Write stall: with `num-sorted-run.stop-trigger` sorted runs or more
-    /// outstanding, compact before writing (waiting for a compaction in
+    /// outstanding (or [`crate::compact::LEVEL0_FILES_PER_TRIGGER`] times as
+    /// many level-0 files), compact before writing (waiting for a compaction in
     /// progress), so reads stay fast and the run count stays bounded
     /// whatever the ingest rate.
-    async fn stall(&self, stop: usize) -> Result<()> {
-        while crate::compact::run_count(&self.lock_state().manifest) >= stop {
+    async fn stall(&self) -> Result<()> {
+        loop {
+            let manifest = Arc::clone(&self.lock_state().manifest);
+            if !crate::compact::due(&self.runs_of(&manifest), &self.schema().options, true) {
+                break;
+            }
             if self.compact(false).await?.is_none() {
                 break;
             }
@@ -888,16 +893,28 @@ impl Table {
         delete_code: Option<i8>,
         schema: &TableSchema,
     ) -> Result<FileWriter> {
+        let file = self.new_file(folder, level, key_columns, delete_code, schema);
+        FileWriter::new(file, &schema.data_file_schema())
+    }
+
+    /// A new file's name and layout.
+    pub(crate) fn new_file(
+        &self,
+        folder: &str,
+        level: u32,
+        key_columns: Vec<usize>,
+        delete_code: Option<i8>,
+        schema: &TableSchema,
+    ) -> NewFile {
         let user = schema.schema.fields().len();
-        let file = NewFile {
+        NewFile {
             relative: format!("{folder}/{}.parquet", uuid::Uuid::new_v4()),
             level,
             key_columns,
             schema_id: schema.id,
             row_group_rows: schema.options.row_group_rows,
             seq_kind: (user, user + 1, delete_code),
-        };
-        FileWriter::new(file, &schema.data_file_schema())
+        }
     }
 }
 
