@@ -414,13 +414,19 @@ impl Table {
     }
 
     /// Expires snapshots by the table's retention options, never one at or
-    /// after `protect` (a snapshot a reader still needs). Returns how many
+    /// after `protect` (a snapshot a reader still needs) or after the oldest
+    /// snapshot a registered consumer needs ([`crate::consumer`]). Returns how many
     /// were expired.
     ///
     /// # Errors
     /// Storage failures; damaged snapshot files.
     pub async fn expire(&self, now_ms: i64, protect: Option<u64>) -> Result<usize> {
         let options = self.schema().options;
+        // Nor one a registered consumer still needs.
+        let protect = match (protect, self.consumers_need(now_ms).await?) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let ids = self.snapshot_ids().await?;
         let mut remaining = ids.len() as u64;
         let mut expired = 0;

@@ -13,6 +13,7 @@
 //!     data/<uuid>.parquet         sorted runs: user columns + _seq (UInt64) + _kind (Int8)
 //!     changelog/<uuid>.parquet    a commit's changes: user columns + _seq + _kind (+I/-U/+U/-D);
 //!                                 a commit of new keys only uses its data file as changelog
+//!     consumer/consumer-<name>    the next snapshot a named changelog reader needs
 //! ```
 //!
 //! Every metadata file is framed with a length and a CRC-32 ([`frame`]).
@@ -60,6 +61,7 @@
 //! snapshots with the files only they referenced.
 
 pub mod compact;
+pub mod consumer;
 pub mod error;
 pub mod file;
 pub mod frame;
@@ -72,6 +74,7 @@ pub mod table;
 mod fold;
 mod merge;
 
+pub use consumer::Consumer;
 pub use error::{Error, Result};
 pub use options::{AggregateFunction, TableOptions};
 pub use scan::{ScanPlan, ScanRequest};

@@ -15,6 +15,7 @@
 //! | `snapshot.num-retained.min` | 10 | snapshots always kept |
 //! | `snapshot.num-retained.max` | 2147483647 | snapshots kept at most |
 //! | `snapshot.time-retained` | `1 h` | snapshots younger than this are kept |
+//! | `consumer.expiration-time` | none | a consumer not advanced for this long is dropped |
 
 use std::collections::BTreeMap;
 
@@ -116,6 +117,8 @@ pub struct TableOptions {
     pub snapshot_num_retained_max: u64,
     /// Snapshots younger than this (milliseconds) are kept.
     pub snapshot_time_retained_ms: u64,
+    /// Consumers not advanced for this long (milliseconds) are dropped; never when `None`.
+    pub consumer_expiration_ms: Option<u64>,
     /// Rows per Parquet row group (not a SQL option; tests lower it to
     /// exercise multi-row-group files with few rows).
     pub row_group_rows: usize,
@@ -137,6 +140,7 @@ impl Default for TableOptions {
             snapshot_num_retained_min: 10,
             snapshot_num_retained_max: i32::MAX as u64,
             snapshot_time_retained_ms: 3_600_000,
+            consumer_expiration_ms: None,
             row_group_rows: crate::file::ROW_GROUP_ROWS,
         }
     }
@@ -157,6 +161,7 @@ const NAMES: &[&str] = &[
     "snapshot.num-retained.min",
     "snapshot.num-retained.max",
     "snapshot.time-retained",
+    "consumer.expiration-time",
 ];
 
 impl TableOptions {
@@ -196,6 +201,7 @@ impl TableOptions {
                 "snapshot.num-retained.min" => out.snapshot_num_retained_min = number(key, value)?.max(1),
                 "snapshot.num-retained.max" => out.snapshot_num_retained_max = number(key, value)?.max(1),
                 "snapshot.time-retained" => out.snapshot_time_retained_ms = duration_ms(key, value)?,
+                "consumer.expiration-time" => out.consumer_expiration_ms = Some(duration_ms(key, value)?),
                 other => {
                     return Err(Error::Invalid(format!(
                         "unknown table option '{other}': supported options are {}",

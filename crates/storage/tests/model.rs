@@ -435,3 +435,31 @@ async fn key_ordered_writes_concatenate() {
     ops.push(Op::Scan { lo: 0, hi: 200, partitions: 3 });
     run(MergeEngine::Deduplicate, 1_000_000, ops).await;
 }
+
+/// Expiry keeps every snapshot a registered consumer still needs, until the
+/// consumer is abandoned for longer than `consumer.expiration-time`.
+#[tokio::test]
+async fn consumers_hold_back_expiry() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let mut definition = schema(MergeEngine::Deduplicate, 200);
+    definition.options.consumer_expiration_ms = Some(10_000);
+    let table = Table::create(Arc::clone(&store), Path::from("public/t"), "t", definition.clone()).await.unwrap();
+    for k in 0..8 {
+        let (rows, kinds) = batch(&definition, &[(k, Change::Upsert(Some("v".into())))]);
+        table.write(&rows, &kinds).await.unwrap();
+    }
+    assert!(table.set_consumer("../evil", 1).await.is_err(), "consumer names are file names");
+    table.set_consumer("reader", 2).await.unwrap();
+    async fn ids(table: &Table) -> Vec<u64> {
+        table.snapshots().await.unwrap().iter().map(|s| s.id).collect()
+    }
+    let later = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    // `snapshot.num-retained.max` (6) alone would keep 3..=8; the consumer needs 2 on.
+    table.expire(later + 5_000, None).await.unwrap();
+    assert_eq!(ids(&table).await, (2..=8).collect::<Vec<_>>());
+    assert_eq!(table.consumers().await.unwrap().len(), 1);
+    // Two hours later the consumer is abandoned: dropped, and no longer holding snapshots.
+    table.expire(later + 7_200_000, None).await.unwrap();
+    assert_eq!(ids(&table).await, vec![6, 7, 8]);
+    assert!(table.consumers().await.unwrap().is_empty());
+}

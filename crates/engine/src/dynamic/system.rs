@@ -8,6 +8,8 @@
 //!   new runs, 1–5 compacted; all files of a level above 0 form one sorted
 //!   run), rows, bytes, sequence and key range, tombstones, row groups. A
 //!   growing count of level-0 files means compaction is not keeping up.
+//! - `t$consumers`: named changelog readers and the next snapshot each
+//!   needs (expiry keeps it).
 //!
 //! [`SnapshotTable`] is a table as of an earlier snapshot (time travel).
 
@@ -36,6 +38,8 @@ pub enum SystemKind {
     Snapshots,
     /// `$files`
     Files,
+    /// `$consumers`
+    Consumers,
 }
 
 impl SystemKind {
@@ -45,6 +49,7 @@ impl SystemKind {
             "changelog" => Some(SystemKind::Changelog),
             "snapshots" => Some(SystemKind::Snapshots),
             "files" => Some(SystemKind::Files),
+            "consumers" => Some(SystemKind::Consumers),
             _ => None,
         }
     }
@@ -92,6 +97,11 @@ impl SystemTable {
                 Field::new("max_key", DataType::Utf8, true),
                 Field::new("deletes", DataType::Int64, false),
                 Field::new("row_groups", DataType::Int64, false),
+            ])),
+            SystemKind::Consumers => Arc::new(Schema::new(vec![
+                Field::new("consumer_id", DataType::Utf8, false),
+                Field::new("next_snapshot_id", DataType::Int64, false),
+                Field::new("updated", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
             ])),
         };
         Self { table, kind, schema }
@@ -165,6 +175,18 @@ impl SystemTable {
                     Arc::new(StringArray::from_iter(ranges.iter().map(|r| r.as_ref().map(|(_, hi)| hi.as_str())))),
                     int(&|f| f.deletes as i64),
                     int(&|f| f.row_groups.len() as i64),
+                ];
+                Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
+            }
+            SystemKind::Consumers => {
+                let consumers = self.table.consumers().await.map_err(df_error)?;
+                let columns: Vec<ArrayRef> = vec![
+                    Arc::new(StringArray::from_iter_values(consumers.iter().map(|c| c.name.as_str()))),
+                    Arc::new(Int64Array::from_iter_values(consumers.iter().map(|c| c.next_snapshot as i64))),
+                    Arc::new(
+                        TimestampMillisecondArray::from_iter_values(consumers.iter().map(|c| c.updated_ms))
+                            .with_timezone("UTC"),
+                    ),
                 ];
                 Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
             }
