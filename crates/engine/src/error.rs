@@ -47,6 +47,8 @@ pub enum StatusCode {
     TypeMismatch,
     /// Text that is not a valid value of the target type (`'abc'::int`).
     InvalidTextRepresentation,
+    /// COPY data that is not well-formed (wrong number of columns, bad quoting).
+    BadCopyFormat,
     /// Division by zero.
     DivisionByZero,
     /// A value does not fit its type.

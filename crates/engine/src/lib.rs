@@ -15,11 +15,13 @@
 //! - [`session`]: a [`Session`], its variables (`SET`/`SHOW`) and transaction status.
 //! - [`catalog`]: the [`Catalog`] trait and its in-memory implementation.
 //! - [`cancel`]: cancellation and statement timeouts.
+//! - [`copy`]: decoding `COPY … FROM STDIN` data (text and CSV) into batches.
 //! - [`error`]: [`Error`] and its [`StatusCode`] classification.
 
 pub mod cancel;
 pub mod catalog;
 pub mod config;
+pub mod copy;
 pub mod dynamic;
 pub mod engine;
 pub mod error;
