@@ -122,6 +122,9 @@ pub struct TableOptions {
     /// Rows per Parquet row group (not a SQL option; tests lower it to
     /// exercise multi-row-group files with few rows).
     pub row_group_rows: usize,
+    /// Rows from which each write of a group commit gets a file of its own
+    /// when the writes' key ranges are disjoint (not a SQL option).
+    pub separate_write_rows: usize,
 }
 
 impl Default for TableOptions {
@@ -142,6 +145,7 @@ impl Default for TableOptions {
             snapshot_time_retained_ms: 3_600_000,
             consumer_expiration_ms: None,
             row_group_rows: crate::file::ROW_GROUP_ROWS,
+            separate_write_rows: 1024,
         }
     }
 }

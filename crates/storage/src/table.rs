@@ -272,15 +272,47 @@ impl Table {
         group: &[Request],
     ) -> Result<Option<Snapshot>> {
         let Some(first) = group.first() else { return Ok(None) };
+        let mut staged = Staged::default();
+        if group.len() > 1 && self.separable(group)? {
+            // Big writes of disjoint key ranges (writers loading different
+            // ranges): a file each, so the files do not overlap and form one
+            // sorted run instead of one file spanning all the ranges.
+            for request in group {
+                staged.stage(self, &request.rows, &request.kinds).await?;
+            }
+            return staged.commit(self, guard).await;
+        }
         let rows = if group.len() == 1 {
             first.rows.clone()
         } else {
             concat_batches(&first.rows.schema(), group.iter().map(|r| &r.rows))?
         };
         let kinds: Vec<ValueKind> = group.iter().flat_map(|r| r.kinds.iter().copied()).collect();
-        let mut staged = Staged::default();
         staged.stage(self, &rows, &kinds).await?;
         staged.commit(self, guard).await
+    }
+
+    /// Whether every write of a group is big (`TableOptions::separate_write_rows`)
+    /// and their key ranges are disjoint.
+    fn separable(&self, group: &[Request]) -> Result<bool> {
+        let schema = self.lock_state().schema.clone();
+        let big = schema.options.separate_write_rows.max(1);
+        if !schema.has_primary_key() || group.iter().any(|r| r.rows.num_rows() < big) {
+            return Ok(false);
+        }
+        let converter = key_converter(&schema)?;
+        let mut ranges = Vec::with_capacity(group.len());
+        for request in group {
+            let keys = converter.convert_columns(&key_columns(&schema, &request.rows))?;
+            let (mut low, mut high) = (keys.row(0), keys.row(0));
+            for key in keys.iter() {
+                low = low.min(key);
+                high = high.max(key);
+            }
+            ranges.push((low.owned(), high.owned()));
+        }
+        ranges.sort();
+        Ok(ranges.windows(2).all(|w| w[0].1 < w[1].0))
     }
 
     /// Adds nullable columns at the end (`ALTER TABLE … ADD COLUMN`): a new

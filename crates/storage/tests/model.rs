@@ -81,6 +81,15 @@ fn op() -> impl Strategy<Value = Op> {
         }),
         1 => proptest::collection::vec(rows(), 1..4).prop_map(Op::Transaction),
         1 => proptest::collection::vec(rows(), 2..5).prop_map(Op::Concurrent),
+        // Concurrent writes of disjoint key bands (each may get a file of its own).
+        1 => proptest::collection::vec(proptest::collection::vec((0i64..5, change()), 2..6), 2..5).prop_map(|writes| {
+            let banded = writes
+                .into_iter()
+                .enumerate()
+                .map(|(band, rows)| rows.into_iter().map(|(k, c)| (band as i64 * 5 + k, c)).collect())
+                .collect();
+            Op::Concurrent(banded)
+        }),
         2 => any::<bool>().prop_map(|full| Op::Compact { full }),
         1 => Just(Op::Expire),
         1 => (0i64..20, 0i64..20, 1usize..4).prop_map(|(lo, hi, partitions)| Op::Scan { lo, hi, partitions }),
@@ -99,6 +108,7 @@ fn schema(engine: MergeEngine, size_amplification: u64) -> TableSchema {
         snapshot_num_retained_min: 3,
         snapshot_num_retained_max: 6,
         row_group_rows: 3,
+        separate_write_rows: 2,
         aggregate_functions: match engine {
             MergeEngine::Aggregation => [("v".to_owned(), AggregateFunction::Listagg)].into(),
             _ => Default::default(),
@@ -268,7 +278,15 @@ async fn run(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>) {
                 let writes: Vec<_> =
                     writes.into_iter().map(|w| without_deletes(engine, w)).filter(|w| !w.is_empty()).collect();
                 let batches: Vec<_> = writes.iter().map(|w| batch(&table.schema(), w)).collect();
-                let results = futures::future::join_all(batches.iter().map(|(b, k)| table.write(b, k))).await;
+                // A transaction holds the commit lock while every write queues,
+                // so they are committed as one group.
+                let holder = table.begin().await.unwrap();
+                let queued = futures::future::join_all(batches.iter().map(|(b, k)| table.write(b, k)));
+                let release = async {
+                    tokio::task::yield_now().await;
+                    holder.abort().await;
+                };
+                let (results, ()) = futures::join!(queued, release);
                 // Writes are applied in issue order; each reports the snapshot holding it.
                 for (i, (rows, result)) in writes.iter().zip(&results).enumerate() {
                     apply(&mut model, engine, rows);
