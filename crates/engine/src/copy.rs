@@ -11,9 +11,17 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::sql::sqlparser::ast::{CopyLegacyCsvOption, CopyLegacyOption, CopyOption};
+use datafusion::common::TableReference;
+use datafusion::sql::sqlparser::ast::{CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget};
 
+use crate::cancel::QueryControl;
+use crate::dynamic::ingest::Ingest;
 use crate::error::{Error, Result, StatusCode};
+use crate::session::CommandComplete;
+
+pub mod binary;
+
+use binary::BinaryDecoder;
 
 /// The data format of a COPY.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +126,14 @@ fn single_byte(option: &str, c: char) -> Result<u8> {
         .ok()
         .filter(u8::is_ascii)
         .ok_or_else(|| Error::invalid(format!("COPY {option} must be a single one-byte character")))
+}
+
+/// A NULL for a NOT NULL column, at `line` of the COPY data (23502).
+pub(crate) fn not_null_violation(column: &str, table: &str, line: u64) -> Error {
+    Error::new(
+        StatusCode::ConstraintViolation,
+        format!("null value in column \"{column}\" violates not-null constraint (COPY {table}, line {line})"),
+    )
 }
 
 fn bad_format(message: String) -> Error {
@@ -291,14 +307,7 @@ impl CopyDecoder {
         }
         for ((column, value), field) in self.columns.iter_mut().zip(fields).zip(self.schema.fields()) {
             if value.is_none() && !field.is_nullable() {
-                return Err(Error::new(
-                    StatusCode::ConstraintViolation,
-                    format!(
-                        "null value in column \"{}\" violates not-null constraint (COPY {}, line {first_line})",
-                        field.name(),
-                        self.table
-                    ),
-                ));
+                return Err(not_null_violation(field.name(), &self.table, first_line));
             }
             column.push(value);
         }
@@ -484,6 +493,231 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         return None;
     }
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// A parsed `COPY` statement.
+#[derive(Debug, Clone)]
+pub enum CopyStatement {
+    /// `COPY t [(columns)] FROM STDIN …`.
+    From {
+        /// The table.
+        table: TableReference,
+        /// The columns the data has, in order (empty: all of them).
+        columns: Vec<String>,
+        /// Format options.
+        options: CopyOptions,
+    },
+    /// `COPY t [(columns)] TO STDOUT …` or `COPY (query) TO STDOUT …`.
+    To {
+        /// The query whose rows are sent.
+        query: String,
+        /// Format options.
+        options: CopyOptions,
+    },
+}
+
+impl CopyStatement {
+    /// Checks a parsed `COPY` is one streamhouse runs.
+    ///
+    /// # Errors
+    /// Files and programs (0A000: the server does not read or write the
+    /// client's files), `COPY (query) FROM`, bad options.
+    pub fn parse(
+        source: &CopySource,
+        to: bool,
+        target: &CopyTarget,
+        options: &[CopyOption],
+        legacy: &[CopyLegacyOption],
+    ) -> Result<Self> {
+        let options = CopyOptions::parse(options, legacy)?;
+        match (target, to) {
+            (CopyTarget::Stdin, false) | (CopyTarget::Stdout, true) => {}
+            (CopyTarget::File { .. } | CopyTarget::Program { .. }, _) => {
+                return Err(Error::unsupported(format!(
+                    "COPY {} {target} is not supported: the server does not read or write files; \
+                     use COPY … {} (psql's \\copy does)",
+                    if to { "TO" } else { "FROM" },
+                    if to { "TO STDOUT" } else { "FROM STDIN" },
+                )));
+            }
+            (_, true) => return Err(Error::invalid("COPY TO writes to STDOUT, not STDIN")),
+            (_, false) => return Err(Error::invalid("COPY FROM reads from STDIN, not STDOUT")),
+        }
+        match (source, to) {
+            (CopySource::Table { table_name, columns }, false) => Ok(Self::From {
+                table: crate::session::table_reference(table_name)?,
+                columns: columns.iter().map(crate::session::ident_value).collect(),
+                options,
+            }),
+            (CopySource::Table { table_name, columns }, true) => {
+                let list = if columns.is_empty() {
+                    "*".to_owned()
+                } else {
+                    columns.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                };
+                Ok(Self::To { query: format!("SELECT {list} FROM {table_name}"), options })
+            }
+            (CopySource::Query(query), true) => Ok(Self::To { query: query.to_string(), options }),
+            (CopySource::Query(_), false) => Err(Error::new(
+                StatusCode::InvalidSyntax,
+                "COPY (query) FROM is not possible: a query can only be copied TO",
+            )),
+        }
+    }
+}
+
+/// Rows decoded per batch.
+const DECODE_BATCH_ROWS: usize = 8192;
+
+/// Where each column of the table comes from in a `COPY t (columns) FROM`.
+#[derive(Debug)]
+pub(crate) enum ColumnSource {
+    /// The COPY column at this position.
+    Copied(usize),
+    /// The column's DEFAULT, evaluated per row.
+    Default(Arc<dyn datafusion::physical_plan::PhysicalExpr>),
+    /// NULL (no DEFAULT).
+    Null,
+}
+
+/// A `COPY … FROM STDIN` in progress: data arrives through
+/// [`CopyIn::push`], rows stream into the table, and [`CopyIn::finish`]
+/// commits them all at once. Dropping it or [`CopyIn::abort`] commits nothing.
+#[derive(Debug)]
+pub struct CopyIn {
+    table: String,
+    format: CopyFormat,
+    copied: usize,
+    decoder: Decoder,
+    sources: Vec<ColumnSource>,
+    ingest: Ingest,
+    control: QueryControl,
+    rows: u64,
+}
+
+#[derive(Debug)]
+enum Decoder {
+    Text(CopyDecoder),
+    Binary(BinaryDecoder),
+}
+
+impl CopyIn {
+    pub(crate) fn new(
+        table: &str,
+        options: CopyOptions,
+        copied: SchemaRef,
+        sources: Vec<ColumnSource>,
+        ingest: Ingest,
+        control: QueryControl,
+    ) -> Result<Self> {
+        let format = options.format;
+        let columns = copied.fields().len();
+        let decoder = match format {
+            CopyFormat::Binary => Decoder::Binary(BinaryDecoder::new(table, copied, DECODE_BATCH_ROWS)?),
+            _ => Decoder::Text(CopyDecoder::new(table, copied, options, DECODE_BATCH_ROWS)?),
+        };
+        Ok(Self { table: table.to_owned(), format, copied: columns, decoder, sources, ingest, control, rows: 0 })
+    }
+
+    /// The data format the client must send.
+    pub fn format(&self) -> CopyFormat {
+        self.format
+    }
+
+    /// The number of columns the client sends.
+    pub fn columns(&self) -> usize {
+        self.copied
+    }
+
+    /// Decodes a chunk of COPY data and writes the rows it completes.
+    ///
+    /// # Errors
+    /// Malformed data (22P02, 22P03, 22P04, 23502, naming line and column);
+    /// a failed write; cancellation (57014) and statement timeout.
+    pub async fn push(&mut self, data: &[u8]) -> Result<()> {
+        let control = self.control.clone();
+        control
+            .run(async {
+                let batches = match &mut self.decoder {
+                    Decoder::Text(d) => d.push(data)?,
+                    Decoder::Binary(d) => d.push(data)?,
+                };
+                for batch in batches {
+                    self.write(batch).await?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn write(&mut self, copied: RecordBatch) -> Result<()> {
+        let rows = copied.num_rows();
+        let schema = Arc::clone(self.ingest.schema());
+        let mut columns = Vec::with_capacity(self.sources.len());
+        for (source, field) in self.sources.iter().zip(schema.fields()) {
+            let column = match source {
+                ColumnSource::Copied(i) => Arc::clone(copied.column(*i)),
+                ColumnSource::Default(expr) => {
+                    let empty = RecordBatch::try_new_with_options(
+                        Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+                        vec![],
+                        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+                    )?;
+                    let value = expr.evaluate(&empty)?.into_array(rows)?;
+                    datafusion::arrow::compute::cast(&value, field.data_type())?
+                }
+                ColumnSource::Null => datafusion::arrow::array::new_null_array(field.data_type(), rows),
+            };
+            if !field.is_nullable() && column.null_count() > 0 {
+                let line = self.rows + (0..rows).find(|&i| column.is_null(i)).unwrap_or(0) as u64 + 1;
+                return Err(not_null_violation(field.name(), &self.table, line));
+            }
+            columns.push(column);
+        }
+        let batch = RecordBatch::try_new(schema, columns)?;
+        self.rows += rows as u64;
+        self.ingest.push(batch).await
+    }
+
+    /// The end of the data: writes the last rows and commits the COPY.
+    ///
+    /// # Errors
+    /// As [`CopyIn::push`]; a conflict with a concurrent writer (40001).
+    pub async fn finish(mut self) -> Result<CommandComplete> {
+        let control = self.control.clone();
+        control
+            .run(async move {
+                let last = match &mut self.decoder {
+                    Decoder::Text(d) => d.finish()?,
+                    Decoder::Binary(d) => d.finish()?,
+                };
+                if let Some(batch) = last {
+                    self.write(batch).await?;
+                }
+                let rows = self.ingest.finish().await?;
+                Ok(CommandComplete::new("COPY").with_rows(rows))
+            })
+            .await
+    }
+
+    /// Abandons the COPY: nothing of it is committed.
+    pub async fn abort(self) {
+        self.ingest.abort().await;
+    }
+}
+
+/// A `COPY … TO STDOUT`: the rows to send and how to format them.
+pub struct CopyOut {
+    /// The rows.
+    pub stream: datafusion::execution::SendableRecordBatchStream,
+    /// Format, delimiter, NULL string, header.
+    pub options: CopyOptions,
+}
+
+impl std::fmt::Debug for CopyOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyOut").field("options", &self.options).finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]

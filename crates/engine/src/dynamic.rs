@@ -17,8 +17,6 @@ use std::fmt::Debug;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session as DfSession, TableProvider};
 use datafusion::common::{Constraint, DFSchema, DataFusionError};
@@ -34,6 +32,7 @@ use object_store::path::Path;
 use streamhouse_storage as storage;
 use system::{SystemKind, SystemTable};
 
+pub mod ingest;
 pub mod scan;
 pub mod system;
 pub mod write;
@@ -511,6 +510,11 @@ impl DynamicTable {
         }
     }
 
+    /// The storage table.
+    pub fn storage(&self) -> &Arc<storage::Table> {
+        &self.table
+    }
+
     fn set_defaults(&self, defaults: std::collections::HashMap<String, Expr>) {
         let _ = self.defaults.set(defaults);
     }
@@ -702,32 +706,11 @@ impl DataSink for UpsertSink {
 
     async fn write_all(
         &self,
-        mut data: SendableRecordBatchStream,
+        data: SendableRecordBatchStream,
         _context: &Arc<TaskContext>,
     ) -> datafusion::error::Result<u64> {
-        // Rows are staged as sorted runs every STAGE_ROWS rows and committed
-        // once at the end: the statement is atomic and memory stays bounded.
-        const STAGE_ROWS: usize = 256 * 1024;
-        let mut txn = self.table.begin().await.map_err(df_error)?;
-        let mut pending: Vec<RecordBatch> = Vec::new();
-        let mut pending_rows = 0;
-        let mut count = 0;
-        loop {
-            let next = data.next().await.transpose()?;
-            let flush = next.is_none() || pending_rows >= STAGE_ROWS;
-            if flush && pending_rows > 0 {
-                let rows = concat_batches(&self.schema, &pending)?;
-                pending.clear();
-                pending_rows = 0;
-                let kinds = vec![self.kind; rows.num_rows()];
-                txn.write(&rows, &kinds).await.map_err(df_error)?;
-            }
-            let Some(batch) = next else { break };
-            count += batch.num_rows() as u64;
-            pending_rows += batch.num_rows();
-            pending.push(batch);
-        }
-        txn.commit().await.map_err(df_error)?;
+        let batches = data.map(|b| b.map_err(Error::from));
+        let count = ingest::write_stream(&self.table, &self.schema, batches, self.kind).await.map_err(df_error)?;
         storage::Table::schedule_maintenance(&self.table);
         Ok(count)
     }

@@ -49,6 +49,8 @@ pub enum StatusCode {
     InvalidTextRepresentation,
     /// COPY data that is not well-formed (wrong number of columns, bad quoting).
     BadCopyFormat,
+    /// Binary COPY data that is not well-formed (a field of the wrong size).
+    BadBinaryFormat,
     /// Division by zero.
     DivisionByZero,
     /// A value does not fit its type.

@@ -23,6 +23,7 @@
 //! Postgres. `ROLLBACK` cannot undo statements that already succeeded; the
 //! session warns when a block that wrote something is rolled back.
 
+mod copy;
 mod naming;
 pub mod variables;
 
@@ -105,11 +106,11 @@ pub struct CommandComplete {
 }
 
 impl CommandComplete {
-    fn new(command: impl Into<String>) -> Self {
+    pub(crate) fn new(command: impl Into<String>) -> Self {
         Self { command: command.into(), rows: None, transaction: None }
     }
 
-    fn with_rows(mut self, rows: u64) -> Self {
+    pub(crate) fn with_rows(mut self, rows: u64) -> Self {
         self.rows = Some(rows);
         self
     }
@@ -130,12 +131,18 @@ pub enum Output {
     Rows(SendableRecordBatchStream),
     /// A command's completion.
     Command(CommandComplete),
+    /// `COPY … FROM STDIN`: the client now sends the data.
+    CopyIn(Box<crate::copy::CopyIn>),
+    /// `COPY … TO STDOUT`: rows to send in a COPY format.
+    CopyOut(crate::copy::CopyOut),
 }
 
 impl std::fmt::Debug for Output {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Output::Rows(s) => write!(f, "Rows({:?})", s.schema()),
+            Output::CopyIn(c) => write!(f, "{c:?}"),
+            Output::CopyOut(c) => write!(f, "{c:?}"),
             Output::Command(c) => write!(f, "Command({c:?})"),
         }
     }
@@ -198,6 +205,8 @@ enum SessionStatement {
         procedure: Procedure,
         table: String,
     },
+    /// `COPY … FROM STDIN` / `COPY … TO STDOUT`.
+    Copy(Box<crate::copy::CopyStatement>),
     /// `ALTER TABLE [IF EXISTS] t ADD [COLUMN] [IF NOT EXISTS] c type, …`.
     AddColumns {
         table: TableReference,
@@ -419,6 +428,9 @@ impl Session {
     async fn prepare_inner(&mut self, statement: Statement) -> Result<Prepared> {
         let catalog_version = self.engine.catalog_version();
         if let Some(s) = session_statement(&statement)? {
+            if let SessionStatement::Copy(copy) = &s {
+                self.check_copy(copy).await?;
+            }
             return Ok(Prepared { statement, kind: Kind::Session(s), catalog_version, column_names: None });
         }
         let control = self.begin_statement();
@@ -501,7 +513,8 @@ impl Session {
         QueryControl::new(token, self.engine.inner().shutdown.clone(), timeout, Arc::clone(&self.engine.inner().active))
     }
 
-    fn mark_failed(&self) {
+    /// Marks an open transaction block failed (an error ended a statement).
+    pub fn mark_failed(&self) {
         let _ = self.txn.compare_exchange(
             TransactionStatus::InBlock as u8,
             TransactionStatus::Failed as u8,
@@ -526,6 +539,15 @@ impl Session {
         }
         if let Kind::Session(SessionStatement::AddColumns { table, if_exists, columns }) = &prepared.kind {
             return self.add_columns(table, *if_exists, columns).await;
+        }
+        if let Kind::Session(SessionStatement::Copy(copy)) = &prepared.kind {
+            if self.transaction_status() == TransactionStatus::Failed {
+                return Err(Error::new(
+                    StatusCode::InFailedTransaction,
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                ));
+            }
+            return self.copy(copy).await;
         }
         if let Kind::Session(s) = &prepared.kind {
             return self.run_session_statement(s.clone());
@@ -941,7 +963,7 @@ impl Session {
                 Ok(Output::Command(CommandComplete::new("DISCARD ALL")))
             }
             SessionStatement::NoOp(tag) => Ok(Output::Command(CommandComplete::new(tag))),
-            SessionStatement::Call { .. } | SessionStatement::AddColumns { .. } => {
+            SessionStatement::Call { .. } | SessionStatement::AddColumns { .. } | SessionStatement::Copy(_) => {
                 Err(Error::internal("CALL and ALTER TABLE are executed before session statements"))
             }
         }
@@ -1103,6 +1125,15 @@ async fn buffer(output: Output) -> Result<Output> {
             let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream).await?;
             Ok(Output::Rows(batch_stream(schema, batches)))
         }
+        Output::CopyOut(crate::copy::CopyOut { stream, options }) => {
+            let schema = stream.schema();
+            let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream).await?;
+            Ok(Output::CopyOut(crate::copy::CopyOut { stream: batch_stream(schema, batches), options }))
+        }
+        Output::CopyIn(copy) => {
+            copy.abort().await;
+            Err(Error::unsupported("COPY FROM STDIN must be the last statement of a query string"))
+        }
         command => Ok(command),
     }
 }
@@ -1245,19 +1276,23 @@ fn alter_table(alter: &ast::AlterTable) -> Result<SessionStatement> {
         }
         columns.push((ident_value(&column_def.name), column_def.data_type.to_string(), *if_not_exists));
     }
-    let parts: Vec<String> =
-        alter.name.0.iter().map(|p| p.as_ident().map_or_else(|| p.to_string(), ident_value)).collect();
-    let table = match parts.as_slice() {
-        [table] => TableReference::bare(table.as_str()),
-        [schema, table] => TableReference::partial(schema.as_str(), table.as_str()),
-        [catalog, schema, table] => TableReference::full(catalog.as_str(), schema.as_str(), table.as_str()),
-        _ => return Err(Error::invalid(format!("improper relation name: {}", alter.name))),
-    };
+    let table = table_reference(&alter.name)?;
     Ok(SessionStatement::AddColumns { table, if_exists: alter.if_exists, columns })
 }
 
+/// A relation name as written, resolved as Postgres resolves identifiers.
+pub(crate) fn table_reference(name: &ast::ObjectName) -> Result<TableReference> {
+    let parts: Vec<String> = name.0.iter().map(|p| p.as_ident().map_or_else(|| p.to_string(), ident_value)).collect();
+    Ok(match parts.as_slice() {
+        [table] => TableReference::bare(table.as_str()),
+        [schema, table] => TableReference::partial(schema.as_str(), table.as_str()),
+        [catalog, schema, table] => TableReference::full(catalog.as_str(), schema.as_str(), table.as_str()),
+        _ => return Err(Error::invalid(format!("improper relation name: {name}"))),
+    })
+}
+
 /// An identifier as Postgres resolves it: unquoted ones fold to lower case.
-fn ident_value(ident: &ast::Ident) -> String {
+pub(crate) fn ident_value(ident: &ast::Ident) -> String {
     match ident.quote_style {
         Some(_) => ident.value.clone(),
         None => ident.value.to_lowercase(),
@@ -1267,7 +1302,6 @@ fn ident_value(ident: &ast::Ident) -> String {
 /// Statements refused before planning, with a message that says what to do.
 fn refuse_unsupported(statement: &Statement) -> Result<()> {
     let what = match statement {
-        Statement::Copy { .. } => "COPY",
         Statement::Declare { .. } | Statement::Fetch { .. } | Statement::Close { .. } => {
             "cursors (DECLARE/FETCH/CLOSE)"
         }
@@ -1285,6 +1319,18 @@ fn session_statement(statement: &Statement) -> Result<Option<SessionStatement>> 
     let s = match statement {
         Statement::Call(function) => call(function)?,
         Statement::AlterTable(alter) => alter_table(alter)?,
+        Statement::Copy { source, to, target, options, legacy_options, values } => {
+            if !values.is_empty() {
+                return Err(Error::unsupported("COPY with inline data is not supported; send it with COPY FROM STDIN"));
+            }
+            SessionStatement::Copy(Box::new(crate::copy::CopyStatement::parse(
+                source,
+                *to,
+                target,
+                options,
+                legacy_options,
+            )?))
+        }
         Statement::Set(set) => match set {
             Set::SingleAssignment { scope, variable, values, .. } => {
                 let local = matches!(scope, Some(ast::ContextModifier::Local));

@@ -30,6 +30,7 @@ async fn sql(engine: &Engine, text: &str) -> Result<String, (StatusCode, String)
             Ok(pretty_format_batches(&batches).unwrap().to_string())
         }
         Some(Output::Command(c)) => Ok(c.tag()),
+        Some(other) => Err((StatusCode::Internal, format!("unexpected output {other:?}"))),
         None => Ok(String::new()),
     }
 }

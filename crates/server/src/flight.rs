@@ -163,6 +163,9 @@ async fn run_to_stream(
 ) -> Result<DoGetStream, Status> {
     match session.execute(prepared, params).await.map_err(|e| grpc_status(&e))? {
         Output::Rows(stream) => Ok(flight_stream(stream)),
+        // Over Flight, COPY TO STDOUT is just its rows.
+        Output::CopyOut(out) => Ok(flight_stream(out.stream)),
+        Output::CopyIn(copy) => Err(copy_in_over_flight(*copy).await),
         Output::Command(_) => {
             let schema = Arc::new(Schema::empty());
             Ok(one_batch_stream(Arc::clone(&schema), Ok(RecordBatch::new_empty(schema))))
@@ -174,7 +177,8 @@ async fn run_to_stream(
 async fn run_update(session: &mut Session, prepared: &Prepared, params: Option<ParamValues>) -> Result<i64, Status> {
     match session.execute(prepared, params).await.map_err(|e| grpc_status(&e))? {
         Output::Command(done) => Ok(done.rows.unwrap_or(0) as i64),
-        Output::Rows(mut stream) => {
+        Output::CopyIn(copy) => Err(copy_in_over_flight(*copy).await),
+        Output::Rows(mut stream) | Output::CopyOut(streamhouse_engine::copy::CopyOut { mut stream, .. }) => {
             // A query sent as an update: run it to completion, report no affected rows.
             while let Some(batch) = stream.next().await {
                 batch.map_err(|e| grpc_status(&Error::from(e)))?;
@@ -182,6 +186,15 @@ async fn run_update(session: &mut Session, prepared: &Prepared, params: Option<P
             Ok(0)
         }
     }
+}
+
+/// `COPY … FROM STDIN` needs the Postgres protocol's data messages.
+async fn copy_in_over_flight(copy: streamhouse_engine::copy::CopyIn) -> Status {
+    copy.abort().await;
+    grpc_status(&Error::unsupported(
+        "COPY FROM STDIN is for the Postgres protocol; over Flight SQL, ingest Arrow batches with DoPut \
+         (CommandStatementIngest, as ADBC's adbc_ingest sends, or a prepared INSERT)",
+    ))
 }
 
 static SQL_INFO: std::sync::LazyLock<SqlInfoData> = std::sync::LazyLock::new(|| {

@@ -10,6 +10,7 @@
 //! [`Session`]: streamhouse_engine::Session
 
 pub mod connection;
+pub mod copy;
 pub mod encode;
 
 use std::collections::HashMap;
@@ -93,6 +94,10 @@ impl PgWireServerHandlers for PgHandlers {
     }
 
     fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        Arc::clone(&self.connection)
+    }
+
+    fn copy_handler(&self) -> Arc<impl pgwire::api::copy::CopyHandler> {
         Arc::clone(&self.connection)
     }
 

@@ -273,12 +273,13 @@ impl Table {
     ) -> Result<Option<Snapshot>> {
         let Some(first) = group.first() else { return Ok(None) };
         let mut staged = Staged::default();
+        let state = self.current();
         if group.len() > 1 && self.separable(group)? {
             // Big writes of disjoint key ranges (writers loading different
             // ranges): a file each, so the files do not overlap and form one
             // sorted run instead of one file spanning all the ranges.
             for request in group {
-                staged.stage(self, &request.rows, &request.kinds).await?;
+                staged.stage(self, &state, &request.rows, &request.kinds).await?;
             }
             return staged.commit(self, guard).await;
         }
@@ -288,7 +289,7 @@ impl Table {
             concat_batches(&first.rows.schema(), group.iter().map(|r| &r.rows))?
         };
         let kinds: Vec<ValueKind> = group.iter().flat_map(|r| r.kinds.iter().copied()).collect();
-        staged.stage(self, &rows, &kinds).await?;
+        staged.stage(self, &state, &rows, &kinds).await?;
         staged.commit(self, guard).await
     }
 
@@ -373,8 +374,22 @@ impl Table {
     /// A failed compaction when the write stall ran one.
     pub async fn begin(&self) -> Result<Transaction<'_>> {
         self.stall().await?;
-        let guard = self.commit_lock.lock().await;
-        Ok(Transaction { guard, staged: Staged::default(), table: self })
+        Ok(Transaction {
+            table: self,
+            base: self.current(),
+            staged: Staged::default(),
+            blind: false,
+            inserts: false,
+            replay: None,
+            replay_rows: 0,
+        })
+    }
+
+    /// Holds the commit lock until the guard is dropped: writes queue up
+    /// behind it (and then commit as one group). For tests.
+    #[doc(hidden)]
+    pub async fn pause_commits(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.commit_lock.lock().await
     }
 
     /// Write stall: with `num-sorted-run.stop-trigger` sorted runs or more
@@ -468,7 +483,12 @@ impl Table {
             changelog_rows: commit.changelog.iter().map(|f| f.rows).sum(),
             changelog_files: commit.changelog,
             total_rows: manifest.files.iter().map(|f| f.rows).sum(),
-            next_sequence: commit.next_sequence.unwrap_or_else(|| state.latest.as_ref().map_or(1, |s| s.next_sequence)),
+            // A transaction that began before other commits numbered its rows
+            // from its base; its keys are disjoint from theirs (checked at commit).
+            next_sequence: commit
+                .next_sequence
+                .unwrap_or(1)
+                .max(state.latest.as_ref().map_or(1, |s| s.next_sequence)),
             watermark: state.latest.as_ref().and_then(|s| s.watermark),
         };
         let location = self.dir.child_path(&snapshot_path(id));
@@ -758,6 +778,73 @@ impl Table {
     }
 }
 
+impl Table {
+    /// Whether a commit after snapshot `base` (up to `upto`) changed a key
+    /// that one of `files` (staged data files) holds.
+    async fn changed_keys_meet(&self, schema: &TableSchema, base: u64, upto: u64, files: &[FileMeta]) -> Result<bool> {
+        if !schema.has_primary_key() || files.is_empty() {
+            return Ok(false);
+        }
+        let converter = key_converter(schema)?;
+        // Every change of a commit is in its changelog, so its keys are the changed ones.
+        let target = schema.changelog_file_schema();
+        let mut changed = Vec::new();
+        for id in base + 1..=upto {
+            let snapshot = self.read_snapshot(id).await?;
+            if snapshot.kind == CommitKind::Compact {
+                continue;
+            }
+            for meta in snapshot.changelog_files {
+                let groups = meta.row_groups.len();
+                let reader = FileReader::open(&self.store, &self.dir, Arc::new(meta), &target).await?;
+                for group in 0..groups {
+                    for keys in read_keys(&reader, schema, group).await? {
+                        changed.extend(converter.convert_columns(&keys)?.iter().map(|k| k.owned()));
+                    }
+                }
+            }
+        }
+        if changed.is_empty() {
+            return Ok(false);
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        let wanted: Vec<Row<'_>> = changed.iter().map(|k| k.row()).collect();
+        let wanted_set: HashSet<&[u8]> = wanted.iter().map(Row::data).collect();
+        let target = schema.data_file_schema();
+        for meta in files {
+            let groups = match self.key_index(&converter, meta)? {
+                Some(keys) => groups_with_keys(&keys, &wanted),
+                None => (0..meta.row_groups.len()).collect(),
+            };
+            if groups.is_empty() {
+                continue;
+            }
+            let reader = FileReader::open(&self.store, &self.dir, Arc::new(meta.clone()), &target).await?;
+            for group in groups {
+                for keys in read_keys(&reader, schema, group).await? {
+                    let keys = converter.convert_columns(&keys)?;
+                    if keys.iter().any(|k| wanted_set.contains(k.data())) {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// The key columns of row group `group`, in key order.
+async fn read_keys(reader: &FileReader, schema: &TableSchema, group: usize) -> Result<Vec<Vec<ArrayRef>>> {
+    let mut sorted = schema.primary_key.clone();
+    sorted.sort_unstable();
+    let batches = reader.read_row_group(group, Some(&sorted), READ_BATCH_ROWS).await?;
+    // Columns come back in file order.
+    let positions: Vec<usize> =
+        schema.primary_key.iter().map(|k| sorted.iter().position(|s| s == k).unwrap_or_default()).collect();
+    Ok(batches.iter().map(|b| positions.iter().map(|&p| Arc::clone(b.column(p))).collect()).collect())
+}
+
 /// Row groups (by their key ranges in `index`: first key of each group,
 /// then the file's last key) that may hold one of `wanted` (sorted).
 fn groups_with_keys(index: &Rows, wanted: &[Row<'_>]) -> Vec<usize> {
@@ -791,16 +878,19 @@ struct Staged {
 }
 
 impl Staged {
+    fn is_empty(&self) -> bool {
+        self.data.is_empty() && self.changelog.is_empty()
+    }
+
     /// Computes the data and changelog rows of a write against the
     /// committed state plus what is staged, and writes them as new files.
-    async fn stage(&mut self, table: &Table, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<()> {
-        let state = table.current();
+    async fn stage(&mut self, table: &Table, state: &State, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<()> {
         let schema = &state.schema;
         let next_seq = self.next_seq.unwrap_or_else(|| state.latest.as_ref().map_or(1, |s| s.next_sequence));
         let (data, changelog) = if schema.has_primary_key() {
             // Lookups see the committed runs and what this transaction staged.
             let files: Vec<&FileMeta> = state.manifest.files.iter().chain(&self.data).collect();
-            table.keyed_changes(&state, &files, rows, kinds, next_seq).await?
+            table.keyed_changes(state, &files, rows, kinds, next_seq).await?
         } else {
             let seqs: ArrayRef = Arc::new(UInt64Array::from_iter_values(next_seq..next_seq + rows.num_rows() as u64));
             let data = with_system_columns(schema, rows, Arc::clone(&seqs), ValueKind::Upsert as i8)?;
@@ -832,6 +922,45 @@ impl Staged {
         Ok(())
     }
 
+    /// Stages the net changes this staged (its data files, in order) again
+    /// on top of `state`, as blind writes (`inserts`: upserts as inserts).
+    /// On error, returns what was staged again, to be removed.
+    async fn restage(&self, table: &Table, state: &State, inserts: bool) -> std::result::Result<Staged, (Error, Staged)> {
+        let mut again = Staged::default();
+        let schema = &state.schema;
+        let target = schema.data_file_schema();
+        let user: Vec<usize> = (0..schema.schema.fields().len()).collect();
+        for meta in &self.data {
+            let result: Result<()> = async {
+                let reader = FileReader::open(&table.store, &table.dir, Arc::new(meta.clone()), &target).await?;
+                for group in 0..meta.row_groups.len() {
+                    for batch in reader.read_row_group(group, None, READ_BATCH_ROWS).await? {
+                        let codes = batch
+                            .column(user.len() + 1)
+                            .as_primitive_opt::<Int8Type>()
+                            .ok_or_else(|| Error::corrupt(table.dir.child_path(&meta.path), "_kind column is not Int8"))?;
+                        let kinds: Vec<ValueKind> = codes
+                            .values()
+                            .iter()
+                            .map(|&c| match c {
+                                c if c == ValueKind::Delete as i8 => ValueKind::Delete,
+                                _ if inserts => ValueKind::Insert,
+                                _ => ValueKind::Upsert,
+                            })
+                            .collect();
+                        again.stage(table, state, &batch.project(&user)?, &kinds).await?;
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = result {
+                return Err((e, again));
+            }
+        }
+        Ok(again)
+    }
+
     async fn commit(self, table: &Table, guard: &tokio::sync::MutexGuard<'_, ()>) -> Result<Option<Snapshot>> {
         if self.data.is_empty() && self.changelog.is_empty() {
             return Ok(None);
@@ -854,24 +983,57 @@ impl Staged {
     }
 }
 
+/// At most this many rows of a blind transaction's input are kept to
+/// replay it when a concurrent commit changed the same keys.
+const REPLAY_ROWS: usize = 64 * 1024;
+
 /// A write transaction: staged writes, committed as one snapshot.
-/// Holds the table's commit lock; dropping it without [`Transaction::commit`]
-/// commits nothing.
+///
+/// Optimistic: writes are staged as files against the snapshot the
+/// transaction began on (its base) without holding the commit lock, so
+/// transactions and group commits run side by side. At commit, under the
+/// commit lock, the keys changed by every commit since the base are checked
+/// against the staged keys: disjoint, the staged files are committed as they
+/// are; overlapping, a blind transaction ([`Transaction::blind`]) whose input
+/// was small enough to keep is staged again against the latest snapshot, and
+/// any other transaction fails with [`Error::Conflict`] (40001).
+///
+/// A big blind transaction on a `deduplicate` or `first-row` table is
+/// replayed from its own staged data files instead: they hold the net
+/// change per key, which those merge engines apply to any base alike.
+///
+/// Dropping a transaction without [`Transaction::commit`] commits nothing.
 pub struct Transaction<'a> {
     table: &'a Table,
-    guard: tokio::sync::MutexGuard<'a, ()>,
+    base: State,
     staged: Staged,
+    blind: bool,
+    /// Some write used [`ValueKind::Insert`] (insert if absent).
+    inserts: bool,
+    /// The input of a blind transaction, while it is at most [`REPLAY_ROWS`] rows.
+    replay: Option<Vec<(RecordBatch, Vec<ValueKind>)>>,
+    replay_rows: usize,
 }
 
 impl Transaction<'_> {
-    /// The table's current definition.
+    /// Marks the transaction's writes as blind: upserts and deletes that do
+    /// not depend on what they replace (INSERT, COPY), so they can be applied
+    /// again on top of a concurrent commit that changed the same keys.
+    #[must_use]
+    pub fn blind(mut self) -> Self {
+        self.blind = true;
+        self.replay = Some(Vec::new());
+        self
+    }
+
+    /// The table's definition at the start of the transaction.
     pub fn table_schema(&self) -> TableSchema {
-        self.table.schema()
+        self.base.schema.clone()
     }
 
     /// The snapshot this transaction writes on top of.
     pub fn base_snapshot(&self) -> Option<u64> {
-        self.table.lock_state().latest.as_ref().map(|s| s.id)
+        self.base.latest.as_ref().map(|s| s.id)
     }
 
     /// Stages upserts and deletes (see [`Table::write`]); later writes of the
@@ -880,24 +1042,96 @@ impl Transaction<'_> {
     /// # Errors
     /// As [`Table::write`].
     pub async fn write(&mut self, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<()> {
+        check_rows(&self.base.schema, rows, kinds)?;
         self.table.check_write(rows, kinds)?;
-        self.staged.stage(self.table, rows, kinds).await
+        self.inserts |= kinds.contains(&ValueKind::Insert);
+        if let Some(replay) = &mut self.replay {
+            self.replay_rows += rows.num_rows();
+            if self.replay_rows <= REPLAY_ROWS {
+                replay.push((rows.clone(), kinds.to_vec()));
+            } else {
+                self.replay = None;
+            }
+        }
+        self.staged.stage(self.table, &self.base, rows, kinds).await
     }
 
     /// Commits everything staged as one snapshot (`None` if nothing changed).
     ///
     /// # Errors
-    /// A concurrent writer in another process; storage failures.
+    /// [`Error::Conflict`] when a commit since the transaction began changed
+    /// the same keys (and the transaction cannot be replayed) or altered the
+    /// table; a concurrent writer in another process; storage failures.
     pub async fn commit(self) -> Result<Option<Snapshot>> {
-        let Self { table, guard, staged } = self;
+        let Self { table, base, mut staged, replay, blind, inserts, .. } = self;
+        if staged.is_empty() {
+            return Ok(None);
+        }
+        let guard = table.commit_lock.lock().await;
+        let current = table.current();
+        if current.schema.id != base.schema.id {
+            staged.abort(table).await;
+            return Err(table.altered());
+        }
+        let base_id = base.latest.as_ref().map_or(0, |s| s.id);
+        let current_id = current.latest.as_ref().map_or(0, |s| s.id);
+        if current_id != base_id {
+            let conflict = match table.changed_keys_meet(&current.schema, base_id, current_id, &staged.data).await {
+                Ok(meet) => meet,
+                // The snapshots since the base expired: assume the worst.
+                Err(Error::NotFound { .. }) => true,
+                Err(e) => {
+                    staged.abort(table).await;
+                    return Err(e);
+                }
+            };
+            if conflict {
+                let engine = current.schema.options.merge_engine;
+                let from_files = blind && matches!(engine, MergeEngine::Deduplicate | MergeEngine::FirstRow);
+                let replayed = match replay {
+                    Some(inputs) => {
+                        staged.abort(table).await;
+                        let mut again = Staged::default();
+                        let mut result = Ok(());
+                        for (rows, kinds) in &inputs {
+                            result = again.stage(table, &current, rows, kinds).await;
+                            if result.is_err() {
+                                break;
+                            }
+                        }
+                        result.map(|()| again).map_err(|e| (e, None))
+                    }
+                    None if from_files => {
+                        let result = staged.restage(table, &current, inserts).await;
+                        staged.abort(table).await;
+                        result.map_err(|(e, again)| (e, Some(again)))
+                    }
+                    None => {
+                        staged.abort(table).await;
+                        return Err(Error::Conflict {
+                            table: table.name.clone(),
+                            reason: "a concurrent statement changed the same rows; run it again".into(),
+                        });
+                    }
+                };
+                staged = match replayed {
+                    Ok(again) => again,
+                    Err((e, again)) => {
+                        if let Some(again) = again {
+                            again.abort(table).await;
+                        }
+                        return Err(e);
+                    }
+                };
+            }
+        }
         staged.commit(table, &guard).await
     }
 
     /// Drops everything staged and removes its files.
     pub async fn abort(self) {
-        let Self { table, guard, staged } = self;
+        let Self { table, staged, .. } = self;
         staged.abort(table).await;
-        drop(guard);
     }
 }
 

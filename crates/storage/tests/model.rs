@@ -278,13 +278,12 @@ async fn run(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>) {
                 let writes: Vec<_> =
                     writes.into_iter().map(|w| without_deletes(engine, w)).filter(|w| !w.is_empty()).collect();
                 let batches: Vec<_> = writes.iter().map(|w| batch(&table.schema(), w)).collect();
-                // A transaction holds the commit lock while every write queues,
-                // so they are committed as one group.
-                let holder = table.begin().await.unwrap();
+                // Commits are paused while every write queues, so they are committed as one group.
+                let paused = table.pause_commits().await;
                 let queued = futures::future::join_all(batches.iter().map(|(b, k)| table.write(b, k)));
                 let release = async {
                     tokio::task::yield_now().await;
-                    holder.abort().await;
+                    drop(paused);
                 };
                 let (results, ()) = futures::join!(queued, release);
                 // Writes are applied in issue order; each reports the snapshot holding it.

@@ -80,6 +80,11 @@ impl AsyncDB for InProcess {
                 Ok(DBOutput::Rows { types, rows })
             }
             Some(Output::Command(done)) => Ok(DBOutput::StatementComplete(done.rows.unwrap_or(0))),
+            Some(Output::CopyIn(copy)) => {
+                copy.abort().await;
+                Err(SltError("COPY FROM STDIN needs a client that sends data; test it over the protocol".into()))
+            }
+            Some(Output::CopyOut(_)) => Err(SltError("COPY TO STDOUT is tested over the protocol".into())),
             None => Ok(DBOutput::StatementComplete(0)),
         }
     }

@@ -14,8 +14,9 @@ use pgwire::api::auth::{
     save_startup_parameters_to_metadata,
 };
 use pgwire::api::portal::{Format, Portal};
+use pgwire::api::copy::CopyHandler;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{DescribePortalResponse, DescribeStatementResponse, FieldInfo, Response};
+use pgwire::api::results::{CopyResponse, DescribePortalResponse, DescribeStatementResponse, FieldInfo, Response, Tag};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
@@ -23,12 +24,15 @@ use pgwire::api::{
     RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use streamhouse_engine::copy::{CopyFormat, CopyIn};
 use streamhouse_engine::session::variables::SERVER_VERSION;
 use streamhouse_engine::{Error, Output, Prepared, Session, SessionInfo, StatusCode};
 use tokio::sync::Mutex;
 
 use super::PgShared;
+use super::copy::copy_out_response;
 use super::encode::{command_response, error_info, fields, notice_response, parameter_type, pg_error, query_response};
 
 static PIDS: std::sync::LazyLock<RandomPidSecretKeyGenerator> = std::sync::LazyLock::new(Default::default);
@@ -44,6 +48,8 @@ pub struct PgConnection {
     /// Set once startup registered the connection (pid for cancel requests).
     registered: std::sync::Mutex<Option<i32>>,
     parser: Arc<PgParser>,
+    /// The `COPY … FROM STDIN` receiving data, if any.
+    copy: Mutex<Option<Box<CopyIn>>>,
 }
 
 impl Debug for PgConnection {
@@ -56,7 +62,7 @@ impl PgConnection {
     pub(crate) fn new(shared: Arc<PgShared>, peer: SocketAddr) -> Self {
         let session = Arc::new(Mutex::new(None));
         let parser = Arc::new(PgParser { session: Arc::clone(&session) });
-        Self { shared, peer, session, registered: std::sync::Mutex::new(None), parser }
+        Self { shared, peer, session, registered: std::sync::Mutex::new(None), parser, copy: Mutex::new(None) }
     }
 }
 
@@ -160,10 +166,7 @@ impl SimpleQueryHandler for PgConnection {
         send_notices(client, session).await?;
         let mut responses = Vec::with_capacity(outputs.len() + 1);
         for output in outputs {
-            responses.push(match output {
-                Output::Rows(stream) => Response::Query(query_response(stream, &Format::UnifiedText)?),
-                Output::Command(command) => command_response(&command),
-            });
+            responses.push(self.response(output, &Format::UnifiedText).await?);
         }
         if let Some(err) = error {
             if err.code() == StatusCode::ShuttingDown {
@@ -338,9 +341,92 @@ impl ExtendedQueryHandler for PgConnection {
         let result = session.execute(&portal.statement.statement, params).await;
         send_notices(client, session).await?;
         match result {
-            Ok(Output::Rows(stream)) => Ok(Response::Query(query_response(stream, &portal.result_column_format)?)),
-            Ok(Output::Command(command)) => Ok(command_response(&command)),
+            Ok(output) => self.response(output, &portal.result_column_format).await,
             Err(e) => Err(pg_error(&e)),
         }
+    }
+}
+
+impl PgConnection {
+    /// The protocol response to a statement's output; a COPY FROM STDIN
+    /// waits here for its data.
+    async fn response(&self, output: Output, format: &Format) -> PgWireResult<Response> {
+        Ok(match output {
+            Output::Rows(stream) => Response::Query(query_response(stream, format)?),
+            Output::Command(command) => command_response(&command),
+            Output::CopyOut(out) => Response::CopyOut(copy_out_response(out)?),
+            Output::CopyIn(copy) => {
+                let binary = copy.format() == CopyFormat::Binary;
+                let columns = copy.columns();
+                if let Some(previous) = self.copy.lock().await.replace(copy) {
+                    previous.abort().await;
+                }
+                Response::CopyIn(CopyResponse::new(
+                    i8::from(binary),
+                    columns,
+                    futures::stream::empty::<PgWireResult<CopyData>>(),
+                ))
+            }
+        })
+    }
+
+    /// Ends the COPY in progress after an error: nothing of it is committed,
+    /// and an open transaction block is marked failed.
+    async fn fail_copy(&self, err: &Error) -> PgWireError {
+        if let Some(copy) = self.copy.lock().await.take() {
+            copy.abort().await;
+        }
+        if let Some(session) = self.session.lock().await.as_mut() {
+            session.mark_failed();
+        }
+        pg_error(err)
+    }
+}
+
+#[async_trait]
+impl CopyHandler for PgConnection {
+    async fn on_copy_data<C>(&self, _client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let result = match self.copy.lock().await.as_mut() {
+            Some(copy) => copy.push(&copy_data.data).await,
+            // The COPY already failed; the rest of its data is dropped.
+            None => Ok(()),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail_copy(&e).await),
+        }
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some(copy) = self.copy.lock().await.take() else { return Ok(()) };
+        match copy.finish().await {
+            Ok(done) => {
+                let tag = Tag::new("COPY").with_rows(done.rows.unwrap_or(0) as usize);
+                client.send(PgWireBackendMessage::CommandComplete(tag.into())).await?;
+                Ok(())
+            }
+            Err(e) => Err(self.fail_copy(&e).await),
+        }
+    }
+
+    async fn on_copy_fail<C>(&self, _client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // As Postgres: the client gave up, so the COPY is cancelled (57014).
+        let err = Error::new(StatusCode::Cancelled, format!("COPY from stdin failed: {}", fail.message));
+        self.fail_copy(&err).await
     }
 }

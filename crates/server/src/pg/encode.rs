@@ -10,8 +10,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
-use pgwire::api::results::DataRowEncoder;
-use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{DataRowEncoder, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::response::NoticeResponse;
@@ -76,7 +75,19 @@ pub fn encode_batch(
     fields: Arc<Vec<FieldInfo>>,
     batch: RecordBatch,
 ) -> impl Iterator<Item = PgWireResult<DataRow>> + Send {
-    let mut encoder = DataRowEncoder::new(Arc::clone(&fields));
+    let encoder = DataRowEncoder::new(Arc::clone(&fields));
+    encode_rows(encoder, fields, batch)
+}
+
+/// Encodes each row of `batch` with `encoder` (data rows, or COPY data).
+pub(crate) fn encode_rows<E>(
+    mut encoder: E,
+    fields: Arc<Vec<FieldInfo>>,
+    batch: RecordBatch,
+) -> impl Iterator<Item = PgWireResult<E::Item>> + Send
+where
+    E: arrow_pg::encoder::Encoder + Send,
+{
     let mut row = 0;
     std::iter::from_fn(move || {
         if row >= batch.num_rows() {

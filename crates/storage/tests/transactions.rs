@@ -1,0 +1,130 @@
+//! Optimistic transactions: staged without the commit lock, checked for
+//! conflicting keys at commit.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use streamhouse_storage::{Error, RowKind, Table, TableOptions, TableSchema, ValueKind};
+
+async fn table() -> Table {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let arrow =
+        Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false), Field::new("v", DataType::Utf8, true)]));
+    let schema = TableSchema::new(0, arrow, &["k"], TableOptions::default()).unwrap();
+    Table::create(store, Path::from("public/t"), "t", schema).await.unwrap()
+}
+
+fn rows(table: &Table, pairs: &[(i64, &str)]) -> RecordBatch {
+    let keys = Int64Array::from_iter_values(pairs.iter().map(|p| p.0));
+    let values: StringArray = pairs.iter().map(|p| Some(p.1)).collect();
+    RecordBatch::try_new(Arc::clone(&table.schema().schema), vec![Arc::new(keys), Arc::new(values)]).unwrap()
+}
+
+async fn content(table: &Table) -> BTreeMap<i64, String> {
+    let mut out = BTreeMap::new();
+    for b in table.scan(None).await.unwrap() {
+        let (k, v) = (b.column(0).as_primitive::<Int64Type>(), b.column(1).as_string::<i32>());
+        for i in 0..b.num_rows() {
+            out.insert(k.value(i), v.value(i).to_string());
+        }
+    }
+    out
+}
+
+/// The table content rebuilt by replaying the whole changelog; checks each
+/// -U/-D carries the value it replaces.
+async fn replayed(table: &Table) -> BTreeMap<i64, String> {
+    let mut state = BTreeMap::new();
+    for change in table.changelog(0, None).await.unwrap() {
+        let b = &change.batch;
+        let (k, v) = (b.column(0).as_primitive::<Int64Type>(), b.column(1).as_string::<i32>());
+        let kinds = b.column(b.num_columns() - 1).as_primitive::<arrow::datatypes::Int8Type>();
+        for i in 0..b.num_rows() {
+            let (k, v) = (k.value(i), v.value(i).to_string());
+            match kinds.value(i) {
+                x if x == RowKind::Insert as i8 || x == RowKind::UpdateAfter as i8 => {
+                    assert!(state.insert(k, v).is_none(), "+I/+U of key {k} that has a value");
+                }
+                _ => assert_eq!(state.remove(&k), Some(v), "-U/-D of key {k} with a stale before-image"),
+            }
+        }
+    }
+    state
+}
+
+#[tokio::test]
+async fn transactions_on_disjoint_keys_commit_side_by_side() {
+    let table = table().await;
+    table.write(&rows(&table, &[(1, "a"), (5, "e")]), &[ValueKind::Upsert; 2]).await.unwrap();
+    let mut first = table.begin().await.unwrap();
+    let mut second = table.begin().await.unwrap();
+    first.write(&rows(&table, &[(1, "a1"), (2, "b1")]), &[ValueKind::Upsert; 2]).await.unwrap();
+    second.write(&rows(&table, &[(3, "c2"), (5, "e2")]), &[ValueKind::Upsert; 2]).await.unwrap();
+    // A plain write commits while both are open.
+    table.write(&rows(&table, &[(4, "d")]), &[ValueKind::Upsert]).await.unwrap();
+    second.commit().await.unwrap();
+    first.commit().await.unwrap();
+    let expected: BTreeMap<i64, String> =
+        [(1, "a1"), (2, "b1"), (3, "c2"), (4, "d"), (5, "e2")].into_iter().map(|(k, v)| (k, v.to_string())).collect();
+    assert_eq!(content(&table).await, expected);
+    assert_eq!(replayed(&table).await, expected);
+    // Row sequence numbers keep growing past both transactions.
+    table.write(&rows(&table, &[(1, "last")]), &[ValueKind::Upsert]).await.unwrap();
+    assert_eq!(content(&table).await[&1], "last");
+}
+
+#[tokio::test]
+async fn conflicting_transaction_fails_and_leaves_nothing() {
+    let table = table().await;
+    table.write(&rows(&table, &[(1, "a")]), &[ValueKind::Upsert]).await.unwrap();
+    let mut txn = table.begin().await.unwrap();
+    txn.write(&rows(&table, &[(1, "from txn"), (2, "b")]), &[ValueKind::Upsert; 2]).await.unwrap();
+    table.write(&rows(&table, &[(1, "concurrent")]), &[ValueKind::Upsert]).await.unwrap();
+    let before = table.latest_snapshot().map(|s| s.id);
+    assert!(matches!(txn.commit().await, Err(Error::Conflict { .. })));
+    assert_eq!(table.latest_snapshot().map(|s| s.id), before);
+    let expected: BTreeMap<i64, String> = [(1, "concurrent".to_string())].into();
+    assert_eq!(content(&table).await, expected);
+    assert_eq!(replayed(&table).await, expected);
+}
+
+#[tokio::test]
+async fn blind_transaction_is_replayed_over_a_conflict() {
+    let table = table().await;
+    table.write(&rows(&table, &[(1, "a"), (2, "b")]), &[ValueKind::Upsert; 2]).await.unwrap();
+    let mut txn = table.begin().await.unwrap().blind();
+    txn.write(&rows(&table, &[(1, "from txn"), (3, "c")]), &[ValueKind::Upsert; 2]).await.unwrap();
+    txn.write(&rows(&table, &[(2, "")]), &[ValueKind::Delete]).await.unwrap();
+    table.write(&rows(&table, &[(1, "concurrent"), (2, "b2")]), &[ValueKind::Upsert; 2]).await.unwrap();
+    txn.commit().await.unwrap();
+    // The transaction committed last, so its writes win; its changelog
+    // replaces the concurrent values, not the ones it began on.
+    let expected: BTreeMap<i64, String> = [(1, "from txn".to_string()), (3, "c".to_string())].into();
+    assert_eq!(content(&table).await, expected);
+    assert_eq!(replayed(&table).await, expected);
+}
+
+#[tokio::test]
+async fn big_blind_transaction_is_replayed_from_its_files() {
+    let table = table().await;
+    table.write(&rows(&table, &[(1, "a"), (2, "b")]), &[ValueKind::Upsert; 2]).await.unwrap();
+    let mut txn = table.begin().await.unwrap().blind();
+    // More rows than are kept for a replay: the staged files are replayed instead.
+    let many: Vec<(i64, String)> = (10..70_010).map(|k| (k, format!("n{k}"))).collect();
+    let refs: Vec<(i64, &str)> = many.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    txn.write(&rows(&table, &refs), &vec![ValueKind::Upsert; refs.len()]).await.unwrap();
+    txn.write(&rows(&table, &[(1, "from txn"), (10, "again")]), &[ValueKind::Upsert; 2]).await.unwrap();
+    txn.write(&rows(&table, &[(2, "")]), &[ValueKind::Delete]).await.unwrap();
+    table.write(&rows(&table, &[(1, "concurrent"), (2, "b2"), (10, "c10")]), &[ValueKind::Upsert; 3]).await.unwrap();
+    txn.commit().await.unwrap();
+    let mut expected: BTreeMap<i64, String> = many.into_iter().collect();
+    expected.insert(1, "from txn".into());
+    expected.insert(10, "again".into());
+    assert_eq!(content(&table).await, expected);
+    assert_eq!(replayed(&table).await, expected);
+}
