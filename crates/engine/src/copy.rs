@@ -15,7 +15,7 @@ use datafusion::common::TableReference;
 use datafusion::sql::sqlparser::ast::{CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget};
 
 use crate::cancel::QueryControl;
-use crate::dynamic::ingest::Ingest;
+use crate::dynamic::ingest::{Conform, Ingest};
 use crate::error::{Error, Result, StatusCode};
 use crate::session::CommandComplete;
 
@@ -585,11 +585,10 @@ pub(crate) enum ColumnSource {
 /// commits them all at once. Dropping it or [`CopyIn::abort`] commits nothing.
 #[derive(Debug)]
 pub struct CopyIn {
-    table: String,
     format: CopyFormat,
     copied: usize,
     decoder: Decoder,
-    sources: Vec<ColumnSource>,
+    conform: Conform,
     ingest: Ingest,
     control: QueryControl,
     rows: u64,
@@ -606,7 +605,7 @@ impl CopyIn {
         table: &str,
         options: CopyOptions,
         copied: SchemaRef,
-        sources: Vec<ColumnSource>,
+        conform: Conform,
         ingest: Ingest,
         control: QueryControl,
     ) -> Result<Self> {
@@ -616,7 +615,7 @@ impl CopyIn {
             CopyFormat::Binary => Decoder::Binary(BinaryDecoder::new(table, copied, DECODE_BATCH_ROWS)?),
             _ => Decoder::Text(CopyDecoder::new(table, copied, options, DECODE_BATCH_ROWS)?),
         };
-        Ok(Self { table: table.to_owned(), format, copied: columns, decoder, sources, ingest, control, rows: 0 })
+        Ok(Self { format, copied: columns, decoder, conform, ingest, control, rows: 0 })
     }
 
     /// The data format the client must send.
@@ -651,31 +650,8 @@ impl CopyIn {
     }
 
     async fn write(&mut self, copied: RecordBatch) -> Result<()> {
-        let rows = copied.num_rows();
-        let schema = Arc::clone(self.ingest.schema());
-        let mut columns = Vec::with_capacity(self.sources.len());
-        for (source, field) in self.sources.iter().zip(schema.fields()) {
-            let column = match source {
-                ColumnSource::Copied(i) => Arc::clone(copied.column(*i)),
-                ColumnSource::Default(expr) => {
-                    let empty = RecordBatch::try_new_with_options(
-                        Arc::new(datafusion::arrow::datatypes::Schema::empty()),
-                        vec![],
-                        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
-                    )?;
-                    let value = expr.evaluate(&empty)?.into_array(rows)?;
-                    datafusion::arrow::compute::cast(&value, field.data_type())?
-                }
-                ColumnSource::Null => datafusion::arrow::array::new_null_array(field.data_type(), rows),
-            };
-            if !field.is_nullable() && column.null_count() > 0 {
-                let line = self.rows + (0..rows).find(|&i| column.is_null(i)).unwrap_or(0) as u64 + 1;
-                return Err(not_null_violation(field.name(), &self.table, line));
-            }
-            columns.push(column);
-        }
-        let batch = RecordBatch::try_new(schema, columns)?;
-        self.rows += rows as u64;
+        let batch = self.conform.apply(&copied, self.rows + 1)?;
+        self.rows += copied.num_rows() as u64;
         self.ingest.push(batch).await
     }
 

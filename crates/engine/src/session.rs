@@ -24,6 +24,7 @@
 //! session warns when a block that wrote something is rolled back.
 
 mod copy;
+pub mod ingest;
 mod naming;
 pub mod variables;
 
@@ -217,6 +218,35 @@ enum SessionStatement {
 }
 
 impl Prepared {
+    /// For `INSERT INTO t [(columns)] VALUES ($1, $2, …)` (placeholders in
+    /// order, one row): the table and columns, so parameter batches can be
+    /// written as rows without executing the statement once per row.
+    pub fn insert_of_parameters(&self) -> Option<(TableReference, Vec<String>)> {
+        let Statement::Insert(insert) = &self.statement else { return None };
+        if insert.on.is_some() || insert.returning.is_some() || !insert.assignments.is_empty() {
+            return None;
+        }
+        let ast::SetExpr::Values(values) = insert.source.as_ref()?.body.as_ref() else { return None };
+        let [row] = values.rows.as_slice() else { return None };
+        let in_order = row.iter().enumerate().all(|(i, e)| {
+            matches!(e, ast::Expr::Value(v) if matches!(&v.value, ast::Value::Placeholder(p) if *p == format!("${}", i + 1)))
+        });
+        if !in_order || row.is_empty() {
+            return None;
+        }
+        let ast::TableObject::TableName(name) = &insert.table else { return None };
+        let table = table_reference(name).ok()?;
+        let columns = insert
+            .columns
+            .iter()
+            .map(|c| match c.0.as_slice() {
+                [part] => part.as_ident().map(ident_value),
+                _ => None,
+            })
+            .collect::<Option<Vec<String>>>()?;
+        Some((table, columns))
+    }
+
     /// The statement as parsed (after Postgres-compatibility rewrites).
     pub fn statement(&self) -> &Statement {
         &self.statement

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
@@ -21,8 +20,9 @@ use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
     CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
-    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate,
-    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, SqlSupportedTransaction, TicketStatementQuery,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
+    CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, SqlSupportedTransaction,
+    TicketStatementQuery,
 };
 use arrow_flight::{Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
 use bytes::Bytes;
@@ -40,6 +40,8 @@ use tonic::{Request, Response, Status};
 
 use crate::status::grpc_status;
 
+mod ingest;
+
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 
 /// Most prepared statements kept at once; creating one more evicts the one
@@ -50,8 +52,8 @@ const MAX_PREPARED: usize = 4096;
 /// A prepared statement of a Flight SQL client.
 struct PreparedEntry {
     prepared: Arc<Prepared>,
-    /// Rows of parameter values bound by the last DoPut (one row per execution).
-    params: Vec<Vec<ScalarValue>>,
+    /// Parameter batches bound by the last DoPut (one row per execution).
+    params: Vec<RecordBatch>,
     last_used: std::time::Instant,
 }
 
@@ -86,7 +88,7 @@ impl FlightSqlServer {
         session.prepare(statement).await.map_err(|e| grpc_status(&e))
     }
 
-    fn entry(&self, handle: &Bytes) -> Result<(Arc<Prepared>, Vec<Vec<ScalarValue>>), Status> {
+    fn entry(&self, handle: &Bytes) -> Result<(Arc<Prepared>, Vec<RecordBatch>), Status> {
         let mut map = self.prepared.lock().map_err(|_| Status::internal("prepared statement map poisoned"))?;
         let entry = map.get_mut(handle).ok_or_else(|| {
             Status::not_found("unknown prepared statement handle (closed, evicted, or created on another server)")
@@ -216,14 +218,10 @@ static SQL_INFO: std::sync::LazyLock<SqlInfoData> = std::sync::LazyLock::new(|| 
     b.build().expect("static SqlInfo values are valid")
 });
 
-/// Decodes the parameter rows a client bound with DoPut.
-async fn decode_parameters(request: Request<PeekableFlightDataStream>) -> Result<Vec<Vec<ScalarValue>>, Status> {
-    let batches: Vec<RecordBatch> =
-        FlightRecordBatchStream::new_from_flight_data(request.into_inner().map_err(FlightError::from))
-            .try_collect()
-            .await?;
+/// Parameter batches as rows of values.
+fn rows_of(batches: &[RecordBatch]) -> Result<Vec<Vec<ScalarValue>>, Status> {
     let mut rows = Vec::new();
-    for batch in &batches {
+    for batch in batches {
         for row in 0..batch.num_rows() {
             let values = batch
                 .columns()
@@ -283,6 +281,15 @@ impl FlightSqlService for FlightSqlServer {
         run_update(&mut session, &prepared, None).await
     }
 
+    async fn do_put_statement_ingest(
+        &self,
+        command: CommandStatementIngest,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let mut session = self.session(&request);
+        ingest::statement_ingest(&mut session, command, request.into_inner()).await
+    }
+
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
@@ -321,10 +328,12 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let handle = query.prepared_statement_handle;
         self.entry(&handle)?;
-        let rows = decode_parameters(request).await?;
+        let batches = ingest::parameter_batches(request.into_inner()).try_collect::<Vec<_>>().await?;
+        // Checked now, so a bad value is reported by the bind.
+        rows_of(&batches)?;
         let mut map = self.prepared.lock().map_err(|_| Status::internal("prepared statement map poisoned"))?;
         if let Some(entry) = map.get_mut(&handle) {
-            entry.params = rows;
+            entry.params = batches;
         }
         Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(handle) })
     }
@@ -335,7 +344,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let (prepared, params) = self.entry(&command.prepared_statement_handle)?;
-        let schema = match params.first() {
+        let schema = match rows_of(&params)?.first() {
             Some(row) => prepared
                 .result_schema_with(&ParamValues::from(row.clone()))
                 .map_err(|e| grpc_status(&e))?
@@ -352,6 +361,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<arrow_flight::Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let (prepared, params) = self.entry(&command.prepared_statement_handle)?;
+        let params = rows_of(&params)?;
         if params.len() > 1 {
             return Err(Status::invalid_argument("a prepared query takes one row of parameters, got several"));
         }
@@ -365,8 +375,18 @@ impl FlightSqlService for FlightSqlServer {
         command: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let (prepared, params) = self.entry(&command.prepared_statement_handle)?;
+        let (prepared, stored) = self.entry(&command.prepared_statement_handle)?;
         let mut session = self.session(&request);
+        let mut batches = ingest::parameter_batches(request.into_inner());
+        if let Some((table, columns)) = prepared.insert_of_parameters()
+            && let Some(rows) =
+                ingest::prepared_insert(&mut session, &table, &columns, &mut batches, stored.clone()).await?
+        {
+            return Ok(rows);
+        }
+        // Parameter rows sent with this DoPut, else those bound before.
+        let sent = rows_of(&batches.try_collect::<Vec<_>>().await?)?;
+        let params = if sent.is_empty() { rows_of(&stored)? } else { sent };
         if params.is_empty() {
             return run_update(&mut session, &prepared, None).await;
         }

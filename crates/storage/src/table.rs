@@ -485,10 +485,7 @@ impl Table {
             total_rows: manifest.files.iter().map(|f| f.rows).sum(),
             // A transaction that began before other commits numbered its rows
             // from its base; its keys are disjoint from theirs (checked at commit).
-            next_sequence: commit
-                .next_sequence
-                .unwrap_or(1)
-                .max(state.latest.as_ref().map_or(1, |s| s.next_sequence)),
+            next_sequence: commit.next_sequence.unwrap_or(1).max(state.latest.as_ref().map_or(1, |s| s.next_sequence)),
             watermark: state.latest.as_ref().and_then(|s| s.watermark),
         };
         let location = self.dir.child_path(&snapshot_path(id));
@@ -925,7 +922,12 @@ impl Staged {
     /// Stages the net changes this staged (its data files, in order) again
     /// on top of `state`, as blind writes (`inserts`: upserts as inserts).
     /// On error, returns what was staged again, to be removed.
-    async fn restage(&self, table: &Table, state: &State, inserts: bool) -> std::result::Result<Staged, (Error, Staged)> {
+    async fn restage(
+        &self,
+        table: &Table,
+        state: &State,
+        inserts: bool,
+    ) -> std::result::Result<Staged, (Error, Staged)> {
         let mut again = Staged::default();
         let schema = &state.schema;
         let target = schema.data_file_schema();
@@ -935,10 +937,9 @@ impl Staged {
                 let reader = FileReader::open(&table.store, &table.dir, Arc::new(meta.clone()), &target).await?;
                 for group in 0..meta.row_groups.len() {
                     for batch in reader.read_row_group(group, None, READ_BATCH_ROWS).await? {
-                        let codes = batch
-                            .column(user.len() + 1)
-                            .as_primitive_opt::<Int8Type>()
-                            .ok_or_else(|| Error::corrupt(table.dir.child_path(&meta.path), "_kind column is not Int8"))?;
+                        let codes = batch.column(user.len() + 1).as_primitive_opt::<Int8Type>().ok_or_else(|| {
+                            Error::corrupt(table.dir.child_path(&meta.path), "_kind column is not Int8")
+                        })?;
                         let kinds: Vec<ValueKind> = codes
                             .values()
                             .iter()

@@ -10,7 +10,12 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 /// Sends `data` in chunks of `chunk` bytes to `COPY …` and returns the row count.
-async fn copy_in(pg: &tokio_postgres::Client, statement: &str, data: &str, chunk: usize) -> Result<u64, tokio_postgres::Error> {
+async fn copy_in(
+    pg: &tokio_postgres::Client,
+    statement: &str,
+    data: &str,
+    chunk: usize,
+) -> Result<u64, tokio_postgres::Error> {
     let sink = pg.copy_in(statement).await?;
     futures::pin_mut!(sink);
     for piece in data.as_bytes().chunks(chunk.max(1)) {
@@ -65,7 +70,10 @@ async fn copy_text_csv_and_binary() -> anyhow::Result<()> {
     let day = chrono::NaiveDate::from_ymd_opt(2025, 6, 7).unwrap();
     let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
     writer.as_mut().write(&[&5i64, &"five", &2.25f64, &day, &at]).await?;
-    writer.as_mut().write(&[&6i64, &"six", &None::<f64>, &None::<chrono::NaiveDate>, &None::<chrono::DateTime<chrono::Utc>>]).await?;
+    writer
+        .as_mut()
+        .write(&[&6i64, &"six", &None::<f64>, &None::<chrono::NaiveDate>, &None::<chrono::DateTime<chrono::Utc>>])
+        .await?;
     assert_eq!(writer.finish().await?, 2);
 
     assert_eq!(
@@ -89,8 +97,11 @@ async fn copy_text_csv_and_binary() -> anyhow::Result<()> {
         "1\tone\t1.5\n2\ttab\\there\t\\N\n3\tthree, quoted \"q\"\t\\N\n4\t\t\\N\n5\tfive\t2.25\n6\tsix\t\\N\n"
     );
     assert_eq!(
-        copy_out(&pg, "COPY (SELECT id, name FROM t WHERE id IN (3, 4) ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)")
-            .await?,
+        copy_out(
+            &pg,
+            "COPY (SELECT id, name FROM t WHERE id IN (3, 4) ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)"
+        )
+        .await?,
         "id,name\n3,\"three, quoted \"\"q\"\"\"\n4,\"\"\n"
     );
     let stream = pg.copy_out("COPY (SELECT id, name FROM t ORDER BY id) TO STDOUT (FORMAT binary)").await?;

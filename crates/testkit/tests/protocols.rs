@@ -386,10 +386,25 @@ async fn psql_client() -> anyhow::Result<()> {
         let dn = psql(vec!["\\dn"]);
         let l = psql(vec!["\\l"]);
         let typo = psql(vec!["SELECT * FROM readngs"]);
-        (create, dt, d, dn, l, typo)
+        // \copy sends the client's file with COPY FROM STDIN; a bad line fails it whole.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let good = dir.path().join("good.csv");
+        let csv: String = (10..1010).map(|i| format!("{i},s{},{}.5\n", i % 3, i)).collect();
+        std::fs::write(&good, format!("id,sensor,value\n{csv}")).expect("csv written");
+        let bad = dir.path().join("bad.csv");
+        std::fs::write(&bad, "5000,s1,1\n5001,s1,oops\n").expect("csv written");
+        let copy_good = format!("\\copy readings FROM '{}' WITH (FORMAT csv, HEADER)", good.display());
+        let copy_bad = format!("\\copy readings FROM '{}' WITH (FORMAT csv)", bad.display());
+        let copied = psql(vec![&copy_good, "SELECT count(*) FROM readings"]);
+        let failed = psql(vec![&copy_bad]);
+        let counted = psql(vec!["SELECT count(*) FROM readings"]);
+        (create, dt, d, dn, l, typo, copied, failed, counted)
     })
     .await?;
-    let (create, dt, d, dn, l, typo) = out;
+    let (create, dt, d, dn, l, typo, copied, failed, counted) = out;
+    assert!(copied.0 && copied.1.contains("COPY 1000") && copied.1.contains("1002"), "{copied:?}");
+    assert!(!failed.0 && failed.2.contains("ERROR:  22P02") && failed.2.contains("line 2, column value"), "{failed:?}");
+    assert!(counted.1.contains("1002"), "{counted:?}");
     assert!(create.0, "{create:?}");
     assert!(create.1.contains("INSERT 0 2") && create.1.contains(" s1     |   0.5"), "{}", create.1);
     assert!(dt.0 && dt.1.contains("public | readings | table"), "{dt:?}");

@@ -196,12 +196,15 @@ impl BinaryDecoder {
             let raw = builder.finish();
             let array = convert(&raw, field).map_err(|(row, message)| {
                 // A field whose bytes are not a value of its column's type (22P03).
-                Error::new(StatusCode::BadBinaryFormat, format!(
-                    "incorrect binary data format: {message} (COPY {}, line {}, column {})",
-                    self.table,
-                    tuples.get(row).copied().unwrap_or_default(),
-                    field.name()
-                ))
+                Error::new(
+                    StatusCode::BadBinaryFormat,
+                    format!(
+                        "incorrect binary data format: {message} (COPY {}, line {}, column {})",
+                        self.table,
+                        tuples.get(row).copied().unwrap_or_default(),
+                        field.name()
+                    ),
+                )
             })?;
             arrays.push(array);
         }
@@ -329,13 +332,11 @@ fn convert(raw: &BinaryArray, field: &Field) -> Converted {
             let values = raw
                 .iter()
                 .enumerate()
-                .map(|(row, v)| v.map(|b| numeric(b, *scale).ok_or((row, "invalid numeric value".to_string()))).transpose())
+                .map(|(row, v)| {
+                    v.map(|b| numeric(b, *scale).ok_or((row, "invalid numeric value".to_string()))).transpose()
+                })
                 .collect::<std::result::Result<Decimal128Array, _>>()?;
-            Arc::new(
-                values
-                    .with_precision_and_scale(*precision, *scale)
-                    .map_err(|e| (0, e.to_string()))?,
-            )
+            Arc::new(values.with_precision_and_scale(*precision, *scale).map_err(|e| (0, e.to_string()))?)
         }
         other => return Err((0, format!("type {other} cannot be read in binary"))),
     };

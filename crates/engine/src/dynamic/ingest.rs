@@ -22,6 +22,7 @@ use futures::{Stream, StreamExt};
 use streamhouse_storage as storage;
 use tokio::sync::mpsc;
 
+use crate::copy::ColumnSource;
 use crate::error::{Error, Result, StatusCode};
 
 /// Rows staged at a time by a large write.
@@ -184,5 +185,73 @@ impl Ingest {
         let Self { sender, task, .. } = self;
         drop(sender);
         let _ = task.await;
+    }
+}
+
+/// Turns rows of the columns a client sends into rows of the table: columns
+/// it did not send get their DEFAULT or NULL, sent ones are cast to the
+/// column's type, and NOT NULL is checked.
+#[derive(Debug)]
+pub struct Conform {
+    table: String,
+    target: SchemaRef,
+    sources: Vec<ColumnSource>,
+}
+
+impl Conform {
+    /// Rows for `table` (of columns `target`), each column taken from `sources`.
+    pub(crate) fn new(table: &str, target: SchemaRef, sources: Vec<ColumnSource>) -> Self {
+        Self { table: table.to_owned(), target, sources }
+    }
+
+    /// The table's columns.
+    pub fn target(&self) -> &SchemaRef {
+        &self.target
+    }
+
+    /// `sent` as rows of the table; `first_row` is the 1-based number of its
+    /// first row in the whole input (for error messages).
+    ///
+    /// # Errors
+    /// A value that does not fit its column's type; a NULL in a NOT NULL column (23502).
+    pub fn apply(&self, sent: &RecordBatch, first_row: u64) -> Result<RecordBatch> {
+        use datafusion::arrow::array::{Array, RecordBatchOptions, new_null_array};
+        use datafusion::arrow::compute::{CastOptions, cast_with_options};
+        let rows = sent.num_rows();
+        let strict = CastOptions { safe: false, ..Default::default() };
+        let mut columns = Vec::with_capacity(self.sources.len());
+        for (source, field) in self.sources.iter().zip(self.target.fields()) {
+            let column = match source {
+                ColumnSource::Copied(i) => {
+                    let column = sent.column(*i);
+                    if column.data_type() == field.data_type() {
+                        Arc::clone(column)
+                    } else {
+                        cast_with_options(column, field.data_type(), &strict).map_err(|e| {
+                            Error::new(
+                                StatusCode::InvalidTextRepresentation,
+                                format!("column \"{}\" of table {}: {e}", field.name(), self.table),
+                            )
+                        })?
+                    }
+                }
+                ColumnSource::Default(expr) => {
+                    let empty = RecordBatch::try_new_with_options(
+                        Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+                        vec![],
+                        &RecordBatchOptions::new().with_row_count(Some(rows)),
+                    )?;
+                    let value = expr.evaluate(&empty)?.into_array(rows)?;
+                    datafusion::arrow::compute::cast(&value, field.data_type())?
+                }
+                ColumnSource::Null => new_null_array(field.data_type(), rows),
+            };
+            if !field.is_nullable() && column.null_count() > 0 {
+                let row = first_row + (0..rows).find(|&i| column.is_null(i)).unwrap_or(0) as u64;
+                return Err(crate::copy::not_null_violation(field.name(), &self.table, row));
+            }
+            columns.push(column);
+        }
+        Ok(RecordBatch::try_new(Arc::clone(&self.target), columns)?)
     }
 }

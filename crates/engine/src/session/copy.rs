@@ -11,13 +11,13 @@ use super::{Output, Session};
 use crate::catalog::{RelationKind, RelationName};
 use crate::copy::{ColumnSource, CopyIn, CopyOut, CopyStatement};
 use crate::dynamic::DynamicTable;
-use crate::dynamic::ingest::Ingest;
+use crate::dynamic::ingest::{Conform, Ingest};
 use crate::error::{Error, Result, StatusCode};
 use streamhouse_storage as storage;
 
 /// What a `COPY t (columns) FROM` writes: the table, its provider, the
 /// copied columns, and where each table column comes from.
-type CopyTarget = (RelationName, Arc<dyn TableProvider>, SchemaRef, Vec<ColumnSource>);
+pub(super) type CopyTarget = (RelationName, Arc<dyn TableProvider>, SchemaRef, Vec<ColumnSource>);
 
 impl Session {
     /// Checks a COPY when it is prepared, so a wrong table or column is
@@ -36,7 +36,7 @@ impl Session {
     }
 
     /// Resolves the table and columns of a `COPY … FROM`.
-    async fn copy_target(&mut self, table: &TableReference, columns: &[String]) -> Result<CopyTarget> {
+    pub(super) async fn copy_target(&mut self, table: &TableReference, columns: &[String]) -> Result<CopyTarget> {
         let name = self.relation_name(table)?;
         let Some(provider) = self.engine.catalog().relation(&name).await? else {
             return Err(crate::catalog::errors::relation_not_found(&name, RelationKind::Table));
@@ -93,9 +93,11 @@ impl Session {
                     return Err(Error::internal("COPY target is not a Dynamic Table"));
                 };
                 let schema = provider.schema();
-                let ingest = Ingest::start(Arc::clone(dynamic.storage()), Arc::clone(&schema), storage::ValueKind::Upsert);
+                let ingest =
+                    Ingest::start(Arc::clone(dynamic.storage()), Arc::clone(&schema), storage::ValueKind::Upsert);
                 let control = self.begin_statement();
-                let copy = CopyIn::new(&name.name, options.clone(), copied, sources, ingest, control)?;
+                let conform = Conform::new(&name.name, Arc::clone(&schema), sources);
+                let copy = CopyIn::new(&name.name, options.clone(), copied, conform, ingest, control)?;
                 Ok(Output::CopyIn(Box::new(copy)))
             }
             CopyStatement::To { query, options } => {

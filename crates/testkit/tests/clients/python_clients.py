@@ -102,6 +102,30 @@ with flight_sql.connect(f"grpc://127.0.0.1:{flight_port}") as conn:
         assert cur.fetch_arrow_table().column(0).to_pylist() == ["c"]
         cur.execute("CREATE TABLE py_from_flight AS SELECT id FROM py_items")
         cur.fetchall()
+    # Bulk ingest (CommandStatementIngest): create, then append.
+    import pyarrow as pa
+
+    data = pa.table({"id": pa.array(range(50_000), pa.int64()), "label": [f"l{i}" for i in range(50_000)]})
+    with conn.cursor() as cur:
+        assert cur.adbc_ingest("py_ingested", data, mode="create") == 50_000
+        assert cur.adbc_ingest("py_ingested", data.slice(0, 10), mode="append") == 10
+        # Parameter batches for a prepared INSERT are written as rows.
+        cur.executemany("INSERT INTO py_ingested VALUES ($1, $2)", [(-1, "x"), (-2, "y")])
+        cur.execute("SELECT count(*) FROM py_ingested")
+        assert cur.fetchone()[0] == 50_012
+    conn.commit()
+
+# --- psycopg COPY: text in, CSV out ------------------------------------------
+with psycopg.connect(f"host=127.0.0.1 port={pg_port} dbname=streamhouse user=py", autocommit=True) as conn:
+    conn.execute("CREATE TABLE py_copy (id BIGINT PRIMARY KEY, name TEXT)")
+    with conn.cursor() as cur:
+        with cur.copy("COPY py_copy (id, name) FROM STDIN") as copy:
+            for i in range(1000):
+                copy.write_row((i, f"name {i}" if i % 7 else None))
+        with cur.copy("COPY (SELECT id, name FROM py_copy WHERE id < 3 ORDER BY id) TO STDOUT (FORMAT csv)") as copy:
+            out = b"".join(bytes(chunk) for chunk in copy)
+    assert out == b"0,\n1,name 1\n2,name 2\n", out
+    assert conn.execute("SELECT count(*), count(name) FROM py_copy").fetchone() == (1000, 857)
 
 with psycopg.connect(f"host=127.0.0.1 port={pg_port} dbname=streamhouse user=py", autocommit=True) as conn:
     count = conn.execute("SELECT count(*) FROM py_from_flight").fetchone()[0]
