@@ -143,6 +143,13 @@ impl QueryControl {
         }
     }
 
+    /// The same control without the statement timeout (for subscriptions,
+    /// which run until cancelled).
+    #[must_use]
+    pub fn without_deadline(&self) -> Self {
+        Self { deadline: None, ..self.clone() }
+    }
+
     /// Wraps a result stream so that it ends with the cancellation error as
     /// soon as the statement is cancelled or times out.
     pub fn wrap_stream(&self, stream: SendableRecordBatchStream) -> SendableRecordBatchStream {

@@ -158,6 +158,14 @@ pub trait Catalog: Debug + Send + Sync + 'static {
         Err(Error::unsupported(format!("table {name} has no snapshots to travel to")))
     }
 
+    /// The storage table behind `name`, for `SUBSCRIBE`.
+    ///
+    /// # Errors
+    /// Not a Dynamic Table (0A000 by default); a missing relation (42P01).
+    fn subscribe_to(&self, name: &RelationName) -> Result<Arc<streamhouse_storage::Table>> {
+        Err(Error::unsupported(format!("{name} cannot be subscribed to")))
+    }
+
     /// Gives the catalog the engine's SQL context once it exists, for
     /// interpreting stored SQL (column defaults). The default does nothing.
     ///

@@ -688,6 +688,9 @@ pub struct CopyOut {
     pub stream: datafusion::execution::SendableRecordBatchStream,
     /// Format, delimiter, NULL string, header.
     pub options: CopyOptions,
+    /// The rows keep coming until the client cancels (`COPY (SUBSCRIBE …)`):
+    /// send each batch as soon as it arrives.
+    pub live: bool,
 }
 
 impl std::fmt::Debug for CopyOut {

@@ -34,6 +34,7 @@ use system::{SystemKind, SystemTable};
 
 pub mod ingest;
 pub mod scan;
+pub mod subscribe;
 pub mod system;
 pub mod write;
 
@@ -309,6 +310,10 @@ impl Catalog for DynamicCatalog {
             }
             None => Err(errors::relation_not_found(name, RelationKind::Table)),
         }
+    }
+
+    fn subscribe_to(&self, name: &RelationName) -> Result<Arc<storage::Table>> {
+        Ok(Arc::clone(&self.stored_table(name, "subscribable (views will be, once they are continuous)")?.table))
     }
 
     async fn create_view(&self, name: RelationName, view: Arc<dyn TableProvider>, or_replace: bool) -> Result<Created> {

@@ -113,6 +113,10 @@ impl Engine {
 
         catalog.bind(&base)?;
         base.register_udtf("table_as_of", Arc::new(crate::time_travel::TableAsOf::new(Arc::clone(&catalog))));
+        base.register_udtf(
+            "subscribe",
+            Arc::new(crate::dynamic::subscribe::SubscribeFunction::new(Arc::clone(&catalog))),
+        );
         Ok(Self {
             inner: Arc::new(EngineInner {
                 config,

@@ -132,6 +132,9 @@ pub enum Output {
     Rows(SendableRecordBatchStream),
     /// A command's completion.
     Command(CommandComplete),
+    /// Rows that keep coming until the client cancels (SUBSCRIBE): send
+    /// each batch as soon as it arrives.
+    Live(SendableRecordBatchStream),
     /// `COPY … FROM STDIN`: the client now sends the data.
     CopyIn(Box<crate::copy::CopyIn>),
     /// `COPY … TO STDOUT`: rows to send in a COPY format.
@@ -142,6 +145,7 @@ impl std::fmt::Debug for Output {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Output::Rows(s) => write!(f, "Rows({:?})", s.schema()),
+            Output::Live(s) => write!(f, "Live({:?})", s.schema()),
             Output::CopyIn(c) => write!(f, "{c:?}"),
             Output::CopyOut(c) => write!(f, "{c:?}"),
             Output::Command(c) => write!(f, "Command({c:?})"),
@@ -400,6 +404,13 @@ impl Session {
     }
 
     /// This session's id, unique within the server's lifetime.
+    /// Installs the check a subscription makes, before it records a named
+    /// consumer's progress, that the client is still connected.
+    pub fn set_client_probe(&self, alive: Arc<dyn Fn() -> bool + Send + Sync>) {
+        let probe = Arc::new(crate::dynamic::subscribe::ClientProbe(alive));
+        self.ctx.state_ref().write().config_mut().set_extension(probe);
+    }
+
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -439,7 +450,9 @@ impl Session {
     /// # Errors
     /// [`StatusCode::InvalidSyntax`].
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
-        Ok(self.engine.inner().parser.parse(sql)?)
+        let rewritten =
+            crate::dynamic::subscribe::rewrite(sql).map_err(|m| Error::new(StatusCode::InvalidSyntax, m))?;
+        Ok(self.engine.inner().parser.parse(rewritten.as_deref().unwrap_or(sql))?)
     }
 
     /// Plans one statement.
@@ -637,6 +650,8 @@ impl Session {
                 };
                 Output::Rows(self.watch_failures(control.wrap_stream(stream)))
             }
+            // A subscription runs until cancelled: no statement timeout.
+            Output::Live(stream) => Output::Live(self.watch_failures(control.without_deadline().wrap_stream(stream))),
             command => command,
         })
     }
@@ -751,13 +766,14 @@ impl Session {
             }
             LogicalPlan::Copy(_) => Err(Error::unsupported("COPY … TO a file is not supported")),
             query => {
+                let live = is_subscription(&query);
                 let stream = control
                     .run(async {
                         let df = self.ctx.execute_logical_plan(query).await?;
                         Ok(df.execute_stream().await?)
                     })
                     .await?;
-                Ok(Output::Rows(stream))
+                Ok(if live { Output::Live(stream) } else { Output::Rows(stream) })
             }
         }
     }
@@ -1155,10 +1171,13 @@ async fn buffer(output: Output) -> Result<Output> {
             let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream).await?;
             Ok(Output::Rows(batch_stream(schema, batches)))
         }
-        Output::CopyOut(crate::copy::CopyOut { stream, options }) => {
+        Output::CopyOut(crate::copy::CopyOut { stream, options, live: false }) => {
             let schema = stream.schema();
             let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream).await?;
-            Ok(Output::CopyOut(crate::copy::CopyOut { stream: batch_stream(schema, batches), options }))
+            Ok(Output::CopyOut(crate::copy::CopyOut { stream: batch_stream(schema, batches), options, live: false }))
+        }
+        Output::Live(_) | Output::CopyOut(crate::copy::CopyOut { live: true, .. }) => {
+            Err(Error::unsupported("SUBSCRIBE must be the last statement of a query string"))
         }
         Output::CopyIn(copy) => {
             copy.abort().await;
@@ -1435,4 +1454,15 @@ fn expr_text(expr: &ast::Expr) -> String {
         ast::Expr::Identifier(ident) => ident.value.clone(),
         other => other.to_string(),
     }
+}
+
+/// Whether a plan reads a subscription (an unbounded stream).
+fn is_subscription(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    plan.exists(|node| {
+        Ok(matches!(node, LogicalPlan::TableScan(scan)
+            if datafusion::datasource::source_as_provider(&scan.source)
+                .is_ok_and(|p| p.downcast_ref::<crate::dynamic::subscribe::SubscriptionTable>().is_some())))
+    })
+    .unwrap_or(false)
 }

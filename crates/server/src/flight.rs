@@ -164,7 +164,8 @@ async fn run_to_stream(
     params: Option<ParamValues>,
 ) -> Result<DoGetStream, Status> {
     match session.execute(prepared, params).await.map_err(|e| grpc_status(&e))? {
-        Output::Rows(stream) => Ok(flight_stream(stream)),
+        // A subscription's DoGet stream ends only when the client drops it.
+        Output::Rows(stream) | Output::Live(stream) => Ok(flight_stream(stream)),
         // Over Flight, COPY TO STDOUT is just its rows.
         Output::CopyOut(out) => Ok(flight_stream(out.stream)),
         Output::CopyIn(copy) => Err(copy_in_over_flight(*copy).await),
@@ -180,6 +181,9 @@ async fn run_update(session: &mut Session, prepared: &Prepared, params: Option<P
     match session.execute(prepared, params).await.map_err(|e| grpc_status(&e))? {
         Output::Command(done) => Ok(done.rows.unwrap_or(0) as i64),
         Output::CopyIn(copy) => Err(copy_in_over_flight(*copy).await),
+        Output::Live(_) | Output::CopyOut(streamhouse_engine::copy::CopyOut { live: true, .. }) => {
+            Err(Status::invalid_argument("SUBSCRIBE returns rows that never end: run it as a query (DoGet)"))
+        }
         Output::Rows(mut stream) | Output::CopyOut(streamhouse_engine::copy::CopyOut { mut stream, .. }) => {
             // A query sent as an update: run it to completion, report no affected rows.
             while let Some(batch) = stream.next().await {

@@ -12,6 +12,7 @@
 pub mod connection;
 pub mod copy;
 pub mod encode;
+pub mod live;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -147,7 +148,22 @@ pub(crate) async fn serve(
             }
         };
         let _ = socket.set_nodelay(true);
-        let connection = Arc::new(PgConnection::new(Arc::clone(&shared), peer));
+        // A second handle on the socket, to look (without reading) whether
+        // the client has gone while a subscription streams to it.
+        let (socket, probe) = match socket.into_std().and_then(|s| Ok((s.try_clone()?, s))) {
+            Ok((probe, std)) => match tokio::net::TcpStream::from_std(std) {
+                Ok(socket) => (socket, Some(probe)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "postgres socket setup failed");
+                    continue;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "postgres socket setup failed");
+                continue;
+            }
+        };
+        let connection = Arc::new(PgConnection::new(Arc::clone(&shared), peer, probe));
         let handlers = PgHandlers { connection, shared: Arc::clone(&shared) };
         let shutdown = shutdown.clone();
         tracker.spawn(async move {

@@ -423,10 +423,8 @@ impl Table {
     pub async fn expire(&self, now_ms: i64, protect: Option<u64>) -> Result<usize> {
         let options = self.schema().options;
         // Nor one a registered consumer still needs.
-        let protect = match (protect, self.consumers_need(now_ms).await?) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // Nor one a live reader in this process still needs.
+        let protect = [protect, self.consumers_need(now_ms).await?, self.held_from()].into_iter().flatten().min();
         let ids = self.snapshot_ids().await?;
         let mut remaining = ids.len() as u64;
         let mut expired = 0;

@@ -80,4 +80,4 @@ pub use options::{AggregateFunction, TableOptions};
 pub use scan::{ScanPlan, ScanRequest};
 pub use schema::{MergeEngine, RowKind, TableSchema, ValueKind};
 pub use snapshot::{CommitKind, FileMeta, Manifest, Snapshot};
-pub use table::{ChangelogBatch, Table, Transaction};
+pub use table::{ChangelogBatch, SnapshotHold, Table, Transaction};

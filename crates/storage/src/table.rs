@@ -60,6 +60,33 @@ pub struct Table {
     pub(crate) compaction_lock: tokio::sync::Mutex<()>,
     /// Key indexes of live files, decoded and converted to rows, by path.
     key_indexes: Mutex<HashMap<String, Arc<Rows>>>,
+    /// The latest committed snapshot id, for readers waiting for commits.
+    commits: tokio::sync::watch::Sender<u64>,
+    /// Live changelog readers in this process: the next snapshot each needs.
+    pub(crate) holds: Arc<Mutex<HashMap<u64, u64>>>,
+}
+
+/// Keeps snapshots from [`SnapshotHold::next`] on from expiring while a
+/// reader in this process still needs them; released when dropped.
+#[derive(Debug)]
+pub struct SnapshotHold {
+    holds: Arc<Mutex<HashMap<u64, u64>>>,
+    id: u64,
+}
+
+impl SnapshotHold {
+    /// The reader now needs snapshots from `next` on.
+    pub fn advance(&self, next: u64) {
+        if let Some(entry) = self.holds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_mut(&self.id) {
+            *entry = next;
+        }
+    }
+}
+
+impl Drop for SnapshotHold {
+    fn drop(&mut self) {
+        self.holds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.id);
+    }
 }
 
 impl std::fmt::Debug for Table {
@@ -105,7 +132,61 @@ impl Table {
             closed: AtomicBool::new(false),
             compaction_lock: tokio::sync::Mutex::new(()),
             key_indexes: Mutex::new(HashMap::new()),
+            commits: tokio::sync::watch::Sender::new(0),
+            holds: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Receives the id of every snapshot committed from now on (the latest
+    /// one when several commit before the receiver looks): readers wait on
+    /// it instead of polling storage.
+    pub fn watch_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        let receiver = self.commits.subscribe();
+        let latest = self.lock_state().latest.as_ref().map_or(0, |s| s.id);
+        self.commits.send_if_modified(|id| {
+            let newer = latest > *id;
+            *id = (*id).max(latest);
+            newer
+        });
+        receiver
+    }
+
+    /// Holds snapshots from `next` on back from expiry, for a live reader.
+    pub fn hold_snapshots(&self, next: u64) -> SnapshotHold {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.holds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, next);
+        SnapshotHold { holds: Arc::clone(&self.holds), id }
+    }
+
+    /// The oldest snapshot a live reader in this process still needs.
+    pub(crate) fn held_from(&self) -> Option<u64> {
+        self.holds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().min().copied()
+    }
+
+    /// The changelog rows of snapshot `id` (user columns, `_seq`, `_kind`),
+    /// read a row group at a time.
+    pub fn changelog_of(self: &Arc<Self>, id: u64) -> BoxStream<'static, Result<RecordBatch>> {
+        use futures::StreamExt;
+        let table = Arc::clone(self);
+        futures::stream::once(async move {
+            let snapshot = table.read_snapshot(id).await?;
+            let target = table.schema().changelog_file_schema();
+            let mut parts = Vec::new();
+            for meta in snapshot.changelog_files {
+                let groups = meta.row_groups.len();
+                let reader = Arc::new(FileReader::open(&table.store, &table.dir, Arc::new(meta), &target).await?);
+                parts.extend((0..groups).map(|g| (Arc::clone(&reader), g)));
+            }
+            Ok::<_, Error>(
+                futures::stream::iter(parts)
+                    .then(|(reader, group)| async move { reader.read_row_group(group, None, READ_BATCH_ROWS).await })
+                    .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+                    .try_flatten(),
+            )
+        })
+        .try_flatten()
+        .boxed()
     }
 
     /// Creates a table in `dir` (e.g. `public/orders` under the warehouse root).
@@ -507,9 +588,12 @@ impl Table {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|path, _| manifest.files.iter().any(|f| &f.path == path));
-        let mut current = self.lock_state();
-        current.latest = Some(snapshot.clone());
-        current.manifest = Arc::new(manifest);
+        {
+            let mut current = self.lock_state();
+            current.latest = Some(snapshot.clone());
+            current.manifest = Arc::new(manifest);
+        }
+        self.commits.send_replace(id);
         Ok(snapshot)
     }
 

@@ -19,6 +19,7 @@ use tonic::transport::Channel;
 /// or [`TestServer::stop`].
 pub struct TestServer {
     server: Option<RunningServer>,
+    config: Config,
     _data: tempfile::TempDir,
 }
 
@@ -41,7 +42,7 @@ impl TestServer {
         config.server.flight_port = 0;
         config.storage.data_dir = data.path().join("data");
         let server = streamhouse::start(&config).await?;
-        Ok(Self { server: Some(server), _data: data })
+        Ok(Self { server: Some(server), config, _data: data })
     }
 
     fn running(&self) -> &RunningServer {
@@ -103,6 +104,16 @@ impl TestServer {
     }
 
     /// Shuts the server down gracefully.
+    /// Shuts the server down gracefully and starts it again on the same
+    /// data directory (on new ports).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        self.server = Some(streamhouse::start(&self.config).await?);
+        Ok(())
+    }
+
     pub async fn stop(mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await;

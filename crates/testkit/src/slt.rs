@@ -85,6 +85,7 @@ impl AsyncDB for InProcess {
                 Err(SltError("COPY FROM STDIN needs a client that sends data; test it over the protocol".into()))
             }
             Some(Output::CopyOut(_)) => Err(SltError("COPY TO STDOUT is tested over the protocol".into())),
+            Some(Output::Live(_)) => Err(SltError("SUBSCRIBE never ends; it is tested over the protocol".into())),
             None => Ok(DBOutput::StatementComplete(0)),
         }
     }

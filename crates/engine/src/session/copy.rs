@@ -107,7 +107,12 @@ impl Session {
                 };
                 let prepared = Box::pin(self.prepare(statement)).await?;
                 match Box::pin(self.execute(&prepared, None)).await? {
-                    Output::Rows(stream) => Ok(Output::CopyOut(CopyOut { stream, options: options.clone() })),
+                    Output::Rows(stream) => {
+                        Ok(Output::CopyOut(CopyOut { stream, options: options.clone(), live: false }))
+                    }
+                    Output::Live(stream) => {
+                        Ok(Output::CopyOut(CopyOut { stream, options: options.clone(), live: true }))
+                    }
                     _ => Err(Error::new(StatusCode::InvalidSyntax, "COPY (query) TO needs a query that returns rows")),
                 }
             }

@@ -26,7 +26,7 @@ use pgwire::api::{
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
-use streamhouse_engine::copy::{CopyFormat, CopyIn};
+use streamhouse_engine::copy::{CopyFormat, CopyIn, CopyOut};
 use streamhouse_engine::session::variables::SERVER_VERSION;
 use streamhouse_engine::{Error, Output, Prepared, Session, SessionInfo, StatusCode};
 use tokio::sync::Mutex;
@@ -50,6 +50,8 @@ pub struct PgConnection {
     parser: Arc<PgParser>,
     /// The `COPY … FROM STDIN` receiving data, if any.
     copy: Mutex<Option<Box<CopyIn>>>,
+    /// The socket, to peek at (never read): has the client gone?
+    probe: Option<Arc<std::net::TcpStream>>,
 }
 
 impl Debug for PgConnection {
@@ -59,10 +61,11 @@ impl Debug for PgConnection {
 }
 
 impl PgConnection {
-    pub(crate) fn new(shared: Arc<PgShared>, peer: SocketAddr) -> Self {
+    pub(crate) fn new(shared: Arc<PgShared>, peer: SocketAddr, probe: Option<std::net::TcpStream>) -> Self {
         let session = Arc::new(Mutex::new(None));
         let parser = Arc::new(PgParser { session: Arc::clone(&session) });
-        Self { shared, peer, session, registered: std::sync::Mutex::new(None), parser, copy: Mutex::new(None) }
+        let probe = probe.map(Arc::new);
+        Self { shared, peer, session, registered: std::sync::Mutex::new(None), parser, copy: Mutex::new(None), probe }
     }
 }
 
@@ -72,6 +75,29 @@ impl Drop for PgConnection {
             self.shared.cancels.unregister(pid);
             self.shared.connections.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+}
+
+/// Whether the client is still there: its socket is not at end of stream
+/// and it has not sent Terminate. Looks at pending input without consuming it.
+fn client_connected(socket: &std::net::TcpStream) -> bool {
+    let mut buf = [0u8; 512];
+    match socket.peek(&mut buf) {
+        Ok(0) => false,
+        Ok(n) => {
+            // Pending messages (e.g. the Sync after an Execute): look for Terminate ('X').
+            let mut at = 0;
+            while at + 5 <= n {
+                if buf[at] == b'X' {
+                    return false;
+                }
+                let len = u32::from_be_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]) as usize;
+                at += 1 + len.max(4);
+            }
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+        Err(_) => false,
     }
 }
 
@@ -132,6 +158,10 @@ impl StartupHandler for PgConnection {
             user: user.clone(),
         };
         let session = self.shared.engine.new_session(info);
+        if let Some(probe) = &self.probe {
+            let probe = Arc::clone(probe);
+            session.set_client_probe(Arc::new(move || client_connected(&probe)));
+        }
         self.shared.cancels.register(pid, key, session.cancel_handle());
         tracing::debug!(peer = %self.peer, %user, session_id = session.id(), pid, "postgres session started");
         *self.session.lock().await = Some(session);
@@ -162,8 +192,34 @@ impl SimpleQueryHandler for PgConnection {
             client.portal_store().rm_statement(&name);
             return Ok(vec![Response::Execution(pgwire::api::results::Tag::new("DEALLOCATE"))]);
         }
-        let (outputs, error) = session.run(query).await;
+        let (mut outputs, error) = session.run(query).await;
         send_notices(client, session).await?;
+        drop(guard);
+        let live = matches!(outputs.last(), Some(Output::Live(_) | Output::CopyOut(CopyOut { live: true, .. })));
+        if live && error.is_none() {
+            // Earlier statements' results go out first, then the rows that keep coming.
+            let last = outputs.pop();
+            for output in outputs {
+                match self.response(output, &Format::UnifiedText).await? {
+                    Response::Query(rows) => pgwire::api::query::send_query_response(client, rows, true).await?,
+                    Response::CopyOut(copy) => pgwire::api::copy::send_copy_out_response(client, copy).await?,
+                    Response::Execution(tag) | Response::TransactionStart(tag) | Response::TransactionEnd(tag) => {
+                        client.feed(PgWireBackendMessage::CommandComplete(tag.into())).await?;
+                    }
+                    _ => {}
+                }
+            }
+            match last {
+                Some(Output::Live(stream)) => {
+                    super::live::send_rows(client, stream, &Format::UnifiedText, true).await?;
+                }
+                Some(Output::CopyOut(out)) => {
+                    super::live::send_copy(client, out, true).await?;
+                }
+                _ => {}
+            }
+            return Ok(vec![]);
+        }
         let mut responses = Vec::with_capacity(outputs.len() + 1);
         for output in outputs {
             responses.push(self.response(output, &Format::UnifiedText).await?);
@@ -340,7 +396,17 @@ impl ExtendedQueryHandler for PgConnection {
         let session = guard.as_mut().ok_or_else(no_session)?;
         let result = session.execute(&portal.statement.statement, params).await;
         send_notices(client, session).await?;
+        drop(guard);
         match result {
+            // The rows went out as they came; the response is what ends them.
+            Ok(Output::Live(stream)) => {
+                let sent = super::live::send_rows(client, stream, &portal.result_column_format, false).await?;
+                Ok(Response::Execution(Tag::new("SUBSCRIBE").with_rows(sent)))
+            }
+            Ok(Output::CopyOut(out)) if out.live => {
+                let sent = super::live::send_copy(client, out, false).await?;
+                Ok(Response::Execution(Tag::new("COPY").with_rows(sent)))
+            }
             Ok(output) => self.response(output, &portal.result_column_format).await,
             Err(e) => Err(pg_error(&e)),
         }
@@ -355,6 +421,8 @@ impl PgConnection {
             Output::Rows(stream) => Response::Query(query_response(stream, format)?),
             Output::Command(command) => command_response(&command),
             Output::CopyOut(out) => Response::CopyOut(copy_out_response(out)?),
+            // Sent by the caller, which can flush as rows arrive.
+            Output::Live(_) => return Err(pg_error(&Error::internal("live rows reached the buffered path"))),
             Output::CopyIn(copy) => {
                 let binary = copy.format() == CopyFormat::Binary;
                 let columns = copy.columns();

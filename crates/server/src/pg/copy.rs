@@ -19,42 +19,52 @@ use streamhouse_engine::copy::{CopyFormat, CopyOptions, CopyOut};
 
 use super::encode::{encode_rows, fields, pg_error};
 
-/// Streams Arrow batches as `COPY … TO STDOUT` data in the COPY's format
-/// (a header line first when asked for).
+/// COPY data, a batch of rows at a time.
+pub type CopyChunks = futures::stream::BoxStream<'static, PgWireResult<Vec<CopyData>>>;
+
+/// `COPY … TO STDOUT` data in the COPY's format as one chunk of row
+/// messages per batch (after a header line when asked for); with the
+/// format code and column count of its CopyOutResponse.
 ///
 /// # Errors
 /// A column type with no Postgres equivalent.
-pub fn copy_out_response(out: CopyOut) -> PgWireResult<CopyResponse> {
-    let CopyOut { stream, options } = out;
+pub fn copy_chunks(out: CopyOut) -> PgWireResult<(i8, usize, CopyChunks)> {
+    let CopyOut { stream, options, .. } = out;
     let schema = stream.schema();
     let binary = options.format == CopyFormat::Binary;
     let format = if binary { Format::UnifiedBinary } else { Format::UnifiedText };
     let fields = Arc::new(fields(schema.as_ref(), &format)?);
-    let header = (options.header && !binary).then(|| Ok(header_line(&schema, &options)));
+    let header = (options.header && !binary).then(|| Ok(vec![header_line(&schema, &options)]));
     let columns = fields.len();
     let mut first = true;
-    let rows = stream
-        .map(move |batch| {
-            let rows: Box<dyn Iterator<Item = PgWireResult<CopyData>> + Send> = match (batch, binary) {
-                (Ok(batch), true) => {
-                    let mut encoder = CopyEncoder::new_binary(Arc::clone(&fields));
-                    if !std::mem::take(&mut first) {
-                        // The encoder writes the file header with its first row: spend it on an empty one.
-                        let _ = encoder.take_copy();
-                    }
-                    Box::new(encode_rows(encoder, Arc::clone(&fields), batch))
-                }
-                (Ok(batch), false) => {
-                    let encoder = TextRows::new(&options);
-                    Box::new(encode_rows(encoder, Arc::clone(&fields), batch))
-                }
-                (Err(e), _) => Box::new(std::iter::once(Err(pg_error(&Error::from(e))))),
-            };
-            futures::stream::iter(rows)
+    let rows = stream.map(move |batch| match (batch, binary) {
+        (Ok(batch), true) => {
+            let mut encoder = CopyEncoder::new_binary(Arc::clone(&fields));
+            if !std::mem::take(&mut first) {
+                // The encoder writes the file header with its first row: spend it on an empty one.
+                let _ = encoder.take_copy();
+            }
+            encode_rows(encoder, Arc::clone(&fields), batch).collect()
+        }
+        (Ok(batch), false) => encode_rows(TextRows::new(&options), Arc::clone(&fields), batch).collect(),
+        (Err(e), _) => Err(pg_error(&Error::from(e))),
+    });
+    Ok((i8::from(binary), columns, futures::stream::iter(header).chain(rows).boxed()))
+}
+
+/// Streams Arrow batches as `COPY … TO STDOUT` data, a message per row.
+///
+/// # Errors
+/// A column type with no Postgres equivalent.
+pub fn copy_out_response(out: CopyOut) -> PgWireResult<CopyResponse> {
+    let (format, columns, chunks) = copy_chunks(out)?;
+    let rows = chunks
+        .map(|chunk| match chunk {
+            Ok(rows) => futures::stream::iter(rows.into_iter().map(Ok)).left_stream(),
+            Err(e) => futures::stream::once(async { Err(e) }).right_stream(),
         })
         .flatten();
-    let data = futures::stream::iter(header).chain(rows);
-    Ok(CopyResponse::new(i8::from(binary), columns, data))
+    Ok(CopyResponse::new(format, columns, rows))
 }
 
 fn header_line(schema: &Schema, options: &CopyOptions) -> CopyData {
