@@ -63,6 +63,12 @@ pub enum StatusCode {
     CantChangeRuntimeParam,
     /// A statement other than COMMIT/ROLLBACK in a failed transaction block.
     InFailedTransaction,
+    /// A statement that needs a transaction block ran outside one (DECLARE without HOLD).
+    NoActiveTransaction,
+    /// FETCH or CLOSE of a cursor that does not exist.
+    InvalidCursorName,
+    /// DECLARE of a cursor name in use.
+    DuplicateCursor,
     /// A bind parameter is missing or has the wrong type.
     InvalidParameter,
     /// Something other SQL systems do that streamhouse does not (yet).

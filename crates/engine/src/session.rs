@@ -24,6 +24,7 @@
 //! session warns when a block that wrote something is rolled back.
 
 mod copy;
+mod cursor;
 pub mod ingest;
 mod naming;
 pub mod variables;
@@ -212,6 +213,20 @@ enum SessionStatement {
     },
     /// `COPY … FROM STDIN` / `COPY … TO STDOUT`.
     Copy(Box<crate::copy::CopyStatement>),
+    /// `DECLARE c CURSOR FOR query`.
+    Declare {
+        name: String,
+        query: Box<Statement>,
+        hold: bool,
+    },
+    /// `FETCH`: up to `count` rows (all when `None`), waiting at most `timeout`.
+    Fetch {
+        name: String,
+        count: Option<u64>,
+        timeout: Option<std::time::Duration>,
+    },
+    /// `CLOSE c` (`None`: `CLOSE ALL`).
+    Close(Option<String>),
     /// `ALTER TABLE [IF EXISTS] t ADD [COLUMN] [IF NOT EXISTS] c type, …`.
     AddColumns {
         table: TableReference,
@@ -360,6 +375,8 @@ pub struct Session {
     local_restore: Vec<(String, Option<String>)>,
     notices: Vec<Notice>,
     cancel: CancelHandle,
+    /// Open cursors by name (behind a lock only so the session stays `Sync`).
+    cursors: std::sync::Mutex<std::collections::HashMap<String, cursor::Cursor>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -400,6 +417,7 @@ impl Session {
             local_restore: Vec::new(),
             notices: Vec::new(),
             cancel: CancelHandle::default(),
+            cursors: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -591,6 +609,24 @@ impl Session {
                 ));
             }
             return self.copy(copy).await;
+        }
+        if let Kind::Session(
+            statement
+            @ (SessionStatement::Declare { .. } | SessionStatement::Fetch { .. } | SessionStatement::Close(_)),
+        ) = &prepared.kind
+        {
+            if self.transaction_status() == TransactionStatus::Failed {
+                return Err(Error::new(
+                    StatusCode::InFailedTransaction,
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                ));
+            }
+            return match statement {
+                SessionStatement::Declare { name, query, hold } => self.declare_cursor(name, query, *hold).await,
+                SessionStatement::Fetch { name, count, timeout } => self.fetch_cursor(name, *count, *timeout).await,
+                SessionStatement::Close(name) => self.close_cursor(name.as_deref()),
+                _ => Err(Error::internal("not a cursor statement")),
+            };
         }
         if let Kind::Session(s) = &prepared.kind {
             return self.run_session_statement(s.clone());
@@ -998,6 +1034,8 @@ impl Session {
                     );
                 }
                 self.end_block()?;
+                // Cursors end with the block, unless declared WITH HOLD.
+                self.cursors.lock().map_err(lock_err)?.retain(|_, c| c.hold);
                 Ok(Output::Command(CommandComplete {
                     transaction: Some(TransactionChange::End),
                     ..CommandComplete::new(if rollback { "ROLLBACK" } else { "COMMIT" })
@@ -1009,7 +1047,12 @@ impl Session {
                 Ok(Output::Command(CommandComplete::new("DISCARD ALL")))
             }
             SessionStatement::NoOp(tag) => Ok(Output::Command(CommandComplete::new(tag))),
-            SessionStatement::Call { .. } | SessionStatement::AddColumns { .. } | SessionStatement::Copy(_) => {
+            SessionStatement::Call { .. }
+            | SessionStatement::AddColumns { .. }
+            | SessionStatement::Copy(_)
+            | SessionStatement::Declare { .. }
+            | SessionStatement::Fetch { .. }
+            | SessionStatement::Close(_) => {
                 Err(Error::internal("CALL and ALTER TABLE are executed before session statements"))
             }
         }
@@ -1351,9 +1394,6 @@ pub(crate) fn ident_value(ident: &ast::Ident) -> String {
 /// Statements refused before planning, with a message that says what to do.
 fn refuse_unsupported(statement: &Statement) -> Result<()> {
     let what = match statement {
-        Statement::Declare { .. } | Statement::Fetch { .. } | Statement::Close { .. } => {
-            "cursors (DECLARE/FETCH/CLOSE)"
-        }
         Statement::CreateDatabase { .. } => "CREATE DATABASE",
         Statement::Grant { .. } | Statement::Revoke { .. } => "GRANT/REVOKE",
         Statement::CreateRole { .. } | Statement::CreateUser { .. } => "CREATE ROLE/USER",
@@ -1368,6 +1408,12 @@ fn session_statement(statement: &Statement) -> Result<Option<SessionStatement>> 
     let s = match statement {
         Statement::Call(function) => call(function)?,
         Statement::AlterTable(alter) => alter_table(alter)?,
+        Statement::Declare { stmts } => cursor::declare(stmts)?,
+        Statement::Fetch { name, direction, into, .. } => cursor::fetch(name, direction, into.as_ref())?,
+        Statement::Close { cursor } => SessionStatement::Close(match cursor {
+            ast::CloseCursor::All => None,
+            ast::CloseCursor::Specific { name } => Some(ident_value(name)),
+        }),
         Statement::Copy { source, to, target, options, legacy_options, values } => {
             if !values.is_empty() {
                 return Err(Error::unsupported("COPY with inline data is not supported; send it with COPY FROM STDIN"));

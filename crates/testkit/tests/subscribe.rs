@@ -252,3 +252,59 @@ async fn stop(
         None => anyhow::bail!("the subscription ended without the cancellation error"),
     }
 }
+
+/// Rows of a simple-protocol statement, cells joined with `|`.
+async fn rows_of(pg: &tokio_postgres::Client, sql: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for message in pg.simple_query(sql).await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+            out.push((0..row.len()).map(|i| row.get(i).unwrap_or("NULL")).collect::<Vec<_>>().join("|"));
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_fetch_from_subscriptions_and_queries() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let pg = server.pg().await?;
+    pg.batch_execute("CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT NOT NULL); INSERT INTO t VALUES (1, 'one')")
+        .await?;
+    let reader = server.pg().await?;
+    reader.batch_execute("BEGIN; DECLARE c CURSOR FOR SUBSCRIBE TO t").await?;
+    // The snapshot first; then a FETCH waits for the next change.
+    let first = rows_of(&reader, "FETCH ALL c WITH (timeout = '1s')").await?;
+    let snapshot: i64 = first[0].rsplit('|').next().unwrap().parse()?;
+    assert_eq!(first, [format!("1|one|+I|{snapshot}")]);
+    let writer = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        pg.execute("UPDATE t SET v = 'uno' WHERE id = 1", &[]).await
+    };
+    let (fetched, written) = tokio::join!(rows_of(&reader, "FETCH 10 c"), writer);
+    written?;
+    let fetched = fetched?;
+    assert_eq!(fetched.len(), 2, "{fetched:?}");
+    assert!(fetched[0].starts_with("1|one|-U|") && fetched[1].starts_with("1|uno|+U|"), "{fetched:?}");
+    // Nothing new: a timeout returns no rows.
+    assert!(rows_of(&reader, "FETCH 10 c WITH (timeout = '50ms')").await?.is_empty());
+    reader.batch_execute("CLOSE c; COMMIT").await?;
+
+    // A cursor over a query.
+    reader.batch_execute("BEGIN; DECLARE q CURSOR FOR SELECT * FROM generate_series(1, 10)").await?;
+    assert_eq!(rows_of(&reader, "FETCH 3 FROM q").await?, ["1", "2", "3"]);
+    assert_eq!(rows_of(&reader, "FETCH NEXT q").await?, ["4"]);
+    assert_eq!(rows_of(&reader, "FETCH ALL q").await?.len(), 6);
+    assert!(rows_of(&reader, "FETCH ALL q").await?.is_empty());
+    reader.batch_execute("COMMIT").await?;
+
+    // Errors.
+    let err = reader.simple_query("DECLARE x CURSOR FOR SELECT 1").await.expect_err("outside a block");
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::NO_ACTIVE_SQL_TRANSACTION), "{err:?}");
+    let err = reader.simple_query("FETCH 1 nope").await.expect_err("unknown cursor");
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INVALID_CURSOR_NAME), "{err:?}");
+    // COMMIT closed q.
+    let err = reader.simple_query("FETCH 1 q").await.expect_err("closed by COMMIT");
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INVALID_CURSOR_NAME), "{err:?}");
+    server.stop().await;
+    Ok(())
+}

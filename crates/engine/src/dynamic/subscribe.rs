@@ -537,12 +537,14 @@ impl Subscription {
 
 /// Rewrites `SUBSCRIBE [TO] t [AS OF SNAPSHOT n | AS OF TIMESTAMP 'ts']
 /// [WITH (option = value, …)]` — standing alone, in `COPY (…) TO STDOUT` or
-/// after `DECLARE c CURSOR FOR` — into `SELECT * FROM subscribe('t', …)`.
-/// Other SQL is returned unchanged.
+/// after `DECLARE c CURSOR FOR` — into `SELECT * FROM subscribe('t', …)`,
+/// and `FETCH` in the forms Postgres and Materialize accept into the one
+/// sqlparser reads. Other SQL is returned unchanged (`None`).
 pub fn rewrite(sql: &str) -> std::result::Result<Option<String>, String> {
     use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
     use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-    if !sql.to_ascii_lowercase().contains("subscribe") {
+    let lower = sql.to_ascii_lowercase();
+    if !lower.contains("subscribe") && !lower.contains("fetch") {
         return Ok(None);
     }
     let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else { return Ok(None) };
@@ -668,6 +670,58 @@ pub fn rewrite(sql: &str) -> std::result::Result<Option<String>, String> {
             statement_start = false;
             continue;
         }
+        if statement_start && is_word(token, "fetch") {
+            // `FETCH [FORWARD] [n | ALL | NEXT] [FROM | IN] c [WITH (timeout = '1s')]`, as
+            // Postgres and Materialize take it: FROM becomes explicit, and the
+            // timeout travels as `INTO "timeout=…"` (FETCH INTO is not SQL).
+            let mut j = i + 1;
+            let mut words: Vec<String> = Vec::new();
+            let mut timeout = None;
+            while j < tokens.len() {
+                match &tokens[j] {
+                    Token::Whitespace(_) => {}
+                    Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("with") => {
+                        let mut k = j + 1;
+                        let mut inner = String::new();
+                        while k < tokens.len() && !matches!(tokens[k], Token::RParen) {
+                            match &tokens[k] {
+                                Token::SingleQuotedString(v) => inner.push_str(v),
+                                Token::Whitespace(_) | Token::LParen => {}
+                                other => inner.push_str(&other.to_string()),
+                            }
+                            k += 1;
+                        }
+                        let Some(value) = inner.to_ascii_lowercase().strip_prefix("timeout=").map(str::to_owned) else {
+                            return Err(format!("unknown FETCH option: {inner} (FETCH … WITH (timeout = '1s'))"));
+                        };
+                        timeout = Some(value);
+                        j = k;
+                    }
+                    Token::Word(w)
+                        if w.quote_style.is_none()
+                            && (w.value.eq_ignore_ascii_case("from") || w.value.eq_ignore_ascii_case("in")) => {}
+                    Token::SemiColon => break,
+                    other => words.push(other.to_string()),
+                }
+                j += 1;
+            }
+            if let Some(name) = words.pop() {
+                out.push_str("FETCH ");
+                for word in &words {
+                    out.push_str(word);
+                    out.push(' ');
+                }
+                out.push_str("FROM ");
+                out.push_str(&name);
+                if let Some(timeout) = timeout {
+                    out.push_str(&format!(" INTO \"timeout={}\"", timeout.replace('"', "")));
+                }
+                changed = true;
+                i = j;
+                statement_start = false;
+                continue;
+            }
+        }
         match token {
             Token::Whitespace(_) => {}
             Token::SemiColon | Token::LParen => statement_start = true,
@@ -699,8 +753,10 @@ mod tests {
         );
         assert_eq!(
             r("DECLARE c CURSOR FOR SUBSCRIBE TO t; FETCH 10 c").as_deref(),
-            Some("DECLARE c CURSOR FOR SELECT * FROM subscribe('t') ; FETCH 10 c")
+            Some("DECLARE c CURSOR FOR SELECT * FROM subscribe('t') ; FETCH 10 FROM c")
         );
+        assert_eq!(r("FETCH ALL c WITH (timeout = '1s')").as_deref(), Some("FETCH ALL FROM c INTO \"timeout=1s\""));
+        assert_eq!(r("FETCH FORWARD 5 FROM c").as_deref(), Some("FETCH FORWARD 5 FROM c"));
         // A column or table named subscribe is not a statement.
         assert_eq!(r("SELECT subscribe FROM x"), None);
         assert!(rewrite("SUBSCRIBE TO t WITH (snapshot").is_err());

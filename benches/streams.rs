@@ -1,0 +1,273 @@
+//! Streams in and out, against PostgreSQL on the same machine:
+//!
+//! - `COPY … FROM STDIN` (text) into a keyed table: streamhouse vs PostgreSQL;
+//! - Flight SQL bulk ingest (`CommandStatementIngest`, 5 narrow columns,
+//!   10k-row batches) vs PostgreSQL's COPY;
+//! - subscriber latency (commit to a live `COPY (SUBSCRIBE …) TO STDOUT`
+//!   reader) at 10k and 100k changes/s.
+//!
+//! `cargo run --release -p streamhouse-benches --bin streams -- [rows]`
+//! PostgreSQL is started from the `initdb`/`pg_ctl` on PATH (or in
+//! /usr/lib/postgresql/*/bin) in a temporary directory, as user `postgres`
+//! when run as root; without it the PostgreSQL rows are skipped.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::{CommandStatementIngest, TableDefinitionOptions, TableExistsOption, TableNotExistOption};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+
+const TABLE: &str = "(id BIGINT PRIMARY KEY, name TEXT, score DOUBLE PRECISION, at BIGINT, ok BOOLEAN)";
+
+fn text_rows(from: u64, to: u64) -> String {
+    let mut out = String::with_capacity(((to - from) * 40) as usize);
+    for i in from..to {
+        out.push_str(&format!("{i}\tname-{}\t{}.25\t{}\t{}\n", i % 1000, i % 97, 1_700_000_000 + i, i % 2 == 0));
+    }
+    out
+}
+
+async fn copy_in(client: &tokio_postgres::Client, table: &str, data: &str) -> u64 {
+    let sink = client.copy_in(&format!("COPY {table} FROM STDIN")).await.expect("copy starts");
+    futures::pin_mut!(sink);
+    for chunk in data.as_bytes().chunks(64 * 1024) {
+        sink.send(Bytes::copy_from_slice(chunk)).await.expect("copy data");
+    }
+    sink.finish().await.expect("copy commits")
+}
+
+async fn connect(port: u16, user: &str, db: &str) -> tokio_postgres::Client {
+    let url = format!("host=127.0.0.1 port={port} user={user} dbname={db}");
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connects");
+    tokio::spawn(connection);
+    client
+}
+
+/// A throwaway PostgreSQL server.
+struct Postgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    pg_ctl: String,
+    as_postgres: bool,
+}
+
+impl Postgres {
+    fn start() -> Option<Self> {
+        let bin = ["/usr/local/bin", "/usr/bin"]
+            .iter()
+            .map(|d| d.to_string())
+            .chain(
+                std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten().map(|e| format!("{}/bin", e.path().display())),
+            )
+            .find(|d| std::path::Path::new(&format!("{d}/initdb")).exists())?;
+        let dir = tempfile::tempdir().ok()?;
+        let as_postgres = Command::new("id").arg("-u").output().ok().is_some_and(|o| o.stdout.starts_with(b"0"));
+        if as_postgres {
+            Command::new("chown").args(["-R", "postgres", &dir.path().display().to_string()]).status().ok()?;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let data = dir.path().join("data").display().to_string();
+        let run = |args: &[&str]| {
+            let mut command = if as_postgres {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]);
+                c.args(args);
+                c
+            } else {
+                let mut c = Command::new(args[0]);
+                c.args(&args[1..]);
+                c
+            };
+            command.output().ok().filter(|o| o.status.success())
+        };
+        run(&[&format!("{bin}/initdb"), "-D", &data, "-U", "postgres", "-A", "trust"])?;
+        let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.path().display());
+        run(&[&format!("{bin}/pg_ctl"), "-D", &data, "-o", &options, "-w", "-l", &format!("{data}.log"), "start"])?;
+        Some(Self { dir, port, pg_ctl: format!("{bin}/pg_ctl"), as_postgres })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data").display().to_string();
+        let args = [self.pg_ctl.as_str(), "-D", &data, "-m", "immediate", "stop"];
+        let _ = if self.as_postgres {
+            Command::new("runuser").args(["-u", "postgres", "--"]).args(args).output()
+        } else {
+            Command::new(args[0]).args(&args[1..]).output()
+        };
+    }
+}
+
+fn batch(schema: &Arc<Schema>, from: i64, rows: i64) -> RecordBatch {
+    let ids = Int64Array::from_iter_values(from..from + rows);
+    let names: StringArray = (from..from + rows).map(|i| Some(format!("name-{}", i % 1000))).collect();
+    let scores = Float64Array::from_iter_values((from..from + rows).map(|i| (i % 97) as f64 + 0.25));
+    let at = Int64Array::from_iter_values((from..from + rows).map(|i| 1_700_000_000 + i));
+    let ok: BooleanArray = (from..from + rows).map(|i| Some(i % 2 == 0)).collect();
+    RecordBatch::try_new(
+        Arc::clone(schema),
+        vec![Arc::new(ids), Arc::new(names), Arc::new(scores), Arc::new(at), Arc::new(ok)],
+    )
+    .expect("batch")
+}
+
+fn micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// Commits `rate` changes/s for `seconds` (a commit every 10 ms) while a
+/// live subscriber reads; returns commit-to-receipt latencies in µs.
+async fn subscriber_latency(pg_port: u16, rate: u64, seconds: u64, table: &str) -> Vec<i64> {
+    let admin = connect(pg_port, "bench", "streamhouse").await;
+    admin.batch_execute(&format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, sent BIGINT)")).await.expect("table");
+    let reader = connect(pg_port, "bench", "streamhouse").await;
+    let copy = reader
+        .copy_out(format!("COPY (SUBSCRIBE TO {table} WITH (snapshot = false)) TO STDOUT").as_str())
+        .await
+        .expect("subscribe");
+    let expected = rate * seconds;
+    let collector = tokio::spawn(async move {
+        futures::pin_mut!(copy);
+        let mut latencies = Vec::with_capacity(expected as usize);
+        let mut pending = String::new();
+        while (latencies.len() as u64) < expected {
+            let Some(Ok(chunk)) = copy.next().await else { break };
+            let now = micros();
+            pending.push_str(std::str::from_utf8(&chunk).unwrap_or_default());
+            while let Some(end) = pending.find('\n') {
+                let line: String = pending.drain(..=end).collect();
+                if let Some(sent) = line.split('\t').nth(1).and_then(|s| s.parse::<i64>().ok()) {
+                    latencies.push(now - sent);
+                }
+            }
+        }
+        latencies
+    });
+    let writer = connect(pg_port, "bench", "streamhouse").await;
+    let per_commit = (rate / 100).max(1);
+    let start = Instant::now();
+    let mut next_id = 0u64;
+    for tick in 0..seconds * 100 {
+        let due = start + Duration::from_millis(tick * 10);
+        tokio::time::sleep_until(due.into()).await;
+        let sent = micros();
+        let mut data = String::new();
+        for _ in 0..per_commit {
+            data.push_str(&format!("{next_id}\t{sent}\n"));
+            next_id += 1;
+        }
+        copy_in(&writer, table, &data).await;
+    }
+    let mut latencies =
+        tokio::time::timeout(Duration::from_secs(30), collector).await.expect("reader keeps up").expect("reader");
+    latencies.sort_unstable();
+    latencies
+}
+
+fn percentile(sorted: &[i64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p) as usize] as f64 / 1000.0
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let rows: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let mut config = streamhouse::config::Config::default();
+    config.server.pg_port = 0;
+    config.server.flight_port = 0;
+    config.storage.data_dir = data_dir.path().join("data");
+    let server = streamhouse::start(&config).await.expect("streamhouse starts");
+    let sh_port = server.pg_addr().port();
+    let text = text_rows(0, rows);
+    println!("{rows} rows, 5 columns (bigint key, text, double, bigint, boolean), keyed table, one connection");
+
+    // COPY FROM STDIN.
+    let sh = connect(sh_port, "bench", "streamhouse").await;
+    sh.batch_execute(&format!("CREATE TABLE copied {TABLE}")).await.expect("table");
+    let started = Instant::now();
+    assert_eq!(copy_in(&sh, "copied", &text).await, rows);
+    let sh_copy = rows as f64 / started.elapsed().as_secs_f64();
+
+    let postgres = Postgres::start();
+    let pg_copy = match &postgres {
+        Some(pg) => {
+            let client = connect(pg.port, "postgres", "postgres").await;
+            client.batch_execute(&format!("CREATE TABLE copied {TABLE}")).await.expect("pg table");
+            let started = Instant::now();
+            assert_eq!(copy_in(&client, "copied", &text).await, rows);
+            Some(rows as f64 / started.elapsed().as_secs_f64())
+        }
+        None => None,
+    };
+
+    // Flight SQL ingest, 10k-row batches.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.flight_addr()))
+        .expect("url")
+        .connect()
+        .await
+        .expect("flight connects");
+    let mut flight = FlightSqlServiceClient::new(channel);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("score", DataType::Float64, true),
+        Field::new("at", DataType::Int64, true),
+        Field::new("ok", DataType::Boolean, true),
+    ]));
+    let batches: Vec<RecordBatch> =
+        (0..rows as i64).step_by(10_000).map(|from| batch(&schema, from, 10_000.min(rows as i64 - from))).collect();
+    let command = CommandStatementIngest {
+        table_definition_options: Some(TableDefinitionOptions {
+            if_not_exist: TableNotExistOption::Create as i32,
+            if_exists: TableExistsOption::Fail as i32,
+        }),
+        table: "ingested".into(),
+        schema: None,
+        catalog: None,
+        temporary: false,
+        transaction_id: None,
+        options: HashMap::from([("primary-key".to_string(), "id".to_string())]),
+    };
+    let started = Instant::now();
+    let ingested =
+        flight.execute_ingest(command, futures::stream::iter(batches.into_iter().map(Ok))).await.expect("ingest");
+    let flight_rate = ingested as f64 / started.elapsed().as_secs_f64();
+
+    println!("{:<48} {:>12} {:>12}", "path", "rows/s", "vs PG COPY");
+    let ratio = |r: f64| pg_copy.map_or("n/a".to_string(), |pg| format!("{:.2}x", r / pg));
+    if let Some(pg) = pg_copy {
+        println!("{:<48} {:>12.0} {:>12}", "PostgreSQL 15 COPY FROM STDIN (baseline)", pg, "1.00x");
+    } else {
+        println!("PostgreSQL not found: no baseline");
+    }
+    println!("{:<48} {:>12.0} {:>12}", "streamhouse COPY FROM STDIN (text)", sh_copy, ratio(sh_copy));
+    println!(
+        "{:<48} {:>12.0} {:>12}",
+        "streamhouse Flight SQL ingest (10k-row batches)",
+        flight_rate,
+        ratio(flight_rate)
+    );
+
+    for (rate, table) in [(10_000, "lat10k"), (100_000, "lat100k")] {
+        let latencies = subscriber_latency(sh_port, rate, 5, table).await;
+        println!(
+            "subscriber latency at {rate} changes/s: {} changes, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            latencies.len(),
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            percentile(&latencies, 1.0)
+        );
+    }
+    drop(postgres);
+    server.shutdown().await;
+}
