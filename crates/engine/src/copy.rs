@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray, StringBuilder};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::TableReference;
@@ -155,7 +155,7 @@ pub struct CopyDecoder {
     /// `\.` was seen: everything after it is ignored.
     ended: bool,
     /// Values of the rows of the batch being built, by column.
-    columns: Vec<Vec<Option<String>>>,
+    columns: Vec<StringBuilder>,
     /// Line of each row of the batch being built.
     lines: Vec<u64>,
 }
@@ -169,7 +169,7 @@ impl CopyDecoder {
         if options.format == CopyFormat::Binary {
             return Err(Error::internal("the binary COPY format is not decoded as text"));
         }
-        let columns = vec![Vec::new(); schema.fields().len()];
+        let columns = schema.fields().iter().map(|_| StringBuilder::new()).collect();
         Ok(Self {
             table: table.to_owned(),
             header_pending: options.header,
@@ -201,10 +201,11 @@ impl CopyDecoder {
         self.pending.extend_from_slice(data);
         let mut out = Vec::new();
         let mut start = 0;
-        while let Some(end) = self.record_end(start) {
-            let record = self.pending[start..end].to_vec();
+        // Records are decoded in place; `pending` is put back after.
+        let pending = std::mem::take(&mut self.pending);
+        while let Some(end) = record_end(&self.options, &pending, start) {
+            self.record(&pending[start..end])?;
             start = end + 1;
-            self.record(&record)?;
             if self.ended {
                 break;
             }
@@ -212,6 +213,7 @@ impl CopyDecoder {
                 out.push(self.flush()?);
             }
         }
+        self.pending = pending;
         self.pending.drain(..start);
         Ok(out)
     }
@@ -234,32 +236,6 @@ impl CopyDecoder {
             self.record(&record)?;
         }
         if self.buffered() == 0 { Ok(None) } else { self.flush().map(Some) }
-    }
-
-    /// Where the record starting at `start` of `pending` ends (its newline), if complete.
-    fn record_end(&self, start: usize) -> Option<usize> {
-        let bytes = &self.pending[start..];
-        if self.options.format != CopyFormat::Csv {
-            return bytes.iter().position(|&b| b == b'\n').map(|i| start + i);
-        }
-        let (quote, escape) = (self.options.quote, self.options.escape);
-        let mut quoted = false;
-        let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
-            if quoted && b == escape && escape != quote && bytes.get(i + 1).is_some_and(|&n| n == quote || n == escape)
-            {
-                i += 2;
-                continue;
-            }
-            if b == quote {
-                quoted = !quoted;
-            } else if b == b'\n' && !quoted {
-                return Some(start + i);
-            }
-            i += 1;
-        }
-        None
     }
 
     fn in_quotes(&self, record: &[u8]) -> bool {
@@ -286,11 +262,33 @@ impl CopyDecoder {
                 format!("invalid byte sequence for encoding \"UTF8\" (COPY {}, line {first_line})", self.table),
             )
         })?;
-        let fields = match self.options.format {
-            CopyFormat::Csv => self.csv_fields(text),
-            _ => self.text_fields(text),
+        let delimiter = self.options.delimiter as char;
+        // Fast path: a text line whose fields (other than NULLs) hold no
+        // backslash is its fields as they are.
+        let mut simple: Vec<Option<std::borrow::Cow<'_, str>>> = Vec::new();
+        if self.options.format == CopyFormat::Text {
+            for f in text.split(delimiter) {
+                if f == self.options.null {
+                    simple.push(None);
+                } else if f.contains('\\') {
+                    simple.clear();
+                    break;
+                } else {
+                    simple.push(Some(std::borrow::Cow::Borrowed(f)));
+                }
+            }
         }
-        .map_err(|message| bad_format(format!("{message} (COPY {}, line {first_line})", self.table)))?;
+        let fields: Vec<Option<std::borrow::Cow<'_, str>>> = match self.options.format {
+            CopyFormat::Text if !simple.is_empty() => simple,
+            format => match format {
+                CopyFormat::Csv => self.csv_fields(text),
+                _ => self.text_fields(text),
+            }
+            .map_err(|message| bad_format(format!("{message} (COPY {}, line {first_line})", self.table)))?
+            .into_iter()
+            .map(|f| f.map(std::borrow::Cow::Owned))
+            .collect(),
+        };
         let expected = self.schema.fields().len();
         if fields.len() > expected {
             return Err(bad_format(format!(
@@ -305,11 +303,13 @@ impl CopyDecoder {
                 self.table
             )));
         }
-        for ((column, value), field) in self.columns.iter_mut().zip(fields).zip(self.schema.fields()) {
+        for (value, field) in fields.iter().zip(self.schema.fields()) {
             if value.is_none() && !field.is_nullable() {
                 return Err(not_null_violation(field.name(), &self.table, first_line));
             }
-            column.push(value);
+        }
+        for (column, value) in self.columns.iter_mut().zip(&fields) {
+            column.append_option(value.as_deref());
         }
         self.lines.push(first_line);
         Ok(())
@@ -442,8 +442,7 @@ impl CopyDecoder {
         let lines = std::mem::take(&mut self.lines);
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
         for (values, field) in self.columns.iter_mut().zip(self.schema.fields()) {
-            let values = std::mem::take(values);
-            let text = StringArray::from(values);
+            let text: StringArray = values.finish();
             let array = convert(&text, field.data_type()).map_err(|e| Error::new(e.code(), e.message().to_string()))?;
             // A value that became NULL did not parse: report the first.
             if array.null_count() > text.null_count()
@@ -466,6 +465,32 @@ impl CopyDecoder {
         let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(lines.len()));
         Ok(RecordBatch::try_new_with_options(Arc::clone(&self.schema), arrays, &options)?)
     }
+}
+
+/// Where the record starting at `start` of `pending` ends (its newline), if complete.
+fn record_end(options: &CopyOptions, pending: &[u8], start: usize) -> Option<usize> {
+    let bytes = &pending[start..];
+    if options.format != CopyFormat::Csv {
+        return bytes.iter().position(|&b| b == b'\n').map(|i| start + i);
+    }
+    let (quote, escape) = (options.quote, options.escape);
+    let mut quoted = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if quoted && b == escape && escape != quote && bytes.get(i + 1).is_some_and(|&n| n == quote || n == escape)
+        {
+            i += 2;
+            continue;
+        }
+        if b == quote {
+            quoted = !quoted;
+        } else if b == b'\n' && !quoted {
+            return Some(start + i);
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Text values as `data_type`; values that do not parse become NULL.
