@@ -478,8 +478,7 @@ fn record_end(options: &CopyOptions, pending: &[u8], start: usize) -> Option<usi
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        if quoted && b == escape && escape != quote && bytes.get(i + 1).is_some_and(|&n| n == quote || n == escape)
-        {
+        if quoted && b == escape && escape != quote && bytes.get(i + 1).is_some_and(|&n| n == quote || n == escape) {
             i += 2;
             continue;
         }
