@@ -1,0 +1,272 @@
+//! SQL statements recognised before DataFusion plans them: the ones the
+//! session runs itself ([`session_statement`]), the ones refused with a
+//! message ([`refuse_unsupported`]), and the parts of CREATE TABLE and INSERT
+//! that DataFusion does not take (table options, `ON CONFLICT DO NOTHING`).
+
+use datafusion::common::TableReference;
+use datafusion::sql::sqlparser::ast::{self, Statement};
+
+use super::{SessionStatement, cursor, variables};
+use crate::catalog::Procedure;
+use crate::error::{Error, Result, StatusCode};
+
+/// The `WITH (...)` options of a CREATE TABLE: keys lower-cased, string
+/// values unquoted.
+///
+/// # Errors
+/// Option forms other than `WITH (key = value, …)`.
+pub(super) fn table_options(statement: &Statement) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut options = std::collections::BTreeMap::new();
+    let Statement::CreateTable(create) = statement else { return Ok(options) };
+    match &create.table_options {
+        ast::CreateTableOptions::None => {}
+        ast::CreateTableOptions::With(list) => {
+            for option in list {
+                match option {
+                    ast::SqlOption::KeyValue { key, value } => {
+                        options.insert(key.value.to_ascii_lowercase(), expr_text(value));
+                    }
+                    other => {
+                        return Err(Error::invalid(format!(
+                            "unsupported table option {other}: use WITH ('key' = 'value')"
+                        )));
+                    }
+                }
+            }
+        }
+        other => {
+            return Err(Error::unsupported(format!(
+                "table options {other} are not supported: use WITH ('key' = 'value')"
+            )));
+        }
+    }
+    Ok(options)
+}
+
+/// The statement DataFusion plans: a CREATE TABLE without its options (the
+/// catalog gets them, see [`table_options`]).
+pub(super) fn without_table_options(statement: Statement) -> Statement {
+    match statement {
+        Statement::CreateTable(mut create) => {
+            create.table_options = ast::CreateTableOptions::None;
+            Statement::CreateTable(create)
+        }
+        other => other,
+    }
+}
+
+/// Splits `INSERT … ON CONFLICT [(columns)] DO NOTHING` into the plain
+/// INSERT and its conflict target (`Some(None)`: no target given).
+#[allow(clippy::type_complexity)]
+pub(super) fn without_on_conflict(statement: Statement) -> Result<(Statement, Option<Option<Vec<String>>>)> {
+    let Statement::Insert(mut insert) = statement else { return Ok((statement, None)) };
+    let Some(on) = insert.on.take() else { return Ok((Statement::Insert(insert), None)) };
+    let ast::OnInsert::OnConflict(conflict) = on else {
+        return Err(Error::unsupported("ON DUPLICATE KEY UPDATE is not supported: INSERT on a keyed table upserts"));
+    };
+    if let ast::OnConflictAction::DoUpdate(_) = conflict.action {
+        return Err(Error::unsupported(
+            "ON CONFLICT DO UPDATE is not supported: a plain INSERT on a table with a primary key upserts",
+        ));
+    }
+    let target = match conflict.conflict_target {
+        None => None,
+        Some(ast::ConflictTarget::Columns(columns)) => Some(columns.iter().map(|c| c.value.clone()).collect()),
+        Some(ast::ConflictTarget::OnConstraint(name)) => {
+            return Err(Error::unsupported(format!(
+                "ON CONFLICT ON CONSTRAINT {name} is not supported: name the primary key columns instead"
+            )));
+        }
+    };
+    Ok((Statement::Insert(insert), Some(target)))
+}
+
+/// `CALL sys.compact('t')` and `CALL sys.expire_snapshots('t')`.
+pub(super) fn call(function: &ast::Function) -> Result<SessionStatement> {
+    let name = function.name.to_string().to_ascii_lowercase();
+    let procedure = match name.as_str() {
+        "sys.compact" => Procedure::Compact,
+        "sys.expire_snapshots" => Procedure::ExpireSnapshots,
+        _ => {
+            return Err(Error::new(
+                StatusCode::FunctionNotFound,
+                format!("procedure {name} does not exist: available are sys.compact and sys.expire_snapshots"),
+            ));
+        }
+    };
+    let usage = || Error::invalid(format!("usage: CALL {name}('table name')"));
+    let ast::FunctionArguments::List(list) = &function.args else { return Err(usage()) };
+    let [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Value(value)))] = list.args.as_slice() else {
+        return Err(usage());
+    };
+    let ast::Value::SingleQuotedString(table) = &value.value else { return Err(usage()) };
+    Ok(SessionStatement::Call { procedure, table: table.clone() })
+}
+
+/// `ALTER TABLE … ADD COLUMN …`; any other alteration is refused.
+pub(super) fn alter_table(alter: &ast::AlterTable) -> Result<SessionStatement> {
+    let mut columns = Vec::with_capacity(alter.operations.len());
+    for operation in &alter.operations {
+        let ast::AlterTableOperation::AddColumn { if_not_exists, column_def, column_position: None, .. } = operation
+        else {
+            return Err(Error::unsupported(format!(
+                "ALTER TABLE … {operation} is not supported: ADD COLUMN is the only supported alteration"
+            )));
+        };
+        for option in &column_def.options {
+            match &option.option {
+                ast::ColumnOption::Null => {}
+                ast::ColumnOption::NotNull => {
+                    return Err(Error::unsupported(format!(
+                        "cannot add NOT NULL column \"{}\": rows already in the table would have no value",
+                        column_def.name.value
+                    )));
+                }
+                ast::ColumnOption::Default(_) => {
+                    return Err(Error::unsupported(format!(
+                        "ADD COLUMN with DEFAULT is not supported yet: rows already stored would read NULL; add \"{}\" without DEFAULT, then UPDATE the existing rows",
+                        column_def.name.value
+                    )));
+                }
+                other => {
+                    return Err(Error::unsupported(format!(
+                        "ADD COLUMN … {other} is not supported: an added column is nullable and has no constraints"
+                    )));
+                }
+            }
+        }
+        columns.push((ident_value(&column_def.name), column_def.data_type.to_string(), *if_not_exists));
+    }
+    let table = table_reference(&alter.name)?;
+    Ok(SessionStatement::AddColumns { table, if_exists: alter.if_exists, columns })
+}
+
+/// A relation name as written, resolved as Postgres resolves identifiers.
+pub(crate) fn table_reference(name: &ast::ObjectName) -> Result<TableReference> {
+    let parts: Vec<String> = name.0.iter().map(|p| p.as_ident().map_or_else(|| p.to_string(), ident_value)).collect();
+    Ok(match parts.as_slice() {
+        [table] => TableReference::bare(table.as_str()),
+        [schema, table] => TableReference::partial(schema.as_str(), table.as_str()),
+        [catalog, schema, table] => TableReference::full(catalog.as_str(), schema.as_str(), table.as_str()),
+        _ => return Err(Error::invalid(format!("improper relation name: {name}"))),
+    })
+}
+
+/// An identifier as Postgres resolves it: unquoted ones fold to lower case.
+pub(crate) fn ident_value(ident: &ast::Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
+}
+
+/// Statements refused before planning, with a message that says what to do.
+pub(super) fn refuse_unsupported(statement: &Statement) -> Result<()> {
+    let what = match statement {
+        Statement::CreateDatabase { .. } => "CREATE DATABASE",
+        Statement::Grant { .. } | Statement::Revoke { .. } => "GRANT/REVOKE",
+        Statement::CreateRole { .. } | Statement::CreateUser { .. } => "CREATE ROLE/USER",
+        _ => return Ok(()),
+    };
+    Err(Error::unsupported(format!("{what} is not supported yet")))
+}
+
+/// Recognises statements the session handles itself.
+pub(super) fn session_statement(statement: &Statement) -> Result<Option<SessionStatement>> {
+    use ast::Set;
+    let s = match statement {
+        Statement::Call(function) => call(function)?,
+        Statement::AlterTable(alter) => alter_table(alter)?,
+        Statement::Declare { stmts } => cursor::declare(stmts)?,
+        Statement::Fetch { name, direction, into, .. } => cursor::fetch(name, direction, into.as_ref())?,
+        Statement::Close { cursor } => SessionStatement::Close(match cursor {
+            ast::CloseCursor::All => None,
+            ast::CloseCursor::Specific { name } => Some(ident_value(name)),
+        }),
+        Statement::Copy { source, to, target, options, legacy_options, values } => {
+            if !values.is_empty() {
+                return Err(Error::unsupported("COPY with inline data is not supported; send it with COPY FROM STDIN"));
+            }
+            SessionStatement::Copy(Box::new(crate::copy::CopyStatement::parse(
+                source,
+                *to,
+                target,
+                options,
+                legacy_options,
+            )?))
+        }
+        Statement::Set(set) => match set {
+            Set::SingleAssignment { scope, variable, values, .. } => {
+                let local = matches!(scope, Some(ast::ContextModifier::Local));
+                let name = variable.to_string();
+                let value = values.iter().map(expr_text).collect::<Vec<_>>().join(", ");
+                if value.eq_ignore_ascii_case("default") {
+                    SessionStatement::Reset(Some(name))
+                } else {
+                    SessionStatement::Set { name, value, local }
+                }
+            }
+            Set::SetTimeZone { local, value } => {
+                let value = expr_text(value);
+                if value.eq_ignore_ascii_case("default") || value.eq_ignore_ascii_case("local") {
+                    SessionStatement::Reset(Some("TimeZone".into()))
+                } else {
+                    SessionStatement::Set { name: "TimeZone".into(), value, local: *local }
+                }
+            }
+            Set::SetNames { charset_name, .. } => SessionStatement::Set {
+                name: "client_encoding".into(),
+                value: charset_name.value.clone(),
+                local: false,
+            },
+            Set::SetNamesDefault {} => SessionStatement::Reset(Some("client_encoding".into())),
+            // Every statement is its own transaction, so transaction characteristics have nothing to change.
+            Set::SetTransaction { .. } => SessionStatement::NoOp("SET"),
+            Set::MultipleAssignments { .. } | Set::ParenthesizedAssignments { .. } => {
+                return Err(Error::new(StatusCode::InvalidSyntax, "SET takes one parameter at a time"));
+            }
+            other => return Err(Error::unsupported(format!("{other} is not supported"))),
+        },
+        Statement::Reset(reset) => match &reset.reset {
+            ast::Reset::ALL => SessionStatement::Reset(None),
+            ast::Reset::ConfigurationParameter(name) => SessionStatement::Reset(Some(name.to_string())),
+        },
+        Statement::ShowVariable { variable } => {
+            let name = variable.iter().map(|i| i.value.as_str()).collect::<Vec<_>>().join(" ");
+            if name.eq_ignore_ascii_case("all") {
+                SessionStatement::ShowAll
+            } else {
+                SessionStatement::Show(variables::canonical_name(&name).to_ascii_lowercase())
+            }
+        }
+        Statement::StartTransaction { .. } => SessionStatement::Begin,
+        Statement::Commit { .. } => SessionStatement::Commit,
+        Statement::Rollback { savepoint: None, .. } => SessionStatement::Rollback,
+        Statement::Rollback { savepoint: Some(_), .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. } => {
+            return Err(Error::unsupported("savepoints are not supported: every statement commits on its own"));
+        }
+        Statement::Discard { .. } => SessionStatement::Discard,
+        // Protocol-level statements are freed by the front end; ALL has nothing more to free here.
+        Statement::Deallocate { name, .. } if name.value.eq_ignore_ascii_case("all") => {
+            SessionStatement::NoOp("DEALLOCATE ALL")
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(s))
+}
+
+/// The text of a SET value: string literals unquoted, identifiers as written.
+pub(super) fn expr_text(expr: &ast::Expr) -> String {
+    match expr {
+        ast::Expr::Value(v) => match &v.value {
+            ast::Value::SingleQuotedString(s)
+            | ast::Value::DoubleQuotedString(s)
+            | ast::Value::EscapedStringLiteral(s) => s.clone(),
+            other => other.to_string(),
+        },
+        ast::Expr::Identifier(ident) => ident.value.clone(),
+        other => other.to_string(),
+    }
+}
