@@ -19,7 +19,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Int8Type, Schema, SchemaRef};
 use datafusion::catalog::{Session as DfSession, TableFunctionImpl, TableProvider};
 use datafusion::common::ScalarValue;
@@ -130,8 +130,6 @@ fn timestamp_ms(text: &str) -> Result<i64> {
         )),
     }
 }
-
-use datafusion::arrow::array::Array;
 
 /// The output columns of a subscription of a table with columns `user`.
 pub fn subscription_schema(user: &Schema) -> SchemaRef {
@@ -445,19 +443,17 @@ impl Subscription {
         {
             // Resume after what the consumer received.
             self.hold = Some(self.table.hold_snapshots(consumer.next_snapshot));
-            if consumer.next_snapshot > 1 && self.table.read_snapshot(consumer.next_snapshot - 1).await.is_err() {
-                // Its last snapshot is gone; the next must exist unless not yet committed.
-                let latest = self.table.latest_snapshot().map_or(0, |s| s.id);
-                if consumer.next_snapshot <= latest && self.table.read_snapshot(consumer.next_snapshot).await.is_err() {
-                    return Err(Error::new(
-                        StatusCode::ObjectNotFound,
-                        format!(
-                            "consumer \"{name}\" of table {} needs snapshot {}, which has expired",
-                            self.table.name(),
-                            consumer.next_snapshot
-                        ),
-                    ));
-                }
+            // The next snapshot must still exist, unless it is not committed yet.
+            let latest = self.table.latest_snapshot().map_or(0, |s| s.id);
+            if consumer.next_snapshot <= latest && self.table.read_snapshot(consumer.next_snapshot).await.is_err() {
+                return Err(Error::new(
+                    StatusCode::ObjectNotFound,
+                    format!(
+                        "consumer \"{name}\" of table {} needs snapshot {}, which has expired",
+                        self.table.name(),
+                        consumer.next_snapshot
+                    ),
+                ));
             }
             self.phase = Phase::Changes { next: consumer.next_snapshot, rows: None };
             return Ok(());

@@ -195,11 +195,10 @@ impl Session {
     /// # Errors
     /// As [`Session::ingest`].
     pub async fn ingest_columns(&mut self, table: &TableReference, columns: &[String]) -> Result<IngestWriter> {
-        let (name, provider, copied, sources) = self.copy_target(table, columns).await?;
+        let (name, provider, _, sources) = self.copy_target(table, columns).await?;
         let Some(dynamic) = provider.downcast_ref::<DynamicTable>() else {
             return Err(Error::internal("ingest target is not a Dynamic Table"));
         };
-        let _ = copied;
         let target = provider.schema();
         let ingest = Ingest::start(Arc::clone(dynamic.storage()), Arc::clone(&target), storage::ValueKind::Upsert);
         let conform = Conform::new(&name.name, target, sources);
