@@ -54,15 +54,46 @@ pub enum RelationKind {
     Table,
     /// A (non-materialised) view.
     View,
+    /// A continuous (materialized) view: stored, maintained from its sources.
+    MaterializedView,
 }
 
 impl RelationKind {
-    fn noun(self) -> &'static str {
+    /// `table`, `view`, `materialized view`.
+    pub fn noun(self) -> &'static str {
         match self {
             RelationKind::Table => "table",
             RelationKind::View => "view",
+            RelationKind::MaterializedView => "materialized view",
         }
     }
+
+    /// The DROP statement for this kind.
+    pub fn drop_command(self) -> &'static str {
+        match self {
+            RelationKind::Table => "DROP TABLE",
+            RelationKind::View => "DROP VIEW",
+            RelationKind::MaterializedView => "DROP MATERIALIZED VIEW",
+        }
+    }
+}
+
+/// What `CREATE MATERIALIZED VIEW` asks the catalog for.
+#[derive(Debug, Clone)]
+pub struct CreateMaterializedView {
+    /// The new view.
+    pub name: RelationName,
+    /// The defining query, SQL text.
+    pub query: String,
+    /// Column names: `Some` where the statement names a column (a column
+    /// list, or Postgres naming of an unaliased expression).
+    pub column_names: Vec<Option<String>>,
+    /// `IF NOT EXISTS`.
+    pub if_not_exists: bool,
+    /// `OR REPLACE`.
+    pub or_replace: bool,
+    /// `WITH (...)` options, by lower-cased name.
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 /// What `CREATE TABLE` asks the catalog for.
@@ -158,11 +189,12 @@ pub trait Catalog: Debug + Send + Sync + 'static {
         Err(Error::unsupported(format!("table {name} has no snapshots to travel to")))
     }
 
-    /// The storage table behind `name`, for `SUBSCRIBE`.
+    /// The storage table behind `name`, for `SUBSCRIBE`, and how many of its
+    /// columns subscribers see.
     ///
     /// # Errors
     /// Not a Dynamic Table (0A000 by default); a missing relation (42P01).
-    fn subscribe_to(&self, name: &RelationName) -> Result<Arc<streamhouse_storage::Table>> {
+    fn subscribe_to(&self, name: &RelationName) -> Result<(Arc<streamhouse_storage::Table>, usize)> {
         Err(Error::unsupported(format!("{name} cannot be subscribed to")))
     }
 
@@ -175,12 +207,29 @@ pub trait Catalog: Debug + Send + Sync + 'static {
         Ok(())
     }
 
-    /// Drops a table or a view. Returns whether something was dropped.
+    /// Creates a continuous view, fills it from its sources and starts
+    /// maintaining it. The default refuses: views need stored tables.
+    ///
+    /// # Errors
+    /// [`StatusCode::AlreadyExists`], [`StatusCode::Unsupported`] for a query
+    /// that cannot be maintained incrementally, planning errors.
+    async fn create_materialized_view(&self, request: CreateMaterializedView) -> Result<Created> {
+        Err(Error::unsupported(format!(
+            "materialized view {} needs Dynamic Tables (this catalog keeps tables in memory)",
+            request.name
+        )))
+    }
+
+    /// Drops a relation. Returns whether something was dropped. Relations
+    /// that depend on it (materialized views over it) are dropped first
+    /// with `cascade`, and are an error without.
     ///
     /// # Errors
     /// [`StatusCode::TableNotFound`] unless `if_exists`;
-    /// [`StatusCode::InvalidArgument`] when the relation is of another kind.
-    async fn drop_relation(&self, name: &RelationName, kind: RelationKind, if_exists: bool) -> Result<bool>;
+    /// [`StatusCode::WrongObjectType`] when the relation is of another kind;
+    /// [`StatusCode::DependentObjectsStillExist`] (2BP01) naming the dependents.
+    async fn drop_relation(&self, name: &RelationName, kind: RelationKind, if_exists: bool, cascade: bool)
+    -> Result<bool>;
 
     /// Adds nullable columns to a table (`ALTER TABLE … ADD COLUMN`); rows
     /// already stored read them as NULL.
@@ -250,13 +299,17 @@ pub mod errors {
         Error::internal("catalog lock poisoned by an earlier panic")
     }
 
-    /// `"x" is not a table` when DROP TABLE names a view and the other way round.
-    pub fn wrong_kind(name: &RelationName, expected: RelationKind) -> Error {
-        let hint = match expected {
-            RelationKind::Table => "use DROP VIEW to drop a view",
-            RelationKind::View => "use DROP TABLE to drop a table",
-        };
-        Error::new(StatusCode::WrongObjectType, format!("\"{name}\" is not a {} ({hint})", expected.noun()))
+    /// `"x" is not a table` when DROP TABLE names a view and the like.
+    pub fn wrong_kind(name: &RelationName, expected: RelationKind, actual: RelationKind) -> Error {
+        Error::new(
+            StatusCode::WrongObjectType,
+            format!(
+                "\"{name}\" is not a {} (it is a {}: use {})",
+                expected.noun(),
+                actual.noun(),
+                actual.drop_command()
+            ),
+        )
     }
 }
 
@@ -299,7 +352,7 @@ impl MemoryCatalog {
                 return Err(errors::relation_exists(name));
             }
             if existing.kind != relation.kind {
-                return Err(errors::wrong_kind(name, relation.kind));
+                return Err(errors::wrong_kind(name, relation.kind, existing.kind));
             }
         }
         schema.insert(name.name.clone(), relation);
@@ -377,7 +430,13 @@ impl Catalog for MemoryCatalog {
         self.insert(&name, Relation { kind: RelationKind::View, provider: view }, false, or_replace)
     }
 
-    async fn drop_relation(&self, name: &RelationName, kind: RelationKind, if_exists: bool) -> Result<bool> {
+    async fn drop_relation(
+        &self,
+        name: &RelationName,
+        kind: RelationKind,
+        if_exists: bool,
+        _cascade: bool,
+    ) -> Result<bool> {
         let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
         let Some(schema) = schemas.get_mut(&name.schema) else {
             return if if_exists { Ok(false) } else { Err(errors::relation_not_found(name, kind)) };
@@ -385,7 +444,7 @@ impl Catalog for MemoryCatalog {
         match schema.get(&name.name) {
             None if if_exists => Ok(false),
             None => Err(errors::relation_not_found(name, kind)),
-            Some(r) if r.kind != kind => Err(errors::wrong_kind(name, kind)),
+            Some(r) if r.kind != kind => Err(errors::wrong_kind(name, kind, r.kind)),
             Some(_) => {
                 schema.remove(&name.name);
                 Ok(true)
@@ -470,7 +529,7 @@ impl SchemaProvider for UserSchema {
     async fn table_type(&self, name: &str) -> datafusion::error::Result<Option<TableType>> {
         Ok(self.catalog.relation_kind(&self.name(name)).map(|k| match k {
             RelationKind::Table => TableType::Base,
-            RelationKind::View => TableType::View,
+            RelationKind::View | RelationKind::MaterializedView => TableType::View,
         }))
     }
 

@@ -39,8 +39,10 @@ pub mod system;
 pub mod write;
 
 use crate::catalog::{
-    AsOf, Catalog, CreateTable, Created, DEFAULT_SCHEMA, Procedure, RelationKind, RelationName, SYSTEM_SCHEMAS, errors,
+    AsOf, Catalog, CreateMaterializedView, CreateTable, Created, DEFAULT_SCHEMA, Procedure, RelationKind, RelationName,
+    SYSTEM_SCHEMAS, errors,
 };
+use crate::views::{self, MaterializedView};
 use crate::error::{Error, Result, StatusCode};
 
 impl From<storage::Error> for Error {
@@ -70,13 +72,31 @@ enum Relation {
     Table(Arc<DynamicTable>),
     /// Views are kept in memory for now; they do not survive a restart.
     View(Arc<dyn TableProvider>),
+    MaterializedView(Arc<MaterializedView>),
+}
+
+impl Relation {
+    fn kind(&self) -> RelationKind {
+        match self {
+            Relation::Table(_) => RelationKind::Table,
+            Relation::View(_) => RelationKind::View,
+            Relation::MaterializedView(_) => RelationKind::MaterializedView,
+        }
+    }
 }
 
 /// The catalog of Dynamic Tables under one warehouse root.
-#[derive(Debug)]
 pub struct DynamicCatalog {
     store: Arc<dyn ObjectStore>,
     schemas: RwLock<BTreeMap<String, BTreeMap<String, Relation>>>,
+    /// The engine's SQL context (set by [`Catalog::bind`]), for planning views.
+    ctx: std::sync::OnceLock<datafusion::prelude::SessionContext>,
+}
+
+impl Debug for DynamicCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamicCatalog").field("store", &self.store).finish_non_exhaustive()
+    }
 }
 
 impl DynamicCatalog {
@@ -85,12 +105,45 @@ impl DynamicCatalog {
         let schemas = self.schemas.read().map_err(errors::poisoned)?;
         match schemas.get(&name.schema).and_then(|s| s.get(&name.name)) {
             Some(Relation::Table(t)) => Ok(Arc::clone(t)),
-            Some(Relation::View(_)) => Err(Error::new(
+            Some(other) => Err(Error::new(
                 StatusCode::WrongObjectType,
-                format!("{name} is a view: only tables are {only_tables_are}"),
+                format!("{name} is a {}: only tables are {only_tables_are}", other.kind().noun()),
             )),
             None => Err(errors::relation_not_found(name, RelationKind::Table)),
         }
+    }
+
+    /// Materialized views that read `name`.
+    fn dependents(&self, name: &RelationName) -> Result<Vec<RelationName>> {
+        let schemas = self.schemas.read().map_err(errors::poisoned)?;
+        let wanted = name.to_string();
+        Ok(schemas
+            .values()
+            .flat_map(|s| s.values())
+            .filter_map(|r| match r {
+                Relation::MaterializedView(v) if v.definition.sources.contains(&wanted) => Some(v.name.clone()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn view_context(&self) -> Result<datafusion::prelude::SessionContext> {
+        self.ctx.get().cloned().ok_or_else(|| Error::internal("the catalog is not bound to an engine yet"))
+    }
+
+    /// Plans a view's query and starts maintaining it: from its recorded
+    /// positions, or after a backfill when it has none (a new view, or one
+    /// whose backfill a crash interrupted).
+    async fn start_view(view: Arc<MaterializedView>, ctx: datafusion::prelude::SessionContext) -> Result<()> {
+        let plan = views::ViewPlan::analyze(views::plan_query(&ctx, &view.definition.query).await?)?;
+        view.set_sources(plan.sources.clone());
+        let maintainer = views::maintain::ViewMaintainer::new(Arc::clone(&view), plan, ctx)?;
+        let positions = match maintainer.recorded_positions()? {
+            Some(positions) => positions,
+            None => maintainer.backfill().await?,
+        };
+        tokio::spawn(maintainer.run(positions, view.stop_token()));
+        Ok(())
     }
 
     /// Opens the warehouse in `store`, finding every table in it.
@@ -103,8 +156,10 @@ impl DynamicCatalog {
             .try_collect()
             .await
             .map_err(|e| Error::new(StatusCode::Io, format!("cannot list the warehouse: {e}")))?;
-        // <schema>/<table>/schema/schema-<id> marks a table; <schema>/.schema marks a schema.
+        // <schema>/<table>/schema/schema-<id> marks a table; <schema>/.schema marks a schema;
+        // <schema>/<table>/view/definition marks a table that holds a materialized view.
         let mut tables = BTreeSet::new();
+        let mut views = BTreeSet::new();
         let mut schema_names: BTreeSet<String> = [DEFAULT_SCHEMA.to_string()].into();
         for meta in &metas {
             let owned: Vec<String> = meta.location.parts().map(|p| p.as_ref().to_string()).collect();
@@ -116,6 +171,9 @@ impl DynamicCatalog {
                 [schema, table, "schema", file] if file.starts_with("schema-") => {
                     tables.insert((schema.to_string(), table.to_string()));
                 }
+                [schema, table, "view", "definition"] => {
+                    views.insert((schema.to_string(), table.to_string()));
+                }
                 _ => {}
             }
         }
@@ -124,9 +182,23 @@ impl DynamicCatalog {
         for (schema, name) in tables {
             let table = storage::Table::open(Arc::clone(&store), table_dir(&schema, &name), &name).await?;
             let table = Arc::new(DynamicTable::new(table));
-            schemas.entry(schema).or_default().insert(name, Relation::Table(table));
+            let relation = if views.contains(&(schema.clone(), name.clone())) {
+                let location = views::definition_path(&table_dir(&schema, &name));
+                let bytes = object_store::ObjectStoreExt::get(&store, &location)
+                    .await
+                    .map_err(|e| Error::new(StatusCode::Io, format!("cannot read {location}: {e}")))?
+                    .bytes()
+                    .await
+                    .map_err(|e| Error::new(StatusCode::Io, format!("cannot read {location}: {e}")))?;
+                let definition: views::ViewDefinition = storage::frame::decode(location.as_ref(), &bytes)?;
+                let view_name = RelationName { schema: schema.clone(), name: name.clone() };
+                Relation::MaterializedView(MaterializedView::new(view_name, table, definition))
+            } else {
+                Relation::Table(table)
+            };
+            schemas.entry(schema).or_default().insert(name, relation);
         }
-        Ok(Self { store, schemas: RwLock::new(schemas) })
+        Ok(Self { store, schemas: RwLock::new(schemas), ctx: std::sync::OnceLock::new() })
     }
 }
 
@@ -172,15 +244,7 @@ impl Catalog for DynamicCatalog {
             match schemas.get(name) {
                 None if if_exists => return Ok(()),
                 None => return Err(errors::schema_not_found(name)),
-                Some(relations) => relations
-                    .iter()
-                    .map(|(n, r)| {
-                        (
-                            n.clone(),
-                            if matches!(r, Relation::Table(_)) { RelationKind::Table } else { RelationKind::View },
-                        )
-                    })
-                    .collect(),
+                Some(relations) => relations.iter().map(|(n, r)| (n.clone(), r.kind())).collect(),
             }
         };
         if !relations.is_empty() && !cascade {
@@ -194,7 +258,7 @@ impl Catalog for DynamicCatalog {
             ));
         }
         for (relation, kind) in relations {
-            self.drop_relation(&RelationName { schema: name.to_string(), name: relation }, kind, true).await?;
+            self.drop_relation(&RelationName { schema: name.to_string(), name: relation }, kind, true, true).await?;
         }
         let marker = Path::from(name).join(".schema");
         match object_store::ObjectStoreExt::delete(&self.store, &marker).await {
@@ -214,10 +278,7 @@ impl Catalog for DynamicCatalog {
         if let Some((base, _)) = system_table_name(&name.name) {
             return matches!(schemas.get(&name.schema)?.get(base)?, Relation::Table(_)).then_some(RelationKind::View);
         }
-        schemas.get(&name.schema)?.get(&name.name).map(|r| match r {
-            Relation::Table(_) => RelationKind::Table,
-            Relation::View(_) => RelationKind::View,
-        })
+        schemas.get(&name.schema)?.get(&name.name).map(Relation::kind)
     }
 
     async fn relation(&self, name: &RelationName) -> Result<Option<Arc<dyn TableProvider>>> {
@@ -234,6 +295,7 @@ impl Catalog for DynamicCatalog {
         Ok(schemas.get(&name.schema).and_then(|s| s.get(&name.name)).map(|r| match r {
             Relation::Table(t) => Arc::clone(t) as Arc<dyn TableProvider>,
             Relation::View(v) => Arc::clone(v),
+            Relation::MaterializedView(v) => Arc::clone(v) as Arc<dyn TableProvider>,
         }))
     }
 
@@ -298,6 +360,31 @@ impl Catalog for DynamicCatalog {
                 table.set_defaults(defaults);
             }
         }
+        if self.ctx.set(ctx.clone()).is_err() {
+            return Ok(());
+        }
+        let views: Vec<Arc<MaterializedView>> = schemas
+            .values()
+            .flat_map(|s| s.values())
+            .filter_map(|r| match r {
+                Relation::MaterializedView(v) => Some(Arc::clone(v)),
+                _ => None,
+            })
+            .collect();
+        if views.is_empty() {
+            return Ok(());
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::internal("materialized views need a tokio runtime to be maintained"))?;
+        for view in views {
+            let ctx = ctx.clone();
+            runtime.spawn(async move {
+                if let Err(e) = Self::start_view(Arc::clone(&view), ctx).await {
+                    tracing::error!(view = %view.name, error = %e, "cannot maintain materialized view");
+                    view.progress.send_modify(|p| p.error = Some(e.message().to_string()));
+                }
+            });
+        }
         Ok(())
     }
 
@@ -305,22 +392,30 @@ impl Catalog for DynamicCatalog {
         let schemas = self.schemas.read().map_err(errors::poisoned)?;
         match schemas.get(&name.schema).and_then(|s| s.get(&name.name)) {
             Some(Relation::Table(t)) => Ok(Arc::new(system::SnapshotTable::new(Arc::clone(t), as_of))),
-            Some(Relation::View(_)) => {
-                Err(Error::unsupported(format!("{name} is a view: only tables can be read as of a snapshot")))
-            }
+            Some(Relation::MaterializedView(v)) => Ok(Arc::new(system::SnapshotTable::new(v.visible_table(), as_of))),
+            Some(Relation::View(_)) => Err(Error::unsupported(format!(
+                "{name} is a view: only tables and materialized views can be read as of a snapshot"
+            ))),
             None => Err(errors::relation_not_found(name, RelationKind::Table)),
         }
     }
 
-    fn subscribe_to(&self, name: &RelationName) -> Result<Arc<storage::Table>> {
-        Ok(Arc::clone(&self.stored_table(name, "subscribable (views will be, once they are continuous)")?.table))
+    fn subscribe_to(&self, name: &RelationName) -> Result<(Arc<storage::Table>, usize)> {
+        {
+            let schemas = self.schemas.read().map_err(errors::poisoned)?;
+            if let Some(Relation::MaterializedView(v)) = schemas.get(&name.schema).and_then(|s| s.get(&name.name)) {
+                return Ok((Arc::clone(v.table()), v.visible_columns()));
+            }
+        }
+        let table = self.stored_table(name, "subscribable (and materialized views)")?;
+        Ok((Arc::clone(&table.table), table.schema.fields().len()))
     }
 
     async fn create_view(&self, name: RelationName, view: Arc<dyn TableProvider>, or_replace: bool) -> Result<Created> {
         let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
         let schema = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
         match schema.get(&name.name) {
-            Some(Relation::Table(_)) => return Err(errors::relation_exists(&name)),
+            Some(Relation::Table(_) | Relation::MaterializedView(_)) => return Err(errors::relation_exists(&name)),
             Some(Relation::View(_)) if !or_replace => return Err(errors::relation_exists(&name)),
             _ => {}
         }
@@ -369,32 +464,112 @@ impl Catalog for DynamicCatalog {
         }
     }
 
-    async fn drop_relation(&self, name: &RelationName, kind: RelationKind, if_exists: bool) -> Result<bool> {
-        let removed = {
+    async fn create_materialized_view(&self, request: CreateMaterializedView) -> Result<Created> {
+        let ctx = self.view_context()?;
+        let name = request.name.clone();
+        {
+            let schemas = self.schemas.read().map_err(errors::poisoned)?;
+            let schema = schemas.get(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
+            if schema.contains_key(&name.name) {
+                if request.if_not_exists {
+                    return Ok(Created::AlreadyExisted);
+                }
+                if !request.or_replace {
+                    return Err(errors::relation_exists(&name));
+                }
+                return Err(Error::unsupported("CREATE OR REPLACE MATERIALIZED VIEW is not supported yet: DROP it and CREATE it again"));
+            }
+        }
+        let plan = views::ViewPlan::analyze(views::plan_query(&ctx, &request.query).await?)?;
+        let (definition, schema) = views::define(&request, &plan)?;
+        let key: Vec<&str> = match &definition.key {
+            views::KeyLayout::Visible(columns) => columns.iter().map(|&i| definition.columns[i].as_str()).collect(),
+            views::KeyLayout::Hidden => vec![views::HIDDEN_KEY],
+        };
+        let options = storage::TableOptions::parse(&request.options)?;
+        let table_schema = storage::TableSchema::new(0, schema, &key, options)?;
+        let dir = table_dir(&name.schema, &name.name);
+        // The definition first: a crash before the table exists leaves a file no listing picks up.
+        let location = views::definition_path(&dir);
+        object_store::ObjectStoreExt::put(&self.store, &location, storage::frame::encode(&definition)?.into())
+            .await
+            .map_err(|e| Error::new(StatusCode::Io, format!("cannot store materialized view {name}: {e}")))?;
+        let table = storage::Table::create(Arc::clone(&self.store), dir, &name.name, table_schema).await?;
+        let view = MaterializedView::new(name.clone(), Arc::new(DynamicTable::new(table)), definition);
+        {
             let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
-            let Some(schema) = schemas.get_mut(&name.schema) else {
+            let schema = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
+            if schema.contains_key(&name.name) {
+                return Err(errors::relation_exists(&name));
+            }
+            schema.insert(name.name.clone(), Relation::MaterializedView(Arc::clone(&view)));
+        }
+        if let Err(e) = Self::start_view(Arc::clone(&view), ctx).await {
+            // The statement failed as a whole: leave nothing behind.
+            let _ = self.drop_relation(&name, RelationKind::MaterializedView, true, true).await;
+            return Err(e);
+        }
+        Ok(Created::Created)
+    }
+
+    async fn drop_relation(
+        &self,
+        name: &RelationName,
+        kind: RelationKind,
+        if_exists: bool,
+        cascade: bool,
+    ) -> Result<bool> {
+        {
+            let schemas = self.schemas.read().map_err(errors::poisoned)?;
+            let Some(schema) = schemas.get(&name.schema) else {
                 return if if_exists { Ok(false) } else { Err(errors::relation_not_found(name, kind)) };
             };
-            match (schema.get(&name.name), kind) {
-                (None, _) if if_exists => return Ok(false),
-                (None, _) => return Err(errors::relation_not_found(name, kind)),
-                (Some(Relation::Table(_)), RelationKind::View) | (Some(Relation::View(_)), RelationKind::Table) => {
-                    return Err(errors::wrong_kind(name, kind));
-                }
-                _ => schema.remove(&name.name),
+            match schema.get(&name.name) {
+                None if if_exists => return Ok(false),
+                None => return Err(errors::relation_not_found(name, kind)),
+                Some(r) if r.kind() != kind => return Err(errors::wrong_kind(name, kind, r.kind())),
+                Some(_) => {}
+            }
+        }
+        let dependents = self.dependents(name)?;
+        if !dependents.is_empty() {
+            if !cascade {
+                return Err(Error::new(
+                    StatusCode::DependentObjectsStillExist,
+                    format!(
+                        "cannot drop {} {name} because other objects depend on it: {} (use {} … CASCADE to drop them too)",
+                        kind.noun(),
+                        dependents.iter().map(|d| format!("materialized view {d}")).collect::<Vec<_>>().join(", "),
+                        kind.drop_command()
+                    ),
+                ));
+            }
+            for dependent in dependents {
+                Box::pin(self.drop_relation(&dependent, RelationKind::MaterializedView, true, true)).await?;
+            }
+        }
+        let removed = {
+            let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
+            schemas.get_mut(&name.schema).and_then(|s| s.remove(&name.name))
+        };
+        let table = match removed {
+            None => return Ok(false),
+            Some(Relation::View(_)) => return Ok(true),
+            Some(Relation::Table(table)) => Arc::clone(&table.table),
+            Some(Relation::MaterializedView(view)) => {
+                view.stop();
+                Arc::clone(view.table())
             }
         };
-        if let Some(Relation::Table(table)) = removed {
-            // No commit (a background compaction, a write in flight) may land after this.
-            table.table.close().await;
-            let dir = table_dir(&name.schema, &name.name);
-            let paths = self.store.list(Some(&dir)).map_ok(|m| m.location).boxed();
-            self.store
-                .delete_stream(paths)
-                .try_collect::<Vec<_>>()
-                .await
-                .map_err(|e| Error::new(StatusCode::Io, format!("table {name} dropped, but its files remain: {e}")))?;
-        }
+        // No commit (a background compaction, a write in flight) may land after this.
+        table.close().await;
+        let dir = table_dir(&name.schema, &name.name);
+        let paths = self.store.list(Some(&dir)).map_ok(|m| m.location).boxed();
+        self.store
+            .delete_stream(paths)
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| Error::new(StatusCode::Io, format!("{name} dropped, but its files remain: {e}")))?;
         Ok(true)
     }
 }
@@ -511,6 +686,21 @@ impl DynamicTable {
             schema: Arc::clone(&definition.schema),
             primary_key: definition.primary_key.clone(),
             stored_defaults: definition.column_defaults,
+            defaults: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A provider over the first `columns` columns of `table` only (a
+    /// materialized view without its hidden columns). Read-only use.
+    pub fn visible_part(table: Arc<storage::Table>, columns: usize) -> Self {
+        let definition = table.schema();
+        let fields: Vec<_> = definition.schema.fields().iter().take(columns).cloned().collect();
+        let key = definition.primary_key.clone();
+        Self {
+            table,
+            schema: Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
+            primary_key: if key.iter().all(|&k| k < columns) { key } else { vec![] },
+            stored_defaults: vec![],
             defaults: std::sync::OnceLock::new(),
         }
     }

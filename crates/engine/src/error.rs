@@ -73,6 +73,9 @@ pub enum StatusCode {
     InvalidParameter,
     /// Something other SQL systems do that streamhouse does not (yet).
     Unsupported,
+    /// The object is not in a state that allows the operation (a
+    /// materialized view whose maintenance stopped).
+    ObjectNotInPrerequisiteState,
     /// The statement would violate a constraint (not null, primary key).
     ConstraintViolation,
     /// The statement needs more memory than the configured limit allows.

@@ -28,6 +28,7 @@ pub mod error;
 pub mod session;
 pub mod time_travel;
 pub mod types;
+pub mod views;
 
 pub use cancel::CancelHandle;
 pub use catalog::{Catalog, CatalogRef};

@@ -52,7 +52,7 @@ use datafusion::sql::sqlparser::ast::{self, Statement};
 use futures::StreamExt;
 
 use crate::cancel::{CancelHandle, QueryControl};
-use crate::catalog::{CreateTable, Created, DEFAULT_SCHEMA, Procedure, RelationKind, RelationName};
+use crate::catalog::{CreateMaterializedView, CreateTable, Created, DEFAULT_SCHEMA, Procedure, RelationKind, RelationName};
 use crate::engine::{Engine, text_udf};
 use crate::error::{Error, Result, StatusCode};
 use variables::Variables;
@@ -231,6 +231,15 @@ enum SessionStatement {
     },
     /// `CLOSE c` (`None`: `CLOSE ALL`).
     Close(Option<String>),
+    /// `CREATE MATERIALIZED VIEW`.
+    CreateMaterializedView(Box<statements::MaterializedViewStatement>),
+    /// `DROP TABLE | VIEW | MATERIALIZED VIEW [IF EXISTS] names [CASCADE]`.
+    Drop {
+        kind: RelationKind,
+        names: Vec<TableReference>,
+        if_exists: bool,
+        cascade: bool,
+    },
     /// `ALTER TABLE [IF EXISTS] t ADD [COLUMN] [IF NOT EXISTS] c type, …`.
     AddColumns {
         table: TableReference,
@@ -602,6 +611,33 @@ impl Session {
             self.notice(NoticeSeverity::Notice, message);
             return Ok(Output::Command(CommandComplete::new("CALL")));
         }
+        if let Kind::Session(
+            statement @ (SessionStatement::CreateMaterializedView(_) | SessionStatement::Drop { .. }),
+        ) = &prepared.kind
+        {
+            if self.transaction_status() == TransactionStatus::Failed {
+                return Err(Error::new(
+                    StatusCode::InFailedTransaction,
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                ));
+            }
+            let out = match statement {
+                SessionStatement::CreateMaterializedView(create) => self.create_materialized_view(create).await,
+                SessionStatement::Drop { kind, names, if_exists, cascade } => {
+                    let mut out = Err(Error::internal("DROP without names"));
+                    for name in names {
+                        out = self.drop_relation(name, *kind, *if_exists, *cascade).await;
+                        if out.is_err() {
+                            break;
+                        }
+                    }
+                    out
+                }
+                _ => Err(Error::internal("not a catalog statement")),
+            };
+            self.engine.bump_catalog_version();
+            return out;
+        }
         if let Kind::Session(SessionStatement::AddColumns { table, if_exists, columns }) = &prepared.kind {
             return self.add_columns(table, *if_exists, columns).await;
         }
@@ -900,7 +936,7 @@ impl Session {
                     Ok(rows) => Ok(Output::Command(CommandComplete::new("SELECT").with_rows(rows))),
                     Err(e) => {
                         // The statement failed as a whole: do not leave a half-filled table behind.
-                        let _ = catalog.drop_relation(&name, RelationKind::Table, true).await;
+                        let _ = catalog.drop_relation(&name, RelationKind::Table, true, false).await;
                         Err(e)
                     }
                 }
@@ -912,8 +948,10 @@ impl Session {
                 catalog.create_view(name, view, cv.or_replace).await?;
                 Ok(Output::Command(CommandComplete::new("CREATE VIEW")))
             }
-            DdlStatement::DropTable(drop) => self.drop_relation(&drop.name, RelationKind::Table, drop.if_exists).await,
-            DdlStatement::DropView(drop) => self.drop_relation(&drop.name, RelationKind::View, drop.if_exists).await,
+            DdlStatement::DropTable(drop) => {
+                self.drop_relation(&drop.name, RelationKind::Table, drop.if_exists, false).await
+            }
+            DdlStatement::DropView(drop) => self.drop_relation(&drop.name, RelationKind::View, drop.if_exists, false).await,
             DdlStatement::CreateCatalogSchema(cmd) => {
                 let schema = cmd.schema_name.rsplit('.').next().unwrap_or(&cmd.schema_name).to_string();
                 if catalog.create_schema(&schema, cmd.if_not_exists).await? == Created::AlreadyExisted {
@@ -935,20 +973,34 @@ impl Session {
         reference: &TableReference,
         kind: RelationKind,
         if_exists: bool,
+        cascade: bool,
     ) -> Result<Output> {
         let name = self.relation_name(reference)?;
-        let dropped = self.engine.catalog().drop_relation(&name, kind, if_exists).await?;
-        let noun = match kind {
-            RelationKind::Table => "table",
-            RelationKind::View => "view",
-        };
+        let dropped = self.engine.catalog().drop_relation(&name, kind, if_exists, cascade).await?;
         if !dropped {
-            self.notice(NoticeSeverity::Notice, format!("{noun} \"{}\" does not exist, skipping", name.name));
+            self.notice(NoticeSeverity::Notice, format!("{} \"{}\" does not exist, skipping", kind.noun(), name.name));
         }
-        Ok(Output::Command(CommandComplete::new(match kind {
-            RelationKind::Table => "DROP TABLE",
-            RelationKind::View => "DROP VIEW",
-        })))
+        Ok(Output::Command(CommandComplete::new(kind.drop_command())))
+    }
+
+    /// `CREATE MATERIALIZED VIEW`: returns once the view is filled and maintained.
+    async fn create_materialized_view(&mut self, create: &statements::MaterializedViewStatement) -> Result<Output> {
+        let name = self.relation_name(&create.name)?;
+        let request = CreateMaterializedView {
+            name: name.clone(),
+            query: create.query.clone(),
+            column_names: create.column_names.clone(),
+            if_not_exists: create.if_not_exists,
+            or_replace: create.or_replace,
+            options: create.options.clone(),
+        };
+        let catalog = Arc::clone(self.engine.catalog());
+        let control = self.begin_statement();
+        let created = control.run(async move { catalog.create_materialized_view(request).await }).await?;
+        if created == Created::AlreadyExisted {
+            self.notice(NoticeSeverity::Notice, format!("relation \"{}\" already exists, skipping", name.name));
+        }
+        Ok(Output::Command(CommandComplete::new("CREATE MATERIALIZED VIEW")))
     }
 
     async fn insert_into(&self, name: &RelationName, input: LogicalPlan, control: &QueryControl) -> Result<u64> {
@@ -1053,6 +1105,8 @@ impl Session {
             SessionStatement::NoOp(tag) => Ok(Output::Command(CommandComplete::new(tag))),
             SessionStatement::Call { .. }
             | SessionStatement::AddColumns { .. }
+            | SessionStatement::CreateMaterializedView(_)
+            | SessionStatement::Drop { .. }
             | SessionStatement::Copy(_)
             | SessionStatement::Declare { .. }
             | SessionStatement::Fetch { .. }

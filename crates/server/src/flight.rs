@@ -243,6 +243,7 @@ fn relation_table_type(kind: RelationKind) -> &'static str {
     match kind {
         RelationKind::Table => "TABLE",
         RelationKind::View => "VIEW",
+        RelationKind::MaterializedView => "MATERIALIZED VIEW",
     }
 }
 
@@ -523,7 +524,7 @@ impl FlightSqlService for FlightSqlServer {
         _request: Request<arrow_flight::Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut builder = query.into_builder();
-        for kind in [RelationKind::Table, RelationKind::View] {
+        for kind in [RelationKind::Table, RelationKind::View, RelationKind::MaterializedView] {
             builder.append(relation_table_type(kind));
         }
         Ok(Response::new(one_batch_stream(builder.schema(), builder.build())))

@@ -54,4 +54,9 @@ pub struct Snapshot {
     pub next_sequence: u64,
     /// Event-time watermark (for later use by continuous views).
     pub watermark: Option<i64>,
+    /// Properties set by the writer, carried over to later snapshots until
+    /// a commit sets them again (a continuous view records here, per
+    /// source, the source snapshot its content reflects).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub properties: std::collections::BTreeMap<String, String>,
 }

@@ -448,8 +448,7 @@ impl Table {
     }
 
     /// Starts a write transaction: stage any number of writes, then commit
-    /// them as one snapshot. Holds the table's commit lock until committed
-    /// or dropped.
+    /// them as one snapshot (optimistic: see [`Transaction`]).
     ///
     /// # Errors
     /// A failed compaction when the write stall ran one.
@@ -463,6 +462,7 @@ impl Table {
             inserts: false,
             replay: None,
             replay_rows: 0,
+            properties: std::collections::BTreeMap::new(),
         })
     }
 
@@ -568,6 +568,11 @@ impl Table {
             // from its base; its keys are disjoint from theirs (checked at commit).
             next_sequence: commit.next_sequence.unwrap_or(1).max(state.latest.as_ref().map_or(1, |s| s.next_sequence)),
             watermark: state.latest.as_ref().and_then(|s| s.watermark),
+            properties: {
+                let mut properties = state.latest.as_ref().map(|s| s.properties.clone()).unwrap_or_default();
+                properties.extend(commit.properties);
+                properties
+            },
         };
         let location = self.dir.child_path(&snapshot_path(id));
         let claimed = self
@@ -948,6 +953,8 @@ pub(crate) struct Commit {
     pub removed: Vec<FileMeta>,
     pub changelog: Vec<FileMeta>,
     pub next_sequence: Option<u64>,
+    /// Properties this commit sets (others carry over from the parent).
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 /// Files written by a write that is not committed yet.
@@ -1047,7 +1054,17 @@ impl Staged {
     }
 
     async fn commit(self, table: &Table, guard: &tokio::sync::MutexGuard<'_, ()>) -> Result<Option<Snapshot>> {
-        if self.data.is_empty() && self.changelog.is_empty() {
+        self.commit_with(table, guard, std::collections::BTreeMap::new()).await
+    }
+
+    /// Commits the staged files and `properties`; commits nothing when both are empty.
+    async fn commit_with(
+        self,
+        table: &Table,
+        guard: &tokio::sync::MutexGuard<'_, ()>,
+        properties: std::collections::BTreeMap<String, String>,
+    ) -> Result<Option<Snapshot>> {
+        if self.data.is_empty() && self.changelog.is_empty() && properties.is_empty() {
             return Ok(None);
         }
         let commit = Commit {
@@ -1056,6 +1073,7 @@ impl Staged {
             removed: vec![],
             changelog: self.changelog,
             next_sequence: self.next_seq,
+            properties,
         };
         table.commit_locked(guard, commit).await.map(Some)
     }
@@ -1098,6 +1116,8 @@ pub struct Transaction<'a> {
     /// The input of a blind transaction, while it is at most [`REPLAY_ROWS`] rows.
     replay: Option<Vec<(RecordBatch, Vec<ValueKind>)>>,
     replay_rows: usize,
+    /// Snapshot properties to set at commit.
+    properties: std::collections::BTreeMap<String, String>,
 }
 
 impl Transaction<'_> {
@@ -1109,6 +1129,13 @@ impl Transaction<'_> {
         self.blind = true;
         self.replay = Some(Vec::new());
         self
+    }
+
+    /// Sets a snapshot property at commit ([`Snapshot::properties`]). A
+    /// transaction that sets a property commits a snapshot even when it
+    /// wrote no rows.
+    pub fn set_property(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.properties.insert(key.into(), value.into());
     }
 
     /// The table's definition at the start of the transaction.
@@ -1148,8 +1175,8 @@ impl Transaction<'_> {
     /// the same keys (and the transaction cannot be replayed) or altered the
     /// table; a concurrent writer in another process; storage failures.
     pub async fn commit(self) -> Result<Option<Snapshot>> {
-        let Self { table, base, mut staged, replay, blind, inserts, .. } = self;
-        if staged.is_empty() {
+        let Self { table, base, mut staged, replay, blind, inserts, properties, .. } = self;
+        if staged.is_empty() && properties.is_empty() {
             return Ok(None);
         }
         let guard = table.commit_lock.lock().await;
@@ -1210,7 +1237,7 @@ impl Transaction<'_> {
                 };
             }
         }
-        staged.commit(table, &guard).await
+        staged.commit_with(table, &guard, properties).await
     }
 
     /// Drops everything staged and removes its files.

@@ -187,8 +187,8 @@ impl TableFunctionImpl for SubscribeFunction {
             Some((schema, table)) => RelationName { schema: schema.to_string(), name: table.to_string() },
             None => RelationName { schema: DEFAULT_SCHEMA.to_string(), name },
         };
-        let table = self.catalog.subscribe_to(&name).map_err(df_error)?;
-        Ok(Arc::new(SubscriptionTable::new(table, options)))
+        let (table, columns) = self.catalog.subscribe_to(&name).map_err(df_error)?;
+        Ok(Arc::new(SubscriptionTable::new(table, columns, options)))
     }
 }
 
@@ -201,9 +201,12 @@ pub struct SubscriptionTable {
 }
 
 impl SubscriptionTable {
-    /// A subscription to `table`.
-    pub fn new(table: Arc<storage::Table>, options: SubscribeOptions) -> Self {
-        let schema = subscription_schema(&table.schema().schema);
+    /// A subscription to the first `columns` columns of `table` (a
+    /// materialized view's hidden columns follow its visible ones).
+    pub fn new(table: Arc<storage::Table>, columns: usize, options: SubscribeOptions) -> Self {
+        let user = table.schema().schema;
+        let shown = Schema::new(user.fields().iter().take(columns).cloned().collect::<Vec<_>>());
+        let schema = subscription_schema(&shown);
         Self { table, schema, options }
     }
 }

@@ -117,7 +117,7 @@ impl Session {
             (Some(_), IfTableExists::Fail, _) => return Err(crate::catalog::errors::relation_exists(&name)),
             (Some(_), IfTableExists::Append, _) => false,
             (Some(_), IfTableExists::Replace, _) => {
-                self.engine.catalog().drop_relation(&name, RelationKind::Table, true).await?;
+                self.engine.catalog().drop_relation(&name, RelationKind::Table, true, false).await?;
                 true
             }
             (None, _, IfTableMissing::Create) => true,

@@ -7,7 +7,7 @@ use datafusion::common::TableReference;
 use datafusion::sql::sqlparser::ast::{self, Statement};
 
 use super::{SessionStatement, cursor, variables};
-use crate::catalog::Procedure;
+use crate::catalog::{Procedure, RelationKind};
 use crate::error::{Error, Result, StatusCode};
 
 /// The `WITH (...)` options of a CREATE TABLE: keys lower-cased, string
@@ -16,9 +16,14 @@ use crate::error::{Error, Result, StatusCode};
 /// # Errors
 /// Option forms other than `WITH (key = value, …)`.
 pub(super) fn table_options(statement: &Statement) -> Result<std::collections::BTreeMap<String, String>> {
+    let Statement::CreateTable(create) = statement else { return Ok(std::collections::BTreeMap::new()) };
+    option_list(&create.table_options)
+}
+
+/// `WITH (key = value, …)` as a map: keys lower-cased, string values unquoted.
+fn option_list(list: &ast::CreateTableOptions) -> Result<std::collections::BTreeMap<String, String>> {
     let mut options = std::collections::BTreeMap::new();
-    let Statement::CreateTable(create) = statement else { return Ok(options) };
-    match &create.table_options {
+    match list {
         ast::CreateTableOptions::None => {}
         ast::CreateTableOptions::With(list) => {
             for option in list {
@@ -160,6 +165,40 @@ pub(crate) fn ident_value(ident: &ast::Ident) -> String {
     }
 }
 
+/// `CREATE [OR REPLACE] MATERIALIZED VIEW [IF NOT EXISTS] v [(columns)] [WITH (…)] AS query`.
+fn materialized_view(create: &ast::CreateView) -> Result<SessionStatement> {
+    if create.temporary {
+        return Err(Error::unsupported("temporary materialized views are not supported"));
+    }
+    if create.to.is_some() {
+        return Err(Error::unsupported("CREATE MATERIALIZED VIEW … TO table is not supported"));
+    }
+    let column_names = if create.columns.is_empty() {
+        super::naming::postgres_column_names(&Statement::Query(create.query.clone())).unwrap_or_default()
+    } else {
+        create.columns.iter().map(|c| Some(ident_value(&c.name))).collect()
+    };
+    Ok(SessionStatement::CreateMaterializedView(Box::new(MaterializedViewStatement {
+        name: table_reference(&create.name)?,
+        query: create.query.to_string(),
+        column_names,
+        if_not_exists: create.if_not_exists,
+        or_replace: create.or_replace,
+        options: option_list(&create.options)?,
+    })))
+}
+
+/// A parsed `CREATE MATERIALIZED VIEW`.
+#[derive(Debug, Clone)]
+pub(crate) struct MaterializedViewStatement {
+    pub name: TableReference,
+    pub query: String,
+    pub column_names: Vec<Option<String>>,
+    pub if_not_exists: bool,
+    pub or_replace: bool,
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
 /// Statements refused before planning, with a message that says what to do.
 pub(super) fn refuse_unsupported(statement: &Statement) -> Result<()> {
     let what = match statement {
@@ -176,6 +215,18 @@ pub(super) fn session_statement(statement: &Statement) -> Result<Option<SessionS
     use ast::Set;
     let s = match statement {
         Statement::Call(function) => call(function)?,
+        Statement::CreateView(create) if create.materialized => materialized_view(create)?,
+        Statement::Drop { object_type, if_exists, names, cascade, .. }
+            if matches!(object_type, ast::ObjectType::Table | ast::ObjectType::View | ast::ObjectType::MaterializedView) =>
+        {
+            let kind = match object_type {
+                ast::ObjectType::Table => RelationKind::Table,
+                ast::ObjectType::View => RelationKind::View,
+                _ => RelationKind::MaterializedView,
+            };
+            let names = names.iter().map(table_reference).collect::<Result<Vec<_>>>()?;
+            SessionStatement::Drop { kind, names, if_exists: *if_exists, cascade: *cascade }
+        }
         Statement::AlterTable(alter) => alter_table(alter)?,
         Statement::Declare { stmts } => cursor::declare(stmts)?,
         Statement::Fetch { name, direction, into, .. } => cursor::fetch(name, direction, into.as_ref())?,

@@ -1,0 +1,367 @@
+//! Continuous SQL views: `CREATE MATERIALIZED VIEW v AS SELECT …`, kept up
+//! to date from the changelogs of the tables (and views) it reads.
+//!
+//! ```text
+//!   source tables / views ──changelog──► ViewMaintainer ──one commit per step──► the view's Dynamic Table
+//!   (snapshots p, q, …)                   (maintain.rs)     rows + "view.positions"   (snapshot, changelog,
+//!                                           │                 = source snapshots        time travel, SUBSCRIBE)
+//!                                           └─ delta plans built from DataFusion's optimized plan (plan.rs)
+//! ```
+//!
+//! A view is a Dynamic Table whose rows are written only by its maintainer.
+//! Every commit of the view records, in the snapshot's properties, the
+//! snapshot of each source its content reflects. Rows and positions land in
+//! the same commit, so a crash at any moment leaves a view that is exactly
+//! the defining query on the recorded source snapshots; the maintainer
+//! resumes from there, and every step is idempotent given those snapshots
+//! (it writes upserts and deletes by the view's key, never increments), so a
+//! step replayed after a crash cannot double-count. Operator state is the
+//! sources themselves, read as of a snapshot (time travel), plus the view's
+//! own rows: nothing lives only in memory.
+//!
+//! The view's key is derived from the plan: the group keys of an aggregate,
+//! or the keys of every table a select-project-join reads (with the branch
+//! of a `UNION ALL`). When those are visible non-null columns they are the
+//! view's primary key; otherwise a hidden trailing column `__key` holds them
+//! (row-encoded), and readers never see it.
+//!
+//! How each step is computed lives in [`plan`]: a step advances one source
+//! from snapshot `p` to `q`; for every scan of that source in the plan (a
+//! self join reads it twice) the scan is replaced by the changelog of
+//! `(p, q]` with a `__weight` column (+1 for `+I`/`+U`, −1 for `-U`/`-D`),
+//! scans after it in the plan read `p`, scans before it read `q`, and other
+//! sources read their recorded snapshots. Projection, filter, inner join and
+//! `UNION ALL` are linear, so DataFusion evaluates the rewritten plan and its
+//! result is the change of the view. An aggregate (GROUP BY, DISTINCT,
+//! HAVING, any aggregate function) takes the group keys the change touches
+//! and evaluates the aggregate again for just those groups on the new
+//! snapshots; that is correct for MIN/MAX and COUNT(DISTINCT) under deletes,
+//! where a running value is not enough.
+
+pub mod maintain;
+pub mod plan;
+
+pub use plan::ViewPlan;
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session as DfSession, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use serde::{Deserialize, Serialize};
+use streamhouse_storage as storage;
+
+use crate::catalog::{CreateMaterializedView, RelationName};
+use crate::dynamic::DynamicTable;
+use crate::error::{Error, Result, StatusCode};
+
+/// The snapshot property holding a view's source positions (JSON object:
+/// source name → snapshot id).
+pub const POSITIONS_PROPERTY: &str = "view.positions";
+
+/// The name of the hidden key column, when the derived key is not a set of
+/// visible non-null columns.
+pub const HIDDEN_KEY: &str = "__key";
+
+/// Where a view stores its definition: `<table dir>/view/definition`.
+pub fn definition_path(table_dir: &object_store::path::Path) -> object_store::path::Path {
+    table_dir.clone().join("view").join("definition")
+}
+
+/// What is stored about a view beside its Dynamic Table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ViewDefinition {
+    /// The defining query, as SQL text (re-planned at every start).
+    pub query: String,
+    /// Column names of the view, in order.
+    pub columns: Vec<String>,
+    /// The sources the query reads, `schema.name`, for dependency checks.
+    pub sources: Vec<String>,
+    /// How the key is stored.
+    pub key: KeyLayout,
+}
+
+/// How a view's derived key is stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyLayout {
+    /// These visible columns are the primary key.
+    Visible(Vec<usize>),
+    /// A trailing hidden binary column `__key` holds the row-encoded key.
+    Hidden,
+}
+
+/// Maintenance progress, published by the maintainer.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Per source (in [`ViewDefinition::sources`] order): the snapshot the
+    /// view reflects.
+    pub positions: Vec<u64>,
+    /// The view snapshot that reflects them.
+    pub view_snapshot: u64,
+    /// When the last step committed (ms since the epoch).
+    pub updated_ms: i64,
+    /// Why maintenance stopped, if it did.
+    pub error: Option<String>,
+}
+
+/// A materialized view: its stored rows (a Dynamic Table with the hidden
+/// columns), its definition, and the maintainer's progress. As a
+/// `TableProvider` it shows only the visible columns and waits, before a
+/// scan, until the view reflects every source commit made before the scan
+/// began (read-your-writes across views).
+#[derive(Debug)]
+pub struct MaterializedView {
+    /// The view's name.
+    pub name: RelationName,
+    /// The stored table, all columns.
+    pub storage: Arc<DynamicTable>,
+    /// The definition.
+    pub definition: ViewDefinition,
+    /// The visible columns as a provider.
+    visible: Arc<DynamicTable>,
+    /// Published by the maintainer.
+    pub progress: tokio::sync::watch::Sender<Progress>,
+    /// The sources, once planned (for freshness waits).
+    sources: Mutex<Vec<plan::Source>>,
+    /// Stops the maintainer.
+    stop: tokio_util::sync::CancellationToken,
+    me: std::sync::Weak<MaterializedView>,
+}
+
+/// How long a read waits for a view to catch up with its sources before it
+/// reads what is there.
+const FRESHNESS_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl MaterializedView {
+    /// A view over its stored table.
+    pub fn new(name: RelationName, storage: Arc<DynamicTable>, definition: ViewDefinition) -> Arc<Self> {
+        let visible = Arc::new(DynamicTable::visible_part(Arc::clone(storage.storage()), definition.columns.len()));
+        Arc::new_cyclic(|me| Self {
+            name,
+            storage,
+            definition,
+            visible,
+            progress: tokio::sync::watch::Sender::new(Progress::default()),
+            sources: Mutex::new(Vec::new()),
+            stop: tokio_util::sync::CancellationToken::new(),
+            me: me.clone(),
+        })
+    }
+
+    /// This view, shared.
+    pub fn arc(&self) -> Option<Arc<Self>> {
+        self.me.upgrade()
+    }
+
+    /// The visible columns as a Dynamic Table provider (time travel).
+    pub fn visible_table(&self) -> Arc<DynamicTable> {
+        Arc::clone(&self.visible)
+    }
+
+    /// The storage table.
+    pub fn table(&self) -> &Arc<storage::Table> {
+        self.storage.storage()
+    }
+
+    /// Number of visible columns (hidden ones follow).
+    pub fn visible_columns(&self) -> usize {
+        self.definition.columns.len()
+    }
+
+    /// Stops maintenance (DROP, shutdown).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    pub(crate) fn stop_token(&self) -> tokio_util::sync::CancellationToken {
+        self.stop.clone()
+    }
+
+    pub(crate) fn set_sources(&self, sources: Vec<plan::Source>) {
+        *self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = sources;
+    }
+
+    /// Waits until the view reflects every commit its sources (and their
+    /// sources) had when this was called, or [`FRESHNESS_WAIT`] passes.
+    ///
+    /// # Errors
+    /// The maintainer stopped with an error.
+    pub fn wait_fresh(&self) -> futures::future::BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let sources = self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            for source in &sources {
+                if let Some(view) = &source.view {
+                    view.wait_fresh().await?;
+                }
+            }
+            let targets: Vec<u64> = sources
+                .iter()
+                .map(|s| s.table.storage().latest_snapshot().map_or(0, |snapshot| snapshot.id))
+                .collect();
+            let mut progress = self.progress.subscribe();
+            let caught_up = |p: &Progress| {
+                p.error.is_some()
+                    || (p.positions.len() == targets.len()
+                        && p.positions.iter().zip(&targets).all(|(have, want)| have >= want))
+            };
+            let waited = tokio::time::timeout(FRESHNESS_WAIT, progress.wait_for(caught_up)).await;
+            if let Ok(Ok(p)) = waited
+                && let Some(error) = &p.error
+            {
+                return Err(Error::new(
+                    StatusCode::ObjectNotInPrerequisiteState,
+                    format!("materialized view {} is not being maintained: {error}", self.name),
+                ));
+            }
+            Ok(())
+        })
+    }
+}
+
+#[async_trait]
+impl TableProvider for MaterializedView {
+    fn schema(&self) -> SchemaRef {
+        self.visible.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        self.wait_fresh().await.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        self.visible.scan_snapshot(state, None, projection, filters).await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        self.visible.supports_filters_pushdown(filters)
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn DfSession,
+        _input: Arc<dyn ExecutionPlan>,
+        _insert_op: InsertOp,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        Err(self.read_only("INSERT INTO"))
+    }
+
+    async fn delete_from(
+        &self,
+        _state: &dyn DfSession,
+        _filters: Vec<Expr>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        Err(self.read_only("DELETE FROM"))
+    }
+
+    async fn update(
+        &self,
+        _state: &dyn DfSession,
+        _assignments: Vec<(String, Expr)>,
+        _filters: Vec<Expr>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        Err(self.read_only("UPDATE"))
+    }
+}
+
+/// Plans a view's defining query as the maintainer needs it: DataFusion's
+/// optimized plan, without the rewrite of `COUNT(DISTINCT x)` into two
+/// aggregates (one aggregate is what the maintainer recomputes per group).
+///
+/// # Errors
+/// Parse and planning errors.
+pub async fn plan_query(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Result<LogicalPlan> {
+    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+    let mut statements = datafusion::sql::parser::DFParser::parse_sql_with_dialect(sql, &dialect)?;
+    let statement = statements.pop_front().ok_or_else(|| Error::invalid("a materialized view needs a query"))?;
+    let state = ctx.state();
+    let plan = state.statement_to_plan(statement).await?;
+    let rules: Vec<_> = state
+        .optimizers()
+        .iter()
+        .filter(|rule| rule.name() != "single_distinct_aggregation_to_group_by")
+        .cloned()
+        .collect();
+    let state = datafusion::execution::SessionStateBuilder::new_from_existing(state).with_optimizer_rules(rules).build();
+    Ok(state.optimize(&plan)?)
+}
+
+/// The stored definition and the table schema of a new view.
+///
+/// # Errors
+/// Duplicate or reserved column names; a column list longer than the query's columns.
+pub fn define(request: &CreateMaterializedView, plan: &plan::ViewPlan) -> Result<(ViewDefinition, SchemaRef)> {
+    let output = plan.plan.schema();
+    if request.column_names.len() > plan.visible {
+        return Err(Error::new(
+            StatusCode::InvalidSyntax,
+            format!(
+                "CREATE MATERIALIZED VIEW {} specifies {} column names, but the query has {} columns",
+                request.name,
+                request.column_names.len(),
+                plan.visible
+            ),
+        ));
+    }
+    let columns: Vec<String> = (0..plan.visible)
+        .map(|i| request.column_names.get(i).cloned().flatten().unwrap_or_else(|| output.field(i).name().clone()))
+        .collect();
+    for (i, column) in columns.iter().enumerate() {
+        if columns[..i].contains(column) {
+            return Err(Error::new(
+                StatusCode::DuplicateColumn,
+                format!("column \"{column}\" specified more than once in materialized view {} (give it an alias)", request.name),
+            ));
+        }
+        if column.starts_with("__") {
+            return Err(Error::invalid(format!(
+                "column name \"{column}\" of materialized view {} is reserved: names starting with __ are for hidden columns",
+                request.name
+            )));
+        }
+    }
+    let (key, _) = maintain::derive_key(plan)?;
+    let mut fields: Vec<Field> = (0..plan.visible)
+        .map(|i| {
+            let field = output.field(i);
+            let in_key = matches!(&key, KeyLayout::Visible(k) if k.contains(&i));
+            Field::new(&columns[i], field.data_type().clone(), field.is_nullable() && !in_key)
+        })
+        .collect();
+    if key == KeyLayout::Hidden {
+        fields.push(Field::new(HIDDEN_KEY, DataType::Binary, false));
+    }
+    let definition = ViewDefinition {
+        query: request.query.clone(),
+        columns,
+        sources: plan.sources.iter().map(|s| s.name.to_string()).collect(),
+        key,
+    };
+    Ok((definition, Arc::new(Schema::new(fields))))
+}
+
+impl MaterializedView {
+    fn read_only(&self, statement: &str) -> datafusion::error::DataFusionError {
+        datafusion::error::DataFusionError::External(Box::new(Error::new(
+            StatusCode::WrongObjectType,
+            format!(
+                "cannot {statement} materialized view {}: its rows are maintained from its defining query; change its sources instead",
+                self.name
+            ),
+        )))
+    }
+}

@@ -1,0 +1,521 @@
+//! The [`ViewMaintainer`]: one task per materialized view that follows its
+//! sources' commits and commits the view's changes.
+//!
+//! A step advances one source from snapshot `p` to its latest `q` (all
+//! commits in between at once, so a lagging view catches up in few steps)
+//! and commits the view's rows together with the new positions. Steps write
+//! by key (upsert the new row, delete the old one), computed from the
+//! sources as of recorded snapshots, so replaying a step after a crash
+//! writes the same rows again: exactly once by construction.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Int64Array, RecordBatch};
+use datafusion::arrow::compute::{concat_batches, take};
+use datafusion::arrow::datatypes::{DataType, Field, Int8Type, Schema, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::catalog::{MemTable, TableProvider};
+use datafusion::datasource::provider_as_source;
+use datafusion::logical_expr::LogicalPlanBuilder;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use streamhouse_storage as storage;
+use tokio_util::sync::CancellationToken;
+
+use super::plan::{At, Rewritten, Source, ViewPlan, WEIGHT};
+use super::{KeyLayout, MaterializedView, POSITIONS_PROPERTY, Progress};
+use crate::error::{Error, Result};
+
+/// Rows per write while backfilling.
+const BACKFILL_BATCH_ROWS: usize = 64 * 1024;
+
+/// Keeps one materialized view up to date.
+pub struct ViewMaintainer {
+    view: Arc<MaterializedView>,
+    plan: ViewPlan,
+    ctx: SessionContext,
+    /// Encodes key columns into the bytes that identify a row.
+    keys: KeyEncoder,
+    /// Encodes visible columns, to tell a changed row from an unchanged one.
+    values: RowConverter,
+    storage_schema: SchemaRef,
+}
+
+/// Key columns to bytes (the hidden `__key`, and the identity of a row).
+struct KeyEncoder {
+    converter: Option<RowConverter>,
+}
+
+impl KeyEncoder {
+    fn new(types: &[DataType]) -> Result<Self> {
+        let converter = if types.is_empty() {
+            None
+        } else {
+            Some(RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect())?)
+        };
+        Ok(Self { converter })
+    }
+
+    fn encode(&self, columns: &[ArrayRef], rows: usize) -> Result<Vec<Vec<u8>>> {
+        match &self.converter {
+            None => Ok(vec![Vec::new(); rows]),
+            Some(converter) => Ok(converter.convert_columns(columns)?.iter().map(|r| r.as_ref().to_vec()).collect()),
+        }
+    }
+}
+
+impl std::fmt::Debug for ViewMaintainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewMaintainer").field("view", &self.view.name).finish_non_exhaustive()
+    }
+}
+
+/// The key layout and column types a plan gives a view.
+///
+/// # Errors
+/// Plans that do not rebuild (a bug).
+pub fn derive_key(plan: &ViewPlan) -> Result<(KeyLayout, Vec<DataType>)> {
+    let at: Vec<At> = plan.occurrences.iter().map(|_| At::Snapshot(0)).collect();
+    let rewritten = plan.full(&at, None)?;
+    let schema = rewritten.plan.schema();
+    let types = rewritten.keys.iter().map(|&k| schema.field(k).data_type().clone()).collect();
+    let visible = !rewritten.keys.is_empty()
+        && rewritten.keys.iter().all(|&k| k < plan.visible && !schema.field(k).is_nullable());
+    let mut distinct = rewritten.keys.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if visible && distinct.len() == rewritten.keys.len() {
+        Ok((KeyLayout::Visible(rewritten.keys), types))
+    } else {
+        Ok((KeyLayout::Hidden, types))
+    }
+}
+
+impl ViewMaintainer {
+    /// A maintainer of `view`, whose query is `plan`.
+    ///
+    /// # Errors
+    /// The plan no longer gives the view's stored key (the definition
+    /// changed meaning, e.g. after an upgrade).
+    pub fn new(view: Arc<MaterializedView>, plan: ViewPlan, ctx: SessionContext) -> Result<Self> {
+        let (layout, key_types) = derive_key(&plan)?;
+        if layout != view.definition.key {
+            return Err(Error::internal(format!(
+                "the query of materialized view {} no longer derives the key it was stored with",
+                view.name
+            )));
+        }
+        let storage_schema = view.storage.schema();
+        let value_fields =
+            storage_schema.fields()[..plan.visible].iter().map(|f| SortField::new(f.data_type().clone())).collect();
+        Ok(Self {
+            keys: KeyEncoder::new(&key_types)?,
+            values: RowConverter::new(value_fields)?,
+            storage_schema,
+            view,
+            plan,
+            ctx,
+        })
+    }
+
+    fn sources(&self) -> &[Source] {
+        &self.plan.sources
+    }
+
+    fn latest(source: &Source) -> u64 {
+        source.table.storage().latest_snapshot().map_or(0, |s| s.id)
+    }
+
+    /// The positions the view's latest commit recorded; `None` before the
+    /// backfill committed.
+    ///
+    /// # Errors
+    /// A damaged positions property.
+    pub fn recorded_positions(&self) -> Result<Option<Vec<u64>>> {
+        let Some(snapshot) = self.view.table().latest_snapshot() else { return Ok(None) };
+        let Some(text) = snapshot.properties.get(POSITIONS_PROPERTY) else { return Ok(None) };
+        let recorded: HashMap<String, u64> = serde_json::from_str(text)
+            .map_err(|e| Error::internal(format!("view {}: damaged {POSITIONS_PROPERTY}: {e}", self.view.name)))?;
+        self.sources()
+            .iter()
+            .map(|s| {
+                recorded.get(&s.name.to_string()).copied().ok_or_else(|| {
+                    Error::internal(format!("view {}: no recorded position for source {}", self.view.name, s.name))
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    fn positions_property(&self, positions: &[u64]) -> String {
+        let map: std::collections::BTreeMap<String, u64> =
+            self.sources().iter().zip(positions).map(|(s, p)| (s.name.to_string(), *p)).collect();
+        serde_json::to_string(&map).unwrap_or_default()
+    }
+
+    fn publish(&self, positions: &[u64], error: Option<String>) {
+        let view_snapshot = self.view.table().latest_snapshot().map_or(0, |s| s.id);
+        self.view.progress.send_modify(|p| {
+            *p = Progress {
+                positions: positions.to_vec(),
+                view_snapshot,
+                updated_ms: now_ms(),
+                error,
+            }
+        });
+    }
+
+    /// Fills the view from its sources' latest snapshots and commits it with
+    /// those positions. Rows stream through in batches.
+    ///
+    /// # Errors
+    /// Query and storage failures.
+    pub async fn backfill(&self) -> Result<Vec<u64>> {
+        let positions: Vec<u64> = self.sources().iter().map(Self::latest).collect();
+        let _holds: Vec<_> = self.sources().iter().zip(&positions).map(|(s, p)| s.table.storage().hold_snapshots((*p).max(1))).collect();
+        let at: Vec<At> = self.plan.occurrences.iter().map(|&s| At::Snapshot(positions[s])).collect();
+        let rewritten = self.plan.full(&at, None)?;
+        let table = self.view.table();
+        let mut txn = table.begin().await?.blind();
+        let mut stream = self.ctx.execute_logical_plan(rewritten.plan.clone()).await?.execute_stream().await?;
+        let mut pending: Vec<RecordBatch> = Vec::new();
+        let mut pending_rows = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            pending_rows += batch.num_rows();
+            pending.push(self.view_rows(&batch, &rewritten)?);
+            if pending_rows >= BACKFILL_BATCH_ROWS {
+                let rows = concat_batches(&self.storage_schema, &pending)?;
+                txn.write(&rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await?;
+                pending.clear();
+                pending_rows = 0;
+            }
+        }
+        if pending_rows > 0 {
+            let rows = concat_batches(&self.storage_schema, &pending)?;
+            txn.write(&rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await?;
+        }
+        txn.set_property(POSITIONS_PROPERTY, self.positions_property(&positions));
+        txn.commit().await?;
+        self.publish(&positions, None);
+        Ok(positions)
+    }
+
+    /// Follows the sources until `stop` is cancelled. Failed steps are
+    /// retried with back-off; the error is published meanwhile.
+    pub async fn run(self, mut positions: Vec<u64>, stop: CancellationToken) {
+        self.publish(&positions, None);
+        let holds: Vec<_> =
+            self.sources().iter().zip(&positions).map(|(s, p)| s.table.storage().hold_snapshots((*p).max(1))).collect();
+        let mut watches: Vec<_> = self.sources().iter().map(|s| s.table.storage().watch_commits()).collect();
+        let mut failures = 0u32;
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let mut advanced = false;
+            let mut failed = None;
+            for source in 0..self.sources().len() {
+                let latest = Self::latest(&self.sources()[source]);
+                if latest <= positions[source] {
+                    continue;
+                }
+                match self.step(source, positions[source], latest, &mut positions).await {
+                    Ok(()) => {
+                        holds[source].advance(positions[source].max(1));
+                        advanced = true;
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                failures += 1;
+                tracing::warn!(view = %self.view.name, error = %e, failures, "materialized view step failed");
+                self.publish(&positions, (failures >= 3).then(|| e.message().to_string()));
+                let pause = std::time::Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(pause) => continue,
+                }
+            }
+            if failures > 0 {
+                failures = 0;
+                self.publish(&positions, None);
+            }
+            if advanced {
+                continue;
+            }
+            let changed = futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+            tokio::select! {
+                () = stop.cancelled() => return,
+                (result, _, _) = changed => {
+                    if result.is_err() {
+                        // A source was dropped (it cannot be while the view exists, unless the view is going too).
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Advances source `source` from snapshot `from` to `to`.
+    async fn step(&self, source: usize, from: u64, to: u64, positions: &mut [u64]) -> Result<()> {
+        let changes = self.sources()[source].table.storage().changelog(from, Some(to)).await?;
+        let mut next = positions.to_vec();
+        next[source] = to;
+        if changes.iter().all(|c| c.batch.num_rows() == 0) {
+            // Only compactions: nothing to reflect, nothing to commit.
+            positions[source] = to;
+            self.publish(positions, None);
+            return Ok(());
+        }
+        let delta = self.delta_table(source, &changes)?;
+        let scans = self.plan.occurrences_of(source);
+        let table = self.view.table();
+        let mut txn = table.begin().await?;
+        let (rows, kinds) = if self.plan.is_aggregate() {
+            let mut groups = Vec::new();
+            for (n, &scan) in scans.iter().enumerate() {
+                let at = self.readings(positions, source, &scans, n, scan, from, to, &delta);
+                let plan = self.plan.touched_groups(&at)?;
+                groups.extend(self.ctx.execute_logical_plan(plan).await?.collect().await?);
+            }
+            self.regroup(&next, groups).await?
+        } else {
+            let mut changed = Vec::new();
+            for (n, &scan) in scans.iter().enumerate() {
+                let at = self.readings(positions, source, &scans, n, scan, from, to, &delta);
+                let rewritten = self.plan.change(&at)?;
+                let batches = self.ctx.execute_logical_plan(rewritten.plan.clone()).await?.collect().await?;
+                for batch in &batches {
+                    changed.push((self.view_rows(batch, &rewritten)?, weights(batch, &rewritten)?));
+                }
+            }
+            self.consolidate(changed)?
+        };
+        if rows.num_rows() > 0 {
+            txn.write(&rows, &kinds).await?;
+        }
+        txn.set_property(POSITIONS_PROPERTY, self.positions_property(&next));
+        txn.commit().await?;
+        positions[source] = to;
+        self.publish(positions, None);
+        Ok(())
+    }
+
+    /// What each scan reads when scan `scans[n]` of `source` is the change:
+    /// earlier scans of the same source read `to`, later ones `from`, other
+    /// sources their positions.
+    #[allow(clippy::too_many_arguments)]
+    fn readings(
+        &self,
+        positions: &[u64],
+        source: usize,
+        scans: &[usize],
+        n: usize,
+        scan: usize,
+        from: u64,
+        to: u64,
+        delta: &Arc<MemTable>,
+    ) -> Vec<At> {
+        self.plan
+            .occurrences
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                if i == scan {
+                    At::Delta(Arc::clone(delta) as _)
+                } else if s == source {
+                    let before = scans[..n].contains(&i);
+                    At::Snapshot(if before { to } else { from })
+                } else {
+                    At::Snapshot(positions[s])
+                }
+            })
+            .collect()
+    }
+
+    /// The changelog as a table: the source's columns (as planned) plus the weight.
+    fn delta_table(&self, source: usize, changes: &[storage::ChangelogBatch]) -> Result<Arc<MemTable>> {
+        let schema = self.sources()[source].table.schema();
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new(WEIGHT, DataType::Int64, false));
+        let with_weight = Arc::new(Schema::new(fields));
+        let columns = schema.fields().len();
+        let mut batches = Vec::with_capacity(changes.len());
+        for change in changes {
+            let batch = &change.batch;
+            let kind_column = batch.num_columns() - 1;
+            let kinds = batch.column(kind_column).as_primitive::<Int8Type>();
+            let weights: Int64Array = kinds
+                .iter()
+                .map(|k| match k.and_then(storage::RowKind::from_code) {
+                    Some(storage::RowKind::Insert | storage::RowKind::UpdateAfter) => Some(1),
+                    _ => Some(-1),
+                })
+                .collect();
+            let mut arrays: Vec<ArrayRef> = batch.columns()[..columns].to_vec();
+            arrays.push(Arc::new(weights));
+            batches.push(RecordBatch::try_new(Arc::clone(&with_weight), arrays)?);
+        }
+        Ok(Arc::new(MemTable::try_new(with_weight, vec![batches])?))
+    }
+
+    /// A batch of the rewritten plan as rows of the view's table (visible
+    /// columns, then `__key` when hidden).
+    fn view_rows(&self, batch: &RecordBatch, rewritten: &Rewritten) -> Result<RecordBatch> {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.storage_schema.fields().len());
+        for (i, field) in self.storage_schema.fields()[..self.plan.visible].iter().enumerate() {
+            let column = batch.column(i);
+            columns.push(if column.data_type() == field.data_type() {
+                Arc::clone(column)
+            } else {
+                datafusion::arrow::compute::cast(column, field.data_type())?
+            });
+        }
+        if self.view.definition.key == KeyLayout::Hidden {
+            let keys: Vec<ArrayRef> = rewritten.keys.iter().map(|&k| Arc::clone(batch.column(k))).collect();
+            let encoded = self.keys.encode(&keys, batch.num_rows())?;
+            columns.push(Arc::new(BinaryArray::from_iter_values(encoded.iter())));
+        }
+        Ok(RecordBatch::try_new(Arc::clone(&self.storage_schema), columns)?)
+    }
+
+    /// The identity of each row of `rows` (in the view table's layout).
+    fn row_keys(&self, rows: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        match &self.view.definition.key {
+            KeyLayout::Hidden => {
+                let column = rows.column(rows.num_columns() - 1).as_binary::<i32>();
+                Ok(column.iter().map(|k| k.unwrap_or_default().to_vec()).collect())
+            }
+            KeyLayout::Visible(indexes) => {
+                let columns: Vec<ArrayRef> = indexes.iter().map(|&i| Arc::clone(rows.column(i))).collect();
+                self.keys.encode(&columns, rows.num_rows())
+            }
+        }
+    }
+
+    fn row_values(&self, rows: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        let columns = rows.columns()[..self.plan.visible].to_vec();
+        Ok(self.values.convert_columns(&columns)?.iter().map(|r| r.as_ref().to_vec()).collect())
+    }
+
+    /// Sums the weights of a change per row and turns the result into, per
+    /// key, an upsert of the new row or a delete of the old one.
+    fn consolidate(&self, changed: Vec<(RecordBatch, Vec<i64>)>) -> Result<(RecordBatch, Vec<storage::ValueKind>)> {
+        let batches: Vec<RecordBatch> = changed.iter().map(|(b, _)| b.clone()).collect();
+        let all = concat_batches(&self.storage_schema, &batches)?;
+        let weights: Vec<i64> = changed.into_iter().flat_map(|(_, w)| w).collect();
+        let keys = self.row_keys(&all)?;
+        let values = self.row_values(&all)?;
+        // key → (value → (net weight, a row holding it))
+        let mut net: HashMap<&[u8], HashMap<&[u8], (i64, usize)>> = HashMap::new();
+        for (row, weight) in weights.iter().enumerate() {
+            let entry = net.entry(&keys[row]).or_default().entry(&values[row]).or_insert((0, row));
+            entry.0 += weight;
+        }
+        let mut indexes = Vec::new();
+        let mut kinds = Vec::new();
+        for versions in net.values() {
+            let mut added = versions.values().filter(|(w, _)| *w > 0);
+            if let Some((_, row)) = added.next() {
+                if added.next().is_some() {
+                    return Err(Error::internal(format!(
+                        "materialized view {}: two rows with one key in a change",
+                        self.view.name
+                    )));
+                }
+                indexes.push(*row as u64);
+                kinds.push(storage::ValueKind::Upsert);
+            } else if let Some((_, row)) = versions.values().find(|(w, _)| *w < 0) {
+                indexes.push(*row as u64);
+                kinds.push(storage::ValueKind::Delete);
+            }
+        }
+        Ok((take_rows(&all, &indexes)?, kinds))
+    }
+
+    /// Evaluates the aggregate again for the groups a change touched (on the
+    /// new positions) and compares with the view's rows of those groups.
+    async fn regroup(&self, positions: &[u64], groups: Vec<RecordBatch>) -> Result<(RecordBatch, Vec<storage::ValueKind>)> {
+        let empty = || RecordBatch::new_empty(Arc::clone(&self.storage_schema));
+        if groups.iter().all(|g| g.num_rows() == 0) {
+            return Ok((empty(), vec![]));
+        }
+        let group_keys = self.plan.group_keys();
+        let mut touched: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+        let restrict = if group_keys == 0 {
+            None
+        } else {
+            let schema = groups[0].schema();
+            for batch in &groups {
+                touched.extend(self.keys.encode(batch.columns(), batch.num_rows())?);
+            }
+            let table = MemTable::try_new(schema, vec![groups])?;
+            Some(LogicalPlanBuilder::scan("__groups", provider_as_source(Arc::new(table)), None)?.build()?)
+        };
+        let at: Vec<At> = self.plan.occurrences.iter().map(|&s| At::Snapshot(positions[s])).collect();
+        let rewritten = self.plan.full(&at, restrict)?;
+        let batches = self.ctx.execute_logical_plan(rewritten.plan.clone()).await?.collect().await?;
+        let new_rows: Vec<RecordBatch> =
+            batches.iter().map(|b| self.view_rows(b, &rewritten)).collect::<Result<_>>()?;
+        let new_rows = concat_batches(&self.storage_schema, &new_rows)?;
+        let old_rows = concat_batches(&self.storage_schema, &self.view.table().scan(None).await.or_else(|e| match e {
+            storage::Error::NotFound { .. } => Ok(vec![]),
+            other => Err(other),
+        })?)?;
+        let new_keys = self.row_keys(&new_rows)?;
+        let new_values = self.row_values(&new_rows)?;
+        let old_keys = self.row_keys(&old_rows)?;
+        let old_values = self.row_values(&old_rows)?;
+        let old: HashMap<&[u8], usize> = old_keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| group_keys == 0 || touched.contains(*k))
+            .map(|(i, k)| (k.as_slice(), i))
+            .collect();
+        let mut both = vec![new_rows, old_rows];
+        let offset = both[0].num_rows();
+        let mut indexes = Vec::new();
+        let mut kinds = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, key) in new_keys.iter().enumerate() {
+            seen.insert(key.as_slice());
+            match old.get(key.as_slice()) {
+                Some(&o) if old_values[o] == new_values[i] => {}
+                _ => {
+                    indexes.push(i as u64);
+                    kinds.push(storage::ValueKind::Upsert);
+                }
+            }
+        }
+        for (key, &o) in &old {
+            if !seen.contains(key) {
+                indexes.push((offset + o) as u64);
+                kinds.push(storage::ValueKind::Delete);
+            }
+        }
+        let all = concat_batches(&self.storage_schema, &std::mem::take(&mut both))?;
+        Ok((take_rows(&all, &indexes)?, kinds))
+    }
+}
+
+fn weights(batch: &RecordBatch, rewritten: &Rewritten) -> Result<Vec<i64>> {
+    let index = rewritten.weight.ok_or_else(|| Error::internal("a change without weights"))?;
+    let column = datafusion::arrow::compute::cast(batch.column(index), &DataType::Int64)?;
+    Ok(column.as_primitive::<datafusion::arrow::datatypes::Int64Type>().iter().map(|w| w.unwrap_or(0)).collect())
+}
+
+fn take_rows(batch: &RecordBatch, indexes: &[u64]) -> Result<RecordBatch> {
+    let indexes = datafusion::arrow::array::UInt64Array::from(indexes.to_vec());
+    let columns = batch.columns().iter().map(|c| take(c.as_ref(), &indexes, None)).collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,498 @@
+//! The incremental form of a view's plan.
+//!
+//! [`ViewPlan::analyze`] checks DataFusion's optimized plan of the defining
+//! query and refuses (SQLSTATE 0A000, naming the construct) anything whose
+//! change cannot be computed from its sources' changes. What it accepts has
+//! this shape:
+//!
+//! ```text
+//!   [Projection | Filter | SubqueryAlias]*        the top chain (HAVING, select list)
+//!   [Aggregate]                                   at most one, in the top chain
+//!   linear part: Projection | Filter | SubqueryAlias | inner Join | Union (ALL) | TableScan
+//! ```
+//!
+//! [`Rewriter`] rebuilds the plan with every scan reading what a step needs
+//! ([`At`]: a snapshot, or the changelog with a `__weight` column) and
+//! carries two kinds of extra columns up to the output: the key columns
+//! (so each output row can be identified) and the weight.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::{MemTable, TableProvider};
+use datafusion::common::{Column, ExprSchema, JoinType, NullEquality, ScalarValue};
+use datafusion::datasource::{provider_as_source, source_as_provider};
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{
+    Aggregate, Expr, Filter, LogicalPlan, LogicalPlanBuilder, Projection, SubqueryAlias, TableScan, Union, lit,
+};
+
+use super::MaterializedView;
+use crate::catalog::{AsOf, DEFAULT_SCHEMA, RelationName};
+use crate::dynamic::DynamicTable;
+use crate::dynamic::system::SnapshotTable;
+use crate::error::{Error, Result};
+
+/// The weight column of a change: +1 (row added) or −1 (row removed).
+pub const WEIGHT: &str = "__weight";
+
+/// A table or view a view reads.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Its name.
+    pub name: RelationName,
+    /// Its stored table, all columns (a view's hidden ones too).
+    pub table: Arc<DynamicTable>,
+    /// Set when the source is itself a materialized view.
+    pub view: Option<Arc<MaterializedView>>,
+}
+
+impl Source {
+    fn key_columns(&self) -> Vec<usize> {
+        self.table.storage().schema().primary_key.clone()
+    }
+}
+
+/// What one scan of a source reads in a rewritten plan.
+#[derive(Debug, Clone)]
+pub enum At {
+    /// The source as of this snapshot (0: before its first commit, empty).
+    Snapshot(u64),
+    /// A change: the source's columns plus [`WEIGHT`].
+    Delta(Arc<dyn TableProvider>),
+}
+
+/// A view's defining query, checked and ready to be rewritten.
+#[derive(Debug, Clone)]
+pub struct ViewPlan {
+    /// DataFusion's optimized plan (a top-level ORDER BY removed).
+    pub plan: LogicalPlan,
+    /// Distinct sources, in order of first scan.
+    pub sources: Vec<Source>,
+    /// For each scan in plan order, the index of its source.
+    pub occurrences: Vec<usize>,
+    /// Number of output columns of the query.
+    pub visible: usize,
+    /// Whether the top chain has an aggregate.
+    aggregate: bool,
+}
+
+/// A rewritten plan and where its extra columns are.
+#[derive(Debug)]
+pub struct Rewritten {
+    /// The plan: the query's columns, then extras.
+    pub plan: LogicalPlan,
+    /// Indexes of the key columns in the plan's output.
+    pub keys: Vec<usize>,
+    /// Index of the weight column, in a change.
+    pub weight: Option<usize>,
+}
+
+fn refuse(construct: impl std::fmt::Display) -> Error {
+    Error::unsupported(format!(
+        "{construct} cannot be maintained incrementally in a materialized view (define it as a plain VIEW, or split it into views that can)"
+    ))
+}
+
+impl ViewPlan {
+    /// Checks `plan` (optimized) and finds its sources.
+    ///
+    /// # Errors
+    /// 0A000 naming the first construct that cannot be maintained.
+    pub fn analyze(plan: LogicalPlan) -> Result<Self> {
+        let plan = match plan {
+            LogicalPlan::Sort(sort) if sort.fetch.is_none() => Arc::unwrap_or_clone(sort.input),
+            other => other,
+        };
+        let mut analysis = Analysis { sources: vec![], occurrences: vec![], aggregate: false };
+        analysis.check(&plan, true)?;
+        if analysis.occurrences.is_empty() {
+            return Err(refuse("a query that reads no table"));
+        }
+        let visible = plan.schema().fields().len();
+        Ok(Self {
+            plan,
+            sources: analysis.sources,
+            occurrences: analysis.occurrences,
+            visible,
+            aggregate: analysis.aggregate,
+        })
+    }
+
+    /// Whether the view aggregates (its steps recompute the touched groups).
+    pub fn is_aggregate(&self) -> bool {
+        self.aggregate
+    }
+
+    /// The scans (occurrence indexes) of source `source`, in plan order.
+    pub fn occurrences_of(&self, source: usize) -> Vec<usize> {
+        self.occurrences.iter().enumerate().filter(|(_, s)| **s == source).map(|(i, _)| i).collect()
+    }
+
+    /// The whole query with its key columns, every scan reading `at`; with
+    /// `groups` (a plan of rows `__g0, __g1, …`), the aggregate's input is
+    /// restricted to those groups.
+    ///
+    /// # Errors
+    /// Plans that do not rebuild (a bug).
+    pub fn full(&self, at: &[At], groups: Option<LogicalPlan>) -> Result<Rewritten> {
+        let mut rewriter = Rewriter::new(self, at, true);
+        rewriter.groups = groups;
+        let node = rewriter.node(&self.plan)?;
+        node.finish()
+    }
+
+    /// The change of a view without aggregate: rows with key columns and weight.
+    ///
+    /// # Errors
+    /// Plans that do not rebuild (a bug).
+    pub fn change(&self, at: &[At]) -> Result<Rewritten> {
+        let node = Rewriter::new(self, at, true).node(&self.plan)?;
+        node.finish()
+    }
+
+    /// For an aggregate view: the distinct group keys (`__g0, __g1, …`) of
+    /// the aggregate's input rows that a change touches. For an aggregate
+    /// without GROUP BY, one row `__any` when anything changed.
+    ///
+    /// # Errors
+    /// Plans that do not rebuild (a bug).
+    pub fn touched_groups(&self, at: &[At]) -> Result<LogicalPlan> {
+        let aggregate = top_aggregate(&self.plan).ok_or_else(|| Error::internal("view has no aggregate"))?;
+        let input = Rewriter::new(self, at, false).node(&aggregate.input)?;
+        let builder = LogicalPlanBuilder::from(input.plan);
+        let plan = if aggregate.group_expr.is_empty() {
+            builder.project(vec![lit(true).alias("__any")])?.limit(0, Some(1))?.build()?
+        } else {
+            let exprs: Vec<Expr> =
+                aggregate.group_expr.iter().enumerate().map(|(i, e)| e.clone().alias(format!("__g{i}"))).collect();
+            builder.project(exprs)?.distinct()?.build()?
+        };
+        Ok(plan)
+    }
+
+    /// The number of group keys of the aggregate (0 without GROUP BY).
+    pub fn group_keys(&self) -> usize {
+        top_aggregate(&self.plan).map_or(0, |a| a.group_expr.len())
+    }
+}
+
+/// The aggregate of the top chain.
+fn top_aggregate(plan: &LogicalPlan) -> Option<&Aggregate> {
+    match plan {
+        LogicalPlan::Aggregate(a) => Some(a),
+        LogicalPlan::Projection(p) => top_aggregate(&p.input),
+        LogicalPlan::Filter(f) => top_aggregate(&f.input),
+        LogicalPlan::SubqueryAlias(a) => top_aggregate(&a.input),
+        _ => None,
+    }
+}
+
+struct Analysis {
+    sources: Vec<Source>,
+    occurrences: Vec<usize>,
+    aggregate: bool,
+}
+
+impl Analysis {
+    /// `top`: still in the top chain (no join, union or aggregate above).
+    fn check(&mut self, plan: &LogicalPlan, top: bool) -> Result<()> {
+        match plan {
+            LogicalPlan::Projection(p) => self.check(&p.input, top),
+            LogicalPlan::Filter(f) => self.check(&f.input, top),
+            LogicalPlan::SubqueryAlias(a) => self.check(&a.input, top),
+            LogicalPlan::Aggregate(a) => {
+                if !top {
+                    return Err(refuse("an aggregate below a join, a UNION or another aggregate"));
+                }
+                if a.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
+                    return Err(refuse("GROUPING SETS, CUBE or ROLLUP"));
+                }
+                self.aggregate = true;
+                self.check(&a.input, false)
+            }
+            LogicalPlan::Join(j) => {
+                match j.join_type {
+                    JoinType::Inner => {}
+                    JoinType::Left | JoinType::Right | JoinType::Full => {
+                        return Err(refuse(format!("{} OUTER JOIN", j.join_type.to_string().to_uppercase())));
+                    }
+                    _ => return Err(refuse("an IN / EXISTS subquery (semi or anti join)")),
+                }
+                self.check(&j.left, false)?;
+                self.check(&j.right, false)
+            }
+            LogicalPlan::Union(u) => {
+                for input in &u.inputs {
+                    self.check(input, false)?;
+                }
+                Ok(())
+            }
+            LogicalPlan::TableScan(scan) => self.scan(scan),
+            LogicalPlan::Sort(_) => Err(refuse("ORDER BY with LIMIT (use ROW_NUMBER() … <= N for a top-N)")),
+            LogicalPlan::Limit(_) => Err(refuse("LIMIT / OFFSET")),
+            LogicalPlan::Window(_) => Err(refuse("a window function")),
+            LogicalPlan::Distinct(_) => Err(refuse("DISTINCT ON")),
+            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
+                Err(refuse("a query over VALUES or without a FROM table"))
+            }
+            LogicalPlan::Unnest(_) => Err(refuse("UNNEST")),
+            LogicalPlan::RecursiveQuery(_) => Err(refuse("WITH RECURSIVE")),
+            other => Err(refuse(format!("the plan node {}", other.display()))),
+        }
+    }
+
+    fn scan(&mut self, scan: &TableScan) -> Result<()> {
+        if scan.fetch.is_some() {
+            return Err(refuse("LIMIT"));
+        }
+        let provider = source_as_provider(&scan.source)?;
+        let name = RelationName {
+            schema: scan.table_name.schema().unwrap_or(DEFAULT_SCHEMA).to_string(),
+            name: scan.table_name.table().to_string(),
+        };
+        let source = if let Some(table) = provider.downcast_ref::<DynamicTable>() {
+            Source { name, table: Arc::new(DynamicTable::shared(Arc::clone(table.storage()))), view: None }
+        } else if let Some(view) = provider.downcast_ref::<MaterializedView>() {
+            let view = view.arc().ok_or_else(|| Error::internal("materialized view is being dropped"))?;
+            Source { name, table: Arc::clone(&view.storage), view: Some(view) }
+        } else {
+            return Err(refuse(format!(
+                "reading {} (only tables and materialized views can be sources)",
+                scan.table_name
+            )));
+        };
+        let index = match self.sources.iter().position(|s| Arc::ptr_eq(s.table.storage(), source.table.storage())) {
+            Some(i) => i,
+            None => {
+                self.sources.push(source);
+                self.sources.len() - 1
+            }
+        };
+        self.occurrences.push(index);
+        Ok(())
+    }
+}
+
+/// A rewritten subplan and the columns (of its output) that are the keys and the weight.
+struct Node {
+    plan: LogicalPlan,
+    keys: Vec<Column>,
+    weight: Option<Column>,
+}
+
+impl Node {
+    fn finish(self) -> Result<Rewritten> {
+        let schema = self.plan.schema();
+        let keys = self.keys.iter().map(|k| schema.index_of_column(k)).collect::<datafusion::error::Result<_>>()?;
+        let weight = self.weight.as_ref().map(|w| schema.index_of_column(w)).transpose()?;
+        Ok(Rewritten { plan: self.plan, keys, weight })
+    }
+}
+
+/// The output column `i` of `plan`, as a reference.
+fn output_column(plan: &LogicalPlan, i: usize) -> Column {
+    let (qualifier, field) = plan.schema().qualified_field(i);
+    Column::new(qualifier.cloned(), field.name())
+}
+
+/// Rebuilds a view's plan for one evaluation.
+struct Rewriter<'a> {
+    view: &'a ViewPlan,
+    at: &'a [At],
+    /// Carry key columns up.
+    keys: bool,
+    /// Restrict the aggregate's input to these groups.
+    groups: Option<LogicalPlan>,
+    /// The next scan's occurrence index.
+    occurrence: usize,
+    extra: usize,
+}
+
+impl<'a> Rewriter<'a> {
+    fn new(view: &'a ViewPlan, at: &'a [At], keys: bool) -> Self {
+        Self { view, at, keys, groups: None, occurrence: 0, extra: 0 }
+    }
+
+    fn fresh(&mut self, prefix: &str) -> String {
+        self.extra += 1;
+        format!("{prefix}{}", self.extra)
+    }
+
+    fn node(&mut self, plan: &LogicalPlan) -> Result<Node> {
+        match plan {
+            LogicalPlan::TableScan(scan) => self.scan(scan),
+            LogicalPlan::Projection(p) => {
+                let child = self.node(&p.input)?;
+                let mut exprs = p.expr.clone();
+                let mut keys = Vec::with_capacity(child.keys.len());
+                for key in &child.keys {
+                    let shown = p.expr.iter().position(|e| matches!(e.clone().unalias(), Expr::Column(c) if c == *key));
+                    match shown {
+                        Some(i) => keys.push(output_column(plan, i)),
+                        None => {
+                            let name = self.fresh("__k");
+                            exprs.push(Expr::Column(key.clone()).alias(&name));
+                            keys.push(Column::from_name(name));
+                        }
+                    }
+                }
+                let weight = child.weight.map(|w| {
+                    exprs.push(Expr::Column(w).alias(WEIGHT));
+                    Column::from_name(WEIGHT)
+                });
+                let plan = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(child.plan))?);
+                Ok(Node { plan, keys, weight })
+            }
+            LogicalPlan::Filter(f) => {
+                let child = self.node(&f.input)?;
+                let plan = LogicalPlan::Filter(Filter::try_new(f.predicate.clone(), Arc::new(child.plan))?);
+                Ok(Node { plan, keys: child.keys, weight: child.weight })
+            }
+            LogicalPlan::SubqueryAlias(a) => {
+                let child = self.node(&a.input)?;
+                let plan = LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(Arc::new(child.plan), a.alias.clone())?);
+                let requalify = |c: Column| Column::new(Some(a.alias.clone()), c.name);
+                Ok(Node {
+                    plan,
+                    keys: child.keys.into_iter().map(requalify).collect(),
+                    weight: child.weight.map(requalify),
+                })
+            }
+            LogicalPlan::Join(_) => {
+                let inputs = plan.inputs();
+                let left = self.node(inputs[0])?;
+                let right = self.node(inputs[1])?;
+                let rebuilt = plan.with_new_exprs(plan.expressions(), vec![left.plan, right.plan])?;
+                let mut keys = left.keys;
+                keys.extend(right.keys);
+                Ok(Node { plan: rebuilt, keys, weight: left.weight.or(right.weight) })
+            }
+            LogicalPlan::Union(u) => self.union(u),
+            LogicalPlan::Aggregate(a) => self.aggregate(a),
+            LogicalPlan::Sort(s) => self.node(&s.input),
+            other => Err(Error::internal(format!("unexpected plan node in a view: {}", other.display()))),
+        }
+    }
+
+    fn scan(&mut self, scan: &TableScan) -> Result<Node> {
+        let occurrence = self.occurrence;
+        self.occurrence += 1;
+        let source = &self.view.sources[self.view.occurrences[occurrence]];
+        let full = source.table.schema();
+        let shown = scan.source.schema().fields().len();
+        let mut projection = scan.projection.clone().unwrap_or_else(|| (0..shown).collect());
+        let key_columns = source.key_columns();
+        if self.keys {
+            if key_columns.is_empty() {
+                return Err(refuse(format!(
+                    "reading {} outside an aggregate: it has no primary key to identify its rows",
+                    source.name
+                )));
+            }
+            for k in &key_columns {
+                if !projection.contains(k) {
+                    projection.push(*k);
+                }
+            }
+        }
+        let at = self.at.get(occurrence).ok_or_else(|| Error::internal("no reading given for a scan"))?;
+        let (provider, weighted): (Arc<dyn TableProvider>, bool) = match at {
+            At::Snapshot(0) => (Arc::new(MemTable::try_new(Arc::clone(&full), vec![vec![]])?), false),
+            At::Snapshot(id) => (Arc::new(SnapshotTable::new(Arc::clone(&source.table), AsOf::Snapshot(*id))), false),
+            At::Delta(delta) => {
+                projection.push(full.fields().len());
+                (Arc::clone(delta), true)
+            }
+        };
+        let mut builder = LogicalPlanBuilder::scan(scan.table_name.clone(), provider_as_source(provider), Some(projection))?;
+        if let Some(predicate) = conjunction(scan.filters.clone()) {
+            builder = builder.filter(predicate)?;
+        }
+        let qualified = |name: &str| Column::new(Some(scan.table_name.clone()), name);
+        let keys = if self.keys { key_columns.iter().map(|&k| qualified(full.field(k).name())).collect() } else { vec![] };
+        Ok(Node { plan: builder.build()?, keys, weight: weighted.then(|| qualified(WEIGHT)) })
+    }
+
+    /// Each branch gets the branch number and a slot for every branch's keys
+    /// (NULL in the others), so rows of different branches never share a key.
+    fn union(&mut self, u: &Union) -> Result<Node> {
+        let branches = u.inputs.iter().map(|i| self.node(i)).collect::<Result<Vec<_>>>()?;
+        let change = branches.iter().any(|b| b.weight.is_some());
+        let id = self.fresh("__u");
+        let slot_types: Vec<Vec<DataType>> = branches
+            .iter()
+            .map(|b| {
+                b.keys
+                    .iter()
+                    .map(|k| b.plan.schema().field_from_column(k).map(|f| f.data_type().clone()))
+                    .collect::<datafusion::error::Result<Vec<_>>>()
+            })
+            .collect::<datafusion::error::Result<_>>()?;
+        let columns = u.schema.fields().len();
+        let mut plans = Vec::with_capacity(branches.len());
+        for (b, branch) in branches.into_iter().enumerate() {
+            let mut exprs: Vec<Expr> = (0..columns).map(|i| Expr::Column(output_column(&branch.plan, i))).collect();
+            if self.keys {
+                exprs.push(lit(b as i32).alias(&id));
+                for (c, types) in slot_types.iter().enumerate() {
+                    for (j, data_type) in types.iter().enumerate() {
+                        let name = format!("{id}_{c}_{j}");
+                        exprs.push(if c == b {
+                            Expr::Column(branch.keys[j].clone()).alias(name)
+                        } else {
+                            Expr::Literal(ScalarValue::try_from(data_type)?, None).alias(name)
+                        });
+                    }
+                }
+            }
+            let mut input = branch.plan;
+            if change {
+                match branch.weight {
+                    Some(w) => exprs.push(Expr::Column(w).alias(WEIGHT)),
+                    None => {
+                        // This branch does not change: it contributes no rows.
+                        exprs.push(lit(0i64).alias(WEIGHT));
+                        input = LogicalPlan::Filter(Filter::try_new(lit(false), Arc::new(input))?);
+                    }
+                }
+            }
+            plans.push(Arc::new(LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(input))?)));
+        }
+        let plan = LogicalPlan::Union(Union::try_new_with_loose_types(plans)?);
+        let mut keys = vec![];
+        if self.keys {
+            keys.push(Column::from_name(&id));
+            for (c, types) in slot_types.iter().enumerate() {
+                keys.extend((0..types.len()).map(|j| Column::from_name(format!("{id}_{c}_{j}"))));
+            }
+        }
+        Ok(Node { plan, keys, weight: change.then(|| Column::from_name(WEIGHT)) })
+    }
+
+    fn aggregate(&mut self, a: &Aggregate) -> Result<Node> {
+        let keys = std::mem::replace(&mut self.keys, false);
+        let input = self.node(&a.input)?;
+        self.keys = keys;
+        if input.weight.is_some() {
+            return Err(Error::internal("an aggregate's input was rewritten as a change"));
+        }
+        let mut input = input.plan;
+        if let Some(groups) = self.groups.take()
+            && !a.group_expr.is_empty()
+        {
+            let columns: Vec<Expr> =
+                (0..a.group_expr.len()).map(|i| Expr::Column(Column::from_name(format!("__g{i}")))).collect();
+            input = LogicalPlanBuilder::from(input)
+                .join_with_expr_keys(groups, JoinType::LeftSemi, (a.group_expr.clone(), columns), None)?
+                .build()?;
+            if let LogicalPlan::Join(join) = &mut input {
+                // A NULL group is a group too.
+                join.null_equality = NullEquality::NullEqualsNull;
+            }
+        }
+        let plan = LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(input), a.group_expr.clone(), a.aggr_expr.clone())?);
+        let keys = (0..a.group_expr.len()).map(|i| output_column(&plan, i)).collect();
+        Ok(Node { plan, keys, weight: None })
+    }
+}
