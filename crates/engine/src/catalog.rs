@@ -207,6 +207,10 @@ pub trait Catalog: Debug + Send + Sync + 'static {
         Ok(())
     }
 
+    /// Stops background work (view maintenance) and waits for it: nothing
+    /// is committed after this returns. The default has none.
+    async fn close(&self) {}
+
     /// Creates a continuous view, fills it from its sources and starts
     /// maintaining it. The default refuses: views need stored tables.
     ///
@@ -228,8 +232,13 @@ pub trait Catalog: Debug + Send + Sync + 'static {
     /// [`StatusCode::TableNotFound`] unless `if_exists`;
     /// [`StatusCode::WrongObjectType`] when the relation is of another kind;
     /// [`StatusCode::DependentObjectsStillExist`] (2BP01) naming the dependents.
-    async fn drop_relation(&self, name: &RelationName, kind: RelationKind, if_exists: bool, cascade: bool)
-    -> Result<bool>;
+    async fn drop_relation(
+        &self,
+        name: &RelationName,
+        kind: RelationKind,
+        if_exists: bool,
+        cascade: bool,
+    ) -> Result<bool>;
 
     /// Adds nullable columns to a table (`ALTER TABLE … ADD COLUMN`); rows
     /// already stored read them as NULL.

@@ -42,8 +42,8 @@ use crate::catalog::{
     AsOf, Catalog, CreateMaterializedView, CreateTable, Created, DEFAULT_SCHEMA, Procedure, RelationKind, RelationName,
     SYSTEM_SCHEMAS, errors,
 };
-use crate::views::{self, MaterializedView};
 use crate::error::{Error, Result, StatusCode};
+use crate::views::{self, MaterializedView};
 
 impl From<storage::Error> for Error {
     fn from(err: storage::Error) -> Self {
@@ -142,7 +142,7 @@ impl DynamicCatalog {
             Some(positions) => positions,
             None => maintainer.backfill().await?,
         };
-        tokio::spawn(maintainer.run(positions, view.stop_token()));
+        view.set_task(tokio::spawn(maintainer.run(positions, view.stop_token())));
         Ok(())
     }
 
@@ -464,6 +464,23 @@ impl Catalog for DynamicCatalog {
         }
     }
 
+    async fn close(&self) {
+        let views: Vec<Arc<MaterializedView>> = match self.schemas.read() {
+            Ok(schemas) => schemas
+                .values()
+                .flat_map(|s| s.values())
+                .filter_map(|r| match r {
+                    Relation::MaterializedView(v) => Some(Arc::clone(v)),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => vec![],
+        };
+        for view in views {
+            view.stop().await;
+        }
+    }
+
     async fn create_materialized_view(&self, request: CreateMaterializedView) -> Result<Created> {
         let ctx = self.view_context()?;
         let name = request.name.clone();
@@ -477,7 +494,9 @@ impl Catalog for DynamicCatalog {
                 if !request.or_replace {
                     return Err(errors::relation_exists(&name));
                 }
-                return Err(Error::unsupported("CREATE OR REPLACE MATERIALIZED VIEW is not supported yet: DROP it and CREATE it again"));
+                return Err(Error::unsupported(
+                    "CREATE OR REPLACE MATERIALIZED VIEW is not supported yet: DROP it and CREATE it again",
+                ));
             }
         }
         let plan = views::ViewPlan::analyze(views::plan_query(&ctx, &request.query).await?)?;
@@ -557,7 +576,7 @@ impl Catalog for DynamicCatalog {
             Some(Relation::View(_)) => return Ok(true),
             Some(Relation::Table(table)) => Arc::clone(&table.table),
             Some(Relation::MaterializedView(view)) => {
-                view.stop();
+                view.stop().await;
                 Arc::clone(view.table())
             }
         };

@@ -158,6 +158,12 @@ impl Engine {
         self.inner.shutdown.cancel();
     }
 
+    /// Stops the catalog's background work (continuous view maintenance)
+    /// and waits for it; call after [`Engine::shutdown`] once sessions ended.
+    pub async fn close(&self) {
+        self.inner.catalog.close().await;
+    }
+
     /// How many statements are running now (planning, executing, or streaming results).
     pub fn active_statements(&self) -> usize {
         self.inner.active.count()

@@ -52,7 +52,9 @@ use datafusion::sql::sqlparser::ast::{self, Statement};
 use futures::StreamExt;
 
 use crate::cancel::{CancelHandle, QueryControl};
-use crate::catalog::{CreateMaterializedView, CreateTable, Created, DEFAULT_SCHEMA, Procedure, RelationKind, RelationName};
+use crate::catalog::{
+    CreateMaterializedView, CreateTable, Created, DEFAULT_SCHEMA, Procedure, RelationKind, RelationName,
+};
 use crate::engine::{Engine, text_udf};
 use crate::error::{Error, Result, StatusCode};
 use variables::Variables;
@@ -951,7 +953,9 @@ impl Session {
             DdlStatement::DropTable(drop) => {
                 self.drop_relation(&drop.name, RelationKind::Table, drop.if_exists, false).await
             }
-            DdlStatement::DropView(drop) => self.drop_relation(&drop.name, RelationKind::View, drop.if_exists, false).await,
+            DdlStatement::DropView(drop) => {
+                self.drop_relation(&drop.name, RelationKind::View, drop.if_exists, false).await
+            }
             DdlStatement::CreateCatalogSchema(cmd) => {
                 let schema = cmd.schema_name.rsplit('.').next().unwrap_or(&cmd.schema_name).to_string();
                 if catalog.create_schema(&schema, cmd.if_not_exists).await? == Created::AlreadyExisted {

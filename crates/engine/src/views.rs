@@ -109,6 +109,13 @@ pub struct Progress {
     pub error: Option<String>,
 }
 
+impl Progress {
+    /// Whether the maintainer has started (or failed to).
+    pub fn started(&self) -> bool {
+        !self.positions.is_empty() || self.error.is_some()
+    }
+}
+
 /// A materialized view: its stored rows (a Dynamic Table with the hidden
 /// columns), its definition, and the maintainer's progress. As a
 /// `TableProvider` it shows only the visible columns and waits, before a
@@ -130,6 +137,8 @@ pub struct MaterializedView {
     sources: Mutex<Vec<plan::Source>>,
     /// Stops the maintainer.
     stop: tokio_util::sync::CancellationToken,
+    /// The maintainer task.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     me: std::sync::Weak<MaterializedView>,
 }
 
@@ -149,6 +158,7 @@ impl MaterializedView {
             progress: tokio::sync::watch::Sender::new(Progress::default()),
             sources: Mutex::new(Vec::new()),
             stop: tokio_util::sync::CancellationToken::new(),
+            task: Mutex::new(None),
             me: me.clone(),
         })
     }
@@ -173,9 +183,18 @@ impl MaterializedView {
         self.definition.columns.len()
     }
 
-    /// Stops maintenance (DROP, shutdown).
-    pub fn stop(&self) {
+    /// Stops maintenance (DROP, shutdown) and waits until the maintainer
+    /// has stopped: no commit of it follows.
+    pub async fn stop(&self) {
         self.stop.cancel();
+        let task = self.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    pub(crate) fn set_task(&self, task: tokio::task::JoinHandle<()>) {
+        *self.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
     }
 
     pub(crate) fn stop_token(&self) -> tokio_util::sync::CancellationToken {
@@ -193,26 +212,33 @@ impl MaterializedView {
     /// The maintainer stopped with an error.
     pub fn wait_fresh(&self) -> futures::future::BoxFuture<'_, Result<()>> {
         Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + FRESHNESS_WAIT;
+            let mut progress = self.progress.subscribe();
+            // After a restart the maintainer plans the view first; until it
+            // has published positions, the sources are not known.
+            let started =
+                matches!(tokio::time::timeout_at(deadline, progress.wait_for(Progress::started)).await, Ok(Ok(_)));
+            if !started {
+                return Ok(());
+            }
             let sources = self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
             for source in &sources {
                 if let Some(view) = &source.view {
                     view.wait_fresh().await?;
                 }
             }
-            let targets: Vec<u64> = sources
-                .iter()
-                .map(|s| s.table.storage().latest_snapshot().map_or(0, |snapshot| snapshot.id))
-                .collect();
-            let mut progress = self.progress.subscribe();
+            let targets: Vec<u64> =
+                sources.iter().map(|s| s.table.storage().latest_snapshot().map_or(0, |snapshot| snapshot.id)).collect();
             let caught_up = |p: &Progress| {
                 p.error.is_some()
                     || (p.positions.len() == targets.len()
                         && p.positions.iter().zip(&targets).all(|(have, want)| have >= want))
             };
-            let waited = tokio::time::timeout(FRESHNESS_WAIT, progress.wait_for(caught_up)).await;
-            if let Ok(Ok(p)) = waited
-                && let Some(error) = &p.error
-            {
+            let error = match tokio::time::timeout_at(deadline, progress.wait_for(caught_up)).await {
+                Ok(Ok(p)) => p.error.clone(),
+                _ => None,
+            };
+            if let Some(error) = error {
                 return Err(Error::new(
                     StatusCode::ObjectNotInPrerequisiteState,
                     format!("materialized view {} is not being maintained: {error}", self.name),
@@ -296,7 +322,8 @@ pub async fn plan_query(ctx: &datafusion::prelude::SessionContext, sql: &str) ->
         .filter(|rule| rule.name() != "single_distinct_aggregation_to_group_by")
         .cloned()
         .collect();
-    let state = datafusion::execution::SessionStateBuilder::new_from_existing(state).with_optimizer_rules(rules).build();
+    let state =
+        datafusion::execution::SessionStateBuilder::new_from_existing(state).with_optimizer_rules(rules).build();
     Ok(state.optimize(&plan)?)
 }
 
@@ -324,7 +351,10 @@ pub fn define(request: &CreateMaterializedView, plan: &plan::ViewPlan) -> Result
         if columns[..i].contains(column) {
             return Err(Error::new(
                 StatusCode::DuplicateColumn,
-                format!("column \"{column}\" specified more than once in materialized view {} (give it an alias)", request.name),
+                format!(
+                    "column \"{column}\" specified more than once in materialized view {} (give it an alias)",
+                    request.name
+                ),
             ));
         }
         if column.starts_with("__") {

@@ -104,6 +104,7 @@ impl RunningServer {
         if tokio::time::timeout(self.timeout, self.tracker.wait()).await.is_err() {
             tracing::warn!(timeout_ms = self.timeout.as_millis() as u64, "connections still open at shutdown timeout");
         }
+        self.engine.close().await;
     }
 }
 

@@ -325,8 +325,14 @@ impl Table {
             }
             return Ok(None);
         }
-        let commit =
-            Commit { kind: Some(CommitKind::Compact), added: outputs, removed, changelog: vec![], next_sequence: None, properties: Default::default() };
+        let commit = Commit {
+            kind: Some(CommitKind::Compact),
+            added: outputs,
+            removed,
+            changelog: vec![],
+            next_sequence: None,
+            properties: Default::default(),
+        };
         self.commit_locked(&guard, commit).await.map(Some)
     }
 

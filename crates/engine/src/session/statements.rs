@@ -217,7 +217,10 @@ pub(super) fn session_statement(statement: &Statement) -> Result<Option<SessionS
         Statement::Call(function) => call(function)?,
         Statement::CreateView(create) if create.materialized => materialized_view(create)?,
         Statement::Drop { object_type, if_exists, names, cascade, .. }
-            if matches!(object_type, ast::ObjectType::Table | ast::ObjectType::View | ast::ObjectType::MaterializedView) =>
+            if matches!(
+                object_type,
+                ast::ObjectType::Table | ast::ObjectType::View | ast::ObjectType::MaterializedView
+            ) =>
         {
             let kind = match object_type {
                 ast::ObjectType::Table => RelationKind::Table,

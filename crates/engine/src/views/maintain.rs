@@ -157,12 +157,7 @@ impl ViewMaintainer {
     fn publish(&self, positions: &[u64], error: Option<String>) {
         let view_snapshot = self.view.table().latest_snapshot().map_or(0, |s| s.id);
         self.view.progress.send_modify(|p| {
-            *p = Progress {
-                positions: positions.to_vec(),
-                view_snapshot,
-                updated_ms: now_ms(),
-                error,
-            }
+            *p = Progress { positions: positions.to_vec(), view_snapshot, updated_ms: now_ms(), error }
         });
     }
 
@@ -173,7 +168,8 @@ impl ViewMaintainer {
     /// Query and storage failures.
     pub async fn backfill(&self) -> Result<Vec<u64>> {
         let positions: Vec<u64> = self.sources().iter().map(Self::latest).collect();
-        let _holds: Vec<_> = self.sources().iter().zip(&positions).map(|(s, p)| s.table.storage().hold_snapshots((*p).max(1))).collect();
+        let _holds: Vec<_> =
+            self.sources().iter().zip(&positions).map(|(s, p)| s.table.storage().hold_snapshots((*p).max(1))).collect();
         let at: Vec<At> = self.plan.occurrences.iter().map(|&s| At::Snapshot(positions[s])).collect();
         let rewritten = self.plan.full(&at, None)?;
         let table = self.view.table();
@@ -413,7 +409,7 @@ impl ViewMaintainer {
         let keys = self.row_keys(&all)?;
         let values = self.row_values(&all)?;
         // key → (value → (net weight, a row holding it))
-        let mut net: HashMap<&[u8], HashMap<&[u8], (i64, usize)>> = HashMap::new();
+        let mut net: HashMap<&[u8], Versions<'_>> = HashMap::new();
         for (row, weight) in weights.iter().enumerate() {
             let entry = net.entry(&keys[row]).or_default().entry(&values[row]).or_insert((0, row));
             entry.0 += weight;
@@ -441,7 +437,11 @@ impl ViewMaintainer {
 
     /// Evaluates the aggregate again for the groups a change touched (on the
     /// new positions) and compares with the view's rows of those groups.
-    async fn regroup(&self, positions: &[u64], groups: Vec<RecordBatch>) -> Result<(RecordBatch, Vec<storage::ValueKind>)> {
+    async fn regroup(
+        &self,
+        positions: &[u64],
+        groups: Vec<RecordBatch>,
+    ) -> Result<(RecordBatch, Vec<storage::ValueKind>)> {
         let empty = || RecordBatch::new_empty(Arc::clone(&self.storage_schema));
         if groups.iter().all(|g| g.num_rows() == 0) {
             return Ok((empty(), vec![]));
@@ -464,10 +464,13 @@ impl ViewMaintainer {
         let new_rows: Vec<RecordBatch> =
             batches.iter().map(|b| self.view_rows(b, &rewritten)).collect::<Result<_>>()?;
         let new_rows = concat_batches(&self.storage_schema, &new_rows)?;
-        let old_rows = concat_batches(&self.storage_schema, &self.view.table().scan(None).await.or_else(|e| match e {
-            storage::Error::NotFound { .. } => Ok(vec![]),
-            other => Err(other),
-        })?)?;
+        let old_rows = concat_batches(
+            &self.storage_schema,
+            &self.view.table().scan(None).await.or_else(|e| match e {
+                storage::Error::NotFound { .. } => Ok(vec![]),
+                other => Err(other),
+            })?,
+        )?;
         let new_keys = self.row_keys(&new_rows)?;
         let new_values = self.row_values(&new_rows)?;
         let old_keys = self.row_keys(&old_rows)?;
@@ -503,6 +506,9 @@ impl ViewMaintainer {
         Ok((take_rows(&all, &indexes)?, kinds))
     }
 }
+
+/// The versions of one key in a change: value → (net weight, a row holding it).
+type Versions<'a> = HashMap<&'a [u8], (i64, usize)>;
 
 fn weights(batch: &RecordBatch, rewritten: &Rewritten) -> Result<Vec<i64>> {
     let index = rewritten.weight.ok_or_else(|| Error::internal("a change without weights"))?;

@@ -405,12 +405,14 @@ impl<'a> Rewriter<'a> {
                 (Arc::clone(delta), true)
             }
         };
-        let mut builder = LogicalPlanBuilder::scan(scan.table_name.clone(), provider_as_source(provider), Some(projection))?;
+        let mut builder =
+            LogicalPlanBuilder::scan(scan.table_name.clone(), provider_as_source(provider), Some(projection))?;
         if let Some(predicate) = conjunction(scan.filters.clone()) {
             builder = builder.filter(predicate)?;
         }
         let qualified = |name: &str| Column::new(Some(scan.table_name.clone()), name);
-        let keys = if self.keys { key_columns.iter().map(|&k| qualified(full.field(k).name())).collect() } else { vec![] };
+        let keys =
+            if self.keys { key_columns.iter().map(|&k| qualified(full.field(k).name())).collect() } else { vec![] };
         Ok(Node { plan: builder.build()?, keys, weight: weighted.then(|| qualified(WEIGHT)) })
     }
 
@@ -491,7 +493,8 @@ impl<'a> Rewriter<'a> {
                 join.null_equality = NullEquality::NullEqualsNull;
             }
         }
-        let plan = LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(input), a.group_expr.clone(), a.aggr_expr.clone())?);
+        let plan =
+            LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(input), a.group_expr.clone(), a.aggr_expr.clone())?);
         let keys = (0..a.group_expr.len()).map(|i| output_column(&plan, i)).collect();
         Ok(Node { plan, keys, weight: None })
     }
