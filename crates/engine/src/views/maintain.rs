@@ -324,7 +324,7 @@ impl ViewMaintainer {
             .enumerate()
             .map(|(i, &s)| {
                 if i == scan {
-                    At::Delta(Arc::clone(delta) as _)
+                    At::Delta { change: Arc::clone(delta) as _, from, to }
                 } else if s == source {
                     let before = scans[..n].contains(&i);
                     At::Snapshot(if before { to } else { from })

@@ -8,7 +8,7 @@
 //! ```text
 //!   [Projection | Filter | SubqueryAlias]*        the top chain (HAVING, select list)
 //!   [Aggregate]                                   at most one, in the top chain
-//!   linear part: Projection | Filter | SubqueryAlias | inner Join | Union (ALL) | TableScan
+//!   linear part: Projection | Filter | SubqueryAlias | Join (inner, outer, semi, anti) | Union (ALL) | TableScan
 //! ```
 //!
 //! [`Rewriter`] rebuilds the plan with every scan reading what a step needs
@@ -24,7 +24,7 @@ use datafusion::common::{Column, ExprSchema, JoinType, NullEquality, ScalarValue
 use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
-    Aggregate, Expr, Filter, LogicalPlan, LogicalPlanBuilder, Projection, SubqueryAlias, TableScan, Union, lit,
+    Aggregate, Expr, Filter, Join, LogicalPlan, LogicalPlanBuilder, Projection, SubqueryAlias, TableScan, Union, lit,
 };
 
 use super::MaterializedView;
@@ -58,8 +58,28 @@ impl Source {
 pub enum At {
     /// The source as of this snapshot (0: before its first commit, empty).
     Snapshot(u64),
-    /// A change: the source's columns plus [`WEIGHT`].
-    Delta(Arc<dyn TableProvider>),
+    /// A change from snapshot `from` to `to`: the source's columns plus
+    /// [`WEIGHT`] (joins that recompute the keys a change touches read the
+    /// two snapshots too).
+    Delta {
+        /// The changed rows.
+        change: Arc<dyn TableProvider>,
+        /// The snapshot before the change.
+        from: u64,
+        /// The snapshot after it.
+        to: u64,
+    },
+}
+
+/// Which version of the changed scan a rewrite reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// The change itself (with weights).
+    Change,
+    /// The snapshot before it.
+    Old,
+    /// The snapshot after it.
+    New,
 }
 
 /// A view's defining query, checked and ready to be rewritten.
@@ -213,11 +233,19 @@ impl Analysis {
             }
             LogicalPlan::Join(j) => {
                 match j.join_type {
-                    JoinType::Inner => {}
-                    JoinType::Left | JoinType::Right | JoinType::Full => {
-                        return Err(refuse(format!("{} OUTER JOIN", j.join_type.to_string().to_uppercase())));
+                    JoinType::Inner
+                    | JoinType::Left
+                    | JoinType::Right
+                    | JoinType::Full
+                    | JoinType::LeftSemi
+                    | JoinType::RightSemi => {}
+                    JoinType::LeftAnti | JoinType::RightAnti if !j.null_aware => {}
+                    JoinType::LeftAnti | JoinType::RightAnti => {
+                        return Err(refuse("NOT IN (subquery) (use NOT EXISTS)"));
                     }
-                    _ => return Err(refuse("an IN / EXISTS subquery (semi or anti join)")),
+                    JoinType::LeftMark | JoinType::RightMark => {
+                        return Err(refuse("an IN / EXISTS subquery under OR or in the select list"));
+                    }
                 }
                 self.check(&j.left, false)?;
                 self.check(&j.right, false)
@@ -296,10 +324,18 @@ fn output_column(plan: &LogicalPlan, i: usize) -> Column {
     Column::new(qualifier.cloned(), field.name())
 }
 
+/// Which input of a join holds the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Left,
+    Right,
+}
+
 /// Rebuilds a view's plan for one evaluation.
 struct Rewriter<'a> {
     view: &'a ViewPlan,
     at: &'a [At],
+    reading: Reading,
     /// Carry key columns up.
     keys: bool,
     /// Restrict the aggregate's input to these groups.
@@ -311,7 +347,7 @@ struct Rewriter<'a> {
 
 impl<'a> Rewriter<'a> {
     fn new(view: &'a ViewPlan, at: &'a [At], keys: bool) -> Self {
-        Self { view, at, keys, groups: None, occurrence: 0, extra: 0 }
+        Self { view, at, reading: Reading::Change, keys, groups: None, occurrence: 0, extra: 0 }
     }
 
     fn fresh(&mut self, prefix: &str) -> String {
@@ -359,15 +395,7 @@ impl<'a> Rewriter<'a> {
                     weight: child.weight.map(requalify),
                 })
             }
-            LogicalPlan::Join(_) => {
-                let inputs = plan.inputs();
-                let left = self.node(inputs[0])?;
-                let right = self.node(inputs[1])?;
-                let rebuilt = plan.with_new_exprs(plan.expressions(), vec![left.plan, right.plan])?;
-                let mut keys = left.keys;
-                keys.extend(right.keys);
-                Ok(Node { plan: rebuilt, keys, weight: left.weight.or(right.weight) })
-            }
+            LogicalPlan::Join(join) => self.join(plan, join),
             LogicalPlan::Union(u) => self.union(u),
             LogicalPlan::Aggregate(a) => self.aggregate(a),
             LogicalPlan::Sort(s) => self.node(&s.input),
@@ -400,9 +428,17 @@ impl<'a> Rewriter<'a> {
         let (provider, weighted): (Arc<dyn TableProvider>, bool) = match at {
             At::Snapshot(0) => (Arc::new(MemTable::try_new(Arc::clone(&full), vec![vec![]])?), false),
             At::Snapshot(id) => (Arc::new(SnapshotTable::new(Arc::clone(&source.table), AsOf::Snapshot(*id))), false),
-            At::Delta(delta) => {
+            At::Delta { from, to, .. } if self.reading != Reading::Change => {
+                let id = if self.reading == Reading::Old { *from } else { *to };
+                if id == 0 {
+                    (Arc::new(MemTable::try_new(Arc::clone(&full), vec![vec![]])?), false)
+                } else {
+                    (Arc::new(SnapshotTable::new(Arc::clone(&source.table), AsOf::Snapshot(id))), false)
+                }
+            }
+            At::Delta { change, .. } => {
                 projection.push(full.fields().len());
-                (Arc::clone(delta), true)
+                (Arc::clone(change), true)
             }
         };
         let mut builder =
@@ -470,6 +506,130 @@ impl<'a> Rewriter<'a> {
             }
         }
         Ok(Node { plan, keys, weight: change.then(|| Column::from_name(WEIGHT)) })
+    }
+
+    /// A join. When the change is on an input whose rows the output keeps
+    /// (either input of an inner join, the left of a LEFT or semi/anti
+    /// join, …), the change of the join is the change joined with the other
+    /// input. Otherwise (the NULL-extended side of an outer join, the
+    /// filtering side of a semi or anti join) a row's output depends on all
+    /// its matches, so the join is evaluated again for just the join keys
+    /// the change touches, before (weight −1) and after (+1).
+    fn join(&mut self, plan: &LogicalPlan, join: &Join) -> Result<Node> {
+        let left_start = (self.occurrence, self.extra);
+        let left = self.node(&join.left)?;
+        let right_start = (self.occurrence, self.extra);
+        let right = self.node(&join.right)?;
+        let end_occurrence = self.occurrence;
+        let output_keys = |left: &Node, right: &Node| match join.join_type {
+            JoinType::LeftSemi | JoinType::LeftAnti => left.keys.clone(),
+            JoinType::RightSemi | JoinType::RightAnti => right.keys.clone(),
+            _ => left.keys.iter().chain(&right.keys).cloned().collect(),
+        };
+        let changed = match (&left.weight, &right.weight) {
+            (Some(_), _) => Some(Side::Left),
+            (_, Some(_)) => Some(Side::Right),
+            _ => None,
+        };
+        let direct = match (join.join_type, changed) {
+            (_, None) | (JoinType::Inner, _) => true,
+            (JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti, Some(Side::Left)) => true,
+            (JoinType::Right | JoinType::RightSemi | JoinType::RightAnti, Some(Side::Right)) => true,
+            _ => false,
+        };
+        if direct {
+            let keys = output_keys(&left, &right);
+            let weight = match join.join_type {
+                JoinType::LeftSemi | JoinType::LeftAnti => left.weight.clone(),
+                JoinType::RightSemi | JoinType::RightAnti => right.weight.clone(),
+                _ => left.weight.clone().or(right.weight.clone()),
+            };
+            let rebuilt = plan.with_new_exprs(plan.expressions(), vec![left.plan, right.plan])?;
+            return Ok(Node { plan: rebuilt, keys, weight });
+        }
+        let side = changed.unwrap_or(Side::Left);
+        let (changed_node, start) = match side {
+            Side::Left => (&left, left_start),
+            Side::Right => (&right, right_start),
+        };
+        // The join keys the change touches.
+        let on: Vec<Expr> =
+            join.on.iter().map(|(l, r)| if side == Side::Left { l.clone() } else { r.clone() }).collect();
+        let touched = if on.is_empty() {
+            None
+        } else {
+            let exprs: Vec<Expr> = on.iter().enumerate().map(|(i, e)| e.clone().alias(format!("__j{i}"))).collect();
+            Some(LogicalPlanBuilder::from(changed_node.plan.clone()).project(exprs)?.distinct()?.build()?)
+        };
+        let restrict = |input: LogicalPlan, exprs: Vec<Expr>| -> Result<LogicalPlan> {
+            let Some(touched) = &touched else { return Ok(input) };
+            let columns: Vec<Expr> =
+                (0..exprs.len()).map(|i| Expr::Column(Column::from_name(format!("__j{i}")))).collect();
+            Ok(LogicalPlanBuilder::from(input)
+                .join_with_expr_keys(touched.clone(), JoinType::LeftSemi, (exprs, columns), None)?
+                .build()?)
+        };
+        let left_on: Vec<Expr> = join.on.iter().map(|(l, _)| l.clone()).collect();
+        let right_on: Vec<Expr> = join.on.iter().map(|(_, r)| r.clone()).collect();
+        let mut branches = Vec::new();
+        let mut keys = Vec::new();
+        let mut extra = self.extra;
+        for (reading, weight) in [(Reading::New, 1i64), (Reading::Old, -1i64)] {
+            let saved = self.reading;
+            (self.occurrence, self.extra) = start;
+            self.reading = reading;
+            let version = match side {
+                Side::Left => self.node(&join.left),
+                Side::Right => self.node(&join.right),
+            };
+            self.reading = saved;
+            let version = version?;
+            extra = extra.max(self.extra);
+            let (l, r) = match side {
+                Side::Left => (version, Node { plan: right.plan.clone(), keys: right.keys.clone(), weight: None }),
+                Side::Right => (Node { plan: left.plan.clone(), keys: left.keys.clone(), weight: None }, version),
+            };
+            keys = output_keys(&l, &r);
+            let joined = plan.with_new_exprs(
+                plan.expressions(),
+                vec![restrict(l.plan, left_on.clone())?, restrict(r.plan, right_on.clone())?],
+            )?;
+            let mut exprs: Vec<Expr> =
+                (0..joined.schema().fields().len()).map(|i| Expr::Column(output_column(&joined, i))).collect();
+            exprs.push(lit(weight).alias(WEIGHT));
+            branches.push(Arc::new(LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(joined))?)));
+        }
+        if join.join_type == JoinType::Full && !on.is_empty() {
+            // Changed rows with a NULL join key match nothing: they appear NULL-extended.
+            let any_null = on.iter().map(|e| e.clone().is_null()).reduce(Expr::or).unwrap_or(lit(false));
+            let nulls = LogicalPlan::Filter(Filter::try_new(any_null, Arc::new(changed_node.plan.clone()))?);
+            let (l, r) = match side {
+                Side::Left => (nulls, LogicalPlan::Filter(Filter::try_new(lit(false), Arc::new(right.plan.clone()))?)),
+                Side::Right => (LogicalPlan::Filter(Filter::try_new(lit(false), Arc::new(left.plan.clone()))?), nulls),
+            };
+            let joined = plan.with_new_exprs(plan.expressions(), vec![l, r])?;
+            let weight = changed_node.weight.clone().ok_or_else(|| Error::internal("change without weight"))?;
+            let weight_index = joined.schema().index_of_column(&weight)?;
+            let mut exprs: Vec<Expr> = (0..joined.schema().fields().len())
+                .filter(|&i| i != weight_index)
+                .map(|i| Expr::Column(output_column(&joined, i)))
+                .collect();
+            exprs.push(Expr::Column(weight).alias(WEIGHT));
+            branches.push(Arc::new(LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(joined))?)));
+        }
+        self.occurrence = end_occurrence;
+        self.extra = extra;
+        // A union drops the qualifiers the join's columns had: put them back.
+        let shape = Arc::clone(branches[0].schema());
+        let union = LogicalPlan::Union(Union::try_new_with_loose_types(branches)?);
+        let exprs: Vec<Expr> = (0..shape.fields().len())
+            .map(|i| {
+                let (qualifier, field) = shape.qualified_field(i);
+                Expr::Column(output_column(&union, i)).alias_qualified(qualifier.cloned(), field.name())
+            })
+            .collect();
+        let plan = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(union))?);
+        Ok(Node { plan, keys, weight: Some(Column::from_name(WEIGHT)) })
     }
 
     fn aggregate(&mut self, a: &Aggregate) -> Result<Node> {
