@@ -531,12 +531,13 @@ impl<'a> Rewriter<'a> {
             (_, Some(_)) => Some(Side::Right),
             _ => None,
         };
-        let direct = match (join.join_type, changed) {
-            (_, None) | (JoinType::Inner, _) => true,
-            (JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti, Some(Side::Left)) => true,
-            (JoinType::Right | JoinType::RightSemi | JoinType::RightAnti, Some(Side::Right)) => true,
-            _ => false,
-        };
+        let direct = matches!(
+            (join.join_type, changed),
+            (_, None)
+                | (JoinType::Inner, _)
+                | (JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti, Some(Side::Left))
+                | (JoinType::Right | JoinType::RightSemi | JoinType::RightAnti, Some(Side::Right))
+        );
         if direct {
             let keys = output_keys(&left, &right);
             let weight = match join.join_type {
