@@ -52,6 +52,12 @@ const VIEWS: &[(&str, &str)] = &[
     ("d_in", "SELECT x.k, x.s FROM {a} x WHERE x.g IN (SELECT y.g FROM {b} y WHERE y.w > 10)"),
     ("d_self_join", "SELECT x.k AS k1, z.k AS k2, x.v FROM {a} x JOIN {a} z ON x.v = z.v AND x.k < z.k"),
     ("d_union", "SELECT x.g AS g, x.v AS v FROM {a} x UNION ALL SELECT y.g, y.w FROM {b} y WHERE y.w IS NOT NULL"),
+    (
+        "d_topn",
+        "SELECT t.g, t.k, t.v, t.rn FROM (SELECT x.g, x.k, x.v, ROW_NUMBER() OVER (PARTITION BY x.g ORDER BY x.v DESC, x.k) AS rn \
+         FROM {a} x) t WHERE t.rn <= 2",
+    ),
+    ("d_window_sum", "SELECT x.k, sum(x.v) OVER (PARTITION BY x.s) AS total FROM {a} x"),
     ("d_global", "SELECT count(*) AS n, max(x.v) AS mx, sum(x.v) AS sv FROM {a} x"),
     ("d_on_view", "SELECT z.g, z.n * 2 AS n2, z.mx FROM {d_agg} z WHERE z.n > 1"),
     ("d_on_view_agg", "SELECT z.n, count(*) AS groups FROM {d_agg} z GROUP BY z.n"),

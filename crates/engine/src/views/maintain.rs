@@ -37,6 +37,8 @@ pub struct ViewMaintainer {
     ctx: SessionContext,
     /// Encodes key columns into the bytes that identify a row.
     keys: KeyEncoder,
+    /// Encodes the leading group (partition) keys of the key.
+    groups: KeyEncoder,
     /// Encodes visible columns, to tell a changed row from an unchanged one.
     values: RowConverter,
     storage_schema: SchemaRef,
@@ -109,7 +111,9 @@ impl ViewMaintainer {
         let storage_schema = view.storage.schema();
         let value_fields =
             storage_schema.fields()[..plan.visible].iter().map(|f| SortField::new(f.data_type().clone())).collect();
+        let group_keys = plan.group_keys().min(key_types.len());
         Ok(Self {
+            groups: KeyEncoder::new(&key_types[..group_keys])?,
             keys: KeyEncoder::new(&key_types)?,
             values: RowConverter::new(value_fields)?,
             storage_schema,
@@ -273,7 +277,7 @@ impl ViewMaintainer {
         let scans = self.plan.occurrences_of(source);
         let table = self.view.table();
         let mut txn = table.begin().await?;
-        let (rows, kinds) = if self.plan.is_aggregate() {
+        let (rows, kinds) = if self.plan.is_grouped() {
             let mut groups = Vec::new();
             for (n, &scan) in scans.iter().enumerate() {
                 let at = self.readings(positions, source, &scans, n, scan, from, to, &delta);
@@ -395,6 +399,22 @@ impl ViewMaintainer {
         }
     }
 
+    /// The leading group keys of each row's key, encoded.
+    fn row_groups(&self, rows: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        let groups = self.plan.group_keys();
+        let key_columns: Vec<ArrayRef> = match &self.view.definition.key {
+            KeyLayout::Visible(indexes) => indexes.iter().map(|&i| Arc::clone(rows.column(i))).collect(),
+            KeyLayout::Hidden => {
+                let Some(converter) = &self.keys.converter else { return Ok(vec![Vec::new(); rows.num_rows()]) };
+                let column = rows.column(rows.num_columns() - 1).as_binary::<i32>();
+                let parser = converter.parser();
+                let parsed: Vec<_> = column.iter().map(|k| parser.parse(k.unwrap_or_default())).collect();
+                converter.convert_rows(parsed)?
+            }
+        };
+        self.groups.encode(&key_columns[..groups.min(key_columns.len())], rows.num_rows())
+    }
+
     fn row_values(&self, rows: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         let columns = rows.columns()[..self.plan.visible].to_vec();
         Ok(self.values.convert_columns(&columns)?.iter().map(|r| r.as_ref().to_vec()).collect())
@@ -435,8 +455,9 @@ impl ViewMaintainer {
         Ok((take_rows(&all, &indexes)?, kinds))
     }
 
-    /// Evaluates the aggregate again for the groups a change touched (on the
-    /// new positions) and compares with the view's rows of those groups.
+    /// Evaluates the aggregate (or window) again for the groups (partitions)
+    /// a change touched, on the new positions, and compares with the view's
+    /// rows of those groups.
     async fn regroup(
         &self,
         positions: &[u64],
@@ -453,7 +474,7 @@ impl ViewMaintainer {
         } else {
             let schema = groups[0].schema();
             for batch in &groups {
-                touched.extend(self.keys.encode(batch.columns(), batch.num_rows())?);
+                touched.extend(self.groups.encode(batch.columns(), batch.num_rows())?);
             }
             let table = MemTable::try_new(schema, vec![groups])?;
             Some(LogicalPlanBuilder::scan("__groups", provider_as_source(Arc::new(table)), None)?.build()?)
@@ -474,11 +495,12 @@ impl ViewMaintainer {
         let new_keys = self.row_keys(&new_rows)?;
         let new_values = self.row_values(&new_rows)?;
         let old_keys = self.row_keys(&old_rows)?;
+        let old_groups = self.row_groups(&old_rows)?;
         let old_values = self.row_values(&old_rows)?;
         let old: HashMap<&[u8], usize> = old_keys
             .iter()
             .enumerate()
-            .filter(|(_, k)| group_keys == 0 || touched.contains(*k))
+            .filter(|(i, _)| group_keys == 0 || touched.contains(&old_groups[*i]))
             .map(|(i, k)| (k.as_slice(), i))
             .collect();
         let mut both = vec![new_rows, old_rows];

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!   [Projection | Filter | SubqueryAlias]*        the top chain (HAVING, select list)
-//!   [Aggregate]                                   at most one, in the top chain
+//!   [Aggregate | Window]                          at most one, in the top chain
 //!   linear part: Projection | Filter | SubqueryAlias | Join (inner, outer, semi, anti) | Union (ALL) | TableScan
 //! ```
 //!
@@ -24,7 +24,8 @@ use datafusion::common::{Column, ExprSchema, JoinType, NullEquality, ScalarValue
 use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
-    Aggregate, Expr, Filter, Join, LogicalPlan, LogicalPlanBuilder, Projection, SubqueryAlias, TableScan, Union, lit,
+    Aggregate, Expr, Filter, Join, LogicalPlan, LogicalPlanBuilder, Projection, SubqueryAlias, TableScan, Union,
+    Window, lit,
 };
 
 use super::MaterializedView;
@@ -93,8 +94,8 @@ pub struct ViewPlan {
     pub occurrences: Vec<usize>,
     /// Number of output columns of the query.
     pub visible: usize,
-    /// Whether the top chain has an aggregate.
-    aggregate: bool,
+    /// Whether the top chain has an aggregate or a window function.
+    grouped: bool,
 }
 
 /// A rewritten plan and where its extra columns are.
@@ -124,7 +125,7 @@ impl ViewPlan {
             LogicalPlan::Sort(sort) if sort.fetch.is_none() => Arc::unwrap_or_clone(sort.input),
             other => other,
         };
-        let mut analysis = Analysis { sources: vec![], occurrences: vec![], aggregate: false };
+        let mut analysis = Analysis { sources: vec![], occurrences: vec![], grouped: false };
         analysis.check(&plan, true)?;
         if analysis.occurrences.is_empty() {
             return Err(refuse("a query that reads no table"));
@@ -135,13 +136,14 @@ impl ViewPlan {
             sources: analysis.sources,
             occurrences: analysis.occurrences,
             visible,
-            aggregate: analysis.aggregate,
+            grouped: analysis.grouped,
         })
     }
 
-    /// Whether the view aggregates (its steps recompute the touched groups).
-    pub fn is_aggregate(&self) -> bool {
-        self.aggregate
+    /// Whether the view aggregates or computes window functions (its steps
+    /// recompute the touched groups or partitions).
+    pub fn is_grouped(&self) -> bool {
+        self.grouped
     }
 
     /// The scans (occurrence indexes) of source `source`, in plan order.
@@ -171,47 +173,60 @@ impl ViewPlan {
         node.finish()
     }
 
-    /// For an aggregate view: the distinct group keys (`__g0, __g1, …`) of
-    /// the aggregate's input rows that a change touches. For an aggregate
-    /// without GROUP BY, one row `__any` when anything changed.
+    /// For a grouped view: the distinct group keys (`__g0, __g1, …`) —
+    /// GROUP BY keys, or PARTITION BY keys of window functions — of the
+    /// input rows a change touches. Without keys (a global aggregate, a
+    /// window over everything), one row `__any` when anything changed.
     ///
     /// # Errors
     /// Plans that do not rebuild (a bug).
     pub fn touched_groups(&self, at: &[At]) -> Result<LogicalPlan> {
-        let aggregate = top_aggregate(&self.plan).ok_or_else(|| Error::internal("view has no aggregate"))?;
-        let input = Rewriter::new(self, at, false).node(&aggregate.input)?;
+        let (keys, input) = grouping(&self.plan).ok_or_else(|| Error::internal("view has no aggregate"))?;
+        let input = Rewriter::new(self, at, false).node(input)?;
         let builder = LogicalPlanBuilder::from(input.plan);
-        let plan = if aggregate.group_expr.is_empty() {
+        let plan = if keys.is_empty() {
             builder.project(vec![lit(true).alias("__any")])?.limit(0, Some(1))?.build()?
         } else {
-            let exprs: Vec<Expr> =
-                aggregate.group_expr.iter().enumerate().map(|(i, e)| e.clone().alias(format!("__g{i}"))).collect();
+            let exprs: Vec<Expr> = keys.iter().enumerate().map(|(i, e)| e.clone().alias(format!("__g{i}"))).collect();
             builder.project(exprs)?.distinct()?.build()?
         };
         Ok(plan)
     }
 
-    /// The number of group keys of the aggregate (0 without GROUP BY).
+    /// The number of group (or partition) keys; they come first in the view's key.
     pub fn group_keys(&self) -> usize {
-        top_aggregate(&self.plan).map_or(0, |a| a.group_expr.len())
+        grouping(&self.plan).map_or(0, |(keys, _)| keys.len())
     }
 }
 
-/// The aggregate of the top chain.
-fn top_aggregate(plan: &LogicalPlan) -> Option<&Aggregate> {
+/// The group keys and input of the aggregate or window of the top chain.
+fn grouping(plan: &LogicalPlan) -> Option<(Vec<Expr>, &LogicalPlan)> {
     match plan {
-        LogicalPlan::Aggregate(a) => Some(a),
-        LogicalPlan::Projection(p) => top_aggregate(&p.input),
-        LogicalPlan::Filter(f) => top_aggregate(&f.input),
-        LogicalPlan::SubqueryAlias(a) => top_aggregate(&a.input),
+        LogicalPlan::Aggregate(a) => Some((a.group_expr.clone(), &a.input)),
+        LogicalPlan::Window(w) => Some((partition_by(w), &w.input)),
+        LogicalPlan::Projection(p) => grouping(&p.input),
+        LogicalPlan::Filter(f) => grouping(&f.input),
+        LogicalPlan::SubqueryAlias(a) => grouping(&a.input),
         _ => None,
     }
+}
+
+/// The PARTITION BY of a window node's functions (checked equal by the analysis).
+fn partition_by(window: &Window) -> Vec<Expr> {
+    window
+        .window_expr
+        .first()
+        .and_then(|e| match e.clone().unalias() {
+            Expr::WindowFunction(f) => Some(f.params.partition_by.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 struct Analysis {
     sources: Vec<Source>,
     occurrences: Vec<usize>,
-    aggregate: bool,
+    grouped: bool,
 }
 
 impl Analysis {
@@ -228,8 +243,26 @@ impl Analysis {
                 if a.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
                     return Err(refuse("GROUPING SETS, CUBE or ROLLUP"));
                 }
-                self.aggregate = true;
+                self.grouped = true;
                 self.check(&a.input, false)
+            }
+            LogicalPlan::Window(w) => {
+                if !top {
+                    return Err(refuse("a window function below a join, a UNION or an aggregate"));
+                }
+                let partitions: Vec<Option<Vec<Expr>>> = w
+                    .window_expr
+                    .iter()
+                    .map(|e| match e.clone().unalias() {
+                        Expr::WindowFunction(f) => Some(f.params.partition_by.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if partitions.iter().any(Option::is_none) || partitions.windows(2).any(|p| p[0] != p[1]) {
+                    return Err(refuse("window functions with different PARTITION BY in one query"));
+                }
+                self.grouped = true;
+                self.check(&w.input, false)
             }
             LogicalPlan::Join(j) => {
                 match j.join_type {
@@ -259,7 +292,6 @@ impl Analysis {
             LogicalPlan::TableScan(scan) => self.scan(scan),
             LogicalPlan::Sort(_) => Err(refuse("ORDER BY with LIMIT (use ROW_NUMBER() … <= N for a top-N)")),
             LogicalPlan::Limit(_) => Err(refuse("LIMIT / OFFSET")),
-            LogicalPlan::Window(_) => Err(refuse("a window function")),
             LogicalPlan::Distinct(_) => Err(refuse("DISTINCT ON")),
             LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
                 Err(refuse("a query over VALUES or without a FROM table"))
@@ -322,6 +354,19 @@ impl Node {
 fn output_column(plan: &LogicalPlan, i: usize) -> Column {
     let (qualifier, field) = plan.schema().qualified_field(i);
     Column::new(qualifier.cloned(), field.name())
+}
+
+/// `input` without the rows whose `keys` are not in `groups` (`__g0, __g1, …`).
+fn restrict_to_groups(input: LogicalPlan, keys: &[Expr], groups: LogicalPlan) -> Result<LogicalPlan> {
+    let columns: Vec<Expr> = (0..keys.len()).map(|i| Expr::Column(Column::from_name(format!("__g{i}")))).collect();
+    let mut plan = LogicalPlanBuilder::from(input)
+        .join_with_expr_keys(groups, JoinType::LeftSemi, (keys.to_vec(), columns), None)?
+        .build()?;
+    if let LogicalPlan::Join(join) = &mut plan {
+        // A NULL group is a group too.
+        join.null_equality = NullEquality::NullEqualsNull;
+    }
+    Ok(plan)
 }
 
 /// Which input of a join holds the change.
@@ -398,6 +443,7 @@ impl<'a> Rewriter<'a> {
             LogicalPlan::Join(join) => self.join(plan, join),
             LogicalPlan::Union(u) => self.union(u),
             LogicalPlan::Aggregate(a) => self.aggregate(a),
+            LogicalPlan::Window(w) => self.window(w),
             LogicalPlan::Sort(s) => self.node(&s.input),
             other => Err(Error::internal(format!("unexpected plan node in a view: {}", other.display()))),
         }
@@ -633,6 +679,35 @@ impl<'a> Rewriter<'a> {
         Ok(Node { plan, keys, weight: Some(Column::from_name(WEIGHT)) })
     }
 
+    /// Window functions over partitions: the input with its keys, restricted
+    /// to the touched partitions; the view's key is the partition keys, then
+    /// the input's keys.
+    fn window(&mut self, w: &Window) -> Result<Node> {
+        let input = self.node(&w.input)?;
+        if input.weight.is_some() {
+            return Err(Error::internal("a window's input was rewritten as a change"));
+        }
+        let partition = partition_by(w);
+        let mut input_plan = input.plan;
+        if let Some(groups) = self.groups.take()
+            && !partition.is_empty()
+        {
+            input_plan = restrict_to_groups(input_plan, &partition, groups)?;
+        }
+        let mut exprs: Vec<Expr> =
+            (0..input_plan.schema().fields().len()).map(|i| Expr::Column(output_column(&input_plan, i))).collect();
+        let mut keys = Vec::with_capacity(partition.len() + input.keys.len());
+        for (i, expr) in partition.iter().enumerate() {
+            let name = format!("__p{i}");
+            exprs.push(expr.clone().alias(&name));
+            keys.push(Column::from_name(name));
+        }
+        keys.extend(input.keys);
+        let projected = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(input_plan))?);
+        let plan = LogicalPlan::Window(Window::try_new(w.window_expr.clone(), Arc::new(projected))?);
+        Ok(Node { plan, keys, weight: None })
+    }
+
     fn aggregate(&mut self, a: &Aggregate) -> Result<Node> {
         let keys = std::mem::replace(&mut self.keys, false);
         let input = self.node(&a.input)?;
@@ -644,15 +719,7 @@ impl<'a> Rewriter<'a> {
         if let Some(groups) = self.groups.take()
             && !a.group_expr.is_empty()
         {
-            let columns: Vec<Expr> =
-                (0..a.group_expr.len()).map(|i| Expr::Column(Column::from_name(format!("__g{i}")))).collect();
-            input = LogicalPlanBuilder::from(input)
-                .join_with_expr_keys(groups, JoinType::LeftSemi, (a.group_expr.clone(), columns), None)?
-                .build()?;
-            if let LogicalPlan::Join(join) = &mut input {
-                // A NULL group is a group too.
-                join.null_equality = NullEquality::NullEqualsNull;
-            }
+            input = restrict_to_groups(input, &a.group_expr, groups)?;
         }
         let plan =
             LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(input), a.group_expr.clone(), a.aggr_expr.clone())?);
