@@ -207,6 +207,11 @@ pub trait Catalog: Debug + Send + Sync + 'static {
         Ok(())
     }
 
+    /// Every materialized view, for `sys.views`. The default has none.
+    fn materialized_views(&self) -> Vec<Arc<crate::views::MaterializedView>> {
+        vec![]
+    }
+
     /// Stops background work (view maintenance) and waits for it: nothing
     /// is committed after this returns. The default has none.
     async fn close(&self) {}
@@ -463,7 +468,7 @@ impl Catalog for MemoryCatalog {
 }
 
 /// Schemas that belong to the system and are served by DataFusion providers.
-pub const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema"];
+pub const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema", "sys"];
 
 /// Adapts a [`Catalog`] to DataFusion's `CatalogProvider`, adding the system
 /// schemas (`pg_catalog`, and `information_schema`, which DataFusion itself

@@ -464,8 +464,8 @@ impl Catalog for DynamicCatalog {
         }
     }
 
-    async fn close(&self) {
-        let views: Vec<Arc<MaterializedView>> = match self.schemas.read() {
+    fn materialized_views(&self) -> Vec<Arc<MaterializedView>> {
+        match self.schemas.read() {
             Ok(schemas) => schemas
                 .values()
                 .flat_map(|s| s.values())
@@ -475,8 +475,11 @@ impl Catalog for DynamicCatalog {
                 })
                 .collect(),
             Err(_) => vec![],
-        };
-        for view in views {
+        }
+    }
+
+    async fn close(&self) {
+        for view in self.materialized_views() {
             view.stop().await;
         }
     }

@@ -111,6 +111,9 @@ impl Engine {
                 .build();
         }
 
+        if let Some(database) = base.catalog(&config.database) {
+            database.register_schema("sys", Arc::new(crate::views::system::SysSchema::new(Arc::clone(&catalog))))?;
+        }
         catalog.bind(&base)?;
         base.register_udtf("table_as_of", Arc::new(crate::time_travel::TableAsOf::new(Arc::clone(&catalog))));
         base.register_udtf(

@@ -40,6 +40,7 @@
 
 pub mod maintain;
 pub mod plan;
+pub mod system;
 
 pub use plan::ViewPlan;
 
@@ -199,6 +200,11 @@ impl MaterializedView {
 
     pub(crate) fn stop_token(&self) -> tokio_util::sync::CancellationToken {
         self.stop.clone()
+    }
+
+    /// The sources, once the maintainer has planned the view.
+    pub fn sources(&self) -> Vec<plan::Source> {
+        self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub(crate) fn set_sources(&self, sources: Vec<plan::Source>) {

@@ -1,0 +1,170 @@
+//! `sys.views`: one row per materialized view and source, with how far the
+//! view is behind the source (snapshots and milliseconds).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::{MemTable, SchemaProvider, Session as DfSession, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::MaterializedView;
+use crate::catalog::CatalogRef;
+
+/// The `sys` schema.
+#[derive(Debug)]
+pub struct SysSchema {
+    views: Arc<ViewsTable>,
+}
+
+impl SysSchema {
+    /// The schema over `catalog`'s relations.
+    pub fn new(catalog: CatalogRef) -> Self {
+        Self { views: Arc::new(ViewsTable { catalog, schema: views_schema() }) }
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for SysSchema {
+    fn table_names(&self) -> Vec<String> {
+        vec!["views".into()]
+    }
+
+    async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        Ok((name == "views").then(|| Arc::clone(&self.views) as Arc<dyn TableProvider>))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        name == "views"
+    }
+}
+
+fn views_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("view", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, true),
+        Field::new("source_snapshot", DataType::Int64, true),
+        Field::new("source_latest", DataType::Int64, true),
+        Field::new("lag_snapshots", DataType::Int64, true),
+        Field::new("lag_ms", DataType::Int64, true),
+        Field::new("view_snapshot", DataType::Int64, true),
+        Field::new("updated_at", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("definition", DataType::Utf8, false),
+    ]))
+}
+
+/// `sys.views`, computed when scanned.
+#[derive(Debug)]
+struct ViewsTable {
+    catalog: CatalogRef,
+    schema: SchemaRef,
+}
+
+/// One row of `sys.views`.
+struct Row {
+    view: String,
+    source: Option<String>,
+    position: Option<i64>,
+    latest: Option<i64>,
+    lag_ms: Option<i64>,
+    view_snapshot: Option<i64>,
+    updated: Option<i64>,
+    status: String,
+    definition: String,
+}
+
+async fn rows_of(view: &MaterializedView) -> Vec<Row> {
+    let progress = view.progress.borrow().clone();
+    let status = match (&progress.error, progress.started()) {
+        (Some(error), _) => format!("failed: {error}"),
+        (None, true) => "running".to_string(),
+        (None, false) => "starting".to_string(),
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let sources = view.sources();
+    let mut rows = Vec::with_capacity(sources.len());
+    for (i, source) in sources.iter().enumerate() {
+        let table = source.table.storage();
+        let latest = table.latest_snapshot().map_or(0, |s| s.id);
+        let position = progress.positions.get(i).copied();
+        // Milliseconds since the oldest source commit the view does not reflect yet.
+        let lag_ms = match position {
+            Some(p) if p < latest => match table.read_snapshot(p + 1).await {
+                Ok(s) => Some((now - s.commit_time_ms).max(0)),
+                Err(_) => None,
+            },
+            Some(_) => Some(0),
+            None => None,
+        };
+        rows.push(Row {
+            view: view.name.to_string(),
+            source: Some(source.name.to_string()),
+            position: position.map(|p| p as i64),
+            latest: Some(latest as i64),
+            lag_ms,
+            view_snapshot: Some(progress.view_snapshot as i64),
+            updated: (progress.updated_ms > 0).then_some(progress.updated_ms),
+            status: status.clone(),
+            definition: view.definition.query.clone(),
+        });
+    }
+    if rows.is_empty() {
+        rows.push(Row {
+            view: view.name.to_string(),
+            source: None,
+            position: None,
+            latest: None,
+            lag_ms: None,
+            view_snapshot: None,
+            updated: None,
+            status,
+            definition: view.definition.query.clone(),
+        });
+    }
+    rows
+}
+
+#[async_trait]
+impl TableProvider for ViewsTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let mut rows = Vec::new();
+        for view in self.catalog.materialized_views() {
+            rows.extend(rows_of(&view).await);
+        }
+        rows.sort_by(|a, b| (&a.view, &a.source).cmp(&(&b.view, &b.source)));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.view.as_str()))),
+            Arc::new(rows.iter().map(|r| r.source.as_deref()).collect::<StringArray>()),
+            Arc::new(rows.iter().map(|r| r.position).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| r.latest).collect::<Int64Array>()),
+            Arc::new(
+                rows.iter().map(|r| r.latest.zip(r.position).map(|(l, p)| (l - p).max(0))).collect::<Int64Array>(),
+            ),
+            Arc::new(rows.iter().map(|r| r.lag_ms).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| r.view_snapshot).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| r.updated).collect::<TimestampMillisecondArray>().with_timezone("UTC")),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.status.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.definition.as_str()))),
+        ];
+        let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        MemTable::try_new(Arc::clone(&self.schema), vec![vec![batch]])?.scan(state, projection, filters, limit).await
+    }
+}
