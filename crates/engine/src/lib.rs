@@ -29,6 +29,7 @@ pub mod session;
 pub mod time_travel;
 pub mod types;
 pub mod views;
+pub mod windows;
 
 pub use cancel::CancelHandle;
 pub use catalog::{Catalog, CatalogRef};

@@ -525,8 +525,9 @@ impl Session {
         }
     }
 
-    async fn plan(&self, statement: Statement) -> Result<LogicalPlan> {
+    async fn plan(&self, mut statement: Statement) -> Result<LogicalPlan> {
         refuse_unsupported(&statement)?;
+        crate::windows::rewrite(&mut statement)?;
         // DataFusion plans CREATE TABLE without options; the catalog gets them (see `table_options`).
         table_options(&statement)?;
         let statement = without_table_options(statement);

@@ -319,7 +319,10 @@ impl TableProvider for MaterializedView {
 pub async fn plan_query(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Result<LogicalPlan> {
     let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
     let mut statements = datafusion::sql::parser::DFParser::parse_sql_with_dialect(sql, &dialect)?;
-    let statement = statements.pop_front().ok_or_else(|| Error::invalid("a materialized view needs a query"))?;
+    let mut statement = statements.pop_front().ok_or_else(|| Error::invalid("a materialized view needs a query"))?;
+    if let datafusion::sql::parser::Statement::Statement(inner) = &mut statement {
+        crate::windows::rewrite(inner)?;
+    }
     let state = ctx.state();
     let plan = state.statement_to_plan(statement).await?;
     let rules: Vec<_> = state

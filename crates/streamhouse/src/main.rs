@@ -38,6 +38,10 @@ fn main() -> anyhow::Result<()> {
             let config = Config::load(config.as_deref())?;
             init_tracing(&config)?;
             tokio::runtime::Builder::new_multi_thread()
+                // Planning and rewriting deep query plans (continuous views
+                // over UNION ALL windows, many joins) recurses deeply; 2 MiB
+                // worker stacks are not enough for it in debug builds.
+                .thread_stack_size(16 * 1024 * 1024)
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?

@@ -58,6 +58,16 @@ const VIEWS: &[(&str, &str)] = &[
          FROM {a} x) t WHERE t.rn <= 2",
     ),
     ("d_window_sum", "SELECT x.k, sum(x.v) OVER (PARTITION BY x.s) AS total FROM {a} x"),
+    (
+        "d_tumble",
+        "SELECT w.window_start, w.window_end, count(*) AS n, sum(w.v) AS sv \
+         FROM TUMBLE({ev}, ts, INTERVAL '10' SECOND) w GROUP BY w.window_start, w.window_end",
+    ),
+    (
+        "d_hop",
+        "SELECT h.window_start, max(h.v) AS mv, count(*) AS n FROM HOP({ev}, ts, INTERVAL '5' SECOND, INTERVAL '15' SECOND) h \
+         GROUP BY h.window_start",
+    ),
     ("d_global", "SELECT count(*) AS n, max(x.v) AS mx, sum(x.v) AS sv FROM {a} x"),
     ("d_on_view", "SELECT z.g, z.n * 2 AS n2, z.mx FROM {d_agg} z WHERE z.n > 1"),
     ("d_on_view_agg", "SELECT z.n, count(*) AS groups FROM {d_agg} z GROUP BY z.n"),
@@ -141,7 +151,7 @@ fn name(view: &str) -> RelationName {
 
 fn substitute(definition: &str, with: impl Fn(&str) -> String) -> String {
     let mut out = definition.to_string();
-    for source in ["a", "b", "d_agg"] {
+    for source in ["a", "b", "ev", "d_agg"] {
         out = out.replace(&format!("{{{source}}}"), &with(source));
     }
     out
@@ -225,6 +235,26 @@ fn serde_json_positions(text: &str) -> BTreeMap<String, u64> {
 }
 
 fn random_change(rng: &mut Rng) -> String {
+    if rng.below(5) == 0 {
+        return match rng.below(4) {
+            0 => format!("DELETE FROM ev WHERE k % 8 = {}", rng.below(8)),
+            _ => {
+                let rows: Vec<String> = (0..1 + rng.below(8))
+                    .map(|_| {
+                        let second = rng.below(120);
+                        format!(
+                            "({}, TIMESTAMP '2026-01-01 00:{:02}:{:02}', {})",
+                            rng.below(80),
+                            second / 60,
+                            second % 60,
+                            rng.value(100, 10)
+                        )
+                    })
+                    .collect();
+                format!("INSERT INTO ev VALUES {}", rows.join(", "))
+            }
+        };
+    }
     match rng.below(10) {
         0..=3 => {
             let rows: Vec<String> = (0..1 + rng.below(12))
@@ -255,12 +285,14 @@ async fn differential(seed: u64, steps: usize) {
     let mut session = engine.new_session(SessionInfo::default());
     run(&mut session, "CREATE TABLE a (k BIGINT PRIMARY KEY, g INT, v INT, s TEXT)").await;
     run(&mut session, "CREATE TABLE b (k BIGINT PRIMARY KEY, g INT, w INT)").await;
+    run(&mut session, "CREATE TABLE ev (k BIGINT PRIMARY KEY, ts TIMESTAMP, v INT)").await;
     for _ in 0..4 {
         let change = random_change(&mut rng);
         run(&mut session, &change).await;
     }
     run(&mut session, "INSERT INTO a VALUES (1000, 1, 1, 'x')").await;
     run(&mut session, "INSERT INTO b VALUES (1000, 1, 1)").await;
+    run(&mut session, "INSERT INTO ev VALUES (1000, TIMESTAMP '2026-01-01 00:00:01', 1)").await;
     for (view, definition) in VIEWS {
         let sql = format!("CREATE MATERIALIZED VIEW {view} AS {}", substitute(definition, str::to_string));
         run(&mut session, &sql).await;
