@@ -93,6 +93,69 @@ pub struct DynamicCatalog {
     ctx: std::sync::OnceLock<datafusion::prelude::SessionContext>,
 }
 
+impl DynamicCatalog {
+    /// CREATE OR REPLACE of view `old`: the new definition gets its own
+    /// table, filled and maintained before it takes the name; storing its
+    /// definition is the moment of the swap (a crash before it leaves the
+    /// old view, after it the new one).
+    async fn replace_view(
+        &self,
+        old: Arc<MaterializedView>,
+        request: &CreateMaterializedView,
+        plan: views::ViewPlan,
+        ctx: datafusion::prelude::SessionContext,
+    ) -> Result<Created> {
+        let name = &request.name;
+        let dependents = self.dependents(name)?;
+        if !dependents.is_empty() {
+            return Err(Error::new(
+                StatusCode::DependentObjectsStillExist,
+                format!(
+                    "cannot replace materialized view {name} because other objects depend on it: {} (drop them first)",
+                    dependents.iter().map(|d| format!("materialized view {d}")).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        if plan.sources.iter().any(|s| &s.name == name) {
+            return Err(Error::invalid(format!("materialized view {name} cannot read itself")));
+        }
+        let (mut definition, schema) = views::define(request, &plan)?;
+        definition.generation = old.definition.generation + 1;
+        let key: Vec<&str> = match &definition.key {
+            views::KeyLayout::Visible(columns) => columns.iter().map(|&i| definition.columns[i].as_str()).collect(),
+            views::KeyLayout::Hidden => vec![views::HIDDEN_KEY],
+        };
+        let options = storage::TableOptions::parse(&request.options)?;
+        let table_schema = storage::TableSchema::new(0, schema, &key, options)?;
+        let dir = table_dir(&name.schema, &format!("{}@{}", name.name, definition.generation));
+        let table = storage::Table::create(Arc::clone(&self.store), dir.clone(), &name.name, table_schema).await?;
+        let view = MaterializedView::new(name.clone(), Arc::new(DynamicTable::new(table)), definition, dir.clone());
+        let started = async {
+            Self::start_view(Arc::clone(&view), ctx).await?;
+            let location = views::definition_path(&dir);
+            object_store::ObjectStoreExt::put(&self.store, &location, storage::frame::encode(&view.definition)?.into())
+                .await
+                .map_err(|e| Error::new(StatusCode::Io, format!("cannot store materialized view {name}: {e}")))?;
+            Ok::<_, Error>(())
+        };
+        if let Err(e) = started.await {
+            view.stop().await;
+            view.table().close().await;
+            let _ = remove_dir(&self.store, &dir).await;
+            return Err(e);
+        }
+        {
+            let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
+            let schema = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
+            schema.insert(name.name.clone(), Relation::MaterializedView(Arc::clone(&view)));
+        }
+        old.stop().await;
+        old.table().close().await;
+        remove_dir(&self.store, &old.dir).await?;
+        Ok(Created::Created)
+    }
+}
+
 impl Debug for DynamicCatalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DynamicCatalog").field("store", &self.store).finish_non_exhaustive()
@@ -179,11 +242,35 @@ impl DynamicCatalog {
         }
         let mut schemas: BTreeMap<String, BTreeMap<String, Relation>> =
             schema_names.into_iter().map(|s| (s, BTreeMap::new())).collect();
-        for (schema, name) in tables {
-            let table = storage::Table::open(Arc::clone(&store), table_dir(&schema, &name), &name).await?;
+        // A view replaced by CREATE OR REPLACE lives in "<name>@<generation>": the
+        // newest generation with a definition wins; older ones and replacements
+        // that crashed before storing their definition are removed.
+        let generation_of = |dir: &str| -> (String, u64) {
+            match dir.rsplit_once('@') {
+                Some((name, generation)) if generation.parse::<u64>().is_ok() => {
+                    (name.to_string(), generation.parse().unwrap_or(0))
+                }
+                _ => (dir.to_string(), 0),
+            }
+        };
+        let mut newest: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for (schema, dir) in &views {
+            let (name, generation) = generation_of(dir);
+            let entry = newest.entry((schema.clone(), name)).or_insert(generation);
+            *entry = (*entry).max(generation);
+        }
+        for (schema, dir) in tables {
+            let (name, generation) = generation_of(&dir);
+            let is_view = views.contains(&(schema.clone(), dir.clone()));
+            let current = newest.get(&(schema.clone(), name.clone())) == Some(&generation);
+            if (is_view && !current) || (!is_view && generation > 0) {
+                remove_dir(&store, &table_dir(&schema, &dir)).await?;
+                continue;
+            }
+            let table = storage::Table::open(Arc::clone(&store), table_dir(&schema, &dir), &name).await?;
             let table = Arc::new(DynamicTable::new(table));
-            let relation = if views.contains(&(schema.clone(), name.clone())) {
-                let location = views::definition_path(&table_dir(&schema, &name));
+            let relation = if is_view {
+                let location = views::definition_path(&table_dir(&schema, &dir));
                 let bytes = object_store::ObjectStoreExt::get(&store, &location)
                     .await
                     .map_err(|e| Error::new(StatusCode::Io, format!("cannot read {location}: {e}")))?
@@ -192,7 +279,12 @@ impl DynamicCatalog {
                     .map_err(|e| Error::new(StatusCode::Io, format!("cannot read {location}: {e}")))?;
                 let definition: views::ViewDefinition = storage::frame::decode(location.as_ref(), &bytes)?;
                 let view_name = RelationName { schema: schema.clone(), name: name.clone() };
-                Relation::MaterializedView(MaterializedView::new(view_name, table, definition))
+                Relation::MaterializedView(MaterializedView::new(
+                    view_name,
+                    table,
+                    definition,
+                    table_dir(&schema, &dir),
+                ))
             } else {
                 Relation::Table(table)
             };
@@ -210,6 +302,17 @@ fn system_table_name(name: &str) -> Option<(&str, SystemKind)> {
 
 fn table_dir(schema: &str, table: &str) -> Path {
     Path::from(schema).join(table)
+}
+
+/// Deletes every file under `dir`.
+async fn remove_dir(store: &Arc<dyn ObjectStore>, dir: &Path) -> Result<()> {
+    let paths = store.list(Some(dir)).map_ok(|m| m.location).boxed();
+    store
+        .delete_stream(paths)
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|e| Error::new(StatusCode::Io, format!("cannot remove {dir}: {e}")))?;
+    Ok(())
 }
 
 #[async_trait]
@@ -301,6 +404,9 @@ impl Catalog for DynamicCatalog {
 
     async fn create_table(&self, request: CreateTable) -> Result<Created> {
         let name = &request.name;
+        if name.name.contains('@') {
+            return Err(Error::invalid(format!("relation name \"{}\" may not contain '@'", name.name)));
+        }
         {
             let schemas = self.schemas.read().map_err(errors::poisoned)?;
             let schema = schemas.get(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
@@ -487,22 +593,24 @@ impl Catalog for DynamicCatalog {
     async fn create_materialized_view(&self, request: CreateMaterializedView) -> Result<Created> {
         let ctx = self.view_context()?;
         let name = request.name.clone();
-        {
+        if name.name.contains('@') {
+            return Err(Error::invalid(format!("relation name \"{}\" may not contain '@'", name.name)));
+        }
+        let replaced = {
             let schemas = self.schemas.read().map_err(errors::poisoned)?;
             let schema = schemas.get(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
-            if schema.contains_key(&name.name) {
-                if request.if_not_exists {
-                    return Ok(Created::AlreadyExisted);
-                }
-                if !request.or_replace {
-                    return Err(errors::relation_exists(&name));
-                }
-                return Err(Error::unsupported(
-                    "CREATE OR REPLACE MATERIALIZED VIEW is not supported yet: DROP it and CREATE it again",
-                ));
+            match schema.get(&name.name) {
+                None => None,
+                Some(_) if request.if_not_exists => return Ok(Created::AlreadyExisted),
+                Some(_) if !request.or_replace => return Err(errors::relation_exists(&name)),
+                Some(Relation::MaterializedView(old)) => Some(Arc::clone(old)),
+                Some(other) => return Err(errors::wrong_kind(&name, RelationKind::MaterializedView, other.kind())),
             }
-        }
+        };
         let plan = views::ViewPlan::analyze(views::plan_query(&ctx, &request.query).await?)?;
+        if let Some(old) = replaced {
+            return self.replace_view(old, &request, plan, ctx).await;
+        }
         let (definition, schema) = views::define(&request, &plan)?;
         let key: Vec<&str> = match &definition.key {
             views::KeyLayout::Visible(columns) => columns.iter().map(|&i| definition.columns[i].as_str()).collect(),
@@ -516,8 +624,8 @@ impl Catalog for DynamicCatalog {
         object_store::ObjectStoreExt::put(&self.store, &location, storage::frame::encode(&definition)?.into())
             .await
             .map_err(|e| Error::new(StatusCode::Io, format!("cannot store materialized view {name}: {e}")))?;
-        let table = storage::Table::create(Arc::clone(&self.store), dir, &name.name, table_schema).await?;
-        let view = MaterializedView::new(name.clone(), Arc::new(DynamicTable::new(table)), definition);
+        let table = storage::Table::create(Arc::clone(&self.store), dir.clone(), &name.name, table_schema).await?;
+        let view = MaterializedView::new(name.clone(), Arc::new(DynamicTable::new(table)), definition, dir);
         {
             let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
             let schema = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
@@ -574,24 +682,20 @@ impl Catalog for DynamicCatalog {
             let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
             schemas.get_mut(&name.schema).and_then(|s| s.remove(&name.name))
         };
-        let table = match removed {
+        let (table, dir) = match removed {
             None => return Ok(false),
             Some(Relation::View(_)) => return Ok(true),
-            Some(Relation::Table(table)) => Arc::clone(&table.table),
+            Some(Relation::Table(table)) => (Arc::clone(&table.table), table_dir(&name.schema, &name.name)),
             Some(Relation::MaterializedView(view)) => {
                 view.stop().await;
-                Arc::clone(view.table())
+                (Arc::clone(view.table()), view.dir.clone())
             }
         };
         // No commit (a background compaction, a write in flight) may land after this.
         table.close().await;
-        let dir = table_dir(&name.schema, &name.name);
-        let paths = self.store.list(Some(&dir)).map_ok(|m| m.location).boxed();
-        self.store
-            .delete_stream(paths)
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|e| Error::new(StatusCode::Io, format!("{name} dropped, but its files remain: {e}")))?;
+        remove_dir(&self.store, &dir).await.map_err(|e| {
+            Error::new(StatusCode::Io, format!("{name} dropped, but its files remain: {}", e.message()))
+        })?;
         Ok(true)
     }
 }

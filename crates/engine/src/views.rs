@@ -84,6 +84,10 @@ pub struct ViewDefinition {
     pub sources: Vec<String>,
     /// How the key is stored.
     pub key: KeyLayout,
+    /// 0 for a new view, +1 for each CREATE OR REPLACE; the stored table of
+    /// generation `g > 0` lives in `<schema>/<name>@<g>`.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// How a view's derived key is stored.
@@ -130,6 +134,8 @@ pub struct MaterializedView {
     pub storage: Arc<DynamicTable>,
     /// The definition.
     pub definition: ViewDefinition,
+    /// The directory of the stored table.
+    pub dir: object_store::path::Path,
     /// The visible columns as a provider.
     visible: Arc<DynamicTable>,
     /// Published by the maintainer.
@@ -149,12 +155,18 @@ const FRESHNESS_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl MaterializedView {
     /// A view over its stored table.
-    pub fn new(name: RelationName, storage: Arc<DynamicTable>, definition: ViewDefinition) -> Arc<Self> {
+    pub fn new(
+        name: RelationName,
+        storage: Arc<DynamicTable>,
+        definition: ViewDefinition,
+        dir: object_store::path::Path,
+    ) -> Arc<Self> {
         let visible = Arc::new(DynamicTable::visible_part(Arc::clone(storage.storage()), definition.columns.len()));
         Arc::new_cyclic(|me| Self {
             name,
             storage,
             definition,
+            dir,
             visible,
             progress: tokio::sync::watch::Sender::new(Progress::default()),
             sources: Mutex::new(Vec::new()),
@@ -389,6 +401,7 @@ pub fn define(request: &CreateMaterializedView, plan: &plan::ViewPlan) -> Result
         columns,
         sources: plan.sources.iter().map(|s| s.name.to_string()).collect(),
         key,
+        generation: 0,
     };
     Ok((definition, Arc::new(Schema::new(fields))))
 }

@@ -139,7 +139,9 @@ async fn tables_survive_a_restart() {
              INSERT INTO kept (id, name) VALUES (1, 'one'), (2, 'two');
              INSERT INTO kept VALUES (2, 'TWO', 20);
              DELETE FROM kept WHERE id = 1;
-             CREATE SCHEMA other; CREATE TABLE other.log (msg TEXT); INSERT INTO other.log VALUES ('hello')",
+             CREATE SCHEMA other; CREATE TABLE other.log (msg TEXT); INSERT INTO other.log VALUES ('hello');
+             CREATE MATERIALIZED VIEW named AS SELECT id FROM kept;
+             CREATE OR REPLACE MATERIALIZED VIEW named AS SELECT id, upper(name) AS shout FROM kept",
         )
         .await
         .unwrap();
@@ -157,6 +159,10 @@ async fn tables_survive_a_restart() {
     client.batch_execute("INSERT INTO kept (id, name) VALUES (3, 'three')").await.unwrap();
     let n: i32 = client.query_one("SELECT n FROM kept WHERE id = 3", &[]).await.unwrap().get(0);
     assert_eq!(n, 5);
+    // The replacing definition of the view is the one that came back, and it is maintained.
+    let rows = client.query("SELECT id, shout FROM named ORDER BY id", &[]).await.unwrap();
+    let rows: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(rows, vec![(2, "TWO".to_string()), (3, "THREE".to_string())]);
     drop(client);
     stop(server);
 }
