@@ -119,13 +119,12 @@ impl DynamicCatalog {
         if plan.sources.iter().any(|s| &s.name == name) {
             return Err(Error::invalid(format!("materialized view {name} cannot read itself")));
         }
-        let (mut definition, schema) = views::define(request, &plan)?;
+        let (mut definition, schema, options) = views::define(request, &plan)?;
         definition.generation = old.definition.generation + 1;
         let key: Vec<&str> = match &definition.key {
             views::KeyLayout::Visible(columns) => columns.iter().map(|&i| definition.columns[i].as_str()).collect(),
             views::KeyLayout::Hidden => vec![views::HIDDEN_KEY],
         };
-        let options = storage::TableOptions::parse(&request.options)?;
         let table_schema = storage::TableSchema::new(0, schema, &key, options)?;
         let dir = table_dir(&name.schema, &format!("{}@{}", name.name, definition.generation));
         let table = storage::Table::create(Arc::clone(&self.store), dir.clone(), &name.name, table_schema).await?;
@@ -611,12 +610,11 @@ impl Catalog for DynamicCatalog {
         if let Some(old) = replaced {
             return self.replace_view(old, &request, plan, ctx).await;
         }
-        let (definition, schema) = views::define(&request, &plan)?;
+        let (definition, schema, options) = views::define(&request, &plan)?;
         let key: Vec<&str> = match &definition.key {
             views::KeyLayout::Visible(columns) => columns.iter().map(|&i| definition.columns[i].as_str()).collect(),
             views::KeyLayout::Hidden => vec![views::HIDDEN_KEY],
         };
-        let options = storage::TableOptions::parse(&request.options)?;
         let table_schema = storage::TableSchema::new(0, schema, &key, options)?;
         let dir = table_dir(&name.schema, &name.name);
         // The definition first: a crash before the table exists leaves a file no listing picks up.

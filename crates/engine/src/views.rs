@@ -88,6 +88,10 @@ pub struct ViewDefinition {
     /// generation `g > 0` lives in `<schema>/<name>@<g>`.
     #[serde(default)]
     pub generation: u64,
+    /// `'emit' = 'on-window-close'`: a window's row appears once the
+    /// sources' watermark passes its `window_end` (and not before).
+    #[serde(default)]
+    pub emit_on_window_close: bool,
 }
 
 /// How a view's derived key is stored.
@@ -352,8 +356,23 @@ pub async fn plan_query(ctx: &datafusion::prelude::SessionContext, sql: &str) ->
 ///
 /// # Errors
 /// Duplicate or reserved column names; a column list longer than the query's columns.
-pub fn define(request: &CreateMaterializedView, plan: &plan::ViewPlan) -> Result<(ViewDefinition, SchemaRef)> {
+pub fn define(
+    request: &CreateMaterializedView,
+    plan: &plan::ViewPlan,
+) -> Result<(ViewDefinition, SchemaRef, storage::TableOptions)> {
     let output = plan.plan.schema();
+    let mut options = request.options.clone();
+    let emit_on_window_close = match options.remove("emit").as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("on-update") => false,
+        Some("on-window-close") => true,
+        Some(other) => {
+            return Err(Error::new(
+                StatusCode::InvalidParameterValue,
+                format!("materialized view option 'emit' is 'on-update' or 'on-window-close', not '{other}'"),
+            ));
+        }
+    };
+    let options = storage::TableOptions::parse(&options)?;
     if request.column_names.len() > plan.visible {
         return Err(Error::new(
             StatusCode::InvalidSyntax,
@@ -385,6 +404,9 @@ pub fn define(request: &CreateMaterializedView, plan: &plan::ViewPlan) -> Result
             )));
         }
     }
+    if emit_on_window_close {
+        check_window_close(request, plan, &columns)?;
+    }
     let (key, _) = maintain::derive_key(plan)?;
     let mut fields: Vec<Field> = (0..plan.visible)
         .map(|i| {
@@ -402,8 +424,38 @@ pub fn define(request: &CreateMaterializedView, plan: &plan::ViewPlan) -> Result
         sources: plan.sources.iter().map(|s| s.name.to_string()).collect(),
         key,
         generation: 0,
+        emit_on_window_close,
     };
-    Ok((definition, Arc::new(Schema::new(fields))))
+    Ok((definition, Arc::new(Schema::new(fields)), options))
+}
+
+/// A view that emits on window close groups by a window, shows its
+/// `window_end`, and reads only tables with a watermark.
+fn check_window_close(request: &CreateMaterializedView, plan: &plan::ViewPlan, columns: &[String]) -> Result<()> {
+    if !plan.is_grouped() {
+        return Err(Error::unsupported(format!(
+            "materialized view {} emits on window close, which needs a GROUP BY over a window (TUMBLE or HOP)",
+            request.name
+        )));
+    }
+    let window_end = columns.iter().position(|c| c == "window_end");
+    let is_time =
+        window_end.is_some_and(|i| matches!(plan.plan.schema().field(i).data_type(), DataType::Timestamp(_, _)));
+    if !is_time {
+        return Err(Error::invalid(format!(
+            "materialized view {} emits on window close: it needs a timestamp column named window_end",
+            request.name
+        )));
+    }
+    for source in &plan.sources {
+        if source.view.is_some() || source.table.storage().schema().options.watermark.is_none() {
+            return Err(Error::invalid(format!(
+                "materialized view {} emits on window close, but {} has no watermark (table option 'watermark' = 'ts - 5 s')",
+                request.name, source.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl MaterializedView {

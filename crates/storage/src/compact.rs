@@ -332,6 +332,7 @@ impl Table {
             changelog: vec![],
             next_sequence: None,
             properties: Default::default(),
+            watermark: None,
         };
         self.commit_locked(&guard, commit).await.map(Some)
     }

@@ -76,7 +76,7 @@ mod merge;
 
 pub use consumer::Consumer;
 pub use error::{Error, Result};
-pub use options::{AggregateFunction, TableOptions};
+pub use options::{AggregateFunction, TableOptions, Watermark};
 pub use scan::{ScanPlan, ScanRequest};
 pub use schema::{MergeEngine, RowKind, TableSchema, ValueKind};
 pub use snapshot::{CommitKind, FileMeta, Manifest, Snapshot};

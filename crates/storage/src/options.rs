@@ -119,6 +119,9 @@ pub struct TableOptions {
     pub snapshot_time_retained_ms: u64,
     /// Consumers not advanced for this long (milliseconds) are dropped; never when `None`.
     pub consumer_expiration_ms: Option<u64>,
+    /// The event-time watermark (`'watermark' = 'ts - 5 s'`): every commit
+    /// records the largest event time written so far minus the delay.
+    pub watermark: Option<Watermark>,
     /// Rows per Parquet row group (not a SQL option; tests lower it to
     /// exercise multi-row-group files with few rows).
     pub row_group_rows: usize,
@@ -144,6 +147,7 @@ impl Default for TableOptions {
             snapshot_num_retained_max: i32::MAX as u64,
             snapshot_time_retained_ms: 3_600_000,
             consumer_expiration_ms: None,
+            watermark: None,
             row_group_rows: crate::file::ROW_GROUP_ROWS,
             separate_write_rows: 1024,
         }
@@ -166,7 +170,40 @@ const NAMES: &[&str] = &[
     "snapshot.num-retained.max",
     "snapshot.time-retained",
     "consumer.expiration-time",
+    "watermark",
 ];
+
+/// An event-time watermark: `column - delay`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermark {
+    /// A timestamp column.
+    pub column: String,
+    /// How late rows may arrive, milliseconds.
+    pub delay_ms: i64,
+}
+
+impl Watermark {
+    /// `ts`, `ts - 5 s`, `ts - INTERVAL '5' SECOND`, `ts - INTERVAL '5 seconds'`.
+    fn parse(key: &str, value: &str) -> Result<Self> {
+        let (column, delay) = match value.split_once('-') {
+            Some((column, delay)) => (column.trim(), Some(delay.trim())),
+            None => (value.trim(), None),
+        };
+        if column.is_empty() || column.contains(char::is_whitespace) {
+            return Err(Error::Invalid(format!(
+                "invalid value '{value}' for table option '{key}': expected 'column - delay', like 'ts - 5 s'"
+            )));
+        }
+        let delay_ms = match delay {
+            None => 0,
+            Some(delay) => {
+                let delay = delay.strip_prefix("INTERVAL").or_else(|| delay.strip_prefix("interval")).unwrap_or(delay);
+                duration_ms(key, &delay.replace('\'', " ").split_whitespace().collect::<Vec<_>>().join(" "))? as i64
+            }
+        };
+        Ok(Self { column: column.trim_matches('"').to_string(), delay_ms })
+    }
+}
 
 impl TableOptions {
     /// Sorted runs at which a write compacts before it commits.
@@ -206,6 +243,7 @@ impl TableOptions {
                 "snapshot.num-retained.max" => out.snapshot_num_retained_max = number(key, value)?.max(1),
                 "snapshot.time-retained" => out.snapshot_time_retained_ms = duration_ms(key, value)?,
                 "consumer.expiration-time" => out.consumer_expiration_ms = Some(duration_ms(key, value)?),
+                "watermark" => out.watermark = Some(Watermark::parse(key, value)?),
                 other => {
                     return Err(Error::Invalid(format!(
                         "unknown table option '{other}': supported options are {}",

@@ -200,6 +200,16 @@ impl TableSchema {
             }
             crate::fold::check_orderable("sequence.field", self.schema.field(index))?;
         }
+        if let Some(watermark) = &options.watermark {
+            let index = column("watermark", &watermark.column)?;
+            if !matches!(self.schema.field(index).data_type(), arrow::datatypes::DataType::Timestamp(_, _)) {
+                return Err(Error::Invalid(format!(
+                    "table option 'watermark' needs a timestamp column; \"{}\" is {}",
+                    watermark.column,
+                    self.schema.field(index).data_type()
+                )));
+            }
+        }
         let named = options.aggregate_functions.keys().chain(options.list_agg_delimiters.keys());
         let any_named = named.clone().next().is_some() || options.default_aggregate_function.is_some();
         if any_named && engine != MergeEngine::Aggregation {

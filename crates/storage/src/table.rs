@@ -567,7 +567,10 @@ impl Table {
             // A transaction that began before other commits numbered its rows
             // from its base; its keys are disjoint from theirs (checked at commit).
             next_sequence: commit.next_sequence.unwrap_or(1).max(state.latest.as_ref().map_or(1, |s| s.next_sequence)),
-            watermark: state.latest.as_ref().and_then(|s| s.watermark),
+            watermark: match (state.latest.as_ref().and_then(|s| s.watermark), commit.watermark) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
             properties: {
                 let mut properties = state.latest.as_ref().map(|s| s.properties.clone()).unwrap_or_default();
                 properties.extend(commit.properties);
@@ -955,6 +958,9 @@ pub(crate) struct Commit {
     pub next_sequence: Option<u64>,
     /// Properties this commit sets (others carry over from the parent).
     pub properties: std::collections::BTreeMap<String, String>,
+    /// The watermark of the rows this commit wrote (the snapshot keeps the
+    /// larger of it and the parent's).
+    pub watermark: Option<i64>,
 }
 
 /// Files written by a write that is not committed yet.
@@ -963,6 +969,8 @@ struct Staged {
     data: Vec<FileMeta>,
     changelog: Vec<FileMeta>,
     next_seq: Option<u64>,
+    /// Largest event time staged minus the watermark delay (table option `watermark`).
+    watermark: Option<i64>,
 }
 
 impl Staged {
@@ -974,6 +982,9 @@ impl Staged {
     /// committed state plus what is staged, and writes them as new files.
     async fn stage(&mut self, table: &Table, state: &State, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<()> {
         let schema = &state.schema;
+        if let Some(watermark) = event_time_watermark(schema, rows, kinds)? {
+            self.watermark = Some(self.watermark.map_or(watermark, |w| w.max(watermark)));
+        }
         let next_seq = self.next_seq.unwrap_or_else(|| state.latest.as_ref().map_or(1, |s| s.next_sequence));
         let (data, changelog) = if schema.has_primary_key() {
             // Lookups see the committed runs and what this transaction staged.
@@ -1074,6 +1085,7 @@ impl Staged {
             changelog: self.changelog,
             next_sequence: self.next_seq,
             properties,
+            watermark: self.watermark,
         };
         table.commit_locked(guard, commit).await.map(Some)
     }
@@ -1294,6 +1306,21 @@ impl Table {
             seq_kind: (user, user + 1, delete_code),
         }
     }
+}
+
+/// The largest event time among the upserted `rows`, in milliseconds, minus
+/// the table's watermark delay; `None` without a watermark or such rows.
+fn event_time_watermark(schema: &TableSchema, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<Option<i64>> {
+    let Some(watermark) = &schema.options.watermark else { return Ok(None) };
+    let Ok(index) = schema.schema.index_of(&watermark.column) else { return Ok(None) };
+    let column = rows.column(index);
+    let millis = arrow::compute::cast(
+        column,
+        &arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+    )?;
+    let millis = millis.as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+    let latest = millis.iter().zip(kinds).filter(|(_, kind)| **kind != ValueKind::Delete).filter_map(|(t, _)| t).max();
+    Ok(latest.map(|t| t - watermark.delay_ms))
 }
 
 fn key_columns(schema: &TableSchema, batch: &RecordBatch) -> Vec<ArrayRef> {

@@ -181,10 +181,15 @@ impl ViewMaintainer {
         let mut stream = self.ctx.execute_logical_plan(rewritten.plan.clone()).await?.execute_stream().await?;
         let mut pending: Vec<RecordBatch> = Vec::new();
         let mut pending_rows = 0;
+        let closed = if self.view.definition.emit_on_window_close { self.watermark(&positions).await? } else { None };
         while let Some(batch) = stream.next().await {
             let batch = batch?;
-            pending_rows += batch.num_rows();
-            pending.push(self.view_rows(&batch, &rewritten)?);
+            let mut rows = self.view_rows(&batch, &rewritten)?;
+            if self.view.definition.emit_on_window_close {
+                rows = self.closed_windows(&rows, None, closed)?;
+            }
+            pending_rows += rows.num_rows();
+            pending.push(rows);
             if pending_rows >= BACKFILL_BATCH_ROWS {
                 let rows = concat_batches(&self.storage_schema, &pending)?;
                 txn.write(&rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await?;
@@ -284,7 +289,7 @@ impl ViewMaintainer {
                 let plan = self.plan.touched_groups(&at)?;
                 groups.extend(self.ctx.execute_logical_plan(plan).await?.collect().await?);
             }
-            self.regroup(&next, groups).await?
+            self.regroup(positions, &next, groups).await?
         } else {
             let mut changed = Vec::new();
             for (n, &scan) in scans.iter().enumerate() {
@@ -385,6 +390,42 @@ impl ViewMaintainer {
         Ok(RecordBatch::try_new(Arc::clone(&self.storage_schema), columns)?)
     }
 
+    /// The watermark the sources had at `positions`: the smallest of them,
+    /// `None` while a source has none.
+    async fn watermark(&self, positions: &[u64]) -> Result<Option<i64>> {
+        let mut smallest: Option<i64> = None;
+        for (source, &position) in self.sources().iter().zip(positions) {
+            if position == 0 {
+                return Ok(None);
+            }
+            let Some(watermark) = source.table.storage().read_snapshot(position).await?.watermark else {
+                return Ok(None);
+            };
+            smallest = Some(smallest.map_or(watermark, |s| s.min(watermark)));
+        }
+        Ok(smallest)
+    }
+
+    /// The rows of windows that end after `after` and at or before `upto`.
+    fn closed_windows(&self, rows: &RecordBatch, after: Option<i64>, upto: Option<i64>) -> Result<RecordBatch> {
+        let Some(upto) = upto else { return Ok(RecordBatch::new_empty(rows.schema())) };
+        let index = self
+            .view
+            .definition
+            .columns
+            .iter()
+            .position(|c| c == "window_end")
+            .ok_or_else(|| Error::internal("a view that emits on window close has no window_end"))?;
+        let ends = datafusion::arrow::compute::cast(
+            rows.column(index),
+            &DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+        )?;
+        let ends = ends.as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>();
+        let keep: datafusion::arrow::array::BooleanArray =
+            ends.iter().map(|end| Some(end.is_some_and(|e| e <= upto && after.is_none_or(|a| e > a)))).collect();
+        Ok(datafusion::arrow::compute::filter_record_batch(rows, &keep)?)
+    }
+
     /// The identity of each row of `rows` (in the view table's layout).
     fn row_keys(&self, rows: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         match &self.view.definition.key {
@@ -460,16 +501,25 @@ impl ViewMaintainer {
     /// rows of those groups.
     async fn regroup(
         &self,
+        before: &[u64],
         positions: &[u64],
         groups: Vec<RecordBatch>,
     ) -> Result<(RecordBatch, Vec<storage::ValueKind>)> {
         let empty = || RecordBatch::new_empty(Arc::clone(&self.storage_schema));
-        if groups.iter().all(|g| g.num_rows() == 0) {
+        let (closed_before, closed_now) = if self.view.definition.emit_on_window_close {
+            (self.watermark(before).await?, self.watermark(positions).await?)
+        } else {
+            (None, None)
+        };
+        let closing = closed_now > closed_before;
+        if groups.iter().all(|g| g.num_rows() == 0) && !closing {
             return Ok((empty(), vec![]));
         }
+        let groups: Vec<RecordBatch> = groups.into_iter().filter(|g| g.num_rows() > 0).collect();
+        let any_touched = !groups.is_empty();
         let group_keys = self.plan.group_keys();
         let mut touched: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
-        let restrict = if group_keys == 0 {
+        let restrict = if group_keys == 0 || groups.is_empty() {
             None
         } else {
             let schema = groups[0].schema();
@@ -480,10 +530,29 @@ impl ViewMaintainer {
             Some(LogicalPlanBuilder::scan("__groups", provider_as_source(Arc::new(table)), None)?.build()?)
         };
         let at: Vec<At> = self.plan.occurrences.iter().map(|&s| At::Snapshot(positions[s])).collect();
-        let rewritten = self.plan.full(&at, restrict)?;
-        let batches = self.ctx.execute_logical_plan(rewritten.plan.clone()).await?.collect().await?;
-        let new_rows: Vec<RecordBatch> =
-            batches.iter().map(|b| self.view_rows(b, &rewritten)).collect::<Result<_>>()?;
+        let mut new_rows: Vec<RecordBatch> = Vec::new();
+        if group_keys == 0 || any_touched {
+            let rewritten = self.plan.full(&at, restrict)?;
+            let batches = self.ctx.execute_logical_plan(rewritten.plan.clone()).await?.collect().await?;
+            for batch in &batches {
+                new_rows.push(self.view_rows(batch, &rewritten)?);
+            }
+        }
+        if self.view.definition.emit_on_window_close {
+            new_rows = new_rows.iter().map(|b| self.closed_windows(b, None, closed_now)).collect::<Result<_>>()?;
+            if closing {
+                // Windows the watermark passed in this step appear, changed or not.
+                let rewritten = self.plan.full(&at, None)?;
+                let batches = self.ctx.execute_logical_plan(rewritten.plan.clone()).await?.collect().await?;
+                for batch in &batches {
+                    new_rows.push(self.closed_windows(
+                        &self.view_rows(batch, &rewritten)?,
+                        closed_before,
+                        closed_now,
+                    )?);
+                }
+            }
+        }
         let new_rows = concat_batches(&self.storage_schema, &new_rows)?;
         let old_rows = concat_batches(
             &self.storage_schema,
@@ -509,7 +578,10 @@ impl ViewMaintainer {
         let mut kinds = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (i, key) in new_keys.iter().enumerate() {
-            seen.insert(key.as_slice());
+            if !seen.insert(key.as_slice()) {
+                // A touched window that also closed in this step: once is enough.
+                continue;
+            }
             match old.get(key.as_slice()) {
                 Some(&o) if old_values[o] == new_values[i] => {}
                 _ => {
