@@ -121,11 +121,7 @@ impl DynamicCatalog {
         }
         let (mut definition, schema, options) = views::define(request, &plan)?;
         definition.generation = old.definition.generation + 1;
-        let key: Vec<&str> = match &definition.key {
-            views::KeyLayout::Visible(columns) => columns.iter().map(|&i| definition.columns[i].as_str()).collect(),
-            views::KeyLayout::Hidden => vec![views::HIDDEN_KEY],
-        };
-        let table_schema = storage::TableSchema::new(0, schema, &key, options)?;
+        let table_schema = views::table_schema(&definition, schema, options)?;
         let dir = table_dir(&name.schema, &format!("{}@{}", name.name, definition.generation));
         let table = storage::Table::create(Arc::clone(&self.store), dir.clone(), &name.name, table_schema).await?;
         let view = MaterializedView::new(name.clone(), Arc::new(DynamicTable::new(table)), definition, dir.clone());
@@ -611,11 +607,7 @@ impl Catalog for DynamicCatalog {
             return self.replace_view(old, &request, plan, ctx).await;
         }
         let (definition, schema, options) = views::define(&request, &plan)?;
-        let key: Vec<&str> = match &definition.key {
-            views::KeyLayout::Visible(columns) => columns.iter().map(|&i| definition.columns[i].as_str()).collect(),
-            views::KeyLayout::Hidden => vec![views::HIDDEN_KEY],
-        };
-        let table_schema = storage::TableSchema::new(0, schema, &key, options)?;
+        let table_schema = views::table_schema(&definition, schema, options)?;
         let dir = table_dir(&name.schema, &name.name);
         // The definition first: a crash before the table exists leaves a file no listing picks up.
         let location = views::definition_path(&dir);

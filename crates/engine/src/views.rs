@@ -429,6 +429,23 @@ pub fn define(
     Ok((definition, Arc::new(Schema::new(fields)), options))
 }
 
+/// The definition of the table that stores a view: its columns, keyed on
+/// the derived key.
+///
+/// # Errors
+/// Options that do not fit the columns.
+pub fn table_schema(
+    definition: &ViewDefinition,
+    schema: SchemaRef,
+    options: storage::TableOptions,
+) -> Result<storage::TableSchema> {
+    let key: Vec<&str> = match &definition.key {
+        KeyLayout::Visible(columns) => columns.iter().map(|&i| definition.columns[i].as_str()).collect(),
+        KeyLayout::Hidden => vec![HIDDEN_KEY],
+    };
+    Ok(storage::TableSchema::new(0, schema, &key, options)?)
+}
+
 /// A view that emits on window close groups by a window, shows its
 /// `window_end`, and reads only tables with a watermark.
 fn check_window_close(request: &CreateMaterializedView, plan: &plan::ViewPlan, columns: &[String]) -> Result<()> {
