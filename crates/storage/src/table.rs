@@ -64,7 +64,15 @@ pub struct Table {
     commits: tokio::sync::watch::Sender<u64>,
     /// Live changelog readers in this process: the next snapshot each needs.
     pub(crate) holds: Arc<Mutex<HashMap<u64, u64>>>,
+    /// Changelogs read recently, by snapshot: the continuous views (and
+    /// other readers) of one table in this process share one read of each.
+    changelogs: Mutex<std::collections::BTreeMap<u64, Arc<Vec<RecordBatch>>>>,
+    /// Changelog files read from storage (for tests of the sharing).
+    changelog_file_reads: std::sync::atomic::AtomicU64,
 }
+
+/// Snapshots whose changelogs [`Table::changelog`] keeps in memory.
+const CACHED_CHANGELOGS: usize = 64;
 
 /// Keeps snapshots from [`SnapshotHold::next`] on from expiring while a
 /// reader in this process still needs them; released when dropped.
@@ -134,6 +142,8 @@ impl Table {
             key_indexes: Mutex::new(HashMap::new()),
             commits: tokio::sync::watch::Sender::new(0),
             holds: Arc::new(Mutex::new(HashMap::new())),
+            changelogs: Mutex::new(std::collections::BTreeMap::new()),
+            changelog_file_reads: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -852,18 +862,41 @@ impl Table {
     pub async fn changelog(&self, after: u64, upto: Option<u64>) -> Result<Vec<ChangelogBatch>> {
         let latest = self.lock_state().latest.as_ref().map_or(0, |s| s.id);
         let upto = upto.unwrap_or(latest).min(latest);
-        let target = self.schema().changelog_file_schema();
+        let schema = self.schema();
+        let target = schema.changelog_file_schema();
         let mut out = Vec::new();
         for id in after + 1..=upto {
-            let snapshot = self.read_snapshot(id).await?;
-            for meta in snapshot.changelog_files {
-                let reader = FileReader::open(&self.store, &self.dir, Arc::new(meta), &target).await?;
-                for batch in reader.read_all(READ_BATCH_ROWS).await? {
-                    out.push(ChangelogBatch { snapshot: id, batch });
+            let cached = self.changelogs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).cloned();
+            let batches = match cached {
+                // Decoded for the current definition (ALTER TABLE clears the cache).
+                Some(batches) if batches.iter().all(|b| b.schema() == target) => batches,
+                _ => {
+                    let snapshot = self.read_snapshot(id).await?;
+                    let mut batches = Vec::new();
+                    for meta in snapshot.changelog_files {
+                        self.changelog_file_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let reader = FileReader::open(&self.store, &self.dir, Arc::new(meta), &target).await?;
+                        batches.extend(reader.read_all(READ_BATCH_ROWS).await?);
+                    }
+                    let batches = Arc::new(batches);
+                    let mut cache = self.changelogs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    cache.insert(id, Arc::clone(&batches));
+                    while cache.len() > CACHED_CHANGELOGS {
+                        cache.pop_first();
+                    }
+                    batches
                 }
-            }
+            };
+            out.extend(batches.iter().map(|batch| ChangelogBatch { snapshot: id, batch: batch.clone() }));
         }
         Ok(out)
+    }
+
+    /// How many changelog files [`Table::changelog`] has read from storage
+    /// (a repeated read of a recent snapshot is served from memory).
+    #[doc(hidden)]
+    pub fn changelog_file_reads(&self) -> u64 {
+        self.changelog_file_reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -128,3 +128,26 @@ async fn big_blind_transaction_is_replayed_from_its_files() {
     assert_eq!(content(&table).await, expected);
     assert_eq!(replayed(&table).await, expected);
 }
+
+/// Readers of one table's changelog (the continuous views over it) share one
+/// read of each recent snapshot's changelog files.
+#[tokio::test]
+async fn repeated_changelog_reads_are_served_from_memory() {
+    let table = table().await;
+    for i in 0..3i64 {
+        table.write(&rows(&table, &[(i, "a"), (i + 10, "b")]), &[ValueKind::Upsert; 2]).await.unwrap();
+    }
+    table.write(&rows(&table, &[(0, "changed")]), &[ValueKind::Upsert]).await.unwrap();
+    let first = table.changelog(0, None).await.unwrap();
+    let reads = table.changelog_file_reads();
+    assert!(reads >= 4, "each commit has a changelog file: {reads}");
+    let second = table.changelog(0, None).await.unwrap();
+    let tail = table.changelog(2, None).await.unwrap();
+    assert_eq!(table.changelog_file_reads(), reads, "a repeated read went to storage");
+    let rows_of = |changes: &[streamhouse_storage::ChangelogBatch]| -> Vec<(u64, usize)> {
+        changes.iter().map(|c| (c.snapshot, c.batch.num_rows())).collect()
+    };
+    assert_eq!(rows_of(&first), rows_of(&second));
+    assert_eq!(rows_of(&tail), rows_of(&first).into_iter().filter(|(s, _)| *s > 2).collect::<Vec<_>>());
+    assert_eq!(replayed(&table).await, content(&table).await);
+}
