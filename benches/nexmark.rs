@@ -114,7 +114,6 @@ fn batches(events: &[(u64, Event)], tables: &[Arc<storage::Table>; 3]) -> [Recor
         }
     }
     let schema = |i: usize| tables[i].schema().schema;
-    let cast = |column: ArrayRef, _table: usize, _index: usize| column;
     // Text and timestamp columns may be stored as other types (Utf8View, another unit): cast.
     let conform = |table: usize, columns: Vec<ArrayRef>| {
         let schema = schema(table);
@@ -134,7 +133,7 @@ fn batches(events: &[(u64, Event)], tables: &[Arc<storage::Table>; 3]) -> [Recor
             strings(people.iter().map(|p| p.credit_card.as_str())),
             strings(people.iter().map(|p| p.city.as_str())),
             strings(people.iter().map(|p| p.state.as_str())),
-            cast(times(people.iter().map(|p| p.date_time as i64)), 0, 6),
+            times(people.iter().map(|p| p.date_time as i64)),
         ],
     )
     .expect("person rows");
@@ -146,8 +145,8 @@ fn batches(events: &[(u64, Event)], tables: &[Arc<storage::Table>; 3]) -> [Recor
             strings(auctions.iter().map(|a| a.description.as_str())),
             ints(auctions.iter().map(|a| a.initial_bid as i64)),
             ints(auctions.iter().map(|a| a.reserve as i64)),
-            cast(times(auctions.iter().map(|a| a.date_time as i64)), 1, 5),
-            cast(times(auctions.iter().map(|a| a.expires as i64)), 1, 6),
+            times(auctions.iter().map(|a| a.date_time as i64)),
+            times(auctions.iter().map(|a| a.expires as i64)),
             ints(auctions.iter().map(|a| a.seller as i64)),
             ints(auctions.iter().map(|a| a.category as i64)),
         ],
@@ -162,7 +161,7 @@ fn batches(events: &[(u64, Event)], tables: &[Arc<storage::Table>; 3]) -> [Recor
             ints(bids.iter().map(|(_, b)| b.price as i64)),
             strings(bids.iter().map(|(_, b)| b.channel.as_str())),
             strings(bids.iter().map(|(_, b)| b.url.as_str())),
-            cast(times(bids.iter().map(|(_, b)| b.date_time as i64)), 2, 6),
+            times(bids.iter().map(|(_, b)| b.date_time as i64)),
         ],
     )
     .expect("bid rows");

@@ -167,6 +167,12 @@ async fn tables_survive_a_restart() {
     stop(server);
 }
 
+/// Sleeps between 0.3 and 1.3 seconds, so a SIGKILL lands at a random moment.
+async fn pause_a_random_moment() {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    tokio::time::sleep(Duration::from_millis(300 + u64::from(nanos % 1000))).await;
+}
+
 /// Every acknowledged batch has all its rows; no batch is partly visible.
 async fn check_batches(client: &tokio_postgres::Client, acknowledged: &[i64], iteration: usize) {
     let rows = client.query("SELECT batch, count(*) FROM crash GROUP BY batch", &[]).await.unwrap();
@@ -221,9 +227,7 @@ async fn acknowledged_writes_survive_sigkill_during_inserts_and_compaction() {
                 }
             }));
         }
-        // Kill somewhere between 0.3 and 1.3 seconds in.
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        tokio::time::sleep(Duration::from_millis(300 + u64::from(nanos % 1000))).await;
+        pause_a_random_moment().await;
         let kinds = client.query("SELECT commit_kind FROM \"crash$snapshots\"", &[]).await.unwrap();
         compactions += kinds.iter().filter(|r| r.get::<_, &str>(0) == "compact").count();
         server.child.kill().unwrap();
@@ -329,8 +333,7 @@ async fn continuous_views_are_exact_after_sigkill() {
                 }
             }));
         }
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        tokio::time::sleep(Duration::from_millis(300 + u64::from(nanos % 1000))).await;
+        pause_a_random_moment().await;
         server.child.kill().unwrap();
         server.child.wait().unwrap();
         for writer in writers {

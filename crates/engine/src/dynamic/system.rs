@@ -270,7 +270,8 @@ impl TableProvider for SnapshotTable {
 }
 
 /// A plan that returns computed batches.
-fn batches_exec(
+/// A plan that yields `batches` (a system table's rows, computed when scanned).
+pub(crate) fn batches_exec(
     batches: Vec<RecordBatch>,
     schema: &SchemaRef,
     projection: Option<&Vec<usize>>,

@@ -152,6 +152,11 @@ impl ViewMaintainer {
             .map(Some)
     }
 
+    /// Keeps the sources' snapshots from `positions` on from expiring.
+    fn hold(&self, positions: &[u64]) -> Vec<storage::SnapshotHold> {
+        self.sources().iter().zip(positions).map(|(s, p)| s.table.storage().hold_snapshots((*p).max(1))).collect()
+    }
+
     fn positions_property(&self, positions: &[u64]) -> String {
         let map: std::collections::BTreeMap<String, u64> =
             self.sources().iter().zip(positions).map(|(s, p)| (s.name.to_string(), *p)).collect();
@@ -172,8 +177,7 @@ impl ViewMaintainer {
     /// Query and storage failures.
     pub async fn backfill(&self) -> Result<Vec<u64>> {
         let positions: Vec<u64> = self.sources().iter().map(Self::latest).collect();
-        let _holds: Vec<_> =
-            self.sources().iter().zip(&positions).map(|(s, p)| s.table.storage().hold_snapshots((*p).max(1))).collect();
+        let _holds = self.hold(&positions);
         let at: Vec<At> = self.plan.occurrences.iter().map(|&s| At::Snapshot(positions[s])).collect();
         let rewritten = self.plan.full(&at, None)?;
         let table = self.view.table();
@@ -211,8 +215,7 @@ impl ViewMaintainer {
     /// retried with back-off; the error is published meanwhile.
     pub async fn run(self, mut positions: Vec<u64>, stop: CancellationToken) {
         self.publish(&positions, None);
-        let holds: Vec<_> =
-            self.sources().iter().zip(&positions).map(|(s, p)| s.table.storage().hold_snapshots((*p).max(1))).collect();
+        let holds = self.hold(&positions);
         let mut watches: Vec<_> = self.sources().iter().map(|s| s.table.storage().watch_commits()).collect();
         let mut failures = 0u32;
         loop {

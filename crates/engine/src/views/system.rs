@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::{MemTable, SchemaProvider, Session as DfSession, TableProvider};
+use datafusion::catalog::{SchemaProvider, Session as DfSession, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
@@ -140,10 +140,10 @@ impl TableProvider for ViewsTable {
 
     async fn scan(
         &self,
-        state: &dyn DfSession,
+        _state: &dyn DfSession,
         projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let mut rows = Vec::new();
         for view in self.catalog.materialized_views() {
@@ -165,6 +165,6 @@ impl TableProvider for ViewsTable {
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.definition.as_str()))),
         ];
         let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
-        MemTable::try_new(Arc::clone(&self.schema), vec![vec![batch]])?.scan(state, projection, filters, limit).await
+        crate::dynamic::system::batches_exec(vec![batch], &self.schema, projection)
     }
 }
