@@ -260,6 +260,17 @@ impl<'a> Fold<'a> {
         }
     }
 
+    /// Whether `new` equals the row at `old` in the first `columns` columns
+    /// (`None`: never; only whole source rows are compared).
+    pub(crate) fn is_unchanged_in(&self, old: At, new: &Value, columns: Option<usize>) -> bool {
+        let (Some(columns), Value::Row(new)) = (columns, new) else { return false };
+        (0..columns.min(self.rules.len())).all(|c| {
+            let a = self.sources[old.0].column(c).slice(old.1, 1);
+            let b = self.sources[new.0].column(c).slice(new.1, 1);
+            a.as_ref() == b.as_ref()
+        })
+    }
+
     /// Combines column `column` of `at` into `cell`.
     fn aggregate(&self, column: usize, cell: &mut Cell, at: At) -> Result<()> {
         let input_valid = self.is_valid(at, column);

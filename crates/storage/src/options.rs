@@ -128,6 +128,10 @@ pub struct TableOptions {
     /// Rows from which each write of a group commit gets a file of its own
     /// when the writes' key ranges are disjoint (not a SQL option).
     pub separate_write_rows: usize,
+    /// Only the first this many columns make a change (not a SQL option):
+    /// an update that changes only the columns after them (a materialized
+    /// view's hidden state) writes the row but no changelog rows.
+    pub changelog_columns: Option<usize>,
 }
 
 impl Default for TableOptions {
@@ -150,6 +154,7 @@ impl Default for TableOptions {
             watermark: None,
             row_group_rows: crate::file::ROW_GROUP_ROWS,
             separate_write_rows: 1024,
+            changelog_columns: None,
         }
     }
 }

@@ -679,6 +679,11 @@ impl Table {
                     log_kinds.push(RowKind::Delete as i8);
                     log_seqs.push(seq);
                 }
+                (Some(old), Some(new)) if fold.is_unchanged_in(old, &new, schema.options.changelog_columns) => {
+                    // Only columns that make no change (hidden state) changed.
+                    data.push(&fold, &new);
+                    data_kinds.push(ValueKind::Upsert as i8);
+                }
                 (Some(old), Some(new)) => {
                     data.push(&fold, &new);
                     data_kinds.push(ValueKind::Upsert as i8);
@@ -764,6 +769,40 @@ impl Table {
             .map(|(key, (_, _, b, row))| (key, (b, row)))
             .collect();
         Ok((batches, live))
+    }
+
+    /// The rows (user columns) the latest snapshot holds for the keys in
+    /// `keys` (the primary-key columns, in key order); missing keys have
+    /// no row. Reads only the row groups whose key index holds a wanted key.
+    ///
+    /// # Errors
+    /// A table without primary key; key columns of other types; read failures.
+    pub async fn get(&self, keys: &[ArrayRef]) -> Result<RecordBatch> {
+        let state = self.current();
+        let schema = &state.schema;
+        if !schema.has_primary_key() {
+            return Err(Error::Invalid(format!("table {} has no primary key to look rows up by", self.name)));
+        }
+        let converter = key_converter(schema)?;
+        let rows = converter.convert_columns(keys)?;
+        let mut wanted: Vec<Row<'_>> = rows.iter().collect();
+        wanted.sort();
+        wanted.dedup();
+        let files: Vec<&FileMeta> = state.manifest.files.iter().collect();
+        let (batches, live) = self.lookup(schema, &files, &wanted).await?;
+        let mut found: Vec<(usize, usize)> = live.into_values().collect();
+        found.sort_unstable();
+        let mut columns = Vec::with_capacity(schema.schema.fields().len());
+        for c in 0..schema.schema.fields().len() {
+            let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
+            let indexes: Vec<(usize, usize)> = found.clone();
+            columns.push(if arrays.is_empty() {
+                arrow::array::new_empty_array(schema.schema.field(c).data_type())
+            } else {
+                arrow::compute::interleave(&arrays, &indexes)?
+            });
+        }
+        Ok(RecordBatch::try_new(Arc::clone(&schema.schema), columns)?)
     }
 
     /// The key index of `meta` as rows, cached (files never change).

@@ -333,6 +333,10 @@ async fn run(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>) {
                 got.retain(|k, _| (lo..=hi).contains(k));
                 let want: Model = model.range(lo..=hi).map(|(k, v)| (*k, v.clone())).collect();
                 assert_eq!(got, want, "scan of keys {lo}..={hi} in {partitions} partitions");
+                // Point lookups of the same keys (missing ones have no row, repeats count once).
+                let keys: Vec<i64> = (lo..=hi).chain([hi, lo]).collect();
+                let found = table.get(&[Arc::new(Int64Array::from(keys))]).await.unwrap();
+                assert_eq!(rows_of(&[found]), want, "lookup of keys {lo}..={hi}");
             }
             Op::Reopen => {
                 drop(table);

@@ -151,3 +151,51 @@ async fn repeated_changelog_reads_are_served_from_memory() {
     assert_eq!(rows_of(&tail), rows_of(&first).into_iter().filter(|(s, _)| *s > 2).collect::<Vec<_>>());
     assert_eq!(replayed(&table).await, content(&table).await);
 }
+
+/// With `changelog_columns`, an update of only the later columns is stored
+/// but makes no change in the changelog.
+#[tokio::test]
+async fn updates_of_columns_past_changelog_columns_write_no_changelog() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let arrow = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Utf8, true),
+        Field::new("state", DataType::Int64, false),
+    ]));
+    let options = TableOptions { changelog_columns: Some(2), ..TableOptions::default() };
+    let schema = TableSchema::new(0, arrow, &["k"], options).unwrap();
+    let table = Table::create(store, Path::from("public/h"), "h", schema).await.unwrap();
+    let write = |k: i64, v: &str, state: i64| {
+        RecordBatch::try_new(
+            Arc::clone(&table.schema().schema),
+            vec![
+                Arc::new(Int64Array::from(vec![k])),
+                Arc::new(StringArray::from(vec![v])),
+                Arc::new(Int64Array::from(vec![state])),
+            ],
+        )
+        .unwrap()
+    };
+    table.write(&write(1, "a", 1), &[ValueKind::Upsert]).await.unwrap();
+    let state_only = table.write(&write(1, "a", 2), &[ValueKind::Upsert]).await.unwrap();
+    assert!(state_only.is_some(), "the row is still written");
+    table.write(&write(1, "b", 3), &[ValueKind::Upsert]).await.unwrap();
+    let kinds: Vec<Vec<RowKind>> = table
+        .changelog(0, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let column = c.batch.column(c.batch.num_columns() - 1).as_primitive::<arrow::datatypes::Int8Type>();
+            column.values().iter().map(|&k| RowKind::from_code(k).unwrap()).collect()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![vec![RowKind::Insert], vec![RowKind::UpdateBefore, RowKind::UpdateAfter]],
+        "the state-only update is stored without changelog rows"
+    );
+    let stored = table.get(&[Arc::new(Int64Array::from(vec![1, 2]))]).await.unwrap();
+    assert_eq!(stored.num_rows(), 1);
+    assert_eq!(stored.column(2).as_primitive::<Int64Type>().value(0), 3);
+}
