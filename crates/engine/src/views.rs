@@ -40,6 +40,7 @@
 
 pub mod maintain;
 pub mod plan;
+pub mod state;
 pub mod system;
 
 pub use plan::ViewPlan;
@@ -92,6 +93,11 @@ pub struct ViewDefinition {
     /// sources' watermark passes its `window_end` (and not before).
     #[serde(default)]
     pub emit_on_window_close: bool,
+    /// The table keeps per-group aggregate state in hidden columns after
+    /// the key ([`state`]); views stored before there was state recompute
+    /// the groups a change touches.
+    #[serde(default)]
+    pub state: bool,
 }
 
 /// How a view's derived key is stored.
@@ -146,6 +152,8 @@ pub struct MaterializedView {
     pub progress: tokio::sync::watch::Sender<Progress>,
     /// The sources, once planned (for freshness waits).
     sources: Mutex<Vec<plan::Source>>,
+    /// How the maintainer computes steps, once it has planned the view.
+    maintenance: std::sync::OnceLock<&'static str>,
     /// Stops the maintainer.
     stop: tokio_util::sync::CancellationToken,
     /// The maintainer task.
@@ -174,6 +182,7 @@ impl MaterializedView {
             visible,
             progress: tokio::sync::watch::Sender::new(Progress::default()),
             sources: Mutex::new(Vec::new()),
+            maintenance: std::sync::OnceLock::new(),
             stop: tokio_util::sync::CancellationToken::new(),
             task: Mutex::new(None),
             me: me.clone(),
@@ -221,6 +230,18 @@ impl MaterializedView {
     /// The sources, once the maintainer has planned the view.
     pub fn sources(&self) -> Vec<plan::Source> {
         self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// How a step is computed (`sys.views.maintenance`): `linear` (changes
+    /// flow through projections, filters, joins and unions), `group state`
+    /// (per-group aggregate state), `recompute groups` (the touched groups
+    /// or partitions are evaluated again), or `starting`.
+    pub fn maintenance(&self) -> &'static str {
+        self.maintenance.get().copied().unwrap_or("starting")
+    }
+
+    pub(crate) fn set_maintenance(&self, maintenance: &'static str) {
+        let _ = self.maintenance.set(maintenance);
     }
 
     pub(crate) fn set_sources(&self, sources: Vec<plan::Source>) {
@@ -372,7 +393,7 @@ pub fn define(
             ));
         }
     };
-    let options = storage::TableOptions::parse(&options)?;
+    let mut options = storage::TableOptions::parse(&options)?;
     if request.column_names.len() > plan.visible {
         return Err(Error::new(
             StatusCode::InvalidSyntax,
@@ -418,6 +439,12 @@ pub fn define(
     if key == KeyLayout::Hidden {
         fields.push(Field::new(HIDDEN_KEY, DataType::Binary, false));
     }
+    let keeps_state = plan.state.is_some() && !emit_on_window_close;
+    if keeps_state {
+        fields.extend(state::state_fields(plan)?);
+        // Readers see the visible columns; state alone changing is no change.
+        options.changelog_columns = Some(plan.visible);
+    }
     let definition = ViewDefinition {
         query: request.query.clone(),
         columns,
@@ -425,6 +452,7 @@ pub fn define(
         key,
         generation: 0,
         emit_on_window_close,
+        state: keeps_state,
     };
     Ok((definition, Arc::new(Schema::new(fields)), options))
 }

@@ -322,6 +322,23 @@ async fn differential(seed: u64, steps: usize) {
     }
     let mut replays = BTreeMap::new();
     check(&engine, &mut session, &mut replays, 0).await;
+    // Aggregates of COUNT, SUM and AVG of integers, MIN and MAX keep
+    // per-group state; HAVING, DISTINCT aggregates, window functions and
+    // emit-on-window-close recompute the touched groups.
+    let maintenance = sorted_rows(&run(&mut session, "SELECT DISTINCT view, maintenance FROM sys.views").await);
+    let expected = |view: &str| match view {
+        "d_agg" | "d_distinct" | "d_join_agg" | "d_left_agg" | "d_tumble" | "d_hop" | "d_global" | "d_on_view_agg" => {
+            "group state"
+        }
+        "d_distinct_count" | "d_topn" | "d_window_sum" | "d_eowc" => "recompute groups",
+        _ => "linear",
+    };
+    let want: Vec<String> = {
+        let mut want: Vec<String> = VIEWS.iter().map(|(view, _)| format!("public.{view}|{}", expected(view))).collect();
+        want.sort();
+        want
+    };
+    assert_eq!(maintenance, want, "how each view is maintained");
     for step in 1..=steps {
         if rng.below(12) == 0 {
             // Restart: maintainers stop, and resume from what their views recorded.

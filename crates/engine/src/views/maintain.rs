@@ -16,6 +16,7 @@ use datafusion::arrow::compute::{concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, Field, Int8Type, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::catalog::{MemTable, TableProvider};
+use datafusion::common::ScalarValue;
 use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::LogicalPlanBuilder;
 use datafusion::prelude::SessionContext;
@@ -23,7 +24,8 @@ use futures::StreamExt;
 use streamhouse_storage as storage;
 use tokio_util::sync::CancellationToken;
 
-use super::plan::{At, Rewritten, Source, ViewPlan, WEIGHT};
+use super::plan::{At, GroupState, Rewritten, Source, ViewPlan, WEIGHT};
+use super::state::{self, Delta, Group};
 use super::{KeyLayout, MaterializedView, POSITIONS_PROPERTY, Progress};
 use crate::error::{Error, Result};
 
@@ -42,6 +44,8 @@ pub struct ViewMaintainer {
     /// Encodes visible columns, to tell a changed row from an unchanged one.
     values: RowConverter,
     storage_schema: SchemaRef,
+    /// Where the hidden group state starts in the view's table, when it keeps state.
+    state_offset: Option<usize>,
 }
 
 /// Key columns to bytes (the hidden `__key`, and the identity of a row).
@@ -112,7 +116,27 @@ impl ViewMaintainer {
         let value_fields =
             storage_schema.fields()[..plan.visible].iter().map(|f| SortField::new(f.data_type().clone())).collect();
         let group_keys = plan.group_keys().min(key_types.len());
+        let state_offset = if view.definition.state {
+            let fields = state::state_fields(&plan)?;
+            let offset = storage_schema.fields().len().saturating_sub(fields.len());
+            let stored: Vec<&Field> = storage_schema.fields()[offset..].iter().map(AsRef::as_ref).collect();
+            if plan.state.is_none() || stored != fields.iter().collect::<Vec<_>>() {
+                return Err(Error::internal(format!(
+                    "the query of materialized view {} no longer derives the state it was stored with",
+                    view.name
+                )));
+            }
+            Some(offset)
+        } else {
+            None
+        };
+        view.set_maintenance(match (state_offset, plan.is_grouped()) {
+            (Some(_), _) => "group state",
+            (None, true) => "recompute groups",
+            (None, false) => "linear",
+        });
         Ok(Self {
+            state_offset,
             groups: KeyEncoder::new(&key_types[..group_keys])?,
             keys: KeyEncoder::new(&key_types)?,
             values: RowConverter::new(value_fields)?,
@@ -182,18 +206,31 @@ impl ViewMaintainer {
         let rewritten = self.plan.full(&at, None)?;
         let table = self.view.table();
         let mut txn = table.begin().await?.blind();
-        let mut stream = self.ctx.execute_logical_plan(rewritten.plan.clone()).await?.execute_stream().await?;
+        let query = if self.state_offset.is_some() { self.plan.parts(&at, None)? } else { rewritten.plan.clone() };
+        let mut stream = self.ctx.execute_logical_plan(query).await?.execute_stream().await?;
         let mut pending: Vec<RecordBatch> = Vec::new();
         let mut pending_rows = 0;
         let closed = if self.view.definition.emit_on_window_close { self.watermark(&positions).await? } else { None };
         while let Some(batch) = stream.next().await {
             let batch = batch?;
-            let mut rows = self.view_rows(&batch, &rewritten)?;
-            if self.view.definition.emit_on_window_close {
-                rows = self.closed_windows(&rows, None, closed)?;
+            if let Some(state) = self.group_state() {
+                // The state of every group, from which its row follows.
+                let groups: Vec<(Vec<ScalarValue>, Group)> = state::deltas(state, &batch)?
+                    .into_iter()
+                    .map(|d| (d.values.clone(), d.into_group()))
+                    .filter(|(_, g)| g.rows > 0 || self.plan.group_keys() == 0)
+                    .collect();
+                let rows = self.group_rows(state, &groups).await?;
+                pending_rows += rows.num_rows();
+                pending.push(rows);
+            } else {
+                let mut rows = self.view_rows(&batch, &rewritten)?;
+                if self.view.definition.emit_on_window_close {
+                    rows = self.closed_windows(&rows, None, closed)?;
+                }
+                pending_rows += rows.num_rows();
+                pending.push(rows);
             }
-            pending_rows += rows.num_rows();
-            pending.push(rows);
             if pending_rows >= BACKFILL_BATCH_ROWS {
                 let rows = concat_batches(&self.storage_schema, &pending)?;
                 txn.write(&rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await?;
@@ -285,7 +322,15 @@ impl ViewMaintainer {
         let scans = self.plan.occurrences_of(source);
         let table = self.view.table();
         let mut txn = table.begin().await?;
-        let (rows, kinds) = if self.plan.is_grouped() {
+        let (rows, kinds) = if let Some(state) = self.group_state() {
+            let mut parts = Vec::new();
+            for (n, &scan) in scans.iter().enumerate() {
+                let at = self.readings(positions, source, &scans, n, scan, from, to, &delta);
+                let plan = self.plan.parts(&at, None)?;
+                parts.extend(self.ctx.execute_logical_plan(plan).await?.collect().await?);
+            }
+            self.update_groups(state, &next, &parts).await?
+        } else if self.plan.is_grouped() {
             let mut groups = Vec::new();
             for (n, &scan) in scans.iter().enumerate() {
                 let at = self.readings(positions, source, &scans, n, scan, from, to, &delta);
@@ -376,6 +421,12 @@ impl ViewMaintainer {
     /// A batch of the rewritten plan as rows of the view's table (visible
     /// columns, then `__key` when hidden).
     fn view_rows(&self, batch: &RecordBatch, rewritten: &Rewritten) -> Result<RecordBatch> {
+        let columns = self.view_columns(batch, rewritten)?;
+        Ok(RecordBatch::try_new(Arc::clone(&self.storage_schema), columns)?)
+    }
+
+    /// The visible columns and the hidden key of a batch of the rewritten plan.
+    fn view_columns(&self, batch: &RecordBatch, rewritten: &Rewritten) -> Result<Vec<ArrayRef>> {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.storage_schema.fields().len());
         for (i, field) in self.storage_schema.fields()[..self.plan.visible].iter().enumerate() {
             let column = batch.column(i);
@@ -390,7 +441,162 @@ impl ViewMaintainer {
             let encoded = self.keys.encode(&keys, batch.num_rows())?;
             columns.push(Arc::new(BinaryArray::from_iter_values(encoded.iter())));
         }
-        Ok(RecordBatch::try_new(Arc::clone(&self.storage_schema), columns)?)
+        Ok(columns)
+    }
+
+    /// The view's group state, when it keeps one.
+    fn group_state(&self) -> Option<&GroupState> {
+        self.state_offset.and(self.plan.state.as_ref())
+    }
+
+    /// The view's rows (with their state) for groups with their values.
+    async fn group_rows(&self, state: &GroupState, groups: &[(Vec<ScalarValue>, Group)]) -> Result<RecordBatch> {
+        let offset = self.state_offset.ok_or_else(|| Error::internal("view keeps no group state"))?;
+        if groups.is_empty() {
+            return Ok(RecordBatch::new_empty(Arc::clone(&self.storage_schema)));
+        }
+        let values: Vec<&[ScalarValue]> = groups.iter().map(|(v, _)| v.as_slice()).collect();
+        let states: Vec<&Group> = groups.iter().map(|(_, g)| g).collect();
+        let columns = state::aggregate_columns(state, &values, &states)?;
+        let mut fields: Vec<Field> =
+            (0..state.width()).map(|i| Field::new(format!("c{i}"), state.output_type(i).clone(), true)).collect();
+        fields.push(Field::new("__row", DataType::Int64, false));
+        let schema = Arc::new(Schema::new(fields));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+        let rewritten = self.plan.over_groups(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))?;
+        let fields: Vec<Field> = self.storage_schema.fields()[offset..].iter().map(|f| f.as_ref().clone()).collect();
+        let mut out = Vec::new();
+        for batch in self.ctx.execute_logical_plan(rewritten.plan.clone()).await?.collect().await? {
+            let mut columns = self.view_columns(&batch, &rewritten)?;
+            let order: Vec<&Group> = weights(&batch, &rewritten)?.iter().map(|&i| states[i as usize]).collect();
+            columns.extend(state::state_columns(state, &fields, &order)?);
+            out.push(RecordBatch::try_new(Arc::clone(&self.storage_schema), columns)?);
+        }
+        Ok(concat_batches(&self.storage_schema, &out)?)
+    }
+
+    /// Adds the parts of a change to the state of the groups it touches and
+    /// gives the rows to write: upserts of groups that exist after the
+    /// change, deletes of those that no longer do.
+    async fn update_groups(
+        &self,
+        state: &GroupState,
+        positions: &[u64],
+        parts: &[RecordBatch],
+    ) -> Result<(RecordBatch, Vec<storage::ValueKind>)> {
+        let offset = self.state_offset.ok_or_else(|| Error::internal("view keeps no group state"))?;
+        let group_keys = self.plan.group_keys();
+        let mut keyed = Vec::new();
+        for batch in parts.iter().filter(|b| b.num_rows() > 0) {
+            let encoded = self.groups.encode(&batch.columns()[..group_keys], batch.num_rows())?;
+            keyed.extend(encoded.into_iter().zip(state::deltas(state, batch)?));
+        }
+        let deltas = state::merge_by_group(state, keyed)?;
+        if deltas.is_empty() {
+            return Ok((RecordBatch::new_empty(Arc::clone(&self.storage_schema)), vec![]));
+        }
+        // The touched groups' stored rows, looked up by key.
+        let old_rows = self.view.table().get(&self.lookup_keys(&deltas)?).await?;
+        let old_groups = self.row_groups(&old_rows)?;
+        let old: HashMap<&[u8], usize> = old_groups.iter().enumerate().map(|(i, g)| (g.as_slice(), i)).collect();
+        let mut next: Vec<(Vec<u8>, Vec<ScalarValue>, Option<Group>)> = Vec::with_capacity(deltas.len());
+        let mut recompute = Vec::new();
+        for (key, delta) in deltas {
+            let stored =
+                old.get(key.as_slice()).map(|&row| state::stored(state, &old_rows, row, offset)).transpose()?;
+            match delta.apply(state, stored.as_ref())? {
+                Some(group) => next.push((key, delta.values, Some(group))),
+                None => {
+                    recompute.push(delta.values.clone());
+                    next.push((key, delta.values, None));
+                }
+            }
+        }
+        if !recompute.is_empty() {
+            let recomputed = self.recompute_groups(state, positions, recompute).await?;
+            for (key, _, group) in &mut next {
+                if group.is_none() {
+                    *group = Some(recomputed.get(key).cloned().unwrap_or(Group {
+                        rows: 0,
+                        n: vec![0; state.aggregates.len()],
+                        v: vec![ScalarValue::Null; state.aggregates.len()],
+                    }));
+                }
+            }
+        }
+        let mut upserts = Vec::new();
+        let mut deletes = Vec::new();
+        for (key, values, group) in next {
+            let group = group.ok_or_else(|| Error::internal("a group without state"))?;
+            if group.rows > 0 || group_keys == 0 {
+                upserts.push((values, group));
+            } else if let Some(&row) = old.get(key.as_slice()) {
+                deletes.push(row as u64);
+            }
+        }
+        let upserted = self.group_rows(state, &upserts).await?;
+        let deleted = take_rows(&old_rows_in(&self.storage_schema, &old_rows)?, &deletes)?;
+        let mut kinds = vec![storage::ValueKind::Upsert; upserted.num_rows()];
+        kinds.extend(vec![storage::ValueKind::Delete; deleted.num_rows()]);
+        Ok((concat_batches(&self.storage_schema, &[upserted, deleted])?, kinds))
+    }
+
+    /// The view table's key columns for the groups of `deltas`.
+    fn lookup_keys(&self, deltas: &[(Vec<u8>, Delta)]) -> Result<Vec<ArrayRef>> {
+        match &self.view.definition.key {
+            KeyLayout::Hidden => {
+                // The key is the group keys, row-encoded as the group encoder does.
+                Ok(vec![Arc::new(BinaryArray::from_iter_values(deltas.iter().map(|(k, _)| k.as_slice())))])
+            }
+            KeyLayout::Visible(indexes) => indexes
+                .iter()
+                .enumerate()
+                .map(|(c, &i)| {
+                    let target = self.storage_schema.field(i).data_type();
+                    let cells = deltas
+                        .iter()
+                        .map(|(_, d)| d.values[c].cast_to(target))
+                        .collect::<datafusion::error::Result<Vec<_>>>()?;
+                    Ok(ScalarValue::iter_to_array(cells)?)
+                })
+                .collect(),
+        }
+    }
+
+    /// The state of `groups` (their values) on the sources at `positions`.
+    async fn recompute_groups(
+        &self,
+        state: &GroupState,
+        positions: &[u64],
+        groups: Vec<Vec<ScalarValue>>,
+    ) -> Result<HashMap<Vec<u8>, Group>> {
+        let group_keys = self.plan.group_keys();
+        let restrict = if group_keys == 0 {
+            None
+        } else {
+            let columns = (0..group_keys)
+                .map(|c| ScalarValue::iter_to_array(groups.iter().map(|g| g[c].clone())))
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            let fields: Vec<Field> = columns
+                .iter()
+                .enumerate()
+                .map(|(c, a)| Field::new(format!("__g{c}"), a.data_type().clone(), true))
+                .collect();
+            let schema = Arc::new(Schema::new(fields));
+            let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+            let table = MemTable::try_new(schema, vec![vec![batch]])?;
+            Some(LogicalPlanBuilder::scan("__groups", provider_as_source(Arc::new(table)), None)?.build()?)
+        };
+        let at: Vec<At> = self.plan.occurrences.iter().map(|&s| At::Snapshot(positions[s])).collect();
+        let plan = self.plan.parts(&at, restrict)?;
+        let mut out = HashMap::new();
+        for batch in self.ctx.execute_logical_plan(plan).await?.collect().await? {
+            let encoded = self.groups.encode(&batch.columns()[..group_keys], batch.num_rows())?;
+            for (key, delta) in encoded.into_iter().zip(state::deltas(state, &batch)?) {
+                out.insert(key, delta.into_group());
+            }
+        }
+        Ok(out)
     }
 
     /// The watermark the sources had at `positions`: the smallest of them,
@@ -433,7 +639,7 @@ impl ViewMaintainer {
     fn row_keys(&self, rows: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         match &self.view.definition.key {
             KeyLayout::Hidden => {
-                let column = rows.column(rows.num_columns() - 1).as_binary::<i32>();
+                let column = rows.column(self.plan.visible).as_binary::<i32>();
                 Ok(column.iter().map(|k| k.unwrap_or_default().to_vec()).collect())
             }
             KeyLayout::Visible(indexes) => {
@@ -450,7 +656,7 @@ impl ViewMaintainer {
             KeyLayout::Visible(indexes) => indexes.iter().map(|&i| Arc::clone(rows.column(i))).collect(),
             KeyLayout::Hidden => {
                 let Some(converter) = &self.keys.converter else { return Ok(vec![Vec::new(); rows.num_rows()]) };
-                let column = rows.column(rows.num_columns() - 1).as_binary::<i32>();
+                let column = rows.column(self.plan.visible).as_binary::<i32>();
                 let parser = converter.parser();
                 let parsed: Vec<_> = column.iter().map(|k| parser.parse(k.unwrap_or_default())).collect();
                 converter.convert_rows(parsed)?
@@ -611,6 +817,11 @@ fn weights(batch: &RecordBatch, rewritten: &Rewritten) -> Result<Vec<i64>> {
     let index = rewritten.weight.ok_or_else(|| Error::internal("a change without weights"))?;
     let column = datafusion::arrow::compute::cast(batch.column(index), &DataType::Int64)?;
     Ok(column.as_primitive::<datafusion::arrow::datatypes::Int64Type>().iter().map(|w| w.unwrap_or(0)).collect())
+}
+
+/// Rows looked up from the view's table, as a batch of its schema.
+fn old_rows_in(schema: &SchemaRef, rows: &RecordBatch) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new(Arc::clone(schema), rows.columns().to_vec())?)
 }
 
 fn take_rows(batch: &RecordBatch, indexes: &[u64]) -> Result<RecordBatch> {

@@ -22,6 +22,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::{MemTable, TableProvider};
 use datafusion::common::{Column, ExprSchema, JoinType, NullEquality, ScalarValue};
 use datafusion::datasource::{provider_as_source, source_as_provider};
+use datafusion::logical_expr::ExprSchemable;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
     Aggregate, Expr, Filter, Join, LogicalPlan, LogicalPlanBuilder, Projection, SubqueryAlias, TableScan, Union,
@@ -96,6 +97,106 @@ pub struct ViewPlan {
     pub visible: usize,
     /// Whether the top chain has an aggregate or a window function.
     grouped: bool,
+    /// Set when the aggregate's value per group can be kept as state.
+    pub state: Option<GroupState>,
+}
+
+/// How an aggregate function's state combines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateKind {
+    /// COUNT: the number of non-NULL arguments.
+    Count,
+    /// SUM: the sum and count of non-NULL arguments.
+    Sum,
+    /// AVG: the sum and count of non-NULL arguments.
+    Avg,
+    /// MIN: the smallest argument; recomputed when it is retracted.
+    Min,
+    /// MAX: the largest argument; recomputed when it is retracted.
+    Max,
+}
+
+/// One aggregate function of a view whose value per group is kept as state.
+#[derive(Debug, Clone)]
+pub struct StateAggregate {
+    /// How its state combines.
+    pub kind: StateKind,
+    /// What it aggregates (for AVG of an integer, the integer, summed exactly).
+    arg: Expr,
+    /// The type of its result.
+    pub output: DataType,
+}
+
+/// A view whose aggregate (GROUP BY with COUNT, SUM, AVG, MIN, MAX, or no
+/// function) keeps, per group, state that a change updates without reading
+/// the sources: the number of input rows, and per function the count of
+/// non-NULL arguments and their sum (SUM, AVG) or extreme (MIN, MAX).
+/// A select list over the aggregate is evaluated on the new values; a
+/// HAVING, a window function or another function keeps recomputing groups.
+#[derive(Debug, Clone)]
+pub struct GroupState {
+    /// The aggregate functions, in the aggregate's order.
+    pub aggregates: Vec<StateAggregate>,
+    /// The aggregate node's output (group columns, then functions).
+    output: datafusion::common::DFSchemaRef,
+}
+
+impl GroupState {
+    /// What can be kept as state for `plan` (the top chain of a view).
+    fn of(plan: &LogicalPlan) -> Option<Self> {
+        let aggregate = match plan {
+            LogicalPlan::Projection(p) => return Self::of(&p.input),
+            LogicalPlan::SubqueryAlias(a) => return Self::of(&a.input),
+            LogicalPlan::Aggregate(a) => a,
+            _ => return None,
+        };
+        let input = aggregate.input.schema();
+        let mut aggregates = Vec::with_capacity(aggregate.aggr_expr.len());
+        for (i, expr) in aggregate.aggr_expr.iter().enumerate() {
+            let Expr::AggregateFunction(f) = expr.clone().unalias() else { return None };
+            let params = &f.params;
+            if params.distinct || params.filter.is_some() || !params.order_by.is_empty() || params.args.len() != 1 {
+                return None;
+            }
+            let arg = params.args[0].clone();
+            let arg_type = arg.get_type(input.as_ref()).ok()?;
+            let output = aggregate.schema.field(aggregate.group_expr.len() + i).data_type().clone();
+            let exact_sum = |t: &DataType| t.is_integer() || matches!(t, DataType::Decimal128(_, _));
+            let (kind, arg) = match f.func.name() {
+                "count" => (StateKind::Count, arg),
+                "sum" if exact_sum(&arg_type) => (StateKind::Sum, arg),
+                "avg" => match (&arg, &output) {
+                    // AVG of an integer is planned over a cast to Float64; sum the integers.
+                    (Expr::Cast(cast), DataType::Float64)
+                        if cast.field.data_type() == &DataType::Float64
+                            && cast.expr.get_type(input.as_ref()).ok()?.is_integer() =>
+                    {
+                        (StateKind::Avg, *cast.expr.clone())
+                    }
+                    (_, DataType::Decimal128(_, _)) if matches!(arg_type, DataType::Decimal128(_, _)) => {
+                        (StateKind::Avg, arg)
+                    }
+                    _ => return None,
+                },
+                "min" | "max" if !arg_type.is_nested() => {
+                    (if f.func.name() == "min" { StateKind::Min } else { StateKind::Max }, arg)
+                }
+                _ => return None,
+            };
+            aggregates.push(StateAggregate { kind, arg, output });
+        }
+        Some(Self { aggregates, output: Arc::clone(&aggregate.schema) })
+    }
+
+    /// The number of output columns of the aggregate node.
+    pub fn width(&self) -> usize {
+        self.output.fields().len()
+    }
+
+    /// The type of output column `i` of the aggregate node.
+    pub fn output_type(&self, i: usize) -> &DataType {
+        self.output.field(i).data_type()
+    }
 }
 
 /// A rewritten plan and where its extra columns are.
@@ -127,6 +228,7 @@ impl ViewPlan {
         };
         let mut analysis = Analysis { sources: vec![], occurrences: vec![], grouped: false };
         analysis.check(&plan, true)?;
+        let state = GroupState::of(&plan);
         if analysis.occurrences.is_empty() {
             return Err(refuse("a query that reads no table"));
         }
@@ -137,6 +239,7 @@ impl ViewPlan {
             occurrences: analysis.occurrences,
             visible,
             grouped: analysis.grouped,
+            state,
         })
     }
 
@@ -191,6 +294,65 @@ impl ViewPlan {
             builder.project(exprs)?.distinct()?.build()?
         };
         Ok(plan)
+    }
+
+    /// For a view with [`GroupState`]: the state of each group of the
+    /// aggregate's input as read by `at`, one row per group: the group
+    /// values `__g0, __g1, …`, `__rows` (input rows), and per function `j`
+    /// `__n{j}` (non-NULL arguments); SUM and AVG add `__p{j}` / `__m{j}`,
+    /// the sums of the arguments added and removed, MIN and MAX their
+    /// extremes. Counts are weighted; reading snapshots, removals are NULL.
+    /// With `groups`, only those groups.
+    ///
+    /// # Errors
+    /// Plans that do not rebuild (a bug).
+    pub fn parts(&self, at: &[At], groups: Option<LogicalPlan>) -> Result<LogicalPlan> {
+        use datafusion::functions_aggregate::expr_fn::{max, min, sum};
+        use datafusion::logical_expr::{col, when};
+        let state = self.state.as_ref().ok_or_else(|| Error::internal("view keeps no group state"))?;
+        let (keys, input) = grouping(&self.plan).ok_or_else(|| Error::internal("view has no aggregate"))?;
+        let node = Rewriter::new(self, at, false).node(input)?;
+        let mut plan = node.plan;
+        if let Some(groups) = groups
+            && !keys.is_empty()
+        {
+            plan = restrict_to_groups(plan, &keys, groups)?;
+        }
+        let weight = node.weight.map_or_else(|| lit(1i64), Expr::Column);
+        let mut exprs: Vec<Expr> = keys.iter().enumerate().map(|(i, e)| e.clone().alias(format!("__g{i}"))).collect();
+        exprs.push(weight.alias("__w"));
+        for (j, aggregate) in state.aggregates.iter().enumerate() {
+            exprs.push(aggregate.arg.clone().alias(format!("__x{j}")));
+        }
+        let w = || col("__w");
+        let mut parts = vec![sum(w()).alias("__rows")];
+        for (j, aggregate) in state.aggregates.iter().enumerate() {
+            let x = || col(format!("__x{j}"));
+            parts.push(sum(when(x().is_not_null(), w()).otherwise(lit(0i64))?).alias(format!("__n{j}")));
+            let combine = match aggregate.kind {
+                StateKind::Count => continue,
+                StateKind::Sum | StateKind::Avg => sum,
+                StateKind::Min => min,
+                StateKind::Max => max,
+            };
+            parts.push(combine(when(w().gt(lit(0i64)), x()).end()?).alias(format!("__p{j}")));
+            parts.push(combine(when(w().lt(lit(0i64)), x()).end()?).alias(format!("__m{j}")));
+        }
+        let groups: Vec<Expr> = (0..keys.len()).map(|i| col(format!("__g{i}"))).collect();
+        Ok(LogicalPlanBuilder::from(plan).project(exprs)?.aggregate(groups, parts)?.build()?)
+    }
+
+    /// For a view with [`GroupState`]: the query's columns and key columns
+    /// computed from aggregate rows — `rows` holds the aggregate node's
+    /// columns (group values, then function values) and a row number
+    /// `__row`, which comes out where a change's weight would.
+    ///
+    /// # Errors
+    /// Plans that do not rebuild (a bug).
+    pub fn over_groups(&self, rows: Arc<dyn TableProvider>) -> Result<Rewritten> {
+        let mut rewriter = Rewriter::new(self, &[], true);
+        rewriter.groups_from = Some(rows);
+        rewriter.node(&self.plan)?.finish()
     }
 
     /// The number of group (or partition) keys; they come first in the view's key.
@@ -385,6 +547,8 @@ struct Rewriter<'a> {
     keys: bool,
     /// Restrict the aggregate's input to these groups.
     groups: Option<LogicalPlan>,
+    /// Read the aggregate's rows from here instead of computing them.
+    groups_from: Option<Arc<dyn TableProvider>>,
     /// The next scan's occurrence index.
     occurrence: usize,
     extra: usize,
@@ -392,7 +556,7 @@ struct Rewriter<'a> {
 
 impl<'a> Rewriter<'a> {
     fn new(view: &'a ViewPlan, at: &'a [At], keys: bool) -> Self {
-        Self { view, at, reading: Reading::Change, keys, groups: None, occurrence: 0, extra: 0 }
+        Self { view, at, reading: Reading::Change, keys, groups: None, groups_from: None, occurrence: 0, extra: 0 }
     }
 
     fn fresh(&mut self, prefix: &str) -> String {
@@ -709,6 +873,20 @@ impl<'a> Rewriter<'a> {
     }
 
     fn aggregate(&mut self, a: &Aggregate) -> Result<Node> {
+        if let Some(rows) = self.groups_from.take() {
+            // The aggregate's rows, named and qualified as the aggregate names them.
+            let scan = LogicalPlanBuilder::scan("__groups", provider_as_source(rows), None)?.build()?;
+            let mut exprs: Vec<Expr> = (0..a.schema.fields().len())
+                .map(|i| {
+                    let (qualifier, field) = a.schema.qualified_field(i);
+                    Expr::Column(output_column(&scan, i)).alias_qualified(qualifier.cloned(), field.name())
+                })
+                .collect();
+            exprs.push(Expr::Column(Column::new(Some("__groups"), "__row")).alias("__row"));
+            let plan = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(scan))?);
+            let keys = (0..a.group_expr.len()).map(|i| output_column(&plan, i)).collect();
+            return Ok(Node { plan, keys, weight: Some(Column::from_name("__row")) });
+        }
         let keys = std::mem::replace(&mut self.keys, false);
         let input = self.node(&a.input)?;
         self.keys = keys;

@@ -53,6 +53,7 @@ fn views_schema() -> SchemaRef {
         Field::new("view_snapshot", DataType::Int64, true),
         Field::new("updated_at", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
         Field::new("status", DataType::Utf8, false),
+        Field::new("maintenance", DataType::Utf8, false),
         Field::new("definition", DataType::Utf8, false),
     ]))
 }
@@ -74,6 +75,7 @@ struct Row {
     view_snapshot: Option<i64>,
     updated: Option<i64>,
     status: String,
+    maintenance: &'static str,
     definition: String,
 }
 
@@ -109,6 +111,7 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
             view_snapshot: Some(progress.view_snapshot as i64),
             updated: (progress.updated_ms > 0).then_some(progress.updated_ms),
             status: status.clone(),
+            maintenance: view.maintenance(),
             definition: view.definition.query.clone(),
         });
     }
@@ -122,6 +125,7 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
             view_snapshot: None,
             updated: None,
             status,
+            maintenance: view.maintenance(),
             definition: view.definition.query.clone(),
         });
     }
@@ -162,6 +166,7 @@ impl TableProvider for ViewsTable {
             Arc::new(rows.iter().map(|r| r.view_snapshot).collect::<Int64Array>()),
             Arc::new(rows.iter().map(|r| r.updated).collect::<TimestampMillisecondArray>().with_timezone("UTC")),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.status.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.maintenance))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.definition.as_str()))),
         ];
         let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
