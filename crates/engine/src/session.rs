@@ -485,6 +485,8 @@ impl Session {
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
         let rewritten =
             crate::dynamic::subscribe::rewrite(sql).map_err(|m| Error::new(StatusCode::InvalidSyntax, m))?;
+        let sql = rewritten.as_deref().unwrap_or(sql);
+        let rewritten = statements::rewrite_watermark(sql)?;
         Ok(self.engine.inner().parser.parse(rewritten.as_deref().unwrap_or(sql))?)
     }
 

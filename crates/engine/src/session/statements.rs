@@ -324,3 +324,122 @@ pub(super) fn expr_text(expr: &ast::Expr) -> String {
         other => other.to_string(),
     }
 }
+
+/// Rewrites Flink's `WATERMARK FOR ts AS ts - INTERVAL '5' SECOND` in the
+/// column list of a CREATE TABLE into the table option `'watermark' = '…'`
+/// (added to, or creating, its `WITH (…)`). Other SQL is returned unchanged
+/// (`None`).
+///
+/// # Errors
+/// A watermark expression other than the column, or the column minus a delay (0A000).
+pub(super) fn rewrite_watermark(sql: &str) -> Result<Option<String>> {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let lower = sql.to_ascii_lowercase();
+    if !lower.contains("watermark") || !lower.contains("create") {
+        return Ok(None);
+    }
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else { return Ok(None) };
+    let is_word = |t: &Token, w: &str| matches!(t, Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case(w));
+    let significant = |from: usize| (from..tokens.len()).find(|&j| !matches!(tokens[j], Token::Whitespace(_)));
+    let mut out: Vec<String> = Vec::with_capacity(tokens.len());
+    let mut changed = false;
+    let mut i = 0;
+    // In a CREATE statement; in CREATE … TABLE; the column list's depth.
+    let mut in_create = false;
+    let mut create_table = false;
+    let mut depth = 0usize;
+    let mut watermark: Option<String> = None;
+    while i < tokens.len() {
+        let token = &tokens[i];
+        if is_word(token, "create") {
+            in_create = true;
+        } else if *token == Token::SemiColon {
+            (in_create, create_table, depth) = (false, false, 0);
+        } else if is_word(token, "table") && depth == 0 {
+            create_table = in_create;
+        }
+        match token {
+            Token::LParen if create_table => depth += 1,
+            Token::RParen if create_table && depth > 0 => {
+                depth -= 1;
+                if depth == 0 {
+                    out.push(token.to_string());
+                    i += 1;
+                    if let Some(value) = watermark.take() {
+                        // The option joins the WITH (…) that follows, or makes one.
+                        let option = format!("'watermark' = '{}'", value.replace('\'', "''"));
+                        match significant(i) {
+                            Some(w) if is_word(&tokens[w], "with") => {
+                                let open = significant(w + 1).filter(|&p| tokens[p] == Token::LParen);
+                                let Some(open) = open else { return Ok(None) };
+                                let empty = significant(open + 1).is_some_and(|p| tokens[p] == Token::RParen);
+                                out.extend(tokens[i..=open].iter().map(ToString::to_string));
+                                out.push(if empty { option } else { format!("{option}, ") });
+                                i = open + 1;
+                            }
+                            _ => out.push(format!(" WITH ({option})")),
+                        }
+                    }
+                    create_table = false;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        if create_table && depth == 1 && is_word(token, "watermark") {
+            let for_at = significant(i + 1).filter(|&j| is_word(&tokens[j], "for"));
+            if let Some(for_at) = for_at {
+                let column_at =
+                    significant(for_at + 1).ok_or_else(|| Error::invalid("WATERMARK FOR needs a column"))?;
+                let Token::Word(column) = &tokens[column_at] else {
+                    return Err(Error::invalid("WATERMARK FOR needs a column"));
+                };
+                let as_at = significant(column_at + 1)
+                    .filter(|&j| is_word(&tokens[j], "as"))
+                    .ok_or_else(|| Error::invalid(format!("expected AS after WATERMARK FOR {}", column.value)))?;
+                // The expression runs to the next comma or the list's end.
+                let mut end = as_at + 1;
+                let mut nested = 0usize;
+                while end < tokens.len() {
+                    match &tokens[end] {
+                        Token::LParen => nested += 1,
+                        Token::RParen if nested == 0 => break,
+                        Token::RParen => nested -= 1,
+                        Token::Comma if nested == 0 => break,
+                        _ => {}
+                    }
+                    end += 1;
+                }
+                let expression: String = tokens[as_at + 1..end].iter().map(ToString::to_string).collect();
+                let expression = expression.trim().to_string();
+                let name =
+                    if column.quote_style.is_some() { column.value.clone() } else { column.value.to_lowercase() };
+                let mut parts = expression.splitn(2, '-');
+                let first = parts.next().unwrap_or_default().trim().trim_matches('"').to_string();
+                if !first.eq_ignore_ascii_case(&name) {
+                    return Err(Error::unsupported(format!(
+                        "WATERMARK FOR {name} AS {expression}: the watermark is {name}, or {name} minus a delay (like {name} - INTERVAL '5' SECOND)"
+                    )));
+                }
+                watermark = Some(match parts.next() {
+                    Some(delay) => format!("{name} - {}", delay.trim()),
+                    None => name,
+                });
+                // Drop the clause and the comma before it.
+                while out.last().is_some_and(|t| t.trim().is_empty()) {
+                    out.pop();
+                }
+                if out.last().is_some_and(|t| t == ",") {
+                    out.pop();
+                }
+                changed = true;
+                i = end;
+                continue;
+            }
+        }
+        out.push(token.to_string());
+        i += 1;
+    }
+    Ok(changed.then(|| out.concat()))
+}
