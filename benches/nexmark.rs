@@ -9,6 +9,9 @@
 //! as fast as the views keep up with (each batch waits for the previous one
 //! to be reflected, so the views are never more than one batch behind).
 //!
+//! With `--rate R`, events are written open loop at R events/s in batches
+//! every 20 ms, and freshness is measured per batch while writes go on.
+//!
 //! Prints, per query: events/s (one process on this machine's cores; divide
 //! by the core count for per core), and freshness: milliseconds from the
 //! first commit of a batch (its people) until the last view of the chain
@@ -186,7 +189,8 @@ async fn wait_caught_up(engine: &Engine, view: &str) {
     view.wait_fresh().await.expect("view maintained");
 }
 
-async fn run_query(name: &str, views: &[&str], events: usize) -> (f64, f64, f64) {
+/// A fresh engine over a temporary directory with the tables and `views`.
+async fn start(views: &[&str]) -> (Engine, [Arc<storage::Table>; 3], tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let store: Arc<dyn object_store::ObjectStore> =
         Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("local store"));
@@ -204,6 +208,12 @@ async fn run_query(name: &str, views: &[&str], events: usize) -> (f64, f64, f64)
         engine.catalog().subscribe_to(&name).expect("source table").0
     };
     let tables = [table("person"), table("auction"), table("bid")];
+    (engine, tables, dir)
+}
+
+/// Closed loop: each batch waits until the last view reflects the one before.
+async fn run_query(name: &str, views: &[&str], events: usize) -> (f64, f64, f64) {
+    let (engine, tables, _dir) = start(views).await;
     let mut generator = EventGenerator::new(NexmarkConfig::default());
     let mut latencies = Vec::new();
     let start = Instant::now();
@@ -234,20 +244,94 @@ async fn run_query(name: &str, views: &[&str], events: usize) -> (f64, f64, f64)
     (n as f64 / elapsed.as_secs_f64(), percentile(&latencies, 0.5), percentile(&latencies, 0.99))
 }
 
+/// Open loop: events written at `rate` per second in batches every
+/// [`PACED_INTERVAL`], whether or not the views keep up. Freshness per
+/// batch: from its first commit until `wait_fresh` of the last view returns
+/// (which waits for everything committed when it is called, so a batch's
+/// figure is an upper bound).
+async fn run_paced(name: &str, views: &[&str], events: usize, rate: usize) -> (f64, f64, f64) {
+    let (engine, tables, _dir) = start(views).await;
+    let per_batch = (rate as f64 * PACED_INTERVAL.as_secs_f64()).max(1.0) as usize;
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let observer = {
+        let engine = engine.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while let Some(committed) = receiver.recv().await {
+                wait_caught_up(&engine, &name).await;
+                latencies.push(committed.elapsed().as_secs_f64() * 1000.0);
+            }
+            latencies
+        })
+    };
+    let mut generator = EventGenerator::new(NexmarkConfig::default());
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut batch = 0u32;
+    while (n as usize) < events {
+        tokio::time::sleep_until((start + PACED_INTERVAL * batch).into()).await;
+        batch += 1;
+        let chunk: Vec<(u64, Event)> = (0..per_batch)
+            .map(|_| {
+                n += 1;
+                (n, generator.next().expect("endless generator"))
+            })
+            .collect();
+        let rows = batches(&chunk, &tables);
+        let mut committed = None;
+        for (table, rows) in tables.iter().zip(&rows) {
+            if rows.num_rows() > 0 {
+                table.write(rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await.expect("write");
+                committed.get_or_insert_with(Instant::now);
+            }
+        }
+        let _ = sender.send(committed.unwrap_or_else(Instant::now));
+    }
+    let written = start.elapsed();
+    drop(sender);
+    let mut latencies = observer.await.expect("observer");
+    engine.shutdown();
+    engine.close().await;
+    latencies.sort_by(f64::total_cmp);
+    (n as f64 / written.as_secs_f64(), percentile(&latencies, 0.5), percentile(&latencies, 0.99))
+}
+
+/// How often the paced run writes a batch.
+const PACED_INTERVAL: Duration = Duration::from_millis(20);
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let mut args = std::env::args().skip(1);
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let rate = match args.iter().position(|a| a == "--rate") {
+        Some(i) => {
+            let rate = args.get(i + 1).and_then(|r| r.parse::<usize>().ok()).expect("--rate needs events per second");
+            args.drain(i..=i + 1);
+            Some(rate)
+        }
+        None => None,
+    };
+    let mut args = args.into_iter();
     let events: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let only: Vec<String> = args.collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("Nexmark, {events} events per query, batches of {BATCH_EVENTS} events, {cores} cores");
+    match rate {
+        Some(rate) => println!(
+            "Nexmark, {events} events per query written at {rate} events/s (batches every {} ms), {cores} cores",
+            PACED_INTERVAL.as_millis()
+        ),
+        None => println!("Nexmark, {events} events per query, batches of {BATCH_EVENTS} events, {cores} cores"),
+    }
     println!("{:<4} {:>12} {:>14} {:>14} {:>14}", "q", "events/s", "events/s/core", "fresh p50 ms", "fresh p99 ms");
     for (name, views) in QUERIES {
         if !only.is_empty() && !only.iter().any(|o| o == name) {
             continue;
         }
         let started = Instant::now();
-        let (rate, p50, p99) = run_query(name, views, events).await;
+        let (rate, p50, p99) = match rate {
+            Some(rate) => run_paced(name, views, events, rate).await,
+            None => run_query(name, views, events).await,
+        };
         println!("{name:<4} {rate:>12.0} {:>14.0} {p50:>14.1} {p99:>14.1}", rate / cores as f64);
         if started.elapsed() > Duration::from_secs(600) {
             println!("(stopping: the last query took over 10 minutes)");
