@@ -23,7 +23,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::catalog::{Session as DfSession, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use streamhouse_storage as storage;
 
@@ -267,9 +267,15 @@ impl TableProvider for SnapshotTable {
         let id = self.snapshot_id().await?;
         self.dynamic.scan_snapshot(state, Some(id), projection, filters).await
     }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        self.dynamic.supports_filters_pushdown(filters)
+    }
 }
 
-/// A plan that returns computed batches.
 /// A plan that yields `batches` (a system table's rows, computed when scanned).
 pub(crate) fn batches_exec(
     batches: Vec<RecordBatch>,

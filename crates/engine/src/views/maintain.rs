@@ -373,7 +373,7 @@ impl ViewMaintainer {
         scan: usize,
         from: u64,
         to: u64,
-        delta: &Arc<MemTable>,
+        delta: &(Arc<MemTable>, Arc<Vec<RecordBatch>>),
     ) -> Vec<At> {
         self.plan
             .occurrences
@@ -381,7 +381,7 @@ impl ViewMaintainer {
             .enumerate()
             .map(|(i, &s)| {
                 if i == scan {
-                    At::Delta { change: Arc::clone(delta) as _, from, to }
+                    At::Delta { change: Arc::clone(&delta.0) as _, batches: Arc::clone(&delta.1), from, to }
                 } else if s == source {
                     let before = scans[..n].contains(&i);
                     At::Snapshot(if before { to } else { from })
@@ -393,7 +393,11 @@ impl ViewMaintainer {
     }
 
     /// The changelog as a table: the source's columns (as planned) plus the weight.
-    fn delta_table(&self, source: usize, changes: &[storage::ChangelogBatch]) -> Result<Arc<MemTable>> {
+    fn delta_table(
+        &self,
+        source: usize,
+        changes: &[storage::ChangelogBatch],
+    ) -> Result<(Arc<MemTable>, Arc<Vec<RecordBatch>>)> {
         let schema = self.sources()[source].table.schema();
         let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.push(Field::new(WEIGHT, DataType::Int64, false));
@@ -415,7 +419,7 @@ impl ViewMaintainer {
             arrays.push(Arc::new(weights));
             batches.push(RecordBatch::try_new(Arc::clone(&with_weight), arrays)?);
         }
-        Ok(Arc::new(MemTable::try_new(with_weight, vec![batches])?))
+        Ok((Arc::new(MemTable::try_new(with_weight, vec![batches.clone()])?), Arc::new(batches)))
     }
 
     /// A batch of the rewritten plan as rows of the view's table (visible

@@ -66,6 +66,8 @@ pub enum At {
     Delta {
         /// The changed rows.
         change: Arc<dyn TableProvider>,
+        /// The same rows, to bound the keys a join looks up.
+        batches: Arc<Vec<datafusion::arrow::array::RecordBatch>>,
         /// The snapshot before the change.
         from: u64,
         /// The snapshot after it.
@@ -501,6 +503,15 @@ struct Node {
     plan: LogicalPlan,
     keys: Vec<Column>,
     weight: Option<Column>,
+    /// Output columns that are columns of the change, unchanged: their
+    /// index in the change's batches.
+    from_change: Vec<(Column, usize)>,
+}
+
+impl Node {
+    fn new(plan: LogicalPlan, keys: Vec<Column>, weight: Option<Column>) -> Self {
+        Self { plan, keys, weight, from_change: vec![] }
+    }
 }
 
 impl Node {
@@ -549,6 +560,8 @@ struct Rewriter<'a> {
     groups: Option<LogicalPlan>,
     /// Read the aggregate's rows from here instead of computing them.
     groups_from: Option<Arc<dyn TableProvider>>,
+    /// The rows of the change, once its scan is rewritten.
+    change: Option<Arc<Vec<datafusion::arrow::array::RecordBatch>>>,
     /// The next scan's occurrence index.
     occurrence: usize,
     extra: usize,
@@ -556,7 +569,17 @@ struct Rewriter<'a> {
 
 impl<'a> Rewriter<'a> {
     fn new(view: &'a ViewPlan, at: &'a [At], keys: bool) -> Self {
-        Self { view, at, reading: Reading::Change, keys, groups: None, groups_from: None, occurrence: 0, extra: 0 }
+        Self {
+            view,
+            at,
+            reading: Reading::Change,
+            keys,
+            groups: None,
+            groups_from: None,
+            change: None,
+            occurrence: 0,
+            extra: 0,
+        }
     }
 
     fn fresh(&mut self, prefix: &str) -> String {
@@ -587,12 +610,25 @@ impl<'a> Rewriter<'a> {
                     Column::from_name(WEIGHT)
                 });
                 let plan = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(child.plan))?);
-                Ok(Node { plan, keys, weight })
+                let from_change = p
+                    .expr
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, e)| match e.clone().unalias() {
+                        Expr::Column(c) => child
+                            .from_change
+                            .iter()
+                            .find(|(k, _)| *k == c)
+                            .map(|(_, index)| (output_column(&plan, i), *index)),
+                        _ => None,
+                    })
+                    .collect();
+                Ok(Node { plan, keys, weight, from_change })
             }
             LogicalPlan::Filter(f) => {
                 let child = self.node(&f.input)?;
                 let plan = LogicalPlan::Filter(Filter::try_new(f.predicate.clone(), Arc::new(child.plan))?);
-                Ok(Node { plan, keys: child.keys, weight: child.weight })
+                Ok(Node { plan, keys: child.keys, weight: child.weight, from_change: child.from_change })
             }
             LogicalPlan::SubqueryAlias(a) => {
                 let child = self.node(&a.input)?;
@@ -602,6 +638,7 @@ impl<'a> Rewriter<'a> {
                     plan,
                     keys: child.keys.into_iter().map(requalify).collect(),
                     weight: child.weight.map(requalify),
+                    from_change: child.from_change.into_iter().map(|(c, i)| (requalify(c), i)).collect(),
                 })
             }
             LogicalPlan::Join(join) => self.join(plan, join),
@@ -652,14 +689,25 @@ impl<'a> Rewriter<'a> {
             }
         };
         let mut builder =
-            LogicalPlanBuilder::scan(scan.table_name.clone(), provider_as_source(provider), Some(projection))?;
+            LogicalPlanBuilder::scan(scan.table_name.clone(), provider_as_source(provider), Some(projection.clone()))?;
         if let Some(predicate) = conjunction(scan.filters.clone()) {
             builder = builder.filter(predicate)?;
         }
         let qualified = |name: &str| Column::new(Some(scan.table_name.clone()), name);
         let keys =
             if self.keys { key_columns.iter().map(|&k| qualified(full.field(k).name())).collect() } else { vec![] };
-        Ok(Node { plan: builder.build()?, keys, weight: weighted.then(|| qualified(WEIGHT)) })
+        let mut node = Node::new(builder.build()?, keys, weighted.then(|| qualified(WEIGHT)));
+        if weighted {
+            node.from_change = projection
+                .iter()
+                .filter(|&&i| i < full.fields().len())
+                .map(|&i| (qualified(full.field(i).name()), i))
+                .collect();
+            if let At::Delta { batches, .. } = at {
+                self.change = Some(Arc::clone(batches));
+            }
+        }
+        Ok(node)
     }
 
     /// Each branch gets the branch number and a slot for every branch's keys
@@ -715,7 +763,7 @@ impl<'a> Rewriter<'a> {
                 keys.extend((0..types.len()).map(|j| Column::from_name(format!("{id}_{c}_{j}"))));
             }
         }
-        Ok(Node { plan, keys, weight: change.then(|| Column::from_name(WEIGHT)) })
+        Ok(Node::new(plan, keys, change.then(|| Column::from_name(WEIGHT))))
     }
 
     /// A join. When the change is on an input whose rows the output keeps
@@ -755,8 +803,17 @@ impl<'a> Rewriter<'a> {
                 JoinType::RightSemi | JoinType::RightAnti => right.weight.clone(),
                 _ => left.weight.clone().or(right.weight.clone()),
             };
-            let rebuilt = plan.with_new_exprs(plan.expressions(), vec![left.plan, right.plan])?;
-            return Ok(Node { plan: rebuilt, keys, weight });
+            let (left_plan, right_plan) = match changed {
+                Some(Side::Left) => {
+                    let bounded = self.bound_by_change(right.plan, join, &left, Side::Left)?;
+                    (left.plan, bounded)
+                }
+                Some(Side::Right) => (self.bound_by_change(left.plan, join, &right, Side::Right)?, right.plan),
+                None => (left.plan, right.plan),
+            };
+            let rebuilt = plan.with_new_exprs(plan.expressions(), vec![left_plan, right_plan])?;
+            let from_change = left.from_change.into_iter().chain(right.from_change).collect();
+            return Ok(Node { plan: rebuilt, keys, weight, from_change });
         }
         let side = changed.unwrap_or(Side::Left);
         let (changed_node, start) = match side {
@@ -797,8 +854,8 @@ impl<'a> Rewriter<'a> {
             let version = version?;
             extra = extra.max(self.extra);
             let (l, r) = match side {
-                Side::Left => (version, Node { plan: right.plan.clone(), keys: right.keys.clone(), weight: None }),
-                Side::Right => (Node { plan: left.plan.clone(), keys: left.keys.clone(), weight: None }, version),
+                Side::Left => (version, Node::new(right.plan.clone(), right.keys.clone(), None)),
+                Side::Right => (Node::new(left.plan.clone(), left.keys.clone(), None), version),
             };
             keys = output_keys(&l, &r);
             let joined = plan.with_new_exprs(
@@ -840,7 +897,44 @@ impl<'a> Rewriter<'a> {
             })
             .collect();
         let plan = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(union))?);
-        Ok(Node { plan, keys, weight: Some(Column::from_name(WEIGHT)) })
+        Ok(Node::new(plan, keys, Some(Column::from_name(WEIGHT))))
+    }
+
+    /// `other` (the input of `join` that did not change) restricted to the
+    /// range of join keys the change has: where the join key is a table's
+    /// first key column, the scan reads only the row groups in that range,
+    /// not the whole table.
+    fn bound_by_change(&self, other: LogicalPlan, join: &Join, changed: &Node, side: Side) -> Result<LogicalPlan> {
+        use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
+        use datafusion::logical_expr::Accumulator;
+        let Some(batches) = &self.change else { return Ok(other) };
+        if join.null_equality == NullEquality::NullEqualsNull {
+            // NULL keys match: a range would drop them.
+            return Ok(other);
+        }
+        let mut bounds = Vec::new();
+        for (l, r) in &join.on {
+            let (mine, theirs) = if side == Side::Left { (l, r) } else { (r, l) };
+            let Expr::Column(column) = mine else { continue };
+            let Some((_, index)) = changed.from_change.iter().find(|(c, _)| c == column) else { continue };
+            let Some(first) = batches.first() else { continue };
+            let data_type = first.column(*index).data_type();
+            let (mut min, mut max) = (MinAccumulator::try_new(data_type)?, MaxAccumulator::try_new(data_type)?);
+            for batch in batches.iter() {
+                min.update_batch(&[Arc::clone(batch.column(*index))])?;
+                max.update_batch(&[Arc::clone(batch.column(*index))])?;
+            }
+            let (low, high) = (min.evaluate()?, max.evaluate()?);
+            if !low.is_null() && !high.is_null() {
+                let literal = |v: ScalarValue| Expr::Literal(v, None);
+                bounds.push(theirs.clone().gt_eq(literal(low)));
+                bounds.push(theirs.clone().lt_eq(literal(high)));
+            }
+        }
+        match conjunction(bounds) {
+            Some(predicate) => Ok(LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(other))?)),
+            None => Ok(other),
+        }
     }
 
     /// Window functions over partitions: the input with its keys, restricted
@@ -869,7 +963,7 @@ impl<'a> Rewriter<'a> {
         keys.extend(input.keys);
         let projected = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(input_plan))?);
         let plan = LogicalPlan::Window(Window::try_new(w.window_expr.clone(), Arc::new(projected))?);
-        Ok(Node { plan, keys, weight: None })
+        Ok(Node::new(plan, keys, None))
     }
 
     fn aggregate(&mut self, a: &Aggregate) -> Result<Node> {
@@ -885,7 +979,7 @@ impl<'a> Rewriter<'a> {
             exprs.push(Expr::Column(Column::new(Some("__groups"), "__row")).alias("__row"));
             let plan = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(scan))?);
             let keys = (0..a.group_expr.len()).map(|i| output_column(&plan, i)).collect();
-            return Ok(Node { plan, keys, weight: Some(Column::from_name("__row")) });
+            return Ok(Node::new(plan, keys, Some(Column::from_name("__row"))));
         }
         let keys = std::mem::replace(&mut self.keys, false);
         let input = self.node(&a.input)?;
@@ -902,6 +996,6 @@ impl<'a> Rewriter<'a> {
         let plan =
             LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(input), a.group_expr.clone(), a.aggr_expr.clone())?);
         let keys = (0..a.group_expr.len()).map(|i| output_column(&plan, i)).collect();
-        Ok(Node { plan, keys, weight: None })
+        Ok(Node::new(plan, keys, None))
     }
 }
