@@ -175,14 +175,16 @@ impl DynamicCatalog {
     fn dependents(&self, name: &RelationName) -> Result<Vec<RelationName>> {
         let schemas = self.schemas.read().map_err(errors::poisoned)?;
         let wanted = name.to_string();
-        Ok(schemas
+        let mut dependents: Vec<RelationName> = schemas
             .values()
             .flat_map(|s| s.values())
             .filter_map(|r| match r {
                 Relation::MaterializedView(v) if v.definition.sources.contains(&wanted) => Some(v.name.clone()),
                 _ => None,
             })
-            .collect())
+            .collect();
+        dependents.sort_by_key(ToString::to_string);
+        Ok(dependents)
     }
 
     fn view_context(&self) -> Result<datafusion::prelude::SessionContext> {
@@ -654,12 +656,29 @@ impl Catalog for DynamicCatalog {
         let dependents = self.dependents(name)?;
         if !dependents.is_empty() {
             if !cascade {
+                // As Postgres: every object that would go, and what it depends on.
+                let mut chain: Vec<(RelationName, RelationName)> =
+                    dependents.iter().map(|d| (d.clone(), name.clone())).collect();
+                let mut next = 0;
+                while next < chain.len() {
+                    let reader = chain[next].0.clone();
+                    for further in self.dependents(&reader)? {
+                        if !chain.iter().any(|(d, _)| *d == further) {
+                            chain.push((further, reader.clone()));
+                        }
+                    }
+                    next += 1;
+                }
                 return Err(Error::new(
                     StatusCode::DependentObjectsStillExist,
                     format!(
                         "cannot drop {} {name} because other objects depend on it: {} (use {} … CASCADE to drop them too)",
                         kind.noun(),
-                        dependents.iter().map(|d| format!("materialized view {d}")).collect::<Vec<_>>().join(", "),
+                        chain
+                            .iter()
+                            .map(|(d, on)| format!("materialized view {d} depends on {on}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         kind.drop_command()
                     ),
                 ));
