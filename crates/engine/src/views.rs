@@ -14,10 +14,12 @@
 //! the same commit, so a crash at any moment leaves a view that is exactly
 //! the defining query on the recorded source snapshots; the maintainer
 //! resumes from there, and every step is idempotent given those snapshots
-//! (it writes upserts and deletes by the view's key, never increments), so a
-//! step replayed after a crash cannot double-count. Operator state is the
-//! sources themselves, read as of a snapshot (time travel), plus the view's
-//! own rows: nothing lives only in memory.
+//! (it writes upserts and deletes by the view's key, computed from the
+//! recorded snapshots and the view's own committed rows), so a step replayed
+//! after a crash cannot double-count. Operator state is the sources
+//! themselves, read as of a snapshot (time travel), plus the view's own rows
+//! and their hidden group state, committed with them: nothing lives only in
+//! memory.
 //!
 //! The view's key is derived from the plan: the group keys of an aggregate,
 //! or the keys of every table a select-project-join reads (with the branch
@@ -32,11 +34,19 @@
 //! scans after it in the plan read `p`, scans before it read `q`, and other
 //! sources read their recorded snapshots. Projection, filter, inner join and
 //! `UNION ALL` are linear, so DataFusion evaluates the rewritten plan and its
-//! result is the change of the view. An aggregate (GROUP BY, DISTINCT,
-//! HAVING, any aggregate function) takes the group keys the change touches
+//! result is the change of the view (the unchanged input of a join is
+//! restricted to the change's range of join keys, which prunes its scan when
+//! that is a table's first key column).
+//!
+//! Aggregates come two ways. GROUP BY with COUNT, SUM, AVG (of exact
+//! numbers), MIN, MAX or no function keeps per-group state in hidden columns
+//! of the view's table ([`state`]): a step aggregates the change by group,
+//! looks the touched groups up by key and adds to their state, reading no
+//! source (a MIN/MAX whose current value is retracted is recomputed for that
+//! group). Everything else grouped (HAVING, COUNT(DISTINCT), window
+//! functions, emit on window close) takes the group keys the change touches
 //! and evaluates the aggregate again for just those groups on the new
-//! snapshots; that is correct for MIN/MAX and COUNT(DISTINCT) under deletes,
-//! where a running value is not enough.
+//! snapshots. `sys.views.maintenance` says which way a view goes.
 
 pub mod maintain;
 pub mod plan;
