@@ -211,6 +211,31 @@ async fn start(views: &[&str]) -> (Engine, [Arc<storage::Table>; 3], tempfile::T
     (engine, tables, dir)
 }
 
+/// Writes the next `count` events (numbered from `n + 1`) to the tables;
+/// returns when the first of those commits landed.
+async fn write_events(
+    generator: &mut EventGenerator,
+    n: &mut u64,
+    count: usize,
+    tables: &[Arc<storage::Table>; 3],
+) -> Instant {
+    let chunk: Vec<(u64, Event)> = (0..count)
+        .map(|_| {
+            *n += 1;
+            (*n, generator.next().expect("endless generator"))
+        })
+        .collect();
+    let rows = batches(&chunk, tables);
+    let mut committed = None;
+    for (table, rows) in tables.iter().zip(&rows) {
+        if rows.num_rows() > 0 {
+            table.write(rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await.expect("write");
+            committed.get_or_insert_with(Instant::now);
+        }
+    }
+    committed.unwrap_or_else(Instant::now)
+}
+
 /// Closed loop: each batch waits until the last view reflects the one before.
 async fn run_query(name: &str, views: &[&str], events: usize) -> (f64, f64, f64) {
     let (engine, tables, _dir) = start(views).await;
@@ -219,21 +244,7 @@ async fn run_query(name: &str, views: &[&str], events: usize) -> (f64, f64, f64)
     let start = Instant::now();
     let mut n = 0u64;
     while (n as usize) < events {
-        let chunk: Vec<(u64, Event)> = (0..BATCH_EVENTS)
-            .map(|_| {
-                n += 1;
-                (n, generator.next().expect("endless generator"))
-            })
-            .collect();
-        let rows = batches(&chunk, &tables);
-        let mut committed = None;
-        for (table, rows) in tables.iter().zip(&rows) {
-            if rows.num_rows() > 0 {
-                table.write(rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await.expect("write");
-                committed.get_or_insert_with(Instant::now);
-            }
-        }
-        let committed = committed.unwrap_or_else(Instant::now);
+        let committed = write_events(&mut generator, &mut n, BATCH_EVENTS, &tables).await;
         wait_caught_up(&engine, name).await;
         latencies.push(committed.elapsed().as_secs_f64() * 1000.0);
     }
@@ -272,21 +283,7 @@ async fn run_paced(name: &str, views: &[&str], events: usize, rate: usize) -> (f
     while (n as usize) < events {
         tokio::time::sleep_until((start + PACED_INTERVAL * batch).into()).await;
         batch += 1;
-        let chunk: Vec<(u64, Event)> = (0..per_batch)
-            .map(|_| {
-                n += 1;
-                (n, generator.next().expect("endless generator"))
-            })
-            .collect();
-        let rows = batches(&chunk, &tables);
-        let mut committed = None;
-        for (table, rows) in tables.iter().zip(&rows) {
-            if rows.num_rows() > 0 {
-                table.write(rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await.expect("write");
-                committed.get_or_insert_with(Instant::now);
-            }
-        }
-        let _ = sender.send(committed.unwrap_or_else(Instant::now));
+        let _ = sender.send(write_events(&mut generator, &mut n, per_batch, &tables).await);
     }
     let written = start.elapsed();
     drop(sender);
