@@ -174,8 +174,10 @@ fn user_message(err: DataFusionError) -> String {
         | DataFusionError::Execution(m)
         | DataFusionError::NotImplemented(m)
         | DataFusionError::Configuration(m)
-        | DataFusionError::ResourcesExhausted(m)
         | DataFusionError::Internal(m) => m.clone(),
+        DataFusionError::ResourcesExhausted(m) => format!(
+            "out of memory: the query needs more than its memory_limit (SET memory_limit, or the server's execution.memory_limit) allows: {m}"
+        ),
         DataFusionError::External(e) => match e.downcast_ref::<Error>() {
             Some(ours) => ours.message.clone(),
             None => e.to_string(),

@@ -25,6 +25,7 @@ pub mod copy;
 pub mod dynamic;
 pub mod engine;
 pub mod error;
+pub mod memory;
 pub mod session;
 pub mod time_travel;
 pub mod types;

@@ -839,7 +839,7 @@ impl Session {
                     .run(async { Ok(self.ctx.execute_logical_plan(LogicalPlan::Statement(statement)).await?) })
                     .await?;
                 if command == "EXECUTE" {
-                    let stream = control.run(async { Ok(df.execute_stream().await?) }).await?;
+                    let stream = control.run(self.execute_frame(df)).await?;
                     Ok(Output::Rows(stream))
                 } else {
                     Ok(Output::Command(CommandComplete::new(command)))
@@ -851,12 +851,29 @@ impl Session {
                 let stream = control
                     .run(async {
                         let df = self.ctx.execute_logical_plan(query).await?;
-                        Ok(df.execute_stream().await?)
+                        self.execute_frame(df).await
                     })
                     .await?;
                 Ok(if live { Output::Live(stream) } else { Output::Rows(stream) })
             }
         }
+    }
+
+    /// Starts a query: in a pool of the session's `memory_limit` when it
+    /// has one (see [`crate::memory`]), else in the engine's.
+    async fn execute_frame(
+        &self,
+        df: datafusion::dataframe::DataFrame,
+    ) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
+        let limit = self.vars.read().ok().and_then(|v| v.memory_limit());
+        let Some(limit) = limit else { return Ok(df.execute_stream().await?) };
+        let task = df.task_ctx();
+        let engine = task.runtime_env();
+        let mut runtime = (*engine).clone();
+        runtime.memory_pool =
+            Arc::new(crate::memory::QueryPool::new(usize::try_from(limit).unwrap_or(usize::MAX), &engine.memory_pool));
+        let plan = df.create_physical_plan().await?;
+        Ok(datafusion::physical_plan::execute_stream(plan, Arc::new(task.with_runtime(Arc::new(runtime))))?)
     }
 
     /// Runs a DML plan and returns its row count.

@@ -63,7 +63,12 @@ const KNOWN: &[Known] = &[
     var("row_security", "on", "Accepted for compatibility."),
     var("jit", "off", "Accepted for compatibility."),
     var("max_parallel_workers_per_gather", "2", "Accepted for compatibility."),
-    var("work_mem", "4MB", "Accepted for compatibility; see execution.memory_limit."),
+    var("work_mem", "4MB", "Accepted for compatibility; see memory_limit."),
+    var(
+        "memory_limit",
+        "unlimited",
+        "Sets the memory each query of this session may use (e.g. '256MB'); all queries together stay within the server's execution.memory_limit.",
+    ),
     var("geqo", "on", "Accepted for compatibility."),
     fixed("block_size", "8192", "Shows the size of a disk block."),
     fixed("integer_datetimes", "on", "Shows whether datetimes are integer based."),
@@ -184,6 +189,11 @@ impl Variables {
         rows
     }
 
+    /// The memory each query may use, in bytes; `None`: only the server's limit.
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.get("memory_limit")?.parse().ok()
+    }
+
     /// The statement timeout, if one is set.
     pub fn statement_timeout(&self) -> Option<Duration> {
         let ms: u64 = self.get("statement_timeout")?.parse().ok()?;
@@ -219,6 +229,12 @@ fn normalize(lower: &str, value: &str) -> Result<String> {
         "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout" => parse_duration_ms(value)
             .map(|ms| ms.to_string())
             .ok_or_else(|| invalid_value(lower, value, "expected milliseconds or a duration like '5s', '2min'")),
+        "memory_limit" => crate::config::ByteSize::parse(value)
+            .map(|size| match size {
+                crate::config::ByteSize::Unlimited => "unlimited".to_string(),
+                crate::config::ByteSize::Bytes(n) => n.to_string(),
+            })
+            .map_err(|_| invalid_value(lower, value, "expected a size like '256MB', '2GiB' or 'unlimited'")),
         "extra_float_digits" => match value.trim().parse::<i32>() {
             Ok(n) if (-15..=3).contains(&n) => Ok(n.to_string()),
             _ => Err(invalid_value(lower, value, "expected an integer from -15 to 3")),
