@@ -36,6 +36,8 @@ pub(crate) struct EngineInner {
     pub(crate) parser: PostgresCompatibilityParser,
     pub(crate) shutdown: CancellationToken,
     pub(crate) active: Arc<crate::cancel::ActiveStatements>,
+    /// Recent queries (`sys.queries`).
+    pub(crate) queries: Arc<crate::queries::QueryLog>,
     next_session_id: AtomicU64,
     /// Bumped by every DDL statement, so prepared plans notice they are stale.
     pub(crate) catalog_version: AtomicU64,
@@ -111,8 +113,10 @@ impl Engine {
                 .build();
         }
 
+        let queries = Arc::new(crate::queries::QueryLog::default());
         if let Some(database) = base.catalog(&config.database) {
-            database.register_schema("sys", Arc::new(crate::views::system::SysSchema::new(Arc::clone(&catalog))))?;
+            let sys = crate::views::system::SysSchema::new(Arc::clone(&catalog), Arc::clone(&queries));
+            database.register_schema("sys", Arc::new(sys))?;
         }
         catalog.bind(&base)?;
         base.register_udtf("table_as_of", Arc::new(crate::time_travel::TableAsOf::new(Arc::clone(&catalog))));
@@ -128,6 +132,7 @@ impl Engine {
                 parser: PostgresCompatibilityParser::new(),
                 shutdown: CancellationToken::new(),
                 active: Arc::default(),
+                queries,
                 next_session_id: AtomicU64::new(1),
                 catalog_version: AtomicU64::new(0),
             }),

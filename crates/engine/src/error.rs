@@ -146,7 +146,7 @@ impl Error {
 impl From<DataFusionError> for Error {
     fn from(err: DataFusionError) -> Self {
         let code = classify_datafusion(&err);
-        Self { code, message: user_message(err) }
+        Self { code, message: user_message(&err) }
     }
 }
 
@@ -162,10 +162,15 @@ impl From<ParserError> for Error {
     }
 }
 
+/// The message of a DataFusion error, as a user would see it.
+pub fn describe(err: &DataFusionError) -> String {
+    user_message(err)
+}
+
 /// The message of a DataFusion error without DataFusion's variant prefixes
 /// ("Error during planning: ", "Arrow error: " …) and backtraces.
-fn user_message(err: DataFusionError) -> String {
-    let root = root_cause(&err);
+fn user_message(err: &DataFusionError) -> String {
+    let root = root_cause(err);
     let text = match root {
         DataFusionError::SQL(e, _) => e.to_string(),
         DataFusionError::SchemaError(e, _) => e.to_string(),

@@ -26,6 +26,7 @@ pub mod dynamic;
 pub mod engine;
 pub mod error;
 pub mod memory;
+pub mod queries;
 pub mod session;
 pub mod time_travel;
 pub mod types;

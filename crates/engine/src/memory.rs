@@ -19,24 +19,40 @@ pub struct QueryPool {
     inner: Arc<dyn MemoryPool>,
     /// What this query holds of the engine's pool.
     parent: MemoryReservation,
-    limit: usize,
+    /// `None`: only the engine's limit.
+    limit: Option<usize>,
+    /// The most this query has held.
+    peak: std::sync::atomic::AtomicUsize,
 }
 
 impl QueryPool {
-    /// A pool of `limit` bytes drawing from `engine`.
-    pub fn new(limit: usize, engine: &Arc<dyn MemoryPool>) -> Self {
+    /// A pool of `limit` bytes (`None`: as much as the engine has) drawing from `engine`.
+    pub fn new(limit: Option<usize>, engine: &Arc<dyn MemoryPool>) -> Self {
         let top = NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN);
         Self {
-            inner: Arc::new(TrackConsumersPool::new(FairSpillPool::new(limit), top)),
+            inner: Arc::new(TrackConsumersPool::new(FairSpillPool::new(limit.unwrap_or(usize::MAX)), top)),
             parent: MemoryConsumer::new("query").register(engine),
             limit,
+            peak: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// The most memory the query has held, in bytes.
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn note_peak(&self) {
+        self.peak.fetch_max(self.inner.reserved(), std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 impl std::fmt::Display for QueryPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "query pool of {} bytes ({} reserved)", self.limit, self.inner.reserved())
+        match self.limit {
+            Some(limit) => write!(f, "query pool of {limit} bytes ({} reserved)", self.inner.reserved()),
+            None => write!(f, "query pool ({} reserved)", self.inner.reserved()),
+        }
     }
 }
 
@@ -56,6 +72,7 @@ impl MemoryPool for QueryPool {
     fn grow(&self, reservation: &MemoryReservation, additional: usize) {
         self.parent.grow(additional);
         self.inner.grow(reservation, additional);
+        self.note_peak();
     }
 
     fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
@@ -69,6 +86,7 @@ impl MemoryPool for QueryPool {
             self.parent.shrink(additional);
             return Err(e);
         }
+        self.note_peak();
         Ok(())
     }
 
@@ -77,7 +95,7 @@ impl MemoryPool for QueryPool {
     }
 
     fn memory_limit(&self) -> MemoryLimit {
-        MemoryLimit::Finite(self.limit)
+        self.limit.map_or(MemoryLimit::Infinite, MemoryLimit::Finite)
     }
 }
 
@@ -90,8 +108,8 @@ mod tests {
     #[test]
     fn queries_stay_within_their_limit_and_the_engines() {
         let engine: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(100));
-        let first: Arc<dyn MemoryPool> = Arc::new(QueryPool::new(80, &engine));
-        let second: Arc<dyn MemoryPool> = Arc::new(QueryPool::new(80, &engine));
+        let first: Arc<dyn MemoryPool> = Arc::new(QueryPool::new(Some(80), &engine));
+        let second: Arc<dyn MemoryPool> = Arc::new(QueryPool::new(Some(80), &engine));
         let a = MemoryConsumer::new("a").register(&first);
         assert!(a.try_grow(90).is_err(), "past the query's own limit");
         a.try_grow(60).unwrap();
@@ -105,5 +123,7 @@ mod tests {
         b.try_grow(40).unwrap();
         drop(b);
         assert_eq!(engine.reserved(), 0);
+        let second = second.downcast_ref::<QueryPool>().map(QueryPool::peak);
+        assert_eq!(second, Some(80), "the peak is what the query held at most");
     }
 }

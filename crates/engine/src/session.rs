@@ -719,7 +719,7 @@ impl Session {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(_)) => table_options(&prepared.statement)?,
             _ => std::collections::BTreeMap::new(),
         };
-        let output = self.run_plan(plan, &control, options).await?;
+        let output = self.run_plan(plan, &control, options, &prepared.statement).await?;
         if self.transaction_status() == TransactionStatus::InBlock && matches!(output, Output::Command(_)) {
             self.writes_in_block += 1;
         }
@@ -801,6 +801,7 @@ impl Session {
         plan: LogicalPlan,
         control: &QueryControl,
         options: std::collections::BTreeMap<String, String>,
+        source: &Statement,
     ) -> Result<Output> {
         match plan {
             LogicalPlan::Ddl(ddl) => {
@@ -839,7 +840,7 @@ impl Session {
                     .run(async { Ok(self.ctx.execute_logical_plan(LogicalPlan::Statement(statement)).await?) })
                     .await?;
                 if command == "EXECUTE" {
-                    let stream = control.run(self.execute_frame(df)).await?;
+                    let stream = control.run(self.execute_frame(df, source)).await?;
                     Ok(Output::Rows(stream))
                 } else {
                     Ok(Output::Command(CommandComplete::new(command)))
@@ -851,7 +852,7 @@ impl Session {
                 let stream = control
                     .run(async {
                         let df = self.ctx.execute_logical_plan(query).await?;
-                        self.execute_frame(df).await
+                        self.execute_frame(df, source).await
                     })
                     .await?;
                 Ok(if live { Output::Live(stream) } else { Output::Rows(stream) })
@@ -861,19 +862,24 @@ impl Session {
 
     /// Starts a query: in a pool of the session's `memory_limit` when it
     /// has one (see [`crate::memory`]), else in the engine's.
+    /// The query is recorded in `sys.queries`.
     async fn execute_frame(
         &self,
         df: datafusion::dataframe::DataFrame,
+        statement: &Statement,
     ) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
         let limit = self.vars.read().ok().and_then(|v| v.memory_limit());
-        let Some(limit) = limit else { return Ok(df.execute_stream().await?) };
         let task = df.task_ctx();
         let engine = task.runtime_env();
         let mut runtime = (*engine).clone();
-        runtime.memory_pool =
-            Arc::new(crate::memory::QueryPool::new(usize::try_from(limit).unwrap_or(usize::MAX), &engine.memory_pool));
+        let pool = Arc::new(crate::memory::QueryPool::new(
+            limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
+            &engine.memory_pool,
+        ));
+        runtime.memory_pool = Arc::clone(&pool) as _;
         let plan = df.create_physical_plan().await?;
-        Ok(datafusion::physical_plan::execute_stream(plan, Arc::new(task.with_runtime(Arc::new(runtime))))?)
+        let stream = datafusion::physical_plan::execute_stream(plan, Arc::new(task.with_runtime(Arc::new(runtime))))?;
+        Ok(self.engine.inner().queries.record(self.id, &self.info.user, statement.to_string(), pool, stream))
     }
 
     /// Runs a DML plan and returns its row count.

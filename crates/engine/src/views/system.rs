@@ -18,27 +18,35 @@ use crate::catalog::CatalogRef;
 #[derive(Debug)]
 pub struct SysSchema {
     views: Arc<ViewsTable>,
+    queries: Arc<crate::queries::QueriesTable>,
 }
 
 impl SysSchema {
-    /// The schema over `catalog`'s relations.
-    pub fn new(catalog: CatalogRef) -> Self {
-        Self { views: Arc::new(ViewsTable { catalog, schema: views_schema() }) }
+    /// The schema over `catalog`'s relations and the engine's recent queries.
+    pub fn new(catalog: CatalogRef, queries: Arc<crate::queries::QueryLog>) -> Self {
+        Self {
+            views: Arc::new(ViewsTable { catalog, schema: views_schema() }),
+            queries: Arc::new(crate::queries::QueriesTable::new(queries)),
+        }
     }
 }
 
 #[async_trait]
 impl SchemaProvider for SysSchema {
     fn table_names(&self) -> Vec<String> {
-        vec!["views".into()]
+        vec!["queries".into(), "views".into()]
     }
 
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        Ok((name == "views").then(|| Arc::clone(&self.views) as Arc<dyn TableProvider>))
+        Ok(match name {
+            "views" => Some(Arc::clone(&self.views) as Arc<dyn TableProvider>),
+            "queries" => Some(Arc::clone(&self.queries) as Arc<dyn TableProvider>),
+            _ => None,
+        })
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        name == "views"
+        matches!(name, "views" | "queries")
     }
 }
 

@@ -1,0 +1,235 @@
+//! `sys.queries`: the most recent queries (the last [`KEPT`]), running or
+//! ended, with how they ran: mode, duration, rows, peak memory, outcome.
+//!
+//! A query is recorded when its stream starts and updated as it is read:
+//! rows counted per batch, the end (or the error, or the client dropping
+//! it) closes the record.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::{Session as DfSession, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::{ExecutionPlan, RecordBatchStream, SendableRecordBatchStream};
+use futures::Stream;
+
+use crate::memory::QueryPool;
+
+/// How many ended queries `sys.queries` keeps.
+pub const KEPT: usize = 1000;
+
+/// The log of recent queries, shared by the engine's sessions.
+#[derive(Debug, Default)]
+pub struct QueryLog {
+    entries: Mutex<VecDeque<Arc<QueryRecord>>>,
+    next_id: AtomicU64,
+}
+
+/// One query.
+#[derive(Debug)]
+pub struct QueryRecord {
+    id: u64,
+    session: u64,
+    user: String,
+    query: String,
+    mode: &'static str,
+    started_ms: i64,
+    /// 0 while running.
+    ended_ms: AtomicI64,
+    rows: AtomicU64,
+    outcome: Mutex<Option<String>>,
+    /// The query's pool while it runs (released at the end, its peak kept).
+    pool: Mutex<Option<Arc<QueryPool>>>,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl QueryLog {
+    /// Records a query that starts now, reading `stream`, in `pool`.
+    pub fn record(
+        &self,
+        session: u64,
+        user: &str,
+        query: String,
+        pool: Arc<QueryPool>,
+        stream: SendableRecordBatchStream,
+    ) -> SendableRecordBatchStream {
+        let record = Arc::new(QueryRecord {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+            session,
+            user: user.to_string(),
+            query,
+            mode: "mpp",
+            started_ms: now_ms(),
+            ended_ms: AtomicI64::new(0),
+            rows: AtomicU64::new(0),
+            outcome: Mutex::new(None),
+            pool: Mutex::new(Some(pool)),
+            peak: std::sync::atomic::AtomicUsize::new(0),
+        });
+        {
+            let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            entries.push_back(Arc::clone(&record));
+            while entries.len() > KEPT {
+                entries.pop_front();
+            }
+        }
+        Box::pin(Recorded { inner: stream, record })
+    }
+
+    fn snapshot(&self) -> Vec<Arc<QueryRecord>> {
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect()
+    }
+}
+
+impl QueryRecord {
+    fn end(&self, outcome: String) {
+        let mut current = self.outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.is_none() {
+            *current = Some(outcome);
+            self.ended_ms.store(now_ms(), Ordering::Relaxed);
+            if let Some(pool) = self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+                self.peak.store(pool.peak(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The most memory the query has held so far.
+    fn peak(&self) -> usize {
+        match &*self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            Some(pool) => pool.peak(),
+            None => self.peak.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A query's stream that keeps its record up to date.
+struct Recorded {
+    inner: SendableRecordBatchStream,
+    record: Arc<QueryRecord>,
+}
+
+impl Stream for Recorded {
+    type Item = datafusion::error::Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(batch))) => {
+                self.record.rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.record.end(format!("failed: {}", crate::error::describe(e)));
+            }
+            Poll::Ready(None) => self.record.end("done".to_string()),
+            Poll::Pending => {}
+        }
+        polled
+    }
+}
+
+impl RecordBatchStream for Recorded {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        self.record.end("cancelled".to_string());
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `sys.queries`, computed when scanned.
+#[derive(Debug)]
+pub struct QueriesTable {
+    log: Arc<QueryLog>,
+    schema: SchemaRef,
+}
+
+impl QueriesTable {
+    /// The table over `log`.
+    pub fn new(log: Arc<QueryLog>) -> Self {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("query_id", DataType::Int64, false),
+            Field::new("session_id", DataType::Int64, false),
+            Field::new("user", DataType::Utf8, false),
+            Field::new("query", DataType::Utf8, false),
+            Field::new("state", DataType::Utf8, false),
+            Field::new("mode", DataType::Utf8, false),
+            Field::new("started_at", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+            Field::new("duration_ms", DataType::Int64, false),
+            Field::new("rows", DataType::Int64, false),
+            Field::new("peak_memory_bytes", DataType::Int64, false),
+            Field::new("error", DataType::Utf8, true),
+        ]));
+        Self { log, schema }
+    }
+}
+
+#[async_trait]
+impl TableProvider for QueriesTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let records = self.log.snapshot();
+        let now = now_ms();
+        let outcome = |r: &QueryRecord| r.outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let outcomes: Vec<Option<String>> = records.iter().map(|r| outcome(r)).collect();
+        let state = |o: &Option<String>| match o.as_deref() {
+            None => "running",
+            Some(s) if s.starts_with("failed") => "failed",
+            Some(s) => {
+                if s == "done" {
+                    "done"
+                } else {
+                    "cancelled"
+                }
+            }
+        };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter_values(records.iter().map(|r| r.id as i64))),
+            Arc::new(Int64Array::from_iter_values(records.iter().map(|r| r.session as i64))),
+            Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.user.as_str()))),
+            Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.query.as_str()))),
+            Arc::new(StringArray::from_iter_values(outcomes.iter().map(state))),
+            Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.mode))),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(records.iter().map(|r| r.started_ms)).with_timezone("UTC"),
+            ),
+            Arc::new(Int64Array::from_iter_values(records.iter().map(|r| {
+                let ended = r.ended_ms.load(Ordering::Relaxed);
+                (if ended == 0 { now } else { ended }) - r.started_ms
+            }))),
+            Arc::new(Int64Array::from_iter_values(records.iter().map(|r| r.rows.load(Ordering::Relaxed) as i64))),
+            Arc::new(Int64Array::from_iter_values(records.iter().map(|r| r.peak() as i64))),
+            Arc::new(
+                outcomes.iter().map(|o| o.as_deref().and_then(|s| s.strip_prefix("failed: "))).collect::<StringArray>(),
+            ),
+        ];
+        let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        crate::dynamic::system::batches_exec(vec![batch], &self.schema, projection)
+    }
+}
