@@ -146,7 +146,8 @@ impl Drop for Recorded {
     }
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 

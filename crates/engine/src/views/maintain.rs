@@ -28,6 +28,7 @@ use super::plan::{At, GroupState, Rewritten, Source, ViewPlan, WEIGHT};
 use super::state::{self, Delta, Group};
 use super::{KeyLayout, MaterializedView, POSITIONS_PROPERTY, Progress};
 use crate::error::{Error, Result};
+use crate::queries::now_ms;
 
 /// Rows per write while backfilling.
 const BACKFILL_BATCH_ROWS: usize = 64 * 1024;
@@ -832,8 +833,4 @@ fn take_rows(batch: &RecordBatch, indexes: &[u64]) -> Result<RecordBatch> {
     let indexes = datafusion::arrow::array::UInt64Array::from(indexes.to_vec());
     let columns = batch.columns().iter().map(|c| take(c.as_ref(), &indexes, None)).collect::<Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

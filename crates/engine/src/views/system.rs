@@ -94,7 +94,7 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
         (None, true) => "running".to_string(),
         (None, false) => "starting".to_string(),
     };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let now = crate::queries::now_ms();
     let sources = view.sources();
     let mut rows = Vec::with_capacity(sources.len());
     for (i, source) in sources.iter().enumerate() {
