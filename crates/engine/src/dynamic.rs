@@ -30,7 +30,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use streamhouse_storage as storage;
-use system::{SystemKind, SystemTable};
+use system::{Computed, SystemKind, SystemTable};
 
 pub mod ingest;
 pub mod scan;
@@ -386,7 +386,8 @@ impl Catalog for DynamicCatalog {
             let schemas = self.schemas.read().map_err(errors::poisoned)?;
             return Ok(match schemas.get(&name.schema).and_then(|s| s.get(base)) {
                 Some(Relation::Table(t)) => {
-                    Some(Arc::new(SystemTable::new(Arc::clone(&t.table), &t.schema, kind)) as Arc<dyn TableProvider>)
+                    Some(Arc::new(Computed(SystemTable::new(Arc::clone(&t.table), &t.schema, kind)))
+                        as Arc<dyn TableProvider>)
                 }
                 _ => None,
             });

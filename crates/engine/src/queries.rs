@@ -14,12 +14,10 @@ use std::task::{Context, Poll};
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::{Session as DfSession, TableProvider};
-use datafusion::datasource::TableType;
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::{ExecutionPlan, RecordBatchStream, SendableRecordBatchStream};
+use datafusion::physical_plan::{RecordBatchStream, SendableRecordBatchStream};
 use futures::Stream;
 
+use crate::dynamic::system::ComputedRows;
 use crate::memory::QueryPool;
 
 /// How many ended queries `sys.queries` keeps.
@@ -179,22 +177,12 @@ impl QueriesTable {
 }
 
 #[async_trait]
-impl TableProvider for QueriesTable {
+impl ComputedRows for QueriesTable {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn DfSession,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    async fn rows(&self) -> datafusion::error::Result<Vec<RecordBatch>> {
         let records = self.log.snapshot();
         let now = now_ms();
         let outcome = |r: &QueryRecord| r.outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
@@ -230,7 +218,6 @@ impl TableProvider for QueriesTable {
                 outcomes.iter().map(|o| o.as_deref().and_then(|s| s.strip_prefix("failed: "))).collect::<StringArray>(),
             ),
         ];
-        let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
-        crate::dynamic::system::batches_exec(vec![batch], &self.schema, projection)
+        Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
     }
 }

@@ -195,9 +195,34 @@ impl SystemTable {
 }
 
 #[async_trait]
-impl TableProvider for SystemTable {
+impl ComputedRows for SystemTable {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
+    }
+
+    async fn rows(&self) -> datafusion::error::Result<Vec<RecordBatch>> {
+        self.batches().await
+    }
+}
+
+/// The rows of a read-only table computed when it is scanned (system tables).
+#[async_trait]
+pub(crate) trait ComputedRows: std::fmt::Debug + Send + Sync + 'static {
+    /// The columns.
+    fn schema(&self) -> SchemaRef;
+
+    /// The rows, now.
+    async fn rows(&self) -> datafusion::error::Result<Vec<RecordBatch>>;
+}
+
+/// A [`ComputedRows`] as a table.
+#[derive(Debug)]
+pub(crate) struct Computed<T>(pub T);
+
+#[async_trait]
+impl<T: ComputedRows> TableProvider for Computed<T> {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema()
     }
 
     fn table_type(&self) -> TableType {
@@ -211,7 +236,7 @@ impl TableProvider for SystemTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        batches_exec(self.batches().await?, &self.schema, projection)
+        batches_exec(self.0.rows().await?, &self.0.schema(), projection)
     }
 }
 

@@ -6,27 +6,25 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::{SchemaProvider, Session as DfSession, TableProvider};
-use datafusion::datasource::TableType;
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::catalog::{SchemaProvider, TableProvider};
 
 use super::MaterializedView;
 use crate::catalog::CatalogRef;
+use crate::dynamic::system::{Computed, ComputedRows};
 
 /// The `sys` schema.
 #[derive(Debug)]
 pub struct SysSchema {
-    views: Arc<ViewsTable>,
-    queries: Arc<crate::queries::QueriesTable>,
+    views: Arc<Computed<ViewsTable>>,
+    queries: Arc<Computed<crate::queries::QueriesTable>>,
 }
 
 impl SysSchema {
     /// The schema over `catalog`'s relations and the engine's recent queries.
     pub fn new(catalog: CatalogRef, queries: Arc<crate::queries::QueryLog>) -> Self {
         Self {
-            views: Arc::new(ViewsTable { catalog, schema: views_schema() }),
-            queries: Arc::new(crate::queries::QueriesTable::new(queries)),
+            views: Arc::new(Computed(ViewsTable { catalog, schema: views_schema() })),
+            queries: Arc::new(Computed(crate::queries::QueriesTable::new(queries))),
         }
     }
 }
@@ -141,22 +139,12 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
 }
 
 #[async_trait]
-impl TableProvider for ViewsTable {
+impl ComputedRows for ViewsTable {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn DfSession,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    async fn rows(&self) -> datafusion::error::Result<Vec<RecordBatch>> {
         let mut rows = Vec::new();
         for view in self.catalog.materialized_views() {
             rows.extend(rows_of(&view).await);
@@ -177,7 +165,6 @@ impl TableProvider for ViewsTable {
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.maintenance))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.definition.as_str()))),
         ];
-        let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
-        crate::dynamic::system::batches_exec(vec![batch], &self.schema, projection)
+        Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
     }
 }
