@@ -20,6 +20,56 @@ pub struct EngineConfig {
     pub statement_timeout_ms: u64,
     /// Name of the one database (DataFusion catalog) clients connect to.
     pub database: String,
+    /// How queries run unless a session sets `execution_mode`: `auto`, `mpp`
+    /// or `bsp` (see [`ExecutionMode`]).
+    pub mode: ExecutionMode,
+    /// Directory for the stage files of BSP queries; emptied at start-up.
+    /// Unset: `<storage.data_dir>/spill` for the server, a temporary
+    /// directory for an embedded engine.
+    pub spill_dir: Option<std::path::PathBuf>,
+    /// How many more times a failed BSP task is run before the query fails.
+    pub task_retries: usize,
+    /// Tasks of one BSP stage that run at once; 0 means the number of CPU cores.
+    pub stage_concurrency: usize,
+    /// In `auto` mode, a query that has not produced its first row after this
+    /// many milliseconds in MPP is re-run in BSP; 0 disables the switch on time
+    /// (running out of memory always switches).
+    pub bsp_after_ms: u64,
+}
+
+/// How a query runs.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionMode {
+    /// MPP unless the plan's statistics say it needs more memory than it may
+    /// use, and BSP again if MPP runs out of memory before its first row.
+    #[default]
+    Auto,
+    /// Pipelined: every operator at once, in memory.
+    Mpp,
+    /// Stage by stage, each stage's output written to the spill directory.
+    Bsp,
+}
+
+impl ExecutionMode {
+    /// `auto`, `mpp` or `bsp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionMode::Auto => "auto",
+            ExecutionMode::Mpp => "mpp",
+            ExecutionMode::Bsp => "bsp",
+        }
+    }
+
+    /// Parses `auto`, `mpp` or `bsp` (any case).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(ExecutionMode::Auto),
+            "mpp" => Some(ExecutionMode::Mpp),
+            "bsp" => Some(ExecutionMode::Bsp),
+            _ => None,
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -30,6 +80,11 @@ impl Default for EngineConfig {
             batch_size: 8192,
             statement_timeout_ms: 0,
             database: "streamhouse".to_string(),
+            mode: ExecutionMode::Auto,
+            spill_dir: None,
+            task_retries: 3,
+            stage_concurrency: 0,
+            bsp_after_ms: 0,
         }
     }
 }

@@ -908,7 +908,8 @@ impl TableProvider for DynamicTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        self.scan_snapshot(state, None, projection, filters).await
+        let pinned = state.config().get_extension::<scan::PinnedSnapshots>().and_then(|p| p.get(&self.table));
+        self.scan_snapshot(state, pinned, projection, filters).await
     }
 
     fn get_column_default(&self, column: &str) -> Option<&Expr> {

@@ -38,6 +38,10 @@ pub(crate) struct EngineInner {
     pub(crate) active: Arc<crate::cancel::ActiveStatements>,
     /// Recent queries (`sys.queries`).
     pub(crate) queries: Arc<crate::queries::QueryLog>,
+    /// Where BSP stages write their output.
+    pub(crate) spill: crate::exec::bsp::SpillArea,
+    /// Failures tests inject into BSP tasks.
+    pub(crate) faults: Arc<crate::exec::bsp::Faults>,
     next_session_id: AtomicU64,
     /// Bumped by every DDL statement, so prepared plans notice they are stale.
     pub(crate) catalog_version: AtomicU64,
@@ -113,6 +117,10 @@ impl Engine {
                 .build();
         }
 
+        let spill_root = config.spill_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("streamhouse-spill"));
+        let spill = crate::exec::bsp::SpillArea::open(&spill_root).map_err(|e| {
+            Error::invalid(format!("cannot use {} for stage files (execution.spill_dir): {e}", spill_root.display()))
+        })?;
         let queries = Arc::new(crate::queries::QueryLog::default());
         if let Some(database) = base.catalog(&config.database) {
             let sys = crate::views::system::SysSchema::new(Arc::clone(&catalog), Arc::clone(&queries));
@@ -133,6 +141,8 @@ impl Engine {
                 shutdown: CancellationToken::new(),
                 active: Arc::default(),
                 queries,
+                spill,
+                faults: Arc::default(),
                 next_session_id: AtomicU64::new(1),
                 catalog_version: AtomicU64::new(0),
             }),
@@ -180,6 +190,29 @@ impl Engine {
     /// Whether [`Engine::shutdown`] was called.
     pub fn is_shut_down(&self) -> bool {
         self.inner.shutdown.is_cancelled()
+    }
+
+    /// Stage files of BSP queries on disk now; 0 once every query has ended.
+    pub fn stage_files(&self) -> usize {
+        self.inner.spill.files()
+    }
+
+    /// Failures to inject into the tasks of BSP queries (for tests).
+    #[doc(hidden)]
+    pub fn faults(&self) -> &crate::exec::bsp::Faults {
+        &self.inner.faults
+    }
+
+    /// How BSP queries run: spill store, concurrency, retries.
+    pub(crate) fn bsp_options(&self) -> crate::exec::bsp::BspOptions {
+        let config = &self.inner.config;
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        crate::exec::bsp::BspOptions {
+            store: Arc::clone(self.inner.spill.store()),
+            concurrency: if config.stage_concurrency == 0 { cores } else { config.stage_concurrency },
+            retries: config.task_retries,
+            faults: Arc::clone(&self.inner.faults),
+        }
     }
 
     pub(crate) fn inner(&self) -> &EngineInner {

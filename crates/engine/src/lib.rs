@@ -17,6 +17,7 @@
 //! - [`cancel`]: cancellation and statement timeouts.
 //! - [`copy`]: decoding `COPY … FROM STDIN` data (text and CSV) into batches.
 //! - [`error`]: [`Error`] and its [`StatusCode`] classification.
+//! - [`exec`]: execution modes: MPP, staged BSP, and the automatic switch.
 
 pub mod cancel;
 pub mod catalog;
@@ -25,6 +26,7 @@ pub mod copy;
 pub mod dynamic;
 pub mod engine;
 pub mod error;
+pub mod exec;
 pub mod memory;
 pub mod queries;
 pub mod session;
@@ -35,7 +37,7 @@ pub mod windows;
 
 pub use cancel::CancelHandle;
 pub use catalog::{Catalog, CatalogRef};
-pub use config::{ByteSize, EngineConfig};
+pub use config::{ByteSize, EngineConfig, ExecutionMode};
 pub use engine::Engine;
 pub use error::{Error, Result, StatusCode};
 pub use session::{

@@ -1,9 +1,9 @@
 //! `sys.queries`: the most recent queries (the last [`KEPT`]), running or
 //! ended, with how they ran: mode, duration, rows, peak memory, outcome.
 //!
-//! A query is recorded when its stream starts and updated as it is read:
-//! rows counted per batch, the end (or the error, or the client dropping
-//! it) closes the record.
+//! A query is recorded when it starts (before planning) and updated as its
+//! rows are read: rows counted per batch; the end (or the error, or the
+//! client dropping it) closes the record.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -18,6 +18,7 @@ use datafusion::physical_plan::{RecordBatchStream, SendableRecordBatchStream};
 use futures::Stream;
 
 use crate::dynamic::system::ComputedRows;
+use crate::exec::bsp::BspRun;
 use crate::memory::QueryPool;
 
 /// How many ended queries `sys.queries` keeps.
@@ -37,7 +38,8 @@ pub struct QueryRecord {
     session: u64,
     user: String,
     query: String,
-    mode: &'static str,
+    /// `mpp` or `bsp`, and why.
+    mode: Mutex<(&'static str, String)>,
     started_ms: i64,
     /// 0 while running.
     ended_ms: AtomicI64,
@@ -46,53 +48,81 @@ pub struct QueryRecord {
     /// The query's pool while it runs (released at the end, its peak kept).
     pool: Mutex<Option<Arc<QueryPool>>>,
     peak: std::sync::atomic::AtomicUsize,
+    /// The stages, when it runs in BSP.
+    run: Mutex<Option<Arc<BspRun>>>,
 }
 
 impl QueryLog {
-    /// Records a query that starts now, reading `stream`, in `pool`.
-    pub fn record(
-        &self,
-        session: u64,
-        user: &str,
-        query: String,
-        pool: Arc<QueryPool>,
-        stream: SendableRecordBatchStream,
-    ) -> SendableRecordBatchStream {
+    /// Records a query that starts now.
+    pub fn start(&self, session: u64, user: &str, query: String) -> Arc<QueryRecord> {
         let record = Arc::new(QueryRecord {
             id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
             session,
             user: user.to_string(),
             query,
-            mode: "mpp",
+            mode: Mutex::new(("mpp", String::new())),
             started_ms: now_ms(),
             ended_ms: AtomicI64::new(0),
             rows: AtomicU64::new(0),
             outcome: Mutex::new(None),
-            pool: Mutex::new(Some(pool)),
+            pool: Mutex::new(None),
             peak: std::sync::atomic::AtomicUsize::new(0),
+            run: Mutex::new(None),
         });
-        {
-            let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            entries.push_back(Arc::clone(&record));
-            while entries.len() > KEPT {
-                entries.pop_front();
-            }
+        let mut entries = lock(&self.entries);
+        entries.push_back(Arc::clone(&record));
+        while entries.len() > KEPT {
+            entries.pop_front();
         }
-        Box::pin(Recorded { inner: stream, record })
+        record
     }
 
     fn snapshot(&self) -> Vec<Arc<QueryRecord>> {
-        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect()
+        lock(&self.entries).iter().cloned().collect()
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl QueryRecord {
+    /// The query's number in `sys.queries`.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The pool the query runs in.
+    pub fn set_pool(&self, pool: Arc<QueryPool>) {
+        *lock(&self.pool) = Some(pool);
+    }
+
+    /// How the query runs (`mpp` or `bsp`) and why.
+    pub fn set_mode(&self, mode: &'static str, reason: String) {
+        *lock(&self.mode) = (mode, reason);
+    }
+
+    /// The stages of a BSP run.
+    pub fn set_run(&self, run: Arc<BspRun>) {
+        *lock(&self.run) = Some(run);
+    }
+
+    /// Keeps the record up to date as `stream` is read.
+    pub fn watch(self: Arc<Self>, stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+        Box::pin(Recorded { inner: stream, record: self })
+    }
+
+    /// Closes the record of a query that failed before its rows streamed.
+    pub fn fail(&self, error: &crate::error::Error) {
+        self.end(format!("failed: {error}"));
+    }
+
     fn end(&self, outcome: String) {
-        let mut current = self.outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut current = lock(&self.outcome);
         if current.is_none() {
             *current = Some(outcome);
             self.ended_ms.store(now_ms(), Ordering::Relaxed);
-            if let Some(pool) = self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            if let Some(pool) = lock(&self.pool).take() {
                 self.peak.store(pool.peak(), Ordering::Relaxed);
             }
         }
@@ -100,7 +130,7 @@ impl QueryRecord {
 
     /// The most memory the query has held so far.
     fn peak(&self) -> usize {
-        match &*self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        match &*lock(&self.pool) {
             Some(pool) => pool.peak(),
             None => self.peak.load(Ordering::Relaxed),
         }
@@ -166,11 +196,16 @@ impl QueriesTable {
             Field::new("query", DataType::Utf8, false),
             Field::new("state", DataType::Utf8, false),
             Field::new("mode", DataType::Utf8, false),
+            Field::new("mode_reason", DataType::Utf8, false),
             Field::new("started_at", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
             Field::new("duration_ms", DataType::Int64, false),
             Field::new("rows", DataType::Int64, false),
             Field::new("peak_memory_bytes", DataType::Int64, false),
             Field::new("error", DataType::Utf8, true),
+            Field::new("stages", DataType::Int64, false),
+            Field::new("task_attempts", DataType::Int64, false),
+            Field::new("stage_bytes", DataType::Int64, false),
+            Field::new("spilled_bytes", DataType::Int64, false),
         ]));
         Self { log, schema }
     }
@@ -185,7 +220,7 @@ impl ComputedRows for QueriesTable {
     async fn rows(&self) -> datafusion::error::Result<Vec<RecordBatch>> {
         let records = self.log.snapshot();
         let now = now_ms();
-        let outcome = |r: &QueryRecord| r.outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let outcome = |r: &QueryRecord| lock(&r.outcome).clone();
         let outcomes: Vec<Option<String>> = records.iter().map(|r| outcome(r)).collect();
         let state = |o: &Option<String>| match o.as_deref() {
             None => "running",
@@ -198,13 +233,20 @@ impl ComputedRows for QueriesTable {
                 }
             }
         };
+        let modes: Vec<(&'static str, String)> = records.iter().map(|r| lock(&r.mode).clone()).collect();
+        let stages: Vec<Vec<crate::exec::stage::StageStats>> =
+            records.iter().map(|r| lock(&r.run).as_ref().map(|run| run.stage_stats()).unwrap_or_default()).collect();
+        let sum = |f: fn(&crate::exec::stage::StageStats) -> u64| {
+            Int64Array::from_iter_values(stages.iter().map(|s| s.iter().map(f).sum::<u64>() as i64))
+        };
         let columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from_iter_values(records.iter().map(|r| r.id as i64))),
             Arc::new(Int64Array::from_iter_values(records.iter().map(|r| r.session as i64))),
             Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.user.as_str()))),
             Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.query.as_str()))),
             Arc::new(StringArray::from_iter_values(outcomes.iter().map(state))),
-            Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.mode))),
+            Arc::new(StringArray::from_iter_values(modes.iter().map(|m| m.0))),
+            Arc::new(StringArray::from_iter_values(modes.iter().map(|m| m.1.as_str()))),
             Arc::new(
                 TimestampMillisecondArray::from_iter_values(records.iter().map(|r| r.started_ms)).with_timezone("UTC"),
             ),
@@ -217,6 +259,10 @@ impl ComputedRows for QueriesTable {
             Arc::new(
                 outcomes.iter().map(|o| o.as_deref().and_then(|s| s.strip_prefix("failed: "))).collect::<StringArray>(),
             ),
+            Arc::new(Int64Array::from_iter_values(stages.iter().map(|s| s.len() as i64))),
+            Arc::new(sum(|s| s.attempts as u64)),
+            Arc::new(sum(|s| s.bytes)),
+            Arc::new(sum(|s| s.spilled_bytes)),
         ];
         Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
     }

@@ -403,7 +403,7 @@ impl std::fmt::Debug for Session {
 impl Session {
     pub(crate) fn new(engine: Engine, id: u64, info: SessionInfo) -> Self {
         let ctx = SessionContext::new_with_state(engine.inner().base.state());
-        let mut vars = Variables::new(&info.user, engine.config().statement_timeout_ms);
+        let mut vars = Variables::new(&info.user, engine.config());
         if let Some(app) = &info.application_name {
             let _ = vars.set("application_name", app);
         }
@@ -847,6 +847,14 @@ impl Session {
                 }
             }
             LogicalPlan::Copy(_) => Err(Error::unsupported("COPY … TO a file is not supported")),
+            LogicalPlan::Explain(explain) if is_query(&explain.plan) => {
+                let stream = control.run(self.explain(&explain.plan, explain.verbose, false, source)).await?;
+                Ok(Output::Rows(stream))
+            }
+            LogicalPlan::Analyze(analyze) if is_query(&analyze.input) => {
+                let stream = control.run(self.explain(&analyze.input, analyze.verbose, true, source)).await?;
+                Ok(Output::Rows(stream))
+            }
             query => {
                 let live = is_subscription(&query);
                 let stream = control
@@ -860,26 +868,160 @@ impl Session {
         }
     }
 
-    /// Starts a query: in a pool of the session's `memory_limit` when it
-    /// has one (see [`crate::memory`]), else in the engine's.
-    /// The query is recorded in `sys.queries`.
+    /// Starts a query in its mode (see [`crate::exec`]), in a pool of the
+    /// session's `memory_limit` when it has one (see [`crate::memory`]),
+    /// else in the engine's. The query is recorded in `sys.queries`.
     async fn execute_frame(
         &self,
         df: datafusion::dataframe::DataFrame,
         statement: &Statement,
     ) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
-        let limit = self.vars.read().ok().and_then(|v| v.memory_limit());
-        let task = df.task_ctx();
-        let engine = task.runtime_env();
-        let mut runtime = (*engine).clone();
+        let record = self.engine.inner().queries.start(self.id, &self.info.user, statement.to_string());
+        let query = self.query(df, Some(Arc::clone(&record)));
+        let result = async {
+            let planned = query.plan().await?;
+            Ok(query.run(planned).await?.stream)
+        }
+        .await;
+        match result {
+            Ok(stream) => Ok(record.watch(stream)),
+            Err(e) => {
+                record.fail(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// A query of `df` with this session's settings, in a pool of its own.
+    fn query(
+        &self,
+        df: datafusion::dataframe::DataFrame,
+        record: Option<Arc<crate::queries::QueryRecord>>,
+    ) -> crate::exec::Query {
+        let (limit, requested) = match self.vars.read() {
+            Ok(vars) => (vars.memory_limit(), vars.execution_mode()),
+            Err(_) => (None, crate::config::ExecutionMode::default()),
+        };
+        let (state, logical) = df.into_parts();
+        let engine = state.runtime_env();
+        let mut runtime = (**engine).clone();
         let pool = Arc::new(crate::memory::QueryPool::new(
             limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
             &engine.memory_pool,
         ));
         runtime.memory_pool = Arc::clone(&pool) as _;
-        let plan = df.create_physical_plan().await?;
-        let stream = datafusion::physical_plan::execute_stream(plan, Arc::new(task.with_runtime(Arc::new(runtime))))?;
-        Ok(self.engine.inner().queries.record(self.id, &self.info.user, statement.to_string(), pool, stream))
+        let pool_budget = |pool: &Arc<crate::memory::QueryPool>| {
+            use datafusion::execution::memory_pool::{MemoryLimit, MemoryPool};
+            let finite = |l| match l {
+                MemoryLimit::Finite(n) => Some(n),
+                _ => None,
+            };
+            match (finite(pool.memory_limit()), finite(engine.memory_pool.memory_limit())) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        };
+        let budget = pool_budget(&pool);
+        if let Some(record) = &record {
+            record.set_pool(pool);
+        }
+        let mut task = datafusion::execution::TaskContext::from(&state).with_runtime(Arc::new(runtime));
+        if let Some(budget) = budget {
+            // Each sort partition reserves this up front for its merge: a small limit must not be
+            // spent on reservations before anything runs.
+            let mut config = state.config().clone();
+            let partitions = config.target_partitions().max(1);
+            let execution = &mut config.options_mut().execution;
+            execution.sort_spill_reservation_bytes =
+                execution.sort_spill_reservation_bytes.min(budget / (4 * partitions));
+            task = task.with_session_config(config);
+        }
+        let task = Arc::new(task);
+        let after = self.engine.config().bsp_after_ms;
+        crate::exec::Query {
+            state,
+            logical,
+            task,
+            requested,
+            options: self.engine.bsp_options(),
+            bsp_after: (after > 0).then(|| std::time::Duration::from_millis(after)),
+            record,
+        }
+    }
+
+    /// `EXPLAIN [VERBOSE] query`: the plans, the execution mode chosen and
+    /// why, and the stage tree of a BSP plan. `EXPLAIN ANALYZE` runs the
+    /// query and adds each stage's rows, bytes, attempts and spill.
+    async fn explain(
+        &self,
+        inner: &LogicalPlan,
+        verbose: bool,
+        analyze: bool,
+        statement: &Statement,
+    ) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
+        use datafusion::physical_plan::display::DisplayableExecutionPlan;
+        let df = self.ctx.execute_logical_plan(inner.clone()).await?;
+        let optimized = df.clone().into_optimized_plan()?;
+        let mut rows: Vec<(String, String)> = vec![("logical_plan".into(), optimized.display_indent().to_string())];
+        if !analyze {
+            let query = self.query(df, None);
+            let planned = query.plan().await?;
+            rows.push((
+                "physical_plan".into(),
+                DisplayableExecutionPlan::new(planned.plan.as_ref()).indent(verbose).to_string(),
+            ));
+            rows.push(("execution_mode".into(), format!("{}: {}", planned.mode.as_str(), planned.reason)));
+            if planned.mode == crate::exec::Mode::Bsp {
+                rows.push(("stages".into(), crate::exec::stage::render(&planned.plan, false)));
+            }
+        } else {
+            let record = self.engine.inner().queries.start(self.id, &self.info.user, statement.to_string());
+            let query = self.query(df, Some(Arc::clone(&record)));
+            let outcome = async {
+                let planned = query.plan().await?;
+                let reason = planned.reason.clone();
+                let running = query.run(planned).await?;
+                let mut stream = Arc::clone(&record).watch(running.stream);
+                let mut output_rows = 0;
+                while let Some(batch) = stream.next().await {
+                    output_rows += batch?.num_rows();
+                }
+                Ok::<_, Error>((running.plan, running.mode, reason, running.bsp, output_rows))
+            }
+            .await;
+            let (plan, mode, reason, bsp, output_rows) = match outcome {
+                Ok(done) => done,
+                Err(e) => {
+                    record.fail(&e);
+                    return Err(e);
+                }
+            };
+            rows.push((
+                "Plan with Metrics".into(),
+                DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(verbose).to_string(),
+            ));
+            rows.push(("execution_mode".into(), format!("{}: {reason}", mode.as_str())));
+            if let Some(bsp) = bsp {
+                let attempts: usize = bsp.stage_stats().iter().map(|s| s.attempts).sum();
+                rows.push((
+                    "stages".into(),
+                    format!(
+                        "{}{} stages, {attempts} task attempts, {output_rows} rows returned\n",
+                        crate::exec::stage::render(&plan, true),
+                        bsp.stage_stats().len()
+                    ),
+                ));
+            }
+        }
+        let schema = text_schema(&["plan_type", "plan"]);
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0.as_str()))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.as_str()))),
+            ],
+        )?;
+        Ok(batch_stream(schema, vec![batch]))
     }
 
     /// Runs a DML plan and returns its row count.
@@ -1330,6 +1472,19 @@ fn ddl_display_name(ddl: &DdlStatement) -> String {
 }
 
 /// Whether a plan reads a subscription (an unbounded stream).
+/// Whether `plan` is a query (not DML, DDL or a statement), which EXPLAIN shows with its execution mode.
+fn is_query(plan: &LogicalPlan) -> bool {
+    !matches!(
+        plan,
+        LogicalPlan::Dml(_)
+            | LogicalPlan::Ddl(_)
+            | LogicalPlan::Statement(_)
+            | LogicalPlan::Copy(_)
+            | LogicalPlan::Explain(_)
+            | LogicalPlan::Analyze(_)
+    ) && !is_subscription(plan)
+}
+
 fn is_subscription(plan: &LogicalPlan) -> bool {
     use datafusion::common::tree_node::TreeNode;
     plan.exists(|node| {

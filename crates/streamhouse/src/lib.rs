@@ -36,8 +36,9 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let catalog = DynamicCatalog::open(store)
         .await
         .with_context(|| format!("cannot open the tables in {}", warehouse.display()))?;
-    let engine =
-        Engine::with_catalog(config.execution.clone(), Arc::new(catalog)).context("cannot start the query engine")?;
+    let mut execution = config.execution.clone();
+    execution.spill_dir.get_or_insert_with(|| data_dir.join("spill"));
+    let engine = Engine::with_catalog(execution, Arc::new(catalog)).context("cannot start the query engine")?;
     let server = streamhouse_server::start(engine, &config.server).await?;
     Ok(server)
 }

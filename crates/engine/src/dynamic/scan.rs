@@ -47,6 +47,44 @@ impl DynamicScanExec {
     }
 }
 
+impl DynamicScanExec {
+    /// The table and snapshot scanned (`None`: the table was empty).
+    pub fn snapshot(&self) -> (&Arc<storage::Table>, Option<u64>) {
+        (&self.table, self.plan.snapshot)
+    }
+}
+
+/// Snapshots a query must read (a session configuration extension): a
+/// query planned again, e.g. to run in BSP after MPP ran out of memory,
+/// reads what its first plan read.
+#[derive(Debug, Default)]
+pub struct PinnedSnapshots(pub Vec<(Arc<storage::Table>, u64)>);
+
+impl PinnedSnapshots {
+    /// The snapshots the scans of `plan` read.
+    pub fn of(plan: &Arc<dyn ExecutionPlan>) -> Self {
+        let mut pins: Vec<(Arc<storage::Table>, u64)> = Vec::new();
+        let _ = datafusion::common::tree_node::TreeNode::apply(plan, |node| {
+            if let Some(scan) = node.downcast_ref::<DynamicScanExec>()
+                && let (table, Some(id)) = scan.snapshot()
+            {
+                // A table read at several snapshots (time travel too): the plain scan read the newest.
+                match pins.iter_mut().find(|(t, _)| Arc::ptr_eq(t, table)) {
+                    Some(pin) => pin.1 = pin.1.max(id),
+                    None => pins.push((Arc::clone(table), id)),
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        Self(pins)
+    }
+
+    /// The pinned snapshot of `table`.
+    pub fn get(&self, table: &Arc<storage::Table>) -> Option<u64> {
+        self.0.iter().find(|(t, _)| Arc::ptr_eq(t, table)).map(|(_, id)| *id)
+    }
+}
+
 impl DisplayAs for DynamicScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let splits: usize = self.plan.partitions.iter().map(Vec::len).sum();

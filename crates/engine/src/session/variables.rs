@@ -69,6 +69,11 @@ const KNOWN: &[Known] = &[
         "unlimited",
         "Sets the memory each query of this session may use (e.g. '256MB'); all queries together stay within the server's execution.memory_limit.",
     ),
+    var(
+        "execution_mode",
+        "auto",
+        "Sets how queries run: auto (MPP, or staged BSP when memory is short), mpp (pipelined, in memory) or bsp (stage by stage, spilled between stages).",
+    ),
     var("geqo", "on", "Accepted for compatibility."),
     fixed("block_size", "8192", "Shows the size of a disk block."),
     fixed("integer_datetimes", "on", "Shows whether datetimes are integer based."),
@@ -102,17 +107,21 @@ pub fn canonical_name(name: &str) -> String {
 pub struct Variables {
     /// Values that differ from the defaults, by lower-cased name.
     values: BTreeMap<String, String>,
+    /// Defaults the server's configuration sets, by lower-cased name.
+    server: BTreeMap<String, String>,
     user: String,
 }
 
 impl Variables {
-    /// Defaults, plus the statement timeout from the engine configuration.
-    pub fn new(user: &str, statement_timeout_ms: u64) -> Self {
-        let mut values = BTreeMap::new();
-        if statement_timeout_ms > 0 {
-            values.insert("statement_timeout".to_string(), statement_timeout_ms.to_string());
+    /// Defaults, plus the engine configuration's statement timeout and execution mode.
+    /// `RESET` returns to these server defaults too.
+    pub fn new(user: &str, config: &crate::config::EngineConfig) -> Self {
+        let mut server = BTreeMap::new();
+        if config.statement_timeout_ms > 0 {
+            server.insert("statement_timeout".to_string(), config.statement_timeout_ms.to_string());
         }
-        Self { values, user: user.to_string() }
+        server.insert("execution_mode".to_string(), config.mode.as_str().to_string());
+        Self { values: BTreeMap::new(), server, user: user.to_string() }
     }
 
     /// The value of a parameter, if it is known or was set.
@@ -121,7 +130,7 @@ impl Variables {
         if lower == "session_authorization" {
             return Some(self.user.clone());
         }
-        if let Some(v) = self.values.get(&lower) {
+        if let Some(v) = self.values.get(&lower).or_else(|| self.server.get(&lower)) {
             return Some(v.clone());
         }
         known(&lower).map(|k| k.default.to_string())
@@ -194,6 +203,11 @@ impl Variables {
         self.get("memory_limit")?.parse().ok()
     }
 
+    /// How this session's queries run.
+    pub fn execution_mode(&self) -> crate::config::ExecutionMode {
+        self.get("execution_mode").and_then(|m| crate::config::ExecutionMode::parse(&m)).unwrap_or_default()
+    }
+
     /// The statement timeout, if one is set.
     pub fn statement_timeout(&self) -> Option<Duration> {
         let ms: u64 = self.get("statement_timeout")?.parse().ok()?;
@@ -235,6 +249,9 @@ fn normalize(lower: &str, value: &str) -> Result<String> {
                 crate::config::ByteSize::Bytes(n) => n.to_string(),
             })
             .map_err(|_| invalid_value(lower, value, "expected a size like '256MB', '2GiB' or 'unlimited'")),
+        "execution_mode" => crate::config::ExecutionMode::parse(value)
+            .map(|mode| mode.as_str().to_string())
+            .ok_or_else(|| invalid_value(lower, value, "expected auto, mpp or bsp")),
         "extra_float_digits" => match value.trim().parse::<i32>() {
             Ok(n) if (-15..=3).contains(&n) => Ok(n.to_string()),
             _ => Err(invalid_value(lower, value, "expected an integer from -15 to 3")),
@@ -281,7 +298,7 @@ mod tests {
 
     #[test]
     fn set_show_reset() {
-        let mut vars = Variables::new("alice", 0);
+        let mut vars = Variables::new("alice", &crate::config::EngineConfig::default());
         assert_eq!(vars.get("datestyle").as_deref(), Some("ISO, MDY"));
         assert_eq!(vars.get("session authorization").as_deref(), Some("alice"));
         vars.set("application_name", "psql").unwrap();

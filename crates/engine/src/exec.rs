@@ -1,0 +1,401 @@
+//! Execution modes: every query runs either **MPP** (DataFusion's
+//! pipelined, partitioned execution: all operators at once, in memory) or
+//! **BSP** (the plan cut into stages at its exchanges, stage by stage, each
+//! stage's output written to the spill store and read by the next: bounded
+//! memory, failed tasks retried; see [`bsp`] and [`stage`]).
+//!
+//! `execution_mode = auto` (the default) chooses before running, from the
+//! plan's statistics: when the operators that cannot spill (hash join build
+//! sides, cross and nested-loop joins, window buffers) are estimated to need
+//! more than [`BSP_SHARE`] of the query's memory limit, BSP; otherwise MPP.
+//! An MPP query that runs out of memory (or, when `bsp_after_ms` is set,
+//! produces no row in time) before its first row reached the client runs
+//! again in BSP, on the same table snapshots; the rows it produced before
+//! the switch are held back until the choice is final, so the client never
+//! sees the switch.
+//!
+//! BSP plans with more partitions than MPP, so that each task's share of a
+//! join's build side fits the memory the concurrently running tasks have.
+
+pub mod bsp;
+pub mod stage;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::common::stats::Precision;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::MemoryLimit;
+use datafusion::execution::{SendableRecordBatchStream, SessionState, SessionStateBuilder, TaskContext};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::joins::{CrossJoinExec, HashJoinExec, NestedLoopJoinExec};
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::windows::WindowAggExec;
+use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext, execute_stream};
+use futures::StreamExt;
+
+use crate::config::ExecutionMode;
+use crate::dynamic::scan::PinnedSnapshots;
+use crate::error::Result;
+use crate::queries::QueryRecord;
+use bsp::{BspOptions, BspRun};
+
+/// AUTO picks BSP when unspillable operators need more than this share of the memory limit.
+pub const BSP_SHARE: f64 = 0.7;
+
+/// Per-row bookkeeping of a hash table entry, on top of the row itself.
+const HASH_ENTRY_BYTES: u64 = 24;
+
+/// Most partitions a BSP plan is given.
+const MAX_BSP_PARTITIONS: usize = 256;
+
+/// How a query runs, once decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Mpp,
+    Bsp,
+}
+
+impl Mode {
+    /// `mpp` or `bsp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Mpp => "mpp",
+            Mode::Bsp => "bsp",
+        }
+    }
+}
+
+/// A query about to run, with what its session allows.
+pub(crate) struct Query {
+    pub state: SessionState,
+    pub logical: LogicalPlan,
+    /// With the query's own memory pool.
+    pub task: Arc<TaskContext>,
+    pub requested: ExecutionMode,
+    pub options: BspOptions,
+    pub bsp_after: Option<Duration>,
+    /// Its `sys.queries` record (`None` for EXPLAIN, which does not run it).
+    pub record: Option<Arc<QueryRecord>>,
+}
+
+/// The chosen mode, why, and the plan to run.
+pub(crate) struct Planned {
+    pub mode: Mode,
+    pub reason: String,
+    /// The MPP plan, or the cut BSP plan.
+    pub plan: Arc<dyn ExecutionPlan>,
+    /// The MPP plan (its scans fix the snapshots a re-plan reads).
+    mpp: Arc<dyn ExecutionPlan>,
+    estimate: Estimate,
+    /// Whether the plan can run in stages at all.
+    stageable: bool,
+}
+
+/// A running query.
+pub(crate) struct Running {
+    pub stream: SendableRecordBatchStream,
+    /// The plan that produces the rows (the final stage in BSP).
+    pub plan: Arc<dyn ExecutionPlan>,
+    pub mode: Mode,
+    pub bsp: Option<Arc<BspRun>>,
+}
+
+impl Query {
+    /// The memory the query may use: its pool's limit (the session's
+    /// `memory_limit`, else the engine's).
+    fn budget(&self) -> Option<usize> {
+        let engine = self.state.runtime_env().memory_pool.memory_limit();
+        let query = self.task.memory_pool().memory_limit();
+        let finite = |l: MemoryLimit| match l {
+            MemoryLimit::Finite(n) => Some(n),
+            _ => None,
+        };
+        match (finite(query), finite(engine)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Plans the query and chooses its mode.
+    pub async fn plan(&self) -> Result<Planned> {
+        let mpp = self.state.create_physical_plan(&self.logical).await?;
+        let estimate = Estimate::of(&mpp);
+        let budget = self.budget();
+        let unstageable = stage::uncuttable(&mpp);
+        let (mode, reason) = match (self.requested, &unstageable) {
+            (ExecutionMode::Mpp, _) => (Mode::Mpp, "execution_mode is mpp".to_string()),
+            (_, Some(reason)) => (Mode::Mpp, format!("MPP, because {reason}")),
+            (ExecutionMode::Bsp, None) => (Mode::Bsp, "execution_mode is bsp".to_string()),
+            (ExecutionMode::Auto, None) => estimate.choose(budget),
+        };
+        let stageable = unstageable.is_none();
+        let mut planned = Planned { mode, reason, plan: Arc::clone(&mpp), mpp, estimate, stageable };
+        if mode == Mode::Bsp {
+            self.to_bsp(&mut planned, None).await?;
+        }
+        Ok(planned)
+    }
+
+    /// Re-plans for BSP (same snapshots as the MPP plan), unless the plan cannot be staged.
+    async fn to_bsp(&self, planned: &mut Planned, why: Option<String>) -> Result<()> {
+        if let Some(reason) = stage::uncuttable(&planned.mpp) {
+            planned.mode = Mode::Mpp;
+            planned.reason = format!("{}; but MPP, because {reason}", why.unwrap_or_else(|| planned.reason.clone()));
+            planned.plan = Arc::clone(&planned.mpp);
+            return Ok(());
+        }
+        let partitions = planned.estimate.bsp_partitions(
+            self.budget(),
+            self.options.concurrency,
+            self.state.config().target_partitions(),
+        );
+        let mut config = self.state.config().clone();
+        {
+            let options = config.options_mut();
+            // Every task of a stage may not run at once: no filter may wait for all of them.
+            options.set("datafusion.optimizer.enable_dynamic_filter_pushdown", "false")?;
+            options.set("datafusion.optimizer.enable_round_robin_repartition", "false")?;
+            // Partitioned joins, so each task builds a slice of the build side.
+            options.set("datafusion.optimizer.hash_join_single_partition_threshold", "0")?;
+            options.set("datafusion.optimizer.hash_join_single_partition_threshold_rows", "0")?;
+            options.execution.target_partitions = partitions;
+        }
+        let config = config.with_extension(Arc::new(PinnedSnapshots::of(&planned.mpp)));
+        let state = SessionStateBuilder::new_from_existing(self.state.clone()).with_config(config).build();
+        let plan = state.create_physical_plan(&self.logical).await?;
+        planned.plan = stage::cut(plan, &self.options.store)?;
+        planned.mode = Mode::Bsp;
+        if let Some(why) = why {
+            planned.reason = why;
+        }
+        planned.reason.push_str(&format!(" ({partitions} partitions)"));
+        Ok(())
+    }
+
+    fn note_mode(&self, planned: &Planned) {
+        if let Some(record) = &self.record {
+            record.set_mode(planned.mode.as_str(), planned.reason.clone());
+        }
+    }
+
+    /// Runs the planned query.
+    pub async fn run(&self, mut planned: Planned) -> Result<Running> {
+        self.note_mode(&planned);
+        match planned.mode {
+            Mode::Bsp => self.run_bsp(planned).await,
+            Mode::Mpp if self.requested != ExecutionMode::Auto || !planned.stageable => {
+                let stream = execute_stream(Arc::clone(&planned.plan), Arc::clone(&self.task))?;
+                Ok(Running { stream, plan: planned.plan, mode: Mode::Mpp, bsp: None })
+            }
+            Mode::Mpp => {
+                let plan = Arc::clone(&planned.plan);
+                match self.first_rows(&plan).await? {
+                    Ok(stream) => Ok(Running { stream, plan, mode: Mode::Mpp, bsp: None }),
+                    Err((why, error)) => {
+                        tracing::info!(%why, "switching to BSP");
+                        self.to_bsp(&mut planned, Some(why)).await?;
+                        self.note_mode(&planned);
+                        match planned.mode {
+                            Mode::Bsp => self.run_bsp(planned).await,
+                            // It cannot run in stages: MPP's failure stands.
+                            Mode::Mpp => Err(error.into()),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `plan` in MPP until its first row: `Ok(stream)` replays what was
+    /// held back, then the rest; `Err((why, error))` when it ran out of
+    /// memory (or time) first and should run in BSP.
+    async fn first_rows(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+    ) -> Result<std::result::Result<SendableRecordBatchStream, (String, DataFusionError)>> {
+        let mut stream = execute_stream(Arc::clone(plan), Arc::clone(&self.task))?;
+        // A plan that cannot run in stages keeps running, however long it takes.
+        let deadline =
+            self.bsp_after.filter(|_| stage::uncuttable(plan).is_none()).map(|d| tokio::time::Instant::now() + d);
+        let mut held = Vec::new();
+        loop {
+            let next = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        let ms = self.bsp_after.map_or(0, |d| d.as_millis());
+                        let why = format!("MPP produced no row within bsp_after_ms ({ms} ms)");
+                        return Ok(Err((why.clone(), DataFusionError::ResourcesExhausted(why))));
+                    }
+                },
+                None => stream.next().await,
+            };
+            match next {
+                Some(Ok(batch)) => {
+                    let rows = batch.num_rows();
+                    held.push(Ok(batch));
+                    if rows > 0 {
+                        break;
+                    }
+                }
+                None => break,
+                Some(Err(e)) if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) => {
+                    let why =
+                        format!("MPP ran out of memory before the first row ({})", short(&crate::error::describe(&e)));
+                    return Ok(Err((why, e)));
+                }
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+        let schema = stream.schema();
+        let replay = futures::stream::iter(held).chain(stream);
+        Ok(Ok(Box::pin(RecordBatchStreamAdapter::new(schema, replay))))
+    }
+
+    async fn run_bsp(&self, planned: Planned) -> Result<Running> {
+        let run = Arc::new(BspRun::new(self.options.clone()));
+        if let Some(record) = &self.record {
+            record.set_run(Arc::clone(&run));
+        }
+        if let Err(e) = run.run(&planned.plan, &self.task).await {
+            run.cleanup().await;
+            return Err(e.into());
+        }
+        let stream = match execute_stream(Arc::clone(&planned.plan), Arc::clone(&self.task)) {
+            Ok(stream) => stream,
+            Err(e) => {
+                run.cleanup().await;
+                return Err(e.into());
+            }
+        };
+        let stream = Arc::clone(&run).guard(stream);
+        Ok(Running { stream, plan: planned.plan, mode: Mode::Bsp, bsp: Some(run) })
+    }
+}
+
+/// The first line of an error message.
+fn short(message: &str) -> &str {
+    message.lines().next().unwrap_or(message)
+}
+
+/// The memory a plan's operators need, from its statistics.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Estimate {
+    /// Bytes operators that cannot spill hold at once.
+    unspillable: u64,
+    /// Bytes operators that spill would like to hold.
+    spillable: u64,
+    /// An operator whose input size is unknown.
+    unknown: Option<&'static str>,
+}
+
+impl Estimate {
+    fn of(plan: &Arc<dyn ExecutionPlan>) -> Self {
+        let stats = StatisticsContext::new();
+        let args = StatisticsArgs::new().with_partition(None);
+        let mut estimate = Estimate::default();
+        let mut size = |node: &Arc<dyn ExecutionPlan>, name: &'static str| -> Option<u64> {
+            let rows = stats.compute(node.as_ref(), &args).ok().and_then(|s| match s.num_rows {
+                Precision::Exact(n) | Precision::Inexact(n) => Some(n as u64),
+                Precision::Absent => None,
+            });
+            if rows.is_none() && estimate.unknown.is_none() {
+                estimate.unknown = Some(name);
+            }
+            rows.map(|rows| rows * (row_width(&node.schema()) + HASH_ENTRY_BYTES))
+        };
+        let mut unspillable = 0;
+        let mut spillable = 0;
+        let _ = plan.apply(|node| {
+            if let Some(join) = node.downcast_ref::<HashJoinExec>() {
+                unspillable += size(join.left(), "a hash join").unwrap_or(0);
+            } else if let Some(join) = node.downcast_ref::<CrossJoinExec>() {
+                unspillable += size(join.left(), "a cross join").unwrap_or(0);
+            } else if let Some(join) = node.downcast_ref::<NestedLoopJoinExec>() {
+                unspillable += size(join.left(), "a nested loop join").unwrap_or(0);
+            } else if let Some(window) = node.downcast_ref::<WindowAggExec>() {
+                unspillable += size(window.input(), "a window function").unwrap_or(0);
+            } else if let Some(aggregate) = node.downcast_ref::<AggregateExec>() {
+                let grouped = !aggregate.group_expr().is_empty();
+                if grouped && !matches!(aggregate.mode(), AggregateMode::Partial) {
+                    spillable += size(node, "an aggregation").unwrap_or(0);
+                }
+            } else if let Some(sort) = node.downcast_ref::<SortExec>()
+                && sort.fetch().is_none()
+            {
+                spillable += size(sort.input(), "a sort").unwrap_or(0);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        estimate.unspillable = unspillable;
+        estimate.spillable = spillable;
+        estimate
+    }
+
+    /// AUTO's choice for a query that may use `budget` bytes.
+    fn choose(&self, budget: Option<usize>) -> (Mode, String) {
+        let Some(budget) = budget else {
+            return (Mode::Mpp, "no memory limit applies".to_string());
+        };
+        let limit = format!("the {} memory limit", bytes(budget as u64));
+        if let Some(op) = self.unknown {
+            return (Mode::Mpp, format!("no statistics for the input of {op}; BSP if MPP runs out of memory"));
+        }
+        let needed = bytes(self.unspillable);
+        if self.unspillable as f64 > budget as f64 * BSP_SHARE {
+            (Mode::Bsp, format!("joins and windows need about {needed} in memory, more than 70% of {limit}"))
+        } else {
+            let spill = match self.spillable {
+                0 => String::new(),
+                n => format!("; sorts and aggregations (about {}) spill within it", bytes(n)),
+            };
+            (Mode::Mpp, format!("joins and windows need about {needed}, within {limit}{spill}"))
+        }
+    }
+
+    /// Partitions for a BSP plan: enough that the tasks running at once
+    /// hold at most half the budget of unspillable state.
+    fn bsp_partitions(&self, budget: Option<usize>, concurrency: usize, target: usize) -> usize {
+        let floor = target.max(2);
+        let needed = match (budget, self.unknown) {
+            (Some(budget), None) if budget > 0 => {
+                let share = (budget as f64 * 0.5).max(1.0);
+                ((self.unspillable as f64 * concurrency.max(1) as f64) / share).ceil() as usize
+            }
+            // Out of memory without statistics: split finely.
+            _ => floor * 8,
+        };
+        needed.clamp(floor, MAX_BSP_PARTITIONS.max(floor))
+    }
+}
+
+/// Rough in-memory width of a row.
+fn row_width(schema: &Schema) -> u64 {
+    schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => 32,
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => 32,
+            t => t.primitive_width().map_or(16, |w| w as u64),
+        })
+        .sum::<u64>()
+        .max(1)
+}
+
+/// `12.3 MiB`.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} bytes") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
