@@ -262,6 +262,8 @@ impl Query {
         if let Some(record) = &self.record {
             record.set_run(Arc::clone(&run));
         }
+        // Dropped when the query is cancelled while its stages run.
+        let guard = run.cleanup_guard();
         if let Err(e) = run.run(&planned.plan, &self.task).await {
             run.cleanup().await;
             return Err(e.into());
@@ -273,7 +275,7 @@ impl Query {
                 return Err(e.into());
             }
         };
-        let stream = Arc::clone(&run).guard(stream);
+        let stream = BspRun::guard(guard, stream);
         Ok(Running { stream, plan: planned.plan, mode: Mode::Bsp, bsp: Some(run) })
     }
 }

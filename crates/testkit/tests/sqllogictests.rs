@@ -1,5 +1,7 @@
-//! Runs every `sql-tests/**/*.slt` file twice: in-process (engine session)
-//! and over the Postgres protocol against a real server on a free port.
+//! Runs every `sql-tests/**/*.slt` file in-process (engine session) once per
+//! execution mode (`auto`, `mpp`, `bsp`: the server default, which files may
+//! override with `SET execution_mode`), and once over the Postgres protocol
+//! against a real server on a free port (in `auto`).
 //!
 //! `cargo test --test sqllogictests -- --complete` rewrites the expected
 //! output of every file from the in-process run; read the diff before
@@ -14,7 +16,7 @@ use streamhouse_engine::dynamic::DynamicCatalog;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use sqllogictest::{Runner, default_column_validator, default_normalizer, default_validator, strict_column_validator};
-use streamhouse_engine::{Engine, EngineConfig};
+use streamhouse_engine::{Engine, EngineConfig, ExecutionMode};
 use streamhouse_testkit::TestServer;
 use streamhouse_testkit::slt::{InProcess, Pg, SltError};
 
@@ -39,16 +41,16 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// An engine over Dynamic Tables in an in-memory object store, like the
 /// server's but without a data directory.
-async fn engine() -> Engine {
+async fn engine(mode: ExecutionMode) -> Engine {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let catalog = DynamicCatalog::open(store).await.expect("catalog");
-    Engine::with_catalog(EngineConfig { target_partitions: 2, ..EngineConfig::default() }, Arc::new(catalog))
+    Engine::with_catalog(EngineConfig { target_partitions: 2, mode, ..EngineConfig::default() }, Arc::new(catalog))
         .expect("engine")
 }
 
-fn run_in_process(path: &Path, complete: bool) -> Result<(), Failed> {
+fn run_in_process(path: &Path, mode: ExecutionMode, complete: bool) -> Result<(), Failed> {
     runtime().block_on(async {
-        let engine = engine().await;
+        let engine = engine(mode).await;
         let mut runner = Runner::new(move || {
             let engine = engine.clone();
             async move { Ok::<_, SltError>(InProcess::new(&engine)) }
@@ -104,8 +106,17 @@ fn main() {
     for path in files {
         let name = path.strip_prefix(&root).unwrap_or(&path).display().to_string();
         let p = path.clone();
-        trials.push(Trial::test(format!("inprocess::{name}"), move || run_in_process(&p, complete)));
-        if !complete {
+        if complete {
+            trials
+                .push(Trial::test(format!("inprocess::{name}"), move || run_in_process(&p, ExecutionMode::Auto, true)));
+            continue;
+        }
+        for mode in [ExecutionMode::Auto, ExecutionMode::Mpp, ExecutionMode::Bsp] {
+            let p = p.clone();
+            let label = mode.as_str();
+            trials.push(Trial::test(format!("inprocess[{label}]::{name}"), move || run_in_process(&p, mode, false)));
+        }
+        {
             trials.push(Trial::test(format!("pgwire::{name}"), move || run_over_pgwire(&path)));
         }
     }

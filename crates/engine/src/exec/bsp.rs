@@ -3,7 +3,7 @@
 //! Each stage's tasks (its producer partitions) run at most
 //! `stage_concurrency` at a time. A task writes its output, split as the
 //! exchange says, as Arrow IPC stream files under
-//! `q{run}/s{stage}/t{task}-a{attempt}/` in the spill store, in pieces of
+//! `q{run}/s{stage}/t{task}-r{round}-a{attempt}/` in the spill store, in pieces of
 //! at most [`PIECE_BYTES`] (sooner when the query's memory is short). Once
 //! every task has succeeded, the stage's [`Manifest`] lists the files of
 //! the first successful attempt of each task, and only those are read, so a
@@ -176,7 +176,11 @@ pub struct BspRun {
     options: BspOptions,
     prefix: Path,
     stages: Mutex<Vec<Arc<dyn ExecutionPlan>>>,
+    /// Set when cleanup starts: no file is written after it.
     cleaned: AtomicBool,
+    /// Writes in flight, which cleanup waits for.
+    writing: std::sync::atomic::AtomicUsize,
+    written: tokio::sync::Notify,
 }
 
 impl BspRun {
@@ -189,6 +193,8 @@ impl BspRun {
             prefix: Path::from(format!("q{run}")),
             stages: Mutex::default(),
             cleaned: AtomicBool::new(false),
+            writing: std::sync::atomic::AtomicUsize::new(0),
+            written: tokio::sync::Notify::new(),
         }
     }
 
@@ -230,6 +236,7 @@ impl BspRun {
         let started = Instant::now();
         let stage = exchange(node);
         let tasks = stage.tasks();
+        let round = stage.stats().runs;
         let mut committed: Vec<Option<Vec<(usize, StageFile)>>> = vec![None; tasks];
         let mut failed = Vec::new();
         let mut attempts = 0;
@@ -239,7 +246,8 @@ impl BspRun {
         let mut next = 0;
         while next < tasks || !running.is_empty() {
             while next < tasks && running.len() < self.options.concurrency.max(1) {
-                let task = Task { run: Arc::clone(self), node: Arc::clone(node), plan: Arc::clone(stage.input()) };
+                let task =
+                    Task { run: Arc::clone(self), node: Arc::clone(node), plan: Arc::clone(stage.input()), round };
                 running.spawn(task.attempt(next, 0, Arc::clone(ctx)));
                 attempts += 1;
                 next += 1;
@@ -262,7 +270,7 @@ impl BspRun {
                 }
                 tracing::warn!(stage = stage.stage(), task, attempt, %error, "retrying a failed task");
                 let plan = reset_plan_states(Arc::clone(stage.input()))?;
-                let one = Task { run: Arc::clone(self), node: Arc::clone(node), plan };
+                let one = Task { run: Arc::clone(self), node: Arc::clone(node), plan, round };
                 attempts += 1;
                 let (_, result) = tokio::spawn(one.attempt(task, attempt, Arc::clone(ctx)))
                     .await
@@ -325,18 +333,55 @@ impl BspRun {
         }
     }
 
-    /// Removes every file of the query.
+    /// Removes every file of the query. Writes already under way finish
+    /// first (a task aborted mid-write cannot stop its write); none start after.
     pub async fn cleanup(&self) {
         if self.cleaned.swap(true, Ordering::SeqCst) {
             return;
         }
+        loop {
+            let written = self.written.notified();
+            if self.writing.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            written.await;
+        }
         delete_prefix(&self.options.store, &self.prefix).await;
     }
 
+    /// Writes one stage file, unless the run's files are being removed.
+    /// The write runs as a task of its own, so that it is either complete
+    /// or never started when cleanup looks.
+    async fn put(self: &Arc<Self>, path: Path, bytes: Vec<u8>) -> Result<()> {
+        self.writing.fetch_add(1, Ordering::SeqCst);
+        let run = Arc::clone(self);
+        let write = tokio::spawn(async move {
+            let result = if run.cleaned.load(Ordering::SeqCst) {
+                Err(DataFusionError::Execution("the query ended".into()))
+            } else {
+                run.options
+                    .store
+                    .put(&path, PutPayload::from(bytes))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| DataFusionError::ObjectStore(Box::new(e)))
+            };
+            if run.writing.fetch_sub(1, Ordering::SeqCst) == 1 {
+                run.written.notify_waiters();
+            }
+            result
+        });
+        write.await.map_err(|e| DataFusionError::External(Box::new(e)))?
+    }
+
+    /// A guard that removes the run's files when dropped, unless they were removed already.
+    pub fn cleanup_guard(self: &Arc<Self>) -> Cleanup {
+        Cleanup(Arc::clone(self))
+    }
+
     /// `stream` (the final stage), removing the query's files when it ends or is dropped.
-    pub fn guard(self: Arc<Self>, stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+    pub fn guard(guard: Cleanup, stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
         let schema = stream.schema();
-        let guard = Cleanup(Arc::clone(&self));
         let ended = futures::stream::once(async move {
             guard.0.cleanup().await;
             drop(guard);
@@ -347,8 +392,9 @@ impl BspRun {
     }
 }
 
-/// Removes a run's files when dropped before its stream ended.
-struct Cleanup(Arc<BspRun>);
+/// Removes a run's files when dropped before its stream ended (the query
+/// failed or was cancelled).
+pub struct Cleanup(Arc<BspRun>);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -412,6 +458,8 @@ struct Task {
     run: Arc<BspRun>,
     node: Arc<dyn ExecutionPlan>,
     plan: Arc<dyn ExecutionPlan>,
+    /// Which run of the stage this is (a stage runs again when its output went missing).
+    round: usize,
 }
 
 impl Task {
@@ -424,7 +472,12 @@ impl Task {
         ctx: Arc<TaskContext>,
     ) -> (usize, Result<Vec<(usize, StageFile)>>) {
         let stage = exchange(&self.node);
-        let dir = self.run.prefix.clone().join(format!("s{}", stage.stage())).join(format!("t{task}-a{attempt}"));
+        let dir = self
+            .run
+            .prefix
+            .clone()
+            .join(format!("s{}", stage.stage()))
+            .join(format!("t{task}-r{}-a{attempt}", self.round));
         let result = self.write(task, &dir, ctx).await;
         if result.is_err() {
             delete_prefix(&self.run.options.store, &dir).await;
@@ -447,7 +500,7 @@ impl Task {
             .with_can_spill(true)
             .register(ctx.memory_pool());
         let mut writer = TaskWriter::new(
-            Arc::clone(&self.run.options.store),
+            Arc::clone(&self.run),
             dir.clone(),
             self.plan.schema(),
             stage.output_partitions(),
@@ -479,7 +532,7 @@ impl Task {
 
 /// Buffers a task's output per partition and writes it in pieces.
 struct TaskWriter {
-    store: Arc<dyn ObjectStore>,
+    run: Arc<BspRun>,
     dir: Path,
     schema: SchemaRef,
     open: Vec<Option<(StreamWriter<Vec<u8>>, u64)>>,
@@ -489,15 +542,9 @@ struct TaskWriter {
 }
 
 impl TaskWriter {
-    fn new(
-        store: Arc<dyn ObjectStore>,
-        dir: Path,
-        schema: SchemaRef,
-        partitions: usize,
-        reservation: MemoryReservation,
-    ) -> Self {
+    fn new(run: Arc<BspRun>, dir: Path, schema: SchemaRef, partitions: usize, reservation: MemoryReservation) -> Self {
         Self {
-            store,
+            run,
             dir,
             schema,
             open: (0..partitions).map(|_| None).collect(),
@@ -538,7 +585,7 @@ impl TaskWriter {
         let len = bytes.len() as u64;
         let path = self.dir.clone().join(format!("p{partition}-{}.arrow", self.pieces));
         self.pieces += 1;
-        self.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| DataFusionError::ObjectStore(Box::new(e)))?;
+        self.run.put(path.clone(), bytes).await?;
         self.files.push((partition, StageFile { path, rows, bytes: len }));
         let buffered = self.open.iter().flatten().map(|(w, _)| w.get_ref().len()).sum();
         self.reservation.resize(buffered);

@@ -1,0 +1,188 @@
+//! Execution modes beyond what `sql-tests/execution_modes.slt` shows: BSP
+//! task retries and stage re-runs (with injected failures), the stage files
+//! left behind by every kind of query end (none), and EXPLAIN.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
+use streamhouse_engine::datafusion::arrow::util::pretty::pretty_format_batches;
+use streamhouse_engine::dynamic::DynamicCatalog;
+use streamhouse_engine::{Engine, EngineConfig, Output, Session, SessionInfo, StatusCode};
+
+async fn engine() -> Engine {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let catalog = DynamicCatalog::open(store).await.unwrap();
+    let spill = std::env::temp_dir().join("streamhouse-test-spill");
+    let config = EngineConfig { target_partitions: 2, spill_dir: Some(spill), ..EngineConfig::default() };
+    Engine::with_catalog(config, Arc::new(catalog)).unwrap()
+}
+
+/// Runs SQL in `session`; the last statement's rows as a pretty table, or its tag.
+async fn sql(session: &mut Session, text: &str) -> Result<String, (StatusCode, String)> {
+    let (outputs, error) = Box::pin(session.run(text)).await;
+    if let Some(e) = error {
+        return Err((e.code(), e.message().to_string()));
+    }
+    match outputs.into_iter().last() {
+        Some(Output::Rows(stream)) => {
+            let batches: Vec<_> =
+                futures::TryStreamExt::try_collect(stream).await.map_err(|e| (StatusCode::Internal, e.to_string()))?;
+            Ok(pretty_format_batches(&batches).unwrap().to_string())
+        }
+        Some(Output::Command(c)) => Ok(c.tag()),
+        Some(other) => Err((StatusCode::Internal, format!("unexpected output {other:?}"))),
+        None => Ok(String::new()),
+    }
+}
+
+fn cells(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(|l| l.split('|').map(str::trim).filter(|c| !c.is_empty()).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+async fn session_with_data(engine: &Engine) -> Session {
+    let mut s = engine.new_session(SessionInfo { user: "t".into(), ..Default::default() });
+    sql(&mut s, "CREATE TABLE facts (id BIGINT PRIMARY KEY, dim BIGINT NOT NULL)").await.unwrap();
+    sql(&mut s, "INSERT INTO facts SELECT value, value % 500 FROM generate_series(1, 50000)").await.unwrap();
+    sql(&mut s, "CREATE TABLE dims (id BIGINT PRIMARY KEY, name TEXT NOT NULL)").await.unwrap();
+    sql(&mut s, "INSERT INTO dims SELECT value, 'd' || CAST(value AS TEXT) FROM generate_series(0, 499)")
+        .await
+        .unwrap();
+    s
+}
+
+const JOIN: &str = "SELECT dims.id % 4 AS k, count(*) AS n, max(name) AS top FROM facts JOIN dims ON facts.dim = dims.id \
+                    GROUP BY 1 ORDER BY 1";
+
+/// The last recorded run of `query`: mode, stages, task attempts, state.
+async fn last_run(s: &mut Session, query: &str) -> String {
+    let text = format!(
+        "SELECT mode, stages, task_attempts, state FROM sys.queries WHERE query = '{}' ORDER BY query_id DESC LIMIT 1",
+        query.replace('\'', "''")
+    );
+    cells(&sql(s, &text).await.unwrap()).join("\n")
+}
+
+/// Waits until the engine has no stage files (cleanup after a drop runs in the background).
+async fn no_stage_files(engine: &Engine) {
+    for _ in 0..100 {
+        if engine.stage_files() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} stage files left behind", engine.stage_files());
+}
+
+fn files() -> Vec<String> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                walk(&e.path(), out);
+            } else {
+                out.push(e.path().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&std::env::temp_dir().join("streamhouse-test-spill"), &mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_tasks_are_retried_and_lost_outputs_rerun_their_stage() {
+    let engine = engine().await;
+    let mut s = session_with_data(&engine).await;
+    let expected = cells(&sql(&mut s, JOIN).await.unwrap());
+    assert_eq!(expected.len(), 4);
+    sql(&mut s, "SET execution_mode = 'bsp'").await.unwrap();
+    assert_eq!(cells(&sql(&mut s, JOIN).await.unwrap()), expected);
+    let clean = last_run(&mut s, JOIN).await;
+    let fields: Vec<&str> = clean.split(' ').collect();
+    assert_eq!((fields[0], fields[3]), ("bsp", "done"), "{clean}");
+    let (stages, attempts): (usize, usize) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
+    assert!(stages >= 3, "a shuffle per join side, then the aggregation: {clean}");
+    no_stage_files(&engine).await;
+
+    // Task 0 of stage 1 fails twice, then succeeds: same answer, two more attempts.
+    engine.faults().fail_task(1, 0, 2);
+    assert_eq!(cells(&sql(&mut s, JOIN).await.unwrap()), expected);
+    assert_eq!(last_run(&mut s, JOIN).await, format!("bsp {stages} {} done", attempts + 2));
+    no_stage_files(&engine).await;
+
+    // A file of stage 1 disappears after it was committed: stage 1 runs again.
+    engine.faults().lose_output(1);
+    assert_eq!(cells(&sql(&mut s, JOIN).await.unwrap()), expected);
+    let rerun = last_run(&mut s, JOIN).await;
+    let rerun_attempts: usize = rerun.split(' ').nth(2).unwrap().parse().unwrap();
+    assert!(rerun_attempts > attempts, "stage 1 ran twice: {rerun} vs {clean}");
+    no_stage_files(&engine).await;
+
+    // More failures than task_retries (3): the query fails and says which task.
+    engine.faults().fail_task(1, 0, 4);
+    let (code, message) = sql(&mut s, JOIN).await.unwrap_err();
+    assert!(message.contains("injected failure of task 0 of stage 1"), "{code:?} {message}");
+    no_stage_files(&engine).await;
+
+    // An error of the query itself is not retried.
+    let (code, _) = sql(&mut s, "SELECT dims.id / (facts.id - facts.id) FROM facts JOIN dims ON facts.dim = dims.id")
+        .await
+        .unwrap_err();
+    assert_eq!(code, StatusCode::DivisionByZero);
+    no_stage_files(&engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stage_files_outlive_their_query() {
+    let engine = engine().await;
+    let mut s = session_with_data(&engine).await;
+
+    // A small query in AUTO stays in MPP: no stages, no files.
+    sql(&mut s, "SET memory_limit = '64MB'").await.unwrap();
+    let small = "SELECT count(*) FROM dims WHERE id < 10";
+    assert_eq!(cells(&sql(&mut s, small).await.unwrap()), ["10"]);
+    assert_eq!(last_run(&mut s, small).await, "mpp 0 0 done");
+
+    // A BSP query dropped while its final stage streams.
+    sql(&mut s, "SET execution_mode = 'bsp'").await.unwrap();
+    let everything = "SELECT facts.id, name FROM facts JOIN dims ON facts.dim = dims.id";
+    let (mut outputs, error) = Box::pin(s.run(everything)).await;
+    assert!(error.is_none(), "{error:?}");
+    let Some(Output::Rows(mut stream)) = outputs.pop() else { panic!("rows expected") };
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.num_rows() > 0);
+    assert!(engine.stage_files() > 0, "the final stage reads files");
+    drop(stream);
+    no_stage_files(&engine).await;
+    assert_eq!(last_run(&mut s, everything).await.split(' ').last(), Some("cancelled"));
+
+    // A BSP query cancelled by its statement timeout while stages run.
+    sql(&mut s, "SET statement_timeout = '30ms'").await.unwrap();
+    let slow = "SELECT count(*) FROM facts a JOIN facts b ON a.dim = b.dim";
+    let (code, _) = sql(&mut s, slow).await.unwrap_err();
+    assert_eq!(code, StatusCode::Timeout);
+    no_stage_files(&engine).await;
+    sql(&mut s, "RESET statement_timeout").await.unwrap();
+
+    // EXPLAIN shows the mode, why, and the stages; EXPLAIN ANALYZE what each stage did.
+    let explain = sql(&mut s, &format!("EXPLAIN {JOIN}")).await.unwrap();
+    assert!(explain.contains("| execution_mode | bsp: execution_mode is bsp"), "{explain}");
+    assert!(explain.contains("Stage 1 (shuffle Hash("), "{explain}");
+    assert!(explain.contains("(result)"), "{explain}");
+    assert_eq!(engine.stage_files(), 0, "EXPLAIN runs nothing: {:?}", files());
+    let analyzed = sql(&mut s, &format!("EXPLAIN ANALYZE {JOIN}")).await.unwrap();
+    assert!(analyzed.contains("Plan with Metrics"), "{analyzed}");
+    assert!(analyzed.contains("attempts="), "{analyzed}");
+    assert!(analyzed.contains(" rows returned"), "{analyzed}");
+    no_stage_files(&engine).await;
+    sql(&mut s, "RESET execution_mode").await.unwrap();
+    let explain = sql(&mut s, &format!("EXPLAIN {JOIN}")).await.unwrap();
+    assert!(explain.contains("| execution_mode | mpp: joins and windows need about"), "{explain}");
+}
