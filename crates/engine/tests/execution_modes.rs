@@ -161,7 +161,7 @@ async fn no_stage_files_outlive_their_query() {
     assert!(engine.stage_files() > 0, "the final stage reads files");
     drop(stream);
     no_stage_files(&engine).await;
-    assert_eq!(last_run(&mut s, everything).await.split(' ').last(), Some("cancelled"));
+    assert_eq!(last_run(&mut s, everything).await.split(' ').next_back(), Some("cancelled"));
 
     // A BSP query cancelled by its statement timeout while stages run.
     sql(&mut s, "SET statement_timeout = '30ms'").await.unwrap();
