@@ -27,7 +27,7 @@ use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::DataFusionError;
-use datafusion::execution::memory_pool::MemoryLimit;
+use datafusion::execution::memory_pool::{MemoryLimit, MemoryPool};
 use datafusion::execution::{SendableRecordBatchStream, SessionState, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
@@ -109,16 +109,7 @@ impl Query {
     /// The memory the query may use: its pool's limit (the session's
     /// `memory_limit`, else the engine's).
     fn budget(&self) -> Option<usize> {
-        let engine = self.state.runtime_env().memory_pool.memory_limit();
-        let query = self.task.memory_pool().memory_limit();
-        let finite = |l: MemoryLimit| match l {
-            MemoryLimit::Finite(n) => Some(n),
-            _ => None,
-        };
-        match (finite(query), finite(engine)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        budget(self.task.memory_pool().as_ref(), self.state.runtime_env().memory_pool.as_ref())
     }
 
     /// Plans the query and chooses its mode.
@@ -277,6 +268,18 @@ impl Query {
         };
         let stream = BspRun::guard(guard, stream);
         Ok(Running { stream, plan: planned.plan, mode: Mode::Bsp, bsp: Some(run) })
+    }
+}
+
+/// The memory a query in `query` pool may use, given the `engine` pool it draws from.
+pub(crate) fn budget(query: &dyn MemoryPool, engine: &dyn MemoryPool) -> Option<usize> {
+    let finite = |l: MemoryLimit| match l {
+        MemoryLimit::Finite(n) => Some(n),
+        _ => None,
+    };
+    match (finite(query.memory_limit()), finite(engine.memory_limit())) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

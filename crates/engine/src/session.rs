@@ -910,18 +910,7 @@ impl Session {
             &engine.memory_pool,
         ));
         runtime.memory_pool = Arc::clone(&pool) as _;
-        let pool_budget = |pool: &Arc<crate::memory::QueryPool>| {
-            use datafusion::execution::memory_pool::{MemoryLimit, MemoryPool};
-            let finite = |l| match l {
-                MemoryLimit::Finite(n) => Some(n),
-                _ => None,
-            };
-            match (finite(pool.memory_limit()), finite(engine.memory_pool.memory_limit())) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            }
-        };
-        let budget = pool_budget(&pool);
+        let budget = crate::exec::budget(pool.as_ref(), engine.memory_pool.as_ref());
         if let Some(record) = &record {
             record.set_pool(pool);
         }

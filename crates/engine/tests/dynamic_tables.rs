@@ -1,6 +1,8 @@
 //! Dynamic Tables through SQL: keyed upserts, merge engines, UPDATE/DELETE,
 //! CREATE TABLE AS, options, and a restart on the same warehouse.
 
+mod support;
+
 use std::sync::Arc;
 
 use object_store::ObjectStore;
@@ -16,23 +18,10 @@ async fn engine(dir: &std::path::Path) -> Engine {
     Engine::with_catalog(EngineConfig { target_partitions: 2, ..EngineConfig::default() }, Arc::new(catalog)).unwrap()
 }
 
-/// Runs SQL; returns the last statement's rows as a pretty table, or its command tag.
+/// Runs SQL in a new session; the last statement's rows as a pretty table, or its command tag.
 async fn sql(engine: &Engine, text: &str) -> Result<String, (StatusCode, String)> {
     let mut session = engine.new_session(SessionInfo { user: "t".into(), ..Default::default() });
-    let (outputs, error) = Box::pin(session.run(text)).await;
-    if let Some(e) = error {
-        return Err((e.code(), e.message().to_string()));
-    }
-    match outputs.into_iter().last() {
-        Some(Output::Rows(stream)) => {
-            let batches: Vec<_> =
-                futures::TryStreamExt::try_collect(stream).await.map_err(|e| (StatusCode::Internal, e.to_string()))?;
-            Ok(pretty_format_batches(&batches).unwrap().to_string())
-        }
-        Some(Output::Command(c)) => Ok(c.tag()),
-        Some(other) => Err((StatusCode::Internal, format!("unexpected output {other:?}"))),
-        None => Ok(String::new()),
-    }
+    support::run(&mut session, text).await
 }
 
 fn lines(table: &str) -> Vec<String> {

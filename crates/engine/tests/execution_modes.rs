@@ -2,6 +2,8 @@
 //! task retries and stage re-runs (with injected failures), the stage files
 //! left behind by every kind of query end (none), and EXPLAIN.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,29 +15,19 @@ use streamhouse_engine::dynamic::DynamicCatalog;
 use streamhouse_engine::{Engine, EngineConfig, Output, Session, SessionInfo, StatusCode};
 
 async fn engine() -> Engine {
+    engine_with(EngineConfig::default()).await
+}
+
+async fn engine_with(config: EngineConfig) -> Engine {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let catalog = DynamicCatalog::open(store).await.unwrap();
     let spill = std::env::temp_dir().join("streamhouse-test-spill");
-    let config = EngineConfig { target_partitions: 2, spill_dir: Some(spill), ..EngineConfig::default() };
+    let config = EngineConfig { target_partitions: 2, spill_dir: Some(spill), ..config };
     Engine::with_catalog(config, Arc::new(catalog)).unwrap()
 }
 
-/// Runs SQL in `session`; the last statement's rows as a pretty table, or its tag.
 async fn sql(session: &mut Session, text: &str) -> Result<String, (StatusCode, String)> {
-    let (outputs, error) = Box::pin(session.run(text)).await;
-    if let Some(e) = error {
-        return Err((e.code(), e.message().to_string()));
-    }
-    match outputs.into_iter().last() {
-        Some(Output::Rows(stream)) => {
-            let batches: Vec<_> =
-                futures::TryStreamExt::try_collect(stream).await.map_err(|e| (StatusCode::Internal, e.to_string()))?;
-            Ok(pretty_format_batches(&batches).unwrap().to_string())
-        }
-        Some(Output::Command(c)) => Ok(c.tag()),
-        Some(other) => Err((StatusCode::Internal, format!("unexpected output {other:?}"))),
-        None => Ok(String::new()),
-    }
+    support::run(session, text).await
 }
 
 fn cells(table: &str) -> Vec<String> {
@@ -185,4 +177,16 @@ async fn no_stage_files_outlive_their_query() {
     sql(&mut s, "RESET execution_mode").await.unwrap();
     let explain = sql(&mut s, &format!("EXPLAIN {JOIN}")).await.unwrap();
     assert!(explain.contains("| execution_mode | mpp: joins and windows need about"), "{explain}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_switches_to_bsp_when_mpp_is_slow_to_answer() {
+    let engine = engine_with(EngineConfig { bsp_after_ms: 1, ..EngineConfig::default() }).await;
+    let mut s = session_with_data(&engine).await;
+    let slow = "SELECT count(*) FROM facts a JOIN facts b ON a.dim = b.dim";
+    assert_eq!(cells(&sql(&mut s, slow).await.unwrap()), ["5000000"]);
+    let text = format!("SELECT mode, mode_reason FROM sys.queries WHERE query = '{slow}'");
+    let record = cells(&sql(&mut s, &text).await.unwrap()).join("\n");
+    assert!(record.starts_with("bsp MPP produced no row within bsp_after_ms (1 ms)"), "{record}");
+    no_stage_files(&engine).await;
 }
