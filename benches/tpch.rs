@@ -549,39 +549,59 @@ struct Measured {
     peak_bytes: u64,
 }
 
-/// Runs `sql` `runs` times; the first is a warm-up when there are more.
-async fn time_query(session: &mut Session, sql: &str, runs: usize) -> Result<Measured, Error> {
-    let mut times = Vec::with_capacity(runs);
-    let mut batches = Vec::new();
-    for _ in 0..runs {
-        let started = Instant::now();
-        let result = query(session, sql).await?;
-        times.push(started.elapsed().as_secs_f64() * 1000.0);
-        batches = result;
+/// Every query in every mode, one session per mode. The runs of a query
+/// alternate between the modes (mpp, bsp, auto, mpp, …), so that drift in
+/// the machine's state (caches, allocator, other load) touches each alike.
+/// The first run per mode is a warm-up when there are more; the best of the
+/// others counts.
+async fn time_modes(engine: &Engine, runs: usize) -> Vec<Vec<Result<Measured, Error>>> {
+    let mut sessions = Vec::with_capacity(MODES.len());
+    for mode in MODES {
+        sessions.push(open_session(engine, &[("execution_mode", mode)]).await);
     }
-    let measured = if times.len() > 1 { &times[1..] } else { &times[..] };
-    let ms = measured.iter().copied().fold(f64::INFINITY, f64::min);
-    let (mode, peak_bytes) = last_query(session).await;
-    Ok(Measured { ms, answer: fingerprint(&batches), mode, peak_bytes })
-}
-
-/// Every query in `mode`, in one session.
-async fn time_mode(engine: &Engine, mode: &str, runs: usize) -> Vec<Result<Measured, Error>> {
-    let mut session = open_session(engine, &[("execution_mode", mode)]).await;
-    let mut results = Vec::with_capacity(QUERIES.len());
+    let mut results: Vec<Vec<Result<Measured, Error>>> = MODES.iter().map(|_| Vec::new()).collect();
     for (name, sql) in QUERIES {
-        let result = time_query(&mut session, sql, runs).await;
-        match &result {
-            Ok(m) => println!(
-                "{mode:<4} {name:<3} {:>10.1} ms {:>7} rows, ran in {}, peak {:.1} MiB",
-                m.ms,
-                m.answer.rows,
-                m.mode,
-                m.peak_bytes as f64 / (1 << 20) as f64
-            ),
-            Err(e) => println!("{mode:<4} {name:<3} FAILED {}: {}", sqlstate(e), e.message()),
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+        let mut answers: Vec<Option<Fingerprint>> = vec![None; MODES.len()];
+        let mut failures: Vec<Option<Error>> = MODES.iter().map(|_| None).collect();
+        for _ in 0..runs {
+            for (m, session) in sessions.iter_mut().enumerate() {
+                if failures[m].is_some() {
+                    continue;
+                }
+                let started = Instant::now();
+                match query(session, sql).await {
+                    Ok(batches) => {
+                        times[m].push(started.elapsed().as_secs_f64() * 1000.0);
+                        answers[m] = Some(fingerprint(&batches));
+                    }
+                    Err(e) => failures[m] = Some(e),
+                }
+            }
         }
-        results.push(result);
+        for (m, mode) in MODES.iter().enumerate() {
+            let result = match (failures[m].take(), answers[m]) {
+                (Some(e), _) => Err(e),
+                (None, None) => Err(Error::internal("no run")),
+                (None, Some(answer)) => {
+                    let measured = if times[m].len() > 1 { &times[m][1..] } else { &times[m][..] };
+                    let ms = measured.iter().copied().fold(f64::INFINITY, f64::min);
+                    let (ran_in, peak_bytes) = last_query(&mut sessions[m]).await;
+                    Ok(Measured { ms, answer, mode: ran_in, peak_bytes })
+                }
+            };
+            match &result {
+                Ok(r) => println!(
+                    "{mode:<4} {name:<3} {:>10.1} ms {:>7} rows, ran in {}, peak {:.1} MiB",
+                    r.ms,
+                    r.answer.rows,
+                    r.mode,
+                    r.peak_bytes as f64 / (1 << 20) as f64
+                ),
+                Err(e) => println!("{mode:<4} {name:<3} FAILED {}: {}", sqlstate(e), e.message()),
+            }
+            results[m].push(result);
+        }
     }
     results
 }
@@ -721,10 +741,7 @@ async fn run(dir: &std::path::Path, scale: f64, runs: usize) -> bool {
     let catalog = DynamicCatalog::open(store).await.expect("catalog");
     let engine = Engine::with_catalog(EngineConfig::default(), Arc::new(catalog)).expect("engine");
 
-    let mut timings = Vec::with_capacity(MODES.len());
-    for mode in MODES {
-        timings.push(time_mode(&engine, mode, runs).await);
-    }
+    let timings = time_modes(&engine, runs).await;
     let mut ok = check_answers(&timings);
     print_timings(&timings);
 

@@ -51,7 +51,7 @@ pub const BSP_SHARE: f64 = 0.7;
 const HASH_ENTRY_BYTES: u64 = 24;
 
 /// Most partitions a BSP plan is given.
-const MAX_BSP_PARTITIONS: usize = 256;
+const MAX_BSP_PARTITIONS: usize = 128;
 
 /// How a query runs, once decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +94,8 @@ pub(crate) struct Planned {
     estimate: Estimate,
     /// Whether the plan can run in stages at all.
     stageable: bool,
+    /// Partitions of the BSP plan.
+    partitions: usize,
 }
 
 /// A running query.
@@ -102,8 +104,13 @@ pub(crate) struct Running {
     /// The plan that produces the rows (the final stage in BSP).
     pub plan: Arc<dyn ExecutionPlan>,
     pub mode: Mode,
+    /// Why it runs in this mode (it may have switched).
+    pub reason: String,
     pub bsp: Option<Arc<BspRun>>,
 }
+
+/// Most times a BSP query is planned again with more partitions after a task ran out of memory.
+const BSP_REPLANS: usize = 2;
 
 impl Query {
     /// The memory the query may use: its pool's limit (the session's
@@ -125,26 +132,30 @@ impl Query {
             (ExecutionMode::Auto, None) => estimate.choose(budget),
         };
         let stageable = unstageable.is_none();
-        let mut planned = Planned { mode, reason, plan: Arc::clone(&mpp), mpp, estimate, stageable };
+        let mut planned = Planned { mode, reason, plan: Arc::clone(&mpp), mpp, estimate, stageable, partitions: 0 };
         if mode == Mode::Bsp {
-            self.to_bsp(&mut planned, None).await?;
+            self.to_bsp(&mut planned, None, None).await?;
         }
         Ok(planned)
     }
 
-    /// Re-plans for BSP (same snapshots as the MPP plan), unless the plan cannot be staged.
-    async fn to_bsp(&self, planned: &mut Planned, why: Option<String>) -> Result<()> {
+    /// Re-plans for BSP (same snapshots as the MPP plan), unless the plan
+    /// cannot be staged; with `partitions`, or as many as the estimate says.
+    async fn to_bsp(&self, planned: &mut Planned, why: Option<String>, partitions: Option<usize>) -> Result<()> {
         if let Some(reason) = stage::uncuttable(&planned.mpp) {
             planned.mode = Mode::Mpp;
             planned.reason = format!("{}; but MPP, because {reason}", why.unwrap_or_else(|| planned.reason.clone()));
             planned.plan = Arc::clone(&planned.mpp);
             return Ok(());
         }
-        let partitions = planned.estimate.bsp_partitions(
-            self.budget(),
-            self.options.concurrency,
-            self.state.config().target_partitions(),
-        );
+        let partitions = partitions.unwrap_or_else(|| {
+            planned.estimate.bsp_partitions(
+                self.budget(),
+                self.options.concurrency,
+                self.state.config().target_partitions(),
+            )
+        });
+        planned.partitions = partitions;
         let mut config = self.state.config().clone();
         {
             let options = config.options_mut();
@@ -181,15 +192,15 @@ impl Query {
             Mode::Bsp => self.run_bsp(planned).await,
             Mode::Mpp if self.requested != ExecutionMode::Auto || !planned.stageable => {
                 let stream = execute_stream(Arc::clone(&planned.plan), Arc::clone(&self.task))?;
-                Ok(Running { stream, plan: planned.plan, mode: Mode::Mpp, bsp: None })
+                Ok(Running { stream, plan: planned.plan, mode: Mode::Mpp, reason: planned.reason, bsp: None })
             }
             Mode::Mpp => {
                 let plan = Arc::clone(&planned.plan);
                 match self.first_rows(&plan).await? {
-                    Ok(stream) => Ok(Running { stream, plan, mode: Mode::Mpp, bsp: None }),
+                    Ok(stream) => Ok(Running { stream, plan, mode: Mode::Mpp, reason: planned.reason, bsp: None }),
                     Err((why, error)) => {
                         tracing::info!(%why, "switching to BSP");
-                        self.to_bsp(&mut planned, Some(why)).await?;
+                        self.to_bsp(&mut planned, Some(why), None).await?;
                         self.note_mode(&planned);
                         match planned.mode {
                             Mode::Bsp => self.run_bsp(planned).await,
@@ -198,6 +209,33 @@ impl Query {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Runs a BSP plan; when a task runs out of memory even alone, plans
+    /// again with four times the partitions (each task's share of a join's
+    /// build side a quarter), up to [`BSP_REPLANS`] times. Nothing has
+    /// reached the client before the final stage, so this is invisible to it.
+    async fn run_bsp(&self, mut planned: Planned) -> Result<Running> {
+        let mut replans = 0;
+        loop {
+            match self.run_stages(&planned).await {
+                Ok(running) => return Ok(running),
+                Err(e)
+                    if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_))
+                        && replans < BSP_REPLANS
+                        && planned.partitions < MAX_BSP_PARTITIONS =>
+                {
+                    replans += 1;
+                    let more = (planned.partitions * 4).min(MAX_BSP_PARTITIONS);
+                    let reason = planned.reason.clone();
+                    let why = format!("{reason}; a task ran out of memory with {} partitions", planned.partitions);
+                    tracing::info!(%why, more, "planning the query again with more partitions");
+                    self.to_bsp(&mut planned, Some(why), Some(more)).await?;
+                    self.note_mode(&planned);
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -248,7 +286,8 @@ impl Query {
         Ok(Ok(Box::pin(RecordBatchStreamAdapter::new(schema, replay))))
     }
 
-    async fn run_bsp(&self, planned: Planned) -> Result<Running> {
+    /// Runs every stage of a BSP plan, then starts its final stage.
+    async fn run_stages(&self, planned: &Planned) -> std::result::Result<Running, DataFusionError> {
         let run = Arc::new(BspRun::new(self.options.clone()));
         if let Some(record) = &self.record {
             record.set_run(Arc::clone(&run));
@@ -257,17 +296,18 @@ impl Query {
         let guard = run.cleanup_guard();
         if let Err(e) = run.run(&planned.plan, &self.task).await {
             run.cleanup().await;
-            return Err(e.into());
+            return Err(e);
         }
         let stream = match execute_stream(Arc::clone(&planned.plan), Arc::clone(&self.task)) {
             Ok(stream) => stream,
             Err(e) => {
                 run.cleanup().await;
-                return Err(e.into());
+                return Err(e);
             }
         };
         let stream = BspRun::guard(guard, stream);
-        Ok(Running { stream, plan: planned.plan, mode: Mode::Bsp, bsp: Some(run) })
+        let plan = Arc::clone(&planned.plan);
+        Ok(Running { stream, plan, mode: Mode::Bsp, reason: planned.reason.clone(), bsp: Some(run) })
     }
 }
 
@@ -372,6 +412,8 @@ impl Estimate {
                 let share = (budget as f64 * 0.5).max(1.0);
                 ((self.unspillable as f64 * concurrency.max(1) as f64) / share).ceil() as usize
             }
+            // No limit: as many as MPP has.
+            (None, _) => floor,
             // Out of memory without statistics: split finely.
             _ => floor * 8,
         };

@@ -968,8 +968,8 @@ impl Session {
             let query = self.query(df, Some(Arc::clone(&record)));
             let outcome = async {
                 let planned = query.plan().await?;
-                let reason = planned.reason.clone();
                 let running = query.run(planned).await?;
+                let reason = running.reason.clone();
                 let mut stream = Arc::clone(&record).watch(running.stream);
                 let mut output_rows = 0;
                 while let Some(batch) = stream.next().await {

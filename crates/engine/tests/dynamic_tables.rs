@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
-use streamhouse_engine::datafusion::arrow::util::pretty::pretty_format_batches;
 use streamhouse_engine::dynamic::DynamicCatalog;
-use streamhouse_engine::{Engine, EngineConfig, Output, SessionInfo, StatusCode};
+use streamhouse_engine::{Engine, EngineConfig, SessionInfo, StatusCode};
 
 async fn engine(dir: &std::path::Path) -> Engine {
     let store: Arc<dyn ObjectStore> =

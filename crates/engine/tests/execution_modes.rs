@@ -10,7 +10,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
-use streamhouse_engine::datafusion::arrow::util::pretty::pretty_format_batches;
 use streamhouse_engine::dynamic::DynamicCatalog;
 use streamhouse_engine::{Engine, EngineConfig, Output, Session, SessionInfo, StatusCode};
 

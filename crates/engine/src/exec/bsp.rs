@@ -4,7 +4,8 @@
 //! `stage_concurrency` at a time. A task writes its output, split as the
 //! exchange says, as Arrow IPC stream files under
 //! `q{run}/s{stage}/t{task}-r{round}-a{attempt}/` in the spill store, in pieces of
-//! at most [`PIECE_BYTES`] (sooner when the query's memory is short). Once
+//! at most [`PIECE_BYTES`] (sooner when the query's memory is short), one
+//! file per piece with a segment per output partition. Once
 //! every task has succeeded, the stage's [`Manifest`] lists the files of
 //! the first successful attempt of each task, and only those are read, so a
 //! retried or duplicated task can never double rows.
@@ -38,7 +39,7 @@ use tokio::task::JoinSet;
 use super::stage::{Exchange, ExchangeExec, Manifest, StageFile, StageStats, missing_stage, stages};
 
 /// Largest piece of a task's output buffered before it is written.
-pub const PIECE_BYTES: usize = 4 << 20;
+pub const PIECE_BYTES: usize = 8 << 20;
 
 /// Failures a test can inject into the next BSP queries (test-only hook).
 #[derive(Debug, Default)]
@@ -297,7 +298,9 @@ impl BspRun {
                 }
             }
         }
-        let (rows, bytes, files) = manifest.files().fold((0, 0, 0), |(r, b, n), f| (r + f.rows, b + f.bytes, n + 1));
+        let rows = manifest.segments().map(|s| s.rows).sum();
+        let bytes = manifest.segments().map(|s| s.range.end - s.range.start).sum();
+        let files = manifest.files().len();
         let spilled = spilled_bytes(stage.input());
         let elapsed = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         stage.update_stats(|s| {
@@ -309,8 +312,8 @@ impl BspRun {
             s.elapsed_ms += elapsed;
         });
         let lose = self.options.faults.loses_output(stage.stage());
-        if lose && let Some(file) = manifest.files().next() {
-            let _ = self.options.store.delete(&file.path).await;
+        if lose && let Some(path) = manifest.files().first() {
+            let _ = self.options.store.delete(path).await;
         }
         stage.set_manifest(Some(Arc::new(manifest)));
         Ok(())
@@ -326,8 +329,9 @@ impl BspRun {
         match committed.get_mut(task) {
             Some(slot @ None) => *slot = Some(files),
             _ => {
-                for (_, file) in files {
-                    let _ = self.options.store.delete(&file.path).await;
+                let paths: std::collections::BTreeSet<&Path> = files.iter().map(|(_, f)| &f.path).collect();
+                for path in paths {
+                    let _ = self.options.store.delete(path).await;
                 }
             }
         }
@@ -530,7 +534,11 @@ impl Task {
     }
 }
 
-/// Buffers a task's output per partition and writes it in pieces.
+/// Buffers a task's output per partition and writes it in pieces: each
+/// piece is one file holding a segment (a complete Arrow IPC stream) per
+/// output partition, back to back, so a stage writes one file per task and
+/// piece, not one per task and partition. The manifest records each
+/// segment's byte range, and a reader fetches only its partition's ranges.
 struct TaskWriter {
     run: Arc<BspRun>,
     dir: Path,
@@ -554,6 +562,10 @@ impl TaskWriter {
         }
     }
 
+    fn buffered(&self) -> usize {
+        self.open.iter().flatten().map(|(w, _)| w.get_ref().len()).sum()
+    }
+
     async fn write(&mut self, partition: usize, batch: &RecordBatch) -> Result<()> {
         let slot = self
             .open
@@ -565,37 +577,40 @@ impl TaskWriter {
         let Some((writer, rows)) = slot.as_mut() else { unreachable!("opened above") };
         writer.write(batch)?;
         *rows += batch.num_rows() as u64;
-        if writer.get_ref().len() >= PIECE_BYTES {
-            return self.flush(partition).await;
-        }
-        let buffered = self.open.iter().flatten().map(|(w, _)| w.get_ref().len()).sum();
-        if self.reservation.try_resize(buffered).is_err() {
-            // The query's memory is short: write what is buffered now.
-            for p in 0..self.open.len() {
-                self.flush(p).await?;
-            }
+        let buffered = self.buffered();
+        // A full piece, or the query's memory is short: write what is buffered now.
+        if buffered >= PIECE_BYTES || self.reservation.try_resize(buffered).is_err() {
+            self.flush().await?;
         }
         Ok(())
     }
 
-    async fn flush(&mut self, partition: usize) -> Result<()> {
-        let Some((mut writer, rows)) = self.open.get_mut(partition).and_then(Option::take) else { return Ok(()) };
-        writer.finish()?;
-        let bytes = writer.into_inner()?;
-        let len = bytes.len() as u64;
-        let path = self.dir.clone().join(format!("p{partition}-{}.arrow", self.pieces));
+    /// Writes every buffered segment as one file.
+    async fn flush(&mut self) -> Result<()> {
+        let path = self.dir.clone().join(format!("{}.arrow", self.pieces));
+        let mut bytes = Vec::with_capacity(self.buffered());
+        let mut segments = Vec::new();
+        for (partition, slot) in self.open.iter_mut().enumerate() {
+            let Some((mut writer, rows)) = slot.take() else { continue };
+            writer.finish()?;
+            let start = bytes.len() as u64;
+            bytes.extend_from_slice(&writer.into_inner()?);
+            segments.push((partition, rows, start..bytes.len() as u64));
+        }
+        if segments.is_empty() {
+            return Ok(());
+        }
         self.pieces += 1;
         self.run.put(path.clone(), bytes).await?;
-        self.files.push((partition, StageFile { path, rows, bytes: len }));
-        let buffered = self.open.iter().flatten().map(|(w, _)| w.get_ref().len()).sum();
-        self.reservation.resize(buffered);
+        for (partition, rows, range) in segments {
+            self.files.push((partition, StageFile { path: path.clone(), rows, range }));
+        }
+        self.reservation.resize(0);
         Ok(())
     }
 
     async fn finish(mut self) -> Result<Vec<(usize, StageFile)>> {
-        for p in 0..self.open.len() {
-            self.flush(p).await?;
-        }
+        self.flush().await?;
         Ok(self.files)
     }
 }

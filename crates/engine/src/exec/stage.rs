@@ -37,12 +37,13 @@ pub enum Exchange {
     Gather,
 }
 
-/// One file of a stage's output.
+/// One output partition's segment of a stage file: a complete Arrow IPC
+/// stream at `range` in the file at `path`.
 #[derive(Debug, Clone)]
 pub struct StageFile {
     pub(crate) path: Path,
     pub(crate) rows: u64,
-    pub(crate) bytes: u64,
+    pub(crate) range: std::ops::Range<u64>,
 }
 
 /// The committed output of a stage: for each output partition, the files
@@ -53,9 +54,14 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Every file of the stage.
-    pub fn files(&self) -> impl Iterator<Item = &StageFile> {
+    /// Every segment of the stage.
+    pub fn segments(&self) -> impl Iterator<Item = &StageFile> {
         self.partitions.iter().flatten()
+    }
+
+    /// The files of the stage.
+    pub fn files(&self) -> std::collections::BTreeSet<&Path> {
+        self.segments().map(|s| &s.path).collect()
     }
 }
 
@@ -239,14 +245,14 @@ impl ExecutionPlan for ExchangeExec {
     }
 }
 
-/// Reads one stage file whole (files are written in bounded pieces).
+/// Reads one partition's segment of a stage file (segments are bounded by the piece size).
 async fn read_file(
     store: Arc<dyn ObjectStore>,
     stage: usize,
     file: StageFile,
 ) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
-    let bytes = match store.get(&file.path).await {
-        Ok(result) => result.bytes().await.map_err(|e| DataFusionError::ObjectStore(Box::new(e)))?,
+    let bytes = match store.get_range(&file.path, file.range.clone()).await {
+        Ok(bytes) => bytes,
         Err(object_store::Error::NotFound { .. }) => {
             return Err(DataFusionError::External(Box::new(MissingStageOutput { stage, path: file.path.to_string() })));
         }
