@@ -735,11 +735,22 @@ fn print_limited(limited: &[Vec<Limited>]) -> bool {
 }
 
 /// The whole benchmark over a warehouse in `dir`; whether all answers matched.
-async fn run(dir: &std::path::Path, scale: f64, runs: usize) -> bool {
+async fn run(dir: &std::path::Path, scale: f64, runs: usize, explain: Option<(String, String)>) -> bool {
     let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(dir).expect("local store"));
     load_all(&store, scale).await;
     let catalog = DynamicCatalog::open(store).await.expect("catalog");
     let engine = Engine::with_catalog(EngineConfig::default(), Arc::new(catalog)).expect("engine");
+    if let Some((name, mode)) = explain {
+        let sql = QUERIES.iter().find(|(n, _)| *n == name).map(|(_, sql)| *sql).expect("no such query");
+        let mut session = open_session(&engine, &[("execution_mode", mode.as_str())]).await;
+        let batches = query(&mut session, &format!("EXPLAIN ANALYZE {sql}")).await.expect("explain");
+        for batch in &batches {
+            for row in rows_as_text(batch) {
+                println!("{}", row.replace("\\n", "\n"));
+            }
+        }
+        return true;
+    }
 
     let timings = time_modes(&engine, runs).await;
     let mut ok = check_answers(&timings);
@@ -774,8 +785,13 @@ async fn main() {
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("TPC-H SF{scale}, {runs} runs per query (the first a warm-up when more than one), {cores} cores");
+    // `--explain QUERY MODE`: print EXPLAIN ANALYZE of one query in one mode instead.
+    let explain = match (args.next().as_deref(), args.next(), args.next()) {
+        (Some("--explain"), Some(name), Some(mode)) => Some((name, mode)),
+        _ => None,
+    };
     let dir = tempfile::tempdir().expect("temporary directory");
-    let ok = run(dir.path(), scale, runs).await;
+    let ok = run(dir.path(), scale, runs, explain).await;
     println!("peak RSS {} MiB", common::peak_rss_mib());
     drop(dir);
     if !ok {

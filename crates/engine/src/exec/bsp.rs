@@ -534,6 +534,28 @@ impl Task {
     }
 }
 
+/// `batch` with its string and binary view columns holding only the bytes
+/// their rows use. A join or a hash split leaves views pointing into the
+/// input's whole buffers, and Arrow IPC writes every buffer a column
+/// references: without this, each small batch would carry its input's bytes.
+fn compact_views(batch: &RecordBatch) -> Result<RecordBatch> {
+    use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+    use datafusion::arrow::datatypes::DataType;
+    if !batch.columns().iter().any(|c| matches!(c.data_type(), DataType::Utf8View | DataType::BinaryView)) {
+        return Ok(batch.clone());
+    }
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Utf8View => Arc::new(c.as_string_view().gc()) as ArrayRef,
+            DataType::BinaryView => Arc::new(c.as_binary_view().gc()) as ArrayRef,
+            _ => Arc::clone(c),
+        })
+        .collect();
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
 /// Buffers a task's output per partition and writes it in pieces: each
 /// piece is one file holding a segment (a complete Arrow IPC stream) per
 /// output partition, back to back, so a stage writes one file per task and
@@ -575,7 +597,7 @@ impl TaskWriter {
             *slot = Some((StreamWriter::try_new(Vec::new(), &self.schema)?, 0));
         }
         let Some((writer, rows)) = slot.as_mut() else { unreachable!("opened above") };
-        writer.write(batch)?;
+        writer.write(&compact_views(batch)?)?;
         *rows += batch.num_rows() as u64;
         let buffered = self.buffered();
         // A full piece, or the query's memory is short: write what is buffered now.
