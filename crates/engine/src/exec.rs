@@ -399,7 +399,11 @@ impl Estimate {
                 0 => String::new(),
                 n => format!("; sorts and aggregations (about {}) spill within it", bytes(n)),
             };
-            (Mode::Mpp, format!("joins and windows need about {needed}, within {limit}{spill}"))
+            let held = match self.unspillable {
+                0 => "no join or window holds its input in memory".to_string(),
+                _ => format!("joins and windows need about {needed}"),
+            };
+            (Mode::Mpp, format!("{held}, within {limit}{spill}"))
         }
     }
 
