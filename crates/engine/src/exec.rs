@@ -139,15 +139,9 @@ impl Query {
         Ok(planned)
     }
 
-    /// Re-plans for BSP (same snapshots as the MPP plan), unless the plan
-    /// cannot be staged; with `partitions`, or as many as the estimate says.
+    /// Re-plans a stageable query for BSP, reading the snapshots the MPP
+    /// plan reads; with `partitions`, or as many as the estimate says.
     async fn to_bsp(&self, planned: &mut Planned, why: Option<String>, partitions: Option<usize>) -> Result<()> {
-        if let Some(reason) = stage::uncuttable(&planned.mpp) {
-            planned.mode = Mode::Mpp;
-            planned.reason = format!("{}; but MPP, because {reason}", why.unwrap_or_else(|| planned.reason.clone()));
-            planned.plan = Arc::clone(&planned.mpp);
-            return Ok(());
-        }
         let partitions = partitions.unwrap_or_else(|| {
             planned.estimate.bsp_partitions(
                 self.budget(),
@@ -198,15 +192,11 @@ impl Query {
                 let plan = Arc::clone(&planned.plan);
                 match self.first_rows(&plan).await? {
                     Ok(stream) => Ok(Running { stream, plan, mode: Mode::Mpp, reason: planned.reason, bsp: None }),
-                    Err((why, error)) => {
+                    Err(why) => {
                         tracing::info!(%why, "switching to BSP");
                         self.to_bsp(&mut planned, Some(why), None).await?;
                         self.note_mode(&planned);
-                        match planned.mode {
-                            Mode::Bsp => self.run_bsp(planned).await,
-                            // It cannot run in stages: MPP's failure stands.
-                            Mode::Mpp => Err(error.into()),
-                        }
+                        self.run_bsp(planned).await
                     }
                 }
             }
@@ -240,17 +230,15 @@ impl Query {
         }
     }
 
-    /// Runs `plan` in MPP until its first row: `Ok(stream)` replays what was
-    /// held back, then the rest; `Err((why, error))` when it ran out of
-    /// memory (or time) first and should run in BSP.
+    /// Runs a stageable `plan` in MPP until its first row: `Ok(stream)`
+    /// replays what was held back, then the rest; `Err(why)` when it ran
+    /// out of memory (or time) first and should run in BSP.
     async fn first_rows(
         &self,
         plan: &Arc<dyn ExecutionPlan>,
-    ) -> Result<std::result::Result<SendableRecordBatchStream, (String, DataFusionError)>> {
+    ) -> Result<std::result::Result<SendableRecordBatchStream, String>> {
         let mut stream = execute_stream(Arc::clone(plan), Arc::clone(&self.task))?;
-        // A plan that cannot run in stages keeps running, however long it takes.
-        let deadline =
-            self.bsp_after.filter(|_| stage::uncuttable(plan).is_none()).map(|d| tokio::time::Instant::now() + d);
+        let deadline = self.bsp_after.map(|d| tokio::time::Instant::now() + d);
         let mut held = Vec::new();
         loop {
             let next = match deadline {
@@ -258,8 +246,7 @@ impl Query {
                     Ok(next) => next,
                     Err(_) => {
                         let ms = self.bsp_after.map_or(0, |d| d.as_millis());
-                        let why = format!("MPP produced no row within bsp_after_ms ({ms} ms)");
-                        return Ok(Err((why.clone(), DataFusionError::ResourcesExhausted(why))));
+                        return Ok(Err(format!("MPP produced no row within bsp_after_ms ({ms} ms)")));
                     }
                 },
                 None => stream.next().await,
@@ -276,7 +263,7 @@ impl Query {
                 Some(Err(e)) if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) => {
                     let why =
                         format!("MPP ran out of memory before the first row ({})", short(&crate::error::describe(&e)));
-                    return Ok(Err((why, e)));
+                    return Ok(Err(why));
                 }
                 Some(Err(e)) => return Err(e.into()),
             }
