@@ -122,8 +122,9 @@ impl Query {
     /// Plans the query and chooses its mode.
     pub async fn plan(&self) -> Result<Planned> {
         let mpp = self.state.create_physical_plan(&self.logical).await?;
-        let estimate = Estimate::of(&mpp);
         let budget = self.budget();
+        // Without a memory limit, nothing depends on the estimate: MPP, or BSP with MPP's partitions.
+        let estimate = if budget.is_some() { Estimate::of(&mpp) } else { Estimate::default() };
         let unstageable = stage::uncuttable(&mpp);
         let (mode, reason) = match (self.requested, &unstageable) {
             (ExecutionMode::Mpp, _) => (Mode::Mpp, "execution_mode is mpp".to_string()),
