@@ -45,5 +45,11 @@ pub use session::{
     TransactionStatus,
 };
 
+/// Locks `m`, ignoring poisoning: every value the engine keeps behind a
+/// mutex is replaced whole, so a panic elsewhere cannot leave it half-written.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Re-exported so front ends use the exact DataFusion version of the engine.
 pub use datafusion;

@@ -19,6 +19,7 @@ use futures::Stream;
 
 use crate::dynamic::system::ComputedRows;
 use crate::exec::bsp::BspRun;
+use crate::lock;
 use crate::memory::QueryPool;
 
 /// How many ended queries `sys.queries` keeps.
@@ -80,10 +81,6 @@ impl QueryLog {
     fn snapshot(&self) -> Vec<Arc<QueryRecord>> {
         lock(&self.entries).iter().cloned().collect()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl QueryRecord {

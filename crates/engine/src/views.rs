@@ -223,14 +223,14 @@ impl MaterializedView {
     /// has stopped: no commit of it follows.
     pub async fn stop(&self) {
         self.stop.cancel();
-        let task = self.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let task = crate::lock(&self.task).take();
         if let Some(task) = task {
             let _ = task.await;
         }
     }
 
     pub(crate) fn set_task(&self, task: tokio::task::JoinHandle<()>) {
-        *self.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
+        *crate::lock(&self.task) = Some(task);
     }
 
     pub(crate) fn stop_token(&self) -> tokio_util::sync::CancellationToken {
@@ -239,7 +239,7 @@ impl MaterializedView {
 
     /// The sources, once the maintainer has planned the view.
     pub fn sources(&self) -> Vec<plan::Source> {
-        self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        crate::lock(&self.sources).clone()
     }
 
     /// How a step is computed (`sys.views.maintenance`): `linear` (changes
@@ -255,7 +255,7 @@ impl MaterializedView {
     }
 
     pub(crate) fn set_sources(&self, sources: Vec<plan::Source>) {
-        *self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = sources;
+        *crate::lock(&self.sources) = sources;
     }
 
     /// Waits until the view reflects every commit its sources (and their
@@ -274,7 +274,7 @@ impl MaterializedView {
             if !started {
                 return Ok(());
             }
-            let sources = self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            let sources = crate::lock(&self.sources).clone();
             for source in &sources {
                 if let Some(view) = &source.view {
                     view.wait_fresh().await?;

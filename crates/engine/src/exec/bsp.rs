@@ -36,6 +36,8 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::task::JoinSet;
 
+use crate::lock;
+
 use super::stage::{Exchange, ExchangeExec, Manifest, StageFile, StageStats, missing_stage, stages};
 
 /// Largest piece of a task's output buffered before it is written.
@@ -82,10 +84,6 @@ impl Faults {
             None => false,
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// An injected task failure.

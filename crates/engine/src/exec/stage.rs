@@ -139,20 +139,20 @@ impl ExchangeExec {
 
     /// The committed manifest, once the stage has run.
     pub fn manifest(&self) -> Option<Arc<Manifest>> {
-        self.output.manifest.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        crate::lock(&self.output.manifest).clone()
     }
 
     /// What the stage did so far.
     pub fn stats(&self) -> StageStats {
-        self.output.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        crate::lock(&self.output.stats).clone()
     }
 
     pub(crate) fn set_manifest(&self, manifest: Option<Arc<Manifest>>) {
-        *self.output.manifest.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = manifest;
+        *crate::lock(&self.output.manifest) = manifest;
     }
 
     pub(crate) fn update_stats(&self, f: impl FnOnce(&mut StageStats)) {
-        f(&mut self.output.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        f(&mut crate::lock(&self.output.stats));
     }
 
     fn describe(&self) -> String {
