@@ -47,36 +47,7 @@ impl std::fmt::Display for RelationName {
     }
 }
 
-/// Whether a relation is a table or a view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelationKind {
-    /// A base table.
-    Table,
-    /// A (non-materialised) view.
-    View,
-    /// A continuous (materialized) view: stored, maintained from its sources.
-    MaterializedView,
-}
-
-impl RelationKind {
-    /// `table`, `view`, `materialized view`.
-    pub fn noun(self) -> &'static str {
-        match self {
-            RelationKind::Table => "table",
-            RelationKind::View => "view",
-            RelationKind::MaterializedView => "materialized view",
-        }
-    }
-
-    /// The DROP statement for this kind.
-    pub fn drop_command(self) -> &'static str {
-        match self {
-            RelationKind::Table => "DROP TABLE",
-            RelationKind::View => "DROP VIEW",
-            RelationKind::MaterializedView => "DROP MATERIALIZED VIEW",
-        }
-    }
-}
+pub use crate::sql::{Procedure, RelationKind};
 
 /// What `CREATE MATERIALIZED VIEW` asks the catalog for.
 #[derive(Debug, Clone)]
@@ -265,15 +236,6 @@ pub trait Catalog: Debug + Send + Sync + 'static {
         let _ = procedure;
         Err(Error::unsupported(format!("table {name} is not stored: it has nothing to compact or expire")))
     }
-}
-
-/// Table maintenance procedures (`CALL sys.<name>('table')`, Paimon's names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Procedure {
-    /// Merge all sorted runs into one, dropping tombstones.
-    Compact,
-    /// Expire snapshots by the table's retention options.
-    ExpireSnapshots,
 }
 
 /// Errors shared by catalog implementations, so every backend words them alike.

@@ -11,17 +11,10 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray, StringBuilder};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::common::TableReference;
-use datafusion::sql::sqlparser::ast::{CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget};
 
-use crate::cancel::QueryControl;
-use crate::dynamic::ingest::{Conform, Ingest};
 use crate::error::{Error, Result, StatusCode};
-use crate::session::CommandComplete;
 
 pub mod binary;
-
-use binary::BinaryDecoder;
 
 /// The data format of a COPY.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,54 +44,56 @@ pub struct CopyOptions {
     pub escape: u8,
 }
 
+/// One COPY option as the statement gives it (`WITH (…)` or the older
+/// unparenthesized syntax), before it is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyOption {
+    /// `FORMAT text | csv | binary` (`CSV`, `BINARY`).
+    Format(String),
+    /// `DELIMITER 'c'`.
+    Delimiter(String),
+    /// `NULL 's'`.
+    Null(String),
+    /// `HEADER [boolean]`.
+    Header(bool),
+    /// `QUOTE 'c'`.
+    Quote(String),
+    /// `ESCAPE 'c'`.
+    Escape(String),
+    /// `ENCODING 'name'`.
+    Encoding(String),
+    /// `FREEZE [boolean]` (accepted, no effect).
+    Freeze(bool),
+}
+
 impl CopyOptions {
-    /// Options from `WITH (…)` and the older unparenthesized syntax.
+    /// Options from a COPY statement's option list.
     ///
     /// # Errors
-    /// Unknown formats, multi-byte delimiters, options streamhouse does not support (0A000).
-    pub fn parse(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<Self> {
+    /// Unknown formats, multi-byte delimiters, encodings other than UTF-8 (0A000).
+    pub fn from_options(options: &[CopyOption]) -> Result<Self> {
         let mut format = CopyFormat::Text;
         let (mut delimiter, mut null, mut header, mut quote, mut escape) = (None, None, false, None, None);
         for option in options {
             match option {
                 CopyOption::Format(name) => {
-                    format = match name.value.to_ascii_lowercase().as_str() {
+                    format = match name.to_ascii_lowercase().as_str() {
                         "text" => CopyFormat::Text,
                         "csv" => CopyFormat::Csv,
                         "binary" => CopyFormat::Binary,
                         other => return Err(Error::invalid(format!("COPY format \"{other}\" not recognized"))),
                     }
                 }
-                CopyOption::Delimiter(c) => delimiter = Some(single_byte("DELIMITER", *c)?),
+                CopyOption::Delimiter(c) => delimiter = Some(single_byte("DELIMITER", c)?),
                 CopyOption::Null(s) => null = Some(s.clone()),
                 CopyOption::Header(h) => header = *h,
-                CopyOption::Quote(c) => quote = Some(single_byte("QUOTE", *c)?),
-                CopyOption::Escape(c) => escape = Some(single_byte("ESCAPE", *c)?),
+                CopyOption::Quote(c) => quote = Some(single_byte("QUOTE", c)?),
+                CopyOption::Escape(c) => escape = Some(single_byte("ESCAPE", c)?),
                 CopyOption::Encoding(e) if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
-                CopyOption::Freeze(_) => {}
-                other => return Err(Error::unsupported(format!("COPY option {other} is not supported"))),
-            }
-        }
-        for option in legacy {
-            match option {
-                CopyLegacyOption::Binary => format = CopyFormat::Binary,
-                CopyLegacyOption::Delimiter(c) => delimiter = Some(single_byte("DELIMITER", *c)?),
-                CopyLegacyOption::Null(s) => null = Some(s.clone()),
-                CopyLegacyOption::Header => header = true,
-                CopyLegacyOption::Csv(csv) => {
-                    format = CopyFormat::Csv;
-                    for option in csv {
-                        match option {
-                            CopyLegacyCsvOption::Header => header = true,
-                            CopyLegacyCsvOption::Quote(c) => quote = Some(single_byte("QUOTE", *c)?),
-                            CopyLegacyCsvOption::Escape(c) => escape = Some(single_byte("ESCAPE", *c)?),
-                            other => {
-                                return Err(Error::unsupported(format!("COPY option {other} is not supported")));
-                            }
-                        }
-                    }
+                CopyOption::Encoding(e) => {
+                    return Err(Error::unsupported(format!("COPY ENCODING '{e}' is not supported: data is UTF-8")));
                 }
-                other => return Err(Error::unsupported(format!("COPY option {other} is not supported"))),
+                CopyOption::Freeze(_) => {}
             }
         }
         let csv = format == CopyFormat::Csv;
@@ -121,7 +116,11 @@ impl CopyOptions {
     }
 }
 
-fn single_byte(option: &str, c: char) -> Result<u8> {
+fn single_byte(option: &str, text: &str) -> Result<u8> {
+    let mut chars = text.chars();
+    let (Some(c), None) = (chars.next(), chars.next()) else {
+        return Err(Error::invalid(format!("COPY {option} must be a single one-byte character")));
+    };
     u8::try_from(u32::from(c))
         .ok()
         .filter(u8::is_ascii)
@@ -519,193 +518,6 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
 }
 
-/// A parsed `COPY` statement.
-#[derive(Debug, Clone)]
-pub enum CopyStatement {
-    /// `COPY t [(columns)] FROM STDIN …`.
-    From {
-        /// The table.
-        table: TableReference,
-        /// The columns the data has, in order (empty: all of them).
-        columns: Vec<String>,
-        /// Format options.
-        options: CopyOptions,
-    },
-    /// `COPY t [(columns)] TO STDOUT …` or `COPY (query) TO STDOUT …`.
-    To {
-        /// The query whose rows are sent.
-        query: String,
-        /// Format options.
-        options: CopyOptions,
-    },
-}
-
-impl CopyStatement {
-    /// Checks a parsed `COPY` is one streamhouse runs.
-    ///
-    /// # Errors
-    /// Files and programs (0A000: the server does not read or write the
-    /// client's files), `COPY (query) FROM`, bad options.
-    pub fn parse(
-        source: &CopySource,
-        to: bool,
-        target: &CopyTarget,
-        options: &[CopyOption],
-        legacy: &[CopyLegacyOption],
-    ) -> Result<Self> {
-        let options = CopyOptions::parse(options, legacy)?;
-        match (target, to) {
-            (CopyTarget::Stdin, false) | (CopyTarget::Stdout, true) => {}
-            (CopyTarget::File { .. } | CopyTarget::Program { .. }, _) => {
-                return Err(Error::unsupported(format!(
-                    "COPY {} {target} is not supported: the server does not read or write files; \
-                     use COPY … {} (psql's \\copy does)",
-                    if to { "TO" } else { "FROM" },
-                    if to { "TO STDOUT" } else { "FROM STDIN" },
-                )));
-            }
-            (_, true) => return Err(Error::invalid("COPY TO writes to STDOUT, not STDIN")),
-            (_, false) => return Err(Error::invalid("COPY FROM reads from STDIN, not STDOUT")),
-        }
-        match (source, to) {
-            (CopySource::Table { table_name, columns }, false) => Ok(Self::From {
-                table: crate::session::table_reference(table_name)?,
-                columns: columns.iter().map(crate::session::ident_value).collect(),
-                options,
-            }),
-            (CopySource::Table { table_name, columns }, true) => {
-                let list = if columns.is_empty() {
-                    "*".to_owned()
-                } else {
-                    columns.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-                };
-                Ok(Self::To { query: format!("SELECT {list} FROM {table_name}"), options })
-            }
-            (CopySource::Query(query), true) => Ok(Self::To { query: query.to_string(), options }),
-            (CopySource::Query(_), false) => Err(Error::new(
-                StatusCode::InvalidSyntax,
-                "COPY (query) FROM is not possible: a query can only be copied TO",
-            )),
-        }
-    }
-}
-
-/// Rows decoded per batch.
-const DECODE_BATCH_ROWS: usize = 8192;
-
-/// Where each column of the table comes from in a `COPY t (columns) FROM`.
-#[derive(Debug)]
-pub(crate) enum ColumnSource {
-    /// The COPY column at this position.
-    Copied(usize),
-    /// The column's DEFAULT, evaluated per row.
-    Default(Arc<dyn datafusion::physical_plan::PhysicalExpr>),
-    /// NULL (no DEFAULT).
-    Null,
-}
-
-/// A `COPY … FROM STDIN` in progress: data arrives through
-/// [`CopyIn::push`], rows stream into the table, and [`CopyIn::finish`]
-/// commits them all at once. Dropping it or [`CopyIn::abort`] commits nothing.
-#[derive(Debug)]
-pub struct CopyIn {
-    format: CopyFormat,
-    copied: usize,
-    decoder: Decoder,
-    conform: Conform,
-    ingest: Ingest,
-    control: QueryControl,
-    rows: u64,
-}
-
-#[derive(Debug)]
-enum Decoder {
-    Text(CopyDecoder),
-    Binary(BinaryDecoder),
-}
-
-impl CopyIn {
-    pub(crate) fn new(
-        table: &str,
-        options: CopyOptions,
-        copied: SchemaRef,
-        conform: Conform,
-        ingest: Ingest,
-        control: QueryControl,
-    ) -> Result<Self> {
-        let format = options.format;
-        let columns = copied.fields().len();
-        let decoder = match format {
-            CopyFormat::Binary => Decoder::Binary(BinaryDecoder::new(table, copied, DECODE_BATCH_ROWS)?),
-            _ => Decoder::Text(CopyDecoder::new(table, copied, options, DECODE_BATCH_ROWS)?),
-        };
-        Ok(Self { format, copied: columns, decoder, conform, ingest, control, rows: 0 })
-    }
-
-    /// The data format the client must send.
-    pub fn format(&self) -> CopyFormat {
-        self.format
-    }
-
-    /// The number of columns the client sends.
-    pub fn columns(&self) -> usize {
-        self.copied
-    }
-
-    /// Decodes a chunk of COPY data and writes the rows it completes.
-    ///
-    /// # Errors
-    /// Malformed data (22P02, 22P03, 22P04, 23502, naming line and column);
-    /// a failed write; cancellation (57014) and statement timeout.
-    pub async fn push(&mut self, data: &[u8]) -> Result<()> {
-        let control = self.control.clone();
-        control
-            .run(async {
-                let batches = match &mut self.decoder {
-                    Decoder::Text(d) => d.push(data)?,
-                    Decoder::Binary(d) => d.push(data)?,
-                };
-                for batch in batches {
-                    self.write(batch).await?;
-                }
-                Ok(())
-            })
-            .await
-    }
-
-    async fn write(&mut self, copied: RecordBatch) -> Result<()> {
-        let batch = self.conform.apply(&copied, self.rows + 1)?;
-        self.rows += copied.num_rows() as u64;
-        self.ingest.push(batch).await
-    }
-
-    /// The end of the data: writes the last rows and commits the COPY.
-    ///
-    /// # Errors
-    /// As [`CopyIn::push`]; a conflict with a concurrent writer (40001).
-    pub async fn finish(mut self) -> Result<CommandComplete> {
-        let control = self.control.clone();
-        control
-            .run(async move {
-                let last = match &mut self.decoder {
-                    Decoder::Text(d) => d.finish()?,
-                    Decoder::Binary(d) => d.finish()?,
-                };
-                if let Some(batch) = last {
-                    self.write(batch).await?;
-                }
-                let rows = self.ingest.finish().await?;
-                Ok(CommandComplete::new("COPY").with_rows(rows))
-            })
-            .await
-    }
-
-    /// Abandons the COPY: nothing of it is committed.
-    pub async fn abort(self) {
-        self.ingest.abort().await;
-    }
-}
-
 /// A `COPY … TO STDOUT`: the rows to send and how to format them.
 pub struct CopyOut {
     /// The rows.
@@ -747,7 +559,7 @@ mod tests {
         if header {
             list.push(CopyOption::Header(true));
         }
-        CopyOptions::parse(&list, &[]).unwrap()
+        CopyOptions::from_options(&list).unwrap()
     }
 
     /// A row of the test table.
@@ -832,9 +644,10 @@ mod tests {
         assert!(decoder.push(b"\\\\x0aff\n").unwrap().is_empty());
         let batch = decoder.finish().unwrap().unwrap();
         assert_eq!(batch.column(0).as_binary::<i32>().value(0), &[0x0a, 0xff]);
-        let semicolon = CopyOptions::parse(&[CopyOption::Delimiter(';'), CopyOption::Null("NA".into())], &[]).unwrap();
+        let semicolon =
+            CopyOptions::from_options(&[CopyOption::Delimiter(";".into()), CopyOption::Null("NA".into())]).unwrap();
         assert_eq!((semicolon.delimiter, semicolon.null.as_str()), (b';', "NA"));
-        assert!(CopyOptions::parse(&[CopyOption::Format("xml".into())], &[]).is_err());
-        assert!(CopyOptions::parse(&[CopyOption::Delimiter('é')], &[]).is_err());
+        assert!(CopyOptions::from_options(&[CopyOption::Format("xml".into())]).is_err());
+        assert!(CopyOptions::from_options(&[CopyOption::Delimiter("é".into())]).is_err());
     }
 }

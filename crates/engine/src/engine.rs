@@ -12,7 +12,6 @@ use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf}
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
-use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{CatalogRef, DEFAULT_SCHEMA, DataFusionCatalog, MemoryCatalog};
@@ -33,7 +32,6 @@ pub(crate) struct EngineInner {
     pub(crate) catalog: CatalogRef,
     /// Template for every session's DataFusion context.
     pub(crate) base: SessionContext,
-    pub(crate) parser: PostgresCompatibilityParser,
     pub(crate) shutdown: CancellationToken,
     pub(crate) active: Arc<crate::cancel::ActiveStatements>,
     /// Recent queries (`sys.queries`).
@@ -128,16 +126,11 @@ impl Engine {
         }
         catalog.bind(&base)?;
         base.register_udtf("table_as_of", Arc::new(crate::time_travel::TableAsOf::new(Arc::clone(&catalog))));
-        base.register_udtf(
-            "subscribe",
-            Arc::new(crate::dynamic::subscribe::SubscribeFunction::new(Arc::clone(&catalog))),
-        );
         Ok(Self {
             inner: Arc::new(EngineInner {
                 config,
                 catalog,
                 base,
-                parser: PostgresCompatibilityParser::new(),
                 shutdown: CancellationToken::new(),
                 active: Arc::default(),
                 queries,

@@ -109,12 +109,25 @@ impl StatusCode {
 pub struct Error {
     code: StatusCode,
     message: String,
+    /// Where in the statement text the error is (1-based, in characters), for syntax errors.
+    position: Option<usize>,
 }
 
 impl Error {
     /// An error of the given class.
     pub fn new(code: StatusCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), position: None }
+    }
+
+    /// The same error at a position of the statement text (1-based, in characters).
+    pub fn with_position(mut self, position: usize) -> Self {
+        self.position = Some(position);
+        self
+    }
+
+    /// Where in the statement text the error is, if known (1-based, in characters).
+    pub fn position(&self) -> Option<usize> {
+        self.position
     }
 
     /// A feature streamhouse does not support.
@@ -146,7 +159,7 @@ impl Error {
 impl From<DataFusionError> for Error {
     fn from(err: DataFusionError) -> Self {
         let code = classify_datafusion(&err);
-        Self { code, message: user_message(&err) }
+        Self { code, message: user_message(&err), position: None }
     }
 }
 

@@ -30,10 +30,10 @@ pub mod exec;
 pub mod memory;
 pub mod queries;
 pub mod session;
+pub mod sql;
 pub mod time_travel;
 pub mod types;
 pub mod views;
-pub mod windows;
 
 pub use cancel::CancelHandle;
 pub use catalog::{Catalog, CatalogRef};

@@ -5,12 +5,23 @@
 //! [`CancelHandle`]. Statements go through two steps, the shape of the
 //! Postgres extended protocol:
 //!
-//! 1. [`Session::prepare`] parses nothing (the caller hands over one parsed
-//!    statement) and plans it: a DataFusion `LogicalPlan`, or a session
-//!    statement (SET, SHOW, BEGIN …) that never reaches DataFusion. The
-//!    [`Prepared`] statement knows its parameter types and result schema.
+//! 1. [`Session::prepare`] takes one statement of [`crate::sql::parse`]
+//!    and plans it: a DataFusion `LogicalPlan` for queries, DML, CREATE TABLE
+//!    and SUBSCRIBE; nothing for statements the session runs itself (SET,
+//!    BEGIN, COPY, cursors, DROP …). The [`Prepared`] statement knows its
+//!    parameter types and result schema.
 //! 2. [`Session::execute`] binds parameter values and runs it, returning
 //!    [`Output::Rows`] (a stream) or [`Output::Command`] (a completion tag).
+//!    Which code runs which statement is decided in one place, the table
+//!    in `Session::dispatch`:
+//!
+//! | statement | runs in |
+//! |---|---|
+//! | queries, `EXPLAIN`, DML, `SUBSCRIBE`, `CREATE TABLE`/`VIEW`/`SCHEMA` | `run_plan` (DataFusion, then [`crate::exec`]) |
+//! | `CREATE MATERIALIZED VIEW`, `DROP`, `ALTER TABLE`, `CALL` | `ddl` |
+//! | `COPY` | `copy` |
+//! | `DECLARE`, `FETCH`, `CLOSE` | `cursor` |
+//! | `SET`, `RESET`, `SHOW`, `BEGIN`, `COMMIT`, `ROLLBACK`, `DISCARD` | `control` |
 //!
 //! DDL goes to the [`Catalog`](crate::catalog::Catalog); queries and DML to
 //! DataFusion. Plans prepared before a DDL statement are re-planned on
@@ -23,41 +34,37 @@
 //! Postgres. `ROLLBACK` cannot undo statements that already succeeded; the
 //! session warns when a block that wrote something is rolled back.
 
+mod control;
 mod copy;
 mod cursor;
+mod ddl;
 mod execute;
 pub mod ingest;
 mod naming;
-mod statements;
 pub mod variables;
 
-pub(crate) use statements::{ident_value, table_reference};
-use statements::{refuse_unsupported, session_statement, table_options, without_on_conflict, without_table_options};
+pub use copy::CopyIn;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 
-use datafusion::arrow::array::{RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::array::{RecordBatch, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::TableProvider;
-use datafusion::catalog::view::ViewTable;
 use datafusion::common::{ParamValues, TableReference};
 use datafusion::datasource::provider_as_source;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{DdlStatement, Expr, LogicalPlan, LogicalPlanBuilder, WriteOp};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, WriteOp};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::{self, Statement};
+use datafusion::sql::sqlparser::ast;
 use futures::StreamExt;
 
 use crate::cancel::{CancelHandle, QueryControl};
-use crate::catalog::{
-    CreateMaterializedView, CreateTable, Created, DEFAULT_SCHEMA, Procedure, RelationKind, RelationName,
-};
+use crate::copy::CopyOut;
 use crate::engine::{Engine, text_udf};
 use crate::error::{Error, Result, StatusCode};
+use crate::sql::{self, Statement};
 use variables::Variables;
 
 /// Who opened a session.
@@ -144,9 +151,9 @@ pub enum Output {
     /// each batch as soon as it arrives.
     Live(SendableRecordBatchStream),
     /// `COPY … FROM STDIN`: the client now sends the data.
-    CopyIn(Box<crate::copy::CopyIn>),
+    CopyIn(Box<CopyIn>),
     /// `COPY … TO STDOUT`: rows to send in a COPY format.
-    CopyOut(crate::copy::CopyOut),
+    CopyOut(CopyOut),
 }
 
 impl std::fmt::Debug for Output {
@@ -183,73 +190,11 @@ pub struct Notice {
 #[derive(Debug, Clone)]
 pub struct Prepared {
     statement: Statement,
-    kind: Kind,
+    /// The DataFusion plan, for statements DataFusion plans.
+    plan: Option<LogicalPlan>,
     catalog_version: u64,
     /// Postgres' names for result columns DataFusion names differently.
     column_names: Option<Vec<Option<String>>>,
-}
-
-#[derive(Debug, Clone)]
-enum Kind {
-    /// Planned by DataFusion.
-    Plan(LogicalPlan),
-    /// Handled by the session itself.
-    Session(SessionStatement),
-}
-
-#[derive(Debug, Clone)]
-enum SessionStatement {
-    Set {
-        name: String,
-        value: String,
-        local: bool,
-    },
-    Reset(Option<String>),
-    Show(String),
-    ShowAll,
-    Begin,
-    Commit,
-    Rollback,
-    Discard,
-    /// Accepted for compatibility, no effect; carries its command tag.
-    NoOp(&'static str),
-    /// `CALL sys.<procedure>('<table>')`: table maintenance, as Paimon names it.
-    Call {
-        procedure: Procedure,
-        table: String,
-    },
-    /// `COPY … FROM STDIN` / `COPY … TO STDOUT`.
-    Copy(Box<crate::copy::CopyStatement>),
-    /// `DECLARE c CURSOR FOR query`.
-    Declare {
-        name: String,
-        query: Box<Statement>,
-        hold: bool,
-    },
-    /// `FETCH`: up to `count` rows (all when `None`), waiting at most `timeout`.
-    Fetch {
-        name: String,
-        count: Option<u64>,
-        timeout: Option<std::time::Duration>,
-    },
-    /// `CLOSE c` (`None`: `CLOSE ALL`).
-    Close(Option<String>),
-    /// `CREATE MATERIALIZED VIEW`.
-    CreateMaterializedView(Box<statements::MaterializedViewStatement>),
-    /// `DROP TABLE | VIEW | MATERIALIZED VIEW [IF EXISTS] names [CASCADE]`.
-    Drop {
-        kind: RelationKind,
-        names: Vec<TableReference>,
-        if_exists: bool,
-        cascade: bool,
-    },
-    /// `ALTER TABLE [IF EXISTS] t ADD [COLUMN] [IF NOT EXISTS] c type, …`.
-    AddColumns {
-        table: TableReference,
-        if_exists: bool,
-        /// Column name, SQL type, and whether `IF NOT EXISTS` was given.
-        columns: Vec<(String, String, bool)>,
-    },
 }
 
 impl Prepared {
@@ -257,7 +202,7 @@ impl Prepared {
     /// order, one row): the table and columns, so parameter batches can be
     /// written as rows without executing the statement once per row.
     pub fn insert_of_parameters(&self) -> Option<(TableReference, Vec<String>)> {
-        let Statement::Insert(insert) = &self.statement else { return None };
+        let Some(ast::Statement::Insert(insert)) = self.statement.as_plan() else { return None };
         if insert.on.is_some() || insert.returning.is_some() || !insert.assignments.is_empty() {
             return None;
         }
@@ -270,19 +215,19 @@ impl Prepared {
             return None;
         }
         let ast::TableObject::TableName(name) = &insert.table else { return None };
-        let table = table_reference(name).ok()?;
+        let table = sql::table_reference(name).ok()?;
         let columns = insert
             .columns
             .iter()
             .map(|c| match c.0.as_slice() {
-                [part] => part.as_ident().map(ident_value),
+                [part] => part.as_ident().map(sql::ident_value),
                 _ => None,
             })
             .collect::<Option<Vec<String>>>()?;
         Some((table, columns))
     }
 
-    /// The statement as parsed (after Postgres-compatibility rewrites).
+    /// The statement as parsed.
     pub fn statement(&self) -> &Statement {
         &self.statement
     }
@@ -293,24 +238,22 @@ impl Prepared {
     /// # Errors
     /// Conflicting types for one parameter.
     pub fn parameter_types(&self) -> Result<Vec<Option<DataType>>> {
-        match &self.kind {
-            Kind::Plan(plan) => parameter_types(plan),
-            Kind::Session(_) => Ok(vec![]),
+        match &self.plan {
+            Some(plan) => parameter_types(plan),
+            None => Ok(vec![]),
         }
     }
 
     /// The schema of the rows the statement returns, or `None` for commands.
     pub fn result_schema(&self) -> Option<SchemaRef> {
-        match &self.kind {
-            Kind::Plan(plan) => match plan {
-                LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Copy(_) => None,
-                LogicalPlan::Statement(datafusion::logical_expr::Statement::Execute(_)) => None,
-                LogicalPlan::Statement(_) => None,
+        match (&self.plan, &self.statement) {
+            (Some(plan), _) => match plan {
+                LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Copy(_) | LogicalPlan::Statement(_) => None,
                 _ => Some(self.rename(Arc::clone(plan.schema().inner()))),
             },
-            Kind::Session(SessionStatement::Show(name)) => Some(text_schema(&[name.as_str()])),
-            Kind::Session(SessionStatement::ShowAll) => Some(text_schema(&["name", "setting", "description"])),
-            Kind::Session(_) => None,
+            (None, Statement::Show(name)) => Some(text_schema(&[control::show_name(name).as_str()])),
+            (None, Statement::ShowAll) => Some(text_schema(&["name", "setting", "description"])),
+            (None, _) => None,
         }
     }
 
@@ -319,19 +262,15 @@ impl Prepared {
     /// # Errors
     /// Parameters that do not fit the statement.
     pub fn result_schema_with(&self, params: &ParamValues) -> Result<Option<SchemaRef>> {
-        match &self.kind {
-            Kind::Plan(plan)
-                if !matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Statement(_)) =>
-            {
+        match &self.plan {
+            Some(plan) if !matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Statement(_)) => {
                 let bound = plan.clone().with_param_values(params.clone())?;
                 Ok(Some(self.rename(Arc::clone(bound.schema().inner()))))
             }
             _ => Ok(self.result_schema()),
         }
     }
-}
 
-impl Prepared {
     fn rename(&self, schema: SchemaRef) -> SchemaRef {
         match &self.column_names {
             Some(names) => naming::rename_schema(&schema, names),
@@ -478,17 +417,12 @@ impl Session {
         self.notices.push(Notice { severity, message: message.into() });
     }
 
-    /// Splits SQL text into statements (Postgres dialect, with the rewrites
-    /// that let psql's and BI tools' catalog queries run).
+    /// Splits SQL text into statements, with streamhouse's parser ([`crate::sql::parse`]).
     ///
     /// # Errors
-    /// [`StatusCode::InvalidSyntax`].
+    /// [`StatusCode::InvalidSyntax`] with the position; see [`crate::sql::parse`].
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
-        let rewritten =
-            crate::dynamic::subscribe::rewrite(sql).map_err(|m| Error::new(StatusCode::InvalidSyntax, m))?;
-        let sql = rewritten.as_deref().unwrap_or(sql);
-        let rewritten = statements::rewrite_watermark(sql)?;
-        Ok(self.engine.inner().parser.parse(rewritten.as_deref().unwrap_or(sql))?)
+        sql::parse(sql)
     }
 
     /// Plans one statement.
@@ -506,40 +440,55 @@ impl Session {
 
     async fn prepare_inner(&mut self, statement: Statement) -> Result<Prepared> {
         let catalog_version = self.engine.catalog_version();
-        if let Some(s) = session_statement(&statement)? {
-            if let SessionStatement::Copy(copy) = &s {
+        if !planned_by_datafusion(&statement) {
+            if let Statement::Copy(copy) = &statement {
                 self.check_copy(copy).await?;
             }
-            return Ok(Prepared { statement, kind: Kind::Session(s), catalog_version, column_names: None });
+            return Ok(Prepared { statement, plan: None, catalog_version, column_names: None });
         }
         let control = self.begin_statement();
-        match control.run(self.plan(statement.clone())).await {
+        match control.run(self.plan(&statement)).await {
             Ok(plan) => {
-                let column_names = naming::postgres_column_names(&statement);
-                Ok(Prepared { statement, kind: Kind::Plan(plan), catalog_version, column_names })
+                let column_names = statement.as_plan().and_then(naming::postgres_column_names);
+                Ok(Prepared { statement, plan: Some(plan), catalog_version, column_names })
             }
             Err(e) if e.message().contains("require unique expression names") => {
                 // Postgres allows duplicate output names; DataFusion does not.
-                let Some((aliased, names)) = naming::with_unique_aliases(&statement) else { return Err(e) };
-                let plan = control.run(self.plan(aliased.clone())).await?;
-                Ok(Prepared { statement: aliased, kind: Kind::Plan(plan), catalog_version, column_names: Some(names) })
+                let Some((aliased, names)) = statement.as_plan().and_then(naming::with_unique_aliases) else {
+                    return Err(e);
+                };
+                let aliased = Statement::Plan(Box::new(aliased));
+                let plan = control.run(self.plan(&aliased)).await?;
+                Ok(Prepared { statement: aliased, plan: Some(plan), catalog_version, column_names: Some(names) })
             }
             Err(e) => Err(e),
         }
     }
 
-    async fn plan(&self, mut statement: Statement) -> Result<LogicalPlan> {
-        refuse_unsupported(&statement)?;
-        crate::windows::rewrite(&mut statement)?;
-        // DataFusion plans CREATE TABLE without options; the catalog gets them (see `table_options`).
-        table_options(&statement)?;
-        let statement = without_table_options(statement);
-        let (statement, on_conflict) = without_on_conflict(statement)?;
+    /// The DataFusion plan of a statement DataFusion plans ([`planned_by_datafusion`]).
+    async fn plan(&self, statement: &Statement) -> Result<LogicalPlan> {
         let state = self.ctx.state();
-        let plan = state.statement_to_plan(DFStatement::Statement(Box::new(statement))).await?;
-        match on_conflict {
-            Some(target) => crate::dynamic::ignore_conflicts(plan, target.as_deref()),
-            None => Ok(plan),
+        let standard = |statement: &ast::Statement| -> Result<DFStatement> {
+            let mut statement = statement.clone();
+            sql::windows::rewrite(&mut statement)?;
+            Ok(DFStatement::Statement(Box::new(statement)))
+        };
+        match statement {
+            Statement::Plan(statement) => Ok(state.statement_to_plan(standard(statement)?).await?),
+            Statement::CreateTable(create) => Ok(state.statement_to_plan(standard(&create.statement)?).await?),
+            Statement::InsertIgnoringConflicts(insert) => {
+                let plan = state.statement_to_plan(standard(&insert.insert)?).await?;
+                crate::dynamic::ignore_conflicts(plan, insert.target.as_deref())
+            }
+            Statement::Subscribe(subscribe) => {
+                let name = self.relation_name(&subscribe.relation)?;
+                let (table, columns) = self.engine.catalog().subscribe_to(&name)?;
+                let source =
+                    crate::dynamic::subscribe::SubscriptionTable::new(table, columns, subscribe.options.clone());
+                Ok(LogicalPlanBuilder::scan(subscribe.relation.clone(), provider_as_source(Arc::new(source)), None)?
+                    .build()?)
+            }
+            _ => Err(Error::internal("statement is not planned by DataFusion")),
         }
     }
 
@@ -607,89 +556,67 @@ impl Session {
         if self.engine.is_shut_down() {
             return Err(Error::new(StatusCode::ShuttingDown, "the server is shutting down"));
         }
-        if let Kind::Session(SessionStatement::Call { procedure, table }) = &prepared.kind {
-            let reference = TableReference::from(table.as_str());
-            let name = self.relation_name(&reference)?;
-            let control = self.begin_statement();
-            let catalog = Arc::clone(self.engine.catalog());
-            let procedure = *procedure;
-            let message = control.run(async move { catalog.maintain(&name, procedure).await }).await?;
-            self.notice(NoticeSeverity::Notice, message);
-            return Ok(Output::Command(CommandComplete::new("CALL")));
-        }
-        if let Kind::Session(
-            statement @ (SessionStatement::CreateMaterializedView(_) | SessionStatement::Drop { .. }),
-        ) = &prepared.kind
+        if self.transaction_status() == TransactionStatus::Failed
+            && !matches!(prepared.statement, Statement::Commit | Statement::Rollback)
         {
-            if self.transaction_status() == TransactionStatus::Failed {
-                return Err(Error::new(
-                    StatusCode::InFailedTransaction,
-                    "current transaction is aborted, commands ignored until end of transaction block",
-                ));
-            }
-            let out = match statement {
-                SessionStatement::CreateMaterializedView(create) => self.create_materialized_view(create).await,
-                SessionStatement::Drop { kind, names, if_exists, cascade } => {
-                    let mut out = Err(Error::internal("DROP without names"));
-                    for name in names {
-                        out = self.drop_relation(name, *kind, *if_exists, *cascade).await;
-                        if out.is_err() {
-                            break;
-                        }
-                    }
-                    out
-                }
-                _ => Err(Error::internal("not a catalog statement")),
-            };
-            self.engine.bump_catalog_version();
-            return out;
-        }
-        if let Kind::Session(SessionStatement::AddColumns { table, if_exists, columns }) = &prepared.kind {
-            return self.add_columns(table, *if_exists, columns).await;
-        }
-        if let Kind::Session(SessionStatement::Copy(copy)) = &prepared.kind {
-            if self.transaction_status() == TransactionStatus::Failed {
-                return Err(Error::new(
-                    StatusCode::InFailedTransaction,
-                    "current transaction is aborted, commands ignored until end of transaction block",
-                ));
-            }
-            return self.copy(copy).await;
-        }
-        if let Kind::Session(
-            statement
-            @ (SessionStatement::Declare { .. } | SessionStatement::Fetch { .. } | SessionStatement::Close(_)),
-        ) = &prepared.kind
-        {
-            if self.transaction_status() == TransactionStatus::Failed {
-                return Err(Error::new(
-                    StatusCode::InFailedTransaction,
-                    "current transaction is aborted, commands ignored until end of transaction block",
-                ));
-            }
-            return match statement {
-                SessionStatement::Declare { name, query, hold } => self.declare_cursor(name, query, *hold).await,
-                SessionStatement::Fetch { name, count, timeout } => self.fetch_cursor(name, *count, *timeout).await,
-                SessionStatement::Close(name) => self.close_cursor(name.as_deref()),
-                _ => Err(Error::internal("not a cursor statement")),
-            };
-        }
-        if let Kind::Session(s) = &prepared.kind {
-            return self.run_session_statement(s.clone());
-        }
-        if self.transaction_status() == TransactionStatus::Failed {
             return Err(Error::new(
                 StatusCode::InFailedTransaction,
                 "current transaction is aborted, commands ignored until end of transaction block",
             ));
         }
+        self.dispatch(prepared, params).await
+    }
+
+    /// Which code runs which statement: the one place that decides.
+    async fn dispatch(&mut self, prepared: &Prepared, params: Option<ParamValues>) -> Result<Output> {
+        match &prepared.statement {
+            Statement::Plan(_)
+            | Statement::CreateTable(_)
+            | Statement::InsertIgnoringConflicts(_)
+            | Statement::Subscribe(_) => self.run_prepared_plan(prepared, params).await,
+            Statement::CreateMaterializedView(create) => {
+                let out = self.create_materialized_view(create).await;
+                self.engine.bump_catalog_version();
+                out
+            }
+            Statement::Drop { kind, names, if_exists, cascade } => {
+                let mut out = Err(Error::internal("DROP without names"));
+                for name in names {
+                    out = self.drop_relation(name, *kind, *if_exists, *cascade).await;
+                    if out.is_err() {
+                        break;
+                    }
+                }
+                self.engine.bump_catalog_version();
+                out
+            }
+            Statement::AddColumns { table, if_exists, columns } => self.add_columns(table, *if_exists, columns).await,
+            Statement::Call { procedure, table } => self.call(*procedure, table).await,
+            Statement::Copy(copy) => self.copy(copy).await,
+            Statement::Declare { name, query, hold } => self.declare_cursor(name, query, *hold).await,
+            Statement::Fetch { name, count, timeout } => self.fetch_cursor(name, *count, *timeout).await,
+            Statement::Close(name) => self.close_cursor(name.as_deref()),
+            Statement::Set { .. }
+            | Statement::Reset(_)
+            | Statement::Show(_)
+            | Statement::ShowAll
+            | Statement::Begin
+            | Statement::Commit
+            | Statement::Rollback
+            | Statement::Discard
+            | Statement::NoOp(_) => self.control(&prepared.statement),
+        }
+    }
+
+    /// Binds parameters into a statement DataFusion planned and runs it.
+    async fn run_prepared_plan(&mut self, prepared: &Prepared, params: Option<ParamValues>) -> Result<Output> {
         let control = self.begin_statement();
-        let Kind::Plan(plan) = &prepared.kind else { unreachable!("session statements returned above") };
+        let Some(plan) = &prepared.plan else { return Err(Error::internal("statement was not planned")) };
         let plan = if prepared.catalog_version == self.engine.catalog_version() {
             plan.clone()
         } else {
             // A DDL statement ran since this was planned: plan again against the current catalog.
-            control.run(self.plan(prepared.statement.clone())).await?
+            control.run(self.plan(&prepared.statement)).await?
         };
         let types = parameter_types(&plan)?;
         let expected = types.len();
@@ -716,8 +643,8 @@ impl Session {
             }
             None => plan,
         };
-        let options = match &plan {
-            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(_)) => table_options(&prepared.statement)?,
+        let options = match &prepared.statement {
+            Statement::CreateTable(create) => create.options.clone(),
             _ => std::collections::BTreeMap::new(),
         };
         let output = self.run_plan(plan, &control, options, &prepared.statement).await?;
@@ -736,46 +663,6 @@ impl Session {
             Output::Live(stream) => Output::Live(self.watch_failures(control.without_deadline().wrap_stream(stream))),
             command => command,
         })
-    }
-
-    /// `ALTER TABLE … ADD COLUMN`: column types are resolved as CREATE TABLE resolves them.
-    async fn add_columns(
-        &mut self,
-        table: &TableReference,
-        if_exists: bool,
-        columns: &[(String, String, bool)],
-    ) -> Result<Output> {
-        let done = Output::Command(CommandComplete::new("ALTER TABLE"));
-        let name = self.relation_name(table)?;
-        let Some(existing) = self.engine.catalog().relation(&name).await? else {
-            if if_exists {
-                self.notice(NoticeSeverity::Notice, format!("relation \"{}\" does not exist, skipping", name.name));
-                return Ok(done);
-            }
-            return Err(crate::catalog::errors::relation_not_found(&name, RelationKind::Table));
-        };
-        let schema = existing.schema();
-        let mut fields = Vec::with_capacity(columns.len());
-        for (column, sql_type, if_not_exists) in columns {
-            if schema.field_with_name(column).is_ok() && *if_not_exists {
-                self.notice(
-                    NoticeSeverity::Notice,
-                    format!("column \"{column}\" of relation \"{}\" already exists, skipping", name.name),
-                );
-                continue;
-            }
-            let probe = self.ctx.state().create_logical_plan(&format!("SELECT CAST(NULL AS {sql_type})")).await?;
-            let data_type = probe.schema().field(0).data_type().clone();
-            fields.push(datafusion::arrow::datatypes::Field::new(column, data_type, true));
-        }
-        if fields.is_empty() {
-            return Ok(done);
-        }
-        let control = self.begin_statement();
-        let catalog = Arc::clone(self.engine.catalog());
-        let result = control.run(async move { catalog.add_columns(&name, fields).await }).await;
-        self.engine.bump_catalog_version();
-        result.map(|()| done)
     }
 
     /// Marks the transaction failed when a row stream ends in an error.
@@ -886,332 +773,6 @@ impl Session {
         }
         Ok(rows)
     }
-
-    fn relation_name(&self, reference: &TableReference) -> Result<RelationName> {
-        if let Some(catalog) = reference.catalog()
-            && catalog != self.engine.database()
-        {
-            return Err(Error::unsupported(format!(
-                "cross-database references are not implemented: {reference} (this server's database is \"{}\")",
-                self.engine.database()
-            )));
-        }
-        Ok(RelationName {
-            schema: reference.schema().unwrap_or(DEFAULT_SCHEMA).to_string(),
-            name: reference.table().to_string(),
-        })
-    }
-
-    async fn run_ddl(
-        &mut self,
-        ddl: DdlStatement,
-        control: &QueryControl,
-        options: std::collections::BTreeMap<String, String>,
-    ) -> Result<Output> {
-        let catalog = Arc::clone(self.engine.catalog());
-        match ddl {
-            DdlStatement::CreateMemoryTable(cmd) => {
-                let name = self.relation_name(&cmd.name)?;
-                let is_ctas = !matches!(cmd.input.as_ref(), LogicalPlan::EmptyRelation(e) if !e.produce_one_row);
-                let input_schema = cmd.input.schema().as_arrow();
-                // Like Postgres, columns of CREATE TABLE AS accept NULLs whatever the query produced.
-                let schema: SchemaRef = if is_ctas {
-                    Arc::new(Schema::new(
-                        input_schema
-                            .fields()
-                            .iter()
-                            .map(|f| f.as_ref().clone().with_nullable(true))
-                            .collect::<Vec<_>>(),
-                    ))
-                } else {
-                    Arc::new(input_schema.clone())
-                };
-                // As in Postgres, primary key columns are NOT NULL.
-                let schema = not_null_primary_key(schema, &cmd.constraints);
-                let created = catalog
-                    .create_table(CreateTable {
-                        name: name.clone(),
-                        schema,
-                        constraints: cmd.constraints.clone(),
-                        column_defaults: cmd.column_defaults.clone(),
-                        if_not_exists: cmd.if_not_exists,
-                        or_replace: cmd.or_replace,
-                        options,
-                    })
-                    .await?;
-                if created == Created::AlreadyExisted {
-                    self.notice(NoticeSeverity::Notice, format!("relation \"{}\" already exists, skipping", name.name));
-                    return Ok(Output::Command(CommandComplete::new("CREATE TABLE")));
-                }
-                if !is_ctas {
-                    return Ok(Output::Command(CommandComplete::new("CREATE TABLE")));
-                }
-                let inserted = self.insert_into(&name, cmd.input.as_ref().clone(), control).await;
-                match inserted {
-                    Ok(rows) => Ok(Output::Command(CommandComplete::new("SELECT").with_rows(rows))),
-                    Err(e) => {
-                        // The statement failed as a whole: do not leave a half-filled table behind.
-                        let _ = catalog.drop_relation(&name, RelationKind::Table, true, false).await;
-                        Err(e)
-                    }
-                }
-            }
-            DdlStatement::CreateView(cv) => {
-                let name = self.relation_name(&cv.name)?;
-                let view: Arc<dyn TableProvider> =
-                    Arc::new(ViewTable::new(cv.input.as_ref().clone(), cv.definition.clone()));
-                catalog.create_view(name, view, cv.or_replace).await?;
-                Ok(Output::Command(CommandComplete::new("CREATE VIEW")))
-            }
-            DdlStatement::DropTable(drop) => {
-                self.drop_relation(&drop.name, RelationKind::Table, drop.if_exists, false).await
-            }
-            DdlStatement::DropView(drop) => {
-                self.drop_relation(&drop.name, RelationKind::View, drop.if_exists, false).await
-            }
-            DdlStatement::CreateCatalogSchema(cmd) => {
-                let schema = cmd.schema_name.rsplit('.').next().unwrap_or(&cmd.schema_name).to_string();
-                if catalog.create_schema(&schema, cmd.if_not_exists).await? == Created::AlreadyExisted {
-                    self.notice(NoticeSeverity::Notice, format!("schema \"{schema}\" already exists, skipping"));
-                }
-                Ok(Output::Command(CommandComplete::new("CREATE SCHEMA")))
-            }
-            DdlStatement::DropCatalogSchema(cmd) => {
-                let schema = cmd.name.schema_name().to_string();
-                catalog.drop_schema(&schema, cmd.if_exists, cmd.cascade).await?;
-                Ok(Output::Command(CommandComplete::new("DROP SCHEMA")))
-            }
-            other => Err(Error::unsupported(format!("{} is not supported", ddl_display_name(&other)))),
-        }
-    }
-
-    async fn drop_relation(
-        &mut self,
-        reference: &TableReference,
-        kind: RelationKind,
-        if_exists: bool,
-        cascade: bool,
-    ) -> Result<Output> {
-        let name = self.relation_name(reference)?;
-        let dropped = self.engine.catalog().drop_relation(&name, kind, if_exists, cascade).await?;
-        if !dropped {
-            self.notice(NoticeSeverity::Notice, format!("{} \"{}\" does not exist, skipping", kind.noun(), name.name));
-        }
-        Ok(Output::Command(CommandComplete::new(kind.drop_command())))
-    }
-
-    /// `CREATE MATERIALIZED VIEW`: returns once the view is filled and maintained.
-    async fn create_materialized_view(&mut self, create: &statements::MaterializedViewStatement) -> Result<Output> {
-        let name = self.relation_name(&create.name)?;
-        let request = CreateMaterializedView {
-            name: name.clone(),
-            query: create.query.clone(),
-            column_names: create.column_names.clone(),
-            if_not_exists: create.if_not_exists,
-            or_replace: create.or_replace,
-            options: create.options.clone(),
-        };
-        let catalog = Arc::clone(self.engine.catalog());
-        let control = self.begin_statement();
-        let created = control.run(async move { catalog.create_materialized_view(request).await }).await?;
-        if created == Created::AlreadyExisted {
-            self.notice(NoticeSeverity::Notice, format!("relation \"{}\" already exists, skipping", name.name));
-        }
-        Ok(Output::Command(CommandComplete::new("CREATE MATERIALIZED VIEW")))
-    }
-
-    async fn insert_into(&self, name: &RelationName, input: LogicalPlan, control: &QueryControl) -> Result<u64> {
-        let provider = self
-            .engine
-            .catalog()
-            .relation(name)
-            .await?
-            .ok_or_else(|| Error::internal(format!("table {name} vanished while being created")))?;
-        let reference =
-            TableReference::full(self.engine.database().to_string(), name.schema.clone(), name.name.clone());
-        let plan = LogicalPlanBuilder::insert_into(input, reference, provider_as_source(provider), InsertOp::Append)?
-            .build()?;
-        control.run(self.execute_count(plan)).await
-    }
-
-    fn run_session_statement(&mut self, statement: SessionStatement) -> Result<Output> {
-        let status = self.transaction_status();
-        let allowed_when_failed = matches!(statement, SessionStatement::Commit | SessionStatement::Rollback);
-        if status == TransactionStatus::Failed && !allowed_when_failed {
-            return Err(Error::new(
-                StatusCode::InFailedTransaction,
-                "current transaction is aborted, commands ignored until end of transaction block",
-            ));
-        }
-        match statement {
-            SessionStatement::Set { name, value, local } => {
-                self.set_variable(&name, &value, local)?;
-                Ok(Output::Command(CommandComplete::new("SET")))
-            }
-            SessionStatement::Reset(name) => {
-                match name {
-                    Some(name) => {
-                        let canonical = self.vars.write().map_err(lock_err)?.reset(&name)?;
-                        self.apply_to_datafusion(&canonical, None)?;
-                    }
-                    None => {
-                        self.vars.write().map_err(lock_err)?.reset_all();
-                        self.apply_to_datafusion("TimeZone", None)?;
-                    }
-                }
-                Ok(Output::Command(CommandComplete::new("RESET")))
-            }
-            SessionStatement::Show(name) => {
-                let value = self.show_variable(&name)?;
-                let schema = text_schema(&[name.as_str()]);
-                let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(StringArray::from(vec![value]))])?;
-                Ok(Output::Rows(batch_stream(schema, vec![batch])))
-            }
-            SessionStatement::ShowAll => {
-                let rows = self.vars.read().map_err(lock_err)?.all();
-                let schema = text_schema(&["name", "setting", "description"]);
-                let column = |i: usize| {
-                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| match i {
-                        0 => r.0.as_str(),
-                        1 => r.1.as_str(),
-                        _ => r.2.as_str(),
-                    }))) as _
-                };
-                let batch = RecordBatch::try_new(Arc::clone(&schema), vec![column(0), column(1), column(2)])?;
-                Ok(Output::Rows(batch_stream(schema, vec![batch])))
-            }
-            SessionStatement::Begin => {
-                if status == TransactionStatus::InBlock {
-                    self.notice(NoticeSeverity::Warning, "there is already a transaction in progress");
-                    return Ok(Output::Command(CommandComplete::new("BEGIN")));
-                }
-                self.txn.store(TransactionStatus::InBlock as u8, Ordering::SeqCst);
-                self.writes_in_block = 0;
-                Ok(Output::Command(CommandComplete {
-                    transaction: Some(TransactionChange::Begin),
-                    ..CommandComplete::new("BEGIN")
-                }))
-            }
-            SessionStatement::Commit | SessionStatement::Rollback => {
-                let rollback = matches!(statement, SessionStatement::Rollback) || status == TransactionStatus::Failed;
-                if status == TransactionStatus::Idle {
-                    self.notice(NoticeSeverity::Warning, "there is no transaction in progress");
-                } else if rollback && self.writes_in_block > 0 {
-                    self.notice(
-                        NoticeSeverity::Warning,
-                        format!(
-                            "ROLLBACK cannot undo the {} statement(s) of this block that already succeeded: \
-                             streamhouse commits every statement on its own",
-                            self.writes_in_block
-                        ),
-                    );
-                }
-                self.end_block()?;
-                // Cursors end with the block, unless declared WITH HOLD.
-                self.cursors.lock().map_err(lock_err)?.retain(|_, c| c.hold);
-                Ok(Output::Command(CommandComplete {
-                    transaction: Some(TransactionChange::End),
-                    ..CommandComplete::new(if rollback { "ROLLBACK" } else { "COMMIT" })
-                }))
-            }
-            SessionStatement::Discard => {
-                self.vars.write().map_err(lock_err)?.reset_all();
-                self.apply_to_datafusion("TimeZone", None)?;
-                Ok(Output::Command(CommandComplete::new("DISCARD ALL")))
-            }
-            SessionStatement::NoOp(tag) => Ok(Output::Command(CommandComplete::new(tag))),
-            SessionStatement::Call { .. }
-            | SessionStatement::AddColumns { .. }
-            | SessionStatement::CreateMaterializedView(_)
-            | SessionStatement::Drop { .. }
-            | SessionStatement::Copy(_)
-            | SessionStatement::Declare { .. }
-            | SessionStatement::Fetch { .. }
-            | SessionStatement::Close(_) => {
-                Err(Error::internal("CALL and ALTER TABLE are executed before session statements"))
-            }
-        }
-    }
-
-    fn end_block(&mut self) -> Result<()> {
-        self.txn.store(TransactionStatus::Idle as u8, Ordering::SeqCst);
-        self.writes_in_block = 0;
-        for (name, previous) in std::mem::take(&mut self.local_restore).into_iter().rev() {
-            match previous {
-                Some(value) => {
-                    self.vars.write().map_err(lock_err)?.set(&name, &value)?;
-                    self.apply_to_datafusion(&name, Some(&value))?;
-                }
-                None => {
-                    self.vars.write().map_err(lock_err)?.reset(&name)?;
-                    self.apply_to_datafusion(&name, None)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn set_variable(&mut self, name: &str, value: &str, local: bool) -> Result<()> {
-        if let Some(option) = datafusion_option(name) {
-            let state_ref = self.ctx.state_ref();
-            let mut state = state_ref.write();
-            return state.config_mut().options_mut().set(option, value).map_err(|e| {
-                let err = Error::from(e);
-                Error::new(StatusCode::InvalidParameterValue, err.message().to_string())
-            });
-        }
-        if local && self.transaction_status() == TransactionStatus::Idle {
-            self.notice(NoticeSeverity::Warning, "SET LOCAL can only be used in transaction blocks");
-            return Ok(());
-        }
-        let previous = self.variable(name);
-        let (canonical, value) = self.vars.write().map_err(lock_err)?.set(name, value)?;
-        if local {
-            self.local_restore.push((canonical.clone(), previous));
-        }
-        self.apply_to_datafusion(&canonical, Some(&value))
-    }
-
-    /// Mirrors parameters that change query results into DataFusion's settings.
-    fn apply_to_datafusion(&self, canonical: &str, value: Option<&str>) -> Result<()> {
-        if canonical.eq_ignore_ascii_case("TimeZone") {
-            let tz = match value {
-                None => None,
-                Some(v) if v.eq_ignore_ascii_case("utc") || v.eq_ignore_ascii_case("default") => None,
-                Some(v) => {
-                    let tz = if v.eq_ignore_ascii_case("local") { "UTC" } else { v };
-                    tz.parse::<datafusion::arrow::array::timezone::Tz>().map_err(|_| {
-                        Error::new(
-                            StatusCode::InvalidParameterValue,
-                            format!("invalid value for parameter \"TimeZone\": \"{v}\""),
-                        )
-                    })?;
-                    Some(tz.to_string())
-                }
-            };
-            self.ctx.state_ref().write().config_mut().options_mut().execution.time_zone = tz;
-        }
-        Ok(())
-    }
-
-    fn show_variable(&self, name: &str) -> Result<String> {
-        if let Some(option) = datafusion_option(name) {
-            let state = self.ctx.state();
-            return state
-                .config()
-                .options()
-                .entries()
-                .into_iter()
-                .find(|e| e.key.eq_ignore_ascii_case(option))
-                .map(|e| e.value.unwrap_or_default())
-                .ok_or_else(|| {
-                    Error::new(StatusCode::ObjectNotFound, format!("unrecognized configuration parameter \"{name}\""))
-                });
-        }
-        self.variable(name).ok_or_else(|| {
-            Error::new(StatusCode::ObjectNotFound, format!("unrecognized configuration parameter \"{name}\""))
-        })
-    }
 }
 
 /// Casts bound values to the types the plan inferred for their placeholders,
@@ -1246,37 +807,6 @@ fn coerce_parameters(params: ParamValues, types: &[Option<DataType>]) -> Result<
     Ok(ParamValues::List(values))
 }
 
-fn not_null_primary_key(schema: SchemaRef, constraints: &datafusion::common::Constraints) -> SchemaRef {
-    let key: Vec<usize> = constraints
-        .iter()
-        .flat_map(|c| match c {
-            datafusion::common::Constraint::PrimaryKey(columns) => columns.clone(),
-            datafusion::common::Constraint::Unique(_) => vec![],
-        })
-        .collect();
-    if key.is_empty() {
-        return schema;
-    }
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .enumerate()
-        .map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() && !key.contains(&i)))
-        .collect();
-    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
-}
-
-fn lock_err<T>(_: T) -> Error {
-    Error::internal("session variables lock poisoned")
-}
-
-fn datafusion_option(name: &str) -> Option<&str> {
-    name.len()
-        .gt(&"datafusion.".len())
-        .then_some(name)
-        .filter(|n| n[.."datafusion.".len()].eq_ignore_ascii_case("datafusion."))
-}
-
 fn batch_stream(schema: SchemaRef, batches: Vec<RecordBatch>) -> SendableRecordBatchStream {
     Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches.into_iter().map(Ok))))
 }
@@ -1289,12 +819,12 @@ async fn buffer(output: Output) -> Result<Output> {
             let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream).await?;
             Ok(Output::Rows(batch_stream(schema, batches)))
         }
-        Output::CopyOut(crate::copy::CopyOut { stream, options, live: false }) => {
+        Output::CopyOut(CopyOut { stream, options, live: false }) => {
             let schema = stream.schema();
             let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream).await?;
-            Ok(Output::CopyOut(crate::copy::CopyOut { stream: batch_stream(schema, batches), options, live: false }))
+            Ok(Output::CopyOut(CopyOut { stream: batch_stream(schema, batches), options, live: false }))
         }
-        Output::Live(_) | Output::CopyOut(crate::copy::CopyOut { live: true, .. }) => {
+        Output::Live(_) | Output::CopyOut(CopyOut { live: true, .. }) => {
             Err(Error::unsupported("SUBSCRIBE must be the last statement of a query string"))
         }
         Output::CopyIn(copy) => {
@@ -1305,18 +835,6 @@ async fn buffer(output: Output) -> Result<Output> {
     }
 }
 
-fn ddl_display_name(ddl: &DdlStatement) -> String {
-    match ddl {
-        DdlStatement::CreateExternalTable(_) => "CREATE EXTERNAL TABLE".to_string(),
-        DdlStatement::CreateCatalog(_) => "CREATE DATABASE".to_string(),
-        DdlStatement::CreateIndex(_) => "CREATE INDEX".to_string(),
-        DdlStatement::CreateFunction(_) => "CREATE FUNCTION".to_string(),
-        DdlStatement::DropFunction(_) => "DROP FUNCTION".to_string(),
-        other => other.name().to_string(),
-    }
-}
-
-/// Whether a plan reads a subscription (an unbounded stream).
 /// Whether `plan` is a query (not DML, DDL or a statement), which EXPLAIN shows with its execution mode.
 fn is_query(plan: &LogicalPlan) -> bool {
     !matches!(
@@ -1330,6 +848,7 @@ fn is_query(plan: &LogicalPlan) -> bool {
     ) && !is_subscription(plan)
 }
 
+/// Whether a plan reads a subscription (an unbounded stream).
 fn is_subscription(plan: &LogicalPlan) -> bool {
     use datafusion::common::tree_node::TreeNode;
     plan.exists(|node| {
@@ -1338,4 +857,16 @@ fn is_subscription(plan: &LogicalPlan) -> bool {
                 .is_ok_and(|p| p.downcast_ref::<crate::dynamic::subscribe::SubscriptionTable>().is_some())))
     })
     .unwrap_or(false)
+}
+
+/// Whether DataFusion plans the statement (at prepare time); the others
+/// the session runs itself.
+fn planned_by_datafusion(statement: &Statement) -> bool {
+    matches!(
+        statement,
+        Statement::Plan(_)
+            | Statement::CreateTable(_)
+            | Statement::InsertIgnoringConflicts(_)
+            | Statement::Subscribe(_)
+    )
 }

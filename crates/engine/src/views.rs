@@ -364,12 +364,14 @@ impl TableProvider for MaterializedView {
 /// # Errors
 /// Parse and planning errors.
 pub async fn plan_query(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Result<LogicalPlan> {
-    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
-    let mut statements = datafusion::sql::parser::DFParser::parse_sql_with_dialect(sql, &dialect)?;
-    let mut statement = statements.pop_front().ok_or_else(|| Error::invalid("a materialized view needs a query"))?;
-    if let datafusion::sql::parser::Statement::Statement(inner) = &mut statement {
-        crate::windows::rewrite(inner)?;
-    }
+    // The same parser as the session that created the view, so a stored
+    // definition parses after a restart as it did at CREATE.
+    let mut statements = crate::sql::parse(sql)?;
+    let (Some(crate::sql::Statement::Plan(mut inner)), true) = (statements.pop(), statements.is_empty()) else {
+        return Err(Error::invalid("a materialized view needs exactly one query"));
+    };
+    crate::sql::windows::rewrite(&mut inner)?;
+    let statement = datafusion::sql::parser::Statement::Statement(inner);
     let state = ctx.state();
     let plan = state.statement_to_plan(statement).await?;
     let rules: Vec<_> = state

@@ -195,7 +195,7 @@ async fn run_update(session: &mut Session, prepared: &Prepared, params: Option<P
 }
 
 /// `COPY … FROM STDIN` needs the Postgres protocol's data messages.
-async fn copy_in_over_flight(copy: streamhouse_engine::copy::CopyIn) -> Status {
+async fn copy_in_over_flight(copy: streamhouse_engine::session::CopyIn) -> Status {
     copy.abort().await;
     grpc_status(&Error::unsupported(
         "COPY FROM STDIN is for the Postgres protocol; over Flight SQL, ingest Arrow batches with DoPut \

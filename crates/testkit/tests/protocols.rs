@@ -147,6 +147,13 @@ async fn pg_errors_keep_the_connection_alive() -> anyhow::Result<()> {
         assert_eq!(err.code(), Some(expected), "{sql}: {err:?}");
         assert_eq!(pg.query_one("SELECT count(*) FROM t", &[]).await?.get::<_, i64>(0), 0);
     }
+    // A syntax error says where, as Postgres does (1-based, in characters of the query string).
+    for sql in ["SELECT 'é', (1 FROM t", "SELECT 1; SUBSCRIBE TO t WITH (snapshot"] {
+        let err = pg.batch_execute(sql).await.expect_err(sql);
+        let position = err.as_db_error().and_then(|e| e.position()).cloned();
+        let expected = if sql.starts_with("SELECT 1;") { sql.chars().count() as u32 + 1 } else { 16 };
+        assert_eq!(position, Some(tokio_postgres::error::ErrorPosition::Original(expected)), "{sql}: {err:?}");
+    }
     // A failing statement in the middle of a batch: earlier ones ran, later ones did not.
     let err = pg.batch_execute("INSERT INTO t VALUES (1); SELECT * FROM nope; INSERT INTO t VALUES (2)").await;
     assert_eq!(err.expect_err("batch").code(), Some(&SqlState::UNDEFINED_TABLE));

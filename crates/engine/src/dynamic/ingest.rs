@@ -22,7 +22,6 @@ use futures::{Stream, StreamExt};
 use streamhouse_storage as storage;
 use tokio::sync::mpsc;
 
-use crate::copy::ColumnSource;
 use crate::error::{Error, Result, StatusCode};
 
 /// Rows staged at a time by a large write.
@@ -254,4 +253,15 @@ impl Conform {
         }
         Ok(RecordBatch::try_new(Arc::clone(&self.target), columns)?)
     }
+}
+
+/// Where each column of the table comes from in a `COPY t (columns) FROM`.
+#[derive(Debug)]
+pub enum ColumnSource {
+    /// The COPY column at this position.
+    Copied(usize),
+    /// The column's DEFAULT, evaluated per row.
+    Default(Arc<dyn datafusion::physical_plan::PhysicalExpr>),
+    /// NULL (no DEFAULT).
+    Null,
 }

@@ -1,4 +1,5 @@
-//! `COPY … FROM STDIN` and `COPY … TO STDOUT` in a session.
+//! `COPY … FROM STDIN` and `COPY … TO STDOUT` in a session: the codecs of
+//! [`crate::copy`] joined to a table's ingest, or to a query's rows.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -7,12 +8,18 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::common::{DFSchema, TableReference};
 
-use super::{Output, Session};
-use crate::catalog::{RelationKind, RelationName};
-use crate::copy::{ColumnSource, CopyIn, CopyOut, CopyStatement};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::logical_expr::LogicalPlan;
+
+use super::{CommandComplete, Output, Session};
+use crate::cancel::QueryControl;
+use crate::catalog::RelationName;
+use crate::copy::binary::BinaryDecoder;
+use crate::copy::{CopyDecoder, CopyFormat, CopyOptions, CopyOut};
 use crate::dynamic::DynamicTable;
-use crate::dynamic::ingest::{Conform, Ingest};
+use crate::dynamic::ingest::{ColumnSource, Conform, Ingest};
 use crate::error::{Error, Result, StatusCode};
+use crate::sql::{Copy, RelationKind};
 use streamhouse_storage as storage;
 
 /// What a `COPY t (columns) FROM` writes: the table, its provider, the
@@ -22,17 +29,23 @@ pub(super) type CopyTarget = (RelationName, Arc<dyn TableProvider>, SchemaRef, V
 impl Session {
     /// Checks a COPY when it is prepared, so a wrong table or column is
     /// reported before the client starts sending data.
-    pub(super) async fn check_copy(&mut self, statement: &CopyStatement) -> Result<()> {
+    pub(super) async fn check_copy(&mut self, statement: &Copy) -> Result<()> {
         match statement {
-            CopyStatement::From { table, columns, .. } => self.copy_target(table, columns).await.map(|_| ()),
-            CopyStatement::To { query, .. } => {
-                let mut statements = self.parse(query)?;
-                let (Some(statement), true) = (statements.pop(), statements.is_empty()) else {
-                    return Err(Error::new(StatusCode::InvalidSyntax, "COPY takes exactly one query"));
-                };
-                Box::pin(self.prepare(statement)).await.map(|_| ())
-            }
+            Copy::From { table, columns, .. } => self.copy_target(table, columns).await.map(|_| ()),
+            Copy::TableTo { table, columns, .. } => self.copy_table_plan(table, columns).await.map(|_| ()),
+            Copy::QueryTo { query, .. } => Box::pin(self.prepare(query.as_ref().clone())).await.map(|_| ()),
         }
+    }
+
+    /// The plan of `COPY t [(columns)] TO`: the columns of the table, in order.
+    async fn copy_table_plan(&self, table: &TableReference, columns: &[String]) -> Result<LogicalPlan> {
+        let frame = self.ctx.table(table.clone()).await?;
+        let frame = if columns.is_empty() {
+            frame
+        } else {
+            frame.select_columns(&columns.iter().map(String::as_str).collect::<Vec<_>>())?
+        };
+        Ok(frame.into_unoptimized_plan())
     }
 
     /// Resolves the table and columns of a `COPY … FROM`.
@@ -85,9 +98,9 @@ impl Session {
         Ok((name, provider, Arc::new(Schema::new(copied)), sources))
     }
     /// Starts a COPY: an input the client feeds, or rows to send.
-    pub(super) async fn copy(&mut self, statement: &CopyStatement) -> Result<Output> {
-        match statement {
-            CopyStatement::From { table, columns, options } => {
+    pub(super) async fn copy(&mut self, statement: &Copy) -> Result<Output> {
+        let (output, options) = match statement {
+            Copy::From { table, columns, options } => {
                 let (name, provider, copied, sources) = self.copy_target(table, columns).await?;
                 let Some(dynamic) = provider.downcast_ref::<DynamicTable>() else {
                     return Err(Error::internal("COPY target is not a Dynamic Table"));
@@ -98,24 +111,132 @@ impl Session {
                 let control = self.begin_statement();
                 let conform = Conform::new(&name.name, Arc::clone(&schema), sources);
                 let copy = CopyIn::new(&name.name, options.clone(), copied, conform, ingest, control)?;
-                Ok(Output::CopyIn(Box::new(copy)))
+                return Ok(Output::CopyIn(Box::new(copy)));
             }
-            CopyStatement::To { query, options } => {
-                let mut statements = self.parse(query)?;
-                let (Some(statement), true) = (statements.pop(), statements.is_empty()) else {
-                    return Err(Error::new(StatusCode::InvalidSyntax, "COPY takes exactly one query"));
+            Copy::TableTo { table, columns, options } => {
+                let plan = self.copy_table_plan(table, columns).await?;
+                let prepared = super::Prepared {
+                    statement: crate::sql::Statement::Copy(Box::new(statement.clone())),
+                    plan: Some(plan),
+                    catalog_version: self.engine.catalog_version(),
+                    column_names: None,
                 };
-                let prepared = Box::pin(self.prepare(statement)).await?;
-                match Box::pin(self.execute(&prepared, None)).await? {
-                    Output::Rows(stream) => {
-                        Ok(Output::CopyOut(CopyOut { stream, options: options.clone(), live: false }))
-                    }
-                    Output::Live(stream) => {
-                        Ok(Output::CopyOut(CopyOut { stream, options: options.clone(), live: true }))
-                    }
-                    _ => Err(Error::new(StatusCode::InvalidSyntax, "COPY (query) TO needs a query that returns rows")),
-                }
+                (Box::pin(self.run_prepared_plan(&prepared, None)).await?, options)
             }
+            Copy::QueryTo { query, options } => {
+                let prepared = Box::pin(self.prepare(query.as_ref().clone())).await?;
+                (Box::pin(self.execute(&prepared, None)).await?, options)
+            }
+        };
+        match output {
+            Output::Rows(stream) => Ok(Output::CopyOut(CopyOut { stream, options: options.clone(), live: false })),
+            Output::Live(stream) => Ok(Output::CopyOut(CopyOut { stream, options: options.clone(), live: true })),
+            _ => Err(Error::new(StatusCode::InvalidSyntax, "COPY (query) TO needs a query that returns rows")),
         }
+    }
+}
+
+/// Rows decoded per batch.
+const DECODE_BATCH_ROWS: usize = 8192;
+
+/// A `COPY … FROM STDIN` in progress: data arrives through
+/// [`CopyIn::push`], rows stream into the table, and [`CopyIn::finish`]
+/// commits them all at once. Dropping it or [`CopyIn::abort`] commits nothing.
+#[derive(Debug)]
+pub struct CopyIn {
+    format: CopyFormat,
+    copied: usize,
+    decoder: Decoder,
+    conform: Conform,
+    ingest: Ingest,
+    control: QueryControl,
+    rows: u64,
+}
+
+#[derive(Debug)]
+enum Decoder {
+    Text(CopyDecoder),
+    Binary(BinaryDecoder),
+}
+
+impl CopyIn {
+    fn new(
+        table: &str,
+        options: CopyOptions,
+        copied: SchemaRef,
+        conform: Conform,
+        ingest: Ingest,
+        control: QueryControl,
+    ) -> Result<Self> {
+        let format = options.format;
+        let columns = copied.fields().len();
+        let decoder = match format {
+            CopyFormat::Binary => Decoder::Binary(BinaryDecoder::new(table, copied, DECODE_BATCH_ROWS)?),
+            _ => Decoder::Text(CopyDecoder::new(table, copied, options, DECODE_BATCH_ROWS)?),
+        };
+        Ok(Self { format, copied: columns, decoder, conform, ingest, control, rows: 0 })
+    }
+
+    /// The data format the client must send.
+    pub fn format(&self) -> CopyFormat {
+        self.format
+    }
+
+    /// The number of columns the client sends.
+    pub fn columns(&self) -> usize {
+        self.copied
+    }
+
+    /// Decodes a chunk of COPY data and writes the rows it completes.
+    ///
+    /// # Errors
+    /// Malformed data (22P02, 22P03, 22P04, 23502, naming line and column);
+    /// a failed write; cancellation (57014) and statement timeout.
+    pub async fn push(&mut self, data: &[u8]) -> Result<()> {
+        let control = self.control.clone();
+        control
+            .run(async {
+                let batches = match &mut self.decoder {
+                    Decoder::Text(d) => d.push(data)?,
+                    Decoder::Binary(d) => d.push(data)?,
+                };
+                for batch in batches {
+                    self.write(batch).await?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn write(&mut self, copied: RecordBatch) -> Result<()> {
+        let batch = self.conform.apply(&copied, self.rows + 1)?;
+        self.rows += copied.num_rows() as u64;
+        self.ingest.push(batch).await
+    }
+
+    /// The end of the data: writes the last rows and commits the COPY.
+    ///
+    /// # Errors
+    /// As [`CopyIn::push`]; a conflict with a concurrent writer (40001).
+    pub async fn finish(mut self) -> Result<CommandComplete> {
+        let control = self.control.clone();
+        control
+            .run(async move {
+                let last = match &mut self.decoder {
+                    Decoder::Text(d) => d.finish()?,
+                    Decoder::Binary(d) => d.finish()?,
+                };
+                if let Some(batch) = last {
+                    self.write(batch).await?;
+                }
+                let rows = self.ingest.finish().await?;
+                Ok(CommandComplete::new("COPY").with_rows(rows))
+            })
+            .await
+    }
+
+    /// Abandons the COPY: nothing of it is committed.
+    pub async fn abort(self) {
+        self.ingest.abort().await;
     }
 }

@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::sql::sqlparser::ast::{self, FetchDirection, Statement};
+
 use futures::{FutureExt, StreamExt};
 
-use super::{CommandComplete, Output, Session, SessionStatement, TransactionStatus, batch_stream, ident_value};
+use super::{CommandComplete, Output, Session, TransactionStatus, batch_stream};
 use crate::error::{Error, Result, StatusCode};
+use crate::sql::Statement;
 
 /// An open cursor.
 pub(super) struct Cursor {
@@ -25,78 +26,6 @@ pub(super) struct Cursor {
     live: bool,
     /// `WITH HOLD`: survives the end of the transaction block.
     pub(super) hold: bool,
-}
-
-fn unsupported_fetch(what: &str) -> Error {
-    Error::unsupported(format!("{what}: cursors only move forward (FETCH n, FETCH ALL, FETCH NEXT)"))
-}
-
-/// `DECLARE`, as a session statement.
-pub(super) fn declare(stmts: &[ast::Declare]) -> Result<SessionStatement> {
-    let [declare] = stmts else { return Err(Error::unsupported("DECLARE of several cursors at once")) };
-    let (Some(ast::DeclareType::Cursor), Some(query), [name]) =
-        (&declare.declare_type, &declare.for_query, declare.names.as_slice())
-    else {
-        return Err(Error::unsupported("DECLARE is only supported for cursors: DECLARE c CURSOR FOR query"));
-    };
-    if declare.scroll == Some(true) {
-        return Err(unsupported_fetch("SCROLL cursors"));
-    }
-    if declare.binary == Some(true) {
-        return Err(Error::unsupported("BINARY cursors are not supported"));
-    }
-    Ok(SessionStatement::Declare {
-        name: ident_value(name),
-        query: Box::new(Statement::Query(query.clone())),
-        hold: declare.hold == Some(true),
-    })
-}
-
-/// `FETCH`, as a session statement; a timeout arrives as `INTO "timeout=…"`
-/// (see [`crate::dynamic::subscribe::rewrite`]).
-pub(super) fn fetch(
-    name: &ast::Ident,
-    direction: &FetchDirection,
-    into: Option<&ast::ObjectName>,
-) -> Result<SessionStatement> {
-    let number = |v: &ast::ValueWithSpan| match &v.value {
-        ast::Value::Number(n, _) => n.parse::<u64>().map_err(|_| Error::invalid(format!("invalid FETCH count {n}"))),
-        other => Err(Error::invalid(format!("invalid FETCH count {other}"))),
-    };
-    let count = match direction {
-        FetchDirection::Count { limit } => Some(number(limit)?),
-        FetchDirection::Forward { limit: Some(limit) } => Some(number(limit)?),
-        FetchDirection::Next | FetchDirection::Forward { limit: None } => Some(1),
-        FetchDirection::All | FetchDirection::ForwardAll => None,
-        other => return Err(unsupported_fetch(&format!("FETCH {other}"))),
-    };
-    let timeout = match into {
-        None => None,
-        Some(target) => {
-            let text = target.to_string().trim_matches('"').to_owned();
-            let Some(value) = text.strip_prefix("timeout=") else {
-                return Err(Error::unsupported("FETCH … INTO is not supported"));
-            };
-            Some(parse_duration(value)?)
-        }
-    };
-    Ok(SessionStatement::Fetch { name: ident_value(name), count, timeout })
-}
-
-/// `500ms`, `1s`, `2 seconds`, `1min`; a bare number is seconds.
-fn parse_duration(text: &str) -> Result<Duration> {
-    let text = text.trim().to_ascii_lowercase();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let bad = || Error::invalid(format!("invalid FETCH timeout \"{text}\" (e.g. '500ms', '1s')"));
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit.trim() {
-        "" | "s" | "sec" | "second" | "seconds" => value,
-        "ms" | "millisecond" | "milliseconds" => value / 1000.0,
-        "m" | "min" | "minute" | "minutes" => value * 60.0,
-        _ => return Err(bad()),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| bad())
 }
 
 impl Session {

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::SendableRecordBatchStream;
-use datafusion::sql::sqlparser::ast::Statement;
 use futures::StreamExt;
 
 use super::{Session, batch_stream, text_schema};
 use crate::error::{Error, Result};
+use crate::sql::Statement;
 
 impl Session {
     /// Starts a query in its mode (see [`crate::exec`]), in a pool of the

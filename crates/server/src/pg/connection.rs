@@ -26,7 +26,8 @@ use pgwire::api::{
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
-use streamhouse_engine::copy::{CopyFormat, CopyIn, CopyOut};
+use streamhouse_engine::copy::{CopyFormat, CopyOut};
+use streamhouse_engine::session::CopyIn;
 use streamhouse_engine::session::variables::SERVER_VERSION;
 use streamhouse_engine::{Error, Output, Prepared, Session, SessionInfo, StatusCode};
 use tokio::sync::Mutex;
@@ -246,7 +247,8 @@ where
         return None;
     }
     let statements = session.parse(query).ok()?;
-    let [datafusion::sql::sqlparser::ast::Statement::Deallocate { name, .. }] = statements.as_slice() else {
+    let [statement] = statements.as_slice() else { return None };
+    let Some(datafusion::sql::sqlparser::ast::Statement::Deallocate { name, .. }) = statement.as_plan() else {
         return None;
     };
     client.portal_store().get_statement(&name.value).map(|_| name.value.clone())

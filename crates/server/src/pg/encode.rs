@@ -26,7 +26,9 @@ pub fn error_info(err: &Error) -> ErrorInfo {
     if !err.code().is_user_error() {
         tracing::error!(error = %err.message(), "internal error");
     }
-    ErrorInfo::new(severity.to_string(), sqlstate(err).to_string(), err.message().to_string())
+    let mut info = ErrorInfo::new(severity.to_string(), sqlstate(err).to_string(), err.message().to_string());
+    info.position = err.position().map(|p| p.to_string());
+    info
 }
 
 /// An engine error as a pgwire error.

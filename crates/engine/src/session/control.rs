@@ -1,0 +1,198 @@
+//! Session control: `SET`/`RESET`/`SHOW` of run-time parameters (mirrored
+//! into DataFusion's settings where they change results), and the
+//! transaction block (`BEGIN`, `COMMIT`, `ROLLBACK`, `SET LOCAL`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use datafusion::arrow::array::{RecordBatch, StringArray};
+
+use super::{
+    CommandComplete, NoticeSeverity, Output, Session, TransactionChange, TransactionStatus, batch_stream, text_schema,
+    variables,
+};
+use crate::error::{Error, Result, StatusCode};
+use crate::sql::Statement;
+
+/// The name `SHOW` reports a parameter under (Postgres' spelling, lower-cased).
+pub(super) fn show_name(name: &str) -> String {
+    variables::canonical_name(name).to_ascii_lowercase()
+}
+
+impl Session {
+    /// SET, RESET, SHOW, BEGIN, COMMIT, ROLLBACK, DISCARD and the accepted no-ops.
+    pub(super) fn control(&mut self, statement: &Statement) -> Result<Output> {
+        let status = self.transaction_status();
+        match statement {
+            Statement::Set { name, value, local } => {
+                self.set_variable(name, value, *local)?;
+                Ok(Output::Command(CommandComplete::new("SET")))
+            }
+            Statement::Reset(name) => {
+                match name {
+                    Some(name) => {
+                        let canonical = self.vars.write().map_err(lock_err)?.reset(name)?;
+                        self.apply_to_datafusion(&canonical, None)?;
+                    }
+                    None => {
+                        self.vars.write().map_err(lock_err)?.reset_all();
+                        self.apply_to_datafusion("TimeZone", None)?;
+                    }
+                }
+                Ok(Output::Command(CommandComplete::new("RESET")))
+            }
+            Statement::Show(name) => {
+                let name = show_name(name);
+                let value = self.show_variable(&name)?;
+                let schema = text_schema(&[name.as_str()]);
+                let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(StringArray::from(vec![value]))])?;
+                Ok(Output::Rows(batch_stream(schema, vec![batch])))
+            }
+            Statement::ShowAll => {
+                let rows = self.vars.read().map_err(lock_err)?.all();
+                let schema = text_schema(&["name", "setting", "description"]);
+                let column = |i: usize| {
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| match i {
+                        0 => r.0.as_str(),
+                        1 => r.1.as_str(),
+                        _ => r.2.as_str(),
+                    }))) as _
+                };
+                let batch = RecordBatch::try_new(Arc::clone(&schema), vec![column(0), column(1), column(2)])?;
+                Ok(Output::Rows(batch_stream(schema, vec![batch])))
+            }
+            Statement::Begin => {
+                if status == TransactionStatus::InBlock {
+                    self.notice(NoticeSeverity::Warning, "there is already a transaction in progress");
+                    return Ok(Output::Command(CommandComplete::new("BEGIN")));
+                }
+                self.txn.store(TransactionStatus::InBlock as u8, Ordering::SeqCst);
+                self.writes_in_block = 0;
+                Ok(Output::Command(CommandComplete {
+                    transaction: Some(TransactionChange::Begin),
+                    ..CommandComplete::new("BEGIN")
+                }))
+            }
+            Statement::Commit | Statement::Rollback => {
+                let rollback = matches!(statement, Statement::Rollback) || status == TransactionStatus::Failed;
+                if status == TransactionStatus::Idle {
+                    self.notice(NoticeSeverity::Warning, "there is no transaction in progress");
+                } else if rollback && self.writes_in_block > 0 {
+                    self.notice(
+                        NoticeSeverity::Warning,
+                        format!(
+                            "ROLLBACK cannot undo the {} statement(s) of this block that already succeeded: \
+                             streamhouse commits every statement on its own",
+                            self.writes_in_block
+                        ),
+                    );
+                }
+                self.end_block()?;
+                // Cursors end with the block, unless declared WITH HOLD.
+                self.cursors.lock().map_err(lock_err)?.retain(|_, c| c.hold);
+                Ok(Output::Command(CommandComplete {
+                    transaction: Some(TransactionChange::End),
+                    ..CommandComplete::new(if rollback { "ROLLBACK" } else { "COMMIT" })
+                }))
+            }
+            Statement::Discard => {
+                self.vars.write().map_err(lock_err)?.reset_all();
+                self.apply_to_datafusion("TimeZone", None)?;
+                Ok(Output::Command(CommandComplete::new("DISCARD ALL")))
+            }
+            Statement::NoOp(tag) => Ok(Output::Command(CommandComplete::new(*tag))),
+            _ => Err(Error::internal("not a session control statement")),
+        }
+    }
+
+    pub(super) fn end_block(&mut self) -> Result<()> {
+        self.txn.store(TransactionStatus::Idle as u8, Ordering::SeqCst);
+        self.writes_in_block = 0;
+        for (name, previous) in std::mem::take(&mut self.local_restore).into_iter().rev() {
+            match previous {
+                Some(value) => {
+                    self.vars.write().map_err(lock_err)?.set(&name, &value)?;
+                    self.apply_to_datafusion(&name, Some(&value))?;
+                }
+                None => {
+                    self.vars.write().map_err(lock_err)?.reset(&name)?;
+                    self.apply_to_datafusion(&name, None)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_variable(&mut self, name: &str, value: &str, local: bool) -> Result<()> {
+        if let Some(option) = datafusion_option(name) {
+            let state_ref = self.ctx.state_ref();
+            let mut state = state_ref.write();
+            return state.config_mut().options_mut().set(option, value).map_err(|e| {
+                let err = Error::from(e);
+                Error::new(StatusCode::InvalidParameterValue, err.message().to_string())
+            });
+        }
+        if local && self.transaction_status() == TransactionStatus::Idle {
+            self.notice(NoticeSeverity::Warning, "SET LOCAL can only be used in transaction blocks");
+            return Ok(());
+        }
+        let previous = self.variable(name);
+        let (canonical, value) = self.vars.write().map_err(lock_err)?.set(name, value)?;
+        if local {
+            self.local_restore.push((canonical.clone(), previous));
+        }
+        self.apply_to_datafusion(&canonical, Some(&value))
+    }
+
+    /// Mirrors parameters that change query results into DataFusion's settings.
+    fn apply_to_datafusion(&self, canonical: &str, value: Option<&str>) -> Result<()> {
+        if canonical.eq_ignore_ascii_case("TimeZone") {
+            let tz = match value {
+                None => None,
+                Some(v) if v.eq_ignore_ascii_case("utc") || v.eq_ignore_ascii_case("default") => None,
+                Some(v) => {
+                    let tz = if v.eq_ignore_ascii_case("local") { "UTC" } else { v };
+                    tz.parse::<datafusion::arrow::array::timezone::Tz>().map_err(|_| {
+                        Error::new(
+                            StatusCode::InvalidParameterValue,
+                            format!("invalid value for parameter \"TimeZone\": \"{v}\""),
+                        )
+                    })?;
+                    Some(tz.to_string())
+                }
+            };
+            self.ctx.state_ref().write().config_mut().options_mut().execution.time_zone = tz;
+        }
+        Ok(())
+    }
+
+    fn show_variable(&self, name: &str) -> Result<String> {
+        if let Some(option) = datafusion_option(name) {
+            let state = self.ctx.state();
+            return state
+                .config()
+                .options()
+                .entries()
+                .into_iter()
+                .find(|e| e.key.eq_ignore_ascii_case(option))
+                .map(|e| e.value.unwrap_or_default())
+                .ok_or_else(|| {
+                    Error::new(StatusCode::ObjectNotFound, format!("unrecognized configuration parameter \"{name}\""))
+                });
+        }
+        self.variable(name).ok_or_else(|| {
+            Error::new(StatusCode::ObjectNotFound, format!("unrecognized configuration parameter \"{name}\""))
+        })
+    }
+}
+
+pub(super) fn lock_err<T>(_: T) -> Error {
+    Error::internal("session variables lock poisoned")
+}
+
+fn datafusion_option(name: &str) -> Option<&str> {
+    name.len()
+        .gt(&"datafusion.".len())
+        .then_some(name)
+        .filter(|n| n[.."datafusion.".len()].eq_ignore_ascii_case("datafusion."))
+}
