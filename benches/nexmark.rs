@@ -29,7 +29,7 @@ use nexmark::EventGenerator;
 use nexmark::config::NexmarkConfig;
 use nexmark::event::Event;
 use streamhouse_engine::catalog::RelationName;
-use streamhouse_engine::dynamic::DynamicCatalog;
+use streamhouse_engine::warehouse::DynamicCatalog;
 use streamhouse_engine::{Engine, EngineConfig, SessionInfo};
 use streamhouse_storage as storage;
 
@@ -179,23 +179,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Waits until the view reflects the latest snapshot of every source, through the chain.
-async fn wait_caught_up(engine: &Engine, view: &str) {
-    let view = engine
-        .catalog()
-        .materialized_views()
-        .into_iter()
-        .find(|v| v.name.name == view)
-        .expect("the query's view exists");
+async fn wait_caught_up(catalog: &DynamicCatalog, view: &str) {
+    let view = catalog.materialized_views().into_iter().find(|v| v.name.name == view).expect("the query's view exists");
     view.wait_fresh().await.expect("view maintained");
 }
 
 /// A fresh engine over a temporary directory with the tables and `views`.
-async fn start(views: &[&str]) -> (Engine, [Arc<storage::Table>; 3], tempfile::TempDir) {
+async fn start(views: &[&str]) -> (Engine, Arc<DynamicCatalog>, [Arc<storage::Table>; 3], tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let store: Arc<dyn object_store::ObjectStore> =
         Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("local store"));
     let catalog = DynamicCatalog::open(store).await.expect("catalog");
-    let engine = Engine::with_catalog(EngineConfig::default(), Arc::new(catalog)).expect("engine");
+    let catalog = Arc::new(catalog);
+    let engine = Engine::with_catalog(EngineConfig::default(), Arc::clone(&catalog) as _).expect("engine");
     let mut session = engine.new_session(SessionInfo::default());
     let (_, error) = session.run(TABLES).await;
     assert!(error.is_none(), "{error:?}");
@@ -208,7 +204,7 @@ async fn start(views: &[&str]) -> (Engine, [Arc<storage::Table>; 3], tempfile::T
         engine.catalog().subscribe_to(&name).expect("source table").0
     };
     let tables = [table("person"), table("auction"), table("bid")];
-    (engine, tables, dir)
+    (engine, catalog, tables, dir)
 }
 
 /// Writes the next `count` events (numbered from `n + 1`) to the tables;
@@ -238,14 +234,14 @@ async fn write_events(
 
 /// Closed loop: each batch waits until the last view reflects the one before.
 async fn run_query(name: &str, views: &[&str], events: usize) -> (f64, f64, f64) {
-    let (engine, tables, _dir) = start(views).await;
+    let (engine, catalog, tables, _dir) = start(views).await;
     let mut generator = EventGenerator::new(NexmarkConfig::default());
     let mut latencies = Vec::new();
     let start = Instant::now();
     let mut n = 0u64;
     while (n as usize) < events {
         let committed = write_events(&mut generator, &mut n, BATCH_EVENTS, &tables).await;
-        wait_caught_up(&engine, name).await;
+        wait_caught_up(&catalog, name).await;
         latencies.push(committed.elapsed().as_secs_f64() * 1000.0);
     }
     let elapsed = start.elapsed();
@@ -261,16 +257,16 @@ async fn run_query(name: &str, views: &[&str], events: usize) -> (f64, f64, f64)
 /// (which waits for everything committed when it is called, so a batch's
 /// figure is an upper bound).
 async fn run_paced(name: &str, views: &[&str], events: usize, rate: usize) -> (f64, f64, f64) {
-    let (engine, tables, _dir) = start(views).await;
+    let (engine, catalog, tables, _dir) = start(views).await;
     let per_batch = (rate as f64 * PACED_INTERVAL.as_secs_f64()).max(1.0) as usize;
     let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let observer = {
-        let engine = engine.clone();
+        let catalog = Arc::clone(&catalog);
         let name = name.to_string();
         tokio::spawn(async move {
             let mut latencies = Vec::new();
             while let Some(committed) = receiver.recv().await {
-                wait_caught_up(&engine, &name).await;
+                wait_caught_up(&catalog, &name).await;
                 latencies.push(committed.elapsed().as_secs_f64() * 1000.0);
             }
             latencies

@@ -47,7 +47,7 @@ use futures::StreamExt;
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use streamhouse_engine::dynamic::DynamicCatalog;
+use streamhouse_engine::warehouse::DynamicCatalog;
 use streamhouse_engine::{Engine, EngineConfig, Error, Output, Session, SessionInfo, StatusCode};
 use streamhouse_storage::{Table, TableOptions, TableSchema, ValueKind};
 

@@ -25,6 +25,8 @@ use datafusion::logical_expr::Expr;
 
 use crate::error::{Error, Result, StatusCode};
 
+pub mod computed;
+
 /// Shared handle to a catalog.
 pub type CatalogRef = Arc<dyn Catalog>;
 
@@ -178,8 +180,9 @@ pub trait Catalog: Debug + Send + Sync + 'static {
         Ok(())
     }
 
-    /// Every materialized view, for `sys.views`. The default has none.
-    fn materialized_views(&self) -> Vec<Arc<crate::views::MaterializedView>> {
+    /// Tables this catalog adds to the `sys` schema (the warehouse adds
+    /// `sys.views`), by name. The default adds none.
+    fn system_tables(&self) -> Vec<(String, Arc<dyn TableProvider>)> {
         vec![]
     }
 
@@ -236,6 +239,19 @@ pub trait Catalog: Debug + Send + Sync + 'static {
         let _ = procedure;
         Err(Error::unsupported(format!("table {name} is not stored: it has nothing to compact or expire")))
     }
+}
+
+/// Pins the snapshots the scans of a physical plan read, so that the same
+/// query planned again (in BSP, after MPP ran out of memory) reads exactly
+/// what its first plan read. Stored tables' providers implement it;
+/// execution depends on this trait, not on a provider.
+pub trait SnapshotPinning: Debug + Send + Sync {
+    /// `config` with what makes the next plan read as `plan` did.
+    fn pin(
+        &self,
+        plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        config: datafusion::prelude::SessionConfig,
+    ) -> datafusion::prelude::SessionConfig;
 }
 
 /// Errors shared by catalog implementations, so every backend words them alike.

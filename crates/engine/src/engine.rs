@@ -17,8 +17,12 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::{CatalogRef, DEFAULT_SCHEMA, DataFusionCatalog, MemoryCatalog};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
-use crate::session::variables::SERVER_VERSION;
-use crate::session::{Session, SessionInfo};
+
+/// The `server_version` streamhouse reports. Drivers parse it; catalog
+/// queries from psql and others adapt to it.
+pub const SERVER_VERSION: &str = "16.6";
+/// `server_version_num` to match [`SERVER_VERSION`].
+pub const SERVER_VERSION_NUM: &str = "160006";
 
 /// The query engine: the catalog, DataFusion's shared state (functions,
 /// memory pool, `pg_catalog`) and the shutdown signal. Cheap to clone.
@@ -121,7 +125,15 @@ impl Engine {
         })?;
         let queries = Arc::new(crate::queries::QueryLog::default());
         if let Some(database) = base.catalog(&config.database) {
-            let sys = crate::views::system::SysSchema::new(Arc::clone(&catalog), Arc::clone(&queries));
+            // `sys`: the engine's recent queries, and what the catalog adds (`sys.views`).
+            use datafusion::catalog::SchemaProvider;
+            let sys = datafusion::catalog::MemorySchemaProvider::new();
+            let queries_table =
+                crate::catalog::computed::Computed(crate::queries::QueriesTable::new(Arc::clone(&queries)));
+            sys.register_table("queries".into(), Arc::new(queries_table))?;
+            for (name, table) in catalog.system_tables() {
+                sys.register_table(name, table)?;
+            }
             database.register_schema("sys", Arc::new(sys))?;
         }
         catalog.bind(&base)?;
@@ -142,10 +154,9 @@ impl Engine {
         })
     }
 
-    /// Opens a session (one per Postgres connection or Flight request).
-    pub fn new_session(&self, info: SessionInfo) -> Session {
-        let id = self.inner.next_session_id.fetch_add(1, Ordering::Relaxed);
-        Session::new(self.clone(), id, info)
+    /// A new session id, unique within the server's lifetime.
+    pub(crate) fn next_session_id(&self) -> u64 {
+        self.inner.next_session_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The engine's configuration.
@@ -205,6 +216,7 @@ impl Engine {
             concurrency: if config.stage_concurrency == 0 { cores } else { config.stage_concurrency },
             retries: config.task_retries,
             faults: Arc::clone(&self.inner.faults),
+            pinning: Arc::new(crate::dynamic::scan::DynamicSnapshotPinning),
         }
     }
 

@@ -39,9 +39,7 @@ use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext
 use futures::StreamExt;
 
 use crate::config::ExecutionMode;
-use crate::dynamic::scan::PinnedSnapshots;
 use crate::error::Result;
-use crate::queries::QueryRecord;
 use bsp::{BspOptions, BspRun};
 
 /// AUTO picks BSP when unspillable operators need more than this share of the memory limit.
@@ -79,8 +77,17 @@ pub(crate) struct Query {
     pub requested: ExecutionMode,
     pub options: BspOptions,
     pub bsp_after: Option<Duration>,
-    /// Its `sys.queries` record (`None` for EXPLAIN, which does not run it).
-    pub record: Option<Arc<QueryRecord>>,
+    /// Who records the query (`sys.queries`; `None` for EXPLAIN, which does not run it).
+    pub record: Option<Arc<dyn QueryObserver>>,
+}
+
+/// What execution reports about a running query to whoever records it
+/// (the query log of `sys.queries`), so execution depends on no recorder.
+pub trait QueryObserver: Send + Sync {
+    /// How the query runs (`mpp` or `bsp`) and why.
+    fn set_mode(&self, mode: &'static str, reason: String);
+    /// The stages of its BSP run, as they progress.
+    fn set_run(&self, run: Arc<bsp::BspRun>);
 }
 
 /// The chosen mode, why, and the plan to run.
@@ -162,7 +169,7 @@ impl Query {
             options.set("datafusion.optimizer.hash_join_single_partition_threshold_rows", "0")?;
             options.execution.target_partitions = partitions;
         }
-        let config = config.with_extension(Arc::new(PinnedSnapshots::of(&planned.mpp)));
+        let config = self.options.pinning.pin(&planned.mpp, config);
         let state = SessionStateBuilder::new_from_existing(self.state.clone()).with_config(config).build();
         let plan = state.create_physical_plan(&self.logical).await?;
         planned.plan = stage::cut(plan, &self.options.store)?;

@@ -34,6 +34,7 @@ pub mod sql;
 pub mod time_travel;
 pub mod types;
 pub mod views;
+pub mod warehouse;
 
 pub use cancel::CancelHandle;
 pub use catalog::{Catalog, CatalogRef};
@@ -44,11 +45,18 @@ pub use session::{
     CommandComplete, Notice, NoticeSeverity, Output, Prepared, Session, SessionInfo, TransactionChange,
     TransactionStatus,
 };
+pub use warehouse::DynamicCatalog;
 
 /// Locks `m`, ignoring poisoning: every value the engine keeps behind a
 /// mutex is replaced whole, so a panic elsewhere cannot leave it half-written.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch: the one clock of
+/// query records, view progress and snapshot expiry.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Re-exported so front ends use the exact DataFusion version of the engine.

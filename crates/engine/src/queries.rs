@@ -17,10 +17,12 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::physical_plan::{RecordBatchStream, SendableRecordBatchStream};
 use futures::Stream;
 
-use crate::dynamic::system::ComputedRows;
+use crate::catalog::computed::ComputedRows;
+use crate::exec::QueryObserver;
 use crate::exec::bsp::BspRun;
 use crate::lock;
 use crate::memory::QueryPool;
+use crate::now_ms;
 
 /// How many ended queries `sys.queries` keeps.
 pub const KEPT: usize = 1000;
@@ -94,16 +96,6 @@ impl QueryRecord {
         *lock(&self.pool) = Some(pool);
     }
 
-    /// How the query runs (`mpp` or `bsp`) and why.
-    pub fn set_mode(&self, mode: &'static str, reason: String) {
-        *lock(&self.mode) = (mode, reason);
-    }
-
-    /// The stages of a BSP run.
-    pub fn set_run(&self, run: Arc<BspRun>) {
-        *lock(&self.run) = Some(run);
-    }
-
     /// Keeps the record up to date as `stream` is read.
     pub fn watch(self: Arc<Self>, stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
         Box::pin(Recorded { inner: stream, record: self })
@@ -171,9 +163,14 @@ impl Drop for Recorded {
     }
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+impl QueryObserver for QueryRecord {
+    fn set_mode(&self, mode: &'static str, reason: String) {
+        *lock(&self.mode) = (mode, reason);
+    }
+
+    fn set_run(&self, run: Arc<BspRun>) {
+        *lock(&self.run) = Some(run);
+    }
 }
 
 /// `sys.queries`, computed when scanned.

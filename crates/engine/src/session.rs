@@ -316,6 +316,13 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
     Ok(types)
 }
 
+impl Engine {
+    /// Opens a session (one per Postgres connection or Flight request).
+    pub fn new_session(&self, info: SessionInfo) -> Session {
+        Session::new(self.clone(), self.next_session_id(), info)
+    }
+}
+
 /// A session: settings, transaction status and the statement running now.
 pub struct Session {
     engine: Engine,
@@ -341,7 +348,7 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    pub(crate) fn new(engine: Engine, id: u64, info: SessionInfo) -> Self {
+    fn new(engine: Engine, id: u64, info: SessionInfo) -> Self {
         let ctx = SessionContext::new_with_state(engine.inner().base.state());
         let mut vars = Variables::new(&info.user, engine.config());
         if let Some(app) = &info.application_name {

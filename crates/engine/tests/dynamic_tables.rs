@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
-use streamhouse_engine::dynamic::DynamicCatalog;
+use streamhouse_engine::warehouse::DynamicCatalog;
 use streamhouse_engine::{Engine, EngineConfig, SessionInfo, StatusCode};
 
 async fn engine(dir: &std::path::Path) -> Engine {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
-use streamhouse_engine::dynamic::DynamicCatalog;
+use streamhouse_engine::warehouse::DynamicCatalog;
 use streamhouse_engine::{Engine, EngineConfig, Output, Session, SessionInfo, StatusCode};
 
 async fn engine() -> Engine {

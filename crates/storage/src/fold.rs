@@ -13,53 +13,15 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Decimal128Array, Float64Array, RecordBatch, StringArray, UInt32Array};
 use arrow::compute::{CastOptions, cast, cast_with_options, interleave, take};
-use arrow::datatypes::{DataType, Decimal128Type, Field, Float64Type};
+use arrow::datatypes::{DataType, Decimal128Type, Float64Type};
 use arrow::row::{RowConverter, Rows, SortField};
 
 use crate::error::{Error, Result};
-use crate::options::AggregateFunction;
-use crate::schema::{MergeEngine, TableSchema, ValueKind};
+use crate::options::{AggregateFunction, MergeEngine};
+use crate::schema::{TableSchema, ValueKind};
 
 /// A row of a source batch.
 pub(crate) type At = (usize, usize);
-
-/// Checks that `field` can be ordered (by `option`).
-pub(crate) fn check_orderable(option: &str, field: &Field) -> Result<()> {
-    if RowConverter::supports_fields(&[SortField::new(field.data_type().clone())]) {
-        return Ok(());
-    }
-    Err(Error::Invalid(format!(
-        "table option '{option}' needs a column with an order, but \"{}\" is {}",
-        field.name(),
-        field.data_type()
-    )))
-}
-
-/// Checks that `function` applies to columns like `field`.
-pub(crate) fn check_aggregate(function: AggregateFunction, field: &Field) -> Result<()> {
-    let ty = field.data_type();
-    let fits = match function {
-        AggregateFunction::Sum => ty.is_integer() || ty.is_floating() || matches!(ty, DataType::Decimal128(..)),
-        AggregateFunction::Product => ty.is_integer() || ty.is_floating(),
-        AggregateFunction::Min | AggregateFunction::Max => {
-            return check_orderable(&format!("fields.{}.aggregate-function", field.name()), field);
-        }
-        AggregateFunction::BoolAnd | AggregateFunction::BoolOr => ty == &DataType::Boolean,
-        AggregateFunction::Listagg => matches!(ty, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
-        AggregateFunction::LastValue
-        | AggregateFunction::LastNonNullValue
-        | AggregateFunction::FirstValue
-        | AggregateFunction::FirstNonNullValue => true,
-    };
-    if fits {
-        return Ok(());
-    }
-    Err(Error::Invalid(format!(
-        "aggregate function '{}' does not apply to column \"{}\" of type {ty}",
-        function.name(),
-        field.name()
-    )))
-}
 
 /// A computed number: integers and decimals as unscaled `i128`.
 #[derive(Debug, Clone, Copy, PartialEq)]

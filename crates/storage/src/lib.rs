@@ -65,6 +65,7 @@ pub mod consumer;
 pub mod error;
 pub mod file;
 pub mod frame;
+pub mod levels;
 pub mod options;
 pub mod scan;
 pub mod schema;

@@ -19,10 +19,11 @@
 
 use std::collections::BTreeMap;
 
+use arrow::datatypes::{DataType, Field};
+use arrow::row::{RowConverter, SortField};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::schema::MergeEngine;
 
 /// How the `aggregation` merge engine combines a column (Paimon's
 /// `fields.<column>.aggregate-function`). NULL inputs are ignored by all
@@ -317,4 +318,86 @@ fn duration_ms(key: &str, value: &str) -> Result<u64> {
             "invalid value '{value}' for table option '{key}': expected a duration like '1 h' or '30 min'"
         ))),
     }
+}
+
+/// How rows with the same primary key combine (Paimon's `merge-engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MergeEngine {
+    /// The last write per key wins (default).
+    #[default]
+    Deduplicate,
+    /// The first write per key wins; later writes are ignored.
+    FirstRow,
+    /// Non-null columns of later writes replace those of the stored row.
+    PartialUpdate,
+    /// Each column combines with the stored one by its aggregate function
+    /// (`fields.<column>.aggregate-function`).
+    Aggregation,
+}
+
+impl MergeEngine {
+    /// Parses Paimon's option value.
+    ///
+    /// # Errors
+    /// An unknown value, naming the accepted ones.
+    pub fn parse(value: &str) -> Result<Self> {
+        match value {
+            "deduplicate" => Ok(MergeEngine::Deduplicate),
+            "first-row" => Ok(MergeEngine::FirstRow),
+            "partial-update" => Ok(MergeEngine::PartialUpdate),
+            "aggregation" => Ok(MergeEngine::Aggregation),
+            other => Err(Error::Invalid(format!(
+                "unknown merge-engine '{other}': expected 'deduplicate', 'partial-update', 'aggregation' or 'first-row'"
+            ))),
+        }
+    }
+
+    /// Paimon's name of the engine.
+    pub fn name(self) -> &'static str {
+        match self {
+            MergeEngine::Deduplicate => "deduplicate",
+            MergeEngine::FirstRow => "first-row",
+            MergeEngine::PartialUpdate => "partial-update",
+            MergeEngine::Aggregation => "aggregation",
+        }
+    }
+}
+
+/// Checks that `field` can be ordered (by `option`).
+pub(crate) fn check_orderable(option: &str, field: &Field) -> Result<()> {
+    if RowConverter::supports_fields(&[SortField::new(field.data_type().clone())]) {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "table option '{option}' needs a column with an order, but \"{}\" is {}",
+        field.name(),
+        field.data_type()
+    )))
+}
+
+/// Checks that `function` applies to columns like `field`.
+pub(crate) fn check_aggregate(function: AggregateFunction, field: &Field) -> Result<()> {
+    let ty = field.data_type();
+    let fits = match function {
+        AggregateFunction::Sum => ty.is_integer() || ty.is_floating() || matches!(ty, DataType::Decimal128(..)),
+        AggregateFunction::Product => ty.is_integer() || ty.is_floating(),
+        AggregateFunction::Min | AggregateFunction::Max => {
+            return check_orderable(&format!("fields.{}.aggregate-function", field.name()), field);
+        }
+        AggregateFunction::BoolAnd | AggregateFunction::BoolOr => ty == &DataType::Boolean,
+        AggregateFunction::Listagg => matches!(ty, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
+        AggregateFunction::LastValue
+        | AggregateFunction::LastNonNullValue
+        | AggregateFunction::FirstValue
+        | AggregateFunction::FirstNonNullValue => true,
+    };
+    if fits {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "aggregate function '{}' does not apply to column \"{}\" of type {ty}",
+        function.name(),
+        field.name()
+    )))
 }

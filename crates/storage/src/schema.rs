@@ -8,6 +8,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::options::MergeEngine;
 use crate::options::{AggregateFunction, TableOptions};
 
 /// Sequence number column of data files: higher wins for the same key.
@@ -62,50 +63,6 @@ impl RowKind {
             3 => RowKind::Delete,
             _ => return None,
         })
-    }
-}
-
-/// How rows with the same primary key combine (Paimon's `merge-engine`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MergeEngine {
-    /// The last write per key wins (default).
-    #[default]
-    Deduplicate,
-    /// The first write per key wins; later writes are ignored.
-    FirstRow,
-    /// Non-null columns of later writes replace those of the stored row.
-    PartialUpdate,
-    /// Each column combines with the stored one by its aggregate function
-    /// (`fields.<column>.aggregate-function`).
-    Aggregation,
-}
-
-impl MergeEngine {
-    /// Parses Paimon's option value.
-    ///
-    /// # Errors
-    /// An unknown value, naming the accepted ones.
-    pub fn parse(value: &str) -> Result<Self> {
-        match value {
-            "deduplicate" => Ok(MergeEngine::Deduplicate),
-            "first-row" => Ok(MergeEngine::FirstRow),
-            "partial-update" => Ok(MergeEngine::PartialUpdate),
-            "aggregation" => Ok(MergeEngine::Aggregation),
-            other => Err(Error::Invalid(format!(
-                "unknown merge-engine '{other}': expected 'deduplicate', 'partial-update', 'aggregation' or 'first-row'"
-            ))),
-        }
-    }
-
-    /// Paimon's name of the engine.
-    pub fn name(self) -> &'static str {
-        match self {
-            MergeEngine::Deduplicate => "deduplicate",
-            MergeEngine::FirstRow => "first-row",
-            MergeEngine::PartialUpdate => "partial-update",
-            MergeEngine::Aggregation => "aggregation",
-        }
     }
 }
 
@@ -198,7 +155,7 @@ impl TableSchema {
             if !self.has_primary_key() {
                 return Err(Error::Invalid("table option 'sequence.field' needs a primary key".into()));
             }
-            crate::fold::check_orderable("sequence.field", self.schema.field(index))?;
+            crate::options::check_orderable("sequence.field", self.schema.field(index))?;
         }
         if let Some(watermark) = &options.watermark {
             let index = column("watermark", &watermark.column)?;
@@ -229,7 +186,7 @@ impl TableSchema {
         if engine == MergeEngine::Aggregation {
             for (index, field) in self.schema.fields().iter().enumerate() {
                 if let Some(function) = self.aggregate_function(index) {
-                    crate::fold::check_aggregate(function, field)?;
+                    crate::options::check_aggregate(function, field)?;
                 }
             }
         }

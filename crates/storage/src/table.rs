@@ -484,14 +484,14 @@ impl Table {
     }
 
     /// Write stall: with `num-sorted-run.stop-trigger` sorted runs or more
-    /// outstanding (or [`crate::compact::LEVEL0_FILES_PER_TRIGGER`] times as
+    /// outstanding (or [`crate::levels::LEVEL0_FILES_PER_TRIGGER`] times as
     /// many level-0 files), compact before writing (waiting for a compaction in
     /// progress), so reads stay fast and the run count stays bounded
     /// whatever the ingest rate.
     async fn stall(&self) -> Result<()> {
         loop {
             let manifest = Arc::clone(&self.lock_state().manifest);
-            if !crate::compact::due(&self.runs_of(&manifest), &self.schema().options, true) {
+            if !crate::levels::due(&self.runs_of(&manifest), &self.schema().options, true) {
                 break;
             }
             if self.compact(false).await?.is_none() {

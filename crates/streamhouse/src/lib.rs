@@ -12,7 +12,7 @@ pub use config::Config;
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use streamhouse_engine::Engine;
-use streamhouse_engine::dynamic::DynamicCatalog;
+use streamhouse_engine::warehouse::DynamicCatalog;
 pub use streamhouse_server::RunningServer;
 
 /// Prepares the data directory, opens the Dynamic Tables in its `warehouse/`,

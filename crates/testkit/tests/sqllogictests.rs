@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
-use streamhouse_engine::dynamic::DynamicCatalog;
+use streamhouse_engine::warehouse::DynamicCatalog;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use sqllogictest::{Runner, default_column_validator, default_normalizer, default_validator, strict_column_validator};

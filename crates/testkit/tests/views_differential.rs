@@ -21,7 +21,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use streamhouse_engine::catalog::RelationName;
-use streamhouse_engine::dynamic::DynamicCatalog;
+use streamhouse_engine::warehouse::DynamicCatalog;
 use streamhouse_engine::{Engine, EngineConfig, Output, Session, SessionInfo};
 
 /// View name, definition with `{a}`, `{b}`, `{<view>}` placeholders for sources.

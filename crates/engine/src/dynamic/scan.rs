@@ -85,6 +85,22 @@ impl PinnedSnapshots {
     }
 }
 
+/// [`SnapshotPinning`](crate::catalog::SnapshotPinning) of Dynamic Table
+/// scans: the pins travel as a session-config extension that
+/// [`DynamicTable`](super::DynamicTable) scans read.
+#[derive(Debug, Default)]
+pub struct DynamicSnapshotPinning;
+
+impl crate::catalog::SnapshotPinning for DynamicSnapshotPinning {
+    fn pin(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+        config: datafusion::prelude::SessionConfig,
+    ) -> datafusion::prelude::SessionConfig {
+        config.with_extension(Arc::new(PinnedSnapshots::of(plan)))
+    }
+}
+
 impl DisplayAs for DynamicScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let splits: usize = self.plan.partitions.iter().map(Vec::len).sum();

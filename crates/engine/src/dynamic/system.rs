@@ -22,12 +22,12 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{Session as DfSession, TableProvider};
 use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use streamhouse_storage as storage;
 
 use super::df_error;
+use crate::catalog::computed::ComputedRows;
 
 /// Which system table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,41 +205,6 @@ impl ComputedRows for SystemTable {
     }
 }
 
-/// The rows of a read-only table computed when it is scanned (system tables).
-#[async_trait]
-pub(crate) trait ComputedRows: std::fmt::Debug + Send + Sync + 'static {
-    /// The columns.
-    fn schema(&self) -> SchemaRef;
-
-    /// The rows, now.
-    async fn rows(&self) -> datafusion::error::Result<Vec<RecordBatch>>;
-}
-
-/// A [`ComputedRows`] as a table.
-#[derive(Debug)]
-pub(crate) struct Computed<T>(pub T);
-
-#[async_trait]
-impl<T: ComputedRows> TableProvider for Computed<T> {
-    fn schema(&self) -> SchemaRef {
-        self.0.schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn DfSession,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        batches_exec(self.0.rows().await?, &self.0.schema(), projection)
-    }
-}
-
 /// A Dynamic Table as of a snapshot id or a point in time, read-only.
 #[derive(Debug)]
 pub struct SnapshotTable {
@@ -299,13 +264,4 @@ impl TableProvider for SnapshotTable {
     ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
         self.dynamic.supports_filters_pushdown(filters)
     }
-}
-
-/// A plan that yields `batches` (a system table's rows, computed when scanned).
-pub(crate) fn batches_exec(
-    batches: Vec<RecordBatch>,
-    schema: &SchemaRef,
-    projection: Option<&Vec<usize>>,
-) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-    Ok(MemorySourceConfig::try_new_exec(&[batches], Arc::clone(schema), projection.cloned())?)
 }

@@ -167,6 +167,8 @@ pub struct BspOptions {
     pub concurrency: usize,
     pub retries: usize,
     pub faults: Arc<Faults>,
+    /// Keeps a query planned again on the snapshots its first plan read.
+    pub pinning: Arc<dyn crate::catalog::SnapshotPinning>,
 }
 
 /// One query's run in stages; owns the query's stage files.

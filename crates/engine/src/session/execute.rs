@@ -80,7 +80,7 @@ impl Session {
             requested,
             options: self.engine.bsp_options(),
             bsp_after: (after > 0).then(|| std::time::Duration::from_millis(after)),
-            record,
+            record: record.map(|r| r as Arc<dyn crate::exec::QueryObserver>),
         }
     }
 

@@ -14,11 +14,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result, StatusCode};
 
-/// The `server_version` streamhouse reports. Drivers parse it; catalog
-/// queries from psql and others adapt to it.
-pub const SERVER_VERSION: &str = "16.6";
-/// `server_version_num` to match [`SERVER_VERSION`].
-pub const SERVER_VERSION_NUM: &str = "160006";
+pub use crate::engine::{SERVER_VERSION, SERVER_VERSION_NUM};
 
 /// A known run-time parameter.
 struct Known {

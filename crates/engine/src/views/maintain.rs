@@ -28,7 +28,7 @@ use super::plan::{At, GroupState, Rewritten, Source, ViewPlan, WEIGHT};
 use super::state::{self, Delta, Group};
 use super::{KeyLayout, MaterializedView, POSITIONS_PROPERTY, Progress};
 use crate::error::{Error, Result};
-use crate::queries::now_ms;
+use crate::now_ms;
 
 /// Rows per write while backfilling.
 const BACKFILL_BATCH_ROWS: usize = 64 * 1024;

@@ -6,46 +6,17 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::catalog::TableProvider;
 
 use super::MaterializedView;
-use crate::catalog::CatalogRef;
-use crate::dynamic::system::{Computed, ComputedRows};
+use crate::catalog::computed::{Computed, ComputedRows};
 
-/// The `sys` schema.
-#[derive(Debug)]
-pub struct SysSchema {
-    views: Arc<Computed<ViewsTable>>,
-    queries: Arc<Computed<crate::queries::QueriesTable>>,
-}
+/// Lists the materialized views (the catalog that keeps them provides it).
+pub type ViewLister = Arc<dyn Fn() -> Vec<Arc<MaterializedView>> + Send + Sync>;
 
-impl SysSchema {
-    /// The schema over `catalog`'s relations and the engine's recent queries.
-    pub fn new(catalog: CatalogRef, queries: Arc<crate::queries::QueryLog>) -> Self {
-        Self {
-            views: Arc::new(Computed(ViewsTable { catalog, schema: views_schema() })),
-            queries: Arc::new(Computed(crate::queries::QueriesTable::new(queries))),
-        }
-    }
-}
-
-#[async_trait]
-impl SchemaProvider for SysSchema {
-    fn table_names(&self) -> Vec<String> {
-        vec!["queries".into(), "views".into()]
-    }
-
-    async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        Ok(match name {
-            "views" => Some(Arc::clone(&self.views) as Arc<dyn TableProvider>),
-            "queries" => Some(Arc::clone(&self.queries) as Arc<dyn TableProvider>),
-            _ => None,
-        })
-    }
-
-    fn table_exist(&self, name: &str) -> bool {
-        matches!(name, "views" | "queries")
-    }
+/// `sys.views` over the views `list` returns.
+pub fn views_table(list: ViewLister) -> Arc<dyn TableProvider> {
+    Arc::new(Computed(ViewsTable { list, schema: views_schema() }))
 }
 
 fn views_schema() -> SchemaRef {
@@ -65,10 +36,15 @@ fn views_schema() -> SchemaRef {
 }
 
 /// `sys.views`, computed when scanned.
-#[derive(Debug)]
 struct ViewsTable {
-    catalog: CatalogRef,
+    list: ViewLister,
     schema: SchemaRef,
+}
+
+impl std::fmt::Debug for ViewsTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ViewsTable")
+    }
 }
 
 /// One row of `sys.views`.
@@ -92,7 +68,7 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
         (None, true) => "running".to_string(),
         (None, false) => "starting".to_string(),
     };
-    let now = crate::queries::now_ms();
+    let now = crate::now_ms();
     let sources = view.sources();
     let mut rows = Vec::with_capacity(sources.len());
     for (i, source) in sources.iter().enumerate() {
@@ -146,7 +122,7 @@ impl ComputedRows for ViewsTable {
 
     async fn rows(&self) -> datafusion::error::Result<Vec<RecordBatch>> {
         let mut rows = Vec::new();
-        for view in self.catalog.materialized_views() {
+        for view in (self.list)() {
             rows.extend(rows_of(&view).await);
         }
         rows.sort_by(|a, b| (&a.view, &a.source).cmp(&(&b.view, &b.source)));
