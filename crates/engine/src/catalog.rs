@@ -1,8 +1,8 @@
 //! The catalog of user relations, behind the [`Catalog`] trait.
 //!
 //! ```text
-//!   Session (DDL: CREATE/DROP TABLE|VIEW|SCHEMA) ──► Catalog (trait) ◄── MemoryCatalog (today)
-//!                                                        ▲              ◄── Dynamic Tables (later)
+//!   Session (DDL: CREATE/DROP TABLE|VIEW|SCHEMA) ──► Catalog (trait) ◄── DynamicCatalog (crate::warehouse)
+//!                                                        ▲
 //!   DataFusion planner ──► DataFusionCatalog (CatalogProvider adapter) ─┘
 //!                          + system schemas (pg_catalog, information_schema)
 //! ```
@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
+use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::common::{Constraints, DataFusionError};
 use datafusion::datasource::TableType;
 use datafusion::logical_expr::Expr;
@@ -302,146 +302,6 @@ pub mod errors {
                 actual.drop_command()
             ),
         )
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Relation {
-    kind: RelationKind,
-    provider: Arc<dyn TableProvider>,
-}
-
-/// A catalog holding DataFusion in-memory tables: nothing survives a restart.
-/// Stands in until Dynamic Tables implement [`Catalog`] over object storage.
-#[derive(Debug)]
-pub struct MemoryCatalog {
-    schemas: RwLock<BTreeMap<String, BTreeMap<String, Relation>>>,
-}
-
-impl Default for MemoryCatalog {
-    fn default() -> Self {
-        let mut schemas = BTreeMap::new();
-        schemas.insert(DEFAULT_SCHEMA.to_string(), BTreeMap::new());
-        Self { schemas: RwLock::new(schemas) }
-    }
-}
-
-impl MemoryCatalog {
-    fn insert(
-        &self,
-        name: &RelationName,
-        relation: Relation,
-        if_not_exists: bool,
-        or_replace: bool,
-    ) -> Result<Created> {
-        let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
-        let schema = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
-        if let Some(existing) = schema.get(&name.name) {
-            if if_not_exists {
-                return Ok(Created::AlreadyExisted);
-            }
-            if !or_replace {
-                return Err(errors::relation_exists(name));
-            }
-            if existing.kind != relation.kind {
-                return Err(errors::wrong_kind(name, relation.kind, existing.kind));
-            }
-        }
-        schema.insert(name.name.clone(), relation);
-        Ok(Created::Created)
-    }
-}
-
-#[async_trait]
-impl Catalog for MemoryCatalog {
-    fn schema_names(&self) -> Vec<String> {
-        self.schemas.read().map(|s| s.keys().cloned().collect()).unwrap_or_default()
-    }
-
-    async fn create_schema(&self, name: &str, if_not_exists: bool) -> Result<Created> {
-        let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
-        if schemas.contains_key(name) || SYSTEM_SCHEMAS.contains(&name) {
-            if if_not_exists {
-                return Ok(Created::AlreadyExisted);
-            }
-            return Err(errors::schema_exists(name));
-        }
-        schemas.insert(name.to_string(), BTreeMap::new());
-        Ok(Created::Created)
-    }
-
-    async fn drop_schema(&self, name: &str, if_exists: bool, cascade: bool) -> Result<()> {
-        if SYSTEM_SCHEMAS.contains(&name) {
-            return Err(errors::system_schema(name));
-        }
-        let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
-        match schemas.get(name) {
-            None if if_exists => Ok(()),
-            None => Err(errors::schema_not_found(name)),
-            Some(relations) if !relations.is_empty() && !cascade => Err(Error::new(
-                StatusCode::DependentObjectsStillExist,
-                format!(
-                    "cannot drop schema \"{name}\" because it contains {} relation(s): {} (use DROP SCHEMA … CASCADE)",
-                    relations.len(),
-                    relations.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            )),
-            Some(_) => {
-                schemas.remove(name);
-                Ok(())
-            }
-        }
-    }
-
-    fn relation_names(&self, schema: &str) -> Vec<String> {
-        self.schemas.read().ok().and_then(|s| s.get(schema).map(|r| r.keys().cloned().collect())).unwrap_or_default()
-    }
-
-    fn relation_kind(&self, name: &RelationName) -> Option<RelationKind> {
-        let schemas = self.schemas.read().ok()?;
-        schemas.get(&name.schema)?.get(&name.name).map(|r| r.kind)
-    }
-
-    async fn relation(&self, name: &RelationName) -> Result<Option<Arc<dyn TableProvider>>> {
-        let schemas = self.schemas.read().map_err(errors::poisoned)?;
-        Ok(schemas.get(&name.schema).and_then(|s| s.get(&name.name)).map(|r| Arc::clone(&r.provider)))
-    }
-
-    async fn create_table(&self, request: CreateTable) -> Result<Created> {
-        if let Some(option) = request.options.keys().next() {
-            return Err(Error::invalid(format!("unknown table option '{option}': in-memory tables take no options")));
-        }
-        let table = MemTable::try_new(Arc::clone(&request.schema), vec![vec![]])?
-            .with_constraints(request.constraints)
-            .with_column_defaults(request.column_defaults.into_iter().collect());
-        let relation = Relation { kind: RelationKind::Table, provider: Arc::new(table) };
-        self.insert(&request.name, relation, request.if_not_exists, request.or_replace)
-    }
-
-    async fn create_view(&self, name: RelationName, view: Arc<dyn TableProvider>, or_replace: bool) -> Result<Created> {
-        self.insert(&name, Relation { kind: RelationKind::View, provider: view }, false, or_replace)
-    }
-
-    async fn drop_relation(
-        &self,
-        name: &RelationName,
-        kind: RelationKind,
-        if_exists: bool,
-        _cascade: bool,
-    ) -> Result<bool> {
-        let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
-        let Some(schema) = schemas.get_mut(&name.schema) else {
-            return if if_exists { Ok(false) } else { Err(errors::relation_not_found(name, kind)) };
-        };
-        match schema.get(&name.name) {
-            None if if_exists => Ok(false),
-            None => Err(errors::relation_not_found(name, kind)),
-            Some(r) if r.kind != kind => Err(errors::wrong_kind(name, kind, r.kind)),
-            Some(_) => {
-                schema.remove(&name.name);
-                Ok(true)
-            }
-        }
     }
 }
 

@@ -14,7 +14,7 @@ use datafusion::scalar::ScalarValue;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{CatalogRef, DEFAULT_SCHEMA, DataFusionCatalog, MemoryCatalog};
+use crate::catalog::{CatalogRef, DEFAULT_SCHEMA, DataFusionCatalog};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 
@@ -68,14 +68,6 @@ pub fn version_string() -> String {
 }
 
 impl Engine {
-    /// An engine over in-memory tables.
-    ///
-    /// # Errors
-    /// An invalid configuration (e.g. a memory limit DataFusion rejects).
-    pub fn new(config: EngineConfig) -> Result<Self> {
-        Self::with_catalog(config, Arc::new(MemoryCatalog::default()))
-    }
-
     /// An engine over the given catalog.
     ///
     /// # Errors

@@ -7,13 +7,13 @@
 //!                         ▼
 //!   Engine ── Session ── DataFusion SessionContext (per session: settings)
 //!     │          │             │ shared: functions, memory pool, pg_catalog
-//!     │          └─ DDL ──►  Catalog (trait) ── MemoryCatalog (today)
+//!     │          └─ DDL ──►  Catalog (trait) ── DynamicCatalog (warehouse)
 //!     └── shutdown token, catalog version
 //! ```
 //!
 //! - [`engine`]: the [`Engine`], shared by all sessions.
 //! - [`session`]: a [`Session`], its variables (`SET`/`SHOW`) and transaction status.
-//! - [`catalog`]: the [`Catalog`] trait and its in-memory implementation.
+//! - [`catalog`]: the [`Catalog`] trait, names, and its DataFusion adapter.
 //! - [`cancel`]: cancellation and statement timeouts.
 //! - [`copy`]: decoding `COPY … FROM STDIN` data (text and CSV) into batches.
 //! - [`error`]: [`Error`] and its [`StatusCode`] classification.
