@@ -8,10 +8,13 @@
 //! ```
 //!
 //! Both add `window_start` and `window_end` to the table's columns. They are
-//! rewritten before planning into plain SQL the view maintainer handles:
+//! expanded before planning, syntax tree to syntax tree, into plain SQL the
+//! view maintainer handles:
 //! TUMBLE is a projection with `date_bin`; HOP, whose windows overlap, is a
 //! `UNION ALL` of `size / slide` shifted tumbles (each row is in exactly that
 //! many windows), so it needs a size that is a multiple of the slide.
+
+use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
     self, Expr, FunctionArg, FunctionArgExpr, Query, SetExpr, Statement, TableFactor,
@@ -84,39 +87,66 @@ fn rewrite_factor(factor: &mut TableFactor) -> Result<()> {
                 return Ok(());
             }
             let exprs = args.args.iter().map(argument).collect::<Result<Vec<_>>>()?;
-            (function, exprs, alias.as_ref().map(|a| a.name.to_string()))
+            (function, exprs, alias.as_ref().map(|a| a.name.clone()))
         }
         TableFactor::Derived { subquery, .. } => return rewrite_query(subquery),
         TableFactor::NestedJoin { table_with_joins, .. } => return rewrite_from(table_with_joins),
         _ => return Ok(()),
     };
-    let text: Vec<String> = exprs.iter().map(ToString::to_string).collect();
-    let sql = match (function.as_str(), text.as_slice()) {
-        ("tumble", [table, time, size]) => tumble(table, time, size, 0, size),
-        ("hop", [table, time, slide, size]) => hop(table, time, slide, size, &exprs)?,
-        _ => {
-            let usage = if function == "tumble" {
-                "TUMBLE(table, time column, size), as in TUMBLE(bids, date_time, INTERVAL '10' SECOND)"
-            } else {
-                "HOP(table, time column, slide, size), as in HOP(bids, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)"
-            };
-            return Err(Error::new(StatusCode::InvalidSyntax, format!("window function arguments: {usage}")));
+    let usage = || {
+        let usage = if function == "tumble" {
+            "TUMBLE(table, time column, size), as in TUMBLE(bids, date_time, INTERVAL '10' SECOND)"
+        } else {
+            "HOP(table, time column, slide, size), as in HOP(bids, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)"
+        };
+        Error::new(StatusCode::InvalidSyntax, format!("window function arguments: {usage}"))
+    };
+    let (table, time, slide, size, shifts) = match (function.as_str(), exprs.as_slice()) {
+        ("tumble", [table, time, size]) => (table, time, size, size, vec![0]),
+        ("hop", [table, time, slide, size]) => (table, time, slide, size, hop_shifts(slide, size)?),
+        _ => return Err(usage()),
+    };
+    // The windowed relation: a table, or a table function such as table_as_of.
+    let (table, table_args) = match table {
+        Expr::Identifier(ident) => (ast::ObjectName::from(vec![ident.clone()]), None),
+        Expr::CompoundIdentifier(idents) => (ast::ObjectName::from(idents.clone()), None),
+        Expr::Function(ast::Function { name, args: ast::FunctionArguments::List(list), .. }) => {
+            (name.clone(), Some(ast::TableFunctionArgs { args: list.args.clone(), settings: None }))
+        }
+        other => {
+            return Err(Error::new(
+                StatusCode::InvalidSyntax,
+                format!("the first argument of {} must be a table name, not {other}", function.to_ascii_uppercase()),
+            ));
         }
     };
-    let alias = alias.unwrap_or_else(|| text[0].rsplit('.').next().unwrap_or(&text[0]).to_string());
-    let wrapped = format!("SELECT * FROM ({sql}) AS {alias}");
-    let mut parsed = Parser::parse_sql(&PostgreSqlDialect {}, &wrapped)
-        .map_err(|e| Error::new(StatusCode::InvalidSyntax, format!("window function: {e}")))?;
-    let Some(Statement::Query(query)) = parsed.pop() else {
-        return Err(Error::internal("window rewrite did not give a query"));
+    let alias = match alias {
+        Some(alias) => alias,
+        None => table.0.last().and_then(|part| part.as_ident()).cloned().ok_or_else(usage)?,
     };
-    let SetExpr::Select(select) = *query.body else {
-        return Err(Error::internal("window rewrite did not give a SELECT"));
+    let relation = (table, table_args);
+    let mut tumbles = shifts
+        .into_iter()
+        .map(|shift_ms| tumble(&relation, time, slide, size, shift_ms))
+        .collect::<Result<Vec<_>>>()?;
+    if tumbles.is_empty() {
+        return Err(Error::internal("window without a tumble"));
+    }
+    let mut query = tumbles.remove(0);
+    query.body = tumbles.into_iter().fold(query.body.clone(), |left, right| {
+        Box::new(SetExpr::SetOperation {
+            left,
+            op: ast::SetOperator::Union,
+            set_quantifier: ast::SetQuantifier::All,
+            right: right.body,
+        })
+    });
+    *factor = TableFactor::Derived {
+        lateral: false,
+        subquery: query,
+        alias: Some(ast::TableAlias { explicit: true, name: alias, columns: vec![], at: None }),
+        sample: None,
     };
-    let Some(from) = select.from.into_iter().next() else {
-        return Err(Error::internal("window rewrite lost its FROM"));
-    };
-    *factor = from.relation;
     Ok(())
 }
 
@@ -127,29 +157,69 @@ fn argument(arg: &FunctionArg) -> Result<Expr> {
     }
 }
 
-/// One tumble of `slide`, shifted back by `shift_ms`, each window `size` long.
-fn tumble(table: &str, time: &str, slide: &str, shift_ms: i64, size: &str) -> String {
-    let start = if shift_ms == 0 {
-        format!("date_bin({slide}, {time})")
-    } else {
-        format!("date_bin({slide}, {time}) - INTERVAL '{shift_ms} milliseconds'")
+/// One tumble of `slide` over `table`, shifted back by `shift_ms`, each
+/// window `size` long: our fixed template, into which the user's table name
+/// and expressions go as syntax trees (never as text).
+fn tumble(
+    (table, table_args): &(ast::ObjectName, Option<ast::TableFunctionArgs>),
+    time: &Expr,
+    slide: &Expr,
+    size: &Expr,
+    shift_ms: i64,
+) -> Result<Box<Query>> {
+    const UNSHIFTED: &str = "SELECT *, date_bin(__slide, __time) AS window_start, \
+        date_bin(__slide, __time) + __size AS window_end FROM __table";
+    const SHIFTED: &str = "SELECT *, date_bin(__slide, __time) - __shift AS window_start, \
+        date_bin(__slide, __time) - __shift + __size AS window_end FROM __table";
+    let template = if shift_ms == 0 { UNSHIFTED } else { SHIFTED };
+    let mut parsed = Parser::parse_sql(&PostgreSqlDialect {}, template)
+        .map_err(|e| Error::internal(format!("window template: {e}")))?;
+    let Some(Statement::Query(mut query)) = parsed.pop() else {
+        return Err(Error::internal("window template is not a query"));
     };
-    format!("SELECT *, {start} AS window_start, {start} + {size} AS window_end FROM {table}")
+    let shift = Expr::Interval(ast::Interval {
+        value: Box::new(Expr::value(ast::Value::SingleQuotedString(format!("{shift_ms} milliseconds")))),
+        leading_field: None,
+        leading_precision: None,
+        last_field: None,
+        fractional_seconds_precision: None,
+    });
+    if let SetExpr::Select(select) = query.body.as_mut()
+        && let Some(TableFactor::Table { name, args, .. }) = select.from.first_mut().map(|from| &mut from.relation)
+    {
+        *name = table.clone();
+        args.clone_from(table_args);
+    } else {
+        return Err(Error::internal("window template has no table"));
+    }
+    let _ = ast::visit_expressions_mut(&mut query, |expr| {
+        if let Expr::Identifier(ident) = expr {
+            let replacement = match ident.value.as_str() {
+                "__slide" => Some(slide),
+                "__time" => Some(time),
+                "__size" => Some(size),
+                "__shift" => Some(&shift),
+                _ => None,
+            };
+            if let Some(replacement) = replacement {
+                *expr = replacement.clone();
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    Ok(query)
 }
 
-fn hop(table: &str, time: &str, slide: &str, size: &str, exprs: &[Expr]) -> Result<String> {
-    let (slide_ms, size_ms) = match exprs {
-        [_, _, slide, size] => (interval_ms(slide)?, interval_ms(size)?),
-        _ => return Err(Error::internal("HOP arguments")),
-    };
+/// The shifts (ms) of the `size / slide` tumbles a HOP is the union of.
+fn hop_shifts(slide: &Expr, size: &Expr) -> Result<Vec<i64>> {
+    let (slide_ms, size_ms) = (interval_ms(slide)?, interval_ms(size)?);
     if slide_ms <= 0 || size_ms <= 0 || size_ms % slide_ms != 0 {
         return Err(Error::new(
             StatusCode::InvalidParameterValue,
             format!("HOP needs a size that is a positive multiple of its slide (slide {slide}, size {size})"),
         ));
     }
-    let windows = size_ms / slide_ms;
-    Ok((0..windows).map(|i| tumble(table, time, slide, i * slide_ms, size)).collect::<Vec<_>>().join(" UNION ALL "))
+    Ok((0..size_ms / slide_ms).map(|i| i * slide_ms).collect())
 }
 
 /// The length of an interval literal such as `INTERVAL '10' SECOND` or
@@ -209,5 +279,23 @@ mod tests {
         .unwrap();
         let err = rewrite(&mut bad[0]).unwrap_err();
         assert_eq!(err.code(), StatusCode::InvalidParameterValue);
+    }
+
+    #[test]
+    fn names_and_expressions_go_in_as_trees() {
+        // A quoted name with a dot stays one name, and is the default alias.
+        let quoted = rewritten(r#"SELECT * FROM TUMBLE(s."my.bids", "t s", INTERVAL '1' MINUTE)"#);
+        assert!(quoted.contains(r#"FROM s."my.bids") AS "my.bids""#), "{quoted}");
+        assert!(quoted.contains(r#"date_bin(INTERVAL '1' MINUTE, "t s") AS window_start"#), "{quoted}");
+        // An expression as the time column is kept whole.
+        let expr = rewritten("SELECT * FROM TUMBLE(b, ts + INTERVAL '1' SECOND, INTERVAL '10' SECOND) AS w");
+        assert!(expr.contains("date_bin(INTERVAL '10' SECOND, ts + INTERVAL '1' SECOND)"), "{expr}");
+        // A table function is windowed as it is.
+        let function = rewritten("SELECT * FROM TUMBLE(table_as_of('ev', 2), ts, INTERVAL '10' SECOND) w");
+        assert!(function.contains("FROM table_as_of('ev', 2)) AS w"), "{function}");
+        // Anything but a table name first is a syntax error.
+        let mut bad =
+            Parser::parse_sql(&PostgreSqlDialect {}, "SELECT * FROM TUMBLE(1, ts, INTERVAL '1' SECOND)").unwrap();
+        assert_eq!(rewrite(&mut bad[0]).unwrap_err().code(), StatusCode::InvalidSyntax);
     }
 }
