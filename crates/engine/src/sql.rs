@@ -27,8 +27,8 @@ use datafusion::sql::sqlparser::ast;
 
 pub use parser::parse;
 pub use statement::{
-    AddColumn, Copy, CreateMaterializedView, CreateTable, InsertIgnoringConflicts, Procedure, RelationKind, Start,
-    Statement, Subscribe, SubscribeOptions,
+    AddColumn, Copy, CreateMaterializedView, CreateTable, Cutoff, InsertIgnoringConflicts, Procedure, RelationKind,
+    Start, Statement, Subscribe, SubscribeOptions,
 };
 
 use crate::error::{Error, Result};

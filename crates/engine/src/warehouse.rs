@@ -29,6 +29,11 @@ use crate::dynamic::system::{SystemKind, SystemTable};
 use crate::error::{Error, Result, StatusCode};
 use crate::views::{self, MaterializedView};
 
+/// At open, files no snapshot references are removed once this old (ms):
+/// younger ones may be a commit in flight of another engine on the same
+/// bucket. `CALL sys.remove_orphan_files` takes any margin.
+const ORPHAN_MARGIN_AT_OPEN_MS: i64 = 3_600_000;
+
 /// Relations by schema and name.
 type Schemas = BTreeMap<String, BTreeMap<String, Relation>>;
 
@@ -38,6 +43,38 @@ enum Relation {
     /// Views are kept in memory for now; they do not survive a restart.
     View(Arc<dyn TableProvider>),
     MaterializedView(Arc<MaterializedView>),
+    /// A table or materialized view that did not open (a corrupt or missing
+    /// snapshot or manifest): every use of it is XX001 naming the file,
+    /// until an operator rolls it back or drops it. The rest of the
+    /// warehouse is served.
+    Damaged(Arc<Damaged>),
+}
+
+#[derive(Debug)]
+struct Damaged {
+    kind: RelationKind,
+    dir: Path,
+    /// Why it did not open (names the file).
+    reason: String,
+    /// The snapshot ids on disk, to choose a rollback target from.
+    snapshots: Vec<u64>,
+}
+
+impl Damaged {
+    fn error(&self, name: &RelationName) -> Error {
+        let repair = match self.kind {
+            RelationKind::MaterializedView => format!("drop it (DROP MATERIALIZED VIEW {name}) and create it again"),
+            _ => format!(
+                "go back to an intact snapshot with CALL sys.rollback_to('{name}', snapshot_id) (later snapshots are \
+                 lost; snapshots on disk: {}), or drop it",
+                self.snapshots.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        Error::new(
+            StatusCode::DataCorrupted,
+            format!("{} {name} is damaged: {}; {repair}", self.kind.noun(), self.reason),
+        )
+    }
 }
 
 impl Relation {
@@ -46,6 +83,7 @@ impl Relation {
             Relation::Table(_) => RelationKind::Table,
             Relation::View(_) => RelationKind::View,
             Relation::MaterializedView(_) => RelationKind::MaterializedView,
+            Relation::Damaged(damaged) => damaged.kind,
         }
     }
 }
@@ -135,12 +173,85 @@ impl DynamicCatalog {
         let schemas = self.schemas.read().map_err(errors::poisoned)?;
         match schemas.get(&name.schema).and_then(|s| s.get(&name.name)) {
             Some(Relation::Table(t)) => Ok(Arc::clone(t)),
+            Some(Relation::Damaged(damaged)) => Err(damaged.error(name)),
             Some(other) => Err(Error::new(
                 StatusCode::WrongObjectType,
                 format!("{name} is a {}: only tables are {only_tables_are}", other.kind().noun()),
             )),
             None => Err(errors::relation_not_found(name, RelationKind::Table)),
         }
+    }
+
+    /// `CALL sys.rollback_to`: makes snapshot `snapshot` of table `name`
+    /// (damaged or not) the latest, deleting later ones and their files.
+    /// Refused while materialized views read the table: they have seen the
+    /// snapshots that go, and would miss the new ones that reuse their ids.
+    async fn rollback_to(&self, name: &RelationName, snapshot: u64) -> Result<String> {
+        let (current, dir) = {
+            let schemas = self.schemas.read().map_err(errors::poisoned)?;
+            match schemas.get(&name.schema).and_then(|s| s.get(&name.name)) {
+                Some(Relation::Table(t)) => (Some(Arc::clone(&t.table)), table_dir(&name.schema, &name.name)),
+                Some(Relation::Damaged(d)) if d.kind == RelationKind::Table => (None, d.dir.clone()),
+                Some(other) => {
+                    return Err(Error::new(
+                        StatusCode::WrongObjectType,
+                        format!(
+                            "{name} is a {}: only tables can be rolled back (drop and recreate a view)",
+                            other.kind().noun()
+                        ),
+                    ));
+                }
+                None => return Err(errors::relation_not_found(name, RelationKind::Table)),
+            }
+        };
+        let dependents = self.dependents(name)?;
+        if !dependents.is_empty() {
+            let names: Vec<String> = dependents.iter().map(ToString::to_string).collect();
+            return Err(Error::new(
+                StatusCode::DependentObjectsStillExist,
+                format!(
+                    "cannot roll back {name}: materialized views {} read it; drop them, roll back, and create them again",
+                    names.join(", ")
+                ),
+            ));
+        }
+        if let Some(table) = &current {
+            // No commit may land while the history is cut.
+            table.close().await;
+        }
+        let result = storage::Table::rollback_to(Arc::clone(&self.store), dir.clone(), &name.name, snapshot)
+            .await
+            .map_err(|e| match e {
+                storage::Error::NotFound { what } => Error::new(
+                    StatusCode::InvalidParameterValue,
+                    format!("{what}: choose a retained snapshot (\"{}$snapshots\" lists them)", name.name),
+                ),
+                other => Error::from(other),
+            });
+        let (relation, reopened) = match storage::Table::open(Arc::clone(&self.store), dir.clone(), &name.name).await {
+            Ok(table) => {
+                let table = Arc::new(table);
+                (Relation::Table(Arc::new(DynamicTable::shared(Arc::clone(&table)))), Ok(table))
+            }
+            Err(e) => {
+                let e = Error::from(e);
+                let reason = e.message().to_string();
+                let metas: Vec<_> = self.store.list(Some(&dir)).try_collect().await.unwrap_or_default();
+                let snapshots = snapshot_ids(&metas, &dir);
+                (Relation::Damaged(Arc::new(Damaged { kind: RelationKind::Table, dir, reason, snapshots })), Err(e))
+            }
+        };
+        if let Some(schema) = self.schemas.write().map_err(errors::poisoned)?.get_mut(&name.schema) {
+            schema.insert(name.name.clone(), relation);
+        }
+        let removed = result?;
+        let table = reopened?;
+        let orphans = table.remove_orphan_files(crate::now_ms()).await?;
+        Ok(format!(
+            "rolled {name} back to snapshot {snapshot}: removed {} later snapshots and {} files",
+            removed.len(),
+            orphans.len()
+        ))
     }
 
     /// Materialized views that read `name`.
@@ -236,37 +347,80 @@ impl DynamicCatalog {
                 remove_dir(&store, &table_dir(&schema, &dir)).await?;
                 continue;
             }
-            let table = storage::Table::open(Arc::clone(&store), table_dir(&schema, &dir), &name).await?;
-            let table = Arc::new(DynamicTable::new(table));
-            let relation = if is_view {
-                let location = views::definition_path(&table_dir(&schema, &dir));
-                let bytes = object_store::ObjectStoreExt::get(&store, &location)
-                    .await
-                    .map_err(|e| Error::new(StatusCode::Io, format!("cannot read {location}: {e}")))?
-                    .bytes()
-                    .await
-                    .map_err(|e| Error::new(StatusCode::Io, format!("cannot read {location}: {e}")))?;
-                let definition: views::ViewDefinition = storage::frame::decode(location.as_ref(), &bytes)?;
-                let view_name = RelationName { schema: schema.clone(), name: name.clone() };
-                Relation::MaterializedView(MaterializedView::new(
-                    view_name,
-                    table,
-                    definition,
-                    table_dir(&schema, &dir),
-                ))
-            } else {
-                Relation::Table(table)
+            let relation = match open_relation(&store, &schema, &dir, &name, is_view).await {
+                Ok(relation) => relation,
+                Err(e) => {
+                    let kind = if is_view { RelationKind::MaterializedView } else { RelationKind::Table };
+                    tracing::error!(relation = %format!("{schema}.{name}"), error = %e.message(), "damaged: not served");
+                    let reason = e.message().to_string();
+                    let dir = table_dir(&schema, &dir);
+                    let snapshots = snapshot_ids(&metas, &dir);
+                    Relation::Damaged(Arc::new(Damaged { kind, dir, reason, snapshots }))
+                }
             };
             schemas.entry(schema).or_default().insert(name, relation);
         }
+        // What crashes left behind: cleaned in the background, sparing files
+        // young enough to belong to another engine's commit in flight.
+        for relation in schemas.values().flat_map(BTreeMap::values) {
+            let table = match relation {
+                Relation::Table(t) => Arc::clone(&t.table),
+                Relation::MaterializedView(v) => Arc::clone(v.table()),
+                _ => continue,
+            };
+            tokio::spawn(async move {
+                if let Err(e) = table.remove_orphan_files(crate::now_ms() - ORPHAN_MARGIN_AT_OPEN_MS).await {
+                    tracing::warn!(table = table.name(), error = %e, "orphan file cleanup failed");
+                }
+            });
+        }
         Ok(Self { store, schemas: Arc::new(RwLock::new(schemas)), ctx: std::sync::OnceLock::new() })
     }
+}
+
+/// Opens the table, or the materialized view, stored in `<schema>/<dir>`.
+async fn open_relation(
+    store: &Arc<dyn ObjectStore>,
+    schema: &str,
+    dir: &str,
+    name: &str,
+    is_view: bool,
+) -> Result<Relation> {
+    let table = storage::Table::open(Arc::clone(store), table_dir(schema, dir), name).await?;
+    let table = Arc::new(DynamicTable::new(table));
+    if !is_view {
+        return Ok(Relation::Table(table));
+    }
+    let location = views::definition_path(&table_dir(schema, dir));
+    let bytes = object_store::ObjectStoreExt::get(store, &location)
+        .await
+        .map_err(|e| Error::new(StatusCode::DataCorrupted, format!("cannot read {location}: {e}")))?
+        .bytes()
+        .await
+        .map_err(|e| Error::new(StatusCode::Io, format!("cannot read {location}: {e}")))?;
+    let definition: views::ViewDefinition = storage::frame::decode(location.as_ref(), &bytes)?;
+    let view_name = RelationName { schema: schema.to_string(), name: name.to_string() };
+    Ok(Relation::MaterializedView(MaterializedView::new(view_name, table, definition, table_dir(schema, dir))))
 }
 
 /// `("t", Changelog)` for `"t$changelog"`.
 fn system_table_name(name: &str) -> Option<(&str, SystemKind)> {
     let (base, suffix) = name.rsplit_once('$')?;
     SystemKind::parse(suffix).map(|kind| (base, kind))
+}
+
+/// The ids of the `snapshot/snapshot-<id>` files under `dir` among `metas`, in order.
+fn snapshot_ids(metas: &[object_store::ObjectMeta], dir: &Path) -> Vec<u64> {
+    let folder = dir.clone().join("snapshot");
+    let mut ids: Vec<u64> = metas
+        .iter()
+        .filter(|m| {
+            m.location.prefix_match(&folder).is_some_and(|mut rest| rest.next().is_some() && rest.next().is_none())
+        })
+        .filter_map(|m| m.location.filename()?.strip_prefix("snapshot-")?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    ids
 }
 
 fn table_dir(schema: &str, table: &str) -> Path {
@@ -361,15 +515,18 @@ impl Catalog for DynamicCatalog {
                     Some(Arc::new(Computed(SystemTable::new(Arc::clone(&t.table), &t.schema, kind)))
                         as Arc<dyn TableProvider>)
                 }
+                Some(Relation::Damaged(damaged)) => return Err(damaged.error(name)),
                 _ => None,
             });
         }
         let schemas = self.schemas.read().map_err(errors::poisoned)?;
-        Ok(schemas.get(&name.schema).and_then(|s| s.get(&name.name)).map(|r| match r {
-            Relation::Table(t) => Arc::clone(t) as Arc<dyn TableProvider>,
-            Relation::View(v) => Arc::clone(v),
-            Relation::MaterializedView(v) => Arc::clone(v) as Arc<dyn TableProvider>,
-        }))
+        Ok(match schemas.get(&name.schema).and_then(|s| s.get(&name.name)) {
+            None => None,
+            Some(Relation::Table(t)) => Some(Arc::clone(t) as Arc<dyn TableProvider>),
+            Some(Relation::View(v)) => Some(Arc::clone(v)),
+            Some(Relation::MaterializedView(v)) => Some(Arc::clone(v) as Arc<dyn TableProvider>),
+            Some(Relation::Damaged(damaged)) => return Err(damaged.error(name)),
+        })
     }
 
     async fn create_table(&self, request: CreateTable) -> Result<Created> {
@@ -474,6 +631,7 @@ impl Catalog for DynamicCatalog {
             Some(Relation::View(_)) => Err(Error::unsupported(format!(
                 "{name} is a view: only tables and materialized views can be read as of a snapshot"
             ))),
+            Some(Relation::Damaged(damaged)) => Err(damaged.error(name)),
             None => Err(errors::relation_not_found(name, RelationKind::Table)),
         }
     }
@@ -493,7 +651,9 @@ impl Catalog for DynamicCatalog {
         let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
         let schema = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
         match schema.get(&name.name) {
-            Some(Relation::Table(_) | Relation::MaterializedView(_)) => return Err(errors::relation_exists(&name)),
+            Some(Relation::Table(_) | Relation::MaterializedView(_) | Relation::Damaged(_)) => {
+                return Err(errors::relation_exists(&name));
+            }
             Some(Relation::View(_)) if !or_replace => return Err(errors::relation_exists(&name)),
             _ => {}
         }
@@ -522,7 +682,10 @@ impl Catalog for DynamicCatalog {
     }
 
     async fn maintain(&self, name: &RelationName, procedure: Procedure) -> Result<String> {
-        let table = Arc::clone(&self.stored_table(name, "compacted and expired")?.table);
+        if let Procedure::RollbackTo(snapshot) = procedure {
+            return self.rollback_to(name, snapshot).await;
+        }
+        let table = Arc::clone(&self.stored_table(name, "compacted, expired and cleaned up")?.table);
         match procedure {
             Procedure::Compact => {
                 let before = table.sorted_runs().len();
@@ -536,6 +699,11 @@ impl Catalog for DynamicCatalog {
                 let expired = table.expire(crate::now_ms(), None).await?;
                 Ok(format!("expired {expired} snapshots of {name}"))
             }
+            Procedure::RemoveOrphanFiles(cutoff) => {
+                let removed = table.remove_orphan_files(cutoff.at(crate::now_ms())).await?;
+                Ok(format!("removed {} orphan files of {name}", removed.len()))
+            }
+            Procedure::RollbackTo(_) => Err(Error::internal("rollback handled above")),
         }
     }
 
@@ -658,6 +826,10 @@ impl Catalog for DynamicCatalog {
         let (table, dir) = match removed {
             None => return Ok(false),
             Some(Relation::View(_)) => return Ok(true),
+            Some(Relation::Damaged(damaged)) => {
+                remove_dir(&self.store, &damaged.dir).await?;
+                return Ok(true);
+            }
             Some(Relation::Table(table)) => (Arc::clone(&table.table), table_dir(&name.schema, &name.name)),
             Some(Relation::MaterializedView(view)) => {
                 view.stop().await;

@@ -62,11 +62,13 @@
 
 pub mod compact;
 pub mod consumer;
+pub mod durable;
 pub mod error;
 pub mod file;
 pub mod frame;
 pub mod levels;
 pub mod options;
+pub mod orphans;
 pub mod scan;
 pub mod schema;
 pub mod snapshot;

@@ -69,6 +69,22 @@ pub struct Table {
     changelogs: Mutex<std::collections::BTreeMap<u64, Arc<Vec<RecordBatch>>>>,
     /// Changelog files read from storage (for tests of the sharing).
     changelog_file_reads: std::sync::atomic::AtomicU64,
+    /// Open transactions of this process: when each began (ms since the
+    /// epoch), so orphan cleanup keeps the files they staged.
+    open_transactions: Arc<Mutex<HashMap<u64, i64>>>,
+    next_transaction: std::sync::atomic::AtomicU64,
+}
+
+/// Registers an open transaction with its table until dropped.
+struct OpenTransaction {
+    open: Arc<Mutex<HashMap<u64, i64>>>,
+    id: u64,
+}
+
+impl Drop for OpenTransaction {
+    fn drop(&mut self) {
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.id);
+    }
 }
 
 /// Snapshots whose changelogs [`Table::changelog`] keeps in memory.
@@ -142,6 +158,8 @@ impl Table {
             key_indexes: Mutex::new(HashMap::new()),
             commits: tokio::sync::watch::Sender::new(0),
             holds: Arc::new(Mutex::new(HashMap::new())),
+            open_transactions: Arc::new(Mutex::new(HashMap::new())),
+            next_transaction: std::sync::atomic::AtomicU64::new(0),
             changelogs: Mutex::new(std::collections::BTreeMap::new()),
             changelog_file_reads: std::sync::atomic::AtomicU64::new(0),
         }
@@ -167,6 +185,11 @@ impl Table {
         let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.holds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, next);
         SnapshotHold { holds: Arc::clone(&self.holds), id }
+    }
+
+    /// When the oldest open transaction of this process began.
+    pub(crate) fn oldest_open_transaction_ms(&self) -> Option<i64> {
+        self.open_transactions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().min().copied()
     }
 
     /// The oldest snapshot a live reader in this process still needs.
@@ -223,13 +246,7 @@ impl Table {
     /// # Errors
     /// [`Error::NotFound`] when no table lives there; [`Error::Corrupt`] for damaged metadata.
     pub async fn open(store: Arc<dyn ObjectStore>, dir: Path, name: &str) -> Result<Self> {
-        let schema_id = max_id(&store, &dir.clone().join("schema"), "schema-")
-            .await?
-            .ok_or_else(|| Error::NotFound { what: format!("table {name}") })?;
-        let schema_location = dir.child_path(&schema_path(schema_id));
-        let bytes = get(&store, &schema_location).await?;
-        let schema = TableSchema::decode(schema_location.as_ref(), &bytes)?;
-        let table = Self::with_state(store, dir, name, State { schema, latest: None, manifest: Arc::default() });
+        let table = Self::open_schema_only(store, dir, name).await?;
         if let Some(id) = max_id(&table.store, &table.dir.clone().join("snapshot"), "snapshot-").await? {
             let snapshot = table.read_snapshot(id).await?;
             let manifest = table.read_manifest(&snapshot).await?;
@@ -238,6 +255,18 @@ impl Table {
             state.manifest = Arc::new(manifest);
         }
         Ok(table)
+    }
+
+    /// The table in `dir` with its latest schema and no snapshot read: for
+    /// repairs of a table whose latest snapshot does not read.
+    pub(crate) async fn open_schema_only(store: Arc<dyn ObjectStore>, dir: Path, name: &str) -> Result<Self> {
+        let schema_id = max_id(&store, &dir.clone().join("schema"), "schema-")
+            .await?
+            .ok_or_else(|| Error::NotFound { what: format!("table {name}") })?;
+        let schema_location = dir.child_path(&schema_path(schema_id));
+        let bytes = get(&store, &schema_location).await?;
+        let schema = TableSchema::decode(schema_location.as_ref(), &bytes)?;
+        Ok(Self::with_state(store, dir, name, State { schema, latest: None, manifest: Arc::default() }))
     }
 
     /// Waits for the commit in flight, if any, and refuses every later
@@ -464,7 +493,10 @@ impl Table {
     /// A failed compaction when the write stall ran one.
     pub async fn begin(&self) -> Result<Transaction<'_>> {
         self.stall().await?;
+        let id = self.next_transaction.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.open_transactions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, now_ms());
         Ok(Transaction {
+            _open: OpenTransaction { open: Arc::clone(&self.open_transactions), id },
             table: self,
             base: self.current(),
             staged: Staged::default(),
@@ -1191,6 +1223,8 @@ const REPLAY_ROWS: usize = 64 * 1024;
 ///
 /// Dropping a transaction without [`Transaction::commit`] commits nothing.
 pub struct Transaction<'a> {
+    /// Keeps the files it stages from orphan cleanup while it is open.
+    _open: OpenTransaction,
     table: &'a Table,
     base: State,
     staged: Staged,
@@ -1447,7 +1481,8 @@ fn check_rows(schema: &TableSchema, rows: &RecordBatch, kinds: &[ValueKind]) -> 
 async fn get(store: &Arc<dyn ObjectStore>, location: &Path) -> Result<bytes::Bytes> {
     match store.get(location).await {
         Ok(got) => got.bytes().await.map_err(|e| Error::store(location, e)),
-        Err(object_store::Error::NotFound { .. }) => Err(Error::NotFound { what: location.to_string() }),
+        // A file a snapshot or the schema list names is missing: the table is damaged, no "not found".
+        Err(object_store::Error::NotFound { .. }) => Err(Error::corrupt(location, "the file is missing")),
         Err(e) => Err(Error::store(location, e)),
     }
 }

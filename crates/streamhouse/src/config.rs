@@ -42,11 +42,16 @@ pub struct Config {
 pub struct StorageConfig {
     /// Local directory holding the warehouse; created at start-up when missing.
     pub data_dir: PathBuf,
+    /// Sync every write before acknowledging it (the default). `false`
+    /// acknowledges commits still in the page cache: a power cut or kernel
+    /// crash can then lose or tear acknowledged rows. Only for throwaway
+    /// benchmarks.
+    pub sync: bool,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("data") }
+        Self { data_dir: PathBuf::from("data"), sync: true }
     }
 }
 

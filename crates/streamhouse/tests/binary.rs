@@ -111,6 +111,31 @@ fn unknown_configuration_keys_are_named() {
     assert!(stderr.contains("execution.memory_limt") && stderr.contains("bad.toml"), "{stderr}");
 }
 
+/// A second server on a data directory in use exits at start-up, naming
+/// the directory and the pid holding it; once the first stops (even by
+/// SIGKILL, which leaves no stale lock) the directory is free again.
+#[test]
+fn a_second_server_on_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = start(dir.path());
+    let output = Command::new(env!("CARGO_BIN_EXE_streamhouse"))
+        .args(["serve"])
+        .current_dir(dir.path())
+        .env("STREAMHOUSE__SERVER__PG_PORT", free_port().to_string())
+        .env("STREAMHOUSE__SERVER__FLIGHT_PORT", free_port().to_string())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the second server must not start");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is in use by another streamhouse server"), "{stderr}");
+    assert!(stderr.contains(&format!("pid {}", first.child.id())), "{stderr}");
+    assert!(stderr.contains("data"), "{stderr}");
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let second = start(dir.path());
+    stop(second);
+}
+
 fn stop(mut server: Server) {
     let pid = server.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -167,10 +192,21 @@ async fn tables_survive_a_restart() {
     stop(server);
 }
 
-/// Sleeps between 0.3 and 1.3 seconds, so a SIGKILL lands at a random moment.
-async fn pause_a_random_moment() {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    tokio::time::sleep(Duration::from_millis(300 + u64::from(nanos % 1000))).await;
+/// The seed of the kill moments: `STREAMHOUSE_CRASH_SEED` to replay a
+/// failure, else the clock; printed either way (shown when a test fails).
+fn crash_seed() -> u64 {
+    let seed = std::env::var("STREAMHOUSE_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        u64::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos())
+    });
+    eprintln!("crash seed {seed} (replay with STREAMHOUSE_CRASH_SEED={seed})");
+    seed
+}
+
+/// Sleeps between 0.3 and 1.3 seconds, so a SIGKILL lands at a random
+/// moment: the `iteration`th of the moments `seed` picks.
+async fn pause_a_random_moment(seed: u64, iteration: usize) {
+    let mixed = (seed ^ (iteration as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    tokio::time::sleep(Duration::from_millis(300 + (mixed >> 33) % 1000)).await;
 }
 
 /// Every acknowledged batch has all its rows; no batch is partly visible.
@@ -195,6 +231,7 @@ async fn acknowledged_writes_survive_sigkill_during_inserts_and_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let acknowledged: Arc<Mutex<Vec<i64>>> = Arc::default();
     let mut compactions = 0;
+    let seed = crash_seed();
     for iteration in 0..4 {
         let mut server = start(dir.path());
         let client = connect(&server).await;
@@ -227,7 +264,7 @@ async fn acknowledged_writes_survive_sigkill_during_inserts_and_compaction() {
                 }
             }));
         }
-        pause_a_random_moment().await;
+        pause_a_random_moment(seed, iteration).await;
         let kinds = client.query("SELECT commit_kind FROM \"crash$snapshots\"", &[]).await.unwrap();
         compactions += kinds.iter().filter(|r| r.get::<_, &str>(0) == "compact").count();
         server.child.kill().unwrap();
@@ -285,6 +322,7 @@ const CRASH_VIEWS: &[(&str, &str)] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuous_views_are_exact_after_sigkill() {
     let dir = tempfile::tempdir().unwrap();
+    let seed = crash_seed();
     for iteration in 0..4 {
         let mut server = start(dir.path());
         let client = connect(&server).await;
@@ -333,7 +371,7 @@ async fn continuous_views_are_exact_after_sigkill() {
                 }
             }));
         }
-        pause_a_random_moment().await;
+        pause_a_random_moment(seed, iteration).await;
         server.child.kill().unwrap();
         server.child.wait().unwrap();
         for writer in writers {

@@ -11,14 +11,14 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use streamhouse::RunningServer;
+use streamhouse::Server;
 use streamhouse::config::Config;
 use tonic::transport::Channel;
 
 /// A running server on free ports, removed (data directory included) on drop
 /// or [`TestServer::stop`].
 pub struct TestServer {
-    server: Option<RunningServer>,
+    server: Option<Server>,
     config: Config,
     _data: tempfile::TempDir,
 }
@@ -45,7 +45,7 @@ impl TestServer {
         Ok(Self { server: Some(server), config, _data: data })
     }
 
-    fn running(&self) -> &RunningServer {
+    fn running(&self) -> &Server {
         self.server.as_ref().expect("server is running until stop()")
     }
 
@@ -103,15 +103,32 @@ impl TestServer {
         Ok(FlightSqlServiceClient::new(channel))
     }
 
-    /// Shuts the server down gracefully.
     /// Shuts the server down gracefully and starts it again on the same
     /// data directory (on new ports).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.restart_after(|_| Ok(())).await
+    }
+
+    /// Shuts the server down gracefully, runs `between` on its data
+    /// directory (to damage files, say), and starts it again there.
+    ///
+    /// # Errors
+    /// `between` failed, or the server could not start again.
+    pub async fn restart_after(
+        &mut self,
+        between: impl FnOnce(&std::path::Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
         }
+        between(&self.config.storage.data_dir)?;
         self.server = Some(streamhouse::start(&self.config).await?);
         Ok(())
+    }
+
+    /// The server's configuration (its data directory, say).
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     pub async fn stop(mut self) {

@@ -19,8 +19,8 @@ use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
 use super::statement::{
-    AddColumn, Copy, CreateMaterializedView, CreateTable, InsertIgnoringConflicts, Procedure, RelationKind, Start,
-    Statement, Subscribe, SubscribeOptions,
+    AddColumn, Copy, CreateMaterializedView, CreateTable, Cutoff, InsertIgnoringConflicts, Procedure, RelationKind,
+    Start, Statement, Subscribe, SubscribeOptions,
 };
 use super::{ident_value, table_reference};
 use crate::copy::{CopyOption, CopyOptions};
@@ -789,25 +789,75 @@ fn on_conflict(on: ast::OnInsert) -> Result<Option<Vec<String>>> {
     }
 }
 
-/// `CALL sys.compact('t')` and `CALL sys.expire_snapshots('t')`.
+/// `CALL sys.compact('t')`, `CALL sys.expire_snapshots('t')`,
+/// `CALL sys.remove_orphan_files('t' [, older_than => INTERVAL '…' | 'timestamp'])`,
+/// `CALL sys.rollback_to('t', snapshot_id)`; later arguments by position or
+/// by name (`=>`), as in Paimon.
 fn call(function: &ast::Function) -> Result<Statement> {
     let name = function.name.to_string().to_ascii_lowercase();
-    let procedure = match name.as_str() {
-        "sys.compact" => Procedure::Compact,
-        "sys.expire_snapshots" => Procedure::ExpireSnapshots,
+    let (usage, parameter) = match name.as_str() {
+        "sys.compact" | "sys.expire_snapshots" => ("('table name')", None),
+        "sys.remove_orphan_files" => ("('table name' [, older_than => INTERVAL '1 day'])", Some("older_than")),
+        "sys.rollback_to" => ("('table name', snapshot_id)", Some("snapshot_id")),
         _ => {
             return Err(Error::new(
                 StatusCode::FunctionNotFound,
-                format!("procedure {name} does not exist: available are sys.compact and sys.expire_snapshots"),
+                format!(
+                    "procedure {name} does not exist: available are sys.compact, sys.expire_snapshots, \
+                     sys.remove_orphan_files and sys.rollback_to"
+                ),
             ));
         }
     };
-    let usage = || Error::invalid(format!("usage: CALL {name}('table name')"));
+    let usage = || Error::invalid(format!("usage: CALL {name}{usage}"));
     let ast::FunctionArguments::List(list) = &function.args else { return Err(usage()) };
-    let [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Value(value)))] = list.args.as_slice() else {
+    let (first, rest) = list.args.split_first().ok_or_else(usage)?;
+    let ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Value(value))) = first else {
         return Err(usage());
     };
     let ast::Value::SingleQuotedString(table) = &value.value else { return Err(usage()) };
+    // The second argument, by position or by its name.
+    let argument = match (rest, parameter) {
+        ([], _) => None,
+        ([ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e))], Some(_)) => Some(e),
+        ([ast::FunctionArg::Named { name: arg, arg: ast::FunctionArgExpr::Expr(e), .. }], Some(parameter))
+            if arg.value.eq_ignore_ascii_case(parameter) =>
+        {
+            Some(e)
+        }
+        // The Postgres dialect reads `name => value` with the name as an expression.
+        (
+            [
+                ast::FunctionArg::ExprNamed {
+                    name: ast::Expr::Identifier(arg),
+                    arg: ast::FunctionArgExpr::Expr(e),
+                    ..
+                },
+            ],
+            Some(parameter),
+        ) if arg.value.eq_ignore_ascii_case(parameter) => Some(e),
+        _ => return Err(usage()),
+    };
+    let procedure = match (name.as_str(), argument) {
+        ("sys.compact", _) => Procedure::Compact,
+        ("sys.expire_snapshots", _) => Procedure::ExpireSnapshots,
+        ("sys.remove_orphan_files", None) => Procedure::RemoveOrphanFiles(Cutoff::DEFAULT),
+        ("sys.remove_orphan_files", Some(ast::Expr::Interval(_))) => {
+            let age = super::windows::interval_ms(argument.ok_or_else(usage)?)?;
+            Procedure::RemoveOrphanFiles(Cutoff::AgeMs(age))
+        }
+        ("sys.remove_orphan_files", Some(ast::Expr::Value(v))) => match &v.value {
+            ast::Value::SingleQuotedString(time) => Procedure::RemoveOrphanFiles(Cutoff::BeforeMs(timestamp_ms(time)?)),
+            _ => return Err(usage()),
+        },
+        ("sys.rollback_to", Some(ast::Expr::Value(v))) => match &v.value {
+            ast::Value::Number(n, _) => Procedure::RollbackTo(n.parse().map_err(|_| {
+                Error::new(StatusCode::InvalidParameterValue, format!("snapshot id {n} is not a snapshot id"))
+            })?),
+            _ => return Err(usage()),
+        },
+        _ => return Err(usage()),
+    };
     // The argument is a relation name as written in SQL: `'s.t'`, `'"Mixed Case"'`.
     let name = Parser::new(&PostgreSqlDialect {})
         .try_with_sql(table)

@@ -264,6 +264,33 @@ pub enum Procedure {
     Compact,
     /// Expire snapshots by the table's retention options.
     ExpireSnapshots,
+    /// Delete files no snapshot needs that were last modified before the
+    /// cutoff (`older_than`, default a day ago, as in Paimon).
+    RemoveOrphanFiles(Cutoff),
+    /// Make an earlier snapshot the latest again, deleting later ones.
+    RollbackTo(u64),
+}
+
+/// The age before which files count as orphans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cutoff {
+    /// Older than this many milliseconds (`older_than => INTERVAL '1 hour'`).
+    AgeMs(i64),
+    /// Modified before this time, ms since the epoch (`older_than => '2026-12-01 00:00:00'`).
+    BeforeMs(i64),
+}
+
+impl Cutoff {
+    /// Paimon's default: a day.
+    pub const DEFAULT: Cutoff = Cutoff::AgeMs(24 * 3_600_000);
+
+    /// The cutoff as a time, ms since the epoch.
+    pub fn at(self, now_ms: i64) -> i64 {
+        match self {
+            Cutoff::AgeMs(age) => now_ms.saturating_sub(age),
+            Cutoff::BeforeMs(time) => time,
+        }
+    }
 }
 
 impl std::fmt::Display for Statement {

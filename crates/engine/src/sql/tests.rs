@@ -263,6 +263,31 @@ fn inserts_views_calls_and_drops() {
     assert!(matches!(one("CALL sys.expire_snapshots('s.t')"),
         Statement::Call { procedure: Procedure::ExpireSnapshots, table } if table == TableReference::partial("s", "t")));
     assert_eq!(error("CALL sys.vacuum('t')").code(), StatusCode::FunctionNotFound);
+    let procedure = |sql: &str| match one(sql) {
+        Statement::Call { procedure, .. } => procedure,
+        other => panic!("{other:?}"),
+    };
+    use crate::sql::Cutoff;
+    assert_eq!(procedure("CALL sys.remove_orphan_files('t')"), Procedure::RemoveOrphanFiles(Cutoff::DEFAULT));
+    assert_eq!(
+        procedure("CALL sys.remove_orphan_files('t', older_than => INTERVAL '2 hours')"),
+        Procedure::RemoveOrphanFiles(Cutoff::AgeMs(7_200_000))
+    );
+    assert_eq!(
+        procedure("CALL sys.remove_orphan_files('t', INTERVAL '1' MINUTE)"),
+        Procedure::RemoveOrphanFiles(Cutoff::AgeMs(60_000))
+    );
+    assert_eq!(
+        procedure("CALL sys.remove_orphan_files('t', older_than => '2026-12-01 00:00:00+00')"),
+        Procedure::RemoveOrphanFiles(Cutoff::BeforeMs(1_796_083_200_000))
+    );
+    assert_eq!(procedure("CALL sys.rollback_to('t', 5)"), Procedure::RollbackTo(5));
+    assert_eq!(procedure("CALL sys.rollback_to('t', snapshot_id => 7)"), Procedure::RollbackTo(7));
+    assert_eq!(error("CALL sys.rollback_to('t')").code(), StatusCode::InvalidArgument);
+    assert_eq!(error("CALL sys.rollback_to('t', -1)").code(), StatusCode::InvalidArgument);
+    assert_eq!(error("CALL sys.rollback_to('t', older_than => 1)").code(), StatusCode::InvalidArgument);
+    assert_eq!(error("CALL sys.compact('t', 1)").code(), StatusCode::InvalidArgument);
+    assert_eq!(error("CALL sys.remove_orphan_files('t', 'soon')").code(), StatusCode::InvalidTextRepresentation);
     match one("DROP MATERIALIZED VIEW IF EXISTS a, \"B\" CASCADE") {
         Statement::Drop { kind, names, if_exists, cascade } => {
             assert_eq!(kind, RelationKind::MaterializedView);

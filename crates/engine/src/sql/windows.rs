@@ -224,7 +224,7 @@ fn hop_shifts(slide: &Expr, size: &Expr) -> Result<Vec<i64>> {
 
 /// The length of an interval literal such as `INTERVAL '10' SECOND` or
 /// `INTERVAL '1 minute'`, in milliseconds.
-fn interval_ms(expr: &Expr) -> Result<i64> {
+pub(crate) fn interval_ms(expr: &Expr) -> Result<i64> {
     let unsupported = || {
         Error::new(
             StatusCode::InvalidParameterValue,
