@@ -257,6 +257,17 @@ impl Table {
         Ok(table)
     }
 
+    /// Reloads the latest schema and snapshot from storage, after another
+    /// process committed. Call with the commit lock held.
+    async fn catch_up(&self) -> Result<()> {
+        let fresh = Self::open(Arc::clone(&self.store), self.dir.clone(), &self.name).await?;
+        let state = fresh.current();
+        let id = state.latest.as_ref().map_or(0, |s| s.id);
+        *self.lock_state() = state;
+        self.commits.send_replace(id);
+        Ok(())
+    }
+
     /// The table in `dir` with its latest schema and no snapshot read: for
     /// repairs of a table whose latest snapshot does not read.
     pub(crate) async fn open_schema_only(store: Arc<dyn ObjectStore>, dir: Path, name: &str) -> Result<Self> {
@@ -627,9 +638,14 @@ impl Table {
         match claimed {
             Ok(_) => {}
             Err(object_store::Error::AlreadyExists { .. }) => {
+                // Another process (an engine on the same bucket) committed: catch up with
+                // it, so this statement fails but the next one commits on top of it.
+                if let Err(e) = self.catch_up().await {
+                    tracing::warn!(table = %self.name, error = %e, "cannot read the commit that won the race");
+                }
                 return Err(Error::Conflict {
                     table: self.name.clone(),
-                    reason: format!("snapshot {id} was committed by another writer"),
+                    reason: format!("snapshot {id} was committed by another writer; retry the statement"),
                 });
             }
             Err(e) => return Err(Error::store(&location, e)),

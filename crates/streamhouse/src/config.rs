@@ -40,18 +40,57 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Local directory holding the warehouse; created at start-up when missing.
+    /// Local directory of the server (its lock, spill files, and the
+    /// warehouse unless `url` puts it elsewhere); created when missing.
     pub data_dir: PathBuf,
-    /// Sync every write before acknowledging it (the default). `false`
+    /// Where the tables live: unset, `<data_dir>/warehouse` on the local
+    /// disk; `s3://bucket/prefix`, S3-compatible object storage (see `s3`).
+    pub url: Option<String>,
+    /// Sync every local write before acknowledging it (the default). `false`
     /// acknowledges commits still in the page cache: a power cut or kernel
     /// crash can then lose or tear acknowledged rows. Only for throwaway
-    /// benchmarks.
+    /// benchmarks. (S3 acknowledges a write only once it is durable.)
     pub sync: bool,
+    /// The S3 endpoint and credentials for an `s3://` url.
+    pub s3: S3Config,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("data"), sync: true }
+        Self { data_dir: PathBuf::from("data"), url: None, sync: true, s3: S3Config::default() }
+    }
+}
+
+/// How to reach an S3-compatible object store. Every unset key falls back to
+/// the usual `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`,
+/// `AWS_ENDPOINT_URL`), then to AWS's defaults.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// The endpoint, e.g. `http://127.0.0.1:9000` for a local server; unset is AWS.
+    pub endpoint: Option<String>,
+    /// The region (`us-east-1` when unset everywhere).
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key (never printed).
+    pub secret_access_key: Option<Secret>,
+    /// Session token of temporary credentials (never printed).
+    pub session_token: Option<Secret>,
+    /// Address buckets as `bucket.endpoint` instead of `endpoint/bucket`
+    /// (path style, the default, which local servers need).
+    pub virtual_hosted_style: bool,
+}
+
+/// A configuration value that is never printed (`streamhouse config`, logs).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<secret>\"")
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod lock;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,12 +13,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 pub use config::Config;
 use lock::DataDirLock;
-use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
 use streamhouse_engine::Engine;
 use streamhouse_engine::warehouse::DynamicCatalog;
 use streamhouse_server::RunningServer;
-use streamhouse_storage::durable::{self, DurableStore};
 
 /// A started server: both listeners, the engine, and the lock on its data
 /// directory, held until [`Server::shutdown`].
@@ -51,9 +49,9 @@ impl Server {
     }
 }
 
-/// Locks the data directory, opens the Dynamic Tables in its `warehouse/`
-/// (durable writes unless `storage.sync = false`), builds the engine and
-/// starts both listeners.
+/// Locks the data directory, opens the Dynamic Tables of the warehouse
+/// ([`store::open`]: `<data_dir>/warehouse`, durable unless `storage.sync =
+/// false`, or `storage.url`), builds the engine and starts both listeners.
 ///
 /// # Errors
 /// The data directory cannot be created or is in use by another server, the
@@ -64,30 +62,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let lock = DataDirLock::acquire(data_dir)?;
     let warehouse = data_dir.join("warehouse");
-    std::fs::create_dir_all(&warehouse)
-        .with_context(|| format!("cannot create warehouse directory {}", warehouse.display()))?;
-    // Writes a crash interrupted left staged files no listing shows; with the lock held they are nobody's.
-    let staged = durable::remove_staged_local_files(&warehouse)
-        .with_context(|| format!("cannot clean up staged files in {}", warehouse.display()))?;
-    if staged > 0 {
-        tracing::info!(files = staged, "removed the staged files of writes interrupted by a crash");
-    }
-    let store: Arc<dyn ObjectStore> = if config.storage.sync {
-        Arc::new(
-            DurableStore::local(&warehouse)
-                .with_context(|| format!("cannot open warehouse {}", warehouse.display()))?,
-        )
-    } else {
-        tracing::warn!("storage.sync = false: acknowledged writes are not synced and can be lost in a power cut");
-        Arc::new(
-            LocalFileSystem::new_with_prefix(&warehouse)
-                .with_context(|| format!("cannot open warehouse {}", warehouse.display()))?
-                .with_automatic_cleanup(true),
-        )
-    };
-    let catalog = DynamicCatalog::open(store)
-        .await
-        .with_context(|| format!("cannot open the tables in {}", warehouse.display()))?;
+    let store = store::open(&config.storage, &warehouse)?;
+    let location = config.storage.url.clone().unwrap_or_else(|| warehouse.display().to_string());
+    let catalog = DynamicCatalog::open(store).await.with_context(|| format!("cannot open the tables in {location}"))?;
     let mut execution = config.execution.clone();
     execution.spill_dir.get_or_insert_with(|| data_dir.join("spill"));
     let engine = Engine::with_catalog(execution, Arc::new(catalog)).context("cannot start the query engine")?;

@@ -4,7 +4,9 @@
 //!   temporary data directory, plus clients connected to it.
 //! - [`slt`]: sqllogictest databases that run `sql-tests/*.slt` in-process
 //!   (through an engine session) and over the Postgres protocol.
+//! - [`s3`]: a real S3-compatible server (moto) for the object-storage tests.
 
+pub mod s3;
 pub mod slt;
 
 use std::net::SocketAddr;
