@@ -66,7 +66,7 @@ pub struct Table {
     pub(crate) holds: Arc<Mutex<HashMap<u64, u64>>>,
     /// Changelogs read recently, by snapshot: the continuous views (and
     /// other readers) of one table in this process share one read of each.
-    changelogs: Mutex<std::collections::BTreeMap<u64, Arc<Vec<RecordBatch>>>>,
+    changelogs: Mutex<ChangelogCache>,
     /// Changelog files read from storage (for tests of the sharing).
     changelog_file_reads: std::sync::atomic::AtomicU64,
     /// Open transactions of this process: when each began (ms since the
@@ -87,8 +87,40 @@ impl Drop for OpenTransaction {
     }
 }
 
-/// Snapshots whose changelogs [`Table::changelog`] keeps in memory.
-const CACHED_CHANGELOGS: usize = 64;
+/// The decoded changelogs [`Table::changelog`] keeps in memory, newest
+/// snapshots first, bounded in bytes: the continuous views (and other
+/// readers) of one table in this process share one read of each recent
+/// snapshot's changelog, however big its commits.
+const CACHED_CHANGELOG_BYTES: usize = 64 << 20;
+
+#[derive(Debug, Default)]
+struct ChangelogCache {
+    by_snapshot: std::collections::BTreeMap<u64, (Arc<Vec<RecordBatch>>, usize)>,
+    bytes: usize,
+}
+
+impl ChangelogCache {
+    fn get(&self, id: u64) -> Option<Arc<Vec<RecordBatch>>> {
+        self.by_snapshot.get(&id).map(|(batches, _)| Arc::clone(batches))
+    }
+
+    /// Keeps `batches` unless they alone exceed the budget; evicts the
+    /// oldest snapshots until the cache fits.
+    fn insert(&mut self, id: u64, batches: Arc<Vec<RecordBatch>>) {
+        let size: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+        if size > CACHED_CHANGELOG_BYTES {
+            return;
+        }
+        if let Some((_, old)) = self.by_snapshot.insert(id, (batches, size)) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+        while self.bytes > CACHED_CHANGELOG_BYTES {
+            let Some((_, (_, evicted))) = self.by_snapshot.pop_first() else { break };
+            self.bytes -= evicted;
+        }
+    }
+}
 
 /// Keeps snapshots from [`SnapshotHold::next`] on from expiring while a
 /// reader in this process still needs them; released when dropped.
@@ -160,7 +192,7 @@ impl Table {
             holds: Arc::new(Mutex::new(HashMap::new())),
             open_transactions: Arc::new(Mutex::new(HashMap::new())),
             next_transaction: std::sync::atomic::AtomicU64::new(0),
-            changelogs: Mutex::new(std::collections::BTreeMap::new()),
+            changelogs: Mutex::new(ChangelogCache::default()),
             changelog_file_reads: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -953,7 +985,7 @@ impl Table {
         let target = schema.changelog_file_schema();
         let mut out = Vec::new();
         for id in after + 1..=upto {
-            let cached = self.changelogs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).cloned();
+            let cached = self.changelogs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id);
             let batches = match cached {
                 // Decoded for the current definition (ALTER TABLE clears the cache).
                 Some(batches) if batches.iter().all(|b| b.schema() == target) => batches,
@@ -966,11 +998,10 @@ impl Table {
                         batches.extend(reader.read_all(READ_BATCH_ROWS).await?);
                     }
                     let batches = Arc::new(batches);
-                    let mut cache = self.changelogs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    cache.insert(id, Arc::clone(&batches));
-                    while cache.len() > CACHED_CHANGELOGS {
-                        cache.pop_first();
-                    }
+                    self.changelogs
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(id, Arc::clone(&batches));
                     batches
                 }
             };
@@ -1512,4 +1543,31 @@ async fn max_id(store: &Arc<dyn ObjectStore>, dir: &Path, prefix: &str) -> Resul
             m.location.filename().and_then(|f| f.strip_prefix(prefix)).and_then(|id| id.parse::<u64>().ok())
         })
         .max())
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::Int64Array;
+
+    use super::*;
+
+    fn batch(rows: usize) -> Arc<Vec<RecordBatch>> {
+        let column: ArrayRef = Arc::new(Int64Array::from_iter_values(0..rows as i64));
+        Arc::new(vec![RecordBatch::try_from_iter([("k", column)]).unwrap()])
+    }
+
+    #[test]
+    fn the_changelog_cache_is_bounded_in_bytes() {
+        let mut cache = ChangelogCache::default();
+        // 1M rows of 8 bytes: 8 MiB each, so 8 fit in 64 MiB.
+        for id in 1..=20 {
+            cache.insert(id, batch(1 << 20));
+            assert!(cache.bytes <= CACHED_CHANGELOG_BYTES, "{} bytes cached", cache.bytes);
+        }
+        assert!(cache.get(20).is_some() && cache.get(1).is_none(), "the newest stay, the oldest go");
+        assert!(cache.by_snapshot.len() >= 7, "{} snapshots kept", cache.by_snapshot.len());
+        // One commit bigger than the whole budget is not cached at all.
+        cache.insert(21, batch(10 << 20));
+        assert!(cache.get(21).is_none() && cache.get(20).is_some());
+    }
 }

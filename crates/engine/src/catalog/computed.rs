@@ -12,6 +12,7 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 
 /// The rows of a read-only table computed when it is scanned (system tables).
 #[async_trait]
@@ -21,6 +22,12 @@ pub trait ComputedRows: std::fmt::Debug + Send + Sync + 'static {
 
     /// The rows, now.
     async fn rows(&self) -> datafusion::error::Result<Vec<RecordBatch>>;
+
+    /// The rows as a stream, for tables too big to compute into memory
+    /// (a table's whole changelog); `None` serves [`ComputedRows::rows`].
+    fn partition(&self) -> Option<Arc<dyn PartitionStream>> {
+        None
+    }
 }
 
 /// A [`ComputedRows`] as a table.
@@ -44,6 +51,10 @@ impl<T: ComputedRows> TableProvider for Computed<T> {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        if let Some(partition) = self.0.partition() {
+            let exec = StreamingTableExec::try_new(self.0.schema(), vec![partition], projection, [], false, None)?;
+            return Ok(Arc::new(exec));
+        }
         batches_exec(self.0.rows().await?, &self.0.schema(), projection)
     }
 }

@@ -22,8 +22,11 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{Session as DfSession, TableProvider};
 use datafusion::datasource::TableType;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
 use streamhouse_storage as storage;
 
 use super::df_error;
@@ -110,27 +113,11 @@ impl SystemTable {
     async fn batches(&self) -> datafusion::error::Result<Vec<RecordBatch>> {
         match self.kind {
             SystemKind::Changelog => {
-                let user = self.schema.fields().len() - 2;
-                let mut out = Vec::new();
-                for change in self.table.changelog(0, None).await.map_err(df_error)? {
-                    let batch = change.batch;
-                    let codes = batch
-                        .column(user + 1)
-                        .as_any()
-                        .downcast_ref::<datafusion::arrow::array::Int8Array>()
-                        .ok_or_else(|| {
-                        datafusion::error::DataFusionError::Internal("changelog _kind is not Int8".into())
-                    })?;
-                    let kinds: StringArray = codes
-                        .iter()
-                        .map(|c| c.and_then(storage::RowKind::from_code).map(storage::RowKind::symbol))
-                        .collect();
-                    let mut columns: Vec<ArrayRef> = batch.columns()[..user].to_vec();
-                    columns.push(Arc::new(kinds));
-                    columns.push(Arc::new(Int64Array::from(vec![change.snapshot as i64; batch.num_rows()])));
-                    out.push(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
-                }
-                Ok(out)
+                use futures::TryStreamExt;
+                ChangelogRows { table: Arc::clone(&self.table), schema: Arc::clone(&self.schema) }
+                    .stream()
+                    .try_collect()
+                    .await
             }
             SystemKind::Snapshots => {
                 let snapshots = self.table.snapshots().await.map_err(df_error)?;
@@ -203,6 +190,72 @@ impl ComputedRows for SystemTable {
     async fn rows(&self) -> datafusion::error::Result<Vec<RecordBatch>> {
         self.batches().await
     }
+
+    fn partition(&self) -> Option<Arc<dyn PartitionStream>> {
+        match self.kind {
+            // A table's whole history: streamed a row group at a time, never held in memory.
+            SystemKind::Changelog => {
+                Some(Arc::new(ChangelogRows { table: Arc::clone(&self.table), schema: Arc::clone(&self.schema) }))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `t$changelog`'s rows: the changelog of every retained snapshot, in
+/// commit order, read a row group at a time.
+#[derive(Debug)]
+struct ChangelogRows {
+    table: Arc<storage::Table>,
+    schema: SchemaRef,
+}
+
+impl ChangelogRows {
+    fn stream(&self) -> futures::stream::BoxStream<'static, datafusion::error::Result<RecordBatch>> {
+        use futures::{StreamExt, TryStreamExt};
+        let table = Arc::clone(&self.table);
+        let schema = Arc::clone(&self.schema);
+        futures::stream::once(async move {
+            let ids: Vec<u64> = table.snapshots().await.map_err(df_error)?.iter().map(|s| s.id).collect();
+            let batches = futures::stream::iter(ids).flat_map(move |id| {
+                let schema = Arc::clone(&schema);
+                table.changelog_of(id).map_err(df_error).and_then(move |batch| {
+                    let schema = Arc::clone(&schema);
+                    async move { audit_rows(&schema, &batch, id) }
+                })
+            });
+            Ok::<_, datafusion::error::DataFusionError>(batches)
+        })
+        .try_flatten()
+        .boxed()
+    }
+}
+
+impl PartitionStream for ChangelogRows {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.schema), self.stream()))
+    }
+}
+
+/// A changelog batch (user columns, `_seq`, `_kind` code) as `t$changelog`
+/// rows: the user columns, `_kind` as `+I`/`-U`/`+U`/`-D`, `_snapshot`.
+fn audit_rows(schema: &SchemaRef, batch: &RecordBatch, snapshot: u64) -> datafusion::error::Result<RecordBatch> {
+    let user = schema.fields().len() - 2;
+    let codes = batch
+        .column(user + 1)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Int8Array>()
+        .ok_or_else(|| datafusion::error::DataFusionError::Internal("changelog _kind is not Int8".into()))?;
+    let kinds: StringArray =
+        codes.iter().map(|c| c.and_then(storage::RowKind::from_code).map(storage::RowKind::symbol)).collect();
+    let mut columns: Vec<ArrayRef> = batch.columns()[..user].to_vec();
+    columns.push(Arc::new(kinds));
+    columns.push(Arc::new(Int64Array::from(vec![snapshot as i64; batch.num_rows()])));
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
 
 /// A Dynamic Table as of a snapshot id or a point in time, read-only.
