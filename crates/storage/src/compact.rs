@@ -29,7 +29,7 @@ use futures::StreamExt;
 use object_store::ObjectStoreExt;
 
 use crate::error::{Error, Result};
-use crate::file::{ChildPath, FileMeta};
+use crate::file::{ChildPath, FileMeta, FileWriter};
 use crate::levels::{MAX_LEVEL, SortedRun, pick};
 use crate::merge::{MergeSpec, RunStream, merge};
 use crate::scan::{FileSlice, key_converter, read_run};
@@ -175,10 +175,14 @@ impl Table {
             let current = match &mut writer {
                 Some(w) => w,
                 None => {
-                    writer.insert(self.file_writer("data", level, schema.primary_key.clone(), delete_code, &schema)?)
+                    // Streamed out as it is written: a 128 MiB run is never held in memory.
+                    let file = self.new_file("data", level, schema.primary_key.clone(), delete_code, &schema);
+                    writer
+                        .insert(FileWriter::streaming(file, &schema.data_file_schema(), &self.store, &self.dir).await?)
                 }
             };
             current.write(&batch)?;
+            current.send_parts().await?;
             if current.rows() >= target_rows
                 && let Some(full) = writer.take()
             {

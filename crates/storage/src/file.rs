@@ -24,7 +24,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 use base64::Engine as _;
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
@@ -131,12 +131,17 @@ pub(crate) struct NewFile {
     pub seq_kind: (usize, usize, Option<i8>),
 }
 
-/// Builds a Parquet file in memory, batch by batch, then stores it.
+/// Builds a Parquet file batch by batch, then stores it: in memory and with
+/// one put (commits' files, which are small), or streamed out as a
+/// multipart upload a few MiB at a time ([`FileWriter::streaming`]: the big
+/// files compaction writes), so memory stays bounded whatever the file's size.
 pub(crate) struct FileWriter {
     file: NewFile,
     schema: SchemaRef,
     writer: ArrowWriter<SharedBuffer>,
+    /// The bytes not yet handed to the upload (all of them without one).
     buffer: SharedBuffer,
+    upload: Option<Upload>,
     rows: u64,
     deletes: u64,
     seq_range: Option<(u64, u64)>,
@@ -156,6 +161,7 @@ impl FileWriter {
             schema: Arc::clone(schema),
             writer,
             buffer,
+            upload: None,
             rows: 0,
             deletes: 0,
             seq_range: None,
@@ -164,9 +170,78 @@ impl FileWriter {
         })
     }
 
+    /// Like [`FileWriter::new`], but the file streams out to `dir/relative`
+    /// as it is written: call [`FileWriter::send_parts`] after writes.
+    pub(crate) async fn streaming(
+        file: NewFile,
+        schema: &SchemaRef,
+        store: &Arc<dyn ObjectStore>,
+        dir: &Path,
+    ) -> Result<Self> {
+        Self::streaming_in_parts(file, schema, store, dir, UPLOAD_PART_BYTES).await
+    }
+
+    async fn streaming_in_parts(
+        file: NewFile,
+        schema: &SchemaRef,
+        store: &Arc<dyn ObjectStore>,
+        dir: &Path,
+        part_bytes: usize,
+    ) -> Result<Self> {
+        let location = dir.child_path(&file.relative);
+        let mut writer = Self::new(file, schema)?;
+        let upload = store.put_multipart(&location).await.map_err(|e| Error::store(&location, e))?;
+        writer.upload = Some(Upload {
+            parts: WriteMultipart::new_with_chunk_size(upload, part_bytes),
+            part_bytes,
+            location,
+            sent: 0,
+            row_groups: Vec::new(),
+        });
+        Ok(writer)
+    }
+
     /// Rows written so far.
     pub(crate) fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// For a streaming writer: checksums the row groups Parquet has flushed
+    /// and hands their bytes to the upload once a part's worth is buffered,
+    /// waiting while too many parts are in flight.
+    pub(crate) async fn send_parts(&mut self) -> Result<()> {
+        let Some(upload) = &mut self.upload else { return Ok(()) };
+        let flushed = self.writer.flushed_row_groups();
+        if flushed.len() == upload.row_groups.len() {
+            return Ok(());
+        }
+        let buffered = self.buffer.len()?;
+        if buffered < upload.part_bytes {
+            return Ok(());
+        }
+        let mut data_end = upload.sent;
+        {
+            let bytes = self.buffer.0.lock().map_err(|_| Error::Invalid("buffer poisoned".into()))?;
+            for group in &flushed[upload.row_groups.len()..] {
+                // Parquet writes through a small buffer of its own: the end of a row group
+                // it reports flushed may not have reached ours yet (then: next time).
+                let end = group.columns().iter().map(|c| c.byte_range().0 + c.byte_range().1).max().unwrap_or(0);
+                if end > upload.sent + bytes.len() as u64 {
+                    break;
+                }
+                let (row_group, end) = checksum_row_group(&self.file.relative, &bytes, upload.sent, group)?;
+                upload.row_groups.push(row_group);
+                data_end = data_end.max(end);
+            }
+        }
+        if data_end == upload.sent {
+            return Ok(());
+        }
+        // Every byte before the end of the last flushed row group is final.
+        let ready = self.buffer.take_front((data_end - upload.sent) as usize)?;
+        upload.sent = data_end;
+        upload.parts.put(Bytes::from(ready));
+        upload.parts.wait_for_capacity(UPLOADS_IN_FLIGHT).await.map_err(|e| Error::store(&upload.location, e))
     }
 
     pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -207,11 +282,13 @@ impl FileWriter {
 
     /// Finishes the file and stores it at `dir/relative`.
     pub(crate) async fn finish(self, store: &Arc<dyn ObjectStore>, dir: &Path) -> Result<FileMeta> {
-        let Self { file, schema: batch_schema, writer, buffer, rows, deletes, seq_range, mut firsts, last } = self;
+        let Self { file, schema: batch_schema, writer, buffer, upload, rows, deletes, seq_range, mut firsts, last } =
+            self;
         let relative = file.relative.clone();
         let metadata = writer.close().map_err(|e| Error::Invalid(format!("cannot write {relative}: {e}")))?;
         let buffer = buffer.take()?;
-        let (row_groups, footer) = layout(&relative, &buffer, &metadata)?;
+        let (sent, done) = upload.as_ref().map_or((0, &[][..]), |u| (u.sent, u.row_groups.as_slice()));
+        let (row_groups, footer) = layout(&relative, &buffer, sent, done, &metadata)?;
         let key_index = match last {
             Some(last) if !file.key_columns.is_empty() => {
                 firsts.push(last);
@@ -225,7 +302,7 @@ impl FileWriter {
             level: file.level,
             rows,
             deletes,
-            bytes: buffer.len() as u64,
+            bytes: sent + buffer.len() as u64,
             min_seq,
             max_seq,
             schema_id: file.schema_id,
@@ -233,31 +310,82 @@ impl FileWriter {
             row_groups,
             key_index,
         };
-        let location = dir.child_path(&relative);
-        store.put(&location, PutPayload::from(buffer)).await.map_err(|e| Error::store(&location, e))?;
+        match upload {
+            Some(Upload { mut parts, location, .. }) => {
+                parts.put(Bytes::from(buffer));
+                parts.finish().await.map_err(|e| Error::store(&location, e))?;
+            }
+            None => {
+                let location = dir.child_path(&relative);
+                store.put(&location, PutPayload::from(buffer)).await.map_err(|e| Error::store(&location, e))?;
+            }
+        }
         Ok(meta)
     }
 }
 
+/// Parts of a streamed file: 8 MiB (S3 wants at least 5 MiB but the last).
+const UPLOAD_PART_BYTES: usize = 8 << 20;
+
+/// Parts of one file uploading at once.
+const UPLOADS_IN_FLIGHT: usize = 2;
+
+/// A streaming [`FileWriter`]'s upload.
+struct Upload {
+    parts: WriteMultipart,
+    part_bytes: usize,
+    location: Path,
+    /// Bytes of the file handed to the upload so far.
+    sent: u64,
+    /// The row groups in those bytes, checksummed.
+    row_groups: Vec<RowGroup>,
+}
+
+/// The chunks of `group` checksummed from `bytes`, the file's bytes from
+/// offset `base` on; and where the row group ends.
+fn checksum_row_group(
+    relative: &str,
+    bytes: &[u8],
+    base: u64,
+    group: &parquet::file::metadata::RowGroupMetaData,
+) -> Result<(RowGroup, u64)> {
+    let mut columns = Vec::with_capacity(group.num_columns());
+    let mut end_of_group = base;
+    for column in group.columns() {
+        let (offset, len) = column.byte_range();
+        let end = offset + len;
+        let chunk = offset
+            .checked_sub(base)
+            .and_then(|start| bytes.get(start as usize..(end - base) as usize))
+            .ok_or_else(|| Error::Invalid(format!("cannot write {relative}: column chunk outside the file")))?;
+        columns.push(Chunk { offset, len, crc32: crc32fast::hash(chunk) });
+        end_of_group = end_of_group.max(end);
+    }
+    Ok((RowGroup { rows: group.num_rows() as u64, columns }, end_of_group))
+}
+
 /// Where the row groups' column chunks and the footer of a file are, with
 /// their checksums.
-fn layout(relative: &str, buffer: &[u8], metadata: &ParquetMetaData) -> Result<(Vec<RowGroup>, Chunk)> {
-    let mut row_groups = Vec::with_capacity(metadata.num_row_groups());
-    let mut data_end = 4;
-    for group in metadata.row_groups() {
-        let mut columns = Vec::with_capacity(group.num_columns());
-        for column in group.columns() {
-            let (offset, len) = column.byte_range();
-            let end = offset + len;
-            let bytes = buffer
-                .get(offset as usize..end as usize)
-                .ok_or_else(|| Error::Invalid(format!("cannot write {relative}: column chunk outside the file")))?;
-            columns.push(Chunk { offset, len, crc32: crc32fast::hash(bytes) });
-            data_end = data_end.max(end);
-        }
-        row_groups.push(RowGroup { rows: group.num_rows() as u64, columns });
+/// The checksummed layout of a finished file whose bytes from offset `base`
+/// on are `buffer`; `done` are the row groups checksummed already (those in
+/// the bytes before `base`).
+fn layout(
+    relative: &str,
+    buffer: &[u8],
+    base: u64,
+    done: &[RowGroup],
+    metadata: &ParquetMetaData,
+) -> Result<(Vec<RowGroup>, Chunk)> {
+    let mut row_groups = done.to_vec();
+    let mut data_end = base.max(4);
+    for group in &metadata.row_groups()[done.len()..] {
+        let (row_group, end) = checksum_row_group(relative, buffer, base, group)?;
+        row_groups.push(row_group);
+        data_end = data_end.max(end);
     }
-    let footer_bytes = &buffer[data_end as usize..];
+    let footer_bytes = buffer
+        .get((data_end - base) as usize..)
+        .ok_or_else(|| Error::Invalid(format!("cannot write {relative}: footer outside the file")))?;
     let footer = Chunk { offset: data_end, len: footer_bytes.len() as u64, crc32: crc32fast::hash(footer_bytes) };
     Ok((row_groups, footer))
 }
@@ -323,7 +451,7 @@ pub(crate) async fn concatenate(
     let Some(writer) = writer else { return Ok(None) };
     let metadata = writer.close().map_err(failed)?;
     let buffer = buffer.take()?;
-    let (row_groups, footer) = layout(&relative, &buffer, &metadata)?;
+    let (row_groups, footer) = layout(&relative, &buffer, 0, &[], &metadata)?;
     let key_index = match key_parts.first() {
         Some(first) if key_parts.len() == sources.len() && !file.key_columns.is_empty() => {
             let batch = arrow::compute::concat_batches(&first.schema(), &key_parts)?;
@@ -365,6 +493,18 @@ struct SharedBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
 impl SharedBuffer {
     fn take(&self) -> Result<Vec<u8>> {
         Ok(std::mem::take(&mut *self.0.lock().map_err(|_| Error::Invalid("buffer poisoned".into()))?))
+    }
+
+    /// Removes and returns the first `n` bytes.
+    fn take_front(&self, n: usize) -> Result<Vec<u8>> {
+        let mut bytes = self.0.lock().map_err(|_| Error::Invalid("buffer poisoned".into()))?;
+        let at = n.min(bytes.len());
+        let rest = bytes.split_off(at);
+        Ok(std::mem::replace(&mut *bytes, rest))
+    }
+
+    fn len(&self) -> Result<usize> {
+        Ok(self.0.lock().map_err(|_| Error::Invalid("buffer poisoned".into()))?.len())
     }
 }
 
@@ -666,5 +806,72 @@ pub(crate) trait ChildPath {
 impl ChildPath for Path {
     fn child_path(&self, relative: &str) -> Path {
         relative.split('/').fold(self.clone(), |p, part| p.join(part))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int8Array, Int64Array, StringArray, UInt64Array};
+    use arrow::datatypes::{DataType, Field};
+    use object_store::memory::InMemory;
+
+    use super::*;
+
+    /// A file streamed out in small parts reads back whole, with every
+    /// chunk's checksum right, and its size in the metadata.
+    #[tokio::test]
+    async fn a_streamed_file_reads_back_whole() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Utf8, true),
+            Field::new("_seq", DataType::UInt64, false),
+            Field::new("_kind", DataType::Int8, false),
+        ]));
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let dir = Path::from("t");
+        let file = NewFile {
+            relative: "data/streamed.parquet".into(),
+            level: 1,
+            key_columns: vec![0],
+            schema_id: 0,
+            row_group_rows: 500,
+            seq_kind: (2, 3, Some(1)),
+        };
+        let mut writer = FileWriter::streaming_in_parts(file, &schema, &store, &dir, 16 << 10).await.unwrap();
+        let mut expected = Vec::new();
+        for part in 0..40i64 {
+            let keys: Vec<i64> = (part * 250..(part + 1) * 250).collect();
+            // Values that do not compress away, so the file is many parts long.
+            let values: Vec<String> =
+                keys.iter().map(|k| format!("{:x}", (*k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))).collect();
+            let batch = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int64Array::from(keys.clone())),
+                    Arc::new(StringArray::from(values.clone())),
+                    Arc::new(UInt64Array::from_iter_values(keys.iter().map(|k| *k as u64))),
+                    Arc::new(Int8Array::from(vec![0i8; keys.len()])),
+                ],
+            )
+            .unwrap();
+            expected.extend(keys.into_iter().zip(values));
+            writer.write(&batch).unwrap();
+            writer.send_parts().await.unwrap();
+        }
+        let sent = writer.upload.as_ref().map_or(0, |u| u.sent);
+        assert!(sent > 0, "parts were sent before the end");
+        let meta = writer.finish(&store, &dir).await.unwrap();
+        assert!(meta.bytes > sent);
+        let stored = store.head(&dir.child_path(&meta.path)).await.unwrap();
+        assert_eq!(stored.size, meta.bytes);
+        assert_eq!(meta.row_groups.len(), 20);
+        let reader = FileReader::open(&store, &dir, Arc::new(meta), &schema).await.unwrap();
+        let mut got = Vec::new();
+        for batch in reader.read_all(1000).await.unwrap() {
+            let keys = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            let values = batch.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+            got.extend((0..batch.num_rows()).map(|i| (keys.value(i), values.value(i).to_string())));
+        }
+        assert_eq!(got, expected);
     }
 }
