@@ -3,10 +3,17 @@
 //! - `COPY … FROM STDIN` (text) into a keyed table: streamhouse vs PostgreSQL;
 //! - Flight SQL bulk ingest (`CommandStatementIngest`, 5 narrow columns,
 //!   10k-row batches) vs PostgreSQL's COPY;
+//! - durable small writes: 16 connections each running single-row INSERTs
+//!   in a loop for 20 s (commits/s, p50/p99 latency) vs PostgreSQL with
+//!   `synchronous_commit = on` (its default; fsync on); group commit is how
+//!   streamhouse keeps up while syncing every commit;
 //! - subscriber latency (commit to a live `COPY (SUBSCRIBE …) TO STDOUT`
 //!   reader) at 10k and 100k changes/s.
 //!
-//! `cargo run --release -p streamhouse-benches --bin streams -- [rows]`
+//! Both servers keep their data in temporary directories on the same disk,
+//! and both sync every commit (streamhouse's `storage.sync` default).
+//!
+//! `cargo run --release -p streamhouse-benches --bin streams -- [rows] [small-write seconds]`
 //! PostgreSQL is started from the `initdb`/`pg_ctl` on PATH (or in
 //! /usr/lib/postgresql/*/bin) in a temporary directory, as user `postgres`
 //! when run as root; without it the PostgreSQL rows are skipped.
@@ -174,6 +181,37 @@ async fn subscriber_latency(pg_port: u16, rate: u64, seconds: u64, table: &str) 
     latencies
 }
 
+/// `connections` clients each INSERT one row at a time into `table` for
+/// `seconds`; returns the commit latencies in µs, sorted.
+async fn small_writes(port: u16, user: &str, db: &str, table: &str, connections: i64, seconds: u64) -> Vec<i64> {
+    let admin = connect(port, user, db).await;
+    admin.batch_execute(&format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, v TEXT)")).await.expect("table");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut writers = Vec::new();
+    for c in 0..connections {
+        let client = connect(port, user, db).await;
+        let table = table.to_string();
+        writers.push(tokio::spawn(async move {
+            let insert = client.prepare(&format!("INSERT INTO {table} VALUES ($1, $2)")).await.expect("prepare");
+            let mut latencies = Vec::new();
+            let mut i = 0i64;
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                client.execute(&insert, &[&(c * 100_000_000 + i), &"some value"]).await.expect("insert");
+                latencies.push(started.elapsed().as_micros() as i64);
+                i += 1;
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for writer in writers {
+        all.extend(writer.await.expect("writer"));
+    }
+    all.sort_unstable();
+    all
+}
+
 fn percentile(sorted: &[i64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -184,6 +222,7 @@ fn percentile(sorted: &[i64], p: f64) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let rows: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let small_seconds: u64 = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(20);
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut config = streamhouse::config::Config::default();
     config.server.pg_port = 0;
@@ -260,6 +299,37 @@ async fn main() {
         flight_rate,
         ratio(flight_rate)
     );
+
+    println!();
+    println!("durable small writes: 16 connections, single-row INSERT (prepared) in a loop, {small_seconds} s");
+    println!("{:<48} {:>12} {:>9} {:>9} {:>10}", "server", "commits/s", "p50 ms", "p99 ms", "vs PG");
+    let pg_small = match &postgres {
+        Some(pg) => {
+            let latencies = small_writes(pg.port, "postgres", "postgres", "small", 16, small_seconds).await;
+            let rate = latencies.len() as f64 / small_seconds as f64;
+            println!(
+                "{:<48} {:>12.0} {:>9.2} {:>9.2} {:>10}",
+                "PostgreSQL 15, synchronous_commit = on (baseline)",
+                rate,
+                percentile(&latencies, 0.5),
+                percentile(&latencies, 0.99),
+                "1.00x"
+            );
+            Some(rate)
+        }
+        None => None,
+    };
+    let latencies = small_writes(sh_port, "bench", "streamhouse", "small", 16, small_seconds).await;
+    let rate = latencies.len() as f64 / small_seconds as f64;
+    println!(
+        "{:<48} {:>12.0} {:>9.2} {:>9.2} {:>10}",
+        "streamhouse, storage.sync = true (group commit)",
+        rate,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        pg_small.map_or("n/a".to_string(), |pg| format!("{:.2}x", rate / pg))
+    );
+    println!();
 
     for (rate, table) in [(10_000, "lat10k"), (100_000, "lat100k")] {
         let latencies = subscriber_latency(sh_port, rate, 5, table).await;
