@@ -228,6 +228,8 @@ async fn main() {
     config.server.pg_port = 0;
     config.server.flight_port = 0;
     config.storage.data_dir = data_dir.path().join("data");
+    // STREAMHOUSE_BENCH_SYNC=false measures what syncing costs (unsafe; never the default).
+    config.storage.sync = std::env::var("STREAMHOUSE_BENCH_SYNC").map_or(true, |v| v != "false");
     let server = streamhouse::start(&config).await.expect("streamhouse starts");
     let sh_port = server.pg_addr().port();
     let text = text_rows(0, rows);
@@ -323,7 +325,11 @@ async fn main() {
     let rate = latencies.len() as f64 / small_seconds as f64;
     println!(
         "{:<48} {:>12.0} {:>9.2} {:>9.2} {:>10}",
-        "streamhouse, storage.sync = true (group commit)",
+        if config.storage.sync {
+            "streamhouse, storage.sync = true (group commit)"
+        } else {
+            "streamhouse, storage.sync = false (UNSAFE)"
+        },
         rate,
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),

@@ -60,6 +60,7 @@
 //! sorted runs bounded (Paimon's universal compaction) and expires old
 //! snapshots with the files only they referenced.
 
+pub mod cache;
 pub mod compact;
 pub mod consumer;
 pub mod durable;

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use streamhouse_engine::EngineConfig;
+use streamhouse_engine::{ByteSize, EngineConfig};
 use streamhouse_server::ServerConfig;
 
 /// Prefix of the environment variables that override configuration keys.
@@ -65,7 +65,7 @@ impl Default for StorageConfig {
 /// the usual `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
 /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`,
 /// `AWS_ENDPOINT_URL`), then to AWS's defaults.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct S3Config {
     /// The endpoint, e.g. `http://127.0.0.1:9000` for a local server; unset is AWS.
@@ -81,6 +81,23 @@ pub struct S3Config {
     /// Address buckets as `bucket.endpoint` instead of `endpoint/bucket`
     /// (path style, the default, which local servers need).
     pub virtual_hosted_style: bool,
+    /// Local disk cache of the Parquet ranges read from the bucket, in
+    /// `<data_dir>/cache` (emptied at start): `"0"` turns it off.
+    pub cache_size: ByteSize,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            virtual_hosted_style: false,
+            cache_size: ByteSize::Bytes(1 << 30),
+        }
+    }
 }
 
 /// A configuration value that is never printed (`streamhouse config`, logs).

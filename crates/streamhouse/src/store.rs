@@ -4,7 +4,8 @@
 //! On S3 a put is durable once acknowledged, and commits stay atomic with
 //! conditional creates (`If-None-Match: *`): two servers racing for one
 //! snapshot id never both win it. Parquet files are read by ranged gets of
-//! the column chunks a scan needs.
+//! the column chunks a scan needs, kept in a local disk cache
+//! ([`RangeCache`], `storage.s3.cache_size`) so repeated scans read locally.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use object_store::ObjectStore;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
+use streamhouse_storage::cache::RangeCache;
 use streamhouse_storage::durable::{self, DurableStore};
 
 use crate::config::StorageConfig;
@@ -29,7 +31,18 @@ pub fn open(storage: &StorageConfig, local: &Path) -> anyhow::Result<Arc<dyn Obj
     match storage.url.as_deref() {
         None => open_local(local, storage.sync),
         Some(url) => match url.strip_prefix("s3://") {
-            Some(rest) => open_s3(storage, rest),
+            Some(rest) => {
+                let store = open_s3(storage, rest)?;
+                match storage.s3.cache_size.bytes() {
+                    Some(0) => Ok(store),
+                    size => {
+                        let dir = storage.data_dir.join("cache");
+                        let cache = RangeCache::new(store, dir.clone(), size.unwrap_or(u64::MAX))
+                            .with_context(|| format!("cannot prepare the range cache in {}", dir.display()))?;
+                        Ok(Arc::new(cache))
+                    }
+                }
+            }
             None if url.starts_with("file://") || url.starts_with('/') => {
                 open_local(Path::new(url.trim_start_matches("file://")), storage.sync)
             }
