@@ -61,6 +61,7 @@
 //! snapshots with the files only they referenced.
 
 pub mod cache;
+pub mod changelog;
 pub mod compact;
 pub mod consumer;
 pub mod durable;

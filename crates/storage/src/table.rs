@@ -66,9 +66,9 @@ pub struct Table {
     pub(crate) holds: Arc<Mutex<HashMap<u64, u64>>>,
     /// Changelogs read recently, by snapshot: the continuous views (and
     /// other readers) of one table in this process share one read of each.
-    changelogs: Mutex<ChangelogCache>,
+    pub(crate) changelogs: Mutex<ChangelogCache>,
     /// Changelog files read from storage (for tests of the sharing).
-    changelog_file_reads: std::sync::atomic::AtomicU64,
+    pub(crate) changelog_file_reads: std::sync::atomic::AtomicU64,
     /// Open transactions of this process: when each began (ms since the
     /// epoch), so orphan cleanup keeps the files they staged.
     open_transactions: Arc<Mutex<HashMap<u64, i64>>>,
@@ -91,22 +91,22 @@ impl Drop for OpenTransaction {
 /// snapshots first, bounded in bytes: the continuous views (and other
 /// readers) of one table in this process share one read of each recent
 /// snapshot's changelog, however big its commits.
-const CACHED_CHANGELOG_BYTES: usize = 64 << 20;
+pub(crate) const CACHED_CHANGELOG_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Default)]
-struct ChangelogCache {
-    by_snapshot: std::collections::BTreeMap<u64, (Arc<Vec<RecordBatch>>, usize)>,
-    bytes: usize,
+pub(crate) struct ChangelogCache {
+    pub(crate) by_snapshot: std::collections::BTreeMap<u64, (Arc<Vec<RecordBatch>>, usize)>,
+    pub(crate) bytes: usize,
 }
 
 impl ChangelogCache {
-    fn get(&self, id: u64) -> Option<Arc<Vec<RecordBatch>>> {
+    pub(crate) fn get(&self, id: u64) -> Option<Arc<Vec<RecordBatch>>> {
         self.by_snapshot.get(&id).map(|(batches, _)| Arc::clone(batches))
     }
 
     /// Keeps `batches` unless they alone exceed the budget; evicts the
     /// oldest snapshots until the cache fits.
-    fn insert(&mut self, id: u64, batches: Arc<Vec<RecordBatch>>) {
+    pub(crate) fn insert(&mut self, id: u64, batches: Arc<Vec<RecordBatch>>) {
         let size: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
         if size > CACHED_CHANGELOG_BYTES {
             return;
@@ -227,31 +227,6 @@ impl Table {
     /// The oldest snapshot a live reader in this process still needs.
     pub(crate) fn held_from(&self) -> Option<u64> {
         self.holds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().min().copied()
-    }
-
-    /// The changelog rows of snapshot `id` (user columns, `_seq`, `_kind`),
-    /// read a row group at a time.
-    pub fn changelog_of(self: &Arc<Self>, id: u64) -> BoxStream<'static, Result<RecordBatch>> {
-        use futures::StreamExt;
-        let table = Arc::clone(self);
-        futures::stream::once(async move {
-            let snapshot = table.read_snapshot(id).await?;
-            let target = table.schema().changelog_file_schema();
-            let mut parts = Vec::new();
-            for meta in snapshot.changelog_files {
-                let groups = meta.row_groups.len();
-                let reader = Arc::new(FileReader::open(&table.store, &table.dir, Arc::new(meta), &target).await?);
-                parts.extend((0..groups).map(|g| (Arc::clone(&reader), g)));
-            }
-            Ok::<_, Error>(
-                futures::stream::iter(parts)
-                    .then(|(reader, group)| async move { reader.read_row_group(group, None, READ_BATCH_ROWS).await })
-                    .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
-                    .try_flatten(),
-            )
-        })
-        .try_flatten()
-        .boxed()
     }
 
     /// Creates a table in `dir` (e.g. `public/orders` under the warehouse root).
@@ -972,50 +947,6 @@ impl Table {
             Some(id) => Ok(self.read_manifest(&self.read_snapshot(id).await?).await?.files),
         }
     }
-
-    /// Changelog rows of the snapshots after `after` up to `upto` (inclusive;
-    /// the latest when `None`), in commit order.
-    ///
-    /// # Errors
-    /// An expired snapshot in the range; corrupt files.
-    pub async fn changelog(&self, after: u64, upto: Option<u64>) -> Result<Vec<ChangelogBatch>> {
-        let latest = self.lock_state().latest.as_ref().map_or(0, |s| s.id);
-        let upto = upto.unwrap_or(latest).min(latest);
-        let schema = self.schema();
-        let target = schema.changelog_file_schema();
-        let mut out = Vec::new();
-        for id in after + 1..=upto {
-            let cached = self.changelogs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id);
-            let batches = match cached {
-                // Decoded for the current definition (ALTER TABLE clears the cache).
-                Some(batches) if batches.iter().all(|b| b.schema() == target) => batches,
-                _ => {
-                    let snapshot = self.read_snapshot(id).await?;
-                    let mut batches = Vec::new();
-                    for meta in snapshot.changelog_files {
-                        self.changelog_file_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let reader = FileReader::open(&self.store, &self.dir, Arc::new(meta), &target).await?;
-                        batches.extend(reader.read_all(READ_BATCH_ROWS).await?);
-                    }
-                    let batches = Arc::new(batches);
-                    self.changelogs
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(id, Arc::clone(&batches));
-                    batches
-                }
-            };
-            out.extend(batches.iter().map(|batch| ChangelogBatch { snapshot: id, batch: batch.clone() }));
-        }
-        Ok(out)
-    }
-
-    /// How many changelog files [`Table::changelog`] has read from storage
-    /// (a repeated read of a recent snapshot is served from memory).
-    #[doc(hidden)]
-    pub fn changelog_file_reads(&self) -> u64 {
-        self.changelog_file_reads.load(std::sync::atomic::Ordering::Relaxed)
-    }
 }
 
 impl Table {
@@ -1543,31 +1474,4 @@ async fn max_id(store: &Arc<dyn ObjectStore>, dir: &Path, prefix: &str) -> Resul
             m.location.filename().and_then(|f| f.strip_prefix(prefix)).and_then(|id| id.parse::<u64>().ok())
         })
         .max())
-}
-
-#[cfg(test)]
-mod tests {
-    use arrow::array::Int64Array;
-
-    use super::*;
-
-    fn batch(rows: usize) -> Arc<Vec<RecordBatch>> {
-        let column: ArrayRef = Arc::new(Int64Array::from_iter_values(0..rows as i64));
-        Arc::new(vec![RecordBatch::try_from_iter([("k", column)]).unwrap()])
-    }
-
-    #[test]
-    fn the_changelog_cache_is_bounded_in_bytes() {
-        let mut cache = ChangelogCache::default();
-        // 1M rows of 8 bytes: 8 MiB each, so 8 fit in 64 MiB.
-        for id in 1..=20 {
-            cache.insert(id, batch(1 << 20));
-            assert!(cache.bytes <= CACHED_CHANGELOG_BYTES, "{} bytes cached", cache.bytes);
-        }
-        assert!(cache.get(20).is_some() && cache.get(1).is_none(), "the newest stay, the oldest go");
-        assert!(cache.by_snapshot.len() >= 7, "{} snapshots kept", cache.by_snapshot.len());
-        // One commit bigger than the whole budget is not cached at all.
-        cache.insert(21, batch(10 << 20));
-        assert!(cache.get(21).is_none() && cache.get(20).is_some());
-    }
 }
