@@ -17,18 +17,14 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Starts the binary and waits for its "ready" log line.
+/// Starts the binary on ports the system picks (no race with other tests
+/// for a "free" port) and waits for its "ready" log line, which names them.
 fn start(dir: &std::path::Path) -> Server {
-    let pg_port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_streamhouse"))
         .args(["serve"])
         .current_dir(dir)
-        .env("STREAMHOUSE__SERVER__PG_PORT", pg_port.to_string())
-        .env("STREAMHOUSE__SERVER__FLIGHT_PORT", free_port().to_string())
+        .env("STREAMHOUSE__SERVER__PG_PORT", "0")
+        .env("STREAMHOUSE__SERVER__FLIGHT_PORT", "0")
         .env("STREAMHOUSE__LOG__FORMAT", "json")
         .env("STREAMHOUSE__SERVER__SHUTDOWN_TIMEOUT_MS", "5000")
         .env_remove("RUST_LOG")
@@ -38,14 +34,22 @@ fn start(dir: &std::path::Path) -> Server {
     let stderr = child.stderr.take().expect("stderr piped");
     let mut lines = BufReader::new(stderr).lines();
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut log = Vec::new();
     loop {
-        assert!(Instant::now() < deadline, "server did not become ready");
-        let line = lines.next().expect("server exited before ready").expect("readable log");
+        assert!(Instant::now() < deadline, "server did not become ready; its log:\n{}", log.join("\n"));
+        let Some(line) = lines.next() else {
+            let status = child.wait().expect("exit status");
+            panic!("server exited before ready ({status}); its log:\n{}", log.join("\n"));
+        };
+        let line = line.expect("readable log");
+        log.push(line.clone());
         if line.contains("streamhouse is ready") {
-            assert!(line.contains(&format!("127.0.0.1:{pg_port}")), "{line}");
             break;
         }
     }
+    let ready = log.last().expect("the ready line");
+    let address = ready.split("\"postgres\":\"127.0.0.1:").nth(1).unwrap_or_else(|| panic!("no address in {ready}"));
+    let pg_port: u16 = address[..address.find('"').expect("quoted address")].parse().expect("a port");
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Server { child, pg_port }
@@ -121,8 +125,8 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
     let output = Command::new(env!("CARGO_BIN_EXE_streamhouse"))
         .args(["serve"])
         .current_dir(dir.path())
-        .env("STREAMHOUSE__SERVER__PG_PORT", free_port().to_string())
-        .env("STREAMHOUSE__SERVER__FLIGHT_PORT", free_port().to_string())
+        .env("STREAMHOUSE__SERVER__PG_PORT", "0")
+        .env("STREAMHOUSE__SERVER__FLIGHT_PORT", "0")
         .output()
         .unwrap();
     assert!(!output.status.success(), "the second server must not start");
