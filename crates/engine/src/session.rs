@@ -40,6 +40,7 @@ mod cursor;
 mod ddl;
 mod execute;
 pub mod ingest;
+mod insert;
 mod naming;
 pub mod variables;
 
@@ -577,10 +578,13 @@ impl Session {
     /// Which code runs which statement: the one place that decides.
     async fn dispatch(&mut self, prepared: &Prepared, params: Option<ParamValues>) -> Result<Output> {
         match &prepared.statement {
-            Statement::Plan(_)
-            | Statement::CreateTable(_)
-            | Statement::InsertIgnoringConflicts(_)
-            | Statement::Subscribe(_) => self.run_prepared_plan(prepared, params).await,
+            Statement::Plan(_) => match self.insert_parameters(prepared, &params).await? {
+                Some(output) => Ok(output),
+                None => self.run_prepared_plan(prepared, params).await,
+            },
+            Statement::CreateTable(_) | Statement::InsertIgnoringConflicts(_) | Statement::Subscribe(_) => {
+                self.run_prepared_plan(prepared, params).await
+            }
             Statement::CreateMaterializedView(create) => {
                 let out = self.create_materialized_view(create).await;
                 self.engine.bump_catalog_version();

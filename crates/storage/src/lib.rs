@@ -77,6 +77,8 @@ pub mod snapshot;
 pub mod table;
 
 mod fold;
+mod key_sets;
+mod lookup;
 mod merge;
 
 pub use consumer::Consumer;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray, Int8Array, RecordBatch, UInt64Array};
 use arrow::compute::concat_batches;
-use arrow::datatypes::{Field, Int8Type, Schema, UInt64Type};
+use arrow::datatypes::{Field, Int8Type, Schema};
 use arrow::row::{Row, Rows};
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
@@ -17,7 +17,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::file::{self, ChildPath, FileMeta, FileReader, FileWriter, NewFile};
+use crate::file::{ChildPath, FileMeta, FileReader, FileWriter, NewFile};
 use crate::fold::{Fold, Value};
 use crate::scan::{self, ScanPlan, ScanRequest, key_converter};
 use crate::schema::{MergeEngine, RowKind, TableSchema, ValueKind};
@@ -59,7 +59,9 @@ pub struct Table {
     /// Held by a compaction from picking to committing: one at a time.
     pub(crate) compaction_lock: tokio::sync::Mutex<()>,
     /// Key indexes of live files, decoded and converted to rows, by path.
-    key_indexes: Mutex<HashMap<String, Arc<Rows>>>,
+    pub(crate) key_indexes: Mutex<HashMap<String, Arc<Rows>>>,
+    /// Exact key sets of row groups ([`crate::lookup`]).
+    pub(crate) key_sets: Mutex<crate::key_sets::KeySets>,
     /// The latest committed snapshot id, for readers waiting for commits.
     commits: tokio::sync::watch::Sender<u64>,
     /// Live changelog readers in this process: the next snapshot each needs.
@@ -188,6 +190,7 @@ impl Table {
             closed: AtomicBool::new(false),
             compaction_lock: tokio::sync::Mutex::new(()),
             key_indexes: Mutex::new(HashMap::new()),
+            key_sets: Mutex::new(crate::key_sets::KeySets::default()),
             commits: tokio::sync::watch::Sender::new(0),
             holds: Arc::new(Mutex::new(HashMap::new())),
             open_transactions: Arc::new(Mutex::new(HashMap::new())),
@@ -661,6 +664,8 @@ impl Table {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|path, _| manifest.files.iter().any(|f| &f.path == path));
+        let live: HashSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+        self.key_sets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|path| live.contains(path));
         {
             let mut current = self.lock_state();
             current.latest = Some(snapshot.clone());
@@ -761,121 +766,6 @@ impl Table {
         Ok((data, changelog))
     }
 
-    /// The current value of each of `wanted` (sorted) in `files`: the user
-    /// columns of the row groups read, and where each live key's newest
-    /// version is. Only row groups whose key range holds a wanted key are read.
-    async fn lookup(
-        &self,
-        schema: &TableSchema,
-        files: &[&FileMeta],
-        wanted: &[Row<'_>],
-    ) -> Result<(Vec<RecordBatch>, HashMap<Vec<u8>, (usize, usize)>)> {
-        let converter = key_converter(schema)?;
-        let mut wanted_set: Option<HashSet<&[u8]>> = None;
-        let user_columns = schema.schema.fields().len();
-        let target = schema.data_file_schema();
-        let mut batches = Vec::new();
-        // key -> (seq, kind, batch, row) of the newest version seen.
-        let mut newest: HashMap<Vec<u8>, (u64, i8, usize, usize)> = HashMap::new();
-        for meta in files {
-            let groups = match self.key_index(&converter, meta)? {
-                Some(keys) => groups_with_keys(&keys, wanted),
-                None => (0..meta.row_groups.len()).collect(),
-            };
-            if groups.is_empty() {
-                continue;
-            }
-            let wanted_set = wanted_set.get_or_insert_with(|| wanted.iter().map(Row::data).collect());
-            let reader = FileReader::open(&self.store, &self.dir, Arc::new((*meta).clone()), &target).await?;
-            for group in groups {
-                for batch in reader.read_row_group(group, None, READ_BATCH_ROWS).await? {
-                    let b = batches.len();
-                    let keys = converter.convert_columns(&key_columns(schema, &batch))?;
-                    let location = || self.dir.child_path(&meta.path);
-                    let seqs = batch
-                        .column(user_columns)
-                        .as_primitive_opt::<UInt64Type>()
-                        .ok_or_else(|| Error::corrupt(location(), "_seq column is not UInt64"))?;
-                    let kinds = batch
-                        .column(user_columns + 1)
-                        .as_primitive_opt::<Int8Type>()
-                        .ok_or_else(|| Error::corrupt(location(), "_kind column is not Int8"))?;
-                    for row in 0..batch.num_rows() {
-                        let key = keys.row(row);
-                        if !wanted_set.contains(key.data()) {
-                            continue;
-                        }
-                        let seq = seqs.value(row);
-                        match newest.get_mut(key.data()) {
-                            Some(entry) if entry.0 >= seq => {}
-                            Some(entry) => *entry = (seq, kinds.value(row), b, row),
-                            None => {
-                                newest.insert(key.data().to_vec(), (seq, kinds.value(row), b, row));
-                            }
-                        }
-                    }
-                    batches.push(batch.project(&(0..user_columns).collect::<Vec<_>>())?);
-                }
-            }
-        }
-        let live = newest
-            .into_iter()
-            .filter(|(_, (_, kind, _, _))| *kind == ValueKind::Upsert as i8)
-            .map(|(key, (_, _, b, row))| (key, (b, row)))
-            .collect();
-        Ok((batches, live))
-    }
-
-    /// The rows (user columns) the latest snapshot holds for the keys in
-    /// `keys` (the primary-key columns, in key order); missing keys have
-    /// no row. Reads only the row groups whose key index holds a wanted key.
-    ///
-    /// # Errors
-    /// A table without primary key; key columns of other types; read failures.
-    pub async fn get(&self, keys: &[ArrayRef]) -> Result<RecordBatch> {
-        let state = self.current();
-        let schema = &state.schema;
-        if !schema.has_primary_key() {
-            return Err(Error::Invalid(format!("table {} has no primary key to look rows up by", self.name)));
-        }
-        let converter = key_converter(schema)?;
-        let rows = converter.convert_columns(keys)?;
-        let mut wanted: Vec<Row<'_>> = rows.iter().collect();
-        wanted.sort();
-        wanted.dedup();
-        let files: Vec<&FileMeta> = state.manifest.files.iter().collect();
-        let (batches, live) = self.lookup(schema, &files, &wanted).await?;
-        let mut found: Vec<(usize, usize)> = live.into_values().collect();
-        found.sort_unstable();
-        let mut columns = Vec::with_capacity(schema.schema.fields().len());
-        for c in 0..schema.schema.fields().len() {
-            let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
-            let indexes: Vec<(usize, usize)> = found.clone();
-            columns.push(if arrays.is_empty() {
-                arrow::array::new_empty_array(schema.schema.field(c).data_type())
-            } else {
-                arrow::compute::interleave(&arrays, &indexes)?
-            });
-        }
-        Ok(RecordBatch::try_new(Arc::clone(&schema.schema), columns)?)
-    }
-
-    /// The key index of `meta` as rows, cached (files never change).
-    pub(crate) fn key_index(&self, converter: &arrow::row::RowConverter, meta: &FileMeta) -> Result<Option<Arc<Rows>>> {
-        let cached =
-            self.key_indexes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&meta.path).cloned();
-        if let Some(rows) = cached {
-            return Ok(Some(rows));
-        }
-        let Some(index) = file::decode_key_index(&self.dir, meta)? else { return Ok(None) };
-        let rows = Arc::new(converter.convert_columns(index.columns())?);
-        self.key_indexes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(meta.path.clone(), Arc::clone(&rows));
-        Ok(Some(rows))
-    }
-
     /// Plans a scan of `snapshot` (the latest when `None`).
     ///
     /// # Errors
@@ -949,87 +839,6 @@ impl Table {
     }
 }
 
-impl Table {
-    /// Whether a commit after snapshot `base` (up to `upto`) changed a key
-    /// that one of `files` (staged data files) holds.
-    async fn changed_keys_meet(&self, schema: &TableSchema, base: u64, upto: u64, files: &[FileMeta]) -> Result<bool> {
-        if !schema.has_primary_key() || files.is_empty() {
-            return Ok(false);
-        }
-        let converter = key_converter(schema)?;
-        // Every change of a commit is in its changelog, so its keys are the changed ones.
-        let target = schema.changelog_file_schema();
-        let mut changed = Vec::new();
-        for id in base + 1..=upto {
-            let snapshot = self.read_snapshot(id).await?;
-            if snapshot.kind == CommitKind::Compact {
-                continue;
-            }
-            for meta in snapshot.changelog_files {
-                let groups = meta.row_groups.len();
-                let reader = FileReader::open(&self.store, &self.dir, Arc::new(meta), &target).await?;
-                for group in 0..groups {
-                    for keys in read_keys(&reader, schema, group).await? {
-                        changed.extend(converter.convert_columns(&keys)?.iter().map(|k| k.owned()));
-                    }
-                }
-            }
-        }
-        if changed.is_empty() {
-            return Ok(false);
-        }
-        changed.sort_unstable();
-        changed.dedup();
-        let wanted: Vec<Row<'_>> = changed.iter().map(|k| k.row()).collect();
-        let wanted_set: HashSet<&[u8]> = wanted.iter().map(Row::data).collect();
-        let target = schema.data_file_schema();
-        for meta in files {
-            let groups = match self.key_index(&converter, meta)? {
-                Some(keys) => groups_with_keys(&keys, &wanted),
-                None => (0..meta.row_groups.len()).collect(),
-            };
-            if groups.is_empty() {
-                continue;
-            }
-            let reader = FileReader::open(&self.store, &self.dir, Arc::new(meta.clone()), &target).await?;
-            for group in groups {
-                for keys in read_keys(&reader, schema, group).await? {
-                    let keys = converter.convert_columns(&keys)?;
-                    if keys.iter().any(|k| wanted_set.contains(k.data())) {
-                        return Ok(true);
-                    }
-                }
-            }
-        }
-        Ok(false)
-    }
-}
-
-/// The key columns of row group `group`, in key order.
-async fn read_keys(reader: &FileReader, schema: &TableSchema, group: usize) -> Result<Vec<Vec<ArrayRef>>> {
-    let mut sorted = schema.primary_key.clone();
-    sorted.sort_unstable();
-    let batches = reader.read_row_group(group, Some(&sorted), READ_BATCH_ROWS).await?;
-    // Columns come back in file order.
-    let positions: Vec<usize> =
-        schema.primary_key.iter().map(|k| sorted.iter().position(|s| s == k).unwrap_or_default()).collect();
-    Ok(batches.iter().map(|b| positions.iter().map(|&p| Arc::clone(b.column(p))).collect()).collect())
-}
-
-/// Row groups (by their key ranges in `index`: first key of each group,
-/// then the file's last key) that may hold one of `wanted` (sorted).
-fn groups_with_keys(index: &Rows, wanted: &[Row<'_>]) -> Vec<usize> {
-    let groups = index.num_rows().saturating_sub(1);
-    (0..groups)
-        .filter(|&g| {
-            let first = index.row(g);
-            let next = index.row(g + 1);
-            let at = wanted.partition_point(|k| *k < first);
-            wanted.get(at).is_some_and(|k| *k <= next)
-        })
-        .collect()
-}
-
 /// What a commit changes.
 #[derive(Debug, Default)]
 pub(crate) struct Commit {
@@ -1091,6 +900,7 @@ impl Staged {
         if data.num_rows() > 0 {
             let keys = schema.primary_key.clone();
             let meta = table.write_file("data", 0, keys, Some(ValueKind::Delete as i8), schema, &data).await?;
+            table.seed_key_set(schema, &meta, &data)?;
             if inserts_only {
                 self.changelog.push(meta.clone());
             }
@@ -1407,7 +1217,7 @@ fn event_time_watermark(schema: &TableSchema, rows: &RecordBatch, kinds: &[Value
     Ok(latest.map(|t| t - watermark.delay_ms))
 }
 
-fn key_columns(schema: &TableSchema, batch: &RecordBatch) -> Vec<ArrayRef> {
+pub(crate) fn key_columns(schema: &TableSchema, batch: &RecordBatch) -> Vec<ArrayRef> {
     schema.primary_key.iter().map(|&i| Arc::clone(batch.column(i))).collect()
 }
 

@@ -467,3 +467,75 @@ async fn python_clients() -> anyhow::Result<()> {
     server.stop().await;
     Ok(())
 }
+
+/// A prepared single-row `INSERT … VALUES ($1, …)` (the fast path that
+/// skips planning) gives what the planned INSERT gives: same rows, DEFAULTs,
+/// NULLs, upserts by key, and the same errors with the same SQLSTATEs; a
+/// table altered after PREPARE and a view as target still behave.
+#[tokio::test]
+async fn prepared_single_row_inserts_match_planned_inserts() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let pg = server.pg().await?;
+    pg.batch_execute(
+        "CREATE TABLE fast (id BIGINT PRIMARY KEY, name TEXT NOT NULL, n INT DEFAULT 7, x DOUBLE PRECISION);
+         CREATE TABLE slow (id BIGINT PRIMARY KEY, name TEXT NOT NULL, n INT DEFAULT 7, x DOUBLE PRECISION);
+         CREATE MATERIALIZED VIEW fast_view AS SELECT id, name FROM fast;",
+    )
+    .await?;
+    let all = pg.prepare("INSERT INTO fast VALUES ($1, $2, $3, $4)").await?;
+    let some = pg.prepare("INSERT INTO fast (name, id) VALUES ($1, $2)").await?;
+    assert_eq!(pg.execute(&all, &[&1i64, &"one", &10i32, &1.5f64]).await?, 1);
+    assert_eq!(pg.execute(&some, &[&"two", &2i64]).await?, 1);
+    assert_eq!(pg.execute(&all, &[&3i64, &"three", &None::<i32>, &None::<f64>]).await?, 1);
+    // Upsert by key, as the planned INSERT does.
+    assert_eq!(pg.execute(&all, &[&1i64, &"uno", &11i32, &2.5f64]).await?, 1);
+    pg.batch_execute(
+        "INSERT INTO slow VALUES (1, 'one', 10, 1.5); INSERT INTO slow (name, id) VALUES ('two', 2);
+         INSERT INTO slow VALUES (3, 'three', NULL, NULL); INSERT INTO slow VALUES (1, 'uno', 11, 2.5);",
+    )
+    .await?;
+    let show = |table: &str| format!("SELECT id, name, n, x FROM {table} ORDER BY id");
+    let fast: Vec<(i64, String, Option<i32>, Option<f64>)> =
+        pg.query(&show("fast"), &[]).await?.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    let slow: Vec<(i64, String, Option<i32>, Option<f64>)> =
+        pg.query(&show("slow"), &[]).await?.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    assert_eq!(fast, slow);
+    assert_eq!(fast[1], (2, "two".to_string(), Some(7), None), "the DEFAULT of an omitted column");
+
+    // NULL into NOT NULL: 23502, nothing written.
+    let err = pg.execute(&some, &[&None::<String>, &4i64]).await.expect_err("NOT NULL");
+    assert_eq!(err.code(), Some(&SqlState::NOT_NULL_VIOLATION), "{err:?}");
+    let err = pg.execute(&all, &[&None::<i64>, &"x", &1i32, &1.0f64]).await.expect_err("NULL key");
+    assert_eq!(err.code(), Some(&SqlState::NOT_NULL_VIOLATION), "{err:?}");
+    assert_eq!(pg.query_one("SELECT count(*) FROM fast", &[]).await?.get::<_, i64>(0), 3);
+
+    // Text parameters converted to the column types; a bad one is 22P02.
+    let texts = pg.prepare_typed("INSERT INTO fast (id, name) VALUES ($1, $2)", &[Type::TEXT, Type::TEXT]).await?;
+    assert_eq!(pg.execute(&texts, &[&"8", &"eight"]).await?, 1);
+    let err = pg.execute(&texts, &[&"not a number", &"y"]).await.expect_err("bad number");
+    assert!(err.code().is_some_and(|c| c != &SqlState::INTERNAL_ERROR), "{err:?}");
+    assert_eq!(pg.query_one("SELECT n FROM fast WHERE id = 8", &[]).await?.get::<_, Option<i32>>(0), Some(7));
+    pg.batch_execute("DELETE FROM fast WHERE id = 8").await?;
+
+    // The table altered after PREPARE: the statement still inserts (the new column NULL).
+    pg.batch_execute("ALTER TABLE fast ADD COLUMN extra TEXT").await?;
+    assert_eq!(pg.execute(&some, &[&"five", &5i64]).await?, 1);
+    let extra: Option<String> = pg.query_one("SELECT extra FROM fast WHERE id = 5", &[]).await?.get(0);
+    assert_eq!(extra, None);
+
+    // A view is not a table, prepared or not.
+    let into_view = pg.prepare("INSERT INTO fast_view VALUES ($1, $2)").await;
+    let err = match into_view {
+        Ok(statement) => pg.execute(&statement, &[&9i64, &"v"]).await.expect_err("INSERT into a view"),
+        Err(e) => e,
+    };
+    assert!(err.code().is_some_and(|c| c != &SqlState::INTERNAL_ERROR), "{err:?}");
+
+    // In a transaction block the insert counts as a write of the block.
+    let all = pg.prepare("INSERT INTO fast VALUES ($1, $2, $3, $4, $5)").await?;
+    pg.batch_execute("BEGIN").await?;
+    assert_eq!(pg.execute(&all, &[&6i64, &"six", &6i32, &6.0f64, &"e"]).await?, 1);
+    pg.batch_execute("COMMIT").await?;
+    assert_eq!(pg.query_one("SELECT count(*) FROM fast", &[]).await?.get::<_, i64>(0), 5);
+    Ok(())
+}

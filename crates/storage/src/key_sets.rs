@@ -1,0 +1,136 @@
+//! Exact key sets of row groups: the sorted primary keys of one row group
+//! of a data file, kept in memory within a byte budget, so a lookup can
+//! tell whether a row group holds a key without reading it (see
+//! [`crate::lookup`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::row::{Row, Rows};
+
+/// Bytes of row-group key sets kept in memory per table. Beyond it, key
+/// sets are read when needed and not kept.
+pub(crate) const KEY_SET_BYTES: usize = 64 << 20;
+
+/// The sorted keys of row groups, by file path and row group.
+#[derive(Debug, Default)]
+pub(crate) struct KeySets {
+    sets: HashMap<String, HashMap<usize, Arc<Rows>>>,
+    bytes: usize,
+}
+
+impl KeySets {
+    pub(crate) fn get(&self, path: &str, group: usize) -> Option<Arc<Rows>> {
+        self.sets.get(path)?.get(&group).cloned()
+    }
+
+    /// Keeps `rows` (sorted) unless the budget is spent.
+    pub(crate) fn insert(&mut self, path: &str, group: usize, rows: Arc<Rows>) {
+        let size = rows.size();
+        if self.bytes + size > KEY_SET_BYTES {
+            return;
+        }
+        if let Some(old) = self.sets.entry(path.to_owned()).or_default().insert(group, rows) {
+            self.bytes -= old.size();
+        }
+        self.bytes += size;
+    }
+
+    /// Drops the key sets of files `live` rejects.
+    pub(crate) fn retain(&mut self, live: impl Fn(&str) -> bool) {
+        let mut freed = 0;
+        self.sets.retain(|path, groups| {
+            let keep = live(path);
+            if !keep {
+                freed += groups.values().map(|r| r.size()).sum::<usize>();
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+}
+
+pub(crate) fn sorted(rows: &Rows) -> bool {
+    (1..rows.num_rows()).all(|i| rows.row(i - 1) <= rows.row(i))
+}
+
+/// Whether the sorted key set `set` holds one of `wanted` (sorted).
+pub(crate) fn holds_any(set: &Rows, wanted: &[Row<'_>]) -> bool {
+    let n = set.num_rows();
+    if n == 0 {
+        return false;
+    }
+    let (first, last) = (set.row(0), set.row(n - 1));
+    let start = wanted.partition_point(|k| *k < first);
+    for key in &wanted[start..] {
+        if *key > last {
+            break;
+        }
+        let (mut low, mut high) = (0, n);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match set.row(mid).cmp(key) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => return true,
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Int64Array};
+    use arrow::datatypes::DataType;
+    use arrow::row::{RowConverter, SortField};
+
+    fn rows(converter: &RowConverter, keys: &[i64]) -> Rows {
+        let column: ArrayRef = Arc::new(Int64Array::from(keys.to_vec()));
+        converter.convert_columns(&[column]).unwrap()
+    }
+
+    #[test]
+    fn a_key_set_holds_exactly_its_keys() {
+        let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+        let set = rows(&converter, &[2, 4, 6, 8, 100]);
+        assert!(sorted(&set));
+        for (wanted, expected) in [
+            (vec![4], true),
+            (vec![1, 3, 5, 7, 9, 99, 101], false),
+            (vec![-5, 100], true),
+            (vec![], false),
+            (vec![0, 1], false),
+            (vec![200, 300], false),
+            (vec![5, 8], true),
+        ] {
+            let wanted_rows = rows(&converter, &wanted);
+            let wanted: Vec<Row<'_>> = wanted_rows.iter().collect();
+            assert_eq!(holds_any(&set, &wanted), expected, "{wanted:?}");
+        }
+        assert!(!sorted(&rows(&converter, &[3, 1])));
+        assert!(!holds_any(&rows(&converter, &[]), &rows(&converter, &[1]).iter().collect::<Vec<_>>()));
+    }
+
+    #[test]
+    fn key_sets_stay_within_their_budget_and_drop_dead_files() {
+        let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+        let mut sets = KeySets::default();
+        let one = Arc::new(rows(&converter, &(0..1000).collect::<Vec<_>>()));
+        let size = one.size();
+        let mut inserted = 0;
+        for i in 0..(KEY_SET_BYTES / size + 10) {
+            sets.insert(&format!("data/f{i}"), 0, Arc::clone(&one));
+            inserted += 1;
+        }
+        assert!(sets.bytes <= KEY_SET_BYTES, "{} bytes", sets.bytes);
+        assert!(sets.get("data/f0", 0).is_some());
+        assert!(sets.get(&format!("data/f{}", inserted - 1), 0).is_none(), "past the budget nothing is kept");
+        sets.retain(|path| path == "data/f0");
+        assert_eq!(sets.bytes, size);
+        assert!(sets.get("data/f1", 0).is_none());
+        sets.insert("data/f0", 0, Arc::clone(&one));
+        assert_eq!(sets.bytes, size, "replacing a set does not count it twice");
+    }
+}

@@ -1,0 +1,314 @@
+//! Lookups by primary key: the current value of keys a write changes (for
+//! its changelog), point reads ([`Table::get`]) and the conflict check of
+//! transactions ([`Table::changed_keys_meet`]).
+//!
+//! A lookup narrows the files' row groups in two steps before it reads a
+//! row: the file's key index (the key range of each row group, in the
+//! manifest) and then the row group's exact key set — the sorted keys of
+//! the group, read once (only the key columns) and kept in memory, at most
+//! [`crate::key_sets::KEY_SET_BYTES`] of them. A row group is read whole only when it holds
+//! one of the wanted keys. Without the second step every write of new keys
+//! into a table whose files' key ranges overlap (many writers, interleaved
+//! keys) read and decoded a row group of every file; with it, inserting
+//! new keys reads nothing once the key sets are in memory. Files are
+//! immutable, so a key set never goes stale; those of files no longer
+//! live are dropped at each commit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{Int8Type, UInt64Type};
+use arrow::row::{Row, RowConverter, Rows};
+
+use crate::error::{Error, Result};
+use crate::file::{self, ChildPath, FileMeta, FileReader};
+use crate::key_sets::{holds_any, sorted};
+use crate::scan::key_converter;
+use crate::schema::{TableSchema, ValueKind};
+use crate::snapshot::CommitKind;
+use crate::table::{READ_BATCH_ROWS, Table, key_columns};
+
+/// Key sets seeded from a write's own rows when its file is at most this
+/// many rows (one row group): small writes never read their keys back.
+const SEED_ROWS: usize = 64 * 1024;
+
+impl Table {
+    /// Remembers the keys of a file just written from `data` (its rows, in
+    /// key order), so lookups of its row group never read them back.
+    pub(crate) fn seed_key_set(&self, schema: &TableSchema, meta: &FileMeta, data: &RecordBatch) -> Result<()> {
+        if !schema.has_primary_key() || meta.row_groups.len() != 1 || data.num_rows() > SEED_ROWS {
+            return Ok(());
+        }
+        let rows = key_converter(schema)?.convert_columns(&key_columns(schema, data))?;
+        if sorted(&rows) {
+            self.key_sets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(
+                &meta.path,
+                0,
+                Arc::new(rows),
+            );
+        }
+        Ok(())
+    }
+
+    /// The sorted keys of row group `group` of `meta`, from memory or read
+    /// (opening `reader` if it is not open); `None` when the group's keys
+    /// are not in order (then nothing can be ruled out).
+    async fn key_set(
+        &self,
+        converter: &RowConverter,
+        schema: &TableSchema,
+        meta: &FileMeta,
+        group: usize,
+        reader: &mut Option<FileReader>,
+    ) -> Result<Option<Arc<Rows>>> {
+        let cached = self.key_sets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&meta.path, group);
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let reader = match reader {
+            Some(reader) => reader,
+            None => reader.insert(
+                FileReader::open(&self.store, &self.dir, Arc::new(meta.clone()), &schema.data_file_schema()).await?,
+            ),
+        };
+        let mut rows = converter.empty_rows(meta.row_groups.get(group).map_or(0, |g| g.rows as usize), 0);
+        for keys in read_keys(reader, schema, group).await? {
+            converter.append(&mut rows, &keys)?;
+        }
+        if !sorted(&rows) {
+            return Ok(None);
+        }
+        let rows = Arc::new(rows);
+        self.key_sets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(
+            &meta.path,
+            group,
+            Arc::clone(&rows),
+        );
+        Ok(Some(rows))
+    }
+
+    /// The row groups of `meta` that hold one of `wanted` (sorted): by the
+    /// key index, then by the groups' key sets.
+    async fn groups_holding(
+        &self,
+        converter: &RowConverter,
+        schema: &TableSchema,
+        meta: &FileMeta,
+        wanted: &[Row<'_>],
+        reader: &mut Option<FileReader>,
+    ) -> Result<Vec<usize>> {
+        let candidates = match self.key_index(converter, meta)? {
+            Some(keys) => groups_with_keys(&keys, wanted),
+            None => (0..meta.row_groups.len()).collect(),
+        };
+        let mut groups = Vec::with_capacity(candidates.len());
+        for group in candidates {
+            match self.key_set(converter, schema, meta, group, reader).await? {
+                Some(set) if !holds_any(&set, wanted) => {}
+                _ => groups.push(group),
+            }
+        }
+        Ok(groups)
+    }
+
+    /// The current value of each of `wanted` (sorted) in `files`: the user
+    /// columns of the row groups read, and where each live key's newest
+    /// version is. Only row groups whose key range holds a wanted key are read.
+    pub(crate) async fn lookup(
+        &self,
+        schema: &TableSchema,
+        files: &[&FileMeta],
+        wanted: &[Row<'_>],
+    ) -> Result<(Vec<RecordBatch>, HashMap<Vec<u8>, (usize, usize)>)> {
+        let converter = key_converter(schema)?;
+        let mut wanted_set: Option<HashSet<&[u8]>> = None;
+        let user_columns = schema.schema.fields().len();
+        let target = schema.data_file_schema();
+        let mut batches = Vec::new();
+        // key -> (seq, kind, batch, row) of the newest version seen.
+        let mut newest: HashMap<Vec<u8>, (u64, i8, usize, usize)> = HashMap::new();
+        for meta in files {
+            let mut reader = None;
+            let groups = self.groups_holding(&converter, schema, meta, wanted, &mut reader).await?;
+            if groups.is_empty() {
+                continue;
+            }
+            let wanted_set = wanted_set.get_or_insert_with(|| wanted.iter().map(Row::data).collect());
+            let reader = match reader {
+                Some(reader) => reader,
+                None => FileReader::open(&self.store, &self.dir, Arc::new((*meta).clone()), &target).await?,
+            };
+            for group in groups {
+                for batch in reader.read_row_group(group, None, READ_BATCH_ROWS).await? {
+                    let b = batches.len();
+                    let keys = converter.convert_columns(&key_columns(schema, &batch))?;
+                    let location = || self.dir.child_path(&meta.path);
+                    let seqs = batch
+                        .column(user_columns)
+                        .as_primitive_opt::<UInt64Type>()
+                        .ok_or_else(|| Error::corrupt(location(), "_seq column is not UInt64"))?;
+                    let kinds = batch
+                        .column(user_columns + 1)
+                        .as_primitive_opt::<Int8Type>()
+                        .ok_or_else(|| Error::corrupt(location(), "_kind column is not Int8"))?;
+                    for row in 0..batch.num_rows() {
+                        let key = keys.row(row);
+                        if !wanted_set.contains(key.data()) {
+                            continue;
+                        }
+                        let seq = seqs.value(row);
+                        match newest.get_mut(key.data()) {
+                            Some(entry) if entry.0 >= seq => {}
+                            Some(entry) => *entry = (seq, kinds.value(row), b, row),
+                            None => {
+                                newest.insert(key.data().to_vec(), (seq, kinds.value(row), b, row));
+                            }
+                        }
+                    }
+                    batches.push(batch.project(&(0..user_columns).collect::<Vec<_>>())?);
+                }
+            }
+        }
+        let live = newest
+            .into_iter()
+            .filter(|(_, (_, kind, _, _))| *kind == ValueKind::Upsert as i8)
+            .map(|(key, (_, _, b, row))| (key, (b, row)))
+            .collect();
+        Ok((batches, live))
+    }
+
+    /// The rows (user columns) the latest snapshot holds for the keys in
+    /// `keys` (the primary-key columns, in key order); missing keys have
+    /// no row. Reads only the row groups whose key index holds a wanted key.
+    ///
+    /// # Errors
+    /// A table without primary key; key columns of other types; read failures.
+    pub async fn get(&self, keys: &[ArrayRef]) -> Result<RecordBatch> {
+        let state = self.current();
+        let schema = &state.schema;
+        if !schema.has_primary_key() {
+            return Err(Error::Invalid(format!("table {} has no primary key to look rows up by", self.name())));
+        }
+        let converter = key_converter(schema)?;
+        let rows = converter.convert_columns(keys)?;
+        let mut wanted: Vec<Row<'_>> = rows.iter().collect();
+        wanted.sort();
+        wanted.dedup();
+        let files: Vec<&FileMeta> = state.manifest.files.iter().collect();
+        let (batches, live) = self.lookup(schema, &files, &wanted).await?;
+        let mut found: Vec<(usize, usize)> = live.into_values().collect();
+        found.sort_unstable();
+        let mut columns = Vec::with_capacity(schema.schema.fields().len());
+        for c in 0..schema.schema.fields().len() {
+            let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
+            let indexes: Vec<(usize, usize)> = found.clone();
+            columns.push(if arrays.is_empty() {
+                arrow::array::new_empty_array(schema.schema.field(c).data_type())
+            } else {
+                arrow::compute::interleave(&arrays, &indexes)?
+            });
+        }
+        Ok(RecordBatch::try_new(Arc::clone(&schema.schema), columns)?)
+    }
+
+    /// The key index of `meta` as rows, cached (files never change).
+    pub(crate) fn key_index(&self, converter: &arrow::row::RowConverter, meta: &FileMeta) -> Result<Option<Arc<Rows>>> {
+        let cached =
+            self.key_indexes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&meta.path).cloned();
+        if let Some(rows) = cached {
+            return Ok(Some(rows));
+        }
+        let Some(index) = file::decode_key_index(&self.dir, meta)? else { return Ok(None) };
+        let rows = Arc::new(converter.convert_columns(index.columns())?);
+        self.key_indexes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(meta.path.clone(), Arc::clone(&rows));
+        Ok(Some(rows))
+    }
+
+    /// Whether a commit after snapshot `base` (up to `upto`) changed a key
+    /// that one of `files` (staged data files) holds.
+    pub(crate) async fn changed_keys_meet(
+        &self,
+        schema: &TableSchema,
+        base: u64,
+        upto: u64,
+        files: &[FileMeta],
+    ) -> Result<bool> {
+        if !schema.has_primary_key() || files.is_empty() {
+            return Ok(false);
+        }
+        let converter = key_converter(schema)?;
+        // Every change of a commit is in its changelog, so its keys are the changed ones.
+        let target = schema.changelog_file_schema();
+        let mut changed = Vec::new();
+        for id in base + 1..=upto {
+            let snapshot = self.read_snapshot(id).await?;
+            if snapshot.kind == CommitKind::Compact {
+                continue;
+            }
+            for meta in snapshot.changelog_files {
+                let groups = meta.row_groups.len();
+                let reader = FileReader::open(&self.store, &self.dir, Arc::new(meta), &target).await?;
+                for group in 0..groups {
+                    for keys in read_keys(&reader, schema, group).await? {
+                        changed.extend(converter.convert_columns(&keys)?.iter().map(|k| k.owned()));
+                    }
+                }
+            }
+        }
+        if changed.is_empty() {
+            return Ok(false);
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        let wanted: Vec<Row<'_>> = changed.iter().map(|k| k.row()).collect();
+        let wanted_set: HashSet<&[u8]> = wanted.iter().map(Row::data).collect();
+        let target = schema.data_file_schema();
+        for meta in files {
+            let mut reader = None;
+            for group in self.groups_holding(&converter, schema, meta, &wanted, &mut reader).await? {
+                let reader = match &reader {
+                    Some(reader) => reader,
+                    None => {
+                        reader.insert(FileReader::open(&self.store, &self.dir, Arc::new(meta.clone()), &target).await?)
+                    }
+                };
+                for keys in read_keys(reader, schema, group).await? {
+                    let keys = converter.convert_columns(&keys)?;
+                    if keys.iter().any(|k| wanted_set.contains(k.data())) {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// The key columns of row group `group`, in key order.
+async fn read_keys(reader: &FileReader, schema: &TableSchema, group: usize) -> Result<Vec<Vec<ArrayRef>>> {
+    let mut sorted = schema.primary_key.clone();
+    sorted.sort_unstable();
+    let batches = reader.read_row_group(group, Some(&sorted), READ_BATCH_ROWS).await?;
+    // Columns come back in file order.
+    let positions: Vec<usize> =
+        schema.primary_key.iter().map(|k| sorted.iter().position(|s| s == k).unwrap_or_default()).collect();
+    Ok(batches.iter().map(|b| positions.iter().map(|&p| Arc::clone(b.column(p))).collect()).collect())
+}
+
+/// Row groups (by their key ranges in `index`: first key of each group,
+/// then the file's last key) that may hold one of `wanted` (sorted).
+fn groups_with_keys(index: &Rows, wanted: &[Row<'_>]) -> Vec<usize> {
+    let groups = index.num_rows().saturating_sub(1);
+    (0..groups)
+        .filter(|&g| {
+            let first = index.row(g);
+            let next = index.row(g + 1);
+            let at = wanted.partition_point(|k| *k < first);
+            wanted.get(at).is_some_and(|k| *k <= next)
+        })
+        .collect()
+}
