@@ -22,14 +22,21 @@
 //! Commits therefore need no sync calls of their own: [`crate::Table`]
 //! writes data files, then the manifest, then claims the snapshot, each put
 //! returning only once durable, so a snapshot that survives a power loss
-//! names only files that survived it too. Group commit amortises the syncs:
-//! one commit (one round of four file writes) covers every write queued
-//! while the previous commit ran.
+//! names only files that survived it too.
+//!
+//! Small writes would still pay a file sync and a directory sync for each
+//! of the data file, manifest and snapshot of every commit. [`log::LogStore`]
+//! (the server's default over a local directory) puts a write-ahead log in
+//! front: small objects are appended to one log segment and synced together
+//! — one `fdatasync` for every commit of a group — held in memory, and
+//! written out as files in the background, where one sync round covers many
+//! commits. Group commit above it folds concurrent commits into one.
 //!
 //! [`Disk`] is an interface so the crash model test can run this same code
 //! over a simulated disk ([`sim::SimDisk`]) that forgets whatever was not
 //! synced when it "loses power".
 
+pub mod log;
 pub mod sim;
 
 use std::collections::HashSet;
@@ -59,6 +66,12 @@ pub trait Disk: Send + Sync + Debug + 'static {
     /// directories created, renamed or removed in it. The root is the empty
     /// path. A directory that does not exist is [`io::ErrorKind::NotFound`].
     async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+
+    /// Appends `bytes` to the file at `location`, creating it (and its
+    /// directories) if missing. Like any write, durable only once
+    /// [`Disk::sync_file`] (and, for a new file, [`Disk::sync_dir`]) returns;
+    /// a power loss before that keeps a prefix of the appended bytes.
+    async fn append(&self, location: &Path, bytes: Bytes) -> io::Result<()>;
 }
 
 /// The parent directory of `location` (the root for a top-level name).
@@ -158,6 +171,53 @@ impl DurableStore {
         let root = std::fs::canonicalize(root)
             .map_err(|e| object_store::Error::Generic { store: "durable", source: Box::new(e) })?;
         Ok(Self::new(Arc::new(inner), Arc::new(LocalDisk { root })))
+    }
+}
+
+impl DurableStore {
+    /// The store underneath, whose writes are not synced: for callers that
+    /// write many files and then make them durable at once with
+    /// [`Self::sync_written`].
+    pub(crate) fn unsynced(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+
+    pub(crate) fn disk(&self) -> &Arc<dyn Disk> {
+        &self.shared.disk
+    }
+
+    /// Makes files written through [`Self::unsynced`] durable: each file's
+    /// bytes, then each directory holding them once. A file deleted since
+    /// is skipped (its removal was made durable by the delete).
+    pub(crate) async fn sync_written(&self, locations: &[Path]) -> object_store::Result<()> {
+        let mut dirs = Vec::new();
+        for location in locations {
+            match self.shared.disk.sync_file(location).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(store_error("the write", location, e)),
+            }
+            let dir = parent(location);
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        for dir in dirs {
+            // The directory's entries, then any parents not yet known durable.
+            match self.shared.disk.sync_dir(&dir).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(store_error("the write", &dir, e)),
+            }
+            let mut dir = dir;
+            while !is_root(&dir) && !self.shared.is_durable_dir(&dir) {
+                let up = parent(&dir);
+                self.shared.disk.sync_dir(&up).await.map_err(|e| store_error("the write", &dir, e))?;
+                self.shared.set_durable_dir(dir, true);
+                dir = up;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -286,6 +346,24 @@ impl Disk for LocalDisk {
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let path = self.path(dir);
         tokio::task::spawn_blocking(move || std::fs::File::open(path)?.sync_all()).await.map_err(io::Error::other)?
+    }
+
+    /// A write of a log record to the page cache: small, so done in place
+    /// rather than on the blocking pool (whose hand-off costs more).
+    async fn append(&self, location: &Path, bytes: Bytes) -> io::Result<()> {
+        use std::io::Write as _;
+        let path = self.path(location);
+        let open = || std::fs::OpenOptions::new().create(true).append(true).open(&path);
+        let mut file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                open()?
+            }
+            other => other?,
+        };
+        file.write_all(&bytes)
     }
 }
 

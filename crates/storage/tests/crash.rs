@@ -18,9 +18,11 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path;
 use proptest::prelude::*;
+use streamhouse_storage::durable::log::{LogOptions, LogStore};
 use streamhouse_storage::durable::sim::SimDisk;
 use streamhouse_storage::durable::{Disk, DurableStore};
 use streamhouse_storage::{Table, TableOptions, TableSchema, ValueKind};
@@ -102,7 +104,23 @@ fn rows_of(batches: &[RecordBatch]) -> Model {
 }
 
 fn store(disk: &Arc<SimDisk>) -> Arc<dyn ObjectStore> {
-    Arc::new(DurableStore::new(Arc::clone(disk) as Arc<dyn ObjectStore>, Arc::clone(disk) as Arc<dyn Disk>))
+    Arc::new(durable(disk))
+}
+
+fn durable(disk: &Arc<SimDisk>) -> DurableStore {
+    DurableStore::new(Arc::clone(disk) as Arc<dyn ObjectStore>, Arc::clone(disk) as Arc<dyn Disk>)
+}
+
+/// The server's local store over the simulated disk: with the write-ahead
+/// log (limits small enough that Parquet files go both ways and flushes
+/// happen every few operations), or syncing file by file.
+async fn open_store(disk: &Arc<SimDisk>, logged: bool) -> (Arc<dyn ObjectStore>, Option<LogStore>) {
+    if !logged {
+        return (store(disk), None);
+    }
+    let options = LogOptions { direct_bytes: 1_500, flush_bytes: 6_000 };
+    let log = LogStore::open(durable(disk), options).await.unwrap_or_else(|e| panic!("replay: {e}"));
+    (Arc::new(log.clone()), Some(log))
 }
 
 /// Runs `op`; `Ok(true)` when it was acknowledged.
@@ -137,7 +155,7 @@ async fn run_op(table: &Table, op: &Op, model: &Model, clock: &mut i64) -> (bool
     (acknowledged, after)
 }
 
-async fn check_files(table: &Table, disk: &SimDisk, dir: &Path) {
+async fn check_files(table: &Table, store: &Arc<dyn ObjectStore>, dir: &Path) {
     let mut referenced = HashSet::new();
     for snapshot in table.snapshots().await.unwrap() {
         // Every retained snapshot reads: nothing it names is missing or torn.
@@ -147,7 +165,8 @@ async fn check_files(table: &Table, disk: &SimDisk, dir: &Path) {
         referenced.extend(table.files(Some(snapshot.id)).await.unwrap().into_iter().map(|f| f.path));
     }
     let prefix = format!("{dir}/");
-    for name in disk.names() {
+    let names: Vec<Path> = store.list(Some(dir)).map_ok(|meta| meta.location).try_collect().await.unwrap();
+    for name in names {
         let relative = name.as_ref().strip_prefix(&prefix).unwrap_or(name.as_ref()).to_string();
         let folder = relative.split('/').next().unwrap_or_default();
         if ["data", "changelog", "manifest"].contains(&folder) {
@@ -156,10 +175,11 @@ async fn check_files(table: &Table, disk: &SimDisk, dir: &Path) {
     }
 }
 
-async fn run(seed: u64, steps: Vec<(Op, Option<u64>)>) {
+async fn run(seed: u64, steps: Vec<(Op, Option<u64>)>, logged: bool) {
     let disk = SimDisk::new(seed);
     let dir = Path::from("public/t");
-    let mut table = Table::create(store(&disk), dir.clone(), "t", schema()).await.unwrap();
+    let (mut store, mut log) = open_store(&disk, logged).await;
+    let mut table = Table::create(Arc::clone(&store), dir.clone(), "t", schema()).await.unwrap();
     let mut model = Model::new();
     let mut clock = 0i64;
     for (i, (op, power_loss)) in steps.iter().enumerate() {
@@ -174,8 +194,14 @@ async fn run(seed: u64, steps: Vec<(Op, Option<u64>)>) {
             continue;
         }
         drop(table);
+        if let Some(log) = log.take() {
+            // The process dies with the power: no flush of the old store runs on after it.
+            log.idle().await;
+        }
         disk.power_loss().await;
-        table = Table::open(store(&disk), dir.clone(), "t").await.unwrap_or_else(|e| panic!("step {i}: reopen: {e}"));
+        (store, log) = open_store(&disk, logged).await;
+        table =
+            Table::open(Arc::clone(&store), dir.clone(), "t").await.unwrap_or_else(|e| panic!("step {i}: reopen: {e}"));
         let got = rows_of(&table.scan(None).await.unwrap());
         if acknowledged {
             assert_eq!(got, after, "step {i}: {op:?} was acknowledged, then the power failed");
@@ -186,11 +212,11 @@ async fn run(seed: u64, steps: Vec<(Op, Option<u64>)>) {
             assert_eq!(got, before, "step {i}: {op:?} failed half way: the table must be as before or after it");
         }
         table.remove_orphan_files(i64::MAX).await.unwrap();
-        check_files(&table, &disk, &dir).await;
+        check_files(&table, &store, &dir).await;
     }
     assert_eq!(rows_of(&table.scan(None).await.unwrap()), model);
     table.remove_orphan_files(i64::MAX).await.unwrap();
-    check_files(&table, &disk, &dir).await;
+    check_files(&table, &store, &dir).await;
 }
 
 proptest! {
@@ -199,7 +225,17 @@ proptest! {
     #[test]
     fn acknowledged_writes_survive_power_loss(seed in any::<u64>(), steps in proptest::collection::vec(step(), 1..25)) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(run(seed, steps));
+        runtime.block_on(run(seed, steps, false));
+    }
+
+    /// The same through the write-ahead log the server uses on a local disk.
+    #[test]
+    fn acknowledged_writes_survive_power_loss_through_the_log(
+        seed in any::<u64>(),
+        steps in proptest::collection::vec(step(), 1..25),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(run(seed, steps, true));
     }
 }
 

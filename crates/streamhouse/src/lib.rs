@@ -22,6 +22,7 @@ use streamhouse_server::RunningServer;
 #[derive(Debug)]
 pub struct Server {
     running: RunningServer,
+    log: Option<streamhouse_storage::durable::log::LogStore>,
     lock: DataDirLock,
 }
 
@@ -45,6 +46,12 @@ impl Server {
     /// releases the data directory.
     pub async fn shutdown(self) {
         self.running.shutdown().await;
+        // A clean stop leaves plain files: nothing for the next start to replay.
+        if let Some(log) = &self.log
+            && let Err(e) = log.flush().await
+        {
+            tracing::warn!(error = %e, "cannot flush the write-ahead log at shutdown; the next start replays it");
+        }
         drop(self.lock);
     }
 }
@@ -62,12 +69,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let lock = DataDirLock::acquire(data_dir)?;
     let warehouse = data_dir.join("warehouse");
-    let store = store::open(&config.storage, &warehouse)?;
+    let store::Warehouse { store, log } = store::open(&config.storage, &warehouse).await?;
     let location = config.storage.url.clone().unwrap_or_else(|| warehouse.display().to_string());
     let catalog = DynamicCatalog::open(store).await.with_context(|| format!("cannot open the tables in {location}"))?;
     let mut execution = config.execution.clone();
     execution.spill_dir.get_or_insert_with(|| data_dir.join("spill"));
     let engine = Engine::with_catalog(execution, Arc::new(catalog)).context("cannot start the query engine")?;
     let running = streamhouse_server::start(engine, &config.server).await?;
-    Ok(Server { running, lock })
+    Ok(Server { running, log, lock })
 }

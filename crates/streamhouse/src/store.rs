@@ -16,42 +16,52 @@ use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
 use streamhouse_storage::cache::RangeCache;
+use streamhouse_storage::durable::log::{LogOptions, LogStore};
 use streamhouse_storage::durable::{self, DurableStore};
 
 use crate::config::StorageConfig;
 
+/// The opened warehouse: its store, and the write-ahead log inside it when
+/// it is a durable local directory (flushed into plain files at shutdown).
+#[derive(Debug)]
+pub struct Warehouse {
+    pub store: Arc<dyn ObjectStore>,
+    pub log: Option<LogStore>,
+}
+
 /// Opens the warehouse `storage` names; `local` is the directory used when
 /// it names none (it is created, and must be locked by the caller: crashed
-/// writes' staged files in it are removed).
+/// writes' staged files in it are removed, and its write-ahead log replayed).
 ///
 /// # Errors
 /// A malformed url, an S3 configuration object_store refuses, or a local
 /// directory that cannot be created or cleaned.
-pub fn open(storage: &StorageConfig, local: &Path) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    match storage.url.as_deref() {
-        None => open_local(local, storage.sync),
+pub async fn open(storage: &StorageConfig, local: &Path) -> anyhow::Result<Warehouse> {
+    let store = match storage.url.as_deref() {
+        None => return open_local(local, storage.sync).await,
         Some(url) => match url.strip_prefix("s3://") {
             Some(rest) => {
                 let store = open_s3(storage, rest)?;
                 match storage.s3.cache_size.bytes() {
-                    Some(0) => Ok(store),
+                    Some(0) => store,
                     size => {
                         let dir = storage.data_dir.join("cache");
                         let cache = RangeCache::new(store, dir.clone(), size.unwrap_or(u64::MAX))
                             .with_context(|| format!("cannot prepare the range cache in {}", dir.display()))?;
-                        Ok(Arc::new(cache))
+                        Arc::new(cache)
                     }
                 }
             }
             None if url.starts_with("file://") || url.starts_with('/') => {
-                open_local(Path::new(url.trim_start_matches("file://")), storage.sync)
+                return open_local(Path::new(url.trim_start_matches("file://")), storage.sync).await;
             }
             None => anyhow::bail!("storage.url {url:?} is not supported: use s3://bucket/prefix, or leave it unset"),
         },
-    }
+    };
+    Ok(Warehouse { store, log: None })
 }
 
-fn open_local(dir: &Path, sync: bool) -> anyhow::Result<Arc<dyn ObjectStore>> {
+async fn open_local(dir: &Path, sync: bool) -> anyhow::Result<Warehouse> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create warehouse directory {}", dir.display()))?;
     // Writes a crash interrupted left staged files no listing shows; with the lock held they are nobody's.
     let staged = durable::remove_staged_local_files(dir)
@@ -61,13 +71,18 @@ fn open_local(dir: &Path, sync: bool) -> anyhow::Result<Arc<dyn ObjectStore>> {
     }
     if sync {
         let store = DurableStore::local(dir).with_context(|| format!("cannot open warehouse {}", dir.display()))?;
-        return Ok(Arc::new(store));
+        // Small writes go through the write-ahead log (one synced append per group of
+        // commits); opening it replays what a crash left there.
+        let store = LogStore::open(store, LogOptions::default())
+            .await
+            .with_context(|| format!("cannot recover the write-ahead log in {}/_log", dir.display()))?;
+        return Ok(Warehouse { store: Arc::new(store.clone()), log: Some(store) });
     }
     tracing::warn!("storage.sync = false: acknowledged writes are not synced and can be lost in a power cut");
     let store = LocalFileSystem::new_with_prefix(dir)
         .with_context(|| format!("cannot open warehouse {}", dir.display()))?
         .with_automatic_cleanup(true);
-    Ok(Arc::new(store))
+    Ok(Warehouse { store: Arc::new(store), log: None })
 }
 
 fn open_s3(storage: &StorageConfig, bucket_and_prefix: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {

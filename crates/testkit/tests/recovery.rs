@@ -71,7 +71,9 @@ async fn orphan_files_are_removed_on_request() -> anyhow::Result<()> {
     pg.batch_execute("CREATE TABLE t (k BIGINT PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');").await?;
     let data = server.config().storage.data_dir.join("warehouse/public/t/data");
     // What a crash between writing a data file and claiming its snapshot leaves.
+    // (The committed files may still be in the write-ahead log, the folder not made yet.)
     let orphan = data.join("00000000-0000-0000-0000-000000000000.parquet");
+    std::fs::create_dir_all(&data)?;
     std::fs::write(&orphan, b"an uncommitted file")?;
     // Young files are spared by the default margin (a day).
     pg.batch_execute("CALL sys.remove_orphan_files('t')").await?;

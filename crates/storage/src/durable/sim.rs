@@ -126,23 +126,22 @@ impl SimDisk {
         let mut visible = BTreeMap::new();
         let mut synced = HashMap::new();
         for (name, file) in survivors {
-            let known = self.state().synced.get(&file).cloned();
-            let bytes = match known {
-                Some(bytes) => bytes,
-                None => {
-                    // Never synced: a torn prefix of what the file held, if it still can be read.
-                    let written = match old.get(&name).await {
-                        Ok(result) if self.state().visible.get(&name) == Some(&file) => {
-                            result.bytes().await.unwrap_or_default()
-                        }
-                        _ => Bytes::new(),
-                    };
-                    let mut state = self.state();
-                    state.seed =
-                        state.seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-                    let keep = if written.is_empty() { 0 } else { (state.seed >> 33) as usize % written.len() };
-                    written.slice(..keep)
+            // What was synced survives; of what was written after (the whole
+            // file if never synced, appended bytes if it was), a torn prefix.
+            let base = self.state().synced.get(&file).cloned().unwrap_or_default();
+            let written = match old.get(&name).await {
+                Ok(result) if self.state().visible.get(&name) == Some(&file) => {
+                    result.bytes().await.unwrap_or_default()
                 }
+                _ => Bytes::new(),
+            };
+            let bytes = if written.len() > base.len() && written.starts_with(&base) {
+                let mut state = self.state();
+                state.seed = state.seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                let keep = base.len() + (state.seed >> 33) as usize % (written.len() - base.len());
+                written.slice(..keep)
+            } else {
+                base
             };
             store.put(&name, PutPayload::from(bytes.clone())).await.expect("in-memory put");
             synced.insert(file, bytes);
@@ -218,6 +217,22 @@ impl Disk for SimDisk {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("{location}")));
         };
         state.synced.insert(file, bytes);
+        Ok(())
+    }
+
+    async fn append(&self, location: &Path, bytes: Bytes) -> io::Result<()> {
+        let store = self.mutation().map_err(|_| io_off())?;
+        let existing = self.state().visible.contains_key(location);
+        let mut content = Vec::new();
+        if existing {
+            let old = store.get(location).await.map_err(io::Error::other)?.bytes().await.map_err(io::Error::other)?;
+            content.extend_from_slice(&old);
+        }
+        content.extend_from_slice(&bytes);
+        store.put(location, PutPayload::from(content)).await.map_err(io::Error::other)?;
+        if !existing {
+            self.created(location);
+        }
         Ok(())
     }
 
