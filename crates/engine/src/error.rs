@@ -80,6 +80,8 @@ pub enum StatusCode {
     ConstraintViolation,
     /// The statement needs more memory than the configured limit allows.
     ResourcesExhausted,
+    /// The statement's expressions nest deeper than the server allows.
+    StatementTooComplex,
     /// The statement was cancelled by the client.
     Cancelled,
     /// The statement ran past `statement_timeout`.

@@ -17,7 +17,10 @@
 //! - [`parser`]: the parser and the classification of standard statements.
 //! - [`statement`]: the [`Statement`] enum and its nodes.
 //! - [`windows`]: `TUMBLE(…)` and `HOP(…)` in FROM, expanded in the AST.
+//! - [`limits`]: bounds on a statement's depth, checked before and right
+//!   after parsing (54001), so no statement can exhaust a stack.
 
+pub mod limits;
 mod parser;
 mod statement;
 pub mod windows;

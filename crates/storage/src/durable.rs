@@ -147,6 +147,23 @@ impl Shared {
     }
 }
 
+/// A put marked with this extension (in [`PutOptions::extensions`]; see
+/// [`deferred`]) need not be durable when it returns, only once a later
+/// put to the same store that is not deferred returns: a commit writes its
+/// data files and manifest deferred, then claims the snapshot, whose sync
+/// covers them. Only [`log::LogStore`] defers, because its records become
+/// durable in the order they were written (a lost tail loses the snapshot
+/// claim with whatever it covered); every other store syncs each put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeferSync;
+
+/// Options of a plain overwrite put marked [`DeferSync`].
+pub fn deferred() -> PutOptions {
+    let mut options = PutOptions::default();
+    options.extensions.insert(DeferSync);
+    options
+}
+
 /// An object store whose puts, copies and deletes return only once durable.
 #[derive(Debug, Clone)]
 pub struct DurableStore {

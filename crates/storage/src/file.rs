@@ -317,7 +317,11 @@ impl FileWriter {
             }
             None => {
                 let location = dir.child_path(&relative);
-                store.put(&location, PutPayload::from(buffer)).await.map_err(|e| Error::store(&location, e))?;
+                // Durable with the snapshot that names it (the claim's sync covers it).
+                store
+                    .put_opts(&location, PutPayload::from(buffer), crate::durable::deferred())
+                    .await
+                    .map_err(|e| Error::store(&location, e))?;
             }
         }
         Ok(meta)
@@ -473,7 +477,11 @@ pub(crate) async fn concatenate(
         key_index,
     };
     let location = dir.child_path(&relative);
-    store.put(&location, PutPayload::from(buffer)).await.map_err(|e| Error::store(&location, e))?;
+    // Durable with the snapshot that names it (the claim's sync covers it).
+    store
+        .put_opts(&location, PutPayload::from(buffer), crate::durable::deferred())
+        .await
+        .map_err(|e| Error::store(&location, e))?;
     Ok(Some(meta))
 }
 

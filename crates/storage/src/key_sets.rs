@@ -4,7 +4,8 @@
 //! [`crate::lookup`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use arrow::row::{Row, Rows};
 
@@ -12,26 +13,73 @@ use arrow::row::{Row, Rows};
 /// sets are read when needed and not kept.
 pub(crate) const KEY_SET_BYTES: usize = 64 << 20;
 
+/// Bytes of key sets kept by all the tables of the process together, so
+/// that many tables cannot add up to more than this.
+pub(crate) const PROCESS_KEY_SET_BYTES: usize = 256 << 20;
+
+/// A byte budget shared by several [`KeySets`].
+#[derive(Debug)]
+pub(crate) struct Budget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self { limit, used: AtomicUsize::new(0) })
+    }
+
+    /// The process-wide budget every table's key sets draw on.
+    pub(crate) fn process() -> Arc<Self> {
+        static PROCESS: LazyLock<Arc<Budget>> = LazyLock::new(|| Budget::new(PROCESS_KEY_SET_BYTES));
+        Arc::clone(&PROCESS)
+    }
+
+    fn reserve(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
 /// The sorted keys of row groups, by file path and row group.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct KeySets {
     sets: HashMap<String, HashMap<usize, Arc<Rows>>>,
     bytes: usize,
+    budget: Arc<Budget>,
+}
+
+impl Default for KeySets {
+    fn default() -> Self {
+        Self::new(Budget::process())
+    }
 }
 
 impl KeySets {
+    pub(crate) fn new(budget: Arc<Budget>) -> Self {
+        Self { sets: HashMap::new(), bytes: 0, budget }
+    }
+
     pub(crate) fn get(&self, path: &str, group: usize) -> Option<Arc<Rows>> {
         self.sets.get(path)?.get(&group).cloned()
     }
 
-    /// Keeps `rows` (sorted) unless the budget is spent.
+    /// Keeps `rows` (sorted) unless the table's or the process's budget is spent.
     pub(crate) fn insert(&mut self, path: &str, group: usize, rows: Arc<Rows>) {
         let size = rows.size();
-        if self.bytes + size > KEY_SET_BYTES {
+        if self.bytes + size > KEY_SET_BYTES || !self.budget.reserve(size) {
             return;
         }
         if let Some(old) = self.sets.entry(path.to_owned()).or_default().insert(group, rows) {
             self.bytes -= old.size();
+            self.budget.release(old.size());
         }
         self.bytes += size;
     }
@@ -47,6 +95,13 @@ impl KeySets {
             keep
         });
         self.bytes -= freed;
+        self.budget.release(freed);
+    }
+}
+
+impl Drop for KeySets {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
     }
 }
 
@@ -116,7 +171,7 @@ mod tests {
     #[test]
     fn key_sets_stay_within_their_budget_and_drop_dead_files() {
         let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
-        let mut sets = KeySets::default();
+        let mut sets = KeySets::new(Budget::new(usize::MAX));
         let one = Arc::new(rows(&converter, &(0..1000).collect::<Vec<_>>()));
         let size = one.size();
         let mut inserted = 0;
@@ -132,5 +187,28 @@ mod tests {
         assert!(sets.get("data/f1", 0).is_none());
         sets.insert("data/f0", 0, Arc::clone(&one));
         assert_eq!(sets.bytes, size, "replacing a set does not count it twice");
+    }
+
+    #[test]
+    fn tables_share_the_process_budget() {
+        let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+        let one = Arc::new(rows(&converter, &(0..1000).collect::<Vec<_>>()));
+        let size = one.size();
+        let budget = Budget::new(3 * size);
+        let mut a = KeySets::new(Arc::clone(&budget));
+        let mut b = KeySets::new(Arc::clone(&budget));
+        a.insert("data/a0", 0, Arc::clone(&one));
+        a.insert("data/a1", 0, Arc::clone(&one));
+        b.insert("data/b0", 0, Arc::clone(&one));
+        b.insert("data/b1", 0, Arc::clone(&one));
+        assert!(b.get("data/b0", 0).is_some());
+        assert!(b.get("data/b1", 0).is_none(), "the shared budget is spent");
+        assert_eq!(budget.used.load(Ordering::Acquire), 3 * size);
+        a.retain(|path| path == "data/a0");
+        b.insert("data/b1", 0, Arc::clone(&one));
+        assert!(b.get("data/b1", 0).is_some(), "what a table freed another can use");
+        drop(a);
+        drop(b);
+        assert_eq!(budget.used.load(Ordering::Acquire), 0, "a dropped table gives its bytes back");
     }
 }

@@ -6,7 +6,9 @@
 //! row: the file's key index (the key range of each row group, in the
 //! manifest) and then the row group's exact key set — the sorted keys of
 //! the group, read once (only the key columns) and kept in memory, at most
-//! [`crate::key_sets::KEY_SET_BYTES`] of them. A row group is read whole only when it holds
+//! [`crate::key_sets::KEY_SET_BYTES`] of them per table and
+//! [`crate::key_sets::PROCESS_KEY_SET_BYTES`] for all tables of the
+//! process. A row group is read whole only when it holds
 //! one of the wanted keys. Without the second step every write of new keys
 //! into a table whose files' key ranges overlap (many writers, interleaved
 //! keys) read and decoded a row group of every file; with it, inserting

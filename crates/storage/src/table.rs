@@ -603,8 +603,9 @@ impl Table {
         let manifest = Manifest { files };
         let manifest_path = format!("manifest/manifest-{}", uuid::Uuid::new_v4());
         let location = self.dir.child_path(&manifest_path);
+        // Durable with the snapshot claim below, whose sync covers it.
         self.store
-            .put(&location, PutPayload::from(crate::frame::encode(&manifest)?))
+            .put_opts(&location, PutPayload::from(crate::frame::encode(&manifest)?), crate::durable::deferred())
             .await
             .map_err(|e| Error::store(&location, e))?;
         let id = state.latest.as_ref().map_or(1, |s| s.id + 1);

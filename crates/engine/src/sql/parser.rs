@@ -14,8 +14,8 @@ use std::time::Duration;
 use datafusion::sql::sqlparser::ast::{self, helpers::stmt_create_table::CreateTableBuilder};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
-use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
 use super::statement::{
@@ -37,7 +37,12 @@ static COMPAT: LazyLock<PostgresCompatibilityParser> = LazyLock::new(PostgresCom
 /// (0A000 for `FETCH BACKWARD`, 22023 for an unknown SUBSCRIBE option …).
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     let dialect = PostgreSqlDialect {};
-    let parser = Parser::new(&dialect).try_with_sql(sql).map_err(|e| locate(sql, e.into()))?;
+    let tokens = Tokenizer::new(&dialect, sql)
+        .with_unescape(true)
+        .tokenize_with_location()
+        .map_err(|e| locate(sql, ParserError::from(e).into()))?;
+    super::limits::check_tokens(&tokens)?;
+    let parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let mut parser = DialectParser { parser, sql };
     let mut out = Vec::new();
     loop {
@@ -157,7 +162,7 @@ impl DialectParser<'_> {
             next => Some(next.span.start),
         };
         let text = self.text(start, end);
-        classify(compatible(statement, text))
+        classify(compatible(statement, text)?)
     }
 
     /// The source text between two token locations (`None`: to the end).
@@ -356,7 +361,7 @@ impl DialectParser<'_> {
         let query = self.parser.parse_query()?;
         let end = Some(self.parser.peek_token_ref().span.start);
         let text = self.text(start, end).to_owned();
-        match compatible(ast::Statement::Query(query), &text) {
+        match compatible(ast::Statement::Query(query), &text)? {
             ast::Statement::Query(query) => Ok(Statement::Plan(Box::new(ast::Statement::Query(query)))),
             _ => Err(Error::internal("a compatibility rule turned a query into another statement")),
         }
@@ -552,7 +557,9 @@ impl DialectParser<'_> {
             .constraints(constraints)
             .query(query)
             .build();
-        let statement = COMPAT.rewrite(ast::Statement::CreateTable(create));
+        let mut statement = ast::Statement::CreateTable(create);
+        super::limits::shape(&mut statement)?;
+        let statement = COMPAT.rewrite(statement);
         Ok(Statement::CreateTable(Box::new(CreateTable { statement, options })))
     }
 
@@ -650,19 +657,22 @@ fn timestamp_ms(text: &str) -> Result<i64> {
     }
 }
 
-/// A standard statement after the compatibility rules: a client catalog
-/// query that datafusion-pg-catalog replaces whole (they all read
-/// `pg_catalog`) is parsed by it from the statement's own text.
-fn compatible(statement: ast::Statement, text: &str) -> ast::Statement {
+/// A standard statement, its shape checked ([`super::limits::shape`]),
+/// after the compatibility rules: a client catalog query that
+/// datafusion-pg-catalog replaces whole (they all read `pg_catalog`) is
+/// parsed by it from the statement's own text.
+fn compatible(mut statement: ast::Statement, text: &str) -> Result<ast::Statement> {
+    super::limits::shape(&mut statement)?;
     if matches!(statement, ast::Statement::Query(_))
         && text.to_ascii_lowercase().contains("pg_catalog")
         && let Ok(mut replaced) = COMPAT.parse(text)
         && replaced.len() == 1
-        && let Some(replaced) = replaced.pop()
+        && let Some(mut replaced) = replaced.pop()
     {
-        return replaced;
+        super::limits::shape(&mut replaced)?;
+        return Ok(replaced);
     }
-    COMPAT.rewrite(statement)
+    Ok(COMPAT.rewrite(statement))
 }
 
 /// `WITH (key = value, …)` as a map: keys lower-cased, string values unquoted.

@@ -333,3 +333,70 @@ fn syntax_errors_carry_their_position() {
     let e = error("FETCH 10 c WITH (timeout");
     assert_eq!((e.code(), e.position()), (StatusCode::InvalidSyntax, Some(25)));
 }
+
+/// The depth of the deepest expression of a parsed query, counted in a loop.
+fn left_spine(statement: &Statement) -> usize {
+    let Statement::Plan(plan) = statement else { panic!("a query") };
+    let ast::Statement::Query(query) = &**plan else { panic!("a query") };
+    let ast::SetExpr::Select(select) = &*query.body else { panic!("a select") };
+    let Some(ast::Expr::BinaryOp { .. }) = select.selection.as_ref() else { panic!("a WHERE of binary ops") };
+    let mut depth = 0;
+    let mut pending = vec![(select.selection.as_ref().expect("where"), 1usize)];
+    while let Some((expr, at)) = pending.pop() {
+        depth = depth.max(at);
+        if let ast::Expr::BinaryOp { left, right, .. } = expr {
+            pending.push((left, at + 1));
+            pending.push((right, at + 1));
+        }
+    }
+    depth
+}
+
+#[test]
+fn deep_expressions_are_refused_or_made_shallow() {
+    let chain = |n: usize, op: &str| vec!["1"; n].join(op);
+    // Left-deep arithmetic past the depth limit: 54001, at every size.
+    for n in [1_500, 15_000, 150_000] {
+        let e = error(&format!("SELECT {}", chain(n, " + ")));
+        assert_eq!(e.code(), StatusCode::StatementTooComplex, "{n} terms: {e}");
+    }
+    assert!(parse(&format!("SELECT {}", chain(500, " + "))).is_ok(), "500 terms are fine");
+    // Unary minus and casts chain too.
+    let e = error(&format!("SELECT {}1", "- ".repeat(50_000)));
+    assert_eq!(e.code(), StatusCode::StatementTooComplex, "{e}");
+    let e = error(&format!("SELECT 1{}", "::int".repeat(30_000)));
+    assert_eq!(e.code(), StatusCode::StatementTooComplex, "{e}");
+    // Nested parentheses stop at the parser's recursion limit (42601).
+    let e = error(&format!("SELECT {}1{}", "(".repeat(5_000), ")".repeat(5_000)));
+    assert_eq!(e.code(), StatusCode::InvalidSyntax, "{e}");
+    // Long OR / AND chains, as tools generate them, become balanced trees.
+    for n in [100, 1_000, 9_000] {
+        let ors: Vec<String> = (0..n).map(|i| format!("x = {i}")).collect();
+        let statement = one(&format!("SELECT * FROM t WHERE {}", ors.join(" OR ")));
+        let depth = left_spine(&statement);
+        assert!(depth <= 2 + (n as f64).log2().ceil() as usize, "{n} ORs nest {depth} deep");
+        let ands: Vec<String> = (0..n).map(|i| format!("x <> {i}")).collect();
+        let statement = one(&format!("SELECT * FROM t WHERE {}", ands.join(" AND ")));
+        assert!(left_spine(&statement) <= 2 + (n as f64).log2().ceil() as usize);
+    }
+    // Past the token bound, even an OR chain is refused before it is parsed.
+    let ors: Vec<String> = (0..30_000).map(|i| format!("x = {i}")).collect();
+    let e = error(&format!("SELECT * FROM t WHERE {}", ors.join(" OR ")));
+    assert_eq!(e.code(), StatusCode::StatementTooComplex, "{e}");
+    // Flat lists are not chains: a long IN list and many VALUES rows parse.
+    let list: Vec<String> = (0..100_000).map(|i| i.to_string()).collect();
+    assert!(parse(&format!("SELECT * FROM t WHERE x IN ({})", list.join(", "))).is_ok());
+    let rows: Vec<String> = (0..20_000).map(|i| format!("({i}, 'v{i}' || 'x')")).collect();
+    assert!(parse(&format!("INSERT INTO t VALUES {}", rows.join(", "))).is_ok());
+    let whens: Vec<String> = (0..20_000).map(|i| format!("WHEN {i} THEN {i}")).collect();
+    assert!(parse(&format!("SELECT CASE x {} END FROM t", whens.join(" "))).is_ok());
+    // A UNION chain past the limit; inside a cursor and a COPY too.
+    let union = vec!["SELECT 1"; 600].join(" UNION ALL ");
+    assert_eq!(error(&union).code(), StatusCode::StatementTooComplex);
+    assert_eq!(error(&format!("DECLARE c CURSOR FOR {union}")).code(), StatusCode::StatementTooComplex);
+    assert_eq!(error(&format!("COPY ({union}) TO STDOUT")).code(), StatusCode::StatementTooComplex);
+    assert!(parse(&vec!["SELECT 1"; 100].join(" UNION ALL ")).is_ok());
+    // A deep default in CREATE TABLE.
+    let e = error(&format!("CREATE TABLE d (a BIGINT PRIMARY KEY, b BIGINT DEFAULT {})", chain(5_000, " * ")));
+    assert_eq!(e.code(), StatusCode::StatementTooComplex, "{e}");
+}

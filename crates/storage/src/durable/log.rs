@@ -13,7 +13,10 @@
 //!   (`_log/segment-<n>`) and keeps the object in memory, where reads find
 //!   it; it returns once the log is synced up to its record, and one
 //!   `fdatasync` covers every record appended before it started (group
-//!   commit across all writers and tables);
+//!   commit across all writers and tables); a put marked
+//!   [`DeferSync`](super::DeferSync) returns once appended, made durable by
+//!   the next synced record (a commit's data files and manifest by its
+//!   snapshot claim: one `fdatasync` per commit group, not three);
 //! - a delete appends a record too, so replay never brings a file back;
 //! - bigger puts and multipart uploads go straight to the durable store (a
 //!   Parquet file of a bulk load is one sequential write either way), and
@@ -56,7 +59,7 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
 
-use super::DurableStore;
+use super::{DeferSync, DurableStore};
 
 /// Where the log's segments live, hidden from listings.
 const LOG_DIR: &str = "_log";
@@ -552,7 +555,10 @@ impl ObjectStore for LogStore {
         }
         let bytes: Bytes = payload.into();
         let (result, position) = shared.put_logged(location, bytes, &opts.mode).await?;
-        shared.sync_to(position).await?;
+        // A deferred put is made durable by the next synced one (records replay in order).
+        if !(matches!(opts.mode, PutMode::Overwrite) && opts.extensions.get::<DeferSync>().is_some()) {
+            shared.sync_to(position).await?;
+        }
         shared.maybe_flush();
         Ok(result)
     }
