@@ -97,6 +97,9 @@ impl Engine {
             .with_runtime_env(runtime)
             .with_catalog_list(catalogs)
             .with_default_features()
+            // After type coercion: Postgres' checked integers and scalar subqueries.
+            .with_analyzer_rule(Arc::new(crate::semantics::CheckedArithmetic))
+            .with_analyzer_rule(Arc::new(crate::semantics::ScalarSubqueryCardinality))
             .build();
         let base = SessionContext::new_with_state(state);
         datafusion_pg_catalog::setup_pg_catalog(&base, &config.database, EmptyContextProvider)

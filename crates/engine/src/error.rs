@@ -82,6 +82,8 @@ pub enum StatusCode {
     ResourcesExhausted,
     /// The statement's expressions nest deeper than the server allows.
     StatementTooComplex,
+    /// A scalar subquery returned more than one row.
+    CardinalityViolation,
     /// The statement was cancelled by the client.
     Cancelled,
     /// The statement ran past `statement_timeout`.

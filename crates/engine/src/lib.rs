@@ -29,6 +29,7 @@ pub mod error;
 pub mod exec;
 pub mod memory;
 pub mod queries;
+pub mod semantics;
 pub mod session;
 pub mod sql;
 pub mod time_travel;

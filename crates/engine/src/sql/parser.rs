@@ -8,7 +8,7 @@
 //! catalog queries plan), as sessions always did.
 
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use datafusion::sql::sqlparser::ast::{self, helpers::stmt_create_table::CreateTableBuilder};
@@ -17,6 +17,7 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use datafusion_pg_catalog::sql::rules::{self, SqlStatementRewriteRule};
 
 use super::statement::{
     AddColumn, Copy, CreateMaterializedView, CreateTable, Cutoff, InsertIgnoringConflicts, Procedure, RelationKind,
@@ -26,8 +27,57 @@ use super::{ident_value, table_reference};
 use crate::copy::{CopyOption, CopyOptions};
 use crate::error::{Error, Result, StatusCode};
 
-/// The compatibility rules, built once (building them parses SQL).
+/// The compatibility parser, built once (building it parses SQL): for the
+/// client catalog queries it replaces whole.
 static COMPAT: LazyLock<PostgresCompatibilityParser> = LazyLock::new(PostgresCompatibilityParser::new);
+
+/// datafusion-pg-catalog's rewrite rules, in its order (`PostgresCompatibilityParser::new`),
+/// as two lists. `RemoveSubqueryFromProjection` replaces a correlated
+/// subquery of the select list by NULL and caps an uncorrelated one at its
+/// first row: it lets client catalog queries plan, but on user data it is a
+/// silent wrong answer, so only statements that read the system catalogs
+/// get it. (Re-check this list when upgrading the crate.)
+struct CompatRules {
+    user: Vec<Arc<dyn SqlStatementRewriteRule>>,
+    catalog: Vec<Arc<dyn SqlStatementRewriteRule>>,
+}
+
+static RULES: LazyLock<CompatRules> = LazyLock::new(|| {
+    let before: Vec<Arc<dyn SqlStatementRewriteRule>> = vec![
+        Arc::new(rules::AliasDuplicatedProjectionRewrite),
+        Arc::new(rules::ResolveUnqualifiedIdentifier),
+        Arc::new(rules::RewriteArrayAnyAllOperation),
+        Arc::new(rules::PrependUnqualifiedPgTableName),
+        Arc::new(rules::StripCallableQualifier),
+        Arc::new(rules::FixArrayLiteral),
+        Arc::new(rules::CurrentUserVariableToSessionUserFunctionCall),
+        Arc::new(rules::StripCollate),
+        Arc::new(rules::RewritePgCatalogOperator),
+        Arc::new(rules::RewriteRegCastToSubquery::new()),
+    ];
+    let after: Arc<dyn SqlStatementRewriteRule> = Arc::new(rules::FixVersionColumnName);
+    let mut user = before.clone();
+    user.push(Arc::clone(&after));
+    let mut catalog = before;
+    catalog.push(Arc::new(rules::RemoveSubqueryFromProjection));
+    catalog.push(after);
+    CompatRules { user, catalog }
+});
+
+/// Whether a statement's text reads the system catalogs (as clients' catalog queries do).
+fn reads_catalog(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("pg_") || lower.contains("information_schema")
+}
+
+/// The compatibility rewrite for a statement with source text `text`.
+fn rewrite(mut statement: ast::Statement, text: &str) -> ast::Statement {
+    let rules = if reads_catalog(text) { &RULES.catalog } else { &RULES.user };
+    for rule in rules {
+        statement = rule.rewrite(statement);
+    }
+    statement
+}
 
 /// Parses SQL text that may hold several statements separated by `;`.
 ///
@@ -559,7 +609,7 @@ impl DialectParser<'_> {
             .build();
         let mut statement = ast::Statement::CreateTable(create);
         super::limits::shape(&mut statement)?;
-        let statement = COMPAT.rewrite(statement);
+        let statement = rewrite(statement, self.sql);
         Ok(Statement::CreateTable(Box::new(CreateTable { statement, options })))
     }
 
@@ -672,7 +722,7 @@ fn compatible(mut statement: ast::Statement, text: &str) -> Result<ast::Statemen
         super::limits::shape(&mut replaced)?;
         return Ok(replaced);
     }
-    Ok(COMPAT.rewrite(statement))
+    Ok(rewrite(statement, text))
 }
 
 /// `WITH (key = value, …)` as a map: keys lower-cased, string values unquoted.

@@ -1,0 +1,460 @@
+//! Postgres semantics DataFusion does not give by default, as analyzer
+//! rules over the typed logical plan (after type coercion), so every query,
+//! DML statement and view definition gets them:
+//!
+//! - **Checked integer arithmetic** ([`CheckedArithmetic`]): `+ - *`, unary
+//!   minus and `abs` of integers, and casts that narrow an integer (or turn
+//!   a float, decimal or text into one), fail with 22003 ("bigint out of
+//!   range", as Postgres words it) instead of wrapping around. DataFusion
+//!   plans `+ - *` with arrow's wrapping kernels; the rule replaces them by
+//!   functions over arrow's checked kernels. Widening casts cannot overflow
+//!   and stay casts (so DataFusion's cast-unwrapping of comparisons keeps
+//!   working). Division and modulo are checked by DataFusion already.
+//! - **Scalar subquery cardinality** ([`ScalarSubqueryCardinality`]): an
+//!   uncorrelated scalar subquery that is not already known to return at
+//!   most one row reads at most two rows through [`single_row`], an
+//!   aggregate that fails with 21000 on the second ("more than one row
+//!   returned by a subquery used as an expression"). DataFusion otherwise
+//!   joins with every row and keeps a first. Correlated scalar subqueries
+//!   must be aggregated to plan at all, so they return one row per outer row.
+//!
+//! Rewritten expressions keep their names (DataFusion's `NamePreserver`), so
+//! column names and references above them do not change.
+
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray};
+use datafusion::arrow::compute::kernels::numeric;
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
+use datafusion::logical_expr::expr::{AggregateFunction, ScalarFunction};
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, BinaryExpr, Cast, ColumnarValue, Expr, ExprSchemable, LogicalPlan,
+    LogicalPlanBuilder, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::optimizer::AnalyzerRule;
+
+use crate::error::{Error, StatusCode};
+
+fn overflow(data_type: &DataType) -> DataFusionError {
+    DataFusionError::External(Box::new(Error::new(
+        StatusCode::NumericOverflow,
+        format!("{} out of range", integer_name(data_type)),
+    )))
+}
+
+/// Postgres' name of an integer type, as its range errors say it.
+fn integer_name(data_type: &DataType) -> &'static str {
+    match data_type {
+        DataType::Int8 | DataType::UInt8 | DataType::Int16 => "smallint",
+        DataType::Int32 | DataType::UInt16 => "integer",
+        _ => "bigint",
+    }
+}
+
+fn is_integer(data_type: &DataType) -> bool {
+    data_type.is_integer()
+}
+
+/// Arrow's checked kernels are exact about which operations overflow.
+fn checked_kernel_error(e: datafusion::arrow::error::ArrowError, data_type: &DataType) -> DataFusionError {
+    match e {
+        datafusion::arrow::error::ArrowError::ArithmeticOverflow(_) => overflow(data_type),
+        other => DataFusionError::ArrowError(Box::new(other), None),
+    }
+}
+
+/// What a checked function computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Checked {
+    Add,
+    Sub,
+    Mul,
+    Neg,
+    Abs,
+    /// A cast to the function's return type that may not fit.
+    Cast,
+}
+
+/// A checked integer operation as a scalar function.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CheckedFunction {
+    op: Checked,
+    name: &'static str,
+    signature: Signature,
+    /// The target of [`Checked::Cast`].
+    target: Option<DataType>,
+}
+
+impl CheckedFunction {
+    fn udf(op: Checked, target: Option<DataType>) -> Arc<ScalarUDF> {
+        let (name, arity) = match op {
+            Checked::Add => ("int_add", 2),
+            Checked::Sub => ("int_sub", 2),
+            Checked::Mul => ("int_mul", 2),
+            Checked::Neg => ("int_neg", 1),
+            Checked::Abs => ("int_abs", 1),
+            Checked::Cast => ("int_cast", 1),
+        };
+        Arc::new(ScalarUDF::new_from_impl(Self {
+            op,
+            name,
+            signature: Signature::any(arity, Volatility::Immutable),
+            target,
+        }))
+    }
+}
+
+fn to_array(value: &ColumnarValue, rows: usize) -> DfResult<ArrayRef> {
+    value.to_array(rows)
+}
+
+impl ScalarUDFImpl for CheckedFunction {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(self.target.clone().unwrap_or_else(|| arg_types[0].clone()))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let rows = if scalar { 1 } else { args.number_rows };
+        let data_type = args.return_field.data_type().clone();
+        let arrays: Vec<ArrayRef> = args.args.iter().map(|a| to_array(a, rows)).collect::<DfResult<_>>()?;
+        let result: ArrayRef = match self.op {
+            Checked::Add => numeric::add(&arrays[0], &arrays[1]).map_err(|e| checked_kernel_error(e, &data_type))?,
+            Checked::Sub => numeric::sub(&arrays[0], &arrays[1]).map_err(|e| checked_kernel_error(e, &data_type))?,
+            Checked::Mul => numeric::mul(&arrays[0], &arrays[1]).map_err(|e| checked_kernel_error(e, &data_type))?,
+            Checked::Neg => numeric::neg(&arrays[0]).map_err(|e| checked_kernel_error(e, &data_type))?,
+            Checked::Abs => {
+                // |x| is x, or -x where x < 0 (checked: the minimum has no absolute value;
+                // arrow negates only the valid slots).
+                let zero = ScalarValue::new_zero(&data_type)?.to_scalar()?;
+                let negative = datafusion::arrow::compute::kernels::cmp::lt(&arrays[0], &zero)?;
+                if negative.true_count() == 0 {
+                    Arc::clone(&arrays[0])
+                } else {
+                    let negated = numeric::neg(&arrays[0]).map_err(|e| checked_kernel_error(e, &data_type))?;
+                    datafusion::arrow::compute::kernels::zip::zip(&negative, &negated, &arrays[0])?
+                }
+            }
+            Checked::Cast => checked_cast(&arrays[0], &data_type)?,
+        };
+        if scalar {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&result, 0)?))
+        } else {
+            Ok(ColumnarValue::Array(result))
+        }
+    }
+}
+
+/// A cast to integer type `to` where a value that does not fit is 22003
+/// and text that is not a number is 22P02, with Postgres' messages.
+fn checked_cast(array: &ArrayRef, to: &DataType) -> DfResult<ArrayRef> {
+    let safe = CastOptions { safe: true, ..CastOptions::default() };
+    let cast = cast_with_options(array, to, &safe)?;
+    // A value that became NULL without being NULL did not convert.
+    if cast.null_count() == array.null_count() {
+        return Ok(cast);
+    }
+    let index = (0..array.len()).find(|i| cast.is_null(*i) && !array.is_null(*i)).unwrap_or(0);
+    if matches!(array.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+        let text = cast_with_options(&array.slice(index, 1), &DataType::Utf8, &safe)?;
+        let text = text.as_any().downcast_ref::<StringArray>().map_or(String::new(), |a| a.value(0).to_owned());
+        let trimmed = text.trim();
+        let digits = trimmed.strip_prefix(['+', '-']).unwrap_or(trimmed);
+        let error = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            Error::new(
+                StatusCode::NumericOverflow,
+                format!("value \"{text}\" is out of range for type {}", integer_name(to)),
+            )
+        } else {
+            Error::new(
+                StatusCode::InvalidTextRepresentation,
+                format!("invalid input syntax for type {}: \"{text}\"", integer_name(to)),
+            )
+        };
+        return Err(DataFusionError::External(Box::new(error)));
+    }
+    // A number (integer, float, decimal) that does not fit; NaN and infinity neither.
+    Err(overflow(to))
+}
+
+/// Replaces wrapping integer arithmetic and unchecked narrowing casts.
+#[derive(Debug, Default)]
+pub struct CheckedArithmetic;
+
+fn checked_expr(expr: Expr, schema: &datafusion::common::DFSchema) -> DfResult<Transformed<Expr>> {
+    match expr {
+        Expr::BinaryExpr(BinaryExpr { left, op, right })
+            if matches!(op, Operator::Plus | Operator::Minus | Operator::Multiply) =>
+        {
+            let (lt, rt) = (left.get_type(schema)?, right.get_type(schema)?);
+            if is_integer(&lt) && lt == rt {
+                let kind = match op {
+                    Operator::Plus => Checked::Add,
+                    Operator::Minus => Checked::Sub,
+                    _ => Checked::Mul,
+                };
+                return Ok(Transformed::yes(call(kind, None, vec![*left, *right])));
+            }
+            Ok(Transformed::no(Expr::BinaryExpr(BinaryExpr { left, op, right })))
+        }
+        Expr::Negative(inner) if is_integer(&inner.get_type(schema)?) => {
+            Ok(Transformed::yes(call(Checked::Neg, None, vec![*inner])))
+        }
+        Expr::ScalarFunction(ScalarFunction { func, args })
+            if func.name() == "abs" && args.len() == 1 && is_integer(&args[0].get_type(schema)?) =>
+        {
+            Ok(Transformed::yes(call(Checked::Abs, None, args)))
+        }
+        Expr::Cast(Cast { expr: inner, field }) if is_integer(field.data_type()) => {
+            let from = inner.get_type(schema)?;
+            if may_overflow(&from, field.data_type()) {
+                return Ok(Transformed::yes(call(Checked::Cast, Some(field.data_type().clone()), vec![*inner])));
+            }
+            Ok(Transformed::no(Expr::Cast(Cast::new_from_field(inner, field))))
+        }
+        other => Ok(Transformed::no(other)),
+    }
+}
+
+/// Whether a cast from `from` to the integer type `to` can fail to fit.
+fn may_overflow(from: &DataType, to: &DataType) -> bool {
+    use DataType as T;
+    let width = |t: &DataType| match t {
+        T::Int8 => Some((8, true)),
+        T::Int16 => Some((16, true)),
+        T::Int32 => Some((32, true)),
+        T::Int64 => Some((64, true)),
+        T::UInt8 => Some((8, false)),
+        T::UInt16 => Some((16, false)),
+        T::UInt32 => Some((32, false)),
+        T::UInt64 => Some((64, false)),
+        _ => None,
+    };
+    match (width(from), width(to)) {
+        // Integer to integer: fits when the target holds every value of the source.
+        (Some((fw, fs)), Some((tw, ts))) => !((fs == ts && tw >= fw) || (!fs && ts && tw > fw)),
+        (None, Some(_)) => matches!(
+            from,
+            T::Float16
+                | T::Float32
+                | T::Float64
+                | T::Decimal32(..)
+                | T::Decimal64(..)
+                | T::Decimal128(..)
+                | T::Decimal256(..)
+                | T::Utf8
+                | T::LargeUtf8
+                | T::Utf8View
+        ),
+        _ => false,
+    }
+}
+
+fn call(op: Checked, target: Option<DataType>, args: Vec<Expr>) -> Expr {
+    static FUNCTIONS: LazyLock<[Arc<ScalarUDF>; 5]> = LazyLock::new(|| {
+        [
+            CheckedFunction::udf(Checked::Add, None),
+            CheckedFunction::udf(Checked::Sub, None),
+            CheckedFunction::udf(Checked::Mul, None),
+            CheckedFunction::udf(Checked::Neg, None),
+            CheckedFunction::udf(Checked::Abs, None),
+        ]
+    });
+    let func = match op {
+        Checked::Add => Arc::clone(&FUNCTIONS[0]),
+        Checked::Sub => Arc::clone(&FUNCTIONS[1]),
+        Checked::Mul => Arc::clone(&FUNCTIONS[2]),
+        Checked::Neg => Arc::clone(&FUNCTIONS[3]),
+        Checked::Abs => Arc::clone(&FUNCTIONS[4]),
+        Checked::Cast => CheckedFunction::udf(Checked::Cast, target),
+    };
+    Expr::ScalarFunction(ScalarFunction { func, args })
+}
+
+/// Rewrites every expression of `plan` and its subqueries with `rewrite`,
+/// keeping the names of rewritten expressions.
+fn rewrite_plan(
+    plan: LogicalPlan,
+    rewrite: impl Fn(Expr, &datafusion::common::DFSchema) -> DfResult<Transformed<Expr>>,
+) -> DfResult<LogicalPlan> {
+    plan.transform_up_with_subqueries(|plan| {
+        // Expressions are typed against the node's inputs (a leaf's against its own schema).
+        let schema = match plan.inputs().as_slice() {
+            [] => Arc::clone(plan.schema()),
+            [one] => Arc::clone(one.schema()),
+            inputs => {
+                let mut merged = datafusion::common::DFSchema::empty();
+                for input in inputs {
+                    merged.merge(input.schema());
+                }
+                Arc::new(merged)
+            }
+        };
+        let names = NamePreserver::new(&plan);
+        plan.map_expressions(|expr| {
+            let saved = names.save(&expr);
+            let rewritten = expr.transform_up(|e| rewrite(e, &schema))?;
+            Ok(rewritten.update_data(|e| saved.restore(e)))
+        })
+    })
+    .map(|t| t.data)
+}
+
+impl AnalyzerRule for CheckedArithmetic {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
+        rewrite_plan(plan, checked_expr)
+    }
+
+    fn name(&self) -> &str {
+        "checked_arithmetic"
+    }
+}
+
+/// Makes uncorrelated scalar subqueries fail with 21000 past one row.
+#[derive(Debug, Default)]
+pub struct ScalarSubqueryCardinality;
+
+impl AnalyzerRule for ScalarSubqueryCardinality {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
+        rewrite_plan(plan, |expr, _| match expr {
+            Expr::ScalarSubquery(mut subquery)
+                if subquery.outer_ref_columns.is_empty() && !at_most_one_row(&subquery.subquery) =>
+            {
+                let plan = Arc::unwrap_or_clone(Arc::clone(&subquery.subquery));
+                let field = plan.schema().field(0).clone();
+                let column = Expr::Column(datafusion::common::Column::from(plan.schema().qualified_field(0)));
+                let checked = LogicalPlanBuilder::from(plan)
+                    .limit(0, Some(2))?
+                    .aggregate(Vec::<Expr>::new(), vec![single_row_call(column).alias(field.name())])?
+                    .build()?;
+                subquery.subquery = Arc::new(checked);
+                Ok(Transformed::yes(Expr::ScalarSubquery(subquery)))
+            }
+            other => Ok(Transformed::no(other)),
+        })
+    }
+
+    fn name(&self) -> &str {
+        "scalar_subquery_cardinality"
+    }
+}
+
+/// Whether `plan` can return at most one row whatever the data.
+fn at_most_one_row(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Projection(p) => at_most_one_row(&p.input),
+        LogicalPlan::SubqueryAlias(a) => at_most_one_row(&a.input),
+        LogicalPlan::Filter(f) => at_most_one_row(&f.input),
+        LogicalPlan::Sort(s) => at_most_one_row(&s.input),
+        LogicalPlan::Aggregate(a) => a.group_expr.is_empty(),
+        LogicalPlan::Limit(l) => {
+            matches!(l.get_fetch_type(), Ok(datafusion::logical_expr::FetchType::Literal(Some(n))) if n <= 1)
+        }
+        LogicalPlan::EmptyRelation(_) => true,
+        LogicalPlan::Values(v) => v.values.len() <= 1,
+        _ => false,
+    }
+}
+
+fn single_row_call(arg: Expr) -> Expr {
+    static SINGLE_ROW: LazyLock<Arc<AggregateUDF>> = LazyLock::new(|| {
+        Arc::new(AggregateUDF::new_from_impl(SingleRow { signature: Signature::any(1, Volatility::Immutable) }))
+    });
+    Expr::AggregateFunction(AggregateFunction::new_udf(Arc::clone(&SINGLE_ROW), vec![arg], false, None, vec![], None))
+}
+
+/// `single_row(x)`: the one value of `x`, NULL for none, 21000 for more.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SingleRow {
+    signature: Signature,
+}
+
+impl AggregateUDFImpl for SingleRow {
+    fn name(&self) -> &str {
+        "single_row"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(arg_types[0].clone())
+    }
+
+    fn accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
+        Ok(Box::new(SingleRowAccumulator { value: ScalarValue::try_from(args.return_field.data_type())?, rows: 0 }))
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> DfResult<Vec<FieldRef>> {
+        Ok(vec![
+            Arc::new(Field::new("value", args.return_field.data_type().clone(), true)),
+            Arc::new(Field::new("rows", DataType::Int64, true)),
+        ])
+    }
+}
+
+#[derive(Debug)]
+struct SingleRowAccumulator {
+    value: ScalarValue,
+    rows: i64,
+}
+
+impl SingleRowAccumulator {
+    fn add(&mut self, rows: i64, value: impl FnOnce() -> DfResult<ScalarValue>) -> DfResult<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        self.rows += rows;
+        if self.rows > 1 {
+            return Err(DataFusionError::External(Box::new(Error::new(
+                StatusCode::CardinalityViolation,
+                "more than one row returned by a subquery used as an expression",
+            ))));
+        }
+        self.value = value()?;
+        Ok(())
+    }
+}
+
+impl Accumulator for SingleRowAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
+        let array = &values[0];
+        self.add(array.len() as i64, || ScalarValue::try_from_array(array, 0))
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
+        let rows = states[1].as_any().downcast_ref::<Int64Array>().expect("rows are Int64");
+        for i in 0..rows.len() {
+            let n = if rows.is_null(i) { 0 } else { rows.value(i) };
+            self.add(n, || ScalarValue::try_from_array(&states[0], i))?;
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
+        Ok(vec![self.value.clone(), ScalarValue::Int64(Some(self.rows))])
+    }
+
+    fn evaluate(&mut self) -> DfResult<ScalarValue> {
+        Ok(self.value.clone())
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.value.size()
+    }
+}
