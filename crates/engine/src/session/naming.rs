@@ -43,10 +43,28 @@ pub fn postgres_column_names(statement: &Statement) -> Option<Vec<Option<String>
 /// For a top-level SELECT whose output names DataFusion rejects as duplicates
 /// (`SELECT 1, 1`, `SELECT a, a FROM t` — both fine in Postgres): the
 /// statement with a unique internal alias on every unaliased item, and the
-/// names Postgres gives all columns, to put back on the output.
+/// names Postgres gives all columns, to put back on the output. The source
+/// SELECT of an `INSERT` is aliased the same way (its columns go in by
+/// position, so names do not matter; the output is a row count).
 pub fn with_unique_aliases(statement: &Statement) -> Option<(Statement, Vec<Option<String>>)> {
     let mut statement = statement.clone();
-    let Statement::Query(query) = &mut statement else { return None };
+    let query = match &mut statement {
+        Statement::Query(query) => query,
+        Statement::Insert(insert) => {
+            let source = insert.source.as_mut()?;
+            let SetExpr::Select(select) = source.body.as_mut() else { return None };
+            for (i, item) in select.projection.iter_mut().enumerate() {
+                if let SelectItem::UnnamedExpr(expr) = item {
+                    *item = SelectItem::ExprWithAlias {
+                        expr: expr.clone(),
+                        alias: ast::Ident::new(format!("__streamhouse_column_{}", i + 1)),
+                    };
+                }
+            }
+            return Some((statement, Vec::new()));
+        }
+        _ => return None,
+    };
     let SetExpr::Select(select) = query.body.as_mut() else { return None };
     let mut names = Vec::with_capacity(select.projection.len());
     for (i, item) in select.projection.iter_mut().enumerate() {

@@ -586,6 +586,16 @@ impl DialectParser<'_> {
                 }
             }
         }
+        let mut names = std::collections::HashSet::new();
+        for column in &columns {
+            let folded = ident_value(&column.name);
+            if !names.insert(folded.clone()) {
+                return Err(Error::new(
+                    StatusCode::DuplicateColumn,
+                    format!("column \"{folded}\" specified more than once"),
+                ));
+            }
+        }
         let mut options = BTreeMap::new();
         if self.parser.peek_keyword(Keyword::WITH) {
             options = sql_options(&self.parser.parse_options(Keyword::WITH)?)?;
