@@ -398,29 +398,66 @@ impl Shared {
         Ok(held)
     }
 
-    /// A file written directly at `location` replaces any logged version.
-    async fn forget(&self, location: &Path) -> object_store::Result<()> {
-        let position = {
-            let _names = self.names.lock().await;
-            self.check()?;
+    /// Readies a file to be written straight to `location` in the durable
+    /// store (with [`Self::names`] held): a logged version of it is first
+    /// written out as a durable file and dropped, then a FORGET record is
+    /// appended so that replay never puts an older logged version over the
+    /// new file. Returns the log position to sync to *before* the file is
+    /// written: the file must not become durable ahead of records appended
+    /// before it (a commit's deferred manifest ahead of its snapshot claim).
+    async fn forget(&self, location: &Path) -> object_store::Result<u64> {
+        self.check()?;
+        if self.state().held.contains_key(location) {
+            let bytes = self.memory.get(location).await?.bytes().await?;
+            self.durable.put(location, PutPayload::from(bytes)).await?;
             self.release(location).await?;
-            self.append(record(FORGET, location, &[])).await?
-        };
-        self.sync_to(position).await
+        }
+        self.append(record(FORGET, location, &[])).await
     }
 
-    /// Deletes `location` from memory and the directory, logged; returns
-    /// the log position to sync to.
-    async fn delete_logged(&self, location: &Path) -> object_store::Result<u64> {
-        let _names = self.names.lock().await;
-        self.check()?;
-        let held = self.release(location).await?;
-        match self.durable.delete(location).await {
-            Ok(()) => {}
-            Err(object_store::Error::NotFound { .. }) if held => {}
-            Err(e) => return Err(e),
+    /// Deletes `locations` (a chunk of a delete stream): their records are
+    /// appended and synced first, then the files on disk are removed, so a
+    /// removal never becomes durable ahead of a record logged before it.
+    async fn delete_logged(&self, locations: Vec<object_store::Result<Path>>) -> Vec<object_store::Result<Path>> {
+        let mut done = Vec::with_capacity(locations.len());
+        let mut position = 0;
+        {
+            let _names = self.names.lock().await;
+            for location in locations {
+                let logged = match &location {
+                    Ok(location) => match self.check() {
+                        Ok(()) => match self.release(location).await {
+                            Ok(held) => self.append(record(DELETE, location, &[])).await.map(|at| (at, held)),
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
+                    },
+                    Err(_) => Ok((0, false)),
+                };
+                match (location, logged) {
+                    (Ok(location), Ok((at, held))) => {
+                        position = at;
+                        done.push(Ok((location, held)));
+                    }
+                    (Err(e), _) | (_, Err(e)) => done.push(Err(e)),
+                }
+            }
         }
-        self.append(record(DELETE, location, &[])).await
+        if let Err(e) = self.sync_to(position).await {
+            return vec![Err(e)];
+        }
+        let mut out = Vec::with_capacity(done.len());
+        for entry in done {
+            out.push(match entry {
+                Ok((location, held)) => match self.durable.delete(&location).await {
+                    Ok(()) => Ok(location),
+                    Err(object_store::Error::NotFound { .. }) if held => Ok(location),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            });
+        }
+        out
     }
 
     fn flush_due(&self) -> bool {
@@ -537,8 +574,10 @@ impl ObjectStore for LogStore {
             });
         }
         let shared = &self.shared;
+        let deferred = matches!(opts.mode, PutMode::Overwrite) && opts.extensions.get::<DeferSync>().is_some();
         if payload.content_length() > shared.options.direct_bytes {
-            let result = if matches!(opts.mode, PutMode::Create) {
+            if matches!(opts.mode, PutMode::Create) {
+                // The check against memory and the create on disk under one lock.
                 let _names = shared.names.lock().await;
                 if shared.state().held.contains_key(location) {
                     return Err(object_store::Error::AlreadyExists {
@@ -546,17 +585,25 @@ impl ObjectStore for LogStore {
                         source: "the object exists".into(),
                     });
                 }
-                shared.durable.put_opts(location, payload, opts).await?
-            } else {
-                shared.durable.put_opts(location, payload, opts).await?
+                let position = shared.forget(location).await?;
+                shared.sync_to(position).await?;
+                return shared.durable.put_opts(location, payload, opts).await;
+            }
+            let position = {
+                let _names = shared.names.lock().await;
+                shared.forget(location).await?
             };
-            shared.forget(location).await?;
-            return Ok(result);
+            // A deferred file needs no sync of the log now: the put that
+            // syncs next covers the FORGET record and the file is synced.
+            if !deferred {
+                shared.sync_to(position).await?;
+            }
+            return shared.durable.put_opts(location, payload, opts).await;
         }
         let bytes: Bytes = payload.into();
         let (result, position) = shared.put_logged(location, bytes, &opts.mode).await?;
         // A deferred put is made durable by the next synced one (records replay in order).
-        if !(matches!(opts.mode, PutMode::Overwrite) && opts.extensions.get::<DeferSync>().is_some()) {
+        if !deferred {
             shared.sync_to(position).await?;
         }
         shared.maybe_flush();
@@ -597,26 +644,7 @@ impl ObjectStore for LogStore {
             .ready_chunks(64)
             .then(move |chunk| {
                 let shared = Arc::clone(&shared);
-                async move {
-                    let mut done = Vec::with_capacity(chunk.len());
-                    let mut position = 0;
-                    for location in chunk {
-                        match location {
-                            Ok(location) => match shared.delete_logged(&location).await {
-                                Ok(at) => {
-                                    position = at;
-                                    done.push(Ok(location));
-                                }
-                                Err(e) => done.push(Err(e)),
-                            },
-                            Err(e) => done.push(Err(e)),
-                        }
-                    }
-                    if let Err(e) = shared.sync_to(position).await {
-                        done = vec![Err(e)];
-                    }
-                    futures::stream::iter(done)
-                }
+                async move { futures::stream::iter(shared.delete_logged(chunk).await) }
             })
             .flatten()
             .boxed()
@@ -674,9 +702,12 @@ impl MultipartUpload for LoggedUpload {
     }
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
-        let result = self.inner.complete().await?;
-        self.shared.forget(&self.location).await?;
-        Ok(result)
+        let position = {
+            let _names = self.shared.names.lock().await;
+            self.shared.forget(&self.location).await?
+        };
+        self.shared.sync_to(position).await?;
+        self.inner.complete().await
     }
 
     async fn abort(&mut self) -> object_store::Result<()> {
@@ -688,7 +719,7 @@ impl MultipartUpload for LoggedUpload {
 mod tests {
     use super::*;
     use crate::durable::sim::SimDisk;
-    use crate::durable::{Disk, DurableStore};
+    use crate::durable::{Disk, DurableStore, deferred};
 
     fn durable(disk: &Arc<SimDisk>) -> DurableStore {
         DurableStore::new(Arc::clone(disk) as Arc<dyn ObjectStore>, Arc::clone(disk) as Arc<dyn Disk>)
@@ -754,6 +785,45 @@ mod tests {
         let names: Vec<String> = disk.names().iter().map(ToString::to_string).collect();
         assert!(names.contains(&"t/snapshot/snapshot-1".to_string()), "{names:?}");
         assert_eq!(names.iter().filter(|n| n.starts_with("_log/")).count(), 1, "{names:?}");
+    }
+
+    /// A file written straight to disk never becomes durable ahead of what
+    /// was logged before it: wherever the power fails, a big snapshot claim
+    /// that survives has the deferred manifest logged before it, and a file
+    /// replacing a logged version is the old version or the new one.
+    #[tokio::test]
+    async fn direct_files_keep_the_order_of_the_log() {
+        for cut in 0..24 {
+            let disk = SimDisk::new(cut);
+            let options = LogOptions { direct_bytes: 16, flush_bytes: 1 << 20 };
+            let store = LogStore::open(durable(&disk), options).await.unwrap();
+            store.put(&Path::from("t/hint"), PutPayload::from_static(b"old")).await.unwrap();
+            disk.fail_after(cut);
+            let manifest = PutPayload::from_static(b"files");
+            let claim = PutPayload::from(vec![1u8; 100]);
+            let hint = PutPayload::from(vec![2u8; 100]);
+            let create = PutOptions::from(PutMode::Create);
+            let done = async {
+                store.put_opts(&Path::from("t/manifest/m"), manifest, deferred()).await?;
+                store.put_opts(&Path::from("t/snapshot/snapshot-1"), claim, create).await?;
+                store.put(&Path::from("t/hint"), hint).await
+            }
+            .await;
+            drop(store);
+            disk.power_loss().await;
+            let store = LogStore::open(durable(&disk), options).await.unwrap();
+            let claimed = read(&store, "t/snapshot/snapshot-1").await;
+            if claimed.is_some() {
+                assert_eq!(read(&store, "t/manifest/m").await.as_deref(), Some(&b"files"[..]), "cut {cut}");
+            }
+            let hint = read(&store, "t/hint").await;
+            if done.is_ok() {
+                assert_eq!(claimed, Some(vec![1u8; 100]), "cut {cut}");
+                assert_eq!(hint, Some(vec![2u8; 100]), "cut {cut}");
+            } else {
+                assert!([Some(b"old".to_vec()), Some(vec![2u8; 100])].contains(&hint), "cut {cut}: {hint:?}");
+            }
+        }
     }
 
     #[tokio::test]
