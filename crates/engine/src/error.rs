@@ -84,6 +84,20 @@ pub enum StatusCode {
     StatementTooComplex,
     /// A scalar subquery returned more than one row.
     CardinalityViolation,
+    /// Text that is not valid in the encoding (invalid UTF-8).
+    CharacterNotInRepertoire,
+    /// A column used outside an aggregate is not in GROUP BY.
+    GroupingError,
+    /// A date or time that does not parse.
+    InvalidDatetimeFormat,
+    /// A date or time field out of range.
+    DatetimeFieldOverflow,
+    /// A prepared statement that does not exist.
+    UndefinedPreparedStatement,
+    /// A name longer than the server allows.
+    NameTooLong,
+    /// The disk is full.
+    DiskFull,
     /// The statement was cancelled by the client.
     Cancelled,
     /// The statement ran past `statement_timeout`.

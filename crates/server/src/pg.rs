@@ -13,6 +13,7 @@ pub mod connection;
 pub mod copy;
 pub mod encode;
 pub mod live;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -163,11 +164,26 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let connection = Arc::new(PgConnection::new(Arc::clone(&shared), peer, probe));
+        let undecodable = wire::Undecodable::default();
+        let connection = Arc::new(PgConnection::new(Arc::clone(&shared), peer, probe, undecodable.clone()));
         let handlers = PgHandlers { connection, shared: Arc::clone(&shared) };
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let mut connection = std::pin::pin!(pgwire::tokio::process_socket(socket, None, handlers));
+            // A panic ends this connection only (the release profile unwinds); it is logged as the bug it is.
+            let serve = std::panic::AssertUnwindSafe(wire::serve_connection(socket, peer, undecodable, handlers));
+            let serve = futures::FutureExt::catch_unwind(serve);
+            let serve = futures::FutureExt::map(serve, move |result| {
+                result.unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(ToString::to_string)
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(%peer, panic = %what, "a postgres connection panicked; it was closed");
+                    Ok(())
+                })
+            });
+            let mut connection = std::pin::pin!(serve);
             let result = tokio::select! {
                 result = &mut connection => Some(result),
                 _ = shutdown.cancelled() => {

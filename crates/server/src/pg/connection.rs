@@ -35,6 +35,7 @@ use tokio::sync::Mutex;
 use super::PgShared;
 use super::copy::copy_out_response;
 use super::encode::{command_response, error_info, fields, notice_response, parameter_type, pg_error, query_response};
+use super::wire::Undecodable;
 
 static PIDS: std::sync::LazyLock<RandomPidSecretKeyGenerator> = std::sync::LazyLock::new(Default::default);
 
@@ -53,6 +54,8 @@ pub struct PgConnection {
     copy: Mutex<Option<Box<CopyIn>>>,
     /// The socket, to peek at (never read): has the client gone?
     probe: Option<Arc<std::net::TcpStream>>,
+    /// Query texts that arrived as invalid UTF-8.
+    undecodable: Undecodable,
 }
 
 impl Debug for PgConnection {
@@ -62,11 +65,17 @@ impl Debug for PgConnection {
 }
 
 impl PgConnection {
-    pub(crate) fn new(shared: Arc<PgShared>, peer: SocketAddr, probe: Option<std::net::TcpStream>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<PgShared>,
+        peer: SocketAddr,
+        probe: Option<std::net::TcpStream>,
+        undecodable: Undecodable,
+    ) -> Self {
         let session = Arc::new(Mutex::new(None));
-        let parser = Arc::new(PgParser { session: Arc::clone(&session) });
+        let parser = Arc::new(PgParser { session: Arc::clone(&session), undecodable: undecodable.clone() });
         let probe = probe.map(Arc::new);
-        Self { shared, peer, session, registered: std::sync::Mutex::new(None), parser, copy: Mutex::new(None), probe }
+        let registered = std::sync::Mutex::new(None);
+        Self { shared, peer, session, registered, parser, copy: Mutex::new(None), probe, undecodable }
     }
 }
 
@@ -186,6 +195,7 @@ impl SimpleQueryHandler for PgConnection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        check_encoding(&self.undecodable, query)?;
         let mut guard = self.session.lock().await;
         let session = guard.as_mut().ok_or_else(no_session)?;
         if let Some(name) = deallocated_protocol_statement(session, client, query) {
@@ -257,6 +267,15 @@ where
 /// Parses and plans statements for the extended protocol.
 pub struct PgParser {
     session: Arc<Mutex<Option<Session>>>,
+    undecodable: Undecodable,
+}
+
+/// 22021 for a query text that arrived as invalid UTF-8.
+fn check_encoding(undecodable: &Undecodable, text: &str) -> PgWireResult<()> {
+    match undecodable.take(text) {
+        Some(message) => Err(pg_error(&Error::new(StatusCode::CharacterNotInRepertoire, message))),
+        None => Ok(()),
+    }
 }
 
 #[async_trait]
@@ -267,6 +286,7 @@ impl QueryParser for PgParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        check_encoding(&self.undecodable, sql)?;
         let mut guard = self.session.lock().await;
         let session = guard.as_mut().ok_or_else(no_session)?;
         let mut statements = session.parse(sql).map_err(|e| pg_error(&e))?;

@@ -60,6 +60,14 @@ pub fn command_response(command: &CommandComplete) -> Response {
 /// # Errors
 /// A column type with no Postgres equivalent (0A000).
 pub fn fields(schema: &Schema, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
+    if let Format::Individual(codes) = format
+        && codes.len() != schema.fields().len()
+    {
+        return Err(pg_error(&Error::new(
+            StatusCode::InvalidParameter,
+            format!("bind message has {} result formats but query has {} columns", codes.len(), schema.fields().len()),
+        )));
+    }
     arrow_schema_to_pg_fields(schema, format, None).map_err(|e| {
         pg_error(&Error::unsupported(format!("result column type cannot be sent over the Postgres protocol: {e}")))
     })
