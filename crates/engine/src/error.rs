@@ -176,6 +176,9 @@ impl Error {
 
 impl From<DataFusionError> for Error {
     fn from(err: DataFusionError) -> Self {
+        if let Some(missing) = missing_from_entry(&err) {
+            return missing;
+        }
         let code = classify_datafusion(&err);
         Self { code, message: user_message(&err), position: None }
     }
@@ -191,6 +194,18 @@ impl From<ParserError> for Error {
     fn from(err: ParserError) -> Self {
         Self::new(StatusCode::InvalidSyntax, strip_prefixes(&err.to_string()))
     }
+}
+
+/// `nope.k` where no relation in FROM is called `nope`: Postgres' 42P01
+/// "missing FROM-clause entry", not a missing column.
+fn missing_from_entry(err: &DataFusionError) -> Option<Error> {
+    let DataFusionError::SchemaError(e, _) = root_cause(err) else { return None };
+    let datafusion::common::SchemaError::FieldNotFound { field, valid_fields } = e.as_ref() else { return None };
+    let relation = field.relation.as_ref()?;
+    let known = valid_fields.iter().any(|f| f.relation.as_ref().is_some_and(|r| r.table() == relation.table()));
+    (!known && !valid_fields.is_empty()).then(|| {
+        Error::new(StatusCode::TableNotFound, format!("missing FROM-clause entry for table \"{}\"", relation.table()))
+    })
 }
 
 /// The message of a DataFusion error, as a user would see it.

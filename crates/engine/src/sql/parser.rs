@@ -723,6 +723,7 @@ fn timestamp_ms(text: &str) -> Result<i64> {
 /// parsed by it from the statement's own text.
 fn compatible(mut statement: ast::Statement, text: &str) -> Result<ast::Statement> {
     super::limits::shape(&mut statement)?;
+    reserved_relation_names(&statement)?;
     if matches!(statement, ast::Statement::Query(_))
         && text.to_ascii_lowercase().contains("pg_catalog")
         && let Ok(mut replaced) = COMPAT.parse(text)
@@ -733,6 +734,59 @@ fn compatible(mut statement: ast::Statement, text: &str) -> Result<ast::Statemen
         return Ok(replaced);
     }
     Ok(rewrite(statement, text))
+}
+
+/// Postgres' reserved words that the SQL parser accepts as a bare table
+/// name: `SELECT FROM WHERE x` must be a syntax error, not a table `where`.
+const RESERVED: &[&str] = &[
+    "where",
+    "group",
+    "order",
+    "having",
+    "limit",
+    "offset",
+    "union",
+    "intersect",
+    "except",
+    "select",
+    "from",
+    "window",
+    "fetch",
+    "into",
+    "on",
+    "using",
+    "and",
+    "or",
+    "not",
+    "case",
+    "when",
+    "then",
+    "else",
+    "end",
+];
+
+fn reserved_relation_names(statement: &ast::Statement) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::Visit;
+    struct Reserved;
+    impl ast::Visitor for Reserved {
+        type Break = String;
+        fn pre_visit_relation(&mut self, relation: &ast::ObjectName) -> std::ops::ControlFlow<String> {
+            match relation.0.as_slice() {
+                [ast::ObjectNamePart::Identifier(ident)]
+                    if ident.quote_style.is_none() && RESERVED.contains(&ident.value.to_ascii_lowercase().as_str()) =>
+                {
+                    std::ops::ControlFlow::Break(ident.value.to_ascii_uppercase())
+                }
+                _ => std::ops::ControlFlow::Continue(()),
+            }
+        }
+    }
+    match statement.visit(&mut Reserved) {
+        std::ops::ControlFlow::Break(word) => {
+            Err(Error::new(StatusCode::InvalidSyntax, format!("syntax error at or near \"{word}\"")))
+        }
+        std::ops::ControlFlow::Continue(()) => Ok(()),
+    }
 }
 
 /// `WITH (key = value, …)` as a map: keys lower-cased, string values unquoted.
