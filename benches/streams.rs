@@ -7,6 +7,9 @@
 //!   in a loop for 20 s (commits/s, p50/p99 latency) vs PostgreSQL with
 //!   `synchronous_commit = on` (its default; fsync on); group commit is how
 //!   streamhouse keeps up while syncing every commit;
+//! - prepared point selects by primary key over the Postgres protocol,
+//!   1 and 16 connections for 10 s each (queries/s, p50/p99 latency) vs
+//!   PostgreSQL on the same rows (its primary-key B-tree index);
 //! - subscriber latency (commit to a live `COPY (SUBSCRIBE …) TO STDOUT`
 //!   reader) at 10k and 100k changes/s.
 //!
@@ -204,12 +207,55 @@ async fn small_writes(port: u16, user: &str, db: &str, table: &str, connections:
             latencies
         }));
     }
+    gather(writers).await
+}
+
+/// The latencies the clients measured, together and sorted.
+async fn gather(clients: Vec<tokio::task::JoinHandle<Vec<i64>>>) -> Vec<i64> {
     let mut all = Vec::new();
-    for writer in writers {
-        all.extend(writer.await.expect("writer"));
+    for client in clients {
+        all.extend(client.await.expect("client"));
     }
     all.sort_unstable();
     all
+}
+
+/// `connections` clients each run a prepared `SELECT … WHERE id = $1` of a
+/// random existing key of `table` (keys `0..rows`) for `seconds`; returns
+/// the latencies in µs, sorted. Every answer must be the one row asked for.
+async fn point_selects(
+    port: u16,
+    user: &str,
+    db: &str,
+    table: &str,
+    rows: u64,
+    connections: u64,
+    seconds: u64,
+) -> Vec<i64> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut readers = Vec::new();
+    for c in 0..connections {
+        let client = connect(port, user, db).await;
+        let table = table.to_string();
+        readers.push(tokio::spawn(async move {
+            let select =
+                client.prepare(&format!("SELECT id, name, score FROM {table} WHERE id = $1")).await.expect("prepare");
+            let mut latencies = Vec::new();
+            let mut key = c.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            while Instant::now() < deadline {
+                key ^= key << 13;
+                key ^= key >> 7;
+                key ^= key << 17;
+                let id = (key % rows) as i64;
+                let started = Instant::now();
+                let row = client.query_one(&select, &[&id]).await.expect("point select");
+                latencies.push(started.elapsed().as_micros() as i64);
+                assert_eq!(row.get::<_, i64>(0), id);
+            }
+            latencies
+        }));
+    }
+    gather(readers).await
 }
 
 fn percentile(sorted: &[i64], p: f64) -> f64 {
@@ -335,6 +381,38 @@ async fn main() {
         percentile(&latencies, 0.99),
         pg_small.map_or("n/a".to_string(), |pg| format!("{:.2}x", rate / pg))
     );
+    println!();
+
+    println!("prepared point select by primary key over {rows} rows, 10 s per line");
+    println!("{:<48} {:>12} {:>9} {:>9} {:>10}", "server, connections", "queries/s", "p50 ms", "p99 ms", "vs PG");
+    for connections in [1, 16] {
+        let pg_rate = match &postgres {
+            Some(pg) => {
+                let latencies = point_selects(pg.port, "postgres", "postgres", "copied", rows, connections, 10).await;
+                let rate = latencies.len() as f64 / 10.0;
+                println!(
+                    "{:<48} {:>12.0} {:>9.3} {:>9.3} {:>10}",
+                    format!("PostgreSQL 15, {connections} (baseline)"),
+                    rate,
+                    percentile(&latencies, 0.5),
+                    percentile(&latencies, 0.99),
+                    "1.00x"
+                );
+                Some(rate)
+            }
+            None => None,
+        };
+        let latencies = point_selects(sh_port, "bench", "streamhouse", "copied", rows, connections, 10).await;
+        let rate = latencies.len() as f64 / 10.0;
+        println!(
+            "{:<48} {:>12.0} {:>9.3} {:>9.3} {:>10}",
+            format!("streamhouse, {connections}"),
+            rate,
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            pg_rate.map_or("n/a".to_string(), |pg| format!("{:.2}x", rate / pg))
+        );
+    }
     println!();
 
     for (rate, table) in [(10_000, "lat10k"), (100_000, "lat100k")] {

@@ -288,6 +288,11 @@ fn text_schema(names: &[&str]) -> SchemaRef {
 /// placeholders taken from casts around them (`$1::int`).
 fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    if let LogicalPlan::Statement(datafusion::logical_expr::Statement::Prepare(_)) = plan {
+        // `PREPARE p AS … $1 …`: the placeholders are the prepared
+        // statement's, bound by a later EXECUTE, not this statement's.
+        return Ok(vec![]);
+    }
     let mut types: Vec<Option<DataType>> = Vec::new();
     let mut put = |id: &str, ty: Option<DataType>| {
         if let Some(n) = id.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()).filter(|n| *n >= 1) {
@@ -340,6 +345,9 @@ pub struct Session {
     cancel: CancelHandle,
     /// Open cursors by name (behind a lock only so the session stays `Sync`).
     cursors: std::sync::Mutex<std::collections::HashMap<String, cursor::Cursor>>,
+    /// The statements of SQL `PREPARE name AS …`, by name, for what
+    /// `EXECUTE name` returns (DataFusion keeps the plans but does not show them).
+    sql_prepared: std::collections::HashMap<String, Arc<LogicalPlan>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -381,6 +389,7 @@ impl Session {
             notices: Vec::new(),
             cancel: CancelHandle::default(),
             cursors: std::sync::Mutex::new(std::collections::HashMap::new()),
+            sql_prepared: std::collections::HashMap::new(),
         }
     }
 
@@ -500,6 +509,29 @@ impl Session {
         }
     }
 
+    /// The rows `prepared` returns if executed now, for a protocol's
+    /// Describe: `None` for a statement that returns none (NoData). Unlike
+    /// [`Prepared::result_schema`] this knows the session's state: the
+    /// cursor a `FETCH` reads (NoData when no such cursor is open, as in
+    /// Postgres) and the statement an SQL `EXECUTE name` runs.
+    ///
+    /// # Errors
+    /// Parameters that do not fit the statement.
+    pub fn describe(&self, prepared: &Prepared, params: Option<&ParamValues>) -> Result<Option<SchemaRef>> {
+        use datafusion::logical_expr::Statement as S;
+        if let Statement::Fetch { name, .. } = &prepared.statement {
+            return Ok(self.open_cursors()?.get(name).map(cursor::Cursor::schema));
+        }
+        if let Some(LogicalPlan::Statement(S::Execute(execute))) = &prepared.plan {
+            let input = self.sql_prepared.get(&execute.name);
+            return Ok(input.filter(|plan| is_query(plan)).map(|plan| Arc::clone(plan.schema().inner())));
+        }
+        match params {
+            Some(params) => prepared.result_schema_with(params),
+            None => Ok(prepared.result_schema()),
+        }
+    }
+
     /// Executes a prepared statement with parameter values bound to `$1`, `$2` ….
     ///
     /// # Errors
@@ -607,6 +639,16 @@ impl Session {
             Statement::Declare { name, query, hold } => self.declare_cursor(name, query, *hold).await,
             Statement::Fetch { name, count, timeout } => self.fetch_cursor(name, *count, *timeout).await,
             Statement::Close(name) => self.close_cursor(name.as_deref()),
+            Statement::Discard => {
+                // DISCARD ALL also closes cursors and deallocates prepared statements.
+                self.open_cursors()?.clear();
+                for name in std::mem::take(&mut self.sql_prepared).into_keys() {
+                    let deallocate =
+                        datafusion::logical_expr::Statement::Deallocate(datafusion::logical_expr::Deallocate { name });
+                    self.ctx.execute_logical_plan(LogicalPlan::Statement(deallocate)).await?;
+                }
+                self.control(&prepared.statement)
+            }
             Statement::Set { .. }
             | Statement::Reset(_)
             | Statement::Show(_)
@@ -614,7 +656,6 @@ impl Session {
             | Statement::Begin
             | Statement::Commit
             | Statement::Rollback
-            | Statement::Discard
             | Statement::NoOp(_) => self.control(&prepared.statement),
         }
     }
@@ -709,40 +750,47 @@ impl Session {
                 out
             }
             LogicalPlan::Dml(dml) => {
-                let command = match &dml.op {
-                    WriteOp::Insert(_) => "INSERT",
-                    WriteOp::Update => "UPDATE",
-                    WriteOp::Delete => "DELETE",
-                    WriteOp::Ctas => "SELECT",
-                    WriteOp::Truncate => "TRUNCATE TABLE",
-                    WriteOp::MergeInto(_) => "MERGE",
-                    _ => "UPDATE",
-                };
+                let command = dml_tag(&dml.op);
                 let rows = control.run(self.execute_count(LogicalPlan::Dml(dml))).await?;
-                Ok(Output::Command(if command == "TRUNCATE TABLE" {
-                    CommandComplete::new(command)
-                } else {
-                    CommandComplete::new(command).with_rows(rows)
-                }))
+                Ok(Output::Command(dml_complete(command, rows)))
             }
             LogicalPlan::Statement(statement) => {
                 use datafusion::logical_expr::Statement as S;
-                let command = match &statement {
-                    S::Prepare(_) => "PREPARE",
-                    S::Deallocate(_) => "DEALLOCATE",
-                    S::Execute(_) => "EXECUTE",
+                match &statement {
+                    S::Prepare(prepare)
+                        if !is_query(&prepare.input) && !matches!(*prepare.input, LogicalPlan::Dml(_)) =>
+                    {
+                        return Err(Error::unsupported(
+                            "PREPARE supports queries, INSERT, UPDATE and DELETE; run other statements directly",
+                        ));
+                    }
+                    S::Prepare(_) | S::Deallocate(_) | S::Execute(_) => {}
                     other => {
                         return Err(Error::unsupported(format!("statement {} is not supported", other.name())));
                     }
-                };
+                }
                 let df = control
-                    .run(async { Ok(self.ctx.execute_logical_plan(LogicalPlan::Statement(statement)).await?) })
+                    .run(async { Ok(self.ctx.execute_logical_plan(LogicalPlan::Statement(statement.clone())).await?) })
                     .await?;
-                if command == "EXECUTE" {
-                    let stream = control.run(self.execute_frame(df, source)).await?;
-                    Ok(Output::Rows(stream))
-                } else {
-                    Ok(Output::Command(CommandComplete::new(command)))
+                match statement {
+                    S::Prepare(prepare) => {
+                        self.sql_prepared.insert(prepare.name, prepare.input);
+                        Ok(Output::Command(CommandComplete::new("PREPARE")))
+                    }
+                    S::Deallocate(deallocate) => {
+                        self.sql_prepared.remove(&deallocate.name);
+                        Ok(Output::Command(CommandComplete::new("DEALLOCATE")))
+                    }
+                    _ => match df.logical_plan() {
+                        // EXECUTE of a prepared write answers as the write does.
+                        LogicalPlan::Dml(dml) => {
+                            let command = dml_tag(&dml.op);
+                            let plan = df.logical_plan().clone();
+                            let rows = control.run(self.execute_count(plan)).await?;
+                            Ok(Output::Command(dml_complete(command, rows)))
+                        }
+                        _ => Ok(Output::Rows(control.run(self.execute_frame(df, source)).await?)),
+                    },
                 }
             }
             LogicalPlan::Copy(_) => Err(Error::unsupported("COPY … TO a file is not supported")),
@@ -783,6 +831,28 @@ impl Session {
             rows += counts.iter().flatten().sum::<u64>();
         }
         Ok(rows)
+    }
+}
+
+/// The command tag of a write.
+fn dml_tag(op: &WriteOp) -> &'static str {
+    match op {
+        WriteOp::Insert(_) => "INSERT",
+        WriteOp::Update => "UPDATE",
+        WriteOp::Delete => "DELETE",
+        WriteOp::Ctas => "SELECT",
+        WriteOp::Truncate => "TRUNCATE TABLE",
+        WriteOp::MergeInto(_) => "MERGE",
+        _ => "UPDATE",
+    }
+}
+
+/// A write's completion: its tag, with the row count (TRUNCATE has none).
+fn dml_complete(command: &'static str, rows: u64) -> CommandComplete {
+    if command == "TRUNCATE TABLE" {
+        CommandComplete::new(command)
+    } else {
+        CommandComplete::new(command).with_rows(rows)
     }
 }
 

@@ -20,8 +20,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use pgwire::api::PgWireServerHandlers;
 use pgwire::api::cancel::CancelHandler;
+use pgwire::api::{ClientInfo, DEFAULT_NAME, ErrorHandler, PgWireServerHandlers};
+use pgwire::error::{ErrorInfo, PgWireError};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::startup::SecretKey;
 use streamhouse_engine::{CancelHandle, Engine};
@@ -105,6 +106,27 @@ impl PgWireServerHandlers for PgHandlers {
 
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
         Arc::new(Canceller { shared: Arc::clone(&self.shared) })
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(PostgresCodes)
+    }
+}
+
+/// Gives the errors pgwire raises itself Postgres' SQLSTATE and wording.
+struct PostgresCodes;
+
+impl ErrorHandler for PostgresCodes {
+    fn on_error<C: ClientInfo>(&self, _client: &C, error: &mut PgWireError) {
+        let shown = |name: &str| if name == DEFAULT_NAME { String::new() } else { name.to_owned() };
+        let (code, message) = match error {
+            PgWireError::PortalNotFound(name) => ("34000", format!("portal \"{}\" does not exist", shown(name))),
+            PgWireError::StatementNotFound(name) => {
+                ("26000", format!("prepared statement \"{}\" does not exist", shown(name)))
+            }
+            _ => return,
+        };
+        *error = PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message)));
     }
 }
 

@@ -452,3 +452,173 @@ async fn a_view_killed_during_backfill_is_whole_or_absent() {
         stop(server);
     }
 }
+
+/// The server's resident set size in KiB, from `/proc/<pid>/status`.
+fn rss_kib(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).expect("the server's status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmRSS in kB")
+}
+
+/// What one soak client did, and anything that went wrong.
+#[derive(Default)]
+struct SoakTally {
+    operations: u64,
+    reconnects: u64,
+    errors: Vec<String>,
+}
+
+/// One soak client: prepared point selects, upserts, aggregates, view reads
+/// and SUBSCRIBE cursors, reconnecting every so often. Every answer is
+/// checked against what must hold whatever the interleaving (the key set
+/// never changes, only values do).
+async fn soak_client(server_port: u16, id: u64, until: Instant, keys: i64) -> SoakTally {
+    let mut tally = SoakTally::default();
+    let mut rng = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let url = format!("host=127.0.0.1 port={server_port} user=soak{id} dbname=streamhouse");
+    while Instant::now() < until {
+        let (client, connection) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            Ok(c) => c,
+            Err(e) => {
+                tally.errors.push(format!("client {id}: connect: {e}"));
+                return tally;
+            }
+        };
+        tokio::spawn(connection);
+        tally.reconnects += 1;
+        let run = async {
+            let point = client.prepare("SELECT k, v, g FROM soak WHERE k = $1").await?;
+            let upsert = client.prepare("INSERT INTO soak VALUES ($1, $2, $3)").await?;
+            // Churn: a connection lives for 5 to 50 operations.
+            for _ in 0..5 + next(45) {
+                if Instant::now() >= until {
+                    break;
+                }
+                let k = next(keys as u64) as i64;
+                match next(10) {
+                    0..=4 => {
+                        let row = client.query_one(&point, &[&k]).await?;
+                        if row.get::<_, i64>(0) != k || row.get::<_, i32>(2) != (k % 10) as i32 {
+                            return Err(SoakError(format!("point select of {k} answered another row")));
+                        }
+                    }
+                    5..=6 => {
+                        let v = next(1_000_000) as i64;
+                        if client.execute(&upsert, &[&k, &v, &((k % 10) as i32)]).await? != 1 {
+                            return Err(SoakError(format!("upsert of {k} did not report one row")));
+                        }
+                    }
+                    7 => {
+                        let row = client.query_one("SELECT count(*), count(DISTINCT g) FROM soak", &[]).await?;
+                        if (row.get::<_, i64>(0), row.get::<_, i64>(1)) != (keys, 10) {
+                            return Err(SoakError(format!("aggregate saw {} rows", row.get::<_, i64>(0))));
+                        }
+                    }
+                    8 => {
+                        let rows: i64 =
+                            client.query_one("SELECT CAST(sum(n) AS BIGINT) FROM soak_groups", &[]).await?.get(0);
+                        if rows != keys {
+                            return Err(SoakError(format!("the view counts {rows} rows, not {keys}")));
+                        }
+                    }
+                    _ => {
+                        client.batch_execute("BEGIN; DECLARE c CURSOR FOR SUBSCRIBE TO soak_groups").await?;
+                        let fetch = client.prepare("FETCH 20 c WITH (timeout = '200ms')").await?;
+                        let first = client.query(&fetch, &[]).await?;
+                        if first.is_empty() {
+                            return Err(SoakError("a subscription's first FETCH had no snapshot rows".into()));
+                        }
+                        client.query(&fetch, &[]).await?;
+                        client.batch_execute("COMMIT").await?;
+                    }
+                }
+                tally.operations += 1;
+            }
+            Ok::<_, SoakError>(())
+        };
+        if let Err(SoakError(e)) = run.await {
+            tally.errors.push(format!("client {id}: {e}"));
+        }
+    }
+    tally
+}
+
+impl From<tokio_postgres::Error> for SoakError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SoakError(format!("{e} (SQLSTATE {:?})", e.code().map(|c| c.code())))
+    }
+}
+
+/// An unexpected error of a soak client.
+struct SoakError(String);
+
+/// A soak of 32 clients (`STREAMHOUSE_SOAK_SECS`, default 20 s): prepared
+/// point selects, upserts, aggregates, view reads and SUBSCRIBE cursors
+/// with connection churn. No unexpected error, every answer consistent,
+/// the server's memory after the run within twice what it was once warm,
+/// and the view equal to its query at the end. (Throughput is not asserted;
+/// `benches/streams.rs` measures it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_of_mixed_clients_has_no_errors_and_bounded_memory() {
+    let secs: u64 = std::env::var("STREAMHOUSE_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let (clients, keys) = (32u64, 2_000i64);
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let client = connect(&server).await;
+    client
+        .batch_execute(
+            "CREATE TABLE soak (k BIGINT PRIMARY KEY, v BIGINT, g INT);
+             INSERT INTO soak SELECT value, value, CAST(value % 10 AS INT) FROM generate_series(0, 1999);
+             CREATE MATERIALIZED VIEW soak_groups AS SELECT g, count(*) AS n, max(v) AS top FROM soak GROUP BY g",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let until = started + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..clients).map(|id| tokio::spawn(soak_client(server.pg_port, id, until, keys))).collect();
+    // Warm: a third of the way in, every kind of statement has run many times.
+    tokio::time::sleep(Duration::from_secs(secs / 3)).await;
+    let warm = rss_kib(&server);
+    let mut peak = warm;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peak = peak.max(rss_kib(&server));
+    }
+    let mut total = SoakTally::default();
+    for task in tasks {
+        let tally = task.await.unwrap();
+        total.operations += tally.operations;
+        total.reconnects += tally.reconnects;
+        total.errors.extend(tally.errors);
+    }
+    let end = rss_kib(&server);
+    eprintln!(
+        "soak: {clients} clients, {secs} s: {} operations, {} connections, {} errors; RSS warm {warm} KiB, peak {peak} KiB, end {end} KiB",
+        total.operations,
+        total.reconnects,
+        total.errors.len()
+    );
+    assert!(total.errors.is_empty(), "unexpected errors: {:#?}", &total.errors[..total.errors.len().min(20)]);
+    assert!(total.operations > clients, "the clients did next to nothing: {} operations", total.operations);
+    assert!(peak <= 2 * warm, "memory grew from {warm} KiB once warm to a peak of {peak} KiB");
+    // The server still answers, and the view caught up with its query.
+    let query = "SELECT g, count(*), max(v) FROM soak GROUP BY g ORDER BY g";
+    let expected = sorted_text_rows(&client, query).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = sorted_text_rows(&client, "SELECT g, n, top FROM soak_groups").await;
+        if view == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the view never caught up: {view:?} vs {expected:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(client);
+    stop(server);
+}

@@ -5,9 +5,11 @@
 //! - [`slt`]: sqllogictest databases that run `sql-tests/*.slt` in-process
 //!   (through an engine session) and over the Postgres protocol.
 //! - [`s3`]: a real S3-compatible server (moto) for the object-storage tests.
+//! - [`wire`]: the Postgres protocol by hand, for tests that check messages.
 
 pub mod s3;
 pub mod slt;
+pub mod wire;
 
 use std::net::SocketAddr;
 

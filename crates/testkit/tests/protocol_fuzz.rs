@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use streamhouse_testkit::TestServer;
+use streamhouse_testkit::wire::{cstr, frames, message, startup};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -49,30 +50,6 @@ impl Rng {
             _ => self.below(4) as i16,
         }
     }
-}
-
-fn message(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![kind];
-    m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
-fn cstr(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(s.as_bytes());
-    out.push(0);
-}
-
-fn startup() -> Vec<u8> {
-    let mut body = 196_608i32.to_be_bytes().to_vec();
-    cstr(&mut body, "user");
-    cstr(&mut body, "fuzzer");
-    cstr(&mut body, "database");
-    cstr(&mut body, "streamhouse");
-    body.push(0);
-    let mut m = (body.len() as i32 + 4).to_be_bytes().to_vec();
-    m.extend(body);
-    m
 }
 
 const QUERIES: &[&str] = &[
@@ -228,7 +205,7 @@ fn startup_packet(rng: &mut Rng) -> (Vec<u8>, bool) {
         out.extend_from_slice(&8i32.to_be_bytes());
         out.extend_from_slice(&80_877_103i32.to_be_bytes());
     }
-    let mut packet = startup();
+    let mut packet = startup("fuzzer");
     if rng.chance(85) {
         out.extend(packet);
         return (out, false);
@@ -278,22 +255,6 @@ fn copy_sequence(rng: &mut Rng) -> Vec<u8> {
         out.extend(message(b'f', &f));
     }
     out
-}
-
-/// Backend messages in `reply`, if it is well framed (`N` for a refused
-/// SSL request may come first).
-fn frames(reply: &[u8], ssl_first: bool) -> Option<Vec<(u8, &[u8])>> {
-    let mut at = usize::from(ssl_first && reply.first() == Some(&b'N'));
-    let mut out = Vec::new();
-    while at < reply.len() {
-        let kind = reply[at];
-        let len = i32::from_be_bytes(reply.get(at + 1..at + 5)?.try_into().ok()?);
-        let len = usize::try_from(len).ok().filter(|l| *l >= 4)?;
-        let body = reply.get(at + 5..at + 1 + len)?;
-        out.push((kind, body));
-        at += 1 + len;
-    }
-    Some(out)
 }
 
 fn is_protocol_violation(body: &[u8]) -> bool {
@@ -435,7 +396,7 @@ async fn malformed_flight_requests_get_a_status() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_query_text_is_22021() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
-    let mut sent = startup();
+    let mut sent = startup("fuzzer");
     sent.extend(message(b'Q', b"SELECT 'caf\xe9'\0"));
     sent.extend(message(b'P', b"\0SELECT '\xff\xfe'\0\0\0"));
     sent.extend(message(b'S', &[]));

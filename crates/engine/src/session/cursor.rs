@@ -28,6 +28,13 @@ pub(super) struct Cursor {
     pub(super) hold: bool,
 }
 
+impl Cursor {
+    /// The schema of the rows a FETCH returns.
+    pub(super) fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        self.stream.schema()
+    }
+}
+
 impl Session {
     /// `DECLARE c CURSOR FOR query`: runs the query and keeps its stream.
     pub(super) async fn declare_cursor(&mut self, name: &str, query: &Statement, hold: bool) -> Result<Output> {
@@ -110,7 +117,7 @@ impl Session {
         Ok(Output::Rows(batch_stream(schema, batches)))
     }
 
-    fn open_cursors(&self) -> Result<std::sync::MutexGuard<'_, std::collections::HashMap<String, Cursor>>> {
+    pub(super) fn open_cursors(&self) -> Result<std::sync::MutexGuard<'_, std::collections::HashMap<String, Cursor>>> {
         self.cursors.lock().map_err(|_| Error::internal("cursor table lock poisoned"))
     }
 

@@ -15,16 +15,19 @@ use pgwire::api::auth::{
 };
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{CopyResponse, DescribePortalResponse, DescribeStatementResponse, FieldInfo, Response, Tag};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler, send_describe_response};
+use pgwire::api::results::{
+    CopyResponse, DescribePortalResponse, DescribeResponse, DescribeStatementResponse, FieldInfo, Response, Tag,
+};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
-use pgwire::api::store::PortalStore;
+use pgwire::api::store::{Entry, PortalStore};
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, METADATA_DATABASE, METADATA_USER, PidSecretKeyGenerator,
+    ClientInfo, ClientPortalStore, DEFAULT_NAME, METADATA_DATABASE, METADATA_USER, PidSecretKeyGenerator,
     RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::extendedquery::{Describe, TARGET_TYPE_BYTE_STATEMENT};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use streamhouse_engine::copy::{CopyFormat, CopyOut};
 use streamhouse_engine::session::CopyIn;
@@ -316,6 +319,31 @@ impl QueryParser for PgParser {
     }
 }
 
+/// A statement's Describe answer: ParameterDescription, then RowDescription,
+/// or NoData when the statement returns no rows (whatever its parameters).
+struct StatementDescription {
+    parameters: Vec<Type>,
+    fields: Vec<FieldInfo>,
+}
+
+impl DescribeResponse for StatementDescription {
+    fn parameters(&self) -> Option<&[Type]> {
+        Some(&self.parameters)
+    }
+
+    fn fields(&self) -> &[FieldInfo] {
+        &self.fields
+    }
+
+    fn no_data() -> Self {
+        Self { parameters: vec![], fields: vec![] }
+    }
+
+    fn is_no_data(&self) -> bool {
+        self.fields.is_empty()
+    }
+}
+
 /// Decodes a portal's parameter values: by the type the client declared,
 /// else the type inferred for the statement, then cast to the inferred type.
 fn bind_parameters(portal: &Portal<PgStatement>) -> PgWireResult<Option<ParamValues>> {
@@ -358,6 +386,33 @@ impl ExtendedQueryHandler for PgConnection {
         Arc::clone(&self.parser)
     }
 
+    /// pgwire answers a statement with parameters but no result columns
+    /// with an empty RowDescription; Postgres answers NoData, which is what
+    /// drivers check (pgjdbc takes an empty RowDescription for a query and
+    /// reports update count 0 for a batch of INSERTs).
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if message.target_type != TARGET_TYPE_BYTE_STATEMENT {
+            return self._on_describe(client, message).await;
+        }
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let description = match client.portal_store().get_statement(name) {
+            Some(Entry::Value(statement)) => {
+                let DescribeStatementResponse { parameters, fields, .. } =
+                    self.do_describe_statement(client, &statement).await?;
+                StatementDescription { parameters, fields }
+            }
+            Some(Entry::Empty) => StatementDescription::no_data(),
+            None => return Err(PgWireError::StatementNotFound(name.to_owned())),
+        };
+        send_describe_response(client, &description).await
+    }
+
     async fn do_describe_statement<C>(
         &self,
         _client: &mut C,
@@ -375,7 +430,13 @@ impl ExtendedQueryHandler for PgConnection {
             .enumerate()
             .map(|(i, t)| target.parameter_types.get(i).cloned().flatten().unwrap_or(t))
             .collect();
-        let fields = self.parser.get_result_schema(&target.statement, None)?;
+        let guard = self.session.lock().await;
+        let session = guard.as_ref().ok_or_else(no_session)?;
+        let schema = session.describe(&target.statement, None).map_err(|e| pg_error(&e))?;
+        let fields = match schema {
+            Some(schema) => fields(&schema, &Format::UnifiedText)?,
+            None => vec![],
+        };
         Ok(DescribeStatementResponse::new(parameters, fields))
     }
 
@@ -390,11 +451,10 @@ impl ExtendedQueryHandler for PgConnection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let statement = &portal.statement.statement;
-        let schema = match bind_parameters(portal)? {
-            Some(params) => statement.result_schema_with(&params).map_err(|e| pg_error(&e))?,
-            None => statement.result_schema(),
-        };
+        let params = bind_parameters(portal)?;
+        let guard = self.session.lock().await;
+        let session = guard.as_ref().ok_or_else(no_session)?;
+        let schema = session.describe(&portal.statement.statement, params.as_ref()).map_err(|e| pg_error(&e))?;
         Ok(DescribePortalResponse::new(match schema {
             Some(schema) => fields(&schema, &portal.result_column_format)?,
             None => vec![],
