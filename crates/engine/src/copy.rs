@@ -257,7 +257,7 @@ impl CopyDecoder {
         }
         let text = std::str::from_utf8(record).map_err(|_| {
             Error::new(
-                StatusCode::InvalidTextRepresentation,
+                StatusCode::CharacterNotInRepertoire,
                 format!("invalid byte sequence for encoding \"UTF8\" (COPY {}, line {first_line})", self.table),
             )
         })?;
@@ -447,16 +447,10 @@ impl CopyDecoder {
             if array.null_count() > text.null_count()
                 && let Some(row) = (0..text.len()).find(|&i| text.is_valid(i) && array.is_null(i))
             {
+                let why = crate::types::conversion_error(text.value(row), field.data_type());
                 return Err(Error::new(
-                    StatusCode::InvalidTextRepresentation,
-                    format!(
-                        "invalid input syntax for type {}: \"{}\" (COPY {}, line {}, column {})",
-                        crate::types::postgres_type_name(field.data_type()),
-                        text.value(row),
-                        self.table,
-                        lines[row],
-                        field.name()
-                    ),
+                    why.code(),
+                    format!("{} (COPY {}, line {}, column {})", why.message(), self.table, lines[row], field.name()),
                 ));
             }
             arrays.push(array);

@@ -112,6 +112,10 @@ impl Engine {
             *state.write() = SessionStateBuilder::new_from_existing(current)
                 .with_type_planner(Arc::new(crate::types::PostgresTypePlanner::default()))
                 .build();
+            use datafusion::execution::FunctionRegistry;
+            state.write().register_expr_planner(Arc::new(crate::semantics::UnknownLiteralPlanner))?;
+            // `sum` of bigint is numeric, under DataFusion's name.
+            state.write().register_udaf(crate::semantics::sum_udaf())?;
         }
 
         let spill_root = config.spill_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("streamhouse-spill"));

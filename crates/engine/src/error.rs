@@ -94,6 +94,10 @@ pub enum StatusCode {
     DatetimeFieldOverflow,
     /// A prepared statement that does not exist.
     UndefinedPreparedStatement,
+    /// `PREPARE` of a name in use.
+    DuplicatePreparedStatement,
+    /// A negative `LIMIT` or `OFFSET`.
+    InvalidRowCount,
     /// A name longer than the server allows.
     NameTooLong,
     /// The disk is full.
@@ -192,7 +196,14 @@ impl From<ArrowError> for Error {
 
 impl From<ParserError> for Error {
     fn from(err: ParserError) -> Self {
-        Self::new(StatusCode::InvalidSyntax, strip_prefixes(&err.to_string()))
+        match err {
+            // Nesting deeper than the parser recurses: Postgres' "stack depth limit exceeded".
+            ParserError::RecursionLimitExceeded => Self::new(
+                StatusCode::StatementTooComplex,
+                "statement too complex: it nests deeper than the parser allows; split it into smaller statements or views",
+            ),
+            other => Self::new(StatusCode::InvalidSyntax, strip_prefixes(&other.to_string())),
+        }
     }
 }
 
@@ -312,6 +323,9 @@ fn classify_datafusion(err: &DataFusionError) -> StatusCode {
         return ours.code;
     }
     match root {
+        DataFusionError::SQL(e, _) if matches!(e.as_ref(), ParserError::RecursionLimitExceeded) => {
+            StatusCode::StatementTooComplex
+        }
         DataFusionError::SQL(..) => StatusCode::InvalidSyntax,
         DataFusionError::NotImplemented(_) => StatusCode::Unsupported,
         DataFusionError::ResourcesExhausted(_) => StatusCode::ResourcesExhausted,
@@ -366,6 +380,25 @@ fn classify_arrow(err: &ArrowError) -> StatusCode {
 }
 
 fn classify_message(message: &str) -> StatusCode {
+    // DataFusion's planner reports these user mistakes only as text; each
+    // message start is DataFusion's own, pinned by `sql-tests/bad_input/`.
+    const KNOWN: &[(&str, StatusCode)] = &[
+        ("Column in SELECT must be in GROUP BY", StatusCode::GroupingError),
+        ("Column in HAVING must be in GROUP BY", StatusCode::GroupingError),
+        ("Projection references non-aggregate values", StatusCode::GroupingError),
+        ("Order by column out of bounds", StatusCode::InvalidColumnReference),
+        ("UNION queries have different number of columns", StatusCode::InvalidSyntax),
+        ("INTERSECT/EXCEPT query must have the same number of columns", StatusCode::InvalidSyntax),
+        ("Inconsistent data length across values list", StatusCode::InvalidSyntax),
+        ("Column count doesn't match insert query", StatusCode::InvalidSyntax),
+        ("Prepared statement '", StatusCode::UndefinedPreparedStatement),
+        ("LIMIT must be >= 0", StatusCode::InvalidRowCount),
+        ("OFFSET must be >= 0", StatusCode::InvalidRowCount),
+        ("Unsupported data type", StatusCode::FunctionNotFound),
+    ];
+    if let Some((_, code)) = KNOWN.iter().find(|(start, _)| message.starts_with(start)) {
+        return *code;
+    }
     let m = message.to_ascii_lowercase();
     let has = |needle: &str| m.contains(needle);
     if has("not found") && (has("table '") || has("table \"")) {
@@ -395,7 +428,6 @@ fn classify_message(message: &str) -> StatusCode {
         || has("expected a boolean")
         || has("must be boolean")
         || has("no function matches")
-        || has("data type")
     {
         StatusCode::TypeMismatch
     } else if has("non-nullable") || has("null value") && has("not null") {

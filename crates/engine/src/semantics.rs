@@ -5,11 +5,22 @@
 //! - **Checked integer arithmetic** ([`CheckedArithmetic`]): `+ - *`, unary
 //!   minus and `abs` of integers, and casts that narrow an integer (or turn
 //!   a float, decimal or text into one), fail with 22003 ("bigint out of
-//!   range", as Postgres words it) instead of wrapping around. DataFusion
+//!   range", as Postgres words it) instead of wrapping around. Casts of
+//!   text to dates and timestamps say which of Postgres' errors they are
+//!   (22007 not a date, 22008 a field out of range). DataFusion
 //!   plans `+ - *` with arrow's wrapping kernels; the rule replaces them by
 //!   functions over arrow's checked kernels. Widening casts cannot overflow
 //!   and stay casts (so DataFusion's cast-unwrapping of comparisons keeps
 //!   working). Division and modulo are checked by DataFusion already.
+//! - **SUM of bigint is numeric** ([`PostgresSum`], replacing DataFusion's
+//!   `sum`): Postgres sums `smallint`/`integer` as `bigint` and `bigint` as
+//!   `numeric`, which cannot overflow; DataFusion sums `bigint` in a
+//!   wrapping `i64`.
+//! - **String literals in arithmetic** ([`UnknownLiteralPlanner`], while
+//!   the SQL is planned, since DataFusion types each expression as it
+//!   plans it): a string literal next to a number has the number's type,
+//!   as Postgres types an `unknown` literal: `1 + '2'` is 3 and
+//!   `1 + 'abc'` is 22P02 (DataFusion refuses both).
 //! - **Scalar subquery cardinality** ([`ScalarSubqueryCardinality`]): an
 //!   uncorrelated scalar subquery that is not already known to return at
 //!   most one row reads at most two rows through [`single_row`], an
@@ -99,6 +110,7 @@ impl CheckedFunction {
             Checked::Mul => ("int_mul", 2),
             Checked::Neg => ("int_neg", 1),
             Checked::Abs => ("int_abs", 1),
+            Checked::Cast if target.as_ref().is_some_and(is_datetime) => ("datetime_cast", 1),
             Checked::Cast => ("int_cast", 1),
         };
         Arc::new(ScalarUDF::new_from_impl(Self {
@@ -159,8 +171,18 @@ impl ScalarUDFImpl for CheckedFunction {
     }
 }
 
+fn is_text(data_type: &DataType) -> bool {
+    matches!(data_type, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+fn is_datetime(data_type: &DataType) -> bool {
+    matches!(data_type, DataType::Date32 | DataType::Date64 | DataType::Timestamp(..))
+}
+
 /// A cast to integer type `to` where a value that does not fit is 22003
-/// and text that is not a number is 22P02, with Postgres' messages.
+/// and text that is not a number is 22P02; or from text to a date or
+/// timestamp, where text that is not one is 22007 and a field out of range
+/// (`2024-02-30`, `25:00`) 22008; with Postgres' messages.
 fn checked_cast(array: &ArrayRef, to: &DataType) -> DfResult<ArrayRef> {
     let safe = CastOptions { safe: true, ..CastOptions::default() };
     let cast = cast_with_options(array, to, &safe)?;
@@ -169,23 +191,10 @@ fn checked_cast(array: &ArrayRef, to: &DataType) -> DfResult<ArrayRef> {
         return Ok(cast);
     }
     let index = (0..array.len()).find(|i| cast.is_null(*i) && !array.is_null(*i)).unwrap_or(0);
-    if matches!(array.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+    if is_text(array.data_type()) {
         let text = cast_with_options(&array.slice(index, 1), &DataType::Utf8, &safe)?;
         let text = text.as_any().downcast_ref::<StringArray>().map_or(String::new(), |a| a.value(0).to_owned());
-        let trimmed = text.trim();
-        let digits = trimmed.strip_prefix(['+', '-']).unwrap_or(trimmed);
-        let error = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-            Error::new(
-                StatusCode::NumericOverflow,
-                format!("value \"{text}\" is out of range for type {}", integer_name(to)),
-            )
-        } else {
-            Error::new(
-                StatusCode::InvalidTextRepresentation,
-                format!("invalid input syntax for type {}: \"{text}\"", integer_name(to)),
-            )
-        };
-        return Err(DataFusionError::External(Box::new(error)));
+        return Err(DataFusionError::External(Box::new(crate::types::conversion_error(&text, to))));
     }
     // A number (integer, float, decimal) that does not fit; NaN and infinity neither.
     Err(overflow(to))
@@ -218,6 +227,11 @@ fn checked_expr(expr: Expr, schema: &datafusion::common::DFSchema) -> DfResult<T
             if func.name() == "abs" && args.len() == 1 && is_integer(&args[0].get_type(schema)?) =>
         {
             Ok(Transformed::yes(call(Checked::Abs, None, args)))
+        }
+        Expr::Cast(Cast { expr: inner, field })
+            if is_datetime(field.data_type()) && is_text(&inner.get_type(schema)?) =>
+        {
+            Ok(Transformed::yes(call(Checked::Cast, Some(field.data_type().clone()), vec![*inner])))
         }
         Expr::Cast(Cast { expr: inner, field }) if is_integer(field.data_type()) => {
             let from = inner.get_type(schema)?;
@@ -321,6 +335,147 @@ impl AnalyzerRule for CheckedArithmetic {
 
     fn name(&self) -> &str {
         "checked_arithmetic"
+    }
+}
+
+/// Plans `'…' op number` and `number op '…'` (arithmetic) with the
+/// literal cast to the number's type.
+#[derive(Debug, Default)]
+pub struct UnknownLiteralPlanner;
+
+impl datafusion::logical_expr::planner::ExprPlanner for UnknownLiteralPlanner {
+    fn plan_binary_op(
+        &self,
+        expr: datafusion::logical_expr::planner::RawBinaryExpr,
+        schema: &datafusion::common::DFSchema,
+    ) -> DfResult<datafusion::logical_expr::planner::PlannerResult<datafusion::logical_expr::planner::RawBinaryExpr>>
+    {
+        use datafusion::logical_expr::planner::{PlannerResult, RawBinaryExpr};
+        use datafusion::sql::sqlparser::ast::BinaryOperator as B;
+        let RawBinaryExpr { op, left, right } = expr;
+        let arithmetic = matches!(op, B::Plus | B::Minus | B::Multiply | B::Divide | B::Modulo);
+        let is_string =
+            |e: &Expr| matches!(e, Expr::Literal(ScalarValue::Utf8(Some(_)) | ScalarValue::Utf8View(Some(_)), _));
+        // Types are looked at only next to a string literal; one that cannot
+        // be known here is left to DataFusion, which reports it.
+        let numeric = |e: &Expr| e.get_type(schema).ok().filter(DataType::is_numeric);
+        let (left, right) = match (arithmetic, is_string(&left), is_string(&right)) {
+            (true, true, false) => match numeric(&right) {
+                Some(to) => (Expr::Cast(Cast::new(Box::new(left), to)), right),
+                None => (left, right),
+            },
+            (true, false, true) => match numeric(&left) {
+                Some(to) => (left, Expr::Cast(Cast::new(Box::new(right), to))),
+                None => (left, right),
+            },
+            _ => (left, right),
+        };
+        Ok(PlannerResult::Original(RawBinaryExpr { op, left, right }))
+    }
+}
+
+/// `sum` with Postgres' result types: `smallint` and `integer` sum as
+/// `bigint` (as DataFusion does), `bigint` as `numeric` (DataFusion sums it
+/// in a wrapping `i64`). A 64-bit integer argument is coerced to
+/// `numeric(28,0)`, which every value fits, so the sum is `numeric(38,0)`,
+/// which no realistic number of rows can overflow. Registered under
+/// DataFusion's name, so every query, window and view gets it, and typed
+/// when the SQL is planned (a protocol's Describe sees `numeric`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PostgresSum {
+    inner: datafusion::functions_aggregate::sum::Sum,
+    signature: Signature,
+}
+
+/// The `sum` every session uses ([`PostgresSum`]).
+pub fn sum_udaf() -> Arc<AggregateUDF> {
+    static SUM: LazyLock<Arc<AggregateUDF>> = LazyLock::new(|| {
+        Arc::new(AggregateUDF::new_from_impl(PostgresSum {
+            inner: datafusion::functions_aggregate::sum::Sum::new(),
+            signature: Signature::user_defined(Volatility::Immutable),
+        }))
+    });
+    Arc::clone(&SUM)
+}
+
+impl AggregateUDFImpl for PostgresSum {
+    fn name(&self) -> &str {
+        "sum"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        use DataType as T;
+        let [arg] = arg_types else {
+            return Err(DataFusionError::Plan(format!("sum takes one argument, not {}", arg_types.len())));
+        };
+        Ok(vec![match arg {
+            T::Int64 | T::UInt64 => T::Decimal128(28, 0),
+            T::Null | T::Int8 | T::Int16 | T::Int32 | T::UInt8 | T::UInt16 | T::UInt32 => T::Int64,
+            T::Float16 | T::Float32 | T::Float64 => T::Float64,
+            T::Decimal32(..)
+            | T::Decimal64(..)
+            | T::Decimal128(..)
+            | T::Decimal256(..)
+            | T::Duration(_)
+            | T::Interval(_) => arg.clone(),
+            other => {
+                return Err(DataFusionError::External(Box::new(Error::new(
+                    StatusCode::FunctionNotFound,
+                    format!("function sum({}) does not exist", crate::types::postgres_type_name(other)),
+                ))));
+            }
+        }])
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        self.inner.return_type(arg_types)
+    }
+
+    fn accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
+        self.inner.accumulator(args)
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> DfResult<Vec<FieldRef>> {
+        self.inner.state_fields(args)
+    }
+
+    fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
+        self.inner.groups_accumulator_supported(args)
+    }
+
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> DfResult<Box<dyn datafusion::logical_expr::GroupsAccumulator>> {
+        self.inner.create_groups_accumulator(args)
+    }
+
+    fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
+        self.inner.create_sliding_accumulator(args)
+    }
+
+    fn reverse_expr(&self) -> datafusion::logical_expr::ReversedUDAF {
+        self.inner.reverse_expr()
+    }
+
+    fn order_sensitivity(&self) -> datafusion::logical_expr::utils::AggregateOrderSensitivity {
+        self.inner.order_sensitivity()
+    }
+
+    fn set_monotonicity(&self, data_type: &DataType) -> datafusion::logical_expr::SetMonotonicity {
+        self.inner.set_monotonicity(data_type)
+    }
+
+    fn default_value(&self, data_type: &DataType) -> DfResult<ScalarValue> {
+        self.inner.default_value(data_type)
+    }
+
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        self.inner.documentation()
     }
 }
 

@@ -764,6 +764,21 @@ impl Session {
                             "PREPARE supports queries, INSERT, UPDATE and DELETE; run other statements directly",
                         ));
                     }
+                    S::Prepare(prepare) if self.sql_prepared.contains_key(&prepare.name) => {
+                        return Err(Error::new(
+                            StatusCode::DuplicatePreparedStatement,
+                            format!("prepared statement \"{}\" already exists", prepare.name),
+                        ));
+                    }
+                    S::Execute(datafusion::logical_expr::Execute { name, .. })
+                    | S::Deallocate(datafusion::logical_expr::Deallocate { name })
+                        if !self.sql_prepared.contains_key(name) =>
+                    {
+                        return Err(Error::new(
+                            StatusCode::UndefinedPreparedStatement,
+                            format!("prepared statement \"{name}\" does not exist"),
+                        ));
+                    }
                     S::Prepare(_) | S::Deallocate(_) | S::Execute(_) => {}
                     other => {
                         return Err(Error::unsupported(format!("statement {} is not supported", other.name())));

@@ -198,6 +198,19 @@ async fn prepared_fetch_with_tokio_postgres() -> anyhow::Result<()> {
     assert_eq!(seen, [(1, "a".into()), (2, "b".into()), (3, "c".into())]);
     pg.batch_execute("COMMIT").await?;
 
+    // Describe types a statement as Execute will: sum of bigint is numeric.
+    let err = pg.prepare("SELECT sum(k > 1) FROM tf").await.expect_err("sum of a boolean");
+    assert!(err.code().is_some_and(|c| c != &tokio_postgres::error::SqlState::INTERNAL_ERROR), "{err:?}");
+    for (sql, expected) in [
+        ("SELECT sum(k) FROM tf", tokio_postgres::types::Type::NUMERIC),
+        ("SELECT sum(CAST(k AS INT)) FROM tf", tokio_postgres::types::Type::INT8),
+    ] {
+        let statement = pg.prepare(sql).await?;
+        assert_eq!(statement.columns()[0].type_(), &expected, "{sql}");
+    }
+    let total: i64 = pg.query_one("SELECT CAST(sum(k) AS BIGINT) FROM tf", &[]).await?.get(0);
+    assert_eq!(total, 6);
+
     pg.batch_execute("DECLARE s CURSOR WITH HOLD FOR SUBSCRIBE TO tf").await?;
     let fetch = pg.prepare("FETCH ALL s WITH (timeout = '1s')").await?;
     let k = fetch.columns().iter().position(|c| c.name() == "k").expect("a k column");

@@ -79,7 +79,7 @@ async fn flight_ingest_modes_and_errors() -> anyhow::Result<()> {
     let batches = vec![batch(&schema, 0..10_000), batch(&schema, 10_000..20_000), batch(&schema, 20_000..30_000)];
     assert_eq!(ingest(&mut flight, command("events", Missing::Create, Exists::Fail), batches).await?, 30_000);
     assert_eq!(scalar(&mut flight, "SELECT count(*) FROM events").await?, 30_000);
-    assert_eq!(scalar(&mut flight, "SELECT sum(id) FROM events WHERE name = 'n123'").await?, 123);
+    assert_eq!(scalar(&mut flight, "SELECT CAST(sum(id) AS BIGINT) FROM events WHERE name = 'n123'").await?, 123);
     // The same table through the Postgres protocol.
     let pg = server.pg().await?;
     let row = pg.query_one("SELECT name, score FROM events WHERE id = 7", &[]).await?;

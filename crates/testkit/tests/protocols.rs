@@ -135,7 +135,7 @@ async fn pg_errors_keep_the_connection_alive() -> anyhow::Result<()> {
         ("SELECT nope FROM t", SqlState::UNDEFINED_COLUMN),
         ("SELEC 1", SqlState::SYNTAX_ERROR),
         ("SELECT 1 / 0", SqlState::DIVISION_BY_ZERO),
-        ("SELECT 'a' + 1", SqlState::DATATYPE_MISMATCH),
+        ("SELECT 'a' + 1", SqlState::INVALID_TEXT_REPRESENTATION),
         ("SAVEPOINT x", SqlState::FEATURE_NOT_SUPPORTED),
         ("SELECT 'x'::int", SqlState::INVALID_TEXT_REPRESENTATION),
     ];

@@ -210,12 +210,12 @@ async fn the_server_runs_on_s3() -> anyhow::Result<()> {
     let pg = server.pg().await?;
     let n: i64 = pg.query_one("SELECT count(*) FROM orders", &[]).await?.get(0);
     assert_eq!(n, 3);
-    let rows = pg.query("SELECT customer, total FROM totals ORDER BY customer", &[]).await?;
+    let rows = pg.query("SELECT customer, CAST(total AS BIGINT) FROM totals ORDER BY customer", &[]).await?;
     let rows: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(rows, vec![("a".to_string(), 17), ("b".to_string(), 20)]);
     // Scans read the Parquet ranges once from the bucket, then from the local cache.
-    let first: i64 = pg.query_one("SELECT sum(amount) FROM orders", &[]).await?.get(0);
-    let again: i64 = pg.query_one("SELECT sum(amount) FROM orders", &[]).await?.get(0);
+    let first: i64 = pg.query_one("SELECT CAST(sum(amount) AS BIGINT) FROM orders", &[]).await?.get(0);
+    let again: i64 = pg.query_one("SELECT CAST(sum(amount) AS BIGINT) FROM orders", &[]).await?.get(0);
     assert_eq!((first, again), (37, 37));
     let cached = std::fs::read_dir(server.config().storage.data_dir.join("cache"))?.count();
     assert!(cached > 0, "no range was cached");

@@ -20,6 +20,21 @@ use crate::catalog::{CreateMaterializedView, CreateTable, Created, DEFAULT_SCHEM
 use crate::error::{Error, Result};
 use crate::sql::{self, AddColumn, Procedure, RelationKind};
 
+/// The longest name Postgres keeps (`NAMEDATALEN - 1` bytes).
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// Names a statement creates: each at most [`MAX_IDENTIFIER_BYTES`] (42622),
+/// as clients that read `pg_catalog` (type `name`) expect.
+fn check_identifiers<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    match names.into_iter().find(|n| n.len() > MAX_IDENTIFIER_BYTES) {
+        Some(long) => Err(Error::new(
+            crate::error::StatusCode::NameTooLong,
+            format!("identifier \"{long}\" is too long: names are at most {MAX_IDENTIFIER_BYTES} bytes"),
+        )),
+        None => Ok(()),
+    }
+}
+
 impl Session {
     /// `ALTER TABLE … ADD COLUMN`: column types are resolved as CREATE TABLE resolves them.
     pub(super) async fn add_columns(
@@ -38,6 +53,7 @@ impl Session {
             return Err(crate::catalog::errors::relation_not_found(&name, RelationKind::Table));
         };
         let schema = existing.schema();
+        check_identifiers(columns.iter().map(|c| c.name.as_str()))?;
         let mut fields = Vec::with_capacity(columns.len());
         for AddColumn { name: column, data_type, if_not_exists } in columns {
             if schema.field_with_name(column).is_ok() && *if_not_exists {
@@ -85,6 +101,11 @@ impl Session {
         match ddl {
             DdlStatement::CreateMemoryTable(cmd) => {
                 let name = self.relation_name(&cmd.name)?;
+                check_identifiers(
+                    [name.name.as_str()]
+                        .into_iter()
+                        .chain(cmd.input.schema().fields().iter().map(|f| f.name().as_str())),
+                )?;
                 let is_ctas = !matches!(cmd.input.as_ref(), LogicalPlan::EmptyRelation(e) if !e.produce_one_row);
                 let input_schema = cmd.input.schema().as_arrow();
                 // Like Postgres, columns of CREATE TABLE AS accept NULLs whatever the query produced.
@@ -131,6 +152,7 @@ impl Session {
             }
             DdlStatement::CreateView(cv) => {
                 let name = self.relation_name(&cv.name)?;
+                check_identifiers([name.name.as_str()])?;
                 let view: Arc<dyn TableProvider> =
                     Arc::new(ViewTable::new(cv.input.as_ref().clone(), cv.definition.clone()));
                 catalog.create_view(name, view, cv.or_replace).await?;
@@ -138,6 +160,7 @@ impl Session {
             }
             DdlStatement::CreateCatalogSchema(cmd) => {
                 let schema = cmd.schema_name.rsplit('.').next().unwrap_or(&cmd.schema_name).to_string();
+                check_identifiers([schema.as_str()])?;
                 if catalog.create_schema(&schema, cmd.if_not_exists).await? == Created::AlreadyExisted {
                     self.notice(NoticeSeverity::Notice, format!("schema \"{schema}\" already exists, skipping"));
                 }
@@ -175,6 +198,7 @@ impl Session {
         } else {
             create.columns.iter().cloned().map(Some).collect()
         };
+        check_identifiers([name.name.as_str()].into_iter().chain(column_names.iter().flatten().map(String::as_str)))?;
         let request = CreateMaterializedView {
             name: name.clone(),
             query: create.query.to_string(),

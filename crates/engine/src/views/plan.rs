@@ -331,9 +331,11 @@ impl ViewPlan {
         for (j, aggregate) in state.aggregates.iter().enumerate() {
             let x = || col(format!("__x{j}"));
             parts.push(sum(when(x().is_not_null(), w()).otherwise(lit(0i64))?).alias(format!("__n{j}")));
+            // Values are summed as queries sum them (bigint as numeric, never wrapping).
+            let exact_sum = |e: Expr| crate::semantics::sum_udaf().call(vec![e]);
             let combine = match aggregate.kind {
                 StateKind::Count => continue,
-                StateKind::Sum | StateKind::Avg => sum,
+                StateKind::Sum | StateKind::Avg => exact_sum,
                 StateKind::Min => min,
                 StateKind::Max => max,
             };
