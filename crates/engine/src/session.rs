@@ -42,6 +42,7 @@ mod execute;
 pub mod ingest;
 mod insert;
 mod naming;
+mod point;
 pub mod variables;
 
 pub use copy::CopyIn;
@@ -196,6 +197,8 @@ pub struct Prepared {
     catalog_version: u64,
     /// Postgres' names for result columns DataFusion names differently.
     column_names: Option<Vec<Option<String>>>,
+    /// The shape of a point select by primary key (its fast path).
+    point: Option<Arc<point::PointSelect>>,
 }
 
 impl Prepared {
@@ -461,13 +464,14 @@ impl Session {
             if let Statement::Copy(copy) = &statement {
                 self.check_copy(copy).await?;
             }
-            return Ok(Prepared { statement, plan: None, catalog_version, column_names: None });
+            return Ok(Prepared { statement, plan: None, catalog_version, column_names: None, point: None });
         }
         let control = self.begin_statement();
         match control.run(self.plan(&statement)).await {
             Ok(plan) => {
                 let column_names = statement.as_plan().and_then(naming::postgres_column_names);
-                Ok(Prepared { statement, plan: Some(plan), catalog_version, column_names })
+                let point = statement.as_plan().and_then(point::PointSelect::of).map(Arc::new);
+                Ok(Prepared { statement, plan: Some(plan), catalog_version, column_names, point })
             }
             Err(e) if e.message().contains("require unique expression names") => {
                 // Postgres allows duplicate output names; DataFusion does not.
@@ -476,7 +480,13 @@ impl Session {
                 };
                 let aliased = Statement::Plan(Box::new(aliased));
                 let plan = control.run(self.plan(&aliased)).await?;
-                Ok(Prepared { statement: aliased, plan: Some(plan), catalog_version, column_names: Some(names) })
+                Ok(Prepared {
+                    statement: aliased,
+                    plan: Some(plan),
+                    catalog_version,
+                    column_names: Some(names),
+                    point: None,
+                })
             }
             Err(e) => Err(e),
         }
@@ -610,10 +620,15 @@ impl Session {
     /// Which code runs which statement: the one place that decides.
     async fn dispatch(&mut self, prepared: &Prepared, params: Option<ParamValues>) -> Result<Output> {
         match &prepared.statement {
-            Statement::Plan(_) => match self.insert_parameters(prepared, &params).await? {
-                Some(output) => Ok(output),
-                None => self.run_prepared_plan(prepared, params).await,
-            },
+            Statement::Plan(_) => {
+                if let Some(output) = self.insert_parameters(prepared, &params).await? {
+                    return Ok(output);
+                }
+                if let Some(output) = self.select_parameters(prepared, &params).await? {
+                    return Ok(output);
+                }
+                self.run_prepared_plan(prepared, params).await
+            }
             Statement::CreateTable(_) | Statement::InsertIgnoringConflicts(_) | Statement::Subscribe(_) => {
                 self.run_prepared_plan(prepared, params).await
             }

@@ -539,3 +539,75 @@ async fn prepared_single_row_inserts_match_planned_inserts() -> anyhow::Result<(
     assert_eq!(pg.query_one("SELECT count(*) FROM fast", &[]).await?.get::<_, i64>(0), 5);
     Ok(())
 }
+
+/// A prepared point select by the whole primary key (the fast path that
+/// skips planning) gives what the planned SELECT gives: the row or none,
+/// every column or some, in the order asked, composite keys in any order,
+/// NULL and missing keys, fresh after upserts and deletes, the same
+/// described columns; other shapes, transaction blocks and an ALTERed
+/// table still answer correctly.
+#[tokio::test]
+async fn prepared_point_selects_match_planned_selects() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let pg = server.pg().await?;
+    pg.batch_execute(
+        "CREATE TABLE pt (id BIGINT PRIMARY KEY, name TEXT, score DOUBLE PRECISION);
+         INSERT INTO pt VALUES (1, 'one', 1.5), (2, NULL, 2.5), (3, 'three', NULL);
+         CREATE TABLE pair (a INT, b TEXT, v BIGINT, PRIMARY KEY (a, b));
+         INSERT INTO pair VALUES (1, 'x', 10), (1, 'y', 11), (2, 'x', 20);",
+    )
+    .await?;
+    // The planned answer of `sql` with `$n` replaced by literals, as text.
+    async fn planned(pg: &tokio_postgres::Client, sql: &str) -> anyhow::Result<Vec<Vec<Option<String>>>> {
+        let mut rows = Vec::new();
+        for message in pg.simple_query(sql).await? {
+            if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+                rows.push((0..row.len()).map(|i| row.get(i).map(str::to_owned)).collect());
+            }
+        }
+        Ok(rows)
+    }
+    let star = pg.prepare("SELECT * FROM pt WHERE id = $1").await?;
+    assert_eq!(star.columns().iter().map(|c| c.name()).collect::<Vec<_>>(), ["id", "name", "score"]);
+    let some = pg.prepare("SELECT score, id FROM pt WHERE $1 = id").await?;
+    assert_eq!(some.columns().iter().map(|c| c.name()).collect::<Vec<_>>(), ["score", "id"]);
+    for id in [1i64, 2, 3, 4] {
+        let fast: Vec<(i64, Option<String>, Option<f64>)> =
+            pg.query(&star, &[&id]).await?.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+        let slow = planned(&pg, &format!("SELECT id, name, score FROM pt WHERE id = {id}")).await?;
+        assert_eq!(fast.len(), slow.len(), "id {id}");
+        for (f, s) in fast.iter().zip(&slow) {
+            assert_eq!(Some(f.0.to_string()), s[0]);
+            assert_eq!(f.1, s[1]);
+            assert_eq!(f.2.map(|x| x.to_string()), s[2]);
+        }
+        let fast: Vec<(Option<f64>, i64)> =
+            pg.query(&some, &[&id]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
+        assert_eq!(fast.len(), slow.len(), "id {id}");
+    }
+    assert!(pg.query(&star, &[&None::<i64>]).await?.is_empty(), "key = NULL matches nothing");
+    // Fresh after writes.
+    pg.batch_execute("INSERT INTO pt VALUES (1, 'uno', 9.5); DELETE FROM pt WHERE id = 3").await?;
+    let row = pg.query_one(&star, &[&1i64]).await?;
+    assert_eq!((row.get::<_, Option<String>>(1), row.get::<_, Option<f64>>(2)), (Some("uno".into()), Some(9.5)));
+    assert!(pg.query(&star, &[&3i64]).await?.is_empty(), "a deleted row is gone");
+    // Composite keys, compared in either order.
+    let pair = pg.prepare("SELECT v FROM pair WHERE b = $1 AND a = $2").await?;
+    let v: Vec<i64> = pg.query(&pair, &[&"y", &1i32]).await?.iter().map(|r| r.get(0)).collect();
+    assert_eq!(v, [11]);
+    assert!(pg.query(&pair, &[&"z", &1i32]).await?.is_empty());
+    // Part of a composite key is not a point select; it still answers.
+    let part = pg.prepare("SELECT v FROM pair WHERE a = $1 ORDER BY v").await?;
+    let v: Vec<i64> = pg.query(&part, &[&1i32]).await?.iter().map(|r| r.get(0)).collect();
+    assert_eq!(v, [10, 11]);
+    // In a transaction block, and after the table changed shape.
+    pg.batch_execute("BEGIN").await?;
+    assert_eq!(pg.query(&star, &[&2i64]).await?.len(), 1);
+    pg.batch_execute("COMMIT; ALTER TABLE pt ADD COLUMN extra TEXT").await?;
+    let row = pg.query_one("SELECT * FROM pt WHERE id = $1", &[&2i64]).await?;
+    assert_eq!(row.len(), 4, "the new column is there");
+    let recent =
+        pg.query_one("SELECT count(*) FROM sys.queries WHERE query = 'SELECT * FROM pt WHERE id = $1'", &[]).await?;
+    assert!(recent.get::<_, i64>(0) >= 4, "point selects are in sys.queries");
+    Ok(())
+}

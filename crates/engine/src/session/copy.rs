@@ -120,6 +120,7 @@ impl Session {
                     plan: Some(plan),
                     catalog_version: self.engine.catalog_version(),
                     column_names: None,
+                    point: None,
                 };
                 (Box::pin(self.run_prepared_plan(&prepared, None)).await?, options)
             }
