@@ -209,7 +209,7 @@ fn checked_expr(expr: Expr, schema: &datafusion::common::DFSchema) -> DfResult<T
         Expr::BinaryExpr(BinaryExpr { left, op, right })
             if matches!(op, Operator::Plus | Operator::Minus | Operator::Multiply) =>
         {
-            let (lt, rt) = (left.get_type(schema)?, right.get_type(schema)?);
+            let (lt, rt) = (node_type(&left, schema)?, node_type(&right, schema)?);
             if is_integer(&lt) && lt == rt {
                 let kind = match op {
                     Operator::Plus => Checked::Add,
@@ -220,27 +220,51 @@ fn checked_expr(expr: Expr, schema: &datafusion::common::DFSchema) -> DfResult<T
             }
             Ok(Transformed::no(Expr::BinaryExpr(BinaryExpr { left, op, right })))
         }
-        Expr::Negative(inner) if is_integer(&inner.get_type(schema)?) => {
+        Expr::Negative(inner) if is_integer(&node_type(&inner, schema)?) => {
             Ok(Transformed::yes(call(Checked::Neg, None, vec![*inner])))
         }
         Expr::ScalarFunction(ScalarFunction { func, args })
-            if func.name() == "abs" && args.len() == 1 && is_integer(&args[0].get_type(schema)?) =>
+            if func.name() == "abs" && args.len() == 1 && is_integer(&node_type(&args[0], schema)?) =>
         {
             Ok(Transformed::yes(call(Checked::Abs, None, args)))
         }
         Expr::Cast(Cast { expr: inner, field })
-            if is_datetime(field.data_type()) && is_text(&inner.get_type(schema)?) =>
+            if is_datetime(field.data_type()) && is_text(&node_type(&inner, schema)?) =>
         {
             Ok(Transformed::yes(call(Checked::Cast, Some(field.data_type().clone()), vec![*inner])))
         }
         Expr::Cast(Cast { expr: inner, field }) if is_integer(field.data_type()) => {
-            let from = inner.get_type(schema)?;
+            let from = node_type(&inner, schema)?;
             if may_overflow(&from, field.data_type()) {
                 return Ok(Transformed::yes(call(Checked::Cast, Some(field.data_type().clone()), vec![*inner])));
             }
             Ok(Transformed::no(Expr::Cast(Cast::new_from_field(inner, field))))
         }
         other => Ok(Transformed::no(other)),
+    }
+}
+
+/// The type of `expr`, a subtree this rule may already have rewritten.
+/// DataFusion's `get_type` of a function call formats the call's name, and
+/// its arguments' names, at every level: over the nested checked calls that
+/// a chain such as `x + x + … + x` becomes, asked at every node, that is
+/// cubic in the chain's length. A checked call's type is known without
+/// naming anything: its cast target, else its first argument's type.
+fn node_type(expr: &Expr, schema: &datafusion::common::DFSchema) -> DfResult<DataType> {
+    let mut expr = expr;
+    loop {
+        match expr {
+            Expr::ScalarFunction(ScalarFunction { func, args }) => {
+                match func.inner().downcast_ref::<CheckedFunction>() {
+                    Some(CheckedFunction { target: Some(target), .. }) => return Ok(target.clone()),
+                    Some(_) if !args.is_empty() => expr = &args[0],
+                    _ => return expr.get_type(schema),
+                }
+            }
+            Expr::Cast(Cast { field, .. }) => return Ok(field.data_type().clone()),
+            Expr::Alias(alias) => expr = &alias.expr,
+            other => return other.get_type(schema),
+        }
     }
 }
 

@@ -78,3 +78,48 @@ async fn deep_and_long_expressions_never_crash_the_server() -> anyhow::Result<()
     alive(&pg).await?;
     Ok(())
 }
+
+/// Deep and long inputs through the other paths a statement takes:
+/// continuous views (their analysis and maintenance walk the query again)
+/// and pg_catalog queries (rewritten by their own handlers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_inputs_through_views_and_catalog_queries() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let pg = server.pg().await?;
+    pg.batch_execute("CREATE TABLE src (x BIGINT PRIMARY KEY, v TEXT); INSERT INTO src VALUES (1, 'a'), (5, 'b')")
+        .await?;
+    // Past the depth limit: refused before the view exists.
+    let deep = format!("CREATE MATERIALIZED VIEW deep AS SELECT x, {} AS total FROM src", vec!["x"; 1_500].join(" + "));
+    let e = pg.simple_query(&deep).await.expect_err("too deep for a view");
+    assert_eq!(e.code(), Some(&SqlState::STATEMENT_TOO_COMPLEX), "{e}");
+    let e = pg.query_one("SELECT count(*) FROM deep", &[]).await.expect_err("no view was left behind");
+    assert_eq!(e.code(), Some(&SqlState::UNDEFINED_TABLE), "{e}");
+    // Long but flat: a view over a 1,000-term OR and a 100-term sum is
+    // created, maintained and equal to its query.
+    let ors: Vec<String> = (0..1_000).map(|i| format!("x = {}", i * 5)).collect();
+    let sum = vec!["x"; 100].join(" + ");
+    pg.simple_query(&format!(
+        "CREATE MATERIALIZED VIEW wide AS SELECT x, {sum} AS total FROM src WHERE {}",
+        ors.join(" OR ")
+    ))
+    .await?;
+    pg.batch_execute("INSERT INTO src VALUES (10, 'c'), (11, 'd')").await?;
+    let expected: Vec<(i64, i64)> = vec![(5, 500), (10, 1_000)];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = pg.query("SELECT x, total FROM wide ORDER BY x", &[]).await?;
+        let got: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        if got == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the view never caught up: {got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A catalog query with a long filter, as a BI tool's generated one.
+    let names: Vec<String> = (0..1_000).map(|i| format!("relname = 'r{i}'")).collect();
+    let sql = format!("SELECT count(*) FROM pg_catalog.pg_class WHERE relname = 'src' OR {}", names.join(" OR "));
+    let row = pg.query_one(sql.as_str(), &[]).await?;
+    assert!(row.get::<_, i64>(0) >= 1, "src is in pg_class");
+    alive(&pg).await?;
+    Ok(())
+}
