@@ -258,6 +258,24 @@ async fn point_selects(
     gather(readers).await
 }
 
+/// Prints a line of operations/s and p50/p99 latency (ms) for `latencies`
+/// (µs, sorted) measured over `seconds`, with the ratio to `baseline`'s rate
+/// (`None`: this is the baseline; `Some(None)`: there is none); returns the rate.
+fn latency_line(name: &str, latencies: &[i64], seconds: u64, baseline: Option<Option<f64>>) -> f64 {
+    let rate = latencies.len() as f64 / seconds as f64;
+    let ratio = match baseline {
+        None => "1.00x".to_string(),
+        Some(None) => "n/a".to_string(),
+        Some(Some(base)) => format!("{:.2}x", rate / base),
+    };
+    println!(
+        "{name:<48} {rate:>12.0} {:>9.3} {:>9.3} {ratio:>10}",
+        percentile(latencies, 0.5),
+        percentile(latencies, 0.99)
+    );
+    rate
+}
+
 fn percentile(sorted: &[i64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -354,33 +372,17 @@ async fn main() {
     let pg_small = match &postgres {
         Some(pg) => {
             let latencies = small_writes(pg.port, "postgres", "postgres", "small", 16, small_seconds).await;
-            let rate = latencies.len() as f64 / small_seconds as f64;
-            println!(
-                "{:<48} {:>12.0} {:>9.2} {:>9.2} {:>10}",
-                "PostgreSQL 15, synchronous_commit = on (baseline)",
-                rate,
-                percentile(&latencies, 0.5),
-                percentile(&latencies, 0.99),
-                "1.00x"
-            );
-            Some(rate)
+            Some(latency_line("PostgreSQL 15, synchronous_commit = on (baseline)", &latencies, small_seconds, None))
         }
         None => None,
     };
     let latencies = small_writes(sh_port, "bench", "streamhouse", "small", 16, small_seconds).await;
-    let rate = latencies.len() as f64 / small_seconds as f64;
-    println!(
-        "{:<48} {:>12.0} {:>9.2} {:>9.2} {:>10}",
-        if config.storage.sync {
-            "streamhouse, storage.sync = true (group commit)"
-        } else {
-            "streamhouse, storage.sync = false (UNSAFE)"
-        },
-        rate,
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        pg_small.map_or("n/a".to_string(), |pg| format!("{:.2}x", rate / pg))
-    );
+    let name = if config.storage.sync {
+        "streamhouse, storage.sync = true (group commit)"
+    } else {
+        "streamhouse, storage.sync = false (UNSAFE)"
+    };
+    latency_line(name, &latencies, small_seconds, Some(pg_small));
     println!();
 
     println!("prepared point select by primary key over {rows} rows, 10 s per line");
@@ -389,29 +391,12 @@ async fn main() {
         let pg_rate = match &postgres {
             Some(pg) => {
                 let latencies = point_selects(pg.port, "postgres", "postgres", "copied", rows, connections, 10).await;
-                let rate = latencies.len() as f64 / 10.0;
-                println!(
-                    "{:<48} {:>12.0} {:>9.3} {:>9.3} {:>10}",
-                    format!("PostgreSQL 15, {connections} (baseline)"),
-                    rate,
-                    percentile(&latencies, 0.5),
-                    percentile(&latencies, 0.99),
-                    "1.00x"
-                );
-                Some(rate)
+                Some(latency_line(&format!("PostgreSQL 15, {connections} (baseline)"), &latencies, 10, None))
             }
             None => None,
         };
         let latencies = point_selects(sh_port, "bench", "streamhouse", "copied", rows, connections, 10).await;
-        let rate = latencies.len() as f64 / 10.0;
-        println!(
-            "{:<48} {:>12.0} {:>9.3} {:>9.3} {:>10}",
-            format!("streamhouse, {connections}"),
-            rate,
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99),
-            pg_rate.map_or("n/a".to_string(), |pg| format!("{:.2}x", rate / pg))
-        );
+        latency_line(&format!("streamhouse, {connections}"), &latencies, 10, Some(pg_rate));
     }
     println!();
 

@@ -19,6 +19,13 @@ use streamhouse::Server;
 use streamhouse::config::Config;
 use tonic::transport::Channel;
 
+/// Whether an optional tool a test uses must be present: CI sets these
+/// variables (`STREAMHOUSE_REQUIRE_PSQL=1` …), so a test there fails
+/// instead of skipping when its tool is missing.
+pub fn required(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
 /// A running server on free ports, removed (data directory included) on drop
 /// or [`TestServer::stop`].
 pub struct TestServer {

@@ -223,18 +223,16 @@ async fn prepared_fetch_with_tokio_postgres() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether an optional client must be present (CI sets this).
-fn required(var: &str) -> bool {
-    std::env::var(var).is_ok_and(|v| v == "1")
-}
-
 /// psycopg 3 past its prepare threshold and asyncpg (which prepares every
 /// statement) on query cursors and subscription cursors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_cursors_with_python_drivers() -> anyhow::Result<()> {
     let probe = std::process::Command::new("python3").args(["-c", "import psycopg, asyncpg"]).output();
     if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        assert!(!required("STREAMHOUSE_REQUIRE_PYTHON_CLIENTS"), "psycopg and asyncpg are required: {probe:?}");
+        assert!(
+            !streamhouse_testkit::required("STREAMHOUSE_REQUIRE_PYTHON_CLIENTS"),
+            "psycopg and asyncpg are required: {probe:?}"
+        );
         eprintln!("psycopg / asyncpg not installed: skipping");
         return Ok(());
     }

@@ -354,6 +354,7 @@ async fn one_engine_behind_both_protocols_and_metadata() -> anyhow::Result<()> {
 #[tokio::test]
 async fn psql_client() -> anyhow::Result<()> {
     if std::process::Command::new("psql").arg("--version").output().is_err() {
+        assert!(!streamhouse_testkit::required("STREAMHOUSE_REQUIRE_PSQL"), "psql is required but not installed");
         eprintln!("psql not installed: skipping");
         return Ok(());
     }
@@ -434,12 +435,6 @@ async fn psql_client() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether an optional client must be present (CI sets these, so the tests
-/// below cannot pass by skipping there).
-fn required(var: &str) -> bool {
-    std::env::var(var).is_ok_and(|v| v == "1")
-}
-
 /// psycopg 3 and ADBC's Flight SQL driver, when installed (`.ci/run` installs them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_clients() -> anyhow::Result<()> {
@@ -448,7 +443,7 @@ async fn python_clients() -> anyhow::Result<()> {
         .output();
     if !probe.as_ref().is_ok_and(|o| o.status.success()) {
         assert!(
-            !required("STREAMHOUSE_REQUIRE_PYTHON_CLIENTS"),
+            !streamhouse_testkit::required("STREAMHOUSE_REQUIRE_PYTHON_CLIENTS"),
             "python clients are required but not installed: {probe:?}"
         );
         eprintln!("psycopg / adbc_driver_flightsql not installed: skipping");
