@@ -25,7 +25,9 @@ use base64::Engine as _;
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
+};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::column::writer::ColumnCloseResult;
@@ -630,7 +632,23 @@ impl FileReader {
         columns: Option<&[usize]>,
         batch_size: usize,
     ) -> Result<Vec<RecordBatch>> {
-        let Some(mapping) = &self.mapping else { return self.read_file_columns(group, columns, batch_size).await };
+        self.read_rows(group, columns, None, batch_size).await
+    }
+
+    /// As [`Self::read_row_group`], only the rows at `rows` (ascending,
+    /// distinct positions within the group) when given: pages that hold
+    /// none of them are skipped, not decompressed (the page headers say
+    /// how many rows each holds). What a point read by key needs.
+    pub(crate) async fn read_rows(
+        &self,
+        group: usize,
+        columns: Option<&[usize]>,
+        rows: Option<&[usize]>,
+        batch_size: usize,
+    ) -> Result<Vec<RecordBatch>> {
+        let Some(mapping) = &self.mapping else {
+            return self.read_file_columns(group, columns, rows, batch_size).await;
+        };
         let wanted: Vec<usize> = columns.map_or_else(|| (0..self.target.fields().len()).collect(), <[usize]>::to_vec);
         let mut roots: Vec<usize> = wanted.iter().filter_map(|&c| mapping[c]).collect();
         roots.sort_unstable();
@@ -640,7 +658,7 @@ impl FileReader {
             roots.push(self.parquet.schema().fields().len() - 1);
         }
         let schema = Arc::new(self.target.project(&wanted)?);
-        let batches = self.read_file_columns(group, Some(&roots), batch_size).await?;
+        let batches = self.read_file_columns(group, Some(&roots), rows, batch_size).await?;
         batches
             .into_iter()
             .map(|batch| {
@@ -662,6 +680,7 @@ impl FileReader {
         &self,
         group: usize,
         columns: Option<&[usize]>,
+        rows: Option<&[usize]>,
         batch_size: usize,
     ) -> Result<Vec<RecordBatch>> {
         let descr = self.parquet.metadata().file_metadata().schema_descr_ptr();
@@ -675,16 +694,28 @@ impl FileReader {
             Some(columns) => ProjectionMask::roots(&descr, columns.iter().copied()),
             None => ProjectionMask::all(),
         };
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, self.parquet.clone())
+        let group_rows = self.meta.row_groups[group].rows;
+        let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, self.parquet.clone())
             .with_row_groups(vec![group])
             .with_projection(mask)
-            .with_batch_size(batch_size)
-            .build()
-            .map_err(|e| Error::corrupt(&self.location, e))?;
+            .with_batch_size(batch_size);
+        let expected = match rows {
+            Some(rows) => {
+                if rows.iter().any(|&r| r as u64 >= group_rows) || rows.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(Error::Invalid(format!(
+                        "rows {rows:?} are not ascending positions in row group {group}"
+                    )));
+                }
+                builder = builder.with_row_selection(selection(rows));
+                rows.len() as u64
+            }
+            None => group_rows,
+        };
+        let reader = builder.build().map_err(|e| Error::corrupt(&self.location, e))?;
         let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| Error::corrupt(&self.location, e))?;
-        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        if rows != self.meta.row_groups[group].rows {
-            return Err(Error::corrupt(&self.location, format!("row group {group} decoded to {rows} rows")));
+        let decoded: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        if decoded != expected {
+            return Err(Error::corrupt(&self.location, format!("row group {group} decoded to {decoded} rows")));
         }
         Ok(batches)
     }
@@ -697,6 +728,20 @@ impl FileReader {
         }
         Ok(out)
     }
+}
+
+/// The selection of the ascending, distinct positions `rows`.
+fn selection(rows: &[usize]) -> RowSelection {
+    let mut selectors = Vec::with_capacity(rows.len() * 2);
+    let mut next = 0;
+    for &row in rows {
+        if row > next {
+            selectors.push(RowSelector::skip(row - next));
+        }
+        selectors.push(RowSelector::select(1));
+        next = row + 1;
+    }
+    RowSelection::from(selectors)
 }
 
 /// Where each column of `target` is in a file of schema `file` (by name),

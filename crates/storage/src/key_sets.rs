@@ -134,6 +134,31 @@ pub(crate) fn holds_any(set: &Rows, wanted: &[Row<'_>]) -> bool {
     false
 }
 
+/// The positions in the sorted key set `set` of the keys equal to one of
+/// `wanted` (sorted), ascending: the rows of the group that hold them.
+pub(crate) fn positions(set: &Rows, wanted: &[Row<'_>]) -> Vec<usize> {
+    let n = set.num_rows();
+    let mut out = Vec::new();
+    for key in wanted {
+        let (mut low, mut high) = (0, n);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            if set.row(mid) < *key {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        while low < n && set.row(low) == *key {
+            out.push(low);
+            low += 1;
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +169,17 @@ mod tests {
     fn rows(converter: &RowConverter, keys: &[i64]) -> Rows {
         let column: ArrayRef = Arc::new(Int64Array::from(keys.to_vec()));
         converter.convert_columns(&[column]).unwrap()
+    }
+
+    #[test]
+    fn positions_are_the_rows_holding_the_wanted_keys() {
+        let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+        let set = rows(&converter, &[1, 3, 3, 5, 8, 13]);
+        let wanted = rows(&converter, &[0, 3, 8, 9, 20]);
+        let wanted: Vec<_> = wanted.iter().collect();
+        assert_eq!(positions(&set, &wanted), vec![1, 2, 4]);
+        let none = rows(&converter, &[2, 4]);
+        assert!(positions(&set, &none.iter().collect::<Vec<_>>()).is_empty());
     }
 
     #[test]

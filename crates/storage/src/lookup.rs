@@ -12,7 +12,10 @@
 //! one of the wanted keys. Without the second step every write of new keys
 //! into a table whose files' key ranges overlap (many writers, interleaved
 //! keys) read and decoded a row group of every file; with it, inserting
-//! new keys reads nothing once the key sets are in memory. Files are
+//! new keys reads nothing once the key sets are in memory. And the key set
+//! says which rows of the group hold the wanted keys, so only those rows
+//! are decoded (pages without them are skipped undecompressed), not the
+//! group's 64K rows. Files are
 //! immutable, so a key set never goes stale; those of files no longer
 //! live are dropped at each commit.
 
@@ -25,7 +28,7 @@ use arrow::row::{Row, RowConverter, Rows};
 
 use crate::error::{Error, Result};
 use crate::file::{self, ChildPath, FileMeta, FileReader};
-use crate::key_sets::{holds_any, sorted};
+use crate::key_sets::{holds_any, positions, sorted};
 use crate::scan::key_converter;
 use crate::schema::{TableSchema, ValueKind};
 use crate::snapshot::CommitKind;
@@ -91,7 +94,8 @@ impl Table {
     }
 
     /// The row groups of `meta` that hold one of `wanted` (sorted): by the
-    /// key index, then by the groups' key sets.
+    /// key index, then by the groups' key sets; with the rows of the group
+    /// that hold them where its key set is known (else the group is read whole).
     async fn groups_holding(
         &self,
         converter: &RowConverter,
@@ -99,7 +103,7 @@ impl Table {
         meta: &FileMeta,
         wanted: &[Row<'_>],
         reader: &mut Option<FileReader>,
-    ) -> Result<Vec<usize>> {
+    ) -> Result<Vec<(usize, Option<Vec<usize>>)>> {
         let candidates = match self.key_index(converter, meta)? {
             Some(keys) => groups_with_keys(&keys, wanted),
             None => (0..meta.row_groups.len()).collect(),
@@ -107,8 +111,14 @@ impl Table {
         let mut groups = Vec::with_capacity(candidates.len());
         for group in candidates {
             match self.key_set(converter, schema, meta, group, reader).await? {
+                Some(set) if set.num_rows() as u64 == meta.row_groups.get(group).map_or(0, |g| g.rows) => {
+                    let rows = positions(&set, wanted);
+                    if !rows.is_empty() {
+                        groups.push((group, Some(rows)));
+                    }
+                }
                 Some(set) if !holds_any(&set, wanted) => {}
-                _ => groups.push(group),
+                _ => groups.push((group, None)),
             }
         }
         Ok(groups)
@@ -141,8 +151,8 @@ impl Table {
                 Some(reader) => reader,
                 None => FileReader::open(&self.store, &self.dir, Arc::new((*meta).clone()), &target).await?,
             };
-            for group in groups {
-                for batch in reader.read_row_group(group, None, READ_BATCH_ROWS).await? {
+            for (group, rows) in groups {
+                for batch in reader.read_rows(group, None, rows.as_deref(), READ_BATCH_ROWS).await? {
                     let b = batches.len();
                     let keys = converter.convert_columns(&key_columns(schema, &batch))?;
                     let location = || self.dir.child_path(&meta.path);
@@ -271,7 +281,11 @@ impl Table {
         let target = schema.data_file_schema();
         for meta in files {
             let mut reader = None;
-            for group in self.groups_holding(&converter, schema, meta, &wanted, &mut reader).await? {
+            for (group, rows) in self.groups_holding(&converter, schema, meta, &wanted, &mut reader).await? {
+                if rows.is_some() {
+                    // The group's key set holds one of the keys.
+                    return Ok(true);
+                }
                 let reader = match &reader {
                     Some(reader) => reader,
                     None => {
