@@ -26,6 +26,19 @@ pub fn required(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| v == "1")
 }
 
+/// Whether python3 imports `modules` (comma-separated, as `import` takes
+/// them). When it does not, a test skips — unless CI requires the Python
+/// clients (`STREAMHOUSE_REQUIRE_PYTHON_CLIENTS=1`), then this panics.
+pub fn python_has(modules: &str) -> bool {
+    let probe = std::process::Command::new("python3").args(["-c", &format!("import {modules}")]).output();
+    if probe.as_ref().is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    assert!(!required("STREAMHOUSE_REQUIRE_PYTHON_CLIENTS"), "python modules {modules} are required: {probe:?}");
+    eprintln!("python modules {modules} not installed: skipping");
+    false
+}
+
 /// A running server on free ports, removed (data directory included) on drop
 /// or [`TestServer::stop`].
 pub struct TestServer {

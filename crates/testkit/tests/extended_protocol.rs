@@ -227,13 +227,7 @@ async fn prepared_fetch_with_tokio_postgres() -> anyhow::Result<()> {
 /// statement) on query cursors and subscription cursors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_cursors_with_python_drivers() -> anyhow::Result<()> {
-    let probe = std::process::Command::new("python3").args(["-c", "import psycopg, asyncpg"]).output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        assert!(
-            !streamhouse_testkit::required("STREAMHOUSE_REQUIRE_PYTHON_CLIENTS"),
-            "psycopg and asyncpg are required: {probe:?}"
-        );
-        eprintln!("psycopg / asyncpg not installed: skipping");
+    if !streamhouse_testkit::python_has("psycopg, asyncpg") {
         return Ok(());
     }
     let server = TestServer::start().await?;

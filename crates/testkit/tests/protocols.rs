@@ -438,15 +438,7 @@ async fn psql_client() -> anyhow::Result<()> {
 /// psycopg 3 and ADBC's Flight SQL driver, when installed (`.ci/run` installs them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_clients() -> anyhow::Result<()> {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import psycopg, adbc_driver_flightsql.dbapi, pyarrow"])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        assert!(
-            !streamhouse_testkit::required("STREAMHOUSE_REQUIRE_PYTHON_CLIENTS"),
-            "python clients are required but not installed: {probe:?}"
-        );
-        eprintln!("psycopg / adbc_driver_flightsql not installed: skipping");
+    if !streamhouse_testkit::python_has("psycopg, adbc_driver_flightsql.dbapi, pyarrow") {
         return Ok(());
     }
     let server = TestServer::start().await?;
