@@ -26,6 +26,7 @@ use datafusion::logical_expr::Expr;
 use crate::error::{Error, Result, StatusCode};
 
 pub mod computed;
+pub mod pg;
 
 /// Shared handle to a catalog.
 pub type CatalogRef = Arc<dyn Catalog>;
@@ -88,6 +89,21 @@ pub struct CreateTable {
     pub options: std::collections::BTreeMap<String, String>,
 }
 
+/// What the system catalogs (`pg_catalog`, `information_schema`) show of a relation.
+#[derive(Debug, Clone)]
+pub struct RelationInfo {
+    /// Table, view or materialized view.
+    pub kind: RelationKind,
+    /// The columns users see.
+    pub schema: SchemaRef,
+    /// Positions of the primary key columns in `schema`, in key order (empty: none).
+    pub primary_key: Vec<usize>,
+    /// The defining query of a view, SQL text.
+    pub definition: Option<String>,
+    /// `DEFAULT` expressions by column, SQL text.
+    pub defaults: Vec<(String, String)>,
+}
+
 /// A point in a table's history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AsOf {
@@ -133,6 +149,14 @@ pub trait Catalog: Debug + Send + Sync + 'static {
 
     /// The kind of a relation, if it exists.
     fn relation_kind(&self, name: &RelationName) -> Option<RelationKind>;
+
+    /// What the system catalogs show of a relation; `None` when it does not
+    /// exist or cannot be opened. The default answers from [`Catalog::relation`]'s
+    /// kind only, with no key, definition or defaults.
+    fn relation_info(&self, name: &RelationName) -> Option<RelationInfo> {
+        let _ = name;
+        None
+    }
 
     /// The provider that reads (and, for tables, writes) a relation.
     ///

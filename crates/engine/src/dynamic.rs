@@ -162,6 +162,11 @@ impl DynamicTable {
         Self::shared(Arc::new(table))
     }
 
+    /// Positions of the primary key columns, in key order.
+    pub fn primary_key(&self) -> &[usize] {
+        &self.primary_key
+    }
+
     /// A provider over a table other providers share (after ALTER TABLE).
     pub fn shared(table: Arc<storage::Table>) -> Self {
         let definition = table.schema();

@@ -81,7 +81,7 @@ impl Engine {
         let runtime = runtime.build_arc()?;
 
         let mut session_config = SessionConfig::new()
-            .with_information_schema(true)
+            .with_information_schema(false)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(&config.database, DEFAULT_SCHEMA)
             .with_batch_size(config.batch_size.max(1));
@@ -105,6 +105,8 @@ impl Engine {
         datafusion_pg_catalog::setup_pg_catalog(&base, &config.database, EmptyContextProvider)
             .map_err(|e| Error::from(*e))?;
         base.register_udf(constant_text_udf("version", version_string()));
+        base.register_udf(crate::semantics::like_escape_udf());
+        base.register_udf(crate::semantics::json_build_object_udf());
         {
             // Postgres types DataFusion has no name for, on top of pg_catalog's oid aliases.
             let state = base.state_ref();
@@ -135,6 +137,8 @@ impl Engine {
             }
             database.register_schema("sys", Arc::new(sys))?;
         }
+        // Our relations in pg_catalog and information_schema, after `sys` exists.
+        crate::catalog::pg::install(&base, Arc::clone(&catalog), &config.database)?;
         catalog.bind(&base)?;
         base.register_udtf("table_as_of", Arc::new(crate::time_travel::TableAsOf::new(Arc::clone(&catalog))));
         Ok(Self {

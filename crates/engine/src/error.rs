@@ -65,6 +65,8 @@ pub enum StatusCode {
     InFailedTransaction,
     /// A statement that needs a transaction block ran outside one (DECLARE without HOLD).
     NoActiveTransaction,
+    /// RELEASE or ROLLBACK TO of a savepoint that does not exist.
+    InvalidSavepoint,
     /// FETCH or CLOSE of a cursor that does not exist.
     InvalidCursorName,
     /// DECLARE of a cursor name in use.

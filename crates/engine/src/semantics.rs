@@ -503,25 +503,20 @@ impl AggregateUDFImpl for PostgresSum {
     }
 }
 
-/// Makes uncorrelated scalar subqueries fail with 21000 past one row.
+/// Makes scalar subqueries fail with 21000 past one row, as in Postgres.
+/// An uncorrelated one stops reading at the second row; a correlated one
+/// becomes an aggregate over its rows (`single_row`), which is also what
+/// lets DataFusion decorrelate it (it refuses correlated scalar subqueries
+/// that are not aggregated). Correlations DataFusion cannot decorrelate
+/// (other than by equality) stay errors, never a guess.
 #[derive(Debug, Default)]
 pub struct ScalarSubqueryCardinality;
 
 impl AnalyzerRule for ScalarSubqueryCardinality {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
         rewrite_plan(plan, |expr, _| match expr {
-            Expr::ScalarSubquery(mut subquery)
-                if subquery.outer_ref_columns.is_empty() && !at_most_one_row(&subquery.subquery) =>
-            {
-                let plan = Arc::unwrap_or_clone(Arc::clone(&subquery.subquery));
-                let field = plan.schema().field(0).clone();
-                let column = Expr::Column(datafusion::common::Column::from(plan.schema().qualified_field(0)));
-                let checked = LogicalPlanBuilder::from(plan)
-                    .limit(0, Some(2))?
-                    .aggregate(Vec::<Expr>::new(), vec![single_row_call(column).alias(field.name())])?
-                    .build()?;
-                subquery.subquery = Arc::new(checked);
-                Ok(Transformed::yes(Expr::ScalarSubquery(subquery)))
+            Expr::ScalarSubquery(subquery) if !at_most_one_row(&subquery.subquery) => {
+                Ok(Transformed::yes(checked_subquery(subquery)?))
             }
             other => Ok(Transformed::no(other)),
         })
@@ -529,6 +524,135 @@ impl AnalyzerRule for ScalarSubqueryCardinality {
 
     fn name(&self) -> &str {
         "scalar_subquery_cardinality"
+    }
+}
+
+/// A scalar subquery that fails with 21000 past one row (see [`ScalarSubqueryCardinality`]).
+fn checked_subquery(mut subquery: datafusion::logical_expr::Subquery) -> DfResult<Expr> {
+    let plan = Arc::unwrap_or_clone(Arc::clone(&subquery.subquery));
+    // Conditions on the outer row alone decide whether the subquery runs.
+    let (plan, outer_conditions) =
+        if subquery.outer_ref_columns.is_empty() { (plan, vec![]) } else { hoist_outer_conditions(plan)? };
+    let guarded = |expr: Expr| -> DfResult<Expr> {
+        Ok(match datafusion::logical_expr::utils::conjunction(outer_conditions.clone()) {
+            Some(condition) => datafusion::logical_expr::when(condition, expr).end()?,
+            None => expr,
+        })
+    };
+    if let LogicalPlan::Projection(projection) = &plan
+        && let [output] = projection.expr.as_slice()
+        && output.exists(|x| Ok(matches!(x, Expr::OuterReferenceColumn(..))))?
+    {
+        let pulled = pull_up_projection(&subquery, output, &projection.input)?;
+        return guarded(pulled);
+    }
+    let correlated = !plan.all_out_ref_exprs().is_empty();
+    let field = plan.schema().field(0).clone();
+    let column = Expr::Column(datafusion::common::Column::from(plan.schema().qualified_field(0)));
+    if !correlated {
+        let checked = LogicalPlanBuilder::from(plan)
+            .limit(0, Some(2))?
+            .aggregate(Vec::<Expr>::new(), vec![single_row_call(column).alias(field.name())])?
+            .build()?;
+        subquery.outer_ref_columns = vec![];
+        subquery.subquery = Arc::new(checked);
+        return guarded(Expr::ScalarSubquery(subquery));
+    }
+    // Its output is joined to the outer rows: the name must not clash with theirs.
+    let name = format!("__counted_{}", field.name());
+    let value = counted_single_value(column, |counted| {
+        let checked =
+            LogicalPlanBuilder::from(plan).aggregate(Vec::<Expr>::new(), vec![counted.alias(name)])?.build()?;
+        subquery.outer_ref_columns = checked.all_out_ref_exprs();
+        subquery.subquery = Arc::new(checked);
+        Ok(Expr::ScalarSubquery(subquery))
+    })?;
+    guarded(value)
+}
+
+/// `(SELECT f(i, o) FROM t WHERE …)`, whose output reads the outer row `o`
+/// (DataFusion decorrelates no such subquery), as `f` applied outside to
+/// the one row the subquery finds: `CASE WHEN r IS NOT NULL THEN f(r.i, o) END`
+/// with `r = (SELECT named_struct('c0', i, …) FROM t WHERE …)`, each use of
+/// `r` a checked scalar subquery of its own.
+fn pull_up_projection(
+    subquery: &datafusion::logical_expr::Subquery,
+    output: &Expr,
+    input: &Arc<LogicalPlan>,
+) -> DfResult<Expr> {
+    use datafusion::functions::core::expr_fn::{get_field, named_struct};
+    let output = output.clone().unalias_nested().data;
+    let mut inner: Vec<datafusion::common::Column> = output.column_refs().into_iter().cloned().collect();
+    inner.sort_by_key(|c| c.flat_name());
+    let mut struct_args = Vec::with_capacity(inner.len() * 2 + 2);
+    // A row marker, so that a found row is never a NULL struct.
+    struct_args.extend([datafusion::logical_expr::lit("found"), datafusion::logical_expr::lit(true)]);
+    for (i, column) in inner.iter().enumerate() {
+        struct_args.extend([datafusion::logical_expr::lit(format!("c{i}")), Expr::Column(column.clone())]);
+    }
+    let row_plan = LogicalPlanBuilder::from(Arc::unwrap_or_clone(Arc::clone(input)))
+        .project(vec![named_struct(struct_args).alias("__row")])?
+        .build()?;
+    let row = || -> DfResult<Expr> {
+        let mut copy = subquery.clone();
+        copy.outer_ref_columns = row_plan.all_out_ref_exprs();
+        copy.subquery = Arc::new(row_plan.clone());
+        checked_subquery(copy)
+    };
+    let applied = output
+        .transform(|x| match x {
+            Expr::OuterReferenceColumn(_, column) => Ok(Transformed::yes(Expr::Column(column))),
+            Expr::Column(column) => match inner.iter().position(|c| *c == column) {
+                Some(i) => Ok(Transformed::yes(get_field(row()?, format!("c{i}")))),
+                None => Ok(Transformed::no(Expr::Column(column))),
+            },
+            other => Ok(Transformed::no(other)),
+        })?
+        .data;
+    datafusion::logical_expr::when(row()?.is_not_null(), applied).end()
+}
+
+/// `(SELECT e FROM t WHERE o AND r)`, where `o` reads only the outer row, is
+/// `CASE WHEN o THEN (SELECT e FROM t WHERE r) END`: returns the subquery
+/// without `o` and the `o`s, as expressions over the outer row. DataFusion
+/// decorrelates the second form, not the first (clients' catalog queries
+/// write `WHERE attribute.atthasdef AND adrelid = attrelid …`).
+fn hoist_outer_conditions(plan: LogicalPlan) -> DfResult<(LogicalPlan, Vec<Expr>)> {
+    use datafusion::logical_expr::{Filter, Projection};
+    let split = |filter: Filter| -> DfResult<(LogicalPlan, Vec<Expr>)> {
+        let (outer, inner): (Vec<Expr>, Vec<Expr>) =
+            datafusion::logical_expr::utils::split_conjunction_owned(filter.predicate).into_iter().partition(|e| {
+                e.column_refs().is_empty()
+                    && e.exists(|x| Ok(matches!(x, Expr::OuterReferenceColumn(..)))).unwrap_or(false)
+                    && !e.is_volatile()
+            });
+        let input = Arc::unwrap_or_clone(filter.input);
+        let plan = match datafusion::logical_expr::utils::conjunction(inner) {
+            Some(predicate) => LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(input))?),
+            None => input,
+        };
+        let outer = outer
+            .into_iter()
+            .map(|e| {
+                e.transform(|x| match x {
+                    Expr::OuterReferenceColumn(_, column) => Ok(Transformed::yes(Expr::Column(column))),
+                    other => Ok(Transformed::no(other)),
+                })
+                .map(|t| t.data)
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        Ok((plan, outer))
+    };
+    match plan {
+        LogicalPlan::Projection(projection) => match Arc::unwrap_or_clone(projection.input) {
+            LogicalPlan::Filter(filter) => {
+                let (input, outer) = split(filter)?;
+                Ok((LogicalPlan::Projection(Projection::try_new(projection.expr, Arc::new(input))?), outer))
+            }
+            input => Ok((LogicalPlan::Projection(Projection::try_new(projection.expr, Arc::new(input))?), vec![])),
+        },
+        LogicalPlan::Filter(filter) => split(filter),
+        other => Ok((other, vec![])),
     }
 }
 
@@ -551,20 +675,55 @@ fn at_most_one_row(plan: &LogicalPlan) -> bool {
 
 fn single_row_call(arg: Expr) -> Expr {
     static SINGLE_ROW: LazyLock<Arc<AggregateUDF>> = LazyLock::new(|| {
-        Arc::new(AggregateUDF::new_from_impl(SingleRow { signature: Signature::any(1, Volatility::Immutable) }))
+        Arc::new(AggregateUDF::new_from_impl(SingleRow {
+            signature: Signature::any(1, Volatility::Immutable),
+            counted: false,
+        }))
     });
     Expr::AggregateFunction(AggregateFunction::new_udf(Arc::clone(&SINGLE_ROW), vec![arg], false, None, vec![], None))
 }
 
+/// `single_value(counted_rows(x))`: for a correlated subquery, which
+/// DataFusion turns into a join with the subquery's rows aggregated per
+/// correlation key. The aggregate only counts (a key no outer row asks for
+/// may have many rows, and that is no error); the error is raised where the
+/// value is used, for the outer rows that do ask.
+fn counted_single_value(arg: Expr, subquery: impl FnOnce(Expr) -> DfResult<Expr>) -> DfResult<Expr> {
+    static COUNTED: LazyLock<Arc<AggregateUDF>> = LazyLock::new(|| {
+        Arc::new(AggregateUDF::new_from_impl(SingleRow {
+            signature: Signature::any(1, Volatility::Immutable),
+            counted: true,
+        }))
+    });
+    static SINGLE_VALUE: LazyLock<Arc<datafusion::logical_expr::ScalarUDF>> =
+        LazyLock::new(|| Arc::new(datafusion::logical_expr::ScalarUDF::new_from_impl(SingleValue::default())));
+    let counted =
+        Expr::AggregateFunction(AggregateFunction::new_udf(Arc::clone(&COUNTED), vec![arg], false, None, vec![], None));
+    Ok(Expr::ScalarFunction(ScalarFunction::new_udf(Arc::clone(&SINGLE_VALUE), vec![subquery(counted)?])))
+}
+
+const TOO_MANY_ROWS: &str = "more than one row returned by a subquery used as an expression";
+
+fn too_many_rows() -> DataFusionError {
+    DataFusionError::External(Box::new(Error::new(StatusCode::CardinalityViolation, TOO_MANY_ROWS)))
+}
+
 /// `single_row(x)`: the one value of `x`, NULL for none, 21000 for more.
+/// Counted (`counted_rows(x)`): a struct of the first value and the number
+/// of rows, NULL for none, never an error.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct SingleRow {
     signature: Signature,
+    counted: bool,
+}
+
+fn counted_type(value: &DataType) -> DataType {
+    DataType::Struct(vec![Field::new("value", value.clone(), true), Field::new("rows", DataType::Int64, false)].into())
 }
 
 impl AggregateUDFImpl for SingleRow {
     fn name(&self) -> &str {
-        "single_row"
+        if self.counted { "counted_rows" } else { "single_row" }
     }
 
     fn signature(&self) -> &Signature {
@@ -572,18 +731,27 @@ impl AggregateUDFImpl for SingleRow {
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
-        Ok(arg_types[0].clone())
+        Ok(if self.counted { counted_type(&arg_types[0]) } else { arg_types[0].clone() })
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
-        Ok(Box::new(SingleRowAccumulator { value: ScalarValue::try_from(args.return_field.data_type())?, rows: 0 }))
+        let value_type = match (self.counted, args.return_field.data_type()) {
+            (true, DataType::Struct(fields)) => fields[0].data_type().clone(),
+            (_, other) => other.clone(),
+        };
+        Ok(Box::new(SingleRowAccumulator {
+            value: ScalarValue::try_from(&value_type)?,
+            rows: 0,
+            counted: self.counted.then(|| args.return_field.data_type().clone()),
+        }))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> DfResult<Vec<FieldRef>> {
-        Ok(vec![
-            Arc::new(Field::new("value", args.return_field.data_type().clone(), true)),
-            Arc::new(Field::new("rows", DataType::Int64, true)),
-        ])
+        let value_type = match (self.counted, args.return_field.data_type()) {
+            (true, DataType::Struct(fields)) => fields[0].data_type().clone(),
+            (_, other) => other.clone(),
+        };
+        Ok(vec![Arc::new(Field::new("value", value_type, true)), Arc::new(Field::new("rows", DataType::Int64, true))])
     }
 }
 
@@ -591,6 +759,8 @@ impl AggregateUDFImpl for SingleRow {
 struct SingleRowAccumulator {
     value: ScalarValue,
     rows: i64,
+    /// The struct type a counted accumulator returns.
+    counted: Option<DataType>,
 }
 
 impl SingleRowAccumulator {
@@ -598,15 +768,65 @@ impl SingleRowAccumulator {
         if rows == 0 {
             return Ok(());
         }
-        self.rows += rows;
-        if self.rows > 1 {
-            return Err(DataFusionError::External(Box::new(Error::new(
-                StatusCode::CardinalityViolation,
-                "more than one row returned by a subquery used as an expression",
-            ))));
+        let first = self.rows == 0;
+        self.rows = self.rows.saturating_add(rows);
+        if self.rows > 1 && self.counted.is_none() {
+            return Err(too_many_rows());
         }
-        self.value = value()?;
+        if first {
+            self.value = value()?;
+        }
         Ok(())
+    }
+}
+
+/// `single_value(counted)`: the value of a [`SingleRow`] count, 21000 when it saw more than one row.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SingleValue {
+    signature: Signature,
+}
+
+impl Default for SingleValue {
+    fn default() -> Self {
+        Self { signature: Signature::any(1, Volatility::Immutable) }
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for SingleValue {
+    fn name(&self) -> &str {
+        "single_value"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        match &arg_types[0] {
+            DataType::Struct(fields) => Ok(fields[0].data_type().clone()),
+            other => Err(DataFusionError::Internal(format!("single_value of {other}"))),
+        }
+    }
+
+    fn invoke_with_args(&self, args: datafusion::logical_expr::ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let array = to_array(&args.args[0], args.number_rows)?;
+        let counted = datafusion::common::cast::as_struct_array(&array)?;
+        let rows = datafusion::common::cast::as_int64_array(counted.column(1))?;
+        for i in 0..counted.len() {
+            if counted.is_valid(i) && rows.value(i) > 1 {
+                return Err(too_many_rows());
+            }
+        }
+        // NULL where the struct is NULL (no row).
+        let values = counted.column(0);
+        let values = match counted.nulls() {
+            Some(nulls) => {
+                let combined = datafusion::arrow::buffer::NullBuffer::union(Some(nulls), values.nulls());
+                datafusion::arrow::array::make_array(values.to_data().into_builder().nulls(combined).build()?)
+            }
+            None => Arc::clone(values),
+        };
+        Ok(ColumnarValue::Array(values))
     }
 }
 
@@ -630,10 +850,165 @@ impl Accumulator for SingleRowAccumulator {
     }
 
     fn evaluate(&mut self) -> DfResult<ScalarValue> {
-        Ok(self.value.clone())
+        let Some(struct_type) = &self.counted else { return Ok(self.value.clone()) };
+        let DataType::Struct(fields) = struct_type else { return ScalarValue::try_from(struct_type) };
+        if self.rows == 0 {
+            return ScalarValue::try_from(struct_type);
+        }
+        let mut builder = datafusion::common::scalar::ScalarStructBuilder::new();
+        builder = builder.with_scalar(Arc::clone(&fields[0]), self.value.clone());
+        builder = builder.with_scalar(Arc::clone(&fields[1]), ScalarValue::Int64(Some(self.rows)));
+        builder.build()
     }
 
     fn size(&self) -> usize {
         std::mem::size_of_val(self) + self.value.size()
+    }
+}
+
+/// `pg_like_escape(pattern, escape)`: a `LIKE` pattern written with escape
+/// character `escape` (`LIKE p ESCAPE '/'`), as the backslash-escaped
+/// pattern DataFusion matches with. An empty `escape` turns escaping off.
+/// See [`crate::sql::compat`].
+pub fn like_escape_udf() -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::arrow::array::StringArray;
+    datafusion::logical_expr::create_udf(
+        crate::sql::compat::LIKE_ESCAPE_FUNCTION,
+        vec![DataType::Utf8, DataType::Utf8],
+        DataType::Utf8,
+        datafusion::logical_expr::Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let rows = args.iter().find_map(|a| match a {
+                ColumnarValue::Array(a) => Some(a.len()),
+                ColumnarValue::Scalar(_) => None,
+            });
+            let patterns = to_array(&args[0], rows.unwrap_or(1))?;
+            let escapes = to_array(&args[1], rows.unwrap_or(1))?;
+            let patterns = datafusion::common::cast::as_string_array(&patterns)?;
+            let escapes = datafusion::common::cast::as_string_array(&escapes)?;
+            let mut out = Vec::with_capacity(patterns.len());
+            for (pattern, escape) in patterns.iter().zip(escapes.iter()) {
+                out.push(match (pattern, escape) {
+                    (Some(pattern), Some(escape)) => Some(backslash_pattern(pattern, escape)?),
+                    _ => None,
+                });
+            }
+            let array: ArrayRef = Arc::new(StringArray::from(out));
+            Ok(match rows {
+                Some(_) => ColumnarValue::Array(array),
+                None => ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?),
+            })
+        }),
+    )
+}
+
+fn user_error(code: crate::error::StatusCode, message: &str) -> DataFusionError {
+    DataFusionError::External(Box::new(crate::error::Error::new(code, message)))
+}
+
+fn backslash_pattern(pattern: &str, escape: &str) -> DfResult<String> {
+    use crate::error::StatusCode;
+    let mut chars = escape.chars();
+    let escape = match (chars.next(), chars.next()) {
+        (None, _) => None,
+        (Some(c), None) => Some(c),
+        _ => {
+            return Err(user_error(
+                StatusCode::InvalidArgument,
+                "invalid escape string: escape string must be empty or one character",
+            ));
+        }
+    };
+    let mut out = String::with_capacity(pattern.len() + 4);
+    let mut input = pattern.chars();
+    while let Some(c) = input.next() {
+        if Some(c) == escape {
+            let Some(next) = input.next() else {
+                return Err(user_error(StatusCode::InvalidArgument, "LIKE pattern must not end with escape character"));
+            };
+            out.push('\\');
+            out.push(next);
+        } else if c == '\\' {
+            out.push_str("\\\\");
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// `json_build_object(k1, v1, …)`: a JSON object as text (`json` is text
+/// here), values as JSON scalars by their type.
+pub fn json_build_object_udf() -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::logical_expr::TypeSignature;
+    let signature = Signature::one_of(vec![TypeSignature::VariadicAny, TypeSignature::Nullary], Volatility::Immutable);
+    datafusion::logical_expr::ScalarUDF::new_from_impl(JsonBuildObject { signature })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: Signature,
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: datafusion::logical_expr::ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        use crate::error::StatusCode;
+        if !args.args.len().is_multiple_of(2) {
+            return Err(user_error(StatusCode::InvalidArgument, "argument list must have even number of elements"));
+        }
+        let rows = args.number_rows;
+        let arrays = args.args.iter().map(|a| to_array(a, rows)).collect::<DfResult<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(rows);
+        for row in 0..rows {
+            let mut object = serde_json::Map::new();
+            for pair in arrays.chunks(2) {
+                let key = ScalarValue::try_from_array(&pair[0], row)?;
+                if key.is_null() {
+                    return Err(user_error(StatusCode::InvalidArgument, "null value not allowed for object key"));
+                }
+                let key = match key {
+                    ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => s,
+                    other => other.to_string(),
+                };
+                object.insert(key, json_value(ScalarValue::try_from_array(&pair[1], row)?));
+            }
+            out.push(serde_json::Value::Object(object).to_string());
+        }
+        Ok(ColumnarValue::Array(Arc::new(datafusion::arrow::array::StringArray::from(out))))
+    }
+}
+
+fn json_value(value: ScalarValue) -> serde_json::Value {
+    use ScalarValue as S;
+    use serde_json::Value as J;
+    if value.is_null() {
+        return J::Null;
+    }
+    match value {
+        S::Boolean(Some(b)) => J::Bool(b),
+        S::Int8(Some(v)) => J::from(v),
+        S::Int16(Some(v)) => J::from(v),
+        S::Int32(Some(v)) => J::from(v),
+        S::Int64(Some(v)) => J::from(v),
+        S::UInt8(Some(v)) => J::from(v),
+        S::UInt16(Some(v)) => J::from(v),
+        S::UInt32(Some(v)) => J::from(v),
+        S::UInt64(Some(v)) => J::from(v),
+        S::Float32(Some(v)) => serde_json::Number::from_f64(f64::from(v)).map_or(J::Null, J::Number),
+        S::Float64(Some(v)) => serde_json::Number::from_f64(v).map_or(J::Null, J::Number),
+        S::Utf8(Some(s)) | S::Utf8View(Some(s)) | S::LargeUtf8(Some(s)) => J::String(s),
+        other => J::String(other.to_string()),
     }
 }

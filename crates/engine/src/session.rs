@@ -344,6 +344,8 @@ pub struct Session {
     writes_in_block: u64,
     /// `SET LOCAL` values to restore when the block ends.
     local_restore: Vec<(String, Option<String>)>,
+    /// Savepoints of the open block, oldest first.
+    savepoints: Vec<control::Savepoint>,
     notices: Vec<Notice>,
     cancel: CancelHandle,
     /// Open cursors by name (behind a lock only so the session stays `Sync`).
@@ -389,6 +391,7 @@ impl Session {
             txn: Arc::new(AtomicU8::new(TransactionStatus::Idle as u8)),
             writes_in_block: 0,
             local_restore: Vec::new(),
+            savepoints: Vec::new(),
             notices: Vec::new(),
             cancel: CancelHandle::default(),
             cursors: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -607,7 +610,7 @@ impl Session {
             return Err(Error::new(StatusCode::ShuttingDown, "the server is shutting down"));
         }
         if self.transaction_status() == TransactionStatus::Failed
-            && !matches!(prepared.statement, Statement::Commit | Statement::Rollback)
+            && !matches!(prepared.statement, Statement::Commit | Statement::Rollback | Statement::RollbackTo(_))
         {
             return Err(Error::new(
                 StatusCode::InFailedTransaction,
@@ -671,6 +674,9 @@ impl Session {
             | Statement::Begin
             | Statement::Commit
             | Statement::Rollback
+            | Statement::Savepoint(_)
+            | Statement::Release(_)
+            | Statement::RollbackTo(_)
             | Statement::NoOp(_) => self.control(&prepared.statement),
         }
     }

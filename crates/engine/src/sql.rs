@@ -20,6 +20,7 @@
 //! - [`limits`]: bounds on a statement's depth, checked before and right
 //!   after parsing (54001), so no statement can exhaust a stack.
 
+pub mod compat;
 pub mod limits;
 mod parser;
 mod statement;

@@ -21,8 +21,8 @@ use streamhouse_storage as storage;
 
 use crate::catalog::computed::Computed;
 use crate::catalog::{
-    AsOf, Catalog, CreateMaterializedView, CreateTable, Created, DEFAULT_SCHEMA, Procedure, RelationKind, RelationName,
-    SYSTEM_SCHEMAS, errors,
+    AsOf, Catalog, CreateMaterializedView, CreateTable, Created, DEFAULT_SCHEMA, Procedure, RelationInfo, RelationKind,
+    RelationName, SYSTEM_SCHEMAS, errors,
 };
 use crate::dynamic::DynamicTable;
 use crate::dynamic::system::{SystemKind, SystemTable};
@@ -497,6 +497,34 @@ impl Catalog for DynamicCatalog {
 
     fn relation_names(&self, schema: &str) -> Vec<String> {
         self.schemas.read().ok().and_then(|s| s.get(schema).map(|r| r.keys().cloned().collect())).unwrap_or_default()
+    }
+
+    fn relation_info(&self, name: &RelationName) -> Option<RelationInfo> {
+        let schemas = self.schemas.read().ok()?;
+        Some(match schemas.get(&name.schema)?.get(&name.name)? {
+            Relation::Table(t) => RelationInfo {
+                kind: RelationKind::Table,
+                schema: Arc::clone(&t.schema),
+                primary_key: t.primary_key().to_vec(),
+                definition: None,
+                defaults: t.stored_defaults.clone(),
+            },
+            Relation::View(v) => RelationInfo {
+                kind: RelationKind::View,
+                schema: v.schema(),
+                primary_key: vec![],
+                definition: v.get_table_definition().map(str::to_string),
+                defaults: vec![],
+            },
+            Relation::MaterializedView(v) => RelationInfo {
+                kind: RelationKind::MaterializedView,
+                schema: v.schema(),
+                primary_key: vec![],
+                definition: Some(v.definition.query.clone()),
+                defaults: vec![],
+            },
+            Relation::Damaged(_) => return None,
+        })
     }
 
     fn relation_kind(&self, name: &RelationName) -> Option<RelationKind> {

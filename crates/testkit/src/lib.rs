@@ -39,6 +39,23 @@ pub fn python_has(modules: &str) -> bool {
     false
 }
 
+/// Runs `tests/clients/<script>` with `python3` and `args`, and asserts
+/// that it succeeded and printed `done` (each script prints its own line
+/// last); the assertion shows both outputs.
+///
+/// # Errors
+/// python3 cannot be started.
+pub async fn run_client_script(script: &str, args: Vec<String>, done: &str) -> anyhow::Result<()> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients").join(script);
+    let output =
+        tokio::task::spawn_blocking(move || std::process::Command::new("python3").arg(path).args(args).output())
+            .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stdout.contains(done), "{script}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    Ok(())
+}
+
 /// A running server on free ports, removed (data directory included) on drop
 /// or [`TestServer::stop`].
 pub struct TestServer {

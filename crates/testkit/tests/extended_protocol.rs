@@ -231,13 +231,7 @@ async fn prepared_cursors_with_python_drivers() -> anyhow::Result<()> {
         return Ok(());
     }
     let server = TestServer::start().await?;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/prepared_cursors.py");
     let port = server.pg_addr().port().to_string();
-    let output =
-        tokio::task::spawn_blocking(move || std::process::Command::new("python3").arg(script).arg(port).output())
-            .await??;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success() && stdout.contains("prepared cursors ok"), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    streamhouse_testkit::run_client_script("prepared_cursors.py", vec![port], "prepared cursors ok").await?;
     Ok(())
 }

@@ -136,7 +136,7 @@ async fn pg_errors_keep_the_connection_alive() -> anyhow::Result<()> {
         ("SELEC 1", SqlState::SYNTAX_ERROR),
         ("SELECT 1 / 0", SqlState::DIVISION_BY_ZERO),
         ("SELECT 'a' + 1", SqlState::INVALID_TEXT_REPRESENTATION),
-        ("SAVEPOINT x", SqlState::FEATURE_NOT_SUPPORTED),
+        ("SAVEPOINT x", SqlState::NO_ACTIVE_SQL_TRANSACTION),
         ("SELECT 'x'::int", SqlState::INVALID_TEXT_REPRESENTATION),
     ];
     for (sql, expected) in cases {
@@ -390,7 +390,10 @@ async fn psql_client() -> anyhow::Result<()> {
             "CREATE TABLE readings (id BIGINT PRIMARY KEY, sensor TEXT NOT NULL, value DOUBLE PRECISION)",
             "INSERT INTO readings VALUES (1, 's1', 0.5), (2, 's2', NULL)",
             "SELECT sensor, value FROM readings ORDER BY id",
+            "CREATE VIEW readings_view AS SELECT id, sensor FROM readings",
+            "CREATE MATERIALIZED VIEW readings_by_sensor AS SELECT sensor, count(*) AS n FROM readings GROUP BY sensor",
         ]);
+        let kinds = psql(vec!["\\dm", "\\dv", "\\di"]);
         let dt = psql(vec!["\\dt"]);
         let d = psql(vec!["\\d readings"]);
         let dn = psql(vec!["\\dn"]);
@@ -408,10 +411,21 @@ async fn psql_client() -> anyhow::Result<()> {
         let copied = psql(vec![&copy_good, "SELECT count(*) FROM readings"]);
         let failed = psql(vec![&copy_bad]);
         let counted = psql(vec!["SELECT count(*) FROM readings"]);
-        (create, dt, d, dn, l, typo, copied, failed, counted)
+        (create, dt, d, dn, l, typo, copied, failed, counted, kinds)
     })
     .await?;
-    let (create, dt, d, dn, l, typo, copied, failed, counted) = out;
+    let (create, dt, d, dn, l, typo, copied, failed, counted, kinds) = out;
+    // Materialized views, views and primary key indexes each in their own list.
+    assert!(kinds.0, "{kinds:?}");
+    for line in [
+        "public | readings_by_sensor | materialized view",
+        "public | readings_view | view",
+        "public | readings_pkey | index",
+    ] {
+        let squeezed: String = kinds.1.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(squeezed.contains(line), "missing {line:?} in\n{}", kinds.1);
+    }
+    assert!(d.1.contains("Indexes:") && d.1.contains("\"readings_pkey\" PRIMARY KEY, btree (id)"), "{}", d.1);
     assert!(copied.0 && copied.1.contains("COPY 1000") && copied.1.contains("1002"), "{copied:?}");
     assert!(!failed.0 && failed.2.contains("ERROR:  22P02") && failed.2.contains("line 2, column value"), "{failed:?}");
     assert!(counted.1.contains("1002"), "{counted:?}");
@@ -442,15 +456,23 @@ async fn python_clients() -> anyhow::Result<()> {
         return Ok(());
     }
     let server = TestServer::start().await?;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_clients.py");
     let (pg, flight) = (server.pg_addr().port().to_string(), server.flight_addr().port().to_string());
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3").arg(script).args([pg, flight]).output()
-    })
-    .await??;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success() && stdout.contains("python clients ok"), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    streamhouse_testkit::run_client_script("python_clients.py", vec![pg, flight], "python clients ok").await?;
+    server.stop().await;
+    Ok(())
+}
+
+/// SQLAlchemy 2 (default psycopg 3 driver and psycopg2) and pandas: reflection
+/// of tables, views and materialized views with types and keys, savepoints,
+/// `read_sql`, `read_sql_table` and `to_sql` (`.ci/run` installs them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlalchemy_and_pandas() -> anyhow::Result<()> {
+    if !streamhouse_testkit::python_has("sqlalchemy, pandas, psycopg, psycopg2") {
+        return Ok(());
+    }
+    let server = TestServer::start().await?;
+    let pg = server.pg_addr().port().to_string();
+    streamhouse_testkit::run_client_script("sqlalchemy_pandas.py", vec![pg], "sqlalchemy ok").await?;
     server.stop().await;
     Ok(())
 }

@@ -14,6 +14,18 @@ use super::{
 use crate::error::{Error, Result, StatusCode};
 use crate::sql::Statement;
 
+/// A savepoint of the open transaction block. Every statement commits on
+/// its own, so rolling back to a savepoint is exact only when nothing was
+/// written since; otherwise it says what it cannot undo (as ROLLBACK does).
+#[derive(Debug, Clone)]
+pub(super) struct Savepoint {
+    name: String,
+    /// Writes of the block when it was set.
+    writes: u64,
+    /// `SET LOCAL`s of the block when it was set.
+    locals: usize,
+}
+
 /// The name `SHOW` reports a parameter under (Postgres' spelling, lower-cased).
 pub(super) fn show_name(name: &str) -> String {
     variables::canonical_name(name).to_ascii_lowercase()
@@ -95,6 +107,45 @@ impl Session {
                     ..CommandComplete::new(if rollback { "ROLLBACK" } else { "COMMIT" })
                 }))
             }
+            Statement::Savepoint(name) => {
+                if status == TransactionStatus::Idle {
+                    return Err(Error::new(
+                        StatusCode::NoActiveTransaction,
+                        "SAVEPOINT can only be used in transaction blocks",
+                    ));
+                }
+                self.savepoints.push(Savepoint {
+                    name: name.clone(),
+                    writes: self.writes_in_block,
+                    locals: self.local_restore.len(),
+                });
+                Ok(Output::Command(CommandComplete::new("SAVEPOINT")))
+            }
+            Statement::Release(name) => {
+                let at = self.savepoint(name, status, "RELEASE SAVEPOINT")?;
+                self.savepoints.truncate(at);
+                Ok(Output::Command(CommandComplete::new("RELEASE")))
+            }
+            Statement::RollbackTo(name) => {
+                let at = self.savepoint(name, status, "ROLLBACK TO SAVEPOINT")?;
+                let Savepoint { writes, locals, .. } = self.savepoints[at];
+                // The savepoint stays; the ones after it go.
+                self.savepoints.truncate(at + 1);
+                let since = self.writes_in_block.saturating_sub(writes);
+                if since > 0 {
+                    self.notice(
+                        NoticeSeverity::Warning,
+                        format!(
+                            "ROLLBACK TO SAVEPOINT cannot undo the {since} statement(s) that succeeded since                              savepoint \"{name}\": streamhouse commits every statement on its own"
+                        ),
+                    );
+                }
+                self.writes_in_block = writes;
+                self.restore_locals(locals)?;
+                // An error after the savepoint is forgiven, as in Postgres.
+                self.txn.store(TransactionStatus::InBlock as u8, Ordering::SeqCst);
+                Ok(Output::Command(CommandComplete::new("ROLLBACK")))
+            }
             Statement::Discard => {
                 self.vars.write().map_err(lock_err)?.reset_all();
                 self.apply_to_datafusion("TimeZone", None)?;
@@ -108,7 +159,28 @@ impl Session {
     pub(super) fn end_block(&mut self) -> Result<()> {
         self.txn.store(TransactionStatus::Idle as u8, Ordering::SeqCst);
         self.writes_in_block = 0;
-        for (name, previous) in std::mem::take(&mut self.local_restore).into_iter().rev() {
+        self.savepoints.clear();
+        self.restore_locals(0)
+    }
+
+    /// The position of savepoint `name` (the latest of that name), for `command`.
+    fn savepoint(&self, name: &str, status: TransactionStatus, command: &str) -> Result<usize> {
+        if status == TransactionStatus::Idle {
+            return Err(Error::new(
+                StatusCode::NoActiveTransaction,
+                format!("{command} can only be used in transaction blocks"),
+            ));
+        }
+        self.savepoints
+            .iter()
+            .rposition(|s| s.name == name)
+            .ok_or_else(|| Error::new(StatusCode::InvalidSavepoint, format!("savepoint \"{name}\" does not exist")))
+    }
+
+    /// Undoes the `SET LOCAL`s after the first `keep`.
+    fn restore_locals(&mut self, keep: usize) -> Result<()> {
+        let undo = if keep < self.local_restore.len() { self.local_restore.split_off(keep) } else { vec![] };
+        for (name, previous) in undo.into_iter().rev() {
             match previous {
                 Some(value) => {
                     self.vars.write().map_err(lock_err)?.set(&name, &value)?;

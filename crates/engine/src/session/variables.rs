@@ -71,6 +71,11 @@ const KNOWN: &[Known] = &[
         "Sets how queries run: auto (MPP, or staged BSP when memory is short), mpp (pipelined, in memory) or bsp (stage by stage, spilled between stages).",
     ),
     var("geqo", "on", "Accepted for compatibility."),
+    var(
+        "default_table_access_method",
+        "heap",
+        "Accepted for compatibility: tables are Dynamic Tables whatever it says.",
+    ),
     fixed("block_size", "8192", "Shows the size of a disk block."),
     fixed("integer_datetimes", "on", "Shows whether datetimes are integer based."),
     fixed("is_superuser", "on", "Shows whether the current user is a superuser."),

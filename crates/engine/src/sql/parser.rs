@@ -76,6 +76,7 @@ fn rewrite(mut statement: ast::Statement, text: &str) -> ast::Statement {
     for rule in rules {
         statement = rule.rewrite(statement);
     }
+    super::compat::rewrite(&mut statement);
     statement
 }
 
@@ -731,6 +732,7 @@ fn compatible(mut statement: ast::Statement, text: &str) -> Result<ast::Statemen
         && let Some(mut replaced) = replaced.pop()
     {
         super::limits::shape(&mut replaced)?;
+        super::compat::rewrite(&mut replaced);
         return Ok(replaced);
     }
     Ok(rewrite(statement, text))
@@ -876,9 +878,9 @@ fn classify(statement: ast::Statement) -> Result<Statement> {
         S::StartTransaction { .. } => Statement::Begin,
         S::Commit { .. } => Statement::Commit,
         S::Rollback { savepoint: None, .. } => Statement::Rollback,
-        S::Rollback { savepoint: Some(_), .. } | S::Savepoint { .. } | S::ReleaseSavepoint { .. } => {
-            return Err(Error::unsupported("savepoints are not supported: every statement commits on its own"));
-        }
+        S::Rollback { savepoint: Some(name), .. } => Statement::RollbackTo(ident_value(&name)),
+        S::Savepoint { name } => Statement::Savepoint(ident_value(&name)),
+        S::ReleaseSavepoint { name } => Statement::Release(ident_value(&name)),
         S::Discard { .. } => Statement::Discard,
         // Protocol-level statements are freed by the front end; ALL has nothing more to free here.
         S::Deallocate { name, .. } if name.value.eq_ignore_ascii_case("all") => Statement::NoOp("DEALLOCATE ALL"),

@@ -98,6 +98,12 @@ pub enum Statement {
     Rollback,
     /// `DISCARD ALL`.
     Discard,
+    /// `SAVEPOINT name`.
+    Savepoint(String),
+    /// `RELEASE [SAVEPOINT] name`.
+    Release(String),
+    /// `ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name`.
+    RollbackTo(String),
     /// Accepted for compatibility with no effect; carries its command tag.
     NoOp(&'static str),
 }
@@ -327,6 +333,9 @@ impl std::fmt::Display for Statement {
             Statement::Commit => f.write_str("COMMIT"),
             Statement::Rollback => f.write_str("ROLLBACK"),
             Statement::Discard => f.write_str("DISCARD ALL"),
+            Statement::Savepoint(name) => write!(f, "SAVEPOINT {name}"),
+            Statement::Release(name) => write!(f, "RELEASE SAVEPOINT {name}"),
+            Statement::RollbackTo(name) => write!(f, "ROLLBACK TO SAVEPOINT {name}"),
             Statement::NoOp(tag) => f.write_str(tag),
         }
     }

@@ -300,7 +300,9 @@ fn inserts_views_calls_and_drops() {
         matches!(one("ALTER TABLE t ADD COLUMN c INT, ADD d TEXT"), Statement::AddColumns { columns, .. } if columns.len() == 2)
     );
     assert_eq!(error("GRANT SELECT ON t TO bob").code(), StatusCode::Unsupported);
-    assert_eq!(error("SAVEPOINT a").code(), StatusCode::Unsupported);
+    assert!(matches!(one("SAVEPOINT a"), Statement::Savepoint(name) if name == "a"));
+    assert!(matches!(one("RELEASE SAVEPOINT a"), Statement::Release(name) if name == "a"));
+    assert!(matches!(one("ROLLBACK TO SAVEPOINT \"A\""), Statement::RollbackTo(name) if name == "A"));
 }
 
 #[test]

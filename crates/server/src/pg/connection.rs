@@ -32,6 +32,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use streamhouse_engine::copy::{CopyFormat, CopyOut};
 use streamhouse_engine::session::CopyIn;
 use streamhouse_engine::session::variables::SERVER_VERSION;
+use streamhouse_engine::types::postgres_type_name;
 use streamhouse_engine::{Error, Output, Prepared, Session, SessionInfo, StatusCode};
 use tokio::sync::Mutex;
 
@@ -363,7 +364,20 @@ fn bind_parameters(portal: &Portal<PgStatement>) -> PgWireResult<Option<ParamVal
         )));
     }
     let server_types: Vec<Type> = inferred.iter().map(|t| parameter_type(t.as_ref())).collect();
-    let inferred_refs: Vec<Option<&DataType>> = inferred.iter().map(Option::as_ref).collect();
+    // A number the client sent as an integer or float for a `numeric`
+    // parameter (`amount > $1` with a Python int): arrow-pg does not convert
+    // those, so it decodes the client's type and we cast after.
+    let cast_after: Vec<Option<DataType>> = inferred
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let hint = portal.statement.parameter_types.get(i).cloned().flatten();
+            let numeric_hint = matches!(hint, Some(Type::INT2 | Type::INT4 | Type::INT8 | Type::FLOAT4 | Type::FLOAT8));
+            t.clone().filter(|t| numeric_hint && matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)))
+        })
+        .collect();
+    let inferred_refs: Vec<Option<&DataType>> =
+        inferred.iter().zip(&cast_after).map(|(t, cast)| if cast.is_some() { None } else { t.as_ref() }).collect();
     let server_refs: Vec<Option<&Type>> = server_types.iter().map(Some).collect();
     let values =
         arrow_pg::datatypes::df::deserialize_parameters_with_server_types(portal, &inferred_refs, &server_refs)
@@ -374,6 +388,29 @@ fn bind_parameters(portal: &Portal<PgStatement>) -> PgWireResult<Option<ParamVal
                     format!("invalid parameter value: {other}"),
                 )),
             })?;
+    let values = match values {
+        ParamValues::List(values) if cast_after.iter().any(Option::is_some) => {
+            let mut cast = Vec::with_capacity(values.len());
+            for (value, to) in values.into_iter().zip(&cast_after) {
+                cast.push(match to {
+                    Some(to) => {
+                        let (scalar, metadata) = value.into_inner();
+                        let options = datafusion::arrow::compute::CastOptions { safe: false, ..Default::default() };
+                        let converted = scalar.cast_to_with_options(to, &options).map_err(|_| {
+                            pg_error(&Error::new(
+                                StatusCode::NumericOverflow,
+                                format!("parameter value {scalar} is out of range for type {}", postgres_type_name(to)),
+                            ))
+                        })?;
+                        datafusion::common::metadata::ScalarAndMetadata::new(converted, metadata)
+                    }
+                    None => value,
+                });
+            }
+            ParamValues::List(cast)
+        }
+        other => other,
+    };
     Ok(Some(values))
 }
 

@@ -68,9 +68,34 @@ pub fn fields(schema: &Schema, format: &Format) -> PgWireResult<Vec<FieldInfo>> 
             format!("bind message has {} result formats but query has {} columns", codes.len(), schema.fields().len()),
         )));
     }
-    arrow_schema_to_pg_fields(schema, format, None).map_err(|e| {
+    let fields = arrow_schema_to_pg_fields(schema, format, None).map_err(|e| {
         pg_error(&Error::unsupported(format!("result column type cannot be sent over the Postgres protocol: {e}")))
-    })
+    })?;
+    Ok(fields.into_iter().zip(schema.fields()).map(|(info, field)| declared(info, field)).collect())
+}
+
+/// A column description with the type modifier Postgres sends (`numeric(12,2)`,
+/// `varchar(20)`) and the declared type where its values travel as text
+/// does (`varchar`, `bpchar`, `json`: their binary form is their text).
+fn declared(info: FieldInfo, field: &datafusion::arrow::datatypes::Field) -> FieldInfo {
+    let declared = streamhouse_engine::types::PgType::of(field);
+    let retype = |datatype: Type| {
+        FieldInfo::new(info.name().to_string(), info.table_id(), info.column_id(), datatype, info.format())
+            .with_format_options(Arc::clone(info.format_options()))
+            .with_type_size(info.type_size())
+    };
+    // Catalog oid columns (`conrelid`, `atttypid` …) are `oid` in Postgres:
+    // drivers read them as integers and match them against other oids.
+    if field.metadata().contains_key(arrow_pg::datatypes::PG_OID_ALIAS_KEY) {
+        return retype(Type::OID);
+    }
+    let info = match declared.oid {
+        1043 => retype(Type::VARCHAR),
+        1042 => retype(Type::BPCHAR),
+        114 => retype(Type::JSON),
+        _ => info,
+    };
+    if declared.typmod >= 0 { info.with_type_modifier(declared.typmod) } else { info }
 }
 
 /// The Postgres type of a parameter; unknown types are sent as `text`, the

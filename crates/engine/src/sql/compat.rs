@@ -1,0 +1,174 @@
+//! Postgres expressions DataFusion does not plan, rewritten on the AST into
+//! ones it does, with the same result:
+//!
+//! - `ARRAY(SELECT e FROM … [ORDER BY …])` → `(SELECT array_agg(e [ORDER BY …]) FROM …)`
+//!   (an aggregate over the same rows; a subquery that is not a plain
+//!   SELECT is wrapped as a derived table first);
+//! - `generate_subscripts(a, 1)` → `unnest(generate_series(1, array_length(a, 1)))`;
+//! - `x LIKE p ESCAPE 'c'` with `c` other than `\` → `x LIKE pg_like_escape(p, 'c')`,
+//!   which rewrites the pattern to DataFusion's backslash escapes when it runs.
+
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    self, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments, Ident, ObjectName,
+    Query, Select, SelectItem, SetExpr, Value, visit_expressions_mut,
+};
+
+/// The function `LIKE … ESCAPE` patterns are translated with.
+pub const LIKE_ESCAPE_FUNCTION: &str = "pg_like_escape";
+
+/// Rewrites the expressions of `statement` in place.
+pub fn rewrite(statement: &mut ast::Statement) {
+    let _ = visit_expressions_mut(statement, |expr| {
+        rewrite_expr(expr);
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+fn rewrite_expr(expr: &mut Expr) {
+    match expr {
+        Expr::Function(function) if is_array_subquery(function) => {
+            let FunctionArguments::Subquery(query) = std::mem::replace(&mut function.args, FunctionArguments::None)
+            else {
+                return;
+            };
+            match aggregate_array(*query.clone()) {
+                Some(aggregated) => *expr = Expr::Subquery(Box::new(aggregated)),
+                None => function.args = FunctionArguments::Subquery(query),
+            }
+        }
+        Expr::Function(function) if is_named(function, "generate_subscripts") => {
+            // generate_subscripts(a, 1) → unnest(generate_series(1, array_length(a, 1))):
+            // the same subscripts, row by row, zipped with other set-returning calls.
+            let FunctionArguments::List(list) = &function.args else { return };
+            let args: Vec<Expr> = list
+                .args
+                .iter()
+                .filter_map(|a| match a {
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+                    _ => None,
+                })
+                .collect();
+            if args.len() != 2 || !list.clauses.is_empty() {
+                return;
+            }
+            let length = call("array_length", args);
+            let series = call("generate_series", vec![Expr::value(Value::Number("1".into(), false)), length]);
+            *expr = call("unnest", vec![series]);
+        }
+        Expr::Like { pattern, escape_char, .. } | Expr::ILike { pattern, escape_char, .. } => {
+            let Some(escape) = escape_char.take() else { return };
+            let is_backslash = matches!(&escape.value, Value::SingleQuotedString(s) if s == "\\");
+            if is_backslash {
+                *escape_char = Some(escape);
+                return;
+            }
+            let original = std::mem::replace(pattern.as_mut(), Expr::value(Value::Null));
+            **pattern = call(LIKE_ESCAPE_FUNCTION, vec![original, Expr::Value(escape)]);
+        }
+        _ => {}
+    }
+}
+
+fn is_named(function: &Function, name: &str) -> bool {
+    let [part] = function.name.0.as_slice() else { return false };
+    part.as_ident().is_some_and(|i| i.value.eq_ignore_ascii_case(name))
+        && matches!(function.args, FunctionArguments::List(_))
+        && function.over.is_none()
+}
+
+fn is_array_subquery(function: &Function) -> bool {
+    matches!(function.args, FunctionArguments::Subquery(_))
+        && function.name.0.len() == 1
+        && function.name.0[0].as_ident().is_some_and(|i| i.value.eq_ignore_ascii_case("array"))
+}
+
+fn call(name: &str, args: Vec<Expr>) -> Expr {
+    Expr::Function(Function {
+        name: ObjectName::from(vec![Ident::new(name)]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: args.into_iter().map(|a| FunctionArg::Unnamed(FunctionArgExpr::Expr(a))).collect(),
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
+/// `SELECT e FROM … ORDER BY o` as `SELECT array_agg(e ORDER BY o) FROM …`;
+/// any other query `q` as `SELECT array_agg(_e) FROM (q) AS _array(_e)`.
+fn aggregate_array(mut query: Query) -> Option<Query> {
+    let plain = matches!(query.body.as_ref(), SetExpr::Select(select) if is_plain(select))
+        && query.limit_clause.is_none()
+        && query.fetch.is_none()
+        && query.with.is_none();
+    if !plain {
+        return over_derived(query);
+    }
+    let order_by = query.order_by.take();
+    if let SetExpr::Select(select) = query.body.as_mut()
+        && let Some(SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }) = select.projection.first()
+    {
+        let mut aggregate = call("array_agg", vec![e.clone()]);
+        if let (Expr::Function(f), Some(order_by)) = (&mut aggregate, order_by)
+            && let FunctionArguments::List(list) = &mut f.args
+            && let ast::OrderByKind::Expressions(exprs) = order_by.kind
+        {
+            list.clauses.push(ast::FunctionArgumentClause::OrderBy(exprs));
+        }
+        select.projection = vec![SelectItem::UnnamedExpr(aggregate)];
+    }
+    Some(query)
+}
+
+/// A SELECT with one output column and nothing that changes its row set
+/// beyond FROM/WHERE: aggregating its column gives what ARRAY() would.
+fn is_plain(select: &Select) -> bool {
+    let single = match select.projection.as_slice() {
+        [SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }] => Some(e),
+        _ => None,
+    };
+    single.is_some_and(|e| !contains_aggregate(e))
+        && select.distinct.is_none()
+        && select.having.is_none()
+        && matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty())
+}
+
+fn contains_aggregate(expr: &Expr) -> bool {
+    const AGGREGATES: &[&str] =
+        &["count", "sum", "min", "max", "avg", "array_agg", "string_agg", "bool_and", "bool_or", "every"];
+    let found = ast::visit_expressions(expr, |e| match e {
+        Expr::Function(f)
+            if f.over.is_none()
+                && f.name
+                    .0
+                    .last()
+                    .and_then(|p| p.as_ident())
+                    .is_some_and(|i| AGGREGATES.iter().any(|a| i.value.eq_ignore_ascii_case(a))) =>
+        {
+            ControlFlow::Break(())
+        }
+        _ => ControlFlow::Continue(()),
+    });
+    found.is_break()
+}
+
+/// `SELECT array_agg(_array._e) FROM (query) AS _array(_e)`.
+fn over_derived(query: Query) -> Option<Query> {
+    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+    let template = "SELECT array_agg(_array._e) FROM (SELECT 1) AS _array(_e)";
+    let Ok(mut statements) = datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, template) else {
+        return None;
+    };
+    let Some(ast::Statement::Query(mut outer)) = statements.pop() else { return None };
+    let SetExpr::Select(select) = outer.body.as_mut() else { return None };
+    let ast::TableFactor::Derived { subquery, .. } = &mut select.from.first_mut()?.relation else { return None };
+    **subquery = query;
+    Some(*outer)
+}
