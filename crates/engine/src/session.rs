@@ -448,6 +448,15 @@ impl Session {
         sql::parse(sql)
     }
 
+    /// Splits SQL text in which `?` marks parameters (Flight SQL's and
+    /// JDBC's convention) into statements; see [`crate::sql::parse_question_mark_parameters`].
+    ///
+    /// # Errors
+    /// As [`Session::parse`].
+    pub fn parse_question_mark_parameters(&self, sql: &str) -> Result<Vec<Statement>> {
+        sql::parse_question_mark_parameters(sql)
+    }
+
     /// Plans one statement.
     ///
     /// # Errors

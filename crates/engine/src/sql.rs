@@ -29,7 +29,7 @@ pub mod windows;
 use datafusion::common::TableReference;
 use datafusion::sql::sqlparser::ast;
 
-pub use parser::parse;
+pub use parser::{parse, parse_question_mark_parameters};
 pub use statement::{
     AddColumn, Copy, CreateMaterializedView, CreateTable, Cutoff, InsertIgnoringConflicts, Procedure, RelationKind,
     Start, Statement, Subscribe, SubscribeOptions,

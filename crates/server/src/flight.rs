@@ -77,7 +77,8 @@ impl FlightSqlServer {
 
     /// Parses exactly one statement and plans it.
     async fn prepare(session: &mut Session, sql: &str) -> Result<Prepared, Status> {
-        let mut statements = session.parse(sql).map_err(|e| grpc_status(&e))?;
+        // Flight SQL clients (ADBC, the JDBC driver) mark parameters with `?`.
+        let mut statements = session.parse_question_mark_parameters(sql).map_err(|e| grpc_status(&e))?;
         if statements.len() != 1 {
             return Err(Status::invalid_argument(format!(
                 "expected exactly one SQL statement, got {}",
@@ -115,6 +116,18 @@ impl FlightSqlServer {
 /// The schema a statement's FlightInfo announces: its rows, or none for commands.
 fn announced_schema(prepared: &Prepared) -> SchemaRef {
     prepared.result_schema().unwrap_or_else(|| Arc::new(Schema::empty()))
+}
+
+/// The ticket of a statement that already ran (DDL or DML at GetFlightInfo):
+/// DoGet returns no rows. Not SQL, so it cannot collide with a statement's text.
+const EXECUTED: &[u8] = b"\0executed";
+
+/// FlightInfo for a statement that already ran: no columns, one endpoint
+/// whose DoGet returns nothing.
+fn executed_info(descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+    let ticket =
+        Ticket::new(TicketStatementQuery { statement_handle: Bytes::from_static(EXECUTED) }.as_any().encode_to_vec());
+    flight_info(&Schema::empty(), ticket, descriptor)
 }
 
 fn flight_info(schema: &Schema, ticket: Ticket, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
@@ -169,11 +182,14 @@ async fn run_to_stream(
         // Over Flight, COPY TO STDOUT is just its rows.
         Output::CopyOut(out) => Ok(flight_stream(out.stream)),
         Output::CopyIn(copy) => Err(copy_in_over_flight(*copy).await),
-        Output::Command(_) => {
-            let schema = Arc::new(Schema::empty());
-            Ok(one_batch_stream(Arc::clone(&schema), Ok(RecordBatch::new_empty(schema))))
-        }
+        Output::Command(_) => Ok(empty_stream()),
     }
+}
+
+/// A DoGet stream of no rows and no columns.
+fn empty_stream() -> DoGetStream {
+    let schema = Arc::new(Schema::empty());
+    one_batch_stream(Arc::clone(&schema), Ok(RecordBatch::new_empty(schema)))
 }
 
 /// Runs a command and returns the rows it affected (0 for DDL).
@@ -258,6 +274,12 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<FlightInfo>, Status> {
         let mut session = self.session(&request);
         let prepared = Self::prepare(&mut session, &query.query).await?;
+        if prepared.result_schema().is_none() {
+            // DDL and DML run now: a client that executes without fetching
+            // (ADBC's cursor.execute) must find them done.
+            run_update(&mut session, &prepared, None).await?;
+            return Ok(Response::new(executed_info(request.into_inner())?));
+        }
         let ticket = Ticket::new(
             TicketStatementQuery { statement_handle: query.query.into_bytes().into() }.as_any().encode_to_vec(),
         );
@@ -269,6 +291,9 @@ impl FlightSqlService for FlightSqlServer {
         ticket: TicketStatementQuery,
         request: Request<arrow_flight::Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        if ticket.statement_handle.as_ref() == EXECUTED {
+            return Ok(Response::new(empty_stream()));
+        }
         let sql = std::str::from_utf8(&ticket.statement_handle)
             .map_err(|_| Status::invalid_argument("statement ticket is not UTF-8 SQL"))?;
         let mut session = self.session(&request);
@@ -349,6 +374,18 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let (prepared, params) = self.entry(&command.prepared_statement_handle)?;
+        if prepared.result_schema().is_none() {
+            // As for a plain statement: DDL and DML run at execute, once per bound row.
+            let mut session = self.session(&request);
+            let rows = rows_of(&params)?;
+            if rows.is_empty() {
+                run_update(&mut session, &prepared, None).await?;
+            }
+            for row in rows {
+                run_update(&mut session, &prepared, Some(ParamValues::from(row))).await?;
+            }
+            return Ok(Response::new(executed_info(request.into_inner())?));
+        }
         let schema = match rows_of(&params)?.first() {
             Some(row) => prepared
                 .result_schema_with(&ParamValues::from(row.clone()))

@@ -87,13 +87,190 @@ fn rewrite(mut statement: ast::Statement, text: &str) -> ast::Statement {
 /// statements that parse but ask for something streamhouse refuses
 /// (0A000 for `FETCH BACKWARD`, 22023 for an unknown SUBSCRIBE option …).
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
-    let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, sql)
+    parse_in(sql, &PostgreSqlDialect {})
+}
+
+/// Parses SQL in which `?` is a positional parameter, as Flight SQL and
+/// JDBC clients write them (`WHERE id = ?`), numbered `$1`, `$2`, … in order.
+/// Postgres' jsonb `?` operators are then not available, as in those clients.
+///
+/// # Errors
+/// As [`parse`]; mixing `?` with `$n` is 42601.
+pub fn parse_question_mark_parameters(sql: &str) -> Result<Vec<Statement>> {
+    let mut statements = parse_in(sql, &QuestionMarkParameters(PostgreSqlDialect {}))?;
+    for statement in &mut statements {
+        number_question_marks(statement)?;
+    }
+    Ok(statements)
+}
+
+/// Numbers a statement's `?` parameters `$1`, `$2`, … in the order they appear.
+fn number_question_marks(statement: &mut Statement) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::{Expr, Value, visit_expressions_mut};
+    let mut next = 0usize;
+    let mut numbered = false;
+    let mut mixed = false;
+    let mut visit = |plan: &mut ast::Statement| {
+        let _ = visit_expressions_mut(plan, |expr| {
+            if let Expr::Value(value) = expr
+                && let Value::Placeholder(name) = &mut value.value
+            {
+                if name == "?" {
+                    next += 1;
+                    *name = format!("${next}");
+                } else {
+                    numbered = true;
+                }
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        mixed |= numbered && next > 0;
+    };
+    match statement {
+        Statement::Plan(plan) => visit(plan),
+        Statement::CreateTable(create) => visit(&mut create.statement),
+        Statement::InsertIgnoringConflicts(insert) => visit(&mut insert.insert),
+        _ => {}
+    }
+    if mixed {
+        return Err(syntax("a statement may use ? or $n parameters, not both"));
+    }
+    Ok(())
+}
+
+/// Postgres' grammar, with `?` tokenized as a parameter instead of jsonb's
+/// operators: every other rule is Postgres' own (this dialect says it is
+/// Postgres to the parser's dialect checks and delegates every choice).
+#[derive(Debug)]
+struct QuestionMarkParameters(PostgreSqlDialect);
+
+impl datafusion::sql::sqlparser::dialect::Dialect for QuestionMarkParameters {
+    fn dialect(&self) -> std::any::TypeId {
+        std::any::TypeId::of::<PostgreSqlDialect>()
+    }
+    fn supports_geometric_types(&self) -> bool {
+        false
+    }
+    fn identifier_quote_style(&self, identifier: &str) -> Option<char> {
+        self.0.identifier_quote_style(identifier)
+    }
+    fn is_delimited_identifier_start(&self, ch: char) -> bool {
+        self.0.is_delimited_identifier_start(ch)
+    }
+    fn is_identifier_start(&self, ch: char) -> bool {
+        self.0.is_identifier_start(ch)
+    }
+    fn is_identifier_part(&self, ch: char) -> bool {
+        self.0.is_identifier_part(ch)
+    }
+    fn supports_unicode_string_literal(&self) -> bool {
+        self.0.supports_unicode_string_literal()
+    }
+    fn is_reserved_for_identifier(&self, kw: Keyword) -> bool {
+        self.0.is_reserved_for_identifier(kw)
+    }
+    fn is_custom_operator_part(&self, ch: char) -> bool {
+        self.0.is_custom_operator_part(ch)
+    }
+    fn get_next_precedence(&self, parser: &Parser) -> Option<std::result::Result<u8, ParserError>> {
+        self.0.get_next_precedence(parser)
+    }
+    fn supports_filter_during_aggregation(&self) -> bool {
+        self.0.supports_filter_during_aggregation()
+    }
+    fn supports_group_by_expr(&self) -> bool {
+        self.0.supports_group_by_expr()
+    }
+    fn prec_value(&self, prec: datafusion::sql::sqlparser::dialect::Precedence) -> u8 {
+        self.0.prec_value(prec)
+    }
+    fn allow_extract_custom(&self) -> bool {
+        self.0.allow_extract_custom()
+    }
+    fn allow_extract_single_quotes(&self) -> bool {
+        self.0.allow_extract_single_quotes()
+    }
+    fn supports_create_index_with_clause(&self) -> bool {
+        self.0.supports_create_index_with_clause()
+    }
+    fn supports_explain_with_utility_options(&self) -> bool {
+        self.0.supports_explain_with_utility_options()
+    }
+    fn supports_listen_notify(&self) -> bool {
+        self.0.supports_listen_notify()
+    }
+    fn supports_factorial_operator(&self) -> bool {
+        self.0.supports_factorial_operator()
+    }
+    fn supports_bitwise_shift_operators(&self) -> bool {
+        self.0.supports_bitwise_shift_operators()
+    }
+    fn supports_comment_on(&self) -> bool {
+        self.0.supports_comment_on()
+    }
+    fn supports_load_extension(&self) -> bool {
+        self.0.supports_load_extension()
+    }
+    fn supports_named_fn_args_with_colon_operator(&self) -> bool {
+        self.0.supports_named_fn_args_with_colon_operator()
+    }
+    fn supports_named_fn_args_with_expr_name(&self) -> bool {
+        self.0.supports_named_fn_args_with_expr_name()
+    }
+    fn supports_empty_projections(&self) -> bool {
+        self.0.supports_empty_projections()
+    }
+    fn supports_nested_comments(&self) -> bool {
+        self.0.supports_nested_comments()
+    }
+    fn supports_string_escape_constant(&self) -> bool {
+        self.0.supports_string_escape_constant()
+    }
+    fn supports_numeric_literal_underscores(&self) -> bool {
+        self.0.supports_numeric_literal_underscores()
+    }
+    fn supports_array_typedef_with_brackets(&self) -> bool {
+        self.0.supports_array_typedef_with_brackets()
+    }
+    fn supports_set_names(&self) -> bool {
+        self.0.supports_set_names()
+    }
+    fn supports_alter_column_type_using(&self) -> bool {
+        self.0.supports_alter_column_type_using()
+    }
+    fn supports_notnull_operator(&self) -> bool {
+        self.0.supports_notnull_operator()
+    }
+    fn supports_interval_options(&self) -> bool {
+        self.0.supports_interval_options()
+    }
+    fn supports_insert_table_alias(&self) -> bool {
+        self.0.supports_insert_table_alias()
+    }
+    fn supports_create_table_like_parenthesized(&self) -> bool {
+        self.0.supports_create_table_like_parenthesized()
+    }
+    fn supports_select_wildcard_with_alias(&self) -> bool {
+        self.0.supports_select_wildcard_with_alias()
+    }
+    fn supports_comma_separated_trim(&self) -> bool {
+        self.0.supports_comma_separated_trim()
+    }
+    fn supports_xml_expressions(&self) -> bool {
+        self.0.supports_xml_expressions()
+    }
+    fn supports_comment_optimizer_hint(&self) -> bool {
+        self.0.supports_comment_optimizer_hint()
+    }
+}
+
+fn parse_in(sql: &str, dialect: &dyn datafusion::sql::sqlparser::dialect::Dialect) -> Result<Vec<Statement>> {
+    let tokens = Tokenizer::new(dialect, sql)
         .with_unescape(true)
         .tokenize_with_location()
         .map_err(|e| locate(sql, ParserError::from(e).into()))?;
     super::limits::check_tokens(&tokens)?;
-    let parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    let parser = Parser::new(dialect).with_tokens_with_locations(tokens);
     let mut parser = DialectParser { parser, sql };
     let mut out = Vec::new();
     loop {

@@ -402,3 +402,15 @@ fn deep_expressions_are_refused_or_made_shallow() {
     let e = error(&format!("CREATE TABLE d (a BIGINT PRIMARY KEY, b BIGINT DEFAULT {})", chain(5_000, " * ")));
     assert_eq!(e.code(), StatusCode::StatementTooComplex, "{e}");
 }
+
+#[test]
+fn question_marks_are_numbered_parameters_for_flight_sql() {
+    use crate::sql::parse_question_mark_parameters;
+    let statements = parse_question_mark_parameters("SELECT a FROM t WHERE b = ? AND c > ?").expect("parses");
+    let [Statement::Plan(plan)] = statements.as_slice() else { panic!("{statements:?}") };
+    assert_eq!(plan.to_string(), "SELECT a FROM t WHERE b = $1 AND c > $2");
+    let err = parse_question_mark_parameters("SELECT a FROM t WHERE b = ? AND c > $1").expect_err("mixed");
+    assert_eq!(err.code(), StatusCode::InvalidSyntax);
+    // Without the Flight SQL convention `?` is Postgres' jsonb operator, not a parameter.
+    assert!(parse("SELECT a FROM t WHERE b = ?").is_err());
+}

@@ -102,6 +102,26 @@ with flight_sql.connect(f"grpc://127.0.0.1:{flight_port}") as conn:
         assert cur.fetch_arrow_table().column(0).to_pylist() == ["c"]
         cur.execute("CREATE TABLE py_from_flight AS SELECT id FROM py_items")
         cur.fetchall()
+        # Every statement kind through cursor.execute does what it says, with ? or $n parameters.
+        cur.execute("CREATE TABLE py_kinds (id BIGINT PRIMARY KEY, v TEXT)")
+        cur.execute("INSERT INTO py_kinds VALUES (?, ?)", parameters=(1, "one"))
+        cur.execute("INSERT INTO py_kinds VALUES ($1, $2)", parameters=(2, "two"))
+        cur.execute("UPDATE py_kinds SET v = ? WHERE id = ?", parameters=("uno", 1))
+        cur.execute("SELECT id, v FROM py_kinds WHERE id >= ? ORDER BY id", parameters=(1,))
+        assert cur.fetchall() == [(1, "uno"), (2, "two")]
+        cur.execute("CREATE VIEW py_kinds_view AS SELECT v FROM py_kinds WHERE id = 2")
+        cur.execute("SELECT v FROM py_kinds_view")
+        assert cur.fetchall() == [("two",)]
+        cur.execute("DELETE FROM py_kinds WHERE id = ?", parameters=(2,))
+        cur.execute("SELECT count(*) FROM py_kinds")
+        assert cur.fetchone()[0] == 1
+        cur.execute("DROP VIEW py_kinds_view")
+        cur.execute("DROP TABLE py_kinds")
+        try:
+            cur.execute("SELECT * FROM py_kinds")
+            raise AssertionError("the dropped table is still there")
+        except flight_sql.Error as e:
+            assert "not found" in str(e) or "does not exist" in str(e), e
     # Bulk ingest (CommandStatementIngest): create, then append.
     import pyarrow as pa
 
