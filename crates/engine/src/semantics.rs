@@ -325,7 +325,7 @@ fn call(op: Checked, target: Option<DataType>, args: Vec<Expr>) -> Expr {
 
 /// Rewrites every expression of `plan` and its subqueries with `rewrite`,
 /// keeping the names of rewritten expressions.
-fn rewrite_plan(
+pub(crate) fn rewrite_plan(
     plan: LogicalPlan,
     rewrite: impl Fn(Expr, &datafusion::common::DFSchema) -> DfResult<Transformed<Expr>>,
 ) -> DfResult<LogicalPlan> {

@@ -393,7 +393,7 @@ async fn psql_client() -> anyhow::Result<()> {
             "CREATE VIEW readings_view AS SELECT id, sensor FROM readings",
             "CREATE MATERIALIZED VIEW readings_by_sensor AS SELECT sensor, count(*) AS n FROM readings GROUP BY sensor",
         ]);
-        let kinds = psql(vec!["\\dm", "\\dv", "\\di"]);
+        let kinds = psql(vec!["\\dm", "\\dv", "\\di", "\\df"]);
         let dt = psql(vec!["\\dt"]);
         let d = psql(vec!["\\d readings"]);
         let dn = psql(vec!["\\dn"]);
@@ -416,7 +416,7 @@ async fn psql_client() -> anyhow::Result<()> {
     .await?;
     let (create, dt, d, dn, l, typo, copied, failed, counted, kinds) = out;
     // Materialized views, views and primary key indexes each in their own list.
-    assert!(kinds.0, "{kinds:?}");
+    assert!(kinds.0 && kinds.1.contains("List of functions"), "{kinds:?}");
     for line in [
         "public | readings_by_sensor | materialized view",
         "public | readings_view | view",
@@ -473,6 +473,19 @@ async fn sqlalchemy_and_pandas() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let pg = server.pg_addr().port().to_string();
     streamhouse_testkit::run_client_script("sqlalchemy_pandas.py", vec![pg], "sqlalchemy ok").await?;
+    server.stop().await;
+    Ok(())
+}
+
+/// ADBC's PostgreSQL driver: its pg_type start-up query and typed Arrow results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adbc_postgresql_driver() -> anyhow::Result<()> {
+    if !streamhouse_testkit::python_has("adbc_driver_postgresql.dbapi, pyarrow") {
+        return Ok(());
+    }
+    let server = TestServer::start().await?;
+    let pg = server.pg_addr().port().to_string();
+    streamhouse_testkit::run_client_script("adbc_postgresql.py", vec![pg], "adbc postgresql ok").await?;
     server.stop().await;
     Ok(())
 }

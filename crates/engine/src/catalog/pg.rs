@@ -36,6 +36,7 @@ use crate::types::PgType;
 
 mod functions;
 mod information_schema;
+pub mod regproc;
 mod tables;
 
 /// The owner every object reports (Postgres' bootstrap superuser's oid).

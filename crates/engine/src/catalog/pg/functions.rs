@@ -154,6 +154,17 @@ fn to_regclass(source: &Source, args: &[ScalarValue]) -> ScalarValue {
     ScalarValue::Int32(found.map(|r| r.oid))
 }
 
+/// `pg_my_temp_schema()`: 0, there are no temporary schemas.
+fn no_temp_schema(_: &Source, _: &[ScalarValue]) -> ScalarValue {
+    ScalarValue::Int32(Some(0))
+}
+
+/// `pg_get_function_result` / `pg_get_function_arguments`: streamhouse has
+/// no user-defined functions, and psql's `\df` lists only those.
+fn no_function_text(_: &Source, _: &[ScalarValue]) -> ScalarValue {
+    ScalarValue::Utf8(None)
+}
+
 fn no_sequence(_: &Source, _: &[ScalarValue]) -> ScalarValue {
     utf8(None)
 }
@@ -173,7 +184,11 @@ fn quote(name: &str) -> String {
 pub(super) fn register(ctx: &SessionContext, source: &Arc<Source>) -> Result<()> {
     let any =
         |arity: &[usize]| Signature::one_of(arity.iter().map(|&n| TypeSignature::Any(n)).collect(), Volatility::Stable);
-    let functions: [(&'static str, Signature, DataType, Body); 12] = [
+    let functions: [(&'static str, Signature, DataType, Body); 16] = [
+        ("pg_get_function_result", any(&[1]), DataType::Utf8, no_function_text),
+        ("pg_get_function_arguments", any(&[1]), DataType::Utf8, no_function_text),
+        ("pg_get_function_identity_arguments", any(&[1]), DataType::Utf8, no_function_text),
+        ("pg_my_temp_schema", Signature::nullary(Volatility::Stable), DataType::Int32, no_temp_schema),
         ("pg_collation_is_visible", any(&[1]), DataType::Boolean, visible),
         ("pg_operator_is_visible", any(&[1]), DataType::Boolean, visible),
         ("pg_opclass_is_visible", any(&[1]), DataType::Boolean, visible),

@@ -1,0 +1,23 @@
+"""ADBC's PostgreSQL driver (libpq, COPY-binary results) against a running
+streamhouse: its start-up type query resolves our types, and a query
+comes back as a typed Arrow table. Usage:
+    python3 adbc_postgresql.py PG_PORT"""
+
+import sys
+
+import adbc_driver_postgresql.dbapi as adbc_pg
+import pyarrow as pa
+
+port = sys.argv[1]
+with adbc_pg.connect(f"postgresql://adbc@127.0.0.1:{port}/streamhouse") as conn:
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE adbc_items (id BIGINT PRIMARY KEY, name VARCHAR(10), ok BOOLEAN, x DOUBLE PRECISION)")
+        cur.execute("INSERT INTO adbc_items VALUES (1, 'a', true, 0.5), (2, NULL, false, NULL)")
+        cur.execute("SELECT id, name, ok, x FROM adbc_items ORDER BY id")
+        table = cur.fetch_arrow_table()
+        assert table.schema.types == [pa.int64(), pa.string(), pa.bool_(), pa.float64()], table.schema
+        assert table.to_pylist() == [
+            {"id": 1, "name": "a", "ok": True, "x": 0.5},
+            {"id": 2, "name": None, "ok": False, "x": None},
+        ], table.to_pylist()
+print("adbc postgresql ok")
