@@ -234,6 +234,12 @@ fn user_message(err: &DataFusionError) -> String {
         DataFusionError::SQL(e, _) => e.to_string(),
         DataFusionError::SchemaError(e, _) => e.to_string(),
         DataFusionError::ArrowError(e, _) => e.to_string(),
+        // What is left of a scalar subquery DataFusion could not decorrelate.
+        DataFusionError::NotImplemented(m) if m.contains("does not support logical expression ScalarSubquery") => {
+            "this correlated scalar subquery is not supported: it must be correlated with the outer query by \
+             equality (inner column = outer expression); rewrite it as a join"
+                .to_string()
+        }
         DataFusionError::Plan(m)
         | DataFusionError::Execution(m)
         | DataFusionError::NotImplemented(m)
