@@ -394,8 +394,45 @@ impl datafusion::logical_expr::planner::ExprPlanner for UnknownLiteralPlanner {
             },
             _ => (left, right),
         };
+        // `array_column = '{1,2}'`: the literal is an array of the column's element type.
+        let comparison = matches!(op, B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq);
+        let (left, right) = match (comparison, is_string(&left), is_string(&right)) {
+            (true, false, true) => {
+                let right = array_literal(&right, &left, schema).unwrap_or(right);
+                (left, right)
+            }
+            (true, true, false) => (array_literal(&left, &right, schema).unwrap_or(left), right),
+            _ => (left, right),
+        };
         Ok(PlannerResult::Original(RawBinaryExpr { op, left, right }))
     }
+}
+
+/// A Postgres array literal (`'{1,2}'`, `'{}'`, `'{a,NULL}'`) compared with
+/// `other`, a list, as a list of `other`'s element type; `None` when it is
+/// not one (quoted or nested elements are left to DataFusion).
+fn array_literal(literal: &Expr, other: &Expr, schema: &datafusion::common::DFSchema) -> Option<Expr> {
+    let (
+        Expr::Literal(ScalarValue::Utf8(Some(text)) | ScalarValue::Utf8View(Some(text)), _),
+        Ok(DataType::List(field)),
+    ) = (literal, other.get_type(schema))
+    else {
+        return None;
+    };
+    let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;
+    if inner.contains(['{', '"', '\\']) {
+        return None;
+    }
+    let mut values = Vec::new();
+    for element in inner.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        values.push(if element.eq_ignore_ascii_case("null") {
+            ScalarValue::try_from(field.data_type()).ok()?
+        } else {
+            ScalarValue::Utf8(Some(element.to_string())).cast_to(field.data_type()).ok()?
+        });
+    }
+    let list = ScalarValue::new_list_nullable(&values, field.data_type());
+    Some(Expr::Literal(ScalarValue::List(list), None))
 }
 
 /// `sum` with Postgres' result types: `smallint` and `integer` sum as
@@ -531,8 +568,11 @@ impl AnalyzerRule for ScalarSubqueryCardinality {
 fn checked_subquery(mut subquery: datafusion::logical_expr::Subquery) -> DfResult<Expr> {
     let plan = Arc::unwrap_or_clone(Arc::clone(&subquery.subquery));
     // Conditions on the outer row alone decide whether the subquery runs.
-    let (plan, outer_conditions) =
-        if subquery.outer_ref_columns.is_empty() { (plan, vec![]) } else { hoist_outer_conditions(plan)? };
+    let Hoisted { plan, outer: outer_conditions, mixed } = if subquery.outer_ref_columns.is_empty() {
+        Hoisted { plan, outer: vec![], mixed: vec![] }
+    } else {
+        hoist_outer_conditions(plan)?
+    };
     let guarded = |expr: Expr| -> DfResult<Expr> {
         Ok(match datafusion::logical_expr::utils::conjunction(outer_conditions.clone()) {
             Some(condition) => datafusion::logical_expr::when(condition, expr).end()?,
@@ -541,10 +581,16 @@ fn checked_subquery(mut subquery: datafusion::logical_expr::Subquery) -> DfResul
     };
     if let LogicalPlan::Projection(projection) = &plan
         && let [output] = projection.expr.as_slice()
-        && output.exists(|x| Ok(matches!(x, Expr::OuterReferenceColumn(..))))?
+        && (!mixed.is_empty() || output.exists(|x| Ok(matches!(x, Expr::OuterReferenceColumn(..))))?)
     {
-        let pulled = pull_up_projection(&subquery, output, &projection.input)?;
+        let pulled = pull_up_projection(&subquery, output, &projection.input, mixed)?;
         return guarded(pulled);
+    }
+    if !mixed.is_empty() {
+        // Mixed conditions need the projection above to be pulled up with them.
+        return Err(DataFusionError::NotImplemented(
+            "Physical plan does not support logical expression ScalarSubquery with these conditions".into(),
+        ));
     }
     let correlated = !plan.all_out_ref_exprs().is_empty();
     let field = plan.schema().field(0).clone();
@@ -579,11 +625,17 @@ fn pull_up_projection(
     subquery: &datafusion::logical_expr::Subquery,
     output: &Expr,
     input: &Arc<LogicalPlan>,
+    conditions: Vec<Expr>,
 ) -> DfResult<Expr> {
     use datafusion::functions::core::expr_fn::{get_field, named_struct};
     let output = output.clone().unalias_nested().data;
+    let filtered = !conditions.is_empty();
     let mut inner: Vec<datafusion::common::Column> = output.column_refs().into_iter().cloned().collect();
+    for condition in &conditions {
+        inner.extend(condition.column_refs().into_iter().cloned());
+    }
     inner.sort_by_key(|c| c.flat_name());
+    inner.dedup();
     let mut struct_args = Vec::with_capacity(inner.len() * 2 + 2);
     // A row marker, so that a found row is never a NULL struct.
     struct_args.extend([datafusion::logical_expr::lit("found"), datafusion::logical_expr::lit(true)]);
@@ -597,19 +649,44 @@ fn pull_up_projection(
         let mut copy = subquery.clone();
         copy.outer_ref_columns = row_plan.all_out_ref_exprs();
         copy.subquery = Arc::new(row_plan.clone());
-        checked_subquery(copy)
+        if filtered { checked_filtered_subquery(copy) } else { checked_subquery(copy) }
     };
-    let applied = output
-        .transform(|x| match x {
-            Expr::OuterReferenceColumn(_, column) => Ok(Transformed::yes(Expr::Column(column))),
-            Expr::Column(column) => match inner.iter().position(|c| *c == column) {
-                Some(i) => Ok(Transformed::yes(get_field(row()?, format!("c{i}")))),
-                None => Ok(Transformed::no(Expr::Column(column))),
-            },
-            other => Ok(Transformed::no(other)),
-        })?
-        .data;
-    datafusion::logical_expr::when(row()?.is_not_null(), applied).end()
+    let outside = |expr: Expr| -> DfResult<Expr> {
+        Ok(expr
+            .transform(|x| match x {
+                Expr::OuterReferenceColumn(_, column) => Ok(Transformed::yes(Expr::Column(column))),
+                Expr::Column(column) => match inner.iter().position(|c| *c == column) {
+                    Some(i) => Ok(Transformed::yes(get_field(row()?, format!("c{i}")))),
+                    None => Ok(Transformed::no(Expr::Column(column))),
+                },
+                other => Ok(Transformed::no(other)),
+            })?
+            .data)
+    };
+    let applied = outside(output)?;
+    let mut found = row()?.is_not_null();
+    for condition in conditions {
+        found = found.and(outside(condition)?);
+    }
+    datafusion::logical_expr::when(found, applied).end()
+}
+
+/// The row a correlated subquery's equalities find, for conditions checked
+/// outside it ([`pull_up_projection`]): when the equalities find several
+/// rows, which of them the other conditions keep is not known here, so that
+/// is refused (0A000) rather than answered.
+fn checked_filtered_subquery(mut subquery: datafusion::logical_expr::Subquery) -> DfResult<Expr> {
+    let plan = Arc::unwrap_or_clone(Arc::clone(&subquery.subquery));
+    let field = plan.schema().field(0).clone();
+    let column = Expr::Column(datafusion::common::Column::from(plan.schema().qualified_field(0)));
+    let name = format!("__counted_{}", field.name());
+    counted_value(column, true, |counted| {
+        let checked =
+            LogicalPlanBuilder::from(plan).aggregate(Vec::<Expr>::new(), vec![counted.alias(name)])?.build()?;
+        subquery.outer_ref_columns = checked.all_out_ref_exprs();
+        subquery.subquery = Arc::new(checked);
+        Ok(Expr::ScalarSubquery(subquery))
+    })
 }
 
 /// `(SELECT e FROM t WHERE o AND r)`, where `o` reads only the outer row, is
@@ -617,15 +694,31 @@ fn pull_up_projection(
 /// without `o` and the `o`s, as expressions over the outer row. DataFusion
 /// decorrelates the second form, not the first (clients' catalog queries
 /// write `WHERE attribute.atthasdef AND adrelid = attrelid …`).
-fn hoist_outer_conditions(plan: LogicalPlan) -> DfResult<(LogicalPlan, Vec<Expr>)> {
+fn hoist_outer_conditions(plan: LogicalPlan) -> DfResult<Hoisted> {
     use datafusion::logical_expr::{Filter, Projection};
-    let split = |filter: Filter| -> DfResult<(LogicalPlan, Vec<Expr>)> {
-        let (outer, inner): (Vec<Expr>, Vec<Expr>) =
-            datafusion::logical_expr::utils::split_conjunction_owned(filter.predicate).into_iter().partition(|e| {
-                e.column_refs().is_empty()
-                    && e.exists(|x| Ok(matches!(x, Expr::OuterReferenceColumn(..)))).unwrap_or(false)
-                    && !e.is_volatile()
-            });
+    let reads_outer = |e: &Expr| e.exists(|x| Ok(matches!(x, Expr::OuterReferenceColumn(..)))).unwrap_or(false);
+    // `inner = outer` (either way round): what DataFusion decorrelates.
+    let equality = |e: &Expr| match e {
+        Expr::BinaryExpr(b) if b.op == datafusion::logical_expr::Operator::Eq => {
+            let inner_only = |x: &Expr| !reads_outer(x) && !x.column_refs().is_empty();
+            let outer_only = |x: &Expr| reads_outer(x) && x.column_refs().is_empty();
+            (inner_only(&b.left) && outer_only(&b.right)) || (outer_only(&b.left) && inner_only(&b.right))
+        }
+        _ => false,
+    };
+    let split = |filter: Filter| -> DfResult<(LogicalPlan, Vec<Expr>, Vec<Expr>)> {
+        let mut outer = vec![];
+        let mut mixed = vec![];
+        let mut inner = vec![];
+        for e in datafusion::logical_expr::utils::split_conjunction_owned(filter.predicate) {
+            if e.is_volatile() || !reads_outer(&e) || equality(&e) {
+                inner.push(e);
+            } else if e.column_refs().is_empty() {
+                outer.push(e);
+            } else {
+                mixed.push(e);
+            }
+        }
         let input = Arc::unwrap_or_clone(filter.input);
         let plan = match datafusion::logical_expr::utils::conjunction(inner) {
             Some(predicate) => LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(input))?),
@@ -641,19 +734,38 @@ fn hoist_outer_conditions(plan: LogicalPlan) -> DfResult<(LogicalPlan, Vec<Expr>
                 .map(|t| t.data)
             })
             .collect::<DfResult<Vec<_>>>()?;
-        Ok((plan, outer))
+        Ok((plan, outer, mixed))
     };
-    match plan {
+    Ok(match plan {
         LogicalPlan::Projection(projection) => match Arc::unwrap_or_clone(projection.input) {
             LogicalPlan::Filter(filter) => {
-                let (input, outer) = split(filter)?;
-                Ok((LogicalPlan::Projection(Projection::try_new(projection.expr, Arc::new(input))?), outer))
+                let (input, outer, mixed) = split(filter)?;
+                let plan = LogicalPlan::Projection(Projection::try_new(projection.expr, Arc::new(input))?);
+                Hoisted { plan, outer, mixed }
             }
-            input => Ok((LogicalPlan::Projection(Projection::try_new(projection.expr, Arc::new(input))?), vec![])),
+            input => Hoisted {
+                plan: LogicalPlan::Projection(Projection::try_new(projection.expr, Arc::new(input))?),
+                outer: vec![],
+                mixed: vec![],
+            },
         },
-        LogicalPlan::Filter(filter) => split(filter),
-        other => Ok((other, vec![])),
-    }
+        LogicalPlan::Filter(filter) => {
+            let (plan, outer, mixed) = split(filter)?;
+            Hoisted { plan, outer, mixed }
+        }
+        other => Hoisted { plan: other, outer: vec![], mixed: vec![] },
+    })
+}
+
+/// A correlated subquery taken apart by [`hoist_outer_conditions`].
+struct Hoisted {
+    /// The subquery without the conditions below.
+    plan: LogicalPlan,
+    /// Conditions on the outer row alone, over plain columns of the outer query.
+    outer: Vec<Expr>,
+    /// Conditions reading both the subquery's rows and the outer row other
+    /// than by equality (still with outer references).
+    mixed: Vec<Expr>,
 }
 
 /// Whether `plan` can return at most one row whatever the data.
@@ -689,17 +801,33 @@ fn single_row_call(arg: Expr) -> Expr {
 /// may have many rows, and that is no error); the error is raised where the
 /// value is used, for the outer rows that do ask.
 fn counted_single_value(arg: Expr, subquery: impl FnOnce(Expr) -> DfResult<Expr>) -> DfResult<Expr> {
+    counted_value(arg, false, subquery)
+}
+
+/// [`counted_single_value`]; `filtered`: several rows are 0A000 (see [`checked_filtered_subquery`]).
+fn counted_value(arg: Expr, filtered: bool, subquery: impl FnOnce(Expr) -> DfResult<Expr>) -> DfResult<Expr> {
     static COUNTED: LazyLock<Arc<AggregateUDF>> = LazyLock::new(|| {
         Arc::new(AggregateUDF::new_from_impl(SingleRow {
             signature: Signature::any(1, Volatility::Immutable),
             counted: true,
         }))
     });
-    static SINGLE_VALUE: LazyLock<Arc<datafusion::logical_expr::ScalarUDF>> =
-        LazyLock::new(|| Arc::new(datafusion::logical_expr::ScalarUDF::new_from_impl(SingleValue::default())));
+    static SINGLE_VALUE: LazyLock<Arc<datafusion::logical_expr::ScalarUDF>> = LazyLock::new(|| {
+        Arc::new(datafusion::logical_expr::ScalarUDF::new_from_impl(SingleValue {
+            signature: Signature::any(1, Volatility::Immutable),
+            filtered: false,
+        }))
+    });
+    static FILTERED_VALUE: LazyLock<Arc<datafusion::logical_expr::ScalarUDF>> = LazyLock::new(|| {
+        Arc::new(datafusion::logical_expr::ScalarUDF::new_from_impl(SingleValue {
+            signature: Signature::any(1, Volatility::Immutable),
+            filtered: true,
+        }))
+    });
     let counted =
         Expr::AggregateFunction(AggregateFunction::new_udf(Arc::clone(&COUNTED), vec![arg], false, None, vec![], None));
-    Ok(Expr::ScalarFunction(ScalarFunction::new_udf(Arc::clone(&SINGLE_VALUE), vec![subquery(counted)?])))
+    let udf = if filtered { &FILTERED_VALUE } else { &SINGLE_VALUE };
+    Ok(Expr::ScalarFunction(ScalarFunction::new_udf(Arc::clone(udf), vec![subquery(counted)?])))
 }
 
 const TOO_MANY_ROWS: &str = "more than one row returned by a subquery used as an expression";
@@ -784,17 +912,13 @@ impl SingleRowAccumulator {
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct SingleValue {
     signature: Signature,
-}
-
-impl Default for SingleValue {
-    fn default() -> Self {
-        Self { signature: Signature::any(1, Volatility::Immutable) }
-    }
+    /// Conditions are checked outside: several rows are 0A000, not 21000.
+    filtered: bool,
 }
 
 impl datafusion::logical_expr::ScalarUDFImpl for SingleValue {
     fn name(&self) -> &str {
-        "single_value"
+        if self.filtered { "filtered_single_value" } else { "single_value" }
     }
 
     fn signature(&self) -> &Signature {
@@ -814,6 +938,13 @@ impl datafusion::logical_expr::ScalarUDFImpl for SingleValue {
         let rows = datafusion::common::cast::as_int64_array(counted.column(1))?;
         for i in 0..counted.len() {
             if counted.is_valid(i) && rows.value(i) > 1 {
+                if self.filtered {
+                    return Err(DataFusionError::External(Box::new(Error::new(
+                        StatusCode::Unsupported,
+                        "a correlated scalar subquery whose equality conditions find several rows, and whose \
+                         other conditions read the outer row, is not supported: rewrite it as a join",
+                    ))));
+                }
                 return Err(too_many_rows());
             }
         }

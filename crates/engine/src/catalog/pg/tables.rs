@@ -24,7 +24,32 @@ pub(super) fn all() -> Vec<(&'static str, Box<dyn CatalogTableObject>)> {
         ("pg_tables", Box::new(PgTables)),
         ("pg_views", Box::new(PgViews)),
         ("pg_matviews", Box::new(PgMatviews)),
+        ("pg_policy", Box::new(PgPolicy)),
     ]
+}
+
+/// No row-level security policies; typed as Postgres types them (`polroles`
+/// is `oid[]`, which psql's `\d` compares with `ANY`).
+#[derive(Debug)]
+struct PgPolicy;
+
+impl CatalogTable for PgPolicy {
+    fn schema(&self) -> SchemaRef {
+        schema(vec![
+            oid_field("oid", kind::OID, false),
+            utf8("polname"),
+            oid_field("polrelid", kind::REGCLASS, false),
+            utf8("polcmd"),
+            flag("polpermissive"),
+            Field::new("polroles", DataType::new_list(DataType::Int32, true), true),
+            utf8("polqual"),
+            utf8("polwithcheck"),
+        ])
+    }
+
+    fn rows(&self, _: &Source, _: &Snapshot, _: &mut Rows) -> Result<()> {
+        Ok(())
+    }
 }
 
 fn schema(fields: Vec<Field>) -> SchemaRef {
