@@ -49,11 +49,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Config { config } => {
             let config = Config::load(config.as_deref())?;
-            #[allow(clippy::print_stdout)]
-            {
-                println!("{config:#?}");
+            use std::io::Write;
+            // A reader that stops early (`| head`) is not an error.
+            match writeln!(std::io::stdout().lock(), "{config:#?}") {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
             }
-            Ok(())
         }
     }
 }
