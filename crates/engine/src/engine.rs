@@ -100,7 +100,7 @@ impl Engine {
             // After type coercion: Postgres' checked integers and scalar subqueries.
             .with_analyzer_rule(Arc::new(crate::semantics::CheckedArithmetic))
             .with_analyzer_rule(Arc::new(crate::semantics::ScalarSubqueryCardinality))
-            .with_analyzer_rule(Arc::new(crate::catalog::pg::regproc::RegprocText))
+            .with_analyzer_rule(Arc::new(crate::semantics::RegprocText))
             .build();
         let base = SessionContext::new_with_state(state);
         datafusion_pg_catalog::setup_pg_catalog(&base, &config.database, EmptyContextProvider)

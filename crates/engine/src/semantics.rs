@@ -52,6 +52,9 @@ use datafusion::optimizer::AnalyzerRule;
 
 use crate::error::{Error, StatusCode};
 
+mod regproc;
+pub use regproc::RegprocText;
+
 fn overflow(data_type: &DataType) -> DataFusionError {
     DataFusionError::External(Box::new(Error::new(
         StatusCode::NumericOverflow,
@@ -325,7 +328,7 @@ fn call(op: Checked, target: Option<DataType>, args: Vec<Expr>) -> Expr {
 
 /// Rewrites every expression of `plan` and its subqueries with `rewrite`,
 /// keeping the names of rewritten expressions.
-pub(crate) fn rewrite_plan(
+fn rewrite_plan(
     plan: LogicalPlan,
     rewrite: impl Fn(Expr, &datafusion::common::DFSchema) -> DfResult<Transformed<Expr>>,
 ) -> DfResult<LogicalPlan> {
@@ -1000,7 +1003,7 @@ impl Accumulator for SingleRowAccumulator {
 /// `pg_like_escape(pattern, escape)`: a `LIKE` pattern written with escape
 /// character `escape` (`LIKE p ESCAPE '/'`), as the backslash-escaped
 /// pattern DataFusion matches with. An empty `escape` turns escaping off.
-/// See [`crate::sql::compat`].
+/// The SQL front end rewrites `LIKE … ESCAPE` to it.
 pub fn like_escape_udf() -> datafusion::logical_expr::ScalarUDF {
     use datafusion::arrow::array::StringArray;
     datafusion::logical_expr::create_udf(

@@ -36,8 +36,15 @@ use crate::types::PgType;
 
 mod functions;
 mod information_schema;
-pub mod regproc;
 mod tables;
+
+/// Function names by oid, from the static `pg_proc` (set when `pg_type` is built).
+static PROC_NAMES: std::sync::OnceLock<HashMap<i32, String>> = std::sync::OnceLock::new();
+
+/// The name of the function with oid `oid` (what a `regproc` value prints).
+pub fn proc_name(oid: i32) -> Option<&'static str> {
+    PROC_NAMES.get()?.get(&oid).map(String::as_str)
+}
 
 /// The owner every object reports (Postgres' bootstrap superuser's oid).
 const OWNER_OID: i32 = 10;

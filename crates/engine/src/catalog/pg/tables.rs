@@ -574,7 +574,7 @@ pub(super) fn pg_type(pg_catalog: &Arc<dyn SchemaProvider>) -> Result<Arc<dyn Ta
     }
     let names: std::collections::HashMap<i32, String> =
         proc_oids.iter().map(|(name, oid)| (*oid, name.clone())).collect();
-    let _ = super::regproc::PROC_NAMES.set(names);
+    let _ = super::PROC_NAMES.set(names);
     const FUNCTIONS: &[&str] =
         &["typinput", "typoutput", "typreceive", "typsend", "typmodin", "typmodout", "typanalyze"];
     let Some(first) = types.first() else {

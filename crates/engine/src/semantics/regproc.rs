@@ -4,8 +4,7 @@
 //! both: ADBC's PostgreSQL driver filters `pg_type` by oid and then maps
 //! types by their receive function's name.
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
@@ -17,9 +16,6 @@ use datafusion::logical_expr::{ColumnarValue, Expr, ExprSchemable, LogicalPlan, 
 use datafusion::optimizer::AnalyzerRule;
 use datafusion_pg_catalog::pg_catalog::oid_field::{OID_ALIAS_KEY, kind};
 
-/// Function names by oid, from the static `pg_proc`.
-pub(super) static PROC_NAMES: OnceLock<HashMap<i32, String>> = OnceLock::new();
-
 /// `regproc_name(oid)`: the name `regproc` prints: `-` for 0, the
 /// function's name, or the number when there is no such function.
 fn regproc_name_udf() -> Arc<ScalarUDF> {
@@ -30,10 +26,9 @@ fn regproc_name_udf() -> Arc<ScalarUDF> {
             DataType::Utf8,
             Volatility::Immutable,
             Arc::new(|args: &[ColumnarValue]| {
-                let names = PROC_NAMES.get();
                 let name = |oid: i32| match oid {
                     0 => "-".to_string(),
-                    oid => names.and_then(|n| n.get(&oid).cloned()).unwrap_or_else(|| oid.to_string()),
+                    oid => crate::catalog::pg::proc_name(oid).map_or_else(|| oid.to_string(), str::to_string),
                 };
                 match &args[0] {
                     ColumnarValue::Scalar(value) => {
@@ -73,7 +68,7 @@ pub struct RegprocText;
 
 impl AnalyzerRule for RegprocText {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
-        let plan = crate::semantics::rewrite_plan(plan, |expr, schema| match expr {
+        let plan = super::rewrite_plan(plan, |expr, schema| match expr {
             Expr::Cast(cast)
                 if matches!(cast.field.data_type(), DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)
                     && is_regproc(&cast.expr, schema) =>
