@@ -55,6 +55,20 @@ use crate::error::{Error, StatusCode};
 mod regproc;
 pub use regproc::RegprocText;
 
+/// Whether `plan` is a query whose rows are the result (not DML, DDL, a
+/// statement, COPY or EXPLAIN).
+pub fn is_query(plan: &LogicalPlan) -> bool {
+    !matches!(
+        plan,
+        LogicalPlan::Dml(_)
+            | LogicalPlan::Ddl(_)
+            | LogicalPlan::Statement(_)
+            | LogicalPlan::Copy(_)
+            | LogicalPlan::Explain(_)
+            | LogicalPlan::Analyze(_)
+    )
+}
+
 fn overflow(data_type: &DataType) -> DataFusionError {
     DataFusionError::External(Box::new(Error::new(
         StatusCode::NumericOverflow,

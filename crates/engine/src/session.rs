@@ -963,15 +963,7 @@ async fn buffer(output: Output) -> Result<Output> {
 
 /// Whether `plan` is a query (not DML, DDL or a statement), which EXPLAIN shows with its execution mode.
 fn is_query(plan: &LogicalPlan) -> bool {
-    !matches!(
-        plan,
-        LogicalPlan::Dml(_)
-            | LogicalPlan::Ddl(_)
-            | LogicalPlan::Statement(_)
-            | LogicalPlan::Copy(_)
-            | LogicalPlan::Explain(_)
-            | LogicalPlan::Analyze(_)
-    ) && !is_subscription(plan)
+    crate::semantics::is_query(plan) && !is_subscription(plan)
 }
 
 /// Whether a plan reads a subscription (an unbounded stream).

@@ -57,13 +57,20 @@ type ObjectKey = (char, String, String);
 /// Object ids, stable for the server's lifetime.
 #[derive(Debug)]
 pub(crate) struct Oids {
-    /// The next oid to hand out, and those handed out.
-    assigned: Mutex<(i32, HashMap<ObjectKey, i32>)>,
+    assigned: Mutex<Assigned>,
+}
+
+/// The oids handed out, both ways, and the next one.
+#[derive(Debug)]
+struct Assigned {
+    next: i32,
+    by_key: HashMap<ObjectKey, i32>,
+    by_oid: HashMap<i32, ObjectKey>,
 }
 
 impl Default for Oids {
     fn default() -> Self {
-        Self { assigned: Mutex::new((16384, HashMap::new())) }
+        Self { assigned: Mutex::new(Assigned { next: 16384, by_key: HashMap::new(), by_oid: HashMap::new() }) }
     }
 }
 
@@ -81,18 +88,21 @@ impl Oids {
     /// The object an oid was handed out for: kind, schema, name.
     pub fn lookup(&self, oid: i32) -> Option<ObjectKey> {
         let assigned = self.assigned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        assigned.1.iter().find(|(_, o)| **o == oid).map(|(key, _)| key.clone())
+        assigned.by_oid.get(&oid).cloned()
     }
 
     /// The oid of an object of `kind` (`r` relation, `i` index, `c` constraint) in `schema`.
     fn get(&self, kind: char, schema: &str, name: &str) -> i32 {
         let mut assigned = self.assigned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (next, map) = &mut *assigned;
-        *map.entry((kind, schema.to_string(), name.to_string())).or_insert_with(|| {
-            let oid = *next;
-            *next += 1;
-            oid
-        })
+        let key = (kind, schema.to_string(), name.to_string());
+        if let Some(oid) = assigned.by_key.get(&key) {
+            return *oid;
+        }
+        let oid = assigned.next;
+        assigned.next += 1;
+        assigned.by_oid.insert(oid, key.clone());
+        assigned.by_key.insert(key, oid);
+        oid
     }
 }
 
@@ -202,17 +212,26 @@ impl Source {
         Relation { oid: self.oids.get('r', schema, &name), schema: schema.to_string(), namespace, name, relkind, info }
     }
 
+    /// The user relation `schema.name`, if it exists.
+    pub fn user_relation_named(&self, schema: &str, name: &str) -> Option<Relation> {
+        let relation = RelationName { schema: schema.to_string(), name: name.to_string() };
+        let info = self.catalog.relation_info(&relation)?;
+        Some(self.relation(schema, self.oids.namespace(schema), name.to_string(), info))
+    }
+
     /// The relation with oid `oid`, among user relations.
     pub fn user_relation(&self, oid: i32) -> Option<Relation> {
-        self.user_snapshot().relations.into_iter().find(|r| r.oid == oid)
+        match self.oids.lookup(oid)? {
+            ('r', schema, name) => self.user_relation_named(&schema, &name),
+            _ => None,
+        }
     }
 
     /// The user relation whose primary key index or constraint has oid `oid`.
     pub fn keyed_relation(&self, kind: char, oid: i32) -> Option<Relation> {
-        self.user_snapshot()
-            .relations
-            .into_iter()
-            .find(|r| r.key_name().is_some_and(|key| self.oids.get(kind, &r.schema, &key) == oid))
+        let (found, schema, key) = self.oids.lookup(oid)?;
+        let relation = self.user_relation_named(&schema, key.strip_suffix("_pkey")?)?;
+        (found == kind && relation.key_name().as_deref() == Some(key.as_str())).then_some(relation)
     }
 
     /// The oid of a relation's primary key index (`i`) or constraint (`c`).

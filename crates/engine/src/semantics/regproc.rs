@@ -84,16 +84,7 @@ impl AnalyzerRule for RegprocText {
             other => Ok(Transformed::no(other)),
         })?;
         // The result's regproc columns, as names.
-        let returns_rows = !matches!(
-            plan,
-            LogicalPlan::Dml(_)
-                | LogicalPlan::Ddl(_)
-                | LogicalPlan::Statement(_)
-                | LogicalPlan::Copy(_)
-                | LogicalPlan::Explain(_)
-                | LogicalPlan::Analyze(_)
-                | LogicalPlan::DescribeTable(_)
-        );
+        let returns_rows = super::is_query(&plan);
         let schema = Arc::clone(plan.schema());
         let regproc: Vec<bool> = schema
             .fields()

@@ -150,8 +150,7 @@ fn to_regclass(source: &Source, args: &[ScalarValue]) -> ScalarValue {
         _ => return ScalarValue::Int32(None),
     };
     let (schema, table) = name.split_once('.').unwrap_or(("public", name.as_str()));
-    let found = source.user_snapshot().relations.into_iter().find(|r| r.schema == schema && r.name == table);
-    ScalarValue::Int32(found.map(|r| r.oid))
+    ScalarValue::Int32(source.user_relation_named(schema, table).map(|r| r.oid))
 }
 
 /// `pg_my_temp_schema()`: 0, there are no temporary schemas.
