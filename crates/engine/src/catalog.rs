@@ -227,6 +227,27 @@ pub trait Catalog: Debug + Send + Sync + 'static {
         )))
     }
 
+    /// `ALTER TABLE | VIEW | MATERIALIZED VIEW name RENAME TO new_name`:
+    /// renames a relation within its schema, atomically. `kind` is what the
+    /// statement names (`None` for ALTER TABLE, which renames any kind, as
+    /// in Postgres). Views that read the relation keep reading it; a
+    /// rename that would break one is refused (2BP01). Returns whether
+    /// something was renamed.
+    ///
+    /// # Errors
+    /// 42P01 unless `if_exists`, 42809 for a relation of another kind,
+    /// 42P07 when the new name is taken, 2BP01 naming the dependents.
+    async fn rename_relation(
+        &self,
+        name: &RelationName,
+        kind: Option<RelationKind>,
+        new_name: &str,
+        if_exists: bool,
+    ) -> Result<bool> {
+        let _ = (kind, new_name, if_exists);
+        Err(Error::unsupported(format!("{name} cannot be renamed in this catalog")))
+    }
+
     /// Drops a relation. Returns whether something was dropped. Relations
     /// that depend on it (materialized views over it) are dropped first
     /// with `cascade`, and are an error without.

@@ -661,6 +661,9 @@ impl Session {
                 out
             }
             Statement::AddColumns { table, if_exists, columns } => self.add_columns(table, *if_exists, columns).await,
+            Statement::Rename { kind, name, new_name, if_exists } => {
+                self.rename_relation(name, *kind, new_name, *if_exists).await
+            }
             Statement::Call { procedure, table } => self.call(*procedure, table).await,
             Statement::Copy(copy) => self.copy(copy).await,
             Statement::Declare { name, query, hold } => self.declare_cursor(name, query, *hold).await,

@@ -13,7 +13,11 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use datafusion::catalog::TableProvider;
+use datafusion::catalog::view::ViewTable;
 use datafusion::common::{Constraint, DFSchema};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -29,6 +33,13 @@ use crate::dynamic::system::{SystemKind, SystemTable};
 use crate::error::{Error, Result, StatusCode};
 use crate::views::{self, MaterializedView};
 
+mod plain;
+
+/// The file in a relation's directory that holds its name: a rename
+/// rewrites it, in one atomic put. A directory without one (written by an
+/// older version) is named after the directory.
+const NAME_FILE: &str = "name";
+
 /// At open, files no snapshot references are removed once this old (ms):
 /// younger ones may be a commit in flight of another engine on the same
 /// bucket. `CALL sys.remove_orphan_files` takes any margin.
@@ -40,8 +51,7 @@ type Schemas = BTreeMap<String, BTreeMap<String, Relation>>;
 #[derive(Debug)]
 enum Relation {
     Table(Arc<DynamicTable>),
-    /// Views are kept in memory for now; they do not survive a restart.
-    View(Arc<dyn TableProvider>),
+    View(Arc<plain::PlainView>),
     MaterializedView(Arc<MaterializedView>),
     /// A table or materialized view that did not open (a corrupt or missing
     /// snapshot or manifest): every use of it is XX001 naming the file,
@@ -63,7 +73,9 @@ struct Damaged {
 impl Damaged {
     fn error(&self, name: &RelationName) -> Error {
         let repair = match self.kind {
-            RelationKind::MaterializedView => format!("drop it (DROP MATERIALIZED VIEW {name}) and create it again"),
+            RelationKind::MaterializedView | RelationKind::View => {
+                format!("drop it ({} {name}) and create it again", self.kind.drop_command())
+            }
             _ => format!(
                 "go back to an intact snapshot with CALL sys.rollback_to('{name}', snapshot_id) (later snapshots are \
                  lost; snapshots on disk: {}), or drop it",
@@ -78,6 +90,16 @@ impl Damaged {
 }
 
 impl Relation {
+    /// The directory the relation is stored in.
+    fn dir(&self) -> &Path {
+        match self {
+            Relation::Table(t) => t.table.dir(),
+            Relation::View(v) => &v.dir,
+            Relation::MaterializedView(v) => &v.dir,
+            Relation::Damaged(d) => &d.dir,
+        }
+    }
+
     fn kind(&self) -> RelationKind {
         match self {
             Relation::Table(_) => RelationKind::Table,
@@ -94,6 +116,8 @@ pub struct DynamicCatalog {
     schemas: Arc<RwLock<Schemas>>,
     /// The engine's SQL context (set by [`Catalog::bind`]), for planning views.
     ctx: std::sync::OnceLock<datafusion::prelude::SessionContext>,
+    /// Plain views found on disk, until `bind` plans them.
+    pending_views: std::sync::Mutex<Vec<PendingView>>,
 }
 
 impl DynamicCatalog {
@@ -115,7 +139,7 @@ impl DynamicCatalog {
                 StatusCode::DependentObjectsStillExist,
                 format!(
                     "cannot replace materialized view {name} because other objects depend on it: {} (drop them first)",
-                    dependents.iter().map(|d| format!("materialized view {d}")).collect::<Vec<_>>().join(", ")
+                    describe(&dependents)
                 ),
             ));
         }
@@ -125,7 +149,9 @@ impl DynamicCatalog {
         let (mut definition, schema, options) = views::define(request, &plan)?;
         definition.generation = old.definition.generation + 1;
         let table_schema = views::table_schema(&definition, schema, options)?;
-        let dir = table_dir(&name.schema, &format!("{}@{}", name.name, definition.generation));
+        let base = dir_base(&old.dir).unwrap_or_else(|| name.name.clone());
+        let dir = table_dir(&name.schema, &format!("{base}@{}", definition.generation));
+        write_name(&self.store, &dir, &name.name).await?;
         let table = storage::Table::create(Arc::clone(&self.store), dir.clone(), &name.name, table_schema).await?;
         let view = MaterializedView::new(name.clone(), Arc::new(DynamicTable::new(table)), definition, dir.clone());
         let started = async {
@@ -155,6 +181,164 @@ impl DynamicCatalog {
 }
 
 impl DynamicCatalog {
+    /// Plans plain views (found at open, or all of them again after a
+    /// rollback replaced a table they read), each after the views it reads.
+    /// One that no longer plans is kept as damaged, naming why.
+    async fn load_views(&self, mut pending: Vec<PendingView>, ctx: &datafusion::prelude::SessionContext) {
+        let database = self.database();
+        while !pending.is_empty() {
+            let waits = |view: &PendingView, pending: &[PendingView]| match &view.stored {
+                Ok(stored) => stored.sources.iter().any(|source| {
+                    pending.iter().any(|other| {
+                        other.name.schema == source.schema
+                            && dir_base(&other.dir).as_deref() == Some(source.dir.as_str())
+                    })
+                }),
+                Err(_) => false,
+            };
+            // A cycle cannot be stored; should one appear, its views are damaged rather than waited on forever.
+            let next = (0..pending.len()).find(|&i| !waits(&pending[i], &pending)).unwrap_or(0);
+            let view = pending.remove(next);
+            let planned = match view.stored {
+                Ok(stored) => self.plan_view(ctx, &view.name, view.dir.clone(), stored, &database).await,
+                Err(e) => Err(e),
+            };
+            let relation = match planned {
+                Ok(planned) => Relation::View(planned),
+                Err(e) => {
+                    tracing::error!(view = %view.name, error = %e.message(), "damaged view: not served");
+                    let reason = e.message().to_string();
+                    Relation::Damaged(Arc::new(Damaged {
+                        kind: RelationKind::View,
+                        dir: view.dir,
+                        reason,
+                        snapshots: vec![],
+                    }))
+                }
+            };
+            if let Ok(mut schemas) = self.schemas.write() {
+                schemas.entry(view.name.schema.clone()).or_default().insert(view.name.name, relation);
+            }
+        }
+    }
+
+    /// Plans stored view `name` with today's names of the relations it reads.
+    async fn plan_view(
+        &self,
+        ctx: &datafusion::prelude::SessionContext,
+        name: &RelationName,
+        dir: Path,
+        stored: plain::StoredView,
+        database: &str,
+    ) -> Result<Arc<plain::PlainView>> {
+        let mut statement = self.current_statement(&stored, database)?;
+        if let ast::Statement::CreateView(view) = &mut statement {
+            view.name = ast::ObjectName::from(vec![
+                ast::Ident::with_quote('"', name.schema.as_str()),
+                ast::Ident::with_quote('"', name.name.as_str()),
+            ]);
+            view.or_replace = false;
+        }
+        let query = plain::query_of(&statement).map(ToString::to_string).unwrap_or_default();
+        let plan = ctx.state().statement_to_plan(DFStatement::Statement(Box::new(statement))).await?;
+        let LogicalPlan::Ddl(DdlStatement::CreateView(view)) = plan else {
+            return Err(Error::internal(format!("stored definition of view {name} did not plan as a view")));
+        };
+        let provider = Arc::new(ViewTable::new(view.input.as_ref().clone(), view.definition.clone()));
+        Ok(Arc::new(plain::PlainView { provider, dir, stored, query: RwLock::new(query) }))
+    }
+
+    /// A stored view's statement with its sources under the names they have today.
+    fn current_statement(&self, stored: &plain::StoredView, database: &str) -> Result<ast::Statement> {
+        let mut statement = plain::parse_create_view(&stored.statement)?;
+        let renames = {
+            let schemas = self.schemas.read().map_err(errors::poisoned)?;
+            let mut renames = Vec::with_capacity(stored.sources.len());
+            for source in &stored.sources {
+                let found = schemas.get(&source.schema).and_then(|relations| {
+                    relations.iter().find(|(_, r)| dir_base(r.dir()).as_deref() == Some(source.dir.as_str()))
+                });
+                let Some((current, _)) = found else {
+                    return Err(Error::new(
+                        StatusCode::TableNotFound,
+                        format!("relation {}.{} it reads no longer exists", source.schema, source.name),
+                    ));
+                };
+                let then = RelationName { schema: source.schema.clone(), name: source.name.clone() };
+                renames.push((then, RelationName { schema: source.schema.clone(), name: current.clone() }));
+            }
+            renames
+        };
+        if let ast::Statement::CreateView(view) = &mut statement {
+            plain::rename_references(&mut view.query, &renames, database);
+        }
+        Ok(statement)
+    }
+
+    /// Plain views show their queries with today's names (after a rename).
+    fn refresh_view_texts(&self) -> Result<()> {
+        let database = self.database();
+        let views: Vec<Arc<plain::PlainView>> = {
+            let schemas = self.schemas.read().map_err(errors::poisoned)?;
+            schemas
+                .values()
+                .flat_map(BTreeMap::values)
+                .filter_map(|r| match r {
+                    Relation::View(v) => Some(Arc::clone(v)),
+                    _ => None,
+                })
+                .collect()
+        };
+        for view in views {
+            let statement = self.current_statement(&view.stored, &database)?;
+            if let (Some(query), Ok(mut shown)) = (plain::query_of(&statement), view.query.write()) {
+                *shown = query.to_string();
+            }
+        }
+        Ok(())
+    }
+
+    /// Every plain view planned again (after a table they read was replaced by a rollback).
+    async fn reload_views(&self) -> Result<()> {
+        let Some(ctx) = self.ctx.get().cloned() else { return Ok(()) };
+        let pending: Vec<PendingView> = {
+            let schemas = self.schemas.read().map_err(errors::poisoned)?;
+            schemas
+                .iter()
+                .flat_map(|(schema, relations)| relations.iter().map(move |(name, r)| (schema, name, r)))
+                .filter_map(|(schema, name, r)| match r {
+                    Relation::View(v) => Some(PendingView {
+                        name: RelationName { schema: schema.clone(), name: name.clone() },
+                        dir: v.dir.clone(),
+                        stored: Ok(v.stored.clone()),
+                    }),
+                    _ => None,
+                })
+                .collect()
+        };
+        self.load_views(pending, &ctx).await;
+        Ok(())
+    }
+
+    /// A directory for new relation `name`: `<schema>/<name>`, or
+    /// `<schema>/<name>~<k>` while a renamed relation still lives in that.
+    fn allocate_dir(&self, name: &RelationName) -> Result<Path> {
+        let schemas = self.schemas.read().map_err(errors::poisoned)?;
+        let used: BTreeSet<String> = schemas
+            .get(&name.schema)
+            .into_iter()
+            .flat_map(BTreeMap::values)
+            .filter_map(|r| dir_base(r.dir()))
+            .collect();
+        let mut dir = name.name.clone();
+        let mut k = 1;
+        while used.contains(&dir) {
+            dir = format!("{}~{k}", name.name);
+            k += 1;
+        }
+        Ok(table_dir(&name.schema, &dir))
+    }
+
     /// Every materialized view, now.
     pub fn materialized_views(&self) -> Vec<Arc<MaterializedView>> {
         materialized_views(&self.schemas)
@@ -190,7 +374,7 @@ impl DynamicCatalog {
         let (current, dir) = {
             let schemas = self.schemas.read().map_err(errors::poisoned)?;
             match schemas.get(&name.schema).and_then(|s| s.get(&name.name)) {
-                Some(Relation::Table(t)) => (Some(Arc::clone(&t.table)), table_dir(&name.schema, &name.name)),
+                Some(Relation::Table(t)) => (Some(Arc::clone(&t.table)), t.table.dir().clone()),
                 Some(Relation::Damaged(d)) if d.kind == RelationKind::Table => (None, d.dir.clone()),
                 Some(other) => {
                     return Err(Error::new(
@@ -204,9 +388,10 @@ impl DynamicCatalog {
                 None => return Err(errors::relation_not_found(name, RelationKind::Table)),
             }
         };
-        let dependents = self.dependents(name)?;
+        let dependents: Vec<_> =
+            self.dependents(name)?.into_iter().filter(|(_, kind)| *kind == RelationKind::MaterializedView).collect();
         if !dependents.is_empty() {
-            let names: Vec<String> = dependents.iter().map(ToString::to_string).collect();
+            let names: Vec<String> = dependents.iter().map(|(d, _)| d.to_string()).collect();
             return Err(Error::new(
                 StatusCode::DependentObjectsStillExist,
                 format!(
@@ -244,6 +429,7 @@ impl DynamicCatalog {
         if let Some(schema) = self.schemas.write().map_err(errors::poisoned)?.get_mut(&name.schema) {
             schema.insert(name.name.clone(), relation);
         }
+        self.reload_views().await?;
         let removed = result?;
         let table = reopened?;
         let orphans = table.remove_orphan_files(crate::now_ms()).await?;
@@ -254,20 +440,39 @@ impl DynamicCatalog {
         ))
     }
 
-    /// Materialized views that read `name`.
-    fn dependents(&self, name: &RelationName) -> Result<Vec<RelationName>> {
+    /// The views (plain and materialized) that read `name`, in name order.
+    fn dependents(&self, name: &RelationName) -> Result<Vec<(RelationName, RelationKind)>> {
+        let database = self.database();
         let schemas = self.schemas.read().map_err(errors::poisoned)?;
+        let dir = schemas.get(&name.schema).and_then(|s| s.get(&name.name)).map(|r| r.dir().clone());
         let wanted = name.to_string();
-        let mut dependents: Vec<RelationName> = schemas
-            .values()
-            .flat_map(|s| s.values())
-            .filter_map(|r| match r {
-                Relation::MaterializedView(v) if v.definition.sources.contains(&wanted) => Some(v.name.clone()),
-                _ => None,
-            })
-            .collect();
-        dependents.sort_by_key(ToString::to_string);
+        let mut dependents = Vec::new();
+        for (schema, relations) in schemas.iter() {
+            for (relation, r) in relations {
+                let reads = match r {
+                    Relation::MaterializedView(v) => {
+                        v.definition.sources.contains(&wanted)
+                            || plain::referenced_by_query(&v.definition.query, &database).contains(name)
+                    }
+                    Relation::View(v) => dir.as_ref().is_some_and(|dir| {
+                        v.stored.sources.iter().any(|source| table_dir(&source.schema, &source.dir) == *dir)
+                    }),
+                    _ => false,
+                };
+                if reads {
+                    dependents.push((RelationName { schema: schema.clone(), name: relation.clone() }, r.kind()));
+                }
+            }
+        }
         Ok(dependents)
+    }
+
+    /// The database name queries qualify relations with (`db.schema.rel`).
+    fn database(&self) -> String {
+        self.ctx
+            .get()
+            .map(|ctx| ctx.state_ref().read().config_options().catalog.default_catalog.clone())
+            .unwrap_or_default()
     }
 
     fn view_context(&self) -> Result<datafusion::prelude::SessionContext> {
@@ -289,7 +494,7 @@ impl DynamicCatalog {
         Ok(())
     }
 
-    /// Opens the warehouse in `store`, finding every table in it.
+    /// Opens the warehouse in `store`, finding every relation in it.
     ///
     /// # Errors
     /// Storage failures and damaged table metadata.
@@ -299,13 +504,21 @@ impl DynamicCatalog {
             .try_collect()
             .await
             .map_err(|e| Error::new(StatusCode::Io, format!("cannot list the warehouse: {e}")))?;
-        // <schema>/<table>/schema/schema-<id> marks a table; <schema>/.schema marks a schema;
-        // <schema>/<table>/view/definition marks a table that holds a materialized view.
+        // <schema>/<dir>/schema/schema-<id> marks a table; <schema>/.schema marks a schema;
+        // <schema>/<dir>/view/definition marks a table that holds a materialized view;
+        // <schema>/<dir>/plain_view is a plain view; <schema>/<dir>/name names what is in <dir>.
         let mut tables = BTreeSet::new();
         let mut views = BTreeSet::new();
+        let mut plain_views = BTreeSet::new();
+        let mut named = BTreeSet::new();
         let mut schema_names: BTreeSet<String> = [DEFAULT_SCHEMA.to_string()].into();
         for meta in &metas {
-            let owned: Vec<String> = meta.location.parts().map(|p| p.as_ref().to_string()).collect();
+            // Parts as written (`table_dir` encodes them again).
+            let owned: Vec<String> = meta
+                .location
+                .parts()
+                .map(|p| percent_encoding::percent_decode_str(p.as_ref()).decode_utf8_lossy().into_owned())
+                .collect();
             let parts: Vec<&str> = owned.iter().map(String::as_str).collect();
             match parts.as_slice() {
                 [schema, ".schema"] => {
@@ -317,36 +530,43 @@ impl DynamicCatalog {
                 [schema, table, "view", "definition"] => {
                     views.insert((schema.to_string(), table.to_string()));
                 }
+                [schema, dir, file] if plain::is_definition(file) => {
+                    plain_views.insert((schema.to_string(), dir.to_string()));
+                }
+                [schema, dir, NAME_FILE] => {
+                    named.insert((schema.to_string(), dir.to_string()));
+                }
                 _ => {}
             }
         }
+        let mut names: BTreeMap<(String, String), String> = BTreeMap::new();
+        for (schema, dir) in named {
+            let location = table_dir(&schema, &dir).join(NAME_FILE);
+            let name = read_file(&store, &location).await?;
+            let name = String::from_utf8(name.to_vec())
+                .map_err(|_| Error::new(StatusCode::DataCorrupted, format!("{location} is not UTF-8")))?;
+            names.insert((schema, dir), name);
+        }
         let mut schemas: BTreeMap<String, BTreeMap<String, Relation>> =
             schema_names.into_iter().map(|s| (s, BTreeMap::new())).collect();
-        // A view replaced by CREATE OR REPLACE lives in "<name>@<generation>": the
+        // A view replaced by CREATE OR REPLACE lives in "<dir>@<generation>": the
         // newest generation with a definition wins; older ones and replacements
         // that crashed before storing their definition are removed.
-        let generation_of = |dir: &str| -> (String, u64) {
-            match dir.rsplit_once('@') {
-                Some((name, generation)) if generation.parse::<u64>().is_ok() => {
-                    (name.to_string(), generation.parse().unwrap_or(0))
-                }
-                _ => (dir.to_string(), 0),
-            }
-        };
         let mut newest: BTreeMap<(String, String), u64> = BTreeMap::new();
         for (schema, dir) in &views {
-            let (name, generation) = generation_of(dir);
-            let entry = newest.entry((schema.clone(), name)).or_insert(generation);
+            let (base, generation) = generation_of(dir);
+            let entry = newest.entry((schema.clone(), base.to_string())).or_insert(generation);
             *entry = (*entry).max(generation);
         }
         for (schema, dir) in tables {
-            let (name, generation) = generation_of(&dir);
+            let (base, generation) = generation_of(&dir);
             let is_view = views.contains(&(schema.clone(), dir.clone()));
-            let current = newest.get(&(schema.clone(), name.clone())) == Some(&generation);
+            let current = newest.get(&(schema.clone(), base.to_string())) == Some(&generation);
             if (is_view && !current) || (!is_view && generation > 0) {
                 remove_dir(&store, &table_dir(&schema, &dir)).await?;
                 continue;
             }
+            let name = names.get(&(schema.clone(), dir.clone())).cloned().unwrap_or_else(|| base.to_string());
             let relation = match open_relation(&store, &schema, &dir, &name, is_view).await {
                 Ok(relation) => relation,
                 Err(e) => {
@@ -359,6 +579,18 @@ impl DynamicCatalog {
                 }
             };
             schemas.entry(schema).or_default().insert(name, relation);
+        }
+        // Plain views are planned once the engine exists (`bind`).
+        let mut pending = Vec::new();
+        for (schema, dir) in plain_views {
+            let name = names.get(&(schema.clone(), dir.clone())).cloned().unwrap_or_else(|| dir.clone());
+            let dir = table_dir(&schema, &dir);
+            let location = plain::path(&dir);
+            let stored = match read_file(&store, &location).await {
+                Ok(bytes) => storage::frame::decode(location.as_ref(), &bytes).map_err(Error::from),
+                Err(e) => Err(e),
+            };
+            pending.push(PendingView { name: RelationName { schema, name }, dir, stored });
         }
         // What crashes left behind: cleaned in the background, sparing files
         // young enough to belong to another engine's commit in flight.
@@ -374,8 +606,48 @@ impl DynamicCatalog {
                 }
             });
         }
-        Ok(Self { store, schemas: Arc::new(RwLock::new(schemas)), ctx: std::sync::OnceLock::new() })
+        Ok(Self {
+            store,
+            schemas: Arc::new(RwLock::new(schemas)),
+            ctx: std::sync::OnceLock::new(),
+            pending_views: std::sync::Mutex::new(pending),
+        })
     }
+}
+
+/// A plain view found by [`DynamicCatalog::open`], planned by `bind`.
+struct PendingView {
+    name: RelationName,
+    dir: Path,
+    stored: Result<plain::StoredView>,
+}
+
+/// `("v", 2)` for a directory `"v@2"`, `("t", 0)` for `"t"`.
+fn generation_of(dir: &str) -> (&str, u64) {
+    match dir.rsplit_once('@') {
+        Some((base, generation)) => generation.parse::<u64>().map_or((dir, 0), |g| (base, g)),
+        None => (dir, 0),
+    }
+}
+
+/// The directory name of relation directory `dir`, without its generation.
+fn dir_base(dir: &Path) -> Option<String> {
+    dir_name(dir).map(|name| generation_of(&name).0.to_string())
+}
+
+/// The last part of `dir`, decoded (as it was given to [`table_dir`]).
+fn dir_name(dir: &Path) -> Option<String> {
+    dir.filename().map(|name| percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned())
+}
+
+/// The whole content of the file at `location`.
+async fn read_file(store: &Arc<dyn ObjectStore>, location: &Path) -> Result<bytes::Bytes> {
+    object_store::ObjectStoreExt::get(store, location)
+        .await
+        .map_err(|e| Error::new(StatusCode::DataCorrupted, format!("cannot read {location}: {e}")))?
+        .bytes()
+        .await
+        .map_err(|e| Error::new(StatusCode::Io, format!("cannot read {location}: {e}")))
 }
 
 /// Opens the table, or the materialized view, stored in `<schema>/<dir>`.
@@ -392,12 +664,7 @@ async fn open_relation(
         return Ok(Relation::Table(table));
     }
     let location = views::definition_path(&table_dir(schema, dir));
-    let bytes = object_store::ObjectStoreExt::get(store, &location)
-        .await
-        .map_err(|e| Error::new(StatusCode::DataCorrupted, format!("cannot read {location}: {e}")))?
-        .bytes()
-        .await
-        .map_err(|e| Error::new(StatusCode::Io, format!("cannot read {location}: {e}")))?;
+    let bytes = read_file(store, &location).await?;
     let definition: views::ViewDefinition = storage::frame::decode(location.as_ref(), &bytes)?;
     let view_name = RelationName { schema: schema.to_string(), name: name.to_string() };
     Ok(Relation::MaterializedView(MaterializedView::new(view_name, table, definition, table_dir(schema, dir))))
@@ -425,6 +692,21 @@ fn snapshot_ids(metas: &[object_store::ObjectMeta], dir: &Path) -> Vec<u64> {
 
 fn table_dir(schema: &str, table: &str) -> Path {
     Path::from(schema).join(table)
+}
+
+/// Names what is stored in `dir` (before anything else is written there,
+/// and again on rename).
+async fn write_name(store: &Arc<dyn ObjectStore>, dir: &Path, name: &str) -> Result<()> {
+    let location = dir.clone().join(NAME_FILE);
+    object_store::ObjectStoreExt::put(store, &location, bytes::Bytes::from(name.to_string()).into())
+        .await
+        .map_err(|e| Error::new(StatusCode::Io, format!("cannot write {location}: {e}")))?;
+    Ok(())
+}
+
+/// `view v, materialized view w` for error messages.
+fn describe(relations: &[(RelationName, RelationKind)]) -> String {
+    relations.iter().map(|(name, kind)| format!("{} {name}", kind.noun())).collect::<Vec<_>>().join(", ")
 }
 
 /// Deletes every file under `dir`.
@@ -511,9 +793,9 @@ impl Catalog for DynamicCatalog {
             },
             Relation::View(v) => RelationInfo {
                 kind: RelationKind::View,
-                schema: v.schema(),
+                schema: v.provider.schema(),
                 primary_key: vec![],
-                definition: v.get_table_definition().map(str::to_string),
+                definition: Some(v.query_text()),
                 defaults: vec![],
             },
             Relation::MaterializedView(v) => RelationInfo {
@@ -551,7 +833,7 @@ impl Catalog for DynamicCatalog {
         Ok(match schemas.get(&name.schema).and_then(|s| s.get(&name.name)) {
             None => None,
             Some(Relation::Table(t)) => Some(Arc::clone(t) as Arc<dyn TableProvider>),
-            Some(Relation::View(v)) => Some(Arc::clone(v)),
+            Some(Relation::View(v)) => Some(Arc::clone(&v.provider)),
             Some(Relation::MaterializedView(v)) => Some(Arc::clone(v) as Arc<dyn TableProvider>),
             Some(Relation::Damaged(damaged)) => return Err(damaged.error(name)),
         })
@@ -595,9 +877,9 @@ impl Catalog for DynamicCatalog {
         let options = storage::TableOptions::parse(&request.options)?;
         let mut schema = storage::TableSchema::new(0, Arc::clone(&request.schema), &key_refs, options)?;
         schema.column_defaults = defaults_sql;
-        let table =
-            storage::Table::create(Arc::clone(&self.store), table_dir(&name.schema, &name.name), &name.name, schema)
-                .await?;
+        let dir = self.allocate_dir(name)?;
+        write_name(&self.store, &dir, &name.name).await?;
+        let table = storage::Table::create(Arc::clone(&self.store), dir, &name.name, schema).await?;
         let table = Arc::new(DynamicTable::new(table));
         table.set_defaults(request.column_defaults.into_iter().collect());
         let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
@@ -607,31 +889,46 @@ impl Catalog for DynamicCatalog {
     }
 
     fn bind(&self, ctx: &datafusion::prelude::SessionContext) -> Result<()> {
-        let schemas = self.schemas.read().map_err(errors::poisoned)?;
-        for relation in schemas.values().flat_map(|s| s.values()) {
-            if let Relation::Table(table) = relation {
-                let df_schema = DFSchema::try_from(Arc::clone(&table.schema))?;
-                let mut defaults = std::collections::HashMap::new();
-                for (column, sql) in &table.stored_defaults {
-                    let expr = ctx.parse_sql_expr(sql, &df_schema).map_err(|e| {
-                        Error::internal(format!("stored DEFAULT of {}.{column} does not plan: {e}", table.table.name()))
-                    })?;
-                    defaults.insert(column.clone(), expr);
+        {
+            let schemas = self.schemas.read().map_err(errors::poisoned)?;
+            for relation in schemas.values().flat_map(|s| s.values()) {
+                if let Relation::Table(table) = relation {
+                    let df_schema = DFSchema::try_from(Arc::clone(&table.schema))?;
+                    let mut defaults = std::collections::HashMap::new();
+                    for (column, sql) in &table.stored_defaults {
+                        let expr = ctx.parse_sql_expr(sql, &df_schema).map_err(|e| {
+                            Error::internal(format!(
+                                "stored DEFAULT of {}.{column} does not plan: {e}",
+                                table.table.name()
+                            ))
+                        })?;
+                        defaults.insert(column.clone(), expr);
+                    }
+                    table.set_defaults(defaults);
                 }
-                table.set_defaults(defaults);
             }
         }
         if self.ctx.set(ctx.clone()).is_err() {
             return Ok(());
         }
-        let views: Vec<Arc<MaterializedView>> = schemas
-            .values()
-            .flat_map(|s| s.values())
-            .filter_map(|r| match r {
-                Relation::MaterializedView(v) => Some(Arc::clone(v)),
-                _ => None,
+        // Plain views before anything runs a query, and before the
+        // materialized views that may read them. Planning does no I/O; it
+        // runs to completion on a thread of its own, as bind is synchronous.
+        let pending = std::mem::take(&mut *self.pending_views.lock().map_err(errors::poisoned)?);
+        if !pending.is_empty() {
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                        runtime.block_on(self.load_views(pending, ctx));
+                        Ok::<_, std::io::Error>(())
+                    })
+                    .join()
             })
-            .collect();
+            .map_err(|_| Error::internal("planning the stored views panicked"))?
+            .map_err(|e| Error::internal(format!("cannot plan the stored views: {e}")))?;
+        }
+        let views = materialized_views(&self.schemas);
         if views.is_empty() {
             return Ok(());
         }
@@ -676,17 +973,154 @@ impl Catalog for DynamicCatalog {
     }
 
     async fn create_view(&self, name: RelationName, view: Arc<dyn TableProvider>, or_replace: bool) -> Result<Created> {
+        let text = view
+            .get_table_definition()
+            .ok_or_else(|| Error::internal(format!("view {name} was planned without its SQL")))?
+            .to_string();
+        let statement = plain::parse_create_view(&text)?;
+        let query = plain::query_of(&statement).map(ToString::to_string).unwrap_or_default();
+        let database = self.database();
+        let referenced = plain::query_of(&statement).map(|q| plain::referenced(q, &database)).unwrap_or_default();
+        let (existing, sources) = {
+            let schemas = self.schemas.read().map_err(errors::poisoned)?;
+            let schema = schemas.get(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
+            let existing = match schema.get(&name.name) {
+                Some(Relation::View(v)) if or_replace => Some(v.dir.clone()),
+                Some(_) => return Err(errors::relation_exists(&name)),
+                None => None,
+            };
+            let sources: Vec<plain::StoredSource> = referenced
+                .into_iter()
+                .filter_map(|r| {
+                    let dir = dir_base(schemas.get(&r.schema)?.get(&r.name)?.dir())?;
+                    Some(plain::StoredSource { schema: r.schema, name: r.name, dir })
+                })
+                .collect();
+            (existing, sources)
+        };
+        if let Some(dir) = &existing {
+            if sources.iter().any(|s| s.schema == name.schema && Some(&s.dir) == dir_base(dir).as_ref()) {
+                return Err(Error::new(StatusCode::InvalidArgument, format!("view {name} cannot read itself")));
+            }
+            let dependents = self.dependents(&name)?;
+            if !dependents.is_empty() {
+                return Err(Error::new(
+                    StatusCode::DependentObjectsStillExist,
+                    format!(
+                        "cannot replace view {name} because other objects depend on it: {} (drop them first, or DROP VIEW {name} CASCADE)",
+                        describe(&dependents)
+                    ),
+                ));
+            }
+        }
+        let dir = match existing {
+            Some(dir) => dir,
+            None => {
+                let dir = self.allocate_dir(&name)?;
+                write_name(&self.store, &dir, &name.name).await?;
+                dir
+            }
+        };
+        let stored = plain::StoredView { statement: text, sources };
+        let location = plain::path(&dir);
+        object_store::ObjectStoreExt::put(&self.store, &location, storage::frame::encode(&stored)?.into())
+            .await
+            .map_err(|e| Error::new(StatusCode::Io, format!("cannot store view {name}: {e}")))?;
+        let view = plain::PlainView { provider: view, dir, stored, query: RwLock::new(query) };
         let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
         let schema = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
-        match schema.get(&name.name) {
-            Some(Relation::Table(_) | Relation::MaterializedView(_) | Relation::Damaged(_)) => {
-                return Err(errors::relation_exists(&name));
-            }
-            Some(Relation::View(_)) if !or_replace => return Err(errors::relation_exists(&name)),
-            _ => {}
-        }
-        schema.insert(name.name.clone(), Relation::View(view));
+        schema.insert(name.name.clone(), Relation::View(Arc::new(view)));
         Ok(Created::Created)
+    }
+
+    async fn rename_relation(
+        &self,
+        name: &RelationName,
+        kind: Option<RelationKind>,
+        new_name: &str,
+        if_exists: bool,
+    ) -> Result<bool> {
+        let new = RelationName { schema: name.schema.clone(), name: new_name.to_string() };
+        if new_name.contains('@') {
+            return Err(Error::invalid(format!("relation name \"{new_name}\" may not contain '@'")));
+        }
+        let (actual, dir) = {
+            let schemas = self.schemas.read().map_err(errors::poisoned)?;
+            let found = schemas.get(&name.schema).and_then(|s| s.get(&name.name));
+            let Some(relation) = found else {
+                return if if_exists {
+                    Ok(false)
+                } else {
+                    Err(errors::relation_not_found(name, kind.unwrap_or(RelationKind::Table)))
+                };
+            };
+            if let Relation::Damaged(damaged) = relation {
+                return Err(damaged.error(name));
+            }
+            if let Some(kind) = kind
+                && relation.kind() != kind
+            {
+                return Err(errors::wrong_kind(name, kind, relation.kind()));
+            }
+            if schemas.get(&name.schema).is_some_and(|s| s.contains_key(new_name)) {
+                return Err(errors::relation_exists(&new));
+            }
+            (relation.kind(), relation.dir().clone())
+        };
+        // Materialized views name their sources in stored SQL they are
+        // maintained by; plain views follow the relation itself.
+        let readers: Vec<_> =
+            self.dependents(name)?.into_iter().filter(|(_, k)| *k == RelationKind::MaterializedView).collect();
+        if !readers.is_empty() {
+            return Err(Error::new(
+                StatusCode::DependentObjectsStillExist,
+                format!(
+                    "cannot rename {} {name} because other objects depend on it: {} (drop them, rename, and create them again)",
+                    actual.noun(),
+                    describe(&readers)
+                ),
+            ));
+        }
+        // The rename itself: one put of the name file.
+        write_name(&self.store, &dir, new_name).await?;
+        let renamed_view = if actual == RelationKind::MaterializedView {
+            // Its maintainer runs under its name: restart it under the new one.
+            let old = match self
+                .schemas
+                .read()
+                .map_err(errors::poisoned)?
+                .get(&name.schema)
+                .and_then(|s| s.get(&name.name))
+            {
+                Some(Relation::MaterializedView(v)) => Some(Arc::clone(v)),
+                _ => None,
+            };
+            if let Some(old) = &old {
+                old.stop().await;
+                old.table().close().await;
+            }
+            let dir_name = dir_name(&dir).unwrap_or_default();
+            Some(open_relation(&self.store, &name.schema, &dir_name, new_name, true).await?)
+        } else {
+            None
+        };
+        let started = {
+            let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
+            let relations = schemas.get_mut(&name.schema).ok_or_else(|| errors::schema_not_found(&name.schema))?;
+            let relation = relations.remove(&name.name).ok_or_else(|| errors::relation_not_found(name, actual))?;
+            let relation = renamed_view.unwrap_or(relation);
+            let started = match &relation {
+                Relation::MaterializedView(v) => Some(Arc::clone(v)),
+                _ => None,
+            };
+            relations.insert(new_name.to_string(), relation);
+            started
+        };
+        if let Some(view) = started {
+            Self::start_view(view, self.view_context()?).await?;
+        }
+        self.refresh_view_texts()?;
+        Ok(true)
     }
 
     async fn add_columns(&self, name: &RelationName, columns: Vec<datafusion::arrow::datatypes::Field>) -> Result<()> {
@@ -770,7 +1204,8 @@ impl Catalog for DynamicCatalog {
         }
         let (definition, schema, options) = views::define(&request, &plan)?;
         let table_schema = views::table_schema(&definition, schema, options)?;
-        let dir = table_dir(&name.schema, &name.name);
+        let dir = self.allocate_dir(&name)?;
+        write_name(&self.store, &dir, &name.name).await?;
         // The definition first: a crash before the table exists leaves a file no listing picks up.
         let location = views::definition_path(&dir);
         object_store::ObjectStoreExt::put(&self.store, &location, storage::frame::encode(&definition)?.into())
@@ -817,11 +1252,11 @@ impl Catalog for DynamicCatalog {
         if !dependents.is_empty() {
             if !cascade {
                 // As Postgres: every object that would go, and what it depends on.
-                let mut chain: Vec<(RelationName, RelationName)> =
+                let mut chain: Vec<((RelationName, RelationKind), RelationName)> =
                     dependents.iter().map(|d| (d.clone(), name.clone())).collect();
                 let mut next = 0;
                 while next < chain.len() {
-                    let reader = chain[next].0.clone();
+                    let reader = chain[next].0.0.clone();
                     for further in self.dependents(&reader)? {
                         if !chain.iter().any(|(d, _)| *d == further) {
                             chain.push((further, reader.clone()));
@@ -836,15 +1271,15 @@ impl Catalog for DynamicCatalog {
                         kind.noun(),
                         chain
                             .iter()
-                            .map(|(d, on)| format!("materialized view {d} depends on {on}"))
+                            .map(|((d, kind), on)| format!("{} {d} depends on {on}", kind.noun()))
                             .collect::<Vec<_>>()
                             .join(", "),
                         kind.drop_command()
                     ),
                 ));
             }
-            for dependent in dependents {
-                Box::pin(self.drop_relation(&dependent, RelationKind::MaterializedView, true, true)).await?;
+            for (dependent, kind) in dependents {
+                Box::pin(self.drop_relation(&dependent, kind, true, true)).await?;
             }
         }
         let removed = {
@@ -853,12 +1288,15 @@ impl Catalog for DynamicCatalog {
         };
         let (table, dir) = match removed {
             None => return Ok(false),
-            Some(Relation::View(_)) => return Ok(true),
+            Some(Relation::View(view)) => {
+                remove_dir(&self.store, &view.dir).await?;
+                return Ok(true);
+            }
             Some(Relation::Damaged(damaged)) => {
                 remove_dir(&self.store, &damaged.dir).await?;
                 return Ok(true);
             }
-            Some(Relation::Table(table)) => (Arc::clone(&table.table), table_dir(&name.schema, &name.name)),
+            Some(Relation::Table(table)) => (Arc::clone(&table.table), table.table.dir().clone()),
             Some(Relation::MaterializedView(view)) => {
                 view.stop().await;
                 (Arc::clone(view.table()), view.dir.clone())

@@ -93,3 +93,51 @@ async fn merge_engines_and_options() {
     assert_eq!(err.0, StatusCode::ConstraintViolation, "{err:?}");
     assert_eq!(sql(&e, "CREATE TABLE firsts (k INT)").await.unwrap_err().0, StatusCode::AlreadyExists);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_and_renames_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path()).await;
+    sql(&e, "CREATE TABLE t (id BIGINT PRIMARY KEY, v INT)").await.unwrap();
+    sql(&e, "INSERT INTO t VALUES (1, 10), (2, 20)").await.unwrap();
+    sql(&e, "CREATE VIEW big AS SELECT id, v FROM t WHERE v > 15").await.unwrap();
+    // A view over a view: planned after the view it reads.
+    sql(&e, "CREATE VIEW a_over AS SELECT id FROM big").await.unwrap();
+    sql(&e, "CREATE MATERIALIZED VIEW total AS SELECT sum(v) AS s FROM t").await.unwrap();
+    sql(&e, "CREATE TABLE u (id BIGINT PRIMARY KEY)").await.unwrap();
+    sql(&e, "INSERT INTO u VALUES (7)").await.unwrap();
+    sql(&e, "CREATE VIEW over_u AS SELECT id FROM u").await.unwrap();
+    // dbt's swap: the old relation out of the way, the new one into its name.
+    sql(&e, "ALTER TABLE u RENAME TO u_backup").await.unwrap();
+    sql(&e, "CREATE TABLE u (id BIGINT PRIMARY KEY)").await.unwrap();
+    sql(&e, "INSERT INTO u VALUES (8)").await.unwrap();
+    sql(&e, "ALTER MATERIALIZED VIEW total RENAME TO sums").await.unwrap();
+    sql(&e, "ALTER VIEW a_over RENAME TO z_over").await.unwrap();
+    drop(e);
+
+    let e = engine(dir.path()).await;
+    assert_eq!(lines(&sql(&e, "SELECT id FROM z_over").await.unwrap()), ["| 2 |"]);
+    assert_eq!(
+        lines(&sql(&e, "SELECT id FROM over_u").await.unwrap()),
+        ["| 7 |"],
+        "the view follows the renamed table"
+    );
+    assert_eq!(lines(&sql(&e, "SELECT id FROM u").await.unwrap()), ["| 8 |"]);
+    assert_eq!(lines(&sql(&e, "SELECT id FROM u_backup").await.unwrap()), ["| 7 |"]);
+    sql(&e, "INSERT INTO t VALUES (3, 30)").await.unwrap();
+    assert_eq!(lines(&sql(&e, "SELECT s FROM sums").await.unwrap()), ["| 60 |"], "the renamed view is maintained");
+    assert_eq!(sql(&e, "SELECT * FROM total").await.unwrap_err().0, StatusCode::TableNotFound);
+    let shown = sql(&e, "SELECT definition FROM pg_views WHERE viewname = 'over_u'").await.unwrap();
+    assert!(shown.contains("u_backup"), "{shown}");
+    assert_eq!(sql(&e, "DROP TABLE u_backup").await.unwrap_err().0, StatusCode::DependentObjectsStillExist);
+    sql(&e, "DROP TABLE u_backup CASCADE").await.unwrap();
+    sql(&e, "DROP VIEW big CASCADE").await.unwrap();
+    drop(e);
+
+    let e = engine(dir.path()).await;
+    for gone in ["over_u", "u_backup", "big", "z_over"] {
+        let err = sql(&e, &format!("SELECT * FROM {gone}")).await.unwrap_err();
+        assert_eq!(err.0, StatusCode::TableNotFound, "{gone}: {err:?}");
+    }
+    assert_eq!(lines(&sql(&e, "SELECT id FROM u").await.unwrap()), ["| 8 |"]);
+}

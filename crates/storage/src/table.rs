@@ -315,6 +315,11 @@ impl Table {
         self.lock_state().clone()
     }
 
+    /// The directory the table is stored in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The table's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -76,6 +76,35 @@ impl Session {
         result.map(|()| done)
     }
 
+    /// `ALTER TABLE | VIEW | MATERIALIZED VIEW … RENAME TO …`.
+    pub(super) async fn rename_relation(
+        &mut self,
+        reference: &TableReference,
+        kind: Option<RelationKind>,
+        new_name: &str,
+        if_exists: bool,
+    ) -> Result<Output> {
+        let tag = match kind {
+            None | Some(RelationKind::Table) => "ALTER TABLE",
+            Some(RelationKind::View) => "ALTER VIEW",
+            Some(RelationKind::MaterializedView) => "ALTER MATERIALIZED VIEW",
+        };
+        let name = self.relation_name(reference)?;
+        check_identifiers([new_name])?;
+        let control = self.begin_statement();
+        let catalog = Arc::clone(self.engine.catalog());
+        let new_name = new_name.to_string();
+        let renamed = {
+            let name = name.clone();
+            control.run(async move { catalog.rename_relation(&name, kind, &new_name, if_exists).await }).await
+        };
+        self.engine.bump_catalog_version();
+        if !renamed? {
+            self.notice(NoticeSeverity::Notice, format!("relation \"{}\" does not exist, skipping", name.name));
+        }
+        Ok(Output::Command(CommandComplete::new(tag)))
+    }
+
     pub(super) fn relation_name(&self, reference: &TableReference) -> Result<RelationName> {
         if let Some(catalog) = reference.catalog()
             && catalog != self.engine.database()

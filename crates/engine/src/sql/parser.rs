@@ -373,6 +373,10 @@ impl DialectParser<'_> {
                 self.parser.next_token();
                 self.copy()
             }
+            Keyword::ALTER if self.alter_view_ahead() => {
+                self.parser.next_token();
+                self.alter_view()
+            }
             Keyword::CREATE if self.create_table_ahead() => {
                 self.parser.next_token();
                 self.create_table()
@@ -398,6 +402,47 @@ impl DialectParser<'_> {
         let from = char_offset(self.sql, start).map_or(0, |(_, b)| b);
         let to = end.and_then(|end| char_offset(self.sql, end)).map_or(self.sql.len(), |(_, b)| b);
         self.sql.get(from..to).unwrap_or_default()
+    }
+
+    /// `ALTER [MATERIALIZED] VIEW` is next.
+    fn alter_view_ahead(&self) -> bool {
+        let word = |n: usize, w: &str| is_word(self.parser.peek_nth_token_ref(n), w);
+        word(1, "view") || (word(1, "materialized") && word(2, "view"))
+    }
+
+    /// `ALTER` (consumed) `[MATERIALIZED] VIEW [IF EXISTS] name RENAME TO new_name`,
+    /// which sqlparser does not parse; other view alterations are refused.
+    fn alter_view(&mut self) -> Result<Statement> {
+        let kind = if self.parser.parse_keyword(Keyword::MATERIALIZED) {
+            RelationKind::MaterializedView
+        } else {
+            RelationKind::View
+        };
+        self.parser.expect_keyword(Keyword::VIEW)?;
+        let if_exists = self.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let name = self.parser.parse_object_name(false)?;
+        let statement = match kind {
+            RelationKind::MaterializedView => "ALTER MATERIALIZED VIEW",
+            _ => "ALTER VIEW",
+        };
+        if !self.parser.parse_keyword(Keyword::RENAME) {
+            return Err(Error::unsupported(format!(
+                "{statement} … {} is not supported: RENAME TO is the only supported alteration (to change the query, \
+                 CREATE OR REPLACE the view)",
+                self.parser.peek_token_ref()
+            )));
+        }
+        if self.parser.parse_keyword(Keyword::COLUMN) || !self.parser.peek_keyword(Keyword::TO) {
+            return Err(Error::unsupported(format!("{statement} … RENAME COLUMN is not supported")));
+        }
+        self.parser.expect_keyword(Keyword::TO)?;
+        let new_name = self.parser.parse_identifier()?;
+        Ok(Statement::Rename {
+            kind: Some(kind),
+            name: table_reference(&name)?,
+            new_name: ident_value(&new_name),
+            if_exists,
+        })
     }
 
     /// `CREATE [OR REPLACE] [TEMP | TEMPORARY] TABLE` is next.
@@ -1173,8 +1218,21 @@ fn call(function: &ast::Function) -> Result<Statement> {
     Ok(Statement::Call { procedure, table: table_reference(&name)? })
 }
 
-/// `ALTER TABLE … ADD COLUMN …`; any other alteration is refused.
+/// `ALTER TABLE … ADD COLUMN …` and `ALTER TABLE … RENAME TO …`; any other alteration is refused.
 fn alter_table(alter: &ast::AlterTable) -> Result<Statement> {
+    if let [ast::AlterTableOperation::RenameTable { table_name }] = alter.operations.as_slice() {
+        let (ast::RenameTableNameKind::To(new_name) | ast::RenameTableNameKind::As(new_name)) = table_name;
+        let [new_name] = new_name.0.as_slice() else {
+            return Err(syntax(format!("RENAME TO takes a name without a schema, not {new_name}")));
+        };
+        let new_name = new_name.as_ident().map(ident_value).unwrap_or_else(|| new_name.to_string());
+        return Ok(Statement::Rename {
+            kind: None,
+            name: table_reference(&alter.name)?,
+            new_name,
+            if_exists: alter.if_exists,
+        });
+    }
     let mut columns = Vec::with_capacity(alter.operations.len());
     for operation in &alter.operations {
         let ast::AlterTableOperation::AddColumn { if_not_exists, column_def, column_position: None, .. } = operation

@@ -75,6 +75,17 @@ pub enum Statement {
         /// The new columns.
         columns: Vec<AddColumn>,
     },
+    /// `ALTER TABLE | VIEW | MATERIALIZED VIEW [IF EXISTS] name RENAME TO new_name`.
+    Rename {
+        /// The kind the statement names; `None` for ALTER TABLE, which renames any kind.
+        kind: Option<RelationKind>,
+        /// The relation.
+        name: TableReference,
+        /// Its new name, in the same schema.
+        new_name: String,
+        /// `IF EXISTS`.
+        if_exists: bool,
+    },
     /// `SET [LOCAL] name = value`, `SET TIME ZONE …`, `SET NAMES …`.
     Set {
         /// The parameter, as written.
@@ -325,6 +336,15 @@ impl std::fmt::Display for Statement {
                 write!(f, "{} {}", kind.drop_command(), names.join(", "))
             }
             Statement::AddColumns { table, .. } => write!(f, "ALTER TABLE {table} ADD COLUMN"),
+            Statement::Rename { kind, name, new_name, .. } => {
+                let kind = match kind {
+                    None => "TABLE",
+                    Some(RelationKind::Table) => "TABLE",
+                    Some(RelationKind::View) => "VIEW",
+                    Some(RelationKind::MaterializedView) => "MATERIALIZED VIEW",
+                };
+                write!(f, "ALTER {kind} {name} RENAME TO {new_name}")
+            }
             Statement::Set { name, value, .. } => write!(f, "SET {name} = {value}"),
             Statement::Reset(name) => write!(f, "RESET {}", name.as_deref().unwrap_or("ALL")),
             Statement::Show(name) => write!(f, "SHOW {name}"),
