@@ -310,6 +310,11 @@ impl TableProvider for DynamicTable {
         self.matching_write(state, &filters, write::Change::Delete)
     }
 
+    async fn truncate(&self, state: &dyn DfSession) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        self.refuse_first_row("TRUNCATE")?;
+        self.matching_write(state, &[], write::Change::Truncate)
+    }
+
     async fn update(
         &self,
         state: &dyn DfSession,

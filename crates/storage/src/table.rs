@@ -865,6 +865,8 @@ pub(crate) struct Commit {
 struct Staged {
     data: Vec<FileMeta>,
     changelog: Vec<FileMeta>,
+    /// Data files the commit removes (a truncation of an append-only table).
+    removed: Vec<FileMeta>,
     next_seq: Option<u64>,
     /// Largest event time staged minus the watermark delay (table option `watermark`).
     watermark: Option<i64>,
@@ -872,7 +874,7 @@ struct Staged {
 
 impl Staged {
     fn is_empty(&self) -> bool {
-        self.data.is_empty() && self.changelog.is_empty()
+        self.data.is_empty() && self.changelog.is_empty() && self.removed.is_empty()
     }
 
     /// Computes the data and changelog rows of a write against the
@@ -973,13 +975,13 @@ impl Staged {
         guard: &tokio::sync::MutexGuard<'_, ()>,
         properties: std::collections::BTreeMap<String, String>,
     ) -> Result<Option<Snapshot>> {
-        if self.data.is_empty() && self.changelog.is_empty() && properties.is_empty() {
+        if self.is_empty() && properties.is_empty() {
             return Ok(None);
         }
         let commit = Commit {
             kind: Some(CommitKind::Append),
             added: self.data,
-            removed: vec![],
+            removed: self.removed,
             changelog: self.changelog,
             next_sequence: self.next_seq,
             properties,
@@ -1078,6 +1080,34 @@ impl Transaction<'_> {
             }
         }
         self.staged.stage(self.table, &self.base, rows, kinds).await
+    }
+
+    /// Truncation of an append-only table (a keyed one deletes its rows with
+    /// [`Transaction::write`]): `rows` are rows of the base snapshot, read by
+    /// the caller, which go to the changelog as `-D`; at commit every data
+    /// file of the base snapshot leaves the table. Rows appended by commits
+    /// since the base stay, as if they came after the truncation.
+    ///
+    /// # Errors
+    /// A keyed table (`Invalid`); storage failures.
+    pub async fn delete_appended(&mut self, rows: &RecordBatch) -> Result<()> {
+        let schema = &self.base.schema;
+        if schema.has_primary_key() {
+            return Err(Error::Invalid(format!("table {} has a primary key: delete its rows by key", self.table.name)));
+        }
+        check_rows(schema, rows, &vec![ValueKind::Upsert; rows.num_rows()])?;
+        if self.staged.removed.is_empty() {
+            self.staged.removed = self.base.manifest.files.clone();
+        }
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        let next_seq = self.staged.next_seq.unwrap_or_else(|| self.base.latest.as_ref().map_or(1, |s| s.next_sequence));
+        let seqs: ArrayRef = Arc::new(UInt64Array::from_iter_values(next_seq..next_seq + rows.num_rows() as u64));
+        let changelog = with_system_columns(schema, rows, seqs, RowKind::Delete as i8)?;
+        self.staged.changelog.push(self.table.write_file("changelog", 0, vec![], None, schema, &changelog).await?);
+        self.staged.next_seq = Some(next_seq + rows.num_rows() as u64);
+        Ok(())
     }
 
     /// Commits everything staged as one snapshot (`None` if nothing changed).

@@ -32,6 +32,8 @@ use super::scan::DynamicScanExec;
 pub enum Change {
     /// `DELETE`.
     Delete,
+    /// `TRUNCATE`: every row goes, also from an append-only table.
+    Truncate,
     /// `UPDATE`: the new value of each column (`None`: unchanged).
     Update {
         /// By column of the table.
@@ -75,6 +77,7 @@ impl DisplayAs for MatchingWriteExec {
         let job = &self.job;
         match &job.change {
             Change::Delete => write!(f, "DynamicTableDelete: table={}", job.table.name()),
+            Change::Truncate => write!(f, "DynamicTableTruncate: table={}", job.table.name()),
             Change::Update { columns, .. } => {
                 let set: Vec<&str> = columns
                     .iter()
@@ -93,6 +96,7 @@ impl ExecutionPlan for MatchingWriteExec {
     fn name(&self) -> &'static str {
         match &self.job.change {
             Change::Delete => "DynamicTableDelete",
+            Change::Truncate => "DynamicTableTruncate",
             Change::Update { .. } => "DynamicTableUpdate",
         }
     }
@@ -189,7 +193,10 @@ impl Job {
             }
             count += matching.num_rows() as u64;
             match &self.change {
-                Change::Delete => {
+                Change::Truncate if !txn.table_schema().has_primary_key() => {
+                    txn.delete_appended(&matching).await.map_err(df_error)?;
+                }
+                Change::Delete | Change::Truncate => {
                     let kinds = vec![storage::ValueKind::Delete; matching.num_rows()];
                     txn.write(&matching, &kinds).await.map_err(df_error)?;
                 }
@@ -207,6 +214,11 @@ impl Job {
         }
         for new in moved {
             replace(&mut txn, &new).await?;
+        }
+        if matches!(self.change, Change::Truncate) && !txn.table_schema().has_primary_key() {
+            // Also when no row was read: the base snapshot's files go.
+            let empty = RecordBatch::new_empty(Arc::clone(&self.schema));
+            txn.delete_appended(&empty).await.map_err(df_error)?;
         }
         txn.commit().await.map_err(df_error)?;
         storage::Table::schedule_maintenance(&table);
