@@ -18,11 +18,7 @@ use crate::catalog::{CatalogRef, DEFAULT_SCHEMA, DataFusionCatalog};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 
-/// The `server_version` streamhouse reports. Drivers parse it; catalog
-/// queries from psql and others adapt to it.
-pub const SERVER_VERSION: &str = "16.6";
-/// `server_version_num` to match [`SERVER_VERSION`].
-pub const SERVER_VERSION_NUM: &str = "160006";
+pub use crate::settings::{SERVER_VERSION, SERVER_VERSION_NUM};
 
 /// The query engine: the catalog, DataFusion's shared state (functions,
 /// memory pool, `pg_catalog`) and the shutdown signal. Cheap to clone.
@@ -47,6 +43,8 @@ pub(crate) struct EngineInner {
     next_session_id: AtomicU64,
     /// Bumped by every DDL statement, so prepared plans notice they are stale.
     pub(crate) catalog_version: AtomicU64,
+    /// The oids `pg_class` gives relations.
+    pub(crate) relation_oids: crate::catalog::pg::RelationOids,
 }
 
 impl std::fmt::Debug for Engine {
@@ -108,6 +106,7 @@ impl Engine {
         base.register_udf(constant_text_udf("version", version_string()));
         base.register_udf(crate::semantics::like_escape_udf());
         base.register_udf(crate::semantics::json_build_object_udf());
+        base.register_udf(crate::semantics::expand_array_udf());
         {
             // Postgres types DataFusion has no name for, on top of pg_catalog's oid aliases.
             let state = base.state_ref();
@@ -139,7 +138,7 @@ impl Engine {
             database.register_schema("sys", Arc::new(sys))?;
         }
         // Our relations in pg_catalog and information_schema, after `sys` exists.
-        crate::catalog::pg::install(&base, Arc::clone(&catalog), &config.database)?;
+        let relation_oids = crate::catalog::pg::install(&base, Arc::clone(&catalog), &config.database)?;
         catalog.bind(&base)?;
         base.register_udtf("table_as_of", Arc::new(crate::time_travel::TableAsOf::new(Arc::clone(&catalog))));
         Ok(Self {
@@ -154,6 +153,7 @@ impl Engine {
                 faults: Arc::default(),
                 next_session_id: AtomicU64::new(1),
                 catalog_version: AtomicU64::new(0),
+                relation_oids,
             }),
         })
     }
@@ -166,6 +166,11 @@ impl Engine {
     /// The engine's configuration.
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// The oids `pg_class` gives relations.
+    pub(crate) fn relation_oids(&self) -> &crate::catalog::pg::RelationOids {
+        &self.inner.relation_oids
     }
 
     /// The catalog of user relations.

@@ -31,6 +31,7 @@ pub mod memory;
 pub mod queries;
 pub mod semantics;
 pub mod session;
+pub mod settings;
 pub mod sql;
 pub mod time_travel;
 pub mod types;

@@ -52,7 +52,10 @@ use datafusion::optimizer::AnalyzerRule;
 
 use crate::error::{Error, StatusCode};
 
+mod expand;
 mod regproc;
+
+pub use expand::expand_array_udf;
 pub use regproc::RegprocText;
 
 /// Whether `plan` is a query whose rows are the result (not DML, DDL, a

@@ -42,10 +42,12 @@ mod execute;
 pub mod ingest;
 mod insert;
 mod naming;
+mod origins;
 mod point;
 pub mod variables;
 
 pub use copy::CopyIn;
+pub use origins::{ATTNUM_KEY, TABLE_OID_KEY};
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
@@ -199,6 +201,9 @@ pub struct Prepared {
     column_names: Option<Vec<Option<String>>>,
     /// The shape of a point select by primary key (its fast path).
     point: Option<Arc<point::PointSelect>>,
+    /// The table and column each result column reads, where it reads one
+    /// straight from a table (Postgres' RowDescription says which).
+    origins: Vec<Option<origins::Origin>>,
 }
 
 impl Prepared {
@@ -276,10 +281,11 @@ impl Prepared {
     }
 
     fn rename(&self, schema: SchemaRef) -> SchemaRef {
-        match &self.column_names {
+        let schema = match &self.column_names {
             Some(names) => naming::rename_schema(&schema, names),
             None => schema,
-        }
+        };
+        origins::annotate(schema, &self.origins)
     }
 }
 
@@ -476,14 +482,22 @@ impl Session {
             if let Statement::Copy(copy) = &statement {
                 self.check_copy(copy).await?;
             }
-            return Ok(Prepared { statement, plan: None, catalog_version, column_names: None, point: None });
+            return Ok(Prepared {
+                statement,
+                plan: None,
+                catalog_version,
+                column_names: None,
+                point: None,
+                origins: vec![],
+            });
         }
         let control = self.begin_statement();
         match control.run(self.plan(&statement)).await {
             Ok(plan) => {
                 let column_names = statement.as_plan().and_then(naming::postgres_column_names);
                 let point = statement.as_plan().and_then(point::PointSelect::of).map(Arc::new);
-                Ok(Prepared { statement, plan: Some(plan), catalog_version, column_names, point })
+                let origins = self.column_origins(&plan);
+                Ok(Prepared { statement, plan: Some(plan), catalog_version, column_names, point, origins })
             }
             Err(e) if e.message().contains("require unique expression names") => {
                 // Postgres allows duplicate output names; DataFusion does not.
@@ -492,12 +506,14 @@ impl Session {
                 };
                 let aliased = Statement::Plan(Box::new(aliased));
                 let plan = control.run(self.plan(&aliased)).await?;
+                let origins = self.column_origins(&plan);
                 Ok(Prepared {
                     statement: aliased,
                     plan: Some(plan),
                     catalog_version,
                     column_names: Some(names),
                     point: None,
+                    origins,
                 })
             }
             Err(e) => Err(e),

@@ -39,6 +39,42 @@ pub fn python_has(modules: &str) -> bool {
     false
 }
 
+/// The pgjdbc jar (Debian's `libpostgresql-jdbc-java`), when it and a JDK
+/// that runs single-file programs are installed. When they are not, a test
+/// skips — unless CI requires them (`STREAMHOUSE_REQUIRE_JDBC=1`), then
+/// this panics.
+pub fn pgjdbc_jar() -> Option<std::path::PathBuf> {
+    let jar = std::path::PathBuf::from("/usr/share/java/postgresql.jar");
+    let java = std::process::Command::new("java").arg("-version").output();
+    if jar.exists() && java.as_ref().is_ok_and(|o| o.status.success()) {
+        return Some(jar);
+    }
+    assert!(!required("STREAMHOUSE_REQUIRE_JDBC"), "java and {} are required: {java:?}", jar.display());
+    eprintln!("java or pgjdbc not installed: skipping");
+    None
+}
+
+/// Runs `tests/clients/JdbcClient.java` against the server on `port` and
+/// asserts that every check passed; the assertion shows the output.
+///
+/// # Errors
+/// java cannot be started.
+pub async fn run_jdbc_client(jar: &std::path::Path, port: u16) -> anyhow::Result<()> {
+    let program = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/JdbcClient.java");
+    let jar = jar.to_path_buf();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("java").arg("-cp").arg(jar).arg(program).arg(port.to_string()).output()
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("jdbc client done"),
+        "JdbcClient.java\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    Ok(())
+}
+
 /// Runs `tests/clients/<script>` with `python3` and `args`, and asserts
 /// that it succeeded and printed `done` (each script prints its own line
 /// last); the assertion shows both outputs.

@@ -490,6 +490,18 @@ async fn adbc_postgresql_driver() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// pgjdbc, the driver under DBeaver, DataGrip and Metabase: batched
+/// inserts, DatabaseMetaData (tables, views and materialized views, columns
+/// with precision and scale, primary keys, indexes, types) and typed reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgjdbc_metadata() -> anyhow::Result<()> {
+    let Some(jar) = streamhouse_testkit::pgjdbc_jar() else { return Ok(()) };
+    let server = TestServer::start().await?;
+    streamhouse_testkit::run_jdbc_client(&jar, server.pg_addr().port()).await?;
+    server.stop().await;
+    Ok(())
+}
+
 /// A prepared single-row `INSERT … VALUES ($1, …)` (the fast path that
 /// skips planning) gives what the planned INSERT gives: same rows, DEFAULTs,
 /// NULLs, upserts by key, and the same errors with the same SQLSTATEs; a

@@ -365,7 +365,7 @@ pub(crate) fn column_type(relation: &Relation, i: usize) -> PgType {
 ///
 /// # Errors
 /// The crate's `pg_catalog` is not registered yet.
-pub fn install(ctx: &datafusion::prelude::SessionContext, catalog: CatalogRef, database: &str) -> Result<()> {
+pub fn install(ctx: &datafusion::prelude::SessionContext, catalog: CatalogRef, database: &str) -> Result<RelationOids> {
     let Some(root) = ctx.catalog(database) else {
         return Err(datafusion::error::DataFusionError::Internal(format!("no catalog {database}")));
     };
@@ -397,7 +397,19 @@ pub fn install(ctx: &datafusion::prelude::SessionContext, catalog: CatalogRef, d
     }
     *source.system.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = system;
     functions::register(ctx, &source)?;
-    Ok(())
+    Ok(RelationOids(source))
+}
+
+/// The oids the catalogs give relations, for result metadata (the table
+/// and column a result column comes from).
+#[derive(Debug, Clone)]
+pub struct RelationOids(Arc<Source>);
+
+impl RelationOids {
+    /// `pg_class.oid` of relation `name`.
+    pub fn relation(&self, name: &crate::catalog::RelationName) -> i32 {
+        self.0.oids.get('r', &name.schema, &name.name)
+    }
 }
 
 fn bind(table: Box<dyn CatalogTableObject>, source: &Arc<Source>) -> Arc<dyn TableProvider> {

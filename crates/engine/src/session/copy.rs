@@ -121,6 +121,7 @@ impl Session {
                     catalog_version: self.engine.catalog_version(),
                     column_names: None,
                     point: None,
+                    origins: vec![],
                 };
                 (Box::pin(self.run_prepared_plan(&prepared, None)).await?, options)
             }

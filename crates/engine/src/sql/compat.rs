@@ -6,7 +6,10 @@
 //!   SELECT is wrapped as a derived table first);
 //! - `generate_subscripts(a, 1)` → `unnest(generate_series(1, array_length(a, 1)))`;
 //! - `x LIKE p ESCAPE 'c'` with `c` other than `\` → `x LIKE pg_like_escape(p, 'c')`,
-//!   which rewrites the pattern to DataFusion's backslash escapes when it runs.
+//!   which rewrites the pattern to DataFusion's backslash escapes when it runs;
+//! - `information_schema._pg_expandarray(a)` → `unnest(pg_expandarray(a))`
+//!   (records of element and position, row by row);
+//! - `(e).field` → `get_field(e, 'field')`: a field of a record-valued expression.
 
 use std::ops::ControlFlow;
 
@@ -14,6 +17,9 @@ use datafusion::sql::sqlparser::ast::{
     self, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments, Ident, ObjectName,
     Query, Select, SelectItem, SetExpr, Value, visit_expressions_mut,
 };
+
+/// The function `_pg_expandarray` is rewritten to (under `unnest`).
+pub const EXPAND_ARRAY_FUNCTION: &str = "pg_expandarray";
 
 /// The function `LIKE … ESCAPE` patterns are translated with.
 pub const LIKE_ESCAPE_FUNCTION: &str = "pg_like_escape";
@@ -57,6 +63,26 @@ fn rewrite_expr(expr: &mut Expr) {
             let series = call("generate_series", vec![Expr::value(Value::Number("1".into(), false)), length]);
             *expr = call("unnest", vec![series]);
         }
+        Expr::Function(function) if is_expand_array(function) => {
+            let FunctionArguments::List(list) = &function.args else { return };
+            let [FunctionArg::Unnamed(FunctionArgExpr::Expr(array))] = list.args.as_slice() else { return };
+            *expr = call("unnest", vec![call(EXPAND_ARRAY_FUNCTION, vec![array.clone()])]);
+        }
+        Expr::CompoundFieldAccess { root, access_chain } if matches!(root.as_ref(), Expr::Nested(_)) => {
+            let fields: Option<Vec<String>> = access_chain
+                .iter()
+                .map(|access| match access {
+                    ast::AccessExpr::Dot(Expr::Identifier(ident)) => Some(crate::sql::ident_value(ident)),
+                    _ => None,
+                })
+                .collect();
+            let Some(fields) = fields else { return };
+            let mut out = std::mem::replace(root.as_mut(), Expr::value(Value::Null));
+            for field in fields {
+                out = call("get_field", vec![out, Expr::value(Value::SingleQuotedString(field))]);
+            }
+            *expr = out;
+        }
         Expr::Like { pattern, escape_char, .. } | Expr::ILike { pattern, escape_char, .. } => {
             let Some(escape) = escape_char.take() else { return };
             let is_backslash = matches!(&escape.value, Value::SingleQuotedString(s) if s == "\\");
@@ -76,6 +102,18 @@ fn is_named(function: &Function, name: &str) -> bool {
     part.as_ident().is_some_and(|i| i.value.eq_ignore_ascii_case(name))
         && matches!(function.args, FunctionArguments::List(_))
         && function.over.is_none()
+}
+
+/// `[information_schema.]_pg_expandarray(a)`.
+fn is_expand_array(function: &Function) -> bool {
+    let parts: Vec<String> =
+        function.name.0.iter().filter_map(|p| p.as_ident().map(|i| i.value.to_ascii_lowercase())).collect();
+    let named = match parts.as_slice() {
+        [name] => name == "_pg_expandarray",
+        [schema, name] => schema == "information_schema" && name == "_pg_expandarray",
+        _ => false,
+    };
+    named && matches!(function.args, FunctionArguments::List(_)) && function.over.is_none()
 }
 
 fn is_array_subquery(function: &Function) -> bool {

@@ -79,6 +79,18 @@ pub fn fields(schema: &Schema, format: &Format) -> PgWireResult<Vec<FieldInfo>> 
 /// does (`varchar`, `bpchar`, `json`: their binary form is their text).
 fn declared(info: FieldInfo, field: &datafusion::arrow::datatypes::Field) -> FieldInfo {
     let declared = streamhouse_engine::types::PgType::of(field);
+    // The table and column it reads, where it reads one straight from a table.
+    let origin = |key: &str| field.metadata().get(key).and_then(|v| v.parse::<i64>().ok());
+    let table_id = origin(streamhouse_engine::session::TABLE_OID_KEY).and_then(|v| i32::try_from(v).ok());
+    let column_id = origin(streamhouse_engine::session::ATTNUM_KEY).and_then(|v| i16::try_from(v).ok());
+    let (table_id, column_id) = match (table_id, column_id) {
+        (Some(table), Some(column)) => (Some(table), Some(column)),
+        _ => (info.table_id(), info.column_id()),
+    };
+    let info = FieldInfo::new(info.name().to_string(), table_id, column_id, info.datatype().clone(), info.format())
+        .with_format_options(Arc::clone(info.format_options()))
+        .with_type_size(info.type_size())
+        .with_type_modifier(info.type_modifier());
     let retype = |datatype: Type| {
         FieldInfo::new(info.name().to_string(), info.table_id(), info.column_id(), datatype, info.format())
             .with_format_options(Arc::clone(info.format_options()))

@@ -25,6 +25,7 @@ pub(super) fn all() -> Vec<(&'static str, Box<dyn CatalogTableObject>)> {
         ("pg_views", Box::new(PgViews)),
         ("pg_matviews", Box::new(PgMatviews)),
         ("pg_policy", Box::new(PgPolicy)),
+        ("pg_settings", Box::new(PgSettings)),
     ]
 }
 
@@ -48,6 +49,61 @@ impl CatalogTable for PgPolicy {
     }
 
     fn rows(&self, _: &Source, _: &Snapshot, _: &mut Rows) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The run-time parameters streamhouse knows, with their defaults (a
+/// session's `SET` shows in `SHOW` and `current_setting`, not here).
+#[derive(Debug)]
+struct PgSettings;
+
+impl CatalogTable for PgSettings {
+    fn schema(&self) -> SchemaRef {
+        schema(vec![
+            utf8("name"),
+            utf8("setting"),
+            utf8("unit"),
+            utf8("category"),
+            utf8("short_desc"),
+            utf8("extra_desc"),
+            utf8("context"),
+            utf8("vartype"),
+            utf8("source"),
+            utf8("min_val"),
+            utf8("max_val"),
+            Field::new("enumvals", DataType::new_list(DataType::Utf8, true), true),
+            utf8("boot_val"),
+            utf8("reset_val"),
+            utf8("sourcefile"),
+            int("sourceline", DataType::Int32),
+            flag("pending_restart"),
+        ])
+    }
+
+    fn rows(&self, _: &Source, _: &Snapshot, rows: &mut Rows) -> Result<()> {
+        for known in crate::settings::KNOWN {
+            let context = if known.settable { "user" } else { "internal" };
+            rows.push(vec![
+                text(known.name),
+                text(known.default),
+                null(),
+                null(),
+                text(known.description),
+                null(),
+                text(context),
+                text("string"),
+                text("default"),
+                null(),
+                null(),
+                null(),
+                text(known.default),
+                text(known.default),
+                null(),
+                null(),
+                boolean(false),
+            ])?;
+        }
         Ok(())
     }
 }
@@ -389,8 +445,10 @@ impl CatalogTable for PgIndex {
             super::int2_array_field("indkey"),
             Field::new("indcollation", DataType::new_list(DataType::Int32, true), true),
             Field::new("indclass", DataType::new_list(DataType::Int32, true), true),
-            // int2vector: clients read its text form ("0 0").
-            utf8("indoption"),
+            // int2vector, as int2[] (subscripts from 1, not 0: JDBC's
+            // `indoption[pos - 1]` reads NULL for the first column, which it
+            // takes as ascending, as every key column here is).
+            super::int2_array_field("indoption"),
             utf8("indexprs"),
             utf8("indpred"),
         ])
@@ -419,7 +477,7 @@ impl CatalogTable for PgIndex {
                 key_numbers(relation),
                 oid_array(vec![0; relation.info.primary_key.len()]),
                 oid_array(vec![0; relation.info.primary_key.len()]),
-                text(vec!["0"; relation.info.primary_key.len()].join(" ")),
+                int2_array(vec![0; relation.info.primary_key.len()]),
                 null(),
                 null(),
             ])?;
