@@ -102,6 +102,8 @@ pub struct RelationInfo {
     pub definition: Option<String>,
     /// `DEFAULT` expressions by column, SQL text.
     pub defaults: Vec<(String, String)>,
+    /// The relations a view reads (`pg_depend`).
+    pub reads: Vec<RelationName>,
 }
 
 /// A point in a table's history.

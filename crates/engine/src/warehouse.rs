@@ -790,6 +790,7 @@ impl Catalog for DynamicCatalog {
                 primary_key: t.primary_key().to_vec(),
                 definition: None,
                 defaults: t.stored_defaults.clone(),
+                reads: vec![],
             },
             Relation::View(v) => RelationInfo {
                 kind: RelationKind::View,
@@ -797,6 +798,18 @@ impl Catalog for DynamicCatalog {
                 primary_key: vec![],
                 definition: Some(v.query_text()),
                 defaults: vec![],
+                reads: v
+                    .stored
+                    .sources
+                    .iter()
+                    .filter_map(|source| {
+                        let relations = schemas.get(&source.schema)?;
+                        let (name, _) = relations
+                            .iter()
+                            .find(|(_, r)| dir_base(r.dir()).as_deref() == Some(source.dir.as_str()))?;
+                        Some(RelationName { schema: source.schema.clone(), name: name.clone() })
+                    })
+                    .collect(),
             },
             Relation::MaterializedView(v) => RelationInfo {
                 kind: RelationKind::MaterializedView,
@@ -804,6 +817,15 @@ impl Catalog for DynamicCatalog {
                 primary_key: vec![],
                 definition: Some(v.definition.query.clone()),
                 defaults: vec![],
+                reads: v
+                    .definition
+                    .sources
+                    .iter()
+                    .filter_map(|source| {
+                        let (schema, name) = source.split_once('.')?;
+                        Some(RelationName { schema: schema.to_string(), name: name.to_string() })
+                    })
+                    .collect(),
             },
             Relation::Damaged(_) => return None,
         })

@@ -388,6 +388,7 @@ async fn psql_client() -> anyhow::Result<()> {
     let out = tokio::task::spawn_blocking(move || {
         let create = psql(vec![
             "CREATE TABLE readings (id BIGINT PRIMARY KEY, sensor TEXT NOT NULL, value DOUBLE PRECISION)",
+            "CREATE TABLE gauges (id INT PRIMARY KEY, unit VARCHAR(8) DEFAULT 'celsius')",
             "INSERT INTO readings VALUES (1, 's1', 0.5), (2, 's2', NULL)",
             "SELECT sensor, value FROM readings ORDER BY id",
             "CREATE VIEW readings_view AS SELECT id, sensor FROM readings",
@@ -395,7 +396,7 @@ async fn psql_client() -> anyhow::Result<()> {
         ]);
         let kinds = psql(vec!["\\dm", "\\dv", "\\di", "\\df"]);
         let dt = psql(vec!["\\dt"]);
-        let d = psql(vec!["\\d readings"]);
+        let d = psql(vec!["\\d readings", "\\d gauges"]);
         let dn = psql(vec!["\\dn"]);
         let l = psql(vec!["\\l"]);
         let typo = psql(vec!["SELECT * FROM readngs"]);
@@ -426,6 +427,8 @@ async fn psql_client() -> anyhow::Result<()> {
         assert!(squeezed.contains(line), "missing {line:?} in\n{}", kinds.1);
     }
     assert!(d.1.contains("Indexes:") && d.1.contains("\"readings_pkey\" PRIMARY KEY, btree (id)"), "{}", d.1);
+    let squeezed: String = d.1.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(squeezed.contains("unit | character varying(8) | | | 'celsius'"), "the column default: {}", d.1);
     assert!(copied.0 && copied.1.contains("COPY 1000") && copied.1.contains("1002"), "{copied:?}");
     assert!(!failed.0 && failed.2.contains("ERROR:  22P02") && failed.2.contains("line 2, column value"), "{failed:?}");
     assert!(counted.1.contains("1002"), "{counted:?}");
@@ -486,6 +489,21 @@ async fn adbc_postgresql_driver() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let pg = server.pg_addr().port().to_string();
     streamhouse_testkit::run_client_script("adbc_postgresql.py", vec![pg], "adbc postgresql ok").await?;
+    server.stop().await;
+    Ok(())
+}
+
+/// dbt-postgres: seeds, a table model, a view model reading it, and schema
+/// tests, built twice in a row (the second time swapping rebuilt models in
+/// with ALTER … RENAME and dropping the old ones with CASCADE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dbt_seed_run_test_twice() -> anyhow::Result<()> {
+    if !streamhouse_testkit::python_has("dbt.cli.main, psycopg") {
+        return Ok(());
+    }
+    let server = TestServer::start().await?;
+    let pg = server.pg_addr().port().to_string();
+    streamhouse_testkit::run_client_script("dbt_project.py", vec![pg], "dbt project ok").await?;
     server.stop().await;
     Ok(())
 }

@@ -98,12 +98,86 @@ impl Oids {
         if let Some(oid) = assigned.by_key.get(&key) {
             return *oid;
         }
-        let oid = assigned.next;
-        assigned.next += 1;
+        let oid = match (kind, schema) {
+            ('r', "pg_catalog") => postgres_relation_oid(name),
+            _ => None,
+        };
+        let oid = oid.unwrap_or_else(|| {
+            let oid = assigned.next;
+            assigned.next += 1;
+            oid
+        });
         assigned.by_oid.insert(oid, key.clone());
         assigned.by_key.insert(key, oid);
         oid
     }
+}
+
+/// The parts of a possibly qualified, possibly quoted name (`s."My T"`),
+/// unquoted ones lower-cased, as Postgres' `parse_ident` gives them.
+pub(crate) fn split_qualified(name: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut chars = name.trim().chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                if c == '"' {
+                    if chars.peek() == Some(&'"') {
+                        chars.next();
+                        part.push('"');
+                        continue;
+                    }
+                    break;
+                }
+                part.push(c);
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                part.extend(c.to_lowercase());
+                chars.next();
+            }
+        }
+        parts.push(part);
+        match chars.next() {
+            Some('.') => continue,
+            _ => break,
+        }
+    }
+    parts
+}
+
+/// The fixed oids Postgres gives its system catalogs, which clients write
+/// as `'pg_class'::regclass` and compare with `pg_depend.classid`.
+fn postgres_relation_oid(name: &str) -> Option<i32> {
+    Some(match name {
+        "pg_type" => 1247,
+        "pg_attribute" => 1249,
+        "pg_proc" => 1255,
+        "pg_class" => 1259,
+        "pg_authid" => 1260,
+        "pg_database" => 1262,
+        "pg_tablespace" => 1213,
+        "pg_sequence" => 2224,
+        "pg_am" => 2601,
+        "pg_attrdef" => 2604,
+        "pg_constraint" => 2606,
+        "pg_depend" => 2608,
+        "pg_description" => 2609,
+        "pg_index" => 2610,
+        "pg_inherits" => 2611,
+        "pg_namespace" => 2615,
+        "pg_rewrite" => 2618,
+        "pg_statistic" => 2619,
+        "pg_trigger" => 2620,
+        "pg_extension" => 3079,
+        "pg_collation" => 3456,
+        _ => return None,
+    })
 }
 
 /// One relation as the system catalogs show it.
@@ -196,6 +270,7 @@ impl Source {
                     primary_key: vec![],
                     definition: None,
                     defaults: vec![],
+                    reads: vec![],
                 };
                 snapshot.relations.push(self.relation(&schema, namespace, name, info));
             }
@@ -217,6 +292,27 @@ impl Source {
         let relation = RelationName { schema: schema.to_string(), name: name.to_string() };
         let info = self.catalog.relation_info(&relation)?;
         Some(self.relation(schema, self.oids.namespace(schema), name.to_string(), info))
+    }
+
+    /// The oid `'name'::regclass` names, looked up as Postgres does: a
+    /// qualified name in its schema; an unqualified one in `pg_catalog`,
+    /// then in `public`.
+    pub fn regclass(&self, name: &str) -> Option<i32> {
+        let parts = crate::catalog::pg::split_qualified(name);
+        let system_has = |schema: &str, table: &str| {
+            let system = self.system.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            system.iter().any(|(s, provider)| s == schema && provider.table_exist(table))
+        };
+        let (schema, table) = match parts.as_slice() {
+            [table] if system_has("pg_catalog", table) => return Some(self.oids.get('r', "pg_catalog", table)),
+            [table] => (crate::catalog::DEFAULT_SCHEMA.to_string(), table.clone()),
+            [schema, table] => (schema.clone(), table.clone()),
+            _ => return None,
+        };
+        if system_has(&schema, &table) {
+            return Some(self.oids.get('r', &schema, &table));
+        }
+        self.user_relation_named(&schema, &table).map(|r| r.oid)
     }
 
     /// The relation with oid `oid`, among user relations.

@@ -65,7 +65,13 @@ pub fn with_unique_aliases(statement: &Statement) -> Option<(Statement, Vec<Opti
         }
         _ => return None,
     };
-    let SetExpr::Select(select) = query.body.as_mut() else { return None };
+    // Branches of a UNION after the first: their names do not matter, but must be unique too.
+    let mut body = query.body.as_mut();
+    while let SetExpr::SetOperation { left, right, .. } = body {
+        alias_unnamed(right.as_mut());
+        body = left.as_mut();
+    }
+    let SetExpr::Select(select) = body else { return None };
     let mut names = Vec::with_capacity(select.projection.len());
     for (i, item) in select.projection.iter_mut().enumerate() {
         match item {
@@ -81,6 +87,28 @@ pub fn with_unique_aliases(statement: &Statement) -> Option<(Statement, Vec<Opti
         }
     }
     Some((statement, names))
+}
+
+/// Gives every unnamed expression of the select lists in `body` a unique alias.
+fn alias_unnamed(body: &mut SetExpr) {
+    match body {
+        SetExpr::Select(select) => {
+            for (i, item) in select.projection.iter_mut().enumerate() {
+                if let SelectItem::UnnamedExpr(expr) = item {
+                    *item = SelectItem::ExprWithAlias {
+                        expr: expr.clone(),
+                        alias: ast::Ident::new(format!("__streamhouse_column_{}", i + 1)),
+                    };
+                }
+            }
+        }
+        SetExpr::SetOperation { left, right, .. } => {
+            alias_unnamed(left);
+            alias_unnamed(right);
+        }
+        SetExpr::Query(query) => alias_unnamed(query.body.as_mut()),
+        _ => {}
+    }
 }
 
 /// Postgres' name for an expression, or `None` for `?column?`.

@@ -18,6 +18,114 @@ use datafusion::sql::sqlparser::ast::{
     Query, Select, SelectItem, SetExpr, Value, visit_expressions_mut,
 };
 
+/// System catalogs that never have a row here: no row security policies,
+/// publications, extended statistics, inheritance or triggers.
+const ALWAYS_EMPTY: &[&str] = &[
+    "pg_policy",
+    "pg_publication",
+    "pg_publication_rel",
+    "pg_publication_namespace",
+    "pg_statistic_ext",
+    "pg_inherits",
+    "pg_trigger",
+];
+
+/// In each SELECT that inner-joins a catalog that is always empty, replaces
+/// the subquery expressions of its select list by NULL and its WHERE clause
+/// by FALSE: no
+/// row exists to evaluate them on, so their value cannot matter, and psql's
+/// `\d` writes some there that could not be planned (correlated by `= ANY`,
+/// or a lateral `generate_series` over an outer column).
+pub fn skip_subqueries_over_empty_catalogs(statement: &mut ast::Statement) {
+    struct Skip;
+    impl ast::VisitorMut for Skip {
+        type Break = ();
+        fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+            skip_in(query.body.as_mut());
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = ast::VisitMut::visit(statement, &mut Skip);
+}
+
+fn skip_in(body: &mut SetExpr) {
+    match body {
+        SetExpr::Select(select) if joins_empty_catalog(select) => {
+            let nulls = |expr: &mut Expr| {
+                let subquery = matches!(expr, Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. })
+                    || matches!(expr, Expr::Function(f) if is_array_subquery(f));
+                if subquery {
+                    *expr = Expr::value(Value::Null);
+                }
+                ControlFlow::<()>::Continue(())
+            };
+            let _ = visit_expressions_mut(&mut select.projection, nulls);
+            // The WHERE clause cannot select a row either (psql's compares
+            // with untyped literals a function signature would refuse).
+            if select.selection.is_some() {
+                select.selection = Some(Expr::value(Value::Boolean(false)));
+            }
+        }
+        SetExpr::SetOperation { left, right, .. } => {
+            skip_in(left);
+            skip_in(right);
+        }
+        _ => {}
+    }
+}
+
+fn joins_empty_catalog(select: &Select) -> bool {
+    let empty = |factor: &ast::TableFactor| match factor {
+        ast::TableFactor::Table { name, args: None, .. } => name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .is_some_and(|i| ALWAYS_EMPTY.contains(&i.value.to_ascii_lowercase().as_str())),
+        _ => false,
+    };
+    select.from.iter().any(|from| {
+        empty(&from.relation)
+            || from.joins.iter().any(|join| {
+                matches!(
+                    join.join_operator,
+                    ast::JoinOperator::Join(_) | ast::JoinOperator::Inner(_) | ast::JoinOperator::CrossJoin(_)
+                ) && empty(&join.relation)
+            })
+    })
+}
+
+/// The function `'name'::regclass` is rewritten to.
+pub const REGCLASS_FUNCTION: &str = "pg_regclass";
+
+/// `'name'::regclass` (a literal or a parameter) → `pg_regclass('name')`,
+/// which finds system catalogs (`'pg_class'::regclass` is 1259, as in
+/// Postgres) as well as user relations. Runs before the crate's rules.
+pub fn rewrite_regclass(statement: &mut ast::Statement) {
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let Expr::Cast { expr: operand, data_type, .. } = expr
+            && is_regclass(data_type)
+            && matches!(operand.as_ref(), Expr::Value(v) if matches!(v.value, Value::SingleQuotedString(_) | Value::Placeholder(_)))
+        {
+            let operand = std::mem::replace(operand.as_mut(), Expr::value(Value::Null));
+            *expr = call(REGCLASS_FUNCTION, vec![operand]);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+fn is_regclass(data_type: &ast::DataType) -> bool {
+    match data_type {
+        ast::DataType::Regclass => true,
+        ast::DataType::Custom(name, modifiers) if modifiers.is_empty() => {
+            let parts: Vec<String> =
+                name.0.iter().filter_map(|p| p.as_ident().map(|i| i.value.to_ascii_lowercase())).collect();
+            matches!(parts.as_slice(), [t] if t == "regclass")
+                || matches!(parts.as_slice(), [s, t] if s == "pg_catalog" && t == "regclass")
+        }
+        _ => false,
+    }
+}
+
 /// The function `_pg_expandarray` is rewritten to (under `unnest`).
 pub const EXPAND_ARRAY_FUNCTION: &str = "pg_expandarray";
 

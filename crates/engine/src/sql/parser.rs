@@ -16,7 +16,6 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
-use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_pg_catalog::sql::rules::{self, SqlStatementRewriteRule};
 
 use super::statement::{
@@ -27,23 +26,12 @@ use super::{ident_value, table_reference};
 use crate::copy::{CopyOption, CopyOptions};
 use crate::error::{Error, Result, StatusCode};
 
-/// The compatibility parser, built once (building it parses SQL): for the
-/// client catalog queries it replaces whole.
-static COMPAT: LazyLock<PostgresCompatibilityParser> = LazyLock::new(PostgresCompatibilityParser::new);
-
-/// datafusion-pg-catalog's rewrite rules, in its order (`PostgresCompatibilityParser::new`),
-/// as two lists. `RemoveSubqueryFromProjection` replaces a correlated
-/// subquery of the select list by NULL and caps an uncorrelated one at its
-/// first row: it lets client catalog queries plan, but on user data it is a
-/// silent wrong answer, so only statements that read the system catalogs
-/// get it. (Re-check this list when upgrading the crate.)
-struct CompatRules {
-    user: Vec<Arc<dyn SqlStatementRewriteRule>>,
-    catalog: Vec<Arc<dyn SqlStatementRewriteRule>>,
-}
-
-static RULES: LazyLock<CompatRules> = LazyLock::new(|| {
-    let before: Vec<Arc<dyn SqlStatementRewriteRule>> = vec![
+/// datafusion-pg-catalog's rewrite rules, in its order
+/// (`PostgresCompatibilityParser::new`), without `RemoveSubqueryFromProjection`,
+/// which replaces correlated subqueries of a select list by NULL: a silent
+/// wrong answer. (Re-check this list when upgrading the crate.)
+static RULES: LazyLock<Vec<Arc<dyn SqlStatementRewriteRule>>> = LazyLock::new(|| {
+    vec![
         Arc::new(rules::AliasDuplicatedProjectionRewrite),
         Arc::new(rules::ResolveUnqualifiedIdentifier),
         Arc::new(rules::RewriteArrayAnyAllOperation),
@@ -54,26 +42,15 @@ static RULES: LazyLock<CompatRules> = LazyLock::new(|| {
         Arc::new(rules::StripCollate),
         Arc::new(rules::RewritePgCatalogOperator),
         Arc::new(rules::RewriteRegCastToSubquery::new()),
-    ];
-    let after: Arc<dyn SqlStatementRewriteRule> = Arc::new(rules::FixVersionColumnName);
-    let mut user = before.clone();
-    user.push(Arc::clone(&after));
-    let mut catalog = before;
-    catalog.push(Arc::new(rules::RemoveSubqueryFromProjection));
-    catalog.push(after);
-    CompatRules { user, catalog }
+        Arc::new(rules::FixVersionColumnName),
+    ]
 });
 
-/// Whether a statement's text reads the system catalogs (as clients' catalog queries do).
-fn reads_catalog(text: &str) -> bool {
-    let lower = text.to_ascii_lowercase();
-    lower.contains("pg_") || lower.contains("information_schema")
-}
-
 /// The compatibility rewrite for a statement with source text `text`.
-fn rewrite(mut statement: ast::Statement, text: &str) -> ast::Statement {
-    let rules = if reads_catalog(text) { &RULES.catalog } else { &RULES.user };
-    for rule in rules {
+fn rewrite(mut statement: ast::Statement) -> ast::Statement {
+    super::compat::skip_subqueries_over_empty_catalogs(&mut statement);
+    super::compat::rewrite_regclass(&mut statement);
+    for rule in RULES.iter() {
         statement = rule.rewrite(statement);
     }
     super::compat::rewrite(&mut statement);
@@ -271,7 +248,7 @@ fn parse_in(sql: &str, dialect: &dyn datafusion::sql::sqlparser::dialect::Dialec
         .map_err(|e| locate(sql, ParserError::from(e).into()))?;
     super::limits::check_tokens(&tokens)?;
     let parser = Parser::new(dialect).with_tokens_with_locations(tokens);
-    let mut parser = DialectParser { parser, sql };
+    let mut parser = DialectParser { parser };
     let mut out = Vec::new();
     loop {
         while parser.parser.consume_token(&Token::SemiColon) {}
@@ -346,7 +323,6 @@ fn syntax(message: impl Into<String>) -> Error {
 
 struct DialectParser<'a> {
     parser: Parser<'a>,
-    sql: &'a str,
 }
 
 impl DialectParser<'_> {
@@ -387,21 +363,8 @@ impl DialectParser<'_> {
 
     /// A statement sqlparser parses, through the compatibility rules, classified.
     fn standard(&mut self) -> Result<Statement> {
-        let start = self.parser.peek_token_ref().span.start;
         let statement = self.parser.parse_statement()?;
-        let end = match &self.parser.peek_token_ref() {
-            TokenWithSpan { token: Token::EOF, .. } => None,
-            next => Some(next.span.start),
-        };
-        let text = self.text(start, end);
-        classify(compatible(statement, text)?)
-    }
-
-    /// The source text between two token locations (`None`: to the end).
-    fn text(&self, start: Location, end: Option<Location>) -> &str {
-        let from = char_offset(self.sql, start).map_or(0, |(_, b)| b);
-        let to = end.and_then(|end| char_offset(self.sql, end)).map_or(self.sql.len(), |(_, b)| b);
-        self.sql.get(from..to).unwrap_or_default()
+        classify(compatible(statement)?)
     }
 
     /// `ALTER [MATERIALIZED] VIEW` is next.
@@ -630,11 +593,8 @@ impl DialectParser<'_> {
             self.parser.next_token();
             return Ok(Statement::Subscribe(self.subscribe()?));
         }
-        let start = self.parser.peek_token_ref().span.start;
         let query = self.parser.parse_query()?;
-        let end = Some(self.parser.peek_token_ref().span.start);
-        let text = self.text(start, end).to_owned();
-        match compatible(ast::Statement::Query(query), &text)? {
+        match compatible(ast::Statement::Query(query))? {
             ast::Statement::Query(query) => Ok(Statement::Plan(Box::new(ast::Statement::Query(query)))),
             _ => Err(Error::internal("a compatibility rule turned a query into another statement")),
         }
@@ -842,7 +802,7 @@ impl DialectParser<'_> {
             .build();
         let mut statement = ast::Statement::CreateTable(create);
         super::limits::shape(&mut statement)?;
-        let statement = rewrite(statement, self.sql);
+        let statement = rewrite(statement);
         Ok(Statement::CreateTable(Box::new(CreateTable { statement, options })))
     }
 
@@ -944,20 +904,10 @@ fn timestamp_ms(text: &str) -> Result<i64> {
 /// after the compatibility rules: a client catalog query that
 /// datafusion-pg-catalog replaces whole (they all read `pg_catalog`) is
 /// parsed by it from the statement's own text.
-fn compatible(mut statement: ast::Statement, text: &str) -> Result<ast::Statement> {
+fn compatible(mut statement: ast::Statement) -> Result<ast::Statement> {
     super::limits::shape(&mut statement)?;
     reserved_relation_names(&statement)?;
-    if matches!(statement, ast::Statement::Query(_))
-        && text.to_ascii_lowercase().contains("pg_catalog")
-        && let Ok(mut replaced) = COMPAT.parse(text)
-        && replaced.len() == 1
-        && let Some(mut replaced) = replaced.pop()
-    {
-        super::limits::shape(&mut replaced)?;
-        super::compat::rewrite(&mut replaced);
-        return Ok(replaced);
-    }
-    Ok(rewrite(statement, text))
+    Ok(rewrite(statement))
 }
 
 /// Postgres' reserved words that the SQL parser accepts as a bare table

@@ -68,10 +68,25 @@ impl ScalarUDFImpl for CatalogFunction {
                     ColumnarValue::Array(array) => ScalarValue::try_from_array(array, row),
                 })
                 .collect::<Result<Vec<_>>>()?;
-            out.push((self.body)(&self.source, &values).cast_to(&self.returns)?);
+            let value = (self.body)(&self.source, &values).cast_to(&self.returns)?;
+            if self.name == crate::sql::compat::REGCLASS_FUNCTION
+                && value.is_null()
+                && values.first().is_some_and(|v| !v.is_null())
+            {
+                // As Postgres' regclass input: a name that resolves to nothing is an error.
+                let name = values[0].to_string();
+                return Err(datafusion::error::DataFusionError::External(Box::new(crate::error::Error::new(
+                    crate::error::StatusCode::TableNotFound,
+                    format!("relation \"{name}\" does not exist"),
+                ))));
+            }
+            out.push(value);
         }
         if scalar {
             return Ok(ColumnarValue::Scalar(out.pop().unwrap_or(ScalarValue::try_from(&self.returns)?)));
+        }
+        if out.is_empty() {
+            return Ok(ColumnarValue::Array(datafusion::arrow::array::new_empty_array(&self.returns)));
         }
         Ok(ColumnarValue::Array(ScalarValue::iter_to_array(out)?))
     }
@@ -153,6 +168,29 @@ fn to_regclass(source: &Source, args: &[ScalarValue]) -> ScalarValue {
     ScalarValue::Int32(source.user_relation_named(schema, table).map(|r| r.oid))
 }
 
+/// `'name'::regclass`: the oid of a relation, system or user; NULL (an
+/// error, when invoked) when there is none.
+fn regclass(source: &Source, args: &[ScalarValue]) -> ScalarValue {
+    match args.first() {
+        Some(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s))) => {
+            ScalarValue::Int32(source.regclass(s))
+        }
+        Some(other) if !other.is_null() => other.cast_to(&DataType::Int32).unwrap_or(ScalarValue::Int32(None)),
+        _ => ScalarValue::Int32(None),
+    }
+}
+
+/// `pg_get_expr(expr, relation [, pretty])`: the catalogs keep expressions
+/// (`pg_attrdef.adbin`) as SQL text already, so the text itself.
+fn get_expr(_: &Source, args: &[ScalarValue]) -> ScalarValue {
+    match args.first() {
+        Some(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s))) => {
+            utf8(Some(s.clone()))
+        }
+        _ => utf8(None),
+    }
+}
+
 /// `pg_my_temp_schema()`: 0, there are no temporary schemas.
 fn no_temp_schema(_: &Source, _: &[ScalarValue]) -> ScalarValue {
     ScalarValue::Int32(Some(0))
@@ -183,7 +221,9 @@ fn quote(name: &str) -> String {
 pub(super) fn register(ctx: &SessionContext, source: &Arc<Source>) -> Result<()> {
     let any =
         |arity: &[usize]| Signature::one_of(arity.iter().map(|&n| TypeSignature::Any(n)).collect(), Volatility::Stable);
-    let functions: [(&'static str, Signature, DataType, Body); 16] = [
+    let functions: [(&'static str, Signature, DataType, Body); 18] = [
+        ("pg_get_expr", any(&[2, 3]), DataType::Utf8, get_expr),
+        (crate::sql::compat::REGCLASS_FUNCTION, any(&[1]), DataType::Int32, regclass),
         ("pg_get_function_result", any(&[1]), DataType::Utf8, no_function_text),
         ("pg_get_function_arguments", any(&[1]), DataType::Utf8, no_function_text),
         ("pg_get_function_identity_arguments", any(&[1]), DataType::Utf8, no_function_text),

@@ -26,6 +26,10 @@ pub(super) fn all() -> Vec<(&'static str, Box<dyn CatalogTableObject>)> {
         ("pg_matviews", Box::new(PgMatviews)),
         ("pg_policy", Box::new(PgPolicy)),
         ("pg_settings", Box::new(PgSettings)),
+        ("pg_rewrite", Box::new(PgRewrite)),
+        ("pg_depend", Box::new(PgDepend)),
+        ("pg_collation", Box::new(PgCollation)),
+        ("pg_statistic_ext", Box::new(PgStatisticExt)),
     ]
 }
 
@@ -49,6 +53,175 @@ impl CatalogTable for PgPolicy {
     }
 
     fn rows(&self, _: &Source, _: &Snapshot, _: &mut Rows) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// No extended statistics objects (`CREATE STATISTICS` does not exist
+/// here); typed as Postgres types it (`stxkind` is `char[]`, which psql's
+/// `\d` searches with `= any`).
+#[derive(Debug)]
+struct PgStatisticExt;
+
+impl CatalogTable for PgStatisticExt {
+    fn schema(&self) -> SchemaRef {
+        schema(vec![
+            oid_field("oid", kind::OID, false),
+            oid_field("stxrelid", kind::REGCLASS, false),
+            utf8("stxname"),
+            oid_field("stxnamespace", kind::OID, false),
+            oid_field("stxowner", kind::OID, false),
+            int("stxstattarget", DataType::Int32),
+            super::int2_array_field("stxkeys"),
+            Field::new("stxkind", DataType::new_list(DataType::Utf8, true), true),
+            utf8("stxexprs"),
+        ])
+    }
+
+    fn rows(&self, _: &Source, _: &Snapshot, _: &mut Rows) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The collations streamhouse has: text compares and sorts by code point,
+/// which is Postgres' `C`; `default` and `POSIX` are the same here. (Listing
+/// the hundreds of ICU and libc collations of a Postgres install would
+/// claim behaviour we do not have, and makes psql's `\d` slow.)
+#[derive(Debug)]
+struct PgCollation;
+
+impl CatalogTable for PgCollation {
+    fn schema(&self) -> SchemaRef {
+        schema(vec![
+            oid_field("oid", kind::OID, false),
+            utf8("collname"),
+            oid_field("collnamespace", kind::OID, false),
+            oid_field("collowner", kind::OID, false),
+            utf8("collprovider"),
+            flag("collisdeterministic"),
+            int("collencoding", DataType::Int32),
+            utf8("collcollate"),
+            utf8("collctype"),
+            utf8("colliculocale"),
+            utf8("collicurules"),
+            utf8("collversion"),
+        ])
+    }
+
+    fn rows(&self, _: &Source, _: &Snapshot, rows: &mut Rows) -> Result<()> {
+        for (oid, name, provider, encoding) in [(100, "default", "d", -1), (950, "C", "c", -1), (951, "POSIX", "c", -1)]
+        {
+            let locale = if provider == "c" { text(name) } else { null() };
+            rows.push(vec![
+                int4(oid),
+                text(name),
+                int4(11),
+                int4(OWNER_OID),
+                text(provider),
+                boolean(true),
+                int4(encoding),
+                locale.clone(),
+                locale,
+                null(),
+                null(),
+                null(),
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+/// `pg_class.oid` of `pg_rewrite` and `pg_class` themselves (`pg_depend.classid`).
+const PG_REWRITE_CLASS: i32 = 2618;
+const PG_CLASS_CLASS: i32 = 1259;
+
+/// The oid of the `_RETURN` rule of view `relation`.
+fn rule_oid(source: &Source, relation: &Relation) -> i32 {
+    source.oids.get('w', &relation.schema, &relation.name)
+}
+
+/// Each view's (and materialized view's) `_RETURN` rule, as Postgres keeps
+/// it: `pg_depend` ties the rule to what the view reads (dbt follows these
+/// links to know what `DROP … CASCADE` took with it).
+#[derive(Debug)]
+struct PgRewrite;
+
+impl CatalogTable for PgRewrite {
+    fn schema(&self) -> SchemaRef {
+        schema(vec![
+            oid_field("oid", kind::OID, false),
+            utf8("rulename"),
+            oid_field("ev_class", kind::REGCLASS, false),
+            utf8("ev_type"),
+            utf8("ev_enabled"),
+            flag("is_instead"),
+            utf8("ev_qual"),
+            utf8("ev_action"),
+        ])
+    }
+
+    fn rows(&self, source: &Source, snapshot: &Snapshot, rows: &mut Rows) -> Result<()> {
+        for relation in snapshot.relations.iter().filter(|r| matches!(r.relkind, 'v' | 'm')) {
+            rows.push(vec![
+                int4(rule_oid(source, relation)),
+                text("_RETURN"),
+                int4(relation.oid),
+                text("1"),
+                text("O"),
+                boolean(true),
+                null(),
+                null(),
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+/// What depends on what: each view's rule on the relations it reads.
+#[derive(Debug)]
+struct PgDepend;
+
+impl CatalogTable for PgDepend {
+    fn schema(&self) -> SchemaRef {
+        schema(vec![
+            oid_field("classid", kind::OID, false),
+            oid_field("objid", kind::OID, false),
+            int("objsubid", DataType::Int32),
+            oid_field("refclassid", kind::OID, false),
+            oid_field("refobjid", kind::OID, false),
+            int("refobjsubid", DataType::Int32),
+            utf8("deptype"),
+        ])
+    }
+
+    fn rows(&self, source: &Source, snapshot: &Snapshot, rows: &mut Rows) -> Result<()> {
+        for relation in snapshot.relations.iter().filter(|r| matches!(r.relkind, 'v' | 'm')) {
+            // The rule belongs to its view ("internal"), and depends on what the view reads.
+            rows.push(vec![
+                int4(PG_REWRITE_CLASS),
+                int4(rule_oid(source, relation)),
+                int4(0),
+                int4(PG_CLASS_CLASS),
+                int4(relation.oid),
+                int4(0),
+                text("i"),
+            ])?;
+            for read in &relation.info.reads {
+                let Some(target) = snapshot.relations.iter().find(|r| r.schema == read.schema && r.name == read.name)
+                else {
+                    continue;
+                };
+                rows.push(vec![
+                    int4(PG_REWRITE_CLASS),
+                    int4(rule_oid(source, relation)),
+                    int4(0),
+                    int4(PG_CLASS_CLASS),
+                    int4(target.oid),
+                    int4(0),
+                    text("n"),
+                ])?;
+            }
+        }
         Ok(())
     }
 }
