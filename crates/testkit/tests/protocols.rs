@@ -396,7 +396,7 @@ async fn psql_client() -> anyhow::Result<()> {
         ]);
         let kinds = psql(vec!["\\dm", "\\dv", "\\di", "\\df"]);
         let dt = psql(vec!["\\dt"]);
-        let d = psql(vec!["\\d readings", "\\d gauges"]);
+        let d = psql(vec!["\\d readings", "\\d gauges", "\\d+ gauges"]);
         let dn = psql(vec!["\\dn"]);
         let l = psql(vec!["\\l"]);
         let typo = psql(vec!["SELECT * FROM readngs"]);
@@ -429,6 +429,7 @@ async fn psql_client() -> anyhow::Result<()> {
     assert!(d.1.contains("Indexes:") && d.1.contains("\"readings_pkey\" PRIMARY KEY, btree (id)"), "{}", d.1);
     let squeezed: String = d.1.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(squeezed.contains("unit | character varying(8) | | | 'celsius'"), "the column default: {}", d.1);
+    assert!(d.0 && squeezed.contains("'celsius' | extended |") && d.1.contains("Access method: heap"), "\\d+: {d:?}");
     assert!(copied.0 && copied.1.contains("COPY 1000") && copied.1.contains("1002"), "{copied:?}");
     assert!(!failed.0 && failed.2.contains("ERROR:  22P02") && failed.2.contains("line 2, column value"), "{failed:?}");
     assert!(counted.1.contains("1002"), "{counted:?}");

@@ -143,6 +143,12 @@ pub fn rewrite(statement: &mut ast::Statement) {
 fn rewrite_expr(expr: &mut Expr) {
     match expr {
         Expr::Function(function) if is_array_subquery(function) => {
+            if let FunctionArguments::Subquery(query) = &function.args
+                && let Some(transformed) = transform_unnested(query)
+            {
+                *expr = transformed;
+                return;
+            }
             let FunctionArguments::Subquery(query) = std::mem::replace(&mut function.args, FunctionArguments::None)
             else {
                 return;
@@ -245,6 +251,66 @@ fn call(name: &str, args: Vec<Expr>) -> Expr {
         over: None,
         within_group: vec![],
     })
+}
+
+/// `ARRAY(SELECT e FROM unnest(a) [AS] x)` (psql's `\\d+` writes one with a
+/// correlated `a`) as `array_transform(coalesce(a, []), x -> e)`: the same
+/// elements in the same order, without a lateral subquery; empty for a NULL
+/// array, as `unnest(NULL)` gives no rows.
+fn transform_unnested(query: &Query) -> Option<Expr> {
+    if query.with.is_some() || query.order_by.is_some() || query.limit_clause.is_some() || query.fetch.is_some() {
+        return None;
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else { return None };
+    if !is_plain(select) || select.selection.is_some() {
+        return None;
+    }
+    let [SelectItem::UnnamedExpr(element) | SelectItem::ExprWithAlias { expr: element, .. }] =
+        select.projection.as_slice()
+    else {
+        return None;
+    };
+    let [from] = select.from.as_slice() else { return None };
+    if !from.joins.is_empty() {
+        return None;
+    }
+    let is_unnest = |name: &ObjectName| {
+        name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| i.value.eq_ignore_ascii_case("unnest"))
+    };
+    let (array, alias) = match &from.relation {
+        ast::TableFactor::UNNEST {
+            alias: Some(alias),
+            array_exprs,
+            with_offset: false,
+            with_ordinality: false,
+            ..
+        } => match array_exprs.as_slice() {
+            [array] => (array, alias),
+            _ => return None,
+        },
+        ast::TableFactor::Table { name, args: Some(args), alias: Some(alias), with_ordinality: false, .. }
+            if is_unnest(name) && args.settings.is_none() =>
+        {
+            match args.args.as_slice() {
+                [FunctionArg::Unnamed(FunctionArgExpr::Expr(array))] => (array, alias),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    if !alias.columns.is_empty() {
+        return None;
+    }
+    let array = call("coalesce", vec![array.clone(), call("make_array", vec![])]);
+    let lambda = Expr::Lambda(ast::LambdaFunction {
+        params: ast::OneOrManyWithParens::One(ast::LambdaFunctionParameter {
+            name: alias.name.clone(),
+            data_type: None,
+        }),
+        body: Box::new(element.clone()),
+        syntax: ast::LambdaSyntax::Arrow,
+    });
+    Some(call("array_transform", vec![array, lambda]))
 }
 
 /// `SELECT e FROM … ORDER BY o` as `SELECT array_agg(e ORDER BY o) FROM …`;

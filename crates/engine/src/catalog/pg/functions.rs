@@ -221,7 +221,11 @@ fn quote(name: &str) -> String {
 pub(super) fn register(ctx: &SessionContext, source: &Arc<Source>) -> Result<()> {
     let any =
         |arity: &[usize]| Signature::one_of(arity.iter().map(|&n| TypeSignature::Any(n)).collect(), Volatility::Stable);
-    let functions: [(&'static str, Signature, DataType, Body); 18] = [
+    let functions: [(&'static str, Signature, DataType, Body); 21] = [
+        // No object has a comment (COMMENT ON is not supported).
+        ("col_description", any(&[2]), DataType::Utf8, no_function_text),
+        ("obj_description", any(&[1, 2]), DataType::Utf8, no_function_text),
+        ("shobj_description", any(&[2]), DataType::Utf8, no_function_text),
         ("pg_get_expr", any(&[2, 3]), DataType::Utf8, get_expr),
         (crate::sql::compat::REGCLASS_FUNCTION, any(&[1]), DataType::Int32, regclass),
         ("pg_get_function_result", any(&[1]), DataType::Utf8, no_function_text),

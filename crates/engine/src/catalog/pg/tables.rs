@@ -356,7 +356,7 @@ impl CatalogTable for PgClass {
             int("relfrozenxid", DataType::Int32),
             int("relminmxid", DataType::Int32),
             utf8("relacl"),
-            utf8("reloptions"),
+            Field::new("reloptions", DataType::new_list(DataType::Utf8, true), true),
             utf8("relpartbound"),
         ])
     }
