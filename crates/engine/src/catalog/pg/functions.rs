@@ -15,7 +15,14 @@ use datafusion::scalar::ScalarValue;
 
 use super::Source;
 
-type Body = fn(&Source, &[ScalarValue]) -> ScalarValue;
+/// How a catalog function computes one row's value.
+#[derive(Debug, Clone, Copy)]
+enum Body {
+    /// Always a value (NULL where there is none).
+    Total(fn(&Source, &[ScalarValue]) -> ScalarValue),
+    /// A value, or an error for the statement (an unknown name).
+    Fallible(fn(&Source, &[ScalarValue]) -> Result<ScalarValue>),
+}
 
 /// A function evaluated row by row against the catalog.
 #[derive(Debug)]
@@ -68,19 +75,11 @@ impl ScalarUDFImpl for CatalogFunction {
                     ColumnarValue::Array(array) => ScalarValue::try_from_array(array, row),
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let value = (self.body)(&self.source, &values).cast_to(&self.returns)?;
-            if self.name == crate::sql::compat::REGCLASS_FUNCTION
-                && value.is_null()
-                && values.first().is_some_and(|v| !v.is_null())
-            {
-                // As Postgres' regclass input: a name that resolves to nothing is an error.
-                let name = values[0].to_string();
-                return Err(datafusion::error::DataFusionError::External(Box::new(crate::error::Error::new(
-                    crate::error::StatusCode::TableNotFound,
-                    format!("relation \"{name}\" does not exist"),
-                ))));
-            }
-            out.push(value);
+            let value = match self.body {
+                Body::Total(body) => body(&self.source, &values),
+                Body::Fallible(body) => body(&self.source, &values)?,
+            };
+            out.push(value.cast_to(&self.returns)?);
         }
         if scalar {
             return Ok(ColumnarValue::Scalar(out.pop().unwrap_or(ScalarValue::try_from(&self.returns)?)));
@@ -158,25 +157,31 @@ fn to_regtype(_: &Source, args: &[ScalarValue]) -> ScalarValue {
     ScalarValue::Int32(crate::types::type_oid_by_sql_name(&name))
 }
 
-/// `to_regclass(name)`: the oid of a user relation (`t` or `schema.t`), NULL when there is none.
+/// `to_regclass(name)`: the oid of a relation (`t`, `schema.t`, a system
+/// catalog), NULL when there is none.
 fn to_regclass(source: &Source, args: &[ScalarValue]) -> ScalarValue {
-    let name = match args.first() {
-        Some(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s))) => s,
-        _ => return ScalarValue::Int32(None),
-    };
-    let (schema, table) = name.split_once('.').unwrap_or(("public", name.as_str()));
-    ScalarValue::Int32(source.user_relation_named(schema, table).map(|r| r.oid))
-}
-
-/// `'name'::regclass`: the oid of a relation, system or user; NULL (an
-/// error, when invoked) when there is none.
-fn regclass(source: &Source, args: &[ScalarValue]) -> ScalarValue {
     match args.first() {
         Some(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s))) => {
             ScalarValue::Int32(source.regclass(s))
         }
-        Some(other) if !other.is_null() => other.cast_to(&DataType::Int32).unwrap_or(ScalarValue::Int32(None)),
         _ => ScalarValue::Int32(None),
+    }
+}
+
+/// `'name'::regclass`: the oid of a relation, system or user; as in
+/// Postgres, a name that resolves to nothing is an error (42P01).
+fn regclass(source: &Source, args: &[ScalarValue]) -> Result<ScalarValue> {
+    let name = match args.first() {
+        Some(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s))) => s,
+        Some(other) if !other.is_null() => return other.cast_to(&DataType::Int32),
+        _ => return Ok(ScalarValue::Int32(None)),
+    };
+    match source.regclass(name) {
+        Some(oid) => Ok(ScalarValue::Int32(Some(oid))),
+        None => Err(datafusion::error::DataFusionError::External(Box::new(crate::error::Error::new(
+            crate::error::StatusCode::TableNotFound,
+            format!("relation \"{name}\" does not exist"),
+        )))),
     }
 }
 
@@ -223,27 +228,27 @@ pub(super) fn register(ctx: &SessionContext, source: &Arc<Source>) -> Result<()>
         |arity: &[usize]| Signature::one_of(arity.iter().map(|&n| TypeSignature::Any(n)).collect(), Volatility::Stable);
     let functions: [(&'static str, Signature, DataType, Body); 21] = [
         // No object has a comment (COMMENT ON is not supported).
-        ("col_description", any(&[2]), DataType::Utf8, no_function_text),
-        ("obj_description", any(&[1, 2]), DataType::Utf8, no_function_text),
-        ("shobj_description", any(&[2]), DataType::Utf8, no_function_text),
-        ("pg_get_expr", any(&[2, 3]), DataType::Utf8, get_expr),
-        (crate::sql::compat::REGCLASS_FUNCTION, any(&[1]), DataType::Int32, regclass),
-        ("pg_get_function_result", any(&[1]), DataType::Utf8, no_function_text),
-        ("pg_get_function_arguments", any(&[1]), DataType::Utf8, no_function_text),
-        ("pg_get_function_identity_arguments", any(&[1]), DataType::Utf8, no_function_text),
-        ("pg_my_temp_schema", Signature::nullary(Volatility::Stable), DataType::Int32, no_temp_schema),
-        ("pg_collation_is_visible", any(&[1]), DataType::Boolean, visible),
-        ("pg_operator_is_visible", any(&[1]), DataType::Boolean, visible),
-        ("pg_opclass_is_visible", any(&[1]), DataType::Boolean, visible),
-        ("pg_table_is_visible", any(&[1]), DataType::Boolean, table_visible),
-        ("to_regtype", any(&[1]), DataType::Int32, to_regtype),
-        ("to_regclass", any(&[1]), DataType::Int32, to_regclass),
-        ("pg_get_indexdef", any(&[1, 3]), DataType::Utf8, indexdef),
-        ("pg_get_constraintdef", any(&[1, 2]), DataType::Utf8, constraintdef),
-        ("pg_get_viewdef", any(&[1, 2]), DataType::Utf8, viewdef),
-        ("pg_get_serial_sequence", any(&[2]), DataType::Utf8, no_sequence),
-        ("pg_function_is_visible", any(&[1]), DataType::Boolean, visible),
-        ("pg_type_is_visible", any(&[1]), DataType::Boolean, visible),
+        ("col_description", any(&[2]), DataType::Utf8, Body::Total(no_function_text)),
+        ("obj_description", any(&[1, 2]), DataType::Utf8, Body::Total(no_function_text)),
+        ("shobj_description", any(&[2]), DataType::Utf8, Body::Total(no_function_text)),
+        ("pg_get_expr", any(&[2, 3]), DataType::Utf8, Body::Total(get_expr)),
+        (crate::sql::compat::REGCLASS_FUNCTION, any(&[1]), DataType::Int32, Body::Fallible(regclass)),
+        ("pg_get_function_result", any(&[1]), DataType::Utf8, Body::Total(no_function_text)),
+        ("pg_get_function_arguments", any(&[1]), DataType::Utf8, Body::Total(no_function_text)),
+        ("pg_get_function_identity_arguments", any(&[1]), DataType::Utf8, Body::Total(no_function_text)),
+        ("pg_my_temp_schema", Signature::nullary(Volatility::Stable), DataType::Int32, Body::Total(no_temp_schema)),
+        ("pg_collation_is_visible", any(&[1]), DataType::Boolean, Body::Total(visible)),
+        ("pg_operator_is_visible", any(&[1]), DataType::Boolean, Body::Total(visible)),
+        ("pg_opclass_is_visible", any(&[1]), DataType::Boolean, Body::Total(visible)),
+        ("pg_table_is_visible", any(&[1]), DataType::Boolean, Body::Total(table_visible)),
+        ("to_regtype", any(&[1]), DataType::Int32, Body::Total(to_regtype)),
+        ("to_regclass", any(&[1]), DataType::Int32, Body::Total(to_regclass)),
+        ("pg_get_indexdef", any(&[1, 3]), DataType::Utf8, Body::Total(indexdef)),
+        ("pg_get_constraintdef", any(&[1, 2]), DataType::Utf8, Body::Total(constraintdef)),
+        ("pg_get_viewdef", any(&[1, 2]), DataType::Utf8, Body::Total(viewdef)),
+        ("pg_get_serial_sequence", any(&[2]), DataType::Utf8, Body::Total(no_sequence)),
+        ("pg_function_is_visible", any(&[1]), DataType::Boolean, Body::Total(visible)),
+        ("pg_type_is_visible", any(&[1]), DataType::Boolean, Body::Total(visible)),
     ];
     for (name, signature, returns, body) in functions {
         ctx.register_udf(ScalarUDF::new_from_impl(CatalogFunction {
