@@ -317,12 +317,26 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
         put(&id, field.map(|f| f.data_type().clone()));
     }
     plan.apply_with_subqueries(|node| {
+        let inputs = node.inputs();
+        let schema = match inputs.as_slice() {
+            [input] => input.schema(),
+            _ => node.schema(),
+        };
         node.apply_expressions(|expr| {
             expr.apply(|e| {
                 if let Expr::Cast(cast) = e
                     && let Expr::Placeholder(p) = cast.expr.as_ref()
                 {
                     put(&p.id, Some(cast.field.data_type().clone()));
+                }
+                // `x = ANY($n)` (planned as `array_has($n, x)`): `$n` is an array of x's type.
+                if let Expr::ScalarFunction(function) = e
+                    && function.name() == "array_has"
+                    && let [Expr::Placeholder(p), element] = function.args.as_slice()
+                    && p.field.is_none()
+                    && let Ok(element) = datafusion::logical_expr::ExprSchemable::get_type(element, schema)
+                {
+                    put(&p.id, Some(DataType::new_list(element, true)));
                 }
                 Ok(TreeNodeRecursion::Continue)
             })

@@ -106,11 +106,15 @@ impl BinaryDecoder {
     /// The end of data: returns the remaining rows.
     ///
     /// # Errors
-    /// Data ending inside the header or a tuple, or without the trailer.
+    /// Data ending inside the header or a tuple. Data that ends between
+    /// tuples without the `-1` trailer is complete, as Postgres takes it
+    /// (ADBC's PostgreSQL driver sends no trailer).
     pub fn finish(&mut self) -> Result<Option<RecordBatch>> {
-        if !self.ended {
+        let complete = self.ended || (self.header_done && self.pending.is_empty());
+        if !complete {
             return Err(bad(format!(
-                "unexpected EOF in COPY data: the binary trailer is missing (COPY {}, line {})",
+                "unexpected EOF in COPY data: the data ends inside {} (COPY {}, line {})",
+                if self.header_done { "a tuple" } else { "the header" },
                 self.table,
                 self.tuple + 1
             )));

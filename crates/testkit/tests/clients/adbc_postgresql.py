@@ -20,4 +20,9 @@ with adbc_pg.connect(f"postgresql://adbc@127.0.0.1:{port}/streamhouse") as conn:
             {"id": 1, "name": "a", "ok": True, "x": 0.5},
             {"id": 2, "name": None, "ok": False, "x": None},
         ], table.to_pylist()
+        # adbc_ingest: CREATE TABLE, then binary COPY (which ends without the -1 trailer).
+        cur.adbc_ingest("adbc_ingested", pa.table({"a": [1, 2, 3], "b": ["x", None, "z"]}), mode="create")
+        cur.execute("SELECT a, b FROM adbc_ingested ORDER BY a")
+        rows = cur.fetchall()
+        assert rows == [(1, "x"), (2, None), (3, "z")], rows
 print("adbc postgresql ok")
