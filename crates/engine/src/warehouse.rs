@@ -255,10 +255,7 @@ impl DynamicCatalog {
             let schemas = self.schemas.read().map_err(errors::poisoned)?;
             let mut renames = Vec::with_capacity(stored.sources.len());
             for source in &stored.sources {
-                let found = schemas.get(&source.schema).and_then(|relations| {
-                    relations.iter().find(|(_, r)| dir_base(r.dir()).as_deref() == Some(source.dir.as_str()))
-                });
-                let Some((current, _)) = found else {
+                let Some(current) = current_name(&schemas, source) else {
                     return Err(Error::new(
                         StatusCode::TableNotFound,
                         format!("relation {}.{} it reads no longer exists", source.schema, source.name),
@@ -630,6 +627,12 @@ fn generation_of(dir: &str) -> (&str, u64) {
     }
 }
 
+/// Today's name of the relation a stored view reads (found by its directory).
+fn current_name<'a>(schemas: &'a Schemas, source: &plain::StoredSource) -> Option<&'a String> {
+    let relations = schemas.get(&source.schema)?;
+    relations.iter().find(|(_, r)| dir_base(r.dir()).as_deref() == Some(source.dir.as_str())).map(|(name, _)| name)
+}
+
 /// The directory name of relation directory `dir`, without its generation.
 fn dir_base(dir: &Path) -> Option<String> {
     dir_name(dir).map(|name| generation_of(&name).0.to_string())
@@ -803,10 +806,7 @@ impl Catalog for DynamicCatalog {
                     .sources
                     .iter()
                     .filter_map(|source| {
-                        let relations = schemas.get(&source.schema)?;
-                        let (name, _) = relations
-                            .iter()
-                            .find(|(_, r)| dir_base(r.dir()).as_deref() == Some(source.dir.as_str()))?;
+                        let name = current_name(&schemas, source)?;
                         Some(RelationName { schema: source.schema.clone(), name: name.clone() })
                     })
                     .collect(),
