@@ -430,7 +430,7 @@ impl datafusion::logical_expr::planner::ExprPlanner for UnknownLiteralPlanner {
 
 /// A Postgres array literal (`'{1,2}'`, `'{}'`, `'{a,NULL}'`) compared with
 /// `other`, a list, as a list of `other`'s element type; `None` when it is
-/// not one (quoted or nested elements are left to DataFusion).
+/// not one (nested or malformed ones are left to DataFusion, which refuses them).
 fn array_literal(literal: &Expr, other: &Expr, schema: &datafusion::common::DFSchema) -> Option<Expr> {
     let (
         Expr::Literal(ScalarValue::Utf8(Some(text)) | ScalarValue::Utf8View(Some(text)), _),
@@ -439,20 +439,8 @@ fn array_literal(literal: &Expr, other: &Expr, schema: &datafusion::common::DFSc
     else {
         return None;
     };
-    let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;
-    if inner.contains(['{', '"', '\\']) {
-        return None;
-    }
-    let mut values = Vec::new();
-    for element in inner.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        values.push(if element.eq_ignore_ascii_case("null") {
-            ScalarValue::try_from(field.data_type()).ok()?
-        } else {
-            ScalarValue::Utf8(Some(element.to_string())).cast_to(field.data_type()).ok()?
-        });
-    }
-    let list = ScalarValue::new_list_nullable(&values, field.data_type());
-    Some(Expr::Literal(ScalarValue::List(list), None))
+    let list = crate::types::array_from_text(text, field.data_type()).ok()?;
+    Some(Expr::Literal(list, None))
 }
 
 /// `sum` with Postgres' result types: `smallint` and `integer` sum as

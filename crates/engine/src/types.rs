@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::ScalarValue;
 use datafusion::error::Result;
 use datafusion::logical_expr::planner::TypePlanner;
 use datafusion::sql::sqlparser::ast::DataType as SqlType;
@@ -364,4 +365,102 @@ pub fn known_format_type(oid: i32, typmod: i32) -> Option<String> {
 
 fn format_type(oid: i32, typmod: i32) -> String {
     known_format_type(oid, typmod).unwrap_or_else(|| "text".to_string())
+}
+
+/// The elements of a one-dimensional Postgres array in its text form
+/// (`{a,"b c",NULL}`), as Postgres' `array_in` reads it: whitespace around
+/// an element is ignored, an unquoted `NULL` (any case) is null, a quoted
+/// `"NULL"` is the string, backslash escapes the next character, and an
+/// optional dimension decoration (`[1:3]={…}`) is skipped. Nested arrays
+/// are 0A000; anything malformed is 22P02.
+pub fn parse_array_text(text: &str) -> std::result::Result<Vec<Option<String>>, Error> {
+    let malformed = |why: &str| {
+        Error::new(StatusCode::InvalidTextRepresentation, format!("malformed array literal: \"{text}\" ({why})"))
+    };
+    let mut body = text.trim_start();
+    if body.starts_with('[') {
+        body = body
+            .split_once('=')
+            .map(|(_, rest)| rest.trim_start())
+            .ok_or_else(|| malformed("missing \"=\" after array dimensions"))?;
+    }
+    let body = body.trim_end();
+    let inner = body
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .ok_or_else(|| malformed("array value must start with \"{\" or dimension information"))?;
+    let mut elements = Vec::new();
+    if inner.trim().is_empty() {
+        return Ok(elements);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        let mut quoted = false;
+        // Trailing unquoted whitespace is dropped; whitespace inside the
+        // element or escaped is kept.
+        let mut kept = 0;
+        loop {
+            match chars.peek().copied() {
+                None => break,
+                Some(',') => break,
+                Some('{' | '}') => {
+                    return Err(Error::new(
+                        StatusCode::Unsupported,
+                        format!("multidimensional array values are not supported: \"{text}\""),
+                    ));
+                }
+                Some('"') => {
+                    chars.next();
+                    quoted = true;
+                    loop {
+                        match chars.next() {
+                            None => return Err(malformed("unexpected end of input")),
+                            Some('"') => break,
+                            Some('\\') => value.push(chars.next().ok_or_else(|| malformed("unexpected end of input"))?),
+                            Some(c) => value.push(c),
+                        }
+                    }
+                    kept = value.len();
+                }
+                Some('\\') => {
+                    chars.next();
+                    value.push(chars.next().ok_or_else(|| malformed("unexpected end of input"))?);
+                    kept = value.len();
+                }
+                Some(c) => {
+                    chars.next();
+                    value.push(c);
+                    if !c.is_whitespace() {
+                        kept = value.len();
+                    }
+                }
+            }
+        }
+        value.truncate(kept);
+        if value.is_empty() && !quoted {
+            return Err(malformed("unexpected \",\" character"));
+        }
+        elements.push(if !quoted && value.eq_ignore_ascii_case("null") { None } else { Some(value) });
+        if chars.next().is_none() {
+            return Ok(elements);
+        }
+    }
+}
+
+/// A Postgres array in text form as a list of `element` values, each
+/// element converted as a text cast to `element` would convert it.
+pub fn array_from_text(text: &str, element: &DataType) -> std::result::Result<ScalarValue, Error> {
+    let options = datafusion::arrow::compute::CastOptions { safe: false, ..Default::default() };
+    let mut values = Vec::new();
+    for item in parse_array_text(text)? {
+        values.push(match item {
+            None => ScalarValue::try_from(element).map_err(Error::from)?,
+            Some(item) => ScalarValue::Utf8(Some(item.clone()))
+                .cast_to_with_options(element, &options)
+                .map_err(|_| conversion_error(&item, element))?,
+        });
+    }
+    Ok(ScalarValue::List(ScalarValue::new_list_nullable(&values, element)))
 }

@@ -9,7 +9,14 @@
 //!   which rewrites the pattern to DataFusion's backslash escapes when it runs;
 //! - `information_schema._pg_expandarray(a)` → `unnest(pg_expandarray(a))`
 //!   (records of element and position, row by row);
-//! - `(e).field` → `get_field(e, 'field')`: a field of a record-valued expression.
+//! - `'{a,"b c",NULL}'::t[]` → `CAST(ARRAY[CAST('a' AS t), CAST('b c' AS t), CAST(NULL AS t)] AS t[])`:
+//!   the literal read as Postgres' array_in reads it (22P02 when malformed);
+//! - `(e).field` → `get_field(e, 'field')`: a field of a record-valued expression;
+//! - `FROM unnest(a) AS t` → `FROM unnest(a) AS t(t)`: a function returning
+//!   one column names that column after its table alias, as in Postgres;
+//! - `FROM t AS a CROSS JOIN unnest(a.x) AS u` (and `FROM t AS a, unnest(a.x)
+//!   AS u`), where the function reads the row before it (implicitly LATERAL
+//!   in Postgres) → `FROM (SELECT a.*, unnest(a.x) AS u FROM t AS a) AS a`.
 
 use std::ops::ControlFlow;
 
@@ -131,6 +138,199 @@ pub const EXPAND_ARRAY_FUNCTION: &str = "pg_expandarray";
 
 /// The function `LIKE … ESCAPE` patterns are translated with.
 pub const LIKE_ESCAPE_FUNCTION: &str = "pg_like_escape";
+
+/// Functions in FROM that return a single column (`unnest` of one array,
+/// `generate_series`), aliased without column names: the column is named
+/// after the alias, as Postgres names it (`CROSS JOIN unnest(conkey) AS k
+/// … WHERE attnum = k`, which the ADBC PostgreSQL driver sends).
+pub fn name_single_column_functions(statement: &mut ast::Statement) {
+    struct Name;
+    impl ast::VisitorMut for Name {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, factor: &mut ast::TableFactor) -> ControlFlow<()> {
+            let alias =
+                match factor {
+                    ast::TableFactor::UNNEST {
+                        alias, array_exprs, with_offset: false, with_ordinality: false, ..
+                    } if array_exprs.len() == 1 => alias,
+                    ast::TableFactor::Table { name, args: Some(_), alias, with_ordinality: false, .. }
+                        if name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| {
+                            ["generate_series", "unnest"].iter().any(|f| i.value.eq_ignore_ascii_case(f))
+                        }) =>
+                    {
+                        alias
+                    }
+                    _ => return ControlFlow::Continue(()),
+                };
+            if let Some(alias) = alias
+                && alias.columns.is_empty()
+            {
+                alias.columns.push(ast::TableAliasColumnDef::from_name(alias.name.value.clone()));
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = ast::VisitMut::visit(statement, &mut Name);
+}
+
+/// `unnest` in FROM over a column of the relation before it, which
+/// DataFusion cannot plan as a lateral join: moved into a derived table over
+/// that relation (see the module documentation). Only the first join of a
+/// FROM item, or a second FROM item after one without joins, is rewritten:
+/// there the expression can only read that relation.
+pub fn lateral_unnest(statement: &mut ast::Statement) {
+    struct Lateral;
+    impl ast::VisitorMut for Lateral {
+        type Break = ();
+        fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+            lateral_unnest_in(query.body.as_mut());
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = ast::VisitMut::visit(statement, &mut Lateral);
+}
+
+fn lateral_unnest_in(body: &mut SetExpr) {
+    match body {
+        SetExpr::Select(select) => {
+            if let Some(first) = select.from.first_mut()
+                && let Some(join) = first.joins.first()
+                && matches!(
+                    &join.join_operator,
+                    ast::JoinOperator::CrossJoin(ast::JoinConstraint::None)
+                        | ast::JoinOperator::Inner(ast::JoinConstraint::On(Expr::Value(ast::ValueWithSpan {
+                            value: Value::Boolean(true),
+                            ..
+                        })))
+                )
+                && let Some((array, column)) = lateral_function(&join.relation)
+                && let Some(derived) = over_relation(&first.relation, array, column)
+            {
+                first.relation = derived;
+                first.joins.remove(0);
+            } else if select.from.len() == 2
+                && select.from[0].joins.is_empty()
+                && select.from[1].joins.is_empty()
+                && let Some((array, column)) = lateral_function(&select.from[1].relation)
+                && let Some(derived) = over_relation(&select.from[0].relation, array, column)
+            {
+                select.from[0].relation = derived;
+                select.from.remove(1);
+            }
+        }
+        SetExpr::SetOperation { left, right, .. } => {
+            lateral_unnest_in(left);
+            lateral_unnest_in(right);
+        }
+        _ => {}
+    }
+}
+
+/// The array and result column name of `unnest(array) [AS u[(c)]]` when the
+/// array reads a column (a constant array needs no rewrite).
+fn lateral_function(factor: &ast::TableFactor) -> Option<(Expr, Ident)> {
+    let ast::TableFactor::UNNEST { alias, array_exprs, with_offset: false, with_ordinality: false, .. } = factor else {
+        return None;
+    };
+    let [array] = array_exprs.as_slice() else { return None };
+    let reads_column = ast::visit_expressions(array, |e| match e {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    });
+    if reads_column.is_continue() {
+        return None;
+    }
+    let column = match alias {
+        Some(alias) => match alias.columns.as_slice() {
+            [] => alias.name.clone(),
+            [column] => column.name.clone(),
+            _ => return None,
+        },
+        None => Ident::new("unnest"),
+    };
+    Some((array.clone(), column))
+}
+
+/// `(SELECT a.*, unnest(array) AS column FROM relation) AS a`, where `a` is
+/// the relation's alias or name.
+fn over_relation(relation: &ast::TableFactor, array: Expr, column: Ident) -> Option<ast::TableFactor> {
+    let name = match relation {
+        ast::TableFactor::Table { alias: Some(alias), .. } | ast::TableFactor::Derived { alias: Some(alias), .. }
+            if alias.columns.is_empty() =>
+        {
+            alias.name.clone()
+        }
+        ast::TableFactor::Table { name, alias: None, args: None, .. } => name.0.last()?.as_ident()?.clone(),
+        _ => return None,
+    };
+    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+    let template = "SELECT _lateral.*, unnest(NULL) AS _column FROM _relation";
+    let mut statements = datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, template).ok()?;
+    let Some(ast::Statement::Query(mut query)) = statements.pop() else { return None };
+    let SetExpr::Select(select) = query.body.as_mut() else { return None };
+    if let SelectItem::QualifiedWildcard(ast::SelectItemQualifiedWildcardKind::ObjectName(object), _) =
+        &mut select.projection[0]
+    {
+        *object = ObjectName::from(vec![name.clone()]);
+    }
+    if let SelectItem::ExprWithAlias { expr: Expr::Function(function), alias } = &mut select.projection[1] {
+        *alias = column;
+        if let FunctionArguments::List(list) = &mut function.args {
+            list.args = vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(array))];
+        }
+    }
+    select.from[0].relation = relation.clone();
+    Some(ast::TableFactor::Derived {
+        lateral: false,
+        subquery: query,
+        alias: Some(ast::TableAlias { explicit: true, name, columns: vec![], at: None }),
+        sample: None,
+    })
+}
+
+/// Array literals in text form cast to an array type (see the module
+/// documentation).
+///
+/// # Errors
+/// 22P02 for a malformed literal, 0A000 for a multidimensional one.
+pub fn array_literals(statement: &mut ast::Statement) -> crate::error::Result<()> {
+    let mut failed = None;
+    let _ = visit_expressions_mut(statement, |expr| {
+        let Expr::Cast { expr: operand, data_type: ast::DataType::Array(element), .. } = expr else {
+            return ControlFlow::Continue(());
+        };
+        let element = match element {
+            ast::ArrayElemTypeDef::AngleBracket(t)
+            | ast::ArrayElemTypeDef::SquareBracket(t, _)
+            | ast::ArrayElemTypeDef::Parenthesis(t) => t.as_ref().clone(),
+            ast::ArrayElemTypeDef::None => return ControlFlow::Continue(()),
+        };
+        let Expr::Value(ast::ValueWithSpan { value: Value::SingleQuotedString(text), .. }) = operand.as_ref() else {
+            return ControlFlow::Continue(());
+        };
+        match crate::types::parse_array_text(text) {
+            Ok(items) => {
+                let elem = items
+                    .into_iter()
+                    .map(|item| Expr::Cast {
+                        kind: ast::CastKind::Cast,
+                        expr: Box::new(Expr::value(item.map_or(Value::Null, Value::SingleQuotedString))),
+                        data_type: element.clone(),
+                        array: false,
+                        format: None,
+                    })
+                    .collect();
+                **operand = Expr::Array(ast::Array { elem, named: true });
+                ControlFlow::Continue(())
+            }
+            Err(e) => {
+                failed = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    });
+    failed.map_or(Ok(()), Err)
+}
 
 /// Rewrites the expressions of `statement` in place.
 pub fn rewrite(statement: &mut ast::Statement) {

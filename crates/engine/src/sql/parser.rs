@@ -28,8 +28,10 @@ use crate::error::{Error, Result, StatusCode};
 
 /// datafusion-pg-catalog's rewrite rules, in its order
 /// (`PostgresCompatibilityParser::new`), without `RemoveSubqueryFromProjection`,
-/// which replaces correlated subqueries of a select list by NULL: a silent
-/// wrong answer. (Re-check this list when upgrading the crate.)
+/// which replaces correlated subqueries of a select list by NULL (a silent
+/// wrong answer), and `FixArrayLiteral`, which splits `'{…}'::t[]` on commas
+/// keeping quotes and taking `NULL` for a string (ours is
+/// [`super::compat::array_literals`]). (Re-check this list when upgrading the crate.)
 static RULES: LazyLock<Vec<Arc<dyn SqlStatementRewriteRule>>> = LazyLock::new(|| {
     vec![
         Arc::new(rules::AliasDuplicatedProjectionRewrite),
@@ -37,7 +39,6 @@ static RULES: LazyLock<Vec<Arc<dyn SqlStatementRewriteRule>>> = LazyLock::new(||
         Arc::new(rules::RewriteArrayAnyAllOperation),
         Arc::new(rules::PrependUnqualifiedPgTableName),
         Arc::new(rules::StripCallableQualifier),
-        Arc::new(rules::FixArrayLiteral),
         Arc::new(rules::CurrentUserVariableToSessionUserFunctionCall),
         Arc::new(rules::StripCollate),
         Arc::new(rules::RewritePgCatalogOperator),
@@ -47,14 +48,17 @@ static RULES: LazyLock<Vec<Arc<dyn SqlStatementRewriteRule>>> = LazyLock::new(||
 });
 
 /// The compatibility rewrite for a statement with source text `text`.
-fn rewrite(mut statement: ast::Statement) -> ast::Statement {
+fn rewrite(mut statement: ast::Statement) -> Result<ast::Statement> {
+    super::compat::array_literals(&mut statement)?;
     super::compat::skip_subqueries_over_empty_catalogs(&mut statement);
     super::compat::rewrite_regclass(&mut statement);
     for rule in RULES.iter() {
         statement = rule.rewrite(statement);
     }
     super::compat::rewrite(&mut statement);
-    statement
+    super::compat::name_single_column_functions(&mut statement);
+    super::compat::lateral_unnest(&mut statement);
+    Ok(statement)
 }
 
 /// Parses SQL text that may hold several statements separated by `;`.
@@ -802,7 +806,7 @@ impl DialectParser<'_> {
             .build();
         let mut statement = ast::Statement::CreateTable(create);
         super::limits::shape(&mut statement)?;
-        let statement = rewrite(statement);
+        let statement = rewrite(statement)?;
         Ok(Statement::CreateTable(Box::new(CreateTable { statement, options })))
     }
 
@@ -907,7 +911,7 @@ fn timestamp_ms(text: &str) -> Result<i64> {
 fn compatible(mut statement: ast::Statement) -> Result<ast::Statement> {
     super::limits::shape(&mut statement)?;
     reserved_relation_names(&statement)?;
-    Ok(rewrite(statement))
+    rewrite(statement)
 }
 
 /// Postgres' reserved words that the SQL parser accepts as a bare table

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::ParamValues;
+use datafusion::common::{ParamValues, ScalarValue};
 use futures::{Sink, SinkExt};
 use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
@@ -32,7 +32,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use streamhouse_engine::copy::{CopyFormat, CopyOut};
 use streamhouse_engine::session::CopyIn;
 use streamhouse_engine::session::variables::SERVER_VERSION;
-use streamhouse_engine::types::postgres_type_name;
+use streamhouse_engine::types::{array_from_text, postgres_type_name};
 use streamhouse_engine::{Error, Output, Prepared, Session, SessionInfo, StatusCode};
 use tokio::sync::Mutex;
 
@@ -291,6 +291,7 @@ impl QueryParser for PgParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         check_encoding(&self.undecodable, sql)?;
+        tracing::debug!(sql, "parse");
         let mut guard = self.session.lock().await;
         let session = guard.as_mut().ok_or_else(no_session)?;
         let mut statements = session.parse(sql).map_err(|e| pg_error(&e))?;
@@ -376,9 +377,32 @@ fn bind_parameters(portal: &Portal<PgStatement>) -> PgWireResult<Option<ParamVal
             t.clone().filter(|t| numeric_hint && matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)))
         })
         .collect();
-    let inferred_refs: Vec<Option<&DataType>> =
-        inferred.iter().zip(&cast_after).map(|(t, cast)| if cast.is_some() { None } else { t.as_ref() }).collect();
-    let server_refs: Vec<Option<&Type>> = server_types.iter().map(Some).collect();
+    // Arrays sent as text (`{r,v,"a b"}`) are read by our own parser, as
+    // Postgres' array_in reads them: arrow-pg keeps the spaces after commas
+    // and takes `""` for NULL.
+    let text_arrays: Vec<Option<DataType>> = inferred
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match t {
+            Some(DataType::List(field)) if portal.parameter_format.is_text(i) => Some(field.data_type().clone()),
+            _ => None,
+        })
+        .collect();
+    let inferred_refs: Vec<Option<&DataType>> = inferred
+        .iter()
+        .zip(&cast_after)
+        .zip(&text_arrays)
+        .map(|((t, cast), array)| match (cast, array) {
+            (Some(_), _) => None,
+            (_, Some(_)) => Some(&DataType::Utf8),
+            _ => t.as_ref(),
+        })
+        .collect();
+    let server_refs: Vec<Option<&Type>> = server_types
+        .iter()
+        .zip(&text_arrays)
+        .map(|(t, array)| Some(if array.is_some() { &Type::TEXT } else { t }))
+        .collect();
     let values =
         arrow_pg::datatypes::df::deserialize_parameters_with_server_types(portal, &inferred_refs, &server_refs)
             .map_err(|e| match e {
@@ -388,6 +412,29 @@ fn bind_parameters(portal: &Portal<PgStatement>) -> PgWireResult<Option<ParamVal
                     format!("invalid parameter value: {other}"),
                 )),
             })?;
+    let values = match values {
+        ParamValues::List(values) if text_arrays.iter().any(Option::is_some) => {
+            let mut converted = Vec::with_capacity(values.len());
+            for (value, element) in values.into_iter().zip(&text_arrays) {
+                converted.push(match element {
+                    Some(element) => {
+                        let (scalar, metadata) = value.into_inner();
+                        let list = match &scalar {
+                            ScalarValue::Utf8(Some(text)) => {
+                                array_from_text(text, element).map_err(|e| pg_error(&e))?
+                            }
+                            _ => ScalarValue::try_from(&DataType::new_list(element.clone(), true))
+                                .map_err(|e| pg_error(&e.into()))?,
+                        };
+                        datafusion::common::metadata::ScalarAndMetadata::new(list, metadata)
+                    }
+                    None => value,
+                });
+            }
+            ParamValues::List(converted)
+        }
+        other => other,
+    };
     let values = match values {
         ParamValues::List(values) if cast_after.iter().any(Option::is_some) => {
             let mut cast = Vec::with_capacity(values.len());
@@ -411,6 +458,7 @@ fn bind_parameters(portal: &Portal<PgStatement>) -> PgWireResult<Option<ParamVal
         }
         other => other,
     };
+    tracing::debug!(statement = %portal.statement.id, parameters = ?values, "bound parameters");
     Ok(Some(values))
 }
 
