@@ -107,6 +107,9 @@ impl Engine {
         base.register_udf(crate::semantics::like_escape_udf());
         base.register_udf(crate::semantics::json_build_object_udf());
         base.register_udf(crate::semantics::expand_array_udf());
+        base.register_udf(crate::semantics::to_char_udf());
+        base.register_udf(crate::semantics::to_timestamp_udf());
+        base.register_udf(crate::semantics::to_date_udf());
         {
             // Postgres types DataFusion has no name for, on top of pg_catalog's oid aliases.
             let state = base.state_ref();

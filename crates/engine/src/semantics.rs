@@ -52,9 +52,11 @@ use datafusion::optimizer::AnalyzerRule;
 
 use crate::error::{Error, StatusCode};
 
+mod datetime;
 mod expand;
 mod regproc;
 
+pub use datetime::{to_char_udf, to_date_udf, to_timestamp_udf};
 pub use expand::expand_array_udf;
 pub use regproc::RegprocText;
 
@@ -207,6 +209,50 @@ fn checked_cast(array: &ArrayRef, to: &DataType) -> DfResult<ArrayRef> {
     let safe = CastOptions { safe: true, ..CastOptions::default() };
     let cast = cast_with_options(array, to, &safe)?;
     // A value that became NULL without being NULL did not convert.
+    if cast.null_count() == array.null_count() {
+        return Ok(cast);
+    }
+    // Postgres reads `2024-01-01 10:00` (no seconds); arrow does not.
+    if is_text(array.data_type()) && matches!(to, DataType::Timestamp(..)) {
+        let text = cast_with_options(array, &DataType::Utf8, &safe)?;
+        let text = text
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .cloned()
+            .unwrap_or_else(|| StringArray::from(Vec::<String>::new()));
+        if text.iter().flatten().any(|t| without_seconds(t).is_some()) {
+            let completed: StringArray =
+                text.iter().map(|t| t.map(|t| without_seconds(t).unwrap_or_else(|| t.to_string()))).collect();
+            let completed: ArrayRef = Arc::new(completed);
+            return checked_cast_once(&completed, to);
+        }
+    }
+    checked_cast_once(array, to)
+}
+
+/// `date HH:MM[zone]` as `date HH:MM:00[zone]`; `None` for other text.
+fn without_seconds(text: &str) -> Option<String> {
+    let trimmed = text.trim();
+    let bytes = trimmed.as_bytes();
+    // `YYYY-MM-DD` then a space or `T`, then `HH:MM`.
+    let time = trimmed.get(11..)?;
+    let dashes = bytes.get(4) == Some(&b'-') && bytes.get(7) == Some(&b'-');
+    if !dashes || !matches!(bytes.get(10), Some(b' ' | b'T')) {
+        return None;
+    }
+    let digits = |s: &str| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit());
+    let (hh, rest) = time.split_at_checked(2)?;
+    let rest = rest.strip_prefix(':')?;
+    let (mm, zone) = rest.split_at_checked(2)?;
+    if !digits(hh) || !digits(mm) || zone.starts_with(':') || zone.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    Some(format!("{}{hh}:{mm}:00{zone}", &trimmed[..11]))
+}
+
+fn checked_cast_once(array: &ArrayRef, to: &DataType) -> DfResult<ArrayRef> {
+    let safe = CastOptions { safe: true, ..CastOptions::default() };
+    let cast = cast_with_options(array, to, &safe)?;
     if cast.null_count() == array.null_count() {
         return Ok(cast);
     }
