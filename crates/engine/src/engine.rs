@@ -97,6 +97,7 @@ impl Engine {
             .with_default_features()
             // After type coercion: Postgres' checked integers and scalar subqueries.
             .with_analyzer_rule(Arc::new(crate::semantics::CheckedArithmetic))
+            .with_analyzer_rule(Arc::new(crate::semantics::UncorrelatedInSubquery))
             .with_analyzer_rule(Arc::new(crate::semantics::ScalarSubqueryCardinality))
             .with_analyzer_rule(Arc::new(crate::semantics::RegprocText))
             .build();
@@ -110,6 +111,9 @@ impl Engine {
         base.register_udf(crate::semantics::to_char_udf());
         base.register_udf(crate::semantics::to_timestamp_udf());
         base.register_udf(crate::semantics::to_date_udf());
+        for udf in crate::semantics::text_udfs() {
+            base.register_udf(udf);
+        }
         {
             // Postgres types DataFusion has no name for, on top of pg_catalog's oid aliases.
             let state = base.state_ref();

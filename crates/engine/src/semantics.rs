@@ -54,11 +54,15 @@ use crate::error::{Error, StatusCode};
 
 mod datetime;
 mod expand;
+mod membership;
 mod regproc;
+mod text;
 
 pub use datetime::{to_char_udf, to_date_udf, to_timestamp_udf};
 pub use expand::expand_array_udf;
+pub use membership::UncorrelatedInSubquery;
 pub use regproc::RegprocText;
+pub use text::text_udfs;
 
 /// Whether `plan` is a query whose rows are the result (not DML, DDL, a
 /// statement, COPY or EXPLAIN).
@@ -206,6 +210,17 @@ fn is_datetime(data_type: &DataType) -> bool {
 /// timestamp, where text that is not one is 22007 and a field out of range
 /// (`2024-02-30`, `25:00`) 22008; with Postgres' messages.
 fn checked_cast(array: &ArrayRef, to: &DataType) -> DfResult<ArrayRef> {
+    if is_text(to) && matches!(array.data_type(), DataType::Float32 | DataType::Float64) {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::{Float32Type, Float64Type};
+        let text: StringArray = match array.data_type() {
+            DataType::Float32 => {
+                array.as_primitive::<Float32Type>().iter().map(|v| v.map(crate::types::float4_text)).collect()
+            }
+            _ => array.as_primitive::<Float64Type>().iter().map(|v| v.map(crate::types::float8_text)).collect(),
+        };
+        return cast_with_options(&(Arc::new(text) as ArrayRef), to, &CastOptions::default()).map_err(Into::into);
+    }
     let safe = CastOptions { safe: true, ..CastOptions::default() };
     let cast = cast_with_options(array, to, &safe)?;
     // A value that became NULL without being NULL did not convert.
@@ -230,9 +245,13 @@ fn checked_cast(array: &ArrayRef, to: &DataType) -> DfResult<ArrayRef> {
     checked_cast_once(array, to)
 }
 
-/// `date HH:MM[zone]` as `date HH:MM:00[zone]`; `None` for other text.
+/// `date HH:MM[zone]` as `date HH:MM:00[zone]`, and the special input
+/// `epoch` as its timestamp; `None` for other text.
 fn without_seconds(text: &str) -> Option<String> {
     let trimmed = text.trim();
+    if trimmed.eq_ignore_ascii_case("epoch") {
+        return Some("1970-01-01 00:00:00+00".to_string());
+    }
     let bytes = trimmed.as_bytes();
     // `YYYY-MM-DD` then a space or `T`, then `HH:MM`.
     let time = trimmed.get(11..)?;
@@ -293,6 +312,13 @@ fn checked_expr(expr: Expr, schema: &datafusion::common::DFSchema) -> DfResult<T
             if func.name() == "abs" && args.len() == 1 && is_integer(&node_type(&args[0], schema)?) =>
         {
             Ok(Transformed::yes(call(Checked::Abs, None, args)))
+        }
+        Expr::Cast(Cast { expr: inner, field })
+            if is_text(field.data_type())
+                && matches!(node_type(&inner, schema)?, DataType::Float32 | DataType::Float64) =>
+        {
+            // Postgres' float text (`3`, `1e+20`), not arrow's (`3.0`, `100000000000000000000.0`).
+            Ok(Transformed::yes(call(Checked::Cast, Some(field.data_type().clone()), vec![*inner])))
         }
         Expr::Cast(Cast { expr: inner, field })
             if is_datetime(field.data_type()) && is_text(&node_type(&inner, schema)?) =>
@@ -443,6 +469,20 @@ impl datafusion::logical_expr::planner::ExprPlanner for UnknownLiteralPlanner {
         use datafusion::logical_expr::planner::{PlannerResult, RawBinaryExpr};
         use datafusion::sql::sqlparser::ast::BinaryOperator as B;
         let RawBinaryExpr { op, left, right } = expr;
+        // `interval * number`, `number * interval`, `interval / number`.
+        if matches!(op, B::Multiply | B::Divide) {
+            let interval = |e: &Expr| matches!(e.get_type(schema), Ok(DataType::Interval(_)));
+            let number = |e: &Expr| e.get_type(schema).is_ok_and(|t| t.is_numeric());
+            let scaled = match (interval(&left), interval(&right), &op) {
+                (true, false, B::Multiply) if number(&right) => Some((left.clone(), right.clone(), false)),
+                (false, true, B::Multiply) if number(&left) => Some((right.clone(), left.clone(), false)),
+                (true, false, B::Divide) if number(&right) => Some((left.clone(), right.clone(), true)),
+                _ => None,
+            };
+            if let Some((interval, factor, divide)) = scaled {
+                return Ok(PlannerResult::Planned(datetime::interval_scale(interval, factor, divide)));
+            }
+        }
         let arithmetic = matches!(op, B::Plus | B::Minus | B::Multiply | B::Divide | B::Modulo);
         let is_string =
             |e: &Expr| matches!(e, Expr::Literal(ScalarValue::Utf8(Some(_)) | ScalarValue::Utf8View(Some(_)), _));

@@ -464,3 +464,44 @@ pub fn array_from_text(text: &str, element: &DataType) -> std::result::Result<Sc
     }
     Ok(ScalarValue::List(ScalarValue::new_list_nullable(&values, element)))
 }
+
+/// Formats the shortest exact `scientific` form (Rust's `{:e}`) of `value` as Postgres does.
+pub fn postgres_float(scientific: &str, limit: i32, value: f64) -> String {
+    if value.is_nan() {
+        return "NaN".into();
+    }
+    if value.is_infinite() {
+        return if value > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+    }
+    if value == 0.0 {
+        return if value.is_sign_negative() { "-0".into() } else { "0".into() };
+    }
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((scientific, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    let (sign, mantissa) = mantissa.strip_prefix('-').map_or(("", mantissa), |m| ("-", m));
+    if exponent < -4 || exponent >= limit {
+        let sign_e = if exponent < 0 { '-' } else { '+' };
+        return format!("{sign}{mantissa}e{sign_e}{:02}", exponent.abs());
+    }
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    if exponent < 0 {
+        let zeros = "0".repeat((-exponent - 1) as usize);
+        return format!("{sign}0.{zeros}{digits}");
+    }
+    let point = exponent as usize + 1;
+    if digits.len() <= point {
+        format!("{sign}{digits}{}", "0".repeat(point - digits.len()))
+    } else {
+        format!("{sign}{}.{}", &digits[..point], &digits[point..])
+    }
+}
+
+/// A float8 in Postgres' text form (`3`, `1e+20`, `0.30000000000000004`, `Infinity`).
+pub fn float8_text(value: f64) -> String {
+    postgres_float(&format!("{value:e}"), 15, value)
+}
+
+/// A float4 in Postgres' text form.
+pub fn float4_text(value: f32) -> String {
+    postgres_float(&format!("{value:e}"), 6, f64::from(value))
+}

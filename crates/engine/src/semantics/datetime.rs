@@ -682,6 +682,105 @@ impl ScalarUDFImpl for FromText {
     }
 }
 
+/// `interval * factor` (or `/ factor` when `divide`), as Postgres'
+/// interval_mul computes it: the fraction of a month carries into days (30
+/// to a month), the fraction of a day into time (24 hours to a day), time is
+/// rounded to microseconds; a result out of range is 22008.
+pub fn interval_scale(
+    interval: datafusion::logical_expr::Expr,
+    factor: datafusion::logical_expr::Expr,
+    divide: bool,
+) -> datafusion::logical_expr::Expr {
+    static UDF: std::sync::LazyLock<Arc<ScalarUDF>> = std::sync::LazyLock::new(|| {
+        Arc::new(ScalarUDF::new_from_impl(IntervalScale { signature: Signature::any(3, Volatility::Immutable) }))
+    });
+    let factor = datafusion::logical_expr::cast(factor, DataType::Float64);
+    let interval = datafusion::logical_expr::cast(
+        interval,
+        DataType::Interval(datafusion::arrow::datatypes::IntervalUnit::MonthDayNano),
+    );
+    UDF.call(vec![interval, factor, datafusion::logical_expr::lit(divide)])
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct IntervalScale {
+    signature: Signature,
+}
+
+fn scale_one(
+    value: datafusion::arrow::datatypes::IntervalMonthDayNano,
+    factor: f64,
+) -> Option<datafusion::arrow::datatypes::IntervalMonthDayNano> {
+    if !factor.is_finite() {
+        return None;
+    }
+    let months = f64::from(value.months) * factor;
+    let whole_months = months.trunc();
+    let days = f64::from(value.days) * factor + (months - whole_months) * 30.0;
+    let whole_days = days.trunc();
+    let micros = (value.nanoseconds as f64 / 1000.0) * factor + (days - whole_days) * 86_400_000_000.0;
+    let micros = micros.round();
+    let in_i32 = |v: f64| (f64::from(i32::MIN)..=f64::from(i32::MAX)).contains(&v);
+    if !in_i32(whole_months) || !in_i32(whole_days) || micros.abs() >= 9.2e15 {
+        return None;
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    Some(datafusion::arrow::datatypes::IntervalMonthDayNano::new(
+        whole_months as i32,
+        whole_days as i32,
+        micros as i64 * 1000,
+    ))
+}
+
+impl ScalarUDFImpl for IntervalScale {
+    fn name(&self) -> &str {
+        "pg_interval_scale"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Interval(datafusion::arrow::datatypes::IntervalUnit::MonthDayNano))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        use datafusion::arrow::array::{Float64Array, IntervalMonthDayNanoArray};
+        let rows = rows_of(&args.args);
+        let scalar = all_scalar(&args.args);
+        let intervals = args.args[0].to_array(rows)?;
+        let factors = args.args[1].to_array(rows)?;
+        let divide = matches!(&args.args[2], ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))));
+        let intervals = intervals
+            .as_any()
+            .downcast_ref::<IntervalMonthDayNanoArray>()
+            .ok_or_else(|| DataFusionError::Internal("pg_interval_scale: interval expected".into()))?;
+        let factors = factors
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .ok_or_else(|| DataFusionError::Internal("pg_interval_scale: float8 expected".into()))?;
+        let mut out = Vec::with_capacity(rows);
+        for row in 0..rows {
+            if intervals.is_null(row) || factors.is_null(row) {
+                out.push(None);
+                continue;
+            }
+            let mut factor = factors.value(row);
+            if divide {
+                if factor == 0.0 {
+                    return Err(df_error(Error::new(StatusCode::DivisionByZero, "division by zero")));
+                }
+                factor = 1.0 / factor;
+            }
+            let scaled = scale_one(intervals.value(row), factor)
+                .ok_or_else(|| df_error(Error::new(StatusCode::DatetimeFieldOverflow, "interval out of range")))?;
+            out.push(Some(scaled));
+        }
+        result(Arc::new(IntervalMonthDayNanoArray::from(out)), scalar)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

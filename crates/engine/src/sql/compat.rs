@@ -14,6 +14,8 @@
 //! - `(e).field` → `get_field(e, 'field')`: a field of a record-valued expression;
 //! - `FROM unnest(a) AS t` → `FROM unnest(a) AS t(t)`: a function returning
 //!   one column names that column after its table alias, as in Postgres;
+//! - `FROM f(x) AS s` for a scalar `f` → `FROM (SELECT f(x) AS s) AS s`;
+//! - an unquoted `user` → `current_user` (a keyword in Postgres);
 //! - `FROM t AS a CROSS JOIN unnest(a.x) AS u` (and `FROM t AS a, unnest(a.x)
 //!   AS u`), where the function reads the row before it (implicitly LATERAL
 //!   in Postgres) → `FROM (SELECT a.*, unnest(a.x) AS u FROM t AS a) AS a`.
@@ -111,13 +113,27 @@ pub fn rewrite_regclass(statement: &mut ast::Statement) {
     let _ = visit_expressions_mut(statement, |expr| {
         if let Expr::Cast { expr: operand, data_type, .. } = expr
             && is_regclass(data_type)
-            && matches!(operand.as_ref(), Expr::Value(v) if matches!(v.value, Value::SingleQuotedString(_) | Value::Placeholder(_)))
+            && is_text_operand(operand)
         {
             let operand = std::mem::replace(operand.as_mut(), Expr::value(Value::Null));
             *expr = call(REGCLASS_FUNCTION, vec![operand]);
         }
         ControlFlow::<()>::Continue(())
     });
+}
+
+/// An operand of `::regclass` that is text: a literal, a parameter, a
+/// concatenation, or a call of a function that returns text (Metabase casts
+/// `format('%I.%I', schema, name)`). An oid column cast to regclass is not.
+fn is_text_operand(operand: &Expr) -> bool {
+    const TEXT_FUNCTIONS: &[&str] = &["format", "concat", "concat_ws", "quote_ident", "lower", "upper", "trim"];
+    match operand {
+        Expr::Value(v) => matches!(v.value, Value::SingleQuotedString(_) | Value::Placeholder(_)),
+        Expr::BinaryOp { op: ast::BinaryOperator::StringConcat, .. } => true,
+        Expr::Function(function) => TEXT_FUNCTIONS.iter().any(|f| is_named(function, f)),
+        Expr::Nested(inner) => is_text_operand(inner),
+        _ => false,
+    }
 }
 
 fn is_regclass(data_type: &ast::DataType) -> bool {
@@ -148,6 +164,10 @@ pub fn name_single_column_functions(statement: &mut ast::Statement) {
     impl ast::VisitorMut for Name {
         type Break = ();
         fn pre_visit_table_factor(&mut self, factor: &mut ast::TableFactor) -> ControlFlow<()> {
+            if let Some(derived) = scalar_function_in_from(factor) {
+                *factor = derived;
+                return ControlFlow::Continue(());
+            }
             let alias =
                 match factor {
                     ast::TableFactor::UNNEST {
@@ -171,6 +191,52 @@ pub fn name_single_column_functions(statement: &mut ast::Statement) {
         }
     }
     let _ = ast::VisitMut::visit(statement, &mut Name);
+}
+
+/// Table functions DataFusion and streamhouse provide (`tumble` and `hop`:
+/// window table functions, sql/windows.rs); any other function
+/// in FROM is a scalar function.
+const TABLE_FUNCTIONS: &[&str] = &["generate_series", "range", "unnest", "table_as_of", "tumble", "hop"];
+
+/// A scalar function in FROM (`FROM string_to_array(x, ',') AS s`, which
+/// Grafana sends): one row whose one column is the function's value, named
+/// after the alias (or the function) as in Postgres →
+/// `(SELECT f(args) AS s) AS s`.
+fn scalar_function_in_from(factor: &ast::TableFactor) -> Option<ast::TableFactor> {
+    let ast::TableFactor::Table { name, args: Some(args), alias, with_ordinality: false, .. } = factor else {
+        return None;
+    };
+    let function = name.0.last()?.as_ident()?;
+    if TABLE_FUNCTIONS.iter().any(|f| function.value.eq_ignore_ascii_case(f)) || args.settings.is_some() {
+        return None;
+    }
+    let (table, column) = match alias {
+        Some(alias) => match alias.columns.as_slice() {
+            [] => (alias.name.clone(), alias.name.clone()),
+            [column] => (alias.name.clone(), column.name.clone()),
+            _ => return None,
+        },
+        None => (function.clone(), function.clone()),
+    };
+    let mut value = call(&function.value, vec![]);
+    if let Expr::Function(f) = &mut value {
+        f.name = name.clone();
+        if let FunctionArguments::List(list) = &mut f.args {
+            list.args = args.args.clone();
+        }
+    }
+    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+    let mut statements =
+        datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, "SELECT NULL AS _column").ok()?;
+    let Some(ast::Statement::Query(mut query)) = statements.pop() else { return None };
+    let SetExpr::Select(select) = query.body.as_mut() else { return None };
+    select.projection = vec![SelectItem::ExprWithAlias { expr: value, alias: column }];
+    Some(ast::TableFactor::Derived {
+        lateral: false,
+        subquery: query,
+        alias: Some(ast::TableAlias { explicit: true, name: table, columns: vec![], at: None }),
+        sample: None,
+    })
 }
 
 /// `unnest` in FROM over a column of the relation before it, which
@@ -342,6 +408,13 @@ pub fn rewrite(statement: &mut ast::Statement) {
 
 fn rewrite_expr(expr: &mut Expr) {
     match expr {
+        // sqlparser reads the keyword USER as a function without arguments.
+        Expr::Function(function)
+            if matches!(function.args, FunctionArguments::None)
+                && matches!(function.name.0.as_slice(), [part] if part.as_ident().is_some_and(|i| i.quote_style.is_none() && i.value.eq_ignore_ascii_case("user"))) =>
+        {
+            *expr = call("current_user", vec![]);
+        }
         Expr::Function(function) if is_array_subquery(function) => {
             if let FunctionArguments::Subquery(query) = &function.args
                 && let Some(transformed) = transform_unnested(query)

@@ -185,38 +185,7 @@ fn float_text(array: &dyn Array, row: usize, field: &FieldInfo) -> Option<String
         }
         _ => return None,
     };
-    Some(postgres_float(&scientific, limit, value))
-}
-
-/// Formats the shortest exact `scientific` form (Rust's `{:e}`) of `value` as Postgres does.
-fn postgres_float(scientific: &str, limit: i32, value: f64) -> String {
-    if value.is_nan() {
-        return "NaN".into();
-    }
-    if value.is_infinite() {
-        return if value > 0.0 { "Infinity".into() } else { "-Infinity".into() };
-    }
-    if value == 0.0 {
-        return if value.is_sign_negative() { "-0".into() } else { "0".into() };
-    }
-    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((scientific, "0"));
-    let exponent: i32 = exponent.parse().unwrap_or(0);
-    let (sign, mantissa) = mantissa.strip_prefix('-').map_or(("", mantissa), |m| ("-", m));
-    if exponent < -4 || exponent >= limit {
-        let sign_e = if exponent < 0 { '-' } else { '+' };
-        return format!("{sign}{mantissa}e{sign_e}{:02}", exponent.abs());
-    }
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
-    if exponent < 0 {
-        let zeros = "0".repeat((-exponent - 1) as usize);
-        return format!("{sign}0.{zeros}{digits}");
-    }
-    let point = exponent as usize + 1;
-    if digits.len() <= point {
-        format!("{sign}{digits}{}", "0".repeat(point - digits.len()))
-    } else {
-        format!("{sign}{}.{}", &digits[..point], &digits[point..])
-    }
+    Some(streamhouse_engine::types::postgres_float(&scientific, limit, value))
 }
 
 /// Streams Arrow batches as Postgres data rows.
@@ -270,7 +239,7 @@ pub fn text_cells(batch: RecordBatch) -> PgWireResult<Vec<Vec<Option<String>>>> 
 
 #[cfg(test)]
 mod tests {
-    use super::postgres_float;
+    use streamhouse_engine::types::postgres_float;
 
     fn f8(v: f64) -> String {
         postgres_float(&format!("{v:e}"), 15, v)
