@@ -81,6 +81,9 @@ pub struct SessionInfo {
     pub database: Option<String>,
     /// `application_name` from the client, if sent.
     pub application_name: Option<String>,
+    /// The process id the protocol gave the client (Postgres' BackendKeyData),
+    /// which `pg_backend_pid()` answers; the session id where there is none.
+    pub pid: Option<i32>,
 }
 
 /// Postgres-style transaction status, as reported in `ReadyForQuery`.
@@ -402,6 +405,16 @@ impl Session {
         let user = info.user.clone();
         ctx.register_udf(crate::engine::constant_text_udf("session_user", user.clone()));
         ctx.register_udf(crate::engine::constant_text_udf("current_user", user));
+        let pid = info.pid.unwrap_or_else(|| i32::try_from(id).unwrap_or(i32::MAX));
+        ctx.register_udf(datafusion::logical_expr::create_udf(
+            "pg_backend_pid",
+            vec![],
+            DataType::Int32,
+            datafusion::logical_expr::Volatility::Stable,
+            Arc::new(move |_: &[datafusion::logical_expr::ColumnarValue]| {
+                Ok(datafusion::logical_expr::ColumnarValue::Scalar(datafusion::common::ScalarValue::Int32(Some(pid))))
+            }),
+        ));
         Self {
             engine,
             id,

@@ -445,7 +445,14 @@ pub fn define(
         .map(|i| {
             let field = output.field(i);
             let in_key = matches!(&key, KeyLayout::Visible(k) if k.contains(&i));
-            Field::new(&columns[i], field.data_type().clone(), field.is_nullable() && !in_key)
+            // The Postgres type of the column (`varchar(32)`, `numeric(12,2)`), not its origin.
+            let pg_type = field
+                .metadata()
+                .iter()
+                .filter(|(k, _)| k.as_str() == crate::types::PG_TYPE_KEY || k.as_str() == crate::types::PG_TYPMOD_KEY)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Field::new(&columns[i], field.data_type().clone(), field.is_nullable() && !in_key).with_metadata(pg_type)
         })
         .collect();
     if key == KeyLayout::Hidden {

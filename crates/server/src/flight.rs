@@ -72,7 +72,12 @@ impl FlightSqlServer {
     fn session<T>(&self, request: &Request<T>) -> Session {
         let user =
             request.metadata().get("x-streamhouse-user").and_then(|v| v.to_str().ok()).unwrap_or("flight").to_string();
-        self.engine.new_session(SessionInfo { user, database: None, application_name: Some("flight-sql".into()) })
+        self.engine.new_session(SessionInfo {
+            user,
+            database: None,
+            application_name: Some("flight-sql".into()),
+            pid: None,
+        })
     }
 
     /// Parses exactly one statement and plans it.

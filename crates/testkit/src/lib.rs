@@ -75,6 +75,44 @@ pub async fn run_jdbc_client(jar: &std::path::Path, port: u16) -> anyhow::Result
     Ok(())
 }
 
+/// `tests/clients/node/node_postgres.js` when node and its `pg` package
+/// (`npm install` in that folder, which `.ci/run` does) are there; `None`
+/// (skip) otherwise, unless `STREAMHOUSE_REQUIRE_NODE` is set.
+pub fn node_postgres_script() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/node");
+    let node = std::process::Command::new("node").arg("--version").output();
+    let installed = dir.join("node_modules/pg/package.json").exists();
+    if node.as_ref().is_ok_and(|o| o.status.success()) && installed {
+        return Some(dir.join("node_postgres.js"));
+    }
+    assert!(
+        !required("STREAMHOUSE_REQUIRE_NODE"),
+        "node and node-postgres are required (npm install --prefix {}): {node:?}",
+        dir.display()
+    );
+    eprintln!("node or node-postgres not installed: skipping");
+    None
+}
+
+/// Runs a node program with `args` and asserts that it succeeded and
+/// printed `done`; the assertion shows both outputs.
+///
+/// # Errors
+/// node cannot be started.
+pub async fn run_node_script(script: &std::path::Path, args: Vec<String>, done: &str) -> anyhow::Result<()> {
+    let path = script.to_path_buf();
+    let output =
+        tokio::task::spawn_blocking(move || std::process::Command::new("node").arg(path).args(args).output()).await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains(done),
+        "{}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        script.display()
+    );
+    Ok(())
+}
+
 /// Runs `tests/clients/<script>` with `python3` and `args`, and asserts
 /// that it succeeded and printed `done` (each script prints its own line
 /// last); the assertion shows both outputs.

@@ -494,6 +494,35 @@ async fn adbc_postgresql_driver() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The catalog, metadata and time-bucketing queries Grafana, Metabase and
+/// Superset send to a Postgres data source (taken from their source code),
+/// with the answers Postgres gives: table and column pickers, field sync,
+/// time grains and time filters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bi_tools_catalog_queries() -> anyhow::Result<()> {
+    if !streamhouse_testkit::python_has("sqlalchemy, psycopg, psycopg2") {
+        return Ok(());
+    }
+    let server = TestServer::start().await?;
+    let pg = server.pg_addr().port().to_string();
+    streamhouse_testkit::run_client_script("bi_catalog_queries.py", vec![pg], "bi catalog queries ok").await?;
+    server.stop().await;
+    Ok(())
+}
+
+/// node-postgres (`pg` from npm): simple and extended queries, named
+/// prepared statements, types as node-postgres parses them, transactions,
+/// errors with their SQLSTATE, and a pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_postgres() -> anyhow::Result<()> {
+    let Some(script) = streamhouse_testkit::node_postgres_script() else { return Ok(()) };
+    let server = TestServer::start().await?;
+    let pg = server.pg_addr().port().to_string();
+    streamhouse_testkit::run_node_script(&script, vec![pg], "node-postgres ok").await?;
+    server.stop().await;
+    Ok(())
+}
+
 /// dbt-postgres: seeds, a table model, a view model reading it, and schema
 /// tests, built twice in a row (the second time swapping rebuilt models in
 /// with ALTER … RENAME and dropping the old ones with CASCADE).

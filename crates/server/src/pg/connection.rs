@@ -170,6 +170,7 @@ impl StartupHandler for PgConnection {
             database: metadata.get(METADATA_DATABASE).cloned(),
             application_name: metadata.get("application_name").cloned(),
             user: user.clone(),
+            pid: Some(pid),
         };
         let session = self.shared.engine.new_session(info);
         if let Some(probe) = &self.probe {
@@ -407,10 +408,9 @@ fn bind_parameters(portal: &Portal<PgStatement>) -> PgWireResult<Option<ParamVal
         arrow_pg::datatypes::df::deserialize_parameters_with_server_types(portal, &inferred_refs, &server_refs)
             .map_err(|e| match e {
                 PgWireError::UserError(_) => e,
-                other => pg_error(&Error::new(
-                    StatusCode::InvalidTextRepresentation,
-                    format!("invalid parameter value: {other}"),
-                )),
+                other => pg_error(&text_parameter_error(portal, &inferred_refs).unwrap_or_else(|| {
+                    Error::new(StatusCode::InvalidTextRepresentation, format!("invalid parameter value: {other}"))
+                })),
             })?;
     let values = match values {
         ParamValues::List(values) if text_arrays.iter().any(Option::is_some) => {
@@ -460,6 +460,22 @@ fn bind_parameters(portal: &Portal<PgStatement>) -> PgWireResult<Option<ParamVal
     };
     tracing::debug!(statement = %portal.statement.id, parameters = ?values, "bound parameters");
     Ok(Some(values))
+}
+
+/// Why a parameter sent as text does not convert to its type, as Postgres
+/// says it (`value "99999999999" is out of range for type integer` is
+/// 22003, `invalid input syntax for type integer: "x"` 22P02).
+fn text_parameter_error(portal: &Portal<PgStatement>, types: &[Option<&DataType>]) -> Option<Error> {
+    let options = datafusion::arrow::compute::CastOptions { safe: false, ..Default::default() };
+    portal.parameters.iter().enumerate().find_map(|(i, raw)| {
+        let (raw, to) = (raw.as_ref()?, types.get(i).copied().flatten()?);
+        if !portal.parameter_format.is_text(i) {
+            return None;
+        }
+        let text = std::str::from_utf8(raw).ok()?;
+        let converts = ScalarValue::Utf8(Some(text.to_string())).cast_to_with_options(to, &options).is_ok();
+        (!converts).then(|| streamhouse_engine::types::conversion_error(text, to))
+    })
 }
 
 #[async_trait]

@@ -287,7 +287,7 @@ impl CatalogTable for Columns {
                     text(field.name()),
                     int4(i32::try_from(i + 1).ok()),
                     opt_text(default),
-                    yes_no(field.is_nullable()),
+                    yes_no(relation.relkind != 'r' || field.is_nullable()),
                     text(data_type_name(&ty)),
                     int4(length),
                     int4(octets),

@@ -480,7 +480,8 @@ impl CatalogTable for PgAttribute {
                     char(if ty.typlen() == 8 { 'd' } else { 'i' }),
                     char(if ty.typlen() > 0 { 'p' } else { 'x' }),
                     text(""),
-                    boolean(!field.is_nullable()),
+                    // Postgres keeps NOT NULL on tables only; a view's columns never have it.
+                    boolean(relation.relkind == 'r' && !field.is_nullable()),
                     boolean(has_default),
                     boolean(false),
                     text(""),
