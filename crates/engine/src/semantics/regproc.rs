@@ -56,9 +56,14 @@ fn name_of(expr: Expr) -> Expr {
     Expr::ScalarFunction(ScalarFunction::new_udf(regproc_name_udf(), vec![expr]))
 }
 
+/// A regproc that is an oid. Some of pg_catalog's regproc columns
+/// (`pg_am.amhandler`, `pg_aggregate.aggfnoid`) already hold names.
+fn is_regproc_field(field: &datafusion::arrow::datatypes::Field) -> bool {
+    field.metadata().get(OID_ALIAS_KEY).is_some_and(|k| k == kind::REGPROC) && field.data_type().is_integer()
+}
+
 fn is_regproc(expr: &Expr, schema: &DFSchema) -> bool {
-    expr.to_field(schema)
-        .is_ok_and(|(_, field)| field.metadata().get(OID_ALIAS_KEY).is_some_and(|k| k == kind::REGPROC))
+    expr.to_field(schema).is_ok_and(|(_, field)| is_regproc_field(&field))
 }
 
 /// Renders `regproc` values as names where Postgres does: casts to text,
@@ -86,11 +91,7 @@ impl AnalyzerRule for RegprocText {
         // The result's regproc columns, as names.
         let returns_rows = super::is_query(&plan);
         let schema = Arc::clone(plan.schema());
-        let regproc: Vec<bool> = schema
-            .fields()
-            .iter()
-            .map(|f| f.metadata().get(OID_ALIAS_KEY).is_some_and(|k| k == kind::REGPROC))
-            .collect();
+        let regproc: Vec<bool> = schema.fields().iter().map(|f| is_regproc_field(f)).collect();
         if !returns_rows || !regproc.contains(&true) {
             return Ok(plan);
         }

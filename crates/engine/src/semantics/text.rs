@@ -1,4 +1,4 @@
-//! Postgres' string functions DataFusion lacks: `format(fmt, args…)` with
+//! Postgres' string functions DataFusion lacks (and `pg_typeof`): `format(fmt, args…)` with
 //! `%s`, `%I`, `%L` and `%%` (positions `%2$s` and widths `%-10s`
 //! included), `quote_literal` and `quote_nullable`. Arguments are shown as
 //! Postgres' output functions show them (`t`/`f`, `3` for a float 3.0).
@@ -224,6 +224,7 @@ enum Kind {
     Format,
     QuoteLiteral,
     QuoteNullable,
+    TypeOf,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -232,12 +233,22 @@ struct TextFunction {
     signature: Signature,
 }
 
-/// `format`, `quote_literal` and `quote_nullable`.
+/// The name `pg_typeof` gives a type (`integer`, `text[]`, `unknown` for NULL).
+fn type_name(data_type: &DataType) -> String {
+    match data_type {
+        DataType::Null => "unknown".to_string(),
+        DataType::List(element) | DataType::LargeList(element) => format!("{}[]", type_name(element.data_type())),
+        other => crate::types::postgres_type_name(other),
+    }
+}
+
+/// `format`, `quote_literal`, `quote_nullable` and `pg_typeof`.
 pub fn text_udfs() -> Vec<ScalarUDF> {
     [
         (Kind::Format, Signature::variadic_any(Volatility::Stable)),
         (Kind::QuoteLiteral, Signature::any(1, Volatility::Immutable)),
         (Kind::QuoteNullable, Signature::any(1, Volatility::Immutable)),
+        (Kind::TypeOf, Signature::any(1, Volatility::Immutable)),
     ]
     .into_iter()
     .map(|(kind, signature)| ScalarUDF::new_from_impl(TextFunction { kind, signature }))
@@ -250,6 +261,7 @@ impl ScalarUDFImpl for TextFunction {
             Kind::Format => "format",
             Kind::QuoteLiteral => "quote_literal",
             Kind::QuoteNullable => "quote_nullable",
+            Kind::TypeOf => "pg_typeof",
         }
     }
 
@@ -262,6 +274,10 @@ impl ScalarUDFImpl for TextFunction {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        if self.kind == Kind::TypeOf {
+            let name = type_name(args.arg_fields[0].data_type());
+            return Ok(ColumnarValue::Scalar(datafusion::common::ScalarValue::Utf8(Some(name))));
+        }
         let rows = args.number_rows;
         let scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let arrays: Vec<ArrayRef> = args.args.iter().map(|a| a.to_array(rows)).collect::<DfResult<_>>()?;
