@@ -619,7 +619,7 @@ impl FileReader {
         {
             return Err(Error::corrupt(&location, "Parquet footer does not match the manifest"));
         }
-        let mapping = column_mapping(&location, parquet.schema(), target)?;
+        let mapping = column_mapping(&location, parquet.schema(), target, meta.schema_id)?;
         Ok(Self { store: Arc::clone(store), location, meta, parquet, target: Arc::clone(target), mapping })
     }
 
@@ -744,16 +744,29 @@ fn selection(rows: &[usize]) -> RowSelection {
     RowSelection::from(selectors)
 }
 
-/// Where each column of `target` is in a file of schema `file` (by name),
-/// or `None` when they are the same columns.
-fn column_mapping(location: &Path, file: &SchemaRef, target: &SchemaRef) -> Result<Option<Arc<Vec<Option<usize>>>>> {
+/// Where each column of `target` is in a file of schema `file` written with
+/// definition `file_version` (by name, the name the column had then), or
+/// `None` when they are the same columns.
+fn column_mapping(
+    location: &Path,
+    file: &SchemaRef,
+    target: &SchemaRef,
+    file_version: u64,
+) -> Result<Option<Arc<Vec<Option<usize>>>>> {
+    let renames: Vec<crate::schema::ColumnRename> = match target.metadata().get(crate::schema::RENAMES_KEY) {
+        Some(json) => serde_json::from_str(json).map_err(|e| Error::corrupt(location, format!("renames: {e}")))?,
+        None => vec![],
+    };
+    let name = |t: &str| crate::schema::name_in_file(&renames, file_version, t).to_string();
+    // The same names (not only after renames): batches decoded as they are
+    // carry the file's names.
     let same = file.fields().len() == target.fields().len()
         && file.fields().iter().zip(target.fields()).all(|(f, t)| f.name() == t.name());
     let mapping: Vec<Option<usize>> = target
         .fields()
         .iter()
         .map(|t| {
-            let Ok(index) = file.index_of(t.name()) else { return Ok(None) };
+            let Ok(index) = file.index_of(&name(t.name())) else { return Ok(None) };
             if file.field(index).data_type() != t.data_type() {
                 return Err(Error::corrupt(
                     location,

@@ -79,6 +79,33 @@ pub struct TableSchema {
     pub options: TableOptions,
     /// `DEFAULT` expressions by column, as SQL text (the engine interprets them).
     pub column_defaults: Vec<(String, String)>,
+    /// Column renames, oldest first: files written before a rename's
+    /// version hold the column under its old name.
+    pub renames: Vec<ColumnRename>,
+}
+
+/// `ALTER TABLE … RENAME COLUMN from TO to`, made by definition `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnRename {
+    pub version: u64,
+    pub from: String,
+    pub to: String,
+}
+
+/// The schema metadata key under which a data file schema carries the
+/// table's renames (JSON), so a reader can find old files' columns.
+pub(crate) const RENAMES_KEY: &str = "streamhouse.renames";
+
+/// The name column `name` of the current definition has in a file written
+/// with definition `file_version`, given the table's `renames`.
+pub(crate) fn name_in_file<'a>(renames: &'a [ColumnRename], file_version: u64, name: &'a str) -> &'a str {
+    let mut name = name;
+    for rename in renames.iter().rev().filter(|r| r.version > file_version) {
+        if rename.to == name {
+            name = rename.from.as_str();
+        }
+    }
+    name
 }
 
 #[derive(Serialize, Deserialize)]
@@ -91,6 +118,8 @@ struct StoredSchema {
     options: TableOptions,
     #[serde(default)]
     column_defaults: Vec<(String, String)>,
+    #[serde(default)]
+    renames: Vec<ColumnRename>,
     /// The Arrow schema as an IPC stream, base64.
     arrow_schema: String,
 }
@@ -121,8 +150,14 @@ impl TableSchema {
             .enumerate()
             .map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() && !key.contains(&i)))
             .collect();
-        let table =
-            Self { id, schema: Arc::new(Schema::new(fields)), primary_key: key, options, column_defaults: vec![] };
+        let table = Self {
+            id,
+            schema: Arc::new(Schema::new(fields)),
+            primary_key: key,
+            options,
+            column_defaults: vec![],
+            renames: vec![],
+        };
         table.check_options()?;
         Ok(table)
     }
@@ -216,11 +251,63 @@ impl TableSchema {
     }
 
     /// The schema of data files: user columns, then `_seq` (UInt64) and `_kind` (Int8).
+    /// A renamed table's carries its renames (see [`RENAMES_KEY`]).
     pub fn data_file_schema(&self) -> SchemaRef {
         let mut fields: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.push(Field::new(SEQ_COLUMN, DataType::UInt64, false));
         fields.push(Field::new(KIND_COLUMN, DataType::Int8, false));
-        Arc::new(Schema::new(fields))
+        let mut metadata = std::collections::HashMap::new();
+        if !self.renames.is_empty()
+            && let Ok(renames) = serde_json::to_string(&self.renames)
+        {
+            metadata.insert(RENAMES_KEY.to_string(), renames);
+        }
+        Arc::new(Schema::new_with_metadata(fields, metadata))
+    }
+
+    /// The next definition, with column `from` called `to`.
+    ///
+    /// # Errors
+    /// No column `from`; a column `to` exists; `from` is named by a table
+    /// option (which would have to follow it).
+    pub fn renamed(&self, from: &str, to: &str) -> Result<Self> {
+        let index = self
+            .schema
+            .index_of(from)
+            .map_err(|_| Error::NotFound { what: format!("column \"{from}\"") })?;
+        if self.schema.index_of(to).is_ok() {
+            return Err(Error::Invalid(format!("column \"{to}\" already exists")));
+        }
+        if to == SEQ_COLUMN || to == KIND_COLUMN {
+            return Err(Error::Invalid(format!("column name \"{to}\" is reserved")));
+        }
+        let options = &self.options;
+        let named = options.sequence_field.as_deref() == Some(from)
+            || options.watermark.as_ref().is_some_and(|w| w.column == from)
+            || options.aggregate_functions.contains_key(from)
+            || options.list_agg_delimiters.contains_key(from);
+        if named {
+            return Err(Error::Unsupported(format!(
+                "column \"{from}\" is named by a table option; renaming it is not supported"
+            )));
+        }
+        let fields: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| if i == index { f.as_ref().clone().with_name(to) } else { f.as_ref().clone() })
+            .collect();
+        let mut next = self.clone();
+        next.id = self.id + 1;
+        next.schema = Arc::new(Schema::new_with_metadata(fields, self.schema.metadata().clone()));
+        for (column, _) in &mut next.column_defaults {
+            if column == from {
+                *column = to.to_string();
+            }
+        }
+        next.renames.push(ColumnRename { version: next.id, from: from.to_string(), to: to.to_string() });
+        Ok(next)
     }
 
     /// The schema of changelog files: user columns, then `_seq` and `_kind` ([`RowKind`] codes).
@@ -240,6 +327,7 @@ impl TableSchema {
             primary_key: self.primary_key.iter().map(|&i| self.schema.field(i).name().clone()).collect(),
             options: self.options.clone(),
             column_defaults: self.column_defaults.clone(),
+            renames: self.renames.clone(),
             arrow_schema: base64::engine::general_purpose::STANDARD.encode(ipc),
         };
         crate::frame::encode(&stored)
@@ -258,6 +346,7 @@ impl TableSchema {
             TableSchema::new(stored.id, schema, &names, stored.options).map_err(|e| Error::corrupt(path, e))?;
         table.id = stored.id;
         table.column_defaults = stored.column_defaults;
+        table.renames = stored.renames;
         Ok(table)
     }
 }

@@ -495,21 +495,44 @@ impl Table {
         let keys: Vec<&str> = current.primary_key.iter().map(|&k| current.schema.field(k).name().as_str()).collect();
         let mut next = TableSchema::new(current.id + 1, Arc::new(Schema::new(fields)), &keys, current.options.clone())?;
         next.column_defaults = current.column_defaults.clone();
+        next.renames = current.renames.clone();
+        self.put_schema(&next).await?;
+        self.lock_state().schema = next.clone();
+        Ok(next)
+    }
+
+    /// Renames column `from` to `to` (`ALTER TABLE … RENAME COLUMN`): a new
+    /// definition version, claimed with a conditional create like a commit.
+    /// Files written before keep the old name; readers map it (the version
+    /// records the rename).
+    ///
+    /// # Errors
+    /// No such column, the new name is taken or reserved, the column is named
+    /// by a table option; a concurrent change of the definition in another process.
+    pub async fn rename_column(&self, from: &str, to: &str) -> Result<TableSchema> {
+        let _guard = self.commit_lock.lock().await;
+        if self.is_closed() {
+            return Err(Error::NotFound { what: format!("table {}", self.name) });
+        }
+        let next = self.schema().renamed(from, to)?;
+        self.put_schema(&next).await?;
+        self.lock_state().schema = next.clone();
+        Ok(next)
+    }
+
+    /// Writes definition `next` if no process wrote that version yet.
+    async fn put_schema(&self, next: &TableSchema) -> Result<()> {
         let location = self.dir.child_path(&schema_path(next.id));
         let put =
             self.store.put_opts(&location, PutPayload::from(next.encode()?), PutOptions::from(PutMode::Create)).await;
         match put {
-            Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                return Err(Error::Conflict {
-                    table: self.name.clone(),
-                    reason: format!("definition version {} was written by another process", next.id),
-                });
-            }
-            Err(e) => return Err(Error::store(&location, e)),
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(Error::Conflict {
+                table: self.name.clone(),
+                reason: format!("definition version {} was written by another process", next.id),
+            }),
+            Err(e) => Err(Error::store(&location, e)),
         }
-        self.lock_state().schema = next.clone();
-        Ok(next)
     }
 
     /// Starts a write transaction: stage any number of writes, then commit
@@ -576,6 +599,13 @@ impl Table {
             let earlier = rows.num_columns() < fields.len()
                 && rows.schema().fields().iter().zip(fields).all(|(a, b)| a.name() == b.name());
             return Err(if schema.id > 0 && earlier { self.altered() } else { e });
+        }
+        // Rows of an earlier definition (a column was renamed since).
+        let renamed_since = rows.schema().fields().iter().zip(schema.schema.fields()).any(|(a, b)| {
+            a.name() != b.name() && schema.renames.iter().any(|r| r.from == *a.name())
+        });
+        if renamed_since {
+            return Err(self.altered());
         }
         if !schema.has_primary_key() && kinds.contains(&ValueKind::Delete) {
             return Err(Error::Invalid(format!(
