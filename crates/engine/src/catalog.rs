@@ -277,6 +277,19 @@ pub trait Catalog: Debug + Send + Sync + 'static {
         Err(Error::unsupported(format!("ALTER TABLE is not supported for {name}: it is not a stored table")))
     }
 
+    /// Renames column `column` of table `name` (`ALTER TABLE … RENAME
+    /// COLUMN`); `false` when the table does not exist and `if_exists`.
+    ///
+    /// # Errors
+    /// [`StatusCode::TableNotFound`], [`StatusCode::ColumnNotFound`],
+    /// [`StatusCode::DuplicateColumn`], [`StatusCode::DependentObjectsStillExist`]
+    /// when views read the table; [`StatusCode::Unsupported`] for catalogs
+    /// without stored tables (the default).
+    async fn rename_column(&self, name: &RelationName, column: &str, new_name: &str, if_exists: bool) -> Result<bool> {
+        let _ = (column, new_name, if_exists);
+        Err(Error::unsupported(format!("ALTER TABLE is not supported for {name}: it is not a stored table")))
+    }
+
     /// Runs a maintenance procedure on a table; returns what it did, for the user.
     ///
     /// # Errors

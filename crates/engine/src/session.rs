@@ -707,6 +707,9 @@ impl Session {
             Statement::Rename { kind, name, new_name, if_exists } => {
                 self.rename_relation(name, *kind, new_name, *if_exists).await
             }
+            Statement::RenameColumn { table, column, new_name, if_exists } => {
+                self.rename_column(table, column, new_name, *if_exists).await
+            }
             Statement::Call { procedure, table } => self.call(*procedure, table).await,
             Statement::Copy(copy) => self.copy(copy).await,
             Statement::Declare { name, query, hold } => self.declare_cursor(name, query, *hold).await,

@@ -1165,6 +1165,52 @@ impl Catalog for DynamicCatalog {
         Ok(())
     }
 
+    async fn rename_column(&self, name: &RelationName, column: &str, new_name: &str, if_exists: bool) -> Result<bool> {
+        let old = match self.stored_table(name, "altered") {
+            Ok(old) => old,
+            Err(e) if if_exists && e.code() == StatusCode::TableNotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if old.schema.field_with_name(column).is_err() {
+            return Err(Error::new(
+                StatusCode::ColumnNotFound,
+                format!("column \"{column}\" of relation \"{}\" does not exist", name.name),
+            ));
+        }
+        if old.schema.field_with_name(new_name).is_ok() {
+            return Err(Error::new(
+                StatusCode::DuplicateColumn,
+                format!("column \"{new_name}\" of relation \"{}\" already exists", name.name),
+            ));
+        }
+        // Views are planned (plain) or maintained (materialized) from SQL that
+        // names the column: refused rather than left reading a column that is gone.
+        let readers = self.dependents(name)?;
+        if !readers.is_empty() {
+            return Err(Error::new(
+                StatusCode::DependentObjectsStillExist,
+                format!(
+                    "cannot rename column \"{column}\" of table {name} because other objects depend on it: {} (drop \
+                     them, rename, and create them again)",
+                    describe(&readers)
+                ),
+            ));
+        }
+        old.table.rename_column(column, new_name).await?;
+        let new = Arc::new(DynamicTable::shared(Arc::clone(&old.table)));
+        // DEFAULTs are planned again from the renamed definition when the catalog binds.
+        let mut defaults = old.defaults.get().cloned().unwrap_or_default();
+        if let Some(default) = defaults.remove(column) {
+            defaults.insert(new_name.to_string(), default);
+        }
+        new.set_defaults(defaults);
+        let mut schemas = self.schemas.write().map_err(errors::poisoned)?;
+        if let Some(relation @ Relation::Table(_)) = schemas.get_mut(&name.schema).and_then(|s| s.get_mut(&name.name)) {
+            *relation = Relation::Table(new);
+        }
+        Ok(true)
+    }
+
     async fn maintain(&self, name: &RelationName, procedure: Procedure) -> Result<String> {
         if let Procedure::RollbackTo(snapshot) = procedure {
             return self.rollback_to(name, snapshot).await;

@@ -113,6 +113,11 @@ async fn views_and_renames_survive_a_restart() {
     sql(&e, "INSERT INTO u VALUES (8)").await.unwrap();
     sql(&e, "ALTER MATERIALIZED VIEW total RENAME TO sums").await.unwrap();
     sql(&e, "ALTER VIEW a_over RENAME TO z_over").await.unwrap();
+    // A renamed column, with rows written before and after the rename.
+    sql(&e, "CREATE TABLE c (id BIGINT PRIMARY KEY, old_name TEXT DEFAULT 'd')").await.unwrap();
+    sql(&e, "INSERT INTO c VALUES (1, 'before')").await.unwrap();
+    sql(&e, "ALTER TABLE c RENAME COLUMN old_name TO new_name").await.unwrap();
+    sql(&e, "INSERT INTO c (id) VALUES (2)").await.unwrap();
     drop(e);
 
     let e = engine(dir.path()).await;
@@ -124,6 +129,11 @@ async fn views_and_renames_survive_a_restart() {
     );
     assert_eq!(lines(&sql(&e, "SELECT id FROM u").await.unwrap()), ["| 8 |"]);
     assert_eq!(lines(&sql(&e, "SELECT id FROM u_backup").await.unwrap()), ["| 7 |"]);
+    assert_eq!(
+        lines(&sql(&e, "SELECT id, new_name FROM c ORDER BY id").await.unwrap()),
+        ["| 1 | before |", "| 2 | d |"],
+        "the renamed column reads rows written before the rename, and its DEFAULT"
+    );
     sql(&e, "INSERT INTO t VALUES (3, 30)").await.unwrap();
     assert_eq!(lines(&sql(&e, "SELECT s FROM sums").await.unwrap()), ["| 60 |"], "the renamed view is maintained");
     assert_eq!(sql(&e, "SELECT * FROM total").await.unwrap_err().0, StatusCode::TableNotFound);

@@ -271,10 +271,7 @@ impl TableSchema {
     /// No column `from`; a column `to` exists; `from` is named by a table
     /// option (which would have to follow it).
     pub fn renamed(&self, from: &str, to: &str) -> Result<Self> {
-        let index = self
-            .schema
-            .index_of(from)
-            .map_err(|_| Error::NotFound { what: format!("column \"{from}\"") })?;
+        let index = self.schema.index_of(from).map_err(|_| Error::NotFound { what: format!("column \"{from}\"") })?;
         if self.schema.index_of(to).is_ok() {
             return Err(Error::Invalid(format!("column \"{to}\" already exists")));
         }

@@ -601,9 +601,12 @@ impl Table {
             return Err(if schema.id > 0 && earlier { self.altered() } else { e });
         }
         // Rows of an earlier definition (a column was renamed since).
-        let renamed_since = rows.schema().fields().iter().zip(schema.schema.fields()).any(|(a, b)| {
-            a.name() != b.name() && schema.renames.iter().any(|r| r.from == *a.name())
-        });
+        let renamed_since = rows
+            .schema()
+            .fields()
+            .iter()
+            .zip(schema.schema.fields())
+            .any(|(a, b)| a.name() != b.name() && schema.renames.iter().any(|r| r.from == *a.name()));
         if renamed_since {
             return Err(self.altered());
         }

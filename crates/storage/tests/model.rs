@@ -24,7 +24,8 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use proptest::prelude::*;
 use streamhouse_storage::{
-    AggregateFunction, CommitKind, MergeEngine, RowKind, ScanRequest, Table, TableOptions, TableSchema, ValueKind,
+    AggregateFunction, CommitKind, Error, MergeEngine, RowKind, ScanRequest, Table, TableOptions, TableSchema,
+    ValueKind,
 };
 
 type Model = BTreeMap<i64, Option<String>>;
@@ -50,6 +51,8 @@ enum Op {
         partitions: usize,
     },
     Reopen,
+    /// `ALTER TABLE … RENAME COLUMN` of the value column (older files keep the old name).
+    RenameValue,
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +97,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Expire),
         1 => (0i64..20, 0i64..20, 1usize..4).prop_map(|(lo, hi, partitions)| Op::Scan { lo, hi, partitions }),
         1 => Just(Op::Reopen),
+        1 => Just(Op::RenameValue),
     ]
 }
 
@@ -341,6 +345,17 @@ async fn run(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>) {
             Op::Reopen => {
                 drop(table);
                 table = Table::open(Arc::clone(&store), dir.clone(), "t").await.unwrap();
+            }
+            Op::RenameValue => {
+                let current = table.schema();
+                let from = current.schema.field(1).name().clone();
+                let to = format!("v{}", current.id + 1);
+                match table.rename_column(&from, &to).await {
+                    Ok(next) => assert_eq!(next.schema.field(1).name(), &to),
+                    // The aggregation engine's options name the column.
+                    Err(Error::Unsupported(_)) if engine == MergeEngine::Aggregation => {}
+                    Err(e) => panic!("rename {from} to {to}: {e}"),
+                }
             }
         }
         // Compactions a write ran before finding it had nothing to commit.

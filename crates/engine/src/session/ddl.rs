@@ -105,6 +105,30 @@ impl Session {
         Ok(Output::Command(CommandComplete::new(tag)))
     }
 
+    /// `ALTER TABLE … RENAME COLUMN … TO …`.
+    pub(super) async fn rename_column(
+        &mut self,
+        reference: &TableReference,
+        column: &str,
+        new_name: &str,
+        if_exists: bool,
+    ) -> Result<Output> {
+        let name = self.relation_name(reference)?;
+        check_identifiers([new_name])?;
+        let control = self.begin_statement();
+        let catalog = Arc::clone(self.engine.catalog());
+        let (column, new_name) = (column.to_string(), new_name.to_string());
+        let renamed = {
+            let name = name.clone();
+            control.run(async move { catalog.rename_column(&name, &column, &new_name, if_exists).await }).await
+        };
+        self.engine.bump_catalog_version();
+        if !renamed? {
+            self.notice(NoticeSeverity::Notice, format!("relation \"{}\" does not exist, skipping", name.name));
+        }
+        Ok(Output::Command(CommandComplete::new("ALTER TABLE")))
+    }
+
     pub(super) fn relation_name(&self, reference: &TableReference) -> Result<RelationName> {
         if let Some(catalog) = reference.catalog()
             && catalog != self.engine.database()

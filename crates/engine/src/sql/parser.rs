@@ -400,7 +400,10 @@ impl DialectParser<'_> {
             )));
         }
         if self.parser.parse_keyword(Keyword::COLUMN) || !self.parser.peek_keyword(Keyword::TO) {
-            return Err(Error::unsupported(format!("{statement} … RENAME COLUMN is not supported")));
+            return Err(Error::unsupported(format!(
+                "{statement} … RENAME COLUMN is not supported: a view's columns are named by its query (CREATE OR \
+                 REPLACE it with an alias)"
+            )));
         }
         self.parser.expect_keyword(Keyword::TO)?;
         let new_name = self.parser.parse_identifier()?;
@@ -1172,8 +1175,17 @@ fn call(function: &ast::Function) -> Result<Statement> {
     Ok(Statement::Call { procedure, table: table_reference(&name)? })
 }
 
-/// `ALTER TABLE … ADD COLUMN …` and `ALTER TABLE … RENAME TO …`; any other alteration is refused.
+/// `ALTER TABLE … ADD COLUMN …`, `ALTER TABLE … RENAME TO …` and `ALTER
+/// TABLE … RENAME COLUMN … TO …`; any other alteration is refused.
 fn alter_table(alter: &ast::AlterTable) -> Result<Statement> {
+    if let [ast::AlterTableOperation::RenameColumn { old_column_name, new_column_name }] = alter.operations.as_slice() {
+        return Ok(Statement::RenameColumn {
+            table: table_reference(&alter.name)?,
+            column: ident_value(old_column_name),
+            new_name: ident_value(new_column_name),
+            if_exists: alter.if_exists,
+        });
+    }
     if let [ast::AlterTableOperation::RenameTable { table_name }] = alter.operations.as_slice() {
         let (ast::RenameTableNameKind::To(new_name) | ast::RenameTableNameKind::As(new_name)) = table_name;
         let [new_name] = new_name.0.as_slice() else {

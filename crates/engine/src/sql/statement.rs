@@ -86,6 +86,17 @@ pub enum Statement {
         /// `IF EXISTS`.
         if_exists: bool,
     },
+    /// `ALTER TABLE [IF EXISTS] name RENAME [COLUMN] column TO new_column`.
+    RenameColumn {
+        /// The table.
+        table: TableReference,
+        /// The column's name.
+        column: String,
+        /// Its new name.
+        new_name: String,
+        /// `IF EXISTS`.
+        if_exists: bool,
+    },
     /// `SET [LOCAL] name = value`, `SET TIME ZONE …`, `SET NAMES …`.
     Set {
         /// The parameter, as written.
@@ -344,6 +355,9 @@ impl std::fmt::Display for Statement {
                     Some(RelationKind::MaterializedView) => "MATERIALIZED VIEW",
                 };
                 write!(f, "ALTER {kind} {name} RENAME TO {new_name}")
+            }
+            Statement::RenameColumn { table, column, new_name, .. } => {
+                write!(f, "ALTER TABLE {table} RENAME COLUMN {column} TO {new_name}")
             }
             Statement::Set { name, value, .. } => write!(f, "SET {name} = {value}"),
             Statement::Reset(name) => write!(f, "RESET {}", name.as_deref().unwrap_or("ALL")),
