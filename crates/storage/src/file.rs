@@ -744,6 +744,30 @@ fn selection(rows: &[usize]) -> RowSelection {
     RowSelection::from(selectors)
 }
 
+/// `ALTER TABLE … RENAME COLUMN from TO to`, made by definition `version`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ColumnRename {
+    pub version: u64,
+    pub from: String,
+    pub to: String,
+}
+
+/// The schema metadata key under which a data file schema carries the
+/// table's renames (JSON), so a reader can find old files' columns.
+pub(crate) const RENAMES_KEY: &str = "streamhouse.renames";
+
+/// The name column `name` of the current definition has in a file written
+/// with definition `file_version`, given the table's `renames`.
+pub(crate) fn name_in_file<'a>(renames: &'a [ColumnRename], file_version: u64, name: &'a str) -> &'a str {
+    let mut name = name;
+    for rename in renames.iter().rev().filter(|r| r.version > file_version) {
+        if rename.to == name {
+            name = rename.from.as_str();
+        }
+    }
+    name
+}
+
 /// Where each column of `target` is in a file of schema `file` written with
 /// definition `file_version` (by name, the name the column had then), or
 /// `None` when they are the same columns.
@@ -753,11 +777,11 @@ fn column_mapping(
     target: &SchemaRef,
     file_version: u64,
 ) -> Result<Option<Arc<Vec<Option<usize>>>>> {
-    let renames: Vec<crate::schema::ColumnRename> = match target.metadata().get(crate::schema::RENAMES_KEY) {
+    let renames: Vec<ColumnRename> = match target.metadata().get(RENAMES_KEY) {
         Some(json) => serde_json::from_str(json).map_err(|e| Error::corrupt(location, format!("renames: {e}")))?,
         None => vec![],
     };
-    let name = |t: &str| crate::schema::name_in_file(&renames, file_version, t).to_string();
+    let name = |t: &str| name_in_file(&renames, file_version, t).to_string();
     // The same names (not only after renames): batches decoded as they are
     // carry the file's names.
     let same = file.fields().len() == target.fields().len()

@@ -83,8 +83,9 @@ mod merge;
 
 pub use consumer::Consumer;
 pub use error::{Error, Result};
+pub use file::ColumnRename;
 pub use options::{AggregateFunction, TableOptions, Watermark};
 pub use scan::{ScanPlan, ScanRequest};
-pub use schema::{ColumnRename, MergeEngine, RowKind, TableSchema, ValueKind};
+pub use schema::{MergeEngine, RowKind, TableSchema, ValueKind};
 pub use snapshot::{CommitKind, FileMeta, Manifest, Snapshot};
 pub use table::{ChangelogBatch, SnapshotHold, Table, Transaction};

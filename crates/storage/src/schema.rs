@@ -8,6 +8,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::file::{ColumnRename, RENAMES_KEY};
 pub use crate::options::MergeEngine;
 use crate::options::{AggregateFunction, TableOptions};
 
@@ -82,30 +83,6 @@ pub struct TableSchema {
     /// Column renames, oldest first: files written before a rename's
     /// version hold the column under its old name.
     pub renames: Vec<ColumnRename>,
-}
-
-/// `ALTER TABLE … RENAME COLUMN from TO to`, made by definition `version`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ColumnRename {
-    pub version: u64,
-    pub from: String,
-    pub to: String,
-}
-
-/// The schema metadata key under which a data file schema carries the
-/// table's renames (JSON), so a reader can find old files' columns.
-pub(crate) const RENAMES_KEY: &str = "streamhouse.renames";
-
-/// The name column `name` of the current definition has in a file written
-/// with definition `file_version`, given the table's `renames`.
-pub(crate) fn name_in_file<'a>(renames: &'a [ColumnRename], file_version: u64, name: &'a str) -> &'a str {
-    let mut name = name;
-    for rename in renames.iter().rev().filter(|r| r.version > file_version) {
-        if rename.to == name {
-            name = rename.from.as_str();
-        }
-    }
-    name
 }
 
 #[derive(Serialize, Deserialize)]

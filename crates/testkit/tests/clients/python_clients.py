@@ -115,6 +115,16 @@ with flight_sql.connect(f"grpc://127.0.0.1:{flight_port}") as conn:
         cur.execute("DELETE FROM py_kinds WHERE id = ?", parameters=(2,))
         cur.execute("SELECT count(*) FROM py_kinds")
         assert cur.fetchone()[0] == 1
+        # SUBSCRIBE streams the table's rows, then each change as it commits.
+        sub = conn.cursor()
+        sub.execute("SUBSCRIBE TO py_kinds")
+        changes = sub.fetch_record_batch()
+        first = changes.read_next_batch().to_pylist()
+        assert [(r["id"], r["v"], r["_kind"]) for r in first] == [(1, "uno", "+I")], first
+        cur.execute("INSERT INTO py_kinds VALUES ($1, $2)", parameters=(5, "five"))
+        change = changes.read_next_batch().to_pylist()
+        assert [(r["id"], r["v"], r["_kind"]) for r in change] == [(5, "five", "+I")], change
+        sub.close()
         cur.execute("DROP VIEW py_kinds_view")
         cur.execute("DROP TABLE py_kinds")
         try:
