@@ -225,18 +225,30 @@ fn scalar_function_in_from(factor: &ast::TableFactor) -> Option<ast::TableFactor
             list.args = args.args.clone();
         }
     }
-    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
-    let mut statements =
-        datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, "SELECT NULL AS _column").ok()?;
-    let Some(ast::Statement::Query(mut query)) = statements.pop() else { return None };
+    let mut query = template("SELECT NULL AS _column")?;
     let SetExpr::Select(select) = query.body.as_mut() else { return None };
     select.projection = vec![SelectItem::ExprWithAlias { expr: value, alias: column }];
-    Some(ast::TableFactor::Derived {
+    Some(derived(query, table))
+}
+
+/// The query of a constant SQL template, whose pieces a rewrite replaces.
+fn template(sql: &str) -> Option<Box<Query>> {
+    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+    let mut statements = datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, sql).ok()?;
+    match statements.pop() {
+        Some(ast::Statement::Query(query)) => Some(query),
+        _ => None,
+    }
+}
+
+/// `(query) AS name`.
+fn derived(query: Box<Query>, name: Ident) -> ast::TableFactor {
+    ast::TableFactor::Derived {
         lateral: false,
         subquery: query,
-        alias: Some(ast::TableAlias { explicit: true, name: table, columns: vec![], at: None }),
+        alias: Some(ast::TableAlias { explicit: true, name, columns: vec![], at: None }),
         sample: None,
-    })
+    }
 }
 
 /// `unnest` in FROM over a column of the relation before it, which
@@ -329,10 +341,7 @@ fn over_relation(relation: &ast::TableFactor, array: Expr, column: Ident) -> Opt
         ast::TableFactor::Table { name, alias: None, args: None, .. } => name.0.last()?.as_ident()?.clone(),
         _ => return None,
     };
-    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
-    let template = "SELECT _lateral.*, unnest(NULL) AS _column FROM _relation";
-    let mut statements = datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, template).ok()?;
-    let Some(ast::Statement::Query(mut query)) = statements.pop() else { return None };
+    let mut query = template("SELECT _lateral.*, unnest(NULL) AS _column FROM _relation")?;
     let SetExpr::Select(select) = query.body.as_mut() else { return None };
     if let SelectItem::QualifiedWildcard(ast::SelectItemQualifiedWildcardKind::ObjectName(object), _) =
         &mut select.projection[0]
@@ -346,12 +355,7 @@ fn over_relation(relation: &ast::TableFactor, array: Expr, column: Ident) -> Opt
         }
     }
     select.from[0].relation = relation.clone();
-    Some(ast::TableFactor::Derived {
-        lateral: false,
-        subquery: query,
-        alias: Some(ast::TableAlias { explicit: true, name, columns: vec![], at: None }),
-        sample: None,
-    })
+    Some(derived(query, name))
 }
 
 /// Array literals in text form cast to an array type (see the module
@@ -646,12 +650,7 @@ fn contains_aggregate(expr: &Expr) -> bool {
 
 /// `SELECT array_agg(_array._e) FROM (query) AS _array(_e)`.
 fn over_derived(query: Query) -> Option<Query> {
-    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
-    let template = "SELECT array_agg(_array._e) FROM (SELECT 1) AS _array(_e)";
-    let Ok(mut statements) = datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, template) else {
-        return None;
-    };
-    let Some(ast::Statement::Query(mut outer)) = statements.pop() else { return None };
+    let mut outer = template("SELECT array_agg(_array._e) FROM (SELECT 1) AS _array(_e)")?;
     let SetExpr::Select(select) = outer.body.as_mut() else { return None };
     let ast::TableFactor::Derived { subquery, .. } = &mut select.from.first_mut()?.relation else { return None };
     **subquery = query;
