@@ -35,6 +35,12 @@ pub struct EngineConfig {
     /// many milliseconds in MPP is re-run in BSP; 0 disables the switch on time
     /// (running out of memory always switches).
     pub bsp_after_ms: u64,
+    /// The longest statement text a session takes, in bytes (longer is 54000).
+    pub max_statement_bytes: usize,
+    /// Cursors one session may hold open at once (more is 53400).
+    pub max_cursors: usize,
+    /// Statements one session may hold prepared with SQL `PREPARE` at once (more is 53400).
+    pub max_prepared_statements: usize,
 }
 
 /// How a query runs.
@@ -85,6 +91,9 @@ impl Default for EngineConfig {
             task_retries: 3,
             stage_concurrency: 0,
             bsp_after_ms: 0,
+            max_statement_bytes: 16 << 20,
+            max_cursors: 256,
+            max_prepared_statements: 1024,
         }
     }
 }

@@ -84,6 +84,11 @@ pub enum StatusCode {
     ResourcesExhausted,
     /// The statement's expressions nest deeper than the server allows.
     StatementTooComplex,
+    /// A per-session limit of the configuration (open cursors, prepared
+    /// statements) is reached.
+    ConfigurationLimitExceeded,
+    /// The statement is longer than the server takes.
+    ProgramLimitExceeded,
     /// A scalar subquery returned more than one row.
     CardinalityViolation,
     /// Text that is not valid in the encoding (invalid UTF-8).

@@ -478,7 +478,20 @@ impl Session {
     /// # Errors
     /// [`StatusCode::InvalidSyntax`] with the position; see [`crate::sql::parse`].
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
+        self.check_statement_length(sql)?;
         sql::parse(sql)
+    }
+
+    /// 54000 for statement text longer than `execution.max_statement_bytes`.
+    fn check_statement_length(&self, sql: &str) -> Result<()> {
+        let max = self.engine.config().max_statement_bytes;
+        if sql.len() > max {
+            return Err(Error::new(
+                StatusCode::ProgramLimitExceeded,
+                format!("statement is too long: {} bytes, and execution.max_statement_bytes is {max}", sql.len()),
+            ));
+        }
+        Ok(())
     }
 
     /// Splits SQL text in which `?` marks parameters (Flight SQL's and
@@ -487,6 +500,7 @@ impl Session {
     /// # Errors
     /// As [`Session::parse`].
     pub fn parse_question_mark_parameters(&self, sql: &str) -> Result<Vec<Statement>> {
+        self.check_statement_length(sql)?;
         sql::parse_question_mark_parameters(sql)
     }
 
@@ -847,6 +861,15 @@ impl Session {
                         return Err(Error::new(
                             StatusCode::DuplicatePreparedStatement,
                             format!("prepared statement \"{}\" already exists", prepare.name),
+                        ));
+                    }
+                    S::Prepare(_) if self.sql_prepared.len() >= self.engine.config().max_prepared_statements => {
+                        return Err(Error::new(
+                            StatusCode::ConfigurationLimitExceeded,
+                            format!(
+                                "too many prepared statements: execution.max_prepared_statements is {} (DEALLOCATE some)",
+                                self.engine.config().max_prepared_statements
+                            ),
                         ));
                     }
                     S::Execute(datafusion::logical_expr::Execute { name, .. })

@@ -151,3 +151,44 @@ async fn views_and_renames_survive_a_restart() {
     }
     assert_eq!(lines(&sql(&e, "SELECT id FROM u").await.unwrap()), ["| 8 |"]);
 }
+
+/// Per-session limits: statement length (54000), open cursors and SQL
+/// prepared statements (53400); the session stays usable after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_limits_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap().with_automatic_cleanup(true));
+    let catalog = DynamicCatalog::open(store).await.unwrap();
+    let config = EngineConfig {
+        target_partitions: 2,
+        max_statement_bytes: 200,
+        max_cursors: 2,
+        max_prepared_statements: 2,
+        ..EngineConfig::default()
+    };
+    let e = Engine::with_catalog(config, Arc::new(catalog)).unwrap();
+    let mut s = e.new_session(SessionInfo { user: "t".into(), ..Default::default() });
+    let long = format!("SELECT '{}'", "x".repeat(300));
+    let err = support::run(&mut s, &long).await.unwrap_err();
+    assert_eq!(err.0, StatusCode::ProgramLimitExceeded, "{err:?}");
+    assert!(err.1.contains("execution.max_statement_bytes"), "{}", err.1);
+
+    support::run(&mut s, "BEGIN").await.unwrap();
+    support::run(&mut s, "DECLARE a CURSOR FOR SELECT 1").await.unwrap();
+    support::run(&mut s, "DECLARE b CURSOR FOR SELECT 2").await.unwrap();
+    let err = support::run(&mut s, "DECLARE c CURSOR FOR SELECT 3").await.unwrap_err();
+    assert_eq!(err.0, StatusCode::ConfigurationLimitExceeded, "{err:?}");
+    support::run(&mut s, "ROLLBACK").await.unwrap();
+    support::run(&mut s, "BEGIN").await.unwrap();
+    support::run(&mut s, "DECLARE c CURSOR FOR SELECT 3").await.unwrap();
+    support::run(&mut s, "COMMIT").await.unwrap();
+
+    support::run(&mut s, "PREPARE p1 AS SELECT $1::int").await.unwrap();
+    support::run(&mut s, "PREPARE p2 AS SELECT $1::int").await.unwrap();
+    let err = support::run(&mut s, "PREPARE p3 AS SELECT $1::int").await.unwrap_err();
+    assert_eq!(err.0, StatusCode::ConfigurationLimitExceeded, "{err:?}");
+    support::run(&mut s, "DEALLOCATE p1").await.unwrap();
+    support::run(&mut s, "PREPARE p3 AS SELECT $1::int").await.unwrap();
+    assert_eq!(lines(&support::run(&mut s, "EXECUTE p3(7)").await.unwrap()), ["| 7 |"]);
+}

@@ -45,6 +45,8 @@ pub fn codes(status: StatusCode) -> (&'static str, tonic::Code) {
         S::ConstraintViolation => ("23502", G::InvalidArgument),
         S::ResourcesExhausted => ("53200", G::ResourceExhausted),
         S::StatementTooComplex => ("54001", G::InvalidArgument),
+        S::ConfigurationLimitExceeded => ("53400", G::ResourceExhausted),
+        S::ProgramLimitExceeded => ("54000", G::InvalidArgument),
         S::CardinalityViolation => ("21000", G::InvalidArgument),
         S::CharacterNotInRepertoire => ("22021", G::InvalidArgument),
         S::GroupingError => ("42803", G::InvalidArgument),

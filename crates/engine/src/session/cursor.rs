@@ -47,6 +47,13 @@ impl Session {
         if self.open_cursors()?.contains_key(name) {
             return Err(Error::new(StatusCode::DuplicateCursor, format!("cursor \"{name}\" already exists")));
         }
+        let max = self.engine.config().max_cursors;
+        if self.open_cursors()?.len() >= max {
+            return Err(Error::new(
+                StatusCode::ConfigurationLimitExceeded,
+                format!("too many open cursors: execution.max_cursors is {max} (CLOSE some)"),
+            ));
+        }
         let prepared = Box::pin(self.prepare(query.clone())).await?;
         let (stream, live) = match Box::pin(self.execute(&prepared, None)).await? {
             Output::Rows(stream) => (stream, false),
