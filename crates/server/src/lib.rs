@@ -43,6 +43,9 @@ pub struct ServerConfig {
     /// How long shutdown waits for connections to close after cancelling
     /// their statements, in milliseconds.
     pub shutdown_timeout_ms: u64,
+    /// How long a Postgres client has to complete its startup (and, later,
+    /// authentication) before the connection is closed, in milliseconds.
+    pub startup_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +57,7 @@ impl Default for ServerConfig {
             max_connections: 256,
             flight_max_message_bytes: 64 << 20,
             shutdown_timeout_ms: 10_000,
+            startup_timeout_ms: 60_000,
         }
     }
 }
@@ -128,7 +132,11 @@ pub async fn start(engine: Engine, config: &ServerConfig) -> Result<RunningServe
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    tracker.spawn(pg::serve(pg_listener, engine.clone(), config.max_connections, shutdown.clone(), tracker.clone()));
+    let limits = pg::Limits {
+        max_connections: config.max_connections,
+        startup_timeout: std::time::Duration::from_millis(config.startup_timeout_ms),
+    };
+    tracker.spawn(pg::serve(pg_listener, engine.clone(), limits, shutdown.clone(), tracker.clone()));
 
     let service = FlightServiceServer::new(flight::FlightSqlServer::new(engine.clone()))
         .max_decoding_message_size(config.flight_max_message_bytes)

@@ -142,12 +142,21 @@ impl CancelHandler for Canceller {
     }
 }
 
+/// Limits of the Postgres front end (`server.*` in the configuration).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Connections served at once; more are refused with 53300.
+    pub(crate) max_connections: usize,
+    /// Time a client has to complete its startup.
+    pub(crate) startup_timeout: std::time::Duration,
+}
+
 /// Accepts Postgres connections until `shutdown` fires; each connection runs
 /// on `tracker` and is dropped (its statement cancelled) at shutdown.
 pub(crate) async fn serve(
     listener: TcpListener,
     engine: Engine,
-    max_connections: usize,
+    limits: Limits,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -155,7 +164,7 @@ pub(crate) async fn serve(
         engine,
         cancels: CancelRegistry::default(),
         connections: AtomicUsize::new(0),
-        max_connections,
+        max_connections: limits.max_connections,
     });
     loop {
         let accepted = tokio::select! {
@@ -192,7 +201,13 @@ pub(crate) async fn serve(
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             // A panic ends this connection only (the release profile unwinds); it is logged as the bug it is.
-            let serve = std::panic::AssertUnwindSafe(wire::serve_connection(socket, peer, undecodable, handlers));
+            let serve = std::panic::AssertUnwindSafe(wire::serve_connection(
+                socket,
+                peer,
+                undecodable,
+                handlers,
+                limits.startup_timeout,
+            ));
             let serve = futures::FutureExt::catch_unwind(serve);
             let serve = futures::FutureExt::map(serve, move |result| {
                 result.unwrap_or_else(|panic| {

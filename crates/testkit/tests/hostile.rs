@@ -123,3 +123,23 @@ async fn deep_inputs_through_views_and_catalog_queries() -> anyhow::Result<()> {
     alive(&pg).await?;
     Ok(())
 }
+
+/// A client that connects and never sends its startup is disconnected after
+/// `server.startup_timeout_ms`; the server keeps serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_disconnected_at_the_startup_timeout() -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut config = streamhouse::config::Config::default();
+    config.server.startup_timeout_ms = 300;
+    let server = TestServer::start_with(config).await?;
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(server.pg_addr()).await?;
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await?;
+    assert!(matches!(read, Ok(0) | Err(_)), "the server closes the connection: {read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250), "not before the timeout: {:?}", started.elapsed());
+    let pg = server.pg().await?;
+    alive(&pg).await?;
+    server.stop().await;
+    Ok(())
+}

@@ -37,8 +37,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-/// Startup must finish within this long (pgwire's value).
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// PostgreSQL's limits: a startup packet, a message that carries data
 /// (query text, parameters, COPY data), and any other message.
 const MAX_STARTUP: usize = 10_000;
@@ -381,8 +379,9 @@ pub(crate) async fn serve_connection<H: PgWireServerHandlers>(
     peer: SocketAddr,
     undecodable: Undecodable,
     handlers: H,
+    startup_timeout: Duration,
 ) -> io::Result<()> {
-    let startup_deadline = tokio::time::sleep(STARTUP_TIMEOUT);
+    let startup_deadline = tokio::time::sleep(startup_timeout);
     tokio::pin!(startup_deadline);
     let first = tokio::select! {
         _ = &mut startup_deadline => return Ok(()),
