@@ -7,8 +7,9 @@
 //! scalar subquery (`SELECT array_agg(v) FROM (subquery)`), and
 //! `pg_in_set(x, values)` answers with SQL's three-valued IN: true when
 //! some value equals `x`; NULL when none does and `x` or some value is
-//! NULL; false otherwise, and false for no values at all. WHERE conjuncts
-//! are left to DataFusion, which turns them into semi and anti joins.
+//! NULL; false otherwise, and false for no values at all. The values are
+//! hashed once per batch, so a row costs one lookup. WHERE conjuncts are
+//! left to DataFusion, which turns them into semi and anti joins.
 
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use datafusion::arrow::compute::kernels::cmp;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Result as DfResult, Spans};
+use datafusion::common::{Result as DfResult, ScalarValue, Spans};
 use datafusion::logical_expr::expr::InSubquery;
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
@@ -122,6 +123,35 @@ impl ScalarUDFImpl for InSet {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let rows = args.number_rows;
         let values = args.args[0].to_array(rows)?;
+        // The usual case: one set for every row (the subquery ran once).
+        // Hashed once, so a row costs a lookup, not a pass over the set.
+        if let ColumnarValue::Scalar(ScalarValue::List(set)) = &args.args[1] {
+            if set.is_null(0) || set.value(0).is_empty() {
+                return Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(vec![false; rows]))));
+            }
+            let mut elements = set.value(0);
+            if elements.data_type() != values.data_type() {
+                elements = datafusion::arrow::compute::cast(&elements, values.data_type())?;
+            }
+            let has_null = elements.null_count() > 0;
+            let mut hashed = std::collections::HashSet::with_capacity(elements.len());
+            for i in (0..elements.len()).filter(|&i| elements.is_valid(i)) {
+                hashed.insert(ScalarValue::try_from_array(&elements, i)?);
+            }
+            let mut out = Vec::with_capacity(rows);
+            for row in 0..rows {
+                out.push(if values.is_null(row) {
+                    None
+                } else if hashed.contains(&ScalarValue::try_from_array(&values, row)?) {
+                    Some(true)
+                } else if has_null {
+                    None
+                } else {
+                    Some(false)
+                });
+            }
+            return Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(out))));
+        }
         let sets = args.args[1].to_array(rows)?;
         let sets = match sets.data_type() {
             DataType::List(_) => sets,
