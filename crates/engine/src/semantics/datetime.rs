@@ -171,19 +171,19 @@ fn compile(template: &str) -> Result<Vec<Part>, Error> {
 /// The pattern at the start of `text` and its length.
 fn pattern(text: &str, fill_mode: bool) -> Option<(Part, usize)> {
     // Numbers: case-insensitive, as in Postgres.
-    let numeric: &[(&str, &str, usize)] = &[
-        ("HH24", "H", 2),
-        ("HH12", "I", 2),
-        ("HH", "I", 2),
-        ("MI", "M", 2),
-        ("SS", "S", 2),
-        ("YYYY", "Y", 4),
-        ("YY", "y", 2),
-        ("MM", "m", 2),
-        ("DDD", "j", 3),
-        ("DD", "d", 2),
-        ("IW", "V", 2),
-        ("ID", "u", 1),
+    let numeric: &[(&str, &str)] = &[
+        ("HH24", "H"),
+        ("HH12", "I"),
+        ("HH", "I"),
+        ("MI", "M"),
+        ("SS", "S"),
+        ("YYYY", "Y"),
+        ("YY", "y"),
+        ("MM", "m"),
+        ("DDD", "j"),
+        ("DD", "d"),
+        ("IW", "V"),
+        ("ID", "u"),
     ];
     let upper: String = text.chars().take(5).collect::<String>().to_ascii_uppercase();
     let chrono = |spec: &str, case: Case, pad: Option<usize>| Part::Chrono { spec: spec.to_string(), case, pad };
@@ -226,7 +226,7 @@ fn pattern(text: &str, fill_mode: bool) -> Option<(Part, usize)> {
         let pad = if fill_mode { None } else { *pad };
         return Some((chrono(spec, *case, pad), p.len()));
     }
-    if let Some((p, spec, _)) = numeric.iter().find(|(p, ..)| upper.starts_with(p)) {
+    if let Some((p, spec)) = numeric.iter().find(|(p, _)| upper.starts_with(p)) {
         let flag = if fill_mode { "-" } else { "" };
         return Some((chrono(&format!("%{flag}{spec}"), Case::AsIs, None), p.len()));
     }
