@@ -212,6 +212,12 @@ pub trait Catalog: Debug + Send + Sync + 'static {
         vec![]
     }
 
+    /// The roles and grants stored with this catalog; `None` (the default)
+    /// for a catalog that stores none, whose engine keeps them in memory.
+    fn access(&self) -> Option<Arc<crate::access::Access>> {
+        None
+    }
+
     /// Stops background work (view maintenance) and waits for it: nothing
     /// is committed after this returns. The default has none.
     async fn close(&self) {}

@@ -45,6 +45,8 @@ pub(crate) struct EngineInner {
     pub(crate) catalog_version: AtomicU64,
     /// The oids `pg_class` gives relations.
     pub(crate) relation_oids: crate::catalog::pg::RelationOids,
+    /// Roles, ownership and grants.
+    pub(crate) access: Arc<crate::access::Access>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -145,7 +147,9 @@ impl Engine {
             database.register_schema("sys", Arc::new(sys))?;
         }
         // Our relations in pg_catalog and information_schema, after `sys` exists.
-        let relation_oids = crate::catalog::pg::install(&base, Arc::clone(&catalog), &config.database)?;
+        let access = catalog.access().unwrap_or_else(|| Arc::new(crate::access::Access::in_memory()));
+        let relation_oids =
+            crate::catalog::pg::install(&base, Arc::clone(&catalog), Arc::clone(&access), &config.database)?;
         catalog.bind(&base)?;
         base.register_udtf("table_as_of", Arc::new(crate::time_travel::TableAsOf::new(Arc::clone(&catalog))));
         Ok(Self {
@@ -161,6 +165,7 @@ impl Engine {
                 next_session_id: AtomicU64::new(1),
                 catalog_version: AtomicU64::new(0),
                 relation_oids,
+                access,
             }),
         })
     }
@@ -168,6 +173,11 @@ impl Engine {
     /// A new session id, unique within the server's lifetime.
     pub(crate) fn next_session_id(&self) -> u64 {
         self.inner.next_session_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Roles, ownership and grants (what the front ends authenticate against).
+    pub fn access(&self) -> &Arc<crate::access::Access> {
+        &self.inner.access
     }
 
     /// The engine's configuration.

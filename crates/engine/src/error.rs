@@ -35,6 +35,8 @@ pub enum StatusCode {
     ObjectNotFound,
     /// A table, view or schema of that name exists already.
     AlreadyExists,
+    /// A role (or other non-relation object) of that name exists already.
+    DuplicateObject,
     /// The statement names an object of another kind (DROP TABLE on a view).
     WrongObjectType,
     /// Other objects depend on the one being dropped.

@@ -12,6 +12,7 @@
 //! ```
 //!
 //! - [`engine`]: the [`Engine`], shared by all sessions.
+//! - [`access`]: roles, SCRAM verifiers, ownership and grants, and the checks sessions make.
 //! - [`session`]: a [`Session`], its variables (`SET`/`SHOW`) and transaction status.
 //! - [`catalog`]: the [`Catalog`] trait, names, and its DataFusion adapter.
 //! - [`cancel`]: cancellation and statement timeouts.
@@ -19,6 +20,7 @@
 //! - [`error`]: [`Error`] and its [`StatusCode`] classification.
 //! - [`exec`]: execution modes: MPP, staged BSP, and the automatic switch.
 
+pub mod access;
 pub mod cancel;
 pub mod catalog;
 pub mod config;

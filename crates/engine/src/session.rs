@@ -44,6 +44,8 @@ mod insert;
 mod naming;
 mod origins;
 mod point;
+mod privileges;
+mod roles;
 pub mod variables;
 
 pub use copy::CopyIn;
@@ -74,8 +76,14 @@ use variables::Variables;
 /// Who opened a session.
 #[derive(Debug, Clone, Default)]
 pub struct SessionInfo {
-    /// The user name the client sent (not authenticated yet).
+    /// The user name (`current_user`), as the front end authenticated it.
     pub user: String,
+    /// The role whose privileges every statement is checked against.
+    /// `None`: the session has every right — an embedded engine, or a
+    /// login the front end trusts under a name that is not a role (see the
+    /// README's authentication section). Front ends set it for every login
+    /// that names a role.
+    pub role: Option<String>,
     /// The database the client asked for; streamhouse serves one database
     /// and accepts any name for it.
     pub database: Option<String>,
@@ -365,6 +373,8 @@ pub struct Session {
     txn: Arc<AtomicU8>,
     /// Statements that changed something since BEGIN (for the ROLLBACK warning).
     writes_in_block: u64,
+    /// The login: the user and role the session started as (`RESET ROLE` returns to them).
+    login: (String, Option<String>),
     /// `SET LOCAL` values to restore when the block ends.
     local_restore: Vec<(String, Option<String>)>,
     /// Savepoints of the open block, oldest first.
@@ -402,9 +412,7 @@ impl Session {
                 )))
             })
         }));
-        let user = info.user.clone();
-        ctx.register_udf(crate::engine::constant_text_udf("session_user", user.clone()));
-        ctx.register_udf(crate::engine::constant_text_udf("current_user", user));
+        ctx.register_udf(crate::engine::constant_text_udf("session_user", info.user.clone()));
         let pid = info.pid.unwrap_or_else(|| i32::try_from(id).unwrap_or(i32::MAX));
         ctx.register_udf(datafusion::logical_expr::create_udf(
             "pg_backend_pid",
@@ -415,9 +423,10 @@ impl Session {
                 Ok(datafusion::logical_expr::ColumnarValue::Scalar(datafusion::common::ScalarValue::Int32(Some(pid))))
             }),
         ));
-        Self {
+        let session = Self {
             engine,
             id,
+            login: (info.user.clone(), info.role.clone()),
             info,
             ctx,
             vars,
@@ -429,7 +438,9 @@ impl Session {
             cancel: CancelHandle::default(),
             cursors: std::sync::Mutex::new(std::collections::HashMap::new()),
             sql_prepared: std::collections::HashMap::new(),
-        }
+        };
+        session.install_identity();
+        session
     }
 
     /// This session's id, unique within the server's lifetime.
@@ -569,23 +580,26 @@ impl Session {
             sql::windows::rewrite(&mut statement)?;
             Ok(DFStatement::Statement(Box::new(statement)))
         };
-        match statement {
-            Statement::Plan(statement) => Ok(state.statement_to_plan(standard(statement)?).await?),
-            Statement::CreateTable(create) => Ok(state.statement_to_plan(standard(&create.statement)?).await?),
+        let plan = match statement {
+            Statement::Plan(statement) => state.statement_to_plan(standard(statement)?).await?,
+            Statement::CreateTable(create) => state.statement_to_plan(standard(&create.statement)?).await?,
             Statement::InsertIgnoringConflicts(insert) => {
                 let plan = state.statement_to_plan(standard(&insert.insert)?).await?;
-                crate::dynamic::ignore_conflicts(plan, insert.target.as_deref())
+                crate::dynamic::ignore_conflicts(plan, insert.target.as_deref())?
             }
             Statement::Subscribe(subscribe) => {
                 let name = self.relation_name(&subscribe.relation)?;
                 let (table, columns) = self.engine.catalog().subscribe_to(&name)?;
                 let source =
                     crate::dynamic::subscribe::SubscriptionTable::new(table, columns, subscribe.options.clone());
-                Ok(LogicalPlanBuilder::scan(subscribe.relation.clone(), provider_as_source(Arc::new(source)), None)?
-                    .build()?)
+                self.require(&name, crate::access::Privilege::Select)?;
+                LogicalPlanBuilder::scan(subscribe.relation.clone(), provider_as_source(Arc::new(source)), None)?
+                    .build()?
             }
-            _ => Err(Error::internal("statement is not planned by DataFusion")),
-        }
+            _ => return Err(Error::internal("statement is not planned by DataFusion")),
+        };
+        self.check_plan(&plan, statement)?;
+        Ok(plan)
     }
 
     /// The rows `prepared` returns if executed now, for a protocol's
@@ -725,6 +739,13 @@ impl Session {
                 self.rename_column(table, column, new_name, *if_exists).await
             }
             Statement::Call { procedure, table } => self.call(*procedure, table).await,
+            Statement::CreateRole { name, if_not_exists, options } => {
+                self.create_role(name, *if_not_exists, options).await
+            }
+            Statement::AlterRole { name, options } => self.alter_role(name, options).await,
+            Statement::DropRole { names, if_exists } => self.drop_roles(names, *if_exists).await,
+            Statement::Grant(grant) => self.grant(grant).await,
+            Statement::SetRole(role) => self.set_role(role.as_deref()),
             Statement::Copy(copy) => self.copy(copy).await,
             Statement::Declare { name, query, hold } => self.declare_cursor(name, query, *hold).await,
             Statement::Fetch { name, count, timeout } => self.fetch_cursor(name, *count, *timeout).await,

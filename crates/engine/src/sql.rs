@@ -31,8 +31,8 @@ use datafusion::sql::sqlparser::ast;
 
 pub use parser::{parse, parse_question_mark_parameters};
 pub use statement::{
-    AddColumn, Copy, CreateMaterializedView, CreateTable, Cutoff, InsertIgnoringConflicts, Procedure, RelationKind,
-    Start, Statement, Subscribe, SubscribeOptions,
+    AddColumn, Copy, CreateMaterializedView, CreateTable, Cutoff, Grant, Granted, InsertIgnoringConflicts, Procedure,
+    RelationKind, Start, Statement, Subscribe, SubscribeOptions,
 };
 
 use crate::error::{Error, Result};

@@ -19,15 +19,31 @@ use crate::catalog::{AsOf, CatalogRef, DEFAULT_SCHEMA, RelationName};
 use crate::error::Error;
 
 /// The `table_as_of` table function.
-#[derive(Debug)]
 pub struct TableAsOf {
     catalog: CatalogRef,
+    /// The session's privilege check (SELECT on the table), if it has one.
+    check: Option<Check>,
+}
+
+/// A check made on the relation before it is read.
+pub type Check = Arc<dyn Fn(&RelationName) -> crate::error::Result<()> + Send + Sync>;
+
+impl std::fmt::Debug for TableAsOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableAsOf").field("checked", &self.check.is_some()).finish_non_exhaustive()
+    }
 }
 
 impl TableAsOf {
     /// Resolves names in `catalog`.
     pub fn new(catalog: CatalogRef) -> Self {
-        Self { catalog }
+        Self { catalog, check: None }
+    }
+
+    /// Runs `check` on every relation before reading it.
+    pub fn with_check(mut self, check: Check) -> Self {
+        self.check = Some(check);
+        self
     }
 }
 
@@ -63,6 +79,9 @@ impl TableFunctionImpl for TableAsOf {
             },
             _ => return Err(usage("the point must be a constant")),
         };
+        if let Some(check) = &self.check {
+            check(&name).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        }
         self.catalog.relation_as_of(&name, as_of).map_err(|e| DataFusionError::External(Box::new(e)))
     }
 }

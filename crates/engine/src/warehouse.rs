@@ -118,6 +118,8 @@ pub struct DynamicCatalog {
     ctx: std::sync::OnceLock<datafusion::prelude::SessionContext>,
     /// Plain views found on disk, until `bind` plans them.
     pending_views: std::sync::Mutex<Vec<PendingView>>,
+    /// Roles and grants, in the file `access` at the root.
+    access: Arc<crate::access::Access>,
 }
 
 impl DynamicCatalog {
@@ -603,8 +605,10 @@ impl DynamicCatalog {
                 }
             });
         }
+        let access = Arc::new(crate::access::Access::open(Arc::clone(&store)).await?);
         Ok(Self {
             store,
+            access,
             schemas: Arc::new(RwLock::new(schemas)),
             ctx: std::sync::OnceLock::new(),
             pending_views: std::sync::Mutex::new(pending),
@@ -725,6 +729,10 @@ async fn remove_dir(store: &Arc<dyn ObjectStore>, dir: &Path) -> Result<()> {
 
 #[async_trait]
 impl Catalog for DynamicCatalog {
+    fn access(&self) -> Option<Arc<crate::access::Access>> {
+        Some(Arc::clone(&self.access))
+    }
+
     fn schema_names(&self) -> Vec<String> {
         self.schemas.read().map(|s| s.keys().cloned().collect()).unwrap_or_default()
     }

@@ -24,7 +24,10 @@ use arrow_flight::sql::{
     CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, SqlSupportedTransaction,
     TicketStatementQuery,
 };
-use arrow_flight::{Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
+use arrow_flight::{
+    Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
+    SchemaAsIpc, Ticket,
+};
 use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
@@ -34,23 +37,36 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::scalar::ScalarValue;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
+use streamhouse_engine::access::Privilege;
 use streamhouse_engine::catalog::{RelationKind, RelationName, SYSTEM_SCHEMAS};
 use streamhouse_engine::{Engine, Error, Output, Prepared, Session, SessionInfo};
 use tonic::{Request, Response, Status};
 
 use crate::status::grpc_status;
 
+pub mod auth;
 mod ingest;
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 
-/// Most prepared statements kept at once; creating one more evicts the one
-/// used least recently, so clients that never close handles cannot make the
-/// server's memory grow without bound.
-const MAX_PREPARED: usize = 4096;
+/// How long an unredeemed statement ticket stays valid.
+const TICKET_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Unredeemed tickets one user may hold; the oldest is dropped beyond it.
+const MAX_TICKETS_PER_USER: usize = 1024;
+
+/// A statement ticket: a random handle standing for the statement, redeemable
+/// once by the user who asked for it.
+struct TicketEntry {
+    owner: String,
+    sql: String,
+    issued: std::time::Instant,
+}
 
 /// A prepared statement of a Flight SQL client.
 struct PreparedEntry {
+    /// The user who created it: nobody else may use or close it.
+    owner: String,
     prepared: Arc<Prepared>,
     /// Parameter batches bound by the last DoPut (one row per execution).
     params: Vec<RecordBatch>,
@@ -61,23 +77,67 @@ struct PreparedEntry {
 pub struct FlightSqlServer {
     engine: Engine,
     prepared: Mutex<HashMap<Bytes, PreparedEntry>>,
+    tickets: Mutex<HashMap<Bytes, TicketEntry>>,
+    tokens: Arc<crate::auth::Tokens>,
+    /// Prepared statements one user may hold open (more is 53400).
+    max_prepared_per_user: usize,
 }
 
 impl FlightSqlServer {
-    /// A service over `engine`.
-    pub fn new(engine: Engine) -> Self {
-        Self { engine, prepared: Mutex::new(HashMap::new()) }
+    /// A service over `engine`, handing out bearer tokens from `tokens`.
+    pub fn new(engine: Engine, tokens: Arc<crate::auth::Tokens>, max_prepared_per_user: usize) -> Self {
+        Self {
+            engine,
+            prepared: Mutex::new(HashMap::new()),
+            tickets: Mutex::new(HashMap::new()),
+            tokens,
+            max_prepared_per_user,
+        }
     }
 
-    fn session<T>(&self, request: &Request<T>) -> Session {
-        let user =
-            request.metadata().get("x-streamhouse-user").and_then(|v| v.to_str().ok()).unwrap_or("flight").to_string();
-        self.engine.new_session(SessionInfo {
-            user,
+    /// A session for the user the request authenticated as.
+    #[allow(clippy::result_large_err)]
+    fn session<T>(&self, request: &Request<T>) -> Result<Session, Status> {
+        let login = auth::login_of(request)?;
+        Ok(self.engine.new_session(SessionInfo {
+            user: login.user,
+            role: login.role,
             database: None,
             application_name: Some("flight-sql".into()),
             pid: None,
-        })
+        }))
+    }
+
+    /// A ticket for `sql`, redeemable once by `owner`.
+    #[allow(clippy::result_large_err)]
+    fn issue_ticket(&self, owner: &str, sql: String) -> Result<Bytes, Status> {
+        let mut tickets = self.tickets.lock().map_err(|_| Status::internal("ticket map poisoned"))?;
+        let now = std::time::Instant::now();
+        tickets.retain(|_, t| now.duration_since(t.issued) < TICKET_TTL);
+        let held: Vec<(Bytes, std::time::Instant)> =
+            tickets.iter().filter(|(_, t)| t.owner == owner).map(|(h, t)| (h.clone(), t.issued)).collect();
+        if held.len() >= MAX_TICKETS_PER_USER
+            && let Some((oldest, _)) = held.iter().min_by_key(|(_, issued)| *issued)
+        {
+            tickets.remove(oldest);
+        }
+        let handle = auth::random_handle();
+        tickets.insert(handle.clone(), TicketEntry { owner: owner.to_string(), sql, issued: now });
+        Ok(handle)
+    }
+
+    /// Redeems a ticket: its statement, if `user` asked for it.
+    #[allow(clippy::result_large_err)]
+    fn redeem_ticket(&self, handle: &Bytes, user: &str) -> Result<String, Status> {
+        let mut tickets = self.tickets.lock().map_err(|_| Status::internal("ticket map poisoned"))?;
+        let entry = tickets
+            .get(handle)
+            .filter(|t| t.issued.elapsed() < TICKET_TTL)
+            .ok_or_else(|| Status::not_found("unknown or expired ticket: call GetFlightInfo again"))?;
+        if entry.owner != user {
+            return Err(Status::permission_denied("this ticket was issued to another user"));
+        }
+        Ok(tickets.remove(handle).map(|t| t.sql).unwrap_or_default())
     }
 
     /// Parses exactly one statement and plans it.
@@ -94,25 +154,38 @@ impl FlightSqlServer {
         session.prepare(statement).await.map_err(|e| grpc_status(&e))
     }
 
-    fn entry(&self, handle: &Bytes) -> Result<(Arc<Prepared>, Vec<RecordBatch>), Status> {
+    /// The prepared statement behind `handle`, if `request`'s user created it.
+    #[allow(clippy::result_large_err)]
+    fn entry<T>(&self, handle: &Bytes, request: &Request<T>) -> Result<(Arc<Prepared>, Vec<RecordBatch>), Status> {
+        let user = auth::login_of(request)?.user;
         let mut map = self.prepared.lock().map_err(|_| Status::internal("prepared statement map poisoned"))?;
         let entry = map.get_mut(handle).ok_or_else(|| {
-            Status::not_found("unknown prepared statement handle (closed, evicted, or created on another server)")
+            Status::not_found("unknown prepared statement handle (closed, or created on another server)")
         })?;
+        if entry.owner != user {
+            return Err(Status::permission_denied("this prepared statement belongs to another user"));
+        }
         entry.last_used = std::time::Instant::now();
         Ok((Arc::clone(&entry.prepared), entry.params.clone()))
     }
 
-    fn insert(&self, handle: Bytes, prepared: Prepared) -> Result<(), Status> {
+    /// Keeps a prepared statement for `owner`, within their cap.
+    #[allow(clippy::result_large_err)]
+    fn insert(&self, handle: Bytes, owner: String, prepared: Prepared) -> Result<(), Status> {
         let mut map = self.prepared.lock().map_err(|_| Status::internal("prepared statement map poisoned"))?;
-        if map.len() >= MAX_PREPARED
-            && let Some(oldest) = map.iter().min_by_key(|(_, e)| e.last_used).map(|(h, _)| h.clone())
-        {
-            tracing::warn!(limit = MAX_PREPARED, "evicting the least recently used Flight SQL prepared statement");
-            map.remove(&oldest);
+        let held = map.values().filter(|e| e.owner == owner).count();
+        if held >= self.max_prepared_per_user {
+            let error = streamhouse_engine::Error::new(
+                streamhouse_engine::StatusCode::ConfigurationLimitExceeded,
+                format!(
+                    "user \"{owner}\" holds {held} prepared statements, the most server.flight_max_prepared_statements \
+                     allows: close some (ActionClosePreparedStatement)"
+                ),
+            );
+            return Err(grpc_status(&error));
         }
         let entry =
-            PreparedEntry { prepared: Arc::new(prepared), params: vec![], last_used: std::time::Instant::now() };
+            PreparedEntry { owner, prepared: Arc::new(prepared), params: vec![], last_used: std::time::Instant::now() };
         map.insert(handle, entry);
         Ok(())
     }
@@ -272,12 +345,32 @@ fn relation_table_type(kind: RelationKind) -> &'static str {
 impl FlightSqlService for FlightSqlServer {
     type FlightService = FlightSqlServer;
 
+    /// Login: the interceptor checked the credentials (HTTP Basic, or a
+    /// trusted address); the answer is a bearer token for the next calls,
+    /// in the `authorization` header and as the payload.
+    async fn do_handshake(
+        &self,
+        request: Request<tonic::Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
+        let login = auth::login_of(&request)?;
+        let token = self.tokens.issue(login);
+        let reply = HandshakeResponse { protocol_version: 0, payload: Bytes::from(token.clone()) };
+        let stream: Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>> =
+            Box::pin(futures::stream::iter([Ok(reply)]));
+        let mut response = Response::new(stream);
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::internal("bearer token is not a valid header value"))?;
+        response.metadata_mut().insert("authorization", value);
+        Ok(response)
+    }
+
     async fn get_flight_info_statement(
         &self,
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let mut session = self.session(&request);
+        let mut session = self.session(&request)?;
         let prepared = Self::prepare(&mut session, &query.query).await?;
         if prepared.result_schema().is_none() {
             // DDL and DML run now: a client that executes without fetching
@@ -285,9 +378,8 @@ impl FlightSqlService for FlightSqlServer {
             run_update(&mut session, &prepared, None).await?;
             return Ok(Response::new(executed_info(request.into_inner())?));
         }
-        let ticket = Ticket::new(
-            TicketStatementQuery { statement_handle: query.query.into_bytes().into() }.as_any().encode_to_vec(),
-        );
+        let handle = self.issue_ticket(&session.info().user, query.query)?;
+        let ticket = Ticket::new(TicketStatementQuery { statement_handle: handle }.as_any().encode_to_vec());
         Ok(Response::new(flight_info(&announced_schema(&prepared), ticket, request.into_inner())?))
     }
 
@@ -299,10 +391,9 @@ impl FlightSqlService for FlightSqlServer {
         if ticket.statement_handle.as_ref() == EXECUTED {
             return Ok(Response::new(empty_stream()));
         }
-        let sql = std::str::from_utf8(&ticket.statement_handle)
-            .map_err(|_| Status::invalid_argument("statement ticket is not UTF-8 SQL"))?;
-        let mut session = self.session(&request);
-        let prepared = Self::prepare(&mut session, sql).await?;
+        let mut session = self.session(&request)?;
+        let sql = self.redeem_ticket(&ticket.statement_handle, &session.info().user)?;
+        let prepared = Self::prepare(&mut session, &sql).await?;
         Ok(Response::new(run_to_stream(&mut session, &prepared, None).await?))
     }
 
@@ -311,7 +402,7 @@ impl FlightSqlService for FlightSqlServer {
         command: CommandStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let mut session = self.session(&request);
+        let mut session = self.session(&request)?;
         let prepared = Self::prepare(&mut session, &command.query).await?;
         run_update(&mut session, &prepared, None).await
     }
@@ -321,7 +412,7 @@ impl FlightSqlService for FlightSqlServer {
         command: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let mut session = self.session(&request);
+        let mut session = self.session(&request)?;
         ingest::statement_ingest(&mut session, command, request.into_inner()).await
     }
 
@@ -330,7 +421,7 @@ impl FlightSqlService for FlightSqlServer {
         query: ActionCreatePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let mut session = self.session(&request);
+        let mut session = self.session(&request)?;
         let prepared = Self::prepare(&mut session, &query.query).await?;
         let parameter_types = prepared.parameter_types().map_err(|e| grpc_status(&e))?;
         let parameter_schema = Schema::new(
@@ -347,8 +438,8 @@ impl FlightSqlService for FlightSqlServer {
                 .collect::<Vec<_>>(),
         );
         let dataset_schema = announced_schema(&prepared);
-        let handle = Bytes::from(uuid::Uuid::new_v4().to_string());
-        self.insert(handle.clone(), prepared)?;
+        let handle = auth::random_handle();
+        self.insert(handle.clone(), session.info().user.clone(), prepared)?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle,
             dataset_schema: schema_bytes(&dataset_schema)?,
@@ -362,7 +453,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let handle = query.prepared_statement_handle;
-        self.entry(&handle)?;
+        self.entry(&handle, &request)?;
         let batches = ingest::parameter_batches(request.into_inner()).try_collect::<Vec<_>>().await?;
         // Checked now, so a bad value is reported by the bind.
         rows_of(&batches)?;
@@ -378,10 +469,10 @@ impl FlightSqlService for FlightSqlServer {
         command: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let (prepared, params) = self.entry(&command.prepared_statement_handle)?;
+        let (prepared, params) = self.entry(&command.prepared_statement_handle, &request)?;
         if prepared.result_schema().is_none() {
             // As for a plain statement: DDL and DML run at execute, once per bound row.
-            let mut session = self.session(&request);
+            let mut session = self.session(&request)?;
             let rows = rows_of(&params)?;
             if rows.is_empty() {
                 run_update(&mut session, &prepared, None).await?;
@@ -407,12 +498,12 @@ impl FlightSqlService for FlightSqlServer {
         command: CommandPreparedStatementQuery,
         request: Request<arrow_flight::Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let (prepared, params) = self.entry(&command.prepared_statement_handle)?;
+        let (prepared, params) = self.entry(&command.prepared_statement_handle, &request)?;
         let params = rows_of(&params)?;
         if params.len() > 1 {
             return Err(Status::invalid_argument("a prepared query takes one row of parameters, got several"));
         }
-        let mut session = self.session(&request);
+        let mut session = self.session(&request)?;
         let params = params.into_iter().next().map(ParamValues::from);
         Ok(Response::new(run_to_stream(&mut session, &prepared, params).await?))
     }
@@ -422,8 +513,8 @@ impl FlightSqlService for FlightSqlServer {
         command: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let (prepared, stored) = self.entry(&command.prepared_statement_handle)?;
-        let mut session = self.session(&request);
+        let (prepared, stored) = self.entry(&command.prepared_statement_handle, &request)?;
+        let mut session = self.session(&request)?;
         let mut batches = ingest::parameter_batches(request.into_inner());
         if let Some((table, columns)) = prepared.insert_of_parameters()
             && let Some(rows) =
@@ -448,8 +539,9 @@ impl FlightSqlService for FlightSqlServer {
     async fn do_action_close_prepared_statement(
         &self,
         query: ActionClosePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<(), Status> {
+        self.entry(&query.prepared_statement_handle, &request)?;
         self.prepared
             .lock()
             .map_err(|_| Status::internal("prepared statement map poisoned"))?
@@ -530,14 +622,22 @@ impl FlightSqlService for FlightSqlServer {
     async fn do_get_tables(
         &self,
         query: CommandGetTables,
-        _request: Request<arrow_flight::Ticket>,
+        request: Request<arrow_flight::Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let login = auth::login_of(&request)?;
+        let access = self.engine.access().snapshot();
         let mut builder = query.into_builder();
         let catalog = self.engine.catalog();
         let database = self.engine.database();
         for schema in catalog.schema_names() {
             for name in catalog.relation_names(&schema) {
                 let relation = RelationName { schema: schema.clone(), name };
+                // Only what the user may read.
+                if let Some(role) = &login.role
+                    && !access.has_privilege(role, &relation.schema, &relation.name, Privilege::Select)
+                {
+                    continue;
+                }
                 let Some(kind) = catalog.relation_kind(&relation) else {
                     continue;
                 };

@@ -12,6 +12,7 @@
 //! and gRPC codes. [`start`] binds both listeners and returns a
 //! [`RunningServer`] that shuts down gracefully.
 
+pub mod auth;
 pub mod flight;
 pub mod pg;
 pub mod status;
@@ -40,6 +41,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Largest gRPC message accepted from Flight clients, in bytes.
     pub flight_max_message_bytes: usize,
+    /// Flight SQL prepared statements one user may hold open at once (more is 53400).
+    pub flight_max_prepared_statements: usize,
     /// How long shutdown waits for connections to close after cancelling
     /// their statements, in milliseconds.
     pub shutdown_timeout_ms: u64,
@@ -56,19 +59,29 @@ impl Default for ServerConfig {
             flight_port: 50051,
             max_connections: 256,
             flight_max_message_bytes: 64 << 20,
+            flight_max_prepared_statements: 256,
             shutdown_timeout_ms: 10_000,
             startup_timeout_ms: 60_000,
         }
     }
 }
 
-/// A listening address could not be bound.
+/// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen for {protocol} on {address}: {source}")]
-pub struct BindError {
-    protocol: &'static str,
-    address: String,
-    source: std::io::Error,
+pub enum StartError {
+    /// A listening address could not be bound.
+    #[error("cannot listen for {protocol} on {address}: {source}")]
+    Bind {
+        /// Which protocol.
+        protocol: &'static str,
+        /// The address.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The configuration would be unsafe or is invalid (auth, TLS).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Both front ends, running.
@@ -112,20 +125,27 @@ impl RunningServer {
     }
 }
 
-async fn bind(protocol: &'static str, host: &str, port: u16) -> Result<TcpListener, BindError> {
+async fn bind(protocol: &'static str, host: &str, port: u16) -> Result<TcpListener, StartError> {
     let address = format!("{host}:{port}");
-    TcpListener::bind(&address).await.map_err(|source| BindError { protocol, address, source })
+    TcpListener::bind(&address).await.map_err(|source| StartError::Bind { protocol, address, source })
 }
 
 /// Binds both listeners and starts serving.
 ///
 /// # Errors
-/// A port is taken or the host is not a local address.
-pub async fn start(engine: Engine, config: &ServerConfig) -> Result<RunningServer, BindError> {
+/// A port is taken or the host is not a local address; an unsafe or
+/// invalid `[auth]` (see [`auth::AuthConfig::check_listen`]).
+pub async fn start(
+    engine: Engine,
+    config: &ServerConfig,
+    auth: &auth::AuthConfig,
+) -> Result<RunningServer, StartError> {
+    auth.check_listen(&config.host).map_err(StartError::Config)?;
+    let auth = std::sync::Arc::new(auth.clone());
     let pg_listener = bind("the Postgres protocol", &config.host, config.pg_port).await?;
     let flight_listener = bind("Flight SQL", &config.host, config.flight_port).await?;
     let local = |l: &TcpListener, protocol| {
-        l.local_addr().map_err(|source| BindError { protocol, address: config.host.clone(), source })
+        l.local_addr().map_err(|source| StartError::Bind { protocol, address: config.host.clone(), source })
     };
     let pg_addr = local(&pg_listener, "the Postgres protocol")?;
     let flight_addr = local(&flight_listener, "Flight SQL")?;
@@ -136,11 +156,33 @@ pub async fn start(engine: Engine, config: &ServerConfig) -> Result<RunningServe
         max_connections: config.max_connections,
         startup_timeout: std::time::Duration::from_millis(config.startup_timeout_ms),
     };
-    tracker.spawn(pg::serve(pg_listener, engine.clone(), limits, shutdown.clone(), tracker.clone()));
+    tracker.spawn(pg::serve(
+        pg_listener,
+        engine.clone(),
+        limits,
+        std::sync::Arc::clone(&auth),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
 
-    let service = FlightServiceServer::new(flight::FlightSqlServer::new(engine.clone()))
+    let tokens = std::sync::Arc::new(auth::Tokens::new(Duration::from_secs(auth.token_ttl_s.max(1))));
+    let flight_server = flight::FlightSqlServer::new(
+        engine.clone(),
+        std::sync::Arc::clone(&tokens),
+        config.flight_max_prepared_statements,
+    );
+    let service = FlightServiceServer::new(flight_server)
         .max_decoding_message_size(config.flight_max_message_bytes)
         .max_encoding_message_size(config.flight_max_message_bytes);
+    let authenticator = flight::auth::Authenticator {
+        engine: engine.clone(),
+        config: std::sync::Arc::clone(&auth),
+        tokens,
+        tls: false,
+        secret: std::sync::Arc::new(streamhouse_engine::access::scram::random_bytes::<32>()),
+    };
+    let service =
+        tonic::service::interceptor::InterceptedService::new(service, move |request| authenticator.check(request));
     let incoming = tonic::transport::server::TcpIncoming::from(flight_listener).with_nodelay(Some(true));
     let flight_shutdown = shutdown.clone();
     tracker.spawn(async move {

@@ -79,6 +79,10 @@ pub(crate) struct PgShared {
     pub(crate) cancels: CancelRegistry,
     pub(crate) connections: AtomicUsize,
     pub(crate) max_connections: usize,
+    /// How clients authenticate.
+    pub(crate) auth: std::sync::Arc<crate::auth::AuthConfig>,
+    /// Salts the impostor verifiers of unknown users (random per start).
+    pub(crate) impostor_secret: [u8; 32],
 }
 
 /// The handler set pgwire asks for once per connection.
@@ -157,6 +161,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     engine: Engine,
     limits: Limits,
+    auth: Arc<crate::auth::AuthConfig>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -165,6 +170,8 @@ pub(crate) async fn serve(
         cancels: CancelRegistry::default(),
         connections: AtomicUsize::new(0),
         max_connections: limits.max_connections,
+        auth,
+        impostor_secret: streamhouse_engine::access::scram::random_bytes::<32>(),
     });
     loop {
         let accepted = tokio::select! {

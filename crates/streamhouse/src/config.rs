@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use streamhouse_engine::{ByteSize, EngineConfig};
 use streamhouse_server::ServerConfig;
+use streamhouse_server::auth::AuthConfig;
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "STREAMHOUSE__";
@@ -32,6 +33,9 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Query execution: memory, parallelism, timeouts.
     pub execution: EngineConfig,
+    /// Who may connect: authentication methods by client address, the
+    /// bootstrap superuser's password, Flight token lifetime.
+    pub auth: AuthConfig,
     /// Logging.
     pub log: LogConfig,
 }

@@ -17,6 +17,53 @@ use streamhouse_engine::Engine;
 use streamhouse_engine::warehouse::DynamicCatalog;
 use streamhouse_server::RunningServer;
 
+/// The file the generated bootstrap password is written to, in the data directory.
+pub const BOOTSTRAP_PASSWORD_FILE: &str = "bootstrap_password";
+
+/// On the first start, gives the bootstrap superuser a password: the one
+/// configured (`auth.bootstrap_password`), or a random one written to
+/// `<data_dir>/bootstrap_password`, readable by the server's user only.
+/// The file is written (and synced) before the password is stored, so a
+/// crash between the two leaves no stored password nobody knows.
+async fn bootstrap_password(engine: &Engine, config: &Config) -> anyhow::Result<()> {
+    let access = engine.access();
+    let superuser = streamhouse_engine::access::BOOTSTRAP_SUPERUSER;
+    if access.snapshot().role(superuser).is_some_and(|r| r.password.is_some()) {
+        return Ok(());
+    }
+    let password = match &config.auth.bootstrap_password {
+        Some(password) if !password.is_empty() => password.clone(),
+        _ => {
+            let password = streamhouse_engine::access::scram::random_token::<18>();
+            let path = config.storage.data_dir.join(BOOTSTRAP_PASSWORD_FILE);
+            write_private(&path, &format!("{password}\n"))
+                .with_context(|| format!("cannot write the bootstrap password to {}", path.display()))?;
+            tracing::warn!(
+                user = superuser,
+                file = %path.display(),
+                "the bootstrap superuser's password was generated and written to this file (mode 0600)"
+            );
+            password
+        }
+    };
+    access.set_bootstrap_password_once(&password).await.context("cannot store the bootstrap password")?;
+    Ok(())
+}
+
+/// Writes `text` to a new file only its owner can read, synced.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
 /// A started server: both listeners, the engine, and the lock on its data
 /// directory, held until [`Server::shutdown`].
 #[derive(Debug)]
@@ -75,6 +122,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let mut execution = config.execution.clone();
     execution.spill_dir.get_or_insert_with(|| data_dir.join("spill"));
     let engine = Engine::with_catalog(execution, Arc::new(catalog)).context("cannot start the query engine")?;
-    let running = streamhouse_server::start(engine, &config.server).await?;
+    bootstrap_password(&engine, config).await?;
+    let running = streamhouse_server::start(engine, &config.server, &config.auth).await?;
     Ok(Server { running, log, lock })
 }

@@ -36,6 +36,8 @@ use crate::types::PgType;
 
 mod functions;
 mod information_schema;
+mod privileges;
+mod roles;
 mod tables;
 
 /// Function names by oid, from the static `pg_proc` (set when `pg_type` is built).
@@ -46,10 +48,10 @@ pub fn proc_name(oid: i32) -> Option<&'static str> {
     PROC_NAMES.get()?.get(&oid).map(String::as_str)
 }
 
-/// The owner every object reports (Postgres' bootstrap superuser's oid).
-const OWNER_OID: i32 = 10;
+/// The owner of built-in objects (Postgres' bootstrap superuser's oid).
+const OWNER_OID: i32 = crate::access::BOOTSTRAP_OID as i32;
 /// The owner's name.
-const OWNER: &str = "streamhouse";
+const OWNER: &str = crate::access::BOOTSTRAP_SUPERUSER;
 
 /// An object the catalogs give an oid: kind (`r`, `i`, `c`, `n`, `d`), schema, name.
 type ObjectKey = (char, String, String);
@@ -223,6 +225,8 @@ pub(crate) struct Snapshot {
 #[derive(Debug)]
 pub(crate) struct Source {
     pub catalog: CatalogRef,
+    /// Roles, owners and grants.
+    pub access: Arc<crate::access::Access>,
     /// The database name (`table_catalog`).
     pub database: String,
     pub oids: Oids,
@@ -231,6 +235,19 @@ pub(crate) struct Source {
 }
 
 impl Source {
+    /// Whether a system schema (`pg_catalog`, `information_schema`, `sys`) has a table `name`.
+    pub fn is_system_relation(&self, name: &str) -> bool {
+        let system = self.system.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        system.iter().any(|(_, schema)| schema.table_exist(name))
+    }
+
+    /// The owner of a relation, and its oid.
+    pub fn owner(&self, access: &crate::access::AccessState, relation: &Relation) -> (String, i32) {
+        let owner = access.owner(&relation.schema, &relation.name).to_string();
+        let oid = access.role(&owner).map_or(OWNER_OID, |r| r.oid as i32);
+        (owner, oid)
+    }
+
     /// The user relations only (no system schemas): what functions like
     /// `pg_get_indexdef` need, without waiting.
     pub fn user_snapshot(&self) -> Snapshot {
@@ -461,17 +478,27 @@ pub(crate) fn column_type(relation: &Relation, i: usize) -> PgType {
 ///
 /// # Errors
 /// The crate's `pg_catalog` is not registered yet.
-pub fn install(ctx: &datafusion::prelude::SessionContext, catalog: CatalogRef, database: &str) -> Result<RelationOids> {
+pub fn install(
+    ctx: &datafusion::prelude::SessionContext,
+    catalog: CatalogRef,
+    access: Arc<crate::access::Access>,
+    database: &str,
+) -> Result<RelationOids> {
     let Some(root) = ctx.catalog(database) else {
         return Err(datafusion::error::DataFusionError::Internal(format!("no catalog {database}")));
     };
     let Some(crate_pg_catalog) = root.schema("pg_catalog") else {
         return Err(datafusion::error::DataFusionError::Internal("pg_catalog is not set up".into()));
     };
-    let source =
-        Arc::new(Source { catalog, database: database.to_string(), oids: Oids::default(), system: Mutex::new(vec![]) });
+    let source = Arc::new(Source {
+        catalog,
+        access,
+        database: database.to_string(),
+        oids: Oids::default(),
+        system: Mutex::new(vec![]),
+    });
     let mut ours: HashMap<String, Arc<dyn TableProvider>> = HashMap::new();
-    for (name, table) in tables::all() {
+    for (name, table) in tables::all().into_iter().chain(roles::all()) {
         ours.insert(name.to_string(), bind(table, &source));
     }
     ours.insert("pg_type".into(), tables::pg_type(&crate_pg_catalog)?);
@@ -502,6 +529,12 @@ pub fn install(ctx: &datafusion::prelude::SessionContext, catalog: CatalogRef, d
 pub struct RelationOids(Arc<Source>);
 
 impl RelationOids {
+    /// `has_table_privilege` and its siblings for a session of `user`
+    /// (`checked`: false for a session with every right).
+    pub fn privilege_functions(&self, user: &str, checked: bool) -> Vec<datafusion::logical_expr::ScalarUDF> {
+        privileges::functions(&self.0, user, checked)
+    }
+
     /// `pg_class.oid` of relation `name`.
     pub fn relation(&self, name: &crate::catalog::RelationName) -> i32 {
         self.0.oids.get('r', &name.schema, &name.name)

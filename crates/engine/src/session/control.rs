@@ -47,6 +47,7 @@ impl Session {
                         self.apply_to_datafusion(&canonical, None)?;
                     }
                     None => {
+                        self.reset_role()?;
                         self.vars.write().map_err(lock_err)?.reset_all();
                         self.apply_to_datafusion("TimeZone", None)?;
                     }
@@ -147,6 +148,7 @@ impl Session {
                 Ok(Output::Command(CommandComplete::new("ROLLBACK")))
             }
             Statement::Discard => {
+                self.reset_role()?;
                 self.vars.write().map_err(lock_err)?.reset_all();
                 self.apply_to_datafusion("TimeZone", None)?;
                 Ok(Output::Command(CommandComplete::new("DISCARD ALL")))

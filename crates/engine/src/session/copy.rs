@@ -45,7 +45,9 @@ impl Session {
         } else {
             frame.select_columns(&columns.iter().map(String::as_str).collect::<Vec<_>>())?
         };
-        Ok(frame.into_unoptimized_plan())
+        let plan = frame.into_unoptimized_plan();
+        self.check_scans(&plan, None)?;
+        Ok(plan)
     }
 
     /// Resolves the table and columns of a `COPY … FROM`.
@@ -54,6 +56,7 @@ impl Session {
         let Some(provider) = self.engine.catalog().relation(&name).await? else {
             return Err(crate::catalog::errors::relation_not_found(&name, RelationKind::Table));
         };
+        self.require(&name, crate::access::Privilege::Insert)?;
         if provider.downcast_ref::<DynamicTable>().is_none() {
             return Err(Error::new(
                 StatusCode::WrongObjectType,

@@ -45,6 +45,9 @@ impl Session {
     ) -> Result<Output> {
         let done = Output::Command(CommandComplete::new("ALTER TABLE"));
         let name = self.relation_name(table)?;
+        if self.engine.catalog().relation_kind(&name).is_some() {
+            self.require_owner(&name, "alter")?;
+        }
         let Some(existing) = self.engine.catalog().relation(&name).await? else {
             if if_exists {
                 self.notice(NoticeSeverity::Notice, format!("relation \"{}\" does not exist, skipping", name.name));
@@ -91,15 +94,20 @@ impl Session {
         };
         let name = self.relation_name(reference)?;
         check_identifiers([new_name])?;
+        if self.engine.catalog().relation_kind(&name).is_some() {
+            self.require_owner(&name, "rename")?;
+        }
         let control = self.begin_statement();
         let catalog = Arc::clone(self.engine.catalog());
-        let new_name = new_name.to_string();
         let renamed = {
-            let name = name.clone();
+            let (name, new_name) = (name.clone(), new_name.to_string());
             control.run(async move { catalog.rename_relation(&name, kind, &new_name, if_exists).await }).await
         };
         self.engine.bump_catalog_version();
-        if !renamed? {
+        let renamed = renamed?;
+        if renamed {
+            self.engine.access().relation_renamed(&name.schema, &name.name, new_name).await?;
+        } else {
             self.notice(NoticeSeverity::Notice, format!("relation \"{}\" does not exist, skipping", name.name));
         }
         Ok(Output::Command(CommandComplete::new(tag)))
@@ -115,6 +123,9 @@ impl Session {
     ) -> Result<Output> {
         let name = self.relation_name(reference)?;
         check_identifiers([new_name])?;
+        if self.engine.catalog().relation_kind(&name).is_some() {
+            self.require_owner(&name, "alter")?;
+        }
         let control = self.begin_statement();
         let catalog = Arc::clone(self.engine.catalog());
         let (column, new_name) = (column.to_string(), new_name.to_string());
@@ -190,6 +201,7 @@ impl Session {
                     self.notice(NoticeSeverity::Notice, format!("relation \"{}\" already exists, skipping", name.name));
                     return Ok(Output::Command(CommandComplete::new("CREATE TABLE")));
                 }
+                self.record_owner(&name).await?;
                 if !is_ctas {
                     return Ok(Output::Command(CommandComplete::new("CREATE TABLE")));
                 }
@@ -208,7 +220,11 @@ impl Session {
                 check_identifiers([name.name.as_str()])?;
                 let view: Arc<dyn TableProvider> =
                     Arc::new(ViewTable::new(cv.input.as_ref().clone(), cv.definition.clone()));
-                catalog.create_view(name, view, cv.or_replace).await?;
+                let replaced = cv.or_replace && catalog.relation_kind(&name).is_some();
+                catalog.create_view(name.clone(), view, cv.or_replace).await?;
+                if !replaced {
+                    self.record_owner(&name).await?;
+                }
                 Ok(Output::Command(CommandComplete::new("CREATE VIEW")))
             }
             DdlStatement::CreateCatalogSchema(cmd) => {
@@ -216,12 +232,16 @@ impl Session {
                 check_identifiers([schema.as_str()])?;
                 if catalog.create_schema(&schema, cmd.if_not_exists).await? == Created::AlreadyExisted {
                     self.notice(NoticeSeverity::Notice, format!("schema \"{schema}\" already exists, skipping"));
+                } else {
+                    let owner = self.owner_role().to_string();
+                    self.engine.access().schema_created(&schema, &owner).await?;
                 }
                 Ok(Output::Command(CommandComplete::new("CREATE SCHEMA")))
             }
             DdlStatement::DropCatalogSchema(cmd) => {
                 let schema = cmd.name.schema_name().to_string();
                 catalog.drop_schema(&schema, cmd.if_exists, cmd.cascade).await?;
+                self.engine.access().schema_dropped(&schema).await?;
                 Ok(Output::Command(CommandComplete::new("DROP SCHEMA")))
             }
             other => Err(Error::unsupported(format!("{} is not supported", ddl_display_name(&other)))),
@@ -236,8 +256,14 @@ impl Session {
         cascade: bool,
     ) -> Result<Output> {
         let name = self.relation_name(reference)?;
+        if self.engine.catalog().relation_kind(&name).is_some() {
+            // As in Postgres, CASCADE drops dependent views whoever owns them.
+            self.require_owner(&name, "drop")?;
+        }
         let dropped = self.engine.catalog().drop_relation(&name, kind, if_exists, cascade).await?;
-        if !dropped {
+        if dropped {
+            self.engine.access().relation_dropped(&name.schema, &name.name).await?;
+        } else {
             self.notice(NoticeSeverity::Notice, format!("{} \"{}\" does not exist, skipping", kind.noun(), name.name));
         }
         Ok(Output::Command(CommandComplete::new(kind.drop_command())))
@@ -246,6 +272,16 @@ impl Session {
     /// `CREATE MATERIALIZED VIEW`: returns once the view is filled and maintained.
     pub(super) async fn create_materialized_view(&mut self, create: &sql::CreateMaterializedView) -> Result<Output> {
         let name = self.relation_name(&create.name)?;
+        let replaced = create.or_replace && self.engine.catalog().relation_kind(&name).is_some();
+        self.require_create_in(&name.schema)?;
+        if replaced {
+            self.require_owner(&name, "replace")?;
+        }
+        if self.checked_role().is_some() {
+            // The owner must be able to read every source.
+            let query = sql::Statement::Plan(Box::new(ast::Statement::Query(create.query.clone())));
+            self.plan(&query).await?;
+        }
         let column_names = if create.columns.is_empty() {
             naming::postgres_column_names(&ast::Statement::Query(create.query.clone())).unwrap_or_default()
         } else {
@@ -265,6 +301,8 @@ impl Session {
         let created = control.run(async move { catalog.create_materialized_view(request).await }).await?;
         if created == Created::AlreadyExisted {
             self.notice(NoticeSeverity::Notice, format!("relation \"{}\" already exists, skipping", name.name));
+        } else if !replaced {
+            self.record_owner(&name).await?;
         }
         Ok(Output::Command(CommandComplete::new("CREATE MATERIALIZED VIEW")))
     }
@@ -272,11 +310,20 @@ impl Session {
     /// `CALL sys.<procedure>('table')`: table maintenance; what it did is a notice.
     pub(super) async fn call(&mut self, procedure: Procedure, table: &TableReference) -> Result<Output> {
         let name = self.relation_name(table)?;
+        if self.engine.catalog().relation_kind(&name).is_some() {
+            self.require_owner(&name, &format!("run sys.{} on", procedure.name()))?;
+        }
         let control = self.begin_statement();
         let catalog = Arc::clone(self.engine.catalog());
         let message = control.run(async move { catalog.maintain(&name, procedure).await }).await?;
         self.notice(NoticeSeverity::Notice, message);
         Ok(Output::Command(CommandComplete::new("CALL")))
+    }
+
+    /// Records that this session's role owns a relation it created.
+    pub(super) async fn record_owner(&self, name: &RelationName) -> Result<()> {
+        let owner = self.owner_role().to_string();
+        self.engine.access().relation_created(&name.schema, &name.name, &owner).await
     }
 
     /// The Arrow type of a SQL type, as CREATE TABLE resolves it.

@@ -117,7 +117,9 @@ impl Session {
             (Some(_), IfTableExists::Fail, _) => return Err(crate::catalog::errors::relation_exists(&name)),
             (Some(_), IfTableExists::Append, _) => false,
             (Some(_), IfTableExists::Replace, _) => {
+                self.require_owner(&name, "replace")?;
                 self.engine.catalog().drop_relation(&name, RelationKind::Table, true, false).await?;
+                self.engine.access().relation_dropped(&name.schema, &name.name).await?;
                 true
             }
             (None, _, IfTableMissing::Create) => true,
@@ -163,9 +165,11 @@ impl Session {
                 or_replace: false,
                 options,
             };
+            self.require_create_in(&name.schema)?;
             let created = self.engine.catalog().create_table(request).await;
             self.engine.bump_catalog_version();
             created?;
+            self.record_owner(&name).await?;
         }
         let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         let writer = self.ingest_columns(table, &columns).await?;

@@ -402,6 +402,35 @@ pub fn array_literals(statement: &mut ast::Statement) -> crate::error::Result<()
     failed.map_or(Ok(()), Err)
 }
 
+/// `current_user` / `current_role` as written, renamed `user` (the same in
+/// Postgres) so that datafusion-pg-catalog's rule, which turns
+/// `current_user` into `session_user`, leaves it alone: after `SET ROLE`
+/// the two differ. [`rewrite`] makes `user` a call of our `current_user`.
+pub fn current_user_as_user(statement: &mut ast::Statement) {
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let Expr::Function(function) = expr
+            && matches!(function.args, FunctionArguments::None)
+            && let [part] = function.name.0.as_mut_slice()
+            && let Some(ident) = part.as_ident()
+            && ident.quote_style.is_none()
+            && (ident.value.eq_ignore_ascii_case("current_user") || ident.value.eq_ignore_ascii_case("current_role"))
+        {
+            function.name = ast::ObjectName::from(vec![ast::Ident::new("user")]);
+        }
+        if let Expr::Identifier(ident) = expr
+            && ident.quote_style.is_none()
+            && ident.value.eq_ignore_ascii_case("current_role")
+        {
+            let mut user = call("user", vec![]);
+            if let Expr::Function(function) = &mut user {
+                function.args = FunctionArguments::None;
+            }
+            *expr = user;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
 /// Rewrites the expressions of `statement` in place.
 pub fn rewrite(statement: &mut ast::Statement) {
     let _ = visit_expressions_mut(statement, |expr| {

@@ -26,6 +26,8 @@ use super::{ident_value, table_reference};
 use crate::copy::{CopyOption, CopyOptions};
 use crate::error::{Error, Result, StatusCode};
 
+mod dcl;
+
 /// datafusion-pg-catalog's rewrite rules, in its order
 /// (`PostgresCompatibilityParser::new`), without `RemoveSubqueryFromProjection`,
 /// which replaces correlated subqueries of a select list by NULL (a silent
@@ -52,6 +54,7 @@ fn rewrite(mut statement: ast::Statement) -> Result<ast::Statement> {
     super::compat::array_literals(&mut statement)?;
     super::compat::skip_subqueries_over_empty_catalogs(&mut statement);
     super::compat::rewrite_regclass(&mut statement);
+    super::compat::current_user_as_user(&mut statement);
     for rule in RULES.iter() {
         statement = rule.rewrite(statement);
     }
@@ -353,6 +356,10 @@ impl DialectParser<'_> {
                 self.parser.next_token();
                 self.copy()
             }
+            Keyword::CREATE if self.create_role_ahead() => self.create_role(),
+            Keyword::ALTER if self.role_statement_ahead() => self.alter_role(),
+            Keyword::DROP if self.role_statement_ahead() => self.drop_role(),
+            Keyword::GRANT | Keyword::REVOKE => self.grant(),
             Keyword::ALTER if self.alter_view_ahead() => {
                 self.parser.next_token();
                 self.alter_view()
@@ -1048,6 +1055,9 @@ fn classify(statement: ast::Statement) -> Result<Statement> {
         S::Set(set) => set_statement(set)?,
         S::Reset(reset) => match reset.reset {
             ast::Reset::ALL => Statement::Reset(None),
+            ast::Reset::ConfigurationParameter(name) if name.to_string().eq_ignore_ascii_case("role") => {
+                Statement::SetRole(None)
+            }
             ast::Reset::ConfigurationParameter(name) => Statement::Reset(Some(name.to_string())),
         },
         S::ShowVariable { variable } => {
@@ -1281,6 +1291,10 @@ fn set_statement(set: ast::Set) -> Result<Statement> {
             Statement::Set { name: "client_encoding".into(), value: charset_name.value.clone(), local: false }
         }
         Set::SetNamesDefault {} => Statement::Reset(Some("client_encoding".into())),
+        Set::SetRole { context_modifier: Some(ast::ContextModifier::Local), .. } => {
+            return Err(Error::unsupported("SET LOCAL ROLE is not supported: use SET ROLE and RESET ROLE"));
+        }
+        Set::SetRole { role_name, .. } => Statement::SetRole(role_name.as_ref().map(ident_value)),
         // Every statement is its own transaction, so transaction characteristics have nothing to change.
         Set::SetTransaction { .. } => Statement::NoOp("SET"),
         Set::MultipleAssignments { .. } | Set::ParenthesizedAssignments { .. } => {

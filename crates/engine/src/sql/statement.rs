@@ -97,6 +97,33 @@ pub enum Statement {
         /// `IF EXISTS`.
         if_exists: bool,
     },
+    /// `CREATE ROLE | USER [IF NOT EXISTS] name [WITH] options` (USER implies LOGIN).
+    CreateRole {
+        /// The role.
+        name: String,
+        /// `IF NOT EXISTS`.
+        if_not_exists: bool,
+        /// Its options.
+        options: RoleOptions,
+    },
+    /// `ALTER ROLE | USER name [WITH] options`.
+    AlterRole {
+        /// The role.
+        name: String,
+        /// What changes.
+        options: RoleOptions,
+    },
+    /// `DROP ROLE | USER [IF EXISTS] names`.
+    DropRole {
+        /// The roles, in order.
+        names: Vec<String>,
+        /// `IF EXISTS`.
+        if_exists: bool,
+    },
+    /// `GRANT … TO …` / `REVOKE … FROM …`.
+    Grant(Box<Grant>),
+    /// `SET ROLE name` (`None`: `SET ROLE NONE`, `RESET ROLE`).
+    SetRole(Option<String>),
     /// `SET [LOCAL] name = value`, `SET TIME ZONE …`, `SET NAMES …`.
     Set {
         /// The parameter, as written.
@@ -285,6 +312,47 @@ impl RelationKind {
     }
 }
 
+pub use crate::access::{Privilege, RoleOptions, SchemaPrivilege};
+
+/// `GRANT` or `REVOKE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// `GRANT` (true) or `REVOKE` (false).
+    pub grant: bool,
+    /// What is granted, on what.
+    pub what: Granted,
+    /// To (from) whom: role names, or `public`.
+    pub grantees: Vec<String>,
+}
+
+/// What a [`Grant`] grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Granted {
+    /// `privileges ON [TABLE] relations`.
+    Relations {
+        /// The privileges.
+        privileges: Vec<Privilege>,
+        /// The relations.
+        relations: Vec<TableReference>,
+    },
+    /// `privileges ON ALL TABLES IN SCHEMA schemas`: every relation there now.
+    AllTablesIn {
+        /// The privileges.
+        privileges: Vec<Privilege>,
+        /// The schemas.
+        schemas: Vec<String>,
+    },
+    /// `{CREATE | USAGE | ALL} ON SCHEMA schemas`.
+    Schemas {
+        /// The privileges.
+        privileges: Vec<SchemaPrivilege>,
+        /// The schemas.
+        schemas: Vec<String>,
+    },
+    /// `role, … TO role`: membership.
+    Roles(Vec<String>),
+}
+
 /// Table maintenance procedures (`CALL sys.<name>('table')`, Paimon's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Procedure {
@@ -297,6 +365,18 @@ pub enum Procedure {
     RemoveOrphanFiles(Cutoff),
     /// Make an earlier snapshot the latest again, deleting later ones.
     RollbackTo(u64),
+}
+
+impl Procedure {
+    /// Its name in `sys`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Procedure::Compact => "compact",
+            Procedure::ExpireSnapshots => "expire_snapshots",
+            Procedure::RemoveOrphanFiles(_) => "remove_orphan_files",
+            Procedure::RollbackTo(_) => "rollback_to",
+        }
+    }
 }
 
 /// The age before which files count as orphans.
@@ -359,6 +439,15 @@ impl std::fmt::Display for Statement {
             Statement::RenameColumn { table, column, new_name, .. } => {
                 write!(f, "ALTER TABLE {table} RENAME COLUMN {column} TO {new_name}")
             }
+            // Never the password: this text is what sys.queries shows.
+            Statement::CreateRole { name, .. } => write!(f, "CREATE ROLE {name}"),
+            Statement::AlterRole { name, .. } => write!(f, "ALTER ROLE {name}"),
+            Statement::DropRole { names, .. } => write!(f, "DROP ROLE {}", names.join(", ")),
+            Statement::Grant(grant) => {
+                let verb = if grant.grant { "GRANT" } else { "REVOKE" };
+                write!(f, "{verb} … {} {}", if grant.grant { "TO" } else { "FROM" }, grant.grantees.join(", "))
+            }
+            Statement::SetRole(name) => write!(f, "SET ROLE {}", name.as_deref().unwrap_or("NONE")),
             Statement::Set { name, value, .. } => write!(f, "SET {name} = {value}"),
             Statement::Reset(name) => write!(f, "RESET {}", name.as_deref().unwrap_or("ALL")),
             Statement::Show(name) => write!(f, "SHOW {name}"),

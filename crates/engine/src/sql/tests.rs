@@ -299,7 +299,32 @@ fn inserts_views_calls_and_drops() {
     assert!(
         matches!(one("ALTER TABLE t ADD COLUMN c INT, ADD d TEXT"), Statement::AddColumns { columns, .. } if columns.len() == 2)
     );
-    assert_eq!(error("GRANT SELECT ON t TO bob").code(), StatusCode::Unsupported);
+    assert_eq!(error("GRANT SELECT ON t TO bob WITH GRANT OPTION").code(), StatusCode::Unsupported);
+    assert!(matches!(one("GRANT SELECT, insert ON TABLE s.t TO bob, PUBLIC"), Statement::Grant(g)
+        if g.grant && g.grantees == ["bob", "public"]
+            && matches!(&g.what, crate::sql::Granted::Relations { privileges, relations }
+                if privileges.len() == 2 && relations.len() == 1)));
+    assert!(matches!(one("REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA a, b FROM \"Bob\""), Statement::Grant(g)
+        if !g.grant && g.grantees == ["Bob"]
+            && matches!(&g.what, crate::sql::Granted::AllTablesIn { privileges, schemas }
+                if privileges.len() == 4 && schemas.len() == 2)));
+    assert!(matches!(one("GRANT readers TO alice"), Statement::Grant(g)
+        if matches!(&g.what, crate::sql::Granted::Roles(r) if r == &["readers"])));
+    assert!(matches!(one("GRANT CREATE ON SCHEMA s TO alice"), Statement::Grant(g)
+        if matches!(&g.what, crate::sql::Granted::Schemas { schemas, .. } if schemas == &["s"])));
+    assert!(matches!(one("CREATE USER u WITH PASSWORD 'p' IN ROLE r"), Statement::CreateRole { name, options, .. }
+        if name == "u" && options.login == Some(true) && options.password == Some(Some("p".into()))
+            && options.in_roles == ["r"]));
+    assert!(matches!(one("ALTER ROLE u NOLOGIN PASSWORD NULL"), Statement::AlterRole { options, .. }
+        if options.login == Some(false) && options.password == Some(None)));
+    assert!(
+        matches!(one("DROP ROLE IF EXISTS a, b"), Statement::DropRole { names, if_exists: true } if names.len() == 2)
+    );
+    assert!(matches!(one("SET ROLE a"), Statement::SetRole(Some(a)) if a == "a"));
+    assert!(matches!(one("RESET ROLE"), Statement::SetRole(None)));
+    assert_eq!(error("CREATE ROLE u VALID UNTIL 'infinity'").code(), StatusCode::Unsupported);
+    // A password never shows in the statement's text (sys.queries).
+    assert_eq!(one("CREATE ROLE u PASSWORD 'secret'").to_string(), "CREATE ROLE u");
     assert!(matches!(one("SAVEPOINT a"), Statement::Savepoint(name) if name == "a"));
     assert!(matches!(one("RELEASE SAVEPOINT a"), Statement::Release(name) if name == "a"));
     assert!(matches!(one("ROLLBACK TO SAVEPOINT \"A\""), Statement::RollbackTo(name) if name == "A"));

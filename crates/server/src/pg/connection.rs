@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{ParamValues, ScalarValue};
 use futures::{Sink, SinkExt};
+use pgwire::api::PgWireConnectionState;
 use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
@@ -28,7 +29,9 @@ use pgwire::api::{
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::extendedquery::{Describe, TARGET_TYPE_BYTE_STATEMENT};
+use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use streamhouse_engine::access::scram;
 use streamhouse_engine::copy::{CopyFormat, CopyOut};
 use streamhouse_engine::session::CopyIn;
 use streamhouse_engine::session::variables::SERVER_VERSION;
@@ -40,6 +43,7 @@ use super::PgShared;
 use super::copy::copy_out_response;
 use super::encode::{command_response, error_info, fields, notice_response, parameter_type, pg_error, query_response};
 use super::wire::Undecodable;
+use crate::auth::{self, Method};
 
 static PIDS: std::sync::LazyLock<RandomPidSecretKeyGenerator> = std::sync::LazyLock::new(Default::default);
 
@@ -53,6 +57,10 @@ pub struct PgConnection {
     session: Arc<Mutex<Option<Session>>>,
     /// Set once startup registered the connection (pid for cancel requests).
     registered: std::sync::Mutex<Option<i32>>,
+    /// The cancel key sent at startup, registered once the session exists.
+    secret: std::sync::Mutex<Option<pgwire::messages::startup::SecretKey>>,
+    /// Where authentication stands.
+    auth: Mutex<AuthStep>,
     parser: Arc<PgParser>,
     /// The `COPY … FROM STDIN` receiving data, if any.
     copy: Mutex<Option<Box<CopyIn>>>,
@@ -79,7 +87,18 @@ impl PgConnection {
         let parser = Arc::new(PgParser { session: Arc::clone(&session), undecodable: undecodable.clone() });
         let probe = probe.map(Arc::new);
         let registered = std::sync::Mutex::new(None);
-        Self { shared, peer, session, registered, parser, copy: Mutex::new(None), probe, undecodable }
+        Self {
+            shared,
+            peer,
+            session,
+            registered,
+            secret: std::sync::Mutex::new(None),
+            auth: Mutex::new(AuthStep::Idle),
+            parser,
+            copy: Mutex::new(None),
+            probe,
+            undecodable,
+        }
     }
 }
 
@@ -131,45 +150,48 @@ where
     Ok(())
 }
 
-#[async_trait]
-impl StartupHandler for PgConnection {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+/// Where a connection's authentication stands.
+#[derive(Debug, Default)]
+pub(crate) enum AuthStep {
+    /// Not authenticating (before startup, or done).
+    #[default]
+    Idle,
+    /// SCRAM offered; waiting for the client's first message.
+    Offered {
+        /// The user the startup packet named.
+        user: String,
+    },
+    /// Server-first message sent; waiting for the client's proof.
+    Challenged {
+        /// The user the startup packet named.
+        user: String,
+        /// The exchange so far.
+        exchange: Box<scram::Exchange>,
+    },
+}
+
+fn fatal(code: &str, message: impl Into<String>) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new("FATAL".into(), code.into(), message.into())))
+}
+
+impl PgConnection {
+    /// Opens the session of an authenticated user (`role`: whose privileges
+    /// are checked, `None` for every right) and completes the startup.
+    async fn start_session<C>(&self, client: &mut C, user: String, role: Option<String>) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let PgWireFrontendMessage::Startup(ref startup) = message else {
-            return Ok(());
+        let Some(pid) = self.registered.lock().ok().and_then(|p| *p) else {
+            return Err(fatal("08P01", "authentication before startup"));
         };
-        protocol_negotiation(client, startup).await?;
-        save_startup_parameters_to_metadata(client, startup);
-        let open = self.shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
-        let (pid, key) = PIDS.generate(client);
-        if let Ok(mut registered) = self.registered.lock() {
-            *registered = Some(pid);
-        }
-        if open > self.shared.max_connections {
-            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "FATAL".into(),
-                "53300".into(),
-                format!("sorry, too many clients already (server.max_connections = {})", self.shared.max_connections),
-            ))));
-        }
-        if self.shared.engine.is_shut_down() {
-            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "FATAL".into(),
-                "57P03".into(),
-                "the database system is shutting down".into(),
-            ))));
-        }
-        client.set_pid_and_secret_key(pid, key.clone());
         let metadata = client.metadata();
-        let user = metadata.get(METADATA_USER).cloned().unwrap_or_else(|| "streamhouse".to_string());
         let info = SessionInfo {
             database: metadata.get(METADATA_DATABASE).cloned(),
             application_name: metadata.get("application_name").cloned(),
             user: user.clone(),
+            role,
             pid: Some(pid),
         };
         let session = self.shared.engine.new_session(info);
@@ -177,7 +199,9 @@ impl StartupHandler for PgConnection {
             let probe = Arc::clone(probe);
             session.set_client_probe(Arc::new(move || client_connected(&probe)));
         }
-        self.shared.cancels.register(pid, key, session.cancel_handle());
+        if let Some(key) = self.secret.lock().ok().and_then(|k| k.clone()) {
+            self.shared.cancels.register(pid, key, session.cancel_handle());
+        }
         tracing::debug!(peer = %self.peer, %user, session_id = session.id(), pid, "postgres session started");
         *self.session.lock().await = Some(session);
 
@@ -188,6 +212,112 @@ impl StartupHandler for PgConnection {
         params.search_path = "\"$user\", public".to_string();
         params.session_authorization = Some(user);
         finish_authentication(client, &params).await
+    }
+}
+
+#[async_trait]
+impl StartupHandler for PgConnection {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                let open = self.shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                let (pid, key) = PIDS.generate(client);
+                if let Ok(mut registered) = self.registered.lock() {
+                    *registered = Some(pid);
+                }
+                if open > self.shared.max_connections {
+                    return Err(fatal(
+                        "53300",
+                        format!(
+                            "sorry, too many clients already (server.max_connections = {})",
+                            self.shared.max_connections
+                        ),
+                    ));
+                }
+                if self.shared.engine.is_shut_down() {
+                    return Err(fatal("57P03", "the database system is shutting down"));
+                }
+                client.set_pid_and_secret_key(pid, key.clone());
+                if let Ok(mut secret) = self.secret.lock() {
+                    *secret = Some(key);
+                }
+                let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
+                if user.is_empty() {
+                    return Err(fatal("28000", "no PostgreSQL user name specified in startup packet"));
+                }
+                match self.shared.auth.method_for(self.peer.ip()) {
+                    Method::Trust => {
+                        let role = auth::session_role(&self.shared.engine, &user).map_err(|m| fatal("28000", m))?;
+                        self.start_session(client, user, role).await
+                    }
+                    Method::Scram => {
+                        *self.auth.lock().await = AuthStep::Offered { user };
+                        client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                        let mechanisms = vec![scram::MECHANISM.to_string()];
+                        client.send(PgWireBackendMessage::Authentication(Authentication::SASL(mechanisms))).await?;
+                        Ok(())
+                    }
+                }
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(message) => {
+                let step = std::mem::take(&mut *self.auth.lock().await);
+                match step {
+                    AuthStep::Offered { user } => {
+                        let initial = message.into_sasl_initial_response()?;
+                        if initial.auth_method != scram::MECHANISM {
+                            return Err(fatal(
+                                "28000",
+                                format!(
+                                    "SASL authentication mechanism {} is not supported (the server offers {})",
+                                    initial.auth_method,
+                                    scram::MECHANISM
+                                ),
+                            ));
+                        }
+                        let verifier = auth::verifier_for(&self.shared.engine, &user, &self.shared.impostor_secret);
+                        let data = initial.data.unwrap_or_default();
+                        let (exchange, server_first) =
+                            scram::Exchange::start(verifier, &data).map_err(|e| self.auth_failed(&user, e))?;
+                        *self.auth.lock().await = AuthStep::Challenged { user, exchange: Box::new(exchange) };
+                        let reply = Authentication::SASLContinue(bytes::Bytes::from(server_first));
+                        client.send(PgWireBackendMessage::Authentication(reply)).await?;
+                        Ok(())
+                    }
+                    AuthStep::Challenged { user, exchange } => {
+                        let response = message.into_sasl_response()?;
+                        let server_final = exchange.finish(&response.data).map_err(|e| self.auth_failed(&user, e))?;
+                        let role = auth::session_role(&self.shared.engine, &user).map_err(|m| fatal("28000", m))?;
+                        let reply = Authentication::SASLFinal(bytes::Bytes::from(server_final));
+                        client.send(PgWireBackendMessage::Authentication(reply)).await?;
+                        // A role with a password always exists, so `role` is Some here.
+                        self.start_session(client, user, role).await
+                    }
+                    AuthStep::Idle => Err(fatal("08P01", "unexpected password message")),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl PgConnection {
+    /// The error that ends a failed authentication: the same for a wrong
+    /// password, an unknown user and a role without a password.
+    fn auth_failed(&self, user: &str, error: scram::ScramError) -> PgWireError {
+        match error {
+            scram::ScramError::Failed => {
+                tracing::info!(peer = %self.peer, %user, "password authentication failed");
+                fatal("28P01", format!("password authentication failed for user \"{user}\""))
+            }
+            scram::ScramError::Protocol(message) => fatal("08P01", message),
+        }
     }
 }
 

@@ -62,33 +62,41 @@ impl ScalarUDFImpl for CatalogFunction {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let rows = args.number_rows;
-        let scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
-        let n = if scalar { 1 } else { rows };
-        let mut out = Vec::with_capacity(n);
-        for row in 0..n {
-            let values = args
-                .args
-                .iter()
-                .map(|a| match a {
-                    ColumnarValue::Scalar(s) => Ok(s.clone()),
-                    ColumnarValue::Array(array) => ScalarValue::try_from_array(array, row),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let value = match self.body {
-                Body::Total(body) => body(&self.source, &values),
-                Body::Fallible(body) => body(&self.source, &values)?,
-            };
-            out.push(value.cast_to(&self.returns)?);
-        }
-        if scalar {
-            return Ok(ColumnarValue::Scalar(out.pop().unwrap_or(ScalarValue::try_from(&self.returns)?)));
-        }
-        if out.is_empty() {
-            return Ok(ColumnarValue::Array(datafusion::arrow::array::new_empty_array(&self.returns)));
-        }
-        Ok(ColumnarValue::Array(ScalarValue::iter_to_array(out)?))
+        row_by_row(&args, &self.returns, |values| match self.body {
+            Body::Total(body) => Ok(body(&self.source, values)),
+            Body::Fallible(body) => body(&self.source, values),
+        })
     }
+}
+
+/// Evaluates `body` once per row of `args` (once when all are scalars),
+/// casting each value to `returns`.
+pub(super) fn row_by_row(
+    args: &ScalarFunctionArgs,
+    returns: &DataType,
+    mut body: impl FnMut(&[ScalarValue]) -> Result<ScalarValue>,
+) -> Result<ColumnarValue> {
+    let scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+    let n = if scalar { 1 } else { args.number_rows };
+    let mut out = Vec::with_capacity(n);
+    for row in 0..n {
+        let values = args
+            .args
+            .iter()
+            .map(|a| match a {
+                ColumnarValue::Scalar(s) => Ok(s.clone()),
+                ColumnarValue::Array(array) => ScalarValue::try_from_array(array, row),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.push(body(&values)?.cast_to(returns)?);
+    }
+    if scalar {
+        return Ok(ColumnarValue::Scalar(out.pop().unwrap_or(ScalarValue::try_from(returns)?)));
+    }
+    if out.is_empty() {
+        return Ok(ColumnarValue::Array(datafusion::arrow::array::new_empty_array(returns)));
+    }
+    Ok(ColumnarValue::Array(ScalarValue::iter_to_array(out)?))
 }
 
 fn int(value: &ScalarValue) -> Option<i64> {

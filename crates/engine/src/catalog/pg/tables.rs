@@ -10,7 +10,7 @@ use datafusion::scalar::ScalarValue;
 use datafusion_pg_catalog::pg_catalog::oid_field::{kind, oid_field};
 
 use super::value::{boolean, char, float8, int2, int2_array, int4, null, opt_text, text};
-use super::{CatalogTable, CatalogTableObject, OWNER, OWNER_OID, Relation, Rows, Snapshot, Source, column_type};
+use super::{CatalogTable, CatalogTableObject, OWNER_OID, Relation, Rows, Snapshot, Source, column_type};
 
 /// Our `pg_catalog` tables, by name.
 pub(super) fn all() -> Vec<(&'static str, Box<dyn CatalogTableObject>)> {
@@ -311,9 +311,11 @@ impl CatalogTable for PgNamespace {
         ])
     }
 
-    fn rows(&self, _: &Source, snapshot: &Snapshot, rows: &mut Rows) -> Result<()> {
+    fn rows(&self, source: &Source, snapshot: &Snapshot, rows: &mut Rows) -> Result<()> {
+        let access = source.access.snapshot();
         for (oid, name) in &snapshot.namespaces {
-            rows.push(vec![int4(*oid), text(name), int4(OWNER_OID), null(), null()])?;
+            let owner = access.role(access.schema_owner(name)).map_or(OWNER_OID, |r| r.oid as i32);
+            rows.push(vec![int4(*oid), text(name), int4(owner), opt_text(access.schema_acl(name)), null()])?;
         }
         Ok(())
     }
@@ -362,7 +364,15 @@ impl CatalogTable for PgClass {
     }
 
     fn rows(&self, source: &Source, snapshot: &Snapshot, rows: &mut Rows) -> Result<()> {
-        let row = |oid: i32, name: &str, namespace: i32, relkind: char, columns: usize, has_index: bool| {
+        let access = source.access.snapshot();
+        let row = |oid: i32,
+                   name: &str,
+                   namespace: i32,
+                   relkind: char,
+                   columns: usize,
+                   has_index: bool,
+                   owner: i32,
+                   acl: Option<String>| {
             let am = match relkind {
                 'r' | 'm' => 2,
                 'i' => 403,
@@ -374,7 +384,7 @@ impl CatalogTable for PgClass {
                 int4(namespace),
                 int4(0),
                 int4(0),
-                int4(OWNER_OID),
+                int4(owner),
                 int4(am),
                 int4(if relkind == 'v' { 0 } else { oid }),
                 int4(0),
@@ -399,13 +409,14 @@ impl CatalogTable for PgClass {
                 int4(0),
                 int4(0),
                 int4(0),
-                null(),
+                opt_text(acl),
                 null(),
                 null(),
             ]
         };
         for relation in &snapshot.relations {
             let key = relation.key_columns();
+            let (_, owner) = source.owner(&access, relation);
             rows.push(row(
                 relation.oid,
                 &relation.name,
@@ -413,9 +424,11 @@ impl CatalogTable for PgClass {
                 relation.relkind,
                 relation.info.schema.fields().len(),
                 !key.is_empty(),
+                owner,
+                access.relation_acl(&relation.schema, &relation.name),
             ))?;
             if let (Some(name), Some(index)) = (relation.key_name(), source.key_oid('i', relation)) {
-                rows.push(row(index, &name, relation.namespace, 'i', key.len(), false))?;
+                rows.push(row(index, &name, relation.namespace, 'i', key.len(), false, owner, None))?;
             }
         }
         Ok(())
@@ -707,12 +720,13 @@ impl CatalogTable for PgTables {
         ])
     }
 
-    fn rows(&self, _: &Source, snapshot: &Snapshot, rows: &mut Rows) -> Result<()> {
+    fn rows(&self, source: &Source, snapshot: &Snapshot, rows: &mut Rows) -> Result<()> {
+        let access = source.access.snapshot();
         for relation in snapshot.relations.iter().filter(|r| r.relkind == 'r') {
             rows.push(vec![
                 text(&relation.schema),
                 text(&relation.name),
-                text(OWNER),
+                text(source.owner(&access, relation).0),
                 null(),
                 boolean(!relation.info.primary_key.is_empty()),
                 boolean(false),
@@ -732,12 +746,13 @@ impl CatalogTable for PgViews {
         schema(vec![utf8("schemaname"), utf8("viewname"), utf8("viewowner"), utf8("definition")])
     }
 
-    fn rows(&self, _: &Source, snapshot: &Snapshot, rows: &mut Rows) -> Result<()> {
+    fn rows(&self, source: &Source, snapshot: &Snapshot, rows: &mut Rows) -> Result<()> {
+        let access = source.access.snapshot();
         for relation in snapshot.relations.iter().filter(|r| r.relkind == 'v') {
             rows.push(vec![
                 text(&relation.schema),
                 text(&relation.name),
-                text(OWNER),
+                text(source.owner(&access, relation).0),
                 opt_text(relation.info.definition.clone()),
             ])?;
         }
@@ -761,12 +776,13 @@ impl CatalogTable for PgMatviews {
         ])
     }
 
-    fn rows(&self, _: &Source, snapshot: &Snapshot, rows: &mut Rows) -> Result<()> {
+    fn rows(&self, source: &Source, snapshot: &Snapshot, rows: &mut Rows) -> Result<()> {
+        let access = source.access.snapshot();
         for relation in snapshot.relations.iter().filter(|r| r.relkind == 'm') {
             rows.push(vec![
                 text(&relation.schema),
                 text(&relation.name),
-                text(OWNER),
+                text(source.owner(&access, relation).0),
                 null(),
                 boolean(false),
                 boolean(true),
