@@ -67,13 +67,13 @@ async fn scram_logins_and_a_reporting_role() -> anyhow::Result<()> {
         .await?;
 
     // A wrong password, an unknown user, a role without LOGIN: 28P01 / 28000, nothing told apart.
-    let wrong = connect(&server, "reporter", "nope").await.err().expect("wrong password refused");
+    let wrong = connect(&server, "reporter", "nope").await.expect_err("wrong password refused");
     assert_eq!(code(&wrong).as_deref(), Some("28P01"), "{wrong}");
     assert_eq!(message(&wrong), "password authentication failed for user \"reporter\"");
-    let unknown = connect(&server, "ghost", "nope").await.err().expect("unknown user refused");
+    let unknown = connect(&server, "ghost", "nope").await.expect_err("unknown user refused");
     assert_eq!(code(&unknown).as_deref(), Some("28P01"), "{unknown}");
     assert_eq!(message(&unknown), "password authentication failed for user \"ghost\"");
-    let nologin = connect(&server, "nologin", "x").await.err().expect("NOLOGIN refused");
+    let nologin = connect(&server, "nologin", "x").await.expect_err("NOLOGIN refused");
     assert_eq!(code(&nologin).as_deref(), Some("28000"), "{nologin}");
     // No password at all: the client cannot answer the SCRAM challenge.
     let none = tokio_postgres::connect(&url(&server, "reporter", None), tokio_postgres::NoTls).await;
@@ -112,7 +112,7 @@ async fn scram_logins_and_a_reporting_role() -> anyhow::Result<()> {
         Ok(sink) => {
             futures::pin_mut!(sink);
             futures::SinkExt::send(&mut sink, bytes::Bytes::from_static(b"3\t30\n")).await?;
-            sink.finish().await.err().expect("COPY FROM refused")
+            sink.finish().await.expect_err("COPY FROM refused")
         }
     };
     assert_eq!(e.as_db_error().map(|d| d.code().clone()), Some(SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
@@ -122,9 +122,9 @@ async fn scram_logins_and_a_reporting_role() -> anyhow::Result<()> {
     let prepared = reporter.prepare("SELECT count(*) FROM sales").await?;
     assert_eq!(reporter.query_one(&prepared, &[]).await?.get::<_, i64>(0), 2);
     admin.batch_execute("REVOKE SELECT ON sales FROM reporter").await?;
-    let e = reporter.query_one(&prepared, &[]).await.err().expect("revoked");
+    let e = reporter.query_one(&prepared, &[]).await.expect_err("revoked");
     assert_eq!(e.as_db_error().map(|d| d.code().clone()), Some(SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
-    let e = reporter.simple_query("SELECT * FROM sales").await.err().expect("revoked");
+    let e = reporter.simple_query("SELECT * FROM sales").await.expect_err("revoked");
     assert_eq!(e.as_db_error().map(|d| d.code().clone()), Some(SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
 
     // psql, a real libpq client, logs in with SCRAM.
@@ -161,7 +161,7 @@ async fn trust_is_loopback_only_and_the_bootstrap_password_is_written_once() -> 
     pg.batch_execute("CREATE TABLE t (id BIGINT PRIMARY KEY); CREATE ROLE limited LOGIN").await?;
     let (limited, connection) = tokio_postgres::connect(&url(&server, "limited", None), tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
-    let e = limited.simple_query("SELECT * FROM t").await.err().expect("no SELECT");
+    let e = limited.simple_query("SELECT * FROM t").await.expect_err("no SELECT");
     assert_eq!(e.as_db_error().map(|d| d.code().clone()), Some(SqlState::INSUFFICIENT_PRIVILEGE));
     // The generated bootstrap password: a 0600 file, and it logs in where SCRAM is asked.
     let file = server.config().storage.data_dir.join(streamhouse::BOOTSTRAP_PASSWORD_FILE);
@@ -181,12 +181,16 @@ async fn trust_is_loopback_only_and_the_bootstrap_password_is_written_once() -> 
     let mut config = Config::default();
     config.server.host = "0.0.0.0".into();
     config.auth.method = Method::Trust;
-    let refused = TestServer::start_with(config).await.err().expect("refused");
+    let Err(refused) = TestServer::start_with(config).await else {
+        panic!("a trusting listener beyond loopback started")
+    };
     assert!(format!("{refused:#}").contains("auth.method = \"trust\""), "{refused:#}");
     let mut config = Config::default();
     config.server.host = "0.0.0.0".into();
     config.auth.rules = vec![Rule { address: "0.0.0.0/0".into(), method: Method::Trust }];
-    let refused = TestServer::start_with(config).await.err().expect("refused");
+    let Err(refused) = TestServer::start_with(config).await else {
+        panic!("a trusting listener beyond loopback started")
+    };
     assert!(format!("{refused:#}").contains("0.0.0.0/0"), "{refused:#}");
     // With SCRAM beyond loopback (the default rules), it starts.
     let mut config = Config::default();
@@ -218,14 +222,14 @@ async fn flight_requires_a_login_and_binds_handles_to_their_user() -> anyhow::Re
 
     // No credentials, a bad password, a forged token: UNAUTHENTICATED.
     let mut anonymous = flight(&server).await?;
-    let e = anonymous.execute("SELECT 1".into(), None).await.err().expect("refused");
+    let e = anonymous.execute("SELECT 1".into(), None).await.expect_err("refused");
     assert!(arrow_code(&e).contains("Unauthenticated") || arrow_code(&e).contains("authentication required"), "{e}");
     let mut bad = flight(&server).await?;
-    let e = bad.handshake("alice", "wrong").await.err().expect("bad password");
+    let e = bad.handshake("alice", "wrong").await.expect_err("bad password");
     assert!(arrow_code(&e).contains("password authentication failed"), "{e}");
     let mut forged = flight(&server).await?;
     forged.set_token("forged".into());
-    let e = forged.execute("SELECT 1".into(), None).await.err().expect("forged token");
+    let e = forged.execute("SELECT 1".into(), None).await.expect_err("forged token");
     assert!(arrow_code(&e).contains("invalid or expired bearer token"), "{e}");
 
     // A login returns a bearer token; queries run as the user.
@@ -238,12 +242,12 @@ async fn flight_requires_a_login_and_binds_handles_to_their_user() -> anyhow::Re
     let mut bob = flight(&server).await?;
     bob.handshake("bob", "bob-pw").await?;
     // Another user's ticket: PERMISSION_DENIED.
-    let e = bob.do_get(ticket.clone()).await.err().expect("bob cannot redeem alice's ticket");
+    let e = bob.do_get(ticket.clone()).await.expect_err("bob cannot redeem alice's ticket");
     assert!(arrow_code(&e).contains("another user"), "{e}");
     let batches: Vec<_> = alice.do_get(ticket).await?.try_collect().await?;
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
     // Privileges: PERMISSION_DENIED naming the relation.
-    let e = alice.execute("SELECT * FROM hidden".into(), None).await.err().expect("no SELECT on hidden");
+    let e = alice.execute("SELECT * FROM hidden".into(), None).await.expect_err("no SELECT on hidden");
     assert!(arrow_code(&e).contains("permission denied for table public.hidden"), "{e}");
     // Another user's prepared statement handle: PERMISSION_DENIED.
     let mut statement = alice.prepare("SELECT count(*) FROM visible".into(), None).await?;
@@ -251,7 +255,7 @@ async fn flight_requires_a_login_and_binds_handles_to_their_user() -> anyhow::Re
     let batches: Vec<_> = alice.do_get(info.endpoint[0].ticket.clone().expect("ticket")).await?.try_collect().await?;
     assert_eq!(batches.len(), 1);
     let handle_ticket = info.endpoint[0].ticket.clone().expect("ticket");
-    let e = bob.do_get(handle_ticket).await.err().expect("bob cannot use alice's handle");
+    let e = bob.do_get(handle_ticket).await.expect_err("bob cannot use alice's handle");
     assert!(arrow_code(&e).contains("belongs to another user"), "{e}");
     statement.close().await?;
     // GetTables lists only what the user may read.
