@@ -47,7 +47,7 @@ impl Session {
                         self.apply_to_datafusion(&canonical, None)?;
                     }
                     None => {
-                        self.reset_role()?;
+                        // As in Postgres, RESET ALL keeps the role (DISCARD ALL resets it).
                         self.vars.write().map_err(lock_err)?.reset_all();
                         self.apply_to_datafusion("TimeZone", None)?;
                     }
@@ -198,6 +198,7 @@ impl Session {
     }
 
     fn set_variable(&mut self, name: &str, value: &str, local: bool) -> Result<()> {
+        self.check_setting_allowed(name, value)?;
         if let Some(option) = datafusion_option(name) {
             let state_ref = self.ctx.state_ref();
             let mut state = state_ref.write();
@@ -216,6 +217,41 @@ impl Session {
             self.local_restore.push((canonical.clone(), previous));
         }
         self.apply_to_datafusion(&canonical, Some(&value))
+    }
+
+    /// Non-superusers change only the documented session parameters:
+    /// `datafusion.*` options (which can change how much of the server a
+    /// query takes) are for superusers, and `memory_limit` is capped at
+    /// the server's `execution.memory_limit`.
+    fn check_setting_allowed(&self, name: &str, value: &str) -> Result<()> {
+        let Some(role) = self.restricted_role() else { return Ok(()) };
+        if datafusion_option(name).is_some() {
+            return Err(Error::new(
+                StatusCode::InsufficientPrivilege,
+                format!(
+                    "permission denied to set parameter \"{name}\": DataFusion options are for superusers (role \
+                     \"{role}\" is not one); sessions may set statement_timeout, TimeZone, application_name, \
+                     memory_limit, execution_mode and the other parameters SHOW ALL lists"
+                ),
+            ));
+        }
+        if variables::canonical_name(name).eq_ignore_ascii_case("memory_limit")
+            && let Some(cap) = self.engine.config().memory_limit.bytes()
+        {
+            let asked = crate::config::ByteSize::parse(value).ok().map(|size| size.bytes());
+            if let Some(asked) = asked
+                && asked.is_none_or(|bytes| bytes > cap)
+            {
+                return Err(Error::new(
+                    StatusCode::InsufficientPrivilege,
+                    format!(
+                        "permission denied to set memory_limit to {value}: above the server's execution.memory_limit \
+                         ({cap} bytes), which only a superuser may exceed"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Mirrors parameters that change query results into DataFusion's settings.

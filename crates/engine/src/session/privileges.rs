@@ -55,6 +55,11 @@ impl Session {
         self.checked_role().unwrap_or(crate::access::BOOTSTRAP_SUPERUSER)
     }
 
+    /// The role, when the session is checked and not a superuser.
+    pub(super) fn restricted_role(&self) -> Option<String> {
+        self.checking().map(|(_, role)| role.to_string())
+    }
+
     /// The state to check against, and the role, when there is anything to check.
     fn checking(&self) -> Option<(std::sync::Arc<AccessState>, &str)> {
         let role = self.checked_role()?;

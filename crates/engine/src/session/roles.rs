@@ -24,7 +24,7 @@ impl Session {
         self.ctx.register_udtf("table_as_of", std::sync::Arc::new(time_travel));
     }
 
-    /// Back to the login role, if `SET ROLE` changed it (RESET ALL, DISCARD ALL).
+    /// Back to the login role, if `SET ROLE` changed it (DISCARD ALL).
     pub(super) fn reset_role(&mut self) -> Result<()> {
         if self.info.role != self.login.1 || self.info.user != self.login.0 {
             self.set_role(None)?;
