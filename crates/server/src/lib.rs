@@ -16,6 +16,7 @@ pub mod auth;
 pub mod flight;
 pub mod pg;
 pub mod status;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -49,6 +50,8 @@ pub struct ServerConfig {
     /// How long a Postgres client has to complete its startup (and, later,
     /// authentication) before the connection is closed, in milliseconds.
     pub startup_timeout_ms: u64,
+    /// TLS for both protocols.
+    pub tls: tls::TlsConfig,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +65,7 @@ impl Default for ServerConfig {
             flight_max_prepared_statements: 256,
             shutdown_timeout_ms: 10_000,
             startup_timeout_ms: 60_000,
+            tls: tls::TlsConfig::default(),
         }
     }
 }
@@ -141,6 +145,7 @@ pub async fn start(
     auth: &auth::AuthConfig,
 ) -> Result<RunningServer, StartError> {
     auth.check_listen(&config.host).map_err(StartError::Config)?;
+    let tls = config.tls.load().map_err(StartError::Config)?;
     let auth = std::sync::Arc::new(auth.clone());
     let pg_listener = bind("the Postgres protocol", &config.host, config.pg_port).await?;
     let flight_listener = bind("Flight SQL", &config.host, config.flight_port).await?;
@@ -156,10 +161,15 @@ pub async fn start(
         max_connections: config.max_connections,
         startup_timeout: std::time::Duration::from_millis(config.startup_timeout_ms),
     };
+    let pg_tls = pg::wire::PgTls {
+        acceptor: tls.as_ref().map(|t| pgwire::tokio::TlsAcceptor::from(std::sync::Arc::clone(&t.rustls))),
+        required: config.tls.required,
+    };
     tracker.spawn(pg::serve(
         pg_listener,
         engine.clone(),
         limits,
+        pg_tls,
         std::sync::Arc::clone(&auth),
         shutdown.clone(),
         tracker.clone(),
@@ -178,15 +188,26 @@ pub async fn start(
         engine: engine.clone(),
         config: std::sync::Arc::clone(&auth),
         tokens,
-        tls: false,
+        tls: tls.is_some(),
         secret: std::sync::Arc::new(streamhouse_engine::access::scram::random_bytes::<32>()),
     };
     let service =
         tonic::service::interceptor::InterceptedService::new(service, move |request| authenticator.check(request));
     let incoming = tonic::transport::server::TcpIncoming::from(flight_listener).with_nodelay(Some(true));
     let flight_shutdown = shutdown.clone();
+    let flight_identity = tls.as_ref().map(|t| tonic::transport::Identity::from_pem(&t.cert_pem, &t.key_pem));
     tracker.spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(identity) = flight_identity {
+            builder = match builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)) {
+                Ok(builder) => builder,
+                Err(e) => {
+                    tracing::error!(error = %e, "Flight SQL TLS setup failed");
+                    return;
+                }
+            };
+        }
+        let served = builder
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, flight_shutdown.cancelled_owned())
             .await;

@@ -161,6 +161,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     engine: Engine,
     limits: Limits,
+    tls: wire::PgTls,
     auth: Arc<crate::auth::AuthConfig>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -206,6 +207,7 @@ pub(crate) async fn serve(
         let connection = Arc::new(PgConnection::new(Arc::clone(&shared), peer, probe, undecodable.clone()));
         let handlers = PgHandlers { connection, shared: Arc::clone(&shared) };
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
             // A panic ends this connection only (the release profile unwinds); it is logged as the bug it is.
             let serve = std::panic::AssertUnwindSafe(wire::serve_connection(
@@ -214,6 +216,7 @@ pub(crate) async fn serve(
                 undecodable,
                 handlers,
                 limits.startup_timeout,
+                tls.clone(),
             ));
             let serve = futures::FutureExt::catch_unwind(serve);
             let serve = futures::FutureExt::map(serve, move |result| {

@@ -274,3 +274,79 @@ async fn flight_requires_a_login_and_binds_handles_to_their_user() -> anyhow::Re
     server.stop().await;
     Ok(())
 }
+
+/// A CA and a server certificate for localhost / 127.0.0.1, made with openssl.
+fn test_certificates(dir: &std::path::Path) -> anyhow::Result<()> {
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output()?;
+        anyhow::ensure!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    run(&[&["req", "-x509"], &ec[..], &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca"]]
+        .concat())?;
+    run(&[&["req"], &ec[..], &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat())?;
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n")?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_on_both_protocols() -> anyhow::Result<()> {
+    if std::process::Command::new("openssl").arg("version").output().is_err() {
+        assert!(!streamhouse_testkit::required("STREAMHOUSE_REQUIRE_PSQL"), "openssl is required but not installed");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    test_certificates(dir.path())?;
+    let mut config = scram_only();
+    config.server.tls.cert = Some(dir.path().join("server.pem"));
+    config.server.tls.key = Some(dir.path().join("server.key"));
+    config.server.tls.required = true;
+    let server = TestServer::start_with(config).await?;
+    let port = server.pg_addr().port();
+    let ca = dir.path().join("ca.pem").display().to_string();
+
+    // Plaintext is refused with an error, not a hang.
+    let plain = tokio_postgres::connect(&url(&server, "streamhouse", Some(BOOT_PASSWORD)), tokio_postgres::NoTls).await;
+    let Err(e) = plain else { panic!("a plaintext client was served") };
+    assert!(message(&e).contains("TLS is required"), "{e}");
+
+    // psql with sslmode=verify-full and a password.
+    if std::process::Command::new("psql").arg("--version").output().is_ok() {
+        let dsn = format!("host=localhost port={port} user=streamhouse dbname=x sslmode=verify-full sslrootcert={ca}");
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("psql")
+                .args([&dsn, "-XAtc", "SELECT 'tls ' || 1"])
+                .env("PGPASSWORD", BOOT_PASSWORD)
+                .output()
+        })
+        .await??;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "tls 1");
+    } else {
+        assert!(!streamhouse_testkit::required("STREAMHOUSE_REQUIRE_PSQL"), "psql is required but not installed");
+    }
+    // psycopg (verify-full) and ADBC Flight SQL over grpc+tls://.
+    if streamhouse_testkit::python_has("psycopg, adbc_driver_flightsql") {
+        let args = vec![port.to_string(), server.flight_addr().port().to_string(), ca, BOOT_PASSWORD.to_string()];
+        streamhouse_testkit::run_client_script("tls_clients.py", args, "tls clients done").await?;
+    }
+    server.stop().await;
+    Ok(())
+}

@@ -100,7 +100,13 @@ impl Authenticator {
     #[allow(clippy::result_large_err)]
     fn password_login(&self, encoded: &str) -> Result<Login, Status> {
         let failed = || unauthenticated("password authentication failed");
-        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|_| failed())?;
+        // With or without padding: the Go Flight client (under ADBC) sends none.
+        let lenient = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        let decoded = lenient.decode(encoded).map_err(|_| failed())?;
         let decoded = String::from_utf8(decoded).map_err(|_| failed())?;
         let (user, password) = decoded.split_once(':').ok_or_else(failed)?;
         let verifier = auth::verifier_for(&self.engine, user, self.secret.as_ref());

@@ -349,47 +349,141 @@ pub fn check_and_decode(bytes: &[u8]) -> usize {
     decoded
 }
 
-/// Answers SSL and GSS encryption requests with `N` until the client sends
-/// something else; returns the bytes read of that (the start of its startup
-/// packet), or `None` when the client went away.
-async fn refuse_encryption(socket: &mut TcpStream) -> io::Result<Option<BytesMut>> {
+/// What the client asked for before its startup packet.
+enum Opening {
+    /// The client went away.
+    Gone,
+    /// SSLRequest, and the server has TLS: answered `S`; the handshake follows.
+    Tls,
+    /// The start of a plaintext startup packet (GSS and, without TLS, SSL
+    /// requests answered `N` before it).
+    Plain(BytesMut),
+}
+
+/// Reads encryption requests until the client sends something else.
+async fn opening(socket: &mut TcpStream, tls: bool) -> io::Result<Opening> {
     loop {
         let mut head = [0u8; 8];
         let mut read = 0;
         while read < head.len() {
             let n = socket.read(&mut head[read..]).await?;
             if n == 0 {
-                return Ok(None);
+                return Ok(Opening::Gone);
             }
             read += n;
         }
         let len = u32::from_be_bytes(head[..4].try_into().expect("four bytes"));
         let code = u32::from_be_bytes(head[4..].try_into().expect("four bytes"));
+        if len == 8 && code == SSL_REQUEST && tls {
+            socket.write_all(b"S").await?;
+            return Ok(Opening::Tls);
+        }
         if len == 8 && (code == SSL_REQUEST || code == GSS_REQUEST) {
             socket.write_all(b"N").await?;
             continue;
         }
-        return Ok(Some(BytesMut::from(&head[..])));
+        return Ok(Opening::Plain(BytesMut::from(&head[..])));
     }
 }
 
-/// Serves one Postgres connection: pgwire's message loop over [`Checked`].
+/// Reads the first 8 bytes of the startup packet from a TLS stream.
+async fn startup_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<BytesMut>> {
+    let mut head = [0u8; 8];
+    let mut read = 0;
+    while read < head.len() {
+        let n = stream.read(&mut head[read..]).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        read += n;
+    }
+    Ok(Some(BytesMut::from(&head[..])))
+}
+
+/// A FATAL ErrorResponse, written before any startup (TLS required).
+fn fatal_bytes(code: &str, message: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (field, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', code), (b'M', message)] {
+        body.push(field);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = vec![b'E'];
+    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// TLS for the Postgres protocol: the acceptor, and whether plaintext is refused.
+#[derive(Clone)]
+pub(crate) struct PgTls {
+    pub(crate) acceptor: Option<pgwire::tokio::TlsAcceptor>,
+    pub(crate) required: bool,
+}
+
+/// Serves one Postgres connection: TLS when the client asks and the server
+/// has it, then pgwire's message loop over [`Checked`].
 pub(crate) async fn serve_connection<H: PgWireServerHandlers>(
     mut socket: TcpStream,
     peer: SocketAddr,
     undecodable: Undecodable,
     handlers: H,
     startup_timeout: Duration,
+    tls: PgTls,
 ) -> io::Result<()> {
     let startup_deadline = tokio::time::sleep(startup_timeout);
     tokio::pin!(startup_deadline);
-    let first = tokio::select! {
+    let opening = tokio::select! {
         _ = &mut startup_deadline => return Ok(()),
-        first = refuse_encryption(&mut socket) => first?,
+        opening = opening(&mut socket, tls.acceptor.is_some()) => opening?,
     };
-    let Some(first) = first else { return Ok(()) };
-    let checked = Checked::new(socket, first, undecodable);
-    let mut socket = Framed::new(checked, PgWireMessageServerCodec::new(DefaultClient::new(peer, false)));
+    match opening {
+        Opening::Gone => Ok(()),
+        Opening::Tls => {
+            let Some(acceptor) = tls.acceptor.clone() else { return Ok(()) };
+            let handshake = async move {
+                let mut stream = acceptor.accept(socket).await?;
+                let head = startup_head(&mut stream).await?;
+                io::Result::Ok((stream, head))
+            };
+            let (stream, head) = tokio::select! {
+                _ = &mut startup_deadline => return Ok(()),
+                done = handshake => match done {
+                    Ok(done) => done,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return Ok(());
+                    }
+                },
+            };
+            let Some(head) = head else { return Ok(()) };
+            serve_stream(Checked::new(stream, head, undecodable), peer, true, handlers, startup_deadline).await
+        }
+        Opening::Plain(_) if tls.required => {
+            let message = "TLS is required (server.tls.required): connect with sslmode=require or verify-full";
+            socket.write_all(&fatal_bytes("28000", message)).await?;
+            socket.shutdown().await
+        }
+        Opening::Plain(head) => {
+            serve_stream(Checked::new(socket, head, undecodable), peer, false, handlers, startup_deadline).await
+        }
+    }
+}
+
+/// pgwire's message loop over one (plain or TLS) stream.
+async fn serve_stream<S, H>(
+    checked: Checked<S>,
+    peer: SocketAddr,
+    is_tls: bool,
+    handlers: H,
+    mut startup_deadline: Pin<&mut tokio::time::Sleep>,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt::Debug + 'static,
+    H: PgWireServerHandlers,
+{
+    let mut socket = Framed::new(checked, PgWireMessageServerCodec::new(DefaultClient::new(peer, is_tls)));
     socket.set_state(PgWireConnectionState::AwaitingStartup);
 
     let startup_handler = handlers.startup_handler();
