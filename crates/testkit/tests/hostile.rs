@@ -143,3 +143,55 @@ async fn silent_clients_are_disconnected_at_the_startup_timeout() -> anyhow::Res
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_statements_portals_and_flight_handles_are_capped() -> anyhow::Result<()> {
+    let mut config = streamhouse::Config::default();
+    config.execution.max_prepared_statements = 3;
+    config.execution.max_cursors = 2;
+    config.server.flight_max_prepared_statements = 2;
+    let server = TestServer::start_with(config).await?;
+    let mut pg = server.pg().await?;
+    // Named statements (tokio-postgres names each prepared statement).
+    let mut kept = Vec::new();
+    for i in 0..3 {
+        kept.push(pg.prepare(&format!("SELECT {i}::BIGINT")).await?);
+    }
+    let e = pg.prepare("SELECT 4").await.expect_err("a fourth named statement");
+    assert_eq!(e.as_db_error().map(|d| d.code().clone()), Some(SqlState::CONFIGURATION_LIMIT_EXCEEDED), "{e}");
+    let message = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+    assert!(message.contains("execution.max_prepared_statements"), "{message}");
+    // tokio-postgres names every statement it prepares, so the check is a simple query.
+    assert_eq!(pg.simple_query("SELECT 1").await?.len(), 3);
+    // Closing one (tokio-postgres sends Close when a statement is dropped) makes room.
+    kept.pop();
+    let again = pg.prepare("SELECT 5::BIGINT").await?;
+    assert_eq!(pg.query_one(&again, &[]).await?.get::<_, i64>(0), 5);
+    // Named portals: tokio-postgres binds one per `bind`, inside a transaction.
+    drop(again);
+    let tx = pg.transaction().await?;
+    let statement = tx.prepare("SELECT 1::BIGINT").await?;
+    let first = tx.bind(&statement, &[]).await?;
+    let second = tx.bind(&statement, &[]).await?;
+    let Err(e) = tx.bind(&statement, &[]).await else { panic!("a third named portal was bound") };
+    assert_eq!(e.as_db_error().map(|d| d.code().clone()), Some(SqlState::CONFIGURATION_LIMIT_EXCEEDED), "{e}");
+    drop((first, second));
+    let _ = tx.rollback().await;
+    // tokio-postgres names every statement it prepares, so the check is a simple query.
+    assert_eq!(pg.simple_query("SELECT 1").await?.len(), 3);
+
+    // Flight SQL: each user within server.flight_max_prepared_statements; others unaffected.
+    let mut alice = server.flight().await?;
+    alice.set_header("x-streamhouse-user", "alice");
+    let _a = alice.prepare("SELECT 1".into(), None).await?;
+    let mut b = alice.prepare("SELECT 2".into(), None).await?;
+    let e = alice.prepare("SELECT 3".into(), None).await.expect_err("alice's third handle");
+    assert!(e.to_string().contains("server.flight_max_prepared_statements"), "{e}");
+    let mut bob = server.flight().await?;
+    bob.set_header("x-streamhouse-user", "bob");
+    let _bob = bob.prepare("SELECT 1".into(), None).await?;
+    b.close().await?;
+    let _c = alice.prepare("SELECT 3".into(), None).await?;
+    server.stop().await;
+    Ok(())
+}

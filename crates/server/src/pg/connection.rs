@@ -28,7 +28,10 @@ use pgwire::api::{
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
-use pgwire::messages::extendedquery::{Describe, TARGET_TYPE_BYTE_STATEMENT};
+use pgwire::messages::extendedquery::{
+    Bind, BindComplete, Close, CloseComplete, Describe, Parse, ParseComplete, TARGET_TYPE_BYTE_PORTAL,
+    TARGET_TYPE_BYTE_STATEMENT,
+};
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use streamhouse_engine::access::scram;
@@ -61,6 +64,8 @@ pub struct PgConnection {
     secret: std::sync::Mutex<Option<pgwire::messages::startup::SecretKey>>,
     /// Where authentication stands.
     auth: Mutex<AuthStep>,
+    /// Named protocol statements and portals held (pgwire's store has no count).
+    held: Held,
     parser: Arc<PgParser>,
     /// The `COPY … FROM STDIN` receiving data, if any.
     copy: Mutex<Option<Box<CopyIn>>>,
@@ -94,6 +99,7 @@ impl PgConnection {
             registered,
             secret: std::sync::Mutex::new(None),
             auth: Mutex::new(AuthStep::Idle),
+            held: Held::default(),
             parser,
             copy: Mutex::new(None),
             probe,
@@ -148,6 +154,51 @@ where
         client.send(PgWireBackendMessage::NoticeResponse(notice_response(&notice))).await?;
     }
     Ok(())
+}
+
+/// The names of the named statements and portals a connection holds, kept
+/// beside pgwire's store (which has no count) to cap them (53400). The
+/// unnamed statement and portal are replaced, never accumulated.
+#[derive(Debug, Default)]
+pub(crate) struct Held(std::sync::Mutex<HeldNames>);
+
+#[derive(Debug, Default)]
+pub(crate) struct HeldNames {
+    statements: std::collections::HashSet<String>,
+    portals: std::collections::HashSet<String>,
+}
+
+impl Held {
+    /// Records `name`, unless that would hold more than `max` names.
+    fn admit(
+        &self,
+        set: impl Fn(&mut HeldNames) -> &mut std::collections::HashSet<String>,
+        name: &str,
+        max: usize,
+        what: &str,
+        key: &str,
+    ) -> PgWireResult<()> {
+        if name.is_empty() || name == DEFAULT_NAME {
+            return Ok(());
+        }
+        let mut held = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let names = set(&mut held);
+        if !names.contains(name) && names.len() >= max {
+            let error = Error::new(
+                StatusCode::ConfigurationLimitExceeded,
+                format!("this connection holds {} named {what}, the most {key} allows: close some first", names.len()),
+            );
+            return Err(pg_error(&error));
+        }
+        names.insert(name.to_string());
+        Ok(())
+    }
+
+    /// Forgets `name`.
+    fn release(&self, set: impl Fn(&mut HeldNames) -> &mut std::collections::HashSet<String>, name: &str) {
+        let mut held = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        set(&mut held).remove(name);
+    }
 }
 
 /// Where a connection's authentication stands.
@@ -336,6 +387,7 @@ impl SimpleQueryHandler for PgConnection {
         if let Some(name) = deallocated_protocol_statement(session, client, query) {
             // `DEALLOCATE name` also frees statements prepared with the protocol's Parse message.
             client.portal_store().rm_statement(&name);
+            self.held.release(|h| &mut h.statements, &name);
             return Ok(vec![Response::Execution(pgwire::api::results::Tag::new("DEALLOCATE"))]);
         }
         let (mut outputs, error) = session.run(query).await;
@@ -615,6 +667,99 @@ impl ExtendedQueryHandler for PgConnection {
 
     fn query_parser(&self) -> Arc<PgParser> {
         Arc::clone(&self.parser)
+    }
+
+    /// pgwire's Parse, within `execution.max_prepared_statements` named statements.
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned());
+        let max = self.shared.engine.config().max_prepared_statements;
+        self.held.admit(
+            |h| &mut h.statements,
+            &name,
+            max,
+            "prepared statements",
+            "execution.max_prepared_statements",
+        )?;
+        let stored = StoredStatement::parse(client, &message, self.query_parser()).await;
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(e) => {
+                self.held.release(|h| &mut h.statements, &name);
+                return Err(e);
+            }
+        };
+        match stored {
+            Some(statement) => client.portal_store().put_statement(Arc::new(statement)),
+            None => client.portal_store().put_empty_statement(&name),
+        }
+        client.send(PgWireBackendMessage::ParseComplete(ParseComplete::new())).await?;
+        Ok(())
+    }
+
+    /// pgwire's Bind, within `execution.max_cursors` named portals.
+    async fn on_bind<C>(&self, client: &mut C, message: Bind) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statement_name = message.statement_name.as_deref().unwrap_or(DEFAULT_NAME);
+        let portal_name = message.portal_name.as_deref().unwrap_or(DEFAULT_NAME).to_string();
+        match client.portal_store().get_statement(statement_name) {
+            Some(Entry::Value(statement)) => {
+                let portal = Portal::try_new(&message, statement)?;
+                let max = self.shared.engine.config().max_cursors;
+                self.held.admit(|h| &mut h.portals, &portal_name, max, "portals", "execution.max_cursors")?;
+                client.portal_store().put_portal(Arc::new(portal));
+            }
+            Some(Entry::Empty) => {
+                if !message.parameters.is_empty() {
+                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "ERROR".to_owned(),
+                        "08P01".to_owned(),
+                        format!(
+                            "bind message supplies {} parameters, but prepared statement {statement_name:?} requires 0",
+                            message.parameters.len(),
+                        ),
+                    ))));
+                }
+                client.portal_store().put_empty_portal(&portal_name);
+            }
+            None => return Err(PgWireError::StatementNotFound(statement_name.to_owned())),
+        }
+        client.send(PgWireBackendMessage::BindComplete(BindComplete::new())).await?;
+        Ok(())
+    }
+
+    /// pgwire's Close, also forgetting the name in the counts.
+    async fn on_close<C>(&self, client: &mut C, message: Close) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        match message.target_type {
+            TARGET_TYPE_BYTE_STATEMENT => {
+                client.portal_store().rm_statement(name);
+                self.held.release(|h| &mut h.statements, name);
+            }
+            TARGET_TYPE_BYTE_PORTAL => {
+                client.portal_store().rm_portal(name);
+                self.held.release(|h| &mut h.portals, name);
+            }
+            _ => {}
+        }
+        client.send(PgWireBackendMessage::CloseComplete(CloseComplete::new())).await?;
+        Ok(())
     }
 
     /// pgwire answers a statement with parameters but no result columns
