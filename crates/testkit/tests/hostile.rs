@@ -184,7 +184,7 @@ async fn protocol_statements_portals_and_flight_handles_are_capped() -> anyhow::
     let mut alice = server.flight().await?;
     alice.set_header("x-streamhouse-user", "alice");
     let _a = alice.prepare("SELECT 1".into(), None).await?;
-    let mut b = alice.prepare("SELECT 2".into(), None).await?;
+    let b = alice.prepare("SELECT 2".into(), None).await?;
     let e = alice.prepare("SELECT 3".into(), None).await.expect_err("alice's third handle");
     assert!(e.to_string().contains("server.flight_max_prepared_statements"), "{e}");
     let mut bob = server.flight().await?;
