@@ -311,19 +311,6 @@ impl AccessState {
         let acl = self.schemas.get(schema)?;
         (!acl.grants.is_empty()).then(|| acl.acl_text("UC"))
     }
-
-    /// Relations (schema, name) on which `role` holds a grant, directly.
-    fn granted_to(&self, role: &str) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for (schema, relations) in &self.relations {
-            for (name, acl) in relations {
-                if acl.grants.contains_key(role) || acl.owner == role {
-                    out.push((schema.clone(), name.clone()));
-                }
-            }
-        }
-        out
-    }
 }
 
 impl Acl {
@@ -687,6 +674,10 @@ impl Access {
     /// # Errors
     /// Storage failures.
     pub async fn relation_created(&self, schema: &str, name: &str, owner: &str) -> Result<()> {
+        if owner == BOOTSTRAP_SUPERUSER && !self.has_entry(schema, name) {
+            // The default owner, and nothing a dropped relation left: nothing to store.
+            return Ok(());
+        }
         self.update(|state| {
             state.relations.entry(schema.to_string()).or_default().insert(name.to_string(), Acl::owned_by(owner));
             Ok(())
@@ -699,7 +690,7 @@ impl Access {
     /// # Errors
     /// Storage failures.
     pub async fn relation_dropped(&self, schema: &str, name: &str) -> Result<()> {
-        if !self.snapshot().relations.get(schema).is_some_and(|r| r.contains_key(name)) {
+        if !self.has_entry(schema, name) {
             return Ok(());
         }
         self.update(|state| {
@@ -716,6 +707,9 @@ impl Access {
     /// # Errors
     /// Storage failures.
     pub async fn relation_renamed(&self, schema: &str, name: &str, new_name: &str) -> Result<()> {
+        if !self.has_entry(schema, name) && !self.has_entry(schema, new_name) {
+            return Ok(());
+        }
         self.update(|state| {
             let relations = state.relations.entry(schema.to_string()).or_default();
             match relations.remove(name) {
@@ -756,9 +750,9 @@ impl Access {
         .await
     }
 
-    /// Relations on which `role` holds a grant or which it owns (for messages).
-    pub fn granted_to(&self, role: &str) -> Vec<(String, String)> {
-        self.snapshot().granted_to(role)
+    /// Whether a relation has an owner or grants recorded.
+    fn has_entry(&self, schema: &str, name: &str) -> bool {
+        self.snapshot().relations.get(schema).is_some_and(|r| r.contains_key(name))
     }
 }
 
