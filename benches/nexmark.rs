@@ -181,7 +181,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Waits until the view reflects the latest snapshot of every source, through the chain.
 async fn wait_caught_up(catalog: &DynamicCatalog, view: &str) {
     let view = catalog.materialized_views().into_iter().find(|v| v.name.name == view).expect("the query's view exists");
-    view.wait_fresh().await.expect("view maintained");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
+    let fresh = view.wait_fresh(deadline).await.expect("view maintained");
+    assert_eq!(fresh, streamhouse_engine::views::Freshness::Fresh, "view {} did not catch up in 10 minutes", view.name);
 }
 
 /// A fresh engine over a temporary directory with the tables and `views`.

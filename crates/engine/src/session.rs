@@ -39,6 +39,7 @@ mod copy;
 mod cursor;
 mod ddl;
 mod execute;
+mod freshness;
 pub mod ingest;
 mod insert;
 mod naming;
@@ -857,6 +858,7 @@ impl Session {
         options: std::collections::BTreeMap<String, String>,
         source: &Statement,
     ) -> Result<Output> {
+        self.fresh_views(&plan, control).await?;
         match plan {
             LogicalPlan::Ddl(ddl) => {
                 let out = self.run_ddl(ddl, control, options).await;

@@ -65,6 +65,16 @@ pub const KNOWN: &[Known] = &[
         "auto",
         "Sets how queries run: auto (MPP, or staged BSP when memory is short), mpp (pipelined, in memory) or bsp (stage by stage, spilled between stages).",
     ),
+    var(
+        "view_read_timeout",
+        "5000",
+        "How long a read of a materialized view waits for it to reflect its sources' commits before failing with 55000 (milliseconds, or a duration like '10s').",
+    ),
+    var(
+        "view_staleness",
+        "wait",
+        "wait: a read of a materialized view reflects every source commit made before it began (or fails after view_read_timeout); allow: read the view's latest snapshot at once, with a NOTICE giving its lag.",
+    ),
     var("geqo", "on", "Accepted for compatibility."),
     var(
         "default_table_access_method",

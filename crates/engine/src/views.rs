@@ -143,9 +143,9 @@ impl Progress {
 
 /// A materialized view: its stored rows (a Dynamic Table with the hidden
 /// columns), its definition, and the maintainer's progress. As a
-/// `TableProvider` it shows only the visible columns and waits, before a
-/// scan, until the view reflects every source commit made before the scan
-/// began (read-your-writes across views).
+/// `TableProvider` it shows only the visible columns, at the latest view
+/// snapshot; a reading statement first calls [`MaterializedView::before_read`]
+/// (read-your-writes across views, or a clear error).
 #[derive(Debug)]
 pub struct MaterializedView {
     /// The view's name.
@@ -170,10 +170,6 @@ pub struct MaterializedView {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     me: std::sync::Weak<MaterializedView>,
 }
-
-/// How long a read waits for a view to catch up with its sources before it
-/// reads what is there.
-const FRESHNESS_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl MaterializedView {
     /// A view over its stored table.
@@ -259,25 +255,27 @@ impl MaterializedView {
     }
 
     /// Waits until the view reflects every commit its sources (and their
-    /// sources) had when this was called, or [`FRESHNESS_WAIT`] passes.
+    /// sources) had when this was called; [`Freshness::Behind`] when
+    /// `deadline` passes first.
     ///
     /// # Errors
     /// The maintainer stopped with an error.
-    pub fn wait_fresh(&self) -> futures::future::BoxFuture<'_, Result<()>> {
+    pub fn wait_fresh(&self, deadline: tokio::time::Instant) -> futures::future::BoxFuture<'_, Result<Freshness>> {
         Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + FRESHNESS_WAIT;
             let mut progress = self.progress.subscribe();
             // After a restart the maintainer plans the view first; until it
             // has published positions, the sources are not known.
             let started =
                 matches!(tokio::time::timeout_at(deadline, progress.wait_for(Progress::started)).await, Ok(Ok(_)));
             if !started {
-                return Ok(());
+                return Ok(Freshness::Behind);
             }
             let sources = crate::lock(&self.sources).clone();
             for source in &sources {
-                if let Some(view) = &source.view {
-                    view.wait_fresh().await?;
+                if let Some(view) = &source.view
+                    && view.wait_fresh(deadline).await? == Freshness::Behind
+                {
+                    return Ok(Freshness::Behind);
                 }
             }
             let targets: Vec<u64> =
@@ -289,17 +287,99 @@ impl MaterializedView {
             };
             let error = match tokio::time::timeout_at(deadline, progress.wait_for(caught_up)).await {
                 Ok(Ok(p)) => p.error.clone(),
-                _ => None,
+                _ => return Ok(Freshness::Behind),
             };
             if let Some(error) = error {
-                return Err(Error::new(
-                    StatusCode::ObjectNotInPrerequisiteState,
-                    format!("materialized view {} is not being maintained: {error}", self.name),
-                ));
+                return Err(self.not_maintained(&error));
             }
-            Ok(())
+            Ok(Freshness::Fresh)
         })
     }
+
+    fn not_maintained(&self, error: &str) -> Error {
+        Error::new(
+            StatusCode::ObjectNotInPrerequisiteState,
+            format!("materialized view {} is not being maintained: {error}", self.name),
+        )
+    }
+
+    /// How far the view is behind its sources now: the commits it does not
+    /// reflect yet and milliseconds since the oldest of them (`None` before
+    /// the maintainer has started).
+    pub async fn lag(&self) -> Option<(u64, i64)> {
+        let progress = self.progress.borrow().clone();
+        if !progress.started() {
+            return None;
+        }
+        let now = crate::now_ms();
+        let (mut commits, mut oldest_ms) = (0u64, 0i64);
+        for (i, source) in self.sources().iter().enumerate() {
+            let table = source.table.storage();
+            let latest = table.latest_snapshot().map_or(0, |s| s.id);
+            let position = progress.positions.get(i).copied().unwrap_or(0);
+            if position < latest {
+                commits += latest - position;
+                if let Ok(snapshot) = table.read_snapshot(position + 1).await {
+                    oldest_ms = oldest_ms.max(now - snapshot.commit_time_ms);
+                }
+            }
+        }
+        Some((commits, oldest_ms.max(0)))
+    }
+
+    /// Before a statement reads the view: wait up to `wait` for it to
+    /// reflect every source commit made before now, failing (55000, naming
+    /// the view and its lag) when it does not; with `wait = None`
+    /// (`view_staleness = 'allow'`), read at once and return a notice with
+    /// the lag when there is one.
+    ///
+    /// # Errors
+    /// The view is behind after `wait`; its maintainer failed.
+    pub async fn before_read(&self, wait: Option<std::time::Duration>) -> Result<Option<String>> {
+        let Some(wait) = wait else {
+            if let Some(error) = self.progress.borrow().error.clone() {
+                return Err(self.not_maintained(&error));
+            }
+            return Ok(match self.lag().await {
+                None => Some(format!(
+                    "materialized view {} is starting: its latest snapshot is read (view_staleness = allow)",
+                    self.name
+                )),
+                Some((0, _)) => None,
+                Some((commits, ms)) => Some(format!(
+                    "materialized view {} is {ms} ms behind its sources ({commits} source commits not reflected); \
+                     its latest snapshot is read (view_staleness = allow)",
+                    self.name
+                )),
+            });
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        if self.wait_fresh(deadline).await? == Freshness::Fresh {
+            return Ok(None);
+        }
+        let lag = match self.lag().await {
+            Some((commits, ms)) => format!("{ms} ms behind its sources ({commits} source commits not reflected)"),
+            None => "still starting (its maintainer has not caught up since the server started)".to_string(),
+        };
+        Err(Error::new(
+            StatusCode::ObjectNotInPrerequisiteState,
+            format!(
+                "materialized view {} is {lag} and did not catch up within view_read_timeout ({} ms): retry, raise \
+                 view_read_timeout, or SET view_staleness = 'allow' to read its latest snapshot",
+                self.name,
+                wait.as_millis()
+            ),
+        ))
+    }
+}
+
+/// Whether a view caught up before a deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// It reflects every source commit made before the wait began.
+    Fresh,
+    /// The deadline passed first.
+    Behind,
 }
 
 #[async_trait]
@@ -319,7 +399,8 @@ impl TableProvider for MaterializedView {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        self.wait_fresh().await.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        // Freshness is the reading statement's business (`before_read`,
+        // before planning its execution), never a wait inside planning.
         self.visible.scan_snapshot(state, None, projection, filters).await
     }
 

@@ -192,3 +192,52 @@ async fn session_limits_are_clear_errors() {
     support::run(&mut s, "PREPARE p3 AS SELECT $1::int").await.unwrap();
     assert_eq!(lines(&support::run(&mut s, "EXECUTE p3(7)").await.unwrap()), ["| 7 |"]);
 }
+
+/// A read of a materialized view that is behind its sources waits up to
+/// `view_read_timeout`, then fails with 55000 naming the view and its lag;
+/// `view_staleness = 'allow'` reads the latest view snapshot with a notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_a_lagging_view_fail_clearly_or_say_how_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap().with_automatic_cleanup(true));
+    let catalog = Arc::new(DynamicCatalog::open(store).await.unwrap());
+    let config = EngineConfig { target_partitions: 2, ..EngineConfig::default() };
+    let e = Engine::with_catalog(config, Arc::clone(&catalog) as _).unwrap();
+    sql(&e, "CREATE TABLE src (id BIGINT PRIMARY KEY, v BIGINT)").await.unwrap();
+    sql(&e, "INSERT INTO src VALUES (1, 10)").await.unwrap();
+    sql(&e, "CREATE MATERIALIZED VIEW total AS SELECT sum(v) AS s FROM src").await.unwrap();
+    assert_eq!(lines(&sql(&e, "SELECT s FROM total").await.unwrap()), ["| 10 |"]);
+    // Its maintainer stops (as if it could not keep up); the source moves on.
+    let view = catalog.materialized_views().into_iter().find(|v| v.name.name == "total").unwrap();
+    view.stop().await;
+    sql(&e, "INSERT INTO src VALUES (2, 5)").await.unwrap();
+
+    let mut session = e.new_session(SessionInfo { user: "t".into(), ..Default::default() });
+    let (_, error) = session.run("SET view_read_timeout = '300ms'; SELECT s FROM total").await;
+    let error = error.expect("a stale read is an error");
+    assert_eq!(error.code(), StatusCode::ObjectNotInPrerequisiteState, "{error}");
+    let message = error.message();
+    assert!(
+        message.contains("materialized view public.total is") && message.contains("behind its sources"),
+        "{message}"
+    );
+    assert!(message.contains("view_read_timeout (300 ms)") && message.contains("view_staleness"), "{message}");
+    // Also through a plain view over it, and in a subquery.
+    sql(&e, "CREATE VIEW over_total AS SELECT s * 2 AS d FROM total").await.unwrap();
+    let (_, error) = session.run("SELECT d FROM over_total").await;
+    assert_eq!(error.expect("stale through a plain view").code(), StatusCode::ObjectNotInPrerequisiteState);
+
+    let (outputs, error) = session.run("SET view_staleness = 'allow'; SELECT s FROM total").await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(outputs.len(), 2);
+    let notices = session.take_notices();
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.message.contains("public.total is") && n.message.contains("1 source commits not reflected")),
+        "{notices:?}"
+    );
+    let (_, error) = session.run("RESET view_staleness; SET view_read_timeout = 'forever'").await;
+    assert_eq!(error.expect("a bad duration").code(), StatusCode::InvalidParameterValue);
+}

@@ -138,6 +138,17 @@ impl Variables {
         self.get("execution_mode").and_then(|m| crate::config::ExecutionMode::parse(&m)).unwrap_or_default()
     }
 
+    /// How a read of a materialized view treats a view that is behind:
+    /// wait up to this long (`None`: read the latest snapshot at once,
+    /// `view_staleness = 'allow'`).
+    pub fn view_wait(&self) -> Option<Duration> {
+        if self.get("view_staleness").is_some_and(|v| v == "allow") {
+            return None;
+        }
+        let ms: u64 = self.get("view_read_timeout").and_then(|v| v.parse().ok()).unwrap_or(5000);
+        Some(Duration::from_millis(ms))
+    }
+
     /// The statement timeout, if one is set.
     pub fn statement_timeout(&self) -> Option<Duration> {
         let ms: u64 = self.get("statement_timeout")?.parse().ok()?;
@@ -170,9 +181,15 @@ fn normalize(lower: &str, value: &str) -> Result<String> {
                 ))
             }
         }
-        "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout" => parse_duration_ms(value)
-            .map(|ms| ms.to_string())
-            .ok_or_else(|| invalid_value(lower, value, "expected milliseconds or a duration like '5s', '2min'")),
+        "view_staleness" => match value.trim().to_ascii_lowercase().as_str() {
+            v @ ("wait" | "allow") => Ok(v.to_string()),
+            _ => Err(invalid_value(lower, value, "expected wait or allow")),
+        },
+        "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout" | "view_read_timeout" => {
+            parse_duration_ms(value)
+                .map(|ms| ms.to_string())
+                .ok_or_else(|| invalid_value(lower, value, "expected milliseconds or a duration like '5s', '2min'"))
+        }
         "memory_limit" => crate::config::ByteSize::parse(value)
             .map(|size| match size {
                 crate::config::ByteSize::Unlimited => "unlimited".to_string(),
