@@ -599,7 +599,8 @@ impl Session {
             }
             _ => return Err(Error::internal("statement is not planned by DataFusion")),
         };
-        self.check_plan(&plan, statement)?;
+        let views = self.views_in(&plan).await?;
+        self.check_plan(&plan, statement, &views)?;
         Ok(plan)
     }
 

@@ -46,7 +46,8 @@ impl Session {
             frame.select_columns(&columns.iter().map(String::as_str).collect::<Vec<_>>())?
         };
         let plan = frame.into_unoptimized_plan();
-        self.check_scans(&plan, None)?;
+        let views = self.views_in(&plan).await?;
+        self.check_scans(&plan, None, &views)?;
         Ok(plan)
     }
 

@@ -24,11 +24,16 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
 use datafusion::sql::sqlparser::ast;
 
+use datafusion::catalog::view::ViewTable;
+
 use super::Session;
 use crate::access::{AccessState, Privilege, SchemaPrivilege};
 use crate::catalog::RelationName;
 use crate::error::{Error, Result, StatusCode};
 use crate::sql::Statement;
+
+/// Plain views a plan reads, with their plans.
+pub(super) type Views = std::collections::HashMap<RelationName, LogicalPlan>;
 
 /// System catalogs only superusers read (they hold password verifiers).
 const SUPERUSER_CATALOGS: [&str; 2] = ["pg_authid", "pg_shadow"];
@@ -135,7 +140,7 @@ impl Session {
 
     /// Checks every relation `plan` reads or writes; `statement` is what it
     /// was planned from (whether an UPDATE or DELETE reads its target).
-    pub(super) fn check_plan(&self, plan: &LogicalPlan, statement: &Statement) -> Result<()> {
+    pub(super) fn check_plan(&self, plan: &LogicalPlan, statement: &Statement, views: &Views) -> Result<()> {
         if self.checking().is_none() {
             return Ok(());
         }
@@ -176,25 +181,157 @@ impl Session {
             },
             LogicalPlan::Statement(datafusion::logical_expr::Statement::Execute(execute)) => {
                 if let Some(prepared) = self.sql_prepared.get(&execute.name) {
-                    self.check_plan(prepared, statement)?;
+                    self.check_plan(prepared, statement, views)?;
                 }
             }
             _ => {}
         }
-        self.check_scans(plan, target.as_ref())
+        self.check_scans(plan, target.as_ref(), views)
     }
 
-    /// SELECT on every relation `plan` scans, except `skip` (a DML target
-    /// whose rows the statement does not read).
-    pub(super) fn check_scans(&self, plan: &LogicalPlan, skip: Option<&RelationName>) -> Result<()> {
+    /// The plain views `plan` reads, with their plans, nested ones too.
+    /// DataFusion inlines a view when it plans a statement (a
+    /// `SubqueryAlias` named after the view over the view's plan), so the
+    /// checks recognise a view by its name *and* its plan: a user's alias
+    /// that merely borrows a view's name is not a view read.
+    pub(super) async fn views_in(&self, plan: &LogicalPlan) -> Result<Views> {
+        let mut views = Views::new();
+        if self.checking().is_none() {
+            return Ok(views);
+        }
+        let catalog = self.engine.catalog();
+        let mut todo = vec![plan.clone()];
+        while let Some(plan) = todo.pop() {
+            let mut aliases = Vec::new();
+            plan.apply_with_subqueries(|node| {
+                match node {
+                    LogicalPlan::SubqueryAlias(alias) => aliases.push(alias.alias.clone()),
+                    LogicalPlan::TableScan(scan) => aliases.push(scan.table_name.clone()),
+                    _ => {}
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+            for alias in aliases {
+                let Ok(name) = self.relation_name(&alias) else { continue };
+                if views.contains_key(&name) || catalog.relation_kind(&name) != Some(crate::sql::RelationKind::View) {
+                    continue;
+                }
+                let Some(provider) = catalog.relation(&name).await? else { continue };
+                if let Some(view) = provider.downcast_ref::<ViewTable>() {
+                    todo.push(view.logical_plan().clone());
+                    views.insert(name, view.logical_plan().clone());
+                }
+            }
+        }
+        Ok(views)
+    }
+
+    /// SELECT on every relation `plan` reads, except `skip` (a DML target
+    /// whose rows the statement does not read). A view needs SELECT on the
+    /// view only; what it reads is checked against its owner.
+    pub(super) fn check_scans(&self, plan: &LogicalPlan, skip: Option<&RelationName>, views: &Views) -> Result<()> {
         let mut result = Ok(());
         plan.apply_with_subqueries(|node| {
-            if let LogicalPlan::TableScan(scan) = node {
-                let checked = self.check_scan(&scan.table_name, skip);
-                if checked.is_err() {
-                    result = checked;
-                    return Ok(TreeNodeRecursion::Stop);
-                }
+            let checked = match node {
+                LogicalPlan::SubqueryAlias(alias) => match self.inlined_view(&alias.alias, &alias.input, views) {
+                    Some((name, view_plan)) => {
+                        let checked = self
+                            .require(&name, Privilege::Select)
+                            .and_then(|()| self.check_as_owner(&name, view_plan, views));
+                        if checked.is_ok() {
+                            return Ok(TreeNodeRecursion::Jump);
+                        }
+                        checked
+                    }
+                    None => Ok(()),
+                },
+                LogicalPlan::TableScan(scan) => self.check_scan(&scan.table_name, skip).and_then(|()| {
+                    match self.relation_name(&scan.table_name).ok().and_then(|n| views.get_key_value(&n)) {
+                        Some((name, view_plan)) => self.check_as_owner(name, view_plan, views),
+                        None => Ok(()),
+                    }
+                }),
+                _ => Ok(()),
+            };
+            if checked.is_err() {
+                result = checked;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        result
+    }
+
+    /// The view an alias stands for, when it is DataFusion's inlining of
+    /// one: named after a plain view, over exactly that view's plan.
+    fn inlined_view<'a>(
+        &self,
+        alias: &datafusion::common::TableReference,
+        input: &LogicalPlan,
+        views: &'a Views,
+    ) -> Option<(RelationName, &'a LogicalPlan)> {
+        let name = self.relation_name(alias).ok()?;
+        let view_plan = views.get(&name)?;
+        let inlined = input == view_plan
+            || matches!(input, LogicalPlan::Projection(projection) if projection.input.as_ref() == view_plan);
+        inlined.then_some((name, view_plan))
+    }
+
+    /// A view reads its sources with its owner's privileges, as in
+    /// Postgres, checked at every read: an owner who lost SELECT on a source
+    /// no longer lends it to the view's readers.
+    fn check_as_owner(&self, view: &RelationName, plan: &LogicalPlan, views: &Views) -> Result<()> {
+        let state = self.engine.access().snapshot();
+        let owner = state.owner(&view.schema, &view.name).to_string();
+        if state.is_superuser(&owner) {
+            return Ok(());
+        }
+        let denied = |source: &RelationName| {
+            Error::new(
+                StatusCode::InsufficientPrivilege,
+                format!(
+                    "permission denied for {} {source}: role \"{owner}\", owner of view {view}, lacks the SELECT \
+                     privilege on it",
+                    self.noun_of(source)
+                ),
+            )
+        };
+        let mut result = Ok(());
+        plan.apply_with_subqueries(|node| {
+            let checked = match node {
+                LogicalPlan::SubqueryAlias(alias) => match self.inlined_view(&alias.alias, &alias.input, views) {
+                    Some((name, nested)) => {
+                        let checked = if state.has_privilege(&owner, &name.schema, &name.name, Privilege::Select) {
+                            self.check_as_owner(&name, nested, views)
+                        } else {
+                            Err(denied(&name))
+                        };
+                        if checked.is_ok() {
+                            return Ok(TreeNodeRecursion::Jump);
+                        }
+                        checked
+                    }
+                    None => Ok(()),
+                },
+                LogicalPlan::TableScan(scan) => match self.relation_name(&scan.table_name) {
+                    Ok(source) => {
+                        let source = match source.name.rsplit_once('$') {
+                            Some((base, suffix)) if crate::dynamic::system::SystemKind::parse(suffix).is_some() => {
+                                RelationName { schema: source.schema.clone(), name: base.to_string() }
+                            }
+                            _ => source,
+                        };
+                        let readable = self.engine.catalog().relation_kind(&source).is_none()
+                            || state.has_privilege(&owner, &source.schema, &source.name, Privilege::Select);
+                        if readable { Ok(()) } else { Err(denied(&source)) }
+                    }
+                    Err(_) => Ok(()),
+                },
+                _ => Ok(()),
+            };
+            if checked.is_err() {
+                result = checked;
+                return Ok(TreeNodeRecursion::Stop);
             }
             Ok(TreeNodeRecursion::Continue)
         })?;
