@@ -212,7 +212,44 @@ impl ComputedRows for QueriesTable {
     }
 
     async fn rows(&self) -> datafusion::error::Result<Vec<RecordBatch>> {
+        self.rows_seen_by(None)
+    }
+
+    async fn rows_for(&self, state: &dyn datafusion::catalog::Session) -> datafusion::error::Result<Vec<RecordBatch>> {
+        let viewer = state.config().get_extension::<QueryViewer>();
+        let hidden_from = viewer.as_deref().and_then(QueryViewer::restricted_to);
+        self.rows_seen_by(hidden_from.as_deref())
+    }
+}
+
+/// Who scans `sys.queries` (a session's config extension): a role that is
+/// not a superuser sees the text and error of its own statements only, as
+/// Postgres' `pg_stat_activity` shows others' as `<insufficient privilege>`.
+#[derive(Debug)]
+pub struct QueryViewer {
+    /// The role the session's statements are checked as; `None`: every right.
+    pub role: Option<String>,
+    /// To tell whether that role is a superuser now.
+    pub access: Arc<crate::access::Access>,
+}
+
+impl QueryViewer {
+    /// The user whose statements alone are shown in full, when restricted.
+    fn restricted_to(&self) -> Option<String> {
+        let role = self.role.as_ref()?;
+        (!self.access.snapshot().is_superuser(role)).then(|| role.clone())
+    }
+}
+
+/// What a restricted viewer sees instead of another user's statement text.
+const HIDDEN: &str = "<insufficient privilege>";
+
+impl QueriesTable {
+    /// The rows; with `only`, the text and error of statements by users
+    /// other than `only` are hidden.
+    fn rows_seen_by(&self, only: Option<&str>) -> datafusion::error::Result<Vec<RecordBatch>> {
         let records = self.log.snapshot();
+        let shown = |r: &QueryRecord| only.is_none_or(|user| r.user == user);
         let now = now_ms();
         let outcome = |r: &QueryRecord| lock(&r.outcome).clone();
         let outcomes: Vec<Option<String>> = records.iter().map(|r| outcome(r)).collect();
@@ -237,7 +274,9 @@ impl ComputedRows for QueriesTable {
             Arc::new(Int64Array::from_iter_values(records.iter().map(|r| r.id as i64))),
             Arc::new(Int64Array::from_iter_values(records.iter().map(|r| r.session as i64))),
             Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.user.as_str()))),
-            Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.query.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                records.iter().map(|r| if shown(r) { r.query.as_str() } else { HIDDEN }),
+            )),
             Arc::new(StringArray::from_iter_values(outcomes.iter().map(state))),
             Arc::new(StringArray::from_iter_values(modes.iter().map(|m| m.0))),
             Arc::new(StringArray::from_iter_values(modes.iter().map(|m| m.1.as_str()))),
@@ -251,7 +290,14 @@ impl ComputedRows for QueriesTable {
             Arc::new(Int64Array::from_iter_values(records.iter().map(|r| r.rows.load(Ordering::Relaxed) as i64))),
             Arc::new(Int64Array::from_iter_values(records.iter().map(|r| r.peak() as i64))),
             Arc::new(
-                outcomes.iter().map(|o| o.as_deref().and_then(|s| s.strip_prefix("failed: "))).collect::<StringArray>(),
+                records
+                    .iter()
+                    .zip(&outcomes)
+                    .map(|(r, o)| {
+                        let error = o.as_deref().and_then(|s| s.strip_prefix("failed: "));
+                        if shown(r) { error } else { error.map(|_| HIDDEN) }
+                    })
+                    .collect::<StringArray>(),
             ),
             Arc::new(Int64Array::from_iter_values(stages.iter().map(|s| s.len() as i64))),
             Arc::new(sum(|s| s.attempts as u64)),

@@ -23,6 +23,13 @@ pub trait ComputedRows: std::fmt::Debug + Send + Sync + 'static {
     /// The rows, now.
     async fn rows(&self) -> datafusion::error::Result<Vec<RecordBatch>>;
 
+    /// The rows a scan in `state`'s session sees (a table that shows each
+    /// session only part of itself overrides this); [`ComputedRows::rows`] by default.
+    async fn rows_for(&self, state: &dyn DfSession) -> datafusion::error::Result<Vec<RecordBatch>> {
+        let _ = state;
+        self.rows().await
+    }
+
     /// The rows as a stream, for tables too big to compute into memory
     /// (a table's whole changelog); `None` serves [`ComputedRows::rows`].
     fn partition(&self) -> Option<Arc<dyn PartitionStream>> {
@@ -46,7 +53,7 @@ impl<T: ComputedRows> TableProvider for Computed<T> {
 
     async fn scan(
         &self,
-        _state: &dyn DfSession,
+        state: &dyn DfSession,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
         _limit: Option<usize>,
@@ -55,7 +62,7 @@ impl<T: ComputedRows> TableProvider for Computed<T> {
             let exec = StreamingTableExec::try_new(self.0.schema(), vec![partition], projection, [], false, None)?;
             return Ok(Arc::new(exec));
         }
-        batches_exec(self.0.rows().await?, &self.0.schema(), projection)
+        batches_exec(self.0.rows_for(state).await?, &self.0.schema(), projection)
     }
 }
 

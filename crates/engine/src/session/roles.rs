@@ -22,6 +22,11 @@ impl Session {
             None => time_travel,
         };
         self.ctx.register_udtf("table_as_of", std::sync::Arc::new(time_travel));
+        let viewer = crate::queries::QueryViewer {
+            role: self.info.role.clone(),
+            access: std::sync::Arc::clone(self.engine.access()),
+        };
+        self.ctx.state_ref().write().config_mut().set_extension(std::sync::Arc::new(viewer));
     }
 
     /// Back to the login role, if `SET ROLE` changed it (DISCARD ALL).
