@@ -17,8 +17,10 @@
 //! | `DROP`, `ALTER`, `CALL sys.*`, `OR REPLACE` | ownership |
 //! | `CREATE SCHEMA` | superuser; `DROP SCHEMA`: ownership |
 //!
-//! A view's reader needs SELECT on the view only: the plan checked is the
-//! one DataFusion builds before it inlines views.
+//! A view's reader needs SELECT on the view only, and what the view reads
+//! is checked against the view's owner. DataFusion inlines a plain view as
+//! it builds the plan (`SubqueryAlias(view)` over the view's plan), so a view
+//! read is recognised by the alias *and* the plan ([`Session::views_in`]).
 
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
@@ -230,34 +232,48 @@ impl Session {
     /// whose rows the statement does not read). A view needs SELECT on the
     /// view only; what it reads is checked against its owner.
     pub(super) fn check_scans(&self, plan: &LogicalPlan, skip: Option<&RelationName>, views: &Views) -> Result<()> {
+        self.walk_reads(
+            plan,
+            views,
+            |view, view_plan| {
+                self.require(view, Privilege::Select).and_then(|()| self.check_as_owner(view, view_plan, views))
+            },
+            |reference| {
+                self.check_scan(reference, skip)?;
+                // A view read without inlining (a scan of the view itself).
+                match self.relation_name(reference).ok().and_then(|n| views.get_key_value(&n)) {
+                    Some((name, view_plan)) => self.check_as_owner(name, view_plan, views),
+                    None => Ok(()),
+                }
+            },
+        )
+    }
+
+    /// Walks what `plan` reads: `on_view` for each inlined plain view (whose
+    /// plan is then not walked here), `on_scan` for each table scan; stops
+    /// at the first error.
+    fn walk_reads(
+        &self,
+        plan: &LogicalPlan,
+        views: &Views,
+        mut on_view: impl FnMut(&RelationName, &LogicalPlan) -> Result<()>,
+        mut on_scan: impl FnMut(&datafusion::common::TableReference) -> Result<()>,
+    ) -> Result<()> {
         let mut result = Ok(());
         plan.apply_with_subqueries(|node| {
-            let checked = match node {
+            let (checked, next) = match node {
                 LogicalPlan::SubqueryAlias(alias) => match self.inlined_view(&alias.alias, &alias.input, views) {
-                    Some((name, view_plan)) => {
-                        let checked = self
-                            .require(&name, Privilege::Select)
-                            .and_then(|()| self.check_as_owner(&name, view_plan, views));
-                        if checked.is_ok() {
-                            return Ok(TreeNodeRecursion::Jump);
-                        }
-                        checked
-                    }
-                    None => Ok(()),
+                    Some((name, view_plan)) => (on_view(&name, view_plan), TreeNodeRecursion::Jump),
+                    None => (Ok(()), TreeNodeRecursion::Continue),
                 },
-                LogicalPlan::TableScan(scan) => self.check_scan(&scan.table_name, skip).and_then(|()| {
-                    match self.relation_name(&scan.table_name).ok().and_then(|n| views.get_key_value(&n)) {
-                        Some((name, view_plan)) => self.check_as_owner(name, view_plan, views),
-                        None => Ok(()),
-                    }
-                }),
-                _ => Ok(()),
+                LogicalPlan::TableScan(scan) => (on_scan(&scan.table_name), TreeNodeRecursion::Continue),
+                _ => (Ok(()), TreeNodeRecursion::Continue),
             };
             if checked.is_err() {
                 result = checked;
                 return Ok(TreeNodeRecursion::Stop);
             }
-            Ok(TreeNodeRecursion::Continue)
+            Ok(next)
         })?;
         result
     }
@@ -286,56 +302,30 @@ impl Session {
         if state.is_superuser(&owner) {
             return Ok(());
         }
-        let denied = |source: &RelationName| {
-            Error::new(
+        let may_read = |source: &RelationName| {
+            if self.engine.catalog().relation_kind(source).is_none()
+                || state.has_privilege(&owner, &source.schema, &source.name, Privilege::Select)
+            {
+                return Ok(());
+            }
+            Err(Error::new(
                 StatusCode::InsufficientPrivilege,
                 format!(
                     "permission denied for {} {source}: role \"{owner}\", owner of view {view}, lacks the SELECT \
                      privilege on it",
                     self.noun_of(source)
                 ),
-            )
+            ))
         };
-        let mut result = Ok(());
-        plan.apply_with_subqueries(|node| {
-            let checked = match node {
-                LogicalPlan::SubqueryAlias(alias) => match self.inlined_view(&alias.alias, &alias.input, views) {
-                    Some((name, nested)) => {
-                        let checked = if state.has_privilege(&owner, &name.schema, &name.name, Privilege::Select) {
-                            self.check_as_owner(&name, nested, views)
-                        } else {
-                            Err(denied(&name))
-                        };
-                        if checked.is_ok() {
-                            return Ok(TreeNodeRecursion::Jump);
-                        }
-                        checked
-                    }
-                    None => Ok(()),
-                },
-                LogicalPlan::TableScan(scan) => match self.relation_name(&scan.table_name) {
-                    Ok(source) => {
-                        let source = match source.name.rsplit_once('$') {
-                            Some((base, suffix)) if crate::dynamic::system::SystemKind::parse(suffix).is_some() => {
-                                RelationName { schema: source.schema.clone(), name: base.to_string() }
-                            }
-                            _ => source,
-                        };
-                        let readable = self.engine.catalog().relation_kind(&source).is_none()
-                            || state.has_privilege(&owner, &source.schema, &source.name, Privilege::Select);
-                        if readable { Ok(()) } else { Err(denied(&source)) }
-                    }
-                    Err(_) => Ok(()),
-                },
-                _ => Ok(()),
-            };
-            if checked.is_err() {
-                result = checked;
-                return Ok(TreeNodeRecursion::Stop);
-            }
-            Ok(TreeNodeRecursion::Continue)
-        })?;
-        result
+        self.walk_reads(
+            plan,
+            views,
+            |nested, nested_plan| may_read(nested).and_then(|()| self.check_as_owner(nested, nested_plan, views)),
+            |reference| match self.relation_name(reference) {
+                Ok(source) => may_read(&base_relation(source)),
+                Err(_) => Ok(()),
+            },
+        )
     }
 
     fn check_scan(&self, reference: &datafusion::common::TableReference, skip: Option<&RelationName>) -> Result<()> {
@@ -343,14 +333,9 @@ impl Session {
         if skip == Some(&name) {
             return Ok(());
         }
-        if let Some((base, suffix)) = name.name.rsplit_once('$')
-            && crate::dynamic::system::SystemKind::parse(suffix).is_some()
-        {
-            let base = RelationName { schema: name.schema.clone(), name: base.to_string() };
+        let base = base_relation(name.clone());
+        if base != name || self.engine.catalog().relation_kind(&name).is_some() {
             return self.require(&base, Privilege::Select);
-        }
-        if self.engine.catalog().relation_kind(&name).is_some() {
-            return self.require(&name, Privilege::Select);
         }
         if SUPERUSER_CATALOGS.contains(&name.name.as_str()) {
             return self.require_superuser(&format!("read {}", name.name));
@@ -371,6 +356,17 @@ impl Session {
                 Err(denied("table", name, "SELECT", role))
             }
         }
+    }
+}
+
+/// The table a system table (`t$changelog`, `t$snapshots`, …) describes;
+/// any other name as it is.
+fn base_relation(name: RelationName) -> RelationName {
+    match name.name.rsplit_once('$') {
+        Some((base, suffix)) if crate::dynamic::system::SystemKind::parse(suffix).is_some() => {
+            RelationName { schema: name.schema.clone(), name: base.to_string() }
+        }
+        _ => name,
     }
 }
 
