@@ -224,6 +224,136 @@ impl Table {
         Ok(RecordBatch::try_new(Arc::clone(&schema.schema), columns)?)
     }
 
+    /// The rows (user columns) that snapshot `snapshot` (the latest when
+    /// `None`) holds for keys whose leading key columns equal one of the
+    /// rows of `prefix` (the first `prefix.len()` primary-key columns, in
+    /// key order): a probe by key prefix. Only row groups whose key range
+    /// holds a wanted prefix are read, and of those (where the group's key
+    /// set is known) only the rows that hold one.
+    ///
+    /// # Errors
+    /// A table without primary key; more prefix columns than key columns or
+    /// of other types; an expired snapshot; read failures.
+    pub async fn get_prefixes(&self, snapshot: Option<u64>, prefix: &[ArrayRef]) -> Result<RecordBatch> {
+        let state = self.current();
+        let schema = &state.schema;
+        if !schema.has_primary_key() || prefix.is_empty() || prefix.len() > schema.primary_key.len() {
+            return Err(Error::Invalid(format!(
+                "table {} cannot be probed by {} leading key columns",
+                self.name(),
+                prefix.len()
+            )));
+        }
+        let files: Vec<FileMeta> = match snapshot {
+            None => state.manifest.files.clone(),
+            Some(id) => {
+                let snapshot = self.read_snapshot(id).await?;
+                self.read_manifest(&snapshot).await?.files
+            }
+        };
+        let converter = key_converter(schema)?;
+        let leading: Vec<arrow::row::SortField> = schema.primary_key[..prefix.len()]
+            .iter()
+            .map(|&i| arrow::row::SortField::new(schema.schema.field(i).data_type().clone()))
+            .collect();
+        let prefix_converter = RowConverter::new(leading)?;
+        // The row format concatenates self-delimiting column encodings: a
+        // key's first columns encode as a byte prefix of the key, and
+        // distinct prefixes are never prefixes of one another.
+        let rows = prefix_converter.convert_columns(prefix)?;
+        let mut wanted: Vec<Row<'_>> = rows.iter().collect();
+        wanted.sort();
+        wanted.dedup();
+        let matching = |key: &[u8]| {
+            let at = wanted.partition_point(|p| p.data() <= key);
+            at > 0 && key.starts_with(wanted[at - 1].data())
+        };
+        let user_columns = schema.schema.fields().len();
+        let target = schema.data_file_schema();
+        let mut batches = Vec::new();
+        let mut newest: HashMap<Vec<u8>, (u64, i8, usize, usize)> = HashMap::new();
+        for meta in &files {
+            let groups: Vec<usize> = match file::decode_key_index(&self.dir, meta)? {
+                Some(index) => {
+                    let columns: Vec<ArrayRef> = index.columns()[..prefix.len()].to_vec();
+                    groups_with_keys(&prefix_converter.convert_columns(&columns)?, &wanted)
+                }
+                None => (0..meta.row_groups.len()).collect(),
+            };
+            if groups.is_empty() {
+                continue;
+            }
+            let mut reader = None;
+            let mut reads = Vec::with_capacity(groups.len());
+            for group in groups {
+                match self.key_set(&converter, schema, meta, group, &mut reader).await? {
+                    Some(set) if set.num_rows() as u64 == meta.row_groups.get(group).map_or(0, |g| g.rows) => {
+                        let rows = prefix_positions(&set, &wanted);
+                        if !rows.is_empty() {
+                            reads.push((group, Some(rows)));
+                        }
+                    }
+                    _ => reads.push((group, None)),
+                }
+            }
+            if reads.is_empty() {
+                continue;
+            }
+            let reader = match reader {
+                Some(reader) => reader,
+                None => FileReader::open(&self.store, &self.dir, Arc::new(meta.clone()), &target).await?,
+            };
+            for (group, rows) in reads {
+                for batch in reader.read_rows(group, None, rows.as_deref(), READ_BATCH_ROWS).await? {
+                    let b = batches.len();
+                    let keys = converter.convert_columns(&key_columns(schema, &batch))?;
+                    let location = || self.dir.child_path(&meta.path);
+                    let seqs = batch
+                        .column(user_columns)
+                        .as_primitive_opt::<UInt64Type>()
+                        .ok_or_else(|| Error::corrupt(location(), "_seq column is not UInt64"))?;
+                    let kinds = batch
+                        .column(user_columns + 1)
+                        .as_primitive_opt::<Int8Type>()
+                        .ok_or_else(|| Error::corrupt(location(), "_kind column is not Int8"))?;
+                    for row in 0..batch.num_rows() {
+                        let key = keys.row(row);
+                        if !matching(key.data()) {
+                            continue;
+                        }
+                        let seq = seqs.value(row);
+                        match newest.get_mut(key.data()) {
+                            Some(entry) if entry.0 >= seq => {}
+                            Some(entry) => *entry = (seq, kinds.value(row), b, row),
+                            None => {
+                                newest.insert(key.data().to_vec(), (seq, kinds.value(row), b, row));
+                            }
+                        }
+                    }
+                    batches.push(batch.project(&(0..user_columns).collect::<Vec<_>>())?);
+                }
+            }
+        }
+        let mut found: Vec<(Vec<u8>, (usize, usize))> = newest
+            .into_iter()
+            .filter(|(_, (_, kind, _, _))| *kind == ValueKind::Upsert as i8)
+            .map(|(key, (_, _, b, row))| (key, (b, row)))
+            .collect();
+        // In key order.
+        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let indexes: Vec<(usize, usize)> = found.into_iter().map(|(_, at)| at).collect();
+        let mut columns = Vec::with_capacity(user_columns);
+        for c in 0..user_columns {
+            let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
+            columns.push(if arrays.is_empty() {
+                arrow::array::new_empty_array(schema.schema.field(c).data_type())
+            } else {
+                arrow::compute::interleave(&arrays, &indexes)?
+            });
+        }
+        Ok(RecordBatch::try_new(Arc::clone(&schema.schema), columns)?)
+    }
+
     /// The key index of `meta` as rows, cached (files never change).
     pub(crate) fn key_index(&self, converter: &arrow::row::RowConverter, meta: &FileMeta) -> Result<Option<Arc<Rows>>> {
         let cached =
@@ -313,6 +443,31 @@ async fn read_keys(reader: &FileReader, schema: &TableSchema, group: usize) -> R
     let positions: Vec<usize> =
         schema.primary_key.iter().map(|k| sorted.iter().position(|s| s == k).unwrap_or_default()).collect();
     Ok(batches.iter().map(|b| positions.iter().map(|&p| Arc::clone(b.column(p))).collect()).collect())
+}
+
+/// The rows of the sorted key set `set` whose keys start with one of
+/// `wanted` (sorted encoded prefixes).
+fn prefix_positions(set: &Rows, wanted: &[Row<'_>]) -> Vec<usize> {
+    let n = set.num_rows();
+    let mut out = Vec::new();
+    for prefix in wanted {
+        let (mut at, mut high) = (0, n);
+        while at < high {
+            let mid = at + (high - at) / 2;
+            if set.row(mid).data() < prefix.data() {
+                at = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        while at < n && set.row(at).data().starts_with(prefix.data()) {
+            out.push(at);
+            at += 1;
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// Row groups (by their key ranges in `index`: first key of each group,

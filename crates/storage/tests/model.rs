@@ -341,6 +341,10 @@ async fn run(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>) {
                 let keys: Vec<i64> = (lo..=hi).chain([hi, lo]).collect();
                 let found = table.get(&[Arc::new(Int64Array::from(keys))]).await.unwrap();
                 assert_eq!(rows_of(&[found]), want, "lookup of keys {lo}..={hi}");
+                // The same keys as a probe by key prefix (the whole key here).
+                let prefixes: arrow::array::ArrayRef = Arc::new(Int64Array::from((lo..=hi).collect::<Vec<_>>()));
+                let probed = table.get_prefixes(None, &[prefixes]).await.unwrap();
+                assert_eq!(rows_of(&[probed]), want, "probe of keys {lo}..={hi}");
             }
             Op::Reopen => {
                 drop(table);
@@ -372,6 +376,9 @@ async fn run(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>) {
             Ok(batches) => {
                 assert!(retained.contains(&id), "snapshot {id} scans but was expired");
                 assert_eq!(rows_of(&batches), history[id as usize], "snapshot {id}");
+                let every: arrow::array::ArrayRef = Arc::new(Int64Array::from((0..200).collect::<Vec<_>>()));
+                let probed = table.get_prefixes(Some(id), &[every]).await.unwrap();
+                assert_eq!(rows_of(&[probed]), history[id as usize], "probe of snapshot {id}");
             }
             Err(e) => assert!(!retained.contains(&id), "retained snapshot {id}: {e}"),
         }
@@ -498,4 +505,90 @@ async fn consumers_hold_back_expiry() {
     table.expire(later + 7_200_000, None).await.unwrap();
     assert_eq!(ids(&table).await, vec![6, 7, 8]);
     assert!(table.consumers().await.unwrap().is_empty());
+}
+
+/// Probes by key prefix ([`Table::get_prefixes`]) of a table keyed on
+/// `(g, k)`: random upserts, deletes and compactions over tiny row groups;
+/// every probe of a set of `g` values, at the latest and at every earlier
+/// snapshot, gives exactly the model's rows with those `g`.
+#[tokio::test]
+async fn probes_by_key_prefix_match_the_model() {
+    type Composite = BTreeMap<(i64, i64), String>;
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let arrow = Arc::new(Schema::new(vec![
+        Field::new("g", DataType::Int64, false),
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Utf8, true),
+    ]));
+    let options = TableOptions {
+        compaction_trigger: 3,
+        target_file_size: 10_000,
+        row_group_rows: 3,
+        separate_write_rows: 2,
+        ..TableOptions::default()
+    };
+    let definition = TableSchema::new(0, arrow, &["g", "k"], options).unwrap();
+    let table = Table::create(Arc::clone(&store), Path::from("public/p"), "p", definition.clone()).await.unwrap();
+    async fn probe(table: &Table, snapshot: Option<u64>, gs: Vec<i64>) -> BTreeMap<(i64, i64), String> {
+        let gs = Arc::new(Int64Array::from(gs)) as arrow::array::ArrayRef;
+        let batch = table.get_prefixes(snapshot, &[gs]).await.unwrap();
+        let (g, k, v) = (
+            batch.column(0).as_primitive::<Int64Type>(),
+            batch.column(1).as_primitive::<Int64Type>(),
+            batch.column(2).as_string::<i32>(),
+        );
+        let mut out = BTreeMap::new();
+        for i in 0..batch.num_rows() {
+            assert!(out.insert((g.value(i), k.value(i)), v.value(i).to_string()).is_none(), "duplicate key");
+        }
+        out
+    }
+    let mut model = Composite::new();
+    let mut history = vec![(0u64, Composite::new())];
+    let mut seed = 0x5eed_u64;
+    let mut next = move |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    for step in 0..60 {
+        if next(8) == 0 {
+            if let Some(snapshot) = table.compact(next(2) == 0).await.unwrap() {
+                history.push((snapshot.id, model.clone()));
+            }
+        } else {
+            let count = 1 + next(10) as usize;
+            let mut rows = Vec::new();
+            for _ in 0..count {
+                let (g, k) = (next(5) as i64, next(12) as i64);
+                rows.push((g, k, (next(4) > 0).then(|| format!("v{step}"))));
+            }
+            let g = Int64Array::from_iter_values(rows.iter().map(|r| r.0));
+            let k = Int64Array::from_iter_values(rows.iter().map(|r| r.1));
+            let v: StringArray = rows.iter().map(|r| r.2.clone().or(Some(String::new()))).collect();
+            let kinds: Vec<ValueKind> =
+                rows.iter().map(|r| if r.2.is_some() { ValueKind::Upsert } else { ValueKind::Delete }).collect();
+            for (g, k, v) in &rows {
+                match v {
+                    Some(v) => model.insert((*g, *k), v.clone()),
+                    None => model.remove(&(*g, *k)),
+                };
+            }
+            let batch =
+                RecordBatch::try_new(Arc::clone(&definition.schema), vec![Arc::new(g), Arc::new(k), Arc::new(v)])
+                    .unwrap();
+            if let Some(snapshot) = table.write(&batch, &kinds).await.unwrap() {
+                history.push((snapshot.id, model.clone()));
+            }
+        }
+        let wanted: Vec<i64> = (0..1 + next(3)).map(|_| next(6) as i64).collect();
+        let want: Composite =
+            model.iter().filter(|((g, _), _)| wanted.contains(g)).map(|(k, v)| (*k, v.clone())).collect();
+        assert_eq!(probe(&table, None, wanted.clone()).await, want, "probe of g in {wanted:?} at step {step}");
+    }
+    for (id, state) in history.iter().skip(1) {
+        let all: Vec<i64> = (0..6).collect();
+        assert_eq!(&probe(&table, Some(*id), all).await, state, "probe of every g at snapshot {id}");
+        let want: Composite = state.iter().filter(|((g, _), _)| *g == 2).map(|(k, v)| (*k, v.clone())).collect();
+        assert_eq!(probe(&table, Some(*id), vec![2, 2]).await, want, "probe of g = 2 at snapshot {id}");
+    }
 }
