@@ -48,8 +48,10 @@
 //! and evaluates the aggregate again for just those groups on the new
 //! snapshots. `sys.views.maintenance` says which way a view goes.
 
+pub mod arrange;
 pub mod maintain;
 pub mod plan;
+pub mod probe;
 pub mod state;
 pub mod system;
 
@@ -164,6 +166,10 @@ pub struct MaterializedView {
     sources: Mutex<Vec<plan::Source>>,
     /// How the maintainer computes steps, once it has planned the view.
     maintenance: std::sync::OnceLock<&'static str>,
+    /// Reads by key of a join input its steps made ([`probe`]).
+    pub probes: std::sync::atomic::AtomicU64,
+    /// Reads of a whole source snapshot its steps made.
+    pub scans: std::sync::atomic::AtomicU64,
     /// Stops the maintainer.
     stop: tokio_util::sync::CancellationToken,
     /// The maintainer task.
@@ -189,6 +195,8 @@ impl MaterializedView {
             progress: tokio::sync::watch::Sender::new(Progress::default()),
             sources: Mutex::new(Vec::new()),
             maintenance: std::sync::OnceLock::new(),
+            probes: std::sync::atomic::AtomicU64::new(0),
+            scans: std::sync::atomic::AtomicU64::new(0),
             stop: tokio_util::sync::CancellationToken::new(),
             task: Mutex::new(None),
             me: me.clone(),

@@ -484,11 +484,12 @@ impl DynamicCatalog {
     async fn start_view(view: Arc<MaterializedView>, ctx: datafusion::prelude::SessionContext) -> Result<()> {
         let plan = views::ViewPlan::analyze(views::plan_query(&ctx, &view.definition.query).await?)?;
         view.set_sources(plan.sources.clone());
-        let maintainer = views::maintain::ViewMaintainer::new(Arc::clone(&view), plan, ctx)?;
+        let mut maintainer = views::maintain::ViewMaintainer::new(Arc::clone(&view), plan, ctx)?;
         let positions = match maintainer.recorded_positions()? {
             Some(positions) => positions,
             None => maintainer.backfill().await?,
         };
+        maintainer.arrange(&positions).await?;
         view.set_task(tokio::spawn(maintainer.run(positions, view.stop_token())));
         Ok(())
     }

@@ -315,6 +315,11 @@ impl Table {
         self.lock_state().clone()
     }
 
+    /// The object store the table lives in.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
     /// The directory the table is stored in.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -273,6 +273,19 @@ impl SnapshotTable {
         Self { table: Arc::clone(&dynamic.table), schema: Arc::clone(&dynamic.schema), dynamic, as_of }
     }
 
+    /// The table read.
+    pub fn table(&self) -> &Arc<storage::Table> {
+        &self.table
+    }
+
+    /// The snapshot read, when it is given by id.
+    pub fn snapshot(&self) -> Option<u64> {
+        match self.as_of {
+            crate::catalog::AsOf::Snapshot(id) => Some(id),
+            crate::catalog::AsOf::TimestampMillis(_) => None,
+        }
+    }
+
     async fn snapshot_id(&self) -> datafusion::error::Result<u64> {
         use crate::catalog::AsOf;
         match self.as_of {

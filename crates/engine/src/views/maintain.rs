@@ -24,7 +24,9 @@ use futures::StreamExt;
 use streamhouse_storage as storage;
 use tokio_util::sync::CancellationToken;
 
+use super::arrange::Arrangement;
 use super::plan::{At, GroupState, Rewritten, Source, ViewPlan, WEIGHT};
+use super::probe::{Prober, reads_snapshots, wanted_arrangements};
 use super::state::{self, Delta, Group};
 use super::{KeyLayout, MaterializedView, POSITIONS_PROPERTY, Progress};
 use crate::error::{Error, Result};
@@ -47,6 +49,8 @@ pub struct ViewMaintainer {
     storage_schema: SchemaRef,
     /// Where the hidden group state starts in the view's table, when it keeps state.
     state_offset: Option<usize>,
+    /// Join inputs indexed by join key ([`super::arrange`]).
+    arrangements: Vec<Arrangement>,
 }
 
 /// Key columns to bytes (the hidden `__key`, and the identity of a row).
@@ -137,6 +141,7 @@ impl ViewMaintainer {
             (None, false) => "linear",
         });
         Ok(Self {
+            arrangements: Vec::new(),
             state_offset,
             groups: KeyEncoder::new(&key_types[..group_keys])?,
             keys: KeyEncoder::new(&key_types)?,
@@ -154,6 +159,32 @@ impl ViewMaintainer {
 
     fn latest(source: &Source) -> u64 {
         source.table.storage().latest_snapshot().map_or(0, |s| s.id)
+    }
+
+    /// Opens (building where needed) the arrangements the view's joins
+    /// probe, each holding its source as of `positions`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn arrange(&mut self, positions: &[u64]) -> Result<()> {
+        for (source, columns) in wanted_arrangements(&self.plan.plan, self.sources()) {
+            let position = positions.get(source).copied().unwrap_or(0);
+            let arrangement =
+                Arrangement::open(&self.view.dir, source, &self.sources()[source], columns, position).await?;
+            self.arrangements.push(arrangement);
+        }
+        Ok(())
+    }
+
+    /// Runs a step's plan, its joins probing by key where they can.
+    async fn execute(&self, plan: datafusion::logical_expr::LogicalPlan) -> Result<Vec<RecordBatch>> {
+        use std::sync::atomic::Ordering;
+        let mut prober =
+            Prober { ctx: &self.ctx, sources: self.sources(), arrangements: &self.arrangements, probes: 0 };
+        let plan = prober.rewrite(plan).await?;
+        self.view.probes.fetch_add(prober.probes, Ordering::Relaxed);
+        self.view.scans.fetch_add(reads_snapshots(&plan) as u64, Ordering::Relaxed);
+        Ok(self.ctx.execute_logical_plan(plan).await?.collect().await?)
     }
 
     /// The positions the view's latest commit recorded; `None` before the
@@ -251,7 +282,14 @@ impl ViewMaintainer {
 
     /// Follows the sources until `stop` is cancelled. Failed steps are
     /// retried with back-off; the error is published meanwhile.
-    pub async fn run(self, mut positions: Vec<u64>, stop: CancellationToken) {
+    pub async fn run(self, positions: Vec<u64>, stop: CancellationToken) {
+        self.follow(positions, stop).await;
+        for arrangement in &self.arrangements {
+            arrangement.close().await;
+        }
+    }
+
+    async fn follow(&self, mut positions: Vec<u64>, stop: CancellationToken) {
         self.publish(&positions, None);
         let holds = self.hold(&positions);
         let mut watches: Vec<_> = self.sources().iter().map(|s| s.table.storage().watch_commits()).collect();
@@ -270,6 +308,9 @@ impl ViewMaintainer {
                 match self.step(source, positions[source], latest, &mut positions).await {
                     Ok(()) => {
                         holds[source].advance(positions[source].max(1));
+                        for arrangement in self.arrangements.iter().filter(|a| a.source == source) {
+                            arrangement.release_before(positions[source]);
+                        }
                         advanced = true;
                     }
                     Err(e) => {
@@ -313,6 +354,10 @@ impl ViewMaintainer {
         let changes = self.sources()[source].table.storage().changelog(from, Some(to)).await?;
         let mut next = positions.to_vec();
         next[source] = to;
+        // The arrangements of the source first: the step probes them as of `to`.
+        for arrangement in self.arrangements.iter().filter(|a| a.source == source) {
+            arrangement.advance(&changes, to).await?;
+        }
         if changes.iter().all(|c| c.batch.num_rows() == 0) {
             // Only compactions: nothing to reflect, nothing to commit.
             positions[source] = to;
@@ -328,7 +373,7 @@ impl ViewMaintainer {
             for (n, &scan) in scans.iter().enumerate() {
                 let at = self.readings(positions, source, &scans, n, scan, from, to, &delta);
                 let plan = self.plan.parts(&at, None)?;
-                parts.extend(self.ctx.execute_logical_plan(plan).await?.collect().await?);
+                parts.extend(self.execute(plan).await?);
             }
             self.update_groups(state, &next, &parts).await?
         } else if self.plan.is_grouped() {
@@ -336,7 +381,7 @@ impl ViewMaintainer {
             for (n, &scan) in scans.iter().enumerate() {
                 let at = self.readings(positions, source, &scans, n, scan, from, to, &delta);
                 let plan = self.plan.touched_groups(&at)?;
-                groups.extend(self.ctx.execute_logical_plan(plan).await?.collect().await?);
+                groups.extend(self.execute(plan).await?);
             }
             self.regroup(positions, &next, groups).await?
         } else {
@@ -344,7 +389,7 @@ impl ViewMaintainer {
             for (n, &scan) in scans.iter().enumerate() {
                 let at = self.readings(positions, source, &scans, n, scan, from, to, &delta);
                 let rewritten = self.plan.change(&at)?;
-                let batches = self.ctx.execute_logical_plan(rewritten.plan.clone()).await?.collect().await?;
+                let batches = self.execute(rewritten.plan.clone()).await?;
                 for batch in &batches {
                     changed.push((self.view_rows(batch, &rewritten)?, weights(batch, &rewritten)?));
                 }
@@ -595,7 +640,7 @@ impl ViewMaintainer {
         let at: Vec<At> = self.plan.occurrences.iter().map(|&s| At::Snapshot(positions[s])).collect();
         let plan = self.plan.parts(&at, restrict)?;
         let mut out = HashMap::new();
-        for batch in self.ctx.execute_logical_plan(plan).await?.collect().await? {
+        for batch in self.execute(plan).await? {
             let encoded = self.groups.encode(&batch.columns()[..group_keys], batch.num_rows())?;
             for (key, delta) in encoded.into_iter().zip(state::deltas(state, &batch)?) {
                 out.insert(key, delta.into_group());
@@ -747,7 +792,7 @@ impl ViewMaintainer {
         let mut new_rows: Vec<RecordBatch> = Vec::new();
         if group_keys == 0 || any_touched {
             let rewritten = self.plan.full(&at, restrict)?;
-            let batches = self.ctx.execute_logical_plan(rewritten.plan.clone()).await?.collect().await?;
+            let batches = self.execute(rewritten.plan.clone()).await?;
             for batch in &batches {
                 new_rows.push(self.view_rows(batch, &rewritten)?);
             }

@@ -1,5 +1,7 @@
 //! `sys.views`: one row per materialized view and source, with how far the
-//! view is behind the source (snapshots and milliseconds).
+//! view is behind the source (snapshots and milliseconds), and how its
+//! steps read their join inputs: `probes` (lookups by key) and
+//! `source_scans` (whole source snapshots read).
 
 use std::sync::Arc;
 
@@ -32,6 +34,8 @@ fn views_schema() -> SchemaRef {
         Field::new("status", DataType::Utf8, false),
         Field::new("maintenance", DataType::Utf8, false),
         Field::new("definition", DataType::Utf8, false),
+        Field::new("probes", DataType::Int64, false),
+        Field::new("source_scans", DataType::Int64, false),
     ]))
 }
 
@@ -59,6 +63,8 @@ struct Row {
     status: String,
     maintenance: &'static str,
     definition: String,
+    probes: i64,
+    scans: i64,
 }
 
 async fn rows_of(view: &MaterializedView) -> Vec<Row> {
@@ -95,6 +101,8 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
             status: status.clone(),
             maintenance: view.maintenance(),
             definition: view.definition.query.clone(),
+            probes: view.probes.load(std::sync::atomic::Ordering::Relaxed) as i64,
+            scans: view.scans.load(std::sync::atomic::Ordering::Relaxed) as i64,
         });
     }
     if rows.is_empty() {
@@ -109,6 +117,8 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
             status,
             maintenance: view.maintenance(),
             definition: view.definition.query.clone(),
+            probes: view.probes.load(std::sync::atomic::Ordering::Relaxed) as i64,
+            scans: view.scans.load(std::sync::atomic::Ordering::Relaxed) as i64,
         });
     }
     rows
@@ -140,6 +150,8 @@ impl ComputedRows for ViewsTable {
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.status.as_str()))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.maintenance))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.definition.as_str()))),
+            Arc::new(rows.iter().map(|r| Some(r.probes)).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| Some(r.scans)).collect::<Int64Array>()),
         ];
         Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
     }
