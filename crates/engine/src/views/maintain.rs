@@ -778,6 +778,7 @@ impl ViewMaintainer {
         let any_touched = !groups.is_empty();
         let group_keys = self.plan.group_keys();
         let mut touched: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+        let mut touched_values: Option<RecordBatch> = None;
         let restrict = if group_keys == 0 || groups.is_empty() {
             None
         } else {
@@ -785,6 +786,7 @@ impl ViewMaintainer {
             for batch in &groups {
                 touched.extend(self.groups.encode(batch.columns(), batch.num_rows())?);
             }
+            touched_values = Some(concat_batches(&schema, &groups)?);
             let table = MemTable::try_new(schema, vec![groups])?;
             Some(LogicalPlanBuilder::scan("__groups", provider_as_source(Arc::new(table)), None)?.build()?)
         };
@@ -813,13 +815,28 @@ impl ViewMaintainer {
             }
         }
         let new_rows = concat_batches(&self.storage_schema, &new_rows)?;
-        let old_rows = concat_batches(
-            &self.storage_schema,
-            &self.view.table().scan(None).await.or_else(|e| match e {
-                storage::Error::NotFound { .. } => Ok(vec![]),
-                other => Err(other),
-            })?,
-        )?;
+        let old_rows = match (&self.view.definition.key, &touched_values) {
+            // The touched groups' rows, looked up by the key's leading group columns.
+            (KeyLayout::Visible(key), Some(values)) if !closing => {
+                let columns = key[..group_keys]
+                    .iter()
+                    .enumerate()
+                    .map(|(c, &i)| {
+                        datafusion::arrow::compute::cast(values.column(c), self.storage_schema.field(i).data_type())
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                // A NULL group has no stored row (the key is NOT NULL).
+                let rows = self.view.table().get_prefixes(None, &columns).await?;
+                RecordBatch::try_new(Arc::clone(&self.storage_schema), rows.columns().to_vec())?
+            }
+            _ => concat_batches(
+                &self.storage_schema,
+                &self.view.table().scan(None).await.or_else(|e| match e {
+                    storage::Error::NotFound { .. } => Ok(vec![]),
+                    other => Err(other),
+                })?,
+            )?,
+        };
         let new_keys = self.row_keys(&new_rows)?;
         let new_values = self.row_values(&new_rows)?;
         let old_keys = self.row_keys(&old_rows)?;
