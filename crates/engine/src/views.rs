@@ -446,6 +446,52 @@ impl TableProvider for MaterializedView {
     }
 }
 
+/// `v$changelog`, `v$snapshots`, `v$files`, `v$consumers` of a materialized
+/// view: the system tables of its Dynamic Table, showing the visible
+/// columns only. A statement reading one waits for the view to be fresh,
+/// as a read of the view does.
+#[derive(Debug)]
+pub struct ViewSystemTable {
+    /// The view.
+    pub view: Arc<MaterializedView>,
+    inner: Arc<dyn TableProvider>,
+}
+
+impl ViewSystemTable {
+    /// `inner` (a system table of `view`'s table) as the view's.
+    pub fn new(view: Arc<MaterializedView>, inner: Arc<dyn TableProvider>) -> Self {
+        Self { view, inner }
+    }
+}
+
+#[async_trait]
+impl TableProvider for ViewSystemTable {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        self.inner.scan(state, projection, filters, limit).await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+}
+
 /// Plans a view's defining query as the maintainer needs it: DataFusion's
 /// optimized plan, without the rewrite of `COUNT(DISTINCT x)` into two
 /// aggregates (one aggregate is what the maintainer recomputes per group).

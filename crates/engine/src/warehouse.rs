@@ -843,7 +843,8 @@ impl Catalog for DynamicCatalog {
     fn relation_kind(&self, name: &RelationName) -> Option<RelationKind> {
         let schemas = self.schemas.read().ok()?;
         if let Some((base, _)) = system_table_name(&name.name) {
-            return matches!(schemas.get(&name.schema)?.get(base)?, Relation::Table(_)).then_some(RelationKind::View);
+            return matches!(schemas.get(&name.schema)?.get(base)?, Relation::Table(_) | Relation::MaterializedView(_))
+                .then_some(RelationKind::View);
         }
         schemas.get(&name.schema)?.get(&name.name).map(Relation::kind)
     }
@@ -855,6 +856,15 @@ impl Catalog for DynamicCatalog {
                 Some(Relation::Table(t)) => {
                     Some(Arc::new(Computed(SystemTable::new(Arc::clone(&t.table), &t.schema, kind)))
                         as Arc<dyn TableProvider>)
+                }
+                // A view's history as a table's, its visible columns only.
+                Some(Relation::MaterializedView(v)) => {
+                    let inner = Arc::new(Computed(SystemTable::new(
+                        Arc::clone(v.table()),
+                        &v.visible_table().schema(),
+                        kind,
+                    )));
+                    Some(Arc::new(views::ViewSystemTable::new(Arc::clone(v), inner)) as Arc<dyn TableProvider>)
                 }
                 Some(Relation::Damaged(damaged)) => return Err(damaged.error(name)),
                 _ => None,

@@ -242,11 +242,12 @@ impl PartitionStream for ChangelogRows {
 }
 
 /// A changelog batch (user columns, `_seq`, `_kind` code) as `t$changelog`
-/// rows: the user columns, `_kind` as `+I`/`-U`/`+U`/`-D`, `_snapshot`.
+/// rows: the leading user columns the schema shows (a materialized view's
+/// visible ones), `_kind` as `+I`/`-U`/`+U`/`-D`, `_snapshot`.
 fn audit_rows(schema: &SchemaRef, batch: &RecordBatch, snapshot: u64) -> datafusion::error::Result<RecordBatch> {
     let user = schema.fields().len() - 2;
     let codes = batch
-        .column(user + 1)
+        .column(batch.num_columns() - 1)
         .as_any()
         .downcast_ref::<datafusion::arrow::array::Int8Array>()
         .ok_or_else(|| datafusion::error::DataFusionError::Internal("changelog _kind is not Int8".into()))?;

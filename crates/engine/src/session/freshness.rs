@@ -27,6 +27,10 @@ fn views_read(plan: &LogicalPlan, out: &mut Vec<Arc<MaterializedView>>) {
                 if !out.iter().any(|v| v.name == view.name) {
                     out.push(view);
                 }
+            } else if let Some(history) = provider.downcast_ref::<crate::views::ViewSystemTable>() {
+                if !out.iter().any(|v| v.name == history.view.name) {
+                    out.push(Arc::clone(&history.view));
+                }
             } else if let Some(plain) = provider.downcast_ref::<ViewTable>() {
                 views_read(plain.logical_plan(), out);
             }
