@@ -859,11 +859,8 @@ impl Catalog for DynamicCatalog {
                 }
                 // A view's history as a table's, its visible columns only.
                 Some(Relation::MaterializedView(v)) => {
-                    let inner = Arc::new(Computed(SystemTable::new(
-                        Arc::clone(v.table()),
-                        &v.visible_table().schema(),
-                        kind,
-                    )));
+                    let inner =
+                        Arc::new(Computed(SystemTable::new(Arc::clone(v.table()), &v.visible_table().schema(), kind)));
                     Some(Arc::new(views::ViewSystemTable::new(Arc::clone(v), inner)) as Arc<dyn TableProvider>)
                 }
                 Some(Relation::Damaged(damaged)) => return Err(damaged.error(name)),

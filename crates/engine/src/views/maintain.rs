@@ -167,7 +167,18 @@ impl ViewMaintainer {
     /// # Errors
     /// Storage failures.
     pub async fn arrange(&mut self, positions: &[u64]) -> Result<()> {
-        for (source, columns) in wanted_arrangements(&self.plan.plan, self.sources()) {
+        // Steps that evaluate groups again (recomputed ones, or a MIN / MAX
+        // whose value was retracted) read the aggregate's input by group key.
+        let recomputes = self.plan.is_grouped()
+            && self.group_state().is_none_or(|state| {
+                state
+                    .aggregates
+                    .iter()
+                    .any(|a| matches!(a.kind, super::plan::StateKind::Min | super::plan::StateKind::Max))
+            });
+        let grouping = super::plan::grouping(&self.plan.plan).filter(|_| recomputes);
+        let groups = grouping.as_ref().map(|(keys, input)| (keys.as_slice(), *input));
+        for (source, columns) in wanted_arrangements(&self.plan.plan, self.sources(), groups) {
             let position = positions.get(source).copied().unwrap_or(0);
             let arrangement =
                 Arrangement::open(&self.view.dir, source, &self.sources()[source], columns, position).await?;

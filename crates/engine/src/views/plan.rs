@@ -366,7 +366,7 @@ impl ViewPlan {
 }
 
 /// The group keys and input of the aggregate or window of the top chain.
-fn grouping(plan: &LogicalPlan) -> Option<(Vec<Expr>, &LogicalPlan)> {
+pub(crate) fn grouping(plan: &LogicalPlan) -> Option<(Vec<Expr>, &LogicalPlan)> {
     match plan {
         LogicalPlan::Aggregate(a) => Some((a.group_expr.clone(), &a.input)),
         LogicalPlan::Window(w) => Some((partition_by(w), &w.input)),

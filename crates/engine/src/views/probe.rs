@@ -418,58 +418,69 @@ struct Lookup {
     order: Vec<usize>,
 }
 
-/// The arrangements a view's plan wants: for each equi-join input that is
-/// a chain of projections, filters and aliases over one source whose join
-/// columns are plain columns not leading its primary key, that source
-/// keyed on those columns. Sources without a primary key get none.
-pub fn wanted_arrangements(plan: &LogicalPlan, sources: &[Source]) -> Vec<(usize, Vec<usize>)> {
+/// The arrangements a view's plan wants: for each equi-join input (and,
+/// with `groups`, the aggregate's or window's input restricted to the
+/// groups a step touches) whose keys are plain columns of one source,
+/// reached through projections, filters, aliases and inner joins, and do
+/// not lead its primary key: that source keyed on those columns. Sources
+/// without a primary key get none.
+pub fn wanted_arrangements(
+    plan: &LogicalPlan,
+    sources: &[Source],
+    groups: Option<(&[Expr], &LogicalPlan)>,
+) -> Vec<(usize, Vec<usize>)> {
     let mut wanted: Vec<(usize, Vec<usize>)> = Vec::new();
     let _ = plan.apply(|node| {
-        let LogicalPlan::Join(join) = node else { return Ok(TreeNodeRecursion::Continue) };
-        if join.on.is_empty() {
-            return Ok(TreeNodeRecursion::Continue);
-        }
-        for side in [Side::Left, Side::Right] {
-            let input = if side == Side::Left { &join.left } else { &join.right };
-            let mut scan_seen: Option<&TableScan> = None;
-            let mut columns = Vec::new();
-            for (l, r) in &join.on {
-                let expr = if side == Side::Left { l } else { r };
-                let Some((scan, index)) = key_column(expr, input.schema()).and_then(|i| trace(input, i)) else {
-                    break;
-                };
-                if scan_seen.is_some_and(|s| !std::ptr::eq(s, scan)) {
-                    break;
-                }
-                scan_seen = Some(scan);
-                columns.push(index);
-            }
-            let Some(scan) = scan_seen.filter(|_| columns.len() == join.on.len()) else { continue };
-            let Some(source) = scan_source(scan, sources) else { continue };
-            let key = sources[source].table.storage().schema().primary_key;
-            let mut distinct = columns.clone();
-            distinct.sort_unstable();
-            distinct.dedup();
-            if key.is_empty() || distinct.len() != columns.len() {
-                continue;
-            }
-            let mut leading = key.iter().take(distinct.len()).copied().collect::<Vec<_>>();
-            leading.sort_unstable();
-            if leading == distinct {
-                continue;
-            }
-            let known = wanted.iter().any(|(s, c)| {
-                let mut c = c.clone();
-                c.sort_unstable();
-                *s == source && c == distinct
-            });
-            if !known {
-                wanted.push((source, columns));
-            }
+        if let LogicalPlan::Join(join) = node
+            && !join.on.is_empty()
+        {
+            let (left, right): (Vec<Expr>, Vec<Expr>) = join.on.iter().cloned().unzip();
+            want(&join.left, &left, sources, &mut wanted);
+            want(&join.right, &right, sources, &mut wanted);
         }
         Ok(TreeNodeRecursion::Continue)
     });
+    if let Some((keys, input)) = groups
+        && !keys.is_empty()
+    {
+        want(input, keys, sources, &mut wanted);
+    }
     wanted
+}
+
+/// Adds to `wanted` the arrangement that probing `input` by `exprs` needs, if any.
+fn want(input: &LogicalPlan, exprs: &[Expr], sources: &[Source], wanted: &mut Vec<(usize, Vec<usize>)>) {
+    let mut scan_seen: Option<&TableScan> = None;
+    let mut columns = Vec::new();
+    for expr in exprs {
+        let Some((scan, index)) = key_column(expr, input.schema()).and_then(|i| trace(input, i)) else { return };
+        if scan_seen.is_some_and(|s| !std::ptr::eq(s, scan)) {
+            return;
+        }
+        scan_seen = Some(scan);
+        columns.push(index);
+    }
+    let Some(source) = scan_seen.and_then(|scan| scan_source(scan, sources)) else { return };
+    let key = sources[source].table.storage().schema().primary_key;
+    let mut distinct = columns.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if key.is_empty() || distinct.len() != columns.len() {
+        return;
+    }
+    let mut leading = key.iter().take(distinct.len()).copied().collect::<Vec<_>>();
+    leading.sort_unstable();
+    if leading == distinct {
+        return;
+    }
+    let known = wanted.iter().any(|(s, c)| {
+        let mut c = c.clone();
+        c.sort_unstable();
+        *s == source && c == distinct
+    });
+    if !known {
+        wanted.push((source, columns));
+    }
 }
 
 /// The source a scan of the view's defining plan reads.
