@@ -3,9 +3,9 @@
 //! A step of a join view joins the change of one input with the other
 //! input as of a snapshot. Read whole, that input costs a step time in
 //! proportion to its size; read by key, in proportion to the change and its
-//! matches. A table is read by key when the join columns lead its primary
-//! key ([`storage::Table::get_prefixes`]). For join columns that do not, the
-//! view keeps an arrangement: a hidden Dynamic Table in the view's directory
+//! matches. A table is read by key when the join columns hold the leading
+//! columns of its primary key ([`storage::Table::get_prefixes`]). For join
+//! columns that do not hold its first key column, the view keeps an arrangement: a hidden Dynamic Table in the view's directory
 //! (`arrangement/<source>(<columns>)`) with the source's rows keyed by the
 //! join columns and then the source's primary key. Rows whose join key is
 //! NULL match nothing and are left out.

@@ -5,9 +5,10 @@
 //! [`Prober::rewrite`] goes through its joins bottom up; for a join where
 //! one input reads no source snapshot (it is bounded by the change) and the
 //! other is a chain of projections, filters, aliases and inner joins down to
-//! the source snapshot whose columns the join keys are, and those lead the source's primary key or one of the
-//! view's [`Arrangement`]s, it evaluates the small input, takes its distinct
-//! join keys, looks the matching rows up by key prefix
+//! the source snapshot whose columns the join keys are, and those hold the
+//! leading columns of the source's primary key or are the columns of one of
+//! the view's [`Arrangement`]s, it evaluates the small input, takes its
+//! distinct join keys (those columns'), looks the matching rows up by key prefix
 //! ([`streamhouse_storage::Table::get_prefixes`]), and puts both in place
 //! as in-memory inputs. DataFusion then joins them as before: the join's
 //! semantics (outer, semi, anti, extra conditions) are untouched, only rows
@@ -389,14 +390,13 @@ impl Prober<'_> {
         let order_of = |columns: &[usize]| -> Vec<usize> {
             columns.iter().map(|c| target.columns.iter().position(|t| t == c).unwrap_or_default()).collect()
         };
+        // The source's own key, when the join columns hold its leading
+        // columns (the join checks the others on the rows found).
         let key = self.sources[target.source].table.storage().schema().primary_key;
-        if key.len() >= distinct.len() {
-            let mut leading = key[..distinct.len()].to_vec();
-            leading.sort_unstable();
-            if leading == distinct {
-                let columns = key[..distinct.len()].to_vec();
-                return Some(Lookup { arrangement: None, order: order_of(&columns), columns });
-            }
+        let leading = key.iter().take_while(|k| target.columns.contains(k)).count();
+        if leading > 0 {
+            let columns = key[..leading].to_vec();
+            return Some(Lookup { arrangement: None, order: order_of(&columns), columns });
         }
         let arrangement = self.arrangements.iter().position(|a| {
             let mut columns = a.columns.clone();
@@ -422,7 +422,8 @@ struct Lookup {
 /// with `groups`, the aggregate's or window's input restricted to the
 /// groups a step touches) whose keys are plain columns of one source,
 /// reached through projections, filters, aliases and inner joins, and do
-/// not lead its primary key: that source keyed on those columns. Sources
+/// not include its primary key's first column: that source keyed on those
+/// columns. Sources
 /// without a primary key get none.
 pub fn wanted_arrangements(
     plan: &LogicalPlan,
@@ -465,12 +466,8 @@ fn want(input: &LogicalPlan, exprs: &[Expr], sources: &[Source], wanted: &mut Ve
     let mut distinct = columns.clone();
     distinct.sort_unstable();
     distinct.dedup();
-    if key.is_empty() || distinct.len() != columns.len() {
-        return;
-    }
-    let mut leading = key.iter().take(distinct.len()).copied().collect::<Vec<_>>();
-    leading.sort_unstable();
-    if leading == distinct {
+    if key.is_empty() || distinct.len() != columns.len() || key.first().is_some_and(|k| columns.contains(k)) {
+        // No key to arrange by, or the source's own key serves.
         return;
     }
     let known = wanted.iter().any(|(s, c)| {
