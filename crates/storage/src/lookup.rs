@@ -132,14 +132,10 @@ impl Table {
         schema: &TableSchema,
         files: &[&FileMeta],
         wanted: &[Row<'_>],
-    ) -> Result<(Vec<RecordBatch>, HashMap<Vec<u8>, (usize, usize)>)> {
+    ) -> Result<Found> {
         let converter = key_converter(schema)?;
         let mut wanted_set: Option<HashSet<&[u8]>> = None;
-        let user_columns = schema.schema.fields().len();
-        let target = schema.data_file_schema();
-        let mut batches = Vec::new();
-        // key -> (seq, kind, batch, row) of the newest version seen.
-        let mut newest: HashMap<Vec<u8>, (u64, i8, usize, usize)> = HashMap::new();
+        let mut versions = Versions::default();
         for meta in files {
             let mut reader = None;
             let groups = self.groups_holding(&converter, schema, meta, wanted, &mut reader).await?;
@@ -147,47 +143,18 @@ impl Table {
                 continue;
             }
             let wanted_set = wanted_set.get_or_insert_with(|| wanted.iter().map(Row::data).collect());
-            let reader = match reader {
-                Some(reader) => reader,
-                None => FileReader::open(&self.store, &self.dir, Arc::new((*meta).clone()), &target).await?,
-            };
-            for (group, rows) in groups {
-                for batch in reader.read_rows(group, None, rows.as_deref(), READ_BATCH_ROWS).await? {
-                    let b = batches.len();
-                    let keys = converter.convert_columns(&key_columns(schema, &batch))?;
-                    let location = || self.dir.child_path(&meta.path);
-                    let seqs = batch
-                        .column(user_columns)
-                        .as_primitive_opt::<UInt64Type>()
-                        .ok_or_else(|| Error::corrupt(location(), "_seq column is not UInt64"))?;
-                    let kinds = batch
-                        .column(user_columns + 1)
-                        .as_primitive_opt::<Int8Type>()
-                        .ok_or_else(|| Error::corrupt(location(), "_kind column is not Int8"))?;
-                    for row in 0..batch.num_rows() {
-                        let key = keys.row(row);
-                        if !wanted_set.contains(key.data()) {
-                            continue;
-                        }
-                        let seq = seqs.value(row);
-                        match newest.get_mut(key.data()) {
-                            Some(entry) if entry.0 >= seq => {}
-                            Some(entry) => *entry = (seq, kinds.value(row), b, row),
-                            None => {
-                                newest.insert(key.data().to_vec(), (seq, kinds.value(row), b, row));
-                            }
-                        }
-                    }
-                    batches.push(batch.project(&(0..user_columns).collect::<Vec<_>>())?);
-                }
-            }
+            let reader = self.reader(schema, meta, reader).await?;
+            versions.read(self, schema, &converter, meta, &reader, groups, |key| wanted_set.contains(key)).await?;
         }
-        let live = newest
-            .into_iter()
-            .filter(|(_, (_, kind, _, _))| *kind == ValueKind::Upsert as i8)
-            .map(|(key, (_, _, b, row))| (key, (b, row)))
-            .collect();
-        Ok((batches, live))
+        Ok(versions.live())
+    }
+
+    /// `reader` when it is open, else `meta` opened.
+    async fn reader(&self, schema: &TableSchema, meta: &FileMeta, reader: Option<FileReader>) -> Result<FileReader> {
+        match reader {
+            Some(reader) => Ok(reader),
+            None => FileReader::open(&self.store, &self.dir, Arc::new(meta.clone()), &schema.data_file_schema()).await,
+        }
     }
 
     /// The rows (user columns) the latest snapshot holds for the keys in
@@ -211,17 +178,7 @@ impl Table {
         let (batches, live) = self.lookup(schema, &files, &wanted).await?;
         let mut found: Vec<(usize, usize)> = live.into_values().collect();
         found.sort_unstable();
-        let mut columns = Vec::with_capacity(schema.schema.fields().len());
-        for c in 0..schema.schema.fields().len() {
-            let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
-            let indexes: Vec<(usize, usize)> = found.clone();
-            columns.push(if arrays.is_empty() {
-                arrow::array::new_empty_array(schema.schema.field(c).data_type())
-            } else {
-                arrow::compute::interleave(&arrays, &indexes)?
-            });
-        }
-        Ok(RecordBatch::try_new(Arc::clone(&schema.schema), columns)?)
+        gather(schema, &batches, &found)
     }
 
     /// The rows (user columns) that snapshot `snapshot` (the latest when
@@ -268,10 +225,7 @@ impl Table {
             let at = wanted.partition_point(|p| p.data() <= key);
             at > 0 && key.starts_with(wanted[at - 1].data())
         };
-        let user_columns = schema.schema.fields().len();
-        let target = schema.data_file_schema();
-        let mut batches = Vec::new();
-        let mut newest: HashMap<Vec<u8>, (u64, i8, usize, usize)> = HashMap::new();
+        let mut versions = Versions::default();
         for meta in &files {
             let groups: Vec<usize> = match file::decode_key_index(&self.dir, meta)? {
                 Some(index) => {
@@ -280,9 +234,6 @@ impl Table {
                 }
                 None => (0..meta.row_groups.len()).collect(),
             };
-            if groups.is_empty() {
-                continue;
-            }
             let mut reader = None;
             let mut reads = Vec::with_capacity(groups.len());
             for group in groups {
@@ -299,59 +250,15 @@ impl Table {
             if reads.is_empty() {
                 continue;
             }
-            let reader = match reader {
-                Some(reader) => reader,
-                None => FileReader::open(&self.store, &self.dir, Arc::new(meta.clone()), &target).await?,
-            };
-            for (group, rows) in reads {
-                for batch in reader.read_rows(group, None, rows.as_deref(), READ_BATCH_ROWS).await? {
-                    let b = batches.len();
-                    let keys = converter.convert_columns(&key_columns(schema, &batch))?;
-                    let location = || self.dir.child_path(&meta.path);
-                    let seqs = batch
-                        .column(user_columns)
-                        .as_primitive_opt::<UInt64Type>()
-                        .ok_or_else(|| Error::corrupt(location(), "_seq column is not UInt64"))?;
-                    let kinds = batch
-                        .column(user_columns + 1)
-                        .as_primitive_opt::<Int8Type>()
-                        .ok_or_else(|| Error::corrupt(location(), "_kind column is not Int8"))?;
-                    for row in 0..batch.num_rows() {
-                        let key = keys.row(row);
-                        if !matching(key.data()) {
-                            continue;
-                        }
-                        let seq = seqs.value(row);
-                        match newest.get_mut(key.data()) {
-                            Some(entry) if entry.0 >= seq => {}
-                            Some(entry) => *entry = (seq, kinds.value(row), b, row),
-                            None => {
-                                newest.insert(key.data().to_vec(), (seq, kinds.value(row), b, row));
-                            }
-                        }
-                    }
-                    batches.push(batch.project(&(0..user_columns).collect::<Vec<_>>())?);
-                }
-            }
+            let reader = self.reader(schema, meta, reader).await?;
+            versions.read(self, schema, &converter, meta, &reader, reads, matching).await?;
         }
-        let mut found: Vec<(Vec<u8>, (usize, usize))> = newest
-            .into_iter()
-            .filter(|(_, (_, kind, _, _))| *kind == ValueKind::Upsert as i8)
-            .map(|(key, (_, _, b, row))| (key, (b, row)))
-            .collect();
+        let (batches, live) = versions.live();
+        let mut found: Vec<(Vec<u8>, (usize, usize))> = live.into_iter().collect();
         // In key order.
         found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let indexes: Vec<(usize, usize)> = found.into_iter().map(|(_, at)| at).collect();
-        let mut columns = Vec::with_capacity(user_columns);
-        for c in 0..user_columns {
-            let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
-            columns.push(if arrays.is_empty() {
-                arrow::array::new_empty_array(schema.schema.field(c).data_type())
-            } else {
-                arrow::compute::interleave(&arrays, &indexes)?
-            });
-        }
-        Ok(RecordBatch::try_new(Arc::clone(&schema.schema), columns)?)
+        gather(schema, &batches, &indexes)
     }
 
     /// The key index of `meta` as rows, cached (files never change).
@@ -443,6 +350,93 @@ async fn read_keys(reader: &FileReader, schema: &TableSchema, group: usize) -> R
     let positions: Vec<usize> =
         schema.primary_key.iter().map(|k| sorted.iter().position(|s| s == k).unwrap_or_default()).collect();
     Ok(batches.iter().map(|b| positions.iter().map(|&p| Arc::clone(b.column(p))).collect()).collect())
+}
+
+/// Rows read (user columns) and, per live key, where its newest version is (batch, row).
+pub(crate) type Found = (Vec<RecordBatch>, HashMap<Vec<u8>, (usize, usize)>);
+
+/// The versions of keys read from a table's files: the user columns of
+/// what was read, and per key the newest version seen (seq, kind, batch, row).
+#[derive(Default)]
+struct Versions {
+    batches: Vec<RecordBatch>,
+    newest: HashMap<Vec<u8>, (u64, i8, usize, usize)>,
+}
+
+impl Versions {
+    /// Reads row groups `reads` of `meta` (whole, or only the rows given)
+    /// and notes the version of every key `wanted` accepts.
+    #[allow(clippy::too_many_arguments)]
+    async fn read(
+        &mut self,
+        table: &Table,
+        schema: &TableSchema,
+        converter: &RowConverter,
+        meta: &FileMeta,
+        reader: &FileReader,
+        reads: Vec<(usize, Option<Vec<usize>>)>,
+        wanted: impl Fn(&[u8]) -> bool,
+    ) -> Result<()> {
+        let user_columns = schema.schema.fields().len();
+        let projection: Vec<usize> = (0..user_columns).collect();
+        for (group, rows) in reads {
+            for batch in reader.read_rows(group, None, rows.as_deref(), READ_BATCH_ROWS).await? {
+                let b = self.batches.len();
+                let keys = converter.convert_columns(&key_columns(schema, &batch))?;
+                let location = || table.dir.child_path(&meta.path);
+                let seqs = batch
+                    .column(user_columns)
+                    .as_primitive_opt::<UInt64Type>()
+                    .ok_or_else(|| Error::corrupt(location(), "_seq column is not UInt64"))?;
+                let kinds = batch
+                    .column(user_columns + 1)
+                    .as_primitive_opt::<Int8Type>()
+                    .ok_or_else(|| Error::corrupt(location(), "_kind column is not Int8"))?;
+                for row in 0..batch.num_rows() {
+                    let key = keys.row(row);
+                    if !wanted(key.data()) {
+                        continue;
+                    }
+                    let seq = seqs.value(row);
+                    match self.newest.get_mut(key.data()) {
+                        Some(entry) if entry.0 >= seq => {}
+                        Some(entry) => *entry = (seq, kinds.value(row), b, row),
+                        None => {
+                            self.newest.insert(key.data().to_vec(), (seq, kinds.value(row), b, row));
+                        }
+                    }
+                }
+                self.batches.push(batch.project(&projection)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The batches read, and where each key's newest version is, for keys
+    /// whose newest version is a row (not a delete).
+    fn live(self) -> Found {
+        let live = self
+            .newest
+            .into_iter()
+            .filter(|(_, (_, kind, _, _))| *kind == ValueKind::Upsert as i8)
+            .map(|(key, (_, _, b, row))| (key, (b, row)))
+            .collect();
+        (self.batches, live)
+    }
+}
+
+/// The rows at `indexes` (batch, row) of `batches`, as the table's user columns.
+fn gather(schema: &TableSchema, batches: &[RecordBatch], indexes: &[(usize, usize)]) -> Result<RecordBatch> {
+    let mut columns = Vec::with_capacity(schema.schema.fields().len());
+    for c in 0..schema.schema.fields().len() {
+        let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
+        columns.push(if arrays.is_empty() {
+            arrow::array::new_empty_array(schema.schema.field(c).data_type())
+        } else {
+            arrow::compute::interleave(&arrays, indexes)?
+        });
+    }
+    Ok(RecordBatch::try_new(Arc::clone(&schema.schema), columns)?)
 }
 
 /// The rows of the sorted key set `set` whose keys start with one of
