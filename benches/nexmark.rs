@@ -45,6 +45,11 @@ CREATE TABLE auction (id BIGINT PRIMARY KEY, item_name TEXT, description TEXT, i
 CREATE TABLE bid (id BIGINT PRIMARY KEY, auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT, date_time TIMESTAMP);
 ";
 
+const Q8_PEOPLE: &str = "CREATE MATERIALIZED VIEW q8_people AS SELECT id, name, window_start, window_end \
+    FROM TUMBLE(person, date_time, INTERVAL '10' SECOND) GROUP BY id, name, window_start, window_end";
+const Q8_SELLERS: &str = "CREATE MATERIALIZED VIEW q8_sellers AS SELECT seller, window_start, window_end \
+    FROM TUMBLE(auction, date_time, INTERVAL '10' SECOND) GROUP BY seller, window_start, window_end";
+
 /// Query name and its views, in creation order (the last is the result).
 const QUERIES: &[(&str, &[&str])] = &[
     ("q0", &["CREATE MATERIALIZED VIEW q0 AS SELECT auction, bidder, price, date_time FROM bid"]),
@@ -87,10 +92,8 @@ const QUERIES: &[(&str, &[&str])] = &[
     (
         "q8",
         &[
-            "CREATE MATERIALIZED VIEW q8_people AS SELECT id, name, window_start, window_end \
-             FROM TUMBLE(person, date_time, INTERVAL '10' SECOND) GROUP BY id, name, window_start, window_end",
-            "CREATE MATERIALIZED VIEW q8_sellers AS SELECT seller, window_start, window_end \
-             FROM TUMBLE(auction, date_time, INTERVAL '10' SECOND) GROUP BY seller, window_start, window_end",
+            Q8_PEOPLE,
+            Q8_SELLERS,
             "CREATE MATERIALIZED VIEW q8 AS SELECT p.id, p.name, p.window_start FROM q8_people p JOIN q8_sellers a \
              ON p.id = a.seller AND p.window_start = a.window_start AND p.window_end = a.window_end",
         ],
@@ -130,10 +133,8 @@ const BASELINES: &[(&str, &[&str])] = &[
     (
         "q8",
         &[
-            "CREATE MATERIALIZED VIEW q8_people AS SELECT id, name, window_start, window_end \
-             FROM TUMBLE(person, date_time, INTERVAL '10' SECOND) GROUP BY id, name, window_start, window_end",
-            "CREATE MATERIALIZED VIEW q8_sellers AS SELECT seller, window_start, window_end \
-             FROM TUMBLE(auction, date_time, INTERVAL '10' SECOND) GROUP BY seller, window_start, window_end",
+            Q8_PEOPLE,
+            Q8_SELLERS,
             "CREATE MATERIALIZED VIEW q8 AS SELECT p.id, p.name, p.window_start FROM q8_people p JOIN q8_sellers a \
              ON abs(p.id) = abs(a.seller) AND p.window_start = a.window_start AND p.window_end = a.window_end",
         ],

@@ -127,12 +127,7 @@ impl Table {
     /// The current value of each of `wanted` (sorted) in `files`: the user
     /// columns of the row groups read, and where each live key's newest
     /// version is. Only row groups whose key range holds a wanted key are read.
-    pub(crate) async fn lookup(
-        &self,
-        schema: &TableSchema,
-        files: &[&FileMeta],
-        wanted: &[Row<'_>],
-    ) -> Result<Found> {
+    pub(crate) async fn lookup(&self, schema: &TableSchema, files: &[&FileMeta], wanted: &[Row<'_>]) -> Result<Found> {
         let converter = key_converter(schema)?;
         let mut wanted_set: Option<HashSet<&[u8]>> = None;
         let mut versions = Versions::default();
