@@ -840,6 +840,22 @@ impl ViewMaintainer {
                 let rows = self.view.table().get_prefixes(None, &columns).await?;
                 RecordBatch::try_new(Arc::clone(&self.storage_schema), rows.columns().to_vec())?
             }
+            // A hidden key is one encoded column, not searchable by its
+            // leading part: the touched groups' rows are what the query gave
+            // for them on the positions before this step (the view is that
+            // query on its recorded positions), evaluated again, by key.
+            (KeyLayout::Hidden, Some(values)) if !self.view.definition.emit_on_window_close => {
+                let table = MemTable::try_new(values.schema(), vec![vec![values.clone()]])?;
+                let groups =
+                    LogicalPlanBuilder::scan("__groups", provider_as_source(Arc::new(table)), None)?.build()?;
+                let at: Vec<At> = self.plan.occurrences.iter().map(|&s| At::Snapshot(before[s])).collect();
+                let rewritten = self.plan.full(&at, Some(groups))?;
+                let mut rows = Vec::new();
+                for batch in &self.execute(rewritten.plan.clone()).await? {
+                    rows.push(self.view_rows(batch, &rewritten)?);
+                }
+                concat_batches(&self.storage_schema, &rows)?
+            }
             _ => concat_batches(
                 &self.storage_schema,
                 &self.view.table().scan(None).await.or_else(|e| match e {
