@@ -137,19 +137,32 @@ pub(crate) fn holds_any(set: &Rows, wanted: &[Row<'_>]) -> bool {
 /// The positions in the sorted key set `set` of the keys equal to one of
 /// `wanted` (sorted), ascending: the rows of the group that hold them.
 pub(crate) fn positions(set: &Rows, wanted: &[Row<'_>]) -> Vec<usize> {
+    positions_where(set, wanted, |key, wanted| key == wanted)
+}
+
+/// The positions in the sorted key set `set` of the keys that start with
+/// one of `wanted` (sorted encoded key prefixes), ascending.
+pub(crate) fn prefix_positions(set: &Rows, wanted: &[Row<'_>]) -> Vec<usize> {
+    positions_where(set, wanted, <[u8]>::starts_with)
+}
+
+/// The positions in `set` of the keys that `matches` one of `wanted`; the
+/// keys that match one of them must be consecutive from the first key not
+/// below it (equality, or a byte prefix of the row encoding).
+fn positions_where(set: &Rows, wanted: &[Row<'_>], matches: impl Fn(&[u8], &[u8]) -> bool) -> Vec<usize> {
     let n = set.num_rows();
     let mut out = Vec::new();
     for key in wanted {
         let (mut low, mut high) = (0, n);
         while low < high {
             let mid = low + (high - low) / 2;
-            if set.row(mid) < *key {
+            if set.row(mid).data() < key.data() {
                 low = mid + 1;
             } else {
                 high = mid;
             }
         }
-        while low < n && set.row(low) == *key {
+        while low < n && matches(set.row(low).data(), key.data()) {
             out.push(low);
             low += 1;
         }

@@ -28,7 +28,7 @@ use arrow::row::{Row, RowConverter, Rows};
 
 use crate::error::{Error, Result};
 use crate::file::{self, ChildPath, FileMeta, FileReader};
-use crate::key_sets::{holds_any, positions, sorted};
+use crate::key_sets::{holds_any, positions, prefix_positions, sorted};
 use crate::scan::key_converter;
 use crate::schema::{TableSchema, ValueKind};
 use crate::snapshot::CommitKind;
@@ -432,31 +432,6 @@ fn gather(schema: &TableSchema, batches: &[RecordBatch], indexes: &[(usize, usiz
         });
     }
     Ok(RecordBatch::try_new(Arc::clone(&schema.schema), columns)?)
-}
-
-/// The rows of the sorted key set `set` whose keys start with one of
-/// `wanted` (sorted encoded prefixes).
-fn prefix_positions(set: &Rows, wanted: &[Row<'_>]) -> Vec<usize> {
-    let n = set.num_rows();
-    let mut out = Vec::new();
-    for prefix in wanted {
-        let (mut at, mut high) = (0, n);
-        while at < high {
-            let mid = at + (high - at) / 2;
-            if set.row(mid).data() < prefix.data() {
-                at = mid + 1;
-            } else {
-                high = mid;
-            }
-        }
-        while at < n && set.row(at).data().starts_with(prefix.data()) {
-            out.push(at);
-            at += 1;
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    out
 }
 
 /// Row groups (by their key ranges in `index`: first key of each group,
