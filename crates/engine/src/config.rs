@@ -43,6 +43,24 @@ pub struct EngineConfig {
     pub max_prepared_statements: usize,
 }
 
+/// How materialized views are maintained (`[views]` in the configuration file).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ViewsConfig {
+    /// The most source changelog rows one maintenance step takes in. A view
+    /// that is behind catches up in steps of about this many rows, each
+    /// committed (and visible in `sys.views`) on its own; a single source
+    /// commit bigger than this is read in pieces of this size within its
+    /// step, so a view's memory stays bounded whatever the backlog.
+    pub step_rows: usize,
+}
+
+impl Default for ViewsConfig {
+    fn default() -> Self {
+        Self { step_rows: 100_000 }
+    }
+}
+
 /// How a query runs.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

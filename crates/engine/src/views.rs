@@ -134,6 +134,10 @@ pub struct Progress {
     pub updated_ms: i64,
     /// Why maintenance stopped, if it did.
     pub error: Option<String>,
+    /// The step under way: source changelog rows taken in so far, and in all.
+    pub step: Option<(u64, u64)>,
+    /// While the view is being filled: rows written so far.
+    pub backfilled: Option<u64>,
 }
 
 impl Progress {

@@ -28,6 +28,7 @@ use crate::catalog::{
     AsOf, Catalog, CreateMaterializedView, CreateTable, Created, DEFAULT_SCHEMA, Procedure, RelationInfo, RelationKind,
     RelationName, SYSTEM_SCHEMAS, errors,
 };
+use crate::config::ViewsConfig;
 use crate::dynamic::DynamicTable;
 use crate::dynamic::system::{SystemKind, SystemTable};
 use crate::error::{Error, Result, StatusCode};
@@ -120,6 +121,8 @@ pub struct DynamicCatalog {
     pending_views: std::sync::Mutex<Vec<PendingView>>,
     /// Roles and grants, in the file `access` at the root.
     access: Arc<crate::access::Access>,
+    /// How materialized views are maintained.
+    views: ViewsConfig,
 }
 
 impl DynamicCatalog {
@@ -157,7 +160,7 @@ impl DynamicCatalog {
         let table = storage::Table::create(Arc::clone(&self.store), dir.clone(), &name.name, table_schema).await?;
         let view = MaterializedView::new(name.clone(), Arc::new(DynamicTable::new(table)), definition, dir.clone());
         let started = async {
-            Self::start_view(Arc::clone(&view), ctx).await?;
+            Self::start_view(Arc::clone(&view), ctx, self.views.clone()).await?;
             let location = views::definition_path(&dir);
             object_store::ObjectStoreExt::put(&self.store, &location, storage::frame::encode(&view.definition)?.into())
                 .await
@@ -481,10 +484,14 @@ impl DynamicCatalog {
     /// Plans a view's query and starts maintaining it: from its recorded
     /// positions, or after a backfill when it has none (a new view, or one
     /// whose backfill a crash interrupted).
-    async fn start_view(view: Arc<MaterializedView>, ctx: datafusion::prelude::SessionContext) -> Result<()> {
+    async fn start_view(
+        view: Arc<MaterializedView>,
+        ctx: datafusion::prelude::SessionContext,
+        config: ViewsConfig,
+    ) -> Result<()> {
         let plan = views::ViewPlan::analyze(views::plan_query(&ctx, &view.definition.query).await?)?;
         view.set_sources(plan.sources.clone());
-        let mut maintainer = views::maintain::ViewMaintainer::new(Arc::clone(&view), plan, ctx)?;
+        let mut maintainer = views::maintain::ViewMaintainer::new(Arc::clone(&view), plan, ctx, config)?;
         let positions = match maintainer.recorded_positions()? {
             Some(positions) => positions,
             None => maintainer.backfill().await?,
@@ -613,7 +620,16 @@ impl DynamicCatalog {
             schemas: Arc::new(RwLock::new(schemas)),
             ctx: std::sync::OnceLock::new(),
             pending_views: std::sync::Mutex::new(pending),
+            views: ViewsConfig::default(),
         })
+    }
+
+    /// Maintains materialized views with `config` (before the catalog is
+    /// bound to an engine, which starts them).
+    #[must_use]
+    pub fn with_views_config(mut self, config: ViewsConfig) -> Self {
+        self.views = config;
+        self
     }
 }
 
@@ -974,8 +990,9 @@ impl Catalog for DynamicCatalog {
             .map_err(|_| Error::internal("materialized views need a tokio runtime to be maintained"))?;
         for view in views {
             let ctx = ctx.clone();
+            let config = self.views.clone();
             runtime.spawn(async move {
-                if let Err(e) = Self::start_view(Arc::clone(&view), ctx).await {
+                if let Err(e) = Self::start_view(Arc::clone(&view), ctx, config).await {
                     tracing::error!(view = %view.name, error = %e, "cannot maintain materialized view");
                     view.progress.send_modify(|p| p.error = Some(e.message().to_string()));
                 }
@@ -1155,7 +1172,7 @@ impl Catalog for DynamicCatalog {
             started
         };
         if let Some(view) = started {
-            Self::start_view(view, self.view_context()?).await?;
+            Self::start_view(view, self.view_context()?, self.views.clone()).await?;
         }
         self.refresh_view_texts()?;
         Ok(true)
@@ -1305,7 +1322,7 @@ impl Catalog for DynamicCatalog {
             }
             schema.insert(name.name.clone(), Relation::MaterializedView(Arc::clone(&view)));
         }
-        if let Err(e) = Self::start_view(Arc::clone(&view), ctx).await {
+        if let Err(e) = Self::start_view(Arc::clone(&view), ctx, self.views.clone()).await {
             // The statement failed as a whole: leave nothing behind.
             let _ = self.drop_relation(&name, RelationKind::MaterializedView, true, true).await;
             return Err(e);

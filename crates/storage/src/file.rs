@@ -719,15 +719,6 @@ impl FileReader {
         }
         Ok(batches)
     }
-
-    /// Reads the whole file.
-    pub(crate) async fn read_all(&self, batch_size: usize) -> Result<Vec<RecordBatch>> {
-        let mut out = Vec::new();
-        for group in 0..self.meta.row_groups.len() {
-            out.extend(self.read_row_group(group, None, batch_size).await?);
-        }
-        Ok(out)
-    }
 }
 
 /// The selection of the ascending, distinct positions `rows`.
@@ -957,7 +948,11 @@ mod tests {
         assert_eq!(meta.row_groups.len(), 20);
         let reader = FileReader::open(&store, &dir, Arc::new(meta), &schema).await.unwrap();
         let mut got = Vec::new();
-        for batch in reader.read_all(1000).await.unwrap() {
+        let mut batches = Vec::new();
+        for group in 0..20 {
+            batches.extend(reader.read_row_group(group, None, 1000).await.unwrap());
+        }
+        for batch in batches {
             let keys = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
             let values = batch.column(1).as_any().downcast_ref::<StringArray>().unwrap();
             got.extend((0..batch.num_rows()).map(|i| (keys.value(i), values.value(i).to_string())));

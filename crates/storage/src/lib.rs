@@ -81,6 +81,7 @@ mod key_sets;
 mod lookup;
 mod merge;
 
+pub use changelog::ChangelogReader;
 pub use consumer::Consumer;
 pub use error::{Error, Result};
 pub use file::ColumnRename;

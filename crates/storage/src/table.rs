@@ -99,9 +99,21 @@ pub(crate) const CACHED_CHANGELOG_BYTES: usize = 64 << 20;
 pub(crate) struct ChangelogCache {
     pub(crate) by_snapshot: std::collections::BTreeMap<u64, (Arc<Vec<RecordBatch>>, usize)>,
     pub(crate) bytes: usize,
+    /// Changelog rows of recent snapshots ([`Table::changelog_rows`]).
+    pub(crate) rows: std::collections::BTreeMap<u64, u64>,
 }
 
+/// How many snapshots' changelog row counts [`ChangelogCache`] remembers.
+const REMEMBERED_ROW_COUNTS: usize = 64 * 1024;
+
 impl ChangelogCache {
+    pub(crate) fn remember_rows(&mut self, id: u64, rows: u64) {
+        self.rows.insert(id, rows);
+        while self.rows.len() > REMEMBERED_ROW_COUNTS {
+            self.rows.pop_first();
+        }
+    }
+
     pub(crate) fn get(&self, id: u64) -> Option<Arc<Vec<RecordBatch>>> {
         self.by_snapshot.get(&id).map(|(batches, _)| Arc::clone(batches))
     }

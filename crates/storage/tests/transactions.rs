@@ -199,3 +199,53 @@ async fn updates_of_columns_past_changelog_columns_write_no_changelog() {
     assert_eq!(stored.num_rows(), 1);
     assert_eq!(stored.column(2).as_primitive::<Int64Type>().value(0), 3);
 }
+
+/// A changelog read in pieces of at most N rows gives the same rows, in the
+/// same order, as one read of the whole range; a big commit is cut into
+/// pieces; the row counts known before reading add up to what is read.
+#[tokio::test]
+async fn changelogs_stream_in_pieces_of_bounded_rows() {
+    let table = table().await;
+    let big: Vec<(i64, String)> = (0..30_000).map(|k| (k, format!("v{k}"))).collect();
+    let big: Vec<(i64, &str)> = big.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    table.write(&rows(&table, &big), &vec![ValueKind::Upsert; big.len()]).await.unwrap();
+    for k in 0..20 {
+        table.write(&rows(&table, &[(k, "again"), (100_000 + k, "new")]), &[ValueKind::Upsert; 2]).await.unwrap();
+    }
+    table.write(&rows(&table, &[(5, "")]), &[ValueKind::Delete]).await.unwrap();
+    table.compact(true).await.unwrap();
+    let latest = table.latest_snapshot().unwrap().id;
+    let flat = |changes: &[streamhouse_storage::ChangelogBatch]| -> Vec<(u64, i64, i8)> {
+        changes
+            .iter()
+            .flat_map(|c| {
+                let keys = c.batch.column(0).as_primitive::<Int64Type>().clone();
+                let kinds =
+                    c.batch.column(c.batch.num_columns() - 1).as_primitive::<arrow::datatypes::Int8Type>().clone();
+                (0..c.batch.num_rows()).map(move |i| (c.snapshot, keys.value(i), kinds.value(i)))
+            })
+            .collect()
+    };
+    for after in [0, 1, 10] {
+        let whole = flat(&table.changelog(after, None).await.unwrap());
+        let mut known = 0;
+        for id in after + 1..=latest {
+            known += table.changelog_rows(id).await.unwrap();
+        }
+        assert_eq!(known as usize, whole.len(), "row counts known before reading, after {after}");
+        for piece_rows in [1, 7, 4096, 100_000] {
+            let mut reader = table.changelog_reader(after, None);
+            let mut pieces = Vec::new();
+            loop {
+                let piece = reader.next_rows(piece_rows).await.unwrap();
+                if piece.is_empty() {
+                    break;
+                }
+                let n: usize = piece.iter().map(|c| c.batch.num_rows()).sum();
+                assert!(n <= piece_rows && n > 0, "a piece of {n} rows for a bound of {piece_rows}");
+                pieces.extend(piece);
+            }
+            assert_eq!(flat(&pieces), whole, "pieces of {piece_rows} rows after {after}");
+        }
+    }
+}

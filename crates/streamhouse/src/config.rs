@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use streamhouse_engine::{ByteSize, EngineConfig};
+use streamhouse_engine::{ByteSize, EngineConfig, ViewsConfig};
 use streamhouse_server::ServerConfig;
 use streamhouse_server::auth::AuthConfig;
 
@@ -33,6 +33,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Query execution: memory, parallelism, timeouts.
     pub execution: EngineConfig,
+    /// Materialized view maintenance.
+    pub views: ViewsConfig,
     /// Who may connect: authentication methods by client address, the
     /// bootstrap superuser's password, Flight token lifetime.
     pub auth: AuthConfig,

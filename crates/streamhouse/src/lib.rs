@@ -118,7 +118,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let warehouse = data_dir.join("warehouse");
     let store::Warehouse { store, log } = store::open(&config.storage, &warehouse).await?;
     let location = config.storage.url.clone().unwrap_or_else(|| warehouse.display().to_string());
-    let catalog = DynamicCatalog::open(store).await.with_context(|| format!("cannot open the tables in {location}"))?;
+    let catalog = DynamicCatalog::open(store)
+        .await
+        .with_context(|| format!("cannot open the tables in {location}"))?
+        .with_views_config(config.views.clone());
     let mut execution = config.execution.clone();
     execution.spill_dir.get_or_insert_with(|| data_dir.join("spill"));
     let engine = Engine::with_catalog(execution, Arc::new(catalog)).context("cannot start the query engine")?;

@@ -230,64 +230,24 @@ impl Arrangement {
         }
     }
 
-    /// Brings the arrangement to the source as of `to`, given the source's
-    /// changelog from the view's position to `to` (idempotent: changes it
-    /// already holds are written again with the same result).
+    /// Starts advancing the arrangement to source snapshot `to`: the
+    /// changelog of the source after the arrangement's position goes to
+    /// [`Advance::write`] (in pieces, in commit order), then
+    /// [`Advance::commit`]. `None` when the arrangement is there already
+    /// (a step replayed after a crash).
     ///
     /// # Errors
     /// Storage failures.
-    pub async fn advance(&self, changes: &[storage::ChangelogBatch], to: u64) -> Result<()> {
+    pub async fn begin_advance(&self, to: u64) -> Result<Option<Advance<'_>>> {
         if self.position() >= to {
-            return Ok(());
+            return Ok(None);
         }
         let schema = self.table.schema();
         let key_fields: Vec<SortField> =
             schema.primary_key.iter().map(|&k| SortField::new(schema.schema.field(k).data_type().clone())).collect();
         let converter = RowConverter::new(key_fields)?;
-        // Per arrangement key: the last change, as (batch, row).
-        let mut last: HashMap<Vec<u8>, (usize, usize)> = HashMap::new();
-        let mut batches = Vec::with_capacity(changes.len());
-        for change in changes {
-            let batch = &change.batch;
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            let rows: Vec<ArrayRef> = batch.columns()[..schema.schema.fields().len()].to_vec();
-            let kinds = batch.column(batch.num_columns() - 1).as_primitive::<Int8Type>().clone();
-            let keys: Vec<ArrayRef> = schema.primary_key.iter().map(|&k| Arc::clone(&rows[k])).collect();
-            let encoded = converter.convert_columns(&keys)?;
-            let b = batches.len();
-            for row in 0..batch.num_rows() {
-                if self.columns.iter().all(|&c| rows[c].is_valid(row)) {
-                    last.insert(encoded.row(row).as_ref().to_vec(), (b, row));
-                }
-            }
-            batches.push((rows, kinds));
-        }
-        let mut txn = self.table.begin().await?.blind();
-        if !last.is_empty() {
-            let mut picks: Vec<(usize, usize)> = last.into_values().collect();
-            picks.sort_unstable();
-            let mut columns = Vec::with_capacity(schema.schema.fields().len());
-            for c in 0..schema.schema.fields().len() {
-                let parts: Vec<&dyn Array> = batches.iter().map(|(b, _)| b[c].as_ref()).collect();
-                columns.push(datafusion::arrow::compute::interleave(&parts, &picks)?);
-            }
-            let rows = RecordBatch::try_new(Arc::clone(&schema.schema), columns)?;
-            let kinds: Vec<storage::ValueKind> = picks
-                .iter()
-                .map(|&(b, row)| match storage::RowKind::from_code(batches[b].1.value(row)) {
-                    Some(storage::RowKind::Insert | storage::RowKind::UpdateAfter) => storage::ValueKind::Upsert,
-                    _ => storage::ValueKind::Delete,
-                })
-                .collect();
-            txn.write(&rows, &kinds).await?;
-        }
-        txn.set_property(POSITION_PROPERTY, to.to_string());
-        let snapshot =
-            txn.commit().await?.ok_or_else(|| Error::internal("an arrangement's commit made no snapshot"))?;
-        crate::lock(&self.at).insert(to, snapshot.id);
-        Ok(())
+        let txn = self.table.begin().await?.blind();
+        Ok(Some(Advance { arrangement: self, schema, converter, txn, to }))
     }
 
     /// The rows of the source as of `position` whose arrangement columns
@@ -314,4 +274,79 @@ impl Arrangement {
 fn take_columns(columns: &[ArrayRef], indexes: &[u32]) -> Result<Vec<ArrayRef>> {
     let indexes = UInt32Array::from(indexes.to_vec());
     Ok(columns.iter().map(|c| take(c.as_ref(), &indexes, None)).collect::<Result<Vec<_>, _>>()?)
+}
+
+/// An arrangement on its way to a source snapshot ([`Arrangement::begin_advance`]).
+pub struct Advance<'a> {
+    arrangement: &'a Arrangement,
+    schema: storage::TableSchema,
+    converter: RowConverter,
+    txn: storage::Transaction<'a>,
+    to: u64,
+}
+
+impl Advance<'_> {
+    /// Writes a piece of the source's changelog: per arrangement key, the
+    /// last change of the piece wins (`+I`/`+U` upsert, `-U`/`-D` delete);
+    /// later pieces write over earlier ones.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn write(&mut self, changes: &[storage::ChangelogBatch]) -> Result<()> {
+        let schema = &self.schema;
+        let columns = &self.arrangement.columns;
+        // Per arrangement key: the last change, as (batch, row).
+        let mut last: HashMap<Vec<u8>, (usize, usize)> = HashMap::new();
+        let mut batches = Vec::with_capacity(changes.len());
+        for change in changes {
+            let batch = &change.batch;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let rows: Vec<ArrayRef> = batch.columns()[..schema.schema.fields().len()].to_vec();
+            let kinds = batch.column(batch.num_columns() - 1).as_primitive::<Int8Type>().clone();
+            let keys: Vec<ArrayRef> = schema.primary_key.iter().map(|&k| Arc::clone(&rows[k])).collect();
+            let encoded = self.converter.convert_columns(&keys)?;
+            let b = batches.len();
+            for row in 0..batch.num_rows() {
+                if columns.iter().all(|&c| rows[c].is_valid(row)) {
+                    last.insert(encoded.row(row).as_ref().to_vec(), (b, row));
+                }
+            }
+            batches.push((rows, kinds));
+        }
+        if last.is_empty() {
+            return Ok(());
+        }
+        let mut picks: Vec<(usize, usize)> = last.into_values().collect();
+        picks.sort_unstable();
+        let mut out = Vec::with_capacity(schema.schema.fields().len());
+        for c in 0..schema.schema.fields().len() {
+            let parts: Vec<&dyn Array> = batches.iter().map(|(b, _)| b[c].as_ref()).collect();
+            out.push(datafusion::arrow::compute::interleave(&parts, &picks)?);
+        }
+        let rows = RecordBatch::try_new(Arc::clone(&schema.schema), out)?;
+        let kinds: Vec<storage::ValueKind> = picks
+            .iter()
+            .map(|&(b, row)| match storage::RowKind::from_code(batches[b].1.value(row)) {
+                Some(storage::RowKind::Insert | storage::RowKind::UpdateAfter) => storage::ValueKind::Upsert,
+                _ => storage::ValueKind::Delete,
+            })
+            .collect();
+        self.txn.write(&rows, &kinds).await?;
+        Ok(())
+    }
+
+    /// Commits the arrangement as of the source snapshot it was advanced to.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn commit(self) -> Result<()> {
+        let Self { arrangement, mut txn, to, .. } = self;
+        txn.set_property(POSITION_PROPERTY, to.to_string());
+        let snapshot =
+            txn.commit().await?.ok_or_else(|| Error::internal("an arrangement's commit made no snapshot"))?;
+        crate::lock(&arrangement.at).insert(to, snapshot.id);
+        Ok(())
+    }
 }

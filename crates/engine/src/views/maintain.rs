@@ -1,9 +1,13 @@
 //! The [`ViewMaintainer`]: one task per materialized view that follows its
 //! sources' commits and commits the view's changes.
 //!
-//! A step advances one source from snapshot `p` to its latest `q` (all
-//! commits in between at once, so a lagging view catches up in few steps)
-//! and commits the view's rows together with the new positions. Steps write
+//! A step advances one source from snapshot `p` to `q`: as many of its
+//! pending commits as add up to `views.step_rows` changelog rows (at least
+//! one), so a lagging view catches up in few, bounded steps, each committed
+//! with the view's rows and the new positions. The changelog streams
+//! through a step in pieces of at most that many rows (one commit bigger
+//! than that is read in pieces): what a step holds across pieces is its
+//! per-group deltas or touched groups, never the change's rows. Steps write
 //! by key (upsert the new row, delete the old one), computed from the
 //! sources as of recorded snapshots, so replaying a step after a crash
 //! writes the same rows again: exactly once by construction.
@@ -26,9 +30,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::arrange::Arrangement;
 use super::plan::{At, GroupState, Rewritten, Source, ViewPlan, WEIGHT};
-use super::probe::{Prober, reads_snapshots, wanted_arrangements};
+use super::probe::{Prober, reads_snapshots, reads_table, wanted_arrangements};
 use super::state::{self, Delta, Group};
 use super::{KeyLayout, MaterializedView, POSITIONS_PROPERTY, Progress};
+use crate::config::ViewsConfig;
 use crate::error::{Error, Result};
 use crate::now_ms;
 
@@ -51,6 +56,20 @@ pub struct ViewMaintainer {
     state_offset: Option<usize>,
     /// Join inputs indexed by join key ([`super::arrange`]).
     arrangements: Vec<Arrangement>,
+    config: ViewsConfig,
+    /// Per source: its changes are taken whole, not in pieces ([`ViewMaintainer::find_whole_changes`]).
+    whole_changes: Vec<bool>,
+}
+
+/// What a step gathers from the pieces of its change.
+#[derive(Default)]
+struct Work {
+    /// Some piece held rows (not only a compaction's empty changelog).
+    changed: bool,
+    /// Group state views: the change's deltas, merged per group.
+    deltas: Vec<(Vec<u8>, Delta)>,
+    /// Recomputing views: the groups the change touches.
+    groups: Vec<RecordBatch>,
 }
 
 /// Key columns to bytes (the hidden `__key`, and the identity of a row).
@@ -109,7 +128,7 @@ impl ViewMaintainer {
     /// # Errors
     /// The plan no longer gives the view's stored key (the definition
     /// changed meaning, e.g. after an upgrade).
-    pub fn new(view: Arc<MaterializedView>, plan: ViewPlan, ctx: SessionContext) -> Result<Self> {
+    pub fn new(view: Arc<MaterializedView>, plan: ViewPlan, ctx: SessionContext, config: ViewsConfig) -> Result<Self> {
         let (layout, key_types) = derive_key(&plan)?;
         if layout != view.definition.key {
             return Err(Error::internal(format!(
@@ -140,7 +159,7 @@ impl ViewMaintainer {
             (None, true) => "recompute groups",
             (None, false) => "linear",
         });
-        Ok(Self {
+        let mut maintainer = Self {
             arrangements: Vec::new(),
             state_offset,
             groups: KeyEncoder::new(&key_types[..group_keys])?,
@@ -150,7 +169,11 @@ impl ViewMaintainer {
             view,
             plan,
             ctx,
-        })
+            config,
+            whole_changes: Vec::new(),
+        };
+        maintainer.whole_changes = maintainer.find_whole_changes()?;
+        Ok(maintainer)
     }
 
     fn sources(&self) -> &[Source] {
@@ -233,7 +256,14 @@ impl ViewMaintainer {
     fn publish(&self, positions: &[u64], error: Option<String>) {
         let view_snapshot = self.view.table().latest_snapshot().map_or(0, |s| s.id);
         self.view.progress.send_modify(|p| {
-            *p = Progress { positions: positions.to_vec(), view_snapshot, updated_ms: now_ms(), error }
+            *p = Progress {
+                positions: positions.to_vec(),
+                view_snapshot,
+                updated_ms: now_ms(),
+                error,
+                step: None,
+                backfilled: None,
+            }
         });
     }
 
@@ -253,6 +283,8 @@ impl ViewMaintainer {
         let mut stream = self.ctx.execute_logical_plan(query).await?.execute_stream().await?;
         let mut pending: Vec<RecordBatch> = Vec::new();
         let mut pending_rows = 0;
+        let mut written = 0u64;
+        self.view.progress.send_modify(|p| p.backfilled = Some(0));
         let closed = if self.view.definition.emit_on_window_close { self.watermark(&positions).await? } else { None };
         while let Some(batch) = stream.next().await {
             let batch = batch?;
@@ -279,6 +311,8 @@ impl ViewMaintainer {
                 txn.write(&rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await?;
                 pending.clear();
                 pending_rows = 0;
+                written += rows.num_rows() as u64;
+                self.view.progress.send_modify(|p| p.backfilled = Some(written));
             }
         }
         if pending_rows > 0 {
@@ -316,7 +350,12 @@ impl ViewMaintainer {
                 if latest <= positions[source] {
                     continue;
                 }
-                match self.step(source, positions[source], latest, &mut positions).await {
+                let from = positions[source];
+                let stepped = match self.step_end(source, from, latest).await {
+                    Ok((to, rows)) => self.step(source, from, to, rows, &mut positions).await,
+                    Err(e) => Err(e),
+                };
+                match stepped {
                     Ok(()) => {
                         holds[source].advance(positions[source].max(1));
                         for arrangement in self.arrangements.iter().filter(|a| a.source == source) {
@@ -360,52 +399,107 @@ impl ViewMaintainer {
         }
     }
 
-    /// Advances source `source` from snapshot `from` to `to`.
-    async fn step(&self, source: usize, from: u64, to: u64, positions: &mut [u64]) -> Result<()> {
-        let changes = self.sources()[source].table.storage().changelog(from, Some(to)).await?;
+    /// Per source: whether a step must take the source's change whole,
+    /// because its plan pairs the change with the source's own snapshots
+    /// (a self join; the other side of an outer or anti join, whose matches
+    /// before and after the change it compares), which pieces of one
+    /// change cannot do. Other changes are taken in pieces.
+    fn find_whole_changes(&self) -> Result<Vec<bool>> {
+        (0..self.sources().len())
+            .map(|source| {
+                let scans = self.plan.occurrences_of(source);
+                if scans.len() != 1 {
+                    return Ok(scans.len() > 1);
+                }
+                let delta = self.delta_table(source, &[])?;
+                let positions = vec![1; self.sources().len()];
+                let at = self.readings(&positions, source, &scans, 0, scans[0], 1, 2, &delta);
+                let plan = if self.group_state().is_some() {
+                    self.plan.parts(&at, None)?
+                } else if self.plan.is_grouped() {
+                    self.plan.touched_groups(&at)?
+                } else {
+                    self.plan.change(&at)?.plan
+                };
+                Ok(reads_table(&plan, self.sources()[source].table.storage()))
+            })
+            .collect()
+    }
+
+    /// Where a step from `from` ends: after as many of the source's
+    /// snapshots up to `latest` as add up to at most `step_rows` changelog
+    /// rows (at least one snapshot).
+    async fn step_end(&self, source: usize, from: u64, latest: u64) -> Result<(u64, u64)> {
+        let table = self.sources()[source].table.storage();
+        let limit = self.config.step_rows.max(1) as u64;
+        let (mut to, mut rows) = (from, 0u64);
+        while to < latest {
+            let next = table.changelog_rows(to + 1).await?;
+            if to > from && rows + next > limit {
+                break;
+            }
+            rows += next;
+            to += 1;
+        }
+        Ok((to, rows))
+    }
+
+    /// Advances source `source` from snapshot `from` to `to` (`rows`
+    /// changelog rows): the source's arrangements, then the view, in one
+    /// commit each. The changelog streams through in pieces of at most
+    /// `step_rows` rows; what a step keeps across pieces is bounded by the
+    /// groups the change touches, not by its rows.
+    async fn step(&self, source: usize, from: u64, to: u64, rows: u64, positions: &mut [u64]) -> Result<()> {
+        let scans = self.plan.occurrences_of(source);
+        let whole = self.whole_changes.get(source).copied().unwrap_or(true);
+        let piece_rows = if whole { usize::MAX } else { self.config.step_rows };
         let mut next = positions.to_vec();
         next[source] = to;
-        // The arrangements of the source first: the step probes them as of `to`.
+        let mut advancing = Vec::new();
         for arrangement in self.arrangements.iter().filter(|a| a.source == source) {
-            arrangement.advance(&changes, to).await?;
+            advancing.extend(arrangement.begin_advance(to).await?);
         }
-        if changes.iter().all(|c| c.batch.num_rows() == 0) {
+        let table = self.view.table();
+        let mut txn = table.begin().await?;
+        let mut work = Work::default();
+        let mut held = Vec::new();
+        let mut reader = self.sources()[source].table.storage().changelog_reader(from, Some(to));
+        let mut done = 0u64;
+        self.view.progress.send_modify(|p| p.step = Some((0, rows)));
+        loop {
+            let piece = reader.next_rows(piece_rows).await?;
+            if piece.is_empty() {
+                break;
+            }
+            for arrangement in &mut advancing {
+                arrangement.write(&piece).await?;
+            }
+            if whole {
+                held.push(piece);
+                continue;
+            }
+            done += piece.iter().map(|c| c.batch.num_rows() as u64).sum::<u64>();
+            self.take_piece(&mut work, &mut txn, positions, source, &scans, from, to, &piece).await?;
+            self.view.progress.send_modify(|p| p.step = Some((done, rows)));
+        }
+        // The arrangements first: a change taken whole probes them as of `to`.
+        for arrangement in advancing {
+            arrangement.commit().await?;
+        }
+        for piece in held {
+            self.take_piece(&mut work, &mut txn, positions, source, &scans, from, to, &piece).await?;
+        }
+        if !work.changed {
             // Only compactions: nothing to reflect, nothing to commit.
             positions[source] = to;
             self.publish(positions, None);
             return Ok(());
         }
-        let delta = self.delta_table(source, &changes)?;
-        let scans = self.plan.occurrences_of(source);
-        let table = self.view.table();
-        let mut txn = table.begin().await?;
-        let (rows, kinds) = if let Some(state) = self.group_state() {
-            let mut parts = Vec::new();
-            for (n, &scan) in scans.iter().enumerate() {
-                let at = self.readings(positions, source, &scans, n, scan, from, to, &delta);
-                let plan = self.plan.parts(&at, None)?;
-                parts.extend(self.execute(plan).await?);
-            }
-            self.update_groups(state, &next, &parts).await?
-        } else if self.plan.is_grouped() {
-            let mut groups = Vec::new();
-            for (n, &scan) in scans.iter().enumerate() {
-                let at = self.readings(positions, source, &scans, n, scan, from, to, &delta);
-                let plan = self.plan.touched_groups(&at)?;
-                groups.extend(self.execute(plan).await?);
-            }
-            self.regroup(positions, &next, groups).await?
-        } else {
-            let mut changed = Vec::new();
-            for (n, &scan) in scans.iter().enumerate() {
-                let at = self.readings(positions, source, &scans, n, scan, from, to, &delta);
-                let rewritten = self.plan.change(&at)?;
-                let batches = self.execute(rewritten.plan.clone()).await?;
-                for batch in &batches {
-                    changed.push((self.view_rows(batch, &rewritten)?, weights(batch, &rewritten)?));
-                }
-            }
-            self.consolidate(changed)?
+        let (rows, kinds) = match (self.group_state(), work.deltas, work.groups) {
+            (Some(state), deltas, _) => self.update_groups(state, &next, deltas).await?,
+            (None, _, groups) if self.plan.is_grouped() => self.regroup(positions, &next, groups).await?,
+            // Linear: each piece wrote its change already.
+            _ => (RecordBatch::new_empty(Arc::clone(&self.storage_schema)), vec![]),
         };
         if rows.num_rows() > 0 {
             txn.write(&rows, &kinds).await?;
@@ -414,6 +508,59 @@ impl ViewMaintainer {
         txn.commit().await?;
         positions[source] = to;
         self.publish(positions, None);
+        Ok(())
+    }
+
+    /// Takes in one piece of a step's change: a linear view writes the
+    /// piece's change to the step's transaction (pieces in commit order, so
+    /// a later piece's write of a key replaces an earlier one's); a view with
+    /// group state merges the piece's per-group deltas; a recomputing view
+    /// notes the groups it touches.
+    #[allow(clippy::too_many_arguments)]
+    async fn take_piece(
+        &self,
+        work: &mut Work,
+        txn: &mut storage::Transaction<'_>,
+        positions: &[u64],
+        source: usize,
+        scans: &[usize],
+        from: u64,
+        to: u64,
+        piece: &[storage::ChangelogBatch],
+    ) -> Result<()> {
+        if piece.iter().all(|c| c.batch.num_rows() == 0) {
+            return Ok(());
+        }
+        work.changed = true;
+        let delta = self.delta_table(source, piece)?;
+        if let Some(state) = self.group_state() {
+            let mut parts = Vec::new();
+            for (n, &scan) in scans.iter().enumerate() {
+                let at = self.readings(positions, source, scans, n, scan, from, to, &delta);
+                parts.extend(self.execute(self.plan.parts(&at, None)?).await?);
+            }
+            let mut keyed = std::mem::take(&mut work.deltas);
+            keyed.extend(self.group_deltas(state, &parts)?);
+            work.deltas = state::merge_by_group(state, keyed)?;
+        } else if self.plan.is_grouped() {
+            for (n, &scan) in scans.iter().enumerate() {
+                let at = self.readings(positions, source, scans, n, scan, from, to, &delta);
+                work.groups.extend(self.execute(self.plan.touched_groups(&at)?).await?);
+            }
+        } else {
+            let mut changed = Vec::new();
+            for (n, &scan) in scans.iter().enumerate() {
+                let at = self.readings(positions, source, scans, n, scan, from, to, &delta);
+                let rewritten = self.plan.change(&at)?;
+                for batch in &self.execute(rewritten.plan.clone()).await? {
+                    changed.push((self.view_rows(batch, &rewritten)?, weights(batch, &rewritten)?));
+                }
+            }
+            let (rows, kinds) = self.consolidate(changed)?;
+            if rows.num_rows() > 0 {
+                txn.write(&rows, &kinds).await?;
+            }
+        }
         Ok(())
     }
 
@@ -543,16 +690,10 @@ impl ViewMaintainer {
         &self,
         state: &GroupState,
         positions: &[u64],
-        parts: &[RecordBatch],
+        deltas: Vec<(Vec<u8>, Delta)>,
     ) -> Result<(RecordBatch, Vec<storage::ValueKind>)> {
         let offset = self.state_offset.ok_or_else(|| Error::internal("view keeps no group state"))?;
         let group_keys = self.plan.group_keys();
-        let mut keyed = Vec::new();
-        for batch in parts.iter().filter(|b| b.num_rows() > 0) {
-            let encoded = self.groups.encode(&batch.columns()[..group_keys], batch.num_rows())?;
-            keyed.extend(encoded.into_iter().zip(state::deltas(state, batch)?));
-        }
-        let deltas = state::merge_by_group(state, keyed)?;
         if deltas.is_empty() {
             return Ok((RecordBatch::new_empty(Arc::clone(&self.storage_schema)), vec![]));
         }
@@ -600,6 +741,17 @@ impl ViewMaintainer {
         let mut kinds = vec![storage::ValueKind::Upsert; upserted.num_rows()];
         kinds.extend(vec![storage::ValueKind::Delete; deleted.num_rows()]);
         Ok((concat_batches(&self.storage_schema, &[upserted, deleted])?, kinds))
+    }
+
+    /// The per-group deltas of a change's aggregated parts, keyed by group.
+    fn group_deltas(&self, state: &GroupState, parts: &[RecordBatch]) -> Result<Vec<(Vec<u8>, Delta)>> {
+        let group_keys = self.plan.group_keys();
+        let mut keyed = Vec::new();
+        for batch in parts.iter().filter(|b| b.num_rows() > 0) {
+            let encoded = self.groups.encode(&batch.columns()[..group_keys], batch.num_rows())?;
+            keyed.extend(encoded.into_iter().zip(state::deltas(state, batch)?));
+        }
+        Ok(keyed)
     }
 
     /// The view table's key columns for the groups of `deltas`.

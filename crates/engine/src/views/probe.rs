@@ -102,6 +102,25 @@ pub fn reads_snapshots(plan: &LogicalPlan) -> usize {
     count
 }
 
+/// Whether `plan` reads `table` as of a snapshot (a step's plan that pairs
+/// the change of a source with that source's own snapshots: a self join,
+/// or the other side of an outer or anti join checking its matches before
+/// and after).
+pub fn reads_table(plan: &LogicalPlan, table: &Arc<streamhouse_storage::Table>) -> bool {
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Some(provider) = snapshot_scan(scan)
+            && provider.downcast_ref::<SnapshotTable>().is_some_and(|s| Arc::ptr_eq(s.table(), table))
+        {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
 /// The column a join expression is: the column itself, or widened to a
 /// larger integer type (as type coercion casts join keys), under which
 /// equality is the same.

@@ -1,7 +1,10 @@
 //! `sys.views`: one row per materialized view and source, with how far the
 //! view is behind the source (snapshots and milliseconds), and how its
 //! steps read their join inputs: `probes` (lookups by key) and
-//! `source_scans` (whole source snapshots read).
+//! `source_scans` (whole source snapshots read); the backlog (`backlog_rows`:
+//! changelog rows of the source's commits the view does not reflect yet)
+//! and the progress of the step or backfill under way (`step_rows_done` of
+//! `step_rows_total`; a backfill counts rows written and has no total).
 
 use std::sync::Arc;
 
@@ -36,6 +39,9 @@ fn views_schema() -> SchemaRef {
         Field::new("definition", DataType::Utf8, false),
         Field::new("probes", DataType::Int64, false),
         Field::new("source_scans", DataType::Int64, false),
+        Field::new("backlog_rows", DataType::Int64, true),
+        Field::new("step_rows_done", DataType::Int64, true),
+        Field::new("step_rows_total", DataType::Int64, true),
     ]))
 }
 
@@ -65,6 +71,8 @@ struct Row {
     definition: String,
     probes: i64,
     scans: i64,
+    backlog: Option<i64>,
+    step: (Option<i64>, Option<i64>),
 }
 
 async fn rows_of(view: &MaterializedView) -> Vec<Row> {
@@ -72,7 +80,13 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
     let status = match (&progress.error, progress.started()) {
         (Some(error), _) => format!("failed: {error}"),
         (None, true) => "running".to_string(),
+        (None, false) if progress.backfilled.is_some() => "backfilling".to_string(),
         (None, false) => "starting".to_string(),
+    };
+    let step = match (progress.step, progress.backfilled) {
+        (Some((done, total)), _) => (Some(done as i64), Some(total as i64)),
+        (None, Some(written)) => (Some(written as i64), None),
+        (None, None) => (None, None),
     };
     let now = crate::now_ms();
     let sources = view.sources();
@@ -90,6 +104,10 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
             Some(_) => Some(0),
             None => None,
         };
+        let backlog = match position {
+            Some(p) => backlog_rows(table, p, latest).await,
+            None => None,
+        };
         rows.push(Row {
             view: view.name.to_string(),
             source: Some(source.name.to_string()),
@@ -103,6 +121,8 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
             definition: view.definition.query.clone(),
             probes: view.probes.load(std::sync::atomic::Ordering::Relaxed) as i64,
             scans: view.scans.load(std::sync::atomic::Ordering::Relaxed) as i64,
+            backlog,
+            step,
         });
     }
     if rows.is_empty() {
@@ -119,9 +139,21 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
             definition: view.definition.query.clone(),
             probes: view.probes.load(std::sync::atomic::Ordering::Relaxed) as i64,
             scans: view.scans.load(std::sync::atomic::Ordering::Relaxed) as i64,
+            backlog: None,
+            step,
         });
     }
     rows
+}
+
+/// Changelog rows of the snapshots after `position` up to `latest`; `None`
+/// when one of them can no longer be read.
+async fn backlog_rows(table: &streamhouse_storage::Table, position: u64, latest: u64) -> Option<i64> {
+    let mut rows = 0u64;
+    for id in position + 1..=latest {
+        rows += table.changelog_rows(id).await.ok()?;
+    }
+    Some(rows as i64)
 }
 
 #[async_trait]
@@ -152,6 +184,9 @@ impl ComputedRows for ViewsTable {
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.definition.as_str()))),
             Arc::new(rows.iter().map(|r| Some(r.probes)).collect::<Int64Array>()),
             Arc::new(rows.iter().map(|r| Some(r.scans)).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| r.backlog).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| r.step.0).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| r.step.1).collect::<Int64Array>()),
         ];
         Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
     }
