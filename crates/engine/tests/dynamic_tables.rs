@@ -8,7 +8,7 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use streamhouse_engine::warehouse::DynamicCatalog;
-use streamhouse_engine::{Engine, EngineConfig, SessionInfo, StatusCode};
+use streamhouse_engine::{ByteSize, Engine, EngineConfig, SessionInfo, StatusCode, ViewsConfig};
 
 async fn engine(dir: &std::path::Path) -> Engine {
     let store: Arc<dyn ObjectStore> =
@@ -240,4 +240,125 @@ async fn reads_of_a_lagging_view_fail_clearly_or_say_how_stale() {
     );
     let (_, error) = session.run("RESET view_staleness; SET view_read_timeout = 'forever'").await;
     assert_eq!(error.expect("a bad duration").code(), StatusCode::InvalidParameterValue);
+}
+
+/// Peak resident memory of this process (KiB), from `/proc/self/status`.
+fn peak_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("a VmHWM line");
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("a number of kB")
+}
+
+const MEMORY_TEST: &str = "views_backfill_and_catch_up_in_bounded_memory";
+
+/// The views' step size: 50 000 rows, or `STREAMHOUSE_TEST_STEP_ROWS` (a
+/// huge value takes each backlog whole, as steps did before they were
+/// bounded: 525 MiB at catch-up where 50 000 gives 315 MiB).
+fn step_rows() -> usize {
+    std::env::var("STREAMHOUSE_TEST_STEP_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000)
+}
+
+/// An engine over the warehouse in `dir` with a tight memory limit and
+/// steps of [`step_rows`].
+async fn bounded_engine(dir: &std::path::Path) -> (Engine, Arc<DynamicCatalog>) {
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(dir).unwrap().with_automatic_cleanup(true));
+    let catalog =
+        Arc::new(DynamicCatalog::open(store).await.unwrap().with_views_config(ViewsConfig { step_rows: step_rows() }));
+    let config =
+        EngineConfig { target_partitions: 2, memory_limit: ByteSize::Bytes(256 << 20), ..EngineConfig::default() };
+    (Engine::with_catalog(config, Arc::clone(&catalog) as _).unwrap(), catalog)
+}
+
+/// Runs one phase of [`views_backfill_and_catch_up_in_bounded_memory`] in a
+/// fresh process (this test binary again), so its peak memory is its own:
+/// the peak in MiB it reports.
+fn phase_in_child(dir: &std::path::Path, phase: &str) -> u64 {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", MEMORY_TEST, "--nocapture", "--test-threads", "1"])
+        .env("STREAMHOUSE_TEST_PHASE", phase)
+        .env("STREAMHOUSE_TEST_DIR", dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "phase {phase} failed:\n{text}");
+    let line = text.lines().find_map(|l| l.split("peak_kib=").nth(1)).unwrap_or_else(|| panic!("no peak in {text}"));
+    line.trim().parse::<u64>().unwrap() / 1024
+}
+
+/// A phase of the memory test, in its own process.
+async fn memory_phase(phase: &str) {
+    let dir = std::path::PathBuf::from(std::env::var("STREAMHOUSE_TEST_DIR").unwrap());
+    let (e, _catalog) = bounded_engine(&dir).await;
+    match phase {
+        "backfill" => {
+            sql(&e, "CREATE MATERIALIZED VIEW byg AS SELECT g, count(*) AS n, sum(k) AS s FROM big GROUP BY g")
+                .await
+                .unwrap();
+            sql(&e, "CREATE MATERIALIZED VIEW proj AS SELECT k, g, pad FROM big WHERE k % 2 = 0").await.unwrap();
+        }
+        "catch-up" => {
+            // The reads wait until both views reflect the whole backlog.
+            sql(&e, "SET view_read_timeout = '600s'; SELECT count(*) FROM proj").await.unwrap();
+            sql(&e, "SET view_read_timeout = '600s'; SELECT count(*) FROM byg").await.unwrap();
+        }
+        other => panic!("unknown phase {other}"),
+    }
+    eprintln!("peak_kib={}", peak_kib());
+    e.shutdown();
+    e.close().await;
+}
+
+/// Views over a 5M-row table backfill, and later catch up a backlog of one
+/// 1M-row commit and 20 small ones, in memory bounded by the step size
+/// (`views.step_rows`), not by the table or the backlog. Each phase runs in
+/// a fresh process whose peak resident size is recorded (printed) and
+/// checked against a bound that taking a backlog whole exceeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_backfill_and_catch_up_in_bounded_memory() {
+    if let Ok(phase) = std::env::var("STREAMHOUSE_TEST_PHASE") {
+        return memory_phase(&phase).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let insert = |from: i64, to: i64| {
+        format!("INSERT INTO big SELECT value, value % 1000, 'padding-' || value FROM generate_series({from}, {to})")
+    };
+    let (e, _) = bounded_engine(dir.path()).await;
+    sql(&e, "CREATE TABLE big (k BIGINT PRIMARY KEY, g BIGINT, pad TEXT)").await.unwrap();
+    for part in 0..5 {
+        sql(&e, &insert(part * 1_000_000 + 1, (part + 1) * 1_000_000)).await.unwrap();
+    }
+    e.shutdown();
+    e.close().await;
+    let backfill = phase_in_child(dir.path(), "backfill");
+
+    // A backlog written while the maintainers are stopped.
+    let (e, catalog) = bounded_engine(dir.path()).await;
+    for view in catalog.materialized_views() {
+        view.stop().await;
+    }
+    sql(&e, &insert(5_000_001, 6_000_000)).await.unwrap();
+    for part in 0..20 {
+        sql(&e, &insert(6_000_001 + part * 5_000, 6_000_000 + (part + 1) * 5_000)).await.unwrap();
+    }
+    // 21 commits (and maybe a compaction) behind: their changelog rows.
+    let backlog = sql(&e, "SELECT \"view\", backlog_rows FROM sys.views ORDER BY 1").await.unwrap();
+    assert_eq!(lines(&backlog), ["| public.byg | 1100000 |", "| public.proj | 1100000 |"]);
+    e.shutdown();
+    e.close().await;
+    let catch_up = phase_in_child(dir.path(), "catch-up");
+
+    let (e, _) = bounded_engine(dir.path()).await;
+    let views = sql(&e, "SELECT count(*), sum(k) FROM proj").await.unwrap();
+    assert_eq!(lines(&views), ["| 3050000 | 9302503050000 |"]);
+    let query = sql(&e, "SELECT count(*), sum(k) FROM big WHERE k % 2 = 0").await.unwrap();
+    assert_eq!(lines(&views), lines(&query));
+    let grouped = sql(&e, "SELECT count(*), sum(n), sum(s) FROM byg").await.unwrap();
+    let query = sql(&e, "SELECT count(DISTINCT g), count(*), sum(k) FROM big").await.unwrap();
+    assert_eq!(lines(&grouped), lines(&query));
+    eprintln!("peak resident memory: backfill {backfill} MiB, catch-up {catch_up} MiB (step_rows {})", step_rows());
+    assert!(backfill < 400, "backfill peak {backfill} MiB");
+    assert!(catch_up < 400, "catch-up peak {catch_up} MiB");
+    e.shutdown();
+    e.close().await;
 }
