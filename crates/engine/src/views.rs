@@ -43,7 +43,11 @@
 //! of the view's table ([`state`]): a step aggregates the change by group,
 //! looks the touched groups up by key and adds to their state, reading no
 //! source (a MIN/MAX whose current value is retracted is recomputed for that
-//! group). Everything else grouped (HAVING, COUNT(DISTINCT), window
+//! group). A Top-N per partition (`ROW_NUMBER()` filtered by `rn <= N`)
+//! keeps its window input's columns hidden in its rows and ranks, per
+//! touched partition, its stored rows with the rows the change adds
+//! ([`plan::TopN`]; a partition that loses one of its rows is evaluated
+//! again). Everything else grouped (HAVING, COUNT(DISTINCT), other window
 //! functions, emit on window close) takes the group keys the change touches
 //! and evaluates the aggregate again for just those groups on the new
 //! snapshots. `sys.views.maintenance` says which way a view goes.
@@ -110,6 +114,11 @@ pub struct ViewDefinition {
     /// the groups a change touches.
     #[serde(default)]
     pub state: bool,
+    /// A Top-N view keeping its window input's columns as hidden columns
+    /// after the visible ones ([`plan::TopN`]); views stored before there
+    /// was Top-N state recompute the partitions a change touches.
+    #[serde(default)]
+    pub top_n: bool,
 }
 
 /// How a view's derived key is stored.
@@ -579,7 +588,16 @@ pub fn define(
     if emit_on_window_close {
         check_window_close(request, plan, &columns)?;
     }
-    let (key, _) = maintain::derive_key(plan)?;
+    // A Top-N view keeps its state when its key is visible columns, led by
+    // the partition's; otherwise it recomputes partitions, keyed as before.
+    let mut top_n = plan.top_n.is_some() && !emit_on_window_close && plan.window_change_fits()?;
+    let (mut key, _) = maintain::derive_key(plan)?;
+    if plan.top_n.is_some() && !(top_n && matches!(key, KeyLayout::Visible(_))) {
+        let mut plain = plan.clone();
+        plain.top_n = None;
+        key = maintain::derive_key(&plain)?.0;
+        top_n = false;
+    }
     let mut fields: Vec<Field> = (0..plan.visible)
         .map(|i| {
             let field = output.field(i);
@@ -603,6 +621,10 @@ pub fn define(
         // Readers see the visible columns; state alone changing is no change.
         options.changelog_columns = Some(plan.visible);
     }
+    if top_n {
+        fields.extend(plan.carried_layout()?.0);
+        options.changelog_columns = Some(plan.visible);
+    }
     let definition = ViewDefinition {
         query: request.query.clone(),
         columns,
@@ -611,6 +633,7 @@ pub fn define(
         generation: 0,
         emit_on_window_close,
         state: keeps_state,
+        top_n,
     };
     Ok((definition, Arc::new(Schema::new(fields)), options))
 }

@@ -151,8 +151,22 @@ pub(crate) fn prefix_positions(set: &Rows, wanted: &[Row<'_>]) -> Vec<usize> {
 /// below it (equality, or a byte prefix of the row encoding).
 fn positions_where(set: &Rows, wanted: &[Row<'_>], matches: impl Fn(&[u8], &[u8]) -> bool) -> Vec<usize> {
     let n = set.num_rows();
+    if n == 0 {
+        return Vec::new();
+    }
+    // Only the wanted keys within the set's range are searched: a probe of
+    // many keys costs each row group in proportion to the keys it may hold,
+    // not to all of them. The one key below the set's first that can match
+    // is the largest one, when it is a prefix of that first key (distinct
+    // encoded prefixes are never prefixes of each other).
+    let (first, last) = (set.row(0), set.row(n - 1));
+    let mut start = wanted.partition_point(|k| k.data() < first.data());
+    if start > 0 && matches(first.data(), wanted[start - 1].data()) {
+        start -= 1;
+    }
+    let end = start + wanted[start..].partition_point(|k| k.data() <= last.data());
     let mut out = Vec::new();
-    for key in wanted {
+    for key in &wanted[start..end] {
         let (mut low, mut high) = (0, n);
         while low < high {
             let mid = low + (high - low) / 2;

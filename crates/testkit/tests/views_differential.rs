@@ -68,6 +68,12 @@ const VIEWS: &[(&str, &str)] = &[
          ROW_NUMBER() OVER (PARTITION BY x.k ORDER BY y.w DESC NULLS LAST, y.k) AS rn FROM {a} x JOIN {b} y ON x.g = y.g) t \
          WHERE t.rn = 1",
     ),
+    (
+        "d_top2",
+        "SELECT t.ak, t.bk, t.w, t.rn FROM (SELECT x.k AS ak, y.k AS bk, y.w, \
+         ROW_NUMBER() OVER (PARTITION BY x.k ORDER BY y.w DESC NULLS LAST, y.k) AS rn FROM {a} x JOIN {b} y ON x.g = y.g) t \
+         WHERE t.rn <= 2",
+    ),
     ("d_window_sum", "SELECT x.k, sum(x.v) OVER (PARTITION BY x.s) AS total FROM {a} x"),
     (
         "d_tumble",
@@ -344,7 +350,8 @@ async fn differential(seed: u64, steps: usize, step_rows: usize) {
         "d_agg" | "d_distinct" | "d_join_agg" | "d_left_agg" | "d_tumble" | "d_hop" | "d_global" | "d_on_view_agg" => {
             "group state"
         }
-        "d_distinct_count" | "d_topn" | "d_join_top1" | "d_window_sum" | "d_eowc" => "recompute groups",
+        "d_join_top1" | "d_top2" => "top-n state",
+        "d_distinct_count" | "d_topn" | "d_window_sum" | "d_eowc" => "recompute groups",
         _ => "linear",
     };
     let want: Vec<String> = {
@@ -394,6 +401,7 @@ async fn differential(seed: u64, steps: usize, step_rows: usize) {
         "d_chain",
         "d_join_key",
         "d_join_top1",
+        "d_top2",
     ] {
         let row = reads.iter().find(|r| r.starts_with(&format!("public.{view}|"))).expect("a row per view");
         assert_eq!(row, &format!("public.{view}|true|0"), "view {view} probes and scans no source (in {reads:?})");

@@ -59,6 +59,26 @@ pub struct ViewMaintainer {
     config: ViewsConfig,
     /// Per source: its changes are taken whole, not in pieces ([`ViewMaintainer::find_whole_changes`]).
     whole_changes: Vec<bool>,
+    /// A Top-N view's hidden columns ([`super::plan::TopN`]).
+    top_n: Option<TopNState>,
+}
+
+/// Where a Top-N view keeps its window input rows, and how a row is told
+/// from another.
+struct TopNState {
+    /// The hidden columns, after the visible ones.
+    fields: Vec<Field>,
+    /// The window input's key among them.
+    keys: Vec<usize>,
+    /// Encodes those key columns.
+    identity: RowConverter,
+}
+
+impl TopNState {
+    fn identities(&self, carried: &[ArrayRef]) -> Result<Vec<Vec<u8>>> {
+        let keys: Vec<ArrayRef> = self.keys.iter().map(|&k| Arc::clone(&carried[k])).collect();
+        Ok(self.identity.convert_columns(&keys)?.iter().map(|r| r.as_ref().to_vec()).collect())
+    }
 }
 
 /// What a step gathers from the pieces of its change.
@@ -66,10 +86,16 @@ pub struct ViewMaintainer {
 struct Work {
     /// Some piece held rows (not only a compaction's empty changelog).
     changed: bool,
+    /// Top-N views: the change of the window's input
+    /// ([`ViewPlan::window_change`]), while it is at most `step_rows` rows
+    /// (then only the touched partitions are kept, in `groups`).
+    window_change: Vec<RecordBatch>,
     /// Group state views: the change's deltas, merged per group.
     deltas: Vec<(Vec<u8>, Delta)>,
     /// Recomputing views: the groups the change touches.
     groups: Vec<RecordBatch>,
+    /// A Top-N view's change outgrew `step_rows`.
+    overflowed: bool,
 }
 
 /// Key columns to bytes (the hidden `__key`, and the identity of a row).
@@ -128,7 +154,16 @@ impl ViewMaintainer {
     /// # Errors
     /// The plan no longer gives the view's stored key (the definition
     /// changed meaning, e.g. after an upgrade).
-    pub fn new(view: Arc<MaterializedView>, plan: ViewPlan, ctx: SessionContext, config: ViewsConfig) -> Result<Self> {
+    pub fn new(
+        view: Arc<MaterializedView>,
+        mut plan: ViewPlan,
+        ctx: SessionContext,
+        config: ViewsConfig,
+    ) -> Result<Self> {
+        if !view.definition.top_n {
+            // Stored without Top-N state (or not Top-N): partitions recomputed, keyed as stored.
+            plan.top_n = None;
+        }
         let (layout, key_types) = derive_key(&plan)?;
         if layout != view.definition.key {
             return Err(Error::internal(format!(
@@ -154,10 +189,27 @@ impl ViewMaintainer {
         } else {
             None
         };
-        view.set_maintenance(match (state_offset, plan.is_grouped()) {
-            (Some(_), _) => "group state",
-            (None, true) => "recompute groups",
-            (None, false) => "linear",
+        let top_n = match plan.top_n {
+            Some(_) => {
+                let (fields, keys) = plan.carried_layout()?;
+                let stored: Vec<&Field> = storage_schema.fields()[plan.visible..].iter().map(AsRef::as_ref).collect();
+                if stored != fields.iter().collect::<Vec<_>>() {
+                    return Err(Error::internal(format!(
+                        "the query of materialized view {} no longer derives the Top-N state it was stored with",
+                        view.name
+                    )));
+                }
+                let identity =
+                    RowConverter::new(keys.iter().map(|&k| SortField::new(fields[k].data_type().clone())).collect())?;
+                Some(TopNState { fields, keys, identity })
+            }
+            None => None,
+        };
+        view.set_maintenance(match (state_offset, &top_n, plan.is_grouped()) {
+            (Some(_), _, _) => "group state",
+            (None, Some(_), _) => "top-n state",
+            (None, None, true) => "recompute groups",
+            (None, None, false) => "linear",
         });
         let mut maintainer = Self {
             arrangements: Vec::new(),
@@ -171,6 +223,7 @@ impl ViewMaintainer {
             ctx,
             config,
             whole_changes: Vec::new(),
+            top_n,
         };
         maintainer.whole_changes = maintainer.find_whole_changes()?;
         Ok(maintainer)
@@ -497,6 +550,9 @@ impl ViewMaintainer {
         }
         let (rows, kinds) = match (self.group_state(), work.deltas, work.groups) {
             (Some(state), deltas, _) => self.update_groups(state, &next, deltas).await?,
+            (None, _, _) if self.top_n.is_some() && !work.overflowed => {
+                self.update_top_n(positions, &next, work.window_change).await?
+            }
             (None, _, groups) if self.plan.is_grouped() => self.regroup(positions, &next, groups).await?,
             // Linear: each piece wrote its change already.
             _ => (RecordBatch::new_empty(Arc::clone(&self.storage_schema)), vec![]),
@@ -542,6 +598,20 @@ impl ViewMaintainer {
             let mut keyed = std::mem::take(&mut work.deltas);
             keyed.extend(self.group_deltas(state, &parts)?);
             work.deltas = state::merge_by_group(state, keyed)?;
+        } else if self.top_n.is_some() && !work.overflowed {
+            for (n, &scan) in scans.iter().enumerate() {
+                let at = self.readings(positions, source, scans, n, scan, from, to, &delta);
+                work.window_change.extend(self.execute(self.plan.window_change(&at)?).await?);
+            }
+            let rows: usize = work.window_change.iter().map(RecordBatch::num_rows).sum();
+            if rows > self.config.step_rows {
+                // Too big to keep: the touched partitions are evaluated again instead.
+                work.overflowed = true;
+                let group_keys = self.plan.group_keys();
+                for batch in std::mem::take(&mut work.window_change) {
+                    work.groups.push(batch.project(&(0..group_keys).collect::<Vec<_>>())?);
+                }
+            }
         } else if self.plan.is_grouped() {
             for (n, &scan) in scans.iter().enumerate() {
                 let at = self.readings(positions, source, scans, n, scan, from, to, &delta);
@@ -648,6 +718,11 @@ impl ViewMaintainer {
             let keys: Vec<ArrayRef> = rewritten.keys.iter().map(|&k| Arc::clone(batch.column(k))).collect();
             let encoded = self.keys.encode(&keys, batch.num_rows())?;
             columns.push(Arc::new(BinaryArray::from_iter_values(encoded.iter())));
+        }
+        if let Some(top) = &self.top_n {
+            for (&i, field) in rewritten.carried.iter().zip(&top.fields) {
+                columns.push(datafusion::arrow::compute::cast(batch.column(i), field.data_type())?);
+            }
         }
         Ok(columns)
     }
@@ -918,6 +993,124 @@ impl ViewMaintainer {
         Ok((take_rows(&all, &indexes)?, kinds))
     }
 
+    /// A Top-N view's step: for each partition the change touches, its new
+    /// first N rows are among its stored rows (the first N before) and the
+    /// rows the change adds, unless the change retracts one of the stored
+    /// rows — those partitions are evaluated again from the sources.
+    async fn update_top_n(
+        &self,
+        before: &[u64],
+        positions: &[u64],
+        changes: Vec<RecordBatch>,
+    ) -> Result<(RecordBatch, Vec<storage::ValueKind>)> {
+        let top = self.top_n.as_ref().ok_or_else(|| Error::internal("view keeps no Top-N state"))?;
+        let KeyLayout::Visible(key) = &self.view.definition.key else {
+            return Err(Error::internal("a Top-N view with state has a hidden key"));
+        };
+        let changes: Vec<RecordBatch> = changes.into_iter().filter(|b| b.num_rows() > 0).collect();
+        let Some(first) = changes.first() else {
+            return Ok((RecordBatch::new_empty(Arc::clone(&self.storage_schema)), vec![]));
+        };
+        let change = concat_batches(&first.schema(), &changes)?;
+        let group_keys = self.plan.group_keys();
+        let carried = top.fields.len();
+        let groups = self.groups.encode(&change.columns()[..group_keys], change.num_rows())?;
+        let ids = top.identities(&change.columns()[group_keys..group_keys + carried])?;
+        let weights = datafusion::arrow::compute::cast(change.column(group_keys + carried), &DataType::Int64)?;
+        let weights = weights.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        // One row per touched partition, to look its stored rows up by key prefix.
+        let mut firsts: HashMap<&[u8], usize> = HashMap::new();
+        for (row, group) in groups.iter().enumerate() {
+            firsts.entry(group.as_slice()).or_insert(row);
+        }
+        let mut picks: Vec<u64> = firsts.values().map(|&r| r as u64).collect();
+        picks.sort_unstable();
+        let touched_rows = take_rows(&change.project(&(0..group_keys).collect::<Vec<_>>())?, &picks)?;
+        let prefix = key[..group_keys]
+            .iter()
+            .enumerate()
+            .map(|(c, &i)| {
+                datafusion::arrow::compute::cast(touched_rows.column(c), self.storage_schema.field(i).data_type())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let stored = self.view.table().get_prefixes(None, &prefix).await?;
+        let old_rows = RecordBatch::try_new(Arc::clone(&self.storage_schema), stored.columns().to_vec())?;
+        let offset = self.plan.visible;
+        let old_groups = self.row_groups(&old_rows)?;
+        let old_ids = top.identities(&old_rows.columns()[offset..offset + carried])?;
+        let members: std::collections::HashSet<(&[u8], &[u8])> =
+            old_groups.iter().zip(&old_ids).map(|(g, i)| (g.as_slice(), i.as_slice())).collect();
+        // The change's net effect per input row (a row added and removed
+        // again within the step is no change).
+        let values = RowConverter::new(top.fields.iter().map(|f| SortField::new(f.data_type().clone())).collect())?
+            .convert_columns(&change.columns()[group_keys..group_keys + carried])?;
+        // (partition, row values) → (net weight, a row holding them)
+        let mut net: HashMap<Vec<u8>, (i64, usize)> = HashMap::new();
+        for (row, group) in groups.iter().enumerate() {
+            let mut identity = group.clone();
+            identity.extend_from_slice(values.row(row).data());
+            net.entry(identity).or_insert((0, row)).0 += weights.value(row);
+        }
+        let mut weight_of = vec![0i64; change.num_rows()];
+        for (w, row) in net.into_values() {
+            weight_of[row] = w;
+        }
+        // Partitions that lose one of their first N rows are evaluated again.
+        let mut again: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+        for row in 0..change.num_rows() {
+            if weight_of[row] < 0 && members.contains(&(groups[row].as_slice(), ids[row].as_slice())) {
+                again.insert(groups[row].clone());
+            }
+        }
+        // The others: their new rows from their stored rows and the rows added.
+        let kept: Vec<u64> =
+            (0..old_rows.num_rows()).filter(|&r| !again.contains(&old_groups[r])).map(|r| r as u64).collect();
+        let added: Vec<u64> = (0..change.num_rows())
+            .filter(|&r| weight_of[r] > 0 && !again.contains(&groups[r]))
+            .map(|r| r as u64)
+            .collect();
+        let candidate_schema = Arc::new(Schema::new(top.fields.clone()));
+        let from_stored = take_rows(&old_rows.project(&(offset..offset + carried).collect::<Vec<_>>())?, &kept)?;
+        let from_change = take_rows(&change.project(&(group_keys..group_keys + carried).collect::<Vec<_>>())?, &added)?;
+        let mut candidates = Vec::with_capacity(2);
+        for part in [from_stored, from_change] {
+            let columns = part
+                .columns()
+                .iter()
+                .zip(top.fields.iter())
+                .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()))
+                .collect::<Result<Vec<_>, _>>()?;
+            candidates.push(RecordBatch::try_new(Arc::clone(&candidate_schema), columns)?);
+        }
+        let table = MemTable::try_new(candidate_schema, vec![candidates])?;
+        let rewritten = self.plan.over_candidates(Arc::new(table))?;
+        let mut new_rows = Vec::new();
+        for batch in self.ctx.execute_logical_plan(rewritten.plan.clone()).await?.collect().await? {
+            new_rows.push(self.view_rows(&batch, &rewritten)?);
+        }
+        let new_rows = concat_batches(&self.storage_schema, &new_rows)?;
+        let old_kept = take_rows(&old_rows, &kept)?;
+        let (mut rows, mut kinds) = self.diff(new_rows, old_kept, None)?;
+        if !again.is_empty() {
+            // Positions among the touched partitions' rows (one per partition, in `picks` order).
+            let again_rows: Vec<u64> = picks
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| again.contains(&groups[**r as usize]))
+                .map(|(i, _)| i as u64)
+                .collect();
+            let mut touched = take_rows(&touched_rows, &again_rows)?;
+            let fields: Vec<Field> = (0..group_keys)
+                .map(|i| Field::new(format!("__g{i}"), touched.column(i).data_type().clone(), true))
+                .collect();
+            touched = RecordBatch::try_new(Arc::new(Schema::new(fields)), touched.columns().to_vec())?;
+            let (more, more_kinds) = self.regroup(before, positions, vec![touched]).await?;
+            rows = concat_batches(&self.storage_schema, &[rows, more])?;
+            kinds.extend(more_kinds);
+        }
+        Ok((rows, kinds))
+    }
+
     /// Evaluates the aggregate (or window) again for the groups (partitions)
     /// a change touched, on the new positions, and compares with the view's
     /// rows of those groups.
@@ -1016,6 +1209,19 @@ impl ViewMaintainer {
                 })?,
             )?,
         };
+        self.diff(new_rows, old_rows, (group_keys > 0).then_some(&touched))
+    }
+
+    /// The writes that turn `old_rows` (the stored rows of the touched
+    /// groups; with `touched`, rows of other groups among them are left
+    /// alone) into `new_rows`: upserts of new or changed rows, deletes of
+    /// rows no longer there.
+    fn diff(
+        &self,
+        new_rows: RecordBatch,
+        old_rows: RecordBatch,
+        touched: Option<&std::collections::HashSet<Vec<u8>>>,
+    ) -> Result<(RecordBatch, Vec<storage::ValueKind>)> {
         let new_keys = self.row_keys(&new_rows)?;
         let new_values = self.row_values(&new_rows)?;
         let old_keys = self.row_keys(&old_rows)?;
@@ -1024,7 +1230,7 @@ impl ViewMaintainer {
         let old: HashMap<&[u8], usize> = old_keys
             .iter()
             .enumerate()
-            .filter(|(i, _)| group_keys == 0 || touched.contains(&old_groups[*i]))
+            .filter(|(i, _)| touched.is_none_or(|t| t.contains(&old_groups[*i])))
             .map(|(i, k)| (k.as_slice(), i))
             .collect();
         let mut both = vec![new_rows, old_rows];

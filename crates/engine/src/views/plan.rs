@@ -38,6 +38,9 @@ use crate::error::{Error, Result};
 /// The weight column of a change: +1 (row added) or −1 (row removed).
 pub const WEIGHT: &str = "__weight";
 
+/// The prefix of a Top-N view's hidden columns: its window input's columns.
+pub const CARRIED: &str = "__t";
+
 /// A table or view a view reads.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -101,6 +104,112 @@ pub struct ViewPlan {
     grouped: bool,
     /// Set when the aggregate's value per group can be kept as state.
     pub state: Option<GroupState>,
+    /// Set when the view is a Top-N per partition ([`TopN`]).
+    pub top_n: Option<TopN>,
+}
+
+/// A view of the first N rows per partition: the top chain is projections
+/// and aliases around one filter `rn <= N` (or `rn < N + 1`, `rn = 1`) of a
+/// window with one function, `ROW_NUMBER()`. Its rows for a partition
+/// depend on the partition's first N input rows only, so a change that
+/// adds rows and retracts none of those is computed from them and the
+/// added rows (kept as hidden columns of the view's rows, [`CARRIED`]),
+/// without reading the partition.
+#[derive(Debug, Clone)]
+pub struct TopN {
+    /// N.
+    pub limit: u64,
+}
+
+impl TopN {
+    fn of(plan: &LogicalPlan) -> Option<Self> {
+        let mut node = plan;
+        let filter = loop {
+            match node {
+                LogicalPlan::Projection(p) => node = &p.input,
+                LogicalPlan::SubqueryAlias(a) => node = &a.input,
+                LogicalPlan::Filter(f) => break f,
+                _ => return None,
+            }
+        };
+        let (column, limit) = row_limit(&filter.predicate)?;
+        if limit == 0 || !traces_to_row_number(&filter.input, &column) {
+            return None;
+        }
+        // Each partition column once (they lead the view's key).
+        let (partition, _) = grouping(plan)?;
+        if partition.iter().enumerate().any(|(i, e)| partition[..i].contains(e)) {
+            return None;
+        }
+        Some(Self { limit })
+    }
+}
+
+/// `column <= N` (and its equivalents) as (column, N).
+fn row_limit(predicate: &Expr) -> Option<(Column, u64)> {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = predicate else { return None };
+    let strip = |e: &Expr| -> Expr {
+        match e {
+            Expr::Cast(c) => c.expr.as_ref().clone(),
+            Expr::TryCast(c) => c.expr.as_ref().clone(),
+            other => other.clone(),
+        }
+    };
+    let number = |e: &Expr| -> Option<i128> {
+        match strip(e) {
+            Expr::Literal(v, _) => match v {
+                ScalarValue::Int8(Some(n)) => Some(n.into()),
+                ScalarValue::Int16(Some(n)) => Some(n.into()),
+                ScalarValue::Int32(Some(n)) => Some(n.into()),
+                ScalarValue::Int64(Some(n)) => Some(n.into()),
+                ScalarValue::UInt8(Some(n)) => Some(n.into()),
+                ScalarValue::UInt16(Some(n)) => Some(n.into()),
+                ScalarValue::UInt32(Some(n)) => Some(n.into()),
+                ScalarValue::UInt64(Some(n)) => Some(n.into()),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    let (column, op, n) = match (strip(left), strip(right)) {
+        (Expr::Column(c), _) => (c, *op, number(right)?),
+        (_, Expr::Column(c)) => (c, op.swap()?, number(left)?),
+        _ => return None,
+    };
+    let limit = match op {
+        Operator::LtEq => n,
+        Operator::Lt => n - 1,
+        Operator::Eq if n == 1 => 1,
+        _ => return None,
+    };
+    Some((column, u64::try_from(limit).ok()?))
+}
+
+/// Whether `column` of `plan` is the value of a window whose only function
+/// is `ROW_NUMBER()`, through projections and aliases.
+fn traces_to_row_number(plan: &LogicalPlan, column: &Column) -> bool {
+    match plan {
+        LogicalPlan::Projection(p) => {
+            let Ok(i) = plan.schema().index_of_column(column) else { return false };
+            match p.expr[i].clone().unalias() {
+                Expr::Column(c) => traces_to_row_number(&p.input, &c),
+                _ => false,
+            }
+        }
+        LogicalPlan::SubqueryAlias(a) => {
+            let Ok(i) = plan.schema().index_of_column(column) else { return false };
+            traces_to_row_number(&a.input, &output_column(&a.input, i))
+        }
+        LogicalPlan::Window(w) => {
+            let Ok(i) = plan.schema().index_of_column(column) else { return false };
+            let functions = w.input.schema().fields().len();
+            w.window_expr.len() == 1
+                && i == functions
+                && matches!(w.window_expr[0].clone().unalias(), Expr::WindowFunction(f) if f.fun.name() == "row_number")
+        }
+        _ => false,
+    }
 }
 
 /// How an aggregate function's state combines.
@@ -210,6 +319,8 @@ pub struct Rewritten {
     pub keys: Vec<usize>,
     /// Index of the weight column, in a change.
     pub weight: Option<usize>,
+    /// Indexes of a Top-N view's window input columns ([`TopN`]).
+    pub carried: Vec<usize>,
 }
 
 fn refuse(construct: impl std::fmt::Display) -> Error {
@@ -231,6 +342,7 @@ impl ViewPlan {
         let mut analysis = Analysis { sources: vec![], occurrences: vec![], grouped: false };
         analysis.check(&plan, true)?;
         let state = GroupState::of(&plan);
+        let top_n = TopN::of(&plan);
         if analysis.occurrences.is_empty() {
             return Err(refuse("a query that reads no table"));
         }
@@ -242,6 +354,7 @@ impl ViewPlan {
             visible,
             grouped: analysis.grouped,
             state,
+            top_n,
         })
     }
 
@@ -357,6 +470,105 @@ impl ViewPlan {
         let mut rewriter = Rewriter::new(self, &[], true);
         rewriter.groups_from = Some(rows);
         rewriter.node(&self.plan)?.finish()
+    }
+
+    /// For a Top-N view: the change of the window's input as rows of the
+    /// partition values `__g0, __g1, …`, the input's columns as the view
+    /// carries them (`__t0, __t1, …`, [`CARRIED`]) and the weight `__w`.
+    ///
+    /// # Errors
+    /// Plans that do not rebuild (a bug).
+    pub fn window_change(&self, at: &[At]) -> Result<LogicalPlan> {
+        let (keys, input) = grouping(&self.plan).ok_or_else(|| Error::internal("view has no window"))?;
+        let node = Rewriter::new(self, at, true).node(input)?;
+        let weight = node.weight.ok_or_else(|| Error::internal("a window's input change without weights"))?;
+        // The carried columns are the input's columns as a snapshot reads
+        // them: the same columns of the change, by name, in that order.
+        let snapshots: Vec<At> = self.occurrences.iter().map(|_| At::Snapshot(0)).collect();
+        let reference = Rewriter::new(self, &snapshots, true).node(input)?.plan;
+        let mut exprs: Vec<Expr> = keys.iter().enumerate().map(|(i, e)| e.clone().alias(format!("__g{i}"))).collect();
+        for i in 0..reference.schema().fields().len() {
+            let column = output_column(&reference, i);
+            node.plan.schema().index_of_column(&column)?;
+            exprs.push(Expr::Column(column).alias(format!("{CARRIED}{i}")));
+        }
+        exprs.push(Expr::Column(weight).alias("__w"));
+        Ok(LogicalPlanBuilder::from(node.plan).project(exprs)?.build()?)
+    }
+
+    /// For a Top-N view: whether the change of the window's input, read
+    /// from any one scan, has the carried columns' layout (so stored rows
+    /// and added rows can be ranked together).
+    ///
+    /// # Errors
+    /// Plans that do not rebuild (a bug).
+    pub fn window_change_fits(&self) -> Result<bool> {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let (fields, _) = self.carried_layout()?;
+        let groups = self.group_keys();
+        for changed in 0..self.occurrences.len() {
+            let at: Vec<At> = (0..self.occurrences.len())
+                .map(|i| {
+                    if i != changed {
+                        return Ok(At::Snapshot(1));
+                    }
+                    let schema = self.sources[self.occurrences[i]].table.schema();
+                    let mut columns: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+                    columns.push(Field::new(WEIGHT, DataType::Int64, false));
+                    let schema = Arc::new(Schema::new(columns));
+                    let change: Arc<dyn TableProvider> = Arc::new(MemTable::try_new(schema, vec![vec![]])?);
+                    Ok(At::Delta { change, batches: Arc::new(vec![]), from: 1, to: 2 })
+                })
+                .collect::<Result<_>>()?;
+            let Ok(plan) = self.window_change(&at) else { return Ok(false) };
+            let schema = plan.schema();
+            let fits = schema.fields().len() == groups + fields.len() + 1
+                && fields.iter().enumerate().all(|(i, f)| schema.field(groups + i).data_type() == f.data_type());
+            if !fits {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// For a Top-N view: the query's rows (with keys and carried columns)
+    /// computed from `rows`, candidates of the window's input in the
+    /// carried layout, instead of the sources.
+    ///
+    /// # Errors
+    /// Plans that do not rebuild (a bug).
+    pub fn over_candidates(&self, rows: Arc<dyn TableProvider>) -> Result<Rewritten> {
+        let at: Vec<At> = self.occurrences.iter().map(|_| At::Snapshot(0)).collect();
+        let mut rewriter = Rewriter::new(self, &at, true);
+        rewriter.window_input_from = Some(rows);
+        rewriter.node(&self.plan)?.finish()
+    }
+
+    /// For a Top-N view: the carried columns' fields, and which of them are
+    /// the window input's key (a row's identity).
+    ///
+    /// # Errors
+    /// Plans that do not rebuild (a bug).
+    pub fn carried_layout(&self) -> Result<(Vec<datafusion::arrow::datatypes::Field>, Vec<usize>)> {
+        let at: Vec<At> = self.occurrences.iter().map(|_| At::Snapshot(0)).collect();
+        let mut rewriter = Rewriter::new(self, &at, true);
+        let node = rewriter.node(&self.plan)?;
+        let keys = rewriter.carried_keys.clone();
+        let rewritten = node.finish()?;
+        let schema = rewritten.plan.schema();
+        let fields = rewritten
+            .carried
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| {
+                datafusion::arrow::datatypes::Field::new(
+                    format!("{CARRIED}{n}"),
+                    schema.field(i).data_type().clone(),
+                    true,
+                )
+            })
+            .collect();
+        Ok((fields, keys))
     }
 
     /// The number of group (or partition) keys; they come first in the view's key.
@@ -508,11 +720,13 @@ struct Node {
     /// Output columns that are columns of the change, unchanged: their
     /// index in the change's batches.
     from_change: Vec<(Column, usize)>,
+    /// A Top-N view's window input columns, carried up to the output.
+    carried: Vec<Column>,
 }
 
 impl Node {
     fn new(plan: LogicalPlan, keys: Vec<Column>, weight: Option<Column>) -> Self {
-        Self { plan, keys, weight, from_change: vec![] }
+        Self { plan, keys, weight, from_change: vec![], carried: vec![] }
     }
 }
 
@@ -521,7 +735,9 @@ impl Node {
         let schema = self.plan.schema();
         let keys = self.keys.iter().map(|k| schema.index_of_column(k)).collect::<datafusion::error::Result<_>>()?;
         let weight = self.weight.as_ref().map(|w| schema.index_of_column(w)).transpose()?;
-        Ok(Rewritten { plan: self.plan, keys, weight })
+        let carried =
+            self.carried.iter().map(|c| schema.index_of_column(c)).collect::<datafusion::error::Result<_>>()?;
+        Ok(Rewritten { plan: self.plan, keys, weight, carried })
     }
 }
 
@@ -562,6 +778,10 @@ struct Rewriter<'a> {
     groups: Option<LogicalPlan>,
     /// Read the aggregate's rows from here instead of computing them.
     groups_from: Option<Arc<dyn TableProvider>>,
+    /// Read the window's input rows from here (a Top-N view's candidates).
+    window_input_from: Option<Arc<dyn TableProvider>>,
+    /// Where the window input's keys are among the carried columns.
+    carried_keys: Vec<usize>,
     /// The rows of the change, once its scan is rewritten.
     change: Option<Arc<Vec<datafusion::arrow::array::RecordBatch>>>,
     /// The next scan's occurrence index.
@@ -578,6 +798,8 @@ impl<'a> Rewriter<'a> {
             keys,
             groups: None,
             groups_from: None,
+            window_input_from: None,
+            carried_keys: Vec::new(),
             change: None,
             occurrence: 0,
             extra: 0,
@@ -611,6 +833,12 @@ impl<'a> Rewriter<'a> {
                     exprs.push(Expr::Column(w).alias(WEIGHT));
                     Column::from_name(WEIGHT)
                 });
+                let mut carried = Vec::with_capacity(child.carried.len());
+                for (i, column) in child.carried.iter().enumerate() {
+                    let name = format!("{CARRIED}{i}");
+                    exprs.push(Expr::Column(column.clone()).alias(&name));
+                    carried.push(Column::from_name(name));
+                }
                 let plan = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(child.plan))?);
                 let from_change = p
                     .expr
@@ -625,12 +853,18 @@ impl<'a> Rewriter<'a> {
                         _ => None,
                     })
                     .collect();
-                Ok(Node { plan, keys, weight, from_change })
+                Ok(Node { plan, keys, weight, from_change, carried })
             }
             LogicalPlan::Filter(f) => {
                 let child = self.node(&f.input)?;
                 let plan = LogicalPlan::Filter(Filter::try_new(f.predicate.clone(), Arc::new(child.plan))?);
-                Ok(Node { plan, keys: child.keys, weight: child.weight, from_change: child.from_change })
+                Ok(Node {
+                    plan,
+                    keys: child.keys,
+                    weight: child.weight,
+                    from_change: child.from_change,
+                    carried: child.carried,
+                })
             }
             LogicalPlan::SubqueryAlias(a) => {
                 let child = self.node(&a.input)?;
@@ -641,6 +875,7 @@ impl<'a> Rewriter<'a> {
                     keys: child.keys.into_iter().map(requalify).collect(),
                     weight: child.weight.map(requalify),
                     from_change: child.from_change.into_iter().map(|(c, i)| (requalify(c), i)).collect(),
+                    carried: child.carried.into_iter().map(requalify).collect(),
                 })
             }
             LogicalPlan::Join(join) => self.join(plan, join),
@@ -815,7 +1050,7 @@ impl<'a> Rewriter<'a> {
             };
             let rebuilt = plan.with_new_exprs(plan.expressions(), vec![left_plan, right_plan])?;
             let from_change = left.from_change.into_iter().chain(right.from_change).collect();
-            return Ok(Node { plan: rebuilt, keys, weight, from_change });
+            return Ok(Node { plan: rebuilt, keys, weight, from_change, carried: vec![] });
         }
         let side = changed.unwrap_or(Side::Left);
         let (changed_node, start) = match side {
@@ -949,6 +1184,27 @@ impl<'a> Rewriter<'a> {
         }
         let partition = partition_by(w);
         let mut input_plan = input.plan;
+        if let Some(rows) = self.window_input_from.take() {
+            // The candidates, named and qualified as the input's columns.
+            let scan = LogicalPlanBuilder::scan("__candidates", provider_as_source(rows), None)?.build()?;
+            let exprs: Vec<Expr> = (0..input_plan.schema().fields().len())
+                .map(|i| {
+                    let (qualifier, field) = input_plan.schema().qualified_field(i);
+                    Expr::Column(output_column(&scan, i)).alias_qualified(qualifier.cloned(), field.name())
+                })
+                .collect();
+            input_plan = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(scan))?);
+        }
+        let carried: Vec<Column> = if self.view.top_n.is_some() {
+            self.carried_keys = input
+                .keys
+                .iter()
+                .map(|k| input_plan.schema().index_of_column(k))
+                .collect::<datafusion::error::Result<_>>()?;
+            (0..input_plan.schema().fields().len()).map(|i| output_column(&input_plan, i)).collect()
+        } else {
+            vec![]
+        };
         if let Some(groups) = self.groups.take()
             && !partition.is_empty()
         {
@@ -956,16 +1212,38 @@ impl<'a> Rewriter<'a> {
         }
         let mut exprs: Vec<Expr> =
             (0..input_plan.schema().fields().len()).map(|i| Expr::Column(output_column(&input_plan, i))).collect();
-        let mut keys = Vec::with_capacity(partition.len() + input.keys.len());
+        let mut keys: Vec<Column> = Vec::with_capacity(partition.len() + input.keys.len());
         for (i, expr) in partition.iter().enumerate() {
-            let name = format!("__p{i}");
-            exprs.push(expr.clone().alias(&name));
-            keys.push(Column::from_name(name));
+            match expr {
+                // A Top-N view's key uses a partition column itself, so the
+                // key can be the visible columns and the rows of a
+                // partition are found by key prefix.
+                Expr::Column(c) if self.view.top_n.is_some() => {
+                    if !keys.contains(c) {
+                        keys.push(c.clone());
+                    }
+                }
+                _ => {
+                    let name = format!("__p{i}");
+                    exprs.push(expr.clone().alias(&name));
+                    keys.push(Column::from_name(name));
+                }
+            }
         }
-        keys.extend(input.keys);
+        if self.view.top_n.is_some() {
+            for key in input.keys {
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+        } else {
+            keys.extend(input.keys);
+        }
         let projected = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(input_plan))?);
         let plan = LogicalPlan::Window(Window::try_new(w.window_expr.clone(), Arc::new(projected))?);
-        Ok(Node::new(plan, keys, None))
+        let mut node = Node::new(plan, keys, None);
+        node.carried = carried;
+        Ok(node)
     }
 
     fn aggregate(&mut self, a: &Aggregate) -> Result<Node> {
