@@ -431,5 +431,5 @@ async fn views_equal_their_queries_another_seed() {
 /// and most commits are read in pieces within one step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_equal_their_queries_in_small_steps() {
-    differential(99, 20, 3).await;
+    differential(99, 12, 3).await;
 }
