@@ -993,6 +993,19 @@ impl ViewMaintainer {
         Ok((take_rows(&all, &indexes)?, kinds))
     }
 
+    /// The view's stored rows of the groups in `groups` (their values in
+    /// the leading columns), looked up by the key's leading group columns;
+    /// a NULL group has no stored row (the key is NOT NULL).
+    async fn stored_rows_of(&self, key: &[usize], groups: &RecordBatch) -> Result<RecordBatch> {
+        let columns = key[..self.plan.group_keys()]
+            .iter()
+            .enumerate()
+            .map(|(c, &i)| datafusion::arrow::compute::cast(groups.column(c), self.storage_schema.field(i).data_type()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = self.view.table().get_prefixes(None, &columns).await?;
+        Ok(RecordBatch::try_new(Arc::clone(&self.storage_schema), rows.columns().to_vec())?)
+    }
+
     /// A Top-N view's step: for each partition the change touches, its new
     /// first N rows are among its stored rows (the first N before) and the
     /// rows the change adds, unless the change retracts one of the stored
@@ -1026,15 +1039,7 @@ impl ViewMaintainer {
         let mut picks: Vec<u64> = firsts.values().map(|&r| r as u64).collect();
         picks.sort_unstable();
         let touched_rows = take_rows(&change.project(&(0..group_keys).collect::<Vec<_>>())?, &picks)?;
-        let prefix = key[..group_keys]
-            .iter()
-            .enumerate()
-            .map(|(c, &i)| {
-                datafusion::arrow::compute::cast(touched_rows.column(c), self.storage_schema.field(i).data_type())
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let stored = self.view.table().get_prefixes(None, &prefix).await?;
-        let old_rows = RecordBatch::try_new(Arc::clone(&self.storage_schema), stored.columns().to_vec())?;
+        let old_rows = self.stored_rows_of(key, &touched_rows).await?;
         let offset = self.plan.visible;
         let old_groups = self.row_groups(&old_rows)?;
         let old_ids = top.identities(&old_rows.columns()[offset..offset + carried])?;
@@ -1173,18 +1178,7 @@ impl ViewMaintainer {
         let new_rows = concat_batches(&self.storage_schema, &new_rows)?;
         let old_rows = match (&self.view.definition.key, &touched_values) {
             // The touched groups' rows, looked up by the key's leading group columns.
-            (KeyLayout::Visible(key), Some(values)) if !closing => {
-                let columns = key[..group_keys]
-                    .iter()
-                    .enumerate()
-                    .map(|(c, &i)| {
-                        datafusion::arrow::compute::cast(values.column(c), self.storage_schema.field(i).data_type())
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                // A NULL group has no stored row (the key is NOT NULL).
-                let rows = self.view.table().get_prefixes(None, &columns).await?;
-                RecordBatch::try_new(Arc::clone(&self.storage_schema), rows.columns().to_vec())?
-            }
+            (KeyLayout::Visible(key), Some(values)) if !closing => self.stored_rows_of(key, values).await?,
             // A hidden key is one encoded column, not searchable by its
             // leading part: the touched groups' rows are what the query gave
             // for them on the positions before this step (the view is that
