@@ -2,8 +2,7 @@
 //! task retries and stage re-runs (with injected failures), the stage files
 //! left behind by every kind of query end (none), and EXPLAIN.
 
-mod support;
-
+use crate::support;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,8 +1,7 @@
 //! Dynamic Tables through SQL: keyed upserts, merge engines, UPDATE/DELETE,
 //! CREATE TABLE AS, options, and a restart on the same warehouse.
 
-mod support;
-
+use crate::support;
 use std::sync::Arc;
 
 use object_store::ObjectStore;
@@ -249,7 +248,8 @@ fn peak_kib() -> u64 {
     line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("a number of kB")
 }
 
-const MEMORY_TEST: &str = "views_backfill_and_catch_up_in_bounded_memory";
+/// The test's full name in this binary, to run it alone in a child process.
+const MEMORY_TEST: &str = "dynamic_tables::views_backfill_and_catch_up_in_bounded_memory";
 
 /// The views' step size: 50 000 rows, or `STREAMHOUSE_TEST_STEP_ROWS` (a
 /// huge value takes each backlog whole, as steps did before they were

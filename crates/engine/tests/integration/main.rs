@@ -1,0 +1,6 @@
+//! The engine's integration tests, in one test binary (each binary links the
+//! whole engine), one module per area.
+
+mod dynamic_tables;
+mod execution_modes;
+mod support;
