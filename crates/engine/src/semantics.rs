@@ -536,6 +536,14 @@ fn array_literal(literal: &Expr, other: &Expr, schema: &datafusion::common::DFSc
 /// which no realistic number of rows can overflow. Registered under
 /// DataFusion's name, so every query, window and view gets it, and typed
 /// when the SQL is planned (a protocol's Describe sees `numeric`).
+///
+/// Coercion must be idempotent: DataFusion coerces an aggregate's argument
+/// types again whenever it types the call (a HAVING over it, a plan
+/// rebuilt after analysis). Were `integer` coerced to `bigint`, typing the
+/// coerced call again would make it `numeric` while the accumulator sums
+/// `bigint` (`HAVING sum(int_col) > 0` then failed comparing the two). So
+/// smaller integers are left as they are and widened to `bigint` as they
+/// reach the accumulator ([`Widened`]).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct PostgresSum {
     inner: datafusion::functions_aggregate::sum::Sum,
@@ -569,7 +577,7 @@ impl AggregateUDFImpl for PostgresSum {
         };
         Ok(vec![match arg {
             T::Int64 | T::UInt64 => T::Decimal128(28, 0),
-            T::Null | T::Int8 | T::Int16 | T::Int32 | T::UInt8 | T::UInt16 | T::UInt32 => T::Int64,
+            T::Null | T::Int8 | T::Int16 | T::Int32 | T::UInt8 | T::UInt16 | T::UInt32 => arg.clone(),
             T::Float16 | T::Float32 | T::Float64 => T::Float64,
             T::Decimal32(..)
             | T::Decimal64(..)
@@ -587,11 +595,14 @@ impl AggregateUDFImpl for PostgresSum {
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
-        self.inner.return_type(arg_types)
+        match arg_types {
+            [arg] if widened(arg) => Ok(DataType::Int64),
+            _ => self.inner.return_type(arg_types),
+        }
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
-        self.inner.accumulator(args)
+        Ok(Box::new(Widened(self.inner.accumulator(args)?)))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> DfResult<Vec<FieldRef>> {
@@ -606,11 +617,11 @@ impl AggregateUDFImpl for PostgresSum {
         &self,
         args: AccumulatorArgs,
     ) -> DfResult<Box<dyn datafusion::logical_expr::GroupsAccumulator>> {
-        self.inner.create_groups_accumulator(args)
+        Ok(Box::new(Widened(self.inner.create_groups_accumulator(args)?)))
     }
 
     fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
-        self.inner.create_sliding_accumulator(args)
+        Ok(Box::new(Widened(self.inner.create_sliding_accumulator(args)?)))
     }
 
     fn reverse_expr(&self) -> datafusion::logical_expr::ReversedUDAF {
@@ -631,6 +642,102 @@ impl AggregateUDFImpl for PostgresSum {
 
     fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
         self.inner.documentation()
+    }
+}
+
+/// Whether `sum` takes an argument of this type as `bigint` ([`Widened`]).
+fn widened(data_type: &DataType) -> bool {
+    use DataType as T;
+    matches!(data_type, T::Null | T::Int8 | T::Int16 | T::Int32 | T::UInt8 | T::UInt16 | T::UInt32)
+}
+
+/// The argument columns as `sum`'s accumulators take them: smaller
+/// integers as `bigint`.
+fn widen(values: &[ArrayRef]) -> DfResult<Vec<ArrayRef>> {
+    values
+        .iter()
+        .map(|v| {
+            if widened(v.data_type()) {
+                Ok(datafusion::arrow::compute::cast(v, &DataType::Int64)?)
+            } else {
+                Ok(Arc::clone(v))
+            }
+        })
+        .collect()
+}
+
+/// A `sum` accumulator fed its argument widened to `bigint` ([`PostgresSum`]).
+#[derive(Debug)]
+struct Widened<A>(A);
+
+impl Accumulator for Widened<Box<dyn Accumulator>> {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
+        self.0.update_batch(&widen(values)?)
+    }
+
+    fn evaluate(&mut self) -> DfResult<ScalarValue> {
+        self.0.evaluate()
+    }
+
+    fn size(&self) -> usize {
+        self.0.size()
+    }
+
+    fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
+        self.0.state()
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
+        self.0.merge_batch(states)
+    }
+
+    fn retract_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
+        self.0.retract_batch(&widen(values)?)
+    }
+
+    fn supports_retract_batch(&self) -> bool {
+        self.0.supports_retract_batch()
+    }
+}
+
+impl datafusion::logical_expr::GroupsAccumulator for Widened<Box<dyn datafusion::logical_expr::GroupsAccumulator>> {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&datafusion::arrow::array::BooleanArray>,
+        total_num_groups: usize,
+    ) -> DfResult<()> {
+        self.0.update_batch(&widen(values)?, group_indices, opt_filter, total_num_groups)
+    }
+
+    fn evaluate(&mut self, emit_to: datafusion::logical_expr::EmitTo) -> DfResult<ArrayRef> {
+        self.0.evaluate(emit_to)
+    }
+
+    fn state(&mut self, emit_to: datafusion::logical_expr::EmitTo) -> DfResult<Vec<ArrayRef>> {
+        self.0.state(emit_to)
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> DfResult<()> {
+        self.0.merge_batch(values, group_indices, total_num_groups)
+    }
+
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&datafusion::arrow::array::BooleanArray>,
+    ) -> DfResult<Vec<ArrayRef>> {
+        self.0.convert_to_state(&widen(values)?, opt_filter)
+    }
+
+    fn size(&self) -> usize {
+        self.0.size()
     }
 }
 
