@@ -719,12 +719,7 @@ impl datafusion::logical_expr::GroupsAccumulator for Widened<Box<dyn datafusion:
         self.0.state(emit_to)
     }
 
-    fn merge_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        total_num_groups: usize,
-    ) -> DfResult<()> {
+    fn merge_batch(&mut self, values: &[ArrayRef], group_indices: &[usize], total_num_groups: usize) -> DfResult<()> {
         self.0.merge_batch(values, group_indices, total_num_groups)
     }
 

@@ -43,16 +43,19 @@
 //! of the view's table ([`state`]): a step aggregates the change by group,
 //! looks the touched groups up by key and adds to their state, reading no
 //! source (a MIN/MAX whose current value is retracted is recomputed for that
-//! group). A Top-N per partition (`ROW_NUMBER()` filtered by `rn <= N`)
+//! group); under a HAVING the state of every group lives in a hidden table of
+//! the view's own ([`groups`]), since groups that fail it have no row. A
+//! Top-N per partition (`ROW_NUMBER()` filtered by `rn <= N`)
 //! keeps its window input's columns hidden in its rows and ranks, per
 //! touched partition, its stored rows with the rows the change adds
 //! ([`plan::TopN`]; a partition that loses one of its rows is evaluated
-//! again). Everything else grouped (HAVING, COUNT(DISTINCT), other window
+//! again). Everything else grouped (COUNT(DISTINCT), other window
 //! functions, emit on window close) takes the group keys the change touches
 //! and evaluates the aggregate again for just those groups on the new
 //! snapshots. `sys.views.maintenance` says which way a view goes.
 
 pub mod arrange;
+pub mod groups;
 pub mod maintain;
 pub mod plan;
 pub mod probe;
@@ -119,6 +122,10 @@ pub struct ViewDefinition {
     /// was Top-N state recompute the partitions a change touches.
     #[serde(default)]
     pub top_n: bool,
+    /// A view with a HAVING keeping its group state in a table of its own
+    /// ([`groups`]); views stored before recompute the groups a change touches.
+    #[serde(default)]
+    pub group_table: bool,
 }
 
 /// How a view's derived key is stored.
@@ -615,7 +622,8 @@ pub fn define(
     if key == KeyLayout::Hidden {
         fields.push(Field::new(HIDDEN_KEY, DataType::Binary, false));
     }
-    let keeps_state = plan.state.is_some() && !emit_on_window_close;
+    let keeps_state = plan.state.as_ref().is_some_and(|s| !s.having) && !emit_on_window_close;
+    let group_table = plan.state.as_ref().is_some_and(|s| s.having) && !emit_on_window_close;
     if keeps_state {
         fields.extend(state::state_fields(plan)?);
         // Readers see the visible columns; state alone changing is no change.
@@ -634,6 +642,7 @@ pub fn define(
         emit_on_window_close,
         state: keeps_state,
         top_n,
+        group_table,
     };
     Ok((definition, Arc::new(Schema::new(fields)), options))
 }

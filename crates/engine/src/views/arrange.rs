@@ -124,12 +124,7 @@ impl Arrangement {
             arrangement.table.close().await;
         }
         // Build it again from the source as of `position`.
-        let paths = store.list(Some(&dir)).map_ok(|m| m.location).boxed();
-        store
-            .delete_stream(paths)
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|e| Error::new(StatusCode::Io, format!("cannot remove the old {name}: {e}")))?;
+        remove_hidden_table(&store, &dir, &name).await?;
         let table = storage::Table::create(store, dir, &name, want).await?;
         let arrangement = arrangement(table);
         arrangement.build(source, position).await?;
@@ -269,6 +264,20 @@ impl Arrangement {
     pub async fn close(&self) {
         self.table.close().await;
     }
+}
+
+/// Removes every file of a hidden table of a view (`name` says which, for the error).
+///
+/// # Errors
+/// 58030 when the store fails.
+pub async fn remove_hidden_table(store: &Arc<dyn object_store::ObjectStore>, dir: &Path, name: &str) -> Result<()> {
+    let paths = store.list(Some(dir)).map_ok(|m| m.location).boxed();
+    store
+        .delete_stream(paths)
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|e| Error::new(StatusCode::Io, format!("cannot remove the old {name}: {e}")))?;
+    Ok(())
 }
 
 fn take_columns(columns: &[ArrayRef], indexes: &[u32]) -> Result<Vec<ArrayRef>> {

@@ -29,6 +29,7 @@ use streamhouse_storage as storage;
 use tokio_util::sync::CancellationToken;
 
 use super::arrange::Arrangement;
+use super::groups::GroupTable;
 use super::plan::{At, GroupState, Rewritten, Source, ViewPlan, WEIGHT};
 use super::probe::{Prober, reads_snapshots, reads_table, wanted_arrangements};
 use super::state::{self, Delta, Group};
@@ -54,6 +55,8 @@ pub struct ViewMaintainer {
     storage_schema: SchemaRef,
     /// Where the hidden group state starts in the view's table, when it keeps state.
     state_offset: Option<usize>,
+    /// The group state of a view with a HAVING ([`super::groups`]), once opened.
+    group_table: Option<GroupTable>,
     /// Join inputs indexed by join key ([`super::arrange`]).
     arrangements: Vec<Arrangement>,
     config: ViewsConfig,
@@ -205,15 +208,23 @@ impl ViewMaintainer {
             }
             None => None,
         };
-        view.set_maintenance(match (state_offset, &top_n, plan.is_grouped()) {
-            (Some(_), _, _) => "group state",
-            (None, Some(_), _) => "top-n state",
-            (None, None, true) => "recompute groups",
-            (None, None, false) => "linear",
+        if view.definition.group_table && plan.state.as_ref().is_none_or(|s| !s.having) {
+            return Err(Error::internal(format!(
+                "the query of materialized view {} no longer derives the group state it was stored with",
+                view.name
+            )));
+        }
+        let keeps_state = state_offset.is_some() || view.definition.group_table;
+        view.set_maintenance(match (keeps_state, &top_n, plan.is_grouped()) {
+            (true, _, _) => "group state",
+            (false, Some(_), _) => "top-n state",
+            (false, None, true) => "recompute groups",
+            (false, None, false) => "linear",
         });
         let mut maintainer = Self {
             arrangements: Vec::new(),
             state_offset,
+            group_table: None,
             groups: KeyEncoder::new(&key_types[..group_keys])?,
             keys: KeyEncoder::new(&key_types)?,
             values: RowConverter::new(value_fields)?,
@@ -243,6 +254,19 @@ impl ViewMaintainer {
     /// # Errors
     /// Storage failures.
     pub async fn arrange(&mut self, positions: &[u64]) -> Result<()> {
+        if self.view.definition.group_table && self.group_table.is_none() {
+            let store = Arc::clone(self.view.table().store());
+            let fields = state::state_fields(&self.plan)?;
+            self.group_table = GroupTable::open(&store, &self.view.dir, &fields).await;
+            if self.group_state_lead(positions).is_none() {
+                // Missing, damaged or out of step: built again from the sources.
+                if let Some(table) = self.group_table.take() {
+                    table.close().await;
+                }
+                self.group_table = Some(GroupTable::create(&store, &self.view.dir, &fields).await?);
+                self.fill(positions, false).await?;
+            }
+        }
         // Steps that evaluate groups again (recomputed ones, or a MIN / MAX
         // whose value was retracted) read the aggregate's input by group key.
         let recomputes = self.plan.is_grouped()
@@ -282,6 +306,11 @@ impl ViewMaintainer {
     pub fn recorded_positions(&self) -> Result<Option<Vec<u64>>> {
         let Some(snapshot) = self.view.table().latest_snapshot() else { return Ok(None) };
         let Some(text) = snapshot.properties.get(POSITIONS_PROPERTY) else { return Ok(None) };
+        self.parse_positions(text).map(Some)
+    }
+
+    /// Per source, its position in a positions property.
+    fn parse_positions(&self, text: &str) -> Result<Vec<u64>> {
         let recorded: HashMap<String, u64> = serde_json::from_str(text)
             .map_err(|e| Error::internal(format!("view {}: damaged {POSITIONS_PROPERTY}: {e}", self.view.name)))?;
         self.sources()
@@ -292,7 +321,22 @@ impl ViewMaintainer {
                 })
             })
             .collect::<Result<Vec<_>>>()
-            .map(Some)
+    }
+
+    /// Where the group state table stands against the view at `positions`:
+    /// `Some(None)` at them (or behind: steps that changed no group commit
+    /// only the view); `Some(Some((source, to)))` one step ahead (a crash or
+    /// failure came between its commit and the view's: that step, source
+    /// `source` up to `to`, is replayed first); `None` further ahead or
+    /// without a state table.
+    fn group_state_lead(&self, positions: &[u64]) -> Option<Option<(usize, u64)>> {
+        let recorded = self.parse_positions(&self.group_table.as_ref()?.positions()?).ok()?;
+        let ahead: Vec<usize> = (0..positions.len()).filter(|&i| recorded[i] > positions[i]).collect();
+        match ahead.as_slice() {
+            [] => Some(None),
+            [source] => Some(Some((*source, recorded[*source]))),
+            _ => None,
+        }
     }
 
     /// Keeps the sources' snapshots from `positions` on from expiring.
@@ -325,29 +369,59 @@ impl ViewMaintainer {
     ///
     /// # Errors
     /// Query and storage failures.
-    pub async fn backfill(&self) -> Result<Vec<u64>> {
+    pub async fn backfill(&mut self) -> Result<Vec<u64>> {
         let positions: Vec<u64> = self.sources().iter().map(Self::latest).collect();
         let _holds = self.hold(&positions);
+        if self.view.definition.group_table {
+            let store = Arc::clone(self.view.table().store());
+            let fields = state::state_fields(&self.plan)?;
+            self.group_table = Some(GroupTable::create(&store, &self.view.dir, &fields).await?);
+        }
+        self.fill(&positions, true).await?;
+        self.publish(&positions, None);
+        Ok(positions)
+    }
+
+    /// Computes the view's rows (with `view`) and its group state table
+    /// (where it has one, new and empty) from the sources at `positions`,
+    /// and commits them with those positions: the state table first.
+    async fn fill(&self, positions: &[u64], view: bool) -> Result<()> {
         let at: Vec<At> = self.plan.occurrences.iter().map(|&s| At::Snapshot(positions[s])).collect();
         let rewritten = self.plan.full(&at, None)?;
         let table = self.view.table();
-        let mut txn = table.begin().await?.blind();
-        let query = if self.state_offset.is_some() { self.plan.parts(&at, None)? } else { rewritten.plan.clone() };
+        let mut txn = if view { Some(table.begin().await?.blind()) } else { None };
+        let mut state_txn = match &self.group_table {
+            Some(groups) => Some(groups.begin().await?.blind()),
+            None => None,
+        };
+        let query = if self.group_state().is_some() { self.plan.parts(&at, None)? } else { rewritten.plan.clone() };
         let mut stream = self.ctx.execute_logical_plan(query).await?.execute_stream().await?;
         let mut pending: Vec<RecordBatch> = Vec::new();
         let mut pending_rows = 0;
         let mut written = 0u64;
         self.view.progress.send_modify(|p| p.backfilled = Some(0));
-        let closed = if self.view.definition.emit_on_window_close { self.watermark(&positions).await? } else { None };
+        let closed = if self.view.definition.emit_on_window_close { self.watermark(positions).await? } else { None };
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             if let Some(state) = self.group_state() {
                 // The state of every group, from which its row follows.
-                let groups: Vec<(Vec<ScalarValue>, Group)> = state::deltas(state, &batch)?
+                let groups: Vec<(Vec<u8>, Vec<ScalarValue>, Group)> = self
+                    .group_deltas(state, std::slice::from_ref(&batch))?
                     .into_iter()
-                    .map(|d| (d.values.clone(), d.into_group()))
-                    .filter(|(_, g)| g.rows > 0 || self.plan.group_keys() == 0)
+                    .map(|(key, d)| (key, d.values.clone(), d.into_group()))
+                    .filter(|(_, _, g)| g.rows > 0 || self.plan.group_keys() == 0)
                     .collect();
+                if let (Some(groups_table), Some(state_txn)) = (&self.group_table, &mut state_txn) {
+                    let keyed: Vec<(&[u8], &Group)> = groups.iter().map(|(k, _, g)| (k.as_slice(), g)).collect();
+                    let rows = groups_table.rows(state, &keyed)?;
+                    if rows.num_rows() > 0 {
+                        state_txn.write(&rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await?;
+                    }
+                }
+                if !view {
+                    continue;
+                }
+                let groups: Vec<(Vec<ScalarValue>, Group)> = groups.into_iter().map(|(_, v, g)| (v, g)).collect();
                 let rows = self.group_rows(state, &groups).await?;
                 pending_rows += rows.num_rows();
                 pending.push(rows);
@@ -361,7 +435,9 @@ impl ViewMaintainer {
             }
             if pending_rows >= BACKFILL_BATCH_ROWS {
                 let rows = concat_batches(&self.storage_schema, &pending)?;
-                txn.write(&rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await?;
+                if let Some(txn) = &mut txn {
+                    txn.write(&rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await?;
+                }
                 pending.clear();
                 pending_rows = 0;
                 written += rows.num_rows() as u64;
@@ -370,12 +446,18 @@ impl ViewMaintainer {
         }
         if pending_rows > 0 {
             let rows = concat_batches(&self.storage_schema, &pending)?;
-            txn.write(&rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await?;
+            if let Some(txn) = &mut txn {
+                txn.write(&rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await?;
+            }
         }
-        txn.set_property(POSITIONS_PROPERTY, self.positions_property(&positions));
-        txn.commit().await?;
-        self.publish(&positions, None);
-        Ok(positions)
+        if let Some(state_txn) = state_txn {
+            GroupTable::commit(state_txn, self.positions_property(positions)).await?;
+        }
+        if let Some(mut txn) = txn {
+            txn.set_property(POSITIONS_PROPERTY, self.positions_property(positions));
+            txn.commit().await?;
+        }
+        Ok(())
     }
 
     /// Follows the sources until `stop` is cancelled. Failed steps are
@@ -384,6 +466,9 @@ impl ViewMaintainer {
         self.follow(positions, stop).await;
         for arrangement in &self.arrangements {
             arrangement.close().await;
+        }
+        if let Some(groups) = &self.group_table {
+            groups.close().await;
         }
     }
 
@@ -398,13 +483,16 @@ impl ViewMaintainer {
             }
             let mut advanced = false;
             let mut failed = None;
+            // A step whose group state committed without the view's commit comes first, exactly as it was.
+            let replay = self.group_state_lead(&positions).flatten();
             for source in 0..self.sources().len() {
                 let latest = Self::latest(&self.sources()[source]);
-                if latest <= positions[source] {
+                if latest <= positions[source] || replay.is_some_and(|(s, _)| s != source) {
                     continue;
                 }
                 let from = positions[source];
-                let stepped = match self.step_end(source, from, latest).await {
+                let end = replay.map(|(_, to)| to);
+                let stepped = match self.step_end(source, from, end.unwrap_or(latest), end.is_some()).await {
                     Ok((to, rows)) => self.step(source, from, to, rows, &mut positions).await,
                     Err(e) => Err(e),
                 };
@@ -481,14 +569,14 @@ impl ViewMaintainer {
 
     /// Where a step from `from` ends: after as many of the source's
     /// snapshots up to `latest` as add up to at most `step_rows` changelog
-    /// rows (at least one snapshot).
-    async fn step_end(&self, source: usize, from: u64, latest: u64) -> Result<(u64, u64)> {
+    /// rows (at least one snapshot); with `exact`, at `latest`.
+    async fn step_end(&self, source: usize, from: u64, latest: u64, exact: bool) -> Result<(u64, u64)> {
         let table = self.sources()[source].table.storage();
         let limit = self.config.step_rows.max(1) as u64;
         let (mut to, mut rows) = (from, 0u64);
         while to < latest {
             let next = table.changelog_rows(to + 1).await?;
-            if to > from && rows + next > limit {
+            if !exact && to > from && rows + next > limit {
                 break;
             }
             rows += next;
@@ -549,7 +637,7 @@ impl ViewMaintainer {
             return Ok(());
         }
         let (rows, kinds) = match (self.group_state(), work.deltas, work.groups) {
-            (Some(state), deltas, _) => self.update_groups(state, &next, deltas).await?,
+            (Some(state), deltas, _) => self.update_groups(state, source, &next, deltas).await?,
             (None, _, _) if self.top_n.is_some() && !work.overflowed => {
                 self.update_top_n(positions, &next, work.window_change).await?
             }
@@ -729,12 +817,11 @@ impl ViewMaintainer {
 
     /// The view's group state, when it keeps one.
     fn group_state(&self) -> Option<&GroupState> {
-        self.state_offset.and(self.plan.state.as_ref())
+        (self.state_offset.is_some() || self.view.definition.group_table).then_some(self.plan.state.as_ref()).flatten()
     }
 
     /// The view's rows (with their state) for groups with their values.
     async fn group_rows(&self, state: &GroupState, groups: &[(Vec<ScalarValue>, Group)]) -> Result<RecordBatch> {
-        let offset = self.state_offset.ok_or_else(|| Error::internal("view keeps no group state"))?;
         if groups.is_empty() {
             return Ok(RecordBatch::new_empty(Arc::clone(&self.storage_schema)));
         }
@@ -747,12 +834,17 @@ impl ViewMaintainer {
         let schema = Arc::new(Schema::new(fields));
         let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
         let rewritten = self.plan.over_groups(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))?;
-        let fields: Vec<Field> = self.storage_schema.fields()[offset..].iter().map(|f| f.as_ref().clone()).collect();
+        let fields: Option<Vec<Field>> = self
+            .state_offset
+            .map(|offset| self.storage_schema.fields()[offset..].iter().map(|f| f.as_ref().clone()).collect());
         let mut out = Vec::new();
         for batch in self.ctx.execute_logical_plan(rewritten.plan.clone()).await?.collect().await? {
             let mut columns = self.view_columns(&batch, &rewritten)?;
-            let order: Vec<&Group> = weights(&batch, &rewritten)?.iter().map(|&i| states[i as usize]).collect();
-            columns.extend(state::state_columns(state, &fields, &order)?);
+            if let Some(fields) = &fields {
+                // State in hidden columns of the view's rows.
+                let order: Vec<&Group> = weights(&batch, &rewritten)?.iter().map(|&i| states[i as usize]).collect();
+                columns.extend(state::state_columns(state, fields, &order)?);
+            }
             out.push(RecordBatch::try_new(Arc::clone(&self.storage_schema), columns)?);
         }
         Ok(concat_batches(&self.storage_schema, &out)?)
@@ -760,14 +852,15 @@ impl ViewMaintainer {
 
     /// Adds the parts of a change to the state of the groups it touches and
     /// gives the rows to write: upserts of groups that exist after the
-    /// change, deletes of those that no longer do.
+    /// change (and pass a HAVING), deletes of those that no longer do. A
+    /// view with a state table commits the new state there first.
     async fn update_groups(
         &self,
         state: &GroupState,
+        source: usize,
         positions: &[u64],
         deltas: Vec<(Vec<u8>, Delta)>,
     ) -> Result<(RecordBatch, Vec<storage::ValueKind>)> {
-        let offset = self.state_offset.ok_or_else(|| Error::internal("view keeps no group state"))?;
         let group_keys = self.plan.group_keys();
         if deltas.is_empty() {
             return Ok((RecordBatch::new_empty(Arc::clone(&self.storage_schema)), vec![]));
@@ -776,12 +869,40 @@ impl ViewMaintainer {
         let old_rows = self.view.table().get(&self.lookup_keys(&deltas)?).await?;
         let old_groups = self.row_groups(&old_rows)?;
         let old: HashMap<&[u8], usize> = old_groups.iter().enumerate().map(|(i, g)| (g.as_slice(), i)).collect();
+        // Their state: in those rows, or in the state table.
+        let (stored, state_rows) = match (&self.group_table, self.state_offset) {
+            (Some(table), _) => {
+                let keys: Vec<&[u8]> = deltas.iter().map(|(k, _)| k.as_slice()).collect();
+                table.get(state, &keys).await?
+            }
+            (None, Some(offset)) => {
+                let mut stored = HashMap::with_capacity(old.len());
+                for (&group, &row) in &old {
+                    stored.insert(group.to_vec(), state::stored(state, &old_rows, row, offset)?);
+                }
+                (stored, RecordBatch::new_empty(Arc::clone(&self.storage_schema)))
+            }
+            (None, None) => return Err(Error::internal("view keeps no group state")),
+        };
+        // A step replayed after its state committed without the view: the state is the new one.
+        let replayed = match self.group_table.as_ref().and_then(GroupTable::positions) {
+            Some(recorded) => self.parse_positions(&recorded)?[source] >= positions[source],
+            None => false,
+        };
+        let vanished = || Group {
+            rows: 0,
+            n: vec![0; state.aggregates.len()],
+            v: vec![ScalarValue::Null; state.aggregates.len()],
+        };
         let mut next: Vec<(Vec<u8>, Vec<ScalarValue>, Option<Group>)> = Vec::with_capacity(deltas.len());
         let mut recompute = Vec::new();
         for (key, delta) in deltas {
-            let stored =
-                old.get(key.as_slice()).map(|&row| state::stored(state, &old_rows, row, offset)).transpose()?;
-            match delta.apply(state, stored.as_ref())? {
+            if replayed {
+                let group = stored.get(&key).cloned().unwrap_or_else(vanished);
+                next.push((key, delta.values, Some(group)));
+                continue;
+            }
+            match delta.apply(state, stored.get(&key))? {
                 Some(group) => next.push((key, delta.values, Some(group))),
                 None => {
                     recompute.push(delta.values.clone());
@@ -793,29 +914,74 @@ impl ViewMaintainer {
             let recomputed = self.recompute_groups(state, positions, recompute).await?;
             for (key, _, group) in &mut next {
                 if group.is_none() {
-                    *group = Some(recomputed.get(key).cloned().unwrap_or(Group {
-                        rows: 0,
-                        n: vec![0; state.aggregates.len()],
-                        v: vec![ScalarValue::Null; state.aggregates.len()],
-                    }));
+                    *group = Some(recomputed.get(key).cloned().unwrap_or_else(vanished));
                 }
             }
+        }
+        let next: Vec<(Vec<u8>, Vec<ScalarValue>, Group)> = next
+            .into_iter()
+            .map(|(key, values, group)| {
+                Ok((key, values, group.ok_or_else(|| Error::internal("a group without state"))?))
+            })
+            .collect::<Result<_>>()?;
+        let exists = |group: &Group| group.rows > 0 || group_keys == 0;
+        if let Some(table) = &self.group_table {
+            if !replayed {
+                self.write_group_table(table, state, &next, &state_rows, self.positions_property(positions)).await?;
+            }
+            super::groups::injected_failure()?;
         }
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
         for (key, values, group) in next {
-            let group = group.ok_or_else(|| Error::internal("a group without state"))?;
-            if group.rows > 0 || group_keys == 0 {
+            if exists(&group) {
                 upserts.push((values, group));
             } else if let Some(&row) = old.get(key.as_slice()) {
                 deletes.push(row as u64);
             }
         }
         let upserted = self.group_rows(state, &upserts).await?;
+        if self.group_table.is_some() {
+            // Under a HAVING, the stored rows of groups that no longer pass go too.
+            let passing: std::collections::HashSet<Vec<u8>> = self.row_groups(&upserted)?.into_iter().collect();
+            deletes =
+                (0..old_rows.num_rows() as u64).filter(|&row| !passing.contains(&old_groups[row as usize])).collect();
+        }
         let deleted = take_rows(&old_rows_in(&self.storage_schema, &old_rows)?, &deletes)?;
         let mut kinds = vec![storage::ValueKind::Upsert; upserted.num_rows()];
         kinds.extend(vec![storage::ValueKind::Delete; deleted.num_rows()]);
         Ok((concat_batches(&self.storage_schema, &[upserted, deleted])?, kinds))
+    }
+
+    /// Commits the new state of the touched groups to the state table, as
+    /// of `positions` (a positions property): upserts of groups that exist,
+    /// deletes of stored ones (in `stored`) that no longer do.
+    async fn write_group_table(
+        &self,
+        table: &GroupTable,
+        state: &GroupState,
+        next: &[(Vec<u8>, Vec<ScalarValue>, Group)],
+        stored: &RecordBatch,
+        positions: String,
+    ) -> Result<()> {
+        let group_keys = self.plan.group_keys();
+        let upserts: Vec<(&[u8], &Group)> =
+            next.iter().filter(|(_, _, g)| g.rows > 0 || group_keys == 0).map(|(k, _, g)| (k.as_slice(), g)).collect();
+        let gone: std::collections::HashSet<&[u8]> =
+            next.iter().filter(|(_, _, g)| g.rows <= 0 && group_keys > 0).map(|(k, _, _)| k.as_slice()).collect();
+        let stored_keys = stored.column(0).as_binary::<i32>();
+        let deletes: Vec<u64> =
+            (0..stored.num_rows()).filter(|&row| gone.contains(stored_keys.value(row))).map(|row| row as u64).collect();
+        let mut txn = table.begin().await?;
+        let upserted = table.rows(state, &upserts)?;
+        if upserted.num_rows() > 0 {
+            txn.write(&upserted, &vec![storage::ValueKind::Upsert; upserted.num_rows()]).await?;
+        }
+        let deleted = take_rows(stored, &deletes)?;
+        if deleted.num_rows() > 0 {
+            txn.write(&deleted, &vec![storage::ValueKind::Delete; deleted.num_rows()]).await?;
+        }
+        GroupTable::commit(txn, positions).await
     }
 
     /// The per-group deltas of a change's aggregated parts, keyed by group.

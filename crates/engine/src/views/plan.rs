@@ -243,11 +243,16 @@ pub struct StateAggregate {
 /// the sources: the number of input rows, and per function the count of
 /// non-NULL arguments and their sum (SUM, AVG) or extreme (MIN, MAX).
 /// A select list over the aggregate is evaluated on the new values; a
-/// HAVING, a window function or another function keeps recomputing groups.
+/// window function or another function keeps recomputing groups. Under a
+/// HAVING (a filter over the aggregate) the view has no row for groups that
+/// fail it, so their state cannot live in the view's rows: it is kept in a
+/// table of its own ([`super::groups`]).
 #[derive(Debug, Clone)]
 pub struct GroupState {
     /// The aggregate functions, in the aggregate's order.
     pub aggregates: Vec<StateAggregate>,
+    /// A filter over the aggregate (HAVING) drops some groups' rows.
+    pub having: bool,
     /// The aggregate node's output (group columns, then functions).
     output: datafusion::common::DFSchemaRef,
 }
@@ -258,6 +263,7 @@ impl GroupState {
         let aggregate = match plan {
             LogicalPlan::Projection(p) => return Self::of(&p.input),
             LogicalPlan::SubqueryAlias(a) => return Self::of(&a.input),
+            LogicalPlan::Filter(f) => return Self::of(&f.input).map(|state| Self { having: true, ..state }),
             LogicalPlan::Aggregate(a) => a,
             _ => return None,
         };
@@ -296,7 +302,7 @@ impl GroupState {
             };
             aggregates.push(StateAggregate { kind, arg, output });
         }
-        Some(Self { aggregates, output: Arc::clone(&aggregate.schema) })
+        Some(Self { aggregates, having: false, output: Arc::clone(&aggregate.schema) })
     }
 
     /// The number of output columns of the aggregate node.

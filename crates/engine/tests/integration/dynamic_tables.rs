@@ -362,3 +362,47 @@ async fn views_backfill_and_catch_up_in_bounded_memory() {
     e.shutdown();
     e.close().await;
 }
+
+/// A HAVING view commits its group state table before the view: a step
+/// that fails between the two commits (as a crash would leave it) is
+/// replayed from the committed state, never applied twice — when retried
+/// in the same process, and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn having_views_replay_a_step_whose_state_committed_alone() {
+    use streamhouse_engine::views::groups::{fail_after_state_commits, failures_after_state_commits};
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path()).await;
+    sql(&e, "CREATE TABLE pay (id BIGINT PRIMARY KEY, account TEXT, amount INT)").await.unwrap();
+    sql(&e, "INSERT INTO pay VALUES (1, 'a', 10), (2, 'a', 20), (3, 'b', 5)").await.unwrap();
+    let query = "SELECT account, count(*) AS n, sum(amount) AS total FROM pay GROUP BY account HAVING count(*) >= 2";
+    sql(&e, &format!("CREATE MATERIALIZED VIEW busy AS {query}")).await.unwrap();
+    let same = |e: Engine| async move {
+        let view = lines(&sql(&e, "SELECT * FROM busy ORDER BY account").await.unwrap());
+        let batch = lines(&sql(&e, &format!("{query} ORDER BY account")).await.unwrap());
+        assert_eq!(view, batch, "the view differs from its query");
+        (e, view)
+    };
+    // One failure after the state's commit: the retry replays the step.
+    fail_after_state_commits(1);
+    sql(&e, "INSERT INTO pay VALUES (4, 'b', 6)").await.unwrap();
+    let (e, view) = same(e).await;
+    assert_eq!(failures_after_state_commits(), 1);
+    assert_eq!(view, ["| a | 2 | 30 |", "| b | 2 | 11 |"]);
+    // Failing at every try until the engine stops: the next engine replays it.
+    fail_after_state_commits(u64::MAX);
+    sql(&e, "INSERT INTO pay VALUES (5, 'a', 1), (6, 'c', 7)").await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while failures_after_state_commits() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the step never committed its state");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    e.shutdown();
+    e.close().await;
+    fail_after_state_commits(0);
+    let e = engine(dir.path()).await;
+    let (e, view) = same(e).await;
+    assert_eq!(view, ["| a | 3 | 31 |", "| b | 2 | 11 |"]);
+    sql(&e, "INSERT INTO pay VALUES (7, 'c', 8), (8, 'b', 1)").await.unwrap();
+    let (_, view) = same(e).await;
+    assert_eq!(view, ["| a | 3 | 31 |", "| b | 3 | 12 |", "| c | 2 | 15 |"]);
+}

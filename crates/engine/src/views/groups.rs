@@ -1,0 +1,174 @@
+//! Group state in a table of its own, for views with a HAVING.
+//!
+//! A view that keeps group state ([`super::state`]) keeps it in hidden
+//! columns of its rows, one row per group. Under a HAVING a group that
+//! fails the predicate has no row, but its state must live on: the next
+//! change may make it pass. Such a view keeps the state of every group in a
+//! hidden Dynamic Table in its directory (`groups`), keyed by the group's
+//! values row-encoded (`__key`), followed by the state columns.
+//!
+//! A step updates the state table and commits it with the property
+//! `groups.positions` (the source positions the state reflects), then
+//! writes the view's rows for the touched groups from their new state —
+//! upserts of the groups that pass, deletes of those that no longer do —
+//! and commits the view. The view's write depends only on the state, not on
+//! the view's previous rows: after a crash between the two commits the
+//! maintainer replays exactly the step the state table recorded, finds the
+//! state already there (its positions are the step's end), and writes the
+//! view's rows from it again. A state table that is missing, damaged, or
+//! not at the view's positions (nor one step ahead) is rebuilt from the
+//! sources.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use datafusion::arrow::array::{ArrayRef, AsArray, BinaryArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use object_store::path::Path;
+use streamhouse_storage as storage;
+
+use super::plan::GroupState;
+use super::state::{self, Group};
+use crate::error::{Error, Result, StatusCode};
+
+/// The snapshot property naming the source positions the state reflects.
+const POSITIONS_PROPERTY: &str = "groups.positions";
+
+/// The state table's key column: the group's values, row-encoded.
+const KEY: &str = "__key";
+
+/// Steps still to fail right after their state table's commit (a test hook).
+static FAIL_AFTER_STATE: AtomicU64 = AtomicU64::new(0);
+/// Steps failed so by [`fail_after_state_commits`].
+static FAILED_AFTER_STATE: AtomicU64 = AtomicU64::new(0);
+
+/// Makes the next `times` steps of views with a state table fail right
+/// after the state's commit, before the view's — what a crash between the
+/// two commits leaves (a test hook; process-wide).
+#[doc(hidden)]
+pub fn fail_after_state_commits(times: u64) {
+    FAIL_AFTER_STATE.store(times, Ordering::SeqCst);
+}
+
+/// How many steps [`fail_after_state_commits`] has failed.
+#[doc(hidden)]
+pub fn failures_after_state_commits() -> u64 {
+    FAILED_AFTER_STATE.load(Ordering::SeqCst)
+}
+
+/// Fails when [`fail_after_state_commits`] asks for it.
+pub(super) fn injected_failure() -> Result<()> {
+    let armed = FAIL_AFTER_STATE.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+    if armed {
+        FAILED_AFTER_STATE.fetch_add(1, Ordering::SeqCst);
+        return Err(Error::new(StatusCode::Io, "injected failure after a group state commit"));
+    }
+    Ok(())
+}
+
+/// A view's group state table.
+#[derive(Debug)]
+pub struct GroupTable {
+    table: Arc<storage::Table>,
+    schema: SchemaRef,
+}
+
+fn dir(view_dir: &Path) -> Path {
+    view_dir.clone().join("groups")
+}
+
+/// The state table's columns: the key, then `fields` (from [`state::state_fields`]).
+fn schema(fields: &[Field]) -> SchemaRef {
+    let mut columns = vec![Field::new(KEY, DataType::Binary, false)];
+    columns.extend(fields.iter().cloned());
+    Arc::new(Schema::new(columns))
+}
+
+impl GroupTable {
+    /// Opens the state table of the view in `view_dir`, `None` when there
+    /// is none with the columns `fields` (from [`state::state_fields`]).
+    pub async fn open(store: &Arc<dyn object_store::ObjectStore>, view_dir: &Path, fields: &[Field]) -> Option<Self> {
+        let want = schema(fields);
+        let table = storage::Table::open(Arc::clone(store), dir(view_dir), "group state").await.ok()?;
+        let current = table.schema();
+        if current.schema.fields() != want.fields() || current.primary_key != [0] {
+            table.close().await;
+            return None;
+        }
+        Some(Self { table: Arc::new(table), schema: want })
+    }
+
+    /// A new, empty state table for the view in `view_dir`, replacing
+    /// whatever was there.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn create(store: &Arc<dyn object_store::ObjectStore>, view_dir: &Path, fields: &[Field]) -> Result<Self> {
+        let dir = dir(view_dir);
+        super::arrange::remove_hidden_table(store, &dir, "group state").await?;
+        let schema = schema(fields);
+        let definition = storage::TableSchema::new(0, Arc::clone(&schema), &[KEY], storage::TableOptions::default())?;
+        let table = storage::Table::create(Arc::clone(store), dir, "group state", definition).await?;
+        Ok(Self { table: Arc::new(table), schema })
+    }
+
+    /// The positions property of the state's latest commit (`None`: never committed).
+    pub fn positions(&self) -> Option<String> {
+        self.table.latest_snapshot().and_then(|s| s.properties.get(POSITIONS_PROPERTY).cloned())
+    }
+
+    /// The stored state of the groups with the encoded `keys` that have
+    /// one, with their stored rows (for deletes).
+    ///
+    /// # Errors
+    /// Storage failures; state columns that are not `state`'s (a bug).
+    pub async fn get(&self, state: &GroupState, keys: &[&[u8]]) -> Result<(HashMap<Vec<u8>, Group>, RecordBatch)> {
+        if keys.is_empty() {
+            return Ok((HashMap::new(), RecordBatch::new_empty(Arc::clone(&self.schema))));
+        }
+        let lookup: ArrayRef = Arc::new(BinaryArray::from_iter_values(keys.iter()));
+        let rows = self.table.get(&[lookup]).await?;
+        let stored_keys = rows.column(0).as_binary::<i32>();
+        let mut groups = HashMap::with_capacity(rows.num_rows());
+        for row in 0..rows.num_rows() {
+            groups.insert(stored_keys.value(row).to_vec(), state::stored(state, &rows, row, 1)?);
+        }
+        Ok((groups, rows))
+    }
+
+    /// Rows of the state table for `groups`, keyed by their encoded values.
+    ///
+    /// # Errors
+    /// Values that do not convert to the state types.
+    pub fn rows(&self, state: &GroupState, groups: &[(&[u8], &Group)]) -> Result<RecordBatch> {
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(BinaryArray::from_iter_values(groups.iter().map(|(k, _)| *k)))];
+        let fields: Vec<Field> = self.schema.fields()[1..].iter().map(|f| f.as_ref().clone()).collect();
+        let states: Vec<&Group> = groups.iter().map(|(_, g)| *g).collect();
+        columns.extend(state::state_columns(state, &fields, &states)?);
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+
+    /// Starts a transaction on the state table.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn begin(&self) -> Result<storage::Transaction<'_>> {
+        Ok(self.table.begin().await?)
+    }
+
+    /// Commits `txn` as the state at `positions` (a positions property).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn commit(mut txn: storage::Transaction<'_>, positions: String) -> Result<()> {
+        txn.set_property(POSITIONS_PROPERTY, positions);
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Closes the state table (the maintainer stopped).
+    pub async fn close(&self) {
+        self.table.close().await;
+    }
+}
