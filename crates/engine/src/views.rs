@@ -190,6 +190,9 @@ pub struct MaterializedView {
     pub probes: std::sync::atomic::AtomicU64,
     /// Reads of a whole source snapshot its steps made.
     pub scans: std::sync::atomic::AtomicU64,
+    /// Rows a view that emits on window close dropped because their window
+    /// had closed (since the view's maintainer started).
+    pub late_rows: std::sync::atomic::AtomicU64,
     /// Stops the maintainer.
     stop: tokio_util::sync::CancellationToken,
     /// The maintainer task.
@@ -217,6 +220,7 @@ impl MaterializedView {
             maintenance: std::sync::OnceLock::new(),
             probes: std::sync::atomic::AtomicU64::new(0),
             scans: std::sync::atomic::AtomicU64::new(0),
+            late_rows: std::sync::atomic::AtomicU64::new(0),
             stop: tokio_util::sync::CancellationToken::new(),
             task: Mutex::new(None),
             me: me.clone(),
@@ -622,8 +626,14 @@ pub fn define(
     if key == KeyLayout::Hidden {
         fields.push(Field::new(HIDDEN_KEY, DataType::Binary, false));
     }
+    // Group state in hidden columns of the rows; under a HAVING, or for the
+    // open windows of a view that emits on window close (grouped by its
+    // window_end), in a state table of its own.
+    let window_state = emit_on_window_close
+        && plan.state.is_some()
+        && columns.iter().position(|c| c == "window_end").and_then(|c| plan.group_column_of(c)).is_some();
     let keeps_state = plan.state.as_ref().is_some_and(|s| !s.having) && !emit_on_window_close;
-    let group_table = plan.state.as_ref().is_some_and(|s| s.having) && !emit_on_window_close;
+    let group_table = (plan.state.as_ref().is_some_and(|s| s.having) && !emit_on_window_close) || window_state;
     if keeps_state {
         fields.extend(state::state_fields(plan)?);
         // Readers see the visible columns; state alone changing is no change.

@@ -5,7 +5,10 @@
 //! fails the predicate has no row, but its state must live on: the next
 //! change may make it pass. Such a view keeps the state of every group in a
 //! hidden Dynamic Table in its directory (`groups`), keyed by the group's
-//! values row-encoded (`__key`), followed by the state columns.
+//! values row-encoded (`__key`), followed by the values (`__g0, __g1, …`)
+//! and the state columns. A view that emits on window close keeps the state
+//! of its open windows there the same way: a window's row is written once,
+//! when the watermark passes its end.
 //!
 //! A step updates the state table and commits it with the property
 //! `groups.positions` (the source positions the state reflects), then
@@ -25,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::arrow::array::{ArrayRef, AsArray, BinaryArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
 use object_store::path::Path;
 use streamhouse_storage as storage;
 
@@ -78,18 +82,29 @@ fn dir(view_dir: &Path) -> Path {
     view_dir.clone().join("groups")
 }
 
-/// The state table's columns: the key, then `fields` (from [`state::state_fields`]).
-fn schema(fields: &[Field]) -> SchemaRef {
+/// The state table's columns: the key, the group values, then `fields`
+/// (from [`state::state_fields`]).
+fn schema(state: &GroupState, fields: &[Field]) -> SchemaRef {
     let mut columns = vec![Field::new(KEY, DataType::Binary, false)];
+    let groups = state.width() - state.aggregates.len();
+    columns.extend((0..groups).map(|i| Field::new(format!("__g{i}"), state.output_type(i).clone(), true)));
     columns.extend(fields.iter().cloned());
     Arc::new(Schema::new(columns))
 }
 
+/// One group as the state table holds it: its key, values and state.
+pub type Entry = (Vec<u8>, Vec<ScalarValue>, Group);
+
 impl GroupTable {
     /// Opens the state table of the view in `view_dir`, `None` when there
     /// is none with the columns `fields` (from [`state::state_fields`]).
-    pub async fn open(store: &Arc<dyn object_store::ObjectStore>, view_dir: &Path, fields: &[Field]) -> Option<Self> {
-        let want = schema(fields);
+    pub async fn open(
+        store: &Arc<dyn object_store::ObjectStore>,
+        view_dir: &Path,
+        state: &GroupState,
+        fields: &[Field],
+    ) -> Option<Self> {
+        let want = schema(state, fields);
         let table = storage::Table::open(Arc::clone(store), dir(view_dir), "group state").await.ok()?;
         let current = table.schema();
         if current.schema.fields() != want.fields() || current.primary_key != [0] {
@@ -104,10 +119,15 @@ impl GroupTable {
     ///
     /// # Errors
     /// Storage failures.
-    pub async fn create(store: &Arc<dyn object_store::ObjectStore>, view_dir: &Path, fields: &[Field]) -> Result<Self> {
+    pub async fn create(
+        store: &Arc<dyn object_store::ObjectStore>,
+        view_dir: &Path,
+        state: &GroupState,
+        fields: &[Field],
+    ) -> Result<Self> {
         let dir = dir(view_dir);
         super::arrange::remove_hidden_table(store, &dir, "group state").await?;
-        let schema = schema(fields);
+        let schema = schema(state, fields);
         let definition = storage::TableSchema::new(0, Arc::clone(&schema), &[KEY], storage::TableOptions::default())?;
         let table = storage::Table::create(Arc::clone(store), dir, "group state", definition).await?;
         Ok(Self { table: Arc::new(table), schema })
@@ -130,21 +150,64 @@ impl GroupTable {
         let lookup: ArrayRef = Arc::new(BinaryArray::from_iter_values(keys.iter()));
         let rows = self.table.get(&[lookup]).await?;
         let stored_keys = rows.column(0).as_binary::<i32>();
+        let offset = self.state_offset(state);
         let mut groups = HashMap::with_capacity(rows.num_rows());
         for row in 0..rows.num_rows() {
-            groups.insert(stored_keys.value(row).to_vec(), state::stored(state, &rows, row, 1)?);
+            groups.insert(stored_keys.value(row).to_vec(), state::stored(state, &rows, row, offset)?);
         }
         Ok((groups, rows))
     }
 
-    /// Rows of the state table for `groups`, keyed by their encoded values.
+    /// Every stored group, with the rows they were read from (entry `i` is row `i`).
+    ///
+    /// # Errors
+    /// Storage failures; state columns that are not `state`'s (a bug).
+    pub async fn scan(&self, state: &GroupState) -> Result<(RecordBatch, Vec<Entry>)> {
+        let batches = match self.table.scan(None).await {
+            Ok(batches) => batches,
+            Err(storage::Error::NotFound { .. }) => vec![],
+            Err(e) => return Err(e.into()),
+        };
+        let rows = datafusion::arrow::compute::concat_batches(&self.schema, &batches)?;
+        let keys = rows.column(0).as_binary::<i32>();
+        let offset = self.state_offset(state);
+        let mut entries = Vec::with_capacity(rows.num_rows());
+        for row in 0..rows.num_rows() {
+            let values = (1..offset)
+                .map(|c| ScalarValue::try_from_array(rows.column(c), row))
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            entries.push((keys.value(row).to_vec(), values, state::stored(state, &rows, row, offset)?));
+        }
+        Ok((rows, entries))
+    }
+
+    /// Where the state columns start.
+    fn state_offset(&self, state: &GroupState) -> usize {
+        1 + state.width() - state.aggregates.len()
+    }
+
+    /// Rows of the state table for `groups`: key, values, state.
     ///
     /// # Errors
     /// Values that do not convert to the state types.
-    pub fn rows(&self, state: &GroupState, groups: &[(&[u8], &Group)]) -> Result<RecordBatch> {
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(BinaryArray::from_iter_values(groups.iter().map(|(k, _)| *k)))];
-        let fields: Vec<Field> = self.schema.fields()[1..].iter().map(|f| f.as_ref().clone()).collect();
-        let states: Vec<&Group> = groups.iter().map(|(_, g)| *g).collect();
+    pub fn rows(&self, state: &GroupState, groups: &[(&[u8], &[ScalarValue], &Group)]) -> Result<RecordBatch> {
+        let offset = self.state_offset(state);
+        let mut columns: Vec<ArrayRef> =
+            vec![Arc::new(BinaryArray::from_iter_values(groups.iter().map(|(k, _, _)| *k)))];
+        for c in 1..offset {
+            let target = self.schema.field(c).data_type();
+            let cells = groups
+                .iter()
+                .map(|(_, v, _)| v[c - 1].cast_to(target))
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            columns.push(if cells.is_empty() {
+                datafusion::arrow::array::new_empty_array(target)
+            } else {
+                ScalarValue::iter_to_array(cells)?
+            });
+        }
+        let fields: Vec<Field> = self.schema.fields()[offset..].iter().map(|f| f.as_ref().clone()).collect();
+        let states: Vec<&Group> = groups.iter().map(|(_, _, g)| *g).collect();
         columns.extend(state::state_columns(state, &fields, &states)?);
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }

@@ -29,7 +29,7 @@ use streamhouse_storage as storage;
 use tokio_util::sync::CancellationToken;
 
 use super::arrange::Arrangement;
-use super::groups::GroupTable;
+use super::groups::{Entry, GroupTable};
 use super::plan::{At, GroupState, Rewritten, Source, ViewPlan, WEIGHT};
 use super::probe::{Prober, reads_snapshots, reads_table, wanted_arrangements};
 use super::state::{self, Delta, Group};
@@ -57,6 +57,9 @@ pub struct ViewMaintainer {
     state_offset: Option<usize>,
     /// The group state of a view with a HAVING ([`super::groups`]), once opened.
     group_table: Option<GroupTable>,
+    /// A view that emits on window close and keeps its open windows as
+    /// state: the group column holding `window_end`.
+    window_end: Option<usize>,
     /// Join inputs indexed by join key ([`super::arrange`]).
     arrangements: Vec<Arrangement>,
     config: ViewsConfig,
@@ -208,13 +211,23 @@ impl ViewMaintainer {
             }
             None => None,
         };
-        if view.definition.group_table && plan.state.as_ref().is_none_or(|s| !s.having) {
+        if view.definition.group_table
+            && plan.state.as_ref().is_none_or(|s| !s.having && !view.definition.emit_on_window_close)
+        {
             return Err(Error::internal(format!(
                 "the query of materialized view {} no longer derives the group state it was stored with",
                 view.name
             )));
         }
         let keeps_state = state_offset.is_some() || view.definition.group_table;
+        let window_end = if view.definition.group_table && view.definition.emit_on_window_close {
+            let column = view.definition.columns.iter().position(|c| c == "window_end");
+            Some(column.and_then(|c| plan.group_column_of(c)).ok_or_else(|| {
+                Error::internal(format!("materialized view {} no longer groups by its window_end", view.name))
+            })?)
+        } else {
+            None
+        };
         view.set_maintenance(match (keeps_state, &top_n, plan.is_grouped()) {
             (true, _, _) => "group state",
             (false, Some(_), _) => "top-n state",
@@ -225,6 +238,7 @@ impl ViewMaintainer {
             arrangements: Vec::new(),
             state_offset,
             group_table: None,
+            window_end,
             groups: KeyEncoder::new(&key_types[..group_keys])?,
             keys: KeyEncoder::new(&key_types)?,
             values: RowConverter::new(value_fields)?,
@@ -257,13 +271,15 @@ impl ViewMaintainer {
         if self.view.definition.group_table && self.group_table.is_none() {
             let store = Arc::clone(self.view.table().store());
             let fields = state::state_fields(&self.plan)?;
-            self.group_table = GroupTable::open(&store, &self.view.dir, &fields).await;
+            let state = self.plan.state.as_ref().ok_or_else(|| Error::internal("view keeps no group state"))?;
+            self.group_table = GroupTable::open(&store, &self.view.dir, state, &fields).await;
             if self.group_state_lead(positions).is_none() {
                 // Missing, damaged or out of step: built again from the sources.
                 if let Some(table) = self.group_table.take() {
                     table.close().await;
                 }
-                self.group_table = Some(GroupTable::create(&store, &self.view.dir, &fields).await?);
+                let state = self.plan.state.as_ref().ok_or_else(|| Error::internal("view keeps no group state"))?;
+                self.group_table = Some(GroupTable::create(&store, &self.view.dir, state, &fields).await?);
                 self.fill(positions, false).await?;
             }
         }
@@ -375,7 +391,8 @@ impl ViewMaintainer {
         if self.view.definition.group_table {
             let store = Arc::clone(self.view.table().store());
             let fields = state::state_fields(&self.plan)?;
-            self.group_table = Some(GroupTable::create(&store, &self.view.dir, &fields).await?);
+            let state = self.plan.state.as_ref().ok_or_else(|| Error::internal("view keeps no group state"))?;
+            self.group_table = Some(GroupTable::create(&store, &self.view.dir, state, &fields).await?);
         }
         self.fill(&positions, true).await?;
         self.publish(&positions, None);
@@ -411,8 +428,25 @@ impl ViewMaintainer {
                     .map(|(key, d)| (key, d.values.clone(), d.into_group()))
                     .filter(|(_, _, g)| g.rows > 0 || self.plan.group_keys() == 0)
                     .collect();
+                // A view that emits on window close shows closed windows and keeps open ones as state.
+                let (to_state, to_view): (Vec<&Entry>, Vec<&Entry>) = match self.window_end {
+                    Some(end) => {
+                        let mut closed_now = Vec::new();
+                        let mut open = Vec::new();
+                        for entry in &groups {
+                            if window_closed(&entry.1[end], closed)? {
+                                closed_now.push(entry)
+                            } else {
+                                open.push(entry)
+                            }
+                        }
+                        (open, closed_now)
+                    }
+                    None => (groups.iter().collect(), groups.iter().collect()),
+                };
                 if let (Some(groups_table), Some(state_txn)) = (&self.group_table, &mut state_txn) {
-                    let keyed: Vec<(&[u8], &Group)> = groups.iter().map(|(k, _, g)| (k.as_slice(), g)).collect();
+                    let keyed: Vec<(&[u8], &[ScalarValue], &Group)> =
+                        to_state.iter().map(|(k, v, g)| (k.as_slice(), v.as_slice(), g)).collect();
                     let rows = groups_table.rows(state, &keyed)?;
                     if rows.num_rows() > 0 {
                         state_txn.write(&rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await?;
@@ -421,7 +455,8 @@ impl ViewMaintainer {
                 if !view {
                     continue;
                 }
-                let groups: Vec<(Vec<ScalarValue>, Group)> = groups.into_iter().map(|(_, v, g)| (v, g)).collect();
+                let groups: Vec<(Vec<ScalarValue>, Group)> =
+                    to_view.into_iter().map(|(_, v, g)| (v.clone(), g.clone())).collect();
                 let rows = self.group_rows(state, &groups).await?;
                 pending_rows += rows.num_rows();
                 pending.push(rows);
@@ -573,6 +608,10 @@ impl ViewMaintainer {
     async fn step_end(&self, source: usize, from: u64, latest: u64, exact: bool) -> Result<(u64, u64)> {
         let table = self.sources()[source].table.storage();
         let limit = self.config.step_rows.max(1) as u64;
+        // Windows closing on window close take one commit per step: a row
+        // is late when its window had closed before its commit, whatever
+        // steps the commits are taken in.
+        let latest = if self.window_end.is_some() && !exact { latest.min(from + 1) } else { latest };
         let (mut to, mut rows) = (from, 0u64);
         while to < latest {
             let next = table.changelog_rows(to + 1).await?;
@@ -637,7 +676,7 @@ impl ViewMaintainer {
             return Ok(());
         }
         let (rows, kinds) = match (self.group_state(), work.deltas, work.groups) {
-            (Some(state), deltas, _) => self.update_groups(state, source, &next, deltas).await?,
+            (Some(state), deltas, _) => self.update_groups(state, source, positions, &next, deltas).await?,
             (None, _, _) if self.top_n.is_some() && !work.overflowed => {
                 self.update_top_n(positions, &next, work.window_change).await?
             }
@@ -853,20 +892,62 @@ impl ViewMaintainer {
     /// Adds the parts of a change to the state of the groups it touches and
     /// gives the rows to write: upserts of groups that exist after the
     /// change (and pass a HAVING), deletes of those that no longer do. A
-    /// view with a state table commits the new state there first.
+    /// view with a state table commits the new state there first (a step of
+    /// source `source` from `before` to `positions`).
+    ///
+    /// A view that emits on window close drops (and counts) the change of
+    /// windows that had closed before the step, keeps open windows as
+    /// state, and writes the rows of the windows the watermark passes in
+    /// this step, once; their state goes at the next such step.
     async fn update_groups(
         &self,
         state: &GroupState,
         source: usize,
+        before: &[u64],
         positions: &[u64],
         deltas: Vec<(Vec<u8>, Delta)>,
     ) -> Result<(RecordBatch, Vec<storage::ValueKind>)> {
         let group_keys = self.plan.group_keys();
-        if deltas.is_empty() {
-            return Ok((RecordBatch::new_empty(Arc::clone(&self.storage_schema)), vec![]));
+        let empty = || (RecordBatch::new_empty(Arc::clone(&self.storage_schema)), vec![]);
+        let (closed_before, closed_now) = match self.window_end {
+            Some(_) => (self.watermark(before).await?, self.watermark(positions).await?),
+            None => (None, None),
+        };
+        let closing = self.window_end.is_some() && closed_now > closed_before;
+        if deltas.is_empty() && !closing {
+            return Ok(empty());
         }
-        // The touched groups' stored rows, looked up by key.
-        let old_rows = self.view.table().get(&self.lookup_keys(&deltas)?).await?;
+        // A step replayed after its state committed without the view: the state is the new one.
+        let replayed = match self.group_table.as_ref().and_then(GroupTable::positions) {
+            Some(recorded) => self.parse_positions(&recorded)?[source] >= positions[source],
+            None => false,
+        };
+        let deltas = match self.window_end {
+            Some(end) => {
+                let mut open = Vec::with_capacity(deltas.len());
+                let mut late = 0u64;
+                for (key, delta) in deltas {
+                    if window_closed(&delta.values[end], closed_before)? {
+                        late += delta.input_rows().unsigned_abs();
+                    } else {
+                        open.push((key, delta));
+                    }
+                }
+                if !replayed {
+                    self.view.late_rows.fetch_add(late, std::sync::atomic::Ordering::Relaxed);
+                }
+                open
+            }
+            None => deltas,
+        };
+        let eowc = self.window_end.is_some();
+        // The touched groups' stored rows, looked up by key (a window
+        // closing view has rows of closed windows only: none to look up).
+        let old_rows = if eowc || deltas.is_empty() {
+            RecordBatch::new_empty(Arc::clone(&self.storage_schema))
+        } else {
+            self.view.table().get(&self.lookup_keys(&deltas)?).await?
+        };
         let old_groups = self.row_groups(&old_rows)?;
         let old: HashMap<&[u8], usize> = old_groups.iter().enumerate().map(|(i, g)| (g.as_slice(), i)).collect();
         // Their state: in those rows, or in the state table.
@@ -883,11 +964,6 @@ impl ViewMaintainer {
                 (stored, RecordBatch::new_empty(Arc::clone(&self.storage_schema)))
             }
             (None, None) => return Err(Error::internal("view keeps no group state")),
-        };
-        // A step replayed after its state committed without the view: the state is the new one.
-        let replayed = match self.group_table.as_ref().and_then(GroupTable::positions) {
-            Some(recorded) => self.parse_positions(&recorded)?[source] >= positions[source],
-            None => false,
         };
         let vanished = || Group {
             rows: 0,
@@ -918,18 +994,53 @@ impl ViewMaintainer {
                 }
             }
         }
-        let next: Vec<(Vec<u8>, Vec<ScalarValue>, Group)> = next
+        let next: Vec<Entry> = next
             .into_iter()
             .map(|(key, values, group)| {
                 Ok((key, values, group.ok_or_else(|| Error::internal("a group without state"))?))
             })
             .collect::<Result<_>>()?;
         let exists = |group: &Group| group.rows > 0 || group_keys == 0;
+        // Windows closing: every open window's state, as of this step.
+        let mut closing_windows: Vec<(Vec<ScalarValue>, Group)> = Vec::new();
+        let mut closed_earlier = RecordBatch::new_empty(Arc::clone(&self.storage_schema));
+        if let (true, Some(table), Some(end)) = (closing, &self.group_table, self.window_end) {
+            let (rows, entries) = table.scan(state).await?;
+            let touched: HashMap<&[u8], &Entry> = next.iter().map(|e| (e.0.as_slice(), e)).collect();
+            let mut earlier = Vec::new();
+            for (row, (key, values, group)) in entries.iter().enumerate() {
+                if window_closed(&values[end], closed_before)? {
+                    // Shown at an earlier step: its state goes now.
+                    earlier.push(row as u64);
+                } else if !touched.contains_key(key.as_slice()) && window_closed(&values[end], closed_now)? {
+                    closing_windows.push((values.clone(), group.clone()));
+                }
+            }
+            for (_, values, group) in &next {
+                if exists(group) && window_closed(&values[end], closed_now)? {
+                    closing_windows.push((values.clone(), group.clone()));
+                }
+            }
+            closed_earlier = take_rows(&rows, &earlier)?;
+        }
         if let Some(table) = &self.group_table {
             if !replayed {
-                self.write_group_table(table, state, &next, &state_rows, self.positions_property(positions)).await?;
+                self.write_group_table(
+                    table,
+                    state,
+                    &next,
+                    &state_rows,
+                    &closed_earlier,
+                    self.positions_property(positions),
+                )
+                .await?;
             }
             super::groups::injected_failure()?;
+        }
+        if eowc {
+            let rows = self.group_rows(state, &closing_windows).await?;
+            let kinds = vec![storage::ValueKind::Upsert; rows.num_rows()];
+            return Ok((rows, kinds));
         }
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
@@ -955,18 +1066,23 @@ impl ViewMaintainer {
 
     /// Commits the new state of the touched groups to the state table, as
     /// of `positions` (a positions property): upserts of groups that exist,
-    /// deletes of stored ones (in `stored`) that no longer do.
+    /// deletes of stored ones (in `stored`) that no longer do, and deletes
+    /// of `closed` (stored rows of windows shown at an earlier step).
     async fn write_group_table(
         &self,
         table: &GroupTable,
         state: &GroupState,
-        next: &[(Vec<u8>, Vec<ScalarValue>, Group)],
+        next: &[Entry],
         stored: &RecordBatch,
+        closed: &RecordBatch,
         positions: String,
     ) -> Result<()> {
         let group_keys = self.plan.group_keys();
-        let upserts: Vec<(&[u8], &Group)> =
-            next.iter().filter(|(_, _, g)| g.rows > 0 || group_keys == 0).map(|(k, _, g)| (k.as_slice(), g)).collect();
+        let upserts: Vec<(&[u8], &[ScalarValue], &Group)> = next
+            .iter()
+            .filter(|(_, _, g)| g.rows > 0 || group_keys == 0)
+            .map(|(k, v, g)| (k.as_slice(), v.as_slice(), g))
+            .collect();
         let gone: std::collections::HashSet<&[u8]> =
             next.iter().filter(|(_, _, g)| g.rows <= 0 && group_keys > 0).map(|(k, _, _)| k.as_slice()).collect();
         let stored_keys = stored.column(0).as_binary::<i32>();
@@ -977,9 +1093,10 @@ impl ViewMaintainer {
         if upserted.num_rows() > 0 {
             txn.write(&upserted, &vec![storage::ValueKind::Upsert; upserted.num_rows()]).await?;
         }
-        let deleted = take_rows(stored, &deletes)?;
-        if deleted.num_rows() > 0 {
-            txn.write(&deleted, &vec![storage::ValueKind::Delete; deleted.num_rows()]).await?;
+        for deleted in [take_rows(stored, &deletes)?, closed.clone()] {
+            if deleted.num_rows() > 0 {
+                txn.write(&deleted, &vec![storage::ValueKind::Delete; deleted.num_rows()]).await?;
+            }
         }
         GroupTable::commit(txn, positions).await
     }
@@ -1440,4 +1557,19 @@ fn take_rows(batch: &RecordBatch, indexes: &[u64]) -> Result<RecordBatch> {
     let indexes = datafusion::arrow::array::UInt64Array::from(indexes.to_vec());
     let columns = batch.columns().iter().map(|c| take(c.as_ref(), &indexes, None)).collect::<Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
+/// Whether a window whose `window_end` is `end` had closed at `watermark`
+/// (`None`: no watermark yet, nothing closed).
+///
+/// # Errors
+/// An end that is not a timestamp (a bug: checked at CREATE).
+fn window_closed(end: &ScalarValue, watermark: Option<i64>) -> Result<bool> {
+    let Some(watermark) = watermark else { return Ok(false) };
+    let millis = end.cast_to(&DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None))?;
+    match millis {
+        ScalarValue::TimestampMillisecond(Some(end), _) => Ok(end <= watermark),
+        ScalarValue::TimestampMillisecond(None, _) => Ok(false),
+        other => Err(Error::internal(format!("window_end {other} is not a timestamp"))),
+    }
 }

@@ -364,6 +364,24 @@ impl ViewPlan {
         })
     }
 
+    /// The aggregate's group column that the query's column `column` is,
+    /// through projections, aliases and filters (`None`: it is computed).
+    pub fn group_column_of(&self, column: usize) -> Option<usize> {
+        fn walk(plan: &LogicalPlan, index: usize) -> Option<usize> {
+            match plan {
+                LogicalPlan::Projection(p) => match p.expr.get(index)?.clone().unalias() {
+                    Expr::Column(c) => walk(&p.input, p.input.schema().index_of_column(&c).ok()?),
+                    _ => None,
+                },
+                LogicalPlan::SubqueryAlias(a) => walk(&a.input, index),
+                LogicalPlan::Filter(f) => walk(&f.input, index),
+                LogicalPlan::Aggregate(a) => (index < a.group_expr.len()).then_some(index),
+                _ => None,
+            }
+        }
+        walk(&self.plan, column)
+    }
+
     /// Whether the view aggregates or computes window functions (its steps
     /// recompute the touched groups or partitions).
     pub fn is_grouped(&self) -> bool {

@@ -148,6 +148,11 @@ impl Delta {
         Ok(())
     }
 
+    /// The net number of input rows the change adds to the group.
+    pub fn input_rows(&self) -> i64 {
+        self.rows
+    }
+
     /// The state of a group read from its sources (a snapshot: nothing removed).
     pub fn into_group(self) -> Group {
         Group { rows: self.rows, n: self.n, v: self.plus }

@@ -4,7 +4,9 @@
 //! `source_scans` (whole source snapshots read); the backlog (`backlog_rows`:
 //! changelog rows of the source's commits the view does not reflect yet)
 //! and the progress of the step or backfill under way (`step_rows_done` of
-//! `step_rows_total`; a backfill counts rows written and has no total).
+//! `step_rows_total`; a backfill counts rows written and has no total);
+//! `late_rows`: rows a view that emits on window close dropped because
+//! their window had already closed (since the server started).
 
 use std::sync::Arc;
 
@@ -42,6 +44,7 @@ fn views_schema() -> SchemaRef {
         Field::new("backlog_rows", DataType::Int64, true),
         Field::new("step_rows_done", DataType::Int64, true),
         Field::new("step_rows_total", DataType::Int64, true),
+        Field::new("late_rows", DataType::Int64, false),
     ]))
 }
 
@@ -71,6 +74,7 @@ struct Row {
     definition: String,
     probes: i64,
     scans: i64,
+    late: i64,
     backlog: Option<i64>,
     step: (Option<i64>, Option<i64>),
 }
@@ -121,6 +125,7 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
             definition: view.definition.query.clone(),
             probes: view.probes.load(std::sync::atomic::Ordering::Relaxed) as i64,
             scans: view.scans.load(std::sync::atomic::Ordering::Relaxed) as i64,
+            late: view.late_rows.load(std::sync::atomic::Ordering::Relaxed) as i64,
             backlog,
             step,
         });
@@ -139,6 +144,7 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
             definition: view.definition.query.clone(),
             probes: view.probes.load(std::sync::atomic::Ordering::Relaxed) as i64,
             scans: view.scans.load(std::sync::atomic::Ordering::Relaxed) as i64,
+            late: view.late_rows.load(std::sync::atomic::Ordering::Relaxed) as i64,
             backlog: None,
             step,
         });
@@ -187,6 +193,7 @@ impl ComputedRows for ViewsTable {
             Arc::new(rows.iter().map(|r| r.backlog).collect::<Int64Array>()),
             Arc::new(rows.iter().map(|r| r.step.0).collect::<Int64Array>()),
             Arc::new(rows.iter().map(|r| r.step.1).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| Some(r.late)).collect::<Int64Array>()),
         ];
         Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
     }
