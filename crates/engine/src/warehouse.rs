@@ -1280,6 +1280,24 @@ impl Catalog for DynamicCatalog {
         for view in materialized_views(&self.schemas) {
             view.stop().await;
         }
+        // Then every table: a commit in flight finishes, background
+        // compaction commits nothing more (it used to, after an engine on the
+        // same store had opened: that engine's next commit lost the race).
+        let tables: Vec<Arc<storage::Table>> = match self.schemas.read() {
+            Ok(schemas) => schemas
+                .values()
+                .flat_map(BTreeMap::values)
+                .filter_map(|relation| match relation {
+                    Relation::Table(t) => Some(Arc::clone(&t.table)),
+                    Relation::MaterializedView(v) => Some(Arc::clone(v.table())),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => vec![],
+        };
+        for table in tables {
+            table.close().await;
+        }
     }
 
     async fn create_materialized_view(&self, request: CreateMaterializedView) -> Result<Created> {
