@@ -200,11 +200,7 @@ impl GroupTable {
                 .iter()
                 .map(|(_, v, _)| v[c - 1].cast_to(target))
                 .collect::<datafusion::error::Result<Vec<_>>>()?;
-            columns.push(if cells.is_empty() {
-                datafusion::arrow::array::new_empty_array(target)
-            } else {
-                ScalarValue::iter_to_array(cells)?
-            });
+            columns.push(state::array_of(cells, target)?);
         }
         let fields: Vec<Field> = self.schema.fields()[offset..].iter().map(|f| f.as_ref().clone()).collect();
         let states: Vec<&Group> = groups.iter().map(|(_, _, g)| *g).collect();

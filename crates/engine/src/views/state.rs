@@ -313,7 +313,11 @@ pub fn state_columns(state: &GroupState, fields: &[Field], groups: &[&Group]) ->
     Ok(columns)
 }
 
-fn array_of(cells: Vec<ScalarValue>, data_type: &DataType) -> Result<ArrayRef> {
+/// An array of `cells` (of `data_type`, which an empty one needs).
+///
+/// # Errors
+/// Cells of mixed types.
+pub fn array_of(cells: Vec<ScalarValue>, data_type: &DataType) -> Result<ArrayRef> {
     if cells.is_empty() {
         return Ok(datafusion::arrow::array::new_empty_array(data_type));
     }
