@@ -55,6 +55,7 @@
 //! snapshots. `sys.views.maintenance` says which way a view goes.
 
 pub mod arrange;
+pub mod distinct;
 pub mod groups;
 pub mod maintain;
 pub mod plan;

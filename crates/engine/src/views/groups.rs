@@ -71,11 +71,95 @@ pub(super) fn injected_failure() -> Result<()> {
     Ok(())
 }
 
+/// A hidden Dynamic Table of view state in the view's directory, whose
+/// commits record the source positions the state reflects (the group
+/// state, and the value counts of COUNT(DISTINCT), [`super::distinct`]).
+#[derive(Debug)]
+pub struct StateTable {
+    table: Arc<storage::Table>,
+    schema: SchemaRef,
+}
+
+impl StateTable {
+    /// Opens the state table in `dir` (`what` names it in errors), `None`
+    /// when there is none with the columns of `want` and the key `key`.
+    pub async fn open(
+        store: &Arc<dyn object_store::ObjectStore>,
+        dir: Path,
+        what: &str,
+        want: SchemaRef,
+        key: &[usize],
+    ) -> Option<Self> {
+        let table = storage::Table::open(Arc::clone(store), dir, what).await.ok()?;
+        let current = table.schema();
+        if current.schema.fields() != want.fields() || current.primary_key != key {
+            table.close().await;
+            return None;
+        }
+        Some(Self { table: Arc::new(table), schema: want })
+    }
+
+    /// A new, empty state table in `dir` keyed by the columns `key`,
+    /// replacing whatever was there.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn create(
+        store: &Arc<dyn object_store::ObjectStore>,
+        dir: Path,
+        what: &str,
+        schema: SchemaRef,
+        key: &[&str],
+    ) -> Result<Self> {
+        super::arrange::remove_hidden_table(store, &dir, what).await?;
+        let definition = storage::TableSchema::new(0, Arc::clone(&schema), key, storage::TableOptions::default())?;
+        let table = storage::Table::create(Arc::clone(store), dir, what, definition).await?;
+        Ok(Self { table: Arc::new(table), schema })
+    }
+
+    /// Its columns.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The stored table.
+    pub fn table(&self) -> &storage::Table {
+        &self.table
+    }
+
+    /// The positions property of the state's latest commit (`None`: never committed).
+    pub fn positions(&self) -> Option<String> {
+        self.table.latest_snapshot().and_then(|s| s.properties.get(POSITIONS_PROPERTY).cloned())
+    }
+
+    /// Starts a transaction on the state table.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn begin(&self) -> Result<storage::Transaction<'_>> {
+        Ok(self.table.begin().await?)
+    }
+
+    /// Commits `txn` as the state at `positions` (a positions property).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn commit(mut txn: storage::Transaction<'_>, positions: String) -> Result<()> {
+        txn.set_property(POSITIONS_PROPERTY, positions);
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Closes the state table (the maintainer stopped).
+    pub async fn close(&self) {
+        self.table.close().await;
+    }
+}
+
 /// A view's group state table.
 #[derive(Debug)]
 pub struct GroupTable {
-    table: Arc<storage::Table>,
-    schema: SchemaRef,
+    table: StateTable,
 }
 
 fn dir(view_dir: &Path) -> Path {
@@ -104,14 +188,8 @@ impl GroupTable {
         state: &GroupState,
         fields: &[Field],
     ) -> Option<Self> {
-        let want = schema(state, fields);
-        let table = storage::Table::open(Arc::clone(store), dir(view_dir), "group state").await.ok()?;
-        let current = table.schema();
-        if current.schema.fields() != want.fields() || current.primary_key != [0] {
-            table.close().await;
-            return None;
-        }
-        Some(Self { table: Arc::new(table), schema: want })
+        let table = StateTable::open(store, dir(view_dir), "group state", schema(state, fields), &[0]).await?;
+        Some(Self { table })
     }
 
     /// A new, empty state table for the view in `view_dir`, replacing
@@ -125,17 +203,13 @@ impl GroupTable {
         state: &GroupState,
         fields: &[Field],
     ) -> Result<Self> {
-        let dir = dir(view_dir);
-        super::arrange::remove_hidden_table(store, &dir, "group state").await?;
-        let schema = schema(state, fields);
-        let definition = storage::TableSchema::new(0, Arc::clone(&schema), &[KEY], storage::TableOptions::default())?;
-        let table = storage::Table::create(Arc::clone(store), dir, "group state", definition).await?;
-        Ok(Self { table: Arc::new(table), schema })
+        let table = StateTable::create(store, dir(view_dir), "group state", schema(state, fields), &[KEY]).await?;
+        Ok(Self { table })
     }
 
     /// The positions property of the state's latest commit (`None`: never committed).
     pub fn positions(&self) -> Option<String> {
-        self.table.latest_snapshot().and_then(|s| s.properties.get(POSITIONS_PROPERTY).cloned())
+        self.table.positions()
     }
 
     /// The stored state of the groups with the encoded `keys` that have
@@ -145,10 +219,10 @@ impl GroupTable {
     /// Storage failures; state columns that are not `state`'s (a bug).
     pub async fn get(&self, state: &GroupState, keys: &[&[u8]]) -> Result<(HashMap<Vec<u8>, Group>, RecordBatch)> {
         if keys.is_empty() {
-            return Ok((HashMap::new(), RecordBatch::new_empty(Arc::clone(&self.schema))));
+            return Ok((HashMap::new(), RecordBatch::new_empty(Arc::clone(self.table.schema()))));
         }
         let lookup: ArrayRef = Arc::new(BinaryArray::from_iter_values(keys.iter()));
-        let rows = self.table.get(&[lookup]).await?;
+        let rows = self.table.table().get(&[lookup]).await?;
         let stored_keys = rows.column(0).as_binary::<i32>();
         let offset = self.state_offset(state);
         let mut groups = HashMap::with_capacity(rows.num_rows());
@@ -163,12 +237,12 @@ impl GroupTable {
     /// # Errors
     /// Storage failures; state columns that are not `state`'s (a bug).
     pub async fn scan(&self, state: &GroupState) -> Result<(RecordBatch, Vec<Entry>)> {
-        let batches = match self.table.scan(None).await {
+        let batches = match self.table.table().scan(None).await {
             Ok(batches) => batches,
             Err(storage::Error::NotFound { .. }) => vec![],
             Err(e) => return Err(e.into()),
         };
-        let rows = datafusion::arrow::compute::concat_batches(&self.schema, &batches)?;
+        let rows = datafusion::arrow::compute::concat_batches(self.table.schema(), &batches)?;
         let keys = rows.column(0).as_binary::<i32>();
         let offset = self.state_offset(state);
         let mut entries = Vec::with_capacity(rows.num_rows());
@@ -195,17 +269,17 @@ impl GroupTable {
         let mut columns: Vec<ArrayRef> =
             vec![Arc::new(BinaryArray::from_iter_values(groups.iter().map(|(k, _, _)| *k)))];
         for c in 1..offset {
-            let target = self.schema.field(c).data_type();
+            let target = self.table.schema().field(c).data_type();
             let cells = groups
                 .iter()
                 .map(|(_, v, _)| v[c - 1].cast_to(target))
                 .collect::<datafusion::error::Result<Vec<_>>>()?;
             columns.push(state::array_of(cells, target)?);
         }
-        let fields: Vec<Field> = self.schema.fields()[offset..].iter().map(|f| f.as_ref().clone()).collect();
+        let fields: Vec<Field> = self.table.schema().fields()[offset..].iter().map(|f| f.as_ref().clone()).collect();
         let states: Vec<&Group> = groups.iter().map(|(_, _, g)| *g).collect();
         columns.extend(state::state_columns(state, &fields, &states)?);
-        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+        Ok(RecordBatch::try_new(Arc::clone(self.table.schema()), columns)?)
     }
 
     /// Starts a transaction on the state table.
@@ -213,17 +287,15 @@ impl GroupTable {
     /// # Errors
     /// Storage failures.
     pub async fn begin(&self) -> Result<storage::Transaction<'_>> {
-        Ok(self.table.begin().await?)
+        self.table.begin().await
     }
 
     /// Commits `txn` as the state at `positions` (a positions property).
     ///
     /// # Errors
     /// Storage failures.
-    pub async fn commit(mut txn: storage::Transaction<'_>, positions: String) -> Result<()> {
-        txn.set_property(POSITIONS_PROPERTY, positions);
-        txn.commit().await?;
-        Ok(())
+    pub async fn commit(txn: storage::Transaction<'_>, positions: String) -> Result<()> {
+        StateTable::commit(txn, positions).await
     }
 
     /// Closes the state table (the maintainer stopped).

@@ -29,6 +29,7 @@ use streamhouse_storage as storage;
 use tokio_util::sync::CancellationToken;
 
 use super::arrange::Arrangement;
+use super::distinct::{self, DistinctTable};
 use super::groups::{Entry, GroupTable};
 use super::plan::{At, GroupState, Rewritten, Source, ViewPlan, WEIGHT};
 use super::probe::{Prober, reads_snapshots, reads_table, wanted_arrangements};
@@ -61,6 +62,8 @@ pub struct ViewMaintainer {
     state_offset: Option<usize>,
     /// The group state of a view with a HAVING ([`super::groups`]), once opened.
     group_table: Option<GroupTable>,
+    /// The value counts of a view with COUNT(DISTINCT) state ([`super::distinct`]), once opened.
+    distinct_table: Option<DistinctTable>,
     /// A view that emits on window close and keeps its open windows as
     /// state: the group column holding `window_end`.
     window_end: Option<usize>,
@@ -102,6 +105,9 @@ struct Work {
     window_change: Vec<RecordBatch>,
     /// Group state views: the change's deltas, merged per group.
     deltas: Vec<(Vec<u8>, Delta)>,
+    /// Group state views with COUNT(DISTINCT): the change's weighted
+    /// (group, value) pairs ([`super::distinct`]).
+    distinct: HashMap<distinct::Pair, i64>,
     /// Recomputing views: the groups the change touches.
     groups: Vec<RecordBatch>,
     /// A Top-N view's change outgrew `step_rows`.
@@ -242,6 +248,7 @@ impl ViewMaintainer {
             arrangements: Vec::new(),
             state_offset,
             group_table: None,
+            distinct_table: None,
             window_end,
             groups: KeyEncoder::new(&key_types[..group_keys])?,
             keys: KeyEncoder::new(&key_types)?,
@@ -272,18 +279,23 @@ impl ViewMaintainer {
     /// # Errors
     /// Storage failures.
     pub async fn arrange(&mut self, positions: &[u64]) -> Result<()> {
-        if self.view.definition.group_table && self.group_table.is_none() {
+        let wants_groups = self.view.definition.group_table && self.group_table.is_none();
+        let wants_distinct = self.keeps_distinct() && self.distinct_table.is_none();
+        if wants_groups || wants_distinct {
             let store = Arc::clone(self.view.table().store());
-            let fields = state::state_fields(&self.plan)?;
-            let state = self.plan.state.as_ref().ok_or_else(|| Error::internal("view keeps no group state"))?;
-            self.group_table = GroupTable::open(&store, &self.view.dir, state, &fields).await;
-            if self.group_state_lead(positions).is_none() {
-                // Missing, damaged or out of step: built again from the sources.
-                if let Some(table) = self.group_table.take() {
-                    table.close().await;
-                }
+            if wants_groups {
+                let fields = state::state_fields(&self.plan)?;
                 let state = self.plan.state.as_ref().ok_or_else(|| Error::internal("view keeps no group state"))?;
-                self.group_table = Some(GroupTable::create(&store, &self.view.dir, state, &fields).await?);
+                self.group_table = GroupTable::open(&store, &self.view.dir, state, &fields).await;
+            }
+            if wants_distinct {
+                self.distinct_table = DistinctTable::open(&store, &self.view.dir).await;
+            }
+            let missing = (self.view.definition.group_table && self.group_table.is_none())
+                || (self.keeps_distinct() && self.distinct_table.is_none());
+            if missing || self.group_state_lead(positions).is_none() {
+                // Missing, damaged or out of step: built again from the sources.
+                self.create_state_tables().await?;
                 self.fill(positions, false).await?;
             }
         }
@@ -350,13 +362,52 @@ impl ViewMaintainer {
     /// `source` up to `to`, is replayed first); `None` further ahead or
     /// without a state table.
     fn group_state_lead(&self, positions: &[u64]) -> Option<Option<(usize, u64)>> {
-        let recorded = self.parse_positions(&self.group_table.as_ref()?.positions()?).ok()?;
-        let ahead: Vec<usize> = (0..positions.len()).filter(|&i| recorded[i] > positions[i]).collect();
-        match ahead.as_slice() {
-            [] => Some(None),
-            [source] => Some(Some((*source, recorded[*source]))),
-            _ => None,
+        let tables = [
+            self.group_table.as_ref().map(GroupTable::positions),
+            self.distinct_table.as_ref().map(DistinctTable::positions),
+        ];
+        if tables.iter().all(Option::is_none) {
+            return None;
         }
+        let mut lead = None;
+        for recorded in tables.into_iter().flatten() {
+            let recorded = self.parse_positions(&recorded?).ok()?;
+            let ahead: Vec<usize> = (0..positions.len()).filter(|&i| recorded[i] > positions[i]).collect();
+            match ahead.as_slice() {
+                [] => {}
+                [source] if lead.is_none_or(|l| l == (*source, recorded[*source])) => {
+                    lead = Some((*source, recorded[*source]));
+                }
+                _ => return None,
+            }
+        }
+        Some(lead)
+    }
+
+    /// Whether the view keeps COUNT(DISTINCT) value counts.
+    fn keeps_distinct(&self) -> bool {
+        self.group_state().is_some_and(|state| !state.distinct_functions().is_empty())
+    }
+
+    /// New, empty state tables (group state, value counts) for the view,
+    /// replacing the ones it has.
+    async fn create_state_tables(&mut self) -> Result<()> {
+        let store = Arc::clone(self.view.table().store());
+        if let Some(table) = self.group_table.take() {
+            table.close().await;
+        }
+        if let Some(table) = self.distinct_table.take() {
+            table.close().await;
+        }
+        if self.view.definition.group_table {
+            let fields = state::state_fields(&self.plan)?;
+            let state = self.plan.state.as_ref().ok_or_else(|| Error::internal("view keeps no group state"))?;
+            self.group_table = Some(GroupTable::create(&store, &self.view.dir, state, &fields).await?);
+        }
+        if self.keeps_distinct() {
+            self.distinct_table = Some(DistinctTable::create(&store, &self.view.dir).await?);
+        }
+        Ok(())
     }
 
     /// Keeps the sources' snapshots from `positions` on from expiring.
@@ -392,22 +443,23 @@ impl ViewMaintainer {
     pub async fn backfill(&mut self) -> Result<Vec<u64>> {
         let positions: Vec<u64> = self.sources().iter().map(Self::latest).collect();
         let _holds = self.hold(&positions);
-        if self.view.definition.group_table {
-            let store = Arc::clone(self.view.table().store());
-            let fields = state::state_fields(&self.plan)?;
-            let state = self.plan.state.as_ref().ok_or_else(|| Error::internal("view keeps no group state"))?;
-            self.group_table = Some(GroupTable::create(&store, &self.view.dir, state, &fields).await?);
-        }
+        self.create_state_tables().await?;
         self.fill(&positions, true).await?;
         self.publish(&positions, None);
         Ok(positions)
     }
 
-    /// Computes the view's rows (with `view`) and its group state table
-    /// (where it has one, new and empty) from the sources at `positions`,
-    /// and commits them with those positions: the state table first.
+    /// Computes the view's rows (with `view`) and its state tables (where
+    /// it has them, new and empty) from the sources at `positions`, and
+    /// commits them with those positions: the state tables first.
     async fn fill(&self, positions: &[u64], view: bool) -> Result<()> {
         let at: Vec<At> = self.plan.occurrences.iter().map(|&s| At::Snapshot(positions[s])).collect();
+        if let Some(table) = &self.distinct_table {
+            self.fill_distinct(table, &at, positions).await?;
+        }
+        if !view && self.group_table.is_none() {
+            return Ok(());
+        }
         let rewritten = self.plan.full(&at, None)?;
         let table = self.view.table();
         let mut txn = if view { Some(table.begin().await?.blind()) } else { None };
@@ -508,6 +560,9 @@ impl ViewMaintainer {
         }
         if let Some(groups) = &self.group_table {
             groups.close().await;
+        }
+        if let Some(table) = &self.distinct_table {
+            table.close().await;
         }
     }
 
@@ -680,7 +735,9 @@ impl ViewMaintainer {
             return Ok(());
         }
         let (rows, kinds) = match (self.group_state(), work.deltas, work.groups) {
-            (Some(state), deltas, _) => self.update_groups(state, source, positions, &next, deltas).await?,
+            (Some(state), deltas, _) => {
+                self.update_groups(state, source, positions, &next, deltas, work.distinct).await?
+            }
             (None, _, _) if self.top_n.is_some() && !work.overflowed => {
                 self.update_top_n(positions, &next, work.window_change).await?
             }
@@ -729,6 +786,16 @@ impl ViewMaintainer {
             let mut keyed = std::mem::take(&mut work.deltas);
             keyed.extend(self.group_deltas(state, &parts)?);
             work.deltas = state::merge_by_group(state, keyed)?;
+            for j in state.distinct_functions() {
+                for (n, &scan) in scans.iter().enumerate() {
+                    let at = self.readings(positions, source, scans, n, scan, from, to, &delta);
+                    for batch in self.execute(self.plan.distinct_parts(&at, j)?).await? {
+                        let groups =
+                            self.groups.encode(&batch.columns()[..self.plan.group_keys()], batch.num_rows())?;
+                        distinct::merge(&mut work.distinct, distinct::pairs(j, groups, &batch)?);
+                    }
+                }
+            }
         } else if self.top_n.is_some() && !work.overflowed {
             for (n, &scan) in scans.iter().enumerate() {
                 let at = self.readings(positions, source, scans, n, scan, from, to, &delta);

@@ -225,6 +225,16 @@ pub enum StateKind {
     Min,
     /// MAX: the largest argument; recomputed when it is retracted.
     Max,
+    /// COUNT(DISTINCT): the number of distinct non-NULL arguments; how
+    /// many rows hold each value is kept apart ([`super::distinct`]).
+    CountDistinct,
+}
+
+impl StateKind {
+    /// Whether the function's state is its count alone (no value column).
+    pub fn counts(self) -> bool {
+        matches!(self, Self::Count | Self::CountDistinct)
+    }
 }
 
 /// One aggregate function of a view whose value per group is kept as state.
@@ -238,10 +248,11 @@ pub struct StateAggregate {
     pub output: DataType,
 }
 
-/// A view whose aggregate (GROUP BY with COUNT, SUM, AVG, MIN, MAX, or no
-/// function) keeps, per group, state that a change updates without reading
-/// the sources: the number of input rows, and per function the count of
-/// non-NULL arguments and their sum (SUM, AVG) or extreme (MIN, MAX).
+/// A view whose aggregate (GROUP BY with COUNT, COUNT(DISTINCT), SUM, AVG,
+/// MIN, MAX, or no function) keeps, per group, state that a change updates
+/// without reading the sources: the number of input rows, and per function
+/// the count of non-NULL (for COUNT(DISTINCT): distinct) arguments and
+/// their sum (SUM, AVG) or extreme (MIN, MAX).
 /// A select list over the aggregate is evaluated on the new values; a
 /// window function or another function keeps recomputing groups. Under a
 /// HAVING (a filter over the aggregate) the view has no row for groups that
@@ -272,13 +283,21 @@ impl GroupState {
         for (i, expr) in aggregate.aggr_expr.iter().enumerate() {
             let Expr::AggregateFunction(f) = expr.clone().unalias() else { return None };
             let params = &f.params;
-            if params.distinct || params.filter.is_some() || !params.order_by.is_empty() || params.args.len() != 1 {
+            if params.filter.is_some() || !params.order_by.is_empty() || params.args.len() != 1 {
                 return None;
             }
             let arg = params.args[0].clone();
             let arg_type = arg.get_type(input.as_ref()).ok()?;
             let output = aggregate.schema.field(aggregate.group_expr.len() + i).data_type().clone();
             let exact_sum = |t: &DataType| t.is_integer() || matches!(t, DataType::Decimal128(_, _));
+            if params.distinct {
+                // Per value, the rows holding it: values are row-encoded, so no nested types.
+                if f.func.name() != "count" || arg_type.is_nested() {
+                    return None;
+                }
+                aggregates.push(StateAggregate { kind: StateKind::CountDistinct, arg, output });
+                continue;
+            }
             let (kind, arg) = match f.func.name() {
                 "count" => (StateKind::Count, arg),
                 "sum" if exact_sum(&arg_type) => (StateKind::Sum, arg),
@@ -313,6 +332,11 @@ impl GroupState {
     /// The type of output column `i` of the aggregate node.
     pub fn output_type(&self, i: usize) -> &DataType {
         self.output.field(i).data_type()
+    }
+
+    /// The indexes of the COUNT(DISTINCT) functions.
+    pub fn distinct_functions(&self) -> Vec<usize> {
+        (0..self.aggregates.len()).filter(|&j| self.aggregates[j].kind == StateKind::CountDistinct).collect()
     }
 }
 
@@ -438,7 +462,8 @@ impl ViewPlan {
     /// For a view with [`GroupState`]: the state of each group of the
     /// aggregate's input as read by `at`, one row per group: the group
     /// values `__g0, __g1, …`, `__rows` (input rows), and per function `j`
-    /// `__n{j}` (non-NULL arguments); SUM and AVG add `__p{j}` / `__m{j}`,
+    /// `__n{j}` (non-NULL arguments; for COUNT(DISTINCT) the distinct ones
+    /// of snapshots, 0 in a change); SUM and AVG add `__p{j}` / `__m{j}`,
     /// the sums of the arguments added and removed, MIN and MAX their
     /// extremes. Counts are weighted; reading snapshots, removals are NULL.
     /// With `groups`, only those groups.
@@ -446,8 +471,60 @@ impl ViewPlan {
     /// # Errors
     /// Plans that do not rebuild (a bug).
     pub fn parts(&self, at: &[At], groups: Option<LogicalPlan>) -> Result<LogicalPlan> {
-        use datafusion::functions_aggregate::expr_fn::{max, min, sum};
+        use datafusion::functions_aggregate::expr_fn::{count_distinct, max, min, sum};
         use datafusion::logical_expr::{col, when};
+        let (state, plan, keys, change) = self.state_input(at, groups)?;
+        let w = || col("__w");
+        let mut parts = vec![sum(w()).alias("__rows")];
+        for (j, aggregate) in state.aggregates.iter().enumerate() {
+            let x = || col(format!("__x{j}"));
+            let n = match aggregate.kind {
+                // A change's distinct values are counted against the stored
+                // ones ([`Self::distinct_parts`]); a snapshot's directly.
+                StateKind::CountDistinct if change => lit(0i64),
+                StateKind::CountDistinct => count_distinct(x()),
+                _ => sum(when(x().is_not_null(), w()).otherwise(lit(0i64))?),
+            };
+            parts.push(n.alias(format!("__n{j}")));
+            // Values are summed as queries sum them (bigint as numeric, never wrapping).
+            let exact_sum = |e: Expr| crate::semantics::sum_udaf().call(vec![e]);
+            let combine = match aggregate.kind {
+                StateKind::Count | StateKind::CountDistinct => continue,
+                StateKind::Sum | StateKind::Avg => exact_sum,
+                StateKind::Min => min,
+                StateKind::Max => max,
+            };
+            parts.push(combine(when(w().gt(lit(0i64)), x()).end()?).alias(format!("__p{j}")));
+            parts.push(combine(when(w().lt(lit(0i64)), x()).end()?).alias(format!("__m{j}")));
+        }
+        let groups: Vec<Expr> = (0..keys).map(|i| col(format!("__g{i}"))).collect();
+        Ok(LogicalPlanBuilder::from(plan).aggregate(groups, parts)?.build()?)
+    }
+
+    /// For a view with COUNT(DISTINCT) state, function `j`: per group and
+    /// non-NULL argument value, the rows holding it — `__g0, __g1, …`, the
+    /// value `__x`, and `__w`, the weighted count (a change's, or a
+    /// snapshot's rows).
+    ///
+    /// # Errors
+    /// Plans that do not rebuild (a bug).
+    pub fn distinct_parts(&self, at: &[At], j: usize) -> Result<LogicalPlan> {
+        use datafusion::functions_aggregate::expr_fn::sum;
+        use datafusion::logical_expr::col;
+        let (_, plan, keys, _) = self.state_input(at, None)?;
+        let mut groups: Vec<Expr> = (0..keys).map(|i| col(format!("__g{i}"))).collect();
+        groups.push(col(format!("__x{j}")).alias("__x"));
+        Ok(LogicalPlanBuilder::from(plan)
+            .filter(col(format!("__x{j}")).is_not_null())?
+            .aggregate(groups, vec![sum(col("__w")).alias("__w")])?
+            .build()?)
+    }
+
+    /// The aggregate's input as a step reads it, projected to the group
+    /// values `__g0, __g1, …`, the weight `__w` (1 on snapshots) and each
+    /// function's argument `__x{j}`; with the number of group values and
+    /// whether it is a change (not snapshots only).
+    fn state_input(&self, at: &[At], groups: Option<LogicalPlan>) -> Result<(&GroupState, LogicalPlan, usize, bool)> {
         let state = self.state.as_ref().ok_or_else(|| Error::internal("view keeps no group state"))?;
         let (keys, input) = grouping(&self.plan).ok_or_else(|| Error::internal("view has no aggregate"))?;
         let node = Rewriter::new(self, at, false).node(input)?;
@@ -457,30 +534,15 @@ impl ViewPlan {
         {
             plan = restrict_to_groups(plan, &keys, groups)?;
         }
+        let change = node.weight.is_some();
         let weight = node.weight.map_or_else(|| lit(1i64), Expr::Column);
         let mut exprs: Vec<Expr> = keys.iter().enumerate().map(|(i, e)| e.clone().alias(format!("__g{i}"))).collect();
         exprs.push(weight.alias("__w"));
         for (j, aggregate) in state.aggregates.iter().enumerate() {
             exprs.push(aggregate.arg.clone().alias(format!("__x{j}")));
         }
-        let w = || col("__w");
-        let mut parts = vec![sum(w()).alias("__rows")];
-        for (j, aggregate) in state.aggregates.iter().enumerate() {
-            let x = || col(format!("__x{j}"));
-            parts.push(sum(when(x().is_not_null(), w()).otherwise(lit(0i64))?).alias(format!("__n{j}")));
-            // Values are summed as queries sum them (bigint as numeric, never wrapping).
-            let exact_sum = |e: Expr| crate::semantics::sum_udaf().call(vec![e]);
-            let combine = match aggregate.kind {
-                StateKind::Count => continue,
-                StateKind::Sum | StateKind::Avg => exact_sum,
-                StateKind::Min => min,
-                StateKind::Max => max,
-            };
-            parts.push(combine(when(w().gt(lit(0i64)), x()).end()?).alias(format!("__p{j}")));
-            parts.push(combine(when(w().lt(lit(0i64)), x()).end()?).alias(format!("__m{j}")));
-        }
-        let groups: Vec<Expr> = (0..keys.len()).map(|i| col(format!("__g{i}"))).collect();
-        Ok(LogicalPlanBuilder::from(plan).project(exprs)?.aggregate(groups, parts)?.build()?)
+        let plan = LogicalPlanBuilder::from(plan).project(exprs)?.build()?;
+        Ok((state, plan, keys.len(), change))
     }
 
     /// For a view with [`GroupState`]: the query's columns and key columns

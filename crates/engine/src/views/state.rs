@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   __rows            input rows of the group (the group exists while > 0)
-//!   __n{j}            non-NULL arguments of function j
+//!   __n{j}            non-NULL arguments of function j (COUNT(DISTINCT): distinct ones)
 //!   __v{j}            SUM / AVG: their sum; MIN / MAX: the extreme (not for COUNT)
 //! ```
 //!
@@ -39,7 +39,7 @@ pub fn state_fields(plan: &ViewPlan) -> Result<Vec<Field>> {
     let mut fields = vec![Field::new(ROWS, DataType::Int64, false)];
     for (j, aggregate) in state.aggregates.iter().enumerate() {
         fields.push(Field::new(format!("__n{j}"), DataType::Int64, false));
-        if aggregate.kind != StateKind::Count {
+        if !aggregate.kind.counts() {
             let value = schema.field_with_unqualified_name(&format!("__p{j}"))?.data_type().clone();
             fields.push(Field::new(format!("__v{j}"), value, true));
         }
@@ -89,7 +89,7 @@ impl PartsColumns {
         let mut minus = Vec::new();
         for (j, aggregate) in state.aggregates.iter().enumerate() {
             n.push(find(&format!("__n{j}"))?);
-            let counted = aggregate.kind == StateKind::Count;
+            let counted = aggregate.kind.counts();
             plus.push(if counted { None } else { Some(find(&format!("__p{j}"))?) });
             minus.push(if counted { None } else { Some(find(&format!("__m{j}"))?) });
         }
@@ -148,6 +148,12 @@ impl Delta {
         Ok(())
     }
 
+    /// Adds to COUNT(DISTINCT) function `j` the values that came (+1) or
+    /// went (−1), as counted against their stored rows.
+    pub fn add_distinct(&mut self, j: usize, transitions: i64) {
+        self.n[j] += transitions;
+    }
+
     /// The net number of input rows the change adds to the group.
     pub fn input_rows(&self) -> i64 {
         self.rows
@@ -171,7 +177,7 @@ impl Delta {
             let count = old.map_or(0, |g| g.n[j]) + self.n[j];
             let current = old.map_or(ScalarValue::Null, |g| g.v[j].clone());
             let value = match aggregate.kind {
-                StateKind::Count => ScalarValue::Null,
+                StateKind::Count | StateKind::CountDistinct => ScalarValue::Null,
                 StateKind::Sum | StateKind::Avg => {
                     let added = combine(aggregate.kind, current, self.plus[j].clone())?;
                     subtract(added, &self.minus[j])?
@@ -214,7 +220,7 @@ fn combine(kind: StateKind, a: ScalarValue, b: ScalarValue) -> Result<ScalarValu
         return Ok(b);
     }
     Ok(match kind {
-        StateKind::Count => ScalarValue::Null,
+        StateKind::Count | StateKind::CountDistinct => ScalarValue::Null,
         StateKind::Sum | StateKind::Avg => a.add_checked(&b)?,
         StateKind::Min => {
             if b < a {
@@ -259,7 +265,7 @@ pub fn stored(state: &GroupState, rows: &RecordBatch, row: usize, offset: usize)
     for aggregate in &state.aggregates {
         n.push(count(column)?);
         column += 1;
-        if aggregate.kind == StateKind::Count {
+        if aggregate.kind.counts() {
             v.push(ScalarValue::Null);
         } else {
             v.push(ScalarValue::try_from_array(rows.column(column), row)?);
@@ -303,7 +309,7 @@ pub fn state_columns(state: &GroupState, fields: &[Field], groups: &[&Group]) ->
     for (j, aggregate) in state.aggregates.iter().enumerate() {
         columns.push(Arc::new(Int64Array::from_iter_values(groups.iter().map(|g| g.n[j]))));
         field += 1;
-        if aggregate.kind != StateKind::Count {
+        if !aggregate.kind.counts() {
             let target = fields[field].data_type();
             let cells = groups.iter().map(|g| g.v[j].cast_to(target)).collect::<datafusion::error::Result<Vec<_>>>()?;
             columns.push(array_of(cells, target)?);
@@ -326,7 +332,7 @@ pub fn array_of(cells: Vec<ScalarValue>, data_type: &DataType) -> Result<ArrayRe
 
 /// A function's value from its state, as DataFusion computes it.
 fn result(kind: StateKind, output: &DataType, n: i64, v: &ScalarValue) -> Result<ScalarValue> {
-    if kind == StateKind::Count {
+    if kind.counts() {
         return Ok(ScalarValue::Int64(Some(n)).cast_to(output)?);
     }
     if n == 0 || v.is_null() {

@@ -363,34 +363,38 @@ async fn views_backfill_and_catch_up_in_bounded_memory() {
     e.close().await;
 }
 
-/// A HAVING view commits its group state table before the view: a step
-/// that fails between the two commits (as a crash would leave it) is
-/// replayed from the committed state, never applied twice — when retried
-/// in the same process, and after a restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn having_views_replay_a_step_whose_state_committed_alone() {
+/// Creates `table` with `rows`, a view `v` of `query`, then: `changes[0]`
+/// with one step failing right after a state table's commit (as a crash
+/// would leave it: the retry replays the step); `changes[1]` failing at
+/// every try until the engine stops (the next engine replays it);
+/// `changes[2]` as usual. After each the view equals its query and
+/// `expected[i]` (rows ordered by the first column).
+async fn replays_steps_whose_state_committed_alone(
+    table: &str,
+    rows: &str,
+    query: &str,
+    changes: [&str; 3],
+    expected: [&[&str]; 3],
+) {
     use streamhouse_engine::views::groups::{fail_after_state_commits, failures_after_state_commits};
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path()).await;
-    sql(&e, "CREATE TABLE pay (id BIGINT PRIMARY KEY, account TEXT, amount INT)").await.unwrap();
-    sql(&e, "INSERT INTO pay VALUES (1, 'a', 10), (2, 'a', 20), (3, 'b', 5)").await.unwrap();
-    let query = "SELECT account, count(*) AS n, sum(amount) AS total FROM pay GROUP BY account HAVING count(*) >= 2";
-    sql(&e, &format!("CREATE MATERIALIZED VIEW busy AS {query}")).await.unwrap();
+    sql(&e, table).await.unwrap();
+    sql(&e, rows).await.unwrap();
+    sql(&e, &format!("CREATE MATERIALIZED VIEW v AS {query}")).await.unwrap();
     let same = |e: Engine| async move {
-        let view = lines(&sql(&e, "SELECT * FROM busy ORDER BY account").await.unwrap());
-        let batch = lines(&sql(&e, &format!("{query} ORDER BY account")).await.unwrap());
+        let view = lines(&sql(&e, "SELECT * FROM v ORDER BY 1").await.unwrap());
+        let batch = lines(&sql(&e, &format!("{query} ORDER BY 1")).await.unwrap());
         assert_eq!(view, batch, "the view differs from its query");
         (e, view)
     };
-    // One failure after the state's commit: the retry replays the step.
     fail_after_state_commits(1);
-    sql(&e, "INSERT INTO pay VALUES (4, 'b', 6)").await.unwrap();
+    sql(&e, changes[0]).await.unwrap();
     let (e, view) = same(e).await;
     assert_eq!(failures_after_state_commits(), 1);
-    assert_eq!(view, ["| a | 2 | 30 |", "| b | 2 | 11 |"]);
-    // Failing at every try until the engine stops: the next engine replays it.
+    assert_eq!(view, expected[0]);
     fail_after_state_commits(u64::MAX);
-    sql(&e, "INSERT INTO pay VALUES (5, 'a', 1), (6, 'c', 7)").await.unwrap();
+    sql(&e, changes[1]).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while failures_after_state_commits() < 2 {
         assert!(std::time::Instant::now() < deadline, "the step never committed its state");
@@ -401,8 +405,58 @@ async fn having_views_replay_a_step_whose_state_committed_alone() {
     fail_after_state_commits(0);
     let e = engine(dir.path()).await;
     let (e, view) = same(e).await;
-    assert_eq!(view, ["| a | 3 | 31 |", "| b | 2 | 11 |"]);
-    sql(&e, "INSERT INTO pay VALUES (7, 'c', 8), (8, 'b', 1)").await.unwrap();
+    assert_eq!(view, expected[1]);
+    sql(&e, changes[2]).await.unwrap();
     let (_, view) = same(e).await;
-    assert_eq!(view, ["| a | 3 | 31 |", "| b | 3 | 12 |", "| c | 2 | 15 |"]);
+    assert_eq!(view, expected[2]);
+}
+
+/// A HAVING view commits its group state table before the view (and its
+/// COUNT(DISTINCT) value counts before that): a step that fails between
+/// the commits is replayed from the committed state, never applied twice —
+/// when retried in the same process, and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn having_views_replay_a_step_whose_state_committed_alone() {
+    replays_steps_whose_state_committed_alone(
+        "CREATE TABLE pay (id BIGINT PRIMARY KEY, account TEXT, amount INT)",
+        "INSERT INTO pay VALUES (1, 'a', 10), (2, 'a', 20), (3, 'b', 5)",
+        "SELECT account, count(*) AS n, sum(amount) AS total, count(DISTINCT amount % 5) AS endings \
+         FROM pay GROUP BY account HAVING count(*) >= 2",
+        [
+            "INSERT INTO pay VALUES (4, 'b', 6)",
+            "INSERT INTO pay VALUES (5, 'a', 1), (6, 'c', 7)",
+            "INSERT INTO pay VALUES (7, 'c', 8), (8, 'b', 1)",
+        ],
+        [
+            &["| a | 2 | 30 | 1 |", "| b | 2 | 11 | 2 |"],
+            &["| a | 3 | 31 | 2 |", "| b | 2 | 11 | 2 |"],
+            &["| a | 3 | 31 | 2 |", "| b | 3 | 12 | 2 |", "| c | 2 | 15 | 2 |"],
+        ],
+    )
+    .await;
+}
+
+/// A COUNT(DISTINCT) view without a HAVING keeps its group state in its
+/// rows and its value counts in a table of their own, committed first: a
+/// step interrupted between the two commits is replayed, and no value is
+/// counted twice (a new group's first value would be missed, an old one's
+/// last would never go).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_distinct_views_replay_a_step_whose_counts_committed_alone() {
+    replays_steps_whose_state_committed_alone(
+        "CREATE TABLE hits (id BIGINT PRIMARY KEY, page TEXT, visitor TEXT)",
+        "INSERT INTO hits VALUES (1, 'home', 'ann'), (2, 'home', 'bob')",
+        "SELECT page, count(DISTINCT visitor) AS visitors, count(*) AS n FROM hits GROUP BY page",
+        [
+            "INSERT INTO hits VALUES (3, 'home', 'ann'), (4, 'cart', 'bob')",
+            "DELETE FROM hits WHERE id IN (1, 2)",
+            "INSERT INTO hits VALUES (5, 'home', 'cid'), (6, 'home', 'ann')",
+        ],
+        [
+            &["| cart | 1 | 1 |", "| home | 2 | 3 |"],
+            &["| cart | 1 | 1 |", "| home | 1 | 1 |"],
+            &["| cart | 1 | 1 |", "| home | 2 | 3 |"],
+        ],
+    )
+    .await;
 }

@@ -44,6 +44,12 @@ const VIEWS: &[(&str, &str)] = &[
         "SELECT y.g, count(*) AS n, min(y.w) AS mw FROM {a} x JOIN {b} y ON x.g = y.g GROUP BY y.g HAVING count(*) > 3",
     ),
     ("d_distinct_count", "SELECT x.s, count(DISTINCT x.g) AS dg FROM {a} x GROUP BY x.s HAVING count(*) > 2"),
+    (
+        "d_join_distinct",
+        "SELECT y.g, count(DISTINCT x.s) AS ds, count(DISTINCT x.v) AS dv, min(x.v) AS mv \
+         FROM {a} x JOIN {b} y ON x.g = y.g GROUP BY y.g",
+    ),
+    ("d_global_distinct", "SELECT count(DISTINCT x.v) AS dv, count(*) AS n FROM {a} x"),
     ("d_distinct", "SELECT DISTINCT x.g, x.s FROM {a} x"),
     ("d_join", "SELECT x.k AS ak, y.k AS bk, x.v, y.w FROM {a} x JOIN {b} y ON x.g = y.g WHERE y.w > -30"),
     (
@@ -430,16 +436,16 @@ async fn differential(seed: u64, steps: usize, step_rows: usize) {
     let mut eowc = EowcModel { upto: eowc_from, started: false, windows: BTreeMap::new() };
     let mut replays = BTreeMap::new();
     check(&engine, &mut session, &mut replays, 0, &mut eowc).await;
-    // Aggregates of COUNT, SUM and AVG of integers, MIN and MAX keep
-    // per-group state (under a HAVING in a table of its own); DISTINCT
-    // aggregates, window functions and emit-on-window-close recompute the
-    // touched groups.
+    // Aggregates of COUNT, COUNT(DISTINCT), SUM and AVG of integers, MIN and
+    // MAX keep per-group state (under a HAVING in a table of its own);
+    // window functions recompute the touched groups.
     let maintenance = sorted_rows(&run(&mut session, "SELECT DISTINCT view, maintenance FROM sys.views").await);
     let expected = |view: &str| match view {
         "d_agg" | "d_distinct" | "d_join_agg" | "d_left_agg" | "d_tumble" | "d_hop" | "d_global" | "d_on_view_agg"
-        | "d_having" | "d_global_having" | "d_join_having" | "d_eowc" => "group state",
+        | "d_having" | "d_global_having" | "d_join_having" | "d_eowc" | "d_distinct_count" | "d_join_distinct"
+        | "d_global_distinct" => "group state",
         "d_join_top1" | "d_top2" => "top-n state",
-        "d_distinct_count" | "d_topn" | "d_window_sum" => "recompute groups",
+        "d_topn" | "d_window_sum" => "recompute groups",
         _ => "linear",
     };
     let want: Vec<String> = {
@@ -479,6 +485,7 @@ async fn differential(seed: u64, steps: usize, step_rows: usize) {
     for view in [
         "d_join",
         "d_join_agg",
+        "d_join_distinct",
         "d_left",
         "d_right",
         "d_full",
@@ -498,7 +505,7 @@ async fn differential(seed: u64, steps: usize, step_rows: usize) {
     // Groups evaluated again (recomputed, or a retracted MIN / MAX) are read
     // by group key too, where the key is a column (a NULL group, which
     // arrangements leave out, is read whole).
-    for view in ["d_agg", "d_distinct_count", "d_topn", "d_window_sum"] {
+    for view in ["d_agg", "d_join_distinct", "d_topn", "d_window_sum"] {
         let row = reads.iter().find(|r| r.starts_with(&format!("public.{view}|"))).expect("a row per view");
         assert!(row.starts_with(&format!("public.{view}|true|")), "view {view} probes (in {reads:?})");
     }

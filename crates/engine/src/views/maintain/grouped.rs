@@ -2,7 +2,9 @@
 //! the change's per-group deltas applied to the touched groups' state — in
 //! hidden columns of the view's rows, or in its state table
 //! ([`super::super::groups`]) under a HAVING or for the open windows of a
-//! view that emits on window close — and the rows that follow from it.
+//! view that emits on window close — and the rows that follow from it;
+//! COUNT(DISTINCT) counted against the value counts
+//! ([`super::super::distinct`]), committed first.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use datafusion::logical_expr::LogicalPlanBuilder;
 use streamhouse_storage as storage;
 
 use super::super::KeyLayout;
+use super::super::distinct::{self, DistinctTable};
 use super::super::groups::{Entry, GroupTable};
 use super::super::plan::{At, GroupState};
 use super::super::state::{self, Delta, Group};
@@ -75,6 +78,7 @@ impl ViewMaintainer {
         before: &[u64],
         positions: &[u64],
         deltas: Vec<(Vec<u8>, Delta)>,
+        mut distinct: HashMap<distinct::Pair, i64>,
     ) -> Result<(RecordBatch, Vec<storage::ValueKind>)> {
         let group_keys = self.plan.group_keys();
         let empty = || (RecordBatch::new_empty(Arc::clone(&self.storage_schema)), vec![]);
@@ -87,17 +91,23 @@ impl ViewMaintainer {
             return Ok(empty());
         }
         // A step replayed after its state committed without the view: the state is the new one.
-        let replayed = match self.group_table.as_ref().and_then(GroupTable::positions) {
-            Some(recorded) => self.parse_positions(&recorded)?[source] >= positions[source],
-            None => false,
+        let ahead = |recorded: Option<String>| -> Result<bool> {
+            Ok(match recorded {
+                Some(recorded) => self.parse_positions(&recorded)?[source] >= positions[source],
+                None => false,
+            })
         };
-        let deltas = match self.window_end {
+        let replayed = ahead(self.group_table.as_ref().and_then(GroupTable::positions))?;
+        let distinct_replayed = ahead(self.distinct_table.as_ref().and_then(DistinctTable::positions))?;
+        let mut deltas = match self.window_end {
             Some(end) => {
                 let mut open = Vec::with_capacity(deltas.len());
                 let mut late = 0u64;
+                let mut late_groups = std::collections::HashSet::new();
                 for (key, delta) in deltas {
                     if window_closed(&delta.values[end], closed_before)? {
                         late += delta.input_rows().unsigned_abs();
+                        late_groups.insert(key);
                     } else {
                         open.push((key, delta));
                     }
@@ -105,10 +115,32 @@ impl ViewMaintainer {
                 if !replayed {
                     self.view.late_rows.fetch_add(late, std::sync::atomic::Ordering::Relaxed);
                 }
+                distinct.retain(|(group, _), _| !late_groups.contains(group));
                 open
             }
             None => deltas,
         };
+        // COUNT(DISTINCT): the values that came and went, counted against their stored rows.
+        let mut distinct_counts = Vec::new();
+        if let Some(table) = &self.distinct_table
+            && !distinct.is_empty()
+        {
+            let pairs: Vec<&distinct::Pair> = distinct.keys().collect();
+            let stored = table.get(&pairs).await?;
+            let (moved, counts) = distinct::transitions(&distinct, &stored, distinct_replayed)?;
+            let index: HashMap<&[u8], usize> = deltas.iter().enumerate().map(|(i, (k, _))| (k.as_slice(), i)).collect();
+            let mut changes = Vec::with_capacity(moved.len());
+            for ((group, j), step) in moved {
+                let at = index
+                    .get(group.as_slice())
+                    .ok_or_else(|| Error::internal("a distinct value of no changed group"))?;
+                changes.push((*at, j, step));
+            }
+            for (at, j, step) in changes {
+                deltas[at].1.add_distinct(j, step);
+            }
+            distinct_counts = counts;
+        }
         let eowc = self.window_end.is_some();
         // The touched groups' stored rows, looked up by key (a window
         // closing view has rows of closed windows only: none to look up).
@@ -192,6 +224,21 @@ impl ViewMaintainer {
             }
             closed_earlier = take_rows(&rows, &earlier)?;
         }
+        if let Some(table) = &self.distinct_table
+            && !distinct_replayed
+        {
+            let closed_groups: Vec<&[u8]> = if closed_earlier.num_rows() > 0 {
+                let keys = closed_earlier.column(0).as_binary::<i32>();
+                (0..closed_earlier.num_rows()).map(|row| keys.value(row)).collect()
+            } else {
+                vec![]
+            };
+            let gone = table.of_groups(&closed_groups).await?;
+            if !distinct_counts.is_empty() || gone.num_rows() > 0 {
+                self.write_distinct_table(table, &distinct_counts, gone, self.positions_property(positions)).await?;
+                super::super::groups::injected_failure()?;
+            }
+        }
         if let Some(table) = &self.group_table {
             if !replayed {
                 self.write_group_table(
@@ -268,6 +315,56 @@ impl ViewMaintainer {
             }
         }
         GroupTable::commit(txn, positions).await
+    }
+
+    /// Commits the new value counts (`counts`) and the deletes of `gone`
+    /// (stored rows of closed windows) to the value counts table, as of
+    /// `positions` (a positions property).
+    async fn write_distinct_table(
+        &self,
+        table: &DistinctTable,
+        counts: &[distinct::Recount],
+        gone: RecordBatch,
+        positions: String,
+    ) -> Result<()> {
+        let upserts: Vec<(&distinct::Pair, i64)> =
+            counts.iter().filter(|(_, _, new)| *new > 0).map(|(pair, _, new)| (pair, *new)).collect();
+        let deletes: Vec<(&distinct::Pair, i64)> =
+            counts.iter().filter(|(_, had, new)| *new == 0 && *had > 0).map(|(pair, _, _)| (pair, 0)).collect();
+        let mut txn = table.begin().await?;
+        for (rows, kind) in [
+            (table.rows(&upserts)?, storage::ValueKind::Upsert),
+            (table.rows(&deletes)?, storage::ValueKind::Delete),
+            (gone, storage::ValueKind::Delete),
+        ] {
+            if rows.num_rows() > 0 {
+                txn.write(&rows, &vec![kind; rows.num_rows()]).await?;
+            }
+        }
+        super::super::groups::StateTable::commit(txn, positions).await
+    }
+
+    /// Fills the (new, empty) value counts from the sources as read by
+    /// `at` and commits them as of `positions`.
+    pub(super) async fn fill_distinct(&self, table: &DistinctTable, at: &[At], positions: &[u64]) -> Result<()> {
+        use futures::StreamExt;
+        let state = self.plan.state.as_ref().ok_or_else(|| Error::internal("view keeps no group state"))?;
+        let mut txn = table.begin().await?.blind();
+        for j in state.distinct_functions() {
+            let plan = self.plan.distinct_parts(at, j)?;
+            let mut stream = self.ctx.execute_logical_plan(plan).await?.execute_stream().await?;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                let groups = self.groups.encode(&batch.columns()[..self.plan.group_keys()], batch.num_rows())?;
+                let pairs = distinct::pairs(j, groups, &batch)?;
+                let counts: Vec<(&distinct::Pair, i64)> = pairs.iter().map(|(p, c)| (p, *c)).collect();
+                let rows = table.rows(&counts)?;
+                if rows.num_rows() > 0 {
+                    txn.write(&rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await?;
+                }
+            }
+        }
+        super::super::groups::StateTable::commit(txn, self.positions_property(positions)).await
     }
 
     /// The per-group deltas of a change's aggregated parts, keyed by group.
