@@ -17,6 +17,11 @@
 //! With `--rate R`, events are written open loop at R events/s in batches
 //! every 20 ms, and freshness is measured per batch while writes go on.
 //!
+//! The data directory is opened as the server opens its own: every commit
+//! synced, small writes through the write-ahead log. `--no-sync` opens a
+//! plain local directory instead (as this benchmark did before), for the
+//! cost of durability.
+//!
 //! Prints, per query: events/s (one process on this machine's cores; divide
 //! by the core count for per core), and freshness: milliseconds from the
 //! first commit of a batch (its people) until the last view of the chain
@@ -245,12 +250,26 @@ async fn wait_caught_up(catalog: &DynamicCatalog, view: &str) {
     assert_eq!(fresh, streamhouse_engine::views::Freshness::Fresh, "view {} did not catch up in 10 minutes", view.name);
 }
 
+/// Writes are not synced (`--no-sync`: the store as before the benchmark
+/// used the server's; acknowledged writes could be lost in a power cut).
+static NO_SYNC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A temporary warehouse opened as the server opens its data directory
+/// (durable local store behind the write-ahead log, unless `--no-sync`).
+struct Warehouse {
+    _log: Option<storage::durable::log::LogStore>,
+    _dir: tempfile::TempDir,
+}
+
 /// A fresh engine over a temporary directory with the tables and `views`.
-async fn start(views: &[&str]) -> (Engine, Arc<DynamicCatalog>, [Arc<storage::Table>; 3], tempfile::TempDir) {
+async fn start(views: &[&str]) -> (Engine, Arc<DynamicCatalog>, [Arc<storage::Table>; 3], Warehouse) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let store: Arc<dyn object_store::ObjectStore> =
-        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("local store"));
-    let catalog = DynamicCatalog::open(store).await.expect("catalog");
+    let config = streamhouse::config::StorageConfig {
+        sync: !NO_SYNC.load(std::sync::atomic::Ordering::Relaxed),
+        ..streamhouse::config::StorageConfig::default()
+    };
+    let opened = streamhouse::store::open(&config, dir.path()).await.expect("warehouse");
+    let catalog = DynamicCatalog::open(opened.store).await.expect("catalog");
     let catalog = Arc::new(catalog);
     let engine = Engine::with_catalog(EngineConfig::default(), Arc::clone(&catalog) as _).expect("engine");
     let mut session = engine.new_session(SessionInfo::default());
@@ -265,7 +284,7 @@ async fn start(views: &[&str]) -> (Engine, Arc<DynamicCatalog>, [Arc<storage::Ta
         engine.catalog().subscribe_to(&name).expect("source table").0
     };
     let tables = [table("person"), table("auction"), table("bid")];
-    (engine, catalog, tables, dir)
+    (engine, catalog, tables, Warehouse { _log: opened.log, _dir: dir })
 }
 
 /// Writes the next `count` events (numbered from `n + 1`) to the tables;
@@ -365,6 +384,10 @@ async fn main() {
         }
         None => None,
     };
+    if let Some(i) = args.iter().position(|a| a == "--no-sync") {
+        args.remove(i);
+        NO_SYNC.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let baseline = match args.iter().position(|a| a == "--baseline") {
         Some(i) => {
             args.remove(i);
@@ -382,6 +405,11 @@ async fn main() {
             PACED_INTERVAL.as_millis()
         ),
         None => println!("Nexmark, {events} events per query, batches of {BATCH_EVENTS} events, {cores} cores"),
+    }
+    if NO_SYNC.load(std::sync::atomic::Ordering::Relaxed) {
+        println!("store: plain local directory, writes not synced (--no-sync)");
+    } else {
+        println!("store: as the server's, every commit synced through the write-ahead log");
     }
     println!("{:<4} {:>12} {:>14} {:>14} {:>14}", "q", "events/s", "events/s/core", "fresh p50 ms", "fresh p99 ms");
     for (name, views) in QUERIES {
