@@ -164,6 +164,31 @@ pub fn derive_key(plan: &ViewPlan) -> Result<(KeyLayout, Vec<DataType>)> {
     }
 }
 
+/// The optimizer rules a step's plan runs through. A step's plan is the
+/// view's plan — optimized once, when the view was planned — with its scans
+/// replaced by snapshot reads, the change and in-memory probe results, and
+/// columns added: what is left to do is push projections and filters into
+/// those new inputs, keep join conditions as keys, simplify what the
+/// rewriting wrote, and turn `DISTINCT` into an aggregate (the physical
+/// planner needs that). Running every rule again, up to three passes, cost
+/// ≈ 5% of all CPU samples of Nexmark q9 at 100k events/s.
+const STEP_RULES: &[&str] = &[
+    "replace_distinct_aggregate",
+    "simplify_expressions",
+    "extract_equijoin_predicate",
+    "push_down_filter",
+    "optimize_projections",
+];
+
+/// The context steps run in: `ctx` with only [`STEP_RULES`].
+fn step_context(ctx: &SessionContext) -> SessionContext {
+    let state = ctx.state();
+    let rules: Vec<_> = state.optimizers().iter().filter(|rule| STEP_RULES.contains(&rule.name())).cloned().collect();
+    let state =
+        datafusion::execution::SessionStateBuilder::new_from_existing(state).with_optimizer_rules(rules).build();
+    SessionContext::new_with_state(state)
+}
+
 impl ViewMaintainer {
     /// A maintainer of `view`, whose query is `plan`.
     ///
@@ -256,7 +281,7 @@ impl ViewMaintainer {
             storage_schema,
             view,
             plan,
-            ctx,
+            ctx: step_context(&ctx),
             config,
             whole_changes: Vec::new(),
             top_n,
@@ -1317,4 +1342,21 @@ fn take_rows(batch: &RecordBatch, indexes: &[u64]) -> Result<RecordBatch> {
     let indexes = datafusion::arrow::array::UInt64Array::from(indexes.to_vec());
     let columns = batch.columns().iter().map(|c| take(c.as_ref(), &indexes, None)).collect::<Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every rule a step needs is one DataFusion has (a renamed rule would
+    /// silently drop out; without `replace_distinct_aggregate` steps fail).
+    #[test]
+    fn step_rules_are_datafusion_rules() {
+        let state = step_context(&SessionContext::new()).state();
+        let names: Vec<String> = state.optimizers().iter().map(|r| r.name().to_string()).collect();
+        for rule in STEP_RULES {
+            assert!(names.iter().any(|n| n == rule), "{rule} is not among {names:?}");
+        }
+        assert_eq!(names.len(), STEP_RULES.len());
+    }
 }
