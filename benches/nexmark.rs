@@ -22,6 +22,9 @@
 //! plain local directory instead (as this benchmark did before), for the
 //! cost of durability.
 //!
+//! `--counters` prints, per view, the lookups by key its steps made and the
+//! source snapshots they read whole (`sys.views.probes`, `source_scans`).
+//!
 //! Prints, per query: events/s (one process on this machine's cores; divide
 //! by the core count for per core), and freshness: milliseconds from the
 //! first commit of a batch (its people) until the last view of the chain
@@ -312,6 +315,20 @@ async fn write_events(
     committed.unwrap_or_else(Instant::now)
 }
 
+/// With `--counters`: per view of the query, the probes and source scans its steps made.
+static COUNTERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn print_counters(catalog: &DynamicCatalog) {
+    if !COUNTERS.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    for view in catalog.materialized_views() {
+        let probes = view.probes.load(std::sync::atomic::Ordering::Relaxed);
+        let scans = view.scans.load(std::sync::atomic::Ordering::Relaxed);
+        println!("     view {}: probes {probes}, source scans {scans}", view.name);
+    }
+}
+
 /// Closed loop: each batch waits until the last view reflects the one before.
 async fn run_query(name: &str, views: &[&str], events: usize) -> (f64, f64, f64) {
     let (engine, catalog, tables, _dir) = start(views).await;
@@ -325,6 +342,7 @@ async fn run_query(name: &str, views: &[&str], events: usize) -> (f64, f64, f64)
         latencies.push(committed.elapsed().as_secs_f64() * 1000.0);
     }
     let elapsed = start.elapsed();
+    print_counters(&catalog);
     engine.shutdown();
     engine.close().await;
     latencies.sort_by(f64::total_cmp);
@@ -364,6 +382,7 @@ async fn run_paced(name: &str, views: &[&str], events: usize, rate: usize) -> (f
     let written = start.elapsed();
     drop(sender);
     let mut latencies = observer.await.expect("observer");
+    print_counters(&catalog);
     engine.shutdown();
     engine.close().await;
     latencies.sort_by(f64::total_cmp);
@@ -384,6 +403,10 @@ async fn main() {
         }
         None => None,
     };
+    if let Some(i) = args.iter().position(|a| a == "--counters") {
+        args.remove(i);
+        COUNTERS.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     if let Some(i) = args.iter().position(|a| a == "--no-sync") {
         args.remove(i);
         NO_SYNC.store(true, std::sync::atomic::Ordering::Relaxed);
