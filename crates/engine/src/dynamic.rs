@@ -101,6 +101,131 @@ pub fn ignore_conflicts(
     Ok(LogicalPlan::Dml(DmlStatement { target: datafusion::datasource::provider_as_source(wrapped), ..dml }))
 }
 
+/// Plans a DELETE or UPDATE that reads more than its own table — a
+/// subquery in its WHERE or SET, or other tables — as its query, written
+/// by key: the rows it selects deleted, or their new values upserted.
+///
+/// DataFusion hands a table's `delete_from` / `update` only the predicates
+/// on the table itself and drops the others: `DELETE FROM t WHERE k IN
+/// (SELECT …)` would reach the table with no predicate and delete every
+/// row. Other writes are returned as they are.
+///
+/// # Errors
+/// 0A000 for an UPDATE of a primary key column that reads other tables.
+pub fn plan_reading_write(
+    plan: datafusion::logical_expr::LogicalPlan,
+) -> Result<datafusion::logical_expr::LogicalPlan> {
+    use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
+    let LogicalPlan::Dml(dml) = plan else { return Ok(plan) };
+    let kind = match dml.op {
+        WriteOp::Delete => storage::ValueKind::Delete,
+        WriteOp::Update => storage::ValueKind::Upsert,
+        _ => return Ok(LogicalPlan::Dml(dml)),
+    };
+    if !reads_beyond_target(&dml.input) {
+        return Ok(LogicalPlan::Dml(dml));
+    }
+    let provider = datafusion::datasource::source_as_provider(&dml.target)?;
+    let Some(table) = provider.downcast_ref::<DynamicTable>() else { return Ok(LogicalPlan::Dml(dml)) };
+    table
+        .refuse_first_row(if kind == storage::ValueKind::Delete { "DELETE" } else { "UPDATE" })
+        .map_err(Error::from)?;
+    if kind == storage::ValueKind::Upsert {
+        // The input is the updated rows: one expression per column, a
+        // column left alone being itself.
+        let LogicalPlan::Projection(projection) = dml.input.as_ref() else {
+            return Err(Error::unsupported("this form of UPDATE"));
+        };
+        for &k in &table.primary_key {
+            let name = table.schema.field(k).name();
+            let unchanged = projection
+                .expr
+                .get(k)
+                .is_some_and(|e| matches!(e.clone().unalias(), Expr::Column(c) if &c.name == name));
+            if !unchanged {
+                return Err(Error::unsupported(format!(
+                    "UPDATE of primary key column \"{name}\" with a subquery or other tables"
+                )));
+            }
+        }
+    }
+    let wrapped = Arc::new(KeyedWrite { inner: provider, kind });
+    Ok(LogicalPlan::Dml(DmlStatement {
+        target: datafusion::datasource::provider_as_source(wrapped),
+        op: WriteOp::Insert(InsertOp::Append),
+        ..dml
+    }))
+}
+
+/// Whether a DELETE's or UPDATE's input reads anything but its target: a
+/// subquery, a join.
+fn reads_beyond_target(input: &datafusion::logical_expr::LogicalPlan) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::LogicalPlan;
+    let mut beyond = false;
+    let _ = input.apply(|node| {
+        let plain = matches!(
+            node,
+            LogicalPlan::Filter(_)
+                | LogicalPlan::Projection(_)
+                | LogicalPlan::TableScan(_)
+                | LogicalPlan::SubqueryAlias(_)
+        );
+        let subquery = node.expressions().iter().any(|e| {
+            e.exists(|e| Ok(matches!(e, Expr::Exists(_) | Expr::InSubquery(_) | Expr::ScalarSubquery(_))))
+                .unwrap_or(true)
+        });
+        if !plain || subquery {
+            beyond = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    beyond
+}
+
+/// A Dynamic Table written by key from a query's rows: a DELETE or UPDATE
+/// planned as its query ([`plan_reading_write`]).
+#[derive(Debug)]
+struct KeyedWrite {
+    inner: Arc<dyn TableProvider>,
+    kind: storage::ValueKind,
+}
+
+#[async_trait]
+impl TableProvider for KeyedWrite {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        self.inner.scan(state, projection, filters, limit).await
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn DfSession,
+        input: Arc<dyn ExecutionPlan>,
+        _insert_op: InsertOp,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let table = self
+            .inner
+            .downcast_ref::<DynamicTable>()
+            .ok_or_else(|| DataFusionError::Internal("a keyed write's target is not a Dynamic Table".into()))?;
+        Ok(table.sink(input, self.kind))
+    }
+}
+
 /// A Dynamic Table whose INSERT keeps existing keys (`ON CONFLICT DO NOTHING`).
 #[derive(Debug)]
 struct IgnoreConflicts {

@@ -868,7 +868,8 @@ impl Session {
             }
             LogicalPlan::Dml(dml) => {
                 let command = dml_tag(&dml.op);
-                let rows = control.run(self.execute_count(LogicalPlan::Dml(dml))).await?;
+                let plan = crate::dynamic::plan_reading_write(LogicalPlan::Dml(dml))?;
+                let rows = control.run(self.execute_count(plan)).await?;
                 Ok(Output::Command(dml_complete(command, rows)))
             }
             LogicalPlan::Statement(statement) => {
@@ -926,7 +927,7 @@ impl Session {
                         // EXECUTE of a prepared write answers as the write does.
                         LogicalPlan::Dml(dml) => {
                             let command = dml_tag(&dml.op);
-                            let plan = df.logical_plan().clone();
+                            let plan = crate::dynamic::plan_reading_write(df.logical_plan().clone())?;
                             let rows = control.run(self.execute_count(plan)).await?;
                             Ok(Output::Command(dml_complete(command, rows)))
                         }
