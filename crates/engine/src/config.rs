@@ -53,11 +53,15 @@ pub struct ViewsConfig {
     /// commit bigger than this is read in pieces of this size within its
     /// step, so a view's memory stays bounded whatever the backlog.
     pub step_rows: usize,
+    /// Rows a Top-N view keeps per partition beyond its first N, to move
+    /// up when one of those goes, before it reads the partition again from
+    /// its sources ([`crate::views::spares`]).
+    pub top_n_spares: usize,
 }
 
 impl Default for ViewsConfig {
     fn default() -> Self {
-        Self { step_rows: 100_000 }
+        Self { step_rows: 100_000, top_n_spares: 16 }
     }
 }
 

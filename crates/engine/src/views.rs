@@ -60,6 +60,7 @@ pub mod groups;
 pub mod maintain;
 pub mod plan;
 pub mod probe;
+pub mod spares;
 pub mod state;
 pub mod system;
 

@@ -33,6 +33,7 @@ use super::distinct::{self, DistinctTable};
 use super::groups::{Entry, GroupTable};
 use super::plan::{At, GroupState, Rewritten, Source, ViewPlan, WEIGHT};
 use super::probe::{Prober, reads_snapshots, reads_table, wanted_arrangements};
+use super::spares::SpareTable;
 use super::state::{self, Delta, Group};
 use super::{KeyLayout, MaterializedView, POSITIONS_PROPERTY, Progress};
 use crate::config::ViewsConfig;
@@ -40,6 +41,7 @@ use crate::error::{Error, Result};
 use crate::now_ms;
 
 mod grouped;
+mod top_n;
 
 use grouped::window_closed;
 
@@ -74,17 +76,23 @@ pub struct ViewMaintainer {
     whole_changes: Vec<bool>,
     /// A Top-N view's hidden columns ([`super::plan::TopN`]).
     top_n: Option<TopNState>,
+    /// A Top-N view's spares ([`super::spares`]), once opened.
+    spares: std::sync::Mutex<Option<Arc<SpareTable>>>,
 }
 
 /// Where a Top-N view keeps its window input rows, and how a row is told
 /// from another.
 struct TopNState {
+    /// N.
+    limit: u64,
     /// The hidden columns, after the visible ones.
     fields: Vec<Field>,
     /// The window input's key among them.
     keys: Vec<usize>,
     /// Encodes those key columns.
     identity: RowConverter,
+    /// Encodes all of them.
+    values: RowConverter,
 }
 
 impl TopNState {
@@ -230,8 +238,8 @@ impl ViewMaintainer {
         } else {
             None
         };
-        let top_n = match plan.top_n {
-            Some(_) => {
+        let top_n = match &plan.top_n {
+            Some(top) => {
                 let (fields, keys) = plan.carried_layout()?;
                 let stored: Vec<&Field> = storage_schema.fields()[plan.visible..].iter().map(AsRef::as_ref).collect();
                 if stored != fields.iter().collect::<Vec<_>>() {
@@ -242,7 +250,8 @@ impl ViewMaintainer {
                 }
                 let identity =
                     RowConverter::new(keys.iter().map(|&k| SortField::new(fields[k].data_type().clone())).collect())?;
-                Some(TopNState { fields, keys, identity })
+                let values = RowConverter::new(fields.iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
+                Some(TopNState { limit: top.limit, fields, keys, identity, values })
             }
             None => None,
         };
@@ -285,6 +294,7 @@ impl ViewMaintainer {
             config,
             whole_changes: Vec::new(),
             top_n,
+            spares: std::sync::Mutex::new(None),
         };
         maintainer.whole_changes = maintainer.find_whole_changes()?;
         Ok(maintainer)
@@ -589,6 +599,10 @@ impl ViewMaintainer {
         if let Some(table) = &self.distinct_table {
             table.close().await;
         }
+        let spares = self.spares.lock().ok().and_then(|mut s| s.take());
+        if let Some(table) = spares {
+            table.close().await;
+        }
     }
 
     async fn follow(&self, mut positions: Vec<u64>, stop: CancellationToken) {
@@ -763,8 +777,17 @@ impl ViewMaintainer {
             (Some(state), deltas, _) => {
                 self.update_groups(state, source, positions, &next, deltas, work.distinct).await?
             }
-            (None, _, _) if self.top_n.is_some() && !work.overflowed => {
-                self.update_top_n(positions, &next, work.window_change).await?
+            (None, _, groups) if self.top_n.is_some() => {
+                let step = self.update_top_n(&next, work.window_change, groups).await?;
+                // The spares first: the view's commit names their version.
+                let mut version = step.spares.version();
+                if step.spare_rows.num_rows() > 0 {
+                    version += 1;
+                    step.spares.write(&step.spare_rows, &step.spare_kinds, version).await?;
+                    super::groups::injected_failure()?;
+                }
+                txn.set_property(super::spares::VIEW_PROPERTY, version.to_string());
+                (step.rows, step.kinds)
             }
             (None, _, groups) if self.plan.is_grouped() => self.regroup(positions, &next, groups).await?,
             // Linear: each piece wrote its change already.
@@ -1074,116 +1097,6 @@ impl ViewMaintainer {
         Ok(RecordBatch::try_new(Arc::clone(&self.storage_schema), rows.columns().to_vec())?)
     }
 
-    /// A Top-N view's step: for each partition the change touches, its new
-    /// first N rows are among its stored rows (the first N before) and the
-    /// rows the change adds, unless the change retracts one of the stored
-    /// rows — those partitions are evaluated again from the sources.
-    async fn update_top_n(
-        &self,
-        before: &[u64],
-        positions: &[u64],
-        changes: Vec<RecordBatch>,
-    ) -> Result<(RecordBatch, Vec<storage::ValueKind>)> {
-        let top = self.top_n.as_ref().ok_or_else(|| Error::internal("view keeps no Top-N state"))?;
-        let KeyLayout::Visible(key) = &self.view.definition.key else {
-            return Err(Error::internal("a Top-N view with state has a hidden key"));
-        };
-        let changes: Vec<RecordBatch> = changes.into_iter().filter(|b| b.num_rows() > 0).collect();
-        let Some(first) = changes.first() else {
-            return Ok((RecordBatch::new_empty(Arc::clone(&self.storage_schema)), vec![]));
-        };
-        let change = concat_batches(&first.schema(), &changes)?;
-        let group_keys = self.plan.group_keys();
-        let carried = top.fields.len();
-        let groups = self.groups.encode(&change.columns()[..group_keys], change.num_rows())?;
-        let ids = top.identities(&change.columns()[group_keys..group_keys + carried])?;
-        let weights = datafusion::arrow::compute::cast(change.column(group_keys + carried), &DataType::Int64)?;
-        let weights = weights.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-        // One row per touched partition, to look its stored rows up by key prefix.
-        let mut firsts: HashMap<&[u8], usize> = HashMap::new();
-        for (row, group) in groups.iter().enumerate() {
-            firsts.entry(group.as_slice()).or_insert(row);
-        }
-        let mut picks: Vec<u64> = firsts.values().map(|&r| r as u64).collect();
-        picks.sort_unstable();
-        let touched_rows = take_rows(&change.project(&(0..group_keys).collect::<Vec<_>>())?, &picks)?;
-        let old_rows = self.stored_rows_of(key, &touched_rows).await?;
-        let offset = self.plan.visible;
-        let old_groups = self.row_groups(&old_rows)?;
-        let old_ids = top.identities(&old_rows.columns()[offset..offset + carried])?;
-        let members: std::collections::HashSet<(&[u8], &[u8])> =
-            old_groups.iter().zip(&old_ids).map(|(g, i)| (g.as_slice(), i.as_slice())).collect();
-        // The change's net effect per input row (a row added and removed
-        // again within the step is no change).
-        let values = RowConverter::new(top.fields.iter().map(|f| SortField::new(f.data_type().clone())).collect())?
-            .convert_columns(&change.columns()[group_keys..group_keys + carried])?;
-        // (partition, row values) → (net weight, a row holding them)
-        let mut net: HashMap<Vec<u8>, (i64, usize)> = HashMap::new();
-        for (row, group) in groups.iter().enumerate() {
-            let mut identity = group.clone();
-            identity.extend_from_slice(values.row(row).data());
-            net.entry(identity).or_insert((0, row)).0 += weights.value(row);
-        }
-        let mut weight_of = vec![0i64; change.num_rows()];
-        for (w, row) in net.into_values() {
-            weight_of[row] = w;
-        }
-        // Partitions that lose one of their first N rows are evaluated again.
-        let mut again: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
-        for row in 0..change.num_rows() {
-            if weight_of[row] < 0 && members.contains(&(groups[row].as_slice(), ids[row].as_slice())) {
-                again.insert(groups[row].clone());
-            }
-        }
-        // The others: their new rows from their stored rows and the rows added.
-        let kept: Vec<u64> =
-            (0..old_rows.num_rows()).filter(|&r| !again.contains(&old_groups[r])).map(|r| r as u64).collect();
-        let added: Vec<u64> = (0..change.num_rows())
-            .filter(|&r| weight_of[r] > 0 && !again.contains(&groups[r]))
-            .map(|r| r as u64)
-            .collect();
-        let candidate_schema = Arc::new(Schema::new(top.fields.clone()));
-        let from_stored = take_rows(&old_rows.project(&(offset..offset + carried).collect::<Vec<_>>())?, &kept)?;
-        let from_change = take_rows(&change.project(&(group_keys..group_keys + carried).collect::<Vec<_>>())?, &added)?;
-        let mut candidates = Vec::with_capacity(2);
-        for part in [from_stored, from_change] {
-            let columns = part
-                .columns()
-                .iter()
-                .zip(top.fields.iter())
-                .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()))
-                .collect::<Result<Vec<_>, _>>()?;
-            candidates.push(RecordBatch::try_new(Arc::clone(&candidate_schema), columns)?);
-        }
-        let table = MemTable::try_new(candidate_schema, vec![candidates])?;
-        let rewritten = self.plan.over_candidates(Arc::new(table))?;
-        let mut new_rows = Vec::new();
-        for batch in self.ctx.execute_logical_plan(rewritten.plan.clone()).await?.collect().await? {
-            new_rows.push(self.view_rows(&batch, &rewritten)?);
-        }
-        let new_rows = concat_batches(&self.storage_schema, &new_rows)?;
-        let old_kept = take_rows(&old_rows, &kept)?;
-        let (mut rows, mut kinds) = self.diff(new_rows, old_kept, None)?;
-        if !again.is_empty() {
-            // Positions among the touched partitions' rows (one per partition, in `picks` order).
-            let again_rows: Vec<u64> = picks
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| again.contains(&groups[**r as usize]))
-                .map(|(i, _)| i as u64)
-                .collect();
-            let mut touched = take_rows(&touched_rows, &again_rows)?;
-            let fields: Vec<Field> = (0..group_keys)
-                .map(|i| Field::new(format!("__g{i}"), touched.column(i).data_type().clone(), true))
-                .collect();
-            touched = RecordBatch::try_new(Arc::new(Schema::new(fields)), touched.columns().to_vec())?;
-            let (more, more_kinds) = self.regroup(before, positions, vec![touched]).await?;
-            rows = concat_batches(&self.storage_schema, &[rows, more])?;
-            kinds.extend(more_kinds);
-        }
-        Ok((rows, kinds))
-    }
-
     /// Evaluates the aggregate (or window) again for the groups (partitions)
     /// a change touched, on the new positions, and compares with the view's
     /// rows of those groups.
@@ -1339,9 +1252,11 @@ fn old_rows_in(schema: &SchemaRef, rows: &RecordBatch) -> Result<RecordBatch> {
 }
 
 fn take_rows(batch: &RecordBatch, indexes: &[u64]) -> Result<RecordBatch> {
+    let rows = indexes.len();
     let indexes = datafusion::arrow::array::UInt64Array::from(indexes.to_vec());
     let columns = batch.columns().iter().map(|c| take(c.as_ref(), &indexes, None)).collect::<Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+    let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
+    Ok(RecordBatch::try_new_with_options(batch.schema(), columns, &options)?)
 }
 
 #[cfg(test)]

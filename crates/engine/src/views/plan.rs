@@ -114,7 +114,8 @@ pub struct ViewPlan {
 /// depend on the partition's first N input rows only, so a change that
 /// adds rows and retracts none of those is computed from them and the
 /// added rows (kept as hidden columns of the view's rows, [`CARRIED`]),
-/// without reading the partition.
+/// without reading the partition; a retracted one is replaced from the
+/// partition's spare candidates ([`super::spares`]) while there are any.
 #[derive(Debug, Clone)]
 pub struct TopN {
     /// N.
@@ -630,6 +631,47 @@ impl ViewPlan {
         rewriter.node(&self.plan)?.finish()
     }
 
+    /// For a Top-N view: the window input's rows ranked within their
+    /// partitions — the partition values `__g0, __g1, …`, the carried
+    /// columns `__t0, __t1, …` and the row's place `__rn` (from 1) — with
+    /// `limit`, only the first `limit` of each. The rows come from the
+    /// sources as `at` reads them (with `groups`, of those partitions only),
+    /// or with `candidates`, from those rows in the carried layout.
+    ///
+    /// # Errors
+    /// Plans that do not rebuild (a bug).
+    pub fn ranked(
+        &self,
+        at: &[At],
+        groups: Option<LogicalPlan>,
+        candidates: Option<Arc<dyn TableProvider>>,
+        limit: Option<u64>,
+    ) -> Result<LogicalPlan> {
+        let window = top_window(&self.plan).ok_or_else(|| Error::internal("a Top-N view without its window"))?;
+        let mut rewriter = Rewriter::new(self, at, true);
+        rewriter.groups = groups;
+        rewriter.window_input_from = candidates;
+        let node = rewriter.window(window)?;
+        let width = node.plan.schema().fields().len();
+        let mut exprs: Vec<Expr> = partition_by(window)
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| match e {
+                Expr::Column(c) => Expr::Column(c).alias(format!("__g{i}")),
+                _ => Expr::Column(Column::from_name(format!("__p{i}"))).alias(format!("__g{i}")),
+            })
+            .collect();
+        exprs.extend(
+            node.carried.iter().enumerate().map(|(i, c)| Expr::Column(c.clone()).alias(format!("{CARRIED}{i}"))),
+        );
+        exprs.push(Expr::Column(output_column(&node.plan, width - 1)).alias("__rn"));
+        let mut builder = LogicalPlanBuilder::from(node.plan).project(exprs)?;
+        if let Some(limit) = limit {
+            builder = builder.filter(Expr::Column(Column::from_name("__rn")).lt_eq(lit(limit)))?;
+        }
+        Ok(builder.build()?)
+    }
+
     /// For a Top-N view: the carried columns' fields, and which of them are
     /// the window input's key (a row's identity).
     ///
@@ -671,6 +713,17 @@ pub(crate) fn grouping(plan: &LogicalPlan) -> Option<(Vec<Expr>, &LogicalPlan)> 
         LogicalPlan::Projection(p) => grouping(&p.input),
         LogicalPlan::Filter(f) => grouping(&f.input),
         LogicalPlan::SubqueryAlias(a) => grouping(&a.input),
+        _ => None,
+    }
+}
+
+/// The window of the top chain.
+fn top_window(plan: &LogicalPlan) -> Option<&Window> {
+    match plan {
+        LogicalPlan::Window(w) => Some(w),
+        LogicalPlan::Projection(p) => top_window(&p.input),
+        LogicalPlan::Filter(f) => top_window(&f.input),
+        LogicalPlan::SubqueryAlias(a) => top_window(&a.input),
         _ => None,
     }
 }

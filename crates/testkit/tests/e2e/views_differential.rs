@@ -136,9 +136,12 @@ impl Rng {
     }
 }
 
+/// Two spares per Top-N partition, so that steps run them dry.
 async fn engine(store: &Arc<dyn ObjectStore>, step_rows: usize) -> Engine {
-    let catalog =
-        DynamicCatalog::open(Arc::clone(store)).await.expect("catalog").with_views_config(ViewsConfig { step_rows });
+    let catalog = DynamicCatalog::open(Arc::clone(store))
+        .await
+        .expect("catalog")
+        .with_views_config(ViewsConfig { step_rows, top_n_spares: 2 });
     Engine::with_catalog(EngineConfig { target_partitions: 2, ..EngineConfig::default() }, Arc::new(catalog))
         .expect("engine")
 }
