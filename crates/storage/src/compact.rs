@@ -345,8 +345,17 @@ impl Table {
     }
 
     async fn expire_one(&self, snapshot: &Snapshot, next: Option<&Snapshot>) -> Result<()> {
-        let mut doomed =
-            vec![self.dir.child_path(&snapshot_path(snapshot.id)), self.dir.child_path(&snapshot.manifest)];
+        let mut doomed = vec![self.dir.child_path(&snapshot_path(snapshot.id))];
+        // Its manifest files, but those the next snapshot still builds on
+        // (a later one only builds on those the next one does).
+        let kept: Vec<&String> =
+            next.iter().flat_map(|n| std::iter::once(&n.manifest).chain(&n.manifest_deltas)).collect();
+        doomed.extend(
+            std::iter::once(&snapshot.manifest)
+                .chain(&snapshot.manifest_deltas)
+                .filter(|path| !kept.contains(path))
+                .map(|path| self.dir.child_path(path)),
+        );
         // A changelog that is a data file (inserts only) lives as long as the data file.
         doomed.extend(
             snapshot

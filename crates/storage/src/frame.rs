@@ -21,7 +21,7 @@ const HEADER: usize = 8 + 8 + 4;
 /// # Errors
 /// Serialization failures (a bug).
 pub fn encode<T: Serialize>(value: &T) -> Result<Bytes> {
-    let body = serde_json::to_vec_pretty(value).map_err(|e| Error::Invalid(format!("cannot encode metadata: {e}")))?;
+    let body = serde_json::to_vec(value).map_err(|e| Error::Invalid(format!("cannot encode metadata: {e}")))?;
     let mut out = Vec::with_capacity(HEADER + body.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());

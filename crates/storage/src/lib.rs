@@ -10,6 +10,7 @@
 //!     schema/schema-<id>          table definition versions (checksummed JSON + Arrow schema)
 //!     snapshot/snapshot-<id>      one per commit, claimed with a conditional create
 //!     manifest/manifest-<uuid>    the full list of live data files after a commit
+//!     manifest/delta-<uuid>       what one commit added to and removed from it
 //!     data/<uuid>.parquet         sorted runs: user columns + _seq (UInt64) + _kind (Int8)
 //!     changelog/<uuid>.parquet    a commit's changes: user columns + _seq + _kind (+I/-U/+U/-D);
 //!                                 a commit of new keys only uses its data file as changelog
@@ -23,7 +24,9 @@
 //!
 //! # Commits
 //!
-//! A commit writes its data and changelog files, then a manifest, then claims
+//! A commit writes its data and changelog files, then a manifest (its delta;
+//! every 16th commit the full list again, so a commit's metadata does not
+//! grow with the number of live files), then claims
 //! `snapshot-<parent+1>` with `PutMode::Create`: exactly one writer wins an
 //! id, and a reader that lists snapshots sees a commit entirely or not at all
 //! (the snapshot file is the commit point, and it only names files written

@@ -61,6 +61,7 @@ impl Table {
             };
             let manifest = self.read_manifest(&snapshot).await?;
             referenced.insert(snapshot.manifest.clone());
+            referenced.extend(snapshot.manifest_deltas.iter().cloned());
             referenced.extend(manifest.files.iter().map(|f| f.path.clone()));
             referenced.extend(snapshot.changelog_files.iter().map(|f| f.path.clone()));
         }

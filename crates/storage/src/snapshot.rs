@@ -4,6 +4,10 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::file::FileMeta;
 
+/// Commits that write only their manifest delta before one writes a full
+/// manifest again.
+pub const MANIFEST_DELTAS: usize = 16;
+
 /// Why a snapshot was committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -21,6 +25,28 @@ pub struct Manifest {
     pub files: Vec<FileMeta>,
 }
 
+/// What one commit changed in the manifest: the files it added and the
+/// paths it removed (removals apply first: a file moved to another level
+/// is removed and added again).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestDelta {
+    /// Files added, in the order they join the manifest.
+    pub added: Vec<FileMeta>,
+    /// Paths removed.
+    pub removed: Vec<String>,
+}
+
+impl Manifest {
+    /// The manifest after `delta`.
+    pub fn apply(&mut self, delta: ManifestDelta) {
+        if !delta.removed.is_empty() {
+            let removed: std::collections::HashSet<&str> = delta.removed.iter().map(String::as_str).collect();
+            self.files.retain(|f| !removed.contains(f.path.as_str()));
+        }
+        self.files.extend(delta.added);
+    }
+}
+
 /// A committed, immutable version of a table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -34,8 +60,16 @@ pub struct Snapshot {
     pub schema_id: u64,
     /// Why it was committed.
     pub kind: CommitKind,
-    /// Manifest listing every live data file (base and delta), relative path.
+    /// A full manifest (every live data file as of some commit up to this
+    /// one), relative path.
     pub manifest: String,
+    /// The manifest deltas of the commits after the one `manifest` was
+    /// written for, up to this one, in order ([`ManifestDelta`]): the live
+    /// files are `manifest` with each applied. A commit writes only its
+    /// delta, and a full manifest every [`MANIFEST_DELTAS`] commits, so its
+    /// metadata does not grow with the number of live files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manifest_deltas: Vec<String>,
     /// Data files this commit added (the delta), relative paths.
     pub delta_files: Vec<String>,
     /// Data files this commit removed from the manifest (compaction),

@@ -372,10 +372,21 @@ impl Table {
         Ok(snapshot)
     }
 
+    /// The live files of `snapshot`: its full manifest with its deltas applied.
     pub(crate) async fn read_manifest(&self, snapshot: &Snapshot) -> Result<Manifest> {
         let location = self.dir.child_path(&snapshot.manifest);
         let bytes = get(&self.store, &location).await?;
-        crate::frame::decode(location.as_ref(), &bytes)
+        let mut manifest: Manifest = crate::frame::decode(location.as_ref(), &bytes)?;
+        let deltas = futures::future::try_join_all(snapshot.manifest_deltas.iter().map(|path| async move {
+            let location = self.dir.child_path(path);
+            let bytes = get(&self.store, &location).await?;
+            crate::frame::decode::<crate::snapshot::ManifestDelta>(location.as_ref(), &bytes)
+        }))
+        .await?;
+        for delta in deltas {
+            manifest.apply(delta);
+        }
+        Ok(manifest)
     }
 
     /// Applies upserts and deletes (one [`ValueKind`] per row of `rows`) and
@@ -656,11 +667,28 @@ impl Table {
             state.manifest.files.iter().filter(|f| !commit.removed.iter().any(|r| r.path == f.path)).cloned().collect();
         files.extend(commit.added.iter().cloned());
         let manifest = Manifest { files };
-        let manifest_path = format!("manifest/manifest-{}", uuid::Uuid::new_v4());
-        let location = self.dir.child_path(&manifest_path);
+        // Only this commit's delta, unless the chain of deltas is long (or
+        // there is nothing to chain to): then the full manifest.
+        let (manifest_path, manifest_deltas, payload) = match &state.latest {
+            Some(latest) if latest.manifest_deltas.len() < crate::snapshot::MANIFEST_DELTAS => {
+                let delta = crate::snapshot::ManifestDelta {
+                    added: commit.added.clone(),
+                    removed: commit.removed.iter().map(|f| f.path.clone()).collect(),
+                };
+                let path = format!("manifest/delta-{}", uuid::Uuid::new_v4());
+                let mut deltas = latest.manifest_deltas.clone();
+                deltas.push(path.clone());
+                (latest.manifest.clone(), deltas, (path, crate::frame::encode(&delta)?))
+            }
+            _ => {
+                let path = format!("manifest/manifest-{}", uuid::Uuid::new_v4());
+                (path.clone(), Vec::new(), (path, crate::frame::encode(&manifest)?))
+            }
+        };
+        let location = self.dir.child_path(&payload.0);
         // Durable with the snapshot claim below, whose sync covers it.
         self.store
-            .put_opts(&location, PutPayload::from(crate::frame::encode(&manifest)?), crate::durable::deferred())
+            .put_opts(&location, PutPayload::from(payload.1), crate::durable::deferred())
             .await
             .map_err(|e| Error::store(&location, e))?;
         let id = state.latest.as_ref().map_or(1, |s| s.id + 1);
@@ -671,6 +699,7 @@ impl Table {
             schema_id: state.schema.id,
             kind: commit.kind.unwrap_or(CommitKind::Append),
             manifest: manifest_path,
+            manifest_deltas,
             delta_rows: commit.added.iter().map(|f| f.rows).sum(),
             delta_files: commit.added.iter().map(|f| f.path.clone()).collect(),
             // A file that moved to another level stays.

@@ -161,6 +161,7 @@ async fn check_files(table: &Table, store: &Arc<dyn ObjectStore>, dir: &Path) {
         // Every retained snapshot reads: nothing it names is missing or torn.
         table.scan(Some(snapshot.id)).await.unwrap_or_else(|e| panic!("snapshot {}: {e}", snapshot.id));
         referenced.insert(snapshot.manifest.clone());
+        referenced.extend(snapshot.manifest_deltas.iter().cloned());
         referenced.extend(snapshot.changelog_files.iter().map(|f| f.path.clone()));
         referenced.extend(table.files(Some(snapshot.id)).await.unwrap().into_iter().map(|f| f.path));
     }

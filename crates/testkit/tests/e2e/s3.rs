@@ -112,6 +112,7 @@ async fn tables_on_s3_match_a_model() -> anyhow::Result<()> {
     let mut referenced = HashSet::new();
     for snapshot in table.snapshots().await? {
         referenced.insert(snapshot.manifest.clone());
+        referenced.extend(snapshot.manifest_deltas.iter().cloned());
         referenced.extend(snapshot.changelog_files.iter().map(|f| f.path.clone()));
         referenced.extend(table.files(Some(snapshot.id)).await?.into_iter().map(|f| f.path));
     }
