@@ -499,14 +499,8 @@ pub(crate) async fn concatenate(
 /// dictionaries ≈ 7% of all samples). Compacted files (level 1 and up),
 /// written once and kept, use ZSTD level 1 and dictionaries. As Paimon's
 /// `file.compression.per.level` = `0:lz4`.
-///
-/// Pages hold at most [`DATA_PAGE_ROWS`] rows: a lookup by key decodes
-/// only the pages holding its rows (the page index says which), so a
-/// smaller page is less to decompress per key looked up.
 fn writer_properties(row_group_rows: usize, level: u32) -> Result<WriterProperties> {
-    let builder = WriterProperties::builder()
-        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
-        .set_data_page_row_count_limit(DATA_PAGE_ROWS);
+    let builder = WriterProperties::builder().set_max_row_group_row_count(Some(row_group_rows.max(1)));
     Ok(if level == 0 {
         builder.set_compression(Compression::LZ4_RAW).set_dictionary_enabled(false).build()
     } else {
@@ -515,9 +509,6 @@ fn writer_properties(row_group_rows: usize, level: u32) -> Result<WriterProperti
             .build()
     })
 }
-
-/// Rows per Parquet data page, at most (Parquet's default: 20 000).
-const DATA_PAGE_ROWS: usize = 4096;
 
 /// The in-memory file a [`FileWriter`] encodes into; shared so the bytes
 /// can be taken back after `ArrowWriter::close` consumed the writer.
