@@ -97,7 +97,7 @@ pub fn ignore_conflicts(
             return Err(no_match(&format!("the primary key of {} is ({})", dml.table_name, key.join(", "))));
         }
     }
-    let wrapped = Arc::new(IgnoreConflicts { inner: provider });
+    let wrapped = Arc::new(KeyedWrite { inner: provider, kind: storage::ValueKind::Insert });
     Ok(LogicalPlan::Dml(DmlStatement { target: datafusion::datasource::provider_as_source(wrapped), ..dml }))
 }
 
@@ -184,8 +184,9 @@ fn reads_beyond_target(input: &datafusion::logical_expr::LogicalPlan) -> bool {
     beyond
 }
 
-/// A Dynamic Table written by key from a query's rows: a DELETE or UPDATE
-/// planned as its query ([`plan_reading_write`]).
+/// A Dynamic Table whose INSERT writes its rows as `kind`: inserts that
+/// keep existing keys (`ON CONFLICT DO NOTHING`, [`ignore_conflicts`]), or a
+/// DELETE or UPDATE planned as its query ([`plan_reading_write`]).
 #[derive(Debug)]
 struct KeyedWrite {
     inner: Arc<dyn TableProvider>,
@@ -194,46 +195,6 @@ struct KeyedWrite {
 
 #[async_trait]
 impl TableProvider for KeyedWrite {
-    fn schema(&self) -> SchemaRef {
-        self.inner.schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn DfSession,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        self.inner.scan(state, projection, filters, limit).await
-    }
-
-    async fn insert_into(
-        &self,
-        _state: &dyn DfSession,
-        input: Arc<dyn ExecutionPlan>,
-        _insert_op: InsertOp,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let table = self
-            .inner
-            .downcast_ref::<DynamicTable>()
-            .ok_or_else(|| DataFusionError::Internal("a keyed write's target is not a Dynamic Table".into()))?;
-        Ok(table.sink(input, self.kind))
-    }
-}
-
-/// A Dynamic Table whose INSERT keeps existing keys (`ON CONFLICT DO NOTHING`).
-#[derive(Debug)]
-struct IgnoreConflicts {
-    inner: Arc<dyn TableProvider>,
-}
-
-#[async_trait]
-impl TableProvider for IgnoreConflicts {
     fn schema(&self) -> SchemaRef {
         self.inner.schema()
     }
@@ -265,8 +226,8 @@ impl TableProvider for IgnoreConflicts {
         let table = self
             .inner
             .downcast_ref::<DynamicTable>()
-            .ok_or_else(|| DataFusionError::Internal("ON CONFLICT target is not a Dynamic Table".into()))?;
-        Ok(table.sink(input, storage::ValueKind::Insert))
+            .ok_or_else(|| DataFusionError::Internal("the target of a keyed write is not a Dynamic Table".into()))?;
+        Ok(table.sink(input, self.kind))
     }
 }
 
