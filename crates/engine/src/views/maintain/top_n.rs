@@ -332,20 +332,23 @@ impl ViewMaintainer {
         }
 
         // The view's new rows: its first N of each partition.
+        // Spare rows' partitions: of ranked candidates, of rows read again.
+        let mut spare_groups_of: (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
         let (mut tops, mut next_spares, mut next_refilled, mut next_refilled_spares) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut markers: Vec<&[u8]> = Vec::new();
         for group in 0..touched.len() {
-            let (chosen, into_tops, into_spares) = if refill.contains(&group) {
-                (&refilled_kept[group], &mut next_refilled, &mut next_refilled_spares)
+            let (chosen, into_tops, into_spares, into_groups) = if refill.contains(&group) {
+                (&refilled_kept[group], &mut next_refilled, &mut next_refilled_spares, &mut spare_groups_of.1)
             } else {
-                (&kept[group], &mut tops, &mut next_spares)
+                (&kept[group], &mut tops, &mut next_spares, &mut spare_groups_of.0)
             };
             for (place, &row) in chosen.rows.iter().enumerate() {
                 if place < n {
                     into_tops.push(row as u64);
                 } else {
                     into_spares.push(row as u64);
+                    into_groups.push(group);
                 }
             }
             if chosen.complete && chosen.rows.len() >= n {
@@ -372,14 +375,8 @@ impl ViewMaintainer {
             &candidate_schema,
             &[take_rows(&candidate_rows, &next_spares)?, take_rows(&refilled, &next_refilled_spares)?],
         )?;
-        let spare_group_of: Vec<usize> = {
-            let mut of = Vec::with_capacity(spares.num_rows());
-            for group in 0..touched.len() {
-                let chosen = if refill.contains(&group) { &refilled_kept[group] } else { &kept[group] };
-                of.extend(std::iter::repeat_n(group, chosen.rows.len().saturating_sub(n)));
-            }
-            of
-        };
+        // The partition of each spare row, in the order of `spares`.
+        let spare_group_of: Vec<usize> = spare_groups_of.0.into_iter().chain(spare_groups_of.1).collect();
         let ids = top.identities(spares.columns())?;
         let values = top.values.convert_columns(spares.columns())?;
         let mut new_spares: HashMap<(&[u8], &[u8]), Vec<u8>> = HashMap::new();
