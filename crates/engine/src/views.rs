@@ -62,6 +62,7 @@ pub mod plan;
 pub mod probe;
 pub mod spares;
 pub mod state;
+pub mod steps;
 pub mod system;
 
 pub use plan::ViewPlan;
@@ -192,6 +193,8 @@ pub struct MaterializedView {
     pub probes: std::sync::atomic::AtomicU64,
     /// Reads of a whole source snapshot its steps made.
     pub scans: std::sync::atomic::AtomicU64,
+    /// The physical plans of its steps, planned once by shape ([`steps`]).
+    pub step_plans: steps::StepPlans,
     /// Rows a view that emits on window close dropped because their window
     /// had closed (since the view's maintainer started).
     pub late_rows: std::sync::atomic::AtomicU64,
@@ -222,6 +225,7 @@ impl MaterializedView {
             maintenance: std::sync::OnceLock::new(),
             probes: std::sync::atomic::AtomicU64::new(0),
             scans: std::sync::atomic::AtomicU64::new(0),
+            step_plans: steps::StepPlans::default(),
             late_rows: std::sync::atomic::AtomicU64::new(0),
             stop: tokio_util::sync::CancellationToken::new(),
             task: Mutex::new(None),

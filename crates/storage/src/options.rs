@@ -133,6 +133,14 @@ pub struct TableOptions {
     /// an update that changes only the columns after them (a materialized
     /// view's hidden state) writes the row but no changelog rows.
     pub changelog_columns: Option<usize>,
+    /// Writes keep no changelog (not a SQL option): a hidden table that
+    /// only one writer writes and nobody streams from (an arrangement, a
+    /// view's state). A write of a `deduplicate` table without
+    /// `sequence.field` stores each key's last change as it is (an upsert,
+    /// or a delete whether or not the key is stored) without looking up the
+    /// stored rows, and commits no changelog files; its changelog reads
+    /// as empty, and a transaction on it sees no conflicting writes.
+    pub no_changelog: bool,
 }
 
 impl Default for TableOptions {
@@ -156,6 +164,7 @@ impl Default for TableOptions {
             row_group_rows: crate::file::ROW_GROUP_ROWS,
             separate_write_rows: 1024,
             changelog_columns: None,
+            no_changelog: false,
         }
     }
 }

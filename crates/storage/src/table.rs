@@ -964,7 +964,13 @@ impl Staged {
             self.watermark = Some(self.watermark.map_or(watermark, |w| w.max(watermark)));
         }
         let next_seq = self.next_seq.unwrap_or_else(|| state.latest.as_ref().map_or(1, |s| s.next_sequence));
-        let (data, changelog) = if schema.has_primary_key() {
+        let blind_keyed = schema.options.no_changelog
+            && schema.options.merge_engine == MergeEngine::Deduplicate
+            && schema.options.sequence_field.is_none()
+            && !kinds.contains(&ValueKind::Insert);
+        let (data, changelog) = if schema.has_primary_key() && blind_keyed {
+            last_change_per_key(schema, rows, kinds, next_seq)?
+        } else if schema.has_primary_key() {
             // Lookups see the committed runs and what this transaction staged.
             let files: Vec<&FileMeta> = state.manifest.files.iter().chain(&self.data).collect();
             table.keyed_changes(state, &files, rows, kinds, next_seq).await?
@@ -974,6 +980,7 @@ impl Staged {
             let changelog = with_system_columns(schema, rows, seqs, RowKind::Insert as i8)?;
             (data, changelog)
         };
+        let changelog = if schema.options.no_changelog { changelog.slice(0, 0) } else { changelog };
         // When every change is a new row (+I), the changelog holds exactly the
         // data rows, with equal `_kind` codes (`Upsert` = `+I` = 0): the data
         // file serves as the changelog file too, and is written once.
@@ -1334,6 +1341,39 @@ fn event_time_watermark(schema: &TableSchema, rows: &RecordBatch, kinds: &[Value
 
 pub(crate) fn key_columns(schema: &TableSchema, batch: &RecordBatch) -> Vec<ArrayRef> {
     schema.primary_key.iter().map(|&i| Arc::clone(batch.column(i))).collect()
+}
+
+/// The data rows of a write to a table that keeps no changelog
+/// ([`crate::TableOptions::no_changelog`]): each key's last change, in key
+/// order, as it is — and no changelog rows.
+fn last_change_per_key(
+    schema: &TableSchema,
+    rows: &RecordBatch,
+    kinds: &[ValueKind],
+    next_seq: u64,
+) -> Result<(RecordBatch, RecordBatch)> {
+    let keys = key_converter(schema)?.convert_columns(&key_columns(schema, rows))?;
+    let mut order: Vec<usize> = (0..rows.num_rows()).collect();
+    // Stable: a key's rows stay in write order, the last one wins.
+    order.sort_by(|&a, &b| keys.row(a).cmp(&keys.row(b)));
+    let mut last: Vec<u32> = Vec::with_capacity(order.len());
+    for (i, &row) in order.iter().enumerate() {
+        if order.get(i + 1).is_none_or(|&next| keys.row(next) != keys.row(row)) {
+            last.push(row as u32);
+        }
+    }
+    let indexes = arrow::array::UInt32Array::from(last);
+    let user = arrow::compute::take_record_batch(rows, &indexes)?;
+    let seqs = UInt64Array::from_iter_values(next_seq..next_seq + indexes.len() as u64);
+    let codes: Int8Array = indexes.values().iter().map(|&row| Some(kinds[row as usize] as i8)).collect();
+    let data = append_system(schema, &user, Arc::new(seqs), Arc::new(codes))?;
+    let changelog = append_system(
+        schema,
+        &user.slice(0, 0),
+        Arc::new(UInt64Array::from(Vec::<u64>::new())),
+        Arc::new(Int8Array::from(Vec::<i8>::new())),
+    )?;
+    Ok((data, changelog))
 }
 
 fn append_system(schema: &TableSchema, user: &RecordBatch, seqs: ArrayRef, kinds: ArrayRef) -> Result<RecordBatch> {

@@ -79,7 +79,7 @@ fn definition(source: &Source, columns: &[usize]) -> Result<storage::TableSchema
     let arrow = Arc::new(Schema::new(
         fields.iter().map(|f| Field::new(f.name(), f.data_type().clone(), true)).collect::<Vec<_>>(),
     ));
-    Ok(storage::TableSchema::new(0, arrow, &key, storage::TableOptions::default())?)
+    Ok(storage::TableSchema::new(0, arrow, &key, hidden_table_options())?)
 }
 
 impl Arrangement {
@@ -264,6 +264,13 @@ impl Arrangement {
     pub async fn close(&self) {
         self.table.close().await;
     }
+}
+
+/// The options of a view's hidden tables (arrangements, state): written
+/// only by the view's maintainer and never streamed from, they keep no
+/// changelog, so a write stores its rows without looking up stored ones.
+pub fn hidden_table_options() -> storage::TableOptions {
+    storage::TableOptions { no_changelog: true, ..storage::TableOptions::default() }
 }
 
 /// Removes every file of a hidden table of a view (`name` says which, for the error).

@@ -112,7 +112,8 @@ impl StateTable {
         key: &[&str],
     ) -> Result<Self> {
         super::arrange::remove_hidden_table(store, &dir, what).await?;
-        let definition = storage::TableSchema::new(0, Arc::clone(&schema), key, storage::TableOptions::default())?;
+        let definition =
+            storage::TableSchema::new(0, Arc::clone(&schema), key, super::arrange::hidden_table_options())?;
         let table = storage::Table::create(Arc::clone(store), dir, what, definition).await?;
         Ok(Self { table: Arc::new(table), schema })
     }

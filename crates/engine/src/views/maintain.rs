@@ -192,8 +192,17 @@ const STEP_RULES: &[&str] = &[
 fn step_context(ctx: &SessionContext) -> SessionContext {
     let state = ctx.state();
     let rules: Vec<_> = state.optimizers().iter().filter(|rule| STEP_RULES.contains(&rule.name())).cloned().collect();
-    let state =
-        datafusion::execution::SessionStateBuilder::new_from_existing(state).with_optimizer_rules(rules).build();
+    // Step plans are run again ([`super::steps`]): no filters that a join
+    // fills in while it runs (they pay off only on scans of files anyway).
+    let mut config = state.config().clone();
+    config.options_mut().optimizer.enable_dynamic_filter_pushdown = false;
+    config.options_mut().optimizer.enable_join_dynamic_filter_pushdown = false;
+    config.options_mut().optimizer.enable_topk_dynamic_filter_pushdown = false;
+    config.options_mut().optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+    let state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
+        .with_config(config)
+        .with_optimizer_rules(rules)
+        .build();
     SessionContext::new_with_state(state)
 }
 
@@ -357,12 +366,22 @@ impl ViewMaintainer {
     /// Runs a step's plan, its joins probing by key where they can.
     async fn execute(&self, plan: datafusion::logical_expr::LogicalPlan) -> Result<Vec<RecordBatch>> {
         use std::sync::atomic::Ordering;
-        let mut prober =
-            Prober { ctx: &self.ctx, sources: self.sources(), arrangements: &self.arrangements, probes: 0 };
+        let mut prober = Prober {
+            ctx: &self.ctx,
+            plans: &self.view.step_plans,
+            sources: self.sources(),
+            arrangements: &self.arrangements,
+            probes: 0,
+        };
         let plan = prober.rewrite(plan).await?;
         self.view.probes.fetch_add(prober.probes, Ordering::Relaxed);
         self.view.scans.fetch_add(reads_snapshots(&plan) as u64, Ordering::Relaxed);
-        Ok(self.ctx.execute_logical_plan(plan).await?.collect().await?)
+        self.run_plan(plan).await
+    }
+
+    /// Runs a step's plan as it is (planned once per shape, [`super::steps`]).
+    async fn run_plan(&self, plan: datafusion::logical_expr::LogicalPlan) -> Result<Vec<RecordBatch>> {
+        self.view.step_plans.collect(&self.ctx, plan).await
     }
 
     /// The positions the view's latest commit recorded; `None` before the

@@ -44,6 +44,8 @@ use crate::error::Result;
 /// Rewrites a step's plan to probe instead of scan, and counts both.
 pub struct Prober<'a> {
     pub ctx: &'a SessionContext,
+    /// Where the plans of what it evaluates are kept.
+    pub plans: &'a super::steps::StepPlans,
     pub sources: &'a [Source],
     pub arrangements: &'a [Arrangement],
     /// Lookups by key made.
@@ -305,7 +307,7 @@ impl Prober<'_> {
             let Some(target) = self.target(target_plan, &target_exprs) else { continue };
             let Some(lookup) = self.lookup(&target) else { continue };
             // The bounded input, computed once; its distinct join keys.
-            let other = self.ctx.execute_logical_plan(other_plan.as_ref().clone()).await?.collect().await?;
+            let other = self.plans.collect(self.ctx, other_plan.as_ref().clone()).await?;
             let other = in_memory(other_plan, other)?;
             let key_exprs: Vec<Expr> = lookup
                 .order
@@ -314,7 +316,7 @@ impl Prober<'_> {
                 .map(|(i, &on)| other_exprs[on].clone().alias(format!("__probe{i}")))
                 .collect();
             let keys = LogicalPlanBuilder::from(other.clone()).project(key_exprs)?.distinct()?.build()?;
-            let keys = self.ctx.execute_logical_plan(keys).await?.collect().await?;
+            let keys = self.plans.collect(self.ctx, keys).await?;
             let source = &self.sources[target.source];
             let schema = source.table.schema();
             let mut key_columns: Vec<ArrayRef> = match keys.first().map(RecordBatch::schema) {

@@ -6,7 +6,9 @@
 //! and the progress of the step or backfill under way (`step_rows_done` of
 //! `step_rows_total`; a backfill counts rows written and has no total);
 //! `late_rows`: rows a view that emits on window close dropped because
-//! their window had already closed (since the server started).
+//! their window had already closed (since the server started);
+//! `plans_reused` / `plans_planned`: step plans run from a physical plan
+//! the view kept, and planned afresh ([`super::steps`]).
 
 use std::sync::Arc;
 
@@ -45,6 +47,8 @@ fn views_schema() -> SchemaRef {
         Field::new("step_rows_done", DataType::Int64, true),
         Field::new("step_rows_total", DataType::Int64, true),
         Field::new("late_rows", DataType::Int64, false),
+        Field::new("plans_reused", DataType::Int64, false),
+        Field::new("plans_planned", DataType::Int64, false),
     ]))
 }
 
@@ -75,6 +79,8 @@ struct Row {
     probes: i64,
     scans: i64,
     late: i64,
+    /// Step plans run from the view's kept physical plans, and planned.
+    plans: (i64, i64),
     backlog: Option<i64>,
     step: (Option<i64>, Option<i64>),
 }
@@ -126,6 +132,7 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
             probes: view.probes.load(std::sync::atomic::Ordering::Relaxed) as i64,
             scans: view.scans.load(std::sync::atomic::Ordering::Relaxed) as i64,
             late: view.late_rows.load(std::sync::atomic::Ordering::Relaxed) as i64,
+            plans: view.step_plans.counts(),
             backlog,
             step,
         });
@@ -145,6 +152,7 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
             probes: view.probes.load(std::sync::atomic::Ordering::Relaxed) as i64,
             scans: view.scans.load(std::sync::atomic::Ordering::Relaxed) as i64,
             late: view.late_rows.load(std::sync::atomic::Ordering::Relaxed) as i64,
+            plans: view.step_plans.counts(),
             backlog: None,
             step,
         });
@@ -194,6 +202,8 @@ impl ComputedRows for ViewsTable {
             Arc::new(rows.iter().map(|r| r.step.0).collect::<Int64Array>()),
             Arc::new(rows.iter().map(|r| r.step.1).collect::<Int64Array>()),
             Arc::new(rows.iter().map(|r| Some(r.late)).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| Some(r.plans.0)).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| Some(r.plans.1)).collect::<Int64Array>()),
         ];
         Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
     }

@@ -101,7 +101,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn schema(engine: MergeEngine, size_amplification: u64) -> TableSchema {
+fn schema(engine: MergeEngine, size_amplification: u64, no_changelog: bool) -> TableSchema {
     let arrow =
         Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false), Field::new("v", DataType::Utf8, true)]));
     let options = TableOptions {
@@ -117,6 +117,7 @@ fn schema(engine: MergeEngine, size_amplification: u64) -> TableSchema {
             MergeEngine::Aggregation => [("v".to_owned(), AggregateFunction::Listagg)].into(),
             _ => Default::default(),
         },
+        no_changelog,
         ..TableOptions::default()
     };
     TableSchema::new(0, arrow, &["k"], options).unwrap()
@@ -237,10 +238,17 @@ async fn record(table: &Table, history: &mut Vec<Model>, id: u64, model: &Model)
 }
 
 async fn run(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>) {
+    run_with(engine, size_amplification, ops, false).await;
+}
+
+/// `no_changelog`: the table keeps no changelog (writes store each key's
+/// last change without lookups); its snapshots and probes match the model
+/// all the same, and its changelog is empty.
+async fn run_with(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>, no_changelog: bool) {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let dir = Path::from("public/t");
-    let mut table =
-        Table::create(Arc::clone(&store), dir.clone(), "t", schema(engine, size_amplification)).await.unwrap();
+    let definition = schema(engine, size_amplification, no_changelog);
+    let mut table = Table::create(Arc::clone(&store), dir.clone(), "t", definition).await.unwrap();
     let mut model = Model::new();
     // Model state after each snapshot id (index 0 = empty table).
     let mut history: Vec<Model> = vec![Model::new()];
@@ -386,6 +394,12 @@ async fn run(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>) {
     let earliest = retained.first().copied().unwrap_or(1);
     for from in earliest.saturating_sub(1)..=latest {
         for to in from..=latest {
+            if no_changelog {
+                let rows: usize =
+                    table.changelog(from, Some(to)).await.unwrap().iter().map(|c| c.batch.num_rows()).sum();
+                assert_eq!(rows, 0, "a table without changelog has changelog rows ({from}, {to}]");
+                continue;
+            }
             let mut state = history[from as usize].clone();
             replay(&mut state, &table.changelog(from, Some(to)).await.unwrap());
             assert_eq!(state, history[to as usize], "changelog ({from}, {to}]");
@@ -418,6 +432,15 @@ proptest! {
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         runtime.block_on(run(MergeEngine::Deduplicate, amplification, ops));
+    }
+
+    #[test]
+    fn a_table_without_changelog_matches_the_model(
+        amplification in prop_oneof![Just(200u64), Just(1_000_000)],
+        ops in proptest::collection::vec(op(), 1..25),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(run_with(MergeEngine::Deduplicate, amplification, ops, true));
     }
 
     #[test]
@@ -484,7 +507,7 @@ async fn key_ordered_writes_concatenate() {
 #[tokio::test]
 async fn consumers_hold_back_expiry() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let mut definition = schema(MergeEngine::Deduplicate, 200);
+    let mut definition = schema(MergeEngine::Deduplicate, 200, false);
     definition.options.consumer_expiration_ms = Some(10_000);
     let table = Table::create(Arc::clone(&store), Path::from("public/t"), "t", definition.clone()).await.unwrap();
     for k in 0..8 {

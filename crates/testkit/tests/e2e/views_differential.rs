@@ -512,6 +512,14 @@ async fn differential(seed: u64, steps: usize, step_rows: usize) {
         let row = reads.iter().find(|r| r.starts_with(&format!("public.{view}|"))).expect("a row per view");
         assert!(row.starts_with(&format!("public.{view}|true|")), "view {view} probes (in {reads:?})");
     }
+    // Steps after the first of each shape ran a kept physical plan (so the
+    // views above equal their queries through reused plans).
+    let plans =
+        sorted_rows(&run(&mut session, "SELECT DISTINCT view, plans_reused > 0 FROM sys.views ORDER BY view").await);
+    for view in ["d_join", "d_join_agg", "d_left", "d_chain", "d_join_top1"] {
+        let row = plans.iter().find(|r| r.starts_with(&format!("public.{view}|"))).expect("a row per view");
+        assert_eq!(row, &format!("public.{view}|true"), "view {view} reuses its step plans (in {plans:?})");
+    }
     engine.shutdown();
     engine.close().await;
 }

@@ -49,7 +49,7 @@ impl ViewMaintainer {
             .state_offset
             .map(|offset| self.storage_schema.fields()[offset..].iter().map(|f| f.as_ref().clone()).collect());
         let mut out = Vec::new();
-        for batch in self.ctx.execute_logical_plan(rewritten.plan.clone()).await?.collect().await? {
+        for batch in self.run_plan(rewritten.plan.clone()).await? {
             let mut columns = self.view_columns(&batch, &rewritten)?;
             if let Some(fields) = &fields {
                 // State in hidden columns of the view's rows.

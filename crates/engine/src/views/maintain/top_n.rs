@@ -242,7 +242,7 @@ impl ViewMaintainer {
             let table = MemTable::try_new(Arc::clone(&candidate_schema), vec![vec![candidate_rows.clone()]])?;
             let at: Vec<At> = self.plan.occurrences.iter().map(|_| At::Snapshot(0)).collect();
             let plan = self.plan.ranked(&at, None, Some(Arc::new(table)), None)?;
-            let ranked = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+            let ranked = self.run_plan(plan).await?;
             let index = self.candidate_index(top, &candidate_rows, &candidates)?;
             let mut order: Vec<Vec<(u64, usize)>> = vec![Vec::new(); touched.len()];
             for batch in &ranked {
@@ -363,7 +363,7 @@ impl ViewMaintainer {
         if first.num_rows() > 0 {
             let table = MemTable::try_new(Arc::clone(&candidate_schema), vec![vec![first]])?;
             let rewritten = self.plan.over_candidates(Arc::new(table))?;
-            for batch in self.ctx.execute_logical_plan(rewritten.plan.clone()).await?.collect().await? {
+            for batch in self.run_plan(rewritten.plan.clone()).await? {
                 new_rows.push(self.view_rows(&batch, &rewritten)?);
             }
         }
