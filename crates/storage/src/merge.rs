@@ -2,7 +2,10 @@
 //!
 //! Every input yields batches sorted by primary key with each key at most
 //! once (a sorted run). The merge keeps one batch per input in memory, picks
-//! the smallest key among the inputs' current rows, emits the version with
+//! the smallest key among the inputs' current rows (a heap of the inputs:
+//! O(log k) comparisons per key; a scan of every input per key made a
+//! compaction of 150 overlapping runs of a 10M-row table spend 85% of its
+//! time comparing keys), emits the version with
 //! the highest `_seq` (dropping it if it is a delete and deletes are to be
 //! dropped) and skips the other inputs' versions of that key. Output rows are
 //! gathered with `interleave` into batches of `batch_size` rows, so memory is
@@ -63,7 +66,11 @@ struct Cursor {
 struct Merge {
     spec: MergeSpec,
     converter: Arc<RowConverter>,
-    cursors: Vec<Cursor>,
+    /// Per input, its current batch (`None` once the input is done).
+    cursors: Vec<Option<Cursor>>,
+    /// The live cursors as a binary min-heap by (key, newest `_seq` first):
+    /// the next key is found in O(log k) comparisons, not k.
+    heap: Vec<usize>,
     pending: Vec<RunStream>,
     held: Vec<RecordBatch>,
     picked: Vec<(usize, usize)>,
@@ -78,6 +85,7 @@ pub(crate) fn merge(inputs: Vec<RunStream>, converter: Arc<RowConverter>, spec: 
         spec,
         converter,
         cursors: Vec::new(),
+        heap: Vec::new(),
         pending: inputs,
         held: vec![],
         picked: vec![],
@@ -121,102 +129,164 @@ impl Merge {
         Ok(None)
     }
 
+    fn cursor(&self, c: usize) -> &Cursor {
+        self.cursors[c].as_ref().expect("a cursor in the heap is live")
+    }
+
+    /// Whether cursor `a` comes before cursor `b`: a smaller key, or the
+    /// same key with a higher sequence number.
+    fn before(&self, a: usize, b: usize) -> bool {
+        let (a, b) = (self.cursor(a), self.cursor(b));
+        match a.key().cmp(&b.key()) {
+            Ordering::Less => true,
+            Ordering::Equal => a.seq() > b.seq(),
+            Ordering::Greater => false,
+        }
+    }
+
+    fn push(&mut self, c: usize) {
+        self.heap.push(c);
+        let mut at = self.heap.len() - 1;
+        while at > 0 {
+            let parent = (at - 1) / 2;
+            if !self.before(self.heap[at], self.heap[parent]) {
+                break;
+            }
+            self.heap.swap(at, parent);
+            at = parent;
+        }
+    }
+
+    fn pop(&mut self) -> Option<usize> {
+        if self.heap.is_empty() {
+            return None;
+        }
+        let top = self.heap.swap_remove(0);
+        let mut at = 0;
+        loop {
+            let (left, right) = (2 * at + 1, 2 * at + 2);
+            let mut first = at;
+            if left < self.heap.len() && self.before(self.heap[left], self.heap[first]) {
+                first = left;
+            }
+            if right < self.heap.len() && self.before(self.heap[right], self.heap[first]) {
+                first = right;
+            }
+            if first == at {
+                break;
+            }
+            self.heap.swap(at, first);
+            at = first;
+        }
+        Some(top)
+    }
+
+    /// Puts cursor `c` back in the heap, first loading its input's next
+    /// batch when its batch is used up (an input done leaves the merge).
+    async fn requeue(&mut self, c: usize) -> Result<()> {
+        let used_up = self.cursor(c).row >= self.cursor(c).batch.num_rows();
+        if used_up {
+            let cursor = self.cursors[c].take().expect("a requeued cursor is live");
+            match self.load(cursor.input).await? {
+                Some(next) => self.cursors[c] = Some(next),
+                None => return Ok(()),
+            }
+        }
+        self.push(c);
+        Ok(())
+    }
+
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         for input in std::mem::take(&mut self.pending) {
             if let Some(cursor) = self.load(input).await? {
-                self.cursors.push(cursor);
+                self.cursors.push(Some(cursor));
+                self.push(self.cursors.len() - 1);
             }
         }
         while !self.done {
-            // Refill cursors whose batch is used up; drop finished inputs.
-            let mut i = 0;
-            while i < self.cursors.len() {
-                if self.cursors[i].row < self.cursors[i].batch.num_rows() {
-                    i += 1;
-                    continue;
-                }
-                let cursor = self.cursors.swap_remove(i);
-                if let Some(next) = self.load(cursor.input).await? {
-                    self.cursors.push(next);
-                }
-            }
-            if self.cursors.is_empty() {
+            let Some(&best) = self.heap.first() else {
                 self.done = true;
                 break;
-            }
-            if self.cursors.len() == 1 && self.spec.upper.is_none() && self.spec.lower.is_none() {
+            };
+            if self.heap.len() == 1 && self.spec.upper.is_none() && self.spec.lower.is_none() {
                 // One run left: its keys are unique, take the rest of its batch.
-                let cursor = &mut self.cursors[0];
-                let take = (self.spec.batch_size - self.picked.len().min(self.spec.batch_size)).max(1);
-                let end = (cursor.row + take).min(cursor.batch.num_rows());
+                let room = (self.spec.batch_size - self.picked.len().min(self.spec.batch_size)).max(1);
+                let cursor = self.cursors[best].as_mut().expect("a cursor in the heap is live");
+                let end = (cursor.row + room).min(cursor.batch.num_rows());
                 for row in cursor.row..end {
                     if !(self.spec.drop_deletes && cursor.is_delete(row)) {
                         self.picked.push((cursor.slot, row));
                     }
                 }
                 cursor.row = end;
+                self.pop();
+                self.requeue(best).await?;
                 if self.picked.len() >= self.spec.batch_size {
                     return self.flush().map(Some);
                 }
                 continue;
             }
-            // The smallest key; among equal keys, the highest sequence number.
-            // `second` is the smallest key of the other cursors.
-            let mut best = 0;
-            for c in 1..self.cursors.len() {
-                let ordering = self.cursors[c].key().cmp(&self.cursors[best].key());
-                let newer = ordering == Ordering::Equal && self.cursors[c].seq() > self.cursors[best].seq();
-                if ordering == Ordering::Less || newer {
-                    best = c;
-                }
-            }
-            let key = self.cursors[best].key();
             if let Some(upper) = &self.spec.upper
-                && key >= upper.row()
+                && self.cursor(best).key() >= upper.row()
             {
                 self.done = true;
                 break;
             }
+            // The smallest key, newest version first; then the other
+            // cursors at the same key; `second` is the next key's cursor.
+            self.pop();
             self.equal.clear();
-            let mut second: Option<usize> = None;
-            for (c, cursor) in self.cursors.iter().enumerate() {
-                if c == best {
-                    continue;
-                }
-                if cursor.key() == key {
-                    self.equal.push(c);
-                } else if second.is_none_or(|s| cursor.key() < self.cursors[s].key()) {
-                    second = Some(c);
-                }
+            while let Some(&top) = self.heap.first()
+                && self.cursor(top).key() == self.cursor(best).key()
+            {
+                self.pop();
+                self.equal.push(top);
             }
+            let second = self.heap.first().copied();
             // Emit the winner, then keep taking rows from its run while they
             // stay below every other run's key (no comparison with the rest).
-            let winner = &self.cursors[best];
-            let limit = if self.equal.is_empty() {
-                let bound = second.map(|s| self.cursors[s].key());
-                let mut end = winner.row + 1;
-                let room = self.spec.batch_size.saturating_sub(self.picked.len()).max(1);
-                while end < winner.batch.num_rows()
-                    && end - winner.row < room
-                    && bound.is_none_or(|b| winner.keys.row(end) < b)
-                    && self.spec.upper.as_ref().is_none_or(|u| winner.keys.row(end) < u.row())
-                {
-                    end += 1;
+            // Borrows of the cursors end before the awaits below (streams are not `Sync`).
+            let limit = {
+                let cursors = &self.cursors;
+                let live = |c: usize| cursors[c].as_ref().expect("a cursor in the heap is live");
+                let winner = live(best);
+                let limit = if self.equal.is_empty() {
+                    let bound = second.map(|s| live(s).key());
+                    let mut end = winner.row + 1;
+                    let room = self.spec.batch_size.saturating_sub(self.picked.len()).max(1);
+                    while end < winner.batch.num_rows()
+                        && end - winner.row < room
+                        && bound.is_none_or(|b| winner.keys.row(end) < b)
+                        && self.spec.upper.as_ref().is_none_or(|u| winner.keys.row(end) < u.row())
+                    {
+                        end += 1;
+                    }
+                    end
+                } else {
+                    winner.row + 1
+                };
+                for row in winner.row..limit {
+                    let in_range = self.spec.lower.as_ref().is_none_or(|lower| winner.keys.row(row) >= lower.row());
+                    if in_range && !(self.spec.drop_deletes && winner.is_delete(row)) {
+                        self.picked.push((winner.slot, row));
+                    }
                 }
-                end
-            } else {
-                winner.row + 1
+                limit
             };
-            for row in winner.row..limit {
-                let in_range = self.spec.lower.as_ref().is_none_or(|lower| winner.keys.row(row) >= lower.row());
-                if in_range && !(self.spec.drop_deletes && winner.is_delete(row)) {
-                    self.picked.push((winner.slot, row));
+            if let Some(cursor) = self.cursors[best].as_mut() {
+                cursor.row = limit;
+            }
+            let equal = std::mem::take(&mut self.equal);
+            for &c in &equal {
+                if let Some(cursor) = self.cursors[c].as_mut() {
+                    cursor.row += 1;
                 }
             }
-            self.cursors[best].row = limit;
-            for &c in &self.equal {
-                self.cursors[c].row += 1;
+            self.requeue(best).await?;
+            for &c in &equal {
+                self.requeue(c).await?;
             }
+            self.equal = equal;
             if self.picked.len() >= self.spec.batch_size {
                 return self.flush().map(Some);
             }
@@ -234,7 +304,7 @@ impl Merge {
         }
         self.picked.clear();
         self.held.clear();
-        for cursor in &mut self.cursors {
+        for cursor in self.cursors.iter_mut().flatten() {
             cursor.slot = self.held.len();
             self.held.push(cursor.batch.clone());
         }

@@ -1320,6 +1320,7 @@ impl Table {
             schema_id: schema.id,
             row_group_rows: schema.options.row_group_rows,
             seq_kind: (user, user + 1, delete_code),
+            light: schema.options.no_changelog,
         }
     }
 }

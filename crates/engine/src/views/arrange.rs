@@ -168,6 +168,11 @@ impl Arrangement {
         txn.set_property(POSITION_PROPERTY, position.to_string());
         let snapshot =
             txn.commit().await?.ok_or_else(|| Error::internal("an arrangement's commit made no snapshot"))?;
+        // The build wrote one run per batch, each over the whole key range
+        // (the source is read in its own key order): merged now, as part of
+        // the backfill, not by the first steps (a write stalls at that many
+        // runs). The snapshot that names the position stays the build's.
+        self.table.compact(true).await?;
         crate::lock(&self.at).insert(position, snapshot.id);
         self.release_before(position);
         Ok(())
