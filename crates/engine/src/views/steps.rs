@@ -166,6 +166,20 @@ fn memory_table(scan: &TableScan) -> Option<Leaf> {
 /// The shape of `plan`: what a kept physical plan is found by.
 fn shape(plan: &LogicalPlan, leaves: &[Leaf]) -> String {
     let mut key = plan.display_indent_schema().to_string();
+    // What the text leaves out: whether a join's NULL keys match, how an
+    // unnest treats NULLs.
+    let _ = plan.apply(|node| {
+        match node {
+            LogicalPlan::Join(join) => {
+                let _ = write!(key, "\n{:?}", join.null_equality);
+            }
+            LogicalPlan::Unnest(unnest) => {
+                let _ = write!(key, "\n{:?}", unnest.options);
+            }
+            _ => {}
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
     for leaf in leaves {
         let _ = write!(key, "\n{:?}", leaf.schema.fields());
     }
@@ -411,5 +425,39 @@ mod tests {
             .unwrap();
         assert_eq!(run(&plans, &ctx, other).await, (1, Some(7)));
         assert_eq!(plans.counts(), (3, 2));
+    }
+
+    /// A NULL key on both sides, joined with NULLs matching or not: the
+    /// same text, two plans.
+    #[tokio::test]
+    async fn joins_whose_null_keys_match_are_another_shape() {
+        use datafusion::common::NullEquality;
+        let nullable = |name: &str| {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Int64, true),
+                Field::new("v", DataType::Int64, false),
+            ]));
+            let batch = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(Int64Array::from(vec![None, Some(1)])), Arc::new(Int64Array::from(vec![5, 6]))],
+            )
+            .unwrap();
+            let provider = MemTable::try_new(schema, vec![vec![batch]]).unwrap();
+            LogicalPlanBuilder::scan(name, provider_as_source(Arc::new(provider)), None).unwrap()
+        };
+        let joined = |nulls: NullEquality| {
+            nullable("a")
+                .join_detailed(nullable("b").build().unwrap(), JoinType::Inner, (vec!["a.k"], vec!["b.k"]), None, nulls)
+                .unwrap()
+                .aggregate(Vec::<Expr>::new(), vec![count(lit(1i64)).alias("n"), sum(col("b.v")).alias("s")])
+                .unwrap()
+                .build()
+                .unwrap()
+        };
+        let ctx = SessionContext::new();
+        let plans = StepPlans::default();
+        assert_eq!(run(&plans, &ctx, joined(NullEquality::NullEqualsNothing)).await, (1, Some(6)));
+        assert_eq!(run(&plans, &ctx, joined(NullEquality::NullEqualsNull)).await, (2, Some(11)));
+        assert_eq!(plans.counts(), (0, 2));
     }
 }
