@@ -265,6 +265,11 @@ impl Arrangement {
         }
     }
 
+    /// Starts its background compaction and snapshot expiry unless running.
+    pub fn schedule_maintenance(&self) {
+        storage::Table::schedule_maintenance(&self.table);
+    }
+
     /// Closes the arrangement's table (the maintainer stopped).
     pub async fn close(&self) {
         self.table.close().await;

@@ -60,6 +60,11 @@ pub struct DistinctTable {
 }
 
 impl DistinctTable {
+    /// Starts its background compaction and snapshot expiry unless running.
+    pub fn schedule_maintenance(&self) {
+        self.table.schedule_maintenance();
+    }
+
     /// Opens the value counts of the view in `view_dir`, `None` when there are none.
     pub async fn open(store: &Arc<dyn object_store::ObjectStore>, view_dir: &Path) -> Option<Self> {
         Some(Self { table: StateTable::open(store, dir(view_dir), WHAT, schema(), &[0, 1]).await? })

@@ -128,6 +128,11 @@ impl StateTable {
         &self.table
     }
 
+    /// Starts its background compaction and snapshot expiry unless running.
+    pub fn schedule_maintenance(&self) {
+        storage::Table::schedule_maintenance(&self.table);
+    }
+
     /// The positions property of the state's latest commit (`None`: never committed).
     pub fn positions(&self) -> Option<String> {
         self.table.latest_snapshot().and_then(|s| s.properties.get(POSITIONS_PROPERTY).cloned())
@@ -181,6 +186,11 @@ fn schema(state: &GroupState, fields: &[Field]) -> SchemaRef {
 pub type Entry = (Vec<u8>, Vec<ScalarValue>, Group);
 
 impl GroupTable {
+    /// Starts its background compaction and snapshot expiry unless running.
+    pub fn schedule_maintenance(&self) {
+        self.table.schedule_maintenance();
+    }
+
     /// Opens the state table of the view in `view_dir`, `None` when there
     /// is none with the columns `fields` (from [`state::state_fields`]).
     pub async fn open(

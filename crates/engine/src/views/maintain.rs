@@ -819,7 +819,29 @@ impl ViewMaintainer {
         txn.commit().await?;
         positions[source] = to;
         self.publish(positions, None);
+        self.schedule_maintenance();
         Ok(())
+    }
+
+    /// Starts background compaction and snapshot expiry of the view's table
+    /// and its hidden tables (as a write to a table does), so that a step's
+    /// write stalls on too many sorted runs only when compaction cannot keep
+    /// up, not as the only time its tables are compacted; and their old
+    /// snapshots expire (those a step still reads are held).
+    fn schedule_maintenance(&self) {
+        storage::Table::schedule_maintenance(self.view.table());
+        for arrangement in &self.arrangements {
+            arrangement.schedule_maintenance();
+        }
+        if let Some(table) = &self.group_table {
+            table.schedule_maintenance();
+        }
+        if let Some(table) = &self.distinct_table {
+            table.schedule_maintenance();
+        }
+        if let Some(spares) = crate::lock(&self.spares).as_ref() {
+            spares.schedule_maintenance();
+        }
     }
 
     /// Takes in one piece of a step's change: a linear view writes the

@@ -72,6 +72,11 @@ pub struct SpareTable {
 }
 
 impl SpareTable {
+    /// Starts its background compaction and snapshot expiry unless running.
+    pub fn schedule_maintenance(&self) {
+        self.table.schedule_maintenance();
+    }
+
     /// Opens the spares of the view in `view_dir` if they are the ones of
     /// version `version` with the columns `carried`.
     pub async fn open(
