@@ -1368,12 +1368,7 @@ fn last_change_per_key(
     let seqs = UInt64Array::from_iter_values(next_seq..next_seq + indexes.len() as u64);
     let codes: Int8Array = indexes.values().iter().map(|&row| Some(kinds[row as usize] as i8)).collect();
     let data = append_system(schema, &user, Arc::new(seqs), Arc::new(codes))?;
-    let changelog = append_system(
-        schema,
-        &user.slice(0, 0),
-        Arc::new(UInt64Array::from(Vec::<u64>::new())),
-        Arc::new(Int8Array::from(Vec::<i8>::new())),
-    )?;
+    let changelog = data.slice(0, 0);
     Ok((data, changelog))
 }
 
