@@ -186,15 +186,18 @@ fn shape(plan: &LogicalPlan, leaves: &[Leaf]) -> String {
     key
 }
 
-/// `plan` with its in-memory inputs replaced by numbered slots.
+/// `plan` with its in-memory inputs — every scan it has
+/// ([`memory_leaves`]), `leaves` in plan order — replaced by numbered slots.
 fn with_slots(plan: LogicalPlan, leaves: &[Leaf]) -> Result<LogicalPlan> {
     let mut next = 0usize;
     let plan = plan
         .transform_down(|node| match node {
-            LogicalPlan::TableScan(scan) if memory_table(&scan).is_some() => {
+            LogicalPlan::TableScan(scan) => {
                 let index = next;
                 next += 1;
-                let leaf = &leaves[index];
+                let leaf = leaves.get(index).ok_or_else(|| {
+                    datafusion::error::DataFusionError::Internal("a step plan has more scans than inputs".into())
+                })?;
                 let rows = leaf.batches.iter().map(RecordBatch::num_rows).sum();
                 let slot = SlotTable { index, schema: Arc::clone(&leaf.schema), rows };
                 Ok(Transformed::yes(LogicalPlan::TableScan(TableScan {
@@ -212,7 +215,10 @@ fn with_slots(plan: LogicalPlan, leaves: &[Leaf]) -> Result<LogicalPlan> {
 /// reads its leaf's rows, every operator starts afresh.
 fn bind(plan: Arc<dyn ExecutionPlan>, leaves: &[Leaf]) -> Result<Arc<dyn ExecutionPlan>> {
     if let Some(slot) = plan.downcast_ref::<SlotExec>() {
-        let batches = leaves.get(slot.index).map(|l| l.batches.clone()).unwrap_or_default();
+        let leaf = leaves
+            .get(slot.index)
+            .ok_or_else(|| crate::error::Error::internal("a kept step plan has a slot its plan lacks"))?;
+        let batches = leaf.batches.clone();
         return Ok(Arc::new(SlotExec { batches, ..slot.clone() }));
     }
     let children: Vec<Arc<dyn ExecutionPlan>> =
