@@ -198,6 +198,8 @@ pub struct MaterializedView {
     /// Rows a view that emits on window close dropped because their window
     /// had closed (since the view's maintainer started).
     pub late_rows: std::sync::atomic::AtomicU64,
+    /// The arrangements its steps probe, once the maintainer opened them.
+    arrangements: Mutex<Vec<arrange::ArrangementUse>>,
     /// Stops the maintainer.
     stop: tokio_util::sync::CancellationToken,
     /// The maintainer task.
@@ -227,6 +229,7 @@ impl MaterializedView {
             scans: std::sync::atomic::AtomicU64::new(0),
             step_plans: steps::StepPlans::default(),
             late_rows: std::sync::atomic::AtomicU64::new(0),
+            arrangements: Mutex::new(Vec::new()),
             stop: tokio_util::sync::CancellationToken::new(),
             task: Mutex::new(None),
             me: me.clone(),
@@ -269,6 +272,15 @@ impl MaterializedView {
 
     pub(crate) fn stop_token(&self) -> tokio_util::sync::CancellationToken {
         self.stop.clone()
+    }
+
+    /// The arrangements its steps probe, once the maintainer opened them.
+    pub fn arrangements(&self) -> Vec<arrange::ArrangementUse> {
+        crate::lock(&self.arrangements).clone()
+    }
+
+    pub(crate) fn set_arrangements(&self, used: Vec<arrange::ArrangementUse>) {
+        *crate::lock(&self.arrangements) = used;
     }
 
     /// The sources, once the maintainer has planned the view.

@@ -123,9 +123,18 @@ pub struct DynamicCatalog {
     access: Arc<crate::access::Access>,
     /// How materialized views are maintained.
     views: ViewsConfig,
+    /// The arrangements materialized views share.
+    arrangements: Arc<views::arrange::Arrangements>,
 }
 
 impl DynamicCatalog {
+    /// Removes the shared arrangements the stopped view `view` used that no
+    /// other view uses.
+    async fn remove_unused_arrangements(&self, view: &MaterializedView) -> Result<()> {
+        let dirs: Vec<_> = view.arrangements().into_iter().filter_map(|a| a.shared_dir).collect();
+        self.arrangements.remove_unused(&self.store, &dirs).await
+    }
+
     /// CREATE OR REPLACE of view `old`: the new definition gets its own
     /// table, filled and maintained before it takes the name; storing its
     /// definition is the moment of the swap (a crash before it leaves the
@@ -160,7 +169,7 @@ impl DynamicCatalog {
         let table = storage::Table::create(Arc::clone(&self.store), dir.clone(), &name.name, table_schema).await?;
         let view = MaterializedView::new(name.clone(), Arc::new(DynamicTable::new(table)), definition, dir.clone());
         let started = async {
-            Self::start_view(Arc::clone(&view), ctx, self.views.clone()).await?;
+            Self::start_view(Arc::clone(&view), ctx, self.views.clone(), Arc::clone(&self.arrangements)).await?;
             let location = views::definition_path(&dir);
             object_store::ObjectStoreExt::put(&self.store, &location, storage::frame::encode(&view.definition)?.into())
                 .await
@@ -180,6 +189,7 @@ impl DynamicCatalog {
         }
         old.stop().await;
         old.table().close().await;
+        self.remove_unused_arrangements(&old).await?;
         remove_dir(&self.store, &old.dir).await?;
         Ok(Created::Created)
     }
@@ -488,6 +498,7 @@ impl DynamicCatalog {
         view: Arc<MaterializedView>,
         ctx: datafusion::prelude::SessionContext,
         config: ViewsConfig,
+        arrangements: Arc<views::arrange::Arrangements>,
     ) -> Result<()> {
         let plan = views::ViewPlan::analyze(views::plan_query(&ctx, &view.definition.query).await?)?;
         view.set_sources(plan.sources.clone());
@@ -496,7 +507,7 @@ impl DynamicCatalog {
             Some(positions) => positions,
             None => maintainer.backfill().await?,
         };
-        maintainer.arrange(&positions).await?;
+        maintainer.arrange(&positions, &arrangements).await?;
         view.set_task(tokio::spawn(maintainer.run(positions, view.stop_token())));
         Ok(())
     }
@@ -621,6 +632,7 @@ impl DynamicCatalog {
             ctx: std::sync::OnceLock::new(),
             pending_views: std::sync::Mutex::new(pending),
             views: ViewsConfig::default(),
+            arrangements: Arc::default(),
         })
     }
 
@@ -991,8 +1003,9 @@ impl Catalog for DynamicCatalog {
         for view in views {
             let ctx = ctx.clone();
             let config = self.views.clone();
+            let arrangements = Arc::clone(&self.arrangements);
             runtime.spawn(async move {
-                if let Err(e) = Self::start_view(Arc::clone(&view), ctx, config).await {
+                if let Err(e) = Self::start_view(Arc::clone(&view), ctx, config, arrangements).await {
                     tracing::error!(view = %view.name, error = %e, "cannot maintain materialized view");
                     view.progress.send_modify(|p| p.error = Some(e.message().to_string()));
                 }
@@ -1172,7 +1185,7 @@ impl Catalog for DynamicCatalog {
             started
         };
         if let Some(view) = started {
-            Self::start_view(view, self.view_context()?, self.views.clone()).await?;
+            Self::start_view(view, self.view_context()?, self.views.clone(), Arc::clone(&self.arrangements)).await?;
         }
         self.refresh_view_texts()?;
         Ok(true)
@@ -1340,7 +1353,9 @@ impl Catalog for DynamicCatalog {
             }
             schema.insert(name.name.clone(), Relation::MaterializedView(Arc::clone(&view)));
         }
-        if let Err(e) = Self::start_view(Arc::clone(&view), ctx, self.views.clone()).await {
+        if let Err(e) =
+            Self::start_view(Arc::clone(&view), ctx, self.views.clone(), Arc::clone(&self.arrangements)).await
+        {
             // The statement failed as a whole: leave nothing behind.
             let _ = self.drop_relation(&name, RelationKind::MaterializedView, true, true).await;
             return Err(e);
@@ -1418,6 +1433,7 @@ impl Catalog for DynamicCatalog {
             Some(Relation::Table(table)) => (Arc::clone(&table.table), table.table.dir().clone()),
             Some(Relation::MaterializedView(view)) => {
                 view.stop().await;
+                self.remove_unused_arrangements(&view).await?;
                 (Arc::clone(view.table()), view.dir.clone())
             }
         };

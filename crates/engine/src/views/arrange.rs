@@ -5,26 +5,37 @@
 //! proportion to its size; read by key, in proportion to the change and its
 //! matches. A table is read by key when the join columns hold the leading
 //! columns of its primary key ([`storage::Table::get_prefixes`]). For join
-//! columns that do not hold its first key column, the view keeps an arrangement: a hidden Dynamic Table in the view's directory
-//! (`arrangement/<source>(<columns>)`) with the source's rows keyed by the
+//! columns that do not hold its first key column, views keep an
+//! arrangement: a hidden Dynamic Table with the source's rows keyed by the
 //! join columns and then the source's primary key. Rows whose join key is
 //! NULL match nothing and are left out.
 //!
-//! The view's maintainer keeps it: a step that advances the source from
-//! snapshot `p` to `q` first writes the changelog of `(p, q]` to the
-//! arrangement (per arrangement key, the last change wins: `+I`/`+U`
-//! upsert, `-U`/`-D` delete) and commits it with the property
-//! `arrangement.position = q`. Each arrangement snapshot so names the source
-//! snapshot it equals, and a step that reads the source as of `p` probes the
-//! arrangement snapshot that names `p` (snapshots from the view's position
-//! on are held back from expiry). Writes are idempotent: after a crash
-//! between the arrangement's commit and the view's, the step runs again and
-//! writes the same rows. An arrangement that lacks the view's position
-//! (new, damaged, expired, or of another definition) is built again from
-//! the source as of that position.
+//! **Shared.** Views that join the same source on the same columns share
+//! one arrangement, in the source's directory (`index/<columns>`), opened
+//! once per warehouse ([`Arrangements`]). A view that cannot use the shared
+//! one (it lacks the view's position, or was built for another version of
+//! the source's columns) keeps its own in the view's directory
+//! (`arrangement/<source>(<columns>)`).
+//!
+//! **Positions.** A step that advances the source from snapshot `p` to `q`
+//! writes the changelog of `(p, q]` to the arrangement (per arrangement
+//! key, the last change wins: `+I`/`+U` upsert, `-U`/`-D` delete) and
+//! commits it with the property `arrangement.position = q`, under the
+//! arrangement's writer lock. Each arrangement snapshot so names the source
+//! snapshot it equals, and a step that reads the source as of `p` probes
+//! the arrangement snapshot that names `p`. Every view using it holds the
+//! arrangement's snapshots from its own position on. The view furthest
+//! ahead advances it; a view behind ends its steps at positions the
+//! arrangement has (the maintainer's step end), or beyond the
+//! arrangement's position, which it then advances from there, reading the
+//! source's changelog itself. Writes are idempotent: after a crash between
+//! the arrangement's commit and the view's, the step runs again and finds
+//! the arrangement there already. An arrangement that lacks a view's
+//! position and that no other view uses (new, damaged, expired, or of
+//! another definition) is built again from the source as of that position.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take;
@@ -44,25 +55,102 @@ const POSITION_PROPERTY: &str = "arrangement.position";
 /// Rows per write while building.
 const BUILD_BATCH_ROWS: usize = 64 * 1024;
 
-/// One arrangement of a view: a source keyed by some of its columns.
+/// Changelog rows per write when an arrangement catches up by itself.
+const CATCH_UP_ROWS: usize = 64 * 1024;
+
+/// The shared arrangements open in a warehouse, by directory.
+#[derive(Debug, Default)]
+pub struct Arrangements {
+    open: tokio::sync::Mutex<HashMap<String, Weak<Shared>>>,
+}
+
+impl Arrangements {
+    /// Removes the shared arrangements in `dirs` that no open view uses
+    /// (after a view that used them was dropped).
+    ///
+    /// # Errors
+    /// 58030 when the store fails.
+    pub async fn remove_unused(&self, store: &Arc<dyn object_store::ObjectStore>, dirs: &[Path]) -> Result<()> {
+        let open = self.open.lock().await;
+        for dir in dirs {
+            if open.get(dir.as_ref()).and_then(Weak::upgrade).is_none() {
+                remove_hidden_table(store, dir, "unused arrangement").await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One arrangement's table and the source snapshots it holds.
+#[derive(Debug)]
+pub struct Shared {
+    dir: Path,
+    /// The source's columns its key leads with.
+    columns: Vec<usize>,
+    table: Arc<storage::Table>,
+    /// Source snapshot → arrangement snapshot (0: empty), for the
+    /// arrangement's commits from the oldest position a view uses on.
+    at: Mutex<BTreeMap<u64, u64>>,
+    /// The position of each view using it (by use id).
+    users: Mutex<HashMap<u64, u64>>,
+    /// Held while a view advances it.
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// One view's use of an arrangement of a source keyed by some of its columns.
 #[derive(Debug)]
 pub struct Arrangement {
     /// The source, as an index into the view plan's sources.
     pub source: usize,
     /// The source's columns the arrangement's key leads with.
     pub columns: Vec<usize>,
-    table: Arc<storage::Table>,
-    /// Source snapshot → arrangement snapshot (0: empty), for the
-    /// arrangement's commits from the view's position on.
-    at: Mutex<BTreeMap<u64, u64>>,
-    hold: Mutex<Option<storage::SnapshotHold>>,
+    shared: Arc<Shared>,
+    /// Kept in the view's own directory (not shared).
+    own: bool,
+    use_id: u64,
+    hold: storage::SnapshotHold,
 }
 
-/// Where the arrangement of `source` on `columns` lives in a view's directory.
-fn arrangement_dir(view_dir: &Path, source: &Source, columns: &[usize]) -> Path {
+/// What a view's join inputs are read by, for `sys.views`.
+#[derive(Debug, Clone)]
+pub struct ArrangementUse {
+    /// The source, as an index into the view plan's sources.
+    pub source: usize,
+    /// The arrangement's leading columns, by name.
+    pub columns: String,
+    /// The shared arrangement's directory (`None`: the view's own).
+    pub shared_dir: Option<Path>,
+    shared: Weak<Shared>,
+}
+
+impl ArrangementUse {
+    /// `columns (N views)`, or `columns (own)` for one in the view's directory.
+    pub fn describe(&self) -> String {
+        match (&self.shared_dir, self.shared.upgrade()) {
+            (None, _) => format!("{} (own)", self.columns),
+            (Some(_), Some(shared)) => {
+                let n = crate::lock(&shared.users).len();
+                format!("{} ({n} view{})", self.columns, if n == 1 { "" } else { "s" })
+            }
+            (Some(_), None) => format!("{} (closed)", self.columns),
+        }
+    }
+}
+
+/// Where the shared arrangement of `source` on `columns` lives: the source's directory.
+fn shared_dir(source: &Source, columns: &[usize]) -> Path {
+    source.table.storage().dir().clone().join("index").join(column_names(source, columns))
+}
+
+/// Where a view's own arrangement of `source` on `columns` lives.
+fn own_dir(view_dir: &Path, source: &Source, columns: &[usize]) -> Path {
+    view_dir.clone().join("arrangement").join(format!("{}({})", source.name, column_names(source, columns)))
+}
+
+fn column_names(source: &Source, columns: &[usize]) -> String {
     let schema = source.table.schema();
     let names: Vec<&str> = columns.iter().map(|&c| schema.field(c).name().as_str()).collect();
-    view_dir.clone().join("arrangement").join(format!("{}({})", source.name, names.join(",")))
+    names.join(",")
 }
 
 /// The arrangement's definition: the source's columns, keyed on `columns`
@@ -82,53 +170,68 @@ fn definition(source: &Source, columns: &[usize]) -> Result<storage::TableSchema
     Ok(storage::TableSchema::new(0, arrow, &key, hidden_table_options())?)
 }
 
-impl Arrangement {
-    /// Opens (or builds) the arrangement of `source` on `columns` so that it
-    /// holds the source as of `position`.
-    ///
-    /// # Errors
-    /// Storage failures; the source's snapshot `position` expired.
-    pub async fn open(
-        view_dir: &Path,
-        index: usize,
-        source: &Source,
-        columns: Vec<usize>,
-        position: u64,
-    ) -> Result<Self> {
-        let store = Arc::clone(source.table.storage().store());
-        let dir = arrangement_dir(view_dir, source, &columns);
-        let want = definition(source, &columns)?;
-        let name = format!("arrangement of {}", source.name);
-        let existing = match storage::Table::open(Arc::clone(&store), dir.clone(), &name).await {
-            Ok(table) => {
-                let current = table.schema();
-                (current.schema.fields() == want.schema.fields() && current.primary_key == want.primary_key)
-                    .then_some(table)
-            }
-            Err(_) => None,
-        };
-        let arrangement = |table: storage::Table| Self {
-            source: index,
-            columns: columns.clone(),
+fn fits(table: &storage::Table, want: &storage::TableSchema) -> bool {
+    let current = table.schema();
+    current.schema.fields() == want.schema.fields() && current.primary_key == want.primary_key
+}
+
+impl Shared {
+    fn new(dir: Path, columns: &[usize], table: storage::Table) -> Self {
+        Self {
+            dir,
+            columns: columns.to_vec(),
             table: Arc::new(table),
             at: Mutex::new(BTreeMap::new()),
-            hold: Mutex::new(None),
-        };
-        if let Some(table) = existing {
-            let arrangement = arrangement(table);
-            arrangement.load().await?;
-            if arrangement.snapshot_for(position).is_some() {
-                arrangement.release_before(position);
-                return Ok(arrangement);
-            }
-            arrangement.table.close().await;
+            users: Mutex::new(HashMap::new()),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
         }
-        // Build it again from the source as of `position`.
-        remove_hidden_table(&store, &dir, &name).await?;
-        let table = storage::Table::create(store, dir, &name, want).await?;
-        let arrangement = arrangement(table);
-        arrangement.build(source, position).await?;
-        Ok(arrangement)
+    }
+
+    /// The arrangement stored in `dir`; `None` when there is none, or it is
+    /// damaged or of another definition.
+    async fn open(
+        store: &Arc<dyn object_store::ObjectStore>,
+        dir: &Path,
+        name: &str,
+        columns: &[usize],
+        want: &storage::TableSchema,
+    ) -> Result<Option<Self>> {
+        match storage::Table::open(Arc::clone(store), dir.clone(), name).await {
+            Ok(table) if fits(&table, want) => {
+                let shared = Self::new(dir.clone(), columns, table);
+                shared.load().await?;
+                Ok(Some(shared))
+            }
+            Ok(table) => {
+                table.close().await;
+                Ok(None)
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The arrangement stored in `dir` if it holds (or can catch up to) the
+    /// source as of `position`, else one built again there.
+    async fn open_or_build(
+        store: &Arc<dyn object_store::ObjectStore>,
+        dir: &Path,
+        name: &str,
+        source: &Source,
+        columns: &[usize],
+        position: u64,
+    ) -> Result<Self> {
+        let want = definition(source, columns)?;
+        if let Some(shared) = Self::open(store, dir, name, columns, &want).await? {
+            if shared.reach(source, position).await {
+                return Ok(shared);
+            }
+            shared.table.close().await;
+        }
+        remove_hidden_table(store, dir, name).await?;
+        let table = storage::Table::create(Arc::clone(store), dir.clone(), name, want).await?;
+        let shared = Self::new(dir.clone(), columns, table);
+        shared.build(source, position).await?;
+        Ok(shared)
     }
 
     /// Reads which source snapshot each stored arrangement snapshot equals.
@@ -174,7 +277,6 @@ impl Arrangement {
         // runs). The snapshot that names the position stays the build's.
         self.table.compact(true).await?;
         crate::lock(&self.at).insert(position, snapshot.id);
-        self.release_before(position);
         Ok(())
     }
 
@@ -190,22 +292,20 @@ impl Arrangement {
     }
 
     /// The rows of `batch` (source user columns, possibly followed by
-    /// system columns) whose join columns are all non-NULL, in the
+    /// system columns) whose arrangement columns are all non-NULL, in the
     /// arrangement's schema.
     fn keyed_rows(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let schema = self.table.schema().schema;
-        let columns: Vec<ArrayRef> = batch.columns()[..schema.fields().len()].to_vec();
+        let values: Vec<ArrayRef> = batch.columns()[..schema.fields().len()].to_vec();
         let keep: Vec<u32> = (0..batch.num_rows())
-            .filter(|&i| self.columns.iter().all(|&c| columns[c].is_valid(i)))
+            .filter(|&i| self.columns.iter().all(|&c| values[c].is_valid(i)))
             .map(|i| i as u32)
             .collect();
-        let columns = if keep.len() == batch.num_rows() { columns } else { take_columns(&columns, &keep)? };
-        Ok(RecordBatch::try_new(schema, columns)?)
+        let values = if keep.len() == batch.num_rows() { values } else { take_columns(&values, &keep)? };
+        Ok(RecordBatch::try_new(schema, values)?)
     }
 
-    /// The arrangement snapshot equal to the source as of `position`, if
-    /// it is kept (`Some(0)`: the source was empty).
-    pub fn snapshot_for(&self, position: u64) -> Option<u64> {
+    fn snapshot_for(&self, position: u64) -> Option<u64> {
         crate::lock(&self.at).get(&position).copied()
     }
 
@@ -214,40 +314,194 @@ impl Arrangement {
         crate::lock(&self.at).keys().next_back().copied().unwrap_or(0)
     }
 
-    /// The view no longer reads the source before `position`: those
-    /// arrangement snapshots may expire.
-    pub fn release_before(&self, position: u64) {
-        let oldest = {
-            let mut at = crate::lock(&self.at);
-            let kept = at.split_off(&position);
-            *at = kept;
-            at.values().next().copied().unwrap_or(0)
-        };
-        let mut hold = crate::lock(&self.hold);
-        match hold.as_ref() {
-            Some(hold) => hold.advance(oldest.max(1)),
-            None => *hold = Some(self.table.hold_snapshots(oldest.max(1))),
+    /// Whether it holds the source as of `position`, catching up to it
+    /// (reading the source's changelog) when it is behind. False when it
+    /// is past `position` without holding it, or cannot catch up (the
+    /// source's snapshots are gone).
+    async fn reach(&self, source: &Source, position: u64) -> bool {
+        if self.snapshot_for(position).is_some() {
+            return true;
+        }
+        let _writer = self.writer.lock().await;
+        if self.snapshot_for(position).is_some() {
+            return true;
+        }
+        // Forgotten when the views using it moved on (before this view
+        // started), but maybe not expired yet: its snapshots say.
+        if let Err(e) = self.load().await {
+            tracing::debug!(arrangement = %self.dir, error = %e, "cannot list an arrangement's snapshots");
+            return false;
+        }
+        if self.snapshot_for(position).is_some() {
+            return true;
+        }
+        let at = self.position();
+        if at > position || crate::lock(&self.at).is_empty() {
+            return false;
+        }
+        match self.catch_up(source, at, position).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(arrangement = %self.dir, error = %e, "an arrangement cannot catch up");
+                false
+            }
         }
     }
 
-    /// Starts advancing the arrangement to source snapshot `to`: the
-    /// changelog of the source after the arrangement's position goes to
-    /// [`Advance::write`] (in pieces, in commit order), then
-    /// [`Advance::commit`]. `None` when the arrangement is there already
-    /// (a step replayed after a crash).
+    /// Advances it from source snapshot `from` (its position) to `to`,
+    /// reading the source's changelog; the caller holds the writer lock.
+    async fn catch_up(&self, source: &Source, from: u64, to: u64) -> Result<()> {
+        let mut advance = Advance::new(self, to, None).await?;
+        let mut reader = source.table.storage().changelog_reader(from, Some(to));
+        loop {
+            let piece = reader.next_rows(CATCH_UP_ROWS).await?;
+            if piece.is_empty() {
+                break;
+            }
+            advance.write(&piece).await?;
+        }
+        advance.commit().await
+    }
+
+    /// Forgets the snapshots of positions before the oldest one a view uses.
+    fn prune(&self) {
+        let oldest = crate::lock(&self.users).values().min().copied();
+        if let Some(oldest) = oldest {
+            let mut at = crate::lock(&self.at);
+            let kept = at.split_off(&oldest);
+            *at = kept;
+        }
+    }
+}
+
+/// How a step found an arrangement it advances ([`Arrangement::begin_advance`]).
+pub enum Begin<'a> {
+    /// At the step's start: the step's changelog goes to it.
+    Advance(Box<Advance<'a>>),
+    /// At the step's end already (another view advanced it, it caught up by
+    /// itself, or a step is replayed after a crash).
+    There,
+    /// Past the step's end without holding it (another view advanced it
+    /// meanwhile): the step must end elsewhere.
+    Moved,
+}
+
+impl Arrangement {
+    /// Opens the arrangement of `source` on `columns` for a view at source
+    /// snapshot `position`: the shared one when it holds (or catches up to)
+    /// that position, else the view's own (built where needed).
+    ///
+    /// # Errors
+    /// Storage failures; the source's snapshot `position` expired.
+    pub async fn open(
+        registry: &Arrangements,
+        view_dir: &Path,
+        index: usize,
+        source: &Source,
+        columns: Vec<usize>,
+        position: u64,
+    ) -> Result<Self> {
+        let store = Arc::clone(source.table.storage().store());
+        let name = format!("arrangement of {}", source.name);
+        let dir = shared_dir(source, &columns);
+        let mut open = registry.open.lock().await;
+        let shared = match open.get(dir.as_ref()).and_then(Weak::upgrade) {
+            Some(shared) => {
+                let want = definition(source, &columns)?;
+                (fits(&shared.table, &want) && shared.reach(source, position).await).then_some(shared)
+            }
+            None => {
+                let shared = Arc::new(Shared::open_or_build(&store, &dir, &name, source, &columns, position).await?);
+                open.insert(dir.to_string(), Arc::downgrade(&shared));
+                Some(shared)
+            }
+        };
+        let own = own_dir(view_dir, source, &columns);
+        let (shared, is_own) = match shared {
+            Some(shared) => {
+                // One the view kept before arrangements were shared.
+                remove_hidden_table(&store, &own, &name).await?;
+                (shared, false)
+            }
+            None => (Arc::new(Shared::open_or_build(&store, &own, &name, source, &columns, position).await?), true),
+        };
+        static USES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let use_id = USES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::lock(&shared.users).insert(use_id, position);
+        let snapshot = shared
+            .snapshot_for(position)
+            .ok_or_else(|| Error::internal(format!("{name} lost the position it was opened at")))?;
+        let hold = shared.table.hold_snapshots(snapshot.max(1));
+        shared.prune();
+        drop(open);
+        Ok(Self { source: index, columns, shared, own: is_own, use_id, hold })
+    }
+
+    /// What the view reads this source by, for `sys.views`.
+    pub fn describe(&self, source: &Source) -> ArrangementUse {
+        ArrangementUse {
+            source: self.source,
+            columns: column_names(source, &self.columns),
+            shared_dir: (!self.own).then(|| self.shared.dir.clone()),
+            shared: Arc::downgrade(&self.shared),
+        }
+    }
+
+    /// Where its table lives.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The arrangement snapshot equal to the source as of `position`, if
+    /// it is kept (`Some(0)`: the source was empty).
+    pub fn snapshot_for(&self, position: u64) -> Option<u64> {
+        self.shared.snapshot_for(position)
+    }
+
+    /// The latest source snapshot the arrangement holds.
+    pub fn position(&self) -> u64 {
+        self.shared.position()
+    }
+
+    /// The source snapshots after `after` up to `upto` it holds, ascending.
+    pub fn positions_in(&self, after: u64, upto: u64) -> Vec<u64> {
+        if after >= upto {
+            return Vec::new();
+        }
+        crate::lock(&self.shared.at).range(after + 1..=upto).map(|(&p, _)| p).collect()
+    }
+
+    /// The view is at source snapshot `position`: it no longer reads the
+    /// arrangement as of earlier ones, which may expire (unless another
+    /// view still reads them).
+    pub fn release_before(&self, position: u64) {
+        crate::lock(&self.shared.users).insert(self.use_id, position);
+        let snapshot = self.shared.snapshot_for(position);
+        self.shared.prune();
+        if let Some(snapshot) = snapshot {
+            self.hold.advance(snapshot.max(1));
+        }
+    }
+
+    /// Starts advancing the arrangement from source snapshot `from` to
+    /// `to`, under its writer lock: when it is at `from`, the changelog of
+    /// `(from, to]` goes to [`Advance::write`] (in pieces, in commit
+    /// order), then [`Advance::commit`]; when another view took it past
+    /// `from`, it catches up to `to` by itself here.
     ///
     /// # Errors
     /// Storage failures.
-    pub async fn begin_advance(&self, to: u64) -> Result<Option<Advance<'_>>> {
-        if self.position() >= to {
-            return Ok(None);
+    pub async fn begin_advance(&self, source: &Source, from: u64, to: u64) -> Result<Begin<'_>> {
+        let writer = Arc::clone(&self.shared.writer).lock_owned().await;
+        let at = self.shared.position();
+        if at >= to {
+            return Ok(if self.shared.snapshot_for(to).is_some() { Begin::There } else { Begin::Moved });
         }
-        let schema = self.table.schema();
-        let key_fields: Vec<SortField> =
-            schema.primary_key.iter().map(|&k| SortField::new(schema.schema.field(k).data_type().clone())).collect();
-        let converter = RowConverter::new(key_fields)?;
-        let txn = self.table.begin().await?.blind();
-        Ok(Some(Advance { arrangement: self, schema, converter, txn, to }))
+        if at != from {
+            self.shared.catch_up(source, at, to).await?;
+            return Ok(Begin::There);
+        }
+        Ok(Begin::Advance(Box::new(Advance::new(&self.shared, to, Some(writer)).await?)))
     }
 
     /// The rows of the source as of `position` whose arrangement columns
@@ -258,21 +512,38 @@ impl Arrangement {
     /// # Errors
     /// Storage failures.
     pub async fn probe(&self, position: u64, keys: &[ArrayRef]) -> Result<Option<RecordBatch>> {
+        let table = &self.shared.table;
         match self.snapshot_for(position) {
             None => Ok(None),
-            Some(0) => Ok(Some(RecordBatch::new_empty(self.table.schema().schema))),
-            Some(snapshot) => Ok(Some(self.table.get_prefixes(Some(snapshot), keys).await?)),
+            Some(0) => Ok(Some(RecordBatch::new_empty(table.schema().schema))),
+            Some(snapshot) => Ok(Some(table.get_prefixes(Some(snapshot), keys).await?)),
         }
     }
 
     /// Starts its background compaction and snapshot expiry unless running.
     pub fn schedule_maintenance(&self) {
-        storage::Table::schedule_maintenance(&self.table);
+        storage::Table::schedule_maintenance(&self.shared.table);
     }
 
-    /// Closes the arrangement's table (the maintainer stopped).
-    pub async fn close(&self) {
-        self.table.close().await;
+    /// The view stopped using it: the last view to stop closes its table.
+    pub async fn close(self, registry: &Arrangements) {
+        let shared = Arc::clone(&self.shared);
+        let own = self.own;
+        drop(self);
+        let mut open = registry.open.lock().await;
+        if Arc::strong_count(&shared) == 1 {
+            if !own {
+                open.remove(shared.dir.as_ref());
+            }
+            shared.table.close().await;
+        }
+    }
+}
+
+impl Drop for Arrangement {
+    fn drop(&mut self) {
+        crate::lock(&self.shared.users).remove(&self.use_id);
+        self.shared.prune();
     }
 }
 
@@ -304,14 +575,25 @@ fn take_columns(columns: &[ArrayRef], indexes: &[u32]) -> Result<Vec<ArrayRef>> 
 
 /// An arrangement on its way to a source snapshot ([`Arrangement::begin_advance`]).
 pub struct Advance<'a> {
-    arrangement: &'a Arrangement,
+    shared: &'a Shared,
     schema: storage::TableSchema,
     converter: RowConverter,
     txn: storage::Transaction<'a>,
     to: u64,
+    /// The writer lock, when the advance holds it (else its caller does).
+    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
-impl Advance<'_> {
+impl<'a> Advance<'a> {
+    async fn new(shared: &'a Shared, to: u64, writer: Option<tokio::sync::OwnedMutexGuard<()>>) -> Result<Self> {
+        let schema = shared.table.schema();
+        let key_fields: Vec<SortField> =
+            schema.primary_key.iter().map(|&k| SortField::new(schema.schema.field(k).data_type().clone())).collect();
+        let converter = RowConverter::new(key_fields)?;
+        let txn = shared.table.begin().await?.blind();
+        Ok(Self { shared, schema, converter, txn, to, _writer: writer })
+    }
+
     /// Writes a piece of the source's changelog: per arrangement key, the
     /// last change of the piece wins (`+I`/`+U` upsert, `-U`/`-D` delete);
     /// later pieces write over earlier ones.
@@ -320,7 +602,7 @@ impl Advance<'_> {
     /// Storage failures.
     pub async fn write(&mut self, changes: &[storage::ChangelogBatch]) -> Result<()> {
         let schema = &self.schema;
-        let columns = &self.arrangement.columns;
+        let columns = &self.shared.columns;
         // Per arrangement key: the last change, as (batch, row).
         let mut last: HashMap<Vec<u8>, (usize, usize)> = HashMap::new();
         let mut batches = Vec::with_capacity(changes.len());
@@ -368,11 +650,11 @@ impl Advance<'_> {
     /// # Errors
     /// Storage failures.
     pub async fn commit(self) -> Result<()> {
-        let Self { arrangement, mut txn, to, .. } = self;
+        let Self { shared, mut txn, to, _writer, .. } = self;
         txn.set_property(POSITION_PROPERTY, to.to_string());
         let snapshot =
             txn.commit().await?.ok_or_else(|| Error::internal("an arrangement's commit made no snapshot"))?;
-        crate::lock(&arrangement.at).insert(to, snapshot.id);
+        crate::lock(&shared.at).insert(to, snapshot.id);
         Ok(())
     }
 }

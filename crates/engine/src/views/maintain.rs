@@ -28,7 +28,7 @@ use futures::StreamExt;
 use streamhouse_storage as storage;
 use tokio_util::sync::CancellationToken;
 
-use super::arrange::Arrangement;
+use super::arrange::{Arrangement, Arrangements, Begin};
 use super::distinct::{self, DistinctTable};
 use super::groups::{Entry, GroupTable};
 use super::plan::{At, GroupState, Rewritten, Source, ViewPlan, WEIGHT};
@@ -71,6 +71,8 @@ pub struct ViewMaintainer {
     window_end: Option<usize>,
     /// Join inputs indexed by join key ([`super::arrange`]).
     arrangements: Vec<Arrangement>,
+    /// The warehouse's shared arrangements ([`ViewMaintainer::arrange`]).
+    registry: Arc<Arrangements>,
     config: ViewsConfig,
     /// Per source: its changes are taken whole, not in pieces ([`ViewMaintainer::find_whole_changes`]).
     whole_changes: Vec<bool>,
@@ -289,6 +291,7 @@ impl ViewMaintainer {
         });
         let mut maintainer = Self {
             arrangements: Vec::new(),
+            registry: Arc::default(),
             state_offset,
             group_table: None,
             distinct_table: None,
@@ -318,11 +321,13 @@ impl ViewMaintainer {
     }
 
     /// Opens (building where needed) the arrangements the view's joins
-    /// probe, each holding its source as of `positions`.
+    /// probe, each holding its source as of `positions`: shared with the
+    /// other views of `registry` where they can be.
     ///
     /// # Errors
     /// Storage failures.
-    pub async fn arrange(&mut self, positions: &[u64]) -> Result<()> {
+    pub async fn arrange(&mut self, positions: &[u64], registry: &Arc<Arrangements>) -> Result<()> {
+        self.registry = Arc::clone(registry);
         let wants_groups = self.view.definition.group_table && self.group_table.is_none();
         let wants_distinct = self.keeps_distinct() && self.distinct_table.is_none();
         if wants_groups || wants_distinct {
@@ -357,9 +362,12 @@ impl ViewMaintainer {
         for (source, columns) in wanted_arrangements(&self.plan.plan, self.sources(), groups) {
             let position = positions.get(source).copied().unwrap_or(0);
             let arrangement =
-                Arrangement::open(&self.view.dir, source, &self.sources()[source], columns, position).await?;
+                Arrangement::open(registry, &self.view.dir, source, &self.sources()[source], columns, position).await?;
             self.arrangements.push(arrangement);
         }
+        // Views advancing several shared arrangements of a source lock them in one order.
+        self.arrangements.sort_by_cached_key(|a| (a.source, a.dir().to_string()));
+        self.view.set_arrangements(self.arrangements.iter().map(|a| a.describe(&self.sources()[a.source])).collect());
         Ok(())
     }
 
@@ -607,10 +615,10 @@ impl ViewMaintainer {
 
     /// Follows the sources until `stop` is cancelled. Failed steps are
     /// retried with back-off; the error is published meanwhile.
-    pub async fn run(self, positions: Vec<u64>, stop: CancellationToken) {
+    pub async fn run(mut self, positions: Vec<u64>, stop: CancellationToken) {
         self.follow(positions, stop).await;
-        for arrangement in &self.arrangements {
-            arrangement.close().await;
+        for arrangement in std::mem::take(&mut self.arrangements) {
+            arrangement.close(&self.registry).await;
         }
         if let Some(groups) = &self.group_table {
             groups.close().await;
@@ -649,7 +657,18 @@ impl ViewMaintainer {
                     Err(e) => Err(e),
                 };
                 match stepped {
-                    Ok(()) => {
+                    // A shared arrangement moved past the step's end meanwhile: end elsewhere.
+                    Ok(false) if end.is_none() => advanced = true,
+                    Ok(false) => {
+                        failed = Some(Error::internal(format!(
+                            "materialized view {} cannot replay its step to snapshot {} of {}: a shared arrangement moved past it",
+                            self.view.name,
+                            end.unwrap_or_default(),
+                            self.sources()[source].name
+                        )));
+                        break;
+                    }
+                    Ok(true) => {
                         holds[source].advance(positions[source].max(1));
                         for arrangement in self.arrangements.iter().filter(|a| a.source == source) {
                             arrangement.release_before(positions[source]);
@@ -738,7 +757,44 @@ impl ViewMaintainer {
             rows += next;
             to += 1;
         }
+        if exact {
+            return Ok((to, rows));
+        }
+        let end = self.shared_step_end(source, from, to);
+        while to > end {
+            rows -= table.changelog_rows(to).await?;
+            to -= 1;
+        }
+        while to < end {
+            to += 1;
+            rows += table.changelog_rows(to).await?;
+        }
         Ok((to, rows))
+    }
+
+    /// Where a step of `source` from `from` may end, near `to`: a view
+    /// sharing an arrangement that another view advanced past `from` probes
+    /// it as of the step's end, so the step ends where the arrangement has
+    /// a snapshot, or at or past the arrangement's position (the step then
+    /// advances it). The latest such end up to `to`, else the first after.
+    fn shared_step_end(&self, source: usize, from: u64, to: u64) -> u64 {
+        let ahead: Vec<&Arrangement> =
+            self.arrangements.iter().filter(|a| a.source == source && a.position() > from).collect();
+        if ahead.is_empty() {
+            return to;
+        }
+        let fits = |end: u64| ahead.iter().all(|a| end >= a.position() || a.snapshot_for(end).is_some());
+        let furthest = ahead.iter().map(|a| a.position()).max().unwrap_or(to);
+        let mut ends: Vec<u64> = ahead.iter().flat_map(|a| a.positions_in(from, furthest)).collect();
+        ends.extend([to, furthest]);
+        ends.sort_unstable();
+        ends.dedup();
+        ends.iter()
+            .rev()
+            .find(|&&end| end <= to && fits(end))
+            .or_else(|| ends.iter().find(|&&end| end > to && fits(end)))
+            .copied()
+            .unwrap_or(furthest)
     }
 
     /// Advances source `source` from snapshot `from` to `to` (`rows`
@@ -746,7 +802,7 @@ impl ViewMaintainer {
     /// commit each. The changelog streams through in pieces of at most
     /// `step_rows` rows; what a step keeps across pieces is bounded by the
     /// groups the change touches, not by its rows.
-    async fn step(&self, source: usize, from: u64, to: u64, rows: u64, positions: &mut [u64]) -> Result<()> {
+    async fn step(&self, source: usize, from: u64, to: u64, rows: u64, positions: &mut [u64]) -> Result<bool> {
         let scans = self.plan.occurrences_of(source);
         let whole = self.whole_changes.get(source).copied().unwrap_or(true);
         let piece_rows = if whole { usize::MAX } else { self.config.step_rows };
@@ -754,7 +810,11 @@ impl ViewMaintainer {
         next[source] = to;
         let mut advancing = Vec::new();
         for arrangement in self.arrangements.iter().filter(|a| a.source == source) {
-            advancing.extend(arrangement.begin_advance(to).await?);
+            match arrangement.begin_advance(&self.sources()[source], from, to).await? {
+                Begin::Advance(advance) => advancing.push(advance),
+                Begin::There => {}
+                Begin::Moved => return Ok(false),
+            }
         }
         let table = self.view.table();
         let mut txn = table.begin().await?;
@@ -790,7 +850,7 @@ impl ViewMaintainer {
             // Only compactions: nothing to reflect, nothing to commit.
             positions[source] = to;
             self.publish(positions, None);
-            return Ok(());
+            return Ok(true);
         }
         let (rows, kinds) = match (self.group_state(), work.deltas, work.groups) {
             (Some(state), deltas, _) => {
@@ -820,7 +880,7 @@ impl ViewMaintainer {
         positions[source] = to;
         self.publish(positions, None);
         self.schedule_maintenance();
-        Ok(())
+        Ok(true)
     }
 
     /// Starts background compaction and snapshot expiry of the view's table

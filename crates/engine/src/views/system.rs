@@ -8,7 +8,10 @@
 //! `late_rows`: rows a view that emits on window close dropped because
 //! their window had already closed (since the server started);
 //! `plans_reused` / `plans_planned`: step plans run from a physical plan
-//! the view kept, and planned afresh ([`super::steps`]).
+//! the view kept, and planned afresh ([`super::steps`]); `arrangements`:
+//! the indexes of the source its steps probe by a join key that is not
+//! the source's key ([`super::arrange`]), as `columns (N views)` for one
+//! shared by N views, `columns (own)` for one only this view keeps.
 
 use std::sync::Arc;
 
@@ -49,6 +52,7 @@ fn views_schema() -> SchemaRef {
         Field::new("late_rows", DataType::Int64, false),
         Field::new("plans_reused", DataType::Int64, false),
         Field::new("plans_planned", DataType::Int64, false),
+        Field::new("arrangements", DataType::Utf8, true),
     ]))
 }
 
@@ -83,6 +87,7 @@ struct Row {
     plans: (i64, i64),
     backlog: Option<i64>,
     step: (Option<i64>, Option<i64>),
+    arrangements: Option<String>,
 }
 
 async fn rows_of(view: &MaterializedView) -> Vec<Row> {
@@ -135,6 +140,11 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
             plans: view.step_plans.counts(),
             backlog,
             step,
+            arrangements: {
+                let used: Vec<String> =
+                    view.arrangements().iter().filter(|a| a.source == i).map(|a| a.describe()).collect();
+                (!used.is_empty()).then(|| used.join("; "))
+            },
         });
     }
     if rows.is_empty() {
@@ -155,6 +165,7 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
             plans: view.step_plans.counts(),
             backlog: None,
             step,
+            arrangements: None,
         });
     }
     rows
@@ -204,6 +215,7 @@ impl ComputedRows for ViewsTable {
             Arc::new(rows.iter().map(|r| Some(r.late)).collect::<Int64Array>()),
             Arc::new(rows.iter().map(|r| Some(r.plans.0)).collect::<Int64Array>()),
             Arc::new(rows.iter().map(|r| Some(r.plans.1)).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| r.arrangements.as_deref()).collect::<StringArray>()),
         ];
         Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
     }

@@ -490,3 +490,70 @@ async fn top_n_views_set_aside_spares_whose_step_did_not_commit() {
     )
     .await;
 }
+
+/// The files of the shared arrangements (indexes) under the warehouse in `dir`.
+fn index_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fn walk(path: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(path).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.components().any(|c| c.as_os_str() == "index") {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_share_an_arrangement_until_the_last_one_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path()).await;
+    sql(&e, "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT, amount INT)").await.unwrap();
+    sql(&e, "CREATE TABLE customers (id BIGINT PRIMARY KEY, country TEXT)").await.unwrap();
+    sql(&e, "INSERT INTO customers VALUES (1, 'UK'), (2, 'US')").await.unwrap();
+    sql(&e, "INSERT INTO orders VALUES (10, 1, 100), (11, 2, 50)").await.unwrap();
+    let join = "FROM orders o JOIN customers c ON o.customer_id = c.id";
+    sql(
+        &e,
+        &format!(
+            "CREATE MATERIALIZED VIEW totals AS SELECT c.country, sum(o.amount) AS amount {join} GROUP BY c.country"
+        ),
+    )
+    .await
+    .unwrap();
+    sql(&e, &format!("CREATE MATERIALIZED VIEW enriched AS SELECT o.id, c.country {join}")).await.unwrap();
+    let shared = "SELECT view, arrangements FROM sys.views WHERE source = 'public.orders' ORDER BY view";
+    let both = ["| public.enriched | customer_id (2 views) |", "| public.totals | customer_id (2 views) |"];
+    assert_eq!(lines(&sql(&e, shared).await.unwrap()), both);
+    let files = index_files(dir.path());
+    assert!(files.iter().any(|f| f.to_string_lossy().contains("/orders/index/customer_id/")), "{files:?}");
+    // Views not built from scratch: no arrangement in their own directories.
+    let own = files.iter().filter(|f| f.to_string_lossy().contains("/arrangement/")).count();
+    assert_eq!(own, 0, "{files:?}");
+    sql(&e, "INSERT INTO orders VALUES (12, 1, 7)").await.unwrap();
+    e.shutdown();
+    e.close().await;
+
+    // After a restart both views open the stored one again (not one each).
+    let e = engine(dir.path()).await;
+    sql(&e, "INSERT INTO orders VALUES (13, 2, 1)").await.unwrap();
+    assert_eq!(
+        lines(&sql(&e, "SELECT * FROM totals ORDER BY country").await.unwrap()),
+        ["| UK | 107 |", "| US | 51 |"]
+    );
+    assert_eq!(lines(&sql(&e, "SELECT count(*) FROM enriched").await.unwrap()), ["| 4 |"]);
+    assert_eq!(lines(&sql(&e, shared).await.unwrap()), both);
+    sql(&e, "DROP MATERIALIZED VIEW totals").await.unwrap();
+    assert_eq!(lines(&sql(&e, shared).await.unwrap()), ["| public.enriched | customer_id (1 view) |"]);
+    assert!(!index_files(dir.path()).is_empty());
+    sql(&e, "INSERT INTO orders VALUES (14, 1, 1)").await.unwrap();
+    assert_eq!(lines(&sql(&e, "SELECT count(*) FROM enriched").await.unwrap()), ["| 5 |"]);
+    sql(&e, "DROP MATERIALIZED VIEW enriched").await.unwrap();
+    assert_eq!(index_files(dir.path()), Vec::<std::path::PathBuf>::new(), "the last view's drop removes the index");
+    e.shutdown();
+    e.close().await;
+}

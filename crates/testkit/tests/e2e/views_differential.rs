@@ -512,6 +512,21 @@ async fn differential(seed: u64, steps: usize, step_rows: usize) {
         let row = reads.iter().find(|r| r.starts_with(&format!("public.{view}|"))).expect("a row per view");
         assert!(row.starts_with(&format!("public.{view}|true|")), "view {view} probes (in {reads:?})");
     }
+    // Views joining a source on the same columns share one arrangement of it
+    // (through restarts and steps taken at different paces).
+    let shared = sorted_rows(
+        &run(&mut session, "SELECT source, arrangements FROM sys.views WHERE view = 'public.d_join' ORDER BY source")
+            .await,
+    );
+    for row in &shared {
+        let count = row
+            .rsplit_once("g (")
+            .and_then(|(_, n)| n.strip_suffix(" views)"))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0);
+        assert!(count > 1, "d_join shares its arrangements on g with other views (in {shared:?})");
+    }
+    assert_eq!(shared.len(), 2, "d_join reads two sources: {shared:?}");
     // Steps after the first of each shape ran a kept physical plan (so the
     // views above equal their queries through reused plans).
     let plans =
