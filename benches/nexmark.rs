@@ -336,12 +336,16 @@ async fn run_query(name: &str, views: &[&str], events: usize) -> (f64, f64, f64)
     let mut latencies = Vec::new();
     let start = Instant::now();
     let mut n = 0u64;
+    let mut writes = Vec::new();
     while (n as usize) < events {
+        let began = Instant::now();
         let committed = write_events(&mut generator, &mut n, BATCH_EVENTS, &tables).await;
+        writes.push(began.elapsed().as_secs_f64() * 1000.0);
         wait_caught_up(&catalog, name).await;
         latencies.push(committed.elapsed().as_secs_f64() * 1000.0);
     }
     let elapsed = start.elapsed();
+    print_writes(&mut writes);
     print_counters(&catalog);
     engine.shutdown();
     engine.close().await;
@@ -383,15 +387,7 @@ async fn run_paced(name: &str, views: &[&str], events: usize, rate: usize) -> (f
         writes.push(began.elapsed().as_secs_f64() * 1000.0);
     }
     let written = start.elapsed();
-    writes.sort_by(f64::total_cmp);
-    println!(
-        "     batch writes (generate + 3 synced commits): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; over {} ms: {}",
-        percentile(&writes, 0.5),
-        percentile(&writes, 0.99),
-        writes.last().copied().unwrap_or(0.0),
-        PACED_INTERVAL.as_millis(),
-        writes.iter().filter(|&&w| w > PACED_INTERVAL.as_secs_f64() * 1000.0).count()
-    );
+    print_writes(&mut writes);
     drop(sender);
     let mut latencies = observer.await.expect("observer");
     print_counters(&catalog);
@@ -399,6 +395,21 @@ async fn run_paced(name: &str, views: &[&str], events: usize, rate: usize) -> (f
     engine.close().await;
     latencies.sort_by(f64::total_cmp);
     (n as f64 / written.as_secs_f64(), percentile(&latencies, 0.5), percentile(&latencies, 0.99))
+}
+
+/// Prints how long the batches' writes took (generating the events and
+/// the three synced commits), and how many took longer than the paced
+/// interval.
+fn print_writes(writes: &mut [f64]) {
+    writes.sort_by(f64::total_cmp);
+    println!(
+        "     batch writes (generate + 3 synced commits): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; over {} ms: {}",
+        percentile(writes, 0.5),
+        percentile(writes, 0.99),
+        writes.last().copied().unwrap_or(0.0),
+        PACED_INTERVAL.as_millis(),
+        writes.iter().filter(|&&w| w > PACED_INTERVAL.as_secs_f64() * 1000.0).count()
+    );
 }
 
 /// How often the paced run writes a batch.
