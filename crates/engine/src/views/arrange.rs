@@ -388,8 +388,9 @@ pub enum Begin<'a> {
 
 impl Arrangement {
     /// Opens the arrangement of `source` on `columns` for a view at source
-    /// snapshot `position`: the shared one when it holds (or catches up to)
-    /// that position, else the view's own (built where needed).
+    /// snapshot `position`: with `share`, the shared one when it holds (or
+    /// catches up to) that position, else the view's own (built where
+    /// needed).
     ///
     /// # Errors
     /// Storage failures; the source's snapshot `position` expired.
@@ -400,12 +401,14 @@ impl Arrangement {
         source: &Source,
         columns: Vec<usize>,
         position: u64,
+        share: bool,
     ) -> Result<Self> {
         let store = Arc::clone(source.table.storage().store());
         let name = format!("arrangement of {}", source.name);
         let dir = shared_dir(source, &columns);
         let mut open = registry.open.lock().await;
         let shared = match open.get(dir.as_ref()).and_then(Weak::upgrade) {
+            _ if !share => None,
             Some(shared) => {
                 let want = definition(source, &columns)?;
                 (fits(&shared.table, &want) && shared.reach(source, position).await).then_some(shared)

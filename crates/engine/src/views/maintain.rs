@@ -361,8 +361,12 @@ impl ViewMaintainer {
         let groups = grouping.as_ref().map(|(keys, input)| (keys.as_slice(), *input));
         for (source, columns) in wanted_arrangements(&self.plan.plan, self.sources(), groups) {
             let position = positions.get(source).copied().unwrap_or(0);
+            // A view that emits on window close steps one commit at a time,
+            // which a shared arrangement advanced by others may not hold.
+            let share = self.window_end.is_none();
             let arrangement =
-                Arrangement::open(registry, &self.view.dir, source, &self.sources()[source], columns, position).await?;
+                Arrangement::open(registry, &self.view.dir, source, &self.sources()[source], columns, position, share)
+                    .await?;
             self.arrangements.push(arrangement);
         }
         // Views advancing several shared arrangements of a source lock them in one order.
