@@ -529,6 +529,9 @@ impl DynamicCatalog {
         let mut views = BTreeSet::new();
         let mut plain_views = BTreeSet::new();
         let mut named = BTreeSet::new();
+        // <schema>/<dir>/index/… holds arrangements views share
+        // (views::arrange): per relation, its newest file's time.
+        let mut indexed: BTreeMap<(String, String), i64> = BTreeMap::new();
         let mut schema_names: BTreeSet<String> = [DEFAULT_SCHEMA.to_string()].into();
         for meta in &metas {
             // Parts as written (`table_dir` encodes them again).
@@ -553,6 +556,10 @@ impl DynamicCatalog {
                 }
                 [schema, dir, NAME_FILE] => {
                     named.insert((schema.to_string(), dir.to_string()));
+                }
+                [schema, dir, "index", _, ..] => {
+                    let newest = indexed.entry((schema.to_string(), dir.to_string())).or_insert(i64::MIN);
+                    *newest = (*newest).max(meta.last_modified.timestamp_millis());
                 }
                 _ => {}
             }
@@ -609,6 +616,27 @@ impl DynamicCatalog {
                 Err(e) => Err(e),
             };
             pending.push(PendingView { name: RelationName { schema, name }, dir, stored });
+        }
+        // Arrangements of relations no materialized view reads (a crash
+        // between a view's drop and the removal of what it alone used),
+        // unless young enough to be another engine's view being created.
+        let read: BTreeSet<&String> = schemas
+            .values()
+            .flat_map(BTreeMap::values)
+            .filter_map(|r| match r {
+                Relation::MaterializedView(v) => Some(&v.definition.sources),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        for ((schema, dir), newest) in indexed {
+            if newest >= crate::now_ms() - ORPHAN_MARGIN_AT_OPEN_MS {
+                continue;
+            }
+            let name = names.get(&(schema.clone(), dir.clone())).cloned().unwrap_or_else(|| dir.clone());
+            if !read.contains(&RelationName { schema: schema.clone(), name }.to_string()) {
+                remove_dir(&store, &table_dir(&schema, &dir).join("index")).await?;
+            }
         }
         // What crashes left behind: cleaned in the background, sparing files
         // young enough to belong to another engine's commit in flight.

@@ -557,3 +557,42 @@ async fn views_share_an_arrangement_until_the_last_one_is_dropped() {
     e.shutdown();
     e.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arrangement_no_view_reads_is_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path()).await;
+    sql(&e, "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT)").await.unwrap();
+    sql(&e, "CREATE TABLE customers (id BIGINT PRIMARY KEY, country TEXT)").await.unwrap();
+    sql(&e, "INSERT INTO orders VALUES (10, 1)").await.unwrap();
+    sql(&e, "INSERT INTO customers VALUES (1, 'UK')").await.unwrap();
+    let join = "FROM orders o JOIN customers c ON o.customer_id = c.id";
+    sql(&e, &format!("CREATE MATERIALIZED VIEW kept AS SELECT o.id, c.country {join}")).await.unwrap();
+    sql(&e, &format!("CREATE MATERIALIZED VIEW gone AS SELECT o.id {join}")).await.unwrap();
+    e.shutdown();
+    e.close().await;
+    // Restarted with both: the shared arrangement stays.
+    let e = engine(dir.path()).await;
+    assert_eq!(lines(&sql(&e, "SELECT count(*) FROM kept").await.unwrap()), ["| 1 |"]);
+    assert!(!index_files(dir.path()).is_empty());
+    e.shutdown();
+    e.close().await;
+    // As a crash between dropping both views and removing what they used leaves it.
+    for view in ["kept", "gone"] {
+        std::fs::remove_dir_all(dir.path().join("public").join(view)).unwrap();
+    }
+    // Young files may be another engine's view being created: kept.
+    let e = engine(dir.path()).await;
+    assert!(!index_files(dir.path()).is_empty());
+    e.shutdown();
+    e.close().await;
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    for file in index_files(dir.path()) {
+        std::fs::File::options().write(true).open(&file).unwrap().set_modified(two_hours_ago).unwrap();
+    }
+    let e = engine(dir.path()).await;
+    assert_eq!(index_files(dir.path()), Vec::<std::path::PathBuf>::new(), "no view reads orders: its index is gone");
+    assert_eq!(lines(&sql(&e, "SELECT count(*) FROM orders").await.unwrap()), ["| 1 |"]);
+    e.shutdown();
+    e.close().await;
+}
