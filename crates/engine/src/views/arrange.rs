@@ -466,12 +466,10 @@ impl Arrangement {
         self.shared.position()
     }
 
-    /// The source snapshots after `after` up to `upto` it holds, ascending.
-    pub fn positions_in(&self, after: u64, upto: u64) -> Vec<u64> {
-        if after >= upto {
-            return Vec::new();
-        }
-        crate::lock(&self.shared.at).range(after + 1..=upto).map(|(&p, _)| p).collect()
+    /// The source snapshots after `after` it holds, ascending (the last is
+    /// its position; none when it is not past `after`).
+    pub fn positions_after(&self, after: u64) -> Vec<u64> {
+        crate::lock(&self.shared.at).range(after + 1..).map(|(&p, _)| p).collect()
     }
 
     /// The view is at source snapshot `position`: it no longer reads the
@@ -548,6 +546,33 @@ impl Drop for Arrangement {
         crate::lock(&self.shared.users).remove(&self.use_id);
         self.shared.prune();
     }
+}
+
+/// Where a view's step from its position may end, near `to` (after the
+/// position): `held` has, per arrangement of the source, the positions it
+/// holds after the view's (ascending; empty when it is not past it). An
+/// arrangement another view advanced past the view's position is probed as
+/// of the step's end, so the step ends where every such arrangement has a
+/// snapshot or at or past its position (the step then advances it): the
+/// latest such end up to `to`, else the first after (the furthest
+/// position always is one).
+pub fn step_end(to: u64, held: &[Vec<u64>]) -> u64 {
+    let ahead: Vec<(&[u64], u64)> =
+        held.iter().filter_map(|positions| positions.last().map(|&last| (positions.as_slice(), last))).collect();
+    let Some(furthest) = ahead.iter().map(|&(_, last)| last).max() else {
+        return to;
+    };
+    let fits = |end: u64| ahead.iter().all(|&(positions, last)| end >= last || positions.binary_search(&end).is_ok());
+    let mut ends: Vec<u64> = ahead.iter().flat_map(|&(positions, _)| positions.iter().copied()).collect();
+    ends.extend([to, furthest]);
+    ends.sort_unstable();
+    ends.dedup();
+    ends.iter()
+        .rev()
+        .find(|&&end| end <= to && fits(end))
+        .or_else(|| ends.iter().find(|&&end| end > to && fits(end)))
+        .copied()
+        .unwrap_or(furthest)
 }
 
 /// The options of a view's hidden tables (arrangements, state): written
@@ -659,5 +684,32 @@ impl<'a> Advance<'a> {
             txn.commit().await?.ok_or_else(|| Error::internal("an arrangement's commit made no snapshot"))?;
         crate::lock(&shared.at).insert(to, snapshot.id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::step_end;
+
+    #[test]
+    fn a_step_ends_where_the_shared_arrangements_have_snapshots() {
+        // No arrangement past the view's position: the step's own end.
+        assert_eq!(step_end(10, &[]), 10);
+        assert_eq!(step_end(10, &[vec![]]), 10);
+        // One at 12 holding 5 and 8 too: the latest of those up to the end,
+        assert_eq!(step_end(10, &[vec![5, 8, 12]]), 8);
+        assert_eq!(step_end(8, &[vec![5, 8, 12]]), 8);
+        // else the first after it,
+        assert_eq!(step_end(4, &[vec![5, 8, 12]]), 5);
+        // and at or past its position any end (the step advances it).
+        assert_eq!(step_end(12, &[vec![5, 8, 12]]), 12);
+        assert_eq!(step_end(15, &[vec![5, 8, 12]]), 15);
+        // Two: an end both hold, or past both.
+        assert_eq!(step_end(10, &[vec![5, 12], vec![8, 12]]), 12);
+        assert_eq!(step_end(10, &[vec![5, 7, 12], vec![7, 9]]), 7);
+        assert_eq!(step_end(10, &[vec![5, 11], vec![9]]), 11);
+        assert_eq!(step_end(20, &[vec![5, 11], vec![9]]), 20);
+        // One not past the view's position leaves the choice to the other.
+        assert_eq!(step_end(4, &[vec![6], vec![]]), 6);
     }
 }

@@ -776,29 +776,12 @@ impl ViewMaintainer {
         Ok((to, rows))
     }
 
-    /// Where a step of `source` from `from` may end, near `to`: a view
-    /// sharing an arrangement that another view advanced past `from` probes
-    /// it as of the step's end, so the step ends where the arrangement has
-    /// a snapshot, or at or past the arrangement's position (the step then
-    /// advances it). The latest such end up to `to`, else the first after.
+    /// Where a step of `source` from `from` may end, near `to`, given the
+    /// positions its shared arrangements hold ([`super::arrange::step_end`]).
     fn shared_step_end(&self, source: usize, from: u64, to: u64) -> u64 {
-        let ahead: Vec<&Arrangement> =
-            self.arrangements.iter().filter(|a| a.source == source && a.position() > from).collect();
-        if ahead.is_empty() {
-            return to;
-        }
-        let fits = |end: u64| ahead.iter().all(|a| end >= a.position() || a.snapshot_for(end).is_some());
-        let furthest = ahead.iter().map(|a| a.position()).max().unwrap_or(to);
-        let mut ends: Vec<u64> = ahead.iter().flat_map(|a| a.positions_in(from, furthest)).collect();
-        ends.extend([to, furthest]);
-        ends.sort_unstable();
-        ends.dedup();
-        ends.iter()
-            .rev()
-            .find(|&&end| end <= to && fits(end))
-            .or_else(|| ends.iter().find(|&&end| end > to && fits(end)))
-            .copied()
-            .unwrap_or(furthest)
+        let held: Vec<Vec<u64>> =
+            self.arrangements.iter().filter(|a| a.source == source).map(|a| a.positions_after(from)).collect();
+        super::arrange::step_end(to, &held)
     }
 
     /// Advances source `source` from snapshot `from` to `to` (`rows`
