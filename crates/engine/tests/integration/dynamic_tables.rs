@@ -508,15 +508,21 @@ fn index_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// Creates the tables orders and customers; returns the FROM clause that
+/// joins them on a column that is not the orders' key.
+async fn orders_and_customers(e: &Engine) -> &'static str {
+    sql(e, "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT, amount INT)").await.unwrap();
+    sql(e, "CREATE TABLE customers (id BIGINT PRIMARY KEY, country TEXT)").await.unwrap();
+    "FROM orders o JOIN customers c ON o.customer_id = c.id"
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_share_an_arrangement_until_the_last_one_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path()).await;
-    sql(&e, "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT, amount INT)").await.unwrap();
-    sql(&e, "CREATE TABLE customers (id BIGINT PRIMARY KEY, country TEXT)").await.unwrap();
+    let join = orders_and_customers(&e).await;
     sql(&e, "INSERT INTO customers VALUES (1, 'UK'), (2, 'US')").await.unwrap();
     sql(&e, "INSERT INTO orders VALUES (10, 1, 100), (11, 2, 50)").await.unwrap();
-    let join = "FROM orders o JOIN customers c ON o.customer_id = c.id";
     sql(
         &e,
         &format!(
@@ -562,11 +568,9 @@ async fn views_share_an_arrangement_until_the_last_one_is_dropped() {
 async fn an_arrangement_no_view_reads_is_removed_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path()).await;
-    sql(&e, "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT)").await.unwrap();
-    sql(&e, "CREATE TABLE customers (id BIGINT PRIMARY KEY, country TEXT)").await.unwrap();
-    sql(&e, "INSERT INTO orders VALUES (10, 1)").await.unwrap();
+    let join = orders_and_customers(&e).await;
+    sql(&e, "INSERT INTO orders VALUES (10, 1, 5)").await.unwrap();
     sql(&e, "INSERT INTO customers VALUES (1, 'UK')").await.unwrap();
-    let join = "FROM orders o JOIN customers c ON o.customer_id = c.id";
     sql(&e, &format!("CREATE MATERIALIZED VIEW kept AS SELECT o.id, c.country {join}")).await.unwrap();
     sql(&e, &format!("CREATE MATERIALIZED VIEW gone AS SELECT o.id {join}")).await.unwrap();
     e.shutdown();
