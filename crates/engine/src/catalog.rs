@@ -50,7 +50,7 @@ impl std::fmt::Display for RelationName {
     }
 }
 
-pub use crate::sql::{Procedure, RelationKind};
+pub use crate::sql::{Procedure, RelationKind, ViewAlteration};
 
 /// What `CREATE MATERIALIZED VIEW` asks the catalog for.
 #[derive(Debug, Clone)]
@@ -198,11 +198,12 @@ pub trait Catalog: Debug + Send + Sync + 'static {
     }
 
     /// Gives the catalog the engine's SQL context once it exists, for
-    /// interpreting stored SQL (column defaults). The default does nothing.
+    /// interpreting stored SQL (column defaults), and how to run batch work
+    /// (view refreshes). The default does nothing.
     ///
     /// # Errors
     /// Stored SQL that no longer plans.
-    fn bind(&self, _ctx: &datafusion::prelude::SessionContext) -> Result<()> {
+    fn bind(&self, _ctx: &datafusion::prelude::SessionContext, _batch: crate::exec::BatchRunner) -> Result<()> {
         Ok(())
     }
 
@@ -232,6 +233,26 @@ pub trait Catalog: Debug + Send + Sync + 'static {
         Err(Error::unsupported(format!(
             "materialized view {} needs Dynamic Tables (this catalog keeps tables in memory)",
             request.name
+        )))
+    }
+
+    /// `ALTER MATERIALIZED VIEW [IF EXISTS] name SUSPEND | RESUME | REFRESH
+    /// | SET (…)`: what it did, for a notice (`None`: no such view and
+    /// `if_exists`). The default refuses: views need stored tables.
+    ///
+    /// # Errors
+    /// 42P01 for a missing view, 42809 for another kind of relation, 22023
+    /// for an unknown option, 0A000 for a mode the query cannot have, and
+    /// the refresh's own error for REFRESH.
+    async fn alter_materialized_view(
+        &self,
+        name: &RelationName,
+        action: ViewAlteration,
+        if_exists: bool,
+    ) -> Result<Option<String>> {
+        let _ = (action, if_exists);
+        Err(Error::unsupported(format!(
+            "materialized view {name} needs Dynamic Tables (this catalog keeps tables in memory)"
         )))
     }
 

@@ -57,11 +57,53 @@ pub struct ViewsConfig {
     /// up when one of those goes, before it reads the partition again from
     /// its sources ([`crate::views::spares`]).
     pub top_n_spares: usize,
+    /// A view created with a freshness and `refresh_mode = 'auto'` (the
+    /// default) is maintained continuously when its freshness is below
+    /// this, and refreshed in full on a schedule otherwise (Flink's 30
+    /// minutes by default), as a duration (`"30 min"`, `"1 h"`).
+    #[serde(deserialize_with = "duration")]
+    pub full_refresh_threshold: std::time::Duration,
+    /// Full refreshes that run at once (a pipeline's refreshes run in
+    /// dependency order within this).
+    pub refresh_concurrency: usize,
+    /// How many more times a failed refresh is tried (after 1, 2, 4 … times
+    /// `refresh_retry_backoff_ms`) before it is marked failed.
+    pub refresh_retries: u32,
+    /// The first pause before a failed refresh is tried again, in ms.
+    pub refresh_retry_backoff_ms: u64,
+    /// Memory one full refresh may use (its query runs in BSP, stage by
+    /// stage, when it would need more), or `"unlimited"`.
+    pub refresh_memory_limit: ByteSize,
 }
 
 impl Default for ViewsConfig {
     fn default() -> Self {
-        Self { step_rows: 100_000, top_n_spares: 16 }
+        Self {
+            step_rows: 100_000,
+            top_n_spares: 16,
+            full_refresh_threshold: std::time::Duration::from_secs(30 * 60),
+            refresh_concurrency: 2,
+            refresh_retries: 3,
+            refresh_retry_backoff_ms: 1000,
+            refresh_memory_limit: ByteSize::Bytes(1 << 30),
+        }
+    }
+}
+
+/// A duration written as `"30 min"`, `"1 h"`, `"10 s"`, `"500 ms"` (a bare
+/// number is milliseconds).
+fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<std::time::Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Number(u64),
+        Text(String),
+    }
+    match Text::deserialize(deserializer)? {
+        Text::Number(ms) => Ok(std::time::Duration::from_millis(ms)),
+        Text::Text(text) => streamhouse_storage::options::parse_duration_ms(&text)
+            .map(std::time::Duration::from_millis)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid duration \"{text}\" (e.g. \"30 min\", \"1 h\")"))),
     }
 }
 

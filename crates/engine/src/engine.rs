@@ -150,7 +150,12 @@ impl Engine {
         let access = catalog.access().unwrap_or_else(|| Arc::new(crate::access::Access::in_memory()));
         let relation_oids =
             crate::catalog::pg::install(&base, Arc::clone(&catalog), Arc::clone(&access), &config.database)?;
-        catalog.bind(&base)?;
+        let faults: Arc<crate::exec::bsp::Faults> = Arc::default();
+        let batch = crate::exec::BatchRunner::new(
+            bsp_options(&config, &spill, &faults),
+            (config.bsp_after_ms > 0).then(|| std::time::Duration::from_millis(config.bsp_after_ms)),
+        );
+        catalog.bind(&base, batch)?;
         base.register_udtf("table_as_of", Arc::new(crate::time_travel::TableAsOf::new(Arc::clone(&catalog))));
         Ok(Self {
             inner: Arc::new(EngineInner {
@@ -161,7 +166,7 @@ impl Engine {
                 active: Arc::default(),
                 queries,
                 spill,
-                faults: Arc::default(),
+                faults,
                 next_session_id: AtomicU64::new(1),
                 catalog_version: AtomicU64::new(0),
                 relation_oids,
@@ -235,15 +240,7 @@ impl Engine {
 
     /// How BSP queries run: spill store, concurrency, retries.
     pub(crate) fn bsp_options(&self) -> crate::exec::bsp::BspOptions {
-        let config = &self.inner.config;
-        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        crate::exec::bsp::BspOptions {
-            store: Arc::clone(self.inner.spill.store()),
-            concurrency: if config.stage_concurrency == 0 { cores } else { config.stage_concurrency },
-            retries: config.task_retries,
-            faults: Arc::clone(&self.inner.faults),
-            pinning: Arc::new(crate::dynamic::scan::DynamicSnapshotPinning),
-        }
+        bsp_options(&self.inner.config, &self.inner.spill, &self.inner.faults)
     }
 
     pub(crate) fn inner(&self) -> &EngineInner {
@@ -290,4 +287,20 @@ pub(crate) fn text_udf(
             Ok(ColumnarValue::Array(Arc::new(out)))
         }),
     )
+}
+
+/// How BSP queries run: spill store, concurrency, retries.
+fn bsp_options(
+    config: &EngineConfig,
+    spill: &crate::exec::bsp::SpillArea,
+    faults: &Arc<crate::exec::bsp::Faults>,
+) -> crate::exec::bsp::BspOptions {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    crate::exec::bsp::BspOptions {
+        store: Arc::clone(spill.store()),
+        concurrency: if config.stage_concurrency == 0 { cores } else { config.stage_concurrency },
+        retries: config.task_retries,
+        faults: Arc::clone(faults),
+        pinning: Arc::new(crate::dynamic::scan::DynamicSnapshotPinning),
+    }
 }

@@ -116,10 +116,72 @@ pub(crate) struct Running {
     pub bsp: Option<Arc<BspRun>>,
 }
 
+/// Runs work that no session asks for (the refreshes of materialized
+/// views) as a session runs a query: MPP or BSP chosen automatically, in a
+/// memory pool of its own.
+#[derive(Debug, Clone)]
+pub struct BatchRunner {
+    options: BspOptions,
+    bsp_after: Option<Duration>,
+}
+
+impl BatchRunner {
+    pub(crate) fn new(options: BspOptions, bsp_after: Option<Duration>) -> Self {
+        Self { options, bsp_after }
+    }
+
+    /// Runs `plan` (optimized in `state`'s context) with at most `limit`
+    /// bytes of memory: its rows, and how it runs and why (`bsp: …`).
+    ///
+    /// # Errors
+    /// Planning errors; running out of memory in BSP.
+    pub async fn run(
+        &self,
+        state: SessionState,
+        plan: LogicalPlan,
+        limit: Option<usize>,
+    ) -> Result<(SendableRecordBatchStream, String)> {
+        let (query, _pool) = Query::new(state, plan, limit, ExecutionMode::Auto, self.options.clone(), self.bsp_after);
+        let planned = query.plan().await?;
+        let running = query.run(planned).await?;
+        Ok((running.stream, format!("{}: {}", running.mode.as_str(), running.reason)))
+    }
+}
+
 /// Most times a BSP query is planned again with more partitions after a task ran out of memory.
 const BSP_REPLANS: usize = 2;
 
 impl Query {
+    /// `logical`, to plan in `state` and run in a memory pool of its own of
+    /// `limit` bytes (`None`: as much as the engine has): the query, and its pool.
+    pub(crate) fn new(
+        state: SessionState,
+        logical: LogicalPlan,
+        limit: Option<usize>,
+        requested: ExecutionMode,
+        options: BspOptions,
+        bsp_after: Option<Duration>,
+    ) -> (Self, Arc<crate::memory::QueryPool>) {
+        let engine = state.runtime_env();
+        let mut runtime = (**engine).clone();
+        let pool = Arc::new(crate::memory::QueryPool::new(limit, &engine.memory_pool));
+        runtime.memory_pool = Arc::clone(&pool) as _;
+        let budget = budget(pool.as_ref(), engine.memory_pool.as_ref());
+        let mut task = TaskContext::from(&state).with_runtime(Arc::new(runtime));
+        if let Some(budget) = budget {
+            // Each sort partition reserves this up front for its merge: a small limit must not be
+            // spent on reservations before anything runs.
+            let mut config = state.config().clone();
+            let partitions = config.target_partitions().max(1);
+            let execution = &mut config.options_mut().execution;
+            execution.sort_spill_reservation_bytes =
+                execution.sort_spill_reservation_bytes.min(budget / (4 * partitions));
+            task = task.with_session_config(config);
+        }
+        let query = Self { state, logical, task: Arc::new(task), requested, options, bsp_after, record: None };
+        (query, pool)
+    }
+
     /// The memory the query may use: its pool's limit (the session's
     /// `memory_limit`, else the engine's).
     fn budget(&self) -> Option<usize> {

@@ -737,6 +737,11 @@ impl Session {
             Statement::Rename { kind, name, new_name, if_exists } => {
                 self.rename_relation(name, *kind, new_name, *if_exists).await
             }
+            Statement::AlterMaterializedView { name, if_exists, action } => {
+                let out = self.alter_materialized_view(name, *if_exists, action).await;
+                self.engine.bump_catalog_version();
+                out
+            }
             Statement::RenameColumn { table, column, new_name, if_exists } => {
                 self.rename_column(table, column, new_name, *if_exists).await
             }

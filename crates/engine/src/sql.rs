@@ -32,7 +32,7 @@ use datafusion::sql::sqlparser::ast;
 pub use parser::{parse, parse_question_mark_parameters};
 pub use statement::{
     AddColumn, Copy, CreateMaterializedView, CreateTable, Cutoff, Grant, Granted, InsertIgnoringConflicts, Procedure,
-    RelationKind, Start, Statement, Subscribe, SubscribeOptions,
+    RelationKind, Start, Statement, Subscribe, SubscribeOptions, ViewAlteration,
 };
 
 use crate::error::{Error, Result};

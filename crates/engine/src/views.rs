@@ -60,6 +60,8 @@ pub mod groups;
 pub mod maintain;
 pub mod plan;
 pub mod probe;
+pub mod refresh;
+pub mod schedule;
 pub mod spares;
 pub mod state;
 pub mod steps;
@@ -72,6 +74,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session as DfSession, TableProvider};
+use datafusion::common::DFSchema;
 use datafusion::datasource::TableType;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
@@ -129,6 +132,14 @@ pub struct ViewDefinition {
     /// ([`groups`]); views stored before recompute the groups a change touches.
     #[serde(default)]
     pub group_table: bool,
+    /// How the view is kept up to date (continuous, or full refreshes),
+    /// and whether it is suspended ([`refresh`]).
+    #[serde(default)]
+    pub refresh: refresh::Refresh,
+    /// A full view whose query cannot be maintained incrementally: how its
+    /// rows are keyed ([`refresh::BatchKey`]).
+    #[serde(default)]
+    pub batch_key: Option<refresh::BatchKey>,
 }
 
 /// How a view's derived key is stored.
@@ -188,7 +199,7 @@ pub struct MaterializedView {
     /// The sources, once planned (for freshness waits).
     sources: Mutex<Vec<plan::Source>>,
     /// How the maintainer computes steps, once it has planned the view.
-    maintenance: std::sync::OnceLock<&'static str>,
+    maintenance: Mutex<&'static str>,
     /// Reads by key of a join input its steps made ([`probe`]).
     pub probes: std::sync::atomic::AtomicU64,
     /// Reads of a whole source snapshot its steps made.
@@ -200,8 +211,16 @@ pub struct MaterializedView {
     pub late_rows: std::sync::atomic::AtomicU64,
     /// The arrangements its steps probe, once the maintainer opened them.
     arrangements: Mutex<Vec<arrange::ArrangementUse>>,
-    /// Stops the maintainer.
-    stop: tokio_util::sync::CancellationToken,
+    /// Stops the maintainer (or a refresh); a new one after RESUME.
+    stop: Mutex<tokio_util::sync::CancellationToken>,
+    /// How the view is kept up to date now (the definition's, as altered).
+    refresh: Mutex<refresh::Refresh>,
+    /// A full view's refresher, once started.
+    refresher: Mutex<Option<Arc<refresh::Refresher>>>,
+    /// Held while a refresh runs: one at a time.
+    pub refreshing: tokio::sync::Mutex<()>,
+    /// What the scheduler keeps about the view ([`schedule`]).
+    pub schedule: Mutex<schedule::ViewSchedule>,
     /// The maintainer task.
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     me: std::sync::Weak<MaterializedView>,
@@ -216,6 +235,7 @@ impl MaterializedView {
         dir: object_store::path::Path,
     ) -> Arc<Self> {
         let visible = Arc::new(DynamicTable::visible_part(Arc::clone(storage.storage()), definition.columns.len()));
+        let refresh = definition.refresh.clone();
         Arc::new_cyclic(|me| Self {
             name,
             storage,
@@ -224,13 +244,17 @@ impl MaterializedView {
             visible,
             progress: tokio::sync::watch::Sender::new(Progress::default()),
             sources: Mutex::new(Vec::new()),
-            maintenance: std::sync::OnceLock::new(),
+            maintenance: Mutex::new("starting"),
             probes: std::sync::atomic::AtomicU64::new(0),
             scans: std::sync::atomic::AtomicU64::new(0),
             step_plans: steps::StepPlans::default(),
             late_rows: std::sync::atomic::AtomicU64::new(0),
             arrangements: Mutex::new(Vec::new()),
-            stop: tokio_util::sync::CancellationToken::new(),
+            stop: Mutex::new(tokio_util::sync::CancellationToken::new()),
+            refresh: Mutex::new(refresh),
+            refresher: Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+            schedule: Mutex::new(schedule::ViewSchedule::default()),
             task: Mutex::new(None),
             me: me.clone(),
         })
@@ -256,13 +280,23 @@ impl MaterializedView {
         self.definition.columns.len()
     }
 
-    /// Stops maintenance (DROP, shutdown) and waits until the maintainer
-    /// has stopped: no commit of it follows.
+    /// Stops maintenance (DROP, shutdown, SUSPEND) and waits until the
+    /// maintainer, or a refresh under way, has stopped: no commit of it
+    /// follows.
     pub async fn stop(&self) {
-        self.stop.cancel();
+        crate::lock(&self.stop).cancel();
         let task = crate::lock(&self.task).take();
         if let Some(task) = task {
             let _ = task.await;
+        }
+        drop(self.refreshing.lock().await);
+    }
+
+    /// After [`MaterializedView::stop`]: maintenance may start again.
+    pub(crate) fn restartable(&self) {
+        let mut stop = crate::lock(&self.stop);
+        if stop.is_cancelled() {
+            *stop = tokio_util::sync::CancellationToken::new();
         }
     }
 
@@ -271,7 +305,37 @@ impl MaterializedView {
     }
 
     pub(crate) fn stop_token(&self) -> tokio_util::sync::CancellationToken {
-        self.stop.clone()
+        crate::lock(&self.stop).clone()
+    }
+
+    /// How the view is kept up to date now.
+    pub fn refresh_settings(&self) -> refresh::Refresh {
+        crate::lock(&self.refresh).clone()
+    }
+
+    pub(crate) fn set_refresh_settings(&self, settings: refresh::Refresh) {
+        *crate::lock(&self.refresh) = settings;
+    }
+
+    /// Whether the view is refreshed in full (not maintained continuously).
+    pub fn is_full(&self) -> bool {
+        crate::lock(&self.refresh).mode == refresh::RefreshMode::Full
+    }
+
+    /// A full view's refresher, once started.
+    pub fn refresher(&self) -> Option<Arc<refresh::Refresher>> {
+        crate::lock(&self.refresher).clone()
+    }
+
+    pub(crate) fn set_refresher(&self, refresher: Option<Arc<refresh::Refresher>>) {
+        *crate::lock(&self.refresher) = refresher;
+    }
+
+    /// The definition as it is to be stored now (with the refresh settings as altered).
+    pub fn current_definition(&self) -> ViewDefinition {
+        let mut definition = self.definition.clone();
+        definition.refresh = self.refresh_settings();
+        definition
     }
 
     /// The arrangements its steps probe, once the maintainer opened them.
@@ -293,11 +357,11 @@ impl MaterializedView {
     /// (per-group aggregate state), `recompute groups` (the touched groups
     /// or partitions are evaluated again), or `starting`.
     pub fn maintenance(&self) -> &'static str {
-        self.maintenance.get().copied().unwrap_or("starting")
+        *crate::lock(&self.maintenance)
     }
 
     pub(crate) fn set_maintenance(&self, maintenance: &'static str) {
-        let _ = self.maintenance.set(maintenance);
+        *crate::lock(&self.maintenance) = maintenance;
     }
 
     pub(crate) fn set_sources(&self, sources: Vec<plan::Source>) {
@@ -312,6 +376,11 @@ impl MaterializedView {
     /// The maintainer stopped with an error.
     pub fn wait_fresh(&self, deadline: tokio::time::Instant) -> futures::future::BoxFuture<'_, Result<Freshness>> {
         Box::pin(async move {
+            let settings = self.refresh_settings();
+            if settings.mode == refresh::RefreshMode::Full || settings.suspended {
+                // Fresh by its schedule (or not at all, suspended): read as it is.
+                return Ok(Freshness::Fresh);
+            }
             let mut progress = self.progress.subscribe();
             // After a restart the maintainer plans the view first; until it
             // has published positions, the sources are not known.
@@ -386,6 +455,18 @@ impl MaterializedView {
     /// # Errors
     /// The view is behind after `wait`; its maintainer failed.
     pub async fn before_read(&self, wait: Option<std::time::Duration>) -> Result<Option<String>> {
+        let settings = self.refresh_settings();
+        if settings.suspended {
+            return Ok(Some(format!(
+                "materialized view {} is suspended: its content is as of its last {} (ALTER MATERIALIZED VIEW … RESUME)",
+                self.name,
+                if settings.mode == refresh::RefreshMode::Full { "refresh" } else { "maintenance step" }
+            )));
+        }
+        if settings.mode == refresh::RefreshMode::Full {
+            // As fresh as its schedule keeps it: never a wait.
+            return Ok(None);
+        }
         let Some(wait) = wait else {
             if let Some(error) = self.progress.borrow().error.clone() {
                 return Err(self.not_maintained(&error));
@@ -569,6 +650,7 @@ pub async fn plan_query(ctx: &datafusion::prelude::SessionContext, sql: &str) ->
 pub fn define(
     request: &CreateMaterializedView,
     plan: &plan::ViewPlan,
+    refresh: refresh::Refresh,
 ) -> Result<(ViewDefinition, SchemaRef, storage::TableOptions)> {
     let output = plan.plan.schema();
     let mut options = request.options.clone();
@@ -582,38 +664,16 @@ pub fn define(
             ));
         }
     };
+    if emit_on_window_close && refresh.mode == refresh::RefreshMode::Full {
+        return Err(Error::unsupported(format!(
+            "materialized view {} emits on window close, which needs continuous maintenance: give it a freshness \
+             below views.full_refresh_threshold, or refresh_mode = 'continuous'",
+            request.name
+        )));
+    }
+    refresh::Refresh::take_options(&mut options)?;
     let mut options = storage::TableOptions::parse(&options)?;
-    if request.column_names.len() > plan.visible {
-        return Err(Error::new(
-            StatusCode::InvalidSyntax,
-            format!(
-                "CREATE MATERIALIZED VIEW {} specifies {} column names, but the query has {} columns",
-                request.name,
-                request.column_names.len(),
-                plan.visible
-            ),
-        ));
-    }
-    let columns: Vec<String> = (0..plan.visible)
-        .map(|i| request.column_names.get(i).cloned().flatten().unwrap_or_else(|| output.field(i).name().clone()))
-        .collect();
-    for (i, column) in columns.iter().enumerate() {
-        if columns[..i].contains(column) {
-            return Err(Error::new(
-                StatusCode::DuplicateColumn,
-                format!(
-                    "column \"{column}\" specified more than once in materialized view {} (give it an alias)",
-                    request.name
-                ),
-            ));
-        }
-        if column.starts_with("__") {
-            return Err(Error::invalid(format!(
-                "column name \"{column}\" of materialized view {} is reserved: names starting with __ are for hidden columns",
-                request.name
-            )));
-        }
-    }
+    let columns = column_names(request, output, plan.visible)?;
     if emit_on_window_close {
         check_window_close(request, plan, &columns)?;
     }
@@ -627,20 +687,7 @@ pub fn define(
         key = maintain::derive_key(&plain)?.0;
         top_n = false;
     }
-    let mut fields: Vec<Field> = (0..plan.visible)
-        .map(|i| {
-            let field = output.field(i);
-            let in_key = matches!(&key, KeyLayout::Visible(k) if k.contains(&i));
-            // The Postgres type of the column (`varchar(32)`, `numeric(12,2)`), not its origin.
-            let pg_type = field
-                .metadata()
-                .iter()
-                .filter(|(k, _)| k.as_str() == crate::types::PG_TYPE_KEY || k.as_str() == crate::types::PG_TYPMOD_KEY)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            Field::new(&columns[i], field.data_type().clone(), field.is_nullable() && !in_key).with_metadata(pg_type)
-        })
-        .collect();
+    let mut fields = visible_fields(output, &columns, &key);
     if key == KeyLayout::Hidden {
         fields.push(Field::new(HIDDEN_KEY, DataType::Binary, false));
     }
@@ -671,8 +718,114 @@ pub fn define(
         state: keeps_state,
         top_n,
         group_table,
+        refresh,
+        batch_key: None,
     };
     Ok((definition, Arc::new(Schema::new(fields)), options))
+}
+
+/// The stored definition and the table schema of a new full view whose
+/// query (`plan`, optimized) cannot be maintained incrementally: its
+/// visible columns, keyed as [`refresh::batch_key`] finds.
+///
+/// # Errors
+/// As [`define`]; a query that reads no table or materialized view.
+pub fn define_batch(
+    request: &CreateMaterializedView,
+    plan: &LogicalPlan,
+    refresh: refresh::Refresh,
+) -> Result<(ViewDefinition, SchemaRef, storage::TableOptions)> {
+    let mut options = request.options.clone();
+    if options.remove("emit").is_some_and(|e| !e.eq_ignore_ascii_case("on-update")) {
+        return Err(Error::unsupported(format!(
+            "materialized view {} emits on window close, which needs continuous maintenance",
+            request.name
+        )));
+    }
+    refresh::Refresh::take_options(&mut options)?;
+    let options = storage::TableOptions::parse(&options)?;
+    let plan = match plan {
+        LogicalPlan::Sort(sort) if sort.fetch.is_none() => sort.input.as_ref(),
+        other => other,
+    };
+    let output = plan.schema();
+    let visible = output.fields().len();
+    let columns = column_names(request, output, visible)?;
+    let sources = refresh::sources_of(plan)?;
+    let (key, batch_key) = refresh::batch_key(plan, visible);
+    let mut fields = visible_fields(output, &columns, &key);
+    if key == KeyLayout::Hidden {
+        fields.push(Field::new(HIDDEN_KEY, DataType::Binary, false));
+    }
+    let definition = ViewDefinition {
+        query: request.query.clone(),
+        columns,
+        sources: sources.iter().map(|s| s.name.to_string()).collect(),
+        key,
+        generation: 0,
+        emit_on_window_close: false,
+        state: false,
+        top_n: false,
+        group_table: false,
+        refresh,
+        batch_key: Some(batch_key),
+    };
+    Ok((definition, Arc::new(Schema::new(fields)), options))
+}
+
+/// The view's column names: the statement's, else the query's; checked.
+fn column_names(request: &CreateMaterializedView, output: &DFSchema, visible: usize) -> Result<Vec<String>> {
+    if request.column_names.len() > visible {
+        return Err(Error::new(
+            StatusCode::InvalidSyntax,
+            format!(
+                "CREATE MATERIALIZED VIEW {} specifies {} column names, but the query has {} columns",
+                request.name,
+                request.column_names.len(),
+                visible
+            ),
+        ));
+    }
+    let columns: Vec<String> = (0..visible)
+        .map(|i| request.column_names.get(i).cloned().flatten().unwrap_or_else(|| output.field(i).name().clone()))
+        .collect();
+    for (i, column) in columns.iter().enumerate() {
+        if columns[..i].contains(column) {
+            return Err(Error::new(
+                StatusCode::DuplicateColumn,
+                format!(
+                    "column \"{column}\" specified more than once in materialized view {} (give it an alias)",
+                    request.name
+                ),
+            ));
+        }
+        if column.starts_with("__") {
+            return Err(Error::invalid(format!(
+                "column name \"{column}\" of materialized view {} is reserved: names starting with __ are for hidden columns",
+                request.name
+            )));
+        }
+    }
+    Ok(columns)
+}
+
+/// The view's visible columns as stored: the query's types (and Postgres
+/// types), named `columns`, NOT NULL where they are key columns.
+fn visible_fields(output: &DFSchema, columns: &[String], key: &KeyLayout) -> Vec<Field> {
+    (0..columns.len())
+        .map(|i| {
+            let field = output.field(i);
+            let in_key = matches!(key, KeyLayout::Visible(k) if k.contains(&i));
+            // The Postgres type of the column (`varchar(32)`, `numeric(12,2)`), not its origin.
+            let pg_type = field
+                .metadata()
+                .iter()
+                .filter(|(k, _)| k.as_str() == crate::types::PG_TYPE_KEY || k.as_str() == crate::types::PG_TYPMOD_KEY)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Field::new(&columns[i], field.data_type().clone(), field.is_nullable() && !in_key).with_metadata(pg_type)
+        })
+        .collect()
 }
 
 /// The definition of the table that stores a view: its columns, keyed on

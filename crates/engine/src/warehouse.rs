@@ -34,6 +34,7 @@ use crate::dynamic::system::{SystemKind, SystemTable};
 use crate::error::{Error, Result, StatusCode};
 use crate::views::{self, MaterializedView};
 
+mod materialized;
 mod plain;
 
 /// The file in a relation's directory that holds its name: a rename
@@ -125,6 +126,14 @@ pub struct DynamicCatalog {
     views: ViewsConfig,
     /// The arrangements materialized views share.
     arrangements: Arc<views::arrange::Arrangements>,
+    /// How full refreshes run their queries (set by [`Catalog::bind`]).
+    batch: std::sync::OnceLock<crate::exec::BatchRunner>,
+    /// The refreshes since the server started (`sys.refreshes`).
+    refreshes: Arc<views::schedule::RefreshLog>,
+    /// Refreshes full views on schedule (started by [`Catalog::bind`]).
+    scheduler: std::sync::OnceLock<Arc<views::schedule::Scheduler>>,
+    /// Stops the scheduler.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl DynamicCatalog {
@@ -143,8 +152,7 @@ impl DynamicCatalog {
         &self,
         old: Arc<MaterializedView>,
         request: &CreateMaterializedView,
-        plan: views::ViewPlan,
-        ctx: datafusion::prelude::SessionContext,
+        defined: (views::ViewDefinition, datafusion::arrow::datatypes::SchemaRef, storage::TableOptions),
     ) -> Result<Created> {
         let name = &request.name;
         let dependents = self.dependents(name)?;
@@ -157,10 +165,10 @@ impl DynamicCatalog {
                 ),
             ));
         }
-        if plan.sources.iter().any(|s| &s.name == name) {
+        let (mut definition, schema, options) = defined;
+        if definition.sources.contains(&name.to_string()) {
             return Err(Error::invalid(format!("materialized view {name} cannot read itself")));
         }
-        let (mut definition, schema, options) = views::define(request, &plan)?;
         definition.generation = old.definition.generation + 1;
         let table_schema = views::table_schema(&definition, schema, options)?;
         let base = dir_base(&old.dir).unwrap_or_else(|| name.name.clone());
@@ -169,7 +177,7 @@ impl DynamicCatalog {
         let table = storage::Table::create(Arc::clone(&self.store), dir.clone(), &name.name, table_schema).await?;
         let view = MaterializedView::new(name.clone(), Arc::new(DynamicTable::new(table)), definition, dir.clone());
         let started = async {
-            Self::start_view(Arc::clone(&view), ctx, self.views.clone(), Arc::clone(&self.arrangements)).await?;
+            self.start_view(Arc::clone(&view), true).await?;
             let location = views::definition_path(&dir);
             object_store::ObjectStoreExt::put(&self.store, &location, storage::frame::encode(&view.definition)?.into())
                 .await
@@ -487,29 +495,14 @@ impl DynamicCatalog {
             .unwrap_or_default()
     }
 
-    fn view_context(&self) -> Result<datafusion::prelude::SessionContext> {
-        self.ctx.get().cloned().ok_or_else(|| Error::internal("the catalog is not bound to an engine yet"))
+    /// Lists the materialized views (for `sys.views` and the scheduler).
+    fn view_lister(&self) -> views::system::ViewLister {
+        let schemas = Arc::clone(&self.schemas);
+        Arc::new(move || materialized_views(&schemas))
     }
 
-    /// Plans a view's query and starts maintaining it: from its recorded
-    /// positions, or after a backfill when it has none (a new view, or one
-    /// whose backfill a crash interrupted).
-    async fn start_view(
-        view: Arc<MaterializedView>,
-        ctx: datafusion::prelude::SessionContext,
-        config: ViewsConfig,
-        arrangements: Arc<views::arrange::Arrangements>,
-    ) -> Result<()> {
-        let plan = views::ViewPlan::analyze(views::plan_query(&ctx, &view.definition.query).await?)?;
-        view.set_sources(plan.sources.clone());
-        let mut maintainer = views::maintain::ViewMaintainer::new(Arc::clone(&view), plan, ctx, config)?;
-        let positions = match maintainer.recorded_positions()? {
-            Some(positions) => positions,
-            None => maintainer.backfill().await?,
-        };
-        maintainer.arrange(&positions, &arrangements).await?;
-        view.set_task(tokio::spawn(maintainer.run(positions, view.stop_token())));
-        Ok(())
+    fn view_context(&self) -> Result<datafusion::prelude::SessionContext> {
+        self.ctx.get().cloned().ok_or_else(|| Error::internal("the catalog is not bound to an engine yet"))
     }
 
     /// Opens the warehouse in `store`, finding every relation in it.
@@ -661,6 +654,10 @@ impl DynamicCatalog {
             pending_views: std::sync::Mutex::new(pending),
             views: ViewsConfig::default(),
             arrangements: Arc::default(),
+            batch: std::sync::OnceLock::new(),
+            refreshes: Arc::default(),
+            scheduler: std::sync::OnceLock::new(),
+            stop: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -982,7 +979,8 @@ impl Catalog for DynamicCatalog {
         Ok(Created::Created)
     }
 
-    fn bind(&self, ctx: &datafusion::prelude::SessionContext) -> Result<()> {
+    fn bind(&self, ctx: &datafusion::prelude::SessionContext, batch: crate::exec::BatchRunner) -> Result<()> {
+        let _ = self.batch.set(batch);
         {
             let schemas = self.schemas.read().map_err(errors::poisoned)?;
             for relation in schemas.values().flat_map(|s| s.values()) {
@@ -1028,12 +1026,18 @@ impl Catalog for DynamicCatalog {
         }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::internal("materialized views need a tokio runtime to be maintained"))?;
+        let scheduler = Arc::new(views::schedule::Scheduler::new(
+            self.view_lister(),
+            self.views.clone(),
+            Arc::clone(&self.refreshes),
+        ));
+        if self.scheduler.set(Arc::clone(&scheduler)).is_ok() {
+            runtime.spawn(scheduler.run(self.stop.clone()));
+        }
         for view in views {
-            let ctx = ctx.clone();
-            let config = self.views.clone();
-            let arrangements = Arc::clone(&self.arrangements);
+            let starter = self.starter()?;
             runtime.spawn(async move {
-                if let Err(e) = Self::start_view(Arc::clone(&view), ctx, config, arrangements).await {
+                if let Err(e) = starter.start(Arc::clone(&view)).await {
                     tracing::error!(view = %view.name, error = %e, "cannot maintain materialized view");
                     view.progress.send_modify(|p| p.error = Some(e.message().to_string()));
                 }
@@ -1213,7 +1217,7 @@ impl Catalog for DynamicCatalog {
             started
         };
         if let Some(view) = started {
-            Self::start_view(view, self.view_context()?, self.views.clone(), Arc::clone(&self.arrangements)).await?;
+            self.start_view(view, false).await?;
         }
         self.refresh_view_texts()?;
         Ok(true)
@@ -1312,12 +1316,26 @@ impl Catalog for DynamicCatalog {
     }
 
     fn system_tables(&self) -> Vec<(String, Arc<dyn TableProvider>)> {
-        let schemas = Arc::clone(&self.schemas);
-        let views = views::system::views_table(Arc::new(move || materialized_views(&schemas)));
-        vec![("views".to_string(), views)]
+        let views = views::system::views_table(self.view_lister());
+        let refreshes = views::system::refreshes_table(Arc::clone(&self.refreshes));
+        vec![("views".to_string(), views), ("refreshes".to_string(), refreshes)]
+    }
+
+    async fn alter_materialized_view(
+        &self,
+        name: &RelationName,
+        action: crate::catalog::ViewAlteration,
+        if_exists: bool,
+    ) -> Result<Option<String>> {
+        match self.alter_view(name, action).await? {
+            Some(message) => Ok(Some(message)),
+            None if if_exists => Ok(None),
+            None => Err(errors::relation_not_found(name, RelationKind::MaterializedView)),
+        }
     }
 
     async fn close(&self) {
+        self.stop.cancel();
         for view in materialized_views(&self.schemas) {
             view.stop().await;
         }
@@ -1358,11 +1376,11 @@ impl Catalog for DynamicCatalog {
                 Some(other) => return Err(errors::wrong_kind(&name, RelationKind::MaterializedView, other.kind())),
             }
         };
-        let plan = views::ViewPlan::analyze(views::plan_query(&ctx, &request.query).await?)?;
+        let defined = materialized::define(&ctx, &request, &self.views).await?;
         if let Some(old) = replaced {
-            return self.replace_view(old, &request, plan, ctx).await;
+            return self.replace_view(old, &request, defined).await;
         }
-        let (definition, schema, options) = views::define(&request, &plan)?;
+        let (definition, schema, options) = defined;
         let table_schema = views::table_schema(&definition, schema, options)?;
         let dir = self.allocate_dir(&name)?;
         write_name(&self.store, &dir, &name.name).await?;
@@ -1381,9 +1399,7 @@ impl Catalog for DynamicCatalog {
             }
             schema.insert(name.name.clone(), Relation::MaterializedView(Arc::clone(&view)));
         }
-        if let Err(e) =
-            Self::start_view(Arc::clone(&view), ctx, self.views.clone(), Arc::clone(&self.arrangements)).await
-        {
+        if let Err(e) = self.start_view(Arc::clone(&view), true).await {
             // The statement failed as a whole: leave nothing behind.
             let _ = self.drop_relation(&name, RelationKind::MaterializedView, true, true).await;
             return Err(e);

@@ -310,23 +310,28 @@ fn bytes(key: &str, value: &str) -> Result<u64> {
 
 /// `1 h`, `30 min`, `10 s`, `500 ms`, `2 d`.
 fn duration_ms(key: &str, value: &str) -> Result<u64> {
+    parse_duration_ms(value).ok_or_else(|| {
+        Error::Invalid(format!(
+            "invalid value '{value}' for table option '{key}': expected a duration like '1 h' or '30 min'"
+        ))
+    })
+}
+
+/// `1 h`, `30 min`, `10 s`, `500 ms`, `2 d` (a bare number is seconds) in
+/// milliseconds; `None` for anything else.
+pub fn parse_duration_ms(value: &str) -> Option<u64> {
     let v = value.trim().to_ascii_lowercase();
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (digits, unit) = v.split_at(split);
     let scale: u64 = match unit.trim() {
-        "ms" => 1,
+        "ms" | "millisecond" | "milliseconds" => 1,
         "" | "s" | "sec" | "second" | "seconds" => 1000,
-        "m" | "min" | "minute" | "minutes" => 60_000,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
         "h" | "hour" | "hours" => 3_600_000,
         "d" | "day" | "days" => 86_400_000,
-        _ => 0,
+        _ => return None,
     };
-    match digits.parse::<u64>() {
-        Ok(n) if scale > 0 => Ok(n.saturating_mul(scale)),
-        _ => Err(Error::Invalid(format!(
-            "invalid value '{value}' for table option '{key}': expected a duration like '1 h' or '30 min'"
-        ))),
-    }
+    digits.parse::<u64>().ok().map(|n| n.saturating_mul(scale))
 }
 
 /// How rows with the same primary key combine (Paimon's `merge-engine`).

@@ -307,6 +307,33 @@ impl Session {
         Ok(Output::Command(CommandComplete::new("CREATE MATERIALIZED VIEW")))
     }
 
+    /// `ALTER MATERIALIZED VIEW … SUSPEND | RESUME | REFRESH | SET (…)`:
+    /// what it did is a notice.
+    pub(super) async fn alter_materialized_view(
+        &mut self,
+        name: &TableReference,
+        if_exists: bool,
+        action: &sql::ViewAlteration,
+    ) -> Result<Output> {
+        let name = self.relation_name(name)?;
+        if self.engine.catalog().relation_kind(&name).is_some() {
+            self.require_owner(&name, "alter")?;
+        }
+        let control = self.begin_statement();
+        let catalog = Arc::clone(self.engine.catalog());
+        let (target, action) = (name.clone(), action.clone());
+        let done =
+            control.run(async move { catalog.alter_materialized_view(&target, action, if_exists).await }).await?;
+        match done {
+            Some(message) => self.notice(NoticeSeverity::Notice, message),
+            None => self.notice(
+                NoticeSeverity::Notice,
+                format!("materialized view \"{}\" does not exist, skipping", name.name),
+            ),
+        }
+        Ok(Output::Command(CommandComplete::new("ALTER MATERIALIZED VIEW")))
+    }
+
     /// `CALL sys.<procedure>('table')`: table maintenance; what it did is a notice.
     pub(super) async fn call(&mut self, procedure: Procedure, table: &TableReference) -> Result<Output> {
         let name = self.relation_name(table)?;

@@ -49,39 +49,20 @@ impl Session {
             Err(_) => (None, crate::config::ExecutionMode::default()),
         };
         let (state, logical) = df.into_parts();
-        let engine = state.runtime_env();
-        let mut runtime = (**engine).clone();
-        let pool = Arc::new(crate::memory::QueryPool::new(
+        let after = self.engine.config().bsp_after_ms;
+        let (mut query, pool) = crate::exec::Query::new(
+            state,
+            logical,
             limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
-            &engine.memory_pool,
-        ));
-        runtime.memory_pool = Arc::clone(&pool) as _;
-        let budget = crate::exec::budget(pool.as_ref(), engine.memory_pool.as_ref());
+            requested,
+            self.engine.bsp_options(),
+            (after > 0).then(|| std::time::Duration::from_millis(after)),
+        );
         if let Some(record) = &record {
             record.set_pool(pool);
         }
-        let mut task = datafusion::execution::TaskContext::from(&state).with_runtime(Arc::new(runtime));
-        if let Some(budget) = budget {
-            // Each sort partition reserves this up front for its merge: a small limit must not be
-            // spent on reservations before anything runs.
-            let mut config = state.config().clone();
-            let partitions = config.target_partitions().max(1);
-            let execution = &mut config.options_mut().execution;
-            execution.sort_spill_reservation_bytes =
-                execution.sort_spill_reservation_bytes.min(budget / (4 * partitions));
-            task = task.with_session_config(config);
-        }
-        let task = Arc::new(task);
-        let after = self.engine.config().bsp_after_ms;
-        crate::exec::Query {
-            state,
-            logical,
-            task,
-            requested,
-            options: self.engine.bsp_options(),
-            bsp_after: (after > 0).then(|| std::time::Duration::from_millis(after)),
-            record: record.map(|r| r as Arc<dyn crate::exec::QueryObserver>),
-        }
+        query.record = record.map(|r| r as Arc<dyn crate::exec::QueryObserver>);
+        query
     }
 
     /// `EXPLAIN [VERBOSE] query`: the plans, the execution mode chosen and

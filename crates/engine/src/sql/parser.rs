@@ -20,7 +20,7 @@ use datafusion_pg_catalog::sql::rules::{self, SqlStatementRewriteRule};
 
 use super::statement::{
     AddColumn, Copy, CreateMaterializedView, CreateTable, Cutoff, InsertIgnoringConflicts, Procedure, RelationKind,
-    Start, Statement, Subscribe, SubscribeOptions,
+    Start, Statement, Subscribe, SubscribeOptions, ViewAlteration,
 };
 use super::{ident_value, table_reference};
 use crate::copy::{CopyOption, CopyOptions};
@@ -364,6 +364,10 @@ impl DialectParser<'_> {
                 self.parser.next_token();
                 self.alter_view()
             }
+            Keyword::CREATE if self.materialized_table_ahead() => {
+                self.parser.next_token();
+                self.materialized_table()
+            }
             Keyword::CREATE if self.create_table_ahead() => {
                 self.parser.next_token();
                 self.create_table()
@@ -399,10 +403,21 @@ impl DialectParser<'_> {
             RelationKind::MaterializedView => "ALTER MATERIALIZED VIEW",
             _ => "ALTER VIEW",
         };
+        if kind == RelationKind::MaterializedView
+            && let Some(action) = self.view_alteration()?
+        {
+            return Ok(Statement::AlterMaterializedView { name: table_reference(&name)?, if_exists, action });
+        }
         if !self.parser.parse_keyword(Keyword::RENAME) {
+            let others = match kind {
+                RelationKind::MaterializedView => {
+                    "RENAME TO, SUSPEND, RESUME, REFRESH and SET (…) are the supported \
+                                                   alterations"
+                }
+                _ => "RENAME TO is the only supported alteration",
+            };
             return Err(Error::unsupported(format!(
-                "{statement} … {} is not supported: RENAME TO is the only supported alteration (to change the query, \
-                 CREATE OR REPLACE the view)",
+                "{statement} … {} is not supported: {others} (to change the query, CREATE OR REPLACE the view)",
                 self.parser.peek_token_ref()
             )));
         }
@@ -420,6 +435,104 @@ impl DialectParser<'_> {
             new_name: ident_value(&new_name),
             if_exists,
         })
+    }
+
+    /// `SUSPEND | RESUME | REFRESH | SET (option = value, …)` after
+    /// `ALTER MATERIALIZED VIEW name`; `None` when another alteration follows.
+    fn view_alteration(&mut self) -> Result<Option<ViewAlteration>> {
+        let next = self.parser.peek_token_ref();
+        let action = if is_word(next, "suspend") {
+            ViewAlteration::Suspend
+        } else if is_word(next, "resume") {
+            ViewAlteration::Resume
+        } else if is_word(next, "refresh") {
+            ViewAlteration::Refresh
+        } else if is_word(next, "set") {
+            self.parser.next_token();
+            let options = self.option_list("ALTER MATERIALIZED VIEW … SET")?;
+            if options.is_empty() {
+                return Err(syntax("ALTER MATERIALIZED VIEW … SET needs at least one option"));
+            }
+            return Ok(Some(ViewAlteration::Set(options.into_iter().collect())));
+        } else {
+            return Ok(None);
+        };
+        self.parser.next_token();
+        Ok(Some(action))
+    }
+
+    /// `CREATE [OR REPLACE] MATERIALIZED TABLE` is next (Flink's spelling).
+    fn materialized_table_ahead(&self) -> bool {
+        let word = |n: usize, w: &str| is_word(self.parser.peek_nth_token_ref(n), w);
+        let n = if word(1, "or") && word(2, "replace") { 3 } else { 1 };
+        word(n, "materialized") && word(n + 1, "table")
+    }
+
+    /// `CREATE` (consumed) `[OR REPLACE] MATERIALIZED TABLE [IF NOT EXISTS] name
+    /// [(columns)] [FRESHNESS = INTERVAL 'n' unit] [REFRESH_MODE = CONTINUOUS |
+    /// FULL] [WITH (…)] AS query`: Flink's materialized table, as a
+    /// materialized view with those options.
+    fn materialized_table(&mut self) -> Result<Statement> {
+        let or_replace = self.parser.parse_keywords(&[Keyword::OR, Keyword::REPLACE]);
+        self.parser.expect_keyword(Keyword::MATERIALIZED)?;
+        self.parser.expect_keyword(Keyword::TABLE)?;
+        let if_not_exists = self.parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+        let name = self.parser.parse_object_name(false)?;
+        let mut columns = Vec::new();
+        if self.parser.consume_token(&Token::LParen) {
+            loop {
+                columns.push(ident_value(&self.parser.parse_identifier()?));
+                if self.parser.consume_token(&Token::RParen) {
+                    break;
+                }
+                self.parser.expect_token(&Token::Comma)?;
+            }
+        }
+        let mut options = BTreeMap::new();
+        loop {
+            let next = self.parser.peek_token_ref();
+            if is_word(next, "freshness") {
+                self.parser.next_token();
+                self.parser.expect_token(&Token::Eq)?;
+                let interval = match self.parser.parse_expr()? {
+                    ast::Expr::Interval(interval) => interval,
+                    other => {
+                        return Err(syntax(format!(
+                            "FRESHNESS takes an interval, as in FRESHNESS = INTERVAL '5' MINUTE, not {other}"
+                        )));
+                    }
+                };
+                let value = expr_text(&interval.value);
+                let unit = interval.leading_field.map(|f| f.to_string()).unwrap_or_default();
+                options.insert("freshness".to_string(), format!("{value} {unit}").trim().to_string());
+            } else if is_word(next, "refresh_mode") {
+                self.parser.next_token();
+                self.parser.expect_token(&Token::Eq)?;
+                let mode = self.parser.next_token();
+                let mode = match &mode.token {
+                    Token::Word(w) => w.value.to_ascii_lowercase(),
+                    Token::SingleQuotedString(s) => s.to_ascii_lowercase(),
+                    _ => return self.parser.expected("CONTINUOUS or FULL after REFRESH_MODE =", mode)?,
+                };
+                options.insert("refresh_mode".to_string(), mode);
+            } else if self.parser.parse_keyword(Keyword::WITH) {
+                self.parser.prev_token();
+                let with = self.parser.parse_options(Keyword::WITH)?;
+                options.extend(sql_options(&with)?);
+            } else {
+                break;
+            }
+        }
+        self.parser.expect_keyword(Keyword::AS)?;
+        let query = self.parser.parse_query()?;
+        Ok(Statement::CreateMaterializedView(Box::new(CreateMaterializedView {
+            name: table_reference(&name)?,
+            query,
+            columns,
+            if_not_exists,
+            or_replace,
+            options,
+        })))
     }
 
     /// `CREATE [OR REPLACE] [TEMP | TEMPORARY] TABLE` is next.
@@ -462,7 +575,7 @@ impl DialectParser<'_> {
             };
         }
         if self.parser.parse_keyword(Keyword::WITH) {
-            for (key, value) in self.option_list("SUBSCRIBE")? {
+            for (key, value) in self.option_list("SUBSCRIBE … WITH")? {
                 match key.as_str() {
                     "snapshot" => {
                         options.snapshot = parse_bool(&value).ok_or_else(|| {
@@ -498,7 +611,7 @@ impl DialectParser<'_> {
             let key = match &key.token {
                 Token::Word(w) => w.value.to_ascii_lowercase(),
                 Token::SingleQuotedString(s) => s.to_ascii_lowercase(),
-                _ => return self.parser.expected(&format!("an option name in {statement} … WITH (…)"), key)?,
+                _ => return self.parser.expected(&format!("an option name in {statement} (…)"), key)?,
             };
             let _ = self.parser.consume_token(&Token::Eq);
             let value = self.parser.next_token();
@@ -515,7 +628,7 @@ impl DialectParser<'_> {
             if !self.parser.consume_token(&Token::Comma) {
                 return self
                     .parser
-                    .expected_ref(&format!(", or ) in {statement} … WITH (…)"), self.parser.peek_token_ref())?;
+                    .expected_ref(&format!(", or ) in {statement} (…)"), self.parser.peek_token_ref())?;
             }
         }
     }
@@ -552,7 +665,7 @@ impl DialectParser<'_> {
         let name = ident_value(&self.parser.parse_identifier()?);
         let mut timeout = None;
         if self.parser.parse_keyword(Keyword::WITH) {
-            for (key, value) in self.option_list("FETCH")? {
+            for (key, value) in self.option_list("FETCH … WITH")? {
                 if key != "timeout" {
                     return Err(Error::invalid(format!(
                         "unknown FETCH option \"{key}\" (FETCH … WITH (timeout = '1s'))"

@@ -86,6 +86,15 @@ pub enum Statement {
         /// `IF EXISTS`.
         if_exists: bool,
     },
+    /// `ALTER MATERIALIZED VIEW [IF EXISTS] name SUSPEND | RESUME | REFRESH | SET (…)`.
+    AlterMaterializedView {
+        /// The view.
+        name: TableReference,
+        /// `IF EXISTS`.
+        if_exists: bool,
+        /// What to do.
+        action: ViewAlteration,
+    },
     /// `ALTER TABLE [IF EXISTS] name RENAME [COLUMN] column TO new_column`.
     RenameColumn {
         /// The table.
@@ -201,6 +210,31 @@ pub struct CreateMaterializedView {
     pub or_replace: bool,
     /// `WITH (…)`, keys lower-cased, string values unquoted.
     pub options: BTreeMap<String, String>,
+}
+
+/// What `ALTER MATERIALIZED VIEW` does to a view's refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewAlteration {
+    /// Stop maintaining or refreshing it; it keeps its content.
+    Suspend,
+    /// Maintain or refresh it again, from where it stopped.
+    Resume,
+    /// Refresh it now (a continuous view: wait until it is fresh).
+    Refresh,
+    /// `SET (freshness = …, refresh_mode = …)`, keys lower-cased.
+    Set(BTreeMap<String, String>),
+}
+
+impl ViewAlteration {
+    /// The alteration as SQL (`SUSPEND`, `SET (…)`).
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            ViewAlteration::Suspend => "SUSPEND",
+            ViewAlteration::Resume => "RESUME",
+            ViewAlteration::Refresh => "REFRESH",
+            ViewAlteration::Set(_) => "SET",
+        }
+    }
 }
 
 /// `SUBSCRIBE [TO] rel [AS OF SNAPSHOT n | AS OF TIMESTAMP '…'] [WITH (snapshot = …, consumer = …)]`.
@@ -435,6 +469,9 @@ impl std::fmt::Display for Statement {
                     Some(RelationKind::MaterializedView) => "MATERIALIZED VIEW",
                 };
                 write!(f, "ALTER {kind} {name} RENAME TO {new_name}")
+            }
+            Statement::AlterMaterializedView { name, action, .. } => {
+                write!(f, "ALTER MATERIALIZED VIEW {name} {}", action.keyword())
             }
             Statement::RenameColumn { table, column, new_name, .. } => {
                 write!(f, "ALTER TABLE {table} RENAME COLUMN {column} TO {new_name}")

@@ -33,11 +33,13 @@ use super::distinct::{self, DistinctTable};
 use super::groups::{Entry, GroupTable};
 use super::plan::{At, GroupState, Rewritten, Source, ViewPlan, WEIGHT};
 use super::probe::{Prober, reads_snapshots, reads_table, wanted_arrangements};
+use super::refresh::Differ;
 use super::spares::SpareTable;
 use super::state::{self, Delta, Group};
 use super::{KeyLayout, MaterializedView, POSITIONS_PROPERTY, Progress};
 use crate::config::ViewsConfig;
 use crate::error::{Error, Result};
+use crate::exec::BatchRunner;
 use crate::now_ms;
 
 mod grouped;
@@ -122,6 +124,27 @@ struct Work {
     groups: Vec<RecordBatch>,
     /// A Top-N view's change outgrew `step_rows`.
     overflowed: bool,
+}
+
+/// Where a fill's view rows go.
+enum Target<'a, 'b> {
+    /// Nowhere: only the state tables are filled.
+    None,
+    /// Upserted in this transaction (a backfill).
+    Table(Box<storage::Transaction<'b>>),
+    /// Compared with the view's rows, the differences staged in the
+    /// transaction (a full refresh).
+    Differ(&'a mut Differ, &'a mut storage::Transaction<'b>),
+}
+
+impl Target<'_, '_> {
+    async fn write(&mut self, rows: &RecordBatch) -> Result<()> {
+        match self {
+            Target::None => Ok(()),
+            Target::Table(txn) => Ok(txn.write(rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await?),
+            Target::Differ(differ, txn) => differ.add(rows, txn).await,
+        }
+    }
 }
 
 /// Key columns to bytes (the hidden `__key`, and the identity of a row).
@@ -526,15 +549,78 @@ impl ViewMaintainer {
         if !view && self.group_table.is_none() {
             return Ok(());
         }
+        let mut target = if view { Target::Table(Box::new(self.view.table().begin().await?.blind())) } else { Target::None };
+        self.fill_rows(positions, &mut target, true, None).await?;
+        if let Target::Table(txn) = target {
+            let mut txn = *txn;
+            txn.set_property(POSITIONS_PROPERTY, self.positions_property(positions));
+            txn.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// A full refresh's rows ([`super::refresh`]): the view's rows from the
+    /// sources at `positions`, through `differ` into `txn`, the query run
+    /// by `batch` with at most `limit` bytes. State tables are not written
+    /// (a continuous maintainer rebuilds them when it takes over). Returns
+    /// how the query ran.
+    ///
+    /// # Errors
+    /// Query and storage failures.
+    pub async fn refill(
+        &self,
+        positions: &[u64],
+        differ: &mut Differ,
+        txn: &mut storage::Transaction<'_>,
+        batch: &BatchRunner,
+        limit: Option<usize>,
+    ) -> Result<String> {
+        let mut target = Target::Differ(differ, txn);
+        self.fill_rows(positions, &mut target, false, Some((batch, limit))).await
+    }
+
+    /// Rebuilds the state tables (group state, value counts) at `positions`,
+    /// where the view has them: after full refreshes, which do not keep
+    /// them, and before following the sources.
+    ///
+    /// # Errors
+    /// Query and storage failures.
+    pub async fn rebuild_state(&mut self, positions: &[u64]) -> Result<bool> {
+        if !self.view.definition.group_table && !self.keeps_distinct() {
+            return Ok(false);
+        }
+        self.create_state_tables().await?;
+        self.fill(positions, false).await?;
+        Ok(true)
+    }
+
+    /// The sources the plan reads.
+    pub fn plan_sources(&self) -> &[Source] {
+        self.sources()
+    }
+
+    /// Streams the view's rows at `positions` into `target` (and, with
+    /// `state`, the group state into the group table); the query runs in
+    /// the step context, or by `batch` when given. Returns how it ran.
+    async fn fill_rows(
+        &self,
+        positions: &[u64],
+        target: &mut Target<'_, '_>,
+        state: bool,
+        batch: Option<(&BatchRunner, Option<usize>)>,
+    ) -> Result<String> {
+        let at: Vec<At> = self.plan.occurrences.iter().map(|&s| At::Snapshot(positions[s])).collect();
         let rewritten = self.plan.full(&at, None)?;
-        let table = self.view.table();
-        let mut txn = if view { Some(table.begin().await?.blind()) } else { None };
-        let mut state_txn = match &self.group_table {
-            Some(groups) => Some(groups.begin().await?.blind()),
-            None => None,
+        let mut state_txn = match (&self.group_table, state) {
+            (Some(groups), true) => Some(groups.begin().await?.blind()),
+            _ => None,
         };
+        let view = !matches!(target, Target::None);
         let query = if self.group_state().is_some() { self.plan.parts(&at, None)? } else { rewritten.plan.clone() };
-        let mut stream = self.ctx.execute_logical_plan(query).await?.execute_stream().await?;
+        let (mut stream, how) = match batch {
+            Some((runner, limit)) => runner.run(self.ctx.state(), query, limit).await?,
+            None => (self.ctx.execute_logical_plan(query).await?.execute_stream().await?, String::new()),
+        };
         let mut pending: Vec<RecordBatch> = Vec::new();
         let mut pending_rows = 0;
         let mut written = 0u64;
@@ -592,9 +678,7 @@ impl ViewMaintainer {
             }
             if pending_rows >= BACKFILL_BATCH_ROWS {
                 let rows = concat_batches(&self.storage_schema, &pending)?;
-                if let Some(txn) = &mut txn {
-                    txn.write(&rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await?;
-                }
+                target.write(&rows).await?;
                 pending.clear();
                 pending_rows = 0;
                 written += rows.num_rows() as u64;
@@ -603,18 +687,13 @@ impl ViewMaintainer {
         }
         if pending_rows > 0 {
             let rows = concat_batches(&self.storage_schema, &pending)?;
-            if let Some(txn) = &mut txn {
-                txn.write(&rows, &vec![storage::ValueKind::Upsert; rows.num_rows()]).await?;
-            }
+            target.write(&rows).await?;
         }
+        self.view.progress.send_modify(|p| p.backfilled = None);
         if let Some(state_txn) = state_txn {
             GroupTable::commit(state_txn, self.positions_property(positions)).await?;
         }
-        if let Some(mut txn) = txn {
-            txn.set_property(POSITIONS_PROPERTY, self.positions_property(positions));
-            txn.commit().await?;
-        }
-        Ok(())
+        Ok(how)
     }
 
     /// Follows the sources until `stop` is cancelled. Failed steps are

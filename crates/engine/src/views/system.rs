@@ -16,7 +16,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::TableProvider;
 
@@ -53,6 +55,12 @@ fn views_schema() -> SchemaRef {
         Field::new("plans_reused", DataType::Int64, false),
         Field::new("plans_planned", DataType::Int64, false),
         Field::new("arrangements", DataType::Utf8, true),
+        Field::new("refresh_mode", DataType::Utf8, false),
+        Field::new("refresh_reason", DataType::Utf8, false),
+        Field::new("freshness", DataType::Utf8, true),
+        Field::new("staleness_ms", DataType::Int64, true),
+        Field::new("freshness_missed", DataType::Boolean, true),
+        Field::new("next_refresh", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
     ]))
 }
 
@@ -88,11 +96,26 @@ struct Row {
     backlog: Option<i64>,
     step: (Option<i64>, Option<i64>),
     arrangements: Option<String>,
+    refresh: Refreshing,
+}
+
+/// The refresh columns of a view's rows.
+#[derive(Clone)]
+struct Refreshing {
+    mode: &'static str,
+    reason: String,
+    freshness: Option<String>,
+    /// The view's staleness: ms since the oldest source commit it does not reflect.
+    staleness_ms: Option<i64>,
+    missed: Option<bool>,
+    next_ms: Option<i64>,
 }
 
 async fn rows_of(view: &MaterializedView) -> Vec<Row> {
     let progress = view.progress.borrow().clone();
+    let settings = view.refresh_settings();
     let status = match (&progress.error, progress.started()) {
+        _ if settings.suspended => "suspended".to_string(),
         (Some(error), _) => format!("failed: {error}"),
         (None, true) => "running".to_string(),
         (None, false) if progress.backfilled.is_some() => "backfilling".to_string(),
@@ -104,6 +127,19 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
         (None, None) => (None, None),
     };
     let now = crate::now_ms();
+    let staleness_ms = view.lag().await.map(|(_, ms)| ms);
+    let refresh = Refreshing {
+        mode: settings.mode.as_str(),
+        reason: settings.reason.clone(),
+        freshness: settings.freshness_ms.map(super::refresh::show_ms),
+        staleness_ms,
+        missed: settings.freshness_ms.zip(staleness_ms).map(|(target, lag)| lag > target as i64),
+        next_ms: if settings.mode == super::refresh::RefreshMode::Full && !settings.suspended {
+            crate::lock(&view.schedule).next_ms
+        } else {
+            None
+        },
+    };
     let sources = view.sources();
     let mut rows = Vec::with_capacity(sources.len());
     for (i, source) in sources.iter().enumerate() {
@@ -145,6 +181,7 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
                     view.arrangements().iter().filter(|a| a.source == i).map(|a| a.describe()).collect();
                 (!used.is_empty()).then(|| used.join("; "))
             },
+            refresh: refresh.clone(),
         });
     }
     if rows.is_empty() {
@@ -166,6 +203,7 @@ async fn rows_of(view: &MaterializedView) -> Vec<Row> {
             backlog: None,
             step,
             arrangements: None,
+            refresh,
         });
     }
     rows
@@ -216,6 +254,82 @@ impl ComputedRows for ViewsTable {
             Arc::new(rows.iter().map(|r| Some(r.plans.0)).collect::<Int64Array>()),
             Arc::new(rows.iter().map(|r| Some(r.plans.1)).collect::<Int64Array>()),
             Arc::new(rows.iter().map(|r| r.arrangements.as_deref()).collect::<StringArray>()),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.refresh.mode))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.refresh.reason.as_str()))),
+            Arc::new(rows.iter().map(|r| r.refresh.freshness.as_deref()).collect::<StringArray>()),
+            Arc::new(rows.iter().map(|r| r.refresh.staleness_ms).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| r.refresh.missed).collect::<BooleanArray>()),
+            Arc::new(
+                rows.iter().map(|r| r.refresh.next_ms).collect::<TimestampMillisecondArray>().with_timezone("UTC"),
+            ),
+        ];
+        Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
+    }
+}
+
+/// `sys.refreshes` over `log`: one row per refresh attempt since the
+/// server started, oldest first.
+pub fn refreshes_table(log: Arc<super::schedule::RefreshLog>) -> Arc<dyn TableProvider> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("view", DataType::Utf8, false),
+        Field::new("trigger", DataType::Utf8, false),
+        Field::new("attempt", DataType::Int64, false),
+        Field::new("started", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        Field::new("finished", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("mode", DataType::Utf8, false),
+        Field::new("execution", DataType::Utf8, true),
+        Field::new("source_snapshots", DataType::Utf8, true),
+        Field::new("view_snapshot", DataType::Int64, true),
+        Field::new("rows_inserted", DataType::Int64, false),
+        Field::new("rows_updated", DataType::Int64, false),
+        Field::new("rows_deleted", DataType::Int64, false),
+        Field::new("error", DataType::Utf8, true),
+    ]));
+    Arc::new(Computed(RefreshesTable { log, schema }))
+}
+
+struct RefreshesTable {
+    log: Arc<super::schedule::RefreshLog>,
+    schema: SchemaRef,
+}
+
+impl std::fmt::Debug for RefreshesTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefreshesTable")
+    }
+}
+
+#[async_trait]
+impl ComputedRows for RefreshesTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn rows(&self) -> datafusion::error::Result<Vec<RecordBatch>> {
+        let entries = self.log.entries();
+        let int = |f: &dyn Fn(&super::schedule::RefreshEntry) -> i64| -> ArrayRef {
+            Arc::new(entries.iter().map(|e| Some(f(e))).collect::<Int64Array>())
+        };
+        let columns: Vec<ArrayRef> = vec![
+            int(&|e| e.id as i64),
+            Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.view.as_str()))),
+            Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.trigger))),
+            int(&|e| i64::from(e.attempt)),
+            Arc::new(
+                entries.iter().map(|e| Some(e.started_ms)).collect::<TimestampMillisecondArray>().with_timezone("UTC"),
+            ),
+            Arc::new(entries.iter().map(|e| e.finished_ms).collect::<TimestampMillisecondArray>().with_timezone("UTC")),
+            Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.status))),
+            Arc::new(StringArray::from_iter_values(entries.iter().map(|_| "full"))),
+            Arc::new(entries.iter().map(|e| e.execution.as_deref()).collect::<StringArray>()),
+            Arc::new(entries.iter().map(|e| e.sources.as_deref()).collect::<StringArray>()),
+            Arc::new(entries.iter().map(|e| e.view_snapshot.map(|s| s as i64)).collect::<Int64Array>()),
+            int(&|e| e.changes.0 as i64),
+            int(&|e| e.changes.1 as i64),
+            int(&|e| e.changes.2 as i64),
+            Arc::new(entries.iter().map(|e| e.error.as_deref()).collect::<StringArray>()),
         ];
         Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
     }
