@@ -549,7 +549,8 @@ impl ViewMaintainer {
         if !view && self.group_table.is_none() {
             return Ok(());
         }
-        let mut target = if view { Target::Table(Box::new(self.view.table().begin().await?.blind())) } else { Target::None };
+        let mut target =
+            if view { Target::Table(Box::new(self.view.table().begin().await?.blind())) } else { Target::None };
         self.fill_rows(positions, &mut target, true, None).await?;
         if let Target::Table(txn) = target {
             let mut txn = *txn;

@@ -145,12 +145,7 @@ pub async fn refresh_once(
     trigger: &'static str,
     attempt: u32,
 ) -> Result<Outcome> {
-    let Some(refresher) = view.refresher() else {
-        return Err(Error::new(
-            crate::error::StatusCode::ObjectNotInPrerequisiteState,
-            format!("materialized view {} is not refreshed in full (it is starting, or continuous)", view.name),
-        ));
-    };
+    let refresher = started_refresher(view).await?;
     let _running = view.refreshing.lock().await;
     let id = log.start(view, trigger, attempt);
     let stop = view.stop_token();
@@ -180,6 +175,33 @@ pub async fn refresh_once(
         crate::lock(&view.schedule).last_duration_ms = summary.finished_ms - summary.started_ms;
     }
     outcome
+}
+
+/// How long a refresh waits for a view that is starting (after a restart).
+const START_WAIT: Duration = Duration::from_secs(60);
+
+/// `view`'s refresher, once the view has started (after a restart views
+/// start in the background).
+async fn started_refresher(view: &MaterializedView) -> Result<Arc<super::refresh::Refresher>> {
+    let deadline = tokio::time::Instant::now() + START_WAIT;
+    loop {
+        if let Some(refresher) = view.refresher() {
+            return Ok(refresher);
+        }
+        let not_full = view.refresh_settings().mode != RefreshMode::Full;
+        let failed = view.progress.borrow().error.clone();
+        if not_full || failed.is_some() || tokio::time::Instant::now() >= deadline {
+            return Err(Error::new(
+                crate::error::StatusCode::ObjectNotInPrerequisiteState,
+                match failed {
+                    Some(e) if !not_full => format!("materialized view {} did not start: {e}", view.name),
+                    _ if not_full => format!("materialized view {} is not refreshed in full", view.name),
+                    _ => format!("materialized view {} is still starting: retry", view.name),
+                },
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Refreshes `view`, retrying with backoff; on the last failure marks it

@@ -138,10 +138,11 @@ impl Rng {
 
 /// Two spares per Top-N partition, so that steps run them dry.
 async fn engine(store: &Arc<dyn ObjectStore>, step_rows: usize) -> Engine {
-    let catalog = DynamicCatalog::open(Arc::clone(store))
-        .await
-        .expect("catalog")
-        .with_views_config(ViewsConfig { step_rows, top_n_spares: 2 });
+    let catalog = DynamicCatalog::open(Arc::clone(store)).await.expect("catalog").with_views_config(ViewsConfig {
+        step_rows,
+        top_n_spares: 2,
+        ..ViewsConfig::default()
+    });
     Engine::with_catalog(EngineConfig { target_partitions: 2, ..EngineConfig::default() }, Arc::new(catalog))
         .expect("engine")
 }
@@ -270,11 +271,17 @@ fn name(view: &str) -> RelationName {
     RelationName { schema: "public".into(), name: view.into() }
 }
 
+/// `definition` with every `{source}` placeholder replaced by `with(source)`.
 fn substitute(definition: &str, with: impl Fn(&str) -> String) -> String {
-    let mut out = definition.to_string();
-    for source in ["a", "b", "ev", "d_agg"] {
-        out = out.replace(&format!("{{{source}}}"), &with(source));
+    let mut out = String::with_capacity(definition.len());
+    let mut rest = definition;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').map(|c| open + c).expect("a closed placeholder");
+        out.push_str(&rest[..open]);
+        out.push_str(&with(&rest[open + 1..close]));
+        rest = &rest[close + 1..];
     }
+    out.push_str(rest);
     out
 }
 
@@ -285,14 +292,16 @@ struct Replay {
     snapshot: u64,
 }
 
+/// Checks every view of `views` (see the module's doc); `eowc` models `d_eowc`.
 async fn check(
     engine: &Engine,
     session: &mut Session,
+    views: &[(&'static str, &'static str)],
     replays: &mut BTreeMap<&'static str, Replay>,
     step: usize,
-    eowc: &mut EowcModel,
+    mut eowc: Option<&mut EowcModel>,
 ) {
-    for (view, definition) in VIEWS {
+    for (view, definition) in views {
         let actual = sorted_rows(&run(session, &format!("SELECT * FROM {view}")).await);
         let (table, columns) = engine.catalog().subscribe_to(&name(view)).expect("view table");
         let snapshot = table.latest_snapshot().expect("a view has a snapshot");
@@ -318,10 +327,9 @@ async fn check(
             Some(position) => format!("table_as_of('{source}', {position})"),
             None => format!("{{{source}}}"),
         });
-        let expected = if *view == "d_eowc" {
-            eowc_expected(engine, eowc, positions["public.ev"]).await
-        } else {
-            sorted_rows(&run(session, &oracle).await)
+        let expected = match eowc.as_deref_mut() {
+            Some(eowc) if *view == "d_eowc" => eowc_expected(engine, eowc, positions["public.ev"]).await,
+            _ => sorted_rows(&run(session, &oracle).await),
         };
         assert_eq!(actual, expected, "step {step}: view {view} differs from its query on {positions:?}");
         // Its changelog, replayed, gives the same rows.
@@ -331,17 +339,29 @@ async fn check(
         for change in changes {
             let batch = &change.batch;
             let kinds = batch.column(batch.num_columns() - 1).as_primitive::<Int8Type>();
+            // Within one commit: the -U of a key, to tell its +U carries a change.
+            let mut retracted: HashMap<String, String> = HashMap::new();
             for row in 0..batch.num_rows() {
                 let k = key.iter().map(|&c| cell(batch.column(c).as_ref(), row)).collect::<Vec<_>>().join("|");
                 let value = row_text(batch, row, columns);
                 match kinds.value(row) {
                     0 | 2 => {
+                        if kinds.value(row) == 2 {
+                            assert_ne!(
+                                retracted.get(&k),
+                                Some(&value),
+                                "step {step}: view {view}: +U of {k} changes nothing"
+                            );
+                        }
                         let old = replay.rows.insert(k.clone(), value);
                         assert!(old.is_none(), "step {step}: view {view}: +I/+U of key {k} that is there");
                     }
-                    _ => {
+                    kind => {
                         let old = replay.rows.remove(&k);
                         assert_eq!(old.as_ref(), Some(&value), "step {step}: view {view}: -U/-D of {k} does not match");
+                        if kind == 1 {
+                            retracted.insert(k, value);
+                        }
                     }
                 }
             }
@@ -438,7 +458,7 @@ async fn differential(seed: u64, steps: usize, step_rows: usize) {
     let eowc_from = engine.catalog().subscribe_to(&name("ev")).expect("ev").0.latest_snapshot().map_or(0, |s| s.id);
     let mut eowc = EowcModel { upto: eowc_from, started: false, windows: BTreeMap::new() };
     let mut replays = BTreeMap::new();
-    check(&engine, &mut session, &mut replays, 0, &mut eowc).await;
+    check(&engine, &mut session, VIEWS, &mut replays, 0, Some(&mut eowc)).await;
     // Aggregates of COUNT, COUNT(DISTINCT), SUM and AVG of integers, MIN and
     // MAX keep per-group state (under a HAVING in a table of its own);
     // window functions recompute the touched groups.
@@ -472,14 +492,14 @@ async fn differential(seed: u64, steps: usize, step_rows: usize) {
             let change = random_change(&mut rng);
             run(&mut session, &change).await;
         }
-        check(&engine, &mut session, &mut replays, step, &mut eowc).await;
+        check(&engine, &mut session, VIEWS, &mut replays, step, Some(&mut eowc)).await;
     }
     // A row that is every group's largest, then gone: groups recomputed
     // (and a retracted MAX) in non-NULL groups.
     run(&mut session, "INSERT INTO a VALUES (5000, 1, 1000, 'x')").await;
-    check(&engine, &mut session, &mut replays, steps + 1, &mut eowc).await;
+    check(&engine, &mut session, VIEWS, &mut replays, steps + 1, Some(&mut eowc)).await;
     run(&mut session, "DELETE FROM a WHERE k = 5000").await;
-    check(&engine, &mut session, &mut replays, steps + 2, &mut eowc).await;
+    check(&engine, &mut session, VIEWS, &mut replays, steps + 2, Some(&mut eowc)).await;
     // Every join view's steps read the unchanged input by key: through an
     // arrangement (join columns that are not a key) or the source's own key.
     let reads = sorted_rows(
@@ -554,4 +574,102 @@ async fn views_equal_their_queries_another_seed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_equal_their_queries_in_small_steps() {
     differential(99, 12, 3).await;
+}
+
+/// Full-refresh views (`refresh_mode = 'full'`, refreshed by ALTER … REFRESH
+/// after every change): constructs continuous views refuse, constructs they
+/// keep (whose full refreshes write the same stored layout, state columns
+/// included), and a pipeline mixing modes (continuous → full → continuous
+/// → full). The same oracle as for continuous views, after every refresh;
+/// one view switches between modes along the way.
+const FULL_VIEWS: &[(&str, &str)] = &[
+    ("f_top", "SELECT x.g, sum(x.v) AS sv FROM {a} x GROUP BY x.g ORDER BY sv DESC NULLS LAST, x.g NULLS LAST LIMIT 2"),
+    ("f_offset", "SELECT x.k, x.v FROM {a} x ORDER BY x.k LIMIT 5 OFFSET 2"),
+    ("f_not_in", "SELECT x.k, x.v FROM {a} x WHERE x.g NOT IN (SELECT y.g FROM {b} y WHERE y.w > 0)"),
+    (
+        "f_agg_join",
+        "SELECT z.g, z.n, y.w FROM (SELECT x.g, count(*) AS n FROM {a} x GROUP BY x.g) z JOIN {b} y ON z.g = y.g",
+    ),
+    ("f_bag", "SELECT x.g, x.s FROM {a} x ORDER BY x.g LIMIT 1000"),
+    ("f_agg", "SELECT x.g, count(*) AS n, sum(x.v) AS sv, min(x.v) AS mn FROM {a} x GROUP BY x.g"),
+    ("f_having", "SELECT x.g, count(*) AS n, max(x.v) AS mx FROM {a} x GROUP BY x.g HAVING count(*) > 2"),
+    ("f_distinct_count", "SELECT x.s, count(DISTINCT x.g) AS dg FROM {a} x GROUP BY x.s"),
+    ("f_join", "SELECT x.k AS ak, y.k AS bk, x.v, y.w FROM {a} x LEFT JOIN {b} y ON x.g = y.g"),
+    (
+        "f_topn",
+        "SELECT t.g, t.k, t.v FROM (SELECT x.g, x.k, x.v, ROW_NUMBER() OVER (PARTITION BY x.g ORDER BY x.v DESC, x.k) AS rn \
+         FROM {a} x) t WHERE t.rn <= 2",
+    ),
+    ("c_base", "SELECT x.k, x.g, x.v FROM {a} x WHERE x.v IS NOT NULL"),
+    ("f_mid", "SELECT z.g, sum(z.v) AS sv, count(*) AS n FROM {c_base} z GROUP BY z.g"),
+    ("c_top", "SELECT m.g, m.sv * 2 AS sv2 FROM {f_mid} m WHERE m.n > 1"),
+    ("f_last", "SELECT count(*) AS n, sum(t.sv2) AS total FROM {c_top} t"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_views_equal_their_queries_after_every_refresh() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let mut rng = Rng(4242);
+    let mut engine = engine(&store, 100_000).await;
+    let mut session = engine.new_session(SessionInfo::default());
+    run(&mut session, "SET view_read_timeout = '300s'").await;
+    run(&mut session, "CREATE TABLE a (k BIGINT PRIMARY KEY, g INT, v INT, s TEXT)").await;
+    run(&mut session, "CREATE TABLE b (k BIGINT PRIMARY KEY, g INT, w INT)").await;
+    for _ in 0..6 {
+        let change = random_change(&mut rng);
+        if !change.contains(" ev ") {
+            run(&mut session, &change).await;
+        }
+    }
+    run(&mut session, "INSERT INTO a VALUES (1000, 1, 1, 'x')").await;
+    run(&mut session, "INSERT INTO b VALUES (1000, 1, 1)").await;
+    for (view, definition) in FULL_VIEWS {
+        let with = if view.starts_with("c_") { "" } else { "WITH (refresh_mode = 'full') " };
+        let sql = format!("CREATE MATERIALIZED VIEW {view} {with}AS {}", substitute(definition, str::to_string));
+        run(&mut session, &sql).await;
+    }
+    let modes = sorted_rows(&run(&mut session, "SELECT DISTINCT view, refresh_mode FROM sys.views").await);
+    for (view, _) in FULL_VIEWS {
+        let mode = if view.starts_with("c_") { "continuous" } else { "full" };
+        assert!(modes.contains(&format!("public.{view}|{mode}")), "{view} is {mode}: {modes:?}");
+    }
+    let mut replays = BTreeMap::new();
+    check(&engine, &mut session, FULL_VIEWS, &mut replays, 0, None).await;
+    let steps = 24;
+    for step in 1..=steps {
+        if rng.below(8) == 0 {
+            engine.shutdown();
+            engine.close().await;
+            engine = self::engine(&store, 100_000).await;
+            session = engine.new_session(SessionInfo::default());
+            run(&mut session, "SET view_read_timeout = '300s'").await;
+        }
+        if step % 6 == 3 {
+            // f_agg changes mode, keeping its rows; the oracle holds either way.
+            let mode = if step % 12 == 3 { "continuous" } else { "full" };
+            run(&mut session, &format!("ALTER MATERIALIZED VIEW f_agg SET (refresh_mode = '{mode}')")).await;
+        }
+        for _ in 0..1 + rng.below(3) {
+            let change = random_change(&mut rng);
+            if !change.contains(" ev ") {
+                run(&mut session, &change).await;
+            }
+        }
+        // In dependency order, as a scheduled round runs them.
+        for (view, _) in FULL_VIEWS {
+            if view.starts_with("c_") {
+                // A full view reads a continuous one as of its latest commit: let it catch up first.
+                run(&mut session, &format!("SELECT count(*) FROM {view}")).await;
+            } else {
+                run(&mut session, &format!("ALTER MATERIALIZED VIEW {view} REFRESH")).await;
+            }
+        }
+        check(&engine, &mut session, FULL_VIEWS, &mut replays, step, None).await;
+    }
+    // Refreshes wrote only what changed, and skipped when nothing did.
+    let statuses =
+        sorted_rows(&run(&mut session, "SELECT DISTINCT status FROM sys.refreshes WHERE trigger = 'manual'").await);
+    assert!(statuses.contains(&"succeeded".to_string()) && statuses.contains(&"skipped".to_string()), "{statuses:?}");
+    engine.shutdown();
+    engine.close().await;
 }
