@@ -1024,16 +1024,9 @@ impl Catalog for DynamicCatalog {
         if views.is_empty() {
             return Ok(());
         }
+        self.wake_scheduler();
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::internal("materialized views need a tokio runtime to be maintained"))?;
-        let scheduler = Arc::new(views::schedule::Scheduler::new(
-            self.view_lister(),
-            self.views.clone(),
-            Arc::clone(&self.refreshes),
-        ));
-        if self.scheduler.set(Arc::clone(&scheduler)).is_ok() {
-            runtime.spawn(scheduler.run(self.stop.clone()));
-        }
         for view in views {
             let starter = self.starter()?;
             runtime.spawn(async move {

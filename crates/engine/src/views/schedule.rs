@@ -4,8 +4,11 @@
 //!
 //! A full view with freshness `f` must reflect a source commit made at time
 //! `c` by `c + f`: it is due once `c + f − d` has passed for the oldest
-//! source commit it does not reflect, `d` being how long its last refresh
-//! took. Nothing is due while no source changed. Due-ness is computed from
+//! commit it does not reflect (of its sources, or of theirs through the
+//! views it reads: freshness is end to end), `d` being how long its last
+//! refresh took, with those of the full views upstream that the round
+//! refreshes first. Nothing is due while no source changed, nor again
+//! within a quarter of its freshness after an attempt. Due-ness is computed from
 //! what is stored (the view's recorded source snapshots, the sources'
 //! commit times), so schedules survive restarts, and a refresh a crash
 //! interrupted (it commits all or nothing) is due again at once.
@@ -131,6 +134,8 @@ pub struct ViewSchedule {
     pub last_duration_ms: i64,
     /// After its refreshes failed: not due again before this.
     pub retry_after_ms: Option<i64>,
+    /// When its last refresh attempt ended.
+    pub last_attempt_ms: Option<i64>,
     /// When it is next due (ms since the epoch; `None`: when a source changes).
     pub next_ms: Option<i64>,
 }
@@ -171,8 +176,12 @@ pub async fn refresh_once(
         }
         e.sources = view.table().latest_snapshot().and_then(|s| s.properties.get(super::POSITIONS_PROPERTY).cloned());
     });
-    if let Ok(Outcome::Refreshed { summary, .. }) = &outcome {
-        crate::lock(&view.schedule).last_duration_ms = summary.finished_ms - summary.started_ms;
+    {
+        let mut schedule = crate::lock(&view.schedule);
+        schedule.last_attempt_ms = Some(now_ms());
+        if let Ok(Outcome::Refreshed { summary, .. }) = &outcome {
+            schedule.last_duration_ms = summary.finished_ms - summary.started_ms;
+        }
     }
     outcome
 }
@@ -241,31 +250,70 @@ async fn refresh_with_retries(
 }
 
 /// When `view` (a full view with a freshness, not suspended) is due, ms
-/// since the epoch; `None` while it reflects every source commit.
+/// since the epoch; `None` while nothing it reads, directly or through the
+/// views it reads, has changes it does not reflect.
 async fn due_at(view: &MaterializedView) -> Option<i64> {
     let settings = view.refresh_settings();
     if settings.mode != RefreshMode::Full || settings.suspended {
         return None;
     }
     let freshness = settings.freshness_ms? as i64;
-    let refresher = view.refresher()?;
+    view.refresher()?;
     let schedule = crate::lock(&view.schedule).clone();
-    let due = match refresher.recorded_positions() {
-        Ok(None) | Err(_) => now_ms(),
-        Ok(Some(positions)) => {
-            let mut oldest: Option<i64> = None;
-            for (source, position) in view.sources().iter().zip(positions) {
-                let table = source.table.storage();
-                let latest = table.latest_snapshot().map_or(0, |s| s.id);
-                if position < latest {
-                    let at = table.read_snapshot(position + 1).await.map_or_else(|_| now_ms(), |s| s.commit_time_ms);
-                    oldest = Some(oldest.map_or(at, |o| o.min(at)));
-                }
-            }
-            oldest? + freshness - schedule.last_duration_ms
+    let due = oldest_pending(view, 0).await? + freshness - chain_duration(view, 0);
+    // Not again right after an attempt (an upstream view that lags keeps
+    // the view due without its refresh changing anything).
+    let calm = schedule.last_attempt_ms.map(|at| at + (freshness / 4).max(100));
+    Some([Some(due), schedule.retry_after_ms, calm].into_iter().flatten().max().unwrap_or(due))
+}
+
+/// The commit time of the oldest source commit `view` does not reflect,
+/// directly or through the (not suspended) materialized views it reads:
+/// end to end, as a pipeline's freshness is. Now, for a view that has not
+/// started or been refreshed yet.
+fn oldest_pending(view: &MaterializedView, depth: usize) -> futures::future::BoxFuture<'_, Option<i64>> {
+    Box::pin(async move {
+        let positions = view.progress.borrow().positions.clone();
+        let sources = view.sources();
+        if positions.len() != sources.len() || sources.is_empty() {
+            return Some(now_ms());
         }
-    };
-    Some(schedule.retry_after_ms.map_or(due, |after| due.max(after)))
+        let mut oldest: Option<i64> = None;
+        for (source, position) in sources.iter().zip(positions) {
+            let table = source.table.storage();
+            let latest = table.latest_snapshot().map_or(0, |s| s.id);
+            if position < latest {
+                let at = table.read_snapshot(position + 1).await.map_or_else(|_| now_ms(), |s| s.commit_time_ms);
+                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+            }
+            if let Some(upstream) = &source.view
+                && depth < 16
+                && !upstream.refresh_settings().suspended
+                && let Some(at) = oldest_pending(upstream, depth + 1).await
+            {
+                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+            }
+        }
+        oldest
+    })
+}
+
+/// How long refreshing `view` takes, with the full views upstream of it
+/// that a round refreshes first (the longest chain), as last measured.
+fn chain_duration(view: &MaterializedView, depth: usize) -> i64 {
+    let own = crate::lock(&view.schedule).last_duration_ms;
+    if depth >= 16 {
+        return own;
+    }
+    let upstream = view
+        .sources()
+        .iter()
+        .filter_map(|s| s.view.as_ref())
+        .filter(|v| v.refresh_settings().mode == RefreshMode::Full)
+        .map(|v| chain_duration(v, depth + 1))
+        .max()
+        .unwrap_or(0);
+    own + upstream
 }
 
 /// Refreshes the full views of a warehouse on schedule.
@@ -327,16 +375,7 @@ impl Scheduler {
     /// changes, each after the views of the round it reads.
     async fn round(&self, due: Vec<Arc<MaterializedView>>, stop: &CancellationToken) {
         let round = with_upstream(due);
-        let reads: Vec<Vec<usize>> = round
-            .iter()
-            .map(|view| {
-                view.sources()
-                    .iter()
-                    .filter_map(|s| s.view.as_ref())
-                    .filter_map(|upstream| round.iter().position(|r| Arc::ptr_eq(r, upstream)))
-                    .collect()
-            })
-            .collect();
+        let reads: Vec<Vec<usize>> = round.iter().map(|view| upstream_in(view, &round)).collect();
         let mut state: Vec<Option<bool>> = vec![None; round.len()];
         let mut started = vec![false; round.len()];
         let mut running = tokio::task::JoinSet::new();
@@ -392,6 +431,28 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// The views of `round` that `view` reads, directly or through views
+/// outside the round (a continuous view between two full ones).
+fn upstream_in(view: &MaterializedView, round: &[Arc<MaterializedView>]) -> Vec<usize> {
+    let mut found = Vec::new();
+    let mut stack: Vec<(Arc<MaterializedView>, usize)> =
+        view.sources().iter().filter_map(|s| s.view.clone()).map(|v| (v, 0)).collect();
+    while let Some((upstream, depth)) = stack.pop() {
+        match round.iter().position(|r| Arc::ptr_eq(r, &upstream)) {
+            Some(i) => {
+                if !found.contains(&i) {
+                    found.push(i);
+                }
+            }
+            None if depth < 16 => {
+                stack.extend(upstream.sources().iter().filter_map(|s| s.view.clone()).map(|v| (v, depth + 1)));
+            }
+            None => {}
+        }
+    }
+    found
 }
 
 /// `due` and, transitively, the full views they read that have changes to

@@ -158,10 +158,21 @@ impl DynamicCatalog {
         Ok(())
     }
 
+    /// Wakes the refresh scheduler, starting it first (on the current
+    /// tokio runtime) if it has not started yet.
     pub(super) fn wake_scheduler(&self) {
-        if let Some(scheduler) = self.scheduler.get() {
-            scheduler.wake();
-        }
+        let scheduler = self.scheduler.get_or_init(|| {
+            let scheduler =
+                Arc::new(schedule::Scheduler::new(self.view_lister(), self.views.clone(), Arc::clone(&self.refreshes)));
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(Arc::clone(&scheduler).run(self.stop.clone()));
+                }
+                Err(_) => tracing::error!("no tokio runtime: full materialized views are not refreshed on schedule"),
+            }
+            scheduler
+        });
+        scheduler.wake();
     }
 
     /// Stores `view`'s definition as it is now (its refresh settings as altered).

@@ -3,4 +3,5 @@
 
 mod dynamic_tables;
 mod execution_modes;
+mod refresh_schedule;
 mod support;
