@@ -441,11 +441,8 @@ fn upstream_in(view: &MaterializedView, round: &[Arc<MaterializedView>]) -> Vec<
         view.sources().iter().filter_map(|s| s.view.clone()).map(|v| (v, 0)).collect();
     while let Some((upstream, depth)) = stack.pop() {
         match round.iter().position(|r| Arc::ptr_eq(r, &upstream)) {
-            Some(i) => {
-                if !found.contains(&i) {
-                    found.push(i);
-                }
-            }
+            Some(i) if !found.contains(&i) => found.push(i),
+            Some(_) => {}
             None if depth < 16 => {
                 stack.extend(upstream.sources().iter().filter_map(|s| s.view.clone()).map(|v| (v, depth + 1)));
             }
