@@ -464,8 +464,33 @@ impl MaterializedView {
             )));
         }
         if settings.mode == refresh::RefreshMode::Full {
-            // As fresh as its schedule keeps it: never a wait.
-            return Ok(None);
+            // As fresh as its schedule keeps it: no wait, once it has been refreshed (after a
+            // crash during its CREATE, or while starting, it waits for that as any view does).
+            let mut progress = self.progress.subscribe();
+            if progress.borrow().started() {
+                return Ok(None);
+            }
+            let Some(wait) = wait else {
+                return Ok(Some(format!(
+                    "materialized view {} is starting: its latest snapshot is read (view_staleness = allow)",
+                    self.name
+                )));
+            };
+            return match tokio::time::timeout(wait, progress.wait_for(Progress::started)).await {
+                Ok(Ok(p)) if p.positions.is_empty() => {
+                    Err(self.not_maintained(p.error.as_deref().unwrap_or("it did not start")))
+                }
+                Ok(Ok(_)) => Ok(None),
+                _ => Err(Error::new(
+                    StatusCode::ObjectNotInPrerequisiteState,
+                    format!(
+                        "materialized view {} is still starting (its first refresh has not committed) after \
+                         view_read_timeout ({} ms): retry, or raise view_read_timeout",
+                        self.name,
+                        wait.as_millis()
+                    ),
+                )),
+            };
         }
         let Some(wait) = wait else {
             if let Some(error) = self.progress.borrow().error.clone() {

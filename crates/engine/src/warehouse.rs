@@ -177,7 +177,7 @@ impl DynamicCatalog {
         let table = storage::Table::create(Arc::clone(&self.store), dir.clone(), &name.name, table_schema).await?;
         let view = MaterializedView::new(name.clone(), Arc::new(DynamicTable::new(table)), definition, dir.clone());
         let started = async {
-            self.start_view(Arc::clone(&view), true).await?;
+            self.start_view(Arc::clone(&view)).await?;
             let location = views::definition_path(&dir);
             object_store::ObjectStoreExt::put(&self.store, &location, storage::frame::encode(&view.definition)?.into())
                 .await
@@ -1210,7 +1210,7 @@ impl Catalog for DynamicCatalog {
             started
         };
         if let Some(view) = started {
-            self.start_view(view, false).await?;
+            self.start_view(view).await?;
         }
         self.refresh_view_texts()?;
         Ok(true)
@@ -1392,7 +1392,7 @@ impl Catalog for DynamicCatalog {
             }
             schema.insert(name.name.clone(), Relation::MaterializedView(Arc::clone(&view)));
         }
-        if let Err(e) = self.start_view(Arc::clone(&view), true).await {
+        if let Err(e) = self.start_view(Arc::clone(&view)).await {
             // The statement failed as a whole: leave nothing behind.
             let _ = self.drop_relation(&name, RelationKind::MaterializedView, true, true).await;
             return Err(e);

@@ -21,6 +21,7 @@ pub(super) struct Starter {
     pub config: ViewsConfig,
     pub arrangements: Arc<views::arrange::Arrangements>,
     pub batch: BatchRunner,
+    pub log: Arc<schedule::RefreshLog>,
 }
 
 impl Starter {
@@ -50,10 +51,15 @@ impl Starter {
                 .refresher(&view, analyzed)
                 .await?
                 .ok_or_else(|| Error::internal(format!("materialized view {} has no refresher", view.name)))?;
-            if let Some(positions) = refresher.recorded_positions()? {
-                refresher.publish(&positions, None);
+            let recorded = refresher.recorded_positions()?;
+            if let Some(positions) = &recorded {
+                refresher.publish(positions, None);
             }
             view.set_refresher(Some(refresher));
+            if recorded.is_none() {
+                // New, or its first refresh was interrupted: filled before it is served.
+                schedule::refresh_once(&view, &self.log, "create", 1).await?;
+            }
             return Ok(());
         }
         view.set_refresher(None);
@@ -142,17 +148,15 @@ impl DynamicCatalog {
                 .get()
                 .cloned()
                 .ok_or_else(|| Error::internal("the catalog is not bound to an engine yet"))?,
+            log: Arc::clone(&self.refreshes),
         })
     }
 
     /// Starts `view` in its mode; a new full view is refreshed once
     /// before this returns (as a continuous one is backfilled).
-    pub(super) async fn start_view(&self, view: Arc<MaterializedView>, first: bool) -> Result<()> {
+    pub(super) async fn start_view(&self, view: Arc<MaterializedView>) -> Result<()> {
         self.starter()?.start(Arc::clone(&view)).await?;
         if view.is_full() && !view.refresh_settings().suspended {
-            if first {
-                schedule::refresh_once(&view, &self.refreshes, "create", 1).await?;
-            }
             self.wake_scheduler();
         }
         Ok(())
@@ -215,7 +219,7 @@ impl DynamicCatalog {
                 view.set_refresh_settings(Refresh { suspended: false, ..settings });
                 self.store_definition(&view).await?;
                 view.restartable();
-                self.start_view(Arc::clone(&view), false).await?;
+                self.start_view(Arc::clone(&view)).await?;
                 format!("materialized view {name} resumed ({} maintenance)", view.refresh_settings().mode.as_str())
             }
             ViewAlteration::Refresh => self.refresh_now(&view).await?,
@@ -298,7 +302,7 @@ impl DynamicCatalog {
         self.store_definition(view).await?;
         if switching && !chosen.suspended {
             view.restartable();
-            if let Err(e) = self.start_view(Arc::clone(view), false).await {
+            if let Err(e) = self.start_view(Arc::clone(view)).await {
                 view.progress.send_modify(|p| p.error = Some(e.message().to_string()));
                 return Err(e);
             }
