@@ -698,6 +698,9 @@ pub fn define(
     }
     refresh::Refresh::take_options(&mut options)?;
     let mut options = storage::TableOptions::parse(&options)?;
+    // A row rewritten with the same visible values (its hidden state or key
+    // aside) is no change: readers and SUBSCRIBE see only rows that changed.
+    options.changelog_columns = Some(plan.visible);
     let columns = column_names(request, output, plan.visible)?;
     if emit_on_window_close {
         check_window_close(request, plan, &columns)?;
@@ -726,12 +729,9 @@ pub fn define(
     let group_table = (plan.state.as_ref().is_some_and(|s| s.having) && !emit_on_window_close) || window_state;
     if keeps_state {
         fields.extend(state::state_fields(plan)?);
-        // Readers see the visible columns; state alone changing is no change.
-        options.changelog_columns = Some(plan.visible);
     }
     if top_n {
         fields.extend(plan.carried_layout()?.0);
-        options.changelog_columns = Some(plan.visible);
     }
     let definition = ViewDefinition {
         query: request.query.clone(),
@@ -768,7 +768,7 @@ pub fn define_batch(
         )));
     }
     refresh::Refresh::take_options(&mut options)?;
-    let options = storage::TableOptions::parse(&options)?;
+    let mut options = storage::TableOptions::parse(&options)?;
     let plan = match plan {
         LogicalPlan::Sort(sort) if sort.fetch.is_none() => sort.input.as_ref(),
         other => other,
@@ -776,6 +776,7 @@ pub fn define_batch(
     let output = plan.schema();
     let visible = output.fields().len();
     let columns = column_names(request, output, visible)?;
+    options.changelog_columns = Some(visible);
     let sources = refresh::sources_of(plan)?;
     let (key, batch_key) = refresh::batch_key(plan, visible);
     let mut fields = visible_fields(output, &columns, &key);
