@@ -32,24 +32,22 @@
 
 #[path = "common.rs"]
 mod common;
+mod tpch_data;
 
 use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
-use arrow::record_batch::RecordBatchReader;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use futures::StreamExt;
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
-use object_store::path::Path;
 use streamhouse_engine::warehouse::DynamicCatalog;
 use streamhouse_engine::{Engine, EngineConfig, Error, Output, Session, SessionInfo, StatusCode};
-use streamhouse_storage::{Table, TableOptions, TableSchema, ValueKind};
 
 /// The modes compared; results are indexed in this order (MPP first: the reference answers).
 const MODES: [&str; 3] = ["mpp", "bsp", "auto"];
@@ -65,9 +63,6 @@ const TABLES: &[(&str, &[&str])] = &[
     ("orders", &["o_orderkey"]),
     ("lineitem", &["l_orderkey", "l_linenumber"]),
 ];
-
-/// Rows per generated batch (one data file each before compaction).
-const BATCH_ROWS: usize = 65536;
 
 /// DataFusion's `benchmarks/queries/q1.sql` … `q22.sql` (SQLBench-H, derived
 /// from TPC-H under the terms of the TPC Fair Use Policy).
@@ -357,71 +352,7 @@ const QUERIES: &[(&str, &str)] = &[
     ),
 ];
 
-/// The generator of table `name` at `scale`, as Arrow batches.
-fn generator(name: &str, scale: f64) -> Box<dyn RecordBatchReader> {
-    use tpchgen::generators as g;
-    use tpchgen_arrow as a;
-    match name {
-        "region" => Box::new(a::RegionArrow::new(g::RegionGenerator::new(scale, 1, 1)).with_batch_size(BATCH_ROWS)),
-        "nation" => Box::new(a::NationArrow::new(g::NationGenerator::new(scale, 1, 1)).with_batch_size(BATCH_ROWS)),
-        "supplier" => {
-            Box::new(a::SupplierArrow::new(g::SupplierGenerator::new(scale, 1, 1)).with_batch_size(BATCH_ROWS))
-        }
-        "customer" => {
-            Box::new(a::CustomerArrow::new(g::CustomerGenerator::new(scale, 1, 1)).with_batch_size(BATCH_ROWS))
-        }
-        "part" => Box::new(a::PartArrow::new(g::PartGenerator::new(scale, 1, 1)).with_batch_size(BATCH_ROWS)),
-        "partsupp" => {
-            Box::new(a::PartSuppArrow::new(g::PartSuppGenerator::new(scale, 1, 1)).with_batch_size(BATCH_ROWS))
-        }
-        "orders" => Box::new(a::OrderArrow::new(g::OrderGenerator::new(scale, 1, 1)).with_batch_size(BATCH_ROWS)),
-        "lineitem" => {
-            Box::new(a::LineItemArrow::new(g::LineItemGenerator::new(scale, 1, 1)).with_batch_size(BATCH_ROWS))
-        }
-        other => panic!("no TPC-H table {other}"),
-    }
-}
-
-/// What loading one table took.
-struct Loaded {
-    rows: usize,
-    generate: Duration,
-    write: Duration,
-    compact: Duration,
-}
-
-/// Generates table `name` into a new Dynamic Table at `public/<name>` (where
-/// `DynamicCatalog::open` finds it): one transaction, then a full compaction.
-async fn load(store: &Arc<dyn ObjectStore>, name: &str, key: &[&str], scale: f64) -> Loaded {
-    let mut batches = generator(name, scale);
-    // No compaction while loading: the full one below leaves a single sorted run.
-    let options = TableOptions { compaction_trigger: 1000, ..TableOptions::default() };
-    let definition = TableSchema::new(0, batches.schema(), key, options).expect("schema");
-    let schema = Arc::clone(&definition.schema);
-    let table = Table::create(Arc::clone(store), Path::from(format!("public/{name}")), name, definition)
-        .await
-        .expect("create table");
-    let (mut rows, mut generate) = (0, Duration::ZERO);
-    let started = Instant::now();
-    let mut txn = table.begin().await.expect("begin");
-    loop {
-        let generating = Instant::now();
-        let Some(batch) = batches.next() else { break };
-        let batch = batch.expect("generate");
-        generate += generating.elapsed();
-        // Key columns are NOT NULL in the table schema; the data has no nulls.
-        let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec()).expect("batch");
-        rows += batch.num_rows();
-        txn.write(&batch, &vec![ValueKind::Upsert; batch.num_rows()]).await.expect("write");
-    }
-    txn.commit().await.expect("commit");
-    let write = started.elapsed().saturating_sub(generate);
-    let started = Instant::now();
-    table.compact(true).await.expect("compact");
-    let compact = started.elapsed();
-    table.close().await;
-    Loaded { rows, generate, write, compact }
-}
+use tpch_data::load;
 
 async fn load_all(store: &Arc<dyn ObjectStore>, scale: f64) {
     let started = Instant::now();
