@@ -63,7 +63,7 @@ pub struct RefreshEntry {
     pub status: &'static str,
     /// How its query ran (`mpp: …` / `bsp: …`).
     pub execution: Option<String>,
-    /// The source snapshots it read, `{"schema.source": id, …}`.
+    /// The source snapshots a successful refresh read, `{"schema.source": id, …}`.
     pub sources: Option<String>,
     /// The view snapshot it committed.
     pub view_snapshot: Option<u64>,
@@ -168,13 +168,14 @@ pub async fn refresh_once(
                 e.execution = Some(summary.execution.clone());
                 e.changes = (summary.inserted, summary.updated, summary.deleted);
                 e.started_ms = summary.started_ms;
+                e.sources =
+                    view.table().latest_snapshot().and_then(|s| s.properties.get(super::POSITIONS_PROPERTY).cloned());
             }
             Err(error) => {
                 e.status = "failed";
                 e.error = Some(error.message().to_string());
             }
         }
-        e.sources = view.table().latest_snapshot().and_then(|s| s.properties.get(super::POSITIONS_PROPERTY).cloned());
     });
     {
         let mut schedule = crate::lock(&view.schedule);

@@ -294,6 +294,12 @@ impl DynamicCatalog {
         let mut chosen =
             Refresh::choose(requested, freshness, incremental.as_ref().map(|_| ()), self.views.full_refresh_threshold)?;
         chosen.suspended = settings.suspended;
+        if chosen.mode == RefreshMode::Full && view.definition.emit_on_window_close {
+            return Err(Error::unsupported(format!(
+                "materialized view {name} emits on window close, which needs continuous maintenance: keep its \
+                 freshness below views.full_refresh_threshold, or refresh_mode = 'continuous'"
+            )));
+        }
         let switching = chosen.mode != settings.mode;
         if switching {
             view.stop().await;
