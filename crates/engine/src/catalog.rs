@@ -70,6 +70,28 @@ pub struct CreateMaterializedView {
     pub options: std::collections::BTreeMap<String, String>,
 }
 
+/// Runs queries no session asks for (the refreshes of materialized views)
+/// as the engine runs a session's: MPP or BSP chosen automatically, in a
+/// memory pool of its own. Execution implements it (`exec::BatchRunner`);
+/// the catalog gets it at [`Catalog::bind`].
+#[async_trait]
+pub trait BatchQueries: Send + Sync + std::fmt::Debug {
+    /// Runs `plan` (optimized in `state`'s context) with at most `limit`
+    /// bytes of memory: its rows, and how it runs and why (`bsp: …`).
+    ///
+    /// # Errors
+    /// Planning and execution errors.
+    async fn run(
+        &self,
+        state: datafusion::execution::SessionState,
+        plan: datafusion::logical_expr::LogicalPlan,
+        limit: Option<usize>,
+    ) -> Result<(datafusion::physical_plan::SendableRecordBatchStream, String)>;
+}
+
+/// A shared [`BatchQueries`].
+pub type BatchQueriesRef = Arc<dyn BatchQueries>;
+
 /// What `CREATE TABLE` asks the catalog for.
 #[derive(Debug, Clone)]
 pub struct CreateTable {
@@ -203,7 +225,7 @@ pub trait Catalog: Debug + Send + Sync + 'static {
     ///
     /// # Errors
     /// Stored SQL that no longer plans.
-    fn bind(&self, _ctx: &datafusion::prelude::SessionContext, _batch: crate::exec::BatchRunner) -> Result<()> {
+    fn bind(&self, _ctx: &datafusion::prelude::SessionContext, _batch: BatchQueriesRef) -> Result<()> {
         Ok(())
     }
 

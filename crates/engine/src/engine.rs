@@ -151,10 +151,10 @@ impl Engine {
         let relation_oids =
             crate::catalog::pg::install(&base, Arc::clone(&catalog), Arc::clone(&access), &config.database)?;
         let faults: Arc<crate::exec::bsp::Faults> = Arc::default();
-        let batch = crate::exec::BatchRunner::new(
+        let batch: crate::catalog::BatchQueriesRef = Arc::new(crate::exec::BatchRunner::new(
             bsp_options(&config, &spill, &faults),
             (config.bsp_after_ms > 0).then(|| std::time::Duration::from_millis(config.bsp_after_ms)),
-        );
+        ));
         catalog.bind(&base, batch)?;
         base.register_udtf("table_as_of", Arc::new(crate::time_travel::TableAsOf::new(Arc::clone(&catalog))));
         Ok(Self {

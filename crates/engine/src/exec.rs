@@ -129,13 +129,11 @@ impl BatchRunner {
     pub(crate) fn new(options: BspOptions, bsp_after: Option<Duration>) -> Self {
         Self { options, bsp_after }
     }
+}
 
-    /// Runs `plan` (optimized in `state`'s context) with at most `limit`
-    /// bytes of memory: its rows, and how it runs and why (`bsp: …`).
-    ///
-    /// # Errors
-    /// Planning errors; running out of memory in BSP.
-    pub async fn run(
+#[async_trait::async_trait]
+impl crate::catalog::BatchQueries for BatchRunner {
+    async fn run(
         &self,
         state: SessionState,
         plan: LogicalPlan,

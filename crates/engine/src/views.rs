@@ -55,6 +55,7 @@
 //! snapshots. `sys.views.maintenance` says which way a view goes.
 
 pub mod arrange;
+pub mod differ;
 pub mod distinct;
 pub mod groups;
 pub mod maintain;
@@ -85,6 +86,10 @@ use streamhouse_storage as storage;
 use crate::catalog::{CreateMaterializedView, RelationName};
 use crate::dynamic::DynamicTable;
 use crate::error::{Error, Result, StatusCode};
+
+/// Lists the materialized views (the catalog that keeps them provides it):
+/// for `sys.views` and the refresh scheduler.
+pub type ViewLister = Arc<dyn Fn() -> Vec<Arc<MaterializedView>> + Send + Sync>;
 
 /// The snapshot property holding a view's source positions (JSON object:
 /// source name → snapshot id).

@@ -127,7 +127,7 @@ pub struct DynamicCatalog {
     /// The arrangements materialized views share.
     arrangements: Arc<views::arrange::Arrangements>,
     /// How full refreshes run their queries (set by [`Catalog::bind`]).
-    batch: std::sync::OnceLock<crate::exec::BatchRunner>,
+    batch: std::sync::OnceLock<crate::catalog::BatchQueriesRef>,
     /// The refreshes since the server started (`sys.refreshes`).
     refreshes: Arc<views::schedule::RefreshLog>,
     /// Refreshes full views on schedule (started by [`Catalog::bind`]).
@@ -496,7 +496,7 @@ impl DynamicCatalog {
     }
 
     /// Lists the materialized views (for `sys.views` and the scheduler).
-    fn view_lister(&self) -> views::system::ViewLister {
+    fn view_lister(&self) -> views::ViewLister {
         let schemas = Arc::clone(&self.schemas);
         Arc::new(move || materialized_views(&schemas))
     }
@@ -979,7 +979,7 @@ impl Catalog for DynamicCatalog {
         Ok(Created::Created)
     }
 
-    fn bind(&self, ctx: &datafusion::prelude::SessionContext, batch: crate::exec::BatchRunner) -> Result<()> {
+    fn bind(&self, ctx: &datafusion::prelude::SessionContext, batch: crate::catalog::BatchQueriesRef) -> Result<()> {
         let _ = self.batch.set(batch);
         {
             let schemas = self.schemas.read().map_err(errors::poisoned)?;

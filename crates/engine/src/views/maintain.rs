@@ -29,17 +29,17 @@ use streamhouse_storage as storage;
 use tokio_util::sync::CancellationToken;
 
 use super::arrange::{Arrangement, Arrangements, Begin};
+use super::differ::Differ;
 use super::distinct::{self, DistinctTable};
 use super::groups::{Entry, GroupTable};
 use super::plan::{At, GroupState, Rewritten, Source, ViewPlan, WEIGHT};
 use super::probe::{Prober, reads_snapshots, reads_table, wanted_arrangements};
-use super::refresh::Differ;
 use super::spares::SpareTable;
 use super::state::{self, Delta, Group};
 use super::{KeyLayout, MaterializedView, POSITIONS_PROPERTY, Progress};
+use crate::catalog::BatchQueriesRef;
 use crate::config::ViewsConfig;
 use crate::error::{Error, Result};
-use crate::exec::BatchRunner;
 use crate::now_ms;
 
 mod grouped;
@@ -573,7 +573,7 @@ impl ViewMaintainer {
         positions: &[u64],
         differ: &mut Differ,
         txn: &mut storage::Transaction<'_>,
-        batch: &BatchRunner,
+        batch: &BatchQueriesRef,
         limit: Option<usize>,
     ) -> Result<String> {
         let mut target = Target::Differ(differ, txn);
@@ -608,7 +608,7 @@ impl ViewMaintainer {
         positions: &[u64],
         target: &mut Target<'_, '_>,
         state: bool,
-        batch: Option<(&BatchRunner, Option<usize>)>,
+        batch: Option<(&BatchQueriesRef, Option<usize>)>,
     ) -> Result<String> {
         let at: Vec<At> = self.plan.occurrences.iter().map(|&s| At::Snapshot(positions[s])).collect();
         let rewritten = self.plan.full(&at, None)?;

@@ -30,9 +30,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::MaterializedView;
 use super::refresh::{Outcome, RefreshMode};
-use super::system::ViewLister;
+use super::{MaterializedView, ViewLister};
 use crate::config::ViewsConfig;
 use crate::error::{Error, Result};
 use crate::now_ms;

@@ -22,11 +22,8 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::TableProvider;
 
-use super::MaterializedView;
+use super::{MaterializedView, ViewLister};
 use crate::catalog::computed::{Computed, ComputedRows};
-
-/// Lists the materialized views (the catalog that keeps them provides it).
-pub type ViewLister = Arc<dyn Fn() -> Vec<Arc<MaterializedView>> + Send + Sync>;
 
 /// `sys.views` over the views `list` returns.
 pub fn views_table(list: ViewLister) -> Arc<dyn TableProvider> {

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use streamhouse_storage as storage;
 
 use super::{DynamicCatalog, Relation};
+use crate::catalog::BatchQueriesRef;
 use crate::catalog::{CreateMaterializedView, RelationName, ViewAlteration, errors};
 use crate::config::ViewsConfig;
 use crate::error::{Error, Result, StatusCode};
-use crate::exec::BatchRunner;
 use crate::views::refresh::{self, MODE_PROPERTY, Outcome, Refresh, RefreshMode, Refresher, Requested};
 use crate::views::{self, MaterializedView, ViewDefinition, schedule};
 
@@ -20,7 +20,7 @@ pub(super) struct Starter {
     pub ctx: datafusion::prelude::SessionContext,
     pub config: ViewsConfig,
     pub arrangements: Arc<views::arrange::Arrangements>,
-    pub batch: BatchRunner,
+    pub batch: BatchQueriesRef,
     pub log: Arc<schedule::RefreshLog>,
 }
 
