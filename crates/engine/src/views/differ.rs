@@ -108,13 +108,8 @@ impl Differ {
             }
         }
         if !changed.is_empty() {
-            let indexes = datafusion::arrow::array::UInt64Array::from(changed);
-            let columns = rows
-                .columns()
-                .iter()
-                .map(|c| datafusion::arrow::compute::take(c.as_ref(), &indexes, None))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            let upserts = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+            let upserts =
+                RecordBatch::try_new(Arc::clone(&self.schema), take_rows(rows, &changed)?.columns().to_vec())?;
             txn.write(&upserts, &vec![storage::ValueKind::Upsert; upserts.num_rows()]).await?;
         }
         Ok(())
@@ -142,15 +137,22 @@ impl Differ {
                 continue;
             }
             self.deleted += gone.len() as u64;
-            let indexes = datafusion::arrow::array::UInt64Array::from(gone);
-            let columns = batch
-                .columns()
-                .iter()
-                .map(|c| datafusion::arrow::compute::take(c.as_ref(), &indexes, None))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            let rows = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+            let rows = RecordBatch::try_new(Arc::clone(&self.schema), take_rows(&batch, &gone)?.columns().to_vec())?;
             txn.write(&rows, &vec![storage::ValueKind::Delete; rows.num_rows()]).await?;
         }
         Ok(())
     }
+}
+
+/// The rows of `batch` at `indexes`, in that order.
+pub(super) fn take_rows(batch: &RecordBatch, indexes: &[u64]) -> Result<RecordBatch> {
+    let rows = indexes.len();
+    let indexes = datafusion::arrow::array::UInt64Array::from(indexes.to_vec());
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| datafusion::arrow::compute::take(c.as_ref(), &indexes, None))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
+    Ok(RecordBatch::try_new_with_options(batch.schema(), columns, &options)?)
 }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Int64Array, RecordBatch};
-use datafusion::arrow::compute::{concat_batches, take};
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Field, Int8Type, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::catalog::{MemTable, TableProvider};
@@ -29,7 +29,7 @@ use streamhouse_storage as storage;
 use tokio_util::sync::CancellationToken;
 
 use super::arrange::{Arrangement, Arrangements, Begin};
-use super::differ::Differ;
+use super::differ::{Differ, take_rows};
 use super::distinct::{self, DistinctTable};
 use super::groups::{Entry, GroupTable};
 use super::plan::{At, GroupState, Rewritten, Source, ViewPlan, WEIGHT};
@@ -1417,14 +1417,6 @@ fn weights(batch: &RecordBatch, rewritten: &Rewritten) -> Result<Vec<i64>> {
 /// Rows looked up from the view's table, as a batch of its schema.
 fn old_rows_in(schema: &SchemaRef, rows: &RecordBatch) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(Arc::clone(schema), rows.columns().to_vec())?)
-}
-
-fn take_rows(batch: &RecordBatch, indexes: &[u64]) -> Result<RecordBatch> {
-    let rows = indexes.len();
-    let indexes = datafusion::arrow::array::UInt64Array::from(indexes.to_vec());
-    let columns = batch.columns().iter().map(|c| take(c.as_ref(), &indexes, None)).collect::<Result<Vec<_>, _>>()?;
-    let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
-    Ok(RecordBatch::try_new_with_options(batch.schema(), columns, &options)?)
 }
 
 #[cfg(test)]
