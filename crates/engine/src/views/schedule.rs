@@ -5,9 +5,9 @@
 //! A full view with freshness `f` must reflect a source commit made at time
 //! `c` by `c + f`: it is due once `c + f − d` has passed for the oldest
 //! commit it does not reflect (of its sources, or of theirs through the
-//! views it reads: freshness is end to end), `d` being how long its last
-//! refresh took, with those of the full views upstream that the round
-//! refreshes first. Nothing is due while no source changed, nor again
+//! views it reads: freshness is end to end), `d` being how long it expects
+//! its refresh to take (the slowest of its last five, plus a quarter), with
+//! those of the full views upstream that the round refreshes first. Nothing is due while no source changed, nor again
 //! within a quarter of its freshness after an attempt. Due-ness is computed from
 //! what is stored (the view's recorded source snapshots, the sources'
 //! commit times), so schedules survive restarts, and a refresh a crash
@@ -129,14 +129,36 @@ impl RefreshLog {
 /// What the scheduler keeps about one view between rounds.
 #[derive(Debug, Clone, Default)]
 pub struct ViewSchedule {
-    /// How long its last refresh took (ms).
-    pub last_duration_ms: i64,
+    /// How long its last few refreshes took (ms), newest last.
+    pub recent_durations_ms: VecDeque<i64>,
     /// After its refreshes failed: not due again before this.
     pub retry_after_ms: Option<i64>,
     /// When its last refresh attempt ended.
     pub last_attempt_ms: Option<i64>,
     /// When it is next due (ms since the epoch; `None`: when a source changes).
     pub next_ms: Option<i64>,
+}
+
+/// How many refresh durations a view's schedule remembers.
+const DURATIONS_KEPT: usize = 5;
+
+impl ViewSchedule {
+    fn record_duration(&mut self, ms: i64) {
+        if self.recent_durations_ms.len() == DURATIONS_KEPT {
+            self.recent_durations_ms.pop_front();
+        }
+        self.recent_durations_ms.push_back(ms.max(0));
+    }
+
+    /// How long the next refresh is planned to take: the slowest of the
+    /// last few plus a quarter. A refresh's duration varies with the load
+    /// beside it (the first one often runs before the writers start), and
+    /// starting a little early costs less than missing the freshness.
+    #[must_use]
+    pub fn expected_duration_ms(&self) -> i64 {
+        let slowest = self.recent_durations_ms.iter().copied().max().unwrap_or(0);
+        slowest + slowest / 4
+    }
 }
 
 /// Runs one refresh of `view`, recorded in `log`.
@@ -180,7 +202,7 @@ pub async fn refresh_once(
         let mut schedule = crate::lock(&view.schedule);
         schedule.last_attempt_ms = Some(now_ms());
         if let Ok(Outcome::Refreshed { summary, .. }) = &outcome {
-            schedule.last_duration_ms = summary.finished_ms - summary.started_ms;
+            schedule.record_duration(summary.finished_ms - summary.started_ms);
         }
     }
     outcome
@@ -301,7 +323,7 @@ fn oldest_pending(view: &MaterializedView, depth: usize) -> futures::future::Box
 /// How long refreshing `view` takes, with the full views upstream of it
 /// that a round refreshes first (the longest chain), as last measured.
 fn chain_duration(view: &MaterializedView, depth: usize) -> i64 {
-    let own = crate::lock(&view.schedule).last_duration_ms;
+    let own = crate::lock(&view.schedule).expected_duration_ms();
     if depth >= 16 {
         return own;
     }
