@@ -15,8 +15,6 @@
 
 #![allow(clippy::print_stdout)]
 
-mod tpch_data;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -148,7 +146,7 @@ async fn main() {
         ("orders", &["o_orderkey"][..]),
         ("lineitem", &["l_orderkey", "l_linenumber"][..]),
     ] {
-        let loaded = tpch_data::load(&store, name, key, scale).await;
+        let loaded = streamhouse_testkit::tpch::load(&store, name, key, scale).await;
         println!(
             "{name:<8} {:>10} rows (generated {:.1} s, written {:.1} s, compacted {:.1} s)",
             loaded.rows,

@@ -41,6 +41,78 @@ pub struct EngineConfig {
     pub max_cursors: usize,
     /// Statements one session may hold prepared with SQL `PREPARE` at once (more is 53400).
     pub max_prepared_statements: usize,
+    /// Whether queries run across the workers of `[cluster]`: `auto` (when
+    /// their scans read at least `distributed_min_bytes`), `on` (whenever a
+    /// worker is up) or `off`. Only what can run on a worker is sent there.
+    pub distributed: DistributedMode,
+    /// In `auto`: the least bytes a query's Dynamic Table scans read for it
+    /// to be distributed.
+    pub distributed_min_bytes: ByteSize,
+    /// Bytes of Dynamic Table files each task of a distributed scan reads
+    /// (a scan runs on at most as many workers as are up).
+    pub distributed_bytes_per_task: ByteSize,
+}
+
+/// Whether queries run across workers (`execution.distributed`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DistributedMode {
+    /// When a worker is up and the query's scans read at least
+    /// `execution.distributed_min_bytes`.
+    #[default]
+    Auto,
+    /// Whenever a worker is up.
+    On,
+    /// Never.
+    Off,
+}
+
+impl DistributedMode {
+    /// `auto`, `on` or `off`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DistributedMode::Auto => "auto",
+            DistributedMode::On => "on",
+            DistributedMode::Off => "off",
+        }
+    }
+
+    /// Parses `auto`, `on` or `off` (any case).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(DistributedMode::Auto),
+            "on" => Some(DistributedMode::On),
+            "off" => Some(DistributedMode::Off),
+            _ => None,
+        }
+    }
+}
+
+/// A server's workers, and a worker's own address (`[cluster]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The workers this server runs distributed queries on: `host:port` or
+    /// `http://host:port` of each `streamhouse worker`.
+    pub workers: Vec<String>,
+    /// Where `streamhouse worker` listens for coordinators (`host:port`).
+    pub listen: String,
+    /// How often the server asks each worker how it is (ms).
+    pub heartbeat_interval_ms: u64,
+    /// A worker that has not answered for this long (ms) is lost: it is
+    /// given no work until it answers again.
+    pub lost_after_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            workers: Vec::new(),
+            listen: "127.0.0.1:7100".to_string(),
+            heartbeat_interval_ms: 1000,
+            lost_after_ms: 3000,
+        }
+    }
 }
 
 /// How materialized views are maintained (`[views]` in the configuration file).
@@ -158,6 +230,9 @@ impl Default for EngineConfig {
             max_statement_bytes: 16 << 20,
             max_cursors: 256,
             max_prepared_statements: 1024,
+            distributed: DistributedMode::Auto,
+            distributed_min_bytes: ByteSize::Bytes(64 << 20),
+            distributed_bytes_per_task: ByteSize::Bytes(64 << 20),
         }
     }
 }

@@ -47,6 +47,8 @@ pub(crate) struct EngineInner {
     pub(crate) relation_oids: crate::catalog::pg::RelationOids,
     /// Roles, ownership and grants.
     pub(crate) access: Arc<crate::access::Access>,
+    /// The workers queries may run on (`[cluster]`).
+    pub(crate) distribution: Option<Arc<crate::exec::distributed::Distribution>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -73,6 +75,36 @@ impl Engine {
     /// # Errors
     /// An invalid configuration.
     pub fn with_catalog(config: EngineConfig, catalog: CatalogRef) -> Result<Self> {
+        Self::with_cluster(config, catalog, None)
+    }
+
+    /// An engine over the given catalog that runs queries across the
+    /// workers `cluster` names (when any), refusing workers whose identity
+    /// is not the given one ([`crate::exec::distributed::identity`]). Starts
+    /// their heartbeat: call within a Tokio runtime.
+    ///
+    /// # Errors
+    /// An invalid configuration.
+    pub fn with_cluster(
+        config: EngineConfig,
+        catalog: CatalogRef,
+        cluster: Option<(&crate::config::ClusterConfig, String)>,
+    ) -> Result<Self> {
+        let shutdown = CancellationToken::new();
+        let cluster = match cluster {
+            Some((cluster, identity)) if !cluster.workers.is_empty() => {
+                Some(crate::exec::distributed::Cluster::start(cluster, identity, shutdown.child_token())?)
+            }
+            _ => None,
+        };
+        let distribution = cluster.clone().map(|cluster| {
+            Arc::new(crate::exec::distributed::Distribution {
+                cluster,
+                mode: config.distributed,
+                min_bytes: config.distributed_min_bytes.bytes().unwrap_or(u64::MAX),
+                bytes_per_task: config.distributed_bytes_per_task.bytes().unwrap_or(u64::MAX),
+            })
+        });
         let mut runtime = RuntimeEnvBuilder::new();
         if let Some(limit) = config.memory_limit.bytes() {
             let limit = usize::try_from(limit).map_err(|_| Error::invalid("execution.memory_limit is too large"))?;
@@ -80,54 +112,10 @@ impl Engine {
         }
         let runtime = runtime.build_arc()?;
 
-        let mut session_config = SessionConfig::new()
-            .with_information_schema(false)
-            .with_create_default_catalog_and_schema(false)
-            .with_default_catalog_and_schema(&config.database, DEFAULT_SCHEMA)
-            .with_batch_size(config.batch_size.max(1));
-        // TIMESTAMPTZ values carry a zone; UTC until a session sets TimeZone.
-        session_config.options_mut().execution.time_zone = Some("UTC".to_string());
-        if config.target_partitions > 0 {
-            session_config = session_config.with_target_partitions(config.target_partitions);
-        }
+        let session_config = session_config(&config);
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         catalogs.register_catalog(config.database.clone(), Arc::new(DataFusionCatalog::new(Arc::clone(&catalog))));
-        let state = SessionStateBuilder::new()
-            .with_config(session_config)
-            .with_runtime_env(runtime)
-            .with_catalog_list(catalogs)
-            .with_default_features()
-            // After type coercion: Postgres' checked integers and scalar subqueries.
-            .with_analyzer_rule(Arc::new(crate::semantics::CheckedArithmetic))
-            .with_analyzer_rule(Arc::new(crate::semantics::UncorrelatedInSubquery))
-            .with_analyzer_rule(Arc::new(crate::semantics::ScalarSubqueryCardinality))
-            .with_analyzer_rule(Arc::new(crate::semantics::RegprocText))
-            .build();
-        let base = SessionContext::new_with_state(state);
-        datafusion_pg_catalog::setup_pg_catalog(&base, &config.database, EmptyContextProvider)
-            .map_err(|e| Error::from(*e))?;
-        base.register_udf(constant_text_udf("version", version_string()));
-        base.register_udf(crate::semantics::like_escape_udf());
-        base.register_udf(crate::semantics::json_build_object_udf());
-        base.register_udf(crate::semantics::expand_array_udf());
-        base.register_udf(crate::semantics::to_char_udf());
-        base.register_udf(crate::semantics::to_timestamp_udf());
-        base.register_udf(crate::semantics::to_date_udf());
-        for udf in crate::semantics::text_udfs() {
-            base.register_udf(udf);
-        }
-        {
-            // Postgres types DataFusion has no name for, on top of pg_catalog's oid aliases.
-            let state = base.state_ref();
-            let current = state.read().clone();
-            *state.write() = SessionStateBuilder::new_from_existing(current)
-                .with_type_planner(Arc::new(crate::types::PostgresTypePlanner::default()))
-                .build();
-            use datafusion::execution::FunctionRegistry;
-            state.write().register_expr_planner(Arc::new(crate::semantics::UnknownLiteralPlanner))?;
-            // `sum` of bigint is numeric, under DataFusion's name.
-            state.write().register_udaf(crate::semantics::sum_udaf())?;
-        }
+        let base = functions(&config, session_config, runtime, catalogs)?;
 
         let spill_root = config.spill_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("streamhouse-spill"));
         let spill = crate::exec::bsp::SpillArea::open(&spill_root).map_err(|e| {
@@ -141,6 +129,8 @@ impl Engine {
             let queries_table =
                 crate::catalog::computed::Computed(crate::queries::QueriesTable::new(Arc::clone(&queries)));
             sys.register_table("queries".into(), Arc::new(queries_table))?;
+            let workers = crate::exec::distributed::WorkersTable::new(cluster);
+            sys.register_table("workers".into(), Arc::new(crate::catalog::computed::Computed(workers)))?;
             for (name, table) in catalog.system_tables() {
                 sys.register_table(name, table)?;
             }
@@ -152,7 +142,7 @@ impl Engine {
             crate::catalog::pg::install(&base, Arc::clone(&catalog), Arc::clone(&access), &config.database)?;
         let faults: Arc<crate::exec::bsp::Faults> = Arc::default();
         let batch: crate::catalog::BatchQueriesRef = Arc::new(crate::exec::BatchRunner::new(
-            bsp_options(&config, &spill, &faults),
+            bsp_options(&config, &spill, &faults, distribution.clone()),
             (config.bsp_after_ms > 0).then(|| std::time::Duration::from_millis(config.bsp_after_ms)),
         ));
         catalog.bind(&base, batch)?;
@@ -162,7 +152,7 @@ impl Engine {
                 config,
                 catalog,
                 base,
-                shutdown: CancellationToken::new(),
+                shutdown,
                 active: Arc::default(),
                 queries,
                 spill,
@@ -171,6 +161,7 @@ impl Engine {
                 catalog_version: AtomicU64::new(0),
                 relation_oids,
                 access,
+                distribution,
             }),
         })
     }
@@ -240,7 +231,7 @@ impl Engine {
 
     /// How BSP queries run: spill store, concurrency, retries.
     pub(crate) fn bsp_options(&self) -> crate::exec::bsp::BspOptions {
-        bsp_options(&self.inner.config, &self.inner.spill, &self.inner.faults)
+        bsp_options(&self.inner.config, &self.inner.spill, &self.inner.faults, self.inner.distribution.clone())
     }
 
     pub(crate) fn inner(&self) -> &EngineInner {
@@ -253,6 +244,83 @@ impl Engine {
 
     pub(crate) fn catalog_version(&self) -> u64 {
         self.inner.catalog_version.load(Ordering::SeqCst)
+    }
+}
+
+/// The configuration every session starts from.
+fn session_config(config: &EngineConfig) -> SessionConfig {
+    let mut session_config = SessionConfig::new()
+        .with_information_schema(false)
+        .with_create_default_catalog_and_schema(false)
+        .with_default_catalog_and_schema(&config.database, DEFAULT_SCHEMA)
+        .with_batch_size(config.batch_size.max(1));
+    // TIMESTAMPTZ values carry a zone; UTC until a session sets TimeZone.
+    session_config.options_mut().execution.time_zone = Some("UTC".to_string());
+    if config.target_partitions > 0 {
+        session_config = session_config.with_target_partitions(config.target_partitions);
+    }
+    session_config
+}
+
+/// DataFusion's context with the engine's functions, types and analyzer
+/// rules over `catalogs`.
+fn functions(
+    config: &EngineConfig,
+    session_config: SessionConfig,
+    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+    catalogs: Arc<MemoryCatalogProviderList>,
+) -> Result<SessionContext> {
+    let state = SessionStateBuilder::new()
+        .with_config(session_config)
+        .with_runtime_env(runtime)
+        .with_catalog_list(catalogs)
+        .with_default_features()
+        // After type coercion: Postgres' checked integers and scalar subqueries.
+        .with_analyzer_rule(Arc::new(crate::semantics::CheckedArithmetic))
+        .with_analyzer_rule(Arc::new(crate::semantics::UncorrelatedInSubquery))
+        .with_analyzer_rule(Arc::new(crate::semantics::ScalarSubqueryCardinality))
+        .with_analyzer_rule(Arc::new(crate::semantics::RegprocText))
+        .build();
+    let base = SessionContext::new_with_state(state);
+    datafusion_pg_catalog::setup_pg_catalog(&base, &config.database, EmptyContextProvider)
+        .map_err(|e| Error::from(*e))?;
+    base.register_udf(constant_text_udf("version", version_string()));
+    base.register_udf(crate::semantics::like_escape_udf());
+    base.register_udf(crate::semantics::json_build_object_udf());
+    base.register_udf(crate::semantics::expand_array_udf());
+    base.register_udf(crate::semantics::to_char_udf());
+    base.register_udf(crate::semantics::to_timestamp_udf());
+    base.register_udf(crate::semantics::to_date_udf());
+    for udf in crate::semantics::text_udfs() {
+        base.register_udf(udf);
+    }
+    {
+        // Postgres types DataFusion has no name for, on top of pg_catalog's oid aliases.
+        let state = base.state_ref();
+        let current = state.read().clone();
+        *state.write() = SessionStateBuilder::new_from_existing(current)
+            .with_type_planner(Arc::new(crate::types::PostgresTypePlanner::default()))
+            .build();
+        use datafusion::execution::FunctionRegistry;
+        state.write().register_expr_planner(Arc::new(crate::semantics::UnknownLiteralPlanner))?;
+        // `sum` of bigint is numeric, under DataFusion's name.
+        state.write().register_udaf(crate::semantics::sum_udaf())?;
+    }
+
+    Ok(base)
+}
+
+impl Engine {
+    /// DataFusion's state with the engine's functions and settings and no
+    /// relations: what a worker needs to run the plan fragments it is sent.
+    ///
+    /// # Errors
+    /// An invalid configuration.
+    pub fn function_state(config: &EngineConfig) -> Result<datafusion::execution::SessionState> {
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        catalogs.register_catalog(config.database.clone(), Arc::new(datafusion::catalog::MemoryCatalogProvider::new()));
+        let runtime = RuntimeEnvBuilder::new().build_arc()?;
+        Ok(functions(config, session_config(config), runtime, catalogs)?.state())
     }
 }
 
@@ -294,6 +362,7 @@ fn bsp_options(
     config: &EngineConfig,
     spill: &crate::exec::bsp::SpillArea,
     faults: &Arc<crate::exec::bsp::Faults>,
+    distribution: Option<Arc<crate::exec::distributed::Distribution>>,
 ) -> crate::exec::bsp::BspOptions {
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
     crate::exec::bsp::BspOptions {
@@ -302,5 +371,6 @@ fn bsp_options(
         retries: config.task_retries,
         faults: Arc::clone(faults),
         pinning: Arc::new(crate::dynamic::scan::DynamicSnapshotPinning),
+        distribution,
     }
 }

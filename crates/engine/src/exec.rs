@@ -18,6 +18,7 @@
 //! join's build side fits the memory the concurrently running tasks have.
 
 pub mod bsp;
+pub mod distributed;
 pub mod stage;
 
 use std::sync::Arc;
@@ -56,6 +57,8 @@ const MAX_BSP_PARTITIONS: usize = 128;
 pub enum Mode {
     Mpp,
     Bsp,
+    /// MPP across workers ([`distributed`]).
+    Distributed,
 }
 
 impl Mode {
@@ -64,6 +67,7 @@ impl Mode {
         match self {
             Mode::Mpp => "mpp",
             Mode::Bsp => "bsp",
+            Mode::Distributed => "distributed",
         }
     }
 }
@@ -103,6 +107,8 @@ pub(crate) struct Planned {
     stageable: bool,
     /// Partitions of the BSP plan.
     partitions: usize,
+    /// A distributed plan's task context (its session's distribution settings, the query's memory).
+    distributed: Option<Arc<TaskContext>>,
 }
 
 /// A running query.
@@ -148,6 +154,9 @@ impl crate::catalog::BatchQueries for BatchRunner {
 
 /// Most times a BSP query is planned again with more partitions after a task ran out of memory.
 const BSP_REPLANS: usize = 2;
+
+/// Most times a distributed query is planned again after a worker failed before its first row.
+const DISTRIBUTED_REPLANS: usize = 2;
 
 impl Query {
     /// `logical`, to plan in `state` and run in a memory pool of its own of
@@ -200,11 +209,52 @@ impl Query {
             (ExecutionMode::Auto, None) => estimate.choose(budget),
         };
         let stageable = unstageable.is_none();
-        let mut planned = Planned { mode, reason, plan: Arc::clone(&mpp), mpp, estimate, stageable, partitions: 0 };
+        let mut planned = Planned {
+            mode,
+            reason,
+            plan: Arc::clone(&mpp),
+            mpp,
+            estimate,
+            stageable,
+            partitions: 0,
+            distributed: None,
+        };
         if mode == Mode::Bsp {
             self.to_bsp(&mut planned, None, None).await?;
+        } else {
+            self.to_distributed(&mut planned).await?;
         }
         Ok(planned)
+    }
+
+    /// Plans an MPP query again across the workers when distribution
+    /// applies ([`distributed::Distribution::consider`]), on the snapshots the
+    /// local plan reads; says why not in the reason otherwise.
+    async fn to_distributed(&self, planned: &mut Planned) -> Result<()> {
+        let Some(distribution) = &self.options.distribution else { return Ok(()) };
+        let why = match distribution.consider(&planned.mpp) {
+            Ok(why) => why,
+            Err(why_not) => {
+                if distribution.mode != crate::config::DistributedMode::Off {
+                    planned.reason.push_str(&format!("; not distributed: {why_not}"));
+                }
+                return Ok(());
+            }
+        };
+        let config = self.options.pinning.pin(&planned.mpp, self.state.config().clone());
+        let pinned = SessionStateBuilder::new_from_existing(self.state.clone()).with_config(config).build();
+        let state = distribution.state(&pinned)?;
+        let plan = state.create_physical_plan(&self.logical).await?;
+        if !distributed::is_distributed(&plan) {
+            planned.reason.push_str("; not distributed: no part of the plan is worth running on workers");
+            return Ok(());
+        }
+        let task = TaskContext::from(&state).with_runtime(self.task.runtime_env());
+        planned.distributed = Some(Arc::new(task));
+        planned.plan = plan;
+        planned.mode = Mode::Distributed;
+        planned.reason = format!("distributed MPP, because {why}");
+        Ok(())
     }
 
     /// Re-plans a stageable query for BSP, reading the snapshots the MPP
@@ -252,6 +302,7 @@ impl Query {
         self.note_mode(&planned);
         match planned.mode {
             Mode::Bsp => self.run_bsp(planned).await,
+            Mode::Distributed => self.run_distributed(planned).await,
             Mode::Mpp if self.requested != ExecutionMode::Auto || !planned.stageable => {
                 let stream = execute_stream(Arc::clone(&planned.plan), Arc::clone(&self.task))?;
                 Ok(Running { stream, plan: planned.plan, mode: Mode::Mpp, reason: planned.reason, bsp: None })
@@ -265,6 +316,78 @@ impl Query {
                         self.to_bsp(&mut planned, Some(why), None).await?;
                         self.note_mode(&planned);
                         self.run_bsp(planned).await
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a distributed plan. A worker that cannot be reached or goes away
+    /// before the first row reached the client is marked lost and the query
+    /// planned again on the others (or locally, when none is left), at most
+    /// [`DISTRIBUTED_REPLANS`] times; after the first row, the query fails
+    /// with 40001 (serialization_failure: retry the statement), never with
+    /// rows missing.
+    async fn run_distributed(&self, mut planned: Planned) -> Result<Running> {
+        let mut replans = 0;
+        loop {
+            let task = planned.distributed.clone().unwrap_or_else(|| Arc::clone(&self.task));
+            let plan = Arc::clone(&planned.plan);
+            let attempt = async {
+                let mut stream = execute_stream(Arc::clone(&plan), task)?;
+                let mut held = Vec::new();
+                while let Some(next) = stream.next().await {
+                    let batch = next?;
+                    let rows = batch.num_rows();
+                    held.push(Ok(batch));
+                    if rows > 0 {
+                        break;
+                    }
+                }
+                Ok::<_, DataFusionError>((stream, held))
+            }
+            .await;
+            match attempt {
+                Ok((stream, held)) => {
+                    let schema = stream.schema();
+                    let rest = stream.map(|next| next.map_err(distributed::retriable));
+                    let stream =
+                        Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(held).chain(rest)));
+                    return Ok(Running { stream, plan, mode: planned.mode, reason: planned.reason, bsp: None });
+                }
+                Err(e) => {
+                    let Some(worker) = distributed::worker_failure(&e) else { return Err(e.into()) };
+                    if replans >= DISTRIBUTED_REPLANS {
+                        return Err(distributed::retriable(e).into());
+                    }
+                    replans += 1;
+                    let lost = match (&worker, &self.options.distribution) {
+                        (Some(url), Some(distribution)) => {
+                            distribution.cluster.suspect(url, &crate::error::describe(&e));
+                            url.to_string()
+                        }
+                        _ => "a worker".to_string(),
+                    };
+                    tracing::info!(%lost, "a worker failed before the first row; planning the query again");
+                    let why = format!("{} failed before the first row", lost);
+                    planned.plan = Arc::clone(&planned.mpp);
+                    planned.mode = Mode::Mpp;
+                    planned.distributed = None;
+                    planned.reason = format!("MPP, because {why}");
+                    self.to_distributed(&mut planned).await?;
+                    if planned.mode == Mode::Distributed {
+                        planned.reason.push_str(&format!(" (planned again: {why})"));
+                    }
+                    self.note_mode(&planned);
+                    if planned.mode != Mode::Distributed {
+                        let stream = execute_stream(Arc::clone(&planned.plan), Arc::clone(&self.task))?;
+                        return Ok(Running {
+                            stream,
+                            plan: planned.plan,
+                            mode: Mode::Mpp,
+                            reason: planned.reason,
+                            bsp: None,
+                        });
                     }
                 }
             }

@@ -42,7 +42,7 @@ pub mod warehouse;
 
 pub use cancel::CancelHandle;
 pub use catalog::{Catalog, CatalogRef};
-pub use config::{ByteSize, EngineConfig, ExecutionMode, ViewsConfig};
+pub use config::{ByteSize, ClusterConfig, DistributedMode, EngineConfig, ExecutionMode, ViewsConfig};
 pub use engine::Engine;
 pub use error::{Error, Result, StatusCode};
 pub use session::{

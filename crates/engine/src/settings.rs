@@ -66,6 +66,11 @@ pub const KNOWN: &[Known] = &[
         "Sets how queries run: auto (MPP, or staged BSP when memory is short), mpp (pipelined, in memory) or bsp (stage by stage, spilled between stages).",
     ),
     var(
+        "distributed",
+        "auto",
+        "Sets whether queries run across the server's workers: auto (when their scans read at least execution.distributed_min_bytes), on (whenever a worker is up) or off.",
+    ),
+    var(
         "view_read_timeout",
         "5000",
         "How long a read of a materialized view waits for it to reflect its sources' commits before failing with 55000 (milliseconds, or a duration like '10s').",

@@ -29,6 +29,8 @@ use crate::file::{FileMeta, FileReader, decode_key_index};
 use crate::merge::{MergeSpec, RunStream, merge};
 use crate::schema::{TableSchema, ValueKind};
 
+mod wire;
+
 /// What to scan.
 #[derive(Debug, Clone)]
 pub struct ScanRequest {

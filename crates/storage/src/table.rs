@@ -302,6 +302,14 @@ impl Table {
         Ok(Self::with_state(store, dir, name, State { schema, latest: None, manifest: Arc::default() }))
     }
 
+    /// A handle on the table in `dir` that reads `plan`'s partitions
+    /// ([`Table::read_partition`]) and nothing else: no snapshot is read
+    /// (a worker reads what a coordinator planned, [`ScanPlan::decode`]).
+    pub fn for_plan(store: Arc<dyn ObjectStore>, dir: Path, name: &str, plan: &ScanPlan) -> Self {
+        let state = State { schema: plan.table.clone(), latest: None, manifest: Arc::default() };
+        Self::with_state(store, dir, name, state)
+    }
+
     /// Waits for the commit in flight, if any, and refuses every later
     /// commit (the table is being dropped).
     pub async fn close(&self) {

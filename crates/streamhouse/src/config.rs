@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use streamhouse_engine::{ByteSize, EngineConfig, ViewsConfig};
+use streamhouse_engine::{ByteSize, ClusterConfig, EngineConfig, ViewsConfig};
 use streamhouse_server::ServerConfig;
 use streamhouse_server::auth::AuthConfig;
 
@@ -35,6 +35,8 @@ pub struct Config {
     pub execution: EngineConfig,
     /// Materialized view maintenance.
     pub views: ViewsConfig,
+    /// A server's workers (`workers`), a worker's address (`listen`).
+    pub cluster: ClusterConfig,
     /// Who may connect: authentication methods by client address, the
     /// bootstrap superuser's password, Flight token lifetime.
     pub auth: AuthConfig,

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod lock;
 pub mod store;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -117,6 +118,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let lock = DataDirLock::acquire(data_dir)?;
     let warehouse = data_dir.join("warehouse");
     let store::Warehouse { store, log } = store::open(&config.storage, &warehouse).await?;
+    let catalog_store = Arc::clone(&store);
     let location = config.storage.url.clone().unwrap_or_else(|| warehouse.display().to_string());
     let catalog = DynamicCatalog::open(store)
         .await
@@ -124,7 +126,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         .with_views_config(config.views.clone());
     let mut execution = config.execution.clone();
     execution.spill_dir.get_or_insert_with(|| data_dir.join("spill"));
-    let engine = Engine::with_catalog(execution, Arc::new(catalog)).context("cannot start the query engine")?;
+    let identity = streamhouse_engine::exec::distributed::identity(&store::warehouse_id(&catalog_store).await?);
+    if !config.cluster.workers.is_empty() && config.storage.url.as_deref().is_none_or(|u| !u.starts_with("s3://")) {
+        anyhow::bail!(
+            "cluster.workers needs a warehouse the workers can read too: set storage.url = \"s3://bucket/prefix\""
+        );
+    }
+    let engine = Engine::with_cluster(execution, Arc::new(catalog), Some((&config.cluster, identity)))
+        .context("cannot start the query engine")?;
     bootstrap_password(&engine, config).await?;
     let running = streamhouse_server::start(engine, &config.server, &config.auth).await?;
     Ok(Server { running, log, lock })

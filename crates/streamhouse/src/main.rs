@@ -23,6 +23,13 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Start a worker: run plan fragments a server sends, reading its
+    /// warehouse (storage.url) from shared object storage; listens on cluster.listen.
+    Worker {
+        /// Configuration file (default: config/default.toml when present).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Print the effective configuration (defaults < file < environment) and exit.
     Config {
         /// Configuration file (default: config/default.toml when present).
@@ -37,15 +44,12 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { config } => {
             let config = Config::load(config.as_deref())?;
             init_tracing(&config)?;
-            tokio::runtime::Builder::new_multi_thread()
-                // Planning and rewriting deep query plans (continuous views
-                // over UNION ALL windows, many joins) recurses deeply; 2 MiB
-                // worker stacks are not enough for it in debug builds.
-                .thread_stack_size(16 * 1024 * 1024)
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?
-                .block_on(serve(config))
+            runtime()?.block_on(serve(config))
+        }
+        Command::Worker { config } => {
+            let config = Config::load(config.as_deref())?;
+            init_tracing(&config)?;
+            runtime()?.block_on(work(config))
         }
         Command::Config { config } => {
             let config = Config::load(config.as_deref())?;
@@ -57,6 +61,14 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+}
+
+async fn work(config: Config) -> anyhow::Result<()> {
+    let worker = streamhouse::worker::start(&config).await?;
+    shutdown_signal().await?;
+    tracing::info!("shutting down the worker");
+    worker.shutdown().await;
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -72,6 +84,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     server.shutdown().await;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        // Planning and rewriting deep query plans (continuous views
+        // over UNION ALL windows, many joins) recurses deeply; 2 MiB
+        // worker stacks are not enough for it in debug builds.
+        .thread_stack_size(16 * 1024 * 1024)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.

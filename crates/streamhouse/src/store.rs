@@ -117,3 +117,49 @@ fn open_s3(storage: &StorageConfig, bucket_and_prefix: &str) -> anyhow::Result<A
     }
     Ok(Arc::new(PrefixStore::new(store, prefix)))
 }
+
+/// Where the warehouse's id is kept, at the root of its store.
+const WAREHOUSE_ID: &str = "_warehouse_id";
+
+/// The warehouse's id, made (and stored) on the first start: workers show
+/// it, and a coordinator refuses a worker that reads another warehouse.
+///
+/// # Errors
+/// The store cannot be read or written.
+pub async fn warehouse_id(store: &Arc<dyn ObjectStore>) -> anyhow::Result<String> {
+    if let Some(id) = read_warehouse_id(store).await? {
+        return Ok(id);
+    }
+    let id = streamhouse_engine::access::scram::random_token::<12>();
+    let put = store
+        .put_opts(
+            &object_store::path::Path::from(WAREHOUSE_ID),
+            object_store::PutPayload::from(id.clone().into_bytes()),
+            object_store::PutMode::Create.into(),
+        )
+        .await;
+    match put {
+        Ok(_) => Ok(id),
+        // Another server made it first.
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            read_warehouse_id(store).await?.context("the warehouse id vanished after it was made")
+        }
+        Err(e) => Err(e).context("cannot store the warehouse id"),
+    }
+}
+
+/// The warehouse's id, `None` when no server has started on it yet.
+///
+/// # Errors
+/// The store cannot be read.
+pub async fn read_warehouse_id(store: &Arc<dyn ObjectStore>) -> anyhow::Result<Option<String>> {
+    use object_store::ObjectStoreExt as _;
+    match store.get(&object_store::path::Path::from(WAREHOUSE_ID)).await {
+        Ok(got) => {
+            let bytes = got.bytes().await.context("cannot read the warehouse id")?;
+            Ok(Some(String::from_utf8_lossy(&bytes).trim().to_string()))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e).context("cannot read the warehouse id"),
+    }
+}

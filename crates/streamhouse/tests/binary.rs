@@ -1,6 +1,9 @@
 //! The `streamhouse` binary as a user runs it: configuration from file and
 //! environment, readiness, and graceful shutdown on SIGTERM.
 
+#[path = "binary/cluster.rs"]
+mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,39 +23,48 @@ impl Drop for Server {
 /// Starts the binary on ports the system picks (no race with other tests
 /// for a "free" port) and waits for its "ready" log line, which names them.
 fn start(dir: &std::path::Path) -> Server {
+    let env = [
+        ("STREAMHOUSE__SERVER__PG_PORT", "0"),
+        ("STREAMHOUSE__SERVER__FLIGHT_PORT", "0"),
+        ("STREAMHOUSE__SERVER__SHUTDOWN_TIMEOUT_MS", "5000"),
+    ];
+    let (child, ready) = spawn_ready(&["serve"], dir, &env, "streamhouse is ready");
+    let address = ready.split("\"postgres\":\"127.0.0.1:").nth(1).unwrap_or_else(|| panic!("no address in {ready}"));
+    let pg_port: u16 = address[..address.find('"').expect("quoted address")].parse().expect("a port");
+    Server { child, pg_port }
+}
+
+/// Starts `streamhouse <args>` in `dir` with `env` and JSON logs, and waits
+/// for a log line holding `ready`: the process and that line. The rest of
+/// its log is drained, so it never blocks on a full pipe.
+fn spawn_ready(args: &[&str], dir: &std::path::Path, env: &[(&str, &str)], ready: &str) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_streamhouse"))
-        .args(["serve"])
+        .args(args)
         .current_dir(dir)
-        .env("STREAMHOUSE__SERVER__PG_PORT", "0")
-        .env("STREAMHOUSE__SERVER__FLIGHT_PORT", "0")
+        .envs(env.iter().copied())
         .env("STREAMHOUSE__LOG__FORMAT", "json")
-        .env("STREAMHOUSE__SERVER__SHUTDOWN_TIMEOUT_MS", "5000")
         .env_remove("RUST_LOG")
         .stderr(Stdio::piped())
         .spawn()
         .expect("binary starts");
     let stderr = child.stderr.take().expect("stderr piped");
     let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut log = Vec::new();
     loop {
-        assert!(Instant::now() < deadline, "server did not become ready; its log:\n{}", log.join("\n"));
+        assert!(Instant::now() < deadline, "{args:?} did not become ready; its log:\n{}", log.join("\n"));
         let Some(line) = lines.next() else {
             let status = child.wait().expect("exit status");
-            panic!("server exited before ready ({status}); its log:\n{}", log.join("\n"));
+            panic!("{args:?} exited before ready ({status}); its log:\n{}", log.join("\n"));
         };
         let line = line.expect("readable log");
         log.push(line.clone());
-        if line.contains("streamhouse is ready") {
+        if line.contains(ready) {
             break;
         }
     }
-    let ready = log.last().expect("the ready line");
-    let address = ready.split("\"postgres\":\"127.0.0.1:").nth(1).unwrap_or_else(|| panic!("no address in {ready}"));
-    let pg_port: u16 = address[..address.find('"').expect("quoted address")].parse().expect("a port");
-    // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Server { child, pg_port }
+    (child, log.pop().unwrap_or_default())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

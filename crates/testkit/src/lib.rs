@@ -9,6 +9,7 @@
 
 pub mod s3;
 pub mod slt;
+pub mod tpch;
 pub mod wire;
 
 use std::net::SocketAddr;

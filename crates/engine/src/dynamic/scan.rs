@@ -48,6 +48,58 @@ impl DynamicScanExec {
 }
 
 impl DynamicScanExec {
+    /// Bytes of the row groups the scan reads.
+    pub fn bytes(&self) -> u64 {
+        self.plan.bytes
+    }
+
+    /// The scan, to run elsewhere ([`DynamicScanExec::decode`]): the
+    /// table's name and directory, and the planned splits of its pinned snapshot.
+    ///
+    /// # Errors
+    /// The plan cannot be encoded.
+    pub fn encode(&self) -> datafusion::error::Result<Vec<u8>> {
+        let plan = self.plan.encode().map_err(df_error)?;
+        let mut out = Vec::with_capacity(plan.len() + 64);
+        for text in [self.table.name(), self.table.dir().as_ref()] {
+            out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            out.extend_from_slice(text.as_bytes());
+        }
+        out.extend_from_slice(&plan);
+        Ok(out)
+    }
+
+    /// A scan [`DynamicScanExec::encode`] made, reading from `store`.
+    ///
+    /// # Errors
+    /// Bytes that are not such a scan.
+    pub fn decode(bytes: &[u8], store: Arc<dyn object_store::ObjectStore>) -> datafusion::error::Result<Self> {
+        let bad = || datafusion::error::DataFusionError::Internal("a malformed Dynamic Table scan was sent".into());
+        let mut rest = bytes;
+        let mut texts = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+            let len = u32::from_le_bytes(*len) as usize;
+            let text = tail.get(..len).ok_or_else(bad)?;
+            texts.push(std::str::from_utf8(text).map_err(|_| bad())?.to_string());
+            rest = &tail[len..];
+        }
+        let plan = storage::ScanPlan::decode(rest).map_err(df_error)?;
+        let table = storage::Table::for_plan(
+            store,
+            object_store::path::Path::parse(&texts[1]).map_err(|_| bad())?,
+            &texts[0],
+            &plan,
+        );
+        Ok(Self::new(Arc::new(table), plan))
+    }
+
+    /// The scan's splits shared among `tasks` scans, each of as many
+    /// partitions as this one; together they read what it reads.
+    pub fn deal(&self, tasks: usize) -> Vec<Self> {
+        self.plan.deal(tasks).into_iter().map(|plan| Self::new(Arc::clone(&self.table), plan)).collect()
+    }
+
     /// The table and snapshot scanned (`None`: the table was empty).
     pub fn snapshot(&self) -> (&Arc<storage::Table>, Option<u64>) {
         (&self.table, self.plan.snapshot)

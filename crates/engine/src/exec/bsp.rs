@@ -169,6 +169,8 @@ pub struct BspOptions {
     pub faults: Arc<Faults>,
     /// Keeps a query planned again on the snapshots its first plan read.
     pub pinning: Arc<dyn crate::catalog::SnapshotPinning>,
+    /// The workers queries may run on.
+    pub distribution: Option<Arc<super::distributed::Distribution>>,
 }
 
 /// One query's run in stages; owns the query's stage files.

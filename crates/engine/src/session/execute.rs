@@ -44,10 +44,14 @@ impl Session {
         df: datafusion::dataframe::DataFrame,
         record: Option<Arc<crate::queries::QueryRecord>>,
     ) -> crate::exec::Query {
-        let (limit, requested) = match self.vars.read() {
-            Ok(vars) => (vars.memory_limit(), vars.execution_mode()),
-            Err(_) => (None, crate::config::ExecutionMode::default()),
+        let (limit, requested, distributed) = match self.vars.read() {
+            Ok(vars) => (vars.memory_limit(), vars.execution_mode(), vars.distributed()),
+            Err(_) => (None, crate::config::ExecutionMode::default(), crate::config::DistributedMode::default()),
         };
+        let mut options = self.engine.bsp_options();
+        if let Some(distribution) = &options.distribution {
+            options.distribution = Some(Arc::new(distribution.with_mode(distributed)));
+        }
         let (state, logical) = df.into_parts();
         let after = self.engine.config().bsp_after_ms;
         let (mut query, pool) = crate::exec::Query::new(
@@ -55,7 +59,7 @@ impl Session {
             logical,
             limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
             requested,
-            self.engine.bsp_options(),
+            options,
             (after > 0).then(|| std::time::Duration::from_millis(after)),
         );
         if let Some(record) = &record {

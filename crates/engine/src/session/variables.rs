@@ -51,6 +51,7 @@ impl Variables {
             server.insert("statement_timeout".to_string(), config.statement_timeout_ms.to_string());
         }
         server.insert("execution_mode".to_string(), config.mode.as_str().to_string());
+        server.insert("distributed".to_string(), config.distributed.as_str().to_string());
         Self { values: BTreeMap::new(), server, user: user.to_string() }
     }
 
@@ -138,6 +139,11 @@ impl Variables {
         self.get("execution_mode").and_then(|m| crate::config::ExecutionMode::parse(&m)).unwrap_or_default()
     }
 
+    /// Whether this session's queries run across workers.
+    pub fn distributed(&self) -> crate::config::DistributedMode {
+        self.get("distributed").and_then(|m| crate::config::DistributedMode::parse(&m)).unwrap_or_default()
+    }
+
     /// How a read of a materialized view treats a view that is behind:
     /// wait up to this long (`None`: read the latest snapshot at once,
     /// `view_staleness = 'allow'`).
@@ -199,6 +205,9 @@ fn normalize(lower: &str, value: &str) -> Result<String> {
         "execution_mode" => crate::config::ExecutionMode::parse(value)
             .map(|mode| mode.as_str().to_string())
             .ok_or_else(|| invalid_value(lower, value, "expected auto, mpp or bsp")),
+        "distributed" => crate::config::DistributedMode::parse(value)
+            .map(|mode| mode.as_str().to_string())
+            .ok_or_else(|| invalid_value(lower, value, "expected auto, on or off")),
         "extra_float_digits" => match value.trim().parse::<i32>() {
             Ok(n) if (-15..=3).contains(&n) => Ok(n.to_string()),
             _ => Err(invalid_value(lower, value, "expected an integer from -15 to 3")),

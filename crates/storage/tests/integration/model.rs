@@ -24,8 +24,8 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use proptest::prelude::*;
 use streamhouse_storage::{
-    AggregateFunction, CommitKind, Error, MergeEngine, RowKind, ScanRequest, Table, TableOptions, TableSchema,
-    ValueKind,
+    AggregateFunction, CommitKind, Error, MergeEngine, RowKind, ScanPlan, ScanRequest, Table, TableOptions,
+    TableSchema, ValueKind,
 };
 
 type Model = BTreeMap<i64, Option<String>>;
@@ -341,10 +341,26 @@ async fn run_with(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>, no
                 for p in 0..plan.partitions.len() {
                     got.extend(table.read_partition(&plan, p).try_collect::<Vec<_>>().await.unwrap());
                 }
+                // The plan as a worker gets it: encoded, dealt to tasks, read
+                // through a handle that reads no snapshot of its own.
+                let wire = ScanPlan::decode(&plan.encode().unwrap()).unwrap();
+                let remote = Table::for_plan(Arc::clone(&store), dir.clone(), "t", &wire);
+                let mut dealt = Vec::new();
+                for task in wire.deal(partitions % 3 + 1) {
+                    assert_eq!(task.partitions.len(), plan.partitions.len(), "a task's plan keeps the partitions");
+                    for p in 0..task.partitions.len() {
+                        dealt.extend(remote.read_partition(&task, p).try_collect::<Vec<_>>().await.unwrap());
+                    }
+                }
+                let count = |batches: &[RecordBatch]| batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+                assert_eq!(count(&dealt), count(&got), "the dealt plan reads each row once");
+                let mut dealt = rows_of(&dealt);
                 let mut got = rows_of(&got);
                 got.retain(|k, _| (lo..=hi).contains(k));
+                dealt.retain(|k, _| (lo..=hi).contains(k));
                 let want: Model = model.range(lo..=hi).map(|(k, v)| (*k, v.clone())).collect();
                 assert_eq!(got, want, "scan of keys {lo}..={hi} in {partitions} partitions");
+                assert_eq!(dealt, want, "the encoded and dealt scan of keys {lo}..={hi}");
                 // Point lookups of the same keys (missing ones have no row, repeats count once).
                 let keys: Vec<i64> = (lo..=hi).chain([hi, lo]).collect();
                 let found = table.get(&[Arc::new(Int64Array::from(keys))]).await.unwrap();

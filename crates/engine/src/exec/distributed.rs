@@ -1,0 +1,559 @@
+//! Distributed MPP: a query spread over worker processes with
+//! [datafusion-distributed](https://github.com/datafusion-contrib/datafusion-distributed).
+//!
+//! The coordinator (the server) plans as always; when distribution applies
+//! (see [`Distribution::consider`]) it plans the query again with
+//! datafusion-distributed's planner, which cuts the physical plan into
+//! stages at its exchanges and ships every stage but the last to the
+//! workers as datafusion-proto bytes. Our own plan nodes travel with
+//! [`StreamhouseCodec`]: a Dynamic Table scan carries its pinned snapshot's
+//! planned splits (file metadata, row groups, key ranges), so every worker
+//! reads exactly the files the coordinator planned, straight from the shared
+//! object store, and [`DynamicScanExec::deal`] shares the splits among the
+//! scan stage's tasks.
+//!
+//! [`Cluster`] watches the configured workers (`cluster.workers`): a
+//! heartbeat asks each for its identity (streamhouse version and warehouse
+//! id: anything else is refused) and its running tasks and memory; one that
+//! stops answering for `cluster.lost_after_ms` is lost and no longer given
+//! work. `sys.workers` shows them.
+//!
+//! A worker ([`worker`]) is this engine's function registry and codec in a
+//! datafusion-distributed `Worker`; it holds no catalog and writes nothing.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::{SessionState, SessionStateBuilder, TaskContext};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_distributed::{
+    DesiredTaskCountEvent, DesiredTaskCountEventResponse, DistributedExec, DistributedExt, DistributedLeafExec,
+    ScaleUpLeafNodeEvent, ScaleUpLeafNodeEventResponse, SessionStateBuilderExt, Worker, WorkerQueryContext,
+    WorkerResolver,
+};
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use object_store::ObjectStore;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::config::{ClusterConfig, DistributedMode};
+use crate::dynamic::scan::DynamicScanExec;
+use crate::lock;
+use crate::now_ms;
+
+/// What a worker answers when asked who it is: the streamhouse version and
+/// the warehouse it reads. The coordinator refuses a worker whose identity
+/// differs from its own.
+pub fn identity(warehouse_id: &str) -> String {
+    format!("streamhouse {} warehouse {warehouse_id}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The state of a configured worker, as the heartbeat last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Not answered yet since the coordinator started.
+    Joining,
+    /// Answering, with the coordinator's identity: given work.
+    Up,
+    /// Answered before, silent for `cluster.lost_after_ms`: given no work.
+    Lost,
+    /// Answers with another version or warehouse: never given work.
+    Refused,
+}
+
+impl WorkerState {
+    /// `joining`, `up`, `lost` or `refused`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Joining => "joining",
+            WorkerState::Up => "up",
+            WorkerState::Lost => "lost",
+            WorkerState::Refused => "refused",
+        }
+    }
+}
+
+/// One configured worker, as `sys.workers` shows it.
+#[derive(Debug, Clone)]
+pub struct WorkerStatus {
+    pub url: Url,
+    pub state: WorkerState,
+    /// When it last answered (ms since the epoch).
+    pub last_heartbeat_ms: Option<i64>,
+    /// Tasks it runs now.
+    pub running_tasks: u64,
+    /// Its resident memory, bytes.
+    pub memory_bytes: u64,
+    /// What it said it is.
+    pub identity: Option<String>,
+    /// Why it is not up.
+    pub error: Option<String>,
+}
+
+/// The configured workers and what the heartbeat knows of them.
+#[derive(Debug)]
+pub struct Cluster {
+    identity: String,
+    workers: Vec<Mutex<WorkerStatus>>,
+    lost_after_ms: i64,
+}
+
+impl Cluster {
+    /// The workers `config` names, watched by a heartbeat every
+    /// `cluster.heartbeat_interval_ms` until `stop`.
+    ///
+    /// # Errors
+    /// A worker address that is not a URL or `host:port`.
+    pub fn start(config: &ClusterConfig, identity: String, stop: CancellationToken) -> crate::Result<Arc<Self>> {
+        let mut workers = Vec::with_capacity(config.workers.len());
+        for address in &config.workers {
+            let url = worker_url(address)?;
+            workers.push(Mutex::new(WorkerStatus {
+                url,
+                state: WorkerState::Joining,
+                last_heartbeat_ms: None,
+                running_tasks: 0,
+                memory_bytes: 0,
+                identity: None,
+                error: None,
+            }));
+        }
+        let cluster = Arc::new(Self { identity, workers, lost_after_ms: config.lost_after_ms as i64 });
+        if !cluster.workers.is_empty() {
+            let interval = Duration::from_millis(config.heartbeat_interval_ms.max(50));
+            let watched = Arc::clone(&cluster);
+            tokio::spawn(async move {
+                let channels: Vec<tonic::transport::Channel> =
+                    watched.workers.iter().map(|w| lazy_channel(&lock(w).url, interval)).collect();
+                loop {
+                    let beats = watched
+                        .workers
+                        .iter()
+                        .zip(&channels)
+                        .map(|(worker, channel)| watched.heartbeat(worker, channel.clone(), interval));
+                    futures::future::join_all(beats).await;
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(interval) => {}
+                    }
+                }
+            });
+        }
+        Ok(cluster)
+    }
+
+    /// Every configured worker's status.
+    pub fn workers(&self) -> Vec<WorkerStatus> {
+        self.workers.iter().map(|w| lock(w).clone()).collect()
+    }
+
+    /// The workers that are up.
+    pub fn live(&self) -> Vec<Url> {
+        self.workers
+            .iter()
+            .filter_map(|w| {
+                let w = lock(w);
+                (w.state == WorkerState::Up).then(|| w.url.clone())
+            })
+            .collect()
+    }
+
+    /// Marks `url` lost at once (a query found it gone), until it answers a heartbeat again.
+    pub fn suspect(&self, url: &Url, why: &str) {
+        for worker in &self.workers {
+            let mut w = lock(worker);
+            if &w.url == url && w.state == WorkerState::Up {
+                tracing::warn!(worker = %url, %why, "worker lost");
+                w.state = WorkerState::Lost;
+                w.error = Some(why.to_string());
+            }
+        }
+    }
+
+    async fn heartbeat(&self, worker: &Mutex<WorkerStatus>, channel: tonic::transport::Channel, timeout: Duration) {
+        let url = lock(worker).url.clone();
+        let answer = tokio::time::timeout(timeout.max(Duration::from_secs(2)), ask(channel)).await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(_) => Err(format!("no answer within {} ms", timeout.max(Duration::from_secs(2)).as_millis())),
+        };
+        let now = now_ms();
+        let mut w = lock(worker);
+        match answer {
+            Ok((identity, running, memory)) => {
+                w.last_heartbeat_ms = Some(now);
+                w.running_tasks = running;
+                w.memory_bytes = memory;
+                if identity == self.identity {
+                    if w.state != WorkerState::Up {
+                        tracing::info!(worker = %url, "worker up");
+                    }
+                    w.state = WorkerState::Up;
+                    w.error = None;
+                } else {
+                    if w.state != WorkerState::Refused {
+                        tracing::error!(worker = %url, theirs = %identity, ours = %self.identity, "worker refused");
+                    }
+                    w.state = WorkerState::Refused;
+                    w.error = Some(format!(
+                        "refused: the worker runs \"{identity}\", this server \"{}\" (same version and warehouse needed)",
+                        self.identity
+                    ));
+                }
+                w.identity = Some(identity);
+            }
+            Err(error) => {
+                let silent_for = w.last_heartbeat_ms.map(|at| now - at);
+                match w.state {
+                    WorkerState::Up if silent_for.is_some_and(|ms| ms >= self.lost_after_ms) => {
+                        tracing::warn!(worker = %url, %error, "worker lost");
+                        w.state = WorkerState::Lost;
+                    }
+                    WorkerState::Refused => w.state = WorkerState::Lost,
+                    _ => {}
+                }
+                if w.state != WorkerState::Up {
+                    w.error = Some(format!("unreachable: {error}"));
+                }
+            }
+        }
+    }
+}
+
+/// A channel to a worker that connects when first used and again after a failure.
+fn lazy_channel(url: &Url, timeout: Duration) -> tonic::transport::Channel {
+    let timeout = timeout.max(Duration::from_secs(2));
+    match tonic::transport::Endpoint::from_shared(url.to_string()) {
+        Ok(endpoint) => endpoint.connect_timeout(timeout).timeout(timeout).connect_lazy(),
+        // worker_url made it; it parses.
+        Err(_) => tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+    }
+}
+
+/// A worker's identity, running tasks and resident memory.
+async fn ask(channel: tonic::transport::Channel) -> std::result::Result<(String, u64, u64), String> {
+    use datafusion_distributed::grpc::{BoxCloneSyncChannel, GetTaskProgressRequest, ObservabilityServiceClient};
+    let mut client = datafusion_distributed::grpc::create_worker_client(BoxCloneSyncChannel::new(channel.clone()));
+    let info = client
+        .get_worker_info(datafusion_distributed::GetWorkerInfoRequest {})
+        .await
+        .map_err(|e| crate::error::describe(&e))?;
+    let progress = ObservabilityServiceClient::new(channel)
+        .get_task_progress(GetTaskProgressRequest {})
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    let memory = progress.worker_metrics.map_or(0, |m| m.rss_bytes);
+    Ok((info.version, progress.tasks.len() as u64, memory))
+}
+
+/// `http://host:port` for a configured worker address (`host:port` or a URL).
+fn worker_url(address: &str) -> crate::Result<Url> {
+    let text = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
+    let url = Url::parse(&text)
+        .map_err(|e| crate::Error::invalid(format!("cluster.workers: {address:?} is not a worker address: {e}")))?;
+    if url.port_or_known_default().is_none() || url.host_str().is_none() {
+        return Err(crate::Error::invalid(format!("cluster.workers: {address:?} names no host and port")));
+    }
+    Ok(url)
+}
+
+/// The live workers, for datafusion-distributed's planner.
+#[derive(Debug)]
+struct LiveWorkers(Arc<Cluster>);
+
+impl WorkerResolver for LiveWorkers {
+    fn get_urls(&self) -> DfResult<Vec<Url>> {
+        Ok(self.0.live())
+    }
+}
+
+/// Encodes and decodes the plan nodes of ours that travel to workers.
+#[derive(Debug, Clone, Default)]
+pub struct StreamhouseCodec {
+    /// The warehouse's store, to read scans from (a worker's).
+    store: Option<Arc<dyn ObjectStore>>,
+}
+
+/// Tag of an encoded [`DynamicScanExec`].
+const SCAN_TAG: u8 = 1;
+
+impl PhysicalExtensionCodec for StreamhouseCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        _inputs: &[Arc<dyn ExecutionPlan>],
+        _ctx: &TaskContext,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        match buf.split_first() {
+            Some((&SCAN_TAG, rest)) => {
+                let store = self.store.as_ref().ok_or_else(|| {
+                    DataFusionError::Internal("a Dynamic Table scan was sent to a process without a warehouse".into())
+                })?;
+                Ok(Arc::new(DynamicScanExec::decode(rest, Arc::clone(store))?))
+            }
+            _ => Err(DataFusionError::Internal("an unknown streamhouse plan node was sent to this worker".into())),
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        match node.downcast_ref::<DynamicScanExec>() {
+            Some(scan) => {
+                buf.push(SCAN_TAG);
+                buf.extend_from_slice(&scan.encode()?);
+                Ok(())
+            }
+            None => Err(DataFusionError::NotImplemented(format!("{} cannot run on a worker", node.name()))),
+        }
+    }
+}
+
+/// What decides whether a query is distributed, and plans it so.
+#[derive(Debug)]
+pub struct Distribution {
+    pub cluster: Arc<Cluster>,
+    pub mode: DistributedMode,
+    /// In `auto`: the least bytes the plan's scans read for it to be distributed.
+    pub min_bytes: u64,
+    /// Scan bytes per task of a scan stage.
+    pub bytes_per_task: u64,
+}
+
+impl Distribution {
+    /// The same workers, used as `mode` says (a session's `distributed`).
+    pub fn with_mode(&self, mode: DistributedMode) -> Self {
+        Self {
+            cluster: Arc::clone(&self.cluster),
+            mode,
+            min_bytes: self.min_bytes,
+            bytes_per_task: self.bytes_per_task,
+        }
+    }
+
+    /// Why `plan` (a local MPP plan) should be distributed, or `None` with
+    /// why not: the mode, the workers up, the scans' bytes, and whether
+    /// every node can travel.
+    pub fn consider(&self, plan: &Arc<dyn ExecutionPlan>) -> std::result::Result<String, String> {
+        if self.mode == DistributedMode::Off {
+            return Err("execution.distributed is off".into());
+        }
+        let live = self.cluster.live().len();
+        if live == 0 {
+            return Err(format!("no worker is up (of {} configured)", self.cluster.workers.len()));
+        }
+        let mut scanned = 0u64;
+        let mut scans = 0usize;
+        let _ = plan.apply(|node| {
+            if let Some(scan) = node.downcast_ref::<DynamicScanExec>() {
+                scanned += scan.bytes();
+                scans += 1;
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        if scans == 0 {
+            return Err("it reads no Dynamic Table".into());
+        }
+        if self.mode == DistributedMode::Auto && scanned < self.min_bytes {
+            return Err(format!(
+                "its scans read {}, less than execution.distributed_min_bytes ({})",
+                super::bytes(scanned),
+                super::bytes(self.min_bytes)
+            ));
+        }
+        let codec = StreamhouseCodec::default();
+        if let Err(e) = datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(Arc::clone(plan), &codec) {
+            let why = crate::error::describe(&e);
+            return Err(format!("part of it cannot run on a worker ({})", super::short(&why)));
+        }
+        let why = match self.mode {
+            DistributedMode::On => "execution.distributed is on".to_string(),
+            _ => format!(
+                "its scans read {}, at least execution.distributed_min_bytes ({})",
+                super::bytes(scanned),
+                super::bytes(self.min_bytes)
+            ),
+        };
+        Ok(format!("{why}; {live} workers up"))
+    }
+
+    /// `state`, planning for the live workers.
+    pub fn state(&self, state: &SessionState) -> DfResult<SessionState> {
+        let per_task = self.bytes_per_task.max(1);
+        // `on` uses every worker up, however little a scan reads.
+        let floor = if self.mode == DistributedMode::On { self.cluster.live().len().max(1) } else { 1 };
+        let desired = move |ev: DesiredTaskCountEvent<'_>| {
+            let scan = ev.plan.downcast_ref::<DynamicScanExec>()?;
+            let tasks = (scan.bytes().div_ceil(per_task) as usize).max(floor);
+            Some(Ok(DesiredTaskCountEventResponse::desired(tasks)))
+        };
+        let scale_up = |ev: ScaleUpLeafNodeEvent<'_>| {
+            let scan = ev.plan.downcast_ref::<DynamicScanExec>()?;
+            if ev.task_count <= 1 {
+                return None;
+            }
+            let variants = scan.deal(ev.task_count).into_iter().map(|s| Arc::new(s) as Arc<dyn ExecutionPlan>);
+            Some(
+                DistributedLeafExec::try_new(Arc::clone(ev.plan), variants)
+                    .map(|leaf| ScaleUpLeafNodeEventResponse::new(Arc::new(leaf) as Arc<dyn ExecutionPlan>)),
+            )
+        };
+        Ok(SessionStateBuilder::new_from_existing(state.clone())
+            .with_distributed_worker_resolver(LiveWorkers(Arc::clone(&self.cluster)))
+            .with_distributed_user_codec(StreamhouseCodec::default())
+            .with_distributed_desired_task_count_handler(desired)
+            .with_distributed_scale_up_leaf_node_handler(scale_up)
+            .with_distributed_planner()
+            .build())
+    }
+}
+
+/// Whether `plan` runs across workers.
+pub fn is_distributed(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.downcast_ref::<DistributedExec>().is_some()
+}
+
+/// The stages of a distributed plan, drawn.
+pub fn render(plan: &Arc<dyn ExecutionPlan>, metrics: bool) -> String {
+    datafusion_distributed::display_plan_ascii(plan.as_ref(), metrics)
+}
+
+/// Whether `error` says a worker could not be reached or went away (as
+/// opposed to an error of the query itself, which workers send back as it
+/// was), and which worker when it says.
+pub fn worker_failure(error: &DataFusionError) -> Option<Option<Url>> {
+    let mut found = None;
+    let mut current = Some(error);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if text.contains("Distributed DataFusion worker") || text.contains("Distributed DataFusion channel") {
+            let url = text.split('\'').nth(1).and_then(|u| Url::parse(u).ok());
+            return Some(url);
+        }
+        if let DataFusionError::External(inner) = e
+            && let Some(status) = inner.downcast_ref::<tonic::Status>()
+        {
+            use tonic::Code;
+            if matches!(status.code(), Code::Unavailable | Code::Cancelled | Code::Unknown | Code::DeadlineExceeded) {
+                found = Some(None);
+            }
+        }
+        current = match e {
+            DataFusionError::Context(_, inner) => Some(inner.as_ref()),
+            DataFusionError::Shared(inner) => Some(inner.as_ref()),
+            _ => None,
+        };
+    }
+    found
+}
+
+/// A worker: runs the plan fragments coordinators send, with this engine's
+/// functions, reading scans from `store` (the shared warehouse), in
+/// `runtime` (its memory limit and spill directory).
+pub fn worker(
+    functions: &SessionState,
+    store: Arc<dyn ObjectStore>,
+    runtime: Arc<RuntimeEnv>,
+    identity: String,
+) -> Worker {
+    let scalars: Vec<_> = functions.scalar_functions().values().cloned().collect();
+    let aggregates: Vec<_> = functions.aggregate_functions().values().cloned().collect();
+    let windows: Vec<_> = functions.window_functions().values().cloned().collect();
+    let codec = StreamhouseCodec { store: Some(store) };
+    let batch_size = functions.config().batch_size();
+    let time_zone = functions.config().options().execution.time_zone.clone();
+    Worker::from_session_builder(move |ctx: WorkerQueryContext| {
+        let (scalars, aggregates, windows, codec) =
+            (scalars.clone(), aggregates.clone(), windows.clone(), codec.clone());
+        let time_zone = time_zone.clone();
+        async move {
+            let mut builder = ctx
+                .builder
+                .with_scalar_functions(scalars)
+                .with_aggregate_functions(aggregates)
+                .with_window_functions(windows)
+                .with_distributed_user_codec(codec);
+            let config = builder.config().get_or_insert_default();
+            config.options_mut().execution.time_zone = time_zone;
+            *config = std::mem::take(config).with_batch_size(batch_size);
+            Ok(builder.build())
+        }
+    })
+    .with_runtime_env(runtime)
+    .with_version(identity)
+}
+
+/// `sys.workers`: the configured workers, computed when scanned.
+#[derive(Debug)]
+pub struct WorkersTable {
+    cluster: Option<Arc<Cluster>>,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+}
+
+impl WorkersTable {
+    /// The table over `cluster` (none: no worker is configured).
+    pub fn new(cluster: Option<Arc<Cluster>>) -> Self {
+        use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("address", DataType::Utf8, false),
+            Field::new("state", DataType::Utf8, false),
+            Field::new("last_heartbeat", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
+            Field::new("running_tasks", DataType::Int64, false),
+            Field::new("memory_bytes", DataType::Int64, false),
+            Field::new("identity", DataType::Utf8, true),
+            Field::new("error", DataType::Utf8, true),
+        ]));
+        Self { cluster, schema }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::catalog::computed::ComputedRows for WorkersTable {
+    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn rows(&self) -> DfResult<Vec<datafusion::arrow::array::RecordBatch>> {
+        use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+        let workers = self.cluster.as_ref().map(|c| c.workers()).unwrap_or_default();
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(workers.iter().map(|w| w.url.to_string()))),
+            Arc::new(StringArray::from_iter_values(workers.iter().map(|w| w.state.as_str()))),
+            Arc::new(
+                TimestampMillisecondArray::from(workers.iter().map(|w| w.last_heartbeat_ms).collect::<Vec<_>>())
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(Int64Array::from_iter_values(workers.iter().map(|w| clamp(w.running_tasks)))),
+            Arc::new(Int64Array::from_iter_values(workers.iter().map(|w| clamp(w.memory_bytes)))),
+            Arc::new(StringArray::from(workers.iter().map(|w| w.identity.clone()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(workers.iter().map(|w| w.error.clone()).collect::<Vec<_>>())),
+        ];
+        Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
+    }
+}
+
+/// `error` as the statement's error: a worker's failure becomes 40001
+/// (serialization_failure), which clients and connection pools retry, and
+/// says so; any other error is left as it is.
+pub fn retriable(error: DataFusionError) -> DataFusionError {
+    match worker_failure(&error) {
+        Some(worker) => {
+            let who = worker.map_or_else(|| "a worker".to_string(), |url| format!("worker {url}"));
+            let message = format!(
+                "{who} failed while the distributed query ran ({}); the statement was abandoned and can be retried",
+                super::short(&crate::error::describe(&error))
+            );
+            DataFusionError::External(Box::new(crate::Error::new(crate::StatusCode::SerializationFailure, message)))
+        }
+        None => error,
+    }
+}

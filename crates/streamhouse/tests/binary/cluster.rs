@@ -1,0 +1,202 @@
+//! A server and worker processes on loopback over the S3 test server (the
+//! same binary, `serve` and `worker`): TPC-H answers the same distributed
+//! and on one node; a worker SIGKILLed costs a re-plan or a 40001, never a
+//! wrong or partial answer; a worker of another warehouse is refused.
+
+use std::path::Path;
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use streamhouse_testkit::s3::S3Server;
+use streamhouse_testkit::tpch;
+
+/// A child process, killed on drop.
+struct Process {
+    child: Child,
+    ready: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `streamhouse <args>` in `dir` and waits for a log line holding `ready`.
+fn spawn(args: &[&str], dir: &Path, ready: &str) -> Process {
+    let (child, ready) = super::spawn_ready(args, dir, &[], ready);
+    Process { child, ready }
+}
+
+/// A port nobody listens on now (the workers must be named before they start).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a port")
+}
+
+/// The `[storage]` of a process on warehouse `prefix` of `s3`'s bucket.
+fn storage(s3: &S3Server, prefix: &str, data_dir: &Path) -> String {
+    format!(
+        "[storage]\nurl = \"s3://warehouse/{prefix}\"\ndata_dir = {data_dir:?}\n\
+         [storage.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n",
+        s3.endpoint()
+    )
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("config written");
+    path.display().to_string()
+}
+
+fn worker(dir: &Path, s3: &S3Server, prefix: &str, port: u16, name: &str) -> Process {
+    let config = format!("{}[cluster]\nlisten = \"127.0.0.1:{port}\"\n", storage(s3, prefix, &dir.join(name)));
+    let file = write_config(dir, &format!("{name}.toml"), &config);
+    spawn(&["worker", "--config", &file], dir, "streamhouse worker is ready")
+}
+
+async fn connect(server: &Process) -> tokio_postgres::Client {
+    let address = server.ready.split("\"postgres\":\"127.0.0.1:").nth(1).expect("postgres address");
+    let port: u16 = address[..address.find('"').expect("quoted")].parse().expect("a port");
+    let url = format!("host=127.0.0.1 port={port} user=u dbname=streamhouse");
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connects");
+    tokio::spawn(connection);
+    client
+}
+
+/// `sys.workers` as (address, state) pairs, sorted.
+async fn workers(client: &tokio_postgres::Client) -> Vec<(String, String)> {
+    let rows = client.query("SELECT address, state FROM sys.workers ORDER BY address", &[]).await.expect("sys.workers");
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+/// Waits until `sys.workers` shows `up` workers up.
+async fn wait_for_up(client: &tokio_postgres::Client, up: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = workers(client).await;
+        if now.iter().filter(|(_, s)| s == "up").count() == up {
+            return;
+        }
+        assert!(Instant::now() < deadline, "expected {up} workers up: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The plan EXPLAIN shows for `sql`, and its execution mode line.
+async fn explain(client: &tokio_postgres::Client, sql: &str) -> (String, String) {
+    let rows = super::sorted_text_rows(client, &format!("EXPLAIN {sql}")).await;
+    let mode = rows.iter().find(|r| r.starts_with("execution_mode|")).cloned().unwrap_or_default();
+    (rows.join("\n"), mode)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpch_runs_across_worker_processes_with_the_same_answers() {
+    let Some(s3) = S3Server::start().expect("moto_server") else { return };
+    s3.bucket("warehouse").expect("bucket");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::prefix::PrefixStore::new(s3.store("warehouse").expect("store"), "tpch"));
+    tpch::load_all(&store, 0.01).await;
+
+    // Three workers, and a fourth on another warehouse; the server names all four.
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let addresses: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let server_config = format!(
+        "{}[server]\npg_port = 0\nflight_port = 0\n[execution]\ndistributed = \"on\"\n\
+         [cluster]\nworkers = [{}]\nheartbeat_interval_ms = 200\nlost_after_ms = 1000\n",
+        storage(&s3, "tpch", &dir.path().join("server")),
+        addresses.join(", ")
+    );
+    let file = write_config(dir.path(), "server.toml", &server_config);
+    let server = spawn(&["serve", "--config", &file], dir.path(), "streamhouse is ready");
+    // The other warehouse gets its id from a server of its own, stopped again.
+    let other_config =
+        format!("{}[server]\npg_port = 0\nflight_port = 0\n", storage(&s3, "other", &dir.path().join("other")));
+    let other_file = write_config(dir.path(), "other.toml", &other_config);
+    drop(spawn(&["serve", "--config", &other_file], dir.path(), "streamhouse is ready"));
+
+    let mut workers_running: Vec<Process> =
+        (0..3).map(|i| worker(dir.path(), &s3, "tpch", ports[i], &format!("worker{i}"))).collect();
+    let stranger = worker(dir.path(), &s3, "other", ports[3], "stranger");
+    let client = connect(&server).await;
+    wait_for_up(&client, 3).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = client
+            .query("SELECT state, error FROM sys.workers WHERE address LIKE $1", &[&format!("%:{}/", ports[3])])
+            .await
+            .expect("sys.workers");
+        let (state, error): (String, Option<String>) = (rows[0].get(0), rows[0].get(1));
+        if state == "refused" {
+            let error = error.unwrap_or_default();
+            assert!(error.contains("refused") && error.contains("warehouse"), "{error}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker of another warehouse is {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stranger);
+
+    // All 22 queries: the same rows across the workers as on the server alone.
+    let mut distributed = 0;
+    let mut local_modes = Vec::new();
+    for (name, sql) in tpch::QUERIES {
+        client.batch_execute("SET distributed = off").await.expect("set");
+        let local = super::sorted_text_rows(&client, sql).await;
+        client.batch_execute("SET distributed = on").await.expect("set");
+        let (plan, mode) = explain(&client, sql).await;
+        if mode.contains("|distributed:") {
+            distributed += 1;
+            assert!(plan.contains("NetworkShuffleExec") || plan.contains("NetworkCoalesceExec"), "{name}: {plan}");
+        } else {
+            local_modes.push(format!("{name}: {mode}"));
+        }
+        let across = super::sorted_text_rows(&client, sql).await;
+        assert_eq!(local, across, "{name} answers differently across the workers");
+    }
+    assert!(distributed >= 18, "only {distributed} of 22 queries ran distributed: {local_modes:#?}");
+    let (plan, _) = explain(&client, tpch::query("q1")).await;
+    assert!(plan.contains("Stage"), "{plan}");
+
+    // A worker killed: the next queries re-plan on the others or fail with
+    // 40001, and never answer wrong.
+    let q3 = tpch::query("q3");
+    client.batch_execute("SET distributed = off").await.expect("set");
+    let expected = super::sorted_text_rows(&client, q3).await;
+    client.batch_execute("SET distributed = on").await.expect("set");
+    let mut killed = workers_running.remove(1);
+    killed.child.kill().expect("SIGKILL");
+    let _ = killed.child.wait();
+    for _ in 0..3 {
+        match client.simple_query(q3).await {
+            Ok(messages) => {
+                let mut rows: Vec<String> = messages
+                    .into_iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                            (0..row.len())
+                                .map(|i| row.get(i).unwrap_or("NULL").to_string())
+                                .collect::<Vec<_>>()
+                                .join("|"),
+                        ),
+                        _ => None,
+                    })
+                    .collect();
+                rows.sort();
+                assert_eq!(rows, expected, "q3 answered wrong after a worker was killed");
+            }
+            Err(e) => {
+                let code = e.code().map(|c| c.code().to_string());
+                assert_eq!(code.as_deref(), Some("40001"), "q3 failed otherwise after a worker was killed: {e:?}");
+            }
+        }
+    }
+    wait_for_up(&client, 2).await;
+    let states = workers(&client).await;
+    assert!(states.iter().any(|(a, s)| a.contains(&format!(":{}", ports[1])) && s == "lost"), "{states:?}");
+    let (_, mode) = explain(&client, q3).await;
+    assert!(mode.contains("2 workers up"), "{mode}");
+    assert_eq!(super::sorted_text_rows(&client, q3).await, expected);
+}
