@@ -311,12 +311,13 @@ impl DynamicTable {
             Some(column) => scan::key_bounds(column, filters),
             None => (None, None),
         };
+        let fan_out = state.config().get_extension::<scan::SplitsPerPartition>().map_or(1, |s| s.0.max(1));
         let request = storage::ScanRequest {
             // Explicit, so a provider planned before ALTER TABLE ADD COLUMN reads its own columns.
             projection: Some(projection.cloned().unwrap_or_else(|| (0..self.schema.fields().len()).collect())),
             lower,
             upper,
-            partitions: state.config().target_partitions().max(1),
+            partitions: state.config().target_partitions().max(1) * fan_out,
             batch_size: state.config().batch_size(),
         };
         let plan = self.table.plan_scan(snapshot, &request).await.map_err(|e| match (e, snapshot) {
@@ -326,6 +327,7 @@ impl DynamicTable {
             ))),
             (other, _) => df_error(other),
         })?;
+        let plan = if fan_out > 1 { plan.regroup(state.config().target_partitions().max(1)) } else { plan };
         Ok(Arc::new(scan::DynamicScanExec::new(Arc::clone(&self.table), plan)))
     }
 }

@@ -6,6 +6,9 @@
 //! Table files straight from the store. It answers heartbeats with its
 //! identity (version and warehouse id: a coordinator of another version or
 //! warehouse refuses it), its running tasks and its memory.
+//!
+//! Workers do not authenticate coordinators yet, so a worker listens on a
+//! loopback address only (anything else is refused at start).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -92,6 +95,15 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningWorker> {
         .await
         .with_context(|| format!("cannot listen on {} (cluster.listen)", config.cluster.listen))?;
     let addr = listener.local_addr()?;
+    // Secure by default: until workers authenticate their coordinators, a
+    // worker only takes work from its own machine (a plan fragment can read
+    // any file of the warehouse).
+    anyhow::ensure!(
+        addr.ip().is_loopback(),
+        "cluster.listen = {:?} is not a loopback address: workers do not authenticate coordinators yet, \
+         so a worker listens on 127.0.0.1 or ::1 only",
+        config.cluster.listen
+    );
     let stop = CancellationToken::new();
     let observability = worker.with_observability_service(Arc::new(NoPeers));
     let server = tonic::transport::Server::builder()

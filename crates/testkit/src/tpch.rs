@@ -50,9 +50,20 @@ pub struct Loaded {
 /// Generates table `name` into a new Dynamic Table at `public/<name>` (where
 /// `DynamicCatalog::open` finds it): one transaction, then a full compaction.
 pub async fn load(store: &Arc<dyn ObjectStore>, name: &str, key: &[&str], scale: f64) -> Loaded {
+    load_with(store, name, key, scale, TableOptions::default()).await
+}
+
+/// [`load`] with the table's `options` (compaction is held off while loading).
+pub async fn load_with(
+    store: &Arc<dyn ObjectStore>,
+    name: &str,
+    key: &[&str],
+    scale: f64,
+    options: TableOptions,
+) -> Loaded {
     let mut batches = generator(name, scale);
     // No compaction while loading: the full one below leaves a single sorted run.
-    let options = TableOptions { compaction_trigger: 1000, ..TableOptions::default() };
+    let options = TableOptions { compaction_trigger: 1000, ..options };
     let definition = TableSchema::new(0, batches.schema(), key, options).expect("schema");
     let schema = Arc::clone(&definition.schema);
     let table = Table::create(Arc::clone(store), Path::from(format!("public/{name}")), name, definition)
@@ -388,11 +399,12 @@ pub fn query(name: &str) -> &'static str {
     QUERIES.iter().find(|(n, _)| *n == name).map(|(_, sql)| *sql).unwrap_or_else(|| panic!("no TPC-H query {name}"))
 }
 
-/// Loads all eight tables at `scale` into `store`, each keyed by its primary key.
-pub async fn load_all(store: &Arc<dyn ObjectStore>, scale: f64) -> Vec<(&'static str, Loaded)> {
+/// Loads all eight tables at `scale` into `store`, each keyed by its
+/// primary key, with `options`.
+pub async fn load_all(store: &Arc<dyn ObjectStore>, scale: f64, options: &TableOptions) -> Vec<(&'static str, Loaded)> {
     let mut loaded = Vec::with_capacity(TABLES.len());
     for (name, key) in TABLES {
-        loaded.push((*name, load(store, name, key, scale).await));
+        loaded.push((*name, load_with(store, name, key, scale, options.clone()).await));
     }
     loaded
 }

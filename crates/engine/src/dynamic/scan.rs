@@ -106,6 +106,13 @@ impl DynamicScanExec {
     }
 }
 
+/// How many splits a Dynamic Table scan plans per partition (a session
+/// configuration extension; 1 when absent): a distributed query plans
+/// enough splits that each of its tasks gets a share
+/// ([`DynamicScanExec::deal`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SplitsPerPartition(pub usize);
+
 /// Snapshots a query must read (a session configuration extension): a
 /// query planned again, e.g. to run in BSP after MPP ran out of memory,
 /// reads what its first plan read.

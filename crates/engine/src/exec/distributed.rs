@@ -406,7 +406,11 @@ impl Distribution {
                     .map(|leaf| ScaleUpLeafNodeEventResponse::new(Arc::new(leaf) as Arc<dyn ExecutionPlan>)),
             )
         };
+        // Scans plan splits for every worker up, to be dealt to their tasks.
+        let splits = crate::dynamic::scan::SplitsPerPartition(self.cluster.live().len().max(1));
+        let config = state.config().clone().with_extension(Arc::new(splits));
         Ok(SessionStateBuilder::new_from_existing(state.clone())
+            .with_config(config)
             .with_distributed_worker_resolver(LiveWorkers(Arc::clone(&self.cluster)))
             .with_distributed_user_codec(StreamhouseCodec::default())
             .with_distributed_desired_task_count_handler(desired)

@@ -94,6 +94,9 @@ impl Session {
             if planned.mode == crate::exec::Mode::Bsp {
                 rows.push(("stages".into(), crate::exec::stage::render(&planned.plan, false)));
             }
+            if planned.mode == crate::exec::Mode::Distributed {
+                rows.push(("distributed_stages".into(), crate::exec::distributed::render(&planned.plan, false)));
+            }
         } else {
             let record = self.engine.inner().queries.start(self.id, &self.info.user, statement.to_string());
             let query = self.query(df, Some(Arc::clone(&record)));
@@ -121,6 +124,9 @@ impl Session {
                 DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(verbose).to_string(),
             ));
             rows.push(("execution_mode".into(), format!("{}: {reason}", mode.as_str())));
+            if mode == crate::exec::Mode::Distributed {
+                rows.push(("distributed_stages".into(), crate::exec::distributed::render(&plan, true)));
+            }
             if let Some(bsp) = bsp {
                 let attempts: usize = bsp.stage_stats().iter().map(|s| s.attempts).sum();
                 rows.push((

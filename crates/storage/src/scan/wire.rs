@@ -151,38 +151,58 @@ impl ScanPlan {
     }
 
     /// The plan's splits shared among `tasks` plans of as many partitions
-    /// as this one, balanced by rows (largest first, each to the emptiest
-    /// partition of any task): together they read exactly what this plan
-    /// reads, each split once.
+    /// as this one, balanced by rows: together they read exactly what this
+    /// plan reads, each split once.
     pub fn deal(&self, tasks: usize) -> Vec<ScanPlan> {
         let tasks = tasks.max(1);
         let per_task = self.partitions.len().max(1);
+        let mut buckets = self.balance(tasks * per_task).into_iter();
+        (0..tasks).map(|_| self.with_partitions(buckets.by_ref().take(per_task).collect())).collect()
+    }
+
+    /// The plan with its splits dealt again to `partitions` partitions,
+    /// balanced by rows (a scan planned with more, smaller splits than it
+    /// has partitions, so that they can be dealt to tasks later).
+    pub fn regroup(&self, partitions: usize) -> ScanPlan {
+        self.with_partitions(self.balance(partitions.max(1)))
+    }
+
+    /// The splits in `buckets` partitions: largest first, each to the
+    /// emptiest partition (ties to the lowest).
+    fn balance(&self, buckets: usize) -> Vec<Vec<Split>> {
         let mut splits: Vec<&Split> = self.partitions.iter().flatten().collect();
         splits.sort_by_key(|s| std::cmp::Reverse(s.rows));
-        let mut buckets: Vec<(u64, Vec<Split>)> = vec![(0, Vec::new()); tasks * per_task];
+        let mut out: Vec<(u64, Vec<Split>)> = vec![(0, Vec::new()); buckets.max(1)];
         for split in splits {
-            // The emptiest bucket; ties go to the lowest (task 0's partitions, then task 1's, …).
             let mut emptiest = 0;
-            for (i, bucket) in buckets.iter().enumerate() {
-                if bucket.0 < buckets[emptiest].0 {
+            for (i, bucket) in out.iter().enumerate() {
+                if bucket.0 < out[emptiest].0 {
                     emptiest = i;
                 }
             }
-            buckets[emptiest].0 += split.rows.max(1);
-            buckets[emptiest].1.push(split.clone());
+            out[emptiest].0 += split.rows.max(1);
+            out[emptiest].1.push(split.clone());
         }
-        let mut buckets = buckets.into_iter();
-        (0..tasks)
-            .map(|_| {
-                let partitions: Vec<Vec<Split>> = buckets.by_ref().take(per_task).map(|(_, s)| s).collect();
-                let rows: u64 = partitions.iter().flatten().map(|s| s.rows).sum();
-                let bytes = if self.rows == 0 {
-                    self.bytes / tasks as u64
-                } else {
-                    (u128::from(self.bytes) * u128::from(rows) / u128::from(self.rows)) as u64
-                };
-                ScanPlan { partitions, rows, bytes, ..self.clone() }
-            })
-            .collect()
+        out.into_iter().map(|(_, splits)| splits).collect()
+    }
+
+    /// This plan reading `partitions`, a share of its splits; rows and
+    /// bytes are that share's.
+    fn with_partitions(&self, partitions: Vec<Vec<Split>>) -> ScanPlan {
+        let rows: u64 = partitions.iter().flatten().map(|s| s.rows).sum();
+        let bytes = match self.rows {
+            0 => 0,
+            all => (u128::from(self.bytes) * u128::from(rows) / u128::from(all)) as u64,
+        };
+        ScanPlan {
+            snapshot: self.snapshot,
+            schema: Arc::clone(&self.schema),
+            partitions,
+            rows,
+            bytes,
+            table: self.table.clone(),
+            projection: self.projection.clone(),
+            batch_size: self.batch_size,
+        }
     }
 }

@@ -98,7 +98,9 @@ async fn tpch_runs_across_worker_processes_with_the_same_answers() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn object_store::ObjectStore> =
         Arc::new(object_store::prefix::PrefixStore::new(s3.store("warehouse").expect("store"), "tpch"));
-    tpch::load_all(&store, 0.01).await;
+    // Small row groups: scans have splits enough for every task.
+    let options = streamhouse_storage::TableOptions { row_group_rows: 2048, ..Default::default() };
+    tpch::load_all(&store, 0.01, &options).await;
 
     // Three workers, and a fourth on another warehouse; the server names all four.
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
@@ -158,7 +160,13 @@ async fn tpch_runs_across_worker_processes_with_the_same_answers() {
     }
     assert!(distributed >= 18, "only {distributed} of 22 queries ran distributed: {local_modes:#?}");
     let (plan, _) = explain(&client, tpch::query("q1")).await;
-    assert!(plan.contains("Stage"), "{plan}");
+    assert!(plan.contains("distributed_stages|") && plan.contains("Stage 1"), "{plan}");
+    // Every task of the scan stage reads a share of lineitem's splits.
+    let shares: Vec<&str> =
+        plan.lines().filter(|l| l.contains(": DynamicTableScan: table=lineitem") && !l.contains("LeafExec")).collect();
+    assert_eq!(shares.len(), 3, "{plan}");
+    assert!(shares.iter().all(|l| !l.contains("splits=0")), "{plan}");
+    eprintln!("{plan}\n{:?}", super::sorted_text_rows(&client, "SELECT * FROM sys.workers").await);
 
     // A worker killed: the next queries re-plan on the others or fail with
     // 40001, and never answer wrong.
