@@ -101,6 +101,18 @@ async fn sigterm_cancels_running_queries_and_exits_cleanly() {
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// A worker needs the server's warehouse on shared object storage (the
+/// cluster test checks it refuses a public address).
+#[test]
+fn a_worker_without_a_shared_warehouse_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_streamhouse")).args(["worker"]).current_dir(dir.path()).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("storage.url") && stderr.contains("s3://"), "{stderr}");
+}
+
 #[test]
 fn unknown_configuration_keys_are_named() {
     let dir = tempfile::tempdir().unwrap();

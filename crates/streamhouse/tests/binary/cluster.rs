@@ -119,6 +119,17 @@ async fn tpch_runs_across_worker_processes_with_the_same_answers() {
     let other_file = write_config(dir.path(), "other.toml", &other_config);
     drop(spawn(&["serve", "--config", &other_file], dir.path(), "streamhouse is ready"));
 
+    // A worker on a public address is refused (workers do not authenticate servers yet).
+    let public = format!("{}[cluster]\nlisten = \"0.0.0.0:0\"\n", storage(&s3, "tpch", &dir.path().join("public")));
+    let public = write_config(dir.path(), "public.toml", &public);
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_streamhouse"))
+        .args(["worker", "--config", &public])
+        .current_dir(dir.path())
+        .output()
+        .expect("binary runs");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("not a loopback address"), "{stderr}");
+
     let mut workers_running: Vec<Process> =
         (0..3).map(|i| worker(dir.path(), &s3, "tpch", ports[i], &format!("worker{i}"))).collect();
     let stranger = worker(dir.path(), &s3, "other", ports[3], "stranger");
