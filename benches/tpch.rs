@@ -51,12 +51,12 @@ use streamhouse_engine::{Engine, EngineConfig, Error, Output, Session, SessionIn
 /// The modes compared; results are indexed in this order (MPP first: the reference answers).
 const MODES: [&str; 3] = ["mpp", "bsp", "auto"];
 
-use streamhouse_testkit::tpch::{QUERIES, TABLES, load};
+use streamhouse_testkit::tpch::QUERIES;
 
 async fn load_all(store: &Arc<dyn ObjectStore>, scale: f64) {
     let started = Instant::now();
-    for (name, key) in TABLES {
-        let loaded = load(store, name, key, scale).await;
+    let options = streamhouse_storage::TableOptions::default();
+    for (name, loaded) in streamhouse_testkit::tpch::load_all(store, scale, &options).await {
         println!(
             "{name:<8} {:>10} rows: generated in {:.1}s, written in {:.1}s, compacted in {:.1}s",
             loaded.rows,
