@@ -438,7 +438,12 @@ pub fn worker_failure(error: &DataFusionError) -> Option<Option<Url>> {
     let mut current = Some(error);
     while let Some(e) = current {
         let text = e.to_string();
-        if text.contains("Distributed DataFusion worker") || text.contains("Distributed DataFusion channel") {
+        // datafusion-distributed's words for a worker it cannot reach, and
+        // for a task whose plan never arrived (its coordinator's call failed).
+        if text.contains("Distributed DataFusion worker")
+            || text.contains("Distributed DataFusion channel")
+            || text.contains("timed-out while waiting for the plan")
+        {
             let url = text.split('\'').nth(1).and_then(|u| Url::parse(u).ok());
             return Some(url);
         }
