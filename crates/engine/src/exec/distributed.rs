@@ -108,9 +108,18 @@ impl Cluster {
     /// # Errors
     /// A worker address that is not a URL or `host:port`.
     pub fn start(config: &ClusterConfig, identity: String, stop: CancellationToken) -> crate::Result<Arc<Self>> {
+        let interval = Duration::from_millis(config.heartbeat_interval_ms.max(50));
+        // A heartbeat waits this long for an answer (and a connection).
+        let patience = interval.max(Duration::from_secs(2));
         let mut workers = Vec::with_capacity(config.workers.len());
+        let mut endpoints = Vec::with_capacity(config.workers.len());
         for address in &config.workers {
             let url = worker_url(address)?;
+            let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+                .map_err(|e| crate::Error::invalid(format!("cluster.workers: {address:?}: {e}")))?
+                .connect_timeout(patience)
+                .timeout(patience);
+            endpoints.push(endpoint);
             workers.push(Mutex::new(WorkerStatus {
                 url,
                 state: WorkerState::Joining,
@@ -123,17 +132,17 @@ impl Cluster {
         }
         let cluster = Arc::new(Self { identity, workers, lost_after_ms: config.lost_after_ms as i64 });
         if !cluster.workers.is_empty() {
-            let interval = Duration::from_millis(config.heartbeat_interval_ms.max(50));
             let watched = Arc::clone(&cluster);
             tokio::spawn(async move {
+                // Each connects when first used, and again after a failure.
                 let channels: Vec<tonic::transport::Channel> =
-                    watched.workers.iter().map(|w| lazy_channel(&lock(w).url, interval)).collect();
+                    endpoints.iter().map(tonic::transport::Endpoint::connect_lazy).collect();
                 loop {
                     let beats = watched
                         .workers
                         .iter()
                         .zip(&channels)
-                        .map(|(worker, channel)| watched.heartbeat(worker, channel.clone(), interval));
+                        .map(|(worker, channel)| watched.heartbeat(worker, channel.clone(), patience));
                     futures::future::join_all(beats).await;
                     tokio::select! {
                         () = stop.cancelled() => break,
@@ -173,12 +182,11 @@ impl Cluster {
         }
     }
 
-    async fn heartbeat(&self, worker: &Mutex<WorkerStatus>, channel: tonic::transport::Channel, timeout: Duration) {
+    async fn heartbeat(&self, worker: &Mutex<WorkerStatus>, channel: tonic::transport::Channel, patience: Duration) {
         let url = lock(worker).url.clone();
-        let answer = tokio::time::timeout(timeout.max(Duration::from_secs(2)), ask(channel)).await;
-        let answer = match answer {
+        let answer = match tokio::time::timeout(patience, ask(channel)).await {
             Ok(answer) => answer,
-            Err(_) => Err(format!("no answer within {} ms", timeout.max(Duration::from_secs(2)).as_millis())),
+            Err(_) => Err(format!("no answer within {} ms", patience.as_millis())),
         };
         let now = now_ms();
         let mut w = lock(worker);
@@ -220,16 +228,6 @@ impl Cluster {
                 }
             }
         }
-    }
-}
-
-/// A channel to a worker that connects when first used and again after a failure.
-fn lazy_channel(url: &Url, timeout: Duration) -> tonic::transport::Channel {
-    let timeout = timeout.max(Duration::from_secs(2));
-    match tonic::transport::Endpoint::from_shared(url.to_string()) {
-        Ok(endpoint) => endpoint.connect_timeout(timeout).timeout(timeout).connect_lazy(),
-        // worker_url made it; it parses.
-        Err(_) => tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
     }
 }
 
