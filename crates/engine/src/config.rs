@@ -102,6 +102,21 @@ pub struct ClusterConfig {
     /// A worker that has not answered for this long (ms) is lost: it is
     /// given no work until it answers again.
     pub lost_after_ms: u64,
+    /// The secret servers and workers of a cluster share: a worker takes
+    /// work only from callers that present it, and a worker without one
+    /// listens on loopback only.
+    pub secret: Option<Secret>,
+}
+
+/// A configuration value that is never printed (`streamhouse config`, logs).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<secret>\"")
+    }
 }
 
 impl Default for ClusterConfig {
@@ -111,6 +126,7 @@ impl Default for ClusterConfig {
             listen: "127.0.0.1:7100".to_string(),
             heartbeat_interval_ms: 1000,
             lost_after_ms: 3000,
+            secret: None,
         }
     }
 }

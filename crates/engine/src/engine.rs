@@ -69,6 +69,18 @@ pub fn version_string() -> String {
     )
 }
 
+/// What an engine needs to run queries across workers.
+#[derive(Debug)]
+pub struct ClusterSetup<'a> {
+    pub config: &'a crate::config::ClusterConfig,
+    /// This server's identity ([`crate::exec::distributed::identity`]): workers with another are refused.
+    pub identity: String,
+    /// The shared warehouse store the workers read.
+    pub store: Arc<dyn object_store::ObjectStore>,
+    /// Where in it distributed BSP writes its stage files (emptied by the caller at start).
+    pub spill_prefix: object_store::path::Path,
+}
+
 impl Engine {
     /// An engine over the given catalog.
     ///
@@ -85,26 +97,24 @@ impl Engine {
     ///
     /// # Errors
     /// An invalid configuration.
-    pub fn with_cluster(
-        config: EngineConfig,
-        catalog: CatalogRef,
-        cluster: Option<(&crate::config::ClusterConfig, String)>,
-    ) -> Result<Self> {
+    pub fn with_cluster(config: EngineConfig, catalog: CatalogRef, cluster: Option<ClusterSetup<'_>>) -> Result<Self> {
         let shutdown = CancellationToken::new();
-        let cluster = match cluster {
-            Some((cluster, identity)) if !cluster.workers.is_empty() => {
-                Some(crate::exec::distributed::Cluster::start(cluster, identity, shutdown.child_token())?)
+        let (cluster, distribution) = match cluster {
+            Some(setup) if !setup.config.workers.is_empty() => {
+                let cluster =
+                    crate::exec::distributed::Cluster::start(setup.config, setup.identity, shutdown.child_token())?;
+                let distribution = Arc::new(crate::exec::distributed::Distribution {
+                    cluster: Arc::clone(&cluster),
+                    mode: config.distributed,
+                    min_bytes: config.distributed_min_bytes.bytes().unwrap_or(u64::MAX),
+                    bytes_per_task: config.distributed_bytes_per_task.bytes().unwrap_or(u64::MAX),
+                    store: setup.store,
+                    spill_prefix: setup.spill_prefix,
+                });
+                (Some(cluster), Some(distribution))
             }
-            _ => None,
+            _ => (None, None),
         };
-        let distribution = cluster.clone().map(|cluster| {
-            Arc::new(crate::exec::distributed::Distribution {
-                cluster,
-                mode: config.distributed,
-                min_bytes: config.distributed_min_bytes.bytes().unwrap_or(u64::MAX),
-                bytes_per_task: config.distributed_bytes_per_task.bytes().unwrap_or(u64::MAX),
-            })
-        });
         let mut runtime = RuntimeEnvBuilder::new();
         if let Some(limit) = config.memory_limit.bytes() {
             let limit = usize::try_from(limit).map_err(|_| Error::invalid("execution.memory_limit is too large"))?;

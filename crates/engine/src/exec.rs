@@ -20,6 +20,7 @@
 pub mod bsp;
 pub mod distributed;
 pub mod stage;
+pub mod task;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +60,8 @@ pub enum Mode {
     Bsp,
     /// MPP across workers ([`distributed`]).
     Distributed,
+    /// BSP with its stage tasks on workers, stage files on the shared store.
+    DistributedBsp,
 }
 
 impl Mode {
@@ -68,6 +71,7 @@ impl Mode {
             Mode::Mpp => "mpp",
             Mode::Bsp => "bsp",
             Mode::Distributed => "distributed",
+            Mode::DistributedBsp => "distributed_bsp",
         }
     }
 }
@@ -109,6 +113,13 @@ pub(crate) struct Planned {
     partitions: usize,
     /// A distributed plan's task context (its session's distribution settings, the query's memory).
     distributed: Option<Arc<TaskContext>>,
+}
+
+impl Planned {
+    /// Whether the plan is cut in stages (run here or on workers).
+    pub fn staged(&self) -> bool {
+        matches!(self.mode, Mode::Bsp | Mode::DistributedBsp)
+    }
 }
 
 /// A running query.
@@ -219,10 +230,33 @@ impl Query {
             partitions: 0,
             distributed: None,
         };
-        if mode == Mode::Bsp {
-            self.to_bsp(&mut planned, None, None).await?;
-        } else {
-            self.to_distributed(&mut planned).await?;
+        let distribution = self.options.distribution.as_ref().map(|d| (d, d.consider(&planned.mpp)));
+        match distribution {
+            Some((distribution, Ok(why))) if mode == Mode::Bsp => {
+                // Across the workers' memory, MPP may fit where one machine's did not.
+                let live = distribution.cluster.live().len();
+                if self.requested == ExecutionMode::Auto && planned.estimate.fits(budget, live) {
+                    let first = std::mem::take(&mut planned.reason);
+                    self.to_distributed(&mut planned).await?;
+                    if planned.mode == Mode::Distributed {
+                        planned.reason = format!("{}; {first}, but within {live} workers' memory", planned.reason);
+                    } else {
+                        planned.reason = first;
+                        self.to_bsp(&mut planned, None, None, false).await?;
+                    }
+                } else {
+                    let why = format!("distributed BSP, because {}; {why}", planned.reason);
+                    self.to_bsp(&mut planned, Some(why), None, true).await?;
+                }
+            }
+            Some((distribution, Err(why_not))) if mode == Mode::Bsp => {
+                if distribution.mode != crate::config::DistributedMode::Off {
+                    planned.reason.push_str(&format!("; not distributed: {why_not}"));
+                }
+                self.to_bsp(&mut planned, None, None, false).await?;
+            }
+            _ if mode == Mode::Bsp => self.to_bsp(&mut planned, None, None, false).await?,
+            _ => self.to_distributed(&mut planned).await?,
         }
         Ok(planned)
     }
@@ -259,12 +293,23 @@ impl Query {
 
     /// Re-plans a stageable query for BSP, reading the snapshots the MPP
     /// plan reads; with `partitions`, or as many as the estimate says.
-    async fn to_bsp(&self, planned: &mut Planned, why: Option<String>, partitions: Option<usize>) -> Result<()> {
+    /// With `remote`, its stage tasks run on the workers (distributed BSP):
+    /// at least `target_partitions` tasks per worker up, stage files on the
+    /// shared store.
+    async fn to_bsp(
+        &self,
+        planned: &mut Planned,
+        why: Option<String>,
+        partitions: Option<usize>,
+        remote: bool,
+    ) -> Result<()> {
+        let distribution = self.options.distribution.as_ref().filter(|_| remote);
+        let workers = distribution.map_or(1, |d| d.cluster.live().len().max(1));
         let partitions = partitions.unwrap_or_else(|| {
             planned.estimate.bsp_partitions(
                 self.budget(),
-                self.options.concurrency,
-                self.state.config().target_partitions(),
+                self.options.concurrency * workers,
+                self.state.config().target_partitions() * workers,
             )
         });
         planned.partitions = partitions;
@@ -282,8 +327,19 @@ impl Query {
         let config = self.options.pinning.pin(&planned.mpp, config);
         let state = SessionStateBuilder::new_from_existing(self.state.clone()).with_config(config).build();
         let plan = state.create_physical_plan(&self.logical).await?;
-        planned.plan = stage::cut(plan, &self.options.store)?;
-        planned.mode = Mode::Bsp;
+        match distribution {
+            Some(distribution) => {
+                planned.plan = stage::cut(plan, &distribution.store)?;
+                let task = TaskContext::from(&distribution.state(&state)?).with_runtime(self.task.runtime_env());
+                planned.distributed = Some(Arc::new(task));
+                planned.mode = Mode::DistributedBsp;
+            }
+            None => {
+                planned.plan = stage::cut(plan, &self.options.store)?;
+                planned.distributed = None;
+                planned.mode = Mode::Bsp;
+            }
+        }
         if let Some(why) = why {
             planned.reason = why;
         }
@@ -301,7 +357,7 @@ impl Query {
     pub async fn run(&self, mut planned: Planned) -> Result<Running> {
         self.note_mode(&planned);
         match planned.mode {
-            Mode::Bsp => self.run_bsp(planned).await,
+            Mode::Bsp | Mode::DistributedBsp => self.run_bsp(planned).await,
             Mode::Distributed => self.run_distributed(planned).await,
             Mode::Mpp if self.requested != ExecutionMode::Auto || !planned.stageable => {
                 let stream = execute_stream(Arc::clone(&planned.plan), Arc::clone(&self.task))?;
@@ -313,7 +369,7 @@ impl Query {
                     Ok(stream) => Ok(Running { stream, plan, mode: Mode::Mpp, reason: planned.reason, bsp: None }),
                     Err(why) => {
                         tracing::info!(%why, "switching to BSP");
-                        self.to_bsp(&mut planned, Some(why), None).await?;
+                        self.to_bsp(&mut planned, Some(why), None, false).await?;
                         self.note_mode(&planned);
                         self.run_bsp(planned).await
                     }
@@ -354,6 +410,16 @@ impl Query {
                     let stream =
                         Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(held).chain(rest)));
                     return Ok(Running { stream, plan, mode: planned.mode, reason: planned.reason, bsp: None });
+                }
+                Err(e) if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) && planned.stageable => {
+                    let why = format!(
+                        "distributed BSP, because distributed MPP ran out of memory before the first row ({})",
+                        short(&crate::error::describe(&e))
+                    );
+                    tracing::info!(%why, "switching to distributed BSP");
+                    self.to_bsp(&mut planned, Some(why), None, true).await?;
+                    self.note_mode(&planned);
+                    return self.run_bsp(planned).await;
                 }
                 Err(e) => {
                     let Some(worker) = distributed::worker_failure(&e) else { return Err(e.into()) };
@@ -413,7 +479,8 @@ impl Query {
                     let reason = planned.reason.clone();
                     let why = format!("{reason}; a task ran out of memory with {} partitions", planned.partitions);
                     tracing::info!(%why, more, "planning the query again with more partitions");
-                    self.to_bsp(&mut planned, Some(why), Some(more)).await?;
+                    let remote = planned.mode == Mode::DistributedBsp;
+                    self.to_bsp(&mut planned, Some(why), Some(more), remote).await?;
                     self.note_mode(&planned);
                 }
                 Err(e) => return Err(e.into()),
@@ -466,7 +533,14 @@ impl Query {
 
     /// Runs every stage of a BSP plan, then starts its final stage.
     async fn run_stages(&self, planned: &Planned) -> std::result::Result<Running, DataFusionError> {
-        let run = Arc::new(BspRun::new(self.options.clone()));
+        let run = match (planned.mode, &self.options.distribution, &planned.distributed) {
+            (Mode::DistributedBsp, Some(distribution), Some(task)) => {
+                let options = BspOptions { store: Arc::clone(&distribution.store), ..self.options.clone() };
+                let remote = bsp::Remote { cluster: Arc::clone(&distribution.cluster), task: Arc::clone(task) };
+                Arc::new(BspRun::with_remote(options, Some(remote), &distribution.spill_prefix))
+            }
+            _ => Arc::new(BspRun::new(self.options.clone())),
+        };
         if let Some(record) = &self.record {
             record.set_run(Arc::clone(&run));
         }
@@ -485,7 +559,7 @@ impl Query {
         };
         let stream = BspRun::guard(guard, stream);
         let plan = Arc::clone(&planned.plan);
-        Ok(Running { stream, plan, mode: Mode::Bsp, reason: planned.reason.clone(), bsp: Some(run) })
+        Ok(Running { stream, plan, mode: planned.mode, reason: planned.reason.clone(), bsp: Some(run) })
     }
 }
 
@@ -582,6 +656,18 @@ impl Estimate {
                 _ => format!("joins and windows need about {needed}"),
             };
             (Mode::Mpp, format!("{held}, within {limit}{spill}"))
+        }
+    }
+
+    /// Whether MPP fits `workers` machines of `budget` each: the
+    /// unspillable state, split among them by the shuffles, within
+    /// [`BSP_SHARE`] of their memory together. Workers are taken to have
+    /// the coordinator's memory limit (they share its configuration).
+    fn fits(&self, budget: Option<usize>, workers: usize) -> bool {
+        match (budget, self.unknown) {
+            (None, _) => true,
+            (Some(_), Some(_)) => false,
+            (Some(budget), None) => self.unspillable as f64 <= budget as f64 * BSP_SHARE * workers as f64,
         }
     }
 

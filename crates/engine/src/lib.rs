@@ -43,7 +43,7 @@ pub mod warehouse;
 pub use cancel::CancelHandle;
 pub use catalog::{Catalog, CatalogRef};
 pub use config::{ByteSize, ClusterConfig, DistributedMode, EngineConfig, ExecutionMode, ViewsConfig};
-pub use engine::Engine;
+pub use engine::{ClusterSetup, Engine};
 pub use error::{Error, Result, StatusCode};
 pub use session::{
     CommandComplete, Notice, NoticeSeverity, Output, Prepared, Session, SessionInfo, TransactionChange,

@@ -200,6 +200,8 @@ impl QueriesTable {
             Field::new("task_attempts", DataType::Int64, false),
             Field::new("stage_bytes", DataType::Int64, false),
             Field::new("spilled_bytes", DataType::Int64, false),
+            Field::new("retried_tasks", DataType::Int64, false),
+            Field::new("workers", DataType::Utf8, true),
         ]));
         Self { log, schema }
     }
@@ -239,6 +241,20 @@ impl QueryViewer {
         let role = self.role.as_ref()?;
         (!self.access.snapshot().is_superuser(role)).then(|| role.clone())
     }
+}
+
+/// Where each stage's tasks ran (`stage 1: host:port, host:port; stage 2: …`),
+/// for a distributed BSP query; `None` otherwise.
+fn stage_workers(stages: &[crate::exec::stage::StageStats]) -> Option<String> {
+    if stages.iter().all(|s| s.workers.is_empty()) {
+        return None;
+    }
+    let each: Vec<String> = stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("stage {}: {}", i + 1, s.workers.iter().cloned().collect::<Vec<_>>().join(", ")))
+        .collect();
+    Some(each.join("; "))
 }
 
 /// What a restricted viewer sees instead of another user's statement text.
@@ -303,6 +319,8 @@ impl QueriesTable {
             Arc::new(sum(|s| s.attempts as u64)),
             Arc::new(sum(|s| s.bytes)),
             Arc::new(sum(|s| s.spilled_bytes)),
+            Arc::new(sum(|s| s.retried as u64)),
+            Arc::new(stages.iter().map(|s| stage_workers(s)).collect::<StringArray>()),
         ];
         Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
     }

@@ -108,16 +108,7 @@ impl Default for S3Config {
     }
 }
 
-/// A configuration value that is never printed (`streamhouse config`, logs).
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"<secret>\"")
-    }
-}
+pub use streamhouse_engine::config::Secret;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

@@ -104,6 +104,9 @@ impl Server {
     }
 }
 
+/// Where in the warehouse distributed BSP queries write their stage files.
+const SPILL_PREFIX: &str = "_spill";
+
 /// Locks the data directory, opens the Dynamic Tables of the warehouse
 /// ([`store::open`]: `<data_dir>/warehouse`, durable unless `storage.sync =
 /// false`, or `storage.url`), builds the engine and starts both listeners.
@@ -132,8 +135,20 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
             "cluster.workers needs a warehouse the workers can read too: set storage.url = \"s3://bucket/prefix\""
         );
     }
-    let engine = Engine::with_cluster(execution, Arc::new(catalog), Some((&config.cluster, identity)))
-        .context("cannot start the query engine")?;
+    // Distributed BSP's stage files: under a prefix of this server's own;
+    // what an earlier run left (it crashed) goes first.
+    let spill = object_store::path::Path::from(SPILL_PREFIX);
+    if !config.cluster.workers.is_empty() {
+        streamhouse_engine::exec::bsp::delete_prefix(&catalog_store, &spill).await;
+    }
+    let setup = streamhouse_engine::ClusterSetup {
+        config: &config.cluster,
+        identity,
+        store: Arc::clone(&catalog_store),
+        spill_prefix: spill.join(streamhouse_engine::access::scram::random_token::<9>().as_str()),
+    };
+    let engine =
+        Engine::with_cluster(execution, Arc::new(catalog), Some(setup)).context("cannot start the query engine")?;
     bootstrap_password(&engine, config).await?;
     let running = streamhouse_server::start(engine, &config.server, &config.auth).await?;
     Ok(Server { running, log, lock })

@@ -1,5 +1,5 @@
 //! `streamhouse worker`: the same binary in a worker role. It opens the
-//! shared warehouse (`storage.url`, S3-compatible object storage) read-only,
+//! shared warehouse (`storage.url`, S3-compatible object storage) to read,
 //! and serves datafusion-distributed's worker protocol on `cluster.listen`:
 //! coordinators (servers whose `cluster.workers` name it) send it plan
 //! fragments, which it runs with the engine's functions, reading Dynamic
@@ -7,8 +7,10 @@
 //! identity (version and warehouse id: a coordinator of another version or
 //! warehouse refuses it), its running tasks and its memory.
 //!
-//! Workers do not authenticate coordinators yet, so a worker listens on a
-//! loopback address only (anything else is refused at start).
+//! Every call must present `cluster.secret` when one is set; a worker
+//! without a secret listens on a loopback address only (anything else is
+//! refused at start). The worker writes nothing to the warehouse but the
+//! stage files of distributed BSP queries, under the server's spill prefix.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -89,24 +91,27 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningWorker> {
     let runtime = runtime.build_arc().context("cannot set up the worker's memory and spill directory")?;
     let functions =
         streamhouse_engine::Engine::function_state(&config.execution).context("cannot set up the query engine")?;
-    let worker = distributed::worker(&functions, Arc::clone(&warehouse.store), runtime, identity.clone());
+    let channels = Arc::new(distributed::Channels::new(config.cluster.secret.as_ref())?);
+    let worker = distributed::worker(&functions, Arc::clone(&warehouse.store), runtime, identity.clone(), channels);
 
     let listener = tokio::net::TcpListener::bind(&config.cluster.listen)
         .await
         .with_context(|| format!("cannot listen on {} (cluster.listen)", config.cluster.listen))?;
     let addr = listener.local_addr()?;
-    // Secure by default: until workers authenticate their coordinators, a
-    // worker only takes work from its own machine (a plan fragment can read
-    // any file of the warehouse).
+    // Secure by default: a plan fragment can read any file of the
+    // warehouse, so a worker beyond its own machine takes work only from
+    // servers that present the cluster's secret.
     anyhow::ensure!(
-        addr.ip().is_loopback(),
-        "cluster.listen = {:?} is not a loopback address: workers do not authenticate coordinators yet, \
-         so a worker listens on 127.0.0.1 or ::1 only",
+        addr.ip().is_loopback() || config.cluster.secret.is_some(),
+        "cluster.listen = {:?} is not a loopback address, and no cluster.secret is set: a worker reachable from \
+         other machines takes work only from servers that present the cluster's secret (set the same \
+         cluster.secret on the server and its workers)",
         config.cluster.listen
     );
     let stop = CancellationToken::new();
     let observability = worker.with_observability_service(Arc::new(NoPeers));
     let server = tonic::transport::Server::builder()
+        .layer(tonic::service::InterceptorLayer::new(distributed::check_secret(config.cluster.secret.as_ref())))
         .add_service(worker.into_worker_server())
         .add_service(observability)
         .serve_with_incoming_shutdown(

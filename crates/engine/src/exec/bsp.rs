@@ -4,8 +4,8 @@
 //! `stage_concurrency` at a time. A task writes its output, split as the
 //! exchange says, as Arrow IPC stream files under
 //! `q{run}/s{stage}/t{task}-r{round}-a{attempt}/` in the spill store, in pieces of
-//! at most [`PIECE_BYTES`] (sooner when the query's memory is short), one
-//! file per piece with a segment per output partition. Once
+//! at most [`super::task::PIECE_BYTES`] (sooner when the query's memory is
+//! short), one file per piece with a segment per output partition. Once
 //! every task has succeeded, the stage's [`Manifest`] lists the files of
 //! the first successful attempt of each task, and only those are read, so a
 //! retried or duplicated task can never double rows.
@@ -20,16 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
-use datafusion::physical_plan::metrics::Time;
-use datafusion::physical_plan::repartition::BatchPartitioner;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -38,10 +32,8 @@ use tokio::task::JoinSet;
 
 use crate::lock;
 
-use super::stage::{Exchange, ExchangeExec, Manifest, StageFile, StageStats, missing_stage, stages};
-
-/// Largest piece of a task's output buffered before it is written.
-pub const PIECE_BYTES: usize = 8 << 20;
+use super::stage::{ExchangeExec, Manifest, StageFile, StageStats, missing_stage, stages};
+use super::task::{Sink, TaskSpec, write_task};
 
 /// Failures a test can inject into the next BSP queries (test-only hook).
 #[derive(Debug, Default)]
@@ -173,10 +165,20 @@ pub struct BspOptions {
     pub distribution: Option<Arc<super::distributed::Distribution>>,
 }
 
+/// Where a distributed BSP run sends its stage tasks: workers of the
+/// cluster, which write to the shared store the run's options name.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub cluster: Arc<super::distributed::Cluster>,
+    /// With the distribution settings (the codec our nodes travel with).
+    pub task: Arc<TaskContext>,
+}
+
 /// One query's run in stages; owns the query's stage files.
 #[derive(Debug)]
 pub struct BspRun {
     options: BspOptions,
+    remote: Option<Remote>,
     prefix: Path,
     stages: Mutex<Vec<Arc<dyn ExecutionPlan>>>,
     /// Set when cleanup starts: no file is written after it.
@@ -189,11 +191,17 @@ pub struct BspRun {
 impl BspRun {
     /// A new run; its files go under a prefix of its own.
     pub fn new(options: BspOptions) -> Self {
+        Self::with_remote(options, None, &Path::default())
+    }
+
+    /// A run whose tasks go to workers, its files under `prefix` of `options.store` (the shared store).
+    pub fn with_remote(options: BspOptions, remote: Option<Remote>, prefix: &Path) -> Self {
         static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let run = RUNS.fetch_add(1, Ordering::Relaxed);
         Self {
             options,
-            prefix: Path::from(format!("q{run}")),
+            remote,
+            prefix: prefix.clone().join(format!("q{run}")),
             stages: Mutex::default(),
             cleaned: AtomicBool::new(false),
             writing: std::sync::atomic::AtomicUsize::new(0),
@@ -236,6 +244,9 @@ impl BspRun {
     }
 
     async fn run_stage(self: &Arc<Self>, node: &Arc<dyn ExecutionPlan>, ctx: &Arc<TaskContext>) -> Result<()> {
+        if let Some(remote) = &self.remote {
+            return self.run_stage_remote(node, ctx, remote).await;
+        }
         let started = Instant::now();
         let stage = exchange(node);
         let tasks = stage.tasks();
@@ -292,6 +303,20 @@ impl BspRun {
             }
         }
 
+        self.finish_stage(node, committed, attempts, started).await;
+        Ok(())
+    }
+
+    /// Commits a stage whose every task succeeded: its manifest and numbers.
+    async fn finish_stage(
+        &self,
+        node: &Arc<dyn ExecutionPlan>,
+        committed: Vec<Option<Vec<(usize, StageFile)>>>,
+        attempts: usize,
+        started: Instant,
+    ) {
+        let stage = exchange(node);
+        let tasks = committed.len();
         let mut manifest = Manifest { partitions: vec![Vec::new(); stage.output_partitions()] };
         for files in committed.into_iter().flatten() {
             for (partition, file) in files {
@@ -309,6 +334,7 @@ impl BspRun {
             s.tasks = tasks;
             s.attempts += attempts;
             s.runs += 1;
+            s.done = tasks;
             (s.rows, s.bytes, s.files) = (rows, bytes, files);
             s.spilled_bytes = spilled;
             s.elapsed_ms += elapsed;
@@ -318,7 +344,126 @@ impl BspRun {
             let _ = self.options.store.delete(path).await;
         }
         stage.set_manifest(Some(Arc::new(manifest)));
+    }
+
+    /// Runs a stage's tasks on the workers up, at most `concurrency` at
+    /// once on each, the least busy first. A task whose worker fails (it
+    /// cannot be reached, goes away, or the heartbeat finds it lost) runs
+    /// again on another worker, here when none is left; the worker is
+    /// marked lost. A task that fails with a retriable error runs again, up
+    /// to `task_retries` times; any other error fails the query. The stages
+    /// it reads are not run again: their files are on the shared store.
+    async fn run_stage_remote(
+        self: &Arc<Self>,
+        node: &Arc<dyn ExecutionPlan>,
+        ctx: &Arc<TaskContext>,
+        remote: &Remote,
+    ) -> Result<()> {
+        use std::collections::{BTreeSet, HashMap, VecDeque};
+        let started = Instant::now();
+        let stage = exchange(node);
+        let tasks = stage.tasks();
+        let round = stage.stats().runs;
+        stage.update_stats(|s| s.done = 0);
+        // What workers run: the producer plan, reading the stages below from their files.
+        let input = super::stage::with_stage_reads(stage.input())?;
+        let mut committed: Vec<Option<Vec<(usize, StageFile)>>> = vec![None; tasks];
+        let mut queue: VecDeque<(usize, usize)> = (0..tasks).map(|t| (t, 0)).collect();
+        // Workers a task failed on, not given that task again.
+        let mut failed_on: HashMap<usize, BTreeSet<url::Url>> = HashMap::new();
+        let mut busy: HashMap<Option<url::Url>, usize> = HashMap::new();
+        let per_place = self.options.concurrency.max(1);
+        let mut running = JoinSet::new();
+        loop {
+            while let Some(&(task, attempt)) = queue.front() {
+                let live = remote.cluster.live();
+                let avoid = failed_on.get(&task);
+                let candidates: Vec<url::Url> =
+                    live.into_iter().filter(|u| avoid.is_none_or(|a| !a.contains(u))).collect();
+                // No worker left for it: the coordinator runs it.
+                let place = candidates.into_iter().min_by_key(|u| busy.get(&Some(u.clone())).copied().unwrap_or(0));
+                if busy.get(&place).copied().unwrap_or(0) >= per_place {
+                    break;
+                }
+                queue.pop_front();
+                *busy.entry(place.clone()).or_default() += 1;
+                stage.update_stats(|s| s.attempts += 1);
+                let dir = self
+                    .prefix
+                    .clone()
+                    .join(format!("s{}", stage.stage()))
+                    .join(format!("t{task}-r{round}-a{attempt}"));
+                let run = Arc::clone(self);
+                let (node, input, ctx, remote) =
+                    (Arc::clone(node), Arc::clone(&input), Arc::clone(ctx), remote.clone());
+                running.spawn(async move {
+                    let result = match &place {
+                        Some(url) => run.remote_attempt(&node, &input, task, &dir, url, &remote).await,
+                        None => {
+                            let plan = reset_plan_states(Arc::clone(exchange(&node).input()))?;
+                            let one = Task { run: Arc::clone(&run), node, plan, round };
+                            one.attempt(task, attempt, ctx).await.1
+                        }
+                    };
+                    if result.is_err() {
+                        delete_prefix(&run.options.store, &dir).await;
+                    }
+                    Ok::<_, DataFusionError>((task, attempt, place, result))
+                });
+            }
+            let Some(joined) = running.join_next().await else { break };
+            let (task, attempt, place, result) = joined.map_err(|e| DataFusionError::External(Box::new(e)))??;
+            if let Some(n) = busy.get_mut(&place) {
+                *n = n.saturating_sub(1);
+            }
+            let at = place.as_ref().map_or_else(|| "coordinator".to_string(), worker_name);
+            match result {
+                Ok(files) => {
+                    self.commit(&mut committed, task, files).await;
+                    stage.update_stats(|s| {
+                        s.done += 1;
+                        s.workers.insert(at);
+                    });
+                }
+                Err(e) => {
+                    let lost = place.is_some() && super::distributed::worker_failure(&e).is_some();
+                    if let (true, Some(url)) = (lost, &place) {
+                        remote.cluster.suspect(url, &crate::error::describe(&e));
+                        failed_on.entry(task).or_default().insert(url.clone());
+                    }
+                    // A lost worker is not the task's fault: it runs again elsewhere, whatever its attempts.
+                    if lost || (retriable(&e) && attempt < self.options.retries) {
+                        tracing::warn!(stage = stage.stage(), task, attempt, worker = %at, error = %e, "retrying a failed task");
+                        stage.update_stats(|s| s.retried += 1);
+                        queue.push_back((task, attempt + 1));
+                    } else {
+                        running.abort_all();
+                        return Err(e.context(format!("task {task} of stage {} failed on {at}", stage.stage())));
+                    }
+                }
+            }
+        }
+        // Attempts were counted as they started.
+        self.finish_stage(node, committed, 0, started).await;
         Ok(())
+    }
+
+    /// One attempt of `task` on the worker at `url`: the files it wrote.
+    /// Gives up as soon as the heartbeat finds the worker lost.
+    async fn remote_attempt(
+        &self,
+        node: &Arc<dyn ExecutionPlan>,
+        input: &Arc<dyn ExecutionPlan>,
+        task: usize,
+        dir: &Path,
+        url: &url::Url,
+        remote: &Remote,
+    ) -> Result<Vec<(usize, StageFile)>> {
+        let stage = exchange(node);
+        let spec = TaskSpec::of(stage, task, dir);
+        let plan = Arc::new(super::task::StageTaskExec::new(&spec, Arc::clone(input), None));
+        let batches = super::distributed::run_task(&remote.task, &remote.cluster, url, plan).await?;
+        super::task::files_of(&batches)
     }
 
     /// Keeps the first successful attempt of each task; a later one's files are deleted.
@@ -425,6 +570,14 @@ pub async fn delete_prefix(store: &Arc<dyn ObjectStore>, prefix: &Path) {
     }
 }
 
+/// `host:port` of a worker.
+fn worker_name(url: &url::Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        _ => url.to_string(),
+    }
+}
+
 fn exchange(node: &Arc<dyn ExecutionPlan>) -> &ExchangeExec {
     node.downcast_ref::<ExchangeExec>().unwrap_or_else(|| unreachable!("stages() returns StageExchange nodes"))
 }
@@ -496,145 +649,17 @@ impl Task {
         if self.run.options.faults.task_fails(stage.stage(), task) {
             return Err(DataFusionError::External(Box::new(InjectedFailure { stage: stage.stage(), task })));
         }
-        let mut partitioner = match stage.exchange() {
-            Exchange::Shuffle(partitioning) => {
-                Some(BatchPartitioner::try_new(partitioning.clone(), Time::new(), task, stage.tasks())?)
-            }
-            Exchange::Gather => None,
-        };
-        let reservation = MemoryConsumer::new(format!("StageWriter[{}.{task}]", stage.stage()))
-            .with_can_spill(true)
-            .register(ctx.memory_pool());
-        let mut writer = TaskWriter::new(
-            Arc::clone(&self.run),
-            dir.clone(),
-            self.plan.schema(),
-            stage.output_partitions(),
-            reservation,
-        );
-        let mut input = self.plan.execute(task, ctx)?;
-        while let Some(batch) = input.next().await {
-            let batch = batch?;
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            match &mut partitioner {
-                Some(partitioner) => {
-                    let mut parts = Vec::new();
-                    partitioner.partition(batch, |p, b| {
-                        parts.push((p, b));
-                        Ok(())
-                    })?;
-                    for (p, b) in parts {
-                        writer.write(p, &b).await?;
-                    }
-                }
-                None => writer.write(task, &batch).await?,
-            }
-        }
-        writer.finish().await
+        let spec = TaskSpec::of(stage, task, dir);
+        write_task(&spec, &self.plan, Arc::new(RunSink(Arc::clone(&self.run))), ctx).await
     }
 }
 
-/// `batch` with its string and binary view columns holding only the bytes
-/// their rows use. A join or a hash split leaves views pointing into the
-/// input's whole buffers, and Arrow IPC writes every buffer a column
-/// references: without this, each small batch would carry its input's bytes.
-fn compact_views(batch: &RecordBatch) -> Result<RecordBatch> {
-    use datafusion::arrow::array::{Array, ArrayRef, AsArray};
-    use datafusion::arrow::datatypes::DataType;
-    if !batch.columns().iter().any(|c| matches!(c.data_type(), DataType::Utf8View | DataType::BinaryView)) {
-        return Ok(batch.clone());
-    }
-    let columns: Vec<ArrayRef> = batch
-        .columns()
-        .iter()
-        .map(|c| match c.data_type() {
-            DataType::Utf8View => Arc::new(c.as_string_view().gc()) as ArrayRef,
-            DataType::BinaryView => Arc::new(c.as_binary_view().gc()) as ArrayRef,
-            _ => Arc::clone(c),
-        })
-        .collect();
-    Ok(RecordBatch::try_new(batch.schema(), columns)?)
-}
+/// A run's own writes, which its cleanup waits for.
+struct RunSink(Arc<BspRun>);
 
-/// Buffers a task's output per partition and writes it in pieces: each
-/// piece is one file holding a segment (a complete Arrow IPC stream) per
-/// output partition, back to back, so a stage writes one file per task and
-/// piece, not one per task and partition. The manifest records each
-/// segment's byte range, and a reader fetches only its partition's ranges.
-struct TaskWriter {
-    run: Arc<BspRun>,
-    dir: Path,
-    schema: SchemaRef,
-    open: Vec<Option<(StreamWriter<Vec<u8>>, u64)>>,
-    pieces: usize,
-    files: Vec<(usize, StageFile)>,
-    reservation: MemoryReservation,
-}
-
-impl TaskWriter {
-    fn new(run: Arc<BspRun>, dir: Path, schema: SchemaRef, partitions: usize, reservation: MemoryReservation) -> Self {
-        Self {
-            run,
-            dir,
-            schema,
-            open: (0..partitions).map(|_| None).collect(),
-            pieces: 0,
-            files: Vec::new(),
-            reservation,
-        }
-    }
-
-    fn buffered(&self) -> usize {
-        self.open.iter().flatten().map(|(w, _)| w.get_ref().len()).sum()
-    }
-
-    async fn write(&mut self, partition: usize, batch: &RecordBatch) -> Result<()> {
-        let slot = self
-            .open
-            .get_mut(partition)
-            .ok_or_else(|| DataFusionError::Internal(format!("no output partition {partition}")))?;
-        if slot.is_none() {
-            *slot = Some((StreamWriter::try_new(Vec::new(), &self.schema)?, 0));
-        }
-        let Some((writer, rows)) = slot.as_mut() else { unreachable!("opened above") };
-        writer.write(&compact_views(batch)?)?;
-        *rows += batch.num_rows() as u64;
-        let buffered = self.buffered();
-        // A full piece, or the query's memory is short: write what is buffered now.
-        if buffered >= PIECE_BYTES || self.reservation.try_resize(buffered).is_err() {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// Writes every buffered segment as one file.
-    async fn flush(&mut self) -> Result<()> {
-        let path = self.dir.clone().join(format!("{}.arrow", self.pieces));
-        let mut bytes = Vec::with_capacity(self.buffered());
-        let mut segments = Vec::new();
-        for (partition, slot) in self.open.iter_mut().enumerate() {
-            let Some((mut writer, rows)) = slot.take() else { continue };
-            writer.finish()?;
-            let start = bytes.len() as u64;
-            bytes.extend_from_slice(&writer.into_inner()?);
-            segments.push((partition, rows, start..bytes.len() as u64));
-        }
-        if segments.is_empty() {
-            return Ok(());
-        }
-        self.pieces += 1;
-        self.run.put(path.clone(), bytes).await?;
-        for (partition, rows, range) in segments {
-            self.files.push((partition, StageFile { path: path.clone(), rows, range }));
-        }
-        self.reservation.resize(0);
-        Ok(())
-    }
-
-    async fn finish(mut self) -> Result<Vec<(usize, StageFile)>> {
-        self.flush().await?;
-        Ok(self.files)
+#[async_trait::async_trait]
+impl Sink for RunSink {
+    async fn put(&self, path: Path, bytes: Vec<u8>) -> Result<()> {
+        self.0.put(path, bytes).await
     }
 }

@@ -19,7 +19,20 @@
 //! work. `sys.workers` shows them.
 //!
 //! A worker ([`worker`]) is this engine's function registry and codec in a
-//! datafusion-distributed `Worker`; it holds no catalog and writes nothing.
+//! datafusion-distributed `Worker`; it holds no catalog and writes nothing
+//! but BSP stage files under the coordinator's spill prefix.
+//!
+//! Distributed BSP ([`super::bsp`]) uses the same workers and protocol
+//! differently: each stage task travels on its own ([`run_task`]) as a
+//! [`StageTaskExec`] over the stage's producer plan, the stages it reads
+//! replaced by their files ([`StageReadExec`]); the worker writes the task's
+//! output to the shared store and answers with the list of files, which the
+//! coordinator commits in the stage's manifest. A task whose worker is lost
+//! runs again elsewhere; what earlier stages wrote stays where it is.
+//!
+//! Every call to a worker presents `cluster.secret` ([`Channels`]); a
+//! worker checks it ([`check_secret`]) and, without one, listens on
+//! loopback only.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,16 +42,19 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SessionState, SessionStateBuilder, TaskContext};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion_distributed::grpc::BoxCloneSyncChannel;
 use datafusion_distributed::{
-    DesiredTaskCountEvent, DesiredTaskCountEventResponse, DistributedExec, DistributedExt, DistributedLeafExec,
-    ScaleUpLeafNodeEvent, ScaleUpLeafNodeEventResponse, SessionStateBuilderExt, Worker, WorkerQueryContext,
-    WorkerResolver,
+    ChannelResolver, DesiredTaskCountEvent, DesiredTaskCountEventResponse, DistributedExec, DistributedExt,
+    DistributedLeafExec, ScaleUpLeafNodeEvent, ScaleUpLeafNodeEventResponse, SessionStateBuilderExt, Worker,
+    WorkerQueryContext, WorkerResolver,
 };
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use object_store::ObjectStore;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use super::stage::{Exchange, Manifest, StageReadExec};
+use super::task::{StageTaskExec, TaskHeader, TaskSpec};
 use crate::config::{ClusterConfig, DistributedMode};
 use crate::dynamic::scan::DynamicScanExec;
 use crate::lock;
@@ -99,6 +115,8 @@ pub struct Cluster {
     identity: String,
     workers: Vec<Mutex<WorkerStatus>>,
     lost_after_ms: i64,
+    /// Connections to the workers, presenting the cluster's secret.
+    channels: Arc<Channels>,
 }
 
 impl Cluster {
@@ -111,6 +129,7 @@ impl Cluster {
         let interval = Duration::from_millis(config.heartbeat_interval_ms.max(50));
         // A heartbeat waits this long for an answer (and a connection).
         let patience = interval.max(Duration::from_secs(2));
+        let channels = Arc::new(Channels::new(config.secret.as_ref())?);
         let mut workers = Vec::with_capacity(config.workers.len());
         let mut endpoints = Vec::with_capacity(config.workers.len());
         for address in &config.workers {
@@ -130,13 +149,13 @@ impl Cluster {
                 error: None,
             }));
         }
-        let cluster = Arc::new(Self { identity, workers, lost_after_ms: config.lost_after_ms as i64 });
+        let cluster = Arc::new(Self { identity, workers, lost_after_ms: config.lost_after_ms as i64, channels });
         if !cluster.workers.is_empty() {
             let watched = Arc::clone(&cluster);
             tokio::spawn(async move {
                 // Each connects when first used, and again after a failure.
-                let channels: Vec<tonic::transport::Channel> =
-                    endpoints.iter().map(tonic::transport::Endpoint::connect_lazy).collect();
+                let channels: Vec<BoxCloneSyncChannel> =
+                    endpoints.iter().map(|e| watched.channels.wrap(e.connect_lazy())).collect();
                 loop {
                     let beats = watched
                         .workers
@@ -182,7 +201,15 @@ impl Cluster {
         }
     }
 
-    async fn heartbeat(&self, worker: &Mutex<WorkerStatus>, channel: tonic::transport::Channel, patience: Duration) {
+    /// Whether `url` is up, as far as the heartbeat knows.
+    pub fn is_up(&self, url: &Url) -> bool {
+        self.workers.iter().any(|w| {
+            let w = lock(w);
+            &w.url == url && w.state == WorkerState::Up
+        })
+    }
+
+    async fn heartbeat(&self, worker: &Mutex<WorkerStatus>, channel: BoxCloneSyncChannel, patience: Duration) {
         let url = lock(worker).url.clone();
         let answer = match tokio::time::timeout(patience, ask(channel)).await {
             Ok(answer) => answer,
@@ -213,6 +240,14 @@ impl Cluster {
                 }
                 w.identity = Some(identity);
             }
+            Err(error) if error.starts_with("refused:") => {
+                if w.state != WorkerState::Refused {
+                    tracing::error!(worker = %url, %error, "worker refused");
+                }
+                w.last_heartbeat_ms = Some(now);
+                w.state = WorkerState::Refused;
+                w.error = Some(error);
+            }
             Err(error) => {
                 let silent_for = w.last_heartbeat_ms.map(|at| now - at);
                 match w.state {
@@ -232,13 +267,17 @@ impl Cluster {
 }
 
 /// A worker's identity, running tasks and resident memory.
-async fn ask(channel: tonic::transport::Channel) -> std::result::Result<(String, u64, u64), String> {
-    use datafusion_distributed::grpc::{BoxCloneSyncChannel, GetTaskProgressRequest, ObservabilityServiceClient};
-    let mut client = datafusion_distributed::grpc::create_worker_client(BoxCloneSyncChannel::new(channel.clone()));
-    let info = client
-        .get_worker_info(datafusion_distributed::GetWorkerInfoRequest {})
-        .await
-        .map_err(|e| crate::error::describe(&e))?;
+async fn ask(channel: BoxCloneSyncChannel) -> std::result::Result<(String, u64, u64), String> {
+    use datafusion_distributed::grpc::{GetTaskProgressRequest, ObservabilityServiceClient};
+    let mut client = datafusion_distributed::grpc::create_worker_client(channel.clone());
+    let info = client.get_worker_info(datafusion_distributed::GetWorkerInfoRequest {}).await.map_err(|e| {
+        let why = crate::error::describe(&e);
+        if why.contains("cluster.secret") {
+            format!("refused: the worker does not take this server's cluster.secret ({})", super::short(&why))
+        } else {
+            why
+        }
+    })?;
     let progress = ObservabilityServiceClient::new(channel)
         .get_task_progress(GetTaskProgressRequest {})
         .await
@@ -259,6 +298,198 @@ fn worker_url(address: &str) -> crate::Result<Url> {
     Ok(url)
 }
 
+/// The header a cluster's secret travels in.
+const SECRET_HEADER: &str = "authorization";
+
+/// Connections to workers (one per address, kept), every call presenting
+/// the cluster's secret: the coordinator's queries and heartbeat, and a
+/// worker's calls to the workers of the stage below.
+#[derive(Debug)]
+pub struct Channels {
+    secret: Option<tonic::metadata::AsciiMetadataValue>,
+    open: Mutex<std::collections::HashMap<Url, BoxCloneSyncChannel>>,
+}
+
+impl Channels {
+    /// Connections that present `secret`.
+    ///
+    /// # Errors
+    /// A secret that cannot be sent in a header (not visible ASCII).
+    pub fn new(secret: Option<&crate::config::Secret>) -> crate::Result<Self> {
+        let secret = secret
+            .map(|s| {
+                format!("Bearer {}", s.0)
+                    .parse::<tonic::metadata::AsciiMetadataValue>()
+                    .map_err(|_| crate::Error::invalid("cluster.secret must be printable ASCII without line breaks"))
+            })
+            .transpose()?;
+        Ok(Self { secret, open: Mutex::default() })
+    }
+
+    /// `channel`, sending the secret with every call.
+    fn wrap(&self, channel: tonic::transport::Channel) -> BoxCloneSyncChannel {
+        BoxCloneSyncChannel::new(WithSecret { inner: channel, secret: self.secret.clone() })
+    }
+
+    /// The connection to `url`, opened on first use.
+    fn channel(&self, url: &Url) -> DfResult<BoxCloneSyncChannel> {
+        let mut open = lock(&self.open);
+        if let Some(channel) = open.get(url) {
+            return Ok(channel.clone());
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .connect_timeout(Duration::from_secs(5))
+            // A worker whose machine went silent is found out, not waited for.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        let channel = self.wrap(endpoint.connect_lazy());
+        open.insert(url.clone(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// A channel that adds the cluster's secret to every request.
+#[derive(Clone)]
+struct WithSecret {
+    inner: tonic::transport::Channel,
+    secret: Option<tonic::metadata::AsciiMetadataValue>,
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for WithSecret {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = <tonic::transport::Channel as tonic::codegen::Service<
+        tonic::codegen::http::Request<tonic::body::Body>,
+    >>::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        tonic::codegen::Service::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, mut request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some(secret) = &self.secret
+            && let Ok(value) = tonic::codegen::http::HeaderValue::from_bytes(secret.as_encoded_bytes())
+        {
+            request.headers_mut().insert(SECRET_HEADER, value);
+        }
+        self.inner.call(request)
+    }
+}
+
+/// [`Channels`] as datafusion-distributed asks for them.
+#[derive(Debug, Clone)]
+struct Resolver(Arc<Channels>);
+
+#[async_trait::async_trait]
+impl ChannelResolver for Resolver {
+    async fn get_worker_client_for_url(&self, url: &Url) -> DfResult<Box<dyn datafusion_distributed::WorkerChannel>> {
+        Ok(datafusion_distributed::grpc::create_worker_client(self.0.channel(url)?))
+    }
+}
+
+/// A worker's check of every call: with a `secret`, only callers that
+/// present it get in (compared in constant time); without one, everyone
+/// (the worker listens on loopback only then).
+pub fn check_secret(
+    secret: Option<&crate::config::Secret>,
+) -> impl FnMut(tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> + Clone + Send + 'static {
+    let expected = secret.map(|s| format!("Bearer {}", s.0).into_bytes());
+    move |request: tonic::Request<()>| {
+        let Some(expected) = &expected else { return Ok(request) };
+        let given = request.metadata().get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+        let same =
+            given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if same {
+            Ok(request)
+        } else {
+            Err(tonic::Status::unauthenticated("this worker takes work only from servers that present cluster.secret"))
+        }
+    }
+}
+
+/// Runs `plan` (one partition) on the worker at `url` as a task of its
+/// own, through datafusion-distributed's worker protocol, and collects what
+/// it produces. Fails as soon as `cluster`'s heartbeat finds the worker lost.
+///
+/// # Errors
+/// The task's own errors, as the worker sent them back; the worker's
+/// failure ([`worker_failure`] recognizes it).
+pub async fn run_task(
+    task: &Arc<TaskContext>,
+    cluster: &Cluster,
+    url: &Url,
+    plan: Arc<dyn ExecutionPlan>,
+) -> DfResult<Vec<datafusion::arrow::array::RecordBatch>> {
+    use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+    use datafusion_distributed::{ExecuteTaskRequest, MaybeEncoded, ProducerHead, SetPlanRequest, TaskKey};
+    use futures::StreamExt;
+    let run = async {
+        let resolver = datafusion_distributed::get_distributed_channel_resolver(task);
+        let mut client = resolver.get_worker_client_for_url(url).await?;
+        let id = u128::from_le_bytes(crate::access::scram::random_bytes::<16>());
+        let key = TaskKey { query_id: uuid::Uuid::from_u128(id), stage_id: 1, task_number: 0 };
+        // The worker keeps the task until this stream ends (when `done` is dropped).
+        let (done, ended) = tokio::sync::oneshot::channel::<()>();
+        let c2w = futures::stream::once(async move {
+            let _ = ended.await;
+        })
+        .filter_map(|()| async { None })
+        .boxed();
+        let started_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| usize::try_from(d.as_nanos()).unwrap_or(usize::MAX));
+        let request = SetPlanRequest {
+            task_key: key,
+            task_count: 1,
+            plan: MaybeEncoded::Decoded(plan),
+            work_unit_feed_declarations: Vec::new(),
+            target_worker_url: url.clone(),
+            query_start_time_ns: started_ns,
+        };
+        let headers = tonic::codegen::http::HeaderMap::new();
+        let mut replies =
+            client.coordinator_channel(headers.clone(), request, c2w, ExecutionPlanMetricsSet::new(), task).await?;
+        // The worker's messages (its metrics) are not needed, but must be read.
+        let drained = tokio::spawn(async move { while replies.next().await.is_some() {} });
+        let execute = ExecuteTaskRequest {
+            task_key: key,
+            target_partition_start: 0,
+            target_partition_end: 1,
+            producer_head: ProducerHead::None,
+        };
+        let result = async {
+            let streams = client.execute_task(headers, execute, ExecutionPlanMetricsSet::new(), task).await?;
+            let mut batches = Vec::new();
+            for mut stream in streams {
+                while let Some(batch) = stream.next().await {
+                    batches.push(batch?);
+                }
+            }
+            Ok::<_, DataFusionError>(batches)
+        }
+        .await;
+        drop(done);
+        drained.abort();
+        result
+    };
+    let lost = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if !cluster.is_up(url) {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        result = run => result,
+        () = lost => Err(DataFusionError::External(Box::new(tonic::Status::unavailable(format!(
+            "Distributed DataFusion worker '{url}' was lost while it ran a task"
+        ))))),
+    }
+}
+
 /// The live workers, for datafusion-distributed's planner.
 #[derive(Debug)]
 struct LiveWorkers(Arc<Cluster>);
@@ -276,23 +507,114 @@ pub struct StreamhouseCodec {
     store: Option<Arc<dyn ObjectStore>>,
 }
 
-/// Tag of an encoded [`DynamicScanExec`].
+/// Tags of our encoded nodes: a [`DynamicScanExec`], a BSP stage task
+/// ([`StageTaskExec`]) and a stage's output read back ([`StageReadExec`]).
 const SCAN_TAG: u8 = 1;
+const STAGE_TASK_TAG: u8 = 2;
+const STAGE_READ_TAG: u8 = 3;
+
+impl StreamhouseCodec {
+    fn store(&self, what: &str) -> DfResult<Arc<dyn ObjectStore>> {
+        self.store
+            .clone()
+            .ok_or_else(|| DataFusionError::Internal(format!("{what} was sent to a process without a warehouse")))
+    }
+}
+
+/// `header` (JSON) and `rest`, as one buffer: the header's length first.
+fn frame(tag: u8, header: &impl serde::Serialize, rest: &[u8], buf: &mut Vec<u8>) -> DfResult<()> {
+    let header = serde_json::to_vec(header).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    buf.push(tag);
+    buf.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    buf.extend_from_slice(&header);
+    buf.extend_from_slice(rest);
+    Ok(())
+}
+
+/// The header and the rest of a [`frame`]d buffer (after its tag).
+fn unframe<T: serde::de::DeserializeOwned>(buf: &[u8]) -> DfResult<(T, &[u8])> {
+    let bad = || DataFusionError::Internal("a malformed streamhouse plan node was sent to this worker".into());
+    let (len, rest) = buf.split_first_chunk::<8>().ok_or_else(bad)?;
+    let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|_| bad())?;
+    if rest.len() < len {
+        return Err(bad());
+    }
+    let (header, rest) = rest.split_at(len);
+    let header = serde_json::from_slice(header).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    Ok((header, rest))
+}
+
+/// A schema as an empty Arrow IPC stream.
+fn schema_bytes(schema: &datafusion::arrow::datatypes::Schema) -> DfResult<Vec<u8>> {
+    let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema)?;
+    writer.finish()?;
+    Ok(writer.into_inner()?)
+}
+
+fn schema_of(bytes: &[u8]) -> DfResult<datafusion::arrow::datatypes::SchemaRef> {
+    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+    Ok(reader.schema())
+}
+
+/// What travels of a [`StageReadExec`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ReadHeader {
+    stage: usize,
+    manifest: Manifest,
+}
 
 impl PhysicalExtensionCodec for StreamhouseCodec {
     fn try_decode(
         &self,
         buf: &[u8],
-        _inputs: &[Arc<dyn ExecutionPlan>],
-        _ctx: &TaskContext,
-        _proto_converter: &dyn PhysicalProtoConverterExtension,
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         match buf.split_first() {
             Some((&SCAN_TAG, rest)) => {
-                let store = self.store.as_ref().ok_or_else(|| {
-                    DataFusionError::Internal("a Dynamic Table scan was sent to a process without a warehouse".into())
-                })?;
-                Ok(Arc::new(DynamicScanExec::decode(rest, Arc::clone(store))?))
+                Ok(Arc::new(DynamicScanExec::decode(rest, self.store("a Dynamic Table scan")?)?))
+            }
+            Some((&STAGE_TASK_TAG, rest)) => {
+                let (header, _) = unframe::<TaskHeader>(rest)?;
+                let [input] = inputs else {
+                    return Err(DataFusionError::Internal("a stage task needs its input".into()));
+                };
+                let exchange = match &header.shuffle {
+                    None => Exchange::Gather,
+                    Some(bytes) => {
+                        use prost::Message as _;
+                        let proto = datafusion_proto::protobuf::Partitioning::decode(bytes.as_slice())
+                            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                        let decode = datafusion_proto::physical_plan::PhysicalPlanDecodeContext::new(ctx, self);
+                        let partitioning = datafusion_proto::physical_plan::from_proto::parse_protobuf_partitioning(
+                            Some(&proto),
+                            &decode,
+                            &input.schema(),
+                            proto_converter,
+                        )?
+                        .ok_or_else(|| {
+                            DataFusionError::Internal("a stage task's shuffle has no partitioning".into())
+                        })?;
+                        Exchange::Shuffle(partitioning)
+                    }
+                };
+                let dir =
+                    object_store::path::Path::parse(&header.dir).map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let spec = TaskSpec {
+                    stage: header.stage,
+                    task: header.task,
+                    tasks: header.tasks,
+                    exchange: &exchange,
+                    output_partitions: header.output_partitions,
+                    dir: &dir,
+                };
+                Ok(Arc::new(StageTaskExec::new(&spec, Arc::clone(input), Some(self.store("a stage task")?))))
+            }
+            Some((&STAGE_READ_TAG, rest)) => {
+                let (header, schema) = unframe::<ReadHeader>(rest)?;
+                let store = self.store("a stage's output")?;
+                Ok(Arc::new(StageReadExec::new(header.stage, Arc::new(header.manifest), schema_of(schema)?, store)))
             }
             _ => Err(DataFusionError::Internal("an unknown streamhouse plan node was sent to this worker".into())),
         }
@@ -302,16 +624,30 @@ impl PhysicalExtensionCodec for StreamhouseCodec {
         &self,
         node: Arc<dyn ExecutionPlan>,
         buf: &mut Vec<u8>,
-        _proto_converter: &dyn PhysicalProtoConverterExtension,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<()> {
-        match node.downcast_ref::<DynamicScanExec>() {
-            Some(scan) => {
-                buf.push(SCAN_TAG);
-                buf.extend_from_slice(&scan.encode()?);
-                Ok(())
-            }
-            None => Err(DataFusionError::NotImplemented(format!("{} cannot run on a worker", node.name()))),
+        if let Some(scan) = node.downcast_ref::<DynamicScanExec>() {
+            buf.push(SCAN_TAG);
+            buf.extend_from_slice(&scan.encode()?);
+            return Ok(());
         }
+        if let Some(task) = node.downcast_ref::<StageTaskExec>() {
+            let header = task.header(|partitioning| {
+                use prost::Message as _;
+                let proto = datafusion_proto::physical_plan::to_proto::serialize_partitioning(
+                    partitioning,
+                    self,
+                    proto_converter,
+                )?;
+                Ok(proto.encode_to_vec())
+            })?;
+            return frame(STAGE_TASK_TAG, &header, &[], buf);
+        }
+        if let Some(read) = node.downcast_ref::<StageReadExec>() {
+            let header = ReadHeader { stage: read.stage(), manifest: read.manifest().as_ref().clone() };
+            return frame(STAGE_READ_TAG, &header, &schema_bytes(&read.schema())?, buf);
+        }
+        Err(DataFusionError::NotImplemented(format!("{} cannot run on a worker", node.name())))
     }
 }
 
@@ -324,6 +660,10 @@ pub struct Distribution {
     pub min_bytes: u64,
     /// Scan bytes per task of a scan stage.
     pub bytes_per_task: u64,
+    /// The shared warehouse store: distributed BSP's stage files go there.
+    pub store: Arc<dyn ObjectStore>,
+    /// Under which prefix of `store` (this server's own, emptied at its start).
+    pub spill_prefix: object_store::path::Path,
 }
 
 impl Distribution {
@@ -334,6 +674,8 @@ impl Distribution {
             mode,
             min_bytes: self.min_bytes,
             bytes_per_task: self.bytes_per_task,
+            store: Arc::clone(&self.store),
+            spill_prefix: self.spill_prefix.clone(),
         }
     }
 
@@ -410,6 +752,7 @@ impl Distribution {
         Ok(SessionStateBuilder::new_from_existing(state.clone())
             .with_config(config)
             .with_distributed_worker_resolver(LiveWorkers(Arc::clone(&self.cluster)))
+            .with_distributed_channel_resolver(Resolver(Arc::clone(&self.cluster.channels)))
             .with_distributed_user_codec(StreamhouseCodec::default())
             .with_distributed_desired_task_count_handler(desired)
             .with_distributed_scale_up_leaf_node_handler(scale_up)
@@ -463,13 +806,15 @@ pub fn worker_failure(error: &DataFusionError) -> Option<Option<Url>> {
 }
 
 /// A worker: runs the plan fragments coordinators send, with this engine's
-/// functions, reading scans from `store` (the shared warehouse), in
-/// `runtime` (its memory limit and spill directory).
+/// functions, reading scans from `store` (the shared warehouse) and writing
+/// BSP stage files there, in `runtime` (its memory limit and spill
+/// directory); it reaches other workers through `channels`.
 pub fn worker(
     functions: &SessionState,
     store: Arc<dyn ObjectStore>,
     runtime: Arc<RuntimeEnv>,
     identity: String,
+    channels: Arc<Channels>,
 ) -> Worker {
     let scalars: Vec<_> = functions.scalar_functions().values().cloned().collect();
     let aggregates: Vec<_> = functions.aggregate_functions().values().cloned().collect();
@@ -480,6 +825,7 @@ pub fn worker(
     Worker::from_session_builder(move |ctx: WorkerQueryContext| {
         let (scalars, aggregates, windows, codec) =
             (scalars.clone(), aggregates.clone(), windows.clone(), codec.clone());
+        let resolver = Resolver(Arc::clone(&channels));
         let time_zone = time_zone.clone();
         async move {
             let mut builder = ctx
@@ -487,7 +833,8 @@ pub fn worker(
                 .with_scalar_functions(scalars)
                 .with_aggregate_functions(aggregates)
                 .with_window_functions(windows)
-                .with_distributed_user_codec(codec);
+                .with_distributed_user_codec(codec)
+                .with_distributed_channel_resolver(resolver);
             let config = builder.config().get_or_insert_default();
             config.options_mut().execution.time_zone = time_zone;
             *config = std::mem::take(config).with_batch_size(batch_size);

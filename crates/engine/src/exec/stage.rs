@@ -39,16 +39,31 @@ pub enum Exchange {
 
 /// One output partition's segment of a stage file: a complete Arrow IPC
 /// stream at `range` in the file at `path`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StageFile {
+    #[serde(with = "path_text")]
     pub(crate) path: Path,
     pub(crate) rows: u64,
     pub(crate) range: std::ops::Range<u64>,
 }
 
+/// A store path as its text.
+mod path_text {
+    use object_store::path::Path;
+
+    pub fn serialize<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(path.as_ref())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Path, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        Path::parse(text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// The committed output of a stage: for each output partition, the files
 /// to read, in order. Only the first successful attempt of each task is in it.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
     pub(crate) partitions: Vec<Vec<StageFile>>,
 }
@@ -81,6 +96,12 @@ pub struct StageStats {
     /// Bytes operators of the stage spilled to disk.
     pub spilled_bytes: u64,
     pub elapsed_ms: u64,
+    /// Tasks committed so far in the stage's current run.
+    pub done: usize,
+    /// Attempts that failed and were run again (on another worker when a worker was lost).
+    pub retried: usize,
+    /// Where the committed tasks ran: worker addresses, `coordinator` for tasks run here.
+    pub workers: std::collections::BTreeSet<String>,
 }
 
 /// State shared by every instance of one stage's node (plan copies made by
@@ -234,15 +255,122 @@ impl ExecutionPlan for ExchangeExec {
         let manifest = self
             .manifest()
             .ok_or_else(|| DataFusionError::Internal(format!("stage {} is read before it has run", self.stage)))?;
-        let files = manifest.partitions.get(partition).cloned().unwrap_or_default();
-        let store = Arc::clone(&self.store);
-        let stage = self.stage;
-        let batches = futures::stream::iter(files)
-            .then(move |file| read_file(Arc::clone(&store), stage, file))
-            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
-            .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), batches)))
+        Ok(read_partition(&self.store, self.stage, &manifest, partition, self.schema()))
     }
+}
+
+/// The files `manifest` lists for `partition`, read in order.
+fn read_partition(
+    store: &Arc<dyn ObjectStore>,
+    stage: usize,
+    manifest: &Manifest,
+    partition: usize,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+) -> SendableRecordBatchStream {
+    let files = manifest.partitions.get(partition).cloned().unwrap_or_default();
+    let store = Arc::clone(store);
+    let batches = futures::stream::iter(files)
+        .then(move |file| read_file(Arc::clone(&store), stage, file))
+        .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+        .try_flatten();
+    Box::pin(RecordBatchStreamAdapter::new(schema, batches))
+}
+
+/// A stage's committed output as a leaf: what an [`ExchangeExec`] that has
+/// run becomes in a plan sent to a worker (the producer plan stays behind).
+/// It reads the files its manifest lists from the shared store.
+///
+/// On the worker the node declares its partition count, not the hash
+/// partitioning or ordering the exchange had: operators above it were
+/// planned on the coordinator and execute the same without them.
+#[derive(Debug)]
+pub struct StageReadExec {
+    stage: usize,
+    manifest: Arc<Manifest>,
+    store: Arc<dyn ObjectStore>,
+    properties: Arc<PlanProperties>,
+}
+
+impl StageReadExec {
+    /// Reads `manifest` (stage `stage`'s output, rows of `schema`) from `store`.
+    pub fn new(
+        stage: usize,
+        manifest: Arc<Manifest>,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+        store: Arc<dyn ObjectStore>,
+    ) -> Self {
+        use datafusion::physical_expr::EquivalenceProperties;
+        use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+        let partitions = manifest.partitions.len().max(1);
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self { stage, manifest, store, properties: Arc::new(properties) }
+    }
+
+    pub fn stage(&self) -> usize {
+        self.stage
+    }
+
+    pub fn manifest(&self) -> &Arc<Manifest> {
+        &self.manifest
+    }
+}
+
+impl DisplayAs for StageReadExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StageRead: stage={}, files={}", self.stage, self.manifest.files().len())
+    }
+}
+
+impl ExecutionPlan for StageReadExec {
+    fn name(&self) -> &'static str {
+        "StageRead"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn datafusion::physical_expr::PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(self: Arc<Self>, _: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        Ok(read_partition(&self.store, self.stage, &self.manifest, partition, self.schema()))
+    }
+}
+
+/// `plan` (a stage's producer plan) with every stage it reads, which has
+/// run, as a [`StageReadExec`]: the plan a worker runs a task of.
+///
+/// # Errors
+/// A stage it reads has not run.
+pub fn with_stage_reads(plan: &Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    Arc::clone(plan)
+        .transform_down(|node| {
+            let Some(exchange) = node.downcast_ref::<ExchangeExec>() else { return Ok(Transformed::no(node)) };
+            let manifest = exchange.manifest().ok_or_else(|| {
+                DataFusionError::Internal(format!("stage {} is read before it has run", exchange.stage))
+            })?;
+            let read = StageReadExec::new(exchange.stage, manifest, exchange.schema(), Arc::clone(&exchange.store));
+            Ok(Transformed::new(Arc::new(read) as Arc<dyn ExecutionPlan>, true, TreeNodeRecursion::Jump))
+        })
+        .data()
 }
 
 /// Reads one partition's segment of a stage file (segments are bounded by the piece size).
@@ -382,6 +510,10 @@ pub fn render(plan: &Arc<dyn ExecutionPlan>, analyzed: bool) -> String {
                 ": rows={}, bytes={}, files={}, attempts={}, runs={}, spilled_bytes={}, elapsed={}ms",
                 s.rows, s.bytes, s.files, s.attempts, s.runs, s.spilled_bytes, s.elapsed_ms
             ));
+            if !s.workers.is_empty() {
+                let workers: Vec<&str> = s.workers.iter().map(String::as_str).collect();
+                out.push_str(&format!(", retried={}, workers=[{}]", s.retried, workers.join(", ")));
+            }
         }
         out.push('\n');
         lines(exchange.input(), 1, analyzed, &mut out);

@@ -91,7 +91,7 @@ impl Session {
                 DisplayableExecutionPlan::new(planned.plan.as_ref()).indent(verbose).to_string(),
             ));
             rows.push(("execution_mode".into(), format!("{}: {}", planned.mode.as_str(), planned.reason)));
-            if planned.mode == crate::exec::Mode::Bsp {
+            if planned.staged() {
                 rows.push(("stages".into(), crate::exec::stage::render(&planned.plan, false)));
             }
             if planned.mode == crate::exec::Mode::Distributed {

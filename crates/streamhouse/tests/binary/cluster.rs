@@ -1,7 +1,9 @@
-//! A server and worker processes on loopback over the S3 test server (the
-//! same binary, `serve` and `worker`): TPC-H answers the same distributed
-//! and on one node; a worker SIGKILLed costs a re-plan or a 40001, never a
-//! wrong or partial answer; a worker of another warehouse is refused.
+//! A server and worker processes over the S3 test server (the same binary,
+//! `serve` and `worker`), sharing a cluster secret: TPC-H answers the same
+//! in distributed MPP, in distributed BSP and on one node; a worker
+//! SIGKILLed during a BSP query costs retried tasks, during an MPP query a
+//! re-plan or a 40001, never a wrong or partial answer; a worker of another
+//! warehouse, or with another secret, is refused.
 
 use std::path::Path;
 use std::process::Child;
@@ -50,8 +52,13 @@ fn write_config(dir: &Path, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
-fn worker(dir: &Path, s3: &S3Server, prefix: &str, port: u16, name: &str) -> Process {
-    let config = format!("{}[cluster]\nlisten = \"127.0.0.1:{port}\"\n", storage(s3, prefix, &dir.join(name)));
+/// The secret the test's server and workers share.
+const SECRET: &str = "a shared secret";
+
+/// A worker listening on `listen` (`host:port`).
+fn worker(dir: &Path, s3: &S3Server, prefix: &str, listen: &str, secret: &str, name: &str) -> Process {
+    let config =
+        format!("{}[cluster]\nlisten = \"{listen}\"\nsecret = \"{secret}\"\n", storage(s3, prefix, &dir.join(name)));
     let file = write_config(dir, &format!("{name}.toml"), &config);
     spawn(&["worker", "--config", &file], dir, "streamhouse worker is ready")
 }
@@ -102,12 +109,13 @@ async fn tpch_runs_across_worker_processes_with_the_same_answers() {
     let options = streamhouse_storage::TableOptions { row_group_rows: 2048, ..Default::default() };
     tpch::load_all(&store, 0.01, &options).await;
 
-    // Three workers, and a fourth on another warehouse; the server names all four.
-    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    // Three workers (one listening on every address), a fourth on another
+    // warehouse and a fifth with another secret; the server names all five.
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
     let addresses: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
     let server_config = format!(
         "{}[server]\npg_port = 0\nflight_port = 0\n[execution]\ndistributed = \"on\"\n\
-         [cluster]\nworkers = [{}]\nheartbeat_interval_ms = 200\nlost_after_ms = 1000\n",
+         [cluster]\nworkers = [{}]\nheartbeat_interval_ms = 200\nlost_after_ms = 1000\nsecret = \"{SECRET}\"\n",
         storage(&s3, "tpch", &dir.path().join("server")),
         addresses.join(", ")
     );
@@ -119,7 +127,7 @@ async fn tpch_runs_across_worker_processes_with_the_same_answers() {
     let other_file = write_config(dir.path(), "other.toml", &other_config);
     drop(spawn(&["serve", "--config", &other_file], dir.path(), "streamhouse is ready"));
 
-    // A worker on a public address is refused (workers do not authenticate servers yet).
+    // A worker on a public address without a secret is refused.
     let public = format!("{}[cluster]\nlisten = \"0.0.0.0:0\"\n", storage(&s3, "tpch", &dir.path().join("public")));
     let public = write_config(dir.path(), "public.toml", &public);
     let refused = std::process::Command::new(env!("CARGO_BIN_EXE_streamhouse"))
@@ -130,34 +138,44 @@ async fn tpch_runs_across_worker_processes_with_the_same_answers() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("not a loopback address"), "{stderr}");
 
-    let mut workers_running: Vec<Process> =
-        (0..3).map(|i| worker(dir.path(), &s3, "tpch", ports[i], &format!("worker{i}"))).collect();
-    let stranger = worker(dir.path(), &s3, "other", ports[3], "stranger");
+    let start_worker = |i: usize| {
+        // With the secret, a worker may listen beyond loopback.
+        let listen = if i == 0 { format!("0.0.0.0:{}", ports[0]) } else { format!("127.0.0.1:{}", ports[i]) };
+        worker(dir.path(), &s3, "tpch", &listen, SECRET, &format!("worker{i}"))
+    };
+    let mut workers_running: Vec<Option<Process>> = (0..3).map(|i| Some(start_worker(i))).collect();
+    let stranger = worker(dir.path(), &s3, "other", &format!("127.0.0.1:{}", ports[3]), SECRET, "stranger");
+    let impostor = worker(dir.path(), &s3, "tpch", &format!("127.0.0.1:{}", ports[4]), "another secret", "impostor");
     let client = connect(&server).await;
     wait_for_up(&client, 3).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let rows = client
-            .query("SELECT state, error FROM sys.workers WHERE address LIKE $1", &[&format!("%:{}/", ports[3])])
-            .await
-            .expect("sys.workers");
-        let (state, error): (String, Option<String>) = (rows[0].get(0), rows[0].get(1));
-        if state == "refused" {
-            let error = error.unwrap_or_default();
-            assert!(error.contains("refused") && error.contains("warehouse"), "{error}");
-            break;
+    for (port, why) in [(ports[3], "warehouse"), (ports[4], "cluster.secret")] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let rows = client
+                .query("SELECT state, error FROM sys.workers WHERE address LIKE $1", &[&format!("%:{port}/")])
+                .await
+                .expect("sys.workers");
+            let (state, error): (String, Option<String>) = (rows[0].get(0), rows[0].get(1));
+            if state == "refused" {
+                let error = error.unwrap_or_default();
+                assert!(error.contains("refused") && error.contains(why), "{error}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the worker on port {port} is {state}, not refused for its {why}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(Instant::now() < deadline, "the worker of another warehouse is {state}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(stranger);
+    drop(impostor);
 
     // All 22 queries: the same rows across the workers as on the server alone.
     let mut distributed = 0;
     let mut local_modes = Vec::new();
+    let mut answers = std::collections::HashMap::new();
     for (name, sql) in tpch::QUERIES {
         client.batch_execute("SET distributed = off").await.expect("set");
         let local = super::sorted_text_rows(&client, sql).await;
+        answers.insert(*name, local.clone());
         client.batch_execute("SET distributed = on").await.expect("set");
         let (plan, mode) = explain(&client, sql).await;
         if mode.contains("|distributed:") {
@@ -179,13 +197,83 @@ async fn tpch_runs_across_worker_processes_with_the_same_answers() {
     assert!(shares.iter().all(|l| !l.contains("splits=0")), "{plan}");
     eprintln!("{plan}\n{:?}", super::sorted_text_rows(&client, "SELECT * FROM sys.workers").await);
 
+    // Distributed BSP: every stage's tasks on the workers, the same rows.
+    client.batch_execute("SET execution_mode = bsp").await.expect("set");
+    let mut staged = 0;
+    let mut other_modes = Vec::new();
+    for (name, sql) in tpch::QUERIES {
+        let (plan, mode) = explain(&client, sql).await;
+        if mode.contains("|distributed_bsp:") {
+            staged += 1;
+            assert!(plan.contains("stages|") && plan.contains("StageExchange"), "{name}: {plan}");
+        } else {
+            other_modes.push(format!("{name}: {mode}"));
+        }
+        let across = super::sorted_text_rows(&client, sql).await;
+        assert_eq!(answers[name], across, "{name} answers differently in distributed BSP");
+    }
+    eprintln!("{staged} of 22 in distributed BSP; the others: {other_modes:#?}");
+    assert!(staged >= 18, "only {staged} of 22 queries ran in distributed BSP: {other_modes:#?}");
+    let analyzed = super::sorted_text_rows(&client, &format!("EXPLAIN ANALYZE {}", tpch::query("q3"))).await;
+    let analyzed = analyzed.join("\n");
+    assert!(analyzed.contains(&format!("127.0.0.1:{}", ports[1])) && analyzed.contains("retried=0"), "{analyzed}");
+
+    // A worker SIGKILLed while a BSP query runs: its tasks run again on the
+    // others (the stages before stay written), the answer is right, and
+    // sys.queries counts the retried tasks. The kill lands once the query's
+    // first tasks went out; should it miss them all, the worker is started
+    // again and the query run again.
+    let q9 = tpch::query("q9");
+    let mut retried = 0;
+    for round in 0..3 {
+        let runner = connect(&server).await;
+        runner.batch_execute("SET execution_mode = bsp; SET distributed = on").await.expect("set");
+        let running = tokio::spawn(async move { super::sorted_text_rows(&runner, q9).await });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let rows = client
+                .query(
+                    "SELECT task_attempts FROM sys.queries WHERE state = 'running' AND mode = 'distributed_bsp'",
+                    &[],
+                )
+                .await
+                .expect("sys.queries");
+            if rows.iter().any(|r| r.get::<_, i64>(0) >= 1) {
+                break;
+            }
+            assert!(Instant::now() < deadline && !running.is_finished(), "the BSP query sent no task");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut victim = workers_running[2].take().expect("running");
+        victim.child.kill().expect("SIGKILL");
+        let _ = victim.child.wait();
+        assert_eq!(running.await.expect("the query ran"), answers["q9"], "q9 answered wrong after a worker died");
+        let rows = client
+            .query(
+                "SELECT retried_tasks, workers, mode_reason FROM sys.queries WHERE mode = 'distributed_bsp' \
+                 ORDER BY query_id DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .expect("sys.queries");
+        let (count, workers, reason): (i64, Option<String>, String) = (rows[0].get(0), rows[0].get(1), rows[0].get(2));
+        eprintln!("round {round}: retried {count}, workers {workers:?}, {reason}");
+        workers_running[2] = Some(start_worker(2));
+        wait_for_up(&client, 3).await;
+        if count > 0 {
+            retried = count;
+            break;
+        }
+    }
+    assert!(retried > 0, "no kill landed while the BSP query's tasks ran");
+    client.batch_execute("SET execution_mode = auto").await.expect("set");
+
     // A worker killed: the next queries re-plan on the others or fail with
     // 40001, and never answer wrong.
     let q3 = tpch::query("q3");
-    client.batch_execute("SET distributed = off").await.expect("set");
-    let expected = super::sorted_text_rows(&client, q3).await;
+    let expected = answers["q3"].clone();
     client.batch_execute("SET distributed = on").await.expect("set");
-    let mut killed = workers_running.remove(1);
+    let mut killed = workers_running[1].take().expect("running");
     killed.child.kill().expect("SIGKILL");
     let _ = killed.child.wait();
     for _ in 0..3 {
