@@ -771,6 +771,34 @@ pub fn render(plan: &Arc<dyn ExecutionPlan>, metrics: bool) -> String {
     datafusion_distributed::display_plan_ascii(plan.as_ref(), metrics)
 }
 
+/// The stages of a distributed plan that has run, with every task's
+/// metrics (the workers send theirs back), and the bytes that crossed the
+/// network between tasks.
+pub async fn render_analyzed(plan: &Arc<dyn ExecutionPlan>) -> String {
+    use datafusion::physical_plan::metrics::MetricValue;
+    use datafusion_distributed::{DistributedMetricsFormat, rewrite_distributed_plan_with_metrics};
+    let plan = match rewrite_distributed_plan_with_metrics(Arc::clone(plan), DistributedMetricsFormat::Aggregated).await
+    {
+        Ok(plan) => plan,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot gather the workers' metrics");
+            Arc::clone(plan)
+        }
+    };
+    let mut shuffled = 0usize;
+    let _ = plan.apply(|node| {
+        for metric in node.metrics().iter().flat_map(|m| m.iter().cloned().collect::<Vec<_>>()) {
+            if let MetricValue::Custom { name, value } = metric.value()
+                && name == "bytes_transferred"
+            {
+                shuffled += value.as_usize();
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    format!("{}\nbytes between tasks: {shuffled}\n", datafusion_distributed::display_plan_ascii(plan.as_ref(), true))
+}
+
 /// Whether `error` says a worker could not be reached or went away (as
 /// opposed to an error of the query itself, which workers send back as it
 /// was), and which worker when it says.

@@ -125,7 +125,7 @@ impl Session {
             ));
             rows.push(("execution_mode".into(), format!("{}: {reason}", mode.as_str())));
             if mode == crate::exec::Mode::Distributed {
-                rows.push(("distributed_stages".into(), crate::exec::distributed::render(&plan, true)));
+                rows.push(("distributed_stages".into(), crate::exec::distributed::render_analyzed(&plan).await));
             }
             if let Some(bsp) = bsp {
                 let attempts: usize = bsp.stage_stats().iter().map(|s| s.attempts).sum();
