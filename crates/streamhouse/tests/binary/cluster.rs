@@ -98,6 +98,21 @@ async fn explain(client: &tokio_postgres::Client, sql: &str) -> (String, String)
     (rows.join("\n"), mode)
 }
 
+/// The bytes an `execution_mode` line says joins and windows need ("about 1.5 MiB").
+fn needed_bytes(mode: &str) -> u64 {
+    let about = mode.split("need about ").nth(1).unwrap_or_else(|| panic!("no estimate in {mode}"));
+    let mut words = about.split_whitespace();
+    let value: f64 = words.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{mode}"));
+    let unit = match words.next().map(|u| u.trim_end_matches(',')) {
+        Some("bytes") => 1.0,
+        Some("KiB") => 1024.0,
+        Some("MiB") => 1024.0 * 1024.0,
+        Some("GiB") => 1024.0 * 1024.0 * 1024.0,
+        other => panic!("unit {other:?} in {mode}"),
+    };
+    (value * unit) as u64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpch_runs_across_worker_processes_with_the_same_answers() {
     let Some(s3) = S3Server::start().expect("moto_server") else { return };
@@ -214,6 +229,19 @@ async fn tpch_runs_across_worker_processes_with_the_same_answers() {
     }
     eprintln!("{staged} of 22 in distributed BSP; the others: {other_modes:#?}");
     assert!(staged >= 18, "only {staged} of 22 queries ran in distributed BSP: {other_modes:#?}");
+    // `auto` weighs the plan's memory against one machine's limit, then
+    // against the workers' together: distributed MPP when it fits them,
+    // distributed BSP when it does not.
+    client.batch_execute("SET execution_mode = auto; SET memory_limit = '1kB'").await.expect("set");
+    let (_, mode) = explain(&client, tpch::query("q3")).await;
+    assert!(mode.contains("|distributed_bsp: distributed BSP, because joins and windows need about"), "{mode}");
+    let needed = needed_bytes(&mode);
+    // Too much for one machine (70% of the limit), within three (3 × 70%).
+    let limit = (needed as f64 / 1.4) as u64;
+    client.batch_execute(&format!("SET memory_limit = '{limit}'")).await.expect("set");
+    let (_, mode) = explain(&client, tpch::query("q3")).await;
+    assert!(mode.contains("|distributed: distributed MPP") && mode.contains("within 3 workers' memory"), "{mode}");
+    client.batch_execute("RESET memory_limit; SET execution_mode = bsp").await.expect("set");
     let analyzed = super::sorted_text_rows(&client, &format!("EXPLAIN ANALYZE {}", tpch::query("q3"))).await;
     let analyzed = analyzed.join("\n");
     assert!(analyzed.contains(&format!("127.0.0.1:{}", ports[1])) && analyzed.contains("retried=0"), "{analyzed}");
