@@ -1,8 +1,11 @@
 //! The Arrow Flight SQL front end.
 //!
-//! Queries are stateless between GetFlightInfo and DoGet: the ticket carries
-//! the SQL text, so DoGet plans and runs it in a fresh session (any server
-//! could redeem it, and nothing leaks when a client never fetches). Prepared
+//! A query is planned once: GetFlightInfo parses and plans it and keeps the
+//! prepared statement under an opaque ticket, redeemable once, within
+//! [`TICKET_TTL`], by the user who asked; DoGet runs it in a fresh session
+//! without parsing or planning it again (a DDL statement in between makes
+//! it planned again against the new catalog, as for any prepared
+//! statement). Unredeemed tickets are capped per user. Prepared
 //! statements live in a map keyed by an opaque handle until the client closes
 //! them; parameters bound by DoPut are kept with the handle. Results stream as
 //! they are produced; a client that goes away drops the stream, which stops
@@ -55,11 +58,11 @@ const TICKET_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 /// Unredeemed tickets one user may hold; the oldest is dropped beyond it.
 const MAX_TICKETS_PER_USER: usize = 1024;
 
-/// A statement ticket: a random handle standing for the statement, redeemable
-/// once by the user who asked for it.
+/// A statement ticket: a random handle standing for the planned statement,
+/// redeemable once by the user who asked for it.
 struct TicketEntry {
     owner: String,
-    sql: String,
+    prepared: Arc<Prepared>,
     issued: std::time::Instant,
 }
 
@@ -108,9 +111,9 @@ impl FlightSqlServer {
         }))
     }
 
-    /// A ticket for `sql`, redeemable once by `owner`.
+    /// A ticket for `prepared`, redeemable once by `owner`.
     #[allow(clippy::result_large_err)]
-    fn issue_ticket(&self, owner: &str, sql: String) -> Result<Bytes, Status> {
+    fn issue_ticket(&self, owner: &str, prepared: Prepared) -> Result<Bytes, Status> {
         let mut tickets = self.tickets.lock().map_err(|_| Status::internal("ticket map poisoned"))?;
         let now = std::time::Instant::now();
         tickets.retain(|_, t| now.duration_since(t.issued) < TICKET_TTL);
@@ -122,13 +125,14 @@ impl FlightSqlServer {
             tickets.remove(oldest);
         }
         let handle = auth::random_handle();
-        tickets.insert(handle.clone(), TicketEntry { owner: owner.to_string(), sql, issued: now });
+        let entry = TicketEntry { owner: owner.to_string(), prepared: Arc::new(prepared), issued: now };
+        tickets.insert(handle.clone(), entry);
         Ok(handle)
     }
 
-    /// Redeems a ticket: its statement, if `user` asked for it.
+    /// Redeems a ticket: its planned statement, if `user` asked for it.
     #[allow(clippy::result_large_err)]
-    fn redeem_ticket(&self, handle: &Bytes, user: &str) -> Result<String, Status> {
+    fn redeem_ticket(&self, handle: &Bytes, user: &str) -> Result<Arc<Prepared>, Status> {
         let mut tickets = self.tickets.lock().map_err(|_| Status::internal("ticket map poisoned"))?;
         let entry = tickets
             .get(handle)
@@ -137,7 +141,10 @@ impl FlightSqlServer {
         if entry.owner != user {
             return Err(Status::permission_denied("this ticket was issued to another user"));
         }
-        Ok(tickets.remove(handle).map(|t| t.sql).unwrap_or_default())
+        tickets
+            .remove(handle)
+            .map(|t| t.prepared)
+            .ok_or_else(|| Status::not_found("unknown or expired ticket: call GetFlightInfo again"))
     }
 
     /// Parses exactly one statement and plans it.
@@ -378,9 +385,10 @@ impl FlightSqlService for FlightSqlServer {
             run_update(&mut session, &prepared, None).await?;
             return Ok(Response::new(executed_info(request.into_inner())?));
         }
-        let handle = self.issue_ticket(&session.info().user, query.query)?;
+        let schema = announced_schema(&prepared);
+        let handle = self.issue_ticket(&session.info().user, prepared)?;
         let ticket = Ticket::new(TicketStatementQuery { statement_handle: handle }.as_any().encode_to_vec());
-        Ok(Response::new(flight_info(&announced_schema(&prepared), ticket, request.into_inner())?))
+        Ok(Response::new(flight_info(&schema, ticket, request.into_inner())?))
     }
 
     async fn do_get_statement(
@@ -392,8 +400,7 @@ impl FlightSqlService for FlightSqlServer {
             return Ok(Response::new(empty_stream()));
         }
         let mut session = self.session(&request)?;
-        let sql = self.redeem_ticket(&ticket.statement_handle, &session.info().user)?;
-        let prepared = Self::prepare(&mut session, &sql).await?;
+        let prepared = self.redeem_ticket(&ticket.statement_handle, &session.info().user)?;
         Ok(Response::new(run_to_stream(&mut session, &prepared, None).await?))
     }
 

@@ -251,6 +251,18 @@ async fn flight_sql_queries_updates_and_prepared_statements() -> anyhow::Result<
     let batches = fetch(&mut flight, info).await?;
     assert_eq!(batches[0].column(0).as_primitive::<Int64Type>().value(0), 5);
 
+    // A ticket holds the statement as GetFlightInfo planned it; a table
+    // replaced before DoGet makes it planned again, reading the new table.
+    flight.execute_update("CREATE TABLE g (id BIGINT)".into(), None).await?;
+    flight.execute_update("INSERT INTO g VALUES (1)".into(), None).await?;
+    let planned = flight.execute("SELECT * FROM g".into(), None).await?;
+    flight.execute_update("DROP TABLE g".into(), None).await?;
+    flight.execute_update("CREATE TABLE g (id BIGINT, label TEXT)".into(), None).await?;
+    flight.execute_update("INSERT INTO g VALUES (7, 'new'), (8, 'newer')".into(), None).await?;
+    let batches = fetch(&mut flight, planned).await?;
+    assert_eq!(rows(&batches), 2);
+    assert_eq!(batches.iter().find(|b| b.num_rows() > 0).map(|b| b.num_columns()), Some(2));
+
     // A large result arrives as a stream of batches.
     let info = flight.execute("SELECT * FROM generate_series(1, 300000)".into(), None).await?;
     let batches = fetch(&mut flight, info).await?;
