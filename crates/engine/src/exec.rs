@@ -230,9 +230,12 @@ impl Query {
             partitions: 0,
             distributed: None,
         };
-        let distribution = self.options.distribution.as_ref().map(|d| (d, d.consider(&planned.mpp)));
-        match distribution {
-            Some((distribution, Ok(why))) if mode == Mode::Bsp => {
+        if mode != Mode::Bsp {
+            self.to_distributed(&mut planned).await?;
+            return Ok(planned);
+        }
+        match self.options.distribution.as_ref().map(|d| (d, d.consider(&planned.mpp))) {
+            Some((distribution, Ok(why))) => {
                 // Across the workers' memory, MPP may fit where one machine's did not.
                 let live = distribution.cluster.live().len();
                 if self.requested == ExecutionMode::Auto && planned.estimate.fits(budget, live) {
@@ -249,14 +252,13 @@ impl Query {
                     self.to_bsp(&mut planned, Some(why), None, true).await?;
                 }
             }
-            Some((distribution, Err(why_not))) if mode == Mode::Bsp => {
+            Some((distribution, Err(why_not))) => {
                 if distribution.mode != crate::config::DistributedMode::Off {
                     planned.reason.push_str(&format!("; not distributed: {why_not}"));
                 }
                 self.to_bsp(&mut planned, None, None, false).await?;
             }
-            _ if mode == Mode::Bsp => self.to_bsp(&mut planned, None, None, false).await?,
-            _ => self.to_distributed(&mut planned).await?,
+            None => self.to_bsp(&mut planned, None, None, false).await?,
         }
         Ok(planned)
     }

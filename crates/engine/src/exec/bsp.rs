@@ -307,6 +307,11 @@ impl BspRun {
         Ok(())
     }
 
+    /// Where attempt `attempt` of `task` of `stage` (in the stage's run `round`) writes its files.
+    fn attempt_dir(&self, stage: usize, task: usize, round: usize, attempt: usize) -> Path {
+        self.prefix.clone().join(format!("s{stage}")).join(format!("t{task}-r{round}-a{attempt}"))
+    }
+
     /// Commits a stage whose every task succeeded: its manifest and numbers.
     async fn finish_stage(
         &self,
@@ -388,26 +393,26 @@ impl BspRun {
                 queue.pop_front();
                 *busy.entry(place.clone()).or_default() += 1;
                 stage.update_stats(|s| s.attempts += 1);
-                let dir = self
-                    .prefix
-                    .clone()
-                    .join(format!("s{}", stage.stage()))
-                    .join(format!("t{task}-r{round}-a{attempt}"));
+                let dir = self.attempt_dir(stage.stage(), task, round, attempt);
                 let run = Arc::clone(self);
                 let (node, input, ctx, remote) =
                     (Arc::clone(node), Arc::clone(&input), Arc::clone(ctx), remote.clone());
                 running.spawn(async move {
                     let result = match &place {
-                        Some(url) => run.remote_attempt(&node, &input, task, &dir, url, &remote).await,
+                        Some(url) => {
+                            let result = run.remote_attempt(&node, &input, task, &dir, url, &remote).await;
+                            if result.is_err() {
+                                delete_prefix(&run.options.store, &dir).await;
+                            }
+                            result
+                        }
+                        // A local attempt removes its own files when it fails.
                         None => {
                             let plan = reset_plan_states(Arc::clone(exchange(&node).input()))?;
                             let one = Task { run: Arc::clone(&run), node, plan, round };
                             one.attempt(task, attempt, ctx).await.1
                         }
                     };
-                    if result.is_err() {
-                        delete_prefix(&run.options.store, &dir).await;
-                    }
                     Ok::<_, DataFusionError>((task, attempt, place, result))
                 });
             }
@@ -631,12 +636,7 @@ impl Task {
         ctx: Arc<TaskContext>,
     ) -> (usize, Result<Vec<(usize, StageFile)>>) {
         let stage = exchange(&self.node);
-        let dir = self
-            .run
-            .prefix
-            .clone()
-            .join(format!("s{}", stage.stage()))
-            .join(format!("t{task}-r{}-a{attempt}", self.round));
+        let dir = self.run.attempt_dir(stage.stage(), task, self.round, attempt);
         let result = self.write(task, &dir, ctx).await;
         if result.is_err() {
             delete_prefix(&self.run.options.store, &dir).await;
