@@ -211,6 +211,15 @@ async fn tpch_runs_across_worker_processes_with_the_same_answers() {
     assert_eq!(shares.len(), 3, "{plan}");
     assert!(shares.iter().all(|l| !l.contains("splits=0")), "{plan}");
     eprintln!("{plan}\n{:?}", super::sorted_text_rows(&client, "SELECT * FROM sys.workers").await);
+    // EXPLAIN ANALYZE gathers the workers' metrics and counts what crossed the network.
+    let analyzed = super::sorted_text_rows(&client, &format!("EXPLAIN ANALYZE {}", tpch::query("q3"))).await.join("\n");
+    let moved: u64 = analyzed
+        .split("bytes between tasks: ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {analyzed}"));
+    assert!(moved > 0 && analyzed.contains("output_rows="), "{analyzed}");
 
     // Distributed BSP: every stage's tasks on the workers, the same rows.
     client.batch_execute("SET execution_mode = bsp").await.expect("set");
