@@ -259,7 +259,10 @@ fn user_message(err: &DataFusionError) -> String {
             Some(ours) => ours.message.clone(),
             None => e.to_string(),
         },
-        other => other.to_string(),
+        other => match carried(other) {
+            Some(ours) => ours.message.clone(),
+            None => other.to_string(),
+        },
     };
     strip_prefixes(&text)
 }
@@ -299,6 +302,23 @@ fn strip_prefixes(text: &str) -> String {
     text.trim_end_matches("\")").to_string()
 }
 
+/// An error of ours that came back through a reader DataFusion drove
+/// (Parquet's reader of a Dynamic Table's plain splits).
+fn carried(err: &DataFusionError) -> Option<&Error> {
+    let parquet = match err {
+        DataFusionError::ParquetError(e) => Some(e.as_ref()),
+        DataFusionError::ArrowError(e, _) => match e.as_ref() {
+            ArrowError::ExternalError(inner) => inner.downcast_ref::<datafusion::parquet::errors::ParquetError>(),
+            _ => None,
+        },
+        _ => None,
+    };
+    match parquet? {
+        datafusion::parquet::errors::ParquetError::External(inner) => inner.downcast_ref::<Error>(),
+        _ => None,
+    }
+}
+
 /// Unwraps `Context`, `Diagnostic`, `Shared`, `Collection` and `External`
 /// layers to the error that says what went wrong.
 fn root_cause(err: &DataFusionError) -> &DataFusionError {
@@ -335,6 +355,9 @@ fn classify_datafusion(err: &DataFusionError) -> StatusCode {
     if let DataFusionError::External(e) = root
         && let Some(ours) = e.downcast_ref::<Error>()
     {
+        return ours.code;
+    }
+    if let Some(ours) = carried(root) {
         return ours.code;
     }
     match root {

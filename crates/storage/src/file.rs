@@ -18,7 +18,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow::array::{Array as _, ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::{concat, take};
 use arrow::datatypes::{Schema, SchemaRef};
 use base64::Engine as _;
@@ -98,6 +98,89 @@ pub struct FileMeta {
     /// for files without a primary key order (append-only tables, changelogs).
     #[serde(default)]
     pub key_index: Option<String>,
+    /// Per column, what its values span (for the query planner's estimates
+    /// and pruning); `None` for files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<FileStats>,
+}
+
+/// What the values of each column of a file span, from the Parquet
+/// statistics of its row groups: bounds, not necessarily values (long
+/// strings are truncated to a shorter bound).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStats {
+    /// Base64 Arrow IPC of one batch of the file's columns (all nullable):
+    /// row 0 the smallest value of each column, row 1 the largest; NULL
+    /// where unknown (no statistics, or only NULLs).
+    pub bounds: String,
+    /// NULLs per column (`None`: unknown).
+    pub nulls: Vec<Option<u64>>,
+}
+
+impl FileStats {
+    /// The statistics of a file Parquet just wrote (`None` when its
+    /// schema cannot be read back as Arrow).
+    pub(crate) fn of(metadata: &ParquetMetaData) -> Option<Self> {
+        use arrow::compute::{SortOptions, sort_to_indices};
+        use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+        let descr = metadata.file_metadata().schema_descr();
+        let schema =
+            parquet::arrow::parquet_to_arrow_schema(descr, metadata.file_metadata().key_value_metadata()).ok()?;
+        let groups = metadata.row_groups();
+        let mut fields = Vec::with_capacity(schema.fields().len());
+        let mut columns = Vec::with_capacity(schema.fields().len());
+        let mut nulls = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            let field = field.as_ref().clone().with_nullable(true);
+            let bound = |array: Option<ArrayRef>, descending: bool| -> ArrayRef {
+                // A row group without a bound makes the file's unknown.
+                let best = array.filter(|a| a.null_count() == 0 && !a.is_empty()).and_then(|a| {
+                    let options = SortOptions { descending, nulls_first: false };
+                    let at = sort_to_indices(&a, Some(options), Some(1)).ok()?;
+                    take(&a, &at, None).ok()
+                });
+                best.unwrap_or_else(|| arrow::array::new_null_array(field.data_type(), 1))
+            };
+            let converter = StatisticsConverter::try_new(field.name(), &schema, descr).ok();
+            let (min, max, null_count) = match &converter {
+                Some(c) => (
+                    bound(c.row_group_mins(groups).ok(), false),
+                    bound(c.row_group_maxes(groups).ok(), true),
+                    c.row_group_null_counts(groups)
+                        .ok()
+                        .filter(|n| n.null_count() == 0)
+                        .map(|n| n.values().iter().sum::<u64>()),
+                ),
+                None => (bound(None, false), bound(None, true), None),
+            };
+            // Types whose statistics Arrow reads as another type: unknown.
+            if min.data_type() != field.data_type() || max.data_type() != field.data_type() {
+                columns.push(arrow::array::new_null_array(field.data_type(), 2));
+            } else {
+                columns.push(concat(&[min.as_ref(), max.as_ref()]).ok()?);
+            }
+            nulls.push(null_count);
+            fields.push(field);
+        }
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).ok()?;
+        Some(Self { bounds: encode_batch(&batch).ok()?, nulls })
+    }
+
+    /// The bounds: row 0 the smallest values, row 1 the largest.
+    ///
+    /// # Errors
+    /// Bytes that do not decode (a damaged manifest).
+    pub fn bounds(&self) -> Result<RecordBatch> {
+        let bad = |e: &dyn std::fmt::Display| Error::Invalid(format!("bad file statistics: {e}"));
+        let ipc = base64::engine::general_purpose::STANDARD.decode(&self.bounds).map_err(|e| bad(&e))?;
+        let mut reader =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None).map_err(|e| bad(&e))?;
+        let batch = reader.next().transpose().map_err(|e| bad(&e))?.ok_or_else(|| bad(&"empty"))?;
+        if batch.num_rows() != 2 || batch.num_columns() != self.nulls.len() {
+            return Err(bad(&"shape"));
+        }
+        Ok(batch)
+    }
 }
 
 impl FileMeta {
@@ -314,6 +397,7 @@ impl FileWriter {
             footer,
             row_groups,
             key_index,
+            stats: FileStats::of(&metadata),
         };
         match upload {
             Some(Upload { mut parts, location, .. }) => {
@@ -480,6 +564,7 @@ pub(crate) async fn concatenate(
         footer,
         row_groups,
         key_index,
+        stats: FileStats::of(&metadata),
     };
     let location = dir.child_path(&relative);
     // Durable with the snapshot that names it (the claim's sync covers it).
@@ -633,15 +718,7 @@ impl FileReader {
         };
         let parquet =
             ArrowReaderMetadata::load(&sparse, ArrowReaderOptions::new()).map_err(|e| Error::corrupt(&location, e))?;
-        let groups = parquet.metadata().row_groups();
-        if groups.len() != meta.row_groups.len()
-            || groups
-                .iter()
-                .zip(&meta.row_groups)
-                .any(|(g, m)| g.num_rows() as u64 != m.rows || g.num_columns() != m.columns.len())
-        {
-            return Err(Error::corrupt(&location, "Parquet footer does not match the manifest"));
-        }
+        check_footer(&location, parquet.metadata(), &meta)?;
         let mapping = column_mapping(&location, parquet.schema(), target, meta.schema_id)?;
         Ok(Self { store: Arc::clone(store), location, meta, parquet, target: Arc::clone(target), mapping })
     }
@@ -822,6 +899,20 @@ fn column_mapping(
     Ok((!same).then(|| Arc::new(mapping)))
 }
 
+/// Checks a parsed footer has the row groups and columns the manifest lists.
+fn check_footer(location: &Path, parquet: &ParquetMetaData, meta: &FileMeta) -> Result<()> {
+    let groups = parquet.row_groups();
+    if groups.len() != meta.row_groups.len()
+        || groups
+            .iter()
+            .zip(&meta.row_groups)
+            .any(|(g, m)| g.num_rows() as u64 != m.rows || g.num_columns() != m.columns.len())
+    {
+        return Err(Error::corrupt(location, "Parquet footer does not match the manifest"));
+    }
+    Ok(())
+}
+
 /// Fetches `chunks` of a file and checks their lengths and checksums.
 async fn fetch(store: &Arc<dyn ObjectStore>, location: &Path, meta: &FileMeta, chunks: &[Chunk]) -> Result<Vec<Bytes>> {
     let ranges: Vec<Range<u64>> = chunks.iter().map(Chunk::range).collect();
@@ -910,6 +1001,107 @@ pub(crate) trait ChildPath {
 impl ChildPath for Path {
     fn child_path(&self, relative: &str) -> Path {
         relative.split('/').fold(self.clone(), |p, part| p.join(part))
+    }
+}
+
+/// A data file read by Parquet's async reader (DataFusion's Parquet scan),
+/// every range still checked: the footer (with the page indexes) and each
+/// column chunk are fetched whole and checked against the manifest before
+/// Parquet sees a byte, as [`FileReader`] does. A request for part of a
+/// chunk (a page, when a page index selects rows) is served from the whole
+/// checked chunk (Parquet asks for all the pages of a row group in one
+/// call, so each chunk is fetched once per row group).
+pub struct CheckedParquet {
+    store: Arc<dyn ObjectStore>,
+    location: Path,
+    meta: Arc<FileMeta>,
+    /// Every checked range of the file (column chunks, then the footer), by offset.
+    chunks: Vec<Chunk>,
+    metadata: Option<Arc<ParquetMetaData>>,
+}
+
+impl std::fmt::Debug for CheckedParquet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedParquet").field("location", &self.location).finish()
+    }
+}
+
+impl CheckedParquet {
+    /// A reader of the file `meta` describes, at `location`.
+    pub fn new(store: Arc<dyn ObjectStore>, location: Path, meta: Arc<FileMeta>) -> Self {
+        let mut chunks: Vec<Chunk> = meta.row_groups.iter().flat_map(|g| g.columns.iter().copied()).collect();
+        chunks.push(meta.footer);
+        chunks.sort_by_key(|c| c.offset);
+        Self { store, location, meta, chunks, metadata: None }
+    }
+
+    /// The checked chunk holding `range`.
+    fn chunk_of(&self, range: &Range<u64>) -> Result<Chunk> {
+        let at = self.chunks.partition_point(|c| c.offset <= range.start);
+        at.checked_sub(1)
+            .map(|i| self.chunks[i])
+            .filter(|c| range.end <= c.offset + c.len)
+            .ok_or_else(|| Error::corrupt(&self.location, format!("bytes {range:?} lie outside the manifest's ranges")))
+    }
+
+    async fn ranges(&self, ranges: Vec<Range<u64>>) -> Result<Vec<Bytes>> {
+        let chunks: Vec<Chunk> = ranges.iter().map(|r| self.chunk_of(r)).collect::<Result<_>>()?;
+        let mut distinct = chunks.clone();
+        distinct.sort_by_key(|c| c.offset);
+        distinct.dedup();
+        let fetched = fetch(&self.store, &self.location, &self.meta, &distinct).await?;
+        Ok(ranges
+            .iter()
+            .zip(&chunks)
+            .map(|(range, chunk)| {
+                let at = distinct.partition_point(|c| c.offset < chunk.offset);
+                let from = (range.start - chunk.offset) as usize;
+                let to = (range.end - chunk.offset) as usize;
+                fetched[at].slice(from..to)
+            })
+            .collect())
+    }
+
+    async fn load_metadata(&mut self) -> Result<Arc<ParquetMetaData>> {
+        if let Some(metadata) = &self.metadata {
+            return Ok(Arc::clone(metadata));
+        }
+        let footer = self.meta.footer;
+        let bytes = self.ranges(vec![footer.range()]).await?.pop().unwrap_or_default();
+        let sparse = Sparse { len: self.meta.bytes, ranges: vec![(footer.offset, bytes)] };
+        // The page indexes lie inside the footer range: loading them costs no I/O.
+        let metadata = parquet::file::metadata::ParquetMetaDataReader::new()
+            .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional)
+            .parse_and_finish(&sparse)
+            .map_err(|e| Error::corrupt(&self.location, e))?;
+        check_footer(&self.location, &metadata, &self.meta)?;
+        let metadata = Arc::new(metadata);
+        self.metadata = Some(Arc::clone(&metadata));
+        Ok(metadata)
+    }
+}
+
+fn external(error: Error) -> ParquetError {
+    ParquetError::External(Box::new(error))
+}
+
+impl parquet::arrow::async_reader::AsyncFileReader for CheckedParquet {
+    fn get_bytes(&mut self, range: Range<u64>) -> futures::future::BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        Box::pin(async move { Ok(self.ranges(vec![range]).await.map_err(external)?.pop().unwrap_or_default()) })
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        Box::pin(async move { self.ranges(ranges).await.map_err(external) })
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> futures::future::BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        Box::pin(async move { self.load_metadata().await.map_err(external) })
     }
 }
 

@@ -89,6 +89,154 @@ pub struct ScanPlan {
     pub(crate) batch_size: usize,
 }
 
+/// Row groups of one data file that read as plain Parquet: no other
+/// version of any of their keys is in the scan, no tombstone among them,
+/// and the file has the table's column names (no rename since it was
+/// written). See [`ScanPlan::split_plain`].
+#[derive(Debug, Clone)]
+pub struct PlainFile {
+    /// Where the file is.
+    pub location: Path,
+    /// What the manifest says of it (its checked ranges).
+    pub meta: Arc<FileMeta>,
+    /// The row groups to read, ascending.
+    pub row_groups: Vec<usize>,
+}
+
+impl Split {
+    /// Whether the split's rows are exactly its row groups' rows: one
+    /// sorted run, whole row groups, no tombstones, files written under
+    /// the table's current column names.
+    fn is_plain(&self, table: &TableSchema) -> bool {
+        let [run] = self.runs.as_slice() else { return false };
+        self.lower.is_none()
+            && self.upper.is_none()
+            && run.iter().all(|s| s.meta.deletes == 0 && table.renames.iter().all(|r| r.version <= s.meta.schema_id))
+    }
+}
+
+impl ScanPlan {
+    /// The plan cut in two: per partition, the files of its splits that
+    /// read as plain Parquet (by any Parquet reader, with predicates,
+    /// statistics and page indexes), and a plan of the other splits (read
+    /// with [`Table::read_partition`](crate::Table::read_partition): merged,
+    /// tombstones dropped, renamed columns mapped).
+    pub fn split_plain(&self, dir: &Path) -> (Vec<Vec<PlainFile>>, ScanPlan) {
+        let mut rest = self.clone();
+        let plain = rest
+            .partitions
+            .iter_mut()
+            .map(|splits| {
+                let (plain, merged): (Vec<Split>, Vec<Split>) =
+                    std::mem::take(splits).into_iter().partition(|s| s.is_plain(&self.table));
+                *splits = merged;
+                plain
+                    .into_iter()
+                    .flat_map(|s| s.runs.into_iter().flatten())
+                    .map(|slice| PlainFile {
+                        location: crate::file::ChildPath::child_path(dir, &slice.meta.path),
+                        meta: slice.meta,
+                        row_groups: slice.row_groups,
+                    })
+                    .collect()
+            })
+            .collect();
+        (plain, rest)
+    }
+
+    /// What each returned column's values span over the files the plan
+    /// reads (whole files: bounds, not values). Unknown (`None`) where a
+    /// file predates statistics or its statistics do not say.
+    pub fn column_spans(&self) -> Vec<ColumnSpan> {
+        let mut files: Vec<&Arc<FileMeta>> =
+            self.partitions.iter().flatten().flat_map(|s| s.runs.iter().flatten()).map(|s| &s.meta).collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files.dedup_by(|a, b| a.path == b.path);
+        let decoded: Option<Vec<(&Arc<FileMeta>, &crate::file::FileStats, RecordBatch)>> = files
+            .iter()
+            .map(|meta| {
+                let stats = meta.stats.as_ref()?;
+                Some((*meta, stats, stats.bounds().ok()?))
+            })
+            .collect();
+        let unknown = || ColumnSpan { min: None, max: None, nulls: None };
+        let Some(decoded) = decoded else { return self.projection.iter().map(|_| unknown()).collect() };
+        self.projection
+            .iter()
+            .map(|&column| {
+                let field = self.table.schema.field(column);
+                let mut span = ColumnSpan { min: None, max: None, nulls: Some(0) };
+                let mut bounded = true;
+                for (meta, stats, bounds) in &decoded {
+                    let name = crate::file::name_in_file(&self.table.renames, meta.schema_id, field.name());
+                    let Ok(index) = bounds.schema().index_of(name) else {
+                        // A column added after the file was written: NULLs there.
+                        span.nulls = span.nulls.map(|n| n + meta.rows);
+                        continue;
+                    };
+                    span.nulls = span.nulls.zip(stats.nulls[index]).map(|(a, b)| a + b);
+                    let values = bounds.column(index);
+                    if values.data_type() != field.data_type() || values.null_count() > 0 {
+                        bounded = false;
+                        continue;
+                    }
+                    span.min = extreme(span.min.take(), values.slice(0, 1), false);
+                    span.max = extreme(span.max.take(), values.slice(1, 1), true);
+                    bounded &= span.min.is_some() && span.max.is_some();
+                }
+                if !bounded {
+                    span.min = None;
+                    span.max = None;
+                }
+                span
+            })
+            .collect()
+    }
+
+    /// The user columns the plan returns (indexes into the table's schema).
+    pub fn projection(&self) -> &[usize] {
+        &self.projection
+    }
+
+    /// The table's schema as of the plan (all user columns).
+    pub fn table_schema(&self) -> &SchemaRef {
+        &self.table.schema
+    }
+
+    /// The primary key's column when it is a single column.
+    pub fn single_key_column(&self) -> Option<usize> {
+        match self.table.primary_key.as_slice() {
+            [column] => Some(*column),
+            _ => None,
+        }
+    }
+
+    /// Rows per batch.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+}
+
+/// What one column's values span in a scan: bounds as one-element arrays
+/// of its type, and its NULLs (each `None` when unknown).
+#[derive(Debug, Clone)]
+pub struct ColumnSpan {
+    pub min: Option<ArrayRef>,
+    pub max: Option<ArrayRef>,
+    pub nulls: Option<u64>,
+}
+
+/// The smaller (`largest`: larger) of a bound so far and another; `None`
+/// when they cannot be compared.
+fn extreme(so_far: Option<ArrayRef>, other: ArrayRef, largest: bool) -> Option<ArrayRef> {
+    let Some(so_far) = so_far else { return Some(other) };
+    let other_wins = if largest { gt(&other, &so_far) } else { lt(&other, &so_far) };
+    match other_wins.ok()?.value(0) {
+        true => Some(other),
+        false => Some(so_far),
+    }
+}
+
 /// One file with its key index converted to rows.
 struct Indexed {
     meta: Arc<FileMeta>,

@@ -15,7 +15,7 @@ use streamhouse_storage::{Table, TableOptions, TableSchema, ValueKind};
 const BATCH_ROWS: usize = 65536;
 
 /// The generator of table `name` at `scale`, as Arrow batches.
-fn generator(name: &str, scale: f64) -> Box<dyn RecordBatchReader> {
+pub fn generator(name: &str, scale: f64) -> Box<dyn RecordBatchReader> {
     use tpchgen::generators as g;
     use tpchgen_arrow as a;
     match name {

@@ -1,6 +1,15 @@
 //! The physical scan of a Dynamic Table snapshot: one DataFusion partition
-//! per planned partition of the storage scan (merge-on-read of sorted runs,
-//! streamed in bounded memory), with row-count statistics from the snapshot.
+//! per planned partition of the storage scan, with row-count statistics
+//! from the snapshot.
+//!
+//! Splits that hold one sorted run with nothing to merge or drop (a
+//! compacted table, an append-only table, key ranges only one run covers)
+//! are read by DataFusion's own Parquet scan, as plain Parquet files are:
+//! only the projected columns, row groups and pages pruned by the query's
+//! predicates and by the filters joins learn at run time (dynamic filters),
+//! every range still checked against the manifest
+//! ([`storage::file::CheckedParquet`]). The other splits are merged on read
+//! by storage (sorted runs, tombstones, renamed columns), in bounded memory.
 //!
 //! Filters on the first primary-key column (`k = 5`, `k > 10`, `k BETWEEN …`,
 //! `k IN (…)` with literals) become key bounds that prune row groups; they
@@ -16,12 +25,15 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter_pushdown::{
+    ChildPushdownResult, FilterPushdownPhase, FilterPushdownPropagation, PushedDown,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     ReplaceChildrenOptions, StatisticsArgs,
 };
-use futures::TryStreamExt;
+use futures::{StreamExt, TryFutureExt as _, TryStreamExt};
 use streamhouse_storage as storage;
 
 use super::df_error;
@@ -30,7 +42,13 @@ use super::df_error;
 #[derive(Debug)]
 pub struct DynamicScanExec {
     table: Arc<storage::Table>,
+    /// The whole scan (what travels, what statistics describe).
     plan: storage::ScanPlan,
+    /// The splits storage reads (merged runs, tombstones, renamed columns).
+    merged: storage::ScanPlan,
+    /// DataFusion's Parquet scan of the splits that read as plain Parquet,
+    /// a file group per partition (`None`: there are none).
+    plain: Option<Arc<dyn ExecutionPlan>>,
     properties: Arc<PlanProperties>,
 }
 
@@ -43,7 +61,148 @@ impl DynamicScanExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
-        Self { table, plan, properties: Arc::new(properties) }
+        let (files, merged) = plan.split_plain(table.dir());
+        let (plain, merged) = match plain_scan(table.store(), &plan, files) {
+            Ok(plain) => (plain, merged),
+            // Storage reads it all, as it can any split.
+            Err(_) => (None, plan.clone()),
+        };
+        Self { table, plan, merged, plain, properties: Arc::new(properties) }
+    }
+
+    /// This scan with its plain-Parquet part replaced (filters pushed into it).
+    fn with_plain(&self, plain: Option<Arc<dyn ExecutionPlan>>) -> Self {
+        Self {
+            table: Arc::clone(&self.table),
+            plan: self.plan.clone(),
+            merged: self.merged.clone(),
+            plain,
+            properties: Arc::clone(&self.properties),
+        }
+    }
+}
+
+/// DataFusion's Parquet scan of `files` (per partition), as `plan` projects them.
+fn plain_scan(
+    store: &Arc<dyn object_store::ObjectStore>,
+    plan: &storage::ScanPlan,
+    files: Vec<Vec<storage::scan::PlainFile>>,
+) -> datafusion::error::Result<Option<Arc<dyn ExecutionPlan>>> {
+    use datafusion::datasource::listing::PartitionedFile;
+    use datafusion::datasource::physical_plan::parquet::ParquetAccessPlan;
+    use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+
+    if files.iter().all(Vec::is_empty) {
+        return Ok(None);
+    }
+    let groups = files
+        .into_iter()
+        .map(|files| {
+            FileGroup::new(
+                files
+                    .into_iter()
+                    .map(|file| {
+                        let mut access = ParquetAccessPlan::new_none(file.meta.row_groups.len());
+                        for &group in &file.row_groups {
+                            access.scan(group);
+                        }
+                        PartitionedFile::new_from_meta(object_store::ObjectMeta {
+                            location: file.location,
+                            last_modified: Default::default(),
+                            size: file.meta.bytes,
+                            e_tag: None,
+                            version: None,
+                        })
+                        .with_extension(access)
+                        .with_extension(file.meta)
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    let source = ParquetSource::new(Arc::clone(plan.table_schema()))
+        .with_parquet_file_reader_factory(Arc::new(CheckedFiles { store: Arc::clone(store) }))
+        .with_enable_page_index(true);
+    // The factory reads from the table's store; the URL only names it.
+    let config = FileScanConfigBuilder::new(
+        datafusion::execution::object_store::ObjectStoreUrl::local_filesystem(),
+        Arc::new(source),
+    )
+    .with_file_groups(groups)
+    .with_projection_indices(Some(plan.projection().to_vec()))?
+    .with_batch_size(Some(plan.batch_size()))
+    // Each partition reads its own files: a BSP task or a worker runs one
+    // partition alone, so no partition may take another's files (work stealing).
+    .with_preserve_order(true)
+    .build();
+    Ok(Some(datafusion::datasource::source::DataSourceExec::from_data_source(config)))
+}
+
+/// Opens a plain split's files with every range checked against the
+/// manifest (the file's [`storage::FileMeta`] rides with it).
+#[derive(Debug)]
+struct CheckedFiles {
+    store: Arc<dyn object_store::ObjectStore>,
+}
+
+impl datafusion::datasource::physical_plan::ParquetFileReaderFactory for CheckedFiles {
+    fn create_reader(
+        &self,
+        _partition: usize,
+        file: datafusion::datasource::listing::PartitionedFile,
+        _metadata_size_hint: Option<usize>,
+        _metrics: &datafusion::physical_plan::metrics::ExecutionPlanMetricsSet,
+    ) -> datafusion::error::Result<Box<dyn datafusion::parquet::arrow::async_reader::AsyncFileReader + Send>> {
+        let meta = file.extension::<Arc<storage::FileMeta>>().cloned().ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal("a Dynamic Table file without its manifest entry".into())
+        })?;
+        Ok(Box::new(OurErrors(storage::file::CheckedParquet::new(
+            Arc::clone(&self.store),
+            file.object_meta.location,
+            meta,
+        ))))
+    }
+}
+
+/// A checked reader whose storage errors (a damaged or missing file) reach
+/// the user as ours, with their SQLSTATE (XX001 for damage), not as
+/// Parquet's.
+struct OurErrors(storage::file::CheckedParquet);
+
+fn ours(error: datafusion::parquet::errors::ParquetError) -> datafusion::parquet::errors::ParquetError {
+    use datafusion::parquet::errors::ParquetError;
+    match error {
+        ParquetError::External(inner) => match inner.downcast::<storage::Error>() {
+            Ok(storage) => ParquetError::External(Box::new(crate::Error::from(*storage))),
+            Err(inner) => ParquetError::External(inner),
+        },
+        other => other,
+    }
+}
+
+impl datafusion::parquet::arrow::async_reader::AsyncFileReader for OurErrors {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> futures::future::BoxFuture<'_, datafusion::parquet::errors::Result<bytes::Bytes>> {
+        Box::pin(self.0.get_bytes(range).map_err(ours))
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> futures::future::BoxFuture<'_, datafusion::parquet::errors::Result<Vec<bytes::Bytes>>> {
+        Box::pin(self.0.get_byte_ranges(ranges).map_err(ours))
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions>,
+    ) -> futures::future::BoxFuture<
+        'a,
+        datafusion::parquet::errors::Result<Arc<datafusion::parquet::file::metadata::ParquetMetaData>>,
+    > {
+        Box::pin(self.0.get_metadata(options).map_err(ours))
     }
 }
 
@@ -168,7 +327,18 @@ impl DisplayAs for DynamicScanExec {
             Some(id) => write!(f, ", snapshot={id}")?,
             None => write!(f, ", snapshot=none")?,
         }
-        write!(f, ", splits={splits}, rows<={}", self.plan.rows)
+        let merged: usize = self.merged.partitions.iter().map(Vec::len).sum();
+        write!(f, ", splits={splits} (plain {}), rows<={}", splits - merged, self.plan.rows)?;
+        // Predicates pruning the plain splits (pushed filters, joins' dynamic filters).
+        let mut predicates = Vec::new();
+        let _ = self.apply_expressions(&mut |expr| {
+            predicates.push(expr.to_string());
+            Ok(TreeNodeRecursion::Continue)
+        });
+        if !predicates.is_empty() {
+            write!(f, ", pruning=[{}]", predicates.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -187,9 +357,14 @@ impl ExecutionPlan for DynamicScanExec {
 
     fn apply_expressions(
         &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::error::Result<TreeNodeRecursion>,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::error::Result<TreeNodeRecursion>,
     ) -> datafusion::error::Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
+        // The predicates pushed into the Parquet part (a join's dynamic
+        // filter is only computed when its probe side shows it here).
+        match &self.plain {
+            Some(plain) => plain.apply_expressions(f),
+            None => Ok(TreeNodeRecursion::Continue),
+        }
     }
 
     fn replace_children(
@@ -207,13 +382,62 @@ impl ExecutionPlan for DynamicScanExec {
         self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
     }
 
+    fn handle_child_pushdown_result(
+        &self,
+        phase: FilterPushdownPhase,
+        child_pushdown_result: ChildPushdownResult,
+        config: &datafusion::config::ConfigOptions,
+    ) -> datafusion::error::Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        // Parent filters prune the Parquet part (row groups, pages, files);
+        // none counts as applied, since the merged part ignores them: the
+        // filter above the scan stays.
+        let filters = vec![PushedDown::No; child_pushdown_result.parent_filters.len()];
+        let Some(plain) = &self.plain else {
+            return Ok(FilterPushdownPropagation::with_parent_pushdown_result(filters));
+        };
+        let pushed = plain.handle_child_pushdown_result(phase, child_pushdown_result, config)?;
+        let mut result = FilterPushdownPropagation::with_parent_pushdown_result(filters);
+        if let Some(plain) = pushed.updated_node {
+            result = result.with_updated_node(Arc::new(self.with_plain(Some(plain))) as Arc<dyn ExecutionPlan>);
+        }
+        Ok(result)
+    }
+
+    fn reset_state(self: Arc<Self>) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let plain = match &self.plain {
+            Some(plain) => Some(Arc::clone(plain).reset_state()?),
+            None => None,
+        };
+        Ok(Arc::new(self.with_plain(plain)))
+    }
+
+    fn metrics(&self) -> Option<datafusion::physical_plan::metrics::MetricsSet> {
+        self.plain.as_ref().and_then(|plain| plain.metrics())
+    }
+
     fn execute(
         &self,
         partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> datafusion::error::Result<SendableRecordBatchStream> {
-        let stream = self.table.read_partition(&self.plan, partition).map_err(df_error);
-        Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.plan.schema), stream)))
+        let schema = Arc::clone(&self.plan.schema);
+        let merged = self.table.read_partition(&self.merged, partition).map_err(df_error);
+        let Some(plain) = &self.plain else {
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, merged)));
+        };
+        // Batches carry the scan's schema exactly (names, nullability, metadata).
+        let conform = Arc::clone(&schema);
+        let plain = plain.execute(partition, context)?.and_then(move |batch| {
+            let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+            let batch = datafusion::arrow::array::RecordBatch::try_new_with_options(
+                Arc::clone(&conform),
+                batch.columns().to_vec(),
+                &options,
+            )
+            .map_err(Into::into);
+            futures::future::ready(batch)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, plain.chain(merged))))
     }
 
     fn statistics_from_inputs(
@@ -221,18 +445,54 @@ impl ExecutionPlan for DynamicScanExec {
         _input_stats: &[Arc<Statistics>],
         args: &StatisticsArgs,
     ) -> datafusion::error::Result<Arc<Statistics>> {
+        // The rows of the row groups read are exactly the rows returned
+        // when nothing is merged (no other version, no tombstone) and no
+        // predicate prunes the Parquet part as it runs.
+        let mut pruning = false;
+        let _ = self.apply_expressions(&mut |_| {
+            pruning = true;
+            Ok(TreeNodeRecursion::Stop)
+        });
+        let merged = self.merged.partitions.iter().any(|p| !p.is_empty());
+        let exact = !merged && !pruning;
+        let precision = |n: u64| if exact { Precision::Exact(n as usize) } else { Precision::Inexact(n as usize) };
         let (rows, bytes) = match args.partition() {
-            None => (self.plan.rows, self.plan.bytes),
+            None => (precision(self.plan.rows), self.plan.bytes),
             Some(_) => {
                 let share = self.plan.partitions.len().max(1) as u64;
-                (self.plan.rows / share, self.plan.bytes / share)
+                (Precision::Inexact((self.plan.rows / share) as usize), self.plan.bytes / share)
             }
         };
-        Ok(Arc::new(
-            Statistics::new_unknown(&self.plan.schema)
-                .with_num_rows(Precision::Inexact(rows as usize))
-                .with_total_byte_size(Precision::Inexact(bytes as usize)),
-        ))
+        let mut statistics = Statistics::new_unknown(&self.plan.schema)
+            .with_num_rows(rows)
+            .with_total_byte_size(Precision::Inexact(bytes as usize));
+        if args.partition().is_none() {
+            let key = self.plan.single_key_column();
+            let scalar = |array: &Option<ArrayRef>| {
+                array
+                    .as_ref()
+                    .and_then(|a| ScalarValue::try_from_array(a, 0).ok())
+                    .map_or(Precision::Absent, Precision::Inexact)
+            };
+            statistics.column_statistics = self
+                .plan
+                .column_spans()
+                .iter()
+                .zip(self.plan.projection())
+                .map(|(span, &column)| {
+                    let mut stats = datafusion::common::ColumnStatistics::new_unknown()
+                        .with_min_value(scalar(&span.min))
+                        .with_max_value(scalar(&span.max))
+                        .with_null_count(span.nulls.map_or(Precision::Absent, |n| Precision::Inexact(n as usize)));
+                    if key == Some(column) {
+                        // A single-column primary key: one row per value.
+                        stats = stats.with_distinct_count(Precision::Inexact(self.plan.rows as usize));
+                    }
+                    stats
+                })
+                .collect();
+        }
+        Ok(Arc::new(statistics))
     }
 }
 

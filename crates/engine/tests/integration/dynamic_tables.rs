@@ -600,3 +600,76 @@ async fn an_arrangement_no_view_reads_is_removed_at_open() {
     e.shutdown();
     e.close().await;
 }
+
+/// The `(plain N)` count of a plan's Dynamic Table scan line for `table`, and that line.
+fn scan_line(plan: &str, table: &str) -> String {
+    plan.lines()
+        .find(|l| l.contains(&format!("DynamicTableScan: table={table},")))
+        .unwrap_or_else(|| panic!("no scan of {table} in {plan}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_run_reads_as_plain_parquet_pruned_by_predicates_and_join_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path()).await;
+    // 200,000 rows: four row groups, `day` ascending with the key.
+    sql(&e, "CREATE TABLE facts (k BIGINT PRIMARY KEY, day BIGINT, v TEXT)").await.unwrap();
+    sql(&e, "INSERT INTO facts SELECT x, x / 1000, 'v' || x FROM generate_series(0, 199999) AS t(x)").await.unwrap();
+    sql(&e, "CALL sys.compact('facts')").await.unwrap();
+    sql(&e, "CREATE TABLE dim (id BIGINT PRIMARY KEY, name TEXT)").await.unwrap();
+    sql(&e, "INSERT INTO dim VALUES (150, 'a'), (151, 'b')").await.unwrap();
+
+    let plan = sql(&e, "EXPLAIN SELECT v FROM facts").await.unwrap();
+    let line = scan_line(&plan, "facts");
+    let splits = line.split("splits=").nth(1).and_then(|s| s.split(' ').next()).unwrap();
+    assert!(line.contains(&format!("splits={splits} (plain {splits})")), "all splits plain: {line}");
+
+    // One run, nothing to merge: the row count is exact, and count(*) needs no scan.
+    let plan = sql(&e, "EXPLAIN SELECT count(*) FROM facts").await.unwrap();
+    assert!(!plan.contains("DynamicTableScan"), "{plan}");
+    assert_eq!(lines(&sql(&e, "SELECT count(*) FROM facts").await.unwrap()), ["| 200000 |"]);
+
+    // A filter on a non-key column prunes row groups by their statistics.
+    let analyzed = sql(&e, "EXPLAIN ANALYZE SELECT count(*) FROM facts WHERE day = 150").await.unwrap();
+    let line = scan_line(&analyzed, "facts");
+    assert!(line.contains("pruning=[day@"), "{line}");
+    assert!(line.contains("row_groups_pruned_statistics=4 total \u{2192} 1 matched"), "{line}");
+    assert_eq!(lines(&sql(&e, "SELECT count(*) FROM facts WHERE day = 150").await.unwrap()), ["| 1000 |"]);
+
+    // A join's build side becomes a filter on the probe side's scan at run time.
+    let query = "SELECT count(*), min(f.k) FROM facts f JOIN dim d ON f.day = d.id";
+    let analyzed = sql(&e, &format!("EXPLAIN ANALYZE {query}")).await.unwrap();
+    let line = scan_line(&analyzed, "facts");
+    assert!(line.contains("DynamicFilter"), "{analyzed}");
+    assert_eq!(lines(&sql(&e, query).await.unwrap()), ["| 2000 | 150000 |"]);
+
+    // Newer versions of some keys: those ranges merge, the rest stays plain.
+    sql(&e, "INSERT INTO facts SELECT x, -1, 'new' FROM generate_series(0, 999) AS t(x)").await.unwrap();
+    sql(&e, "DELETE FROM facts WHERE k = 199999").await.unwrap();
+    let line = scan_line(&sql(&e, "EXPLAIN SELECT v FROM facts").await.unwrap(), "facts");
+    assert!(!line.contains(&format!("splits={splits} (plain {splits})")), "{line}");
+    // Merged on read: the count is not known without reading.
+    let plan = sql(&e, "EXPLAIN SELECT count(*) FROM facts").await.unwrap();
+    assert!(plan.contains("DynamicTableScan"), "{plan}");
+    assert_eq!(
+        lines(&sql(&e, "SELECT count(*), count(*) FILTER (WHERE day = -1), max(k) FROM facts").await.unwrap()),
+        ["| 199999 | 1000 | 199998 |"]
+    );
+    // Filters never reach a merge: an older version of a key must not surface.
+    assert_eq!(lines(&sql(&e, "SELECT count(*) FROM facts WHERE day = 0").await.unwrap()), ["| 0 |"]);
+
+    // Files older than a column: the column reads as NULL; older than a
+    // rename: read by storage under the old name.
+    sql(&e, "CALL sys.compact('facts')").await.unwrap();
+    sql(&e, "ALTER TABLE facts ADD COLUMN extra INT").await.unwrap();
+    sql(&e, "INSERT INTO facts VALUES (500000, 7, 'x', 7)").await.unwrap();
+    assert_eq!(
+        lines(&sql(&e, "SELECT count(extra), count(*) FROM facts WHERE day >= 7").await.unwrap()),
+        ["| 1 | 193000 |"]
+    );
+    sql(&e, "ALTER TABLE facts RENAME COLUMN day TO d").await.unwrap();
+    let line = scan_line(&sql(&e, "EXPLAIN SELECT d FROM facts").await.unwrap(), "facts");
+    assert!(line.contains("(plain 0)"), "files written before the rename are not plain: {line}");
+    assert_eq!(lines(&sql(&e, "SELECT count(*) FROM facts WHERE d = 150").await.unwrap()), ["| 1000 |"]);
+}

@@ -57,7 +57,9 @@ impl ScanPlan {
         let mut file_of = |meta: &Arc<FileMeta>| -> usize {
             *index.entry(meta.path.clone()).or_insert_with(|| {
                 let mut meta = meta.as_ref().clone();
+                // Planning's business, done where the plan was made.
                 meta.key_index = None;
+                meta.stats = None;
                 files.push(meta);
                 files.len() - 1
             })

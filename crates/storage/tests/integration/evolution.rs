@@ -153,3 +153,41 @@ async fn renamed_column_reads_from_older_files() {
     assert_eq!(reopened.schema(), added);
     assert_eq!(rows(&reopened.scan(Some(1)).await.unwrap()), expected[..3].to_vec());
 }
+
+#[tokio::test]
+async fn column_spans_bound_every_file_read_and_count_added_columns_as_null() {
+    use arrow::array::{ArrayRef, Int64Array};
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let arrow =
+        Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false), Field::new("v", DataType::Utf8, true)]));
+    let options = TableOptions { row_group_rows: 2, ..TableOptions::default() };
+    let old = TableSchema::new(0, arrow, &["k"], options).unwrap();
+    let table = Table::create(Arc::clone(&store), Path::from("public/t"), "t", old.clone()).await.unwrap();
+    table.write(&two_columns(&old, &[5, 2, 3]), &[ValueKind::Upsert; 3]).await.unwrap();
+    table.write(&two_columns(&old, &[10, 20]), &[ValueKind::Upsert; 2]).await.unwrap();
+    let new = table.add_columns(vec![Field::new("n", DataType::Int64, true)]).await.unwrap();
+    let batch = RecordBatch::try_new(
+        Arc::clone(&new.schema),
+        vec![
+            Arc::new(Int64Array::from(vec![30])),
+            Arc::new(StringArray::from(vec!["z"])),
+            Arc::new(Int64Array::from(vec![7])),
+        ],
+    )
+    .unwrap();
+    table.write(&batch, &[ValueKind::Upsert]).await.unwrap();
+
+    let plan = table.plan_scan(None, &streamhouse_storage::ScanRequest::default()).await.unwrap();
+    let spans = plan.column_spans();
+    let int = |a: &Option<ArrayRef>| a.as_ref().map(|a| a.as_primitive::<Int64Type>().value(0));
+    let text = |a: &Option<ArrayRef>| a.as_ref().map(|a| a.as_string::<i32>().value(0).to_string());
+    assert_eq!((int(&spans[0].min), int(&spans[0].max), spans[0].nulls), (Some(2), Some(30), Some(0)));
+    assert_eq!((text(&spans[1].min), text(&spans[1].max)), (Some("v10".into()), Some("z".into())));
+    // `n` is NULL in the 5 rows written before it existed.
+    assert_eq!((int(&spans[2].min), int(&spans[2].max), spans[2].nulls), (Some(7), Some(7), Some(5)));
+
+    // A projection: the spans of the columns returned, in order.
+    let request = streamhouse_storage::ScanRequest { projection: Some(vec![2, 0]), ..Default::default() };
+    let spans = table.plan_scan(None, &request).await.unwrap().column_spans();
+    assert_eq!((int(&spans[0].min), int(&spans[1].min)), (Some(7), Some(2)));
+}

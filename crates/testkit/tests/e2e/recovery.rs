@@ -85,3 +85,58 @@ async fn orphan_files_are_removed_on_request() -> anyhow::Result<()> {
     assert_eq!(err.code(), Some(&SqlState::INVALID_TEXT_REPRESENTATION), "{err:?}");
     Ok(())
 }
+
+/// Flips a byte of the first column chunk (the key's, after the 4-byte
+/// magic) of every data file of `table` under the data directory `dir`.
+fn damage_data_files(dir: &std::path::Path, table: &str) -> std::io::Result<Vec<String>> {
+    let mut damaged = Vec::new();
+    for entry in std::fs::read_dir(dir.join(format!("warehouse/public/{table}/data")))? {
+        let path = entry?.path();
+        let mut bytes = std::fs::read(&path)?;
+        bytes[8] ^= 0xff;
+        std::fs::write(&path, bytes)?;
+        damaged.push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
+    }
+    Ok(damaged)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_data_file_is_reported_by_every_read_path() -> anyhow::Result<()> {
+    let mut server = TestServer::start().await?;
+    let pg = server.pg().await?;
+    // `plain`: one compacted run, read by DataFusion's Parquet scan;
+    // `merged`: overlapping runs and a tombstone, merged on read by storage.
+    pg.batch_execute(
+        "CREATE TABLE plain (k BIGINT PRIMARY KEY, v TEXT);
+         INSERT INTO plain SELECT x, 'v' || x FROM generate_series(1, 5000) AS t(x);
+         CALL sys.compact('plain');
+         CREATE TABLE merged (k BIGINT PRIMARY KEY, v TEXT);
+         INSERT INTO merged SELECT x, 'v' || x FROM generate_series(1, 5000) AS t(x);
+         INSERT INTO merged SELECT x, 'w' || x FROM generate_series(1, 5000, 2) AS t(x);
+         DELETE FROM merged WHERE k = 4;",
+    )
+    .await?;
+    assert_eq!(count(&pg, "plain").await?, 5000);
+    assert_eq!(count(&pg, "merged").await?, 4999);
+    drop(pg);
+    let mut damaged = Vec::new();
+    server
+        .restart_after(|dir| {
+            damaged.extend(damage_data_files(dir, "plain")?);
+            damaged.extend(damage_data_files(dir, "merged")?);
+            Ok(())
+        })
+        .await?;
+    let pg = server.pg().await?;
+    for table in ["plain", "merged"] {
+        let err = pg.query(&format!("SELECT sum(k), max(v) FROM {table}"), &[]).await.unwrap_err();
+        let db = err.as_db_error().expect("a database error");
+        assert_eq!(db.code(), &SqlState::DATA_CORRUPTED, "{table}: {db:?}");
+        assert!(
+            damaged.iter().any(|file| db.message().contains(file.as_str())),
+            "{table}: the message names the damaged file: {}",
+            db.message()
+        );
+    }
+    Ok(())
+}
