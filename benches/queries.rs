@@ -99,6 +99,21 @@ fn write_plain(name: &str, scale: f64, path: &std::path::Path) {
     writer.close().expect("close");
 }
 
+/// Runs a query over Flight SQL (GetFlightInfo, then DoGet of each endpoint) and reads all its batches.
+async fn flight_query(
+    flight: &mut FlightSqlServiceClient<tonic::transport::Channel>,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, String> {
+    let info = flight.execute(sql.to_string(), None).await.map_err(|e| e.to_string())?;
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.ok_or("an endpoint without a ticket")?;
+        let stream = flight.do_get(ticket).await.map_err(|e| e.to_string())?;
+        batches.extend(stream.try_collect::<Vec<_>>().await.map_err(|e| e.to_string())?);
+    }
+    Ok(batches)
+}
+
 /// Best of the measured runs (the first is a warm-up when there are more).
 fn best(times: &[f64]) -> f64 {
     let measured = if times.len() > 1 { &times[1..] } else { times };
@@ -221,6 +236,7 @@ async fn main() {
     for (i, (name, sql)) in QUERIES.iter().enumerate() {
         let mut times = [Vec::new(), Vec::new(), Vec::new()];
         let mut answers: [Rows; 3] = [vec![], vec![], vec![]];
+        let mut flight_failure = None;
         for _ in 0..runs {
             let started = Instant::now();
             let batches = ctx.sql(sql).await.expect("DataFusion plans").collect().await.expect("DataFusion runs");
@@ -228,15 +244,13 @@ async fn main() {
             answers[0] = batches_to_rows(&batches);
 
             let started = Instant::now();
-            let info = flight.execute((*sql).to_string(), None).await.expect("GetFlightInfo");
-            let mut batches = Vec::new();
-            for endpoint in info.endpoint {
-                let ticket = endpoint.ticket.expect("ticket");
-                let stream = flight.do_get(ticket).await.expect("DoGet");
-                batches.extend(stream.try_collect::<Vec<_>>().await.expect("Flight batches"));
+            match flight_query(&mut flight, sql).await {
+                Ok(batches) => {
+                    times[1].push(started.elapsed().as_secs_f64() * 1000.0);
+                    answers[1] = batches_to_rows(&batches);
+                }
+                Err(e) => flight_failure = Some(e),
             }
-            times[1].push(started.elapsed().as_secs_f64() * 1000.0);
-            answers[1] = batches_to_rows(&batches);
 
             let started = Instant::now();
             let messages = pg.simple_query(sql).await.expect("pgwire query");
@@ -264,6 +278,9 @@ async fn main() {
         }
         let (df, fl, pw) = (best(&times[0]), best(&times[1]), best(&times[2]));
         let mut notes = Vec::new();
+        if let Some(e) = flight_failure {
+            notes.push(format!("FAILED over Flight SQL: {e}"));
+        }
         for (label, answer) in [("Flight SQL", &answers[1]), ("pgwire", &answers[2])] {
             if !agree(&answers[0], answer) {
                 notes.push(format!("MISMATCH {label} ({} rows vs {})", answer.len(), answers[0].len()));

@@ -723,6 +723,12 @@ impl FileReader {
         Ok(Self { store: Arc::clone(store), location, meta, parquet, target: Arc::clone(target), mapping })
     }
 
+    /// Whether this reader reads the file as `target` (the table's file
+    /// schema has not changed since it was opened).
+    pub(crate) fn reads_as(&self, target: &SchemaRef) -> bool {
+        Arc::ptr_eq(&self.target, target) || self.target == *target
+    }
+
     /// Decodes row group `group`, only the columns `columns` of the target
     /// schema (ascending; all when `None`), in batches of at most
     /// `batch_size` rows.

@@ -38,6 +38,10 @@ use crate::table::{READ_BATCH_ROWS, Table, key_columns};
 /// many rows (one row group): small writes never read their keys back.
 const SEED_ROWS: usize = 64 * 1024;
 
+/// Files a table keeps open for point reads (each holds its parsed footer:
+/// a few KiB to a few hundred KiB).
+pub(crate) const OPEN_FILES: usize = 256;
+
 impl Table {
     /// Remembers the keys of a file just written from `data` (its rows, in
     /// key order), so lookups of its row group never read them back.
@@ -73,9 +77,7 @@ impl Table {
         }
         let reader = match reader {
             Some(reader) => reader,
-            None => reader.insert(
-                FileReader::open(&self.store, &self.dir, Arc::new(meta.clone()), &schema.data_file_schema()).await?,
-            ),
+            None => reader.insert(self.open_file(schema, meta).await?),
         };
         let mut rows = converter.empty_rows(meta.row_groups.get(group).map_or(0, |g| g.rows as usize), 0);
         for keys in read_keys(reader, schema, group).await? {
@@ -148,8 +150,28 @@ impl Table {
     async fn reader(&self, schema: &TableSchema, meta: &FileMeta, reader: Option<FileReader>) -> Result<FileReader> {
         match reader {
             Some(reader) => Ok(reader),
-            None => FileReader::open(&self.store, &self.dir, Arc::new(meta.clone()), &schema.data_file_schema()).await,
+            None => self.open_file(schema, meta).await,
         }
+    }
+
+    /// `meta`'s file opened to read as `schema`: kept open (its checked,
+    /// parsed footer) for the next point read while it is live, so a read
+    /// by key costs the row group's chunks, not the footer again.
+    async fn open_file(&self, schema: &TableSchema, meta: &FileMeta) -> Result<FileReader> {
+        let target = schema.data_file_schema();
+        let open = self.open_files.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&meta.path).cloned();
+        if let Some(reader) = open.filter(|r| r.reads_as(&target)) {
+            return Ok(reader);
+        }
+        let reader = FileReader::open(&self.store, &self.dir, Arc::new(meta.clone()), &target).await?;
+        let mut open = self.open_files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if open.len() >= OPEN_FILES
+            && let Some(evicted) = open.keys().next().cloned()
+        {
+            open.remove(&evicted);
+        }
+        open.insert(meta.path.clone(), reader.clone());
+        Ok(reader)
     }
 
     /// The rows (user columns) the latest snapshot holds for the keys in

@@ -62,6 +62,9 @@ pub struct Table {
     pub(crate) key_indexes: Mutex<HashMap<String, Arc<Rows>>>,
     /// Exact key sets of row groups ([`crate::lookup`]).
     pub(crate) key_sets: Mutex<crate::key_sets::KeySets>,
+    /// Open live files (checked, parsed footers) for point reads, by path;
+    /// at most [`crate::lookup::OPEN_FILES`].
+    pub(crate) open_files: Mutex<HashMap<String, FileReader>>,
     /// The latest committed snapshot id, for readers waiting for commits.
     commits: tokio::sync::watch::Sender<u64>,
     /// Live changelog readers in this process: the next snapshot each needs.
@@ -203,6 +206,7 @@ impl Table {
             compaction_lock: tokio::sync::Mutex::new(()),
             key_indexes: Mutex::new(HashMap::new()),
             key_sets: Mutex::new(crate::key_sets::KeySets::default()),
+            open_files: Mutex::new(HashMap::new()),
             commits: tokio::sync::watch::Sender::new(0),
             holds: Arc::new(Mutex::new(HashMap::new())),
             open_transactions: Arc::new(Mutex::new(HashMap::new())),
@@ -759,6 +763,10 @@ impl Table {
             .retain(|path, _| manifest.files.iter().any(|f| &f.path == path));
         let live: HashSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
         self.key_sets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|path| live.contains(path));
+        self.open_files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|path, _| live.contains(path.as_str()));
         {
             let mut current = self.lock_state();
             current.latest = Some(snapshot.clone());

@@ -43,9 +43,16 @@ async fn added_column_reads_null_in_older_files() {
     let table = Table::create(Arc::clone(&store), Path::from("public/t"), "t", old.clone()).await.unwrap();
     table.write(&two_columns(&old, &[1, 2, 3]), &[ValueKind::Upsert; 3]).await.unwrap();
     table.write(&two_columns(&old, &[3]), &[ValueKind::Delete]).await.unwrap();
+    // A point read opens the files it reads and keeps them open...
+    let key: arrow::array::ArrayRef = Arc::new(Int64Array::from(vec![2]));
+    assert_eq!(table.get(&[Arc::clone(&key)]).await.unwrap().num_columns(), 2);
 
     let new = table.add_columns(vec![Field::new("n", DataType::Int64, true)]).await.unwrap();
     assert_eq!(new.id, 1);
+    // ... and reads them with the new column once it is added.
+    let found = table.get(&[key]).await.unwrap();
+    assert_eq!((found.num_rows(), found.num_columns()), (1, 3));
+    assert!(found.column(2).is_null(0));
     assert!(matches!(
         table.add_columns(vec![Field::new("n", DataType::Int64, true)]).await,
         Err(Error::Invalid(m)) if m.contains("already exists")
