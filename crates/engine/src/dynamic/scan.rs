@@ -49,6 +49,9 @@ pub struct DynamicScanExec {
     /// DataFusion's Parquet scan of the splits that read as plain Parquet,
     /// a file group per partition (`None`: there are none).
     plain: Option<Arc<dyn ExecutionPlan>>,
+    /// The columns' spans over the files read, worked out once (DataFusion
+    /// asks for statistics several times per plan).
+    spans: Arc<std::sync::OnceLock<Vec<storage::scan::ColumnSpan>>>,
     properties: Arc<PlanProperties>,
 }
 
@@ -67,7 +70,7 @@ impl DynamicScanExec {
             // Storage reads it all, as it can any split.
             Err(_) => (None, plan.clone()),
         };
-        Self { table, plan, merged, plain, properties: Arc::new(properties) }
+        Self { table, plan, merged, plain, spans: Arc::default(), properties: Arc::new(properties) }
     }
 
     /// This scan with its plain-Parquet part replaced (filters pushed into it).
@@ -77,6 +80,7 @@ impl DynamicScanExec {
             plan: self.plan.clone(),
             merged: self.merged.clone(),
             plain,
+            spans: Arc::clone(&self.spans),
             properties: Arc::clone(&self.properties),
         }
     }
@@ -475,8 +479,8 @@ impl ExecutionPlan for DynamicScanExec {
                     .map_or(Precision::Absent, Precision::Inexact)
             };
             statistics.column_statistics = self
-                .plan
-                .column_spans()
+                .spans
+                .get_or_init(|| self.plan.column_spans())
                 .iter()
                 .zip(self.plan.projection())
                 .map(|(span, &column)| {
