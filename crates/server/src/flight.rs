@@ -242,7 +242,10 @@ fn schema_bytes(schema: &Schema) -> Result<Bytes, Status> {
 
 fn flight_stream(stream: SendableRecordBatchStream) -> DoGetStream {
     let schema = stream.schema();
-    let batches = stream.map_err(|e| FlightError::Tonic(Box::new(grpc_status(&Error::from(e)))));
+    // Views into a join's or a top-k's input would send the input's bytes.
+    let batches = stream
+        .map(|batch| batch.and_then(|b| streamhouse_engine::exec::task::compact_views(&b)))
+        .map_err(|e| FlightError::Tonic(Box::new(grpc_status(&Error::from(e)))));
     Box::pin(FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from))
 }
 

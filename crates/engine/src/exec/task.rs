@@ -118,23 +118,44 @@ pub async fn write_task(
 }
 
 /// `batch` with its string and binary view columns holding only the bytes
-/// their rows use. A join or a hash split leaves views pointing into the
-/// input's whole buffers, and Arrow IPC writes every buffer a column
-/// references: without this, each small batch would carry its input's bytes.
-fn compact_views(batch: &RecordBatch) -> Result<RecordBatch> {
-    if !batch.columns().iter().any(|c| matches!(c.data_type(), DataType::Utf8View | DataType::BinaryView)) {
-        return Ok(batch.clone());
+/// their rows use, where they hold noticeably more. A join, a hash split or
+/// a top-k leaves views pointing into the input's whole buffers, and Arrow
+/// IPC writes every buffer a column references: without this, a 20-row
+/// answer can carry megabytes (and exceed a Flight client's message limit),
+/// and each small exchanged batch its input's bytes.
+pub fn compact_views(batch: &RecordBatch) -> Result<RecordBatch> {
+    /// Compact when the buffers hold this many bytes beyond what the rows use
+    /// and more than twice as many: copying is cheap next to sending them.
+    const SLACK: usize = 64 * 1024;
+    fn wasteful(held: usize, used: usize) -> bool {
+        held > used.saturating_mul(2) && held - used > SLACK
     }
-    let columns: Vec<ArrayRef> = batch
-        .columns()
-        .iter()
-        .map(|c| match c.data_type() {
-            DataType::Utf8View => Arc::new(c.as_string_view().gc()) as ArrayRef,
-            DataType::BinaryView => Arc::new(c.as_binary_view().gc()) as ArrayRef,
-            _ => Arc::clone(c),
-        })
-        .collect();
-    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+    fn held(buffers: &[datafusion::arrow::buffer::Buffer]) -> usize {
+        buffers.iter().map(|b| b.len()).sum()
+    }
+    let compacted = |c: &ArrayRef| -> Option<ArrayRef> {
+        match c.data_type() {
+            DataType::Utf8View => {
+                let a = c.as_string_view();
+                wasteful(held(a.data_buffers()), a.total_buffer_bytes_used()).then(|| Arc::new(a.gc()) as ArrayRef)
+            }
+            DataType::BinaryView => {
+                let a = c.as_binary_view();
+                wasteful(held(a.data_buffers()), a.total_buffer_bytes_used()).then(|| Arc::new(a.gc()) as ArrayRef)
+            }
+            _ => None,
+        }
+    };
+    let mut columns: Option<Vec<ArrayRef>> = None;
+    for (i, c) in batch.columns().iter().enumerate() {
+        if let Some(new) = compacted(c) {
+            columns.get_or_insert_with(|| batch.columns().to_vec())[i] = new;
+        }
+    }
+    match columns {
+        None => Ok(batch.clone()),
+        Some(columns) => Ok(RecordBatch::try_new(batch.schema(), columns)?),
+    }
 }
 
 /// Buffers a task's output per partition and writes it in pieces: each
