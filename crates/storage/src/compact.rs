@@ -104,7 +104,9 @@ impl Table {
         let schema = state.schema.clone();
         let runs = self.runs_of(&state.manifest);
         let (count, level) = if full {
-            let done = runs.len() == 1 && runs[0].level == MAX_LEVEL && runs[0].files.iter().all(|f| f.deletes == 0);
+            let done = runs.len() == 1
+                && runs[0].level == MAX_LEVEL
+                && runs[0].files.iter().all(|f| f.deletes == 0 && f.deleted.is_none());
             if runs.is_empty() || done {
                 return Ok(None);
             }
@@ -123,7 +125,7 @@ impl Table {
             && (!drop_deletes || ordered.iter().all(|f| f.deletes == 0))
         {
             let outputs = self.move_or_concatenate(&schema, ordered, level).await?;
-            return self.commit_compaction(picked_files, outputs).await;
+            return self.commit_compaction(&state, picked_files, outputs).await;
         }
         let inputs_rows: u64 = picked.iter().flat_map(|r| &r.files).map(|f| f.rows).sum();
         let inputs_bytes: u64 = picked.iter().flat_map(|r| &r.files).map(|f| f.bytes).sum();
@@ -194,30 +196,81 @@ impl Table {
         {
             outputs.push(last.finish(&self.store, &self.dir).await?);
         }
-        self.commit_compaction(picked_files, outputs).await
+        let outputs = outputs.into_iter().map(|o| (o, Vec::new())).collect();
+        self.commit_compaction(&state, picked_files, outputs).await
     }
 
-    /// Commits a compaction that replaced `removed` by `outputs` (which may
-    /// include some of the same files at a new level), unless a concurrent
-    /// commit already removed any of them.
-    async fn commit_compaction(&self, removed: Vec<FileMeta>, outputs: Vec<FileMeta>) -> Result<Option<Snapshot>> {
+    /// Commits a compaction begun on `base` that replaced `removed` by
+    /// `outputs` (which may include some of the same files at a new level),
+    /// unless a concurrent commit already removed any of them.
+    ///
+    /// With deletion vectors, each output is either the rows of some inputs
+    /// in order (a moved or concatenated file: the paths of those inputs),
+    /// which takes over their vectors as they are now, or merged (no paths),
+    /// whose rows of keys written since `base` are marked now.
+    async fn commit_compaction(
+        &self,
+        base: &crate::table::State,
+        removed: Vec<FileMeta>,
+        outputs: Vec<(FileMeta, Vec<String>)>,
+    ) -> Result<Option<Snapshot>> {
         let guard = self.commit_lock().await;
         let current = self.current();
         let still_live = removed.iter().all(|r| current.manifest.files.iter().any(|f| f.path == r.path));
         if !still_live {
-            for meta in outputs.iter().filter(|o| !removed.iter().any(|r| r.path == o.path)) {
+            for (meta, _) in outputs.iter().filter(|(o, _)| !removed.iter().any(|r| r.path == o.path)) {
                 let _ = self.store.delete(&self.dir.child_path(&meta.path)).await;
             }
             return Ok(None);
         }
+        let mut deleted = crate::deletion::Marks::new();
+        if current.schema.deletion_vectors() {
+            let mut merged: Vec<&FileMeta> = Vec::new();
+            for (output, sources) in &outputs {
+                let mut offset = 0;
+                for source in sources {
+                    let Some(now) = current.manifest.files.iter().find(|f| &f.path == source) else { continue };
+                    if let Some(vector) = &now.deleted {
+                        let positions = vector.positions().iter().map(|p| p + offset);
+                        deleted.entry(output.path.clone()).or_default().extend(positions);
+                    }
+                    offset += now.rows;
+                }
+                if sources.is_empty() {
+                    merged.push(output);
+                }
+            }
+            let base_id = base.latest.as_ref().map(|s| s.id);
+            if base_id != current.latest.as_ref().map(|s| s.id) && !merged.is_empty() {
+                let written: Vec<&FileMeta> = current
+                    .manifest
+                    .files
+                    .iter()
+                    .filter(|f| !base.manifest.files.iter().any(|b| b.path == f.path))
+                    .collect();
+                for (path, positions) in self.replaced_rows(&current.schema, &merged, &written).await? {
+                    deleted.entry(path).or_default().extend(positions);
+                }
+            }
+        }
         let commit = Commit {
             kind: Some(CommitKind::Compact),
-            added: outputs,
+            added: outputs
+                .into_iter()
+                .map(|(mut output, sources)| {
+                    if !sources.is_empty() {
+                        // Taken over from the sources as they are now.
+                        output.deleted = None;
+                    }
+                    output
+                })
+                .collect(),
             removed,
             changelog: vec![],
             next_sequence: None,
             properties: Default::default(),
             watermark: None,
+            deleted,
         };
         self.commit_locked(&guard, commit).await.map(Some)
     }
@@ -250,14 +303,15 @@ impl Table {
         schema: &crate::schema::TableSchema,
         ordered: Vec<FileMeta>,
         level: u32,
-    ) -> Result<Vec<FileMeta>> {
+    ) -> Result<Vec<(FileMeta, Vec<String>)>> {
         let target = schema.options.target_file_size;
         let mut outputs = Vec::new();
         let mut group: Vec<FileMeta> = Vec::new();
         for meta in ordered {
             if meta.bytes >= target / 2 {
                 outputs.extend(self.concatenate(schema, std::mem::take(&mut group), level).await?);
-                outputs.push(FileMeta { level, ..meta });
+                let sources = vec![meta.path.clone()];
+                outputs.push((FileMeta { level, ..meta }, sources));
                 continue;
             }
             group.push(meta);
@@ -276,14 +330,15 @@ impl Table {
         schema: &crate::schema::TableSchema,
         mut group: Vec<FileMeta>,
         level: u32,
-    ) -> Result<Option<FileMeta>> {
+    ) -> Result<Option<(FileMeta, Vec<String>)>> {
+        let sources: Vec<String> = group.iter().map(|f| f.path.clone()).collect();
         if group.len() <= 1 {
-            return Ok(group.pop().map(|meta| FileMeta { level, ..meta }));
+            return Ok(group.pop().map(|meta| (FileMeta { level, ..meta }, sources)));
         }
         let new = self.new_file("data", level, schema.primary_key.clone(), Some(ValueKind::Delete as i8), schema);
         let target = schema.data_file_schema();
         if let Some(copied) = crate::file::concatenate(&self.store, &self.dir, &group, new, &target).await? {
-            return Ok(Some(copied));
+            return Ok(Some((copied, sources)));
         }
         // Files of an earlier definition: read them as the current one.
         let all_columns: Vec<usize> = (0..schema.schema.fields().len() + 2).collect();
@@ -302,7 +357,7 @@ impl Table {
         while let Some(batch) = rows.next().await.transpose()? {
             writer.write(&batch)?;
         }
-        Ok(Some(writer.finish(&self.store, &self.dir).await?))
+        Ok(Some((writer.finish(&self.store, &self.dir).await?, sources)))
     }
 
     /// Expires snapshots by the table's retention options, never one at or

@@ -102,6 +102,30 @@ pub struct FileMeta {
     /// and pruning); `None` for files written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<FileStats>,
+    /// Rows no longer live ([`crate::deletion`]): tables with deletion
+    /// vectors mark here each row a later version or a delete replaced, and
+    /// the file's own tombstones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<crate::deletion::DeletionVector>,
+}
+
+impl FileMeta {
+    /// Rows of the file that are live (not marked in its deletion vector).
+    pub fn live_rows(&self) -> u64 {
+        self.rows - self.deleted.as_ref().map_or(0, |d| d.len())
+    }
+
+    /// The positions in the file of row group `group`'s rows.
+    pub fn group_positions(&self, group: usize) -> std::ops::Range<u64> {
+        let start: u64 = self.row_groups[..group].iter().map(|g| g.rows).sum();
+        start..start + self.row_groups.get(group).map_or(0, |g| g.rows)
+    }
+
+    /// Live rows of row group `group`.
+    pub fn live_rows_in(&self, group: usize) -> u64 {
+        let rows = self.row_groups.get(group).map_or(0, |g| g.rows);
+        rows - self.deleted.as_ref().map_or(0, |d| d.count_in(self.group_positions(group)))
+    }
 }
 
 /// What the values of each column of a file span, from the Parquet
@@ -217,6 +241,8 @@ pub(crate) struct NewFile {
     /// Written as level-0 files are at every level (a table read only by
     /// key and rewritten often: [`crate::TableOptions::no_changelog`]).
     pub light: bool,
+    /// Its tombstones go to its deletion vector ([`crate::deletion`]).
+    pub mark_deletes: bool,
 }
 
 /// Builds a Parquet file batch by batch, then stores it: in memory and with
@@ -232,6 +258,8 @@ pub(crate) struct FileWriter {
     upload: Option<Upload>,
     rows: u64,
     deletes: u64,
+    /// Positions of the tombstones, when the file marks them deleted.
+    delete_positions: Vec<u64>,
     seq_range: Option<(u64, u64)>,
     /// Key columns of every row group's first row, then of the last row written.
     firsts: Vec<Vec<ArrayRef>>,
@@ -252,6 +280,7 @@ impl FileWriter {
             upload: None,
             rows: 0,
             deletes: 0,
+            delete_positions: Vec::new(),
             seq_range: None,
             firsts: vec![],
             last: None,
@@ -346,6 +375,12 @@ impl FileWriter {
             && let Some(kinds) = batch.column(kind_column).as_any().downcast_ref::<arrow::array::Int8Array>()
         {
             self.deletes += kinds.values().iter().filter(|&&k| k == code).count() as u64;
+            if self.file.mark_deletes {
+                let rows = self.rows;
+                self.delete_positions.extend(
+                    kinds.values().iter().enumerate().filter(|(_, k)| **k == code).map(|(i, _)| rows + i as u64),
+                );
+            }
         }
         if !self.file.key_columns.is_empty() {
             // Row groups start every ROW_GROUP_ROWS rows of the file.
@@ -370,8 +405,19 @@ impl FileWriter {
 
     /// Finishes the file and stores it at `dir/relative`.
     pub(crate) async fn finish(self, store: &Arc<dyn ObjectStore>, dir: &Path) -> Result<FileMeta> {
-        let Self { file, schema: batch_schema, writer, buffer, upload, rows, deletes, seq_range, mut firsts, last } =
-            self;
+        let Self {
+            file,
+            schema: batch_schema,
+            writer,
+            buffer,
+            upload,
+            rows,
+            deletes,
+            delete_positions,
+            seq_range,
+            mut firsts,
+            last,
+        } = self;
         let relative = file.relative.clone();
         let metadata = writer.close().map_err(|e| Error::Invalid(format!("cannot write {relative}: {e}")))?;
         let buffer = buffer.take()?;
@@ -398,6 +444,8 @@ impl FileWriter {
             row_groups,
             key_index,
             stats: FileStats::of(&metadata),
+            deleted: (!delete_positions.is_empty())
+                .then(|| crate::deletion::DeletionVector::from_positions(delete_positions)),
         };
         match upload {
             Some(Upload { mut parts, location, .. }) => {
@@ -565,6 +613,8 @@ pub(crate) async fn concatenate(
         row_groups,
         key_index,
         stats: FileStats::of(&metadata),
+        // The caller shifts the sources' vectors ([`crate::deletion`]).
+        deleted: None,
     };
     let location = dir.child_path(&relative);
     // Durable with the snapshot that names it (the claim's sync covers it).
@@ -1139,6 +1189,7 @@ mod tests {
             row_group_rows: 500,
             seq_kind: (2, 3, Some(1)),
             light: false,
+            mark_deletes: false,
         };
         let mut writer = FileWriter::streaming_in_parts(file, &schema, &store, &dir, 16 << 10).await.unwrap();
         let mut expected = Vec::new();

@@ -67,6 +67,7 @@ pub mod cache;
 pub mod changelog;
 pub mod compact;
 pub mod consumer;
+pub mod deletion;
 pub mod durable;
 pub mod error;
 pub mod file;

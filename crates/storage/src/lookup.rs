@@ -133,7 +133,7 @@ impl Table {
         let converter = key_converter(schema)?;
         let mut wanted_set: Option<HashSet<&[u8]>> = None;
         let mut versions = Versions::default();
-        for meta in files {
+        for (f, meta) in files.iter().enumerate() {
             let mut reader = None;
             let groups = self.groups_holding(&converter, schema, meta, wanted, &mut reader).await?;
             if groups.is_empty() {
@@ -141,7 +141,7 @@ impl Table {
             }
             let wanted_set = wanted_set.get_or_insert_with(|| wanted.iter().map(Row::data).collect());
             let reader = self.reader(schema, meta, reader).await?;
-            versions.read(self, schema, &converter, meta, &reader, groups, |key| wanted_set.contains(key)).await?;
+            versions.read(self, schema, &converter, (f, meta), &reader, groups, |key| wanted_set.contains(key)).await?;
         }
         Ok(versions.live())
     }
@@ -193,7 +193,7 @@ impl Table {
         wanted.dedup();
         let files: Vec<&FileMeta> = state.manifest.files.iter().collect();
         let (batches, live) = self.lookup(schema, &files, &wanted).await?;
-        let mut found: Vec<(usize, usize)> = live.into_values().collect();
+        let mut found: Vec<(usize, usize)> = live.into_values().map(|at| (at.batch, at.row)).collect();
         found.sort_unstable();
         gather(schema, &batches, &found)
     }
@@ -243,7 +243,7 @@ impl Table {
             at > 0 && key.starts_with(wanted[at - 1].data())
         };
         let mut versions = Versions::default();
-        for meta in &files {
+        for (f, meta) in files.iter().enumerate() {
             let groups: Vec<usize> = match file::decode_key_index(&self.dir, meta)? {
                 Some(index) => {
                     let columns: Vec<ArrayRef> = index.columns()[..prefix.len()].to_vec();
@@ -268,13 +268,13 @@ impl Table {
                 continue;
             }
             let reader = self.reader(schema, meta, reader).await?;
-            versions.read(self, schema, &converter, meta, &reader, reads, matching).await?;
+            versions.read(self, schema, &converter, (f, meta), &reader, reads, matching).await?;
         }
         let (batches, live) = versions.live();
-        let mut found: Vec<(Vec<u8>, (usize, usize))> = live.into_iter().collect();
+        let mut found: Vec<(Vec<u8>, At)> = live.into_iter().collect();
         // In key order.
         found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let indexes: Vec<(usize, usize)> = found.into_iter().map(|(_, at)| at).collect();
+        let indexes: Vec<(usize, usize)> = found.into_iter().map(|(_, at)| (at.batch, at.row)).collect();
         gather(schema, &batches, &indexes)
     }
 
@@ -292,6 +292,41 @@ impl Table {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(meta.path.clone(), Arc::clone(&rows));
         Ok(Some(rows))
+    }
+
+    /// Where in `files` the live version of each key that `written` (data
+    /// files) holds is: the rows a commit of `written` replaces, to mark in
+    /// deletion vectors ([`crate::deletion`]) when the rows the writes found
+    /// may have moved since (a transaction that a compaction overtook; a
+    /// compaction that writes overtook).
+    pub(crate) async fn replaced_rows(
+        &self,
+        schema: &TableSchema,
+        files: &[&FileMeta],
+        written: &[&FileMeta],
+    ) -> Result<crate::deletion::Marks> {
+        let mut marks = crate::deletion::Marks::new();
+        if files.is_empty() || written.is_empty() {
+            return Ok(marks);
+        }
+        let converter = key_converter(schema)?;
+        let mut keys = Vec::new();
+        for meta in written {
+            let reader = self.open_file(schema, meta).await?;
+            for group in 0..meta.row_groups.len() {
+                for columns in read_keys(&reader, schema, group).await? {
+                    keys.extend(converter.convert_columns(&columns)?.iter().map(|k| k.owned()));
+                }
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let wanted: Vec<Row<'_>> = keys.iter().map(|k| k.row()).collect();
+        let (_, live) = self.lookup(schema, files, &wanted).await?;
+        for at in live.into_values() {
+            marks.entry(files[at.file].path.clone()).or_default().push(at.position);
+        }
+        Ok(marks)
     }
 
     /// Whether a commit after snapshot `base` (up to `upto`) changed a key
@@ -369,15 +404,26 @@ async fn read_keys(reader: &FileReader, schema: &TableSchema, group: usize) -> R
     Ok(batches.iter().map(|b| positions.iter().map(|&p| Arc::clone(b.column(p))).collect()).collect())
 }
 
-/// Rows read (user columns) and, per live key, where its newest version is (batch, row).
-pub(crate) type Found = (Vec<RecordBatch>, HashMap<Vec<u8>, (usize, usize)>);
+/// Rows read (user columns) and, per live key, where its newest version is.
+pub(crate) type Found = (Vec<RecordBatch>, HashMap<Vec<u8>, At>);
+
+/// Where a version of a key is: among the rows read, and in the table's files.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct At {
+    /// Batch and row of the rows read.
+    pub batch: usize,
+    pub row: usize,
+    /// Index of its file among the files looked in, and its row there.
+    pub file: usize,
+    pub position: u64,
+}
 
 /// The versions of keys read from a table's files: the user columns of
-/// what was read, and per key the newest version seen (seq, kind, batch, row).
+/// what was read, and per key the newest version seen (seq, kind, where).
 #[derive(Default)]
 struct Versions {
     batches: Vec<RecordBatch>,
-    newest: HashMap<Vec<u8>, (u64, i8, usize, usize)>,
+    newest: HashMap<Vec<u8>, (u64, i8, At)>,
 }
 
 impl Versions {
@@ -389,7 +435,7 @@ impl Versions {
         table: &Table,
         schema: &TableSchema,
         converter: &RowConverter,
-        meta: &FileMeta,
+        (file, meta): (usize, &FileMeta),
         reader: &FileReader,
         reads: Vec<(usize, Option<Vec<usize>>)>,
         wanted: impl Fn(&[u8]) -> bool,
@@ -397,6 +443,9 @@ impl Versions {
         let user_columns = schema.schema.fields().len();
         let projection: Vec<usize> = (0..user_columns).collect();
         for (group, rows) in reads {
+            let start = meta.group_positions(group).start;
+            // Rows of the group read so far (the index into `rows` when given).
+            let mut read = 0usize;
             for batch in reader.read_rows(group, None, rows.as_deref(), READ_BATCH_ROWS).await? {
                 let b = self.batches.len();
                 let keys = converter.convert_columns(&key_columns(schema, &batch))?;
@@ -415,14 +464,20 @@ impl Versions {
                         continue;
                     }
                     let seq = seqs.value(row);
+                    let in_group = match &rows {
+                        Some(rows) => rows.get(read + row).copied().unwrap_or_default(),
+                        None => read + row,
+                    };
+                    let at = At { batch: b, row, file, position: start + in_group as u64 };
                     match self.newest.get_mut(key.data()) {
                         Some(entry) if entry.0 >= seq => {}
-                        Some(entry) => *entry = (seq, kinds.value(row), b, row),
+                        Some(entry) => *entry = (seq, kinds.value(row), at),
                         None => {
-                            self.newest.insert(key.data().to_vec(), (seq, kinds.value(row), b, row));
+                            self.newest.insert(key.data().to_vec(), (seq, kinds.value(row), at));
                         }
                     }
                 }
+                read += batch.num_rows();
                 self.batches.push(batch.project(&projection)?);
             }
         }
@@ -435,8 +490,8 @@ impl Versions {
         let live = self
             .newest
             .into_iter()
-            .filter(|(_, (_, kind, _, _))| *kind == ValueKind::Upsert as i8)
-            .map(|(key, (_, _, b, row))| (key, (b, row)))
+            .filter(|(_, (_, kind, _))| *kind == ValueKind::Upsert as i8)
+            .map(|(key, (_, _, at))| (key, at))
             .collect();
         (self.batches, live)
     }

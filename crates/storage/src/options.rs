@@ -141,6 +141,12 @@ pub struct TableOptions {
     /// stored rows, and commits no changelog files; its changelog reads
     /// as empty, and a transaction on it sees no conflicting writes.
     pub no_changelog: bool,
+    /// `deletion-vectors.enabled` ([`crate::deletion`]): writes mark the rows
+    /// they replace, and scans read overlapping runs without merging them.
+    /// Fixed when the table is created; on by default for new tables, off
+    /// for tables whose stored definition predates it.
+    #[serde(default)]
+    pub deletion_vectors: bool,
 }
 
 impl Default for TableOptions {
@@ -165,6 +171,7 @@ impl Default for TableOptions {
             separate_write_rows: 1024,
             changelog_columns: None,
             no_changelog: false,
+            deletion_vectors: true,
         }
     }
 }
@@ -186,6 +193,7 @@ const NAMES: &[&str] = &[
     "snapshot.time-retained",
     "consumer.expiration-time",
     "watermark",
+    "deletion-vectors.enabled",
 ];
 
 /// An event-time watermark: `column - delay`.
@@ -259,6 +267,7 @@ impl TableOptions {
                 "snapshot.time-retained" => out.snapshot_time_retained_ms = duration_ms(key, value)?,
                 "consumer.expiration-time" => out.consumer_expiration_ms = Some(duration_ms(key, value)?),
                 "watermark" => out.watermark = Some(Watermark::parse(key, value)?),
+                "deletion-vectors.enabled" => out.deletion_vectors = boolean(key, value)?,
                 other => {
                     return Err(Error::Invalid(format!(
                         "unknown table option '{other}': supported options are {}",
@@ -280,6 +289,14 @@ impl TableOptions {
 /// The column of `fields.<column>.<suffix>`.
 fn field_option<'a>(key: &'a str, suffix: &str) -> Option<&'a str> {
     key.strip_prefix("fields.")?.strip_suffix(suffix)?.strip_suffix('.').filter(|c| !c.is_empty())
+}
+
+fn boolean(key: &str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "on" | "1" => Ok(true),
+        "false" | "off" | "0" => Ok(false),
+        _ => Err(Error::Invalid(format!("invalid value '{value}' for table option '{key}': expected true or false"))),
+    }
 }
 
 fn number(key: &str, value: &str) -> Result<u64> {

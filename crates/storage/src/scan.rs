@@ -109,9 +109,14 @@ impl Split {
     /// the table's current column names.
     fn is_plain(&self, table: &TableSchema) -> bool {
         let [run] = self.runs.as_slice() else { return false };
+        // With deletion vectors, tombstones are marked deleted like the
+        // rows they replace: the reader skips the marked rows.
+        let vectors = table.deletion_vectors();
         self.lower.is_none()
             && self.upper.is_none()
-            && run.iter().all(|s| s.meta.deletes == 0 && table.renames.iter().all(|r| r.version <= s.meta.schema_id))
+            && run.iter().all(|s| {
+                (s.meta.deletes == 0 || vectors) && table.renames.iter().all(|r| r.version <= s.meta.schema_id)
+            })
     }
 }
 
@@ -255,8 +260,9 @@ impl Indexed {
         self.keys.as_ref().map(|k| k.row(k.num_rows() - 1))
     }
 
+    /// Live rows of the kept row groups (all of them, without a deletion vector).
     fn rows(&self) -> u64 {
-        self.groups.iter().map(|&g| self.meta.row_groups[g].rows).sum()
+        self.groups.iter().map(|&g| self.meta.live_rows_in(g)).sum()
     }
 
     fn bytes(&self) -> u64 {
@@ -320,8 +326,9 @@ pub(crate) fn plan(
     let target = (total / partitions as u64).max(1);
 
     let mut splits = Vec::new();
-    if !keyed {
-        // Append-only: every file is its own run; no merge.
+    if !keyed || table.deletion_vectors() {
+        // Append-only, or every replaced row marked deleted: every file is
+        // its own run; no merge.
         for file in indexed {
             cut_single_run(vec![file], target, &mut splits);
         }
@@ -436,7 +443,7 @@ fn cut_single_run(run: Vec<Indexed>, target: u64, splits: &mut Vec<Split>) {
                 Some(slice) if Arc::ptr_eq(&slice.meta, &file.meta) => slice.row_groups.push(group),
                 _ => current.push(FileSlice { meta: Arc::clone(&file.meta), row_groups: vec![group] }),
             }
-            rows += file.meta.row_groups[group].rows;
+            rows += file.meta.live_rows_in(group);
             if rows >= target {
                 splits.push(Split { runs: vec![std::mem::take(&mut current)], lower: None, upper: None, rows });
                 rows = 0;
@@ -506,9 +513,11 @@ fn read_split(store: Arc<dyn ObjectStore>, dir: Path, plan: Arc<ScanPlan>, split
     let table = &plan.table;
     let user = table.schema.fields().len();
     let (seq, kind) = (user, user + 1);
-    let has_deletes = split.runs.iter().flatten().any(|s| s.meta.deletes > 0);
+    // With deletion vectors, tombstones are among the rows marked deleted.
+    let vectors = table.deletion_vectors();
+    let has_deletes = !vectors && split.runs.iter().flatten().any(|s| s.meta.deletes > 0);
     if split.runs.len() == 1 && split.lower.is_none() && split.upper.is_none() {
-        // One sorted run: no merge, only tombstones to drop.
+        // One sorted run: no merge, only tombstones (or marked rows) to drop.
         let mut columns = plan.projection.clone();
         if has_deletes {
             columns.push(kind);
@@ -518,7 +527,7 @@ fn read_split(store: Arc<dyn ObjectStore>, dir: Path, plan: Arc<ScanPlan>, split
         let kind_position = has_deletes.then(|| positions[plan.projection.len()]);
         let schema = Arc::clone(&plan.schema);
         let run = split.runs.into_iter().next().unwrap_or_default();
-        return read_run(store, dir, run, table.data_file_schema(), read_columns, plan.batch_size)
+        return read_live(store, dir, run, table.data_file_schema(), read_columns, plan.batch_size, vectors)
             .and_then(move |batch| {
                 let schema = Arc::clone(&schema);
                 let output = output.clone();
@@ -592,6 +601,20 @@ pub(crate) fn read_run(
     columns: Vec<usize>,
     batch_size: usize,
 ) -> RunStream {
+    read_live(store, dir, run, target, columns, batch_size, false)
+}
+
+/// As [`read_run`]; with `live_only`, without the rows the files'
+/// deletion vectors mark (pages of only such rows are not decoded).
+fn read_live(
+    store: Arc<dyn ObjectStore>,
+    dir: Path,
+    run: Vec<FileSlice>,
+    target: SchemaRef,
+    columns: Vec<usize>,
+    batch_size: usize,
+    live_only: bool,
+) -> RunStream {
     let columns = Arc::new(columns);
     futures::stream::iter(run)
         .map(move |slice| {
@@ -599,13 +622,32 @@ pub(crate) fn read_run(
             let dir = dir.clone();
             let columns = Arc::clone(&columns);
             let target = Arc::clone(&target);
+            let meta = Arc::clone(&slice.meta);
             futures::stream::once(async move { FileReader::open(&store, &dir, slice.meta, &target).await })
                 .map_ok(move |reader| {
                     let columns = Arc::clone(&columns);
+                    let meta = Arc::clone(&meta);
                     futures::stream::iter(slice.row_groups.clone()).then(move |group| {
                         let reader = reader.clone();
                         let columns = Arc::clone(&columns);
-                        async move { reader.read_row_group(group, Some(&columns), batch_size).await }
+                        let live = match &meta.deleted {
+                            Some(deleted) if live_only => {
+                                let ranges = deleted.live_in(meta.group_positions(group));
+                                let all = meta.row_groups.get(group).map_or(0, |g| g.rows as usize);
+                                match ranges.as_slice() {
+                                    [only] if only.start == 0 && only.end == all => None,
+                                    _ => Some(ranges.into_iter().flatten().collect::<Vec<usize>>()),
+                                }
+                            }
+                            _ => None,
+                        };
+                        async move {
+                            match live {
+                                Some(rows) if rows.is_empty() => Ok(Vec::new()),
+                                Some(rows) => reader.read_rows(group, Some(&columns), Some(&rows), batch_size).await,
+                                None => reader.read_row_group(group, Some(&columns), batch_size).await,
+                            }
+                        }
                     })
                 })
                 .try_flatten()

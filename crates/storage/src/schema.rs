@@ -227,6 +227,14 @@ impl TableSchema {
         !self.primary_key.is_empty()
     }
 
+    /// Whether its writes keep deletion vectors ([`crate::deletion`]): a
+    /// keyed table created with `deletion-vectors.enabled` (the default),
+    /// unless it keeps no changelog (its writes are blind: they look
+    /// nothing up, so they could not say which rows they replace).
+    pub fn deletion_vectors(&self) -> bool {
+        self.has_primary_key() && self.options.deletion_vectors && !self.options.no_changelog
+    }
+
     /// The schema of data files: user columns, then `_seq` (UInt64) and `_kind` (Int8).
     /// A renamed table's carries its renames (see [`RENAMES_KEY`]).
     pub fn data_file_schema(&self) -> SchemaRef {

@@ -34,6 +34,9 @@ pub struct ManifestDelta {
     pub added: Vec<FileMeta>,
     /// Paths removed.
     pub removed: Vec<String>,
+    /// The new deletion vector of files that stay ([`crate::deletion`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleted: Vec<(String, crate::deletion::DeletionVector)>,
 }
 
 impl Manifest {
@@ -44,6 +47,11 @@ impl Manifest {
             self.files.retain(|f| !removed.contains(f.path.as_str()));
         }
         self.files.extend(delta.added);
+        for (path, vector) in delta.deleted {
+            if let Some(file) = self.files.iter_mut().find(|f| f.path == path) {
+                file.deleted = Some(vector);
+            }
+        }
     }
 }
 

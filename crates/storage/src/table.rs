@@ -669,7 +669,7 @@ impl Table {
     pub(crate) async fn commit_locked(
         &self,
         _guard: &tokio::sync::MutexGuard<'_, ()>,
-        commit: Commit,
+        mut commit: Commit,
     ) -> Result<Snapshot> {
         if self.is_closed() {
             return Err(Error::NotFound { what: format!("table {}", self.name) });
@@ -677,6 +677,34 @@ impl Table {
         let state = self.current();
         let mut files: Vec<FileMeta> =
             state.manifest.files.iter().filter(|f| !commit.removed.iter().any(|r| r.path == f.path)).cloned().collect();
+        // Rows replaced: marked in the files' deletion vectors (added files
+        // carry theirs; live ones get a new vector in the delta).
+        let mut marked: Vec<(String, crate::deletion::DeletionVector)> = Vec::new();
+        for (path, positions) in std::mem::take(&mut commit.deleted) {
+            let file = match commit.added.iter_mut().find(|f| f.path == path) {
+                Some(added) => added,
+                None => match files.iter_mut().find(|f| f.path == path) {
+                    Some(live) => live,
+                    None => {
+                        return Err(Error::Conflict {
+                            table: self.name.clone(),
+                            reason: format!("rows this write replaces moved ({path} left the table); run it again"),
+                        });
+                    }
+                },
+            };
+            let vector = file.deleted.as_ref().map_or_else(
+                || crate::deletion::DeletionVector::from_positions(positions.clone()),
+                |d| d.with(&positions),
+            );
+            if vector.len() > file.rows {
+                return Err(Error::Invalid(format!("deletion vector of {path} marks more rows than it holds")));
+            }
+            file.deleted = Some(vector.clone());
+            if !commit.added.iter().any(|f| f.path == path) {
+                marked.push((path, vector));
+            }
+        }
         files.extend(commit.added.iter().cloned());
         let manifest = Manifest { files };
         // Only this commit's delta, unless the chain of deltas is long (or
@@ -686,6 +714,7 @@ impl Table {
                 let delta = crate::snapshot::ManifestDelta {
                     added: commit.added.clone(),
                     removed: commit.removed.iter().map(|f| f.path.clone()).collect(),
+                    deleted: marked,
                 };
                 let path = format!("manifest/delta-{}", uuid::Uuid::new_v4());
                 let mut deltas = latest.manifest_deltas.clone();
@@ -789,7 +818,7 @@ impl Table {
         rows: &RecordBatch,
         kinds: &[ValueKind],
         next_seq: u64,
-    ) -> Result<(RecordBatch, RecordBatch)> {
+    ) -> Result<(RecordBatch, RecordBatch, Vec<(usize, u64)>)> {
         let schema = &state.schema;
         let converter = key_converter(schema)?;
         let keys = converter.convert_columns(&key_columns(schema, rows))?;
@@ -813,8 +842,11 @@ impl Table {
         let mut log = fold.output();
         let mut log_kinds: Vec<i8> = Vec::new();
         let mut log_seqs: Vec<u64> = Vec::new();
+        // Where the versions this write replaces are (file index, row).
+        let mut replaced: Vec<(usize, u64)> = Vec::new();
         for (key, group) in wanted.iter().zip(groups) {
-            let old = if old_by_key.is_empty() { None } else { old_by_key.get(key.data()).copied() };
+            let at = if old_by_key.is_empty() { None } else { old_by_key.get(key.data()).copied() };
+            let old = at.map(|at| (at.batch, at.row));
             let new = fold.fold(old, &order[group])?;
             let seq = next_seq + data.len() as u64;
             let unchanged = match (old, &new) {
@@ -824,6 +856,10 @@ impl Table {
             };
             if unchanged {
                 continue;
+            }
+            if let Some(at) = at {
+                // Every other case below stores a new version of the key.
+                replaced.push((at.file, at.position));
             }
             match (old, new) {
                 (None, Some(new)) => {
@@ -864,7 +900,7 @@ impl Table {
             Arc::new(UInt64Array::from(log_seqs)),
             Arc::new(Int8Array::from(log_kinds)),
         )?;
-        Ok((data, changelog))
+        Ok((data, changelog, replaced))
     }
 
     /// Plans a scan of `snapshot` (the latest when `None`).
@@ -953,6 +989,8 @@ pub(crate) struct Commit {
     /// The watermark of the rows this commit wrote (the snapshot keeps the
     /// larger of it and the parent's).
     pub watermark: Option<i64>,
+    /// Rows to mark deleted in live or added files ([`crate::deletion`]).
+    pub deleted: crate::deletion::Marks,
 }
 
 /// Files written by a write that is not committed yet.
@@ -965,6 +1003,9 @@ struct Staged {
     next_seq: Option<u64>,
     /// Largest event time staged minus the watermark delay (table option `watermark`).
     watermark: Option<i64>,
+    /// Rows of committed or staged files that the staged writes replace
+    /// (tables with deletion vectors: [`crate::deletion`]).
+    deleted: crate::deletion::Marks,
 }
 
 impl Staged {
@@ -984,12 +1025,18 @@ impl Staged {
             && schema.options.merge_engine == MergeEngine::Deduplicate
             && schema.options.sequence_field.is_none()
             && !kinds.contains(&ValueKind::Insert);
-        let (data, changelog) = if schema.has_primary_key() && blind_keyed {
+        let (data, changelog) = if schema.has_primary_key() && blind_keyed && !schema.deletion_vectors() {
             last_change_per_key(schema, rows, kinds, next_seq)?
         } else if schema.has_primary_key() {
             // Lookups see the committed runs and what this transaction staged.
             let files: Vec<&FileMeta> = state.manifest.files.iter().chain(&self.data).collect();
-            table.keyed_changes(state, &files, rows, kinds, next_seq).await?
+            let (data, changelog, replaced) = table.keyed_changes(state, &files, rows, kinds, next_seq).await?;
+            if schema.deletion_vectors() {
+                for (file, position) in replaced {
+                    self.deleted.entry(files[file].path.clone()).or_default().push(position);
+                }
+            }
+            (data, changelog)
         } else {
             let seqs: ArrayRef = Arc::new(UInt64Array::from_iter_values(next_seq..next_seq + rows.num_rows() as u64));
             let data = with_system_columns(schema, rows, Arc::clone(&seqs), ValueKind::Upsert as i8)?;
@@ -1088,6 +1135,7 @@ impl Staged {
             next_sequence: self.next_seq,
             properties,
             watermark: self.watermark,
+            deleted: self.deleted,
         };
         table.commit_locked(guard, commit).await.map(Some)
     }
@@ -1281,6 +1329,28 @@ impl Transaction<'_> {
                 };
             }
         }
+        if current_id != base_id && current.schema.deletion_vectors() {
+            // Rows the staged writes replace, found at the base: a compaction
+            // since may have rewritten their files. Then find them again.
+            let moved = staged
+                .deleted
+                .keys()
+                .any(|path| !current.manifest.files.iter().chain(&staged.data).any(|f| &f.path == path));
+            if moved {
+                let committed: Vec<&FileMeta> = current.manifest.files.iter().collect();
+                let written: Vec<&FileMeta> = staged.data.iter().collect();
+                match table.replaced_rows(&current.schema, &committed, &written).await {
+                    Ok(again) => {
+                        staged.deleted.retain(|path, _| staged.data.iter().any(|f| &f.path == path));
+                        staged.deleted.extend(again);
+                    }
+                    Err(e) => {
+                        staged.abort(table).await;
+                        return Err(e);
+                    }
+                }
+            }
+        }
         staged.commit_with(table, &guard, properties).await
     }
 
@@ -1337,6 +1407,7 @@ impl Table {
             row_group_rows: schema.options.row_group_rows,
             seq_kind: (user, user + 1, delete_code),
             light: schema.options.no_changelog,
+            mark_deletes: folder == "data" && delete_code.is_some() && schema.deletion_vectors(),
         }
     }
 }

@@ -95,6 +95,7 @@ fn plain_scan(
     use datafusion::datasource::listing::PartitionedFile;
     use datafusion::datasource::physical_plan::parquet::ParquetAccessPlan;
     use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+    use datafusion::parquet::arrow::arrow_reader::RowSelection;
 
     if files.iter().all(Vec::is_empty) {
         return Ok(None);
@@ -108,7 +109,20 @@ fn plain_scan(
                     .map(|file| {
                         let mut access = ParquetAccessPlan::new_none(file.meta.row_groups.len());
                         for &group in &file.row_groups {
-                            access.scan(group);
+                            match &file.meta.deleted {
+                                // Rows a later version or a delete replaced: not read.
+                                Some(deleted) => {
+                                    let positions = file.meta.group_positions(group);
+                                    let rows = (positions.end - positions.start) as usize;
+                                    let live = deleted.live_in(positions);
+                                    if live.is_empty() {
+                                        continue;
+                                    }
+                                    let selection = RowSelection::from_consecutive_ranges(live.into_iter(), rows);
+                                    access.scan_selection(group, selection);
+                                }
+                                None => access.scan(group),
+                            }
                         }
                         PartitionedFile::new_from_meta(object_store::ObjectMeta {
                             location: file.location,

@@ -36,6 +36,10 @@ enum Op {
     Write(Vec<(i64, Change)>),
     /// Several writes staged in one transaction, committed as one snapshot.
     Transaction(Vec<Vec<(i64, Change)>>),
+    /// A transaction that a compaction overtakes: staged, then the table
+    /// compacted (the files holding the rows it replaces may be rewritten),
+    /// then committed.
+    Overtaken(Vec<Vec<(i64, Change)>>, bool),
     /// Several writes issued concurrently (group commit).
     Concurrent(Vec<Vec<(i64, Change)>>),
     /// Compaction: full (all runs, tombstones dropped) or as the options pick.
@@ -83,6 +87,7 @@ fn op() -> impl Strategy<Value = Op> {
             Op::Write((from..from + count).map(|k| (k, Change::Upsert(Some("b".to_string())))).collect())
         }),
         1 => proptest::collection::vec(rows(), 1..4).prop_map(Op::Transaction),
+        1 => (proptest::collection::vec(rows(), 1..3), any::<bool>()).prop_map(|(w, full)| Op::Overtaken(w, full)),
         1 => proptest::collection::vec(rows(), 2..5).prop_map(Op::Concurrent),
         // Concurrent writes of disjoint key bands (each may get a file of its own).
         1 => proptest::collection::vec(proptest::collection::vec((0i64..5, change()), 2..6), 2..5).prop_map(|writes| {
@@ -241,13 +246,24 @@ async fn run(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>) {
     run_with(engine, size_amplification, ops, false).await;
 }
 
+/// Scans merge overlapping runs (no deletion vectors): the model all the same.
+async fn run_merging(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>) {
+    let mut definition = schema(engine, size_amplification, false);
+    definition.options.deletion_vectors = false;
+    run_table(definition, engine, ops).await;
+}
+
 /// `no_changelog`: the table keeps no changelog (writes store each key's
 /// last change without lookups); its snapshots and probes match the model
 /// all the same, and its changelog is empty.
 async fn run_with(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>, no_changelog: bool) {
+    run_table(schema(engine, size_amplification, no_changelog), engine, ops).await;
+}
+
+async fn run_table(definition: TableSchema, engine: MergeEngine, ops: Vec<Op>) {
+    let no_changelog = definition.options.no_changelog;
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let dir = Path::from("public/t");
-    let definition = schema(engine, size_amplification, no_changelog);
     let mut table = Table::create(Arc::clone(&store), dir.clone(), "t", definition).await.unwrap();
     let mut model = Model::new();
     // Model state after each snapshot id (index 0 = empty table).
@@ -280,6 +296,26 @@ async fn run_with(engine: MergeEngine, size_amplification: u64, ops: Vec<Op>, no
                     let (b, kinds) = batch(&table.schema(), &rows);
                     apply(&mut model, engine, &rows);
                     txn.write(&b, &kinds).await.unwrap();
+                }
+                match txn.commit().await.unwrap() {
+                    Some(snapshot) => record(&table, &mut history, snapshot.id, &model).await,
+                    None => assert_eq!(before, model, "no commit, but the model changed"),
+                }
+            }
+            Op::Overtaken(writes, full) => {
+                let before = model.clone();
+                let mut txn = table.begin().await.unwrap();
+                for rows in writes {
+                    let rows = without_deletes(engine, rows);
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    let (b, kinds) = batch(&table.schema(), &rows);
+                    apply(&mut model, engine, &rows);
+                    txn.write(&b, &kinds).await.unwrap();
+                }
+                if let Some(snapshot) = table.compact(full).await.unwrap() {
+                    record(&table, &mut history, snapshot.id, &before).await;
                 }
                 match txn.commit().await.unwrap() {
                     Some(snapshot) => record(&table, &mut history, snapshot.id, &model).await,
@@ -448,6 +484,15 @@ proptest! {
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         runtime.block_on(run(MergeEngine::Deduplicate, amplification, ops));
+    }
+
+    #[test]
+    fn deduplicate_without_deletion_vectors_matches_the_model(
+        amplification in prop_oneof![Just(200u64), Just(1_000_000)],
+        ops in proptest::collection::vec(op(), 1..25),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(run_merging(MergeEngine::Deduplicate, amplification, ops));
     }
 
     #[test]

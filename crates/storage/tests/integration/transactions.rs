@@ -249,3 +249,94 @@ async fn changelogs_stream_in_pieces_of_bounded_rows() {
         }
     }
 }
+
+/// Deletion vectors under a race: compactions run while writes replace and
+/// delete rows the compactions are rewriting, so commits land between a
+/// compaction's start and its commit (its outputs must then mark the rows
+/// those writes replaced) and transactions begin before a compaction and
+/// commit after it (the rows they replace have moved). Every scan — which
+/// reads files without merging them, skipping marked rows — holds each live
+/// key once, with its last value, as point reads (which merge) do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_vectors_stay_exact_while_compactions_race_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let arrow =
+        Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false), Field::new("v", DataType::Utf8, true)]));
+    let options =
+        TableOptions { compaction_trigger: 2, row_group_rows: 16, target_file_size: 4_000, ..Default::default() };
+    assert!(options.deletion_vectors, "on by default");
+    let schema = TableSchema::new(0, arrow, &["k"], options).unwrap();
+    let table = Table::create(store, Path::from("public/t"), "t", schema).await.unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let plans: Vec<Vec<(i64, Option<String>)>> = (0..80)
+        .map(|i| {
+            (0..24)
+                .map(|_| {
+                    let k = next(300) as i64;
+                    (k, (next(6) != 0).then(|| format!("w{i}-{k}")))
+                })
+                .collect()
+        })
+        .collect();
+    let writer = async {
+        let mut model: BTreeMap<i64, String> = BTreeMap::new();
+        for (i, plan) in plans.iter().enumerate() {
+            let keys = Int64Array::from_iter_values(plan.iter().map(|p| p.0));
+            let values: StringArray = plan.iter().map(|p| Some(p.1.clone().unwrap_or_default())).collect();
+            let kinds: Vec<ValueKind> =
+                plan.iter().map(|p| if p.1.is_some() { ValueKind::Upsert } else { ValueKind::Delete }).collect();
+            let batch =
+                RecordBatch::try_new(Arc::clone(&table.schema().schema), vec![Arc::new(keys), Arc::new(values)])
+                    .unwrap();
+            if i % 4 == 0 {
+                // A transaction, overtaken by whatever commits meanwhile.
+                let mut txn = table.begin().await.unwrap();
+                txn.write(&batch, &kinds).await.unwrap();
+                tokio::task::yield_now().await;
+                txn.commit().await.unwrap();
+            } else {
+                table.write(&batch, &kinds).await.unwrap();
+            }
+            for (k, v) in plan {
+                match v {
+                    Some(v) => model.insert(*k, v.clone()),
+                    None => model.remove(k),
+                };
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        model
+    };
+    let compactor = async {
+        let mut round = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            table.compact(round % 5 == 4).await.unwrap();
+            round += 1;
+            tokio::task::yield_now().await;
+        }
+    };
+    let (model, ()) = tokio::join!(writer, compactor);
+
+    let mut scanned: Vec<(i64, String)> = Vec::new();
+    for b in table.scan(None).await.unwrap() {
+        let (k, v) = (b.column(0).as_primitive::<Int64Type>(), b.column(1).as_string::<i32>());
+        scanned.extend((0..b.num_rows()).map(|i| (k.value(i), v.value(i).to_string())));
+    }
+    scanned.sort();
+    let expected: Vec<(i64, String)> = model.iter().map(|(k, v)| (*k, v.clone())).collect();
+    assert_eq!(scanned, expected, "the scan (files read one by one, marked rows skipped)");
+    let keys: Vec<i64> = (0..300).collect();
+    let got = table.get(&[Arc::new(Int64Array::from(keys))]).await.unwrap();
+    assert_eq!(got.num_rows(), model.len(), "point reads (merging by sequence number)");
+    let files = table.files(None).await.unwrap();
+    assert!(files.iter().any(|f| f.deleted.is_some()), "some rows were marked");
+}
