@@ -119,6 +119,8 @@ fn plain_scan(
                                         continue;
                                     }
                                     let selection = RowSelection::from_consecutive_ranges(live.into_iter(), rows);
+                                    // A selection narrows a scanned group (a skipped one stays skipped).
+                                    access.scan(group);
                                     access.scan_selection(group, selection);
                                 }
                                 None => access.scan(group),
