@@ -81,6 +81,7 @@ pub mod snapshot;
 pub mod table;
 
 mod fold;
+mod hot;
 mod key_sets;
 mod lookup;
 mod merge;

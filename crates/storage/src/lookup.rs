@@ -129,7 +129,17 @@ impl Table {
     /// The current value of each of `wanted` (sorted) in `files`: the user
     /// columns of the row groups read, and where each live key's newest
     /// version is. Only row groups whose key range holds a wanted key are read.
-    pub(crate) async fn lookup(&self, schema: &TableSchema, files: &[&FileMeta], wanted: &[Row<'_>]) -> Result<Found> {
+    ///
+    /// With `keep`, the row groups read are decoded whole and kept in
+    /// memory ([`crate::hot`]) for the next point read (lookups of writes,
+    /// which touch many groups once, do not).
+    pub(crate) async fn lookup(
+        &self,
+        schema: &TableSchema,
+        files: &[&FileMeta],
+        wanted: &[Row<'_>],
+        keep: bool,
+    ) -> Result<Found> {
         let converter = key_converter(schema)?;
         let mut wanted_set: Option<HashSet<&[u8]>> = None;
         let mut versions = Versions::default();
@@ -141,7 +151,8 @@ impl Table {
             }
             let wanted_set = wanted_set.get_or_insert_with(|| wanted.iter().map(Row::data).collect());
             let reader = self.reader(schema, meta, reader).await?;
-            versions.read(self, schema, &converter, (f, meta), &reader, groups, |key| wanted_set.contains(key)).await?;
+            let wanted = |key: &[u8]| wanted_set.contains(key);
+            versions.read(self, schema, &converter, (f, meta), &reader, groups, wanted, keep).await?;
         }
         Ok(versions.live())
     }
@@ -192,7 +203,7 @@ impl Table {
         wanted.sort();
         wanted.dedup();
         let files: Vec<&FileMeta> = state.manifest.files.iter().collect();
-        let (batches, live) = self.lookup(schema, &files, &wanted).await?;
+        let (batches, live) = self.lookup(schema, &files, &wanted, true).await?;
         let mut found: Vec<(usize, usize)> = live.into_values().map(|at| (at.batch, at.row)).collect();
         found.sort_unstable();
         gather(schema, &batches, &found)
@@ -268,7 +279,7 @@ impl Table {
                 continue;
             }
             let reader = self.reader(schema, meta, reader).await?;
-            versions.read(self, schema, &converter, (f, meta), &reader, reads, matching).await?;
+            versions.read(self, schema, &converter, (f, meta), &reader, reads, matching, false).await?;
         }
         let (batches, live) = versions.live();
         let mut found: Vec<(Vec<u8>, At)> = live.into_iter().collect();
@@ -322,7 +333,7 @@ impl Table {
         keys.sort_unstable();
         keys.dedup();
         let wanted: Vec<Row<'_>> = keys.iter().map(|k| k.row()).collect();
-        let (_, live) = self.lookup(schema, files, &wanted).await?;
+        let (_, live) = self.lookup(schema, files, &wanted, false).await?;
         for at in live.into_values() {
             marks.entry(files[at.file].path.clone()).or_default().push(at.position);
         }
@@ -439,6 +450,7 @@ impl Versions {
         reader: &FileReader,
         reads: Vec<(usize, Option<Vec<usize>>)>,
         wanted: impl Fn(&[u8]) -> bool,
+        keep: bool,
     ) -> Result<()> {
         let user_columns = schema.schema.fields().len();
         let projection: Vec<usize> = (0..user_columns).collect();
@@ -446,7 +458,16 @@ impl Versions {
             let start = meta.group_positions(group).start;
             // Rows of the group read so far (the index into `rows` when given).
             let mut read = 0usize;
-            for batch in reader.read_rows(group, None, rows.as_deref(), READ_BATCH_ROWS).await? {
+            let batches = match crate::hot::get(&meta.path, group, schema.id) {
+                Some(decoded) => crate::hot::select(&decoded, rows.as_deref())?,
+                None if keep && crate::hot::admit(&meta.path, group, schema.id) => {
+                    let decoded = Arc::new(reader.read_rows(group, None, None, READ_BATCH_ROWS).await?);
+                    crate::hot::insert(&meta.path, group, schema.id, Arc::clone(&decoded));
+                    crate::hot::select(&decoded, rows.as_deref())?
+                }
+                None => reader.read_rows(group, None, rows.as_deref(), READ_BATCH_ROWS).await?,
+            };
+            for batch in batches {
                 let b = self.batches.len();
                 let keys = converter.convert_columns(&key_columns(schema, &batch))?;
                 let location = || table.dir.child_path(&meta.path);

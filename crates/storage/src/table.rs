@@ -834,7 +834,7 @@ impl Table {
             }
         }
         let wanted: Vec<Row<'_>> = groups.iter().map(|g| keys.row(order[g.start])).collect();
-        let (old_batches, old_by_key) = self.lookup(schema, files, &wanted).await?;
+        let (old_batches, old_by_key) = self.lookup(schema, files, &wanted, false).await?;
 
         let fold = Fold::new(schema, &old_batches, rows, kinds)?;
         let mut data = fold.output();
