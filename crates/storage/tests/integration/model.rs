@@ -271,6 +271,11 @@ async fn run_table(definition: TableSchema, engine: MergeEngine, ops: Vec<Op>) {
     // Time moves an hour per expiry, so expiry is decided by count.
     let mut clock = 0i64;
     for op in ops {
+        // An overtaken transaction is a transaction with a compaction before its commit.
+        let (op, overtaken) = match op {
+            Op::Overtaken(writes, full) => (Op::Transaction(writes), Some(full)),
+            other => (other, None),
+        };
         match op {
             Op::Write(rows) => {
                 let rows = without_deletes(engine, rows);
@@ -297,24 +302,9 @@ async fn run_table(definition: TableSchema, engine: MergeEngine, ops: Vec<Op>) {
                     apply(&mut model, engine, &rows);
                     txn.write(&b, &kinds).await.unwrap();
                 }
-                match txn.commit().await.unwrap() {
-                    Some(snapshot) => record(&table, &mut history, snapshot.id, &model).await,
-                    None => assert_eq!(before, model, "no commit, but the model changed"),
-                }
-            }
-            Op::Overtaken(writes, full) => {
-                let before = model.clone();
-                let mut txn = table.begin().await.unwrap();
-                for rows in writes {
-                    let rows = without_deletes(engine, rows);
-                    if rows.is_empty() {
-                        continue;
-                    }
-                    let (b, kinds) = batch(&table.schema(), &rows);
-                    apply(&mut model, engine, &rows);
-                    txn.write(&b, &kinds).await.unwrap();
-                }
-                if let Some(snapshot) = table.compact(full).await.unwrap() {
+                if let Some(full) = overtaken
+                    && let Some(snapshot) = table.compact(full).await.unwrap()
+                {
                     record(&table, &mut history, snapshot.id, &before).await;
                 }
                 match txn.commit().await.unwrap() {
@@ -322,6 +312,7 @@ async fn run_table(definition: TableSchema, engine: MergeEngine, ops: Vec<Op>) {
                     None => assert_eq!(before, model, "no commit, but the model changed"),
                 }
             }
+            Op::Overtaken(..) => unreachable!("made a transaction above"),
             Op::Concurrent(writes) => {
                 let writes: Vec<_> =
                     writes.into_iter().map(|w| without_deletes(engine, w)).filter(|w| !w.is_empty()).collect();
