@@ -17,6 +17,9 @@
 //!   from the same generator with the same encoding as a compacted Dynamic
 //!   Table (zstd level 1, 65,536-row row groups), DataFusion's default
 //!   options otherwise.
+//! - `TPCH_PARQUET_DIR=DIR` keeps the plain files in DIR and reuses them;
+//!   `QUERIES_ONLY=select1` measures only `SELECT 1` over both protocols
+//!   (5,000 times each, no tables), e.g. to profile a query's fixed cost.
 //! - DuckDB: the Python `duckdb` package (`pip install duckdb`), as many
 //!   threads as cores, views over the same Parquet files
 //!   (`benches/duckdb_tpch.py`); skipped with a note when it is missing.
@@ -163,16 +166,24 @@ fn duckdb(parquet: &std::path::Path, runs: usize, cores: usize) -> Result<Vec<(f
 async fn main() {
     let (scale, runs, cores) = scale_runs_cores(&mut std::env::args().skip(1));
     println!("TPC-H SF{scale}, {runs} runs per query and system, {cores} cores");
+    // QUERIES_ONLY=select1: only the fixed cost of a query, no tables.
+    let only_select1 = std::env::var("QUERIES_ONLY").is_ok_and(|v| v == "select1");
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().join("data");
     let warehouse = data_dir.join("warehouse");
     std::fs::create_dir_all(&warehouse).expect("warehouse dir");
     let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&warehouse).expect("store"));
-    load_all(&store, scale).await;
-    let parquet = dir.path().join("parquet");
+    if !only_select1 {
+        load_all(&store, scale).await;
+    }
+    // TPCH_PARQUET_DIR: keep the plain files there (and reuse them when they are there).
+    let parquet = std::env::var_os("TPCH_PARQUET_DIR").map_or_else(|| dir.path().join("parquet"), Into::into);
     std::fs::create_dir_all(&parquet).expect("parquet dir");
     for (name, _) in TABLES {
-        write_plain(name, scale, &parquet.join(format!("{name}.parquet")));
+        let path = parquet.join(format!("{name}.parquet"));
+        if !only_select1 && !path.exists() {
+            write_plain(name, scale, &path);
+        }
     }
 
     let mut config = streamhouse::config::Config::default();
@@ -195,7 +206,7 @@ async fn main() {
     tokio::spawn(connection);
 
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(cores));
-    for (name, _) in TABLES {
+    for (name, _) in TABLES.iter().filter(|_| !only_select1) {
         let path = parquet.join(format!("{name}.parquet"));
         ctx.register_parquet(*name, path.to_str().expect("path"), ParquetReadOptions::default())
             .await
@@ -204,7 +215,8 @@ async fn main() {
 
     // The fixed cost of a query: `SELECT 1`, 200 times per protocol, median.
     let mut one = [Vec::new(), Vec::new()];
-    for _ in 0..200 {
+    let repeats = if only_select1 { 5000 } else { 200 };
+    for _ in 0..repeats {
         let started = Instant::now();
         let info = flight.execute("SELECT 1".to_string(), None).await.expect("GetFlightInfo");
         for endpoint in info.endpoint {
@@ -219,7 +231,15 @@ async fn main() {
     for times in &mut one {
         times.sort_by(f64::total_cmp);
     }
-    println!("SELECT 1, median of 200: Flight SQL {:.3} ms, pgwire {:.3} ms", one[0][100], one[1][100]);
+    println!(
+        "SELECT 1, median of {repeats}: Flight SQL {:.3} ms, pgwire {:.3} ms",
+        one[0][repeats / 2],
+        one[1][repeats / 2]
+    );
+    if only_select1 {
+        server.shutdown().await;
+        return;
+    }
 
     let duck = duckdb(&parquet, runs, cores);
     if let Err(why) = &duck {

@@ -374,7 +374,10 @@ fn bsp_options(
     faults: &Arc<crate::exec::bsp::Faults>,
     distribution: Option<Arc<crate::exec::distributed::Distribution>>,
 ) -> crate::exec::bsp::BspOptions {
-    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    // Asked once: the answer reads cgroup files, and this runs for every query.
+    static CORES: std::sync::LazyLock<usize> =
+        std::sync::LazyLock::new(|| std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get));
+    let cores = *CORES;
     crate::exec::bsp::BspOptions {
         store: Arc::clone(spill.store()),
         concurrency: if config.stage_concurrency == 0 { cores } else { config.stage_concurrency },

@@ -2,10 +2,15 @@
 //!
 //! A query is planned once: GetFlightInfo parses and plans it and keeps the
 //! prepared statement under an opaque ticket, redeemable once, within
-//! [`TICKET_TTL`], by the user who asked; DoGet runs it in a fresh session
+//! [`TICKET_TTL`], by the user who asked. GetFlightInfo also starts it
+//! ([`Started`]): its first batches are computed and encoded while the
+//! answer travels to the client and its DoGet comes back, and DoGet streams
+//! them. A started statement not fetched within [`STARTED_TTL`] is stopped
+//! and its ticket falls back to the plan, which DoGet runs in a fresh session
 //! without parsing or planning it again (a DDL statement in between makes
 //! it planned again against the new catalog, as for any prepared
-//! statement). Unredeemed tickets are capped per user. Prepared
+//! statement); so does a ticket issued while the user already has
+//! [`MAX_STARTED_PER_USER`] started ones. Unredeemed tickets are capped per user. Prepared
 //! statements live in a map keyed by an opaque handle until the client closes
 //! them; parameters bound by DoPut are kept with the handle. Results stream as
 //! they are produced; a client that goes away drops the stream, which stops
@@ -58,12 +63,70 @@ const TICKET_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 /// Unredeemed tickets one user may hold; the oldest is dropped beyond it.
 const MAX_TICKETS_PER_USER: usize = 1024;
 
+/// Started statements one user may hold unfetched; later tickets only keep the plan.
+const MAX_STARTED_PER_USER: usize = 4;
+
+/// How long a started statement waits for its DoGet before it is stopped
+/// (its ticket then runs the plan again when redeemed).
+const STARTED_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Batches a started statement computes and encodes ahead of its DoGet.
+const STARTED_AHEAD: usize = 2;
+
 /// A statement ticket: a random handle standing for the planned statement,
 /// redeemable once by the user who asked for it.
 struct TicketEntry {
     owner: String,
     prepared: Arc<Prepared>,
+    /// The statement's rows, already being computed (see [`Started`]).
+    started: Option<Started>,
     issued: std::time::Instant,
+}
+
+/// A statement started by GetFlightInfo: a task computes and encodes its
+/// first [`STARTED_AHEAD`] messages and waits for DoGet to take them.
+/// Dropping it (ticket expired, evicted, or the client gone) stops the task
+/// and with it the query.
+struct Started(tokio::sync::mpsc::Receiver<Result<FlightData, Status>>);
+
+impl Started {
+    fn start(mut stream: DoGetStream) -> Self {
+        use futures::FutureExt;
+        let (sender, receiver) = tokio::sync::mpsc::channel(STARTED_AHEAD);
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = sender.closed() => return,
+                    next = std::panic::AssertUnwindSafe(stream.next()).catch_unwind() => next,
+                };
+                let item = match next {
+                    Ok(Some(item)) => item,
+                    Ok(None) => return,
+                    // A bug in an operator: the client gets an error, never a shortened answer.
+                    Err(_) => Err(Status::internal("the query failed (an internal error); see the server log")),
+                };
+                let failed = item.is_err();
+                if sender.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Self(receiver)
+    }
+
+    fn into_stream(self) -> DoGetStream {
+        Box::pin(futures::stream::unfold(self.0, |mut receiver| async move {
+            receiver.recv().await.map(|item| (item, receiver))
+        }))
+    }
+}
+
+/// What a redeemed ticket gives DoGet.
+enum Redeemed {
+    /// Rows already being computed.
+    Started(Started),
+    /// The plan, to run now.
+    Planned(Arc<Prepared>),
 }
 
 /// A prepared statement of a Flight SQL client.
@@ -111,12 +174,32 @@ impl FlightSqlServer {
         }))
     }
 
-    /// A ticket for `prepared`, redeemable once by `owner`.
+    /// Locks the tickets, dropping expired ones and stopping started
+    /// statements that waited too long for their DoGet.
     #[allow(clippy::result_large_err)]
-    fn issue_ticket(&self, owner: &str, prepared: Prepared) -> Result<Bytes, Status> {
+    fn tickets(&self) -> Result<std::sync::MutexGuard<'_, HashMap<Bytes, TicketEntry>>, Status> {
         let mut tickets = self.tickets.lock().map_err(|_| Status::internal("ticket map poisoned"))?;
         let now = std::time::Instant::now();
         tickets.retain(|_, t| now.duration_since(t.issued) < TICKET_TTL);
+        for ticket in tickets.values_mut() {
+            if now.duration_since(ticket.issued) >= STARTED_TTL {
+                ticket.started = None;
+            }
+        }
+        Ok(tickets)
+    }
+
+    /// Whether `owner` may have one more statement started ahead of its DoGet.
+    #[allow(clippy::result_large_err)]
+    fn may_start(&self, owner: &str) -> Result<bool, Status> {
+        let tickets = self.tickets()?;
+        Ok(tickets.values().filter(|t| t.owner == owner && t.started.is_some()).count() < MAX_STARTED_PER_USER)
+    }
+
+    /// A ticket for `prepared` (and its rows, when `started`), redeemable once by `owner`.
+    #[allow(clippy::result_large_err)]
+    fn issue_ticket(&self, owner: &str, prepared: Prepared, started: Option<Started>) -> Result<Bytes, Status> {
+        let mut tickets = self.tickets()?;
         let held: Vec<(Bytes, std::time::Instant)> =
             tickets.iter().filter(|(_, t)| t.owner == owner).map(|(h, t)| (h.clone(), t.issued)).collect();
         if held.len() >= MAX_TICKETS_PER_USER
@@ -125,26 +208,33 @@ impl FlightSqlServer {
             tickets.remove(oldest);
         }
         let handle = auth::random_handle();
-        let entry = TicketEntry { owner: owner.to_string(), prepared: Arc::new(prepared), issued: now };
+        let entry = TicketEntry {
+            owner: owner.to_string(),
+            prepared: Arc::new(prepared),
+            started,
+            issued: std::time::Instant::now(),
+        };
         tickets.insert(handle.clone(), entry);
         Ok(handle)
     }
 
-    /// Redeems a ticket: its planned statement, if `user` asked for it.
+    /// Redeems a ticket: its started rows or its plan, if `user` asked for it.
     #[allow(clippy::result_large_err)]
-    fn redeem_ticket(&self, handle: &Bytes, user: &str) -> Result<Arc<Prepared>, Status> {
-        let mut tickets = self.tickets.lock().map_err(|_| Status::internal("ticket map poisoned"))?;
+    fn redeem_ticket(&self, handle: &Bytes, user: &str) -> Result<Redeemed, Status> {
+        let mut tickets = self.tickets()?;
         let entry = tickets
             .get(handle)
-            .filter(|t| t.issued.elapsed() < TICKET_TTL)
             .ok_or_else(|| Status::not_found("unknown or expired ticket: call GetFlightInfo again"))?;
         if entry.owner != user {
             return Err(Status::permission_denied("this ticket was issued to another user"));
         }
-        tickets
+        let entry = tickets
             .remove(handle)
-            .map(|t| t.prepared)
-            .ok_or_else(|| Status::not_found("unknown or expired ticket: call GetFlightInfo again"))
+            .ok_or_else(|| Status::not_found("unknown or expired ticket: call GetFlightInfo again"))?;
+        Ok(match entry.started {
+            Some(started) => Redeemed::Started(started),
+            None => Redeemed::Planned(entry.prepared),
+        })
     }
 
     /// Parses exactly one statement and plans it.
@@ -389,7 +479,14 @@ impl FlightSqlService for FlightSqlServer {
             return Ok(Response::new(executed_info(request.into_inner())?));
         }
         let schema = announced_schema(&prepared);
-        let handle = self.issue_ticket(&session.info().user, prepared)?;
+        let user = session.info().user.clone();
+        // Its first batches are computed while the answer travels and the DoGet comes back.
+        let started = if self.may_start(&user)? {
+            Some(Started::start(run_to_stream(&mut session, &prepared, None).await?))
+        } else {
+            None
+        };
+        let handle = self.issue_ticket(&user, prepared, started)?;
         let ticket = Ticket::new(TicketStatementQuery { statement_handle: handle }.as_any().encode_to_vec());
         Ok(Response::new(flight_info(&schema, ticket, request.into_inner())?))
     }
@@ -402,9 +499,14 @@ impl FlightSqlService for FlightSqlServer {
         if ticket.statement_handle.as_ref() == EXECUTED {
             return Ok(Response::new(empty_stream()));
         }
-        let mut session = self.session(&request)?;
-        let prepared = self.redeem_ticket(&ticket.statement_handle, &session.info().user)?;
-        Ok(Response::new(run_to_stream(&mut session, &prepared, None).await?))
+        let user = auth::login_of(&request)?.user;
+        match self.redeem_ticket(&ticket.statement_handle, &user)? {
+            Redeemed::Started(started) => Ok(Response::new(started.into_stream())),
+            Redeemed::Planned(prepared) => {
+                let mut session = self.session(&request)?;
+                Ok(Response::new(run_to_stream(&mut session, &prepared, None).await?))
+            }
+        }
     }
 
     async fn do_put_statement_update(

@@ -1123,6 +1123,10 @@ impl CheckedParquet {
             return Ok(Arc::clone(metadata));
         }
         let footer = self.meta.footer;
+        if let Some(metadata) = crate::footers::get(self.location.as_ref(), footer.offset, footer.crc32) {
+            self.metadata = Some(Arc::clone(&metadata));
+            return Ok(metadata);
+        }
         let bytes = self.ranges(vec![footer.range()]).await?.pop().unwrap_or_default();
         let sparse = Sparse { len: self.meta.bytes, ranges: vec![(footer.offset, bytes)] };
         // The page indexes lie inside the footer range: loading them costs no I/O.
@@ -1132,6 +1136,7 @@ impl CheckedParquet {
             .map_err(|e| Error::corrupt(&self.location, e))?;
         check_footer(&self.location, &metadata, &self.meta)?;
         let metadata = Arc::new(metadata);
+        crate::footers::insert(self.location.as_ref(), footer.offset, footer.crc32, Arc::clone(&metadata));
         self.metadata = Some(Arc::clone(&metadata));
         Ok(metadata)
     }

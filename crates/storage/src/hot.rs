@@ -11,29 +11,20 @@
 //! then keep reading single rows (a page per column), instead of decoding
 //! whole groups only to evict them.
 
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use arrow::array::{RecordBatch, UInt32Array};
 
 use crate::error::Result;
+use crate::lru::Lru;
 
 /// Bytes of decoded row groups kept by the process.
 pub(crate) const HOT_BYTES: usize = 128 << 20;
 
 type Key = (String, usize, u64);
 
-struct Entry {
-    batches: Arc<Vec<RecordBatch>>,
-    bytes: usize,
-    used: u64,
-}
-
-#[derive(Default)]
 struct Hot {
-    entries: HashMap<Key, Entry>,
-    bytes: usize,
-    clock: u64,
+    groups: Lru<Key, Arc<Vec<RecordBatch>>>,
     /// Groups read once lately (forgotten all at once past [`SEEN`]).
     seen: std::collections::HashSet<Key>,
 }
@@ -57,7 +48,8 @@ pub(crate) fn admit(path: &str, group: usize, schema_id: u64) -> bool {
 }
 
 fn cache() -> &'static Mutex<Hot> {
-    static HOT: LazyLock<Mutex<Hot>> = LazyLock::new(Mutex::default);
+    static HOT: LazyLock<Mutex<Hot>> =
+        LazyLock::new(|| Mutex::new(Hot { groups: Lru::new(HOT_BYTES), seen: Default::default() }));
     &HOT
 }
 
@@ -65,33 +57,15 @@ fn cache() -> &'static Mutex<Hot> {
 /// `schema_id` reads it, if they are in memory.
 pub(crate) fn get(path: &str, group: usize, schema_id: u64) -> Option<Arc<Vec<RecordBatch>>> {
     let mut hot = cache().lock().unwrap_or_else(PoisonError::into_inner);
-    hot.clock += 1;
-    let clock = hot.clock;
-    let entry = hot.entries.get_mut(&(path.to_owned(), group, schema_id))?;
-    entry.used = clock;
-    Some(Arc::clone(&entry.batches))
+    hot.groups.get(&(path.to_owned(), group, schema_id))
 }
 
 /// Keeps the decoded rows of a row group, evicting the least recently used
 /// groups to stay within [`HOT_BYTES`] (a group bigger than a quarter of it is not kept).
 pub(crate) fn insert(path: &str, group: usize, schema_id: u64, batches: Arc<Vec<RecordBatch>>) {
     let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
-    if bytes > HOT_BYTES / 4 {
-        return;
-    }
     let mut hot = cache().lock().unwrap_or_else(PoisonError::into_inner);
-    while hot.bytes + bytes > HOT_BYTES {
-        let Some(oldest) = hot.entries.iter().min_by_key(|(_, e)| e.used).map(|(k, _)| k.clone()) else { break };
-        if let Some(evicted) = hot.entries.remove(&oldest) {
-            hot.bytes -= evicted.bytes;
-        }
-    }
-    hot.clock += 1;
-    let used = hot.clock;
-    if let Some(old) = hot.entries.insert((path.to_owned(), group, schema_id), Entry { batches, bytes, used }) {
-        hot.bytes -= old.bytes;
-    }
-    hot.bytes += bytes;
+    hot.groups.insert((path.to_owned(), group, schema_id), batches, bytes);
 }
 
 /// The rows at `rows` (ascending positions in the group; all when `None`)

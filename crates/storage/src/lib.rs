@@ -81,9 +81,11 @@ pub mod snapshot;
 pub mod table;
 
 mod fold;
+mod footers;
 mod hot;
 mod key_sets;
 mod lookup;
+mod lru;
 mod merge;
 
 pub use changelog::ChangelogReader;
