@@ -83,14 +83,26 @@ struct TicketEntry {
     issued: std::time::Instant,
 }
 
-/// A statement started by GetFlightInfo: a task computes and encodes its
-/// first [`STARTED_AHEAD`] messages and waits for DoGet to take them.
-/// Dropping it (ticket expired, evicted, or the client gone) stops the task
-/// and with it the query.
-struct Started(tokio::sync::mpsc::Receiver<Result<FlightData, Status>>);
+/// A statement started by GetFlightInfo. Dropping it (ticket expired,
+/// evicted, or the client gone) stops the query.
+enum Started {
+    /// A query: a task computes and encodes its first [`STARTED_AHEAD`]
+    /// messages and waits for DoGet to take them.
+    Ahead(tokio::sync::mpsc::Receiver<Result<FlightData, Status>>),
+    /// A subscription, not read until its DoGet: a named consumer records
+    /// progress only for changes a client asked for.
+    Waiting(DoGetStream),
+}
 
 impl Started {
-    fn start(mut stream: DoGetStream) -> Self {
+    async fn start(session: &mut Session, prepared: &Prepared) -> Result<Self, Status> {
+        Ok(match session.execute(prepared, None).await.map_err(|e| grpc_status(&e))? {
+            Output::Rows(stream) => Self::ahead(flight_stream(stream)),
+            other => Self::Waiting(output_stream(other).await?),
+        })
+    }
+
+    fn ahead(mut stream: DoGetStream) -> Self {
         use futures::FutureExt;
         let (sender, receiver) = tokio::sync::mpsc::channel(STARTED_AHEAD);
         tokio::spawn(async move {
@@ -111,13 +123,16 @@ impl Started {
                 }
             }
         });
-        Self(receiver)
+        Self::Ahead(receiver)
     }
 
     fn into_stream(self) -> DoGetStream {
-        Box::pin(futures::stream::unfold(self.0, |mut receiver| async move {
-            receiver.recv().await.map(|item| (item, receiver))
-        }))
+        match self {
+            Self::Ahead(receiver) => Box::pin(futures::stream::unfold(receiver, |mut receiver| async move {
+                receiver.recv().await.map(|item| (item, receiver))
+            })),
+            Self::Waiting(stream) => stream,
+        }
     }
 }
 
@@ -354,7 +369,12 @@ async fn run_to_stream(
     prepared: &Prepared,
     params: Option<ParamValues>,
 ) -> Result<DoGetStream, Status> {
-    match session.execute(prepared, params).await.map_err(|e| grpc_status(&e))? {
+    output_stream(session.execute(prepared, params).await.map_err(|e| grpc_status(&e))?).await
+}
+
+/// A statement's output as a DoGet stream; commands yield an empty stream with an empty schema.
+async fn output_stream(output: Output) -> Result<DoGetStream, Status> {
+    match output {
         // A subscription's DoGet stream ends only when the client drops it.
         Output::Rows(stream) | Output::Live(stream) => Ok(flight_stream(stream)),
         // Over Flight, COPY TO STDOUT is just its rows.
@@ -481,11 +501,7 @@ impl FlightSqlService for FlightSqlServer {
         let schema = announced_schema(&prepared);
         let user = session.info().user.clone();
         // Its first batches are computed while the answer travels and the DoGet comes back.
-        let started = if self.may_start(&user)? {
-            Some(Started::start(run_to_stream(&mut session, &prepared, None).await?))
-        } else {
-            None
-        };
+        let started = if self.may_start(&user)? { Some(Started::start(&mut session, &prepared).await?) } else { None };
         let handle = self.issue_ticket(&user, prepared, started)?;
         let ticket = Ticket::new(TicketStatementQuery { statement_handle: handle }.as_any().encode_to_vec());
         Ok(Response::new(flight_info(&schema, ticket, request.into_inner())?))
