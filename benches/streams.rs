@@ -284,6 +284,95 @@ fn percentile(sorted: &[i64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p) as usize] as f64 / 1000.0
 }
 
+/// The narrow table's rows for Flight ingest, in 10k-row batches.
+fn narrow_batches(rows: u64) -> Vec<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("score", DataType::Float64, true),
+        Field::new("at", DataType::Int64, true),
+        Field::new("ok", DataType::Boolean, true),
+    ]));
+    (0..rows as i64).step_by(10_000).map(|from| batch(&schema, from, 10_000.min(rows as i64 - from))).collect()
+}
+
+/// Creates `table` keyed by `id` from the ingested batches' schema.
+fn narrow_command(table: &str) -> CommandStatementIngest {
+    CommandStatementIngest {
+        table_definition_options: Some(TableDefinitionOptions {
+            if_not_exist: TableNotExistOption::Create as i32,
+            if_exists: TableExistsOption::Fail as i32,
+        }),
+        table: table.into(),
+        schema: None,
+        catalog: None,
+        temporary: false,
+        transaction_id: None,
+        options: HashMap::from([("primary-key".to_string(), "id".to_string())]),
+    }
+}
+
+/// TPC-H lineitem rows (16 columns) in the generator's own batches: slices
+/// of one big batch would each carry all of its string views' buffers over IPC.
+fn wide_batches(rows: u64) -> Vec<RecordBatch> {
+    streamhouse_testkit::tpch::generator("lineitem", rows as f64 / 6_001_215.0).map(|b| b.expect("generate")).collect()
+}
+
+/// Creates `table` keyed by (l_orderkey, l_linenumber).
+fn wide_command(table: &str) -> CommandStatementIngest {
+    CommandStatementIngest {
+        options: HashMap::from([("primary-key".to_string(), "l_orderkey,l_linenumber".to_string())]),
+        ..narrow_command(table)
+    }
+}
+
+/// Ingests `batches` with `command`; rows per second.
+async fn ingest_rate(
+    flight: &mut FlightSqlServiceClient<tonic::transport::Channel>,
+    command: CommandStatementIngest,
+    batches: Vec<RecordBatch>,
+) -> f64 {
+    let started = Instant::now();
+    let ingested =
+        flight.execute_ingest(command, futures::stream::iter(batches.into_iter().map(Ok))).await.expect("ingest");
+    ingested as f64 / started.elapsed().as_secs_f64()
+}
+
+/// `STREAMS_ONLY=ingest`: Flight ingest only, narrow and wide tables in
+/// turn, three times each into new tables (for profiling and a steadier
+/// ratio).
+async fn ingest_only(server: &streamhouse::Server, rows: u64) {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.flight_addr()))
+        .expect("url")
+        .connect()
+        .await
+        .expect("flight connects");
+    let mut flight = FlightSqlServiceClient::new(channel);
+    let which = std::env::var("STREAMS_TABLES").unwrap_or_else(|_| "narrow,wide".into());
+    let (mut narrow, mut wide) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        if which.contains("narrow") {
+            let rate = ingest_rate(&mut flight, narrow_command(&format!("narrow{round}")), narrow_batches(rows)).await;
+            println!("round {round}: narrow (5 columns, 10k-row batches) {rate:>12.0} rows/s");
+            narrow.push(rate);
+        }
+        if which.contains("wide") {
+            let rate = ingest_rate(&mut flight, wide_command(&format!("wide{round}")), wide_batches(rows)).await;
+            println!("round {round}: wide (lineitem, 16 columns, 64k-row batches) {rate:>12.0} rows/s");
+            wide.push(rate);
+        }
+    }
+    let best = |rates: &[f64]| rates.iter().copied().fold(0.0, f64::max);
+    if !narrow.is_empty() && !wide.is_empty() {
+        println!(
+            "best: narrow {:.0}, wide {:.0} rows/s: narrow / wide {:.2}x",
+            best(&narrow),
+            best(&wide),
+            best(&narrow) / best(&wide)
+        );
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let rows: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
@@ -297,6 +386,11 @@ async fn main() {
     config.storage.sync = std::env::var("STREAMHOUSE_BENCH_SYNC").map_or(true, |v| v != "false");
     let server = streamhouse::start(&config).await.expect("streamhouse starts");
     let sh_port = server.pg_addr().port();
+    if std::env::var("STREAMS_ONLY").is_ok_and(|v| v == "ingest") {
+        ingest_only(&server, rows).await;
+        server.shutdown().await;
+        return;
+    }
     let text = text_rows(0, rows);
     println!("{rows} rows, 5 columns (bigint key, text, double, bigint, boolean), keyed table, one connection");
 
@@ -326,52 +420,16 @@ async fn main() {
         .await
         .expect("flight connects");
     let mut flight = FlightSqlServiceClient::new(channel);
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("name", DataType::Utf8, true),
-        Field::new("score", DataType::Float64, true),
-        Field::new("at", DataType::Int64, true),
-        Field::new("ok", DataType::Boolean, true),
-    ]));
-    let batches: Vec<RecordBatch> =
-        (0..rows as i64).step_by(10_000).map(|from| batch(&schema, from, 10_000.min(rows as i64 - from))).collect();
-    let command = CommandStatementIngest {
-        table_definition_options: Some(TableDefinitionOptions {
-            if_not_exist: TableNotExistOption::Create as i32,
-            if_exists: TableExistsOption::Fail as i32,
-        }),
-        table: "ingested".into(),
-        schema: None,
-        catalog: None,
-        temporary: false,
-        transaction_id: None,
-        options: HashMap::from([("primary-key".to_string(), "id".to_string())]),
-    };
-    let started = Instant::now();
-    let ingested = flight
-        .execute_ingest(command.clone(), futures::stream::iter(batches.into_iter().map(Ok)))
-        .await
-        .expect("ingest");
-    let flight_rate = ingested as f64 / started.elapsed().as_secs_f64();
+    let batches = narrow_batches(rows);
+    let command = narrow_command("ingested");
+    let flight_rate = ingest_rate(&mut flight, command, batches).await;
 
     // The same through a wide table: TPC-H lineitem (16 columns, keyed by
     // (l_orderkey, l_linenumber)), as many rows, in the generator's batches.
     // The generator's own batches: slices of one big batch would each carry
     // all of its string views' buffers over IPC.
-    let wide: Vec<RecordBatch> = streamhouse_testkit::tpch::generator("lineitem", rows as f64 / 6_001_215.0)
-        .map(|b| b.expect("generate"))
-        .collect();
-    let wide_command = CommandStatementIngest {
-        table: "ingested_wide".into(),
-        options: HashMap::from([("primary-key".to_string(), "l_orderkey,l_linenumber".to_string())]),
-        ..command
-    };
-    let started = Instant::now();
-    let wide_ingested = flight
-        .execute_ingest(wide_command, futures::stream::iter(wide.into_iter().map(Ok)))
-        .await
-        .expect("wide ingest");
-    let wide_rate = wide_ingested as f64 / started.elapsed().as_secs_f64();
+    let wide = wide_batches(rows);
+    let wide_rate = ingest_rate(&mut flight, wide_command("ingested_wide"), wide).await;
 
     println!("{:<48} {:>12} {:>12}", "path", "rows/s", "vs PG COPY");
     let ratio = |r: f64| pg_copy.map_or("n/a".to_string(), |pg| format!("{:.2}x", r / pg));

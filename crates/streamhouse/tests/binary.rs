@@ -501,21 +501,30 @@ const PIPELINE: &[(&str, &str, &str)] = &[
 
 /// Each view of [`PIPELINE`] equals its query on the source snapshots it
 /// records (read at the view snapshot that records them): no view is half
-/// refreshed or half maintained.
+/// refreshed or half maintained. After a restart views resume in the
+/// background (`status` 'starting' until their query is planned): this
+/// waits up to 60 s for each to show what it reflects.
 async fn check_pipeline(client: &tokio_postgres::Client, when: &str) {
     for (name, _, definition) in PIPELINE {
-        let recorded = client
-            .query(
-                "SELECT source, source_snapshot, view_snapshot FROM sys.views WHERE view = $1",
-                &[&format!("public.{name}")],
-            )
-            .await
-            .unwrap();
-        assert_eq!(recorded.len(), 1, "{when}: {name} reads one source");
-        let (source, position, snapshot): (String, Option<i64>, Option<i64>) =
-            (recorded[0].get(0), recorded[0].get(1), recorded[0].get(2));
-        let (Some(position), Some(snapshot)) = (position, snapshot) else {
-            panic!("{when}: {name} has not started: {recorded:?}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (source, position, snapshot) = loop {
+            let recorded = client
+                .query(
+                    "SELECT source, source_snapshot, view_snapshot, status FROM sys.views WHERE view = $1",
+                    &[&format!("public.{name}")],
+                )
+                .await
+                .unwrap();
+            assert_eq!(recorded.len(), 1, "{when}: {name} reads one source");
+            let row: (Option<String>, Option<i64>, Option<i64>, String) =
+                (recorded[0].get(0), recorded[0].get(1), recorded[0].get(2), recorded[0].get(3));
+            match row {
+                (Some(source), Some(position), Some(snapshot), _) => break (source, position, snapshot),
+                (.., status) => {
+                    assert!(Instant::now() < deadline, "{when}: {name} has not started in 60 s: {status}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
         };
         let source = source.trim_start_matches("public.");
         let view = sorted_text_rows(client, &format!("SELECT * FROM table_as_of('{name}', {snapshot})")).await;

@@ -510,7 +510,8 @@ impl ViewMaintainer {
         serde_json::to_string(&map).unwrap_or_default()
     }
 
-    fn publish(&self, positions: &[u64], error: Option<String>) {
+    /// Publishes the view's progress: it reflects the sources at `positions`.
+    pub fn publish(&self, positions: &[u64], error: Option<String>) {
         let view_snapshot = self.view.table().latest_snapshot().map_or(0, |s| s.id);
         self.view.progress.send_modify(|p| {
             *p = Progress {

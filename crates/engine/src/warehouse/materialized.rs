@@ -84,6 +84,8 @@ impl Starter {
             }
             None => maintainer.backfill().await?,
         };
+        // What the view reflects is known now; building its arrangements may take a while.
+        maintainer.publish(&positions, None);
         maintainer.arrange(&positions, &self.arrangements).await?;
         view.set_task(tokio::spawn(maintainer.run(positions, view.stop_token())));
         Ok(())
