@@ -253,7 +253,26 @@ async fn main() {
     let mut failed = false;
     let (mut flight_df, mut pg_df, mut flight_duck, mut df_duck) = (vec![], vec![], vec![], vec![]);
     let mut flight_slower_than_pg = Vec::new();
+    // QUERIES_ONLY=q16,q18: only these; QUERIES_EXPLAIN=1: with both plans printed first.
+    let chosen: Option<Vec<String>> =
+        std::env::var("QUERIES_ONLY").ok().map(|v| v.split(',').map(str::to_owned).collect());
+    let explain = std::env::var("QUERIES_EXPLAIN").is_ok_and(|v| v == "1");
     for (i, (name, sql)) in QUERIES.iter().enumerate() {
+        if chosen.as_ref().is_some_and(|c| !c.iter().any(|q| q == name)) {
+            continue;
+        }
+        if explain {
+            let ours = pg.simple_query(&format!("EXPLAIN {sql}")).await.expect("EXPLAIN");
+            println!("== {name}: streamhouse");
+            for message in ours {
+                if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+                    println!("{}\n{}", row.get(0).unwrap_or(""), row.get(1).unwrap_or(""));
+                }
+            }
+            println!("== {name}: DataFusion over Parquet");
+            let plan = ctx.sql(&format!("EXPLAIN {sql}")).await.expect("plans").collect().await.expect("explains");
+            println!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&plan).expect("formats"));
+        }
         let mut times = [Vec::new(), Vec::new(), Vec::new()];
         let mut answers: [Rows; 3] = [vec![], vec![], vec![]];
         let mut flight_failure = None;

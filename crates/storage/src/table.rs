@@ -838,6 +838,22 @@ impl Table {
         }
         let wanted: Vec<Row<'_>> = groups.iter().map(|g| keys.row(order[g.start])).collect();
         let (old_batches, old_by_key) = self.lookup(schema, files, &wanted, false).await?;
+        if old_by_key.is_empty()
+            && let Some(picks) = new_keys_rows(schema, kinds, &order, &groups)
+        {
+            // Every key is new (a load, an append of fresh keys): each key's
+            // row is inserted as it is, with no per-row fold.
+            let user = if picks.iter().enumerate().all(|(i, &row)| i == row as usize) {
+                rows.clone()
+            } else {
+                arrow::compute::take_record_batch(rows, &arrow::array::UInt32Array::from(picks))?
+            };
+            let n = user.num_rows() as u64;
+            let seqs: ArrayRef = Arc::new(UInt64Array::from_iter_values(next_seq..next_seq + n));
+            let data = with_system_columns(schema, &user, Arc::clone(&seqs), ValueKind::Upsert as i8)?;
+            let changelog = with_system_columns(schema, &user, seqs, RowKind::Insert as i8)?;
+            return Ok((data, changelog, Vec::new()));
+        }
 
         let fold = Fold::new(schema, &old_batches, rows, kinds)?;
         let mut data = fold.output();
@@ -1247,6 +1263,33 @@ fn last_change_per_key(
     let data = append_system(schema, &user, Arc::new(seqs), Arc::new(codes))?;
     let changelog = data.slice(0, 0);
     Ok((data, changelog))
+}
+
+/// When no key of a write has a stored row: the row each key ends up with,
+/// by position in the write, in key order (`order` sorted by key, stable;
+/// `groups` its runs of equal keys) — where that is one of its rows as
+/// written: no deletes, and either one row per key or a `deduplicate` table
+/// without `sequence.field` upserting (the last row wins). `None` when the
+/// key's rows must be folded ([`Fold`]): an aggregation table, inserts
+/// that keep the first row, a sequence field, deletes.
+fn new_keys_rows(
+    schema: &TableSchema,
+    kinds: &[ValueKind],
+    order: &[usize],
+    groups: &[std::ops::Range<usize>],
+) -> Option<Vec<u32>> {
+    let engine = schema.options.merge_engine;
+    if kinds.contains(&ValueKind::Delete) || engine == MergeEngine::Aggregation {
+        return None;
+    }
+    let single = groups.len() == order.len();
+    let last_wins = engine == MergeEngine::Deduplicate
+        && schema.options.sequence_field.is_none()
+        && kinds.iter().all(|&k| k == ValueKind::Upsert);
+    if !single && !last_wins {
+        return None;
+    }
+    Some(groups.iter().map(|g| order[g.end - 1] as u32).collect())
 }
 
 fn append_system(schema: &TableSchema, user: &RecordBatch, seqs: ArrayRef, kinds: ArrayRef) -> Result<RecordBatch> {
