@@ -349,26 +349,40 @@ async fn ingest_only(server: &streamhouse::Server, rows: u64) {
         .expect("flight connects");
     let mut flight = FlightSqlServiceClient::new(channel);
     let which = std::env::var("STREAMS_TABLES").unwrap_or_else(|_| "narrow,wide".into());
+    // Arrow bytes per row of what is sent (a wide row carries several times a narrow one's).
+    let row_bytes = |batches: &[RecordBatch]| {
+        batches.iter().map(RecordBatch::get_array_memory_size).sum::<usize>() as f64 / rows as f64
+    };
     let (mut narrow, mut wide) = (Vec::new(), Vec::new());
     for round in 0..3 {
-        if which.contains("narrow") {
-            let rate = ingest_rate(&mut flight, narrow_command(&format!("narrow{round}")), narrow_batches(rows)).await;
-            println!("round {round}: narrow (5 columns, 10k-row batches) {rate:>12.0} rows/s");
-            narrow.push(rate);
-        }
-        if which.contains("wide") {
-            let rate = ingest_rate(&mut flight, wide_command(&format!("wide{round}")), wide_batches(rows)).await;
-            println!("round {round}: wide (lineitem, 16 columns, 64k-row batches) {rate:>12.0} rows/s");
-            wide.push(rate);
+        for is_wide in [false, true] {
+            let (name, label) = if is_wide {
+                ("wide", "wide (lineitem, 16 columns, 64k-row batches)")
+            } else {
+                ("narrow", "narrow (5 columns, 10k-row batches)")
+            };
+            if !which.contains(name) {
+                continue;
+            }
+            let table = format!("{name}{round}");
+            let (batches, command) = if is_wide {
+                (wide_batches(rows), wide_command(&table))
+            } else {
+                (narrow_batches(rows), narrow_command(&table))
+            };
+            let bytes = row_bytes(&batches);
+            let rate = ingest_rate(&mut flight, command, batches).await;
+            println!("round {round}: {label} {rate:>12.0} rows/s, {:>6.1} MB/s ({bytes:.0} B/row)", rate * bytes / 1e6);
+            if is_wide { &mut wide } else { &mut narrow }.push((rate, bytes));
         }
     }
-    let best = |rates: &[f64]| rates.iter().copied().fold(0.0, f64::max);
+    let best = |rates: &[(f64, f64)]| rates.iter().copied().fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a });
     if !narrow.is_empty() && !wide.is_empty() {
+        let ((n, nb), (w, wb)) = (best(&narrow), best(&wide));
         println!(
-            "best: narrow {:.0}, wide {:.0} rows/s: narrow / wide {:.2}x",
-            best(&narrow),
-            best(&wide),
-            best(&narrow) / best(&wide)
+            "best: narrow {n:.0}, wide {w:.0} rows/s: narrow / wide {:.2}x in rows/s, {:.2}x in bytes/s",
+            n / w,
+            (n * nb) / (w * wb)
         );
     }
 }

@@ -340,3 +340,36 @@ async fn deletion_vectors_stay_exact_while_compactions_race_writes() {
     let files = table.files(None).await.unwrap();
     assert!(files.iter().any(|f| f.deleted.is_some()), "some rows were marked");
 }
+
+/// A write none of whose keys is stored keeps, per key, the row its merge
+/// engine picks among the write's rows — whether or not the rows arrive in
+/// key order — and logs exactly one +I per key.
+#[tokio::test]
+async fn writes_of_new_keys_keep_the_row_their_engine_picks() {
+    let table = table().await;
+    // Out of key order, a key twice: the last upsert wins.
+    table.write(&rows(&table, &[(3, "c"), (1, "a"), (3, "c2"), (2, "b")]), &[ValueKind::Upsert; 4]).await.unwrap();
+    // In key order (the rows are taken as they are).
+    table.write(&rows(&table, &[(10, "j"), (11, "k")]), &[ValueKind::Upsert; 2]).await.unwrap();
+    // Insert-if-absent twice for one new key: the first stays.
+    table.write(&rows(&table, &[(5, "x"), (5, "y")]), &[ValueKind::Insert; 2]).await.unwrap();
+    // A new key written and deleted in one write is not there.
+    table.write(&rows(&table, &[(6, "z"), (6, "z")]), &[ValueKind::Upsert, ValueKind::Delete]).await.unwrap();
+    let expected: BTreeMap<i64, String> = [(1, "a"), (2, "b"), (3, "c2"), (5, "x"), (10, "j"), (11, "k")]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
+    assert_eq!(content(&table).await, expected);
+    assert_eq!(replayed(&table).await, expected);
+    let logged: usize = table.changelog(0, None).await.unwrap().iter().map(|c| c.batch.num_rows()).sum();
+    assert_eq!(logged, expected.len(), "one +I per key");
+
+    // first-row: the first of a new key's rows stays.
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let options = TableOptions { merge_engine: streamhouse_storage::MergeEngine::FirstRow, ..TableOptions::default() };
+    let schema = TableSchema::new(0, Arc::clone(&table.schema().schema), &["k"], options).unwrap();
+    let first = Table::create(store, Path::from("public/f"), "f", schema).await.unwrap();
+    first.write(&rows(&first, &[(2, "b"), (1, "a"), (2, "b2")]), &[ValueKind::Upsert; 3]).await.unwrap();
+    let expected: BTreeMap<i64, String> = [(1, "a"), (2, "b")].into_iter().map(|(k, v)| (k, v.to_string())).collect();
+    assert_eq!(content(&first).await, expected);
+}
