@@ -9,6 +9,8 @@
 //!    with several runs is k-way merged ([`crate::merge`]); a big one is cut
 //!    into key ranges at the row-group boundaries of its largest run.
 //! 3. Splits are dealt to partitions, largest first, to balance rows.
+//!    Without merges (append-only tables, deletion vectors), the files'
+//!    row groups are cut into one split of about equal rows per partition.
 //!
 //! Reading a split streams one row group per run at a time, only the
 //! projected columns (plus key, `_seq` and `_kind` columns when merging).
@@ -327,11 +329,11 @@ pub(crate) fn plan(
 
     let mut splits = Vec::new();
     if !keyed || table.deletion_vectors() {
-        // Append-only, or every replaced row marked deleted: every file is
-        // its own run; no merge.
-        for file in indexed {
-            cut_single_run(vec![file], target, &mut splits);
-        }
+        // Append-only, or every replaced row marked deleted: no merge, so
+        // the files' row groups are cut into splits of about `target` rows
+        // across files (whole files as splits left partitions uneven: three
+        // files over two partitions read as 2:1).
+        cut_single_run(indexed, target, &mut splits);
     } else {
         for section in sections(indexed) {
             let mut runs = runs(section);
