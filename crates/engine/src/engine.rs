@@ -266,6 +266,14 @@ fn session_config(config: &EngineConfig) -> SessionConfig {
         .with_batch_size(config.batch_size.max(1));
     // TIMESTAMPTZ values carry a zone; UTC until a session sets TimeZone.
     session_config.options_mut().execution.time_zone = Some("UTC".to_string());
+    // A join's build side is collected once (no repartition of either side)
+    // when estimated under this many bytes. DataFusion's 1 MiB default is
+    // decided on byte sizes, which Dynamic Table scans report and plain
+    // Parquet scans mostly do not (those fall back to the row threshold):
+    // filtered `part` in TPC-H q16/q19 (≈ 40k rows, ~2 MB) was repartitioned
+    // with all of `partsupp`/`lineitem` against it. Still small enough to
+    // build once, on one thread.
+    session_config.options_mut().optimizer.hash_join_single_partition_threshold = 8 << 20;
     if config.target_partitions > 0 {
         session_config = session_config.with_target_partitions(config.target_partitions);
     }

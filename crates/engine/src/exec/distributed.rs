@@ -824,9 +824,16 @@ pub fn worker_failure(error: &DataFusionError) -> Option<Option<Url>> {
                 found = Some(None);
             }
         }
+        // A status that reached us as text (wrapped by a layer that kept only
+        // its message): tonic's words for `Unavailable` — a worker that
+        // refused the connection (it was killed) or went away.
+        if found.is_none() && text.contains("The service is currently unavailable") {
+            found = Some(None);
+        }
         current = match e {
             DataFusionError::Context(_, inner) => Some(inner.as_ref()),
             DataFusionError::Shared(inner) => Some(inner.as_ref()),
+            DataFusionError::External(inner) => inner.downcast_ref::<DataFusionError>(),
             _ => None,
         };
     }
