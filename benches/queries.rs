@@ -191,12 +191,7 @@ async fn main() {
     config.server.flight_port = 0;
     config.storage.data_dir = data_dir;
     let server = streamhouse::start(&config).await.expect("streamhouse starts");
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.flight_addr()))
-        .expect("url")
-        .connect()
-        .await
-        .expect("flight connects");
-    let mut flight = FlightSqlServiceClient::new(channel);
+    let mut flight = common::flight_client(&server).await;
     let (pg, connection) = tokio_postgres::connect(
         &format!("host=127.0.0.1 port={} user=bench dbname=streamhouse", server.pg_addr().port()),
         tokio_postgres::NoTls,

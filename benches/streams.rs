@@ -25,6 +25,9 @@
 // The results table is this program's output.
 #![allow(clippy::print_stdout)]
 
+#[path = "common.rs"]
+mod common;
+
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;
@@ -342,12 +345,7 @@ async fn ingest_rate(
 /// turn, three times each into new tables (for profiling and a steadier
 /// ratio).
 async fn ingest_only(server: &streamhouse::Server, rows: u64) {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.flight_addr()))
-        .expect("url")
-        .connect()
-        .await
-        .expect("flight connects");
-    let mut flight = FlightSqlServiceClient::new(channel);
+    let mut flight = common::flight_client(server).await;
     let which = std::env::var("STREAMS_TABLES").unwrap_or_else(|_| "narrow,wide".into());
     // Arrow bytes per row of what is sent (a wide row carries several times a narrow one's).
     let row_bytes = |batches: &[RecordBatch]| {
@@ -385,6 +383,7 @@ async fn ingest_only(server: &streamhouse::Server, rows: u64) {
             (n * nb) / (w * wb)
         );
     }
+    println!("peak RSS {} MiB (this process: server and clients)", common::peak_rss_mib());
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -428,12 +427,7 @@ async fn main() {
     };
 
     // Flight SQL ingest, 10k-row batches.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.flight_addr()))
-        .expect("url")
-        .connect()
-        .await
-        .expect("flight connects");
-    let mut flight = FlightSqlServiceClient::new(channel);
+    let mut flight = common::flight_client(&server).await;
     let batches = narrow_batches(rows);
     let command = narrow_command("ingested");
     let flight_rate = ingest_rate(&mut flight, command, batches).await;
@@ -511,6 +505,7 @@ async fn main() {
             percentile(&latencies, 1.0)
         );
     }
+    println!("peak RSS {} MiB (this process: server and clients)", common::peak_rss_mib());
     drop(postgres);
     server.shutdown().await;
 }
