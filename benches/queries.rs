@@ -199,6 +199,11 @@ async fn main() {
     .await
     .expect("pgwire connects");
     tokio::spawn(connection);
+    // QUERIES_SET="datafusion.optimizer.x=y;…": settings for the pgwire session only (experiments).
+    for setting in std::env::var("QUERIES_SET").unwrap_or_default().split(';').filter(|s| !s.is_empty()) {
+        let (name, value) = setting.split_once('=').expect("QUERIES_SET entries are name=value");
+        pg.simple_query(&format!("SET {name} = '{value}'")).await.expect("SET");
+    }
 
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(cores));
     for (name, _) in TABLES.iter().filter(|_| !only_select1) {

@@ -293,6 +293,7 @@ fn functions(
         .with_runtime_env(runtime)
         .with_catalog_list(catalogs)
         .with_default_features()
+        .with_physical_optimizer_rules(crate::exec::joins::physical_rules())
         // After type coercion: Postgres' checked integers and scalar subqueries.
         .with_analyzer_rule(Arc::new(crate::semantics::CheckedArithmetic))
         .with_analyzer_rule(Arc::new(crate::semantics::UncorrelatedInSubquery))

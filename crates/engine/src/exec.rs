@@ -19,6 +19,7 @@
 
 pub mod bsp;
 pub mod distributed;
+pub mod joins;
 pub mod stage;
 pub mod task;
 

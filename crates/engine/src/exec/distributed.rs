@@ -749,7 +749,13 @@ impl Distribution {
         // Scans plan splits for every worker up, to be dealt to their tasks.
         let splits = crate::dynamic::scan::SplitsPerPartition(self.cluster.live().len().max(1));
         let config = state.config().clone().with_extension(Arc::new(splits));
-        Ok(SessionStateBuilder::new_from_existing(state.clone())
+        let mut builder = SessionStateBuilder::new_from_existing(state.clone());
+        // A collected build side is broadcast to every worker here: the
+        // distributed planner's own choice, not the local cost.
+        if let Some(optimizer) = builder.physical_optimizers() {
+            optimizer.rules.retain(|rule| rule.name() != super::joins::NAME);
+        }
+        Ok(builder
             .with_config(config)
             .with_distributed_worker_resolver(LiveWorkers(Arc::clone(&self.cluster)))
             .with_distributed_channel_resolver(Resolver(Arc::clone(&self.cluster.channels)))

@@ -42,6 +42,7 @@ impl Session {
             }
             Statement::Reset(name) => {
                 match name {
+                    Some(name) if datafusion_option(name).is_some() => self.reset_datafusion(Some(name))?,
                     Some(name) => {
                         let canonical = self.vars.write().map_err(lock_err)?.reset(name)?;
                         self.apply_to_datafusion(&canonical, None)?;
@@ -49,6 +50,7 @@ impl Session {
                     None => {
                         // As in Postgres, RESET ALL keeps the role (DISCARD ALL resets it).
                         self.vars.write().map_err(lock_err)?.reset_all();
+                        self.reset_datafusion(None)?;
                         self.apply_to_datafusion("TimeZone", None)?;
                     }
                 }
@@ -255,6 +257,41 @@ impl Session {
     }
 
     /// Mirrors parameters that change query results into DataFusion's settings.
+    /// Restores a `datafusion.*` option (`None`: all of them) to the value
+    /// every session starts with.
+    fn reset_datafusion(&self, option: Option<&str>) -> Result<()> {
+        let defaults = self.engine.inner().base.state().config().options().as_ref().clone();
+        let state_ref = self.ctx.state_ref();
+        let mut state = state_ref.write();
+        let options = state.config_mut().options_mut();
+        let Some(option) = option else {
+            *options = defaults;
+            return Ok(());
+        };
+        let Some(entry) = defaults.entries().into_iter().find(|e| e.key.eq_ignore_ascii_case(option)) else {
+            return Err(Error::new(
+                StatusCode::ObjectNotFound,
+                format!("unrecognized configuration parameter \"{option}\""),
+            ));
+        };
+        match &entry.value {
+            Some(value) => options.set(&entry.key, value).map_err(Error::from),
+            // An option without a value: restored with all the others, keeping this session's values of those.
+            None => {
+                let mut restored = defaults.clone();
+                for current in options.entries() {
+                    if !current.key.eq_ignore_ascii_case(option)
+                        && let Some(value) = &current.value
+                    {
+                        restored.set(&current.key, value)?;
+                    }
+                }
+                *options = restored;
+                Ok(())
+            }
+        }
+    }
+
     fn apply_to_datafusion(&self, canonical: &str, value: Option<&str>) -> Result<()> {
         if canonical.eq_ignore_ascii_case("TimeZone") {
             let tz = match value {

@@ -188,3 +188,59 @@ async fn auto_switches_to_bsp_when_mpp_is_slow_to_answer() {
     assert!(record.starts_with("bsp MPP produced no row within bsp_after_ms (1 ms)"), "{record}");
     no_stage_files(&engine).await;
 }
+
+/// The mode `HashJoinExec` shows in EXPLAIN for `query`, one per join.
+async fn join_modes(s: &mut Session, query: &str) -> Vec<String> {
+    let explain = sql(s, &format!("EXPLAIN {query}")).await.unwrap();
+    explain
+        .split("HashJoinExec: mode=")
+        .skip(1)
+        .map(|rest| rest.split(',').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mpp_joins_collect_or_repartition_by_what_each_costs() {
+    let engine = engine().await;
+    let mut s = session_with_data(&engine).await;
+    // DataFusion alone would repartition every join over these thresholds.
+    sql(&mut s, "SET datafusion.optimizer.hash_join_single_partition_threshold = 1").await.unwrap();
+    sql(&mut s, "SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 1").await.unwrap();
+
+    // Two partitions: building 500 (or 50,000) rows once costs less than
+    // repartitioning both sides.
+    let dims = "SELECT count(*) FROM facts JOIN dims ON facts.dim = dims.id WHERE name <> 'x'";
+    assert_eq!(join_modes(&mut s, dims).await, ["CollectLeft"]);
+    let self_join = "SELECT count(*) FROM facts a JOIN facts b ON a.id = b.id";
+    assert_eq!(join_modes(&mut s, self_join).await, ["CollectLeft"]);
+    assert_eq!(cells(&sql(&mut s, self_join).await.unwrap()), ["50000"]);
+
+    // Grouped by the join key: partitioned by it, the join feeds the
+    // aggregation without a second repartition.
+    let grouped = "SELECT dims.id, count(*) FROM facts JOIN dims ON facts.dim = dims.id GROUP BY dims.id";
+    assert_eq!(join_modes(&mut s, grouped).await, ["Partitioned"]);
+    let answer = cells(&sql(&mut s, &format!("SELECT count(*), sum(c) FROM ({grouped}) AS g(id, c)")).await.unwrap());
+    assert_eq!(answer, ["500 50000"]);
+    // … unless the build side is under DataFusion's thresholds (here its
+    // default 8 MiB): collected, the partial aggregation cuts what is
+    // repartitioned.
+    sql(&mut s, "RESET datafusion.optimizer.hash_join_single_partition_threshold").await.unwrap();
+    assert_eq!(join_modes(&mut s, grouped).await, ["CollectLeft"]);
+    sql(&mut s, "SET datafusion.optimizer.hash_join_single_partition_threshold = 1").await.unwrap();
+
+    // Eight partitions: a build side over 1/13 of the probe side is built in parallel.
+    sql(&mut s, "SET datafusion.execution.target_partitions = 8").await.unwrap();
+    assert_eq!(join_modes(&mut s, self_join).await, ["Partitioned"]);
+    assert_eq!(join_modes(&mut s, dims).await, ["CollectLeft"]);
+    assert_eq!(cells(&sql(&mut s, self_join).await.unwrap()), ["50000"]);
+
+    // RESET ALL restores DataFusion's options too: the default thresholds
+    // collect the 500 dims rows even for the grouped join.
+    sql(&mut s, "RESET ALL").await.unwrap();
+    assert_eq!(join_modes(&mut s, grouped).await, ["CollectLeft"]);
+    let (code, message) = sql(&mut s, "RESET datafusion.optimizer.no_such_option").await.unwrap_err();
+    assert_eq!(
+        (code, message.as_str()),
+        (StatusCode::ObjectNotFound, "unrecognized configuration parameter \"datafusion.optimizer.no_such_option\"")
+    );
+}
