@@ -1174,7 +1174,17 @@ fn classify(statement: ast::Statement) -> Result<Statement> {
             ast::Reset::ConfigurationParameter(name) => Statement::Reset(Some(name.to_string())),
         },
         S::ShowVariable { variable } => {
-            let name = variable.iter().map(|i| i.value.as_str()).collect::<Vec<_>>().join(" ");
+            // The parser gives `SHOW a.b` and `SHOW a b` as the same words:
+            // Postgres' few multi-word names are words, anything else one
+            // (qualified) parameter name.
+            let words = variable.iter().map(|i| i.value.as_str()).collect::<Vec<_>>();
+            let spaced = words.join(" ");
+            let multi_word = ["time zone", "transaction isolation level", "session authorization"];
+            let name = if words.len() == 1 || multi_word.iter().any(|m| spaced.eq_ignore_ascii_case(m)) {
+                spaced
+            } else {
+                words.join(".")
+            };
             if name.eq_ignore_ascii_case("all") { Statement::ShowAll } else { Statement::Show(name) }
         }
         S::StartTransaction { .. } => Statement::Begin,

@@ -341,6 +341,11 @@ fn session_statements() {
     assert!(
         matches!(one("SHOW transaction isolation level"), Statement::Show(n) if n == "transaction isolation level")
     );
+    assert!(matches!(one("SHOW TIME ZONE"), Statement::Show(n) if n == "TIME ZONE"));
+    assert!(matches!(one("SHOW myapp.tenant"), Statement::Show(n) if n == "myapp.tenant"));
+    assert!(
+        matches!(one("SHOW datafusion.execution.batch_size"), Statement::Show(n) if n == "datafusion.execution.batch_size")
+    );
     assert!(matches!(one("START TRANSACTION"), Statement::Begin));
     assert!(matches!(one("END"), Statement::Commit));
     assert!(matches!(one("ROLLBACK"), Statement::Rollback));
