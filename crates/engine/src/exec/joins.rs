@@ -74,7 +74,8 @@ impl PhysicalOptimizerRule for CostBasedJoinMode {
                 return Ok(Transformed::no(node));
             }
             let Some(join) = node.downcast_ref::<HashJoinExec>() else { return Ok(Transformed::no(node)) };
-            if *join.partition_mode() != PartitionMode::Auto {
+            // A null-aware anti join (`NOT IN`) must see the whole build side: DataFusion collects it.
+            if *join.partition_mode() != PartitionMode::Auto || join.null_aware {
                 return Ok(Transformed::no(node));
             }
             let Some(mode) = choose(join, serving.contains(&address(&node)), config)? else {

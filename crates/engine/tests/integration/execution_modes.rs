@@ -228,6 +228,14 @@ async fn mpp_joins_collect_or_repartition_by_what_each_costs() {
     assert_eq!(join_modes(&mut s, grouped).await, ["CollectLeft"]);
     sql(&mut s, "SET datafusion.optimizer.hash_join_single_partition_threshold = 1").await.unwrap();
 
+    // `NOT IN` with a NULL among its values is empty however the join is
+    // grouped: a null-aware anti join sees the whole build side.
+    sql(&mut s, "CREATE TABLE maybe (id BIGINT PRIMARY KEY, v BIGINT)").await.unwrap();
+    sql(&mut s, "INSERT INTO maybe VALUES (1, 3), (2, NULL)").await.unwrap();
+    let not_in = "SELECT dim, count(*) FROM facts WHERE dim NOT IN (SELECT v FROM maybe) GROUP BY dim";
+    assert_eq!(join_modes(&mut s, not_in).await, ["CollectLeft"]);
+    assert_eq!(cells(&sql(&mut s, &format!("SELECT count(*) FROM ({not_in}) AS n")).await.unwrap()), ["0"]);
+
     // Eight partitions: a build side over 1/13 of the probe side is built in parallel.
     sql(&mut s, "SET datafusion.execution.target_partitions = 8").await.unwrap();
     assert_eq!(join_modes(&mut s, self_join).await, ["Partitioned"]);
