@@ -256,42 +256,33 @@ impl Session {
         Ok(())
     }
 
-    /// Mirrors parameters that change query results into DataFusion's settings.
     /// Restores a `datafusion.*` option (`None`: all of them) to the value
-    /// every session starts with.
+    /// every session starts with, keeping this session's other values.
     fn reset_datafusion(&self, option: Option<&str>) -> Result<()> {
-        let defaults = self.engine.inner().base.state().config().options().as_ref().clone();
+        let mut restored = self.engine.inner().base.state().config().options().as_ref().clone();
         let state_ref = self.ctx.state_ref();
         let mut state = state_ref.write();
         let options = state.config_mut().options_mut();
-        let Some(option) = option else {
-            *options = defaults;
-            return Ok(());
-        };
-        let Some(entry) = defaults.entries().into_iter().find(|e| e.key.eq_ignore_ascii_case(option)) else {
-            return Err(Error::new(
-                StatusCode::ObjectNotFound,
-                format!("unrecognized configuration parameter \"{option}\""),
-            ));
-        };
-        match &entry.value {
-            Some(value) => options.set(&entry.key, value).map_err(Error::from),
-            // An option without a value: restored with all the others, keeping this session's values of those.
-            None => {
-                let mut restored = defaults.clone();
-                for current in options.entries() {
-                    if !current.key.eq_ignore_ascii_case(option)
-                        && let Some(value) = &current.value
-                    {
-                        restored.set(&current.key, value)?;
-                    }
+        if let Some(option) = option {
+            if !restored.entries().iter().any(|e| e.key.eq_ignore_ascii_case(option)) {
+                return Err(Error::new(
+                    StatusCode::ObjectNotFound,
+                    format!("unrecognized configuration parameter \"{option}\""),
+                ));
+            }
+            for current in options.entries() {
+                if !current.key.eq_ignore_ascii_case(option)
+                    && let Some(value) = &current.value
+                {
+                    restored.set(&current.key, value)?;
                 }
-                *options = restored;
-                Ok(())
             }
         }
+        *options = restored;
+        Ok(())
     }
 
+    /// Mirrors parameters that change query results into DataFusion's settings.
     fn apply_to_datafusion(&self, canonical: &str, value: Option<&str>) -> Result<()> {
         if canonical.eq_ignore_ascii_case("TimeZone") {
             let tz = match value {
