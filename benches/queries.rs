@@ -14,9 +14,10 @@
 //!   text), one connection each, from this process.
 //! - DataFusion: a `SessionContext` with as many partitions as the machine
 //!   has cores, each table registered as one plain Parquet file written
-//!   from the same generator with the same encoding as a compacted Dynamic
-//!   Table (zstd level 1, 65,536-row row groups), DataFusion's default
-//!   options otherwise.
+//!   from the same generator, as Parquet is commonly written (zstd level 1,
+//!   dictionaries, 65,536-row row groups as a Dynamic Table's; compacted
+//!   Dynamic Tables are LZ4 with dictionaries for strings only),
+//!   DataFusion's default options otherwise.
 //! - `TPCH_PARQUET_DIR=DIR` keeps the plain files in DIR and reuses them;
 //!   `QUERIES_ONLY=select1` measures only `SELECT 1` over both protocols
 //!   (5,000 times each, no tables), e.g. to profile a query's fixed cost.
@@ -87,7 +88,7 @@ fn agree(a: &Rows, b: &Rows) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(r, s)| r.len() == s.len() && r.iter().zip(s).all(|(x, y)| cell(x, y)))
 }
 
-/// Writes table `name` as one plain Parquet file, encoded as a compacted Dynamic Table is.
+/// Writes table `name` as one plain Parquet file (zstd level 1, dictionaries, a Dynamic Table's row groups).
 fn write_plain(name: &str, scale: f64, path: &std::path::Path) {
     let mut batches = generator(name, scale);
     let props = WriterProperties::builder()

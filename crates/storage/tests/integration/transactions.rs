@@ -373,3 +373,46 @@ async fn writes_of_new_keys_keep_the_row_their_engine_picks() {
     let expected: BTreeMap<i64, String> = [(1, "a"), (2, "b")].into_iter().map(|(k, v)| (k, v.to_string())).collect();
     assert_eq!(content(&first).await, expected);
 }
+
+/// Rows loaded in key order reach the last level by full compaction without
+/// a merge; their level-0 files (no dictionaries) are written anew there,
+/// encoded as the last level is (string columns dictionary-encoded), not moved.
+#[tokio::test]
+async fn files_reaching_the_last_level_unmerged_are_encoded_for_it() {
+    use object_store::ObjectStoreExt;
+    use parquet::basic::{Compression, Encoding};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let table = table().await;
+    for part in 0..3 {
+        let pairs: Vec<(i64, String)> =
+            (part * 1000..(part + 1) * 1000).map(|k| (k, format!("mode{}", k % 7))).collect();
+        let pairs: Vec<(i64, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        table.write(&rows(&table, &pairs), &vec![ValueKind::Upsert; pairs.len()]).await.unwrap();
+    }
+    let before = content(&table).await;
+    let encodings = |files: Vec<streamhouse_storage::FileMeta>| {
+        let table = &table;
+        async move {
+            let mut out = Vec::new();
+            for file in files {
+                let location = Path::from(format!("{}/{}", table.dir(), file.path));
+                let bytes = table.store().get(&location).await.unwrap().bytes().await.unwrap();
+                let reader = SerializedFileReader::new(bytes).unwrap();
+                let column = reader.metadata().row_group(0).column(1).clone();
+                out.push((file.level, column.compression(), column.encodings().any(|e| e == Encoding::RLE_DICTIONARY)));
+            }
+            out
+        }
+    };
+    let loaded = encodings(table.files(None).await.unwrap()).await;
+    assert_eq!(loaded, vec![(0, Compression::LZ4_RAW, false); 3], "level-0 files as written");
+    table.compact(true).await.unwrap();
+    let compacted = encodings(table.files(None).await.unwrap()).await;
+    assert!(!compacted.is_empty());
+    for (level, compression, dictionary) in compacted {
+        assert_eq!(level, streamhouse_storage::levels::MAX_LEVEL);
+        assert_eq!(compression, Compression::LZ4_RAW);
+        assert!(dictionary, "strings dictionary-encoded");
+    }
+    assert_eq!(content(&table).await, before);
+}
