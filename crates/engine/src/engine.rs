@@ -294,6 +294,7 @@ fn functions(
         .with_catalog_list(catalogs)
         .with_default_features()
         .with_physical_optimizer_rules(crate::exec::joins::physical_rules())
+        .with_query_planner(Arc::new(crate::exec::shared::Planner))
         // After type coercion: Postgres' checked integers and scalar subqueries.
         .with_analyzer_rule(Arc::new(crate::semantics::CheckedArithmetic))
         .with_analyzer_rule(Arc::new(crate::semantics::UncorrelatedInSubquery))

@@ -20,6 +20,7 @@
 pub mod bsp;
 pub mod distributed;
 pub mod joins;
+pub mod shared;
 pub mod stage;
 pub mod task;
 
@@ -327,7 +328,8 @@ impl Query {
             options.set("datafusion.optimizer.hash_join_single_partition_threshold_rows", "0")?;
             options.execution.target_partitions = partitions;
         }
-        let config = self.options.pinning.pin(&planned.mpp, config);
+        // Stages run apart: a subplan used twice runs twice.
+        let config = self.options.pinning.pin(&planned.mpp, config).with_extension(Arc::new(shared::Unshared));
         let state = SessionStateBuilder::new_from_existing(self.state.clone()).with_config(config).build();
         let plan = state.create_physical_plan(&self.logical).await?;
         match distribution {

@@ -710,7 +710,9 @@ impl Distribution {
             ));
         }
         let codec = StreamhouseCodec::default();
-        if let Err(e) = datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(Arc::clone(plan), &codec) {
+        // Planned for workers, shared subplans run once per use (`Distribution::state`).
+        let unshared = super::shared::unshare(Arc::clone(plan)).map_err(|e| e.to_string())?;
+        if let Err(e) = datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(unshared, &codec) {
             let why = crate::error::describe(&e);
             return Err(format!("part of it cannot run on a worker ({})", super::short(&why)));
         }
@@ -748,7 +750,9 @@ impl Distribution {
         };
         // Scans plan splits for every worker up, to be dealt to their tasks.
         let splits = crate::dynamic::scan::SplitsPerPartition(self.cluster.live().len().max(1));
-        let config = state.config().clone().with_extension(Arc::new(splits));
+        // Parts of the plan run on workers: a subplan used twice runs twice.
+        let config =
+            state.config().clone().with_extension(Arc::new(splits)).with_extension(Arc::new(super::shared::Unshared));
         let mut builder = SessionStateBuilder::new_from_existing(state.clone());
         // A collected build side is broadcast to every worker here: the
         // distributed planner's own choice, not the local cost.

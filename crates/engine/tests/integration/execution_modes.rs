@@ -252,3 +252,61 @@ async fn mpp_joins_collect_or_repartition_by_what_each_costs() {
         (StatusCode::ObjectNotFound, "unrecognized configuration parameter \"datafusion.optimizer.no_such_option\"")
     );
 }
+
+/// How many of the aggregations by `dim` in `EXPLAIN ANALYZE query` read rows.
+async fn aggregations_run(s: &mut Session, query: &str) -> usize {
+    let analyzed = sql(s, &format!("EXPLAIN ANALYZE {query}")).await.unwrap();
+    let ran: Vec<&str> = analyzed
+        .lines()
+        .filter(|l| l.contains("AggregateExec: mode=Partial, gby=[dim@"))
+        .filter(|l| l.contains("output_rows=") && !l.contains("output_rows=0,"))
+        .collect();
+    assert!(analyzed.contains("SharedExec"), "{analyzed}");
+    ran.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subplan_used_twice_is_computed_once_in_mpp() {
+    let engine = engine().await;
+    let mut s = session_with_data(&engine).await;
+    let per = "WITH per AS (SELECT dim, count(*) AS n, sum(id) AS total FROM facts GROUP BY dim)";
+    // Under a scalar subquery and joined: one aggregation of `facts` runs.
+    // (Copies are shared when they come out of optimization alike: here
+    // both uses read `n` and `total`.)
+    let scalar =
+        format!("{per} SELECT count(*), min(total) FROM per WHERE n = (SELECT max(n) FROM per WHERE total > 0)");
+    let explain = sql(&mut s, &format!("EXPLAIN {scalar}")).await.unwrap();
+    assert_eq!(explain.matches("SharedExec: computed once for 2 uses").count(), 2, "{explain}");
+    assert_eq!(cells(&sql(&mut s, &scalar).await.unwrap()), ["500 2475100"]);
+    assert_eq!(aggregations_run(&mut s, &scalar).await, 1);
+    let joined = format!("{per} SELECT count(*), sum(a.total - b.total) FROM per a JOIN per b ON a.n = b.n");
+    assert_eq!(cells(&sql(&mut s, &joined).await.unwrap()), ["250000 0"]);
+    assert_eq!(aggregations_run(&mut s, &joined).await, 1);
+    // Three uses, one of them under a LIMIT that stops reading early, all
+    // reading every column. (A use reading fewer columns, or filtering on
+    // `dim`, which goes below the aggregation, is another subplan.)
+    let three = format!(
+        "{per} SELECT count(*), sum(dim + n + total) FROM (SELECT * FROM per UNION ALL SELECT * FROM per WHERE n > 10 \
+         UNION ALL (SELECT * FROM per ORDER BY dim LIMIT 3)) AS u"
+    );
+    assert_eq!(cells(&sql(&mut s, &three).await.unwrap()), ["1003 2507875103"]);
+    assert_eq!(aggregations_run(&mut s, &three).await, 1);
+
+    // Volatile: each use draws its own numbers, as when written twice.
+    let drawn = "WITH r AS (SELECT dim, sum(random()) AS x FROM facts GROUP BY dim) \
+                 SELECT count(*) FROM r a JOIN r b ON a.dim = b.dim WHERE a.x <> b.x";
+    let explain = sql(&mut s, &format!("EXPLAIN {drawn}")).await.unwrap();
+    assert!(!explain.contains("SharedExec"), "{explain}");
+    // BSP runs stages apart: both uses run, same answer.
+    sql(&mut s, "SET execution_mode = bsp").await.unwrap();
+    let explain = sql(&mut s, &format!("EXPLAIN {joined}")).await.unwrap();
+    assert!(!explain.contains("SharedExec"), "{explain}");
+    assert_eq!(cells(&sql(&mut s, &joined).await.unwrap()), ["250000 0"]);
+    no_stage_files(&engine).await;
+    sql(&mut s, "RESET execution_mode").await.unwrap();
+
+    // The same aggregation over the table at another snapshot is another subplan.
+    sql(&mut s, "INSERT INTO facts VALUES (50001, 1)").await.unwrap();
+    let versions = "SELECT (SELECT count(*) FROM facts) - (SELECT count(*) FROM table_as_of('facts', 1))";
+    assert_eq!(cells(&sql(&mut s, versions).await.unwrap()), ["1"]);
+}
