@@ -86,6 +86,120 @@ impl DynamicScanExec {
     }
 }
 
+impl DynamicScanExec {
+    /// The filters joins and top-k sorts learn as they run (dynamic
+    /// filters) that were pushed into this scan, over its output columns.
+    fn dynamic_filters(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+        use datafusion::physical_expr::expressions::{Column, DynamicFilterPhysicalExpr};
+        let mut found = Vec::new();
+        let _ = self.apply_expressions(&mut |expr| {
+            expr.apply(|e| {
+                Ok(if e.downcast_ref::<DynamicFilterPhysicalExpr>().is_some() {
+                    found.push(Arc::clone(e));
+                    TreeNodeRecursion::Jump
+                } else {
+                    TreeNodeRecursion::Continue
+                })
+            })
+        });
+        // The Parquet part's predicates address the table's columns; batches carry the projected ones.
+        let schema = &self.plan.schema;
+        found
+            .into_iter()
+            .filter_map(|filter| {
+                filter
+                    .transform_up(|e| match e.downcast_ref::<Column>() {
+                        Some(column) => {
+                            let index = schema.index_of(column.name())?;
+                            Ok(Transformed::yes(Arc::new(Column::new(column.name(), index)) as Arc<dyn PhysicalExpr>))
+                        }
+                        None => Ok(Transformed::no(e)),
+                    })
+                    .data()
+                    .ok()
+            })
+            .collect()
+    }
+}
+
+/// Applies dynamic filters to a scan's rows. DataFusion's Parquet scan
+/// uses them only to skip row groups and pages (unless
+/// `parquet.pushdown_filters`, which costs every scan its late
+/// materialization); a join whose build side turned out tiny (TPC-H q18:
+/// 57 orders of 1.5 million) still had every probe row joined and
+/// dropped. Rows a dynamic filter rejects are rows the join or top-k
+/// drops, so they are dropped here; a filter that does not narrow (most
+/// rows pass) or costs a hash-table probe per row (a large build side's
+/// `hash_lookup`) is left to the operator that made it.
+struct Learned {
+    filters: Vec<LearnedFilter>,
+}
+
+struct LearnedFilter {
+    expr: Arc<dyn PhysicalExpr>,
+    /// The filter's generation the state below is for.
+    generation: Option<u64>,
+    /// Worth evaluating here (its current form is cheap, and it narrowed so far).
+    useful: bool,
+    seen: usize,
+    kept: usize,
+}
+
+/// Rows a filter must see before it is judged by what it kept.
+const LEARNED_TRIAL_ROWS: usize = 65_536;
+
+impl Learned {
+    fn new(filters: Vec<Arc<dyn PhysicalExpr>>) -> Self {
+        let filters = filters
+            .into_iter()
+            .map(|expr| LearnedFilter { expr, generation: None, useful: false, seen: 0, kept: 0 })
+            .collect();
+        Self { filters }
+    }
+
+    fn apply(
+        &mut self,
+        mut batch: datafusion::arrow::array::RecordBatch,
+    ) -> datafusion::error::Result<datafusion::arrow::array::RecordBatch> {
+        for filter in &mut self.filters {
+            if batch.num_rows() == 0 {
+                break;
+            }
+            let generation = filter.expr.snapshot_generation();
+            if filter.generation != Some(generation) {
+                let current = filter.expr.snapshot()?.unwrap_or_else(|| Arc::clone(&filter.expr));
+                let trivially_true = current
+                    .downcast_ref::<datafusion::physical_expr::expressions::Literal>()
+                    .is_some_and(|l| l.value() == &ScalarValue::Boolean(Some(true)));
+                *filter = LearnedFilter {
+                    expr: Arc::clone(&filter.expr),
+                    generation: Some(generation),
+                    useful: !trivially_true && !current.to_string().contains("hash_lookup"),
+                    seen: 0,
+                    kept: 0,
+                };
+            }
+            if !filter.useful {
+                continue;
+            }
+            let mask = filter.expr.evaluate(&batch)?.into_array(batch.num_rows())?;
+            let mask = datafusion::arrow::array::AsArray::as_boolean_opt(&mask).ok_or_else(|| {
+                datafusion::error::DataFusionError::Internal("a dynamic filter is not boolean".into())
+            })?;
+            let rows = batch.num_rows();
+            batch = datafusion::arrow::compute::filter_record_batch(&batch, mask)?;
+            filter.seen += rows;
+            filter.kept += batch.num_rows();
+            // Keeping most rows, it only costs: the operator that made it applies it anyway.
+            if filter.seen >= LEARNED_TRIAL_ROWS && filter.kept * 5 > filter.seen * 4 {
+                filter.useful = false;
+            }
+        }
+        Ok(batch)
+    }
+}
+
 /// DataFusion's Parquet scan of `files` (per partition), as `plan` projects them.
 fn plain_scan(
     store: &Arc<dyn object_store::ObjectStore>,
@@ -442,7 +556,9 @@ impl ExecutionPlan for DynamicScanExec {
     ) -> datafusion::error::Result<SendableRecordBatchStream> {
         let schema = Arc::clone(&self.plan.schema);
         let merged = self.table.read_partition(&self.merged, partition).map_err(df_error);
+        let mut learned = Learned::new(self.dynamic_filters());
         let Some(plain) = &self.plain else {
+            let merged = merged.and_then(move |batch| futures::future::ready(learned.apply(batch)));
             return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, merged)));
         };
         // Batches carry the scan's schema exactly (names, nullability, metadata).
@@ -457,7 +573,8 @@ impl ExecutionPlan for DynamicScanExec {
             .map_err(Into::into);
             futures::future::ready(batch)
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, plain.chain(merged))))
+        let rows = plain.chain(merged).and_then(move |batch| futures::future::ready(learned.apply(batch)));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rows)))
     }
 
     fn statistics_from_inputs(

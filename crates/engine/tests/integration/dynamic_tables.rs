@@ -643,6 +643,10 @@ async fn a_compacted_run_reads_as_plain_parquet_pruned_by_predicates_and_join_fi
     let line = scan_line(&analyzed, "facts");
     assert!(line.contains("DynamicFilter"), "{analyzed}");
     assert_eq!(lines(&sql(&e, query).await.unwrap()), ["| 2000 | 150000 |"]);
+    // … and the scan applies it to rows: the join probes the 2,000 rows of
+    // days 150 and 151, not the 50,000 of the row group holding them.
+    let join = analyzed.lines().find(|l| l.contains("HashJoinExec")).unwrap();
+    assert!(join.contains(" input_rows=2.00 K,"), "{analyzed}");
 
     // Newer versions of some keys, and a delete: with deletion vectors (the
     // default) the replaced rows are marked and every file still reads as
