@@ -254,16 +254,20 @@ async fn main() {
     let mut failed = false;
     let (mut flight_df, mut pg_df, mut flight_duck, mut df_duck) = (vec![], vec![], vec![], vec![]);
     let mut flight_slower_than_pg = Vec::new();
-    // QUERIES_ONLY=q16,q18: only these; QUERIES_EXPLAIN=1: with both plans printed first.
+    // QUERIES_ONLY=q16,q18: only these; QUERIES_EXPLAIN=1: with both plans printed first
+    // (`analyze`: streamhouse's with its operators' metrics).
     let chosen: Option<Vec<String>> =
         std::env::var("QUERIES_ONLY").ok().map(|v| v.split(',').map(str::to_owned).collect());
-    let explain = std::env::var("QUERIES_EXPLAIN").is_ok_and(|v| v == "1");
+    let explain_as = std::env::var("QUERIES_EXPLAIN").ok();
+    let explain = explain_as.as_deref().is_some_and(|v| v == "1" || v == "analyze");
+    // `analyze`: streamhouse's plans with what each operator did (the query runs once more).
+    let ours_explain = if explain_as.as_deref() == Some("analyze") { "EXPLAIN ANALYZE" } else { "EXPLAIN" };
     for (i, (name, sql)) in QUERIES.iter().enumerate() {
         if chosen.as_ref().is_some_and(|c| !c.iter().any(|q| q == name)) {
             continue;
         }
         if explain {
-            let ours = pg.simple_query(&format!("EXPLAIN {sql}")).await.expect("EXPLAIN");
+            let ours = pg.simple_query(&format!("{ours_explain} {sql}")).await.expect("EXPLAIN");
             println!("== {name}: streamhouse");
             for message in ours {
                 if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
