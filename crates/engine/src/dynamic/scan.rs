@@ -172,13 +172,9 @@ impl Learned {
                 let trivially_true = current
                     .downcast_ref::<datafusion::physical_expr::expressions::Literal>()
                     .is_some_and(|l| l.value() == &ScalarValue::Boolean(Some(true)));
-                *filter = LearnedFilter {
-                    expr: Arc::clone(&filter.expr),
-                    generation: Some(generation),
-                    useful: !trivially_true && !current.to_string().contains("hash_lookup"),
-                    seen: 0,
-                    kept: 0,
-                };
+                filter.generation = Some(generation);
+                filter.useful = !trivially_true && !current.to_string().contains("hash_lookup");
+                (filter.seen, filter.kept) = (0, 0);
             }
             if !filter.useful {
                 continue;
