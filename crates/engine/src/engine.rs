@@ -314,6 +314,9 @@ fn functions(
     for udf in crate::semantics::text_udfs() {
         base.register_udf(udf);
     }
+    for udf in crate::semantics::arithmetic_udfs() {
+        base.register_udf(ScalarUDF::clone(udf));
+    }
     {
         // Postgres types DataFusion has no name for, on top of pg_catalog's oid aliases.
         let state = base.state_ref();

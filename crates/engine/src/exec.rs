@@ -19,6 +19,7 @@
 
 pub mod bsp;
 pub mod distributed;
+pub mod filters;
 pub mod joins;
 pub mod shared;
 pub mod stage;

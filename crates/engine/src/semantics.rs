@@ -12,6 +12,10 @@
 //!   functions over arrow's checked kernels. Widening casts cannot overflow
 //!   and stay casts (so DataFusion's cast-unwrapping of comparisons keeps
 //!   working). Division and modulo are checked by DataFusion already.
+//!   `+ - *` of two `numeric`s become functions too ([`decimal`]): arrow's
+//!   checked decimal kernels, skipping the per-row checks where a batch's
+//!   largest values show no row can overflow. The functions are in the
+//!   engine's registry ([`arithmetic_udfs`]), where a worker finds them.
 //! - **SUM of bigint is numeric** ([`PostgresSum`], replacing DataFusion's
 //!   `sum`): Postgres sums `smallint`/`integer` as `bigint` and `bigint` as
 //!   `numeric`, which cannot overflow; DataFusion sums `bigint` in a
@@ -44,6 +48,7 @@ use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
 use datafusion::logical_expr::expr::{AggregateFunction, ScalarFunction};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::type_coercion::binary::BinaryTypeCoercer;
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, BinaryExpr, Cast, ColumnarValue, Expr, ExprSchemable, LogicalPlan,
     LogicalPlanBuilder, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -53,6 +58,7 @@ use datafusion::optimizer::AnalyzerRule;
 use crate::error::{Error, StatusCode};
 
 mod datetime;
+mod decimal;
 mod expand;
 mod membership;
 mod regproc;
@@ -116,6 +122,8 @@ enum Checked {
     Abs,
     /// A cast to the function's return type that may not fit.
     Cast,
+    /// `+ - *` of two decimals ([`decimal`]), typed the function's return type.
+    Numeric(decimal::Op),
 }
 
 /// A checked integer operation as a scalar function.
@@ -138,6 +146,9 @@ impl CheckedFunction {
             Checked::Abs => ("int_abs", 1),
             Checked::Cast if target.as_ref().is_some_and(is_datetime) => ("datetime_cast", 1),
             Checked::Cast => ("int_cast", 1),
+            Checked::Numeric(decimal::Op::Add) => ("numeric_add", 2),
+            Checked::Numeric(decimal::Op::Sub) => ("numeric_sub", 2),
+            Checked::Numeric(decimal::Op::Mul) => ("numeric_mul", 2),
         };
         Arc::new(ScalarUDF::new_from_impl(Self {
             op,
@@ -162,10 +173,22 @@ impl ScalarUDFImpl for CheckedFunction {
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        if let (Checked::Numeric(op), [left, right]) = (self.op, arg_types) {
+            return numeric_type(op, left, right);
+        }
         Ok(self.target.clone().unwrap_or_else(|| arg_types[0].clone()))
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        if let Checked::Numeric(op) = self.op {
+            return decimal::evaluate(
+                op,
+                &args.args[0],
+                &args.args[1],
+                args.number_rows,
+                args.return_field.data_type(),
+            );
+        }
         let scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let rows = if scalar { 1 } else { args.number_rows };
         let data_type = args.return_field.data_type().clone();
@@ -188,6 +211,7 @@ impl ScalarUDFImpl for CheckedFunction {
                 }
             }
             Checked::Cast => checked_cast(&arrays[0], &data_type)?,
+            Checked::Numeric(_) => unreachable!("evaluated above"),
         };
         if scalar {
             Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&result, 0)?))
@@ -303,6 +327,15 @@ fn checked_expr(expr: Expr, schema: &datafusion::common::DFSchema) -> DfResult<T
                 };
                 return Ok(Transformed::yes(call(kind, None, vec![*left, *right])));
             }
+            if matches!((&lt, &rt), (DataType::Decimal128(..), DataType::Decimal128(..))) {
+                // Arrow's checked kernels, without a checked operation per row where none can overflow.
+                let kind = match op {
+                    Operator::Plus => decimal::Op::Add,
+                    Operator::Minus => decimal::Op::Sub,
+                    _ => decimal::Op::Mul,
+                };
+                return Ok(Transformed::yes(call(Checked::Numeric(kind), None, vec![*left, *right])));
+            }
             Ok(Transformed::no(Expr::BinaryExpr(BinaryExpr { left, op, right })))
         }
         Expr::Negative(inner) if is_integer(&node_type(&inner, schema)?) => {
@@ -349,6 +382,9 @@ fn node_type(expr: &Expr, schema: &datafusion::common::DFSchema) -> DfResult<Dat
             Expr::ScalarFunction(ScalarFunction { func, args }) => {
                 match func.inner().downcast_ref::<CheckedFunction>() {
                     Some(CheckedFunction { target: Some(target), .. }) => return Ok(target.clone()),
+                    Some(CheckedFunction { op: Checked::Numeric(op), .. }) if args.len() == 2 => {
+                        return numeric_type(*op, &node_type(&args[0], schema)?, &node_type(&args[1], schema)?);
+                    }
                     Some(_) if !args.is_empty() => expr = &args[0],
                     _ => return expr.get_type(schema),
                 }
@@ -395,24 +431,47 @@ fn may_overflow(from: &DataType, to: &DataType) -> bool {
 }
 
 fn call(op: Checked, target: Option<DataType>, args: Vec<Expr>) -> Expr {
-    static FUNCTIONS: LazyLock<[Arc<ScalarUDF>; 5]> = LazyLock::new(|| {
-        [
-            CheckedFunction::udf(Checked::Add, None),
-            CheckedFunction::udf(Checked::Sub, None),
-            CheckedFunction::udf(Checked::Mul, None),
-            CheckedFunction::udf(Checked::Neg, None),
-            CheckedFunction::udf(Checked::Abs, None),
-        ]
-    });
     let func = match op {
-        Checked::Add => Arc::clone(&FUNCTIONS[0]),
-        Checked::Sub => Arc::clone(&FUNCTIONS[1]),
-        Checked::Mul => Arc::clone(&FUNCTIONS[2]),
-        Checked::Neg => Arc::clone(&FUNCTIONS[3]),
-        Checked::Abs => Arc::clone(&FUNCTIONS[4]),
         Checked::Cast => CheckedFunction::udf(Checked::Cast, target),
+        op => arithmetic_udfs()
+            .iter()
+            .find(|f| f.inner().downcast_ref::<CheckedFunction>().is_some_and(|c| c.op == op))
+            .cloned()
+            .expect("every arithmetic operation has a function"),
     };
     Expr::ScalarFunction(ScalarFunction { func, args })
+}
+
+/// The checked arithmetic functions, also in the engine's function
+/// registry: a plan sent to a worker names them, and the worker finds them
+/// there (a cast's target travels as the call's return type).
+pub fn arithmetic_udfs() -> &'static [Arc<ScalarUDF>] {
+    static FUNCTIONS: LazyLock<Vec<Arc<ScalarUDF>>> = LazyLock::new(|| {
+        [
+            Checked::Add,
+            Checked::Sub,
+            Checked::Mul,
+            Checked::Neg,
+            Checked::Abs,
+            Checked::Numeric(decimal::Op::Add),
+            Checked::Numeric(decimal::Op::Sub),
+            Checked::Numeric(decimal::Op::Mul),
+        ]
+        .into_iter()
+        .map(|op| CheckedFunction::udf(op, None))
+        .collect()
+    });
+    &FUNCTIONS
+}
+
+/// The type of `left op right` over two decimals, as DataFusion types it.
+fn numeric_type(op: decimal::Op, left: &DataType, right: &DataType) -> DfResult<DataType> {
+    let op = match op {
+        decimal::Op::Add => Operator::Plus,
+        decimal::Op::Sub => Operator::Minus,
+        decimal::Op::Mul => Operator::Multiply,
+    };
+    BinaryTypeCoercer::new(left, &op, right).get_result_type()
 }
 
 /// Rewrites every expression of `plan` and its subqueries with `rewrite`,

@@ -53,6 +53,10 @@ pub struct DynamicScanExec {
     /// asks for statistics several times per plan).
     spans: Arc<std::sync::OnceLock<Vec<storage::scan::ColumnSpan>>>,
     properties: Arc<PlanProperties>,
+    /// Its rows go straight to a hash join's probe (through projections
+    /// and filters only): a dynamic filter probing a hash table would cost
+    /// each row a second probe and spare nothing ([`Learned`]).
+    probed: bool,
 }
 
 impl DynamicScanExec {
@@ -70,7 +74,7 @@ impl DynamicScanExec {
             // Storage reads it all, as it can any split.
             Err(_) => (None, plan.clone()),
         };
-        Self { table, plan, merged, plain, spans: Arc::default(), properties: Arc::new(properties) }
+        Self { table, plan, merged, plain, spans: Arc::default(), properties: Arc::new(properties), probed: false }
     }
 
     /// This scan with its plain-Parquet part replaced (filters pushed into it).
@@ -82,7 +86,13 @@ impl DynamicScanExec {
             plain,
             spans: Arc::clone(&self.spans),
             properties: Arc::clone(&self.properties),
+            probed: self.probed,
         }
+    }
+
+    /// This scan, known to feed a hash join's probe side directly.
+    pub fn probed_directly(&self) -> Self {
+        Self { probed: true, ..self.with_plain(self.plain.clone()) }
     }
 }
 
@@ -128,20 +138,30 @@ impl DynamicScanExec {
 /// `parquet.pushdown_filters`, which costs every scan its late
 /// materialization); a join whose build side turned out tiny (TPC-H q18:
 /// 57 orders of 1.5 million) still had every probe row joined and
-/// dropped. Rows a dynamic filter rejects are rows the join or top-k
-/// drops, so they are dropped here; a filter that does not narrow (most
-/// rows pass) or costs a hash-table probe per row (a large build side's
-/// `hash_lookup`) is left to the operator that made it.
+/// dropped, and what lies between the scan and the join (q17: an
+/// aggregation of all 6 million `lineitem` rows, of which 6 thousand reach
+/// the join) ran over every row. Rows a dynamic filter rejects are rows
+/// the join or top-k drops, so they are dropped here; a filter that does
+/// not narrow is left to the operator that made it: one that kept more
+/// than 80% of its first rows, or, when its current form probes the join's
+/// hash table (`hash_lookup`, a build side past DataFusion's IN-list
+/// limits, which costs a probe per row here and again in the join for the
+/// rows it keeps), more than 25%. A scan whose rows go straight to a join's
+/// probe leaves such filters to the joins: nothing between would be spared.
 struct Learned {
     filters: Vec<LearnedFilter>,
+    /// Filters probing a hash table are not applied here.
+    skip_probes: bool,
 }
 
 struct LearnedFilter {
     expr: Arc<dyn PhysicalExpr>,
     /// The filter's generation the state below is for.
     generation: Option<u64>,
-    /// Worth evaluating here (its current form is cheap, and it narrowed so far).
+    /// Worth evaluating here (not trivially true, and it narrowed so far).
     useful: bool,
+    /// Its current form probes a hash table.
+    probes: bool,
     seen: usize,
     kept: usize,
 }
@@ -150,18 +170,19 @@ struct LearnedFilter {
 const LEARNED_TRIAL_ROWS: usize = 65_536;
 
 impl Learned {
-    fn new(filters: Vec<Arc<dyn PhysicalExpr>>) -> Self {
+    fn new(filters: Vec<Arc<dyn PhysicalExpr>>, skip_probes: bool) -> Self {
         let filters = filters
             .into_iter()
-            .map(|expr| LearnedFilter { expr, generation: None, useful: false, seen: 0, kept: 0 })
+            .map(|expr| LearnedFilter { expr, generation: None, useful: false, probes: false, seen: 0, kept: 0 })
             .collect();
-        Self { filters }
+        Self { filters, skip_probes }
     }
 
     fn apply(
         &mut self,
         mut batch: datafusion::arrow::array::RecordBatch,
     ) -> datafusion::error::Result<datafusion::arrow::array::RecordBatch> {
+        let skip_probes = self.skip_probes;
         for filter in &mut self.filters {
             if batch.num_rows() == 0 {
                 break;
@@ -173,7 +194,8 @@ impl Learned {
                     .downcast_ref::<datafusion::physical_expr::expressions::Literal>()
                     .is_some_and(|l| l.value() == &ScalarValue::Boolean(Some(true)));
                 filter.generation = Some(generation);
-                filter.useful = !trivially_true && !current.to_string().contains("hash_lookup");
+                filter.probes = current.to_string().contains("hash_lookup");
+                filter.useful = !(trivially_true || filter.probes && skip_probes);
                 (filter.seen, filter.kept) = (0, 0);
             }
             if !filter.useful {
@@ -188,7 +210,9 @@ impl Learned {
             filter.seen += rows;
             filter.kept += batch.num_rows();
             // Keeping most rows, it only costs: the operator that made it applies it anyway.
-            if filter.seen >= LEARNED_TRIAL_ROWS && filter.kept * 5 > filter.seen * 4 {
+            let too_many =
+                if filter.probes { filter.kept * 4 > filter.seen } else { filter.kept * 5 > filter.seen * 4 };
+            if filter.seen >= LEARNED_TRIAL_ROWS && too_many {
                 filter.useful = false;
             }
         }
@@ -552,7 +576,7 @@ impl ExecutionPlan for DynamicScanExec {
     ) -> datafusion::error::Result<SendableRecordBatchStream> {
         let schema = Arc::clone(&self.plan.schema);
         let merged = self.table.read_partition(&self.merged, partition).map_err(df_error);
-        let mut learned = Learned::new(self.dynamic_filters());
+        let mut learned = Learned::new(self.dynamic_filters(), self.probed);
         let Some(plain) = &self.plain else {
             let merged = merged.and_then(move |batch| futures::future::ready(learned.apply(batch)));
             return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, merged)));

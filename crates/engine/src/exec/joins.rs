@@ -185,10 +185,13 @@ fn join_partitioned_for(aggregate: &AggregateExec) -> Option<Arc<dyn ExecutionPl
 }
 
 /// DataFusion's physical optimizer rules with [`CostBasedJoinMode`] just
-/// before `JoinSelection` (which resolves the modes left to it).
+/// before `JoinSelection` (which resolves the modes left to it), and
+/// [`super::filters::CheapConjunctsFirst`] and [`super::filters::ProbeScans`] last.
 pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
     let at = rules.iter().position(|rule| rule.name() == "join_selection").unwrap_or(0);
     rules.insert(at, Arc::new(CostBasedJoinMode));
+    rules.push(Arc::new(super::filters::CheapConjunctsFirst));
+    rules.push(Arc::new(super::filters::ProbeScans));
     rules
 }

@@ -647,6 +647,28 @@ async fn a_compacted_run_reads_as_plain_parquet_pruned_by_predicates_and_join_fi
     // days 150 and 151, not the 50,000 of the row group holding them.
     let join = analyzed.lines().find(|l| l.contains("HashJoinExec")).unwrap();
     assert!(join.contains(" input_rows=2.00 K,"), "{analyzed}");
+    // A build side past DataFusion's IN-list limits (150 keys) is a probe
+    // of the join's hash table. A scan feeding the join directly leaves it
+    // to the join; one under an aggregation applies it: the aggregation
+    // reads the 300 picked rows of the 200,000, spread over every row group.
+    sql(&e, "CREATE TABLE picks (id BIGINT PRIMARY KEY)").await.unwrap();
+    sql(&e, "INSERT INTO picks SELECT x * 600 FROM generate_series(0, 299) AS t(x)").await.unwrap();
+    let query =
+        "SELECT count(*), max(g.n) FROM (SELECT k, count(*) AS n FROM facts GROUP BY k) g JOIN picks p ON g.k = p.id";
+    let analyzed = sql(&e, &format!("EXPLAIN ANALYZE {query}")).await.unwrap();
+    assert!(scan_line(&analyzed, "facts").contains("hash_lookup"), "{analyzed}");
+    let aggregated = analyzed.lines().rfind(|l| l.contains("AggregateExec")).unwrap();
+    assert!(aggregated.contains("gby=[k@") && aggregated.contains("[output_rows=300,"), "{analyzed}");
+    assert_eq!(lines(&sql(&e, query).await.unwrap()), ["| 300 | 1 |"]);
+
+    // A filter compares fixed-width columns with constants first, then with
+    // each other, then text, whatever the query's order.
+    let query = "SELECT count(*) FROM facts WHERE v <> 'v1' AND day < k AND day >= 150";
+    let plan = sql(&e, &format!("EXPLAIN {query}")).await.unwrap();
+    let filter = plan.lines().find(|l| l.contains("FilterExec")).unwrap_or_else(|| panic!("{plan}"));
+    let at = |part: &str| filter.find(part).unwrap_or_else(|| panic!("{part} in {filter}"));
+    assert!(at(">= 150") < at("> day@") && at("> day@") < at("!= v1"), "{filter}");
+    assert_eq!(lines(&sql(&e, query).await.unwrap()), ["| 50000 |"]);
 
     // Newer versions of some keys, and a delete: with deletion vectors (the
     // default) the replaced rows are marked and every file still reads as
