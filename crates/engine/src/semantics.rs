@@ -442,9 +442,9 @@ fn call(op: Checked, target: Option<DataType>, args: Vec<Expr>) -> Expr {
     Expr::ScalarFunction(ScalarFunction { func, args })
 }
 
-/// The checked arithmetic functions, also in the engine's function
-/// registry: a plan sent to a worker names them, and the worker finds them
-/// there (a cast's target travels as the call's return type).
+/// The checked arithmetic functions (not the casts, whose target each call
+/// carries), also in the engine's function registry: a plan sent to a
+/// worker names them, and the worker finds them there.
 pub fn arithmetic_udfs() -> &'static [Arc<ScalarUDF>] {
     static FUNCTIONS: LazyLock<Vec<Arc<ScalarUDF>>> = LazyLock::new(|| {
         [
