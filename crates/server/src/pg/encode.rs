@@ -145,7 +145,9 @@ where
             let field = &fields[col];
             let result = if array.is_null(row) && matches!(array.data_type(), DataType::Interval(_)) {
                 arrow_pg::encoder::Encoder::encode_field(&mut encoder, &None::<pg_interval::Interval>, field)
-            } else if let Some(text) = float_text(array.as_ref(), row, field) {
+            } else if let Some(text) =
+                float_text(array.as_ref(), row, field).or_else(|| decimal_text(array.as_ref(), row, field))
+            {
                 arrow_pg::encoder::Encoder::encode_field(&mut encoder, &Some(text), field)
             } else {
                 encode_value(&mut encoder, array, row, schema.field(col), field)
@@ -186,6 +188,38 @@ fn float_text(array: &dyn Array, row: usize, field: &FieldInfo) -> Option<String
         _ => return None,
     };
     Some(streamhouse_engine::types::postgres_float(&scientific, limit, value))
+}
+
+/// A `numeric` in Postgres' text form: all its digits, `scale` of them
+/// after the point. Arrow-pg's goes through a 96-bit decimal and fails past
+/// 28 digits, which `numeric(38,s)` arithmetic reaches (arrow's own
+/// formatting cuts digits past the declared precision instead). `None` for
+/// other types, NULLs and binary format.
+fn decimal_text(array: &dyn Array, row: usize, field: &FieldInfo) -> Option<String> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{Decimal128Type, Decimal256Type};
+    if array.is_null(row) || field.format() != pgwire::api::results::FieldFormat::Text {
+        return None;
+    }
+    let (digits, scale) = match array.data_type() {
+        DataType::Decimal128(_, scale) => (array.as_primitive::<Decimal128Type>().value(row).to_string(), *scale),
+        DataType::Decimal256(_, scale) => (array.as_primitive::<Decimal256Type>().value(row).to_string(), *scale),
+        _ => return None,
+    };
+    Some(numeric_text(&digits, scale))
+}
+
+/// `digits` (an integer, maybe negative) scaled by 10^-`scale`, as text.
+fn numeric_text(digits: &str, scale: i8) -> String {
+    let (sign, magnitude) = digits.strip_prefix('-').map_or(("", digits), |m| ("-", m));
+    if scale <= 0 {
+        let zeros = if magnitude == "0" { 0 } else { scale.unsigned_abs() as usize };
+        return format!("{sign}{magnitude}{}", "0".repeat(zeros));
+    }
+    let scale = scale as usize;
+    let padded = format!("{magnitude:0>width$}", width = scale + 1);
+    let (whole, fraction) = padded.split_at(padded.len() - scale);
+    format!("{sign}{whole}.{fraction}")
 }
 
 /// Streams Arrow batches as Postgres data rows.
@@ -241,12 +275,27 @@ pub fn text_cells(batch: RecordBatch) -> PgWireResult<Vec<Vec<Option<String>>>> 
 mod tests {
     use streamhouse_engine::types::postgres_float;
 
+    use super::numeric_text;
+
     fn f8(v: f64) -> String {
         postgres_float(&format!("{v:e}"), 15, v)
     }
 
     fn f4(v: f32) -> String {
         postgres_float(&format!("{v:e}"), 6, f64::from(v))
+    }
+
+    #[test]
+    fn numerics_render_every_digit() {
+        assert_eq!(numeric_text("11481408", 4), "1148.1408");
+        assert_eq!(numeric_text("-20000", 6), "-0.020000");
+        assert_eq!(numeric_text("0", 4), "0.0000");
+        assert_eq!(numeric_text("-5", 0), "-5");
+        assert_eq!(numeric_text("12", -2), "1200");
+        assert_eq!(numeric_text("0", -2), "0");
+        let big = "170141183460469231731687303715884105727";
+        assert_eq!(numeric_text(big, 0), big);
+        assert_eq!(numeric_text(big, 10), "17014118346046923173168730371.5884105727");
     }
 
     #[test]
