@@ -16,6 +16,8 @@
 //!   one column names that column after its table alias, as in Postgres;
 //! - `FROM f(x) AS s` for a scalar `f` → `FROM (SELECT f(x) AS s) AS s`;
 //! - an unquoted `user` → `current_user` (a keyword in Postgres);
+//! - an integer literal past `u64` of up to 38 digits → `CAST('…' AS numeric(n, 0))`,
+//!   exact as in Postgres (DataFusion reads it as a double);
 //! - `FROM t AS a CROSS JOIN unnest(a.x) AS u` (and `FROM t AS a, unnest(a.x)
 //!   AS u`), where the function reads the row before it (implicitly LATERAL
 //!   in Postgres) → `FROM (SELECT a.*, unnest(a.x) AS u FROM t AS a) AS a`.
@@ -441,6 +443,21 @@ pub fn rewrite(statement: &mut ast::Statement) {
 
 fn rewrite_expr(expr: &mut Expr) {
     match expr {
+        // An integer literal past bigint and u64: DataFusion reads it as a
+        // double (~17 significant digits, silently); Postgres as an exact
+        // numeric. Up to 38 digits it is one here too.
+        Expr::Value(ast::ValueWithSpan { value: Value::Number(digits, _), .. })
+            if digits.len() <= 38 && digits.bytes().all(|b| b.is_ascii_digit()) && digits.parse::<u64>().is_err() =>
+        {
+            let precision = digits.len() as u64;
+            *expr = Expr::Cast {
+                kind: ast::CastKind::Cast,
+                expr: Box::new(Expr::value(Value::SingleQuotedString(std::mem::take(digits)))),
+                data_type: ast::DataType::Numeric(ast::ExactNumberInfo::PrecisionAndScale(precision, 0)),
+                array: false,
+                format: None,
+            };
+        }
         // sqlparser reads the keyword USER as a function without arguments.
         Expr::Function(function)
             if matches!(function.args, FunctionArguments::None)
