@@ -14,17 +14,31 @@
 //! conjunct that cannot fail earlier can only spare a later one rows, so
 //! no statement fails that did not (and SQL fixes no order anyway).
 //!
+//! The leading conjuncts that compare fixed-width values ([`AllOf`]) are
+//! then evaluated over every row and their results ANDed, without the
+//! pre-selection: that copies every column of the batch for the rows the
+//! left side kept and scatters the right side's answers back one run of
+//! kept rows at a time, which on rows kept here and there (a date range
+//! over rows in key order) cost TPC-H q6's filter of 6 million rows ≈ 30 ms
+//! per conjunct after the first two (DataFusion over Parquet: 21 ms for
+//! the date range alone, 101 ms with q6's three further comparisons). A
+//! comparison of fixed-width values costs about a nanosecond per row;
+//! strings and anything that can fail keep DataFusion's pre-selection.
+//!
 //! [`ProbeScans`] marks the Dynamic Table scans whose rows go straight to a
 //! hash join's probe side, which then leave the join's hash-table probe
 //! filters to the join (see `DynamicScanExec`'s learned filters).
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::kernels::boolean::and_kleene;
 use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::common::ScalarValue;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
-use datafusion::error::Result;
-use datafusion::logical_expr::Operator;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::{ColumnarValue, Operator};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{
     BinaryExpr, Column, InListExpr, IsNotNullExpr, IsNullExpr, Literal, NotExpr,
@@ -56,10 +70,19 @@ impl PhysicalOptimizerRule for CheapConjunctsFirst {
             let mut ordered: Vec<(u8, usize)> =
                 conjuncts.iter().enumerate().map(|(at, c)| (class(c, &schema).unwrap_or(FALLIBLE), at)).collect();
             ordered.sort();
-            if ordered.iter().enumerate().all(|(at, (_, was))| at == *was) {
+            let dense = ordered.iter().take_while(|(class, _)| *class <= DENSE).count();
+            let in_order = ordered.iter().enumerate().all(|(at, (_, was))| at == *was);
+            if in_order && dense < 2 {
                 return Ok(Transformed::no(node));
             }
-            let predicate = conjunction(ordered.iter().map(|(_, at)| Arc::clone(conjuncts[*at])));
+            let ordered: Vec<_> = ordered.iter().map(|(_, at)| Arc::clone(conjuncts[*at])).collect();
+            let predicate = if dense >= 2 {
+                let (all, rest) = ordered.split_at(dense);
+                let all: Arc<dyn PhysicalExpr> = Arc::new(AllOf::new(all.to_vec()));
+                conjunction(std::iter::once(all).chain(rest.iter().cloned()))
+            } else {
+                conjunction(ordered)
+            };
             let rebuilt = FilterExecBuilder::from(filter).with_predicate(predicate).build()?;
             Ok(Transformed::yes(Arc::new(rebuilt) as Arc<dyn ExecutionPlan>))
         })
@@ -118,6 +141,116 @@ fn mark(plan: Arc<dyn ExecutionPlan>, probed: bool) -> Result<Arc<dyn ExecutionP
 /// The class of a conjunct that may fail: after every other.
 const FALLIBLE: u8 = u8::MAX;
 
+/// The classes [`AllOf`] evaluates over every row: fixed-width values
+/// compared with constants or with each other.
+const DENSE: u8 = 1;
+
+/// Conjuncts that cannot fail, each evaluated over every row of the batch
+/// and combined as SQL's AND (a null and a true are null, a false wins);
+/// stops early once no row can pass. See the module for why.
+#[derive(Debug, Hash, PartialEq, Eq)]
+pub struct AllOf {
+    conjuncts: Vec<Arc<dyn PhysicalExpr>>,
+}
+
+impl AllOf {
+    /// Of `conjuncts`, flattening nested ones.
+    pub fn new(conjuncts: Vec<Arc<dyn PhysicalExpr>>) -> Self {
+        let conjuncts = conjuncts
+            .into_iter()
+            .flat_map(|c| match c.downcast_ref::<AllOf>() {
+                Some(inner) => inner.conjuncts.clone(),
+                None => vec![c],
+            })
+            .collect();
+        Self { conjuncts }
+    }
+}
+
+impl std::fmt::Display for AllOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (at, conjunct) in self.conjuncts.iter().enumerate() {
+            if at > 0 {
+                f.write_str(" AND ")?;
+            }
+            write!(f, "{conjunct}")?;
+        }
+        Ok(())
+    }
+}
+
+impl PhysicalExpr for AllOf {
+    fn data_type(&self, _input_schema: &Schema) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn nullable(&self, input_schema: &Schema) -> Result<bool> {
+        for conjunct in &self.conjuncts {
+            if conjunct.nullable(input_schema)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
+        let rows = batch.num_rows();
+        let mut all: Option<BooleanArray> = None;
+        for conjunct in &self.conjuncts {
+            let array = match conjunct.evaluate(batch)? {
+                ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))) => continue,
+                ColumnarValue::Scalar(ScalarValue::Boolean(Some(false))) => {
+                    return Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(false))));
+                }
+                value => value.into_array(rows)?,
+            };
+            let array = array
+                .as_boolean_opt()
+                .ok_or_else(|| DataFusionError::Internal(format!("a conjunct is not boolean: {conjunct}")))?
+                .clone();
+            let combined = match all {
+                None => array,
+                Some(all) => and_kleene(&all, &array)?,
+            };
+            // Nothing later turns a false into anything else.
+            if combined.null_count() == 0 && combined.true_count() == 0 {
+                return Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(false))));
+            }
+            all = Some(combined);
+        }
+        Ok(match all {
+            Some(all) => ColumnarValue::Array(Arc::new(all)),
+            None => ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))),
+        })
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+        self.conjuncts.iter().collect()
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn PhysicalExpr>>) -> Result<Arc<dyn PhysicalExpr>> {
+        Ok(Arc::new(AllOf::new(children)))
+    }
+
+    /// Travels (to a worker) as the chain of ANDs it stands for.
+    fn try_to_proto(
+        &self,
+        ctx: &datafusion::physical_expr_common::physical_expr::proto_encode::PhysicalExprEncodeCtx<'_>,
+    ) -> Result<Option<datafusion_proto::protobuf::PhysicalExprNode>> {
+        ctx.encode_child(&conjunction(self.conjuncts.iter().cloned())).map(Some)
+    }
+
+    fn fmt_sql(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (at, conjunct) in self.conjuncts.iter().enumerate() {
+            if at > 0 {
+                f.write_str(" AND ")?;
+            }
+            conjunct.fmt_sql(f)?;
+        }
+        Ok(())
+    }
+}
+
 /// What evaluating `expr` costs per row, by class (0 cheapest); `None`
 /// when it may fail or is not known.
 fn class(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<u8> {
@@ -132,6 +265,9 @@ fn class(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<u8> {
     }
     if expr.downcast_ref::<Literal>().is_some() {
         return Some(0);
+    }
+    if let Some(all) = expr.downcast_ref::<AllOf>() {
+        return all.conjuncts.iter().map(|c| class(c, schema)).try_fold(0, |most, c| Some(most.max(c?)));
     }
     if let Some(binary) = expr.downcast_ref::<BinaryExpr>() {
         let (left, right) = (class(binary.left(), schema)?, class(binary.right(), schema)?);
@@ -173,7 +309,6 @@ fn class(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<u8> {
 mod tests {
     use super::*;
     use datafusion::arrow::datatypes::Field;
-    use datafusion::common::ScalarValue;
     use datafusion::physical_expr::expressions::{col, lit};
 
     fn schema() -> Schema {
@@ -205,5 +340,92 @@ mod tests {
         assert_eq!(class(&plus, &s), None);
         let null: Arc<dyn PhysicalExpr> = Arc::new(IsNullExpr::new(c("mode")));
         assert_eq!(class(&null, &s), Some(0));
+    }
+
+    /// Random batches with nulls: [`AllOf`] answers exactly what
+    /// DataFusion's chain of ANDs answers (true, false and null per row),
+    /// whichever rows each conjunct keeps.
+    #[test]
+    fn all_of_answers_as_and() {
+        use datafusion::arrow::array::{Date32Array, Int64Array, StringViewArray};
+        let s = Arc::new(schema());
+        let c = |name: &str| col(name, &s).expect("column");
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |below: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % below
+        };
+        let (mut rounds_false, mut rounds_mixed) = (0, 0);
+        for round in 0..300 {
+            let rows = 1 + next(200) as usize;
+            let nulls = next(4); // one row in `nulls + 1` null, none when 3
+            let mut value = |range: u64| (nulls == 3 || next(nulls + 1) > 0).then(|| next(range) as i32);
+            let shipped: Date32Array = (0..rows).map(|_| value(100)).collect();
+            let committed: Date32Array = (0..rows).map(|_| value(100)).collect();
+            let qty: Int64Array = (0..rows).map(|_| value(50).map(i64::from)).collect();
+            let mode: StringViewArray = (0..rows).map(|_| Some(["SHIP", "AIR"][next(2) as usize])).collect();
+            let batch = RecordBatch::try_new(
+                Arc::clone(&s),
+                vec![Arc::new(mode), Arc::new(shipped), Arc::new(committed), Arc::new(qty)],
+            )
+            .expect("batch");
+            let bound = |name: &str, op, at: u64| cmp(c(name), op, lit(ScalarValue::Int64(Some(at as i64))));
+            let date = |op, at: u64| cmp(c("shipped"), op, lit(ScalarValue::Date32(Some(at as i32))));
+            let mut conjuncts = vec![
+                date(Operator::GtEq, next(100)),
+                date(Operator::Lt, next(100)),
+                cmp(c("shipped"), Operator::Lt, c("committed")),
+                bound("qty", Operator::Lt, next(60)),
+            ];
+            conjuncts.truncate(2 + round % 3);
+            let ours = AllOf::new(conjuncts.clone()).evaluate(&batch).expect("AllOf").into_array(rows).expect("array");
+            let theirs = conjunction(conjuncts).evaluate(&batch).expect("AND").into_array(rows).expect("array");
+            assert_eq!(ours.as_boolean(), theirs.as_boolean(), "round {round}");
+            if ours.as_boolean().true_count() == 0 && ours.null_count() == 0 {
+                rounds_false += 1;
+            } else {
+                rounds_mixed += 1;
+            }
+        }
+        assert!(rounds_false > 10 && rounds_mixed > 10, "{rounds_false} all-false rounds, {rounds_mixed} others");
+    }
+
+    /// The rule groups the leading fixed-width comparisons into one
+    /// [`AllOf`], leaves strings and fallible conjuncts after it, and
+    /// changes nothing when applied again.
+    #[test]
+    fn leading_fixed_width_comparisons_are_evaluated_together() {
+        use datafusion::physical_plan::empty::EmptyExec;
+        let s = Arc::new(schema());
+        let c = |name: &str| col(name, &s).expect("column");
+        let mode_eq = cmp(c("mode"), Operator::Eq, lit("SHIP"));
+        let dates = cmp(c("shipped"), Operator::Lt, c("committed"));
+        let recent = cmp(c("shipped"), Operator::GtEq, lit(ScalarValue::Date32(Some(9000))));
+        let plus = cmp(cmp(c("qty"), Operator::Plus, lit(1i64)), Operator::Gt, lit(5i64));
+        let predicate = conjunction([Arc::clone(&plus), Arc::clone(&mode_eq), Arc::clone(&dates), Arc::clone(&recent)]);
+        let input: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(Arc::clone(&s)));
+        let filter: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(predicate, input).expect("filter"));
+        let config = ConfigOptions::default();
+        let once = CheapConjunctsFirst.optimize(filter, &config).expect("rule");
+        let predicate = Arc::clone(once.downcast_ref::<FilterExec>().expect("filter").predicate());
+        let conjuncts = split_conjunction(&predicate);
+        assert_eq!(conjuncts.len(), 3, "{predicate}");
+        let all = conjuncts[0].downcast_ref::<AllOf>().expect("AllOf first");
+        assert_eq!(all.conjuncts, vec![recent, dates]);
+        assert_eq!(conjuncts[1], &mode_eq);
+        assert_eq!(conjuncts[2], &plus);
+        let twice = CheapConjunctsFirst.optimize(Arc::clone(&once), &config).expect("rule");
+        assert_eq!(twice.downcast_ref::<FilterExec>().expect("filter").predicate(), &predicate);
+        let text = predicate.to_string();
+        assert!(text.starts_with("shipped@1 >= 1994-08-23 AND shipped@1 < committed@2 AND mode@0 = SHIP"), "{text}");
+        // A worker gets the chain of ANDs it stands for.
+        let bytes = datafusion_proto::bytes::physical_plan_to_bytes(once).expect("encodes");
+        let task = datafusion::execution::TaskContext::default();
+        let decoded = datafusion_proto::bytes::physical_plan_from_bytes(&bytes, &task).expect("decodes");
+        let decoded = decoded.downcast_ref::<FilterExec>().expect("filter").predicate();
+        assert_eq!(decoded.to_string(), text);
+        assert!(decoded.downcast_ref::<BinaryExpr>().is_some(), "{decoded:?}");
     }
 }
