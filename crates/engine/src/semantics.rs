@@ -590,7 +590,11 @@ fn array_literal(literal: &Expr, other: &Expr, schema: &datafusion::common::DFSc
 
 /// `sum` with Postgres' result types: `smallint` and `integer` sum as
 /// `bigint` (as DataFusion does), `bigint` as `numeric` (DataFusion sums it
-/// in a wrapping `i64`). A 64-bit integer argument is coerced to
+/// in a wrapping `i64`). A `numeric` of more than 28 digits (whose sum
+/// DataFusion types `numeric(38)` and adds in a wrapping 128-bit integer:
+/// two positive values summed to a negative one) is summed in 256 bits
+/// and the sum checked into `numeric(38, s)`: exact, or 22003 past 38
+/// digits ([`narrowed`]). A 64-bit integer argument is coerced to
 /// `numeric(28,0)`, which every value fits, so the sum is `numeric(38,0)`,
 /// which no realistic number of rows can overflow. Registered under
 /// DataFusion's name, so every query, window and view gets it, and typed
@@ -638,6 +642,7 @@ impl AggregateUDFImpl for PostgresSum {
             T::Int64 | T::UInt64 => T::Decimal128(28, 0),
             T::Null | T::Int8 | T::Int16 | T::Int32 | T::UInt8 | T::UInt16 | T::UInt32 => arg.clone(),
             T::Float16 | T::Float32 | T::Float64 => T::Float64,
+            T::Decimal128(precision, scale) if *precision > 28 => T::Decimal256(*precision, *scale),
             T::Decimal32(..)
             | T::Decimal64(..)
             | T::Decimal128(..)
@@ -654,18 +659,32 @@ impl AggregateUDFImpl for PostgresSum {
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
-        match arg_types {
-            [arg] if widened(arg) => Ok(DataType::Int64),
-            _ => self.inner.return_type(arg_types),
+        if let [arg] = arg_types {
+            if widened(arg) {
+                return Ok(DataType::Int64);
+            }
+            if let Some(to) = narrowed(arg) {
+                return Ok(to);
+            }
         }
+        self.inner.return_type(arg_types)
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
-        Ok(Box::new(Widened(self.inner.accumulator(args)?)))
+        let (args, to) = self.summing(args)?;
+        Ok(Box::new(Widened(self.inner.accumulator(args)?, to)))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> DfResult<Vec<FieldRef>> {
-        self.inner.state_fields(args)
+        match args.input_fields {
+            // The state is the 256-bit sum.
+            [arg] if narrowed(arg.data_type()).is_some() => {
+                let summed = self.inner.return_type(&[arg.data_type().clone()])?;
+                let return_field = Arc::new(args.return_field.as_ref().clone().with_data_type(summed));
+                self.inner.state_fields(StateFieldsArgs { return_field, ..args })
+            }
+            _ => self.inner.state_fields(args),
+        }
     }
 
     fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
@@ -676,11 +695,13 @@ impl AggregateUDFImpl for PostgresSum {
         &self,
         args: AccumulatorArgs,
     ) -> DfResult<Box<dyn datafusion::logical_expr::GroupsAccumulator>> {
-        Ok(Box::new(Widened(self.inner.create_groups_accumulator(args)?)))
+        let (args, to) = self.summing(args)?;
+        Ok(Box::new(Widened(self.inner.create_groups_accumulator(args)?, to)))
     }
 
     fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
-        Ok(Box::new(Widened(self.inner.create_sliding_accumulator(args)?)))
+        let (args, to) = self.summing(args)?;
+        Ok(Box::new(Widened(self.inner.create_sliding_accumulator(args)?, to)))
     }
 
     fn reverse_expr(&self) -> datafusion::logical_expr::ReversedUDAF {
@@ -704,6 +725,45 @@ impl AggregateUDFImpl for PostgresSum {
     }
 }
 
+impl PostgresSum {
+    /// The arguments DataFusion's accumulator is made with (summing in 256
+    /// bits where [`narrowed`]), and the type its sums are checked into.
+    fn summing<'a>(&self, args: AccumulatorArgs<'a>) -> DfResult<(AccumulatorArgs<'a>, Option<DataType>)> {
+        let narrow = match args.expr_fields {
+            [arg] => narrowed(arg.data_type()),
+            _ => None,
+        };
+        let Some(to) = narrow else {
+            return Ok((args, None));
+        };
+        let summed = self.inner.return_type(&[args.expr_fields[0].data_type().clone()])?;
+        let return_field = Arc::new(args.return_field.as_ref().clone().with_data_type(summed));
+        Ok((AccumulatorArgs { return_field, ..args }, Some(to)))
+    }
+}
+
+/// The type of the sum of `arg` when it is a `numeric` of more than 28
+/// digits coerced to 256 bits ([`PostgresSum`]): `numeric(38, s)`. A
+/// 256-bit argument of more digits is a `numeric` declared so, summed as
+/// DataFusion sums it.
+fn narrowed(arg: &DataType) -> Option<DataType> {
+    match arg {
+        DataType::Decimal256(precision, scale) if *precision <= 38 => Some(DataType::Decimal128(38, *scale)),
+        _ => None,
+    }
+}
+
+/// A sum checked into `to`: the value, or 22003 past its precision.
+fn narrow(sums: ArrayRef, to: &DataType) -> DfResult<ArrayRef> {
+    let options = datafusion::arrow::compute::CastOptions { safe: false, ..Default::default() };
+    datafusion::arrow::compute::cast_with_options(&sums, to, &options).map_err(|_| {
+        DataFusionError::External(Box::new(Error::new(
+            StatusCode::NumericOverflow,
+            "value overflows numeric format".to_string(),
+        )))
+    })
+}
+
 /// Whether `sum` takes an argument of this type as `bigint` ([`Widened`]).
 fn widened(data_type: &DataType) -> bool {
     use DataType as T;
@@ -725,9 +785,10 @@ fn widen(values: &[ArrayRef]) -> DfResult<Vec<ArrayRef>> {
         .collect()
 }
 
-/// A `sum` accumulator fed its argument widened to `bigint` ([`PostgresSum`]).
+/// A `sum` accumulator fed its argument widened to `bigint`, and its sums
+/// checked into the type given ([`PostgresSum`]).
 #[derive(Debug)]
-struct Widened<A>(A);
+struct Widened<A>(A, Option<DataType>);
 
 impl Accumulator for Widened<Box<dyn Accumulator>> {
     fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
@@ -735,7 +796,11 @@ impl Accumulator for Widened<Box<dyn Accumulator>> {
     }
 
     fn evaluate(&mut self) -> DfResult<ScalarValue> {
-        self.0.evaluate()
+        let sum = self.0.evaluate()?;
+        match &self.1 {
+            Some(to) => ScalarValue::try_from_array(&narrow(sum.to_array()?, to)?, 0),
+            None => Ok(sum),
+        }
     }
 
     fn size(&self) -> usize {
@@ -771,7 +836,11 @@ impl datafusion::logical_expr::GroupsAccumulator for Widened<Box<dyn datafusion:
     }
 
     fn evaluate(&mut self, emit_to: datafusion::logical_expr::EmitTo) -> DfResult<ArrayRef> {
-        self.0.evaluate(emit_to)
+        let sums = self.0.evaluate(emit_to)?;
+        match &self.1 {
+            Some(to) => narrow(sums, to),
+            None => Ok(sums),
+        }
     }
 
     fn state(&mut self, emit_to: datafusion::logical_expr::EmitTo) -> DfResult<Vec<ArrayRef>> {
