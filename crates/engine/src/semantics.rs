@@ -756,12 +756,7 @@ fn narrowed(arg: &DataType) -> Option<DataType> {
 /// A sum checked into `to`: the value, or 22003 past its precision.
 fn narrow(sums: ArrayRef, to: &DataType) -> DfResult<ArrayRef> {
     let options = datafusion::arrow::compute::CastOptions { safe: false, ..Default::default() };
-    datafusion::arrow::compute::cast_with_options(&sums, to, &options).map_err(|_| {
-        DataFusionError::External(Box::new(Error::new(
-            StatusCode::NumericOverflow,
-            "value overflows numeric format".to_string(),
-        )))
-    })
+    datafusion::arrow::compute::cast_with_options(&sums, to, &options).map_err(|_| decimal::overflow())
 }
 
 /// Whether `sum` takes an argument of this type as `bigint` ([`Widened`]).

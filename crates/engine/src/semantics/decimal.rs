@@ -70,10 +70,7 @@ pub(super) fn evaluate(
         Op::Mul => numeric::mul(&l, &r),
     }
     .map_err(|e| match e {
-        ArrowError::ArithmeticOverflow(_) => DataFusionError::External(Box::new(Error::new(
-            StatusCode::NumericOverflow,
-            "value overflows numeric format".to_string(),
-        ))),
+        ArrowError::ArithmeticOverflow(_) => overflow(),
         other => DataFusionError::ArrowError(Box::new(other), None),
     })?;
     if scalar {
@@ -81,6 +78,14 @@ pub(super) fn evaluate(
     } else {
         Ok(ColumnarValue::Array(result))
     }
+}
+
+/// A `numeric` result past its type's digits, in Postgres' words (22003).
+pub(super) fn overflow() -> DataFusionError {
+    DataFusionError::External(Box::new(Error::new(
+        StatusCode::NumericOverflow,
+        "value overflows numeric format".to_string(),
+    )))
 }
 
 fn side(value: &ColumnarValue) -> Option<(Side<'_>, u8, i8)> {
