@@ -167,15 +167,26 @@ impl AllOf {
     }
 }
 
-impl std::fmt::Display for AllOf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl AllOf {
+    /// Writes the conjuncts, each with `write`, joined by AND.
+    fn write_joined(
+        &self,
+        f: &mut std::fmt::Formatter<'_>,
+        write: impl Fn(&Arc<dyn PhysicalExpr>, &mut std::fmt::Formatter<'_>) -> std::fmt::Result,
+    ) -> std::fmt::Result {
         for (at, conjunct) in self.conjuncts.iter().enumerate() {
             if at > 0 {
                 f.write_str(" AND ")?;
             }
-            write!(f, "{conjunct}")?;
+            write(conjunct, f)?;
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Display for AllOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.write_joined(f, |conjunct, f| write!(f, "{conjunct}"))
     }
 }
 
@@ -241,13 +252,7 @@ impl PhysicalExpr for AllOf {
     }
 
     fn fmt_sql(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (at, conjunct) in self.conjuncts.iter().enumerate() {
-            if at > 0 {
-                f.write_str(" AND ")?;
-            }
-            conjunct.fmt_sql(f)?;
-        }
-        Ok(())
+        self.write_joined(f, |conjunct, f| conjunct.fmt_sql(f))
     }
 }
 
