@@ -655,8 +655,9 @@ pub(crate) async fn concatenate(
 /// string (TPC-H `l_shipmode`, `l_shipinstruct`) decode a dictionary's
 /// indexes instead of every value (TPC-H SF1 over Flight, LZ4 without
 /// dictionaries vs ZSTD with dictionaries everywhere: q19 223 → 166 ms,
-/// q12 176 → 137, but q14 75 → 119, q8 139 → 211, q9 217 → 298: numbers
-/// with dictionaries decode slowest). Paimon's default is ZSTD; we trade
+/// q12 176 → 137, but q14 75 → 119, q8 139 → 211, q9 217 → 298 — that
+/// trial changed compression and dictionaries together, so it does not
+/// say which cost the slower ones). Paimon's default is ZSTD; we trade
 /// bytes at rest for scans. Tables that keep no changelog (a view's
 /// arrangements and state: read only by key, and rewritten by compaction
 /// as often as their keys arrive in random order) are written as level 0
