@@ -15,7 +15,12 @@
 //! cargo run --release -p streamhouse-benches --bin scan -- [scale factor, default 1]
 //! ```
 //!
-//! Prints per query the median of three runs and the ratios to plain Parquet;
+//! `SCAN_KEEP_DIR=DIR` writes the tables under DIR and keeps them (to look
+//! at their files); DIR must not hold an earlier run's tables.
+//! `SCAN_WRITE_BUFFER=BYTES` sets the tables' write buffer (`1`: each
+//! `write` of a transaction staged as a file of its own).
+//!
+//! Prints per query the median of seven runs (the layouts take turns) and the ratios to plain Parquet;
 //! goals (issue 3): ≤ 1.10× compacted, ≤ 1.5× with five runs.
 
 #![allow(clippy::print_stdout)]
@@ -108,7 +113,13 @@ async fn load_with(
     deletion_vectors: bool,
 ) -> Table {
     let schema = batches[0].schema();
-    let options = TableOptions { compaction_trigger: 1000, deletion_vectors, ..TableOptions::default() };
+    // SCAN_WRITE_BUFFER=BYTES: a transaction's write buffer (1: a file per write, as before it had one).
+    let write_buffer_bytes = std::env::var("SCAN_WRITE_BUFFER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(TableOptions::default().write_buffer_bytes);
+    let options =
+        TableOptions { compaction_trigger: 1000, deletion_vectors, write_buffer_bytes, ..TableOptions::default() };
     let definition = TableSchema::new(0, Arc::clone(&schema), key, options).expect("schema");
     let schema = Arc::clone(&definition.schema);
     let table = Table::create(Arc::clone(store), Path::from(format!("public/{name}")), name, definition)
@@ -154,18 +165,26 @@ enum Layout {
     Updated,
 }
 
-async fn time_queries(ctx: &SessionContext) -> Vec<f64> {
-    let mut out = Vec::new();
+/// Runs of each query per layout; the median counts.
+const RUNS: usize = 7;
+
+/// Each query's median time (ms) in each context; the contexts take turns.
+async fn time_queries<const N: usize>(contexts: &[&SessionContext; N]) -> [Vec<f64>; N] {
+    let mut out: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
     for (_, sql) in QUERIES {
-        let mut runs = Vec::new();
-        for _ in 0..3 {
-            let start = Instant::now();
-            let batches = ctx.sql(sql).await.expect("plan").collect().await.expect("run");
-            std::hint::black_box(batches);
-            runs.push(start.elapsed().as_secs_f64() * 1000.0);
+        let mut runs: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
+        for _ in 0..RUNS {
+            for (ctx, runs) in contexts.iter().zip(&mut runs) {
+                let start = Instant::now();
+                let batches = ctx.sql(sql).await.expect("plan").collect().await.expect("run");
+                std::hint::black_box(batches);
+                runs.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
         }
-        runs.sort_by(f64::total_cmp);
-        out.push(runs[1]);
+        for (out, mut runs) in out.iter_mut().zip(runs) {
+            runs.sort_by(f64::total_cmp);
+            out.push(runs[RUNS / 2]);
+        }
     }
     out
 }
@@ -199,7 +218,10 @@ fn context() -> SessionContext {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let scale: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
-    let dir = tempfile::tempdir().expect("temp dir");
+    // SCAN_KEEP_DIR=DIR: the tables are written under DIR and kept (to look at their files).
+    let kept = std::env::var_os("SCAN_KEEP_DIR").map(std::path::PathBuf::from);
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = kept.as_deref().unwrap_or(temp.path());
     let started = Instant::now();
     let (lineitem, orders) = (lineitem(scale), orders(scale));
     let rows = |b: &[RecordBatch]| b.iter().map(RecordBatch::num_rows).sum::<usize>();
@@ -213,19 +235,17 @@ async fn main() {
     // Baseline: plain Parquet files.
     let plain = context();
     for (name, batches) in [("lineitem", &lineitem), ("orders", &orders)] {
-        let path = dir.path().join(format!("{name}.parquet"));
+        let path = dir.join(format!("{name}.parquet"));
         write_parquet(&path, &batches[0].schema(), batches);
         plain
             .register_parquet(name, path.to_str().expect("utf-8 path"), ParquetReadOptions::default())
             .await
             .expect("register");
     }
-    let baseline = time_queries(&plain).await;
-
     let expected = answers(&plain).await;
 
     // Dynamic Tables with five sorted runs of consecutive key ranges.
-    let ordered_store = warehouse(dir.path(), "ordered");
+    let ordered_store = warehouse(dir, "ordered");
     let started = Instant::now();
     load(&ordered_store, "lineitem", &["l_orderkey", "l_linenumber"], &lineitem, 5, Layout::Consecutive).await;
     load(&ordered_store, "orders", &["o_orderkey"], &orders, 5, Layout::Consecutive).await;
@@ -233,11 +253,9 @@ async fn main() {
     let ordered_ctx = context();
     register(&ordered_ctx, &ordered_store).await;
     assert_eq!(answers(&ordered_ctx).await, expected, "Dynamic Tables (5 consecutive runs) answer differently");
-    let five_ordered = time_queries(&ordered_ctx).await;
-    drop(ordered_ctx);
 
     // Dynamic Tables with five overlapping sorted runs of updates.
-    let updated_store = warehouse(dir.path(), "updated");
+    let updated_store = warehouse(dir, "updated");
     let started = Instant::now();
     load(&updated_store, "lineitem", &["l_orderkey", "l_linenumber"], &lineitem, 5, Layout::Updated).await;
     load(&updated_store, "orders", &["o_orderkey"], &orders, 5, Layout::Updated).await;
@@ -246,12 +264,10 @@ async fn main() {
     let updated_ctx = context();
     register(&updated_ctx, &updated_store).await;
     assert_eq!(answers(&updated_ctx).await, expected, "Dynamic Tables (5 runs of updates) answer differently");
-    let five_updated = time_queries(&updated_ctx).await;
-    drop(updated_ctx);
 
     // The same without deletion vectors: what marking costs the writes, and
     // what merging on read costs the scans.
-    let merged_store = warehouse(dir.path(), "updated-merged");
+    let merged_store = warehouse(dir, "updated-merged");
     let started = Instant::now();
     let key = ["l_orderkey", "l_linenumber"];
     load_with(&merged_store, "lineitem", &key, &lineitem, 5, Layout::Updated, false).await;
@@ -261,30 +277,35 @@ async fn main() {
     let merged_ctx = context();
     register(&merged_ctx, &merged_store).await;
     assert_eq!(answers(&merged_ctx).await, expected, "Dynamic Tables (5 runs of updates, merged) answer differently");
-    let five_merged = time_queries(&merged_ctx).await;
-    drop(merged_ctx);
 
     // Dynamic Tables with five overlapping sorted runs.
-    let store = warehouse(dir.path(), "overlapping");
+    let store = warehouse(dir, "overlapping");
     let started = Instant::now();
-    let line_table =
-        Arc::new(load(&store, "lineitem", &["l_orderkey", "l_linenumber"], &lineitem, 5, Layout::Overlapping).await);
-    let order_table = Arc::new(load(&store, "orders", &["o_orderkey"], &orders, 5, Layout::Overlapping).await);
+    load(&store, "lineitem", &["l_orderkey", "l_linenumber"], &lineitem, 5, Layout::Overlapping).await;
+    load(&store, "orders", &["o_orderkey"], &orders, 5, Layout::Overlapping).await;
     println!("loaded Dynamic Tables as 5 overlapping sorted runs in {:.1}s", started.elapsed().as_secs_f64());
-    drop((lineitem, orders));
     let dynamic = context();
     register(&dynamic, &store).await;
     assert_eq!(answers(&dynamic).await, expected, "Dynamic Tables (5 runs) answer differently from plain Parquet");
-    let five_runs = time_queries(&dynamic).await;
 
+    // The same five overlapping runs, loaded again and fully compacted.
+    let compacted_store = warehouse(dir, "compacted");
+    let line_table =
+        load(&compacted_store, "lineitem", &["l_orderkey", "l_linenumber"], &lineitem, 5, Layout::Overlapping).await;
+    let order_table = load(&compacted_store, "orders", &["o_orderkey"], &orders, 5, Layout::Overlapping).await;
+    drop((lineitem, orders));
     let started = Instant::now();
     line_table.compact(true).await.expect("compact lineitem");
     order_table.compact(true).await.expect("compact orders");
     println!("full compaction in {:.1}s", started.elapsed().as_secs_f64());
     let compacted_ctx = context();
-    register(&compacted_ctx, &store).await;
+    register(&compacted_ctx, &compacted_store).await;
     assert_eq!(answers(&compacted_ctx).await, expected, "compacted Dynamic Tables answer differently");
-    let compacted = time_queries(&compacted_ctx).await;
+
+    // Every layout takes its turn at each run of a query, so a slow period
+    // of the machine weighs on all of them alike.
+    let contexts = [&plain, &ordered_ctx, &updated_ctx, &merged_ctx, &dynamic, &compacted_ctx];
+    let [baseline, five_ordered, five_updated, five_merged, five_runs, compacted] = time_queries(&contexts).await;
 
     println!();
     println!(

@@ -18,7 +18,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{Array as _, ArrayRef, RecordBatch, UInt32Array};
+use arrow::array::{Array as _, ArrayRef, AsArray as _, RecordBatch, UInt32Array};
 use arrow::compute::{concat, take};
 use arrow::datatypes::DataType;
 use arrow::datatypes::{Schema, SchemaRef};
@@ -695,6 +695,30 @@ fn writer_properties(row_group_rows: usize, level: u32, schema: &Schema) -> Writ
         .build()
 }
 
+/// The bytes of values `batch` holds: what a write buffer counts.
+/// `get_array_memory_size` counts whole buffers, so a slice or a `take` of
+/// string views (which keep the source's data buffers) would count as all
+/// of its source; this counts the rows' own values (nested columns, rare,
+/// count their whole buffers: never less than they hold).
+pub(crate) fn data_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|column| match column.data_type() {
+            DataType::Utf8View => view_bytes(column.as_string_view().views()) + column.len().div_ceil(8),
+            DataType::BinaryView => view_bytes(column.as_binary_view().views()) + column.len().div_ceil(8),
+            data_type if data_type.is_nested() => column.get_array_memory_size(),
+            _ => column.to_data().get_slice_memory_size().unwrap_or_else(|_| column.get_array_memory_size()),
+        })
+        .sum()
+}
+
+/// The bytes of string or binary views: 16 each, and the values longer
+/// than the 12 bytes a view holds inline (a view's low 32 bits are its length).
+fn view_bytes(views: &[u128]) -> usize {
+    views.iter().map(|&view| 16 + if view as u32 > 12 { view as u32 as usize } else { 0 }).sum()
+}
+
 /// The leaf columns of `schema` that Parquet stores as INT32 or INT64, as
 /// the writer maps Arrow types (nested ones included).
 fn integer_columns(schema: &Schema) -> Vec<ColumnPath> {
@@ -1230,6 +1254,40 @@ mod tests {
     use object_store::memory::InMemory;
 
     use super::*;
+
+    /// A write buffer counts the values a batch holds, not the buffers it
+    /// shares with its source: a slice, or a `take` of string views.
+    #[test]
+    fn data_bytes_counts_a_batchs_own_values() {
+        use arrow::array::StringViewArray;
+        let long = |i: usize| format!("a value longer than twelve bytes, number {i:06}");
+        let keys = Int64Array::from_iter_values(0..10_000);
+        let strings: StringArray = (0..10_000).map(|i| Some(long(i))).collect();
+        let views: StringViewArray = (0..10_000).map(|i| Some(long(i))).collect();
+        let short: StringViewArray = (0..10_000).map(|i| Some(format!("{i}"))).collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+            Field::new("v", DataType::Utf8View, false),
+            Field::new("short", DataType::Utf8View, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![Arc::new(keys), Arc::new(strings), Arc::new(views), Arc::new(short)];
+        let batch = RecordBatch::try_new(schema, columns).unwrap();
+        let value = long(0).len();
+        // 8 key bytes, a string and its 4-byte offset, a view and its
+        // out-of-line string, a short string's view.
+        let per_row = 8 + (value + 4) + (16 + value) + 16;
+        let whole = data_bytes(&batch);
+        assert!(whole.abs_diff(10_000 * per_row) < 10_000 * per_row / 100, "{whole} vs {}", 10_000 * per_row);
+        let slice = data_bytes(&batch.slice(1_000, 100));
+        assert!(slice.abs_diff(100 * per_row) < 100, "a slice of 100 rows: {slice}");
+        let every_tenth = UInt32Array::from_iter_values((0..10_000).step_by(10));
+        let taken = arrow::compute::take_record_batch(&batch, &every_tenth).unwrap();
+        let counted = data_bytes(&taken);
+        assert!(counted.abs_diff(1_000 * per_row) < 1_000 * per_row / 100, "every tenth row: {counted}");
+        // What the whole buffers weigh: the taken views keep all the source's strings.
+        assert!(taken.get_array_memory_size() > 3 * counted, "{}", taken.get_array_memory_size());
+    }
 
     /// Columns stored as Parquet integers are delta-encoded and not
     /// compressed; the others keep LZ4 (and strings their dictionaries);

@@ -126,6 +126,10 @@ pub struct TableOptions {
     /// Rows per Parquet row group (not a SQL option; tests lower it to
     /// exercise multi-row-group files with few rows).
     pub row_group_rows: usize,
+    /// Bytes of Arrow data a transaction buffers in memory before staging
+    /// its writes as files (Paimon's `write-buffer-size`; not a SQL option:
+    /// tests lower it to stage in the middle of transactions).
+    pub write_buffer_bytes: usize,
     /// Rows from which each write of a group commit gets a file of its own
     /// when the writes' key ranges are disjoint (not a SQL option).
     pub separate_write_rows: usize,
@@ -168,6 +172,7 @@ impl Default for TableOptions {
             consumer_expiration_ms: None,
             watermark: None,
             row_group_rows: crate::file::ROW_GROUP_ROWS,
+            write_buffer_bytes: WRITE_BUFFER_BYTES,
             separate_write_rows: 1024,
             changelog_columns: None,
             no_changelog: false,
@@ -175,6 +180,16 @@ impl Default for TableOptions {
         }
     }
 }
+
+/// A transaction's writes are buffered in memory up to this many bytes of
+/// values and then staged together (`TableOptions::write_buffer_bytes`):
+/// a statement that writes batch by batch (an UPDATE's scan batches, a
+/// view's maintenance step) makes a few files of many row groups, not a
+/// file per batch, and scans of the table open that many fewer files.
+/// 16 MiB makes files of a row group or more (≈ 100 k TPC-H `lineitem`
+/// rows); scans of files that size read as fast as of bigger ones, and
+/// every open transaction (each view step has several) holds that much.
+pub const WRITE_BUFFER_BYTES: usize = 16 << 20;
 
 /// Every option name, for error messages.
 const NAMES: &[&str] = &[

@@ -6,8 +6,10 @@
 //! 2. Files are grouped into *sections* of overlapping key ranges. A section
 //!    with one sorted run needs no merge: its row groups are read as they
 //!    are (dropping tombstones), and it can be cut at any row group. A section
-//!    with several runs is k-way merged ([`crate::merge`]); a big one is cut
-//!    into key ranges at the row-group boundaries of its largest run.
+//!    with several runs (level-0 files chained into as few runs as their
+//!    overlaps allow, one per higher level) is k-way merged
+//!    ([`crate::merge`]); a big one is cut into key ranges at the row-group
+//!    boundaries of its largest run.
 //! 3. Splits are dealt to partitions, largest first, to balance rows.
 //!    Without merges (append-only tables, deletion vectors), the files'
 //!    row groups are cut into one split of about equal rows per partition.
@@ -421,15 +423,33 @@ fn sections(mut files: Vec<Indexed>) -> Vec<Vec<Indexed>> {
     out
 }
 
-/// Splits a section into sorted runs: each level-0 file is a run, each higher level one run.
+/// Splits a section into sorted runs: each higher level is one run, and
+/// level-0 files are chained into as few runs as their overlaps allow (in
+/// key order, a file joins the first run whose last file ends before it
+/// begins). Which run a file joins does not matter to the merge: the newest
+/// `_seq` of a key wins. As a run each, a transaction's files (one per
+/// filled write buffer) made the section's largest run one file, so the
+/// section was cut only inside that file's key range and one split held
+/// nearly everything (a partition did all the work).
 fn runs(section: Vec<Indexed>) -> Vec<Vec<Indexed>> {
     let mut levels: std::collections::BTreeMap<u32, Vec<Indexed>> = std::collections::BTreeMap::new();
-    let mut out = Vec::new();
+    let mut level0 = Vec::new();
     for file in section {
         if file.meta.level == 0 {
-            out.push(vec![file]);
+            level0.push(file);
         } else {
             levels.entry(file.meta.level).or_default().push(file);
+        }
+    }
+    level0.sort_by(|a, b| a.first().cmp(&b.first()));
+    let mut out: Vec<Vec<Indexed>> = Vec::new();
+    for file in level0 {
+        let free = file.first().and_then(|first| {
+            out.iter().position(|run| run.last().and_then(Indexed::last).is_some_and(|end| end < first))
+        });
+        match free {
+            Some(run) => out[run].push(file),
+            None => out.push(vec![file]),
         }
     }
     out.extend(levels.into_values());

@@ -1025,11 +1025,63 @@ struct Staged {
     /// Rows of committed or staged files that the staged writes replace
     /// (tables with deletion vectors: [`crate::deletion`]).
     deleted: crate::deletion::Marks,
+    /// Writes buffered in memory, not yet staged as files ([`Staged::buffer`]).
+    pending: Vec<(RecordBatch, Vec<ValueKind>)>,
+    /// The bytes of values `pending` holds ([`crate::file::data_bytes`]).
+    pending_bytes: usize,
+    /// The memory `pending` keeps alive: whole buffers, also those it
+    /// shares with its source (a slice or a `take` of string views keeps
+    /// all of its source's strings).
+    pending_memory: usize,
 }
+
+/// A write buffer also stages once the memory its batches keep alive
+/// reaches this many times `write_buffer_bytes`: slices of big batches
+/// make smaller files rather than hold their sources without bound.
+const BUFFER_MEMORY_FACTOR: usize = 4;
 
 impl Staged {
     fn is_empty(&self) -> bool {
-        self.data.is_empty() && self.changelog.is_empty() && self.removed.is_empty()
+        self.data.is_empty() && self.changelog.is_empty() && self.removed.is_empty() && self.pending.is_empty()
+    }
+
+    /// Buffers a write; stages what is buffered once it holds
+    /// `write_buffer_bytes` (table option) of values, or keeps
+    /// [`BUFFER_MEMORY_FACTOR`] times that alive. Staging writes together
+    /// is staging them one after the other: each key's changes fold in
+    /// write order, and the changelog holds the net change of the transaction.
+    async fn buffer(&mut self, table: &Table, state: &State, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<()> {
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        self.pending_bytes += crate::file::data_bytes(rows);
+        self.pending_memory += rows.get_array_memory_size();
+        self.pending.push((rows.clone(), kinds.to_vec()));
+        let limit = state.schema.options.write_buffer_bytes;
+        if self.pending_bytes >= limit || self.pending_memory >= limit.saturating_mul(BUFFER_MEMORY_FACTOR) {
+            self.flush(table, state).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Stages the buffered writes as one write.
+    async fn flush(&mut self, table: &Table, state: &State) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        self.pending_memory = 0;
+        let (rows, kinds) = match pending.len() {
+            0 => return Ok(()),
+            1 => pending.into_iter().next().unwrap_or_else(|| unreachable!("one write")),
+            _ => {
+                let rows = concat_batches(&pending[0].0.schema(), pending.iter().map(|(rows, _)| rows))?;
+                let kinds: Vec<ValueKind> = pending.iter().flat_map(|(_, kinds)| kinds.iter().copied()).collect();
+                // The writes are copied into `rows`: not kept twice while staging.
+                drop(pending);
+                (rows, kinds)
+            }
+        };
+        self.stage(table, state, &rows, &kinds).await
     }
 
     /// Computes the data and changelog rows of a write against the
@@ -1119,7 +1171,7 @@ impl Staged {
                                 _ => ValueKind::Upsert,
                             })
                             .collect();
-                        again.stage(table, state, &batch.project(&user)?, &kinds).await?;
+                        again.buffer(table, state, &batch.project(&user)?, &kinds).await?;
                     }
                 }
                 Ok(())
@@ -1128,6 +1180,9 @@ impl Staged {
             if let Err(e) = result {
                 return Err((e, again));
             }
+        }
+        if let Err(e) = again.flush(table, state).await {
+            return Err((e, again));
         }
         Ok(again)
     }

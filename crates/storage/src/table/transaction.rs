@@ -68,10 +68,14 @@ impl Transaction<'_> {
     }
 
     /// Stages upserts and deletes (see [`Table::write`]); later writes of the
-    /// transaction see earlier ones.
+    /// transaction see earlier ones. Writes are buffered in memory and staged
+    /// as files together, 16 MiB of values at a time by default, so a
+    /// transaction of many small writes makes few files.
     ///
     /// # Errors
-    /// As [`Table::write`].
+    /// As [`Table::write`]: rows that do not fit the table at once; what
+    /// staging finds (an aggregate's overflow, storage failures) here or
+    /// from a later write or [`Transaction::commit`].
     pub async fn write(&mut self, rows: &RecordBatch, kinds: &[ValueKind]) -> Result<()> {
         check_rows(&self.base.schema, rows, kinds)?;
         self.table.check_write(rows, kinds)?;
@@ -84,7 +88,7 @@ impl Transaction<'_> {
                 self.replay = None;
             }
         }
-        self.staged.stage(self.table, &self.base, rows, kinds).await
+        self.staged.buffer(self.table, &self.base, rows, kinds).await
     }
 
     /// Truncation of an append-only table (a keyed one deletes its rows with
@@ -101,6 +105,8 @@ impl Transaction<'_> {
             return Err(Error::Invalid(format!("table {} has a primary key: delete its rows by key", self.table.name)));
         }
         check_rows(schema, rows, &vec![ValueKind::Upsert; rows.num_rows()])?;
+        // Appended rows buffered before the truncation take their sequence numbers first.
+        self.staged.flush(self.table, &self.base).await?;
         if self.staged.removed.is_empty() {
             self.staged.removed = self.base.manifest.files.clone();
         }
@@ -125,6 +131,11 @@ impl Transaction<'_> {
         let Self { table, base, mut staged, replay, blind, inserts, properties, .. } = self;
         if staged.is_empty() && properties.is_empty() {
             return Ok(None);
+        }
+        // Staged before taking the commit lock: concurrent commits go on meanwhile.
+        if let Err(e) = staged.flush(table, &base).await {
+            staged.abort(table).await;
+            return Err(e);
         }
         let guard = table.commit_lock.lock().await;
         let current = table.current();
@@ -153,12 +164,18 @@ impl Transaction<'_> {
                         let mut again = Staged::default();
                         let mut result = Ok(());
                         for (rows, kinds) in &inputs {
-                            result = again.stage(table, &current, rows, kinds).await;
+                            result = again.buffer(table, &current, rows, kinds).await;
                             if result.is_err() {
                                 break;
                             }
                         }
-                        result.map(|()| again).map_err(|e| (e, None))
+                        if result.is_ok() {
+                            result = again.flush(table, &current).await;
+                        }
+                        match result {
+                            Ok(()) => Ok(again),
+                            Err(e) => Err((e, Some(again))),
+                        }
                     }
                     None if from_files => {
                         let result = staged.restage(table, &current, inserts).await;

@@ -70,6 +70,8 @@ fn schema() -> TableSchema {
         snapshot_num_retained_min: 2,
         snapshot_num_retained_max: 4,
         row_group_rows: 4,
+        // Transactions stage some writes as they come and buffer others (a write is ~120 bytes).
+        write_buffer_bytes: 250,
         ..TableOptions::default()
     };
     TableSchema::new(0, arrow, &["k"], options).unwrap()

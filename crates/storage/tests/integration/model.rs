@@ -118,6 +118,8 @@ fn schema(engine: MergeEngine, size_amplification: u64, no_changelog: bool) -> T
         snapshot_num_retained_max: 6,
         row_group_rows: 3,
         separate_write_rows: 2,
+        // Transactions stage some writes as they come and buffer others (a write is ~120 bytes).
+        write_buffer_bytes: 250,
         aggregate_functions: match engine {
             MergeEngine::Aggregation => [("v".to_owned(), AggregateFunction::Listagg)].into(),
             _ => Default::default(),
@@ -600,6 +602,8 @@ async fn probes_by_key_prefix_match_the_model() {
         target_file_size: 10_000,
         row_group_rows: 3,
         separate_write_rows: 2,
+        // Transactions stage some writes as they come and buffer others (a write is ~120 bytes).
+        write_buffer_bytes: 250,
         ..TableOptions::default()
     };
     let definition = TableSchema::new(0, arrow, &["g", "k"], options).unwrap();

@@ -12,10 +12,15 @@ use object_store::path::Path;
 use streamhouse_storage::{Error, RowKind, Table, TableOptions, TableSchema, ValueKind};
 
 async fn table() -> Table {
+    table_with(TableOptions::default()).await
+}
+
+/// A new table `t (k BIGINT PRIMARY KEY, v TEXT)` with `options`.
+async fn table_with(options: TableOptions) -> Table {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let arrow =
         Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false), Field::new("v", DataType::Utf8, true)]));
-    let schema = TableSchema::new(0, arrow, &["k"], TableOptions::default()).unwrap();
+    let schema = TableSchema::new(0, arrow, &["k"], options).unwrap();
     Table::create(store, Path::from("public/t"), "t", schema).await.unwrap()
 }
 
@@ -415,4 +420,84 @@ async fn files_reaching_the_last_level_unmerged_are_encoded_for_it() {
         assert!(dictionary, "strings dictionary-encoded");
     }
     assert_eq!(content(&table).await, before);
+}
+
+/// A transaction's writes are buffered and staged together: many small
+/// writes make few files (scans open fewer), and what they commit is what
+/// staging them one by one commits, later writes replacing earlier ones.
+#[tokio::test]
+async fn a_transaction_of_many_small_writes_stages_few_files() {
+    for (buffer, expected) in [(TableOptions::default().write_buffer_bytes, 1..=1), (16 << 10, 2..=60)] {
+        let table = table_with(TableOptions { write_buffer_bytes: buffer, ..TableOptions::default() }).await;
+        table.write(&rows(&table, &[(0, "before"), (5, "before")]), &[ValueKind::Upsert; 2]).await.unwrap();
+        let mut model: BTreeMap<i64, String> = [(0, "before".to_string()), (5, "before".to_string())].into();
+        let mut txn = table.begin().await.unwrap();
+        for write in 0..200i64 {
+            // Each write overlaps the previous one's keys and deletes one key.
+            let values: Vec<(i64, String)> = (write * 50..write * 50 + 100).map(|k| (k, format!("w{write}"))).collect();
+            let refs: Vec<(i64, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            txn.write(&rows(&table, &refs), &vec![ValueKind::Upsert; refs.len()]).await.unwrap();
+            model.extend(values);
+            let gone = write * 50 + 5;
+            txn.write(&rows(&table, &[(gone, "")]), &[ValueKind::Delete]).await.unwrap();
+            model.remove(&gone);
+        }
+        txn.commit().await.unwrap();
+        assert_eq!(content(&table).await, model, "buffer {buffer}");
+        assert_eq!(replayed(&table).await, model, "buffer {buffer}");
+        // The write before the transaction, and the transaction's files.
+        let files = table.files(None).await.unwrap().len() - 1;
+        assert!(expected.contains(&files), "buffer {buffer}: {files} files for 400 writes");
+    }
+}
+
+/// Without deletion vectors, overlapping runs are merged on read, cut into
+/// key ranges for the partitions. A transaction's files (one per filled
+/// write buffer) are one sorted run, so a newer run overlapping them cuts
+/// into halves of about equal rows, not a split that holds nearly all.
+#[tokio::test]
+async fn merged_runs_of_several_files_split_evenly_across_partitions() {
+    use futures::TryStreamExt;
+    let table = table_with(TableOptions {
+        deletion_vectors: false,
+        write_buffer_bytes: 64 << 10,
+        row_group_rows: 500,
+        compaction_trigger: 100,
+        ..TableOptions::default()
+    })
+    .await;
+    let mut model = BTreeMap::new();
+    let mut txn = table.begin().await.unwrap();
+    for write in 0..20i64 {
+        let values: Vec<(i64, String)> =
+            (write * 1000..(write + 1) * 1000).map(|k| (k, format!("first {k}"))).collect();
+        let refs: Vec<(i64, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        txn.write(&rows(&table, &refs), &vec![ValueKind::Upsert; refs.len()]).await.unwrap();
+        model.extend(values);
+    }
+    txn.commit().await.unwrap();
+    let files = table.files(None).await.unwrap().len();
+    assert!(files >= 4, "the transaction should make several files: {files}");
+    // A newer run over the whole key range.
+    let values: Vec<(i64, String)> = (0..20_000).step_by(10).map(|k| (k, format!("second {k}"))).collect();
+    let refs: Vec<(i64, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    table.write(&rows(&table, &refs), &vec![ValueKind::Upsert; refs.len()]).await.unwrap();
+    model.extend(values);
+
+    let request = streamhouse_storage::ScanRequest { partitions: 2, ..Default::default() };
+    let plan = table.plan_scan(None, &request).await.unwrap();
+    let mut read = BTreeMap::new();
+    let mut per_partition = Vec::new();
+    for partition in 0..plan.partitions.len() {
+        let batches: Vec<RecordBatch> = table.read_partition(&plan, partition).try_collect().await.unwrap();
+        per_partition.push(batches.iter().map(RecordBatch::num_rows).sum::<usize>());
+        for b in &batches {
+            let (k, v) = (b.column(0).as_primitive::<Int64Type>(), b.column(1).as_string::<i32>());
+            for i in 0..b.num_rows() {
+                assert!(read.insert(k.value(i), v.value(i).to_string()).is_none(), "key {} read twice", k.value(i));
+            }
+        }
+    }
+    assert_eq!(read, model);
+    assert!(per_partition.iter().all(|&rows| rows >= 6_000), "uneven partitions: {per_partition:?}");
 }
