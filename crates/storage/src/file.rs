@@ -245,6 +245,20 @@ pub(crate) struct NewFile {
     pub light: bool,
     /// Its tombstones go to its deletion vector ([`crate::deletion`]).
     pub mark_deletes: bool,
+    /// Rows the whole file will hold, when known as it is created (a
+    /// commit's file, written from one batch).
+    pub rows: Option<usize>,
+}
+
+impl NewFile {
+    /// Whether its string and binary columns get dictionaries
+    /// ([`writer_properties`]): compacted files, and level-0 files of at
+    /// least a row group (a big write's, read by queries as a compacted
+    /// file is until compaction, and kept as they are when compaction
+    /// concatenates them); never a light table's.
+    fn dictionaries(&self) -> bool {
+        !self.light && (self.level > 0 || self.rows.is_some_and(|rows| rows >= self.row_group_rows))
+    }
 }
 
 /// Builds a Parquet file batch by batch, then stores it: in memory and with
@@ -270,7 +284,7 @@ pub(crate) struct FileWriter {
 
 impl FileWriter {
     pub(crate) fn new(file: NewFile, schema: &SchemaRef) -> Result<Self> {
-        let props = writer_properties(file.row_group_rows, if file.light { 0 } else { file.level }, schema);
+        let props = writer_properties(file.row_group_rows, file.dictionaries(), schema);
         let buffer = SharedBuffer::default();
         let writer = ArrowWriter::try_new(buffer.clone(), Arc::clone(schema), Some(props))
             .map_err(|e| Error::Invalid(format!("cannot write {}: {e}", file.relative)))?;
@@ -559,7 +573,7 @@ pub(crate) async fn concatenate(
         let writer = match &mut writer {
             Some(w) => w,
             None => {
-                let props = writer_properties(file.row_group_rows, if file.light { 0 } else { file.level }, target)
+                let props = writer_properties(file.row_group_rows, file.dictionaries(), target)
                     .into_builder()
                     .set_key_value_metadata(parquet.file_metadata().key_value_metadata().cloned())
                     .build();
@@ -627,7 +641,8 @@ pub(crate) async fn concatenate(
     Ok(Some(meta))
 }
 
-/// The Parquet settings of a data or changelog file of LSM level `level`.
+/// The Parquet settings of a data or changelog file, with or without
+/// dictionaries for its string and binary columns ([`NewFile::dictionaries`]).
 ///
 /// Columns Parquet stores as 32- or 64-bit integers (integers, dates,
 /// times, timestamps, `numeric` of up to 18 digits) are
@@ -642,10 +657,10 @@ pub(crate) async fn concatenate(
 /// 267 / 101 ms — much of a plain column's cost is its bytes). A column of
 /// random 64-bit values takes as many bytes as plain.
 ///
-/// Other columns are LZ4 (raw). Level-0 files (every commit's new run and
-/// its changelog) are written on every commit and soon read back, by
-/// compaction and by the steps of the views over the table: they have no
-/// dictionaries. ZSTD sets up a compression context per page written and a
+/// Other columns are LZ4 (raw). Small level-0 files (a commit's new run
+/// and its changelog of less than a row group) are written on every commit
+/// and soon read back, by compaction and by the steps of the views over
+/// the table: they have no dictionaries. ZSTD sets up a compression context per page written and a
 /// decompression context per page read, and a dictionary is built per
 /// column chunk — on files of one commit's rows that costs more CPU than
 /// the bytes it saves (profiled on Nexmark q7: ZSTD contexts ≈ 6% and
@@ -657,14 +672,22 @@ pub(crate) async fn concatenate(
 /// dictionaries vs ZSTD with dictionaries everywhere: q19 223 → 166 ms,
 /// q12 176 → 137, but q14 75 → 119, q8 139 → 211, q9 217 → 298 — that
 /// trial changed compression and dictionaries together, so it does not
-/// say which cost the slower ones). Paimon's default is ZSTD; we trade
+/// say which cost the slower ones). So have level-0 files of a row group
+/// or more: a big write's (a transaction's filled write buffer, a Flight
+/// ingest), read by every query as a compacted file is until compaction
+/// merges them, and kept as they are when compaction concatenates files
+/// that do not overlap (an append-mostly table's stay so for good). Scan
+/// bench, TPC-H SF1 as 5 overlapping runs of 16 MiB-buffered level-0
+/// files, without vs with their dictionaries: Q1 241 → 203 ms, Q12 197 →
+/// 171 (compacted: 186, 135); loading them 7.4 → 8.1 s; Flight ingest of
+/// `lineitem` unchanged (≈ 0.8 M rows/s). Paimon's default is ZSTD; we trade
 /// bytes at rest for scans. Tables that keep no changelog (a view's
 /// arrangements and state: read only by key, and rewritten by compaction
 /// as often as their keys arrive in random order) are written as level 0
 /// at every level: compaction builds no dictionaries (≈ 11% of all CPU of
 /// a join view over a 1M-row table at 100k rows/s went into dictionaries
 /// of compactions).
-fn writer_properties(row_group_rows: usize, level: u32, schema: &Schema) -> WriterProperties {
+fn writer_properties(row_group_rows: usize, dictionaries: bool, schema: &Schema) -> WriterProperties {
     let builder = WriterProperties::builder()
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
         .set_compression(Compression::LZ4_RAW)
@@ -674,7 +697,7 @@ fn writer_properties(row_group_rows: usize, level: u32, schema: &Schema) -> Writ
             .set_column_encoding(path.clone(), Encoding::DELTA_BINARY_PACKED)
             .set_column_compression(path, Compression::UNCOMPRESSED)
     });
-    if level == 0 {
+    if !dictionaries {
         return builder.build();
     }
     schema
@@ -1338,7 +1361,7 @@ mod tests {
         ];
         let batch = RecordBatch::try_from_iter(columns).unwrap();
         let mut bytes = Vec::new();
-        let props = writer_properties(1024, 1, &batch.schema());
+        let props = writer_properties(1024, true, &batch.schema());
         let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props)).unwrap();
         writer.write(&batch).unwrap();
         writer.close().unwrap();
@@ -1384,6 +1407,7 @@ mod tests {
             seq_kind: (2, 3, Some(1)),
             light: false,
             mark_deletes: false,
+            rows: None,
         };
         let mut writer = FileWriter::streaming_in_parts(file, &schema, &store, &dir, 16 << 10).await.unwrap();
         let mut expected = Vec::new();

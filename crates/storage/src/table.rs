@@ -1233,7 +1233,9 @@ impl Table {
         schema: &TableSchema,
         batch: &RecordBatch,
     ) -> Result<FileMeta> {
-        let mut writer = self.file_writer(folder, level, key_columns, delete_code, schema)?;
+        let mut file = self.new_file(folder, level, key_columns, delete_code, schema);
+        file.rows = Some(batch.num_rows());
+        let mut writer = FileWriter::new(file, &schema.data_file_schema())?;
         writer.write(batch)?;
         writer.finish(&self.store, &self.dir).await
     }
@@ -1269,6 +1271,7 @@ impl Table {
             seq_kind: (user, user + 1, delete_code),
             light: schema.options.no_changelog,
             mark_deletes: folder == "data" && delete_code.is_some() && schema.deletion_vectors(),
+            rows: None,
         }
     }
 }

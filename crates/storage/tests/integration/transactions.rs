@@ -379,40 +379,46 @@ async fn writes_of_new_keys_keep_the_row_their_engine_picks() {
     assert_eq!(content(&first).await, expected);
 }
 
+/// Per file of `table`, in manifest order: its level, and the compression
+/// and whether there is a dictionary of its first row group's `v` column.
+async fn encodings(table: &Table) -> Vec<(u32, parquet::basic::Compression, bool)> {
+    use object_store::ObjectStoreExt;
+    use parquet::basic::Encoding;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut out = Vec::new();
+    for file in table.files(None).await.unwrap() {
+        let location = Path::from(format!("{}/{}", table.dir(), file.path));
+        let bytes = table.store().get(&location).await.unwrap().bytes().await.unwrap();
+        let reader = SerializedFileReader::new(bytes).unwrap();
+        let column = reader.metadata().row_group(0).column(1).clone();
+        out.push((file.level, column.compression(), column.encodings().any(|e| e == Encoding::RLE_DICTIONARY)));
+    }
+    out
+}
+
+fn modes(keys: std::ops::Range<i64>) -> Vec<(i64, String)> {
+    keys.map(|k| (k, format!("mode{}", k % 7))).collect()
+}
+
+async fn write_modes(table: &Table, pairs: &[(i64, String)]) {
+    let pairs: Vec<(i64, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    table.write(&rows(table, &pairs), &vec![ValueKind::Upsert; pairs.len()]).await.unwrap();
+}
+
 /// Rows loaded in key order reach the last level by full compaction without
 /// a merge; their level-0 files (no dictionaries) are written anew there,
 /// encoded as the last level is (string columns dictionary-encoded), not moved.
 #[tokio::test]
 async fn files_reaching_the_last_level_unmerged_are_encoded_for_it() {
-    use object_store::ObjectStoreExt;
-    use parquet::basic::{Compression, Encoding};
-    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::basic::Compression;
     let table = table().await;
     for part in 0..3 {
-        let pairs: Vec<(i64, String)> =
-            (part * 1000..(part + 1) * 1000).map(|k| (k, format!("mode{}", k % 7))).collect();
-        let pairs: Vec<(i64, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        table.write(&rows(&table, &pairs), &vec![ValueKind::Upsert; pairs.len()]).await.unwrap();
+        write_modes(&table, &modes(part * 1000..(part + 1) * 1000)).await;
     }
     let before = content(&table).await;
-    let encodings = |files: Vec<streamhouse_storage::FileMeta>| {
-        let table = &table;
-        async move {
-            let mut out = Vec::new();
-            for file in files {
-                let location = Path::from(format!("{}/{}", table.dir(), file.path));
-                let bytes = table.store().get(&location).await.unwrap().bytes().await.unwrap();
-                let reader = SerializedFileReader::new(bytes).unwrap();
-                let column = reader.metadata().row_group(0).column(1).clone();
-                out.push((file.level, column.compression(), column.encodings().any(|e| e == Encoding::RLE_DICTIONARY)));
-            }
-            out
-        }
-    };
-    let loaded = encodings(table.files(None).await.unwrap()).await;
-    assert_eq!(loaded, vec![(0, Compression::LZ4_RAW, false); 3], "level-0 files as written");
+    assert_eq!(encodings(&table).await, vec![(0, Compression::LZ4_RAW, false); 3], "level-0 files as written");
     table.compact(true).await.unwrap();
-    let compacted = encodings(table.files(None).await.unwrap()).await;
+    let compacted = encodings(&table).await;
     assert!(!compacted.is_empty());
     for (level, compression, dictionary) in compacted {
         assert_eq!(level, streamhouse_storage::levels::MAX_LEVEL);
@@ -420,6 +426,24 @@ async fn files_reaching_the_last_level_unmerged_are_encoded_for_it() {
         assert!(dictionary, "strings dictionary-encoded");
     }
     assert_eq!(content(&table).await, before);
+}
+
+/// A level-0 file of a row group or more (a big write's) is encoded as a
+/// compacted file is, strings dictionary-encoded; a smaller one (a commit
+/// of a few rows, a view's step) is not.
+#[tokio::test]
+async fn big_writes_make_level_0_files_with_dictionaries() {
+    use parquet::basic::Compression;
+    let table = table_with(TableOptions { row_group_rows: 500, ..TableOptions::default() }).await;
+    write_modes(&table, &modes(0..499)).await;
+    write_modes(&table, &modes(1000..1500)).await;
+    write_modes(&table, &modes(2000..3200)).await;
+    let expected =
+        vec![(0, Compression::LZ4_RAW, false), (0, Compression::LZ4_RAW, true), (0, Compression::LZ4_RAW, true)];
+    assert_eq!(encodings(&table).await, expected);
+    let mut model = BTreeMap::new();
+    model.extend(modes(0..499).into_iter().chain(modes(1000..1500)).chain(modes(2000..3200)));
+    assert_eq!(content(&table).await, model);
 }
 
 /// A transaction's writes are buffered and staged together: many small
