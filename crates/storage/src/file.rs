@@ -660,8 +660,9 @@ pub(crate) async fn concatenate(
 /// Other columns are LZ4 (raw). Small level-0 files (a commit's new run
 /// and its changelog of less than a row group) are written on every commit
 /// and soon read back, by compaction and by the steps of the views over
-/// the table: they have no dictionaries. ZSTD sets up a compression context per page written and a
-/// decompression context per page read, and a dictionary is built per
+/// the table: they have no dictionaries. ZSTD sets up a compression
+/// context per page written and a decompression context per page read,
+/// and a dictionary is built per
 /// column chunk — on files of one commit's rows that costs more CPU than
 /// the bytes it saves (profiled on Nexmark q7: ZSTD contexts ≈ 6% and
 /// dictionaries ≈ 7% of all samples). Compacted files (level 1 and up),
@@ -680,8 +681,8 @@ pub(crate) async fn concatenate(
 /// bench, TPC-H SF1 as 5 overlapping runs of 16 MiB-buffered level-0
 /// files, without vs with their dictionaries: Q1 241 → 203 ms, Q12 197 →
 /// 171 (compacted: 186, 135); loading them 7.4 → 8.1 s; Flight ingest of
-/// `lineitem` unchanged (≈ 0.8 M rows/s). Paimon's default is ZSTD; we trade
-/// bytes at rest for scans. Tables that keep no changelog (a view's
+/// `lineitem` unchanged (≈ 0.8 M rows/s). Paimon's default is ZSTD; we
+/// trade bytes at rest for scans. Tables that keep no changelog (a view's
 /// arrangements and state: read only by key, and rewritten by compaction
 /// as often as their keys arrive in random order) are written as level 0
 /// at every level: compaction builds no dictionaries (≈ 11% of all CPU of
